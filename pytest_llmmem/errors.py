@@ -1,0 +1,62 @@
+"""The one error type a user sees: a paragraph naming the file, the key, the line and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+
+class ConfigError(Exception):
+    """A configuration or usage problem. Front-ends print ``str(err)`` and exit 2."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Optional[Union[str, Path]] = None,
+        key: Optional[str] = None,
+        line: Optional[int] = None,
+        hint: Optional[str] = None,
+    ) -> None:
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.key = key
+        self.line = line
+        self.hint = hint
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = ""
+        if self.path:
+            where = self.path + (f":{self.line}" if self.line else "")
+        if self.key:
+            where = f"{where}: {self.key}" if where else self.key
+        text = f"{where}: {self.message}" if where else self.message
+        if self.hint:
+            text = f"{text} {self.hint}"
+        return text
+
+    def located(self, path: Union[str, Path], line: Optional[int] = None) -> "ConfigError":
+        """The same error, with the file (and line) filled in where it was not known yet."""
+        return ConfigError(
+            self.message,
+            path=self.path or path,
+            key=self.key,
+            line=self.line or line,
+            hint=self.hint,
+        )
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """' Did you mean "x"?' for a near miss, else ''. difflib is imported only on this error path."""
+    import difflib
+
+    match = difflib.get_close_matches(str(word).lower(), [o.lower() for o in options], n=1, cutoff=0.6)
+    if not match:
+        return ""
+    original = {o.lower(): o for o in options}[match[0]]
+    return f' Did you mean "{original}"?'
+
+
+def one_of(options: Sequence[str]) -> str:
+    return ", ".join(f'"{o}"' for o in options)

@@ -1,0 +1,273 @@
+"""The one core function: a resolved :class:`Run` in, a per-GPU :class:`Estimate` out.
+
+Two methods. ``rule-of-thumb`` is the seed's arithmetic and nothing more (inference = params x
+bytes per dtype, training = 4 x inference). ``detailed`` counts what sits in GPU memory at the
+peak of a training step or an inference prefill; each term below names its source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+from .activations import FP32, Trainable, forward_transient, head_saved, layer_saved
+from .catalog import DType, Optimizer
+from .model import Architecture, Linear, ParamsOnly
+from .run import Run
+from .units import MiB
+
+TERMS = (
+    "weights",
+    "master_weights",
+    "gradients",
+    "optimizer_states",
+    "activations",
+    "logits",
+    "kv_cache",
+    "overhead",
+)
+
+# CUDA context and kernel images, measured with nvidia-smi after torch.ones((1, 1)).to("cuda") on a
+# V100 (Hugging Face transformers docs, "Model training anatomy"; shared/validation hf-anatomy-kernels).
+CUDA_CONTEXT_BYTES = 1343 * MiB
+# cuBLAS workspace PyTorch reserves per handle/stream on Hopper (CUBLAS_WORKSPACE_CONFIG default
+# ":4096:8" = 8 x 4 MiB; PyTorch docs, "Reproducibility" / CUDA semantics).
+CUBLAS_WORKSPACE_BYTES = 32 * MiB
+# The caching allocator rounds blocks up and keeps freed blocks: reserved exceeds allocated by
+# a share of the short-lived tensors. 30 % fitted on the bert-large fp32 rows hf-anat-02 and
+# hf-gpu1-01 of shared/validation/measured.jsonl (nvidia-smi reserved pool vs summed tensors); see README.
+FRAGMENTATION = 0.30
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Peak per-GPU bytes of one run, as a breakdown whose terms add up to the total."""
+
+    run: Run
+    method: str
+    breakdown: Dict[str, int]
+    params: int
+    trainable_params: int
+    notes: Tuple[str, ...] = ()
+    details: Dict[str, int] = field(default_factory=dict)  # finer items, "term.item" -> bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.breakdown.values())
+
+    @property
+    def budget_bytes(self) -> Optional[int]:
+        return self.run.budget.bytes if self.run.budget else None
+
+    @property
+    def fits(self) -> Optional[bool]:
+        budget = self.budget_bytes
+        return None if budget is None else self.total_bytes <= budget
+
+    @property
+    def used_fraction(self) -> Optional[float]:
+        budget = self.budget_bytes
+        return None if not budget else self.total_bytes / budget
+
+    @property
+    def biggest_term(self) -> str:
+        return max(self.breakdown, key=lambda k: self.breakdown[k])
+
+
+def estimate(run: Run) -> Estimate:
+    """Estimate the peak per-GPU memory of ``run`` by its method."""
+    if run.method == "rule-of-thumb":
+        return _rule_of_thumb(run)
+    return _detailed(run)
+
+
+# --- LoRA ------------------------------------------------------------------------------------
+
+
+def adapted_linears(arch: Architecture, targets: Tuple[str, ...]) -> Tuple[Linear, ...]:
+    """The layer linears a LoRA config adapts; "all-linear" is every one (PEFT leaves the head out)."""
+    if targets == ("all-linear",):
+        return tuple(arch.linears())
+    wanted = set(targets)
+    return tuple(lin for lin in arch.linears() if lin.name in wanted or lin.name.split(".")[-1] in wanted)
+
+
+def lora_params(arch: Architecture, rank: int, targets: Tuple[str, ...]) -> int:
+    """Trainable LoRA parameters: r * (d_in + d_out) per adapted matrix (Hu et al. 2021, LoRA, eq. 3)."""
+    per_layer = sum(lin.count * rank * (lin.d_in + lin.d_out) for lin in adapted_linears(arch, targets))
+    return arch.num_layers * per_layer
+
+
+# --- rule of thumb ------------------------------------------------------------------------------
+
+
+def _rule_of_thumb(run: Run) -> Estimate:
+    """The seed's rules: weights = params x bytes; gradients = params; AdamW 2 states, SGD 1."""
+    dtype, params = run.dtype, run.model.params if isinstance(run.model, ParamsOnly) else run.model.param_count()
+    b = dtype.rule_bytes
+    weights = params * b
+    notes = ["rule of thumb: training = weights + gradients + optimizer states in the same dtype (4 x inference with AdamW); activations, KV cache and CUDA overhead are not counted"]
+    trainable, grads, opt = 0, 0.0, 0.0
+    if run.mode == "train":
+        trainable = params
+    elif run.trains:
+        if isinstance(run.model, Architecture):
+            trainable = lora_params(run.model, run.lora_rank, run.lora_targets)
+        else:
+            notes.append("LoRA adapter count needs the architecture: the adapters are left out")
+    if trainable:
+        states = run.optimizer.states if run.optimizer else 2
+        grads, opt = trainable * b, trainable * b * states
+    breakdown = {"weights": round(weights), "gradients": round(grads), "optimizer_states": round(opt)}
+    return Estimate(run, "rule-of-thumb", breakdown, params, trainable, tuple(notes))
+
+
+# --- detailed ----------------------------------------------------------------------------------
+
+
+def _weight_bytes(run: Run, params: int) -> Tuple[int, str]:
+    """Weights in their storage format; quantised formats keep embeddings, head and norms in 16 bit."""
+    dtype = run.dtype
+    if not dtype.quantized:
+        return round(params * dtype.bytes), ""
+    if isinstance(run.model, Architecture):
+        linear = run.model.linear_params()
+        return round(linear * dtype.bytes + (params - linear) * dtype.compute_bytes), ""
+    return round(params * dtype.bytes), f"{dtype.name} applied to all {params:,} params: without the architecture the 16-bit embeddings and norms cannot be separated"
+
+
+def _optimizer_bytes(opt: Optimizer, run: Run, trainable: int, param_bytes: float, mixed: bool) -> Tuple[int, str]:
+    """State bytes: fp32 under mixed precision, the param dtype under pure training, unless fixed."""
+    per_state = opt.state_bytes if opt.state_bytes is not None else (FP32 if mixed else param_bytes)
+    if not opt.factored:
+        return round(trainable * opt.states * per_state), ""
+    # Adafactor keeps a row and a column vector per matrix and a full state per vector (Shazeer & Stern 2018).
+    arch = run.model
+    if run.mode != "train" or not isinstance(arch, Architecture):
+        if run.mode == "train":
+            return round(trainable * per_state / 1024), "adafactor: factored states approximated as 1/1024 of a full state (architecture unknown)"
+        return round(trainable * per_state), ""
+    lin = arch.linears()
+    matrices = sum(l.count * (l.d_in + l.d_out) for l in lin) * arch.num_layers
+    vectors = sum(l.count * l.d_out for l in lin if l.bias) * arch.num_layers
+    vectors += arch.norm_params() * (arch.family.norms_per_layer * arch.num_layers + 1)
+    embed = arch.vocab_size + arch.hidden_size
+    head = 0 if arch.tie_embeddings or arch.family.classifier else arch.vocab_size + arch.hidden_size
+    return round((matrices + vectors + embed + head) * per_state), ""
+
+
+def _detailed(run: Run) -> Estimate:
+    arch = run.model if isinstance(run.model, Architecture) else None
+    params = arch.param_count() if arch else run.model.params
+    dtype: DType = run.dtype
+    act = dtype.compute_bytes
+    notes = []
+    details: Dict[str, int] = {}
+    breakdown = dict.fromkeys(TERMS, 0)
+
+    weights, note = _weight_bytes(run, params)
+    if note:
+        notes.append(note)
+    trainable, opt_note = 0, ""
+    if run.mode == "train" and run.precision == "amp":
+        # torch.autocast: fp32 weights, grads and states; each linear's weight is cast to 16 bit
+        # once per forward and the copy is kept for backward (torch.autocast docs, weight cache).
+        trainable = params
+        weights = params * FP32
+        matmul_params = (arch.linear_params() + (0 if arch.family.classifier else arch.vocab_size * arch.hidden_size)) if arch else params
+        details["weights.autocast_copies"] = matmul_params * act
+        weights += details["weights.autocast_copies"]
+        breakdown["gradients"] = params * FP32
+        breakdown["optimizer_states"], opt_note = _optimizer_bytes(run.optimizer, run, params, FP32, True)
+    elif run.mode == "train":
+        trainable = params
+        mixed = run.precision == "mixed" and dtype.bytes < FP32
+        if mixed:
+            # Mixed precision keeps an fp32 master copy beside the 16-bit weights (Micikevicius et al.
+            # 2018; ZeRO paper's 2 + 2 + 12 bytes/param for Adam).
+            breakdown["master_weights"] = params * FP32
+        breakdown["gradients"] = round(params * dtype.bytes)
+        breakdown["optimizer_states"], opt_note = _optimizer_bytes(run.optimizer, run, params, dtype.bytes, mixed)
+    elif run.trains:  # lora / qlora
+        if arch is None:
+            notes.append("LoRA adapters need the architecture to count: give config or the architecture keys")
+        else:
+            trainable = lora_params(arch, run.lora_rank, run.lora_targets)
+            adapter_bytes = run.adapter_dtype.bytes
+            details["weights.adapters"] = round(trainable * adapter_bytes)
+            weights += details["weights.adapters"]
+            # Adapters train in their own dtype: PEFT keeps them fp32, so grads and states are fp32 too.
+            breakdown["gradients"] = round(trainable * adapter_bytes)
+            breakdown["optimizer_states"], opt_note = _optimizer_bytes(run.optimizer, run, trainable, adapter_bytes, False)
+    if opt_note:
+        notes.append(opt_note)
+    breakdown["weights"] = weights
+    if run.trains and run.gpus > 1 and breakdown["gradients"]:
+        # DDP's gradient buckets duplicate the gradients unless gradient_as_bucket_view=True
+        # (PyTorch DistributedDataParallel docs).
+        details["gradients.ddp_buckets"] = breakdown["gradients"]
+        breakdown["gradients"] *= 2
+
+    if arch is None:
+        notes.append(
+            "activations, logits and KV cache not computed: the model has only params; give "
+            "config = \"path/config.json\" or hidden-size, num-layers, num-heads, intermediate-size "
+            "and vocab-size under [tool.llmmem.model] to include them"
+        )
+    else:
+        _dynamic_terms(run, arch, act, breakdown, details)
+    if not run.seq_len_given and arch is not None:
+        notes.append(f"seq-len not set: assumed {run.seq_len}")
+
+    if run.overhead_bytes is not None:
+        breakdown["overhead"] = run.overhead_bytes
+    else:
+        # Only short-lived tensors fragment the pool; weights, states and the KV cache live all run.
+        dynamic = breakdown["activations"] + breakdown["logits"]
+        details["overhead.cuda_context"] = CUDA_CONTEXT_BYTES
+        details["overhead.cublas_workspace"] = CUBLAS_WORKSPACE_BYTES
+        details["overhead.fragmentation"] = round(FRAGMENTATION * dynamic)
+        breakdown["overhead"] = CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES + details["overhead.fragmentation"]
+    return Estimate(run, "detailed", breakdown, params, trainable, tuple(notes), details)
+
+
+def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, int], details: Dict[str, int]) -> None:
+    """Activations, logits and KV cache, which scale with batch and sequence."""
+    b, s = run.batch_size, run.seq_len
+    tokens = b * s
+    vocab_out = arch.num_labels if arch.family.classifier else arch.vocab_size
+    logit_rows = b if arch.family.classifier else tokens
+    if not run.trains:
+        # KV cache: 2 (K and V) x layers x kv-heads x head-dim x seq x batch x bytes (HF DynamicCache).
+        breakdown["kv_cache"] = 2 * arch.num_layers * arch.num_kv_heads * arch.d_head * s * b * act
+        breakdown["activations"] = forward_transient(arch, batch=b, seq=s, act=act, flash=run.flash_attention)
+        breakdown["logits"] = logit_rows * vocab_out * act  # a forward returns logits for every position
+        return
+    if run.mode == "train":
+        trainable = Trainable(full=True)
+    else:
+        names = frozenset(lin.name for lin in adapted_linears(arch, run.lora_targets))
+        trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes))
+    amp = run.precision == "amp" and run.mode == "train"
+    kw = dict(batch=b, seq=s, act=act, flash=run.flash_attention, trainable=trainable, amp=amp)
+    # In a LoRA run the first layer's input comes from the frozen embedding (no gradient).
+    first = layer_saved(arch, input_requires_grad=trainable.full, **kw)
+    rest = layer_saved(arch, **kw)
+    per_layer = sum(rest.values())
+    head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
+    if run.gradient_checkpointing:
+        # Per-layer checkpointing keeps each layer's input; backward recomputes one layer at a time
+        # (Chen et al. 2016; HF gradient_checkpointing_enable, non-reentrant).
+        details["activations.layer_inputs"] = arch.num_layers * tokens * arch.hidden_size * act
+        details["activations.recomputed_layer"] = per_layer
+    else:
+        for block in ("attention", "mlp"):
+            details[f"activations.{block}"] = first[block] + rest[block] * (arch.num_layers - 1)
+    details["activations.embedding_and_head"] = head
+    breakdown["activations"] = sum(v for k, v in details.items() if k.startswith("activations."))
+    # Loss: HF ForCausalLMLoss upcasts logits to fp32; cross_entropy's log_softmax keeps an fp32
+    # copy for backward, and backward materialises an fp32 gradient of the same size.
+    details["logits.logits"] = logit_rows * vocab_out * act
+    details["logits.log_softmax"] = logit_rows * vocab_out * FP32
+    details["logits.fp32_transient"] = logit_rows * vocab_out * FP32
+    breakdown["logits"] = details["logits.logits"] + details["logits.log_softmax"] + details["logits.fp32_transient"]

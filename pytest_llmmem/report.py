@@ -1,0 +1,130 @@
+"""Render estimates for people (a table with a bar per term) and for tools (a JSON document).
+
+Pure functions from :class:`Estimate` to text; the front-ends decide where the text goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from .estimate import Estimate
+from .model import Architecture
+from .units import format_bytes, format_count
+
+JSON_VERSION = 1
+BAR_WIDTH = 24
+
+LABELS = {
+    "weights": "weights",
+    "master_weights": "fp32 master weights",
+    "gradients": "gradients",
+    "optimizer_states": "optimizer states",
+    "activations": "activations",
+    "logits": "logits + loss",
+    "kv_cache": "KV cache",
+    "overhead": "CUDA context + allocator",
+}
+
+
+def _bar(fraction: float, ascii_only: bool) -> str:
+    full, empty = ("#", ".") if ascii_only else ("\u2588", "\u00b7")
+    filled = int(round(fraction * BAR_WIDTH))
+    return full * filled + empty * (BAR_WIDTH - filled)
+
+
+def describe_run(est: Estimate) -> str:
+    """One line saying what was estimated: mode, dtype, shape, budget."""
+    run = est.run
+    parts = [run.mode, run.dtype.name]
+    if run.mode == "train":
+        parts.append(f"{run.precision} precision")
+    if run.optimizer is not None:
+        parts.append(run.optimizer.name)
+    if run.mode in ("lora", "qlora"):
+        parts.append(f"r={run.lora_rank} on {', '.join(run.lora_targets)}")
+    if isinstance(run.model, Architecture):
+        parts.append(f"batch {run.batch_size} x seq {run.seq_len}")
+    if run.gradient_checkpointing:
+        parts.append("checkpointing")
+    if run.gpus > 1:
+        parts.append(f"{run.gpus} GPUs")
+    parts.append(f"{format_count(est.params)} params")
+    return " | ".join(parts)
+
+
+def verdict(est: Estimate, units: str = "gib") -> str:
+    """'FITS' / 'OVER' with total, budget and share, e.g. '61.20 GiB of 76.00 GiB (80.5 %)'."""
+    total = format_bytes(est.total_bytes, units)
+    if est.budget_bytes is None:
+        return f"{total} (no budget set)"
+    share = f"{100 * est.used_fraction:.1f} %"
+    head = "FITS" if est.fits else "OVER"
+    text = f"{head}: {total} of {format_bytes(est.budget_bytes, units)} budget ({share})"
+    if not est.fits:
+        text += f", {format_bytes(est.total_bytes - est.budget_bytes, units)} over"
+    return text
+
+
+def breakdown_table(est: Estimate, units: str = "gib", ascii_only: bool = False, indent: str = "  ") -> List[str]:
+    """A row per non-zero term: label, size, share of the total and a proportional bar."""
+    total = est.total_bytes or 1
+    rows = []
+    width = max(len(LABELS.get(k, k)) for k in est.breakdown)
+    for term, value in est.breakdown.items():
+        if not value:
+            continue
+        share = value / total
+        rows.append(f"{indent}{LABELS.get(term, term):<{width}}  {format_bytes(value, units):>12}  {_bar(share, ascii_only)} {100 * share:5.1f} %")
+    return rows
+
+
+def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False) -> str:
+    run = est.run
+    where = f" (line {run.line})" if run.line else ""
+    budget = f" | budget: {run.budget.describe()}" if run.budget else ""
+    lines = [f"{run.name}{where}: {verdict(est, units)}", f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
+    lines += breakdown_table(est, units, ascii_only)
+    if est.fits is False:
+        lines.append(f"  biggest term: {LABELS.get(est.biggest_term, est.biggest_term)} ({format_bytes(est.breakdown[est.biggest_term], units)})")
+    lines += [f"  note: {note}" for note in est.notes]
+    return "\n".join(lines)
+
+
+def render_text(path: str, estimates: Sequence[Estimate], units: str = "gib", ascii_only: bool = False) -> str:
+    unit_note = "GB = 10^9 bytes" if units == "gb" else "GiB = 1024^3 bytes"
+    blocks = [f"llmmem: {path} ({unit_note})", ""]
+    for est in estimates:
+        blocks += [render_run(est, units, ascii_only), ""]
+    blocks.append(summary_line(estimates))
+    return "\n".join(blocks)
+
+
+def summary_line(estimates: Sequence[Estimate]) -> str:
+    over = [e.run.name for e in estimates if e.fits is False]
+    if not over:
+        return f"{len(estimates)} of {len(estimates)} runs fit."
+    return f"{len(estimates) - len(over)} of {len(estimates)} runs fit; over budget: {', '.join(over)}."
+
+
+def as_dict(est: Estimate) -> Dict[str, Any]:
+    run = est.run
+    return {
+        "name": run.name,
+        "fits": est.fits,
+        "total_bytes": est.total_bytes,
+        "budget_bytes": est.budget_bytes,
+        "params": est.params,
+        "trainable_params": est.trainable_params,
+        "breakdown": dict(est.breakdown),
+        "details": dict(est.details),
+        "notes": list(est.notes),
+        "method": est.method,
+        "mode": run.mode,
+        "dtype": run.dtype.name,
+        "gpu": run.budget.gpu if run.budget else None,
+        "line": run.line,
+    }
+
+
+def as_json_document(path: Optional[str], estimates: Sequence[Estimate]) -> Dict[str, Any]:
+    return {"version": JSON_VERSION, "file": path, "runs": [as_dict(e) for e in estimates]}

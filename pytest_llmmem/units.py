@@ -1,0 +1,104 @@
+"""Byte and count quantities: parse what people write, print what they can compare.
+
+GB, MB, KB, TB are decimal (1 GB = 10**9 bytes, SI); GiB, MiB, KiB, TiB are binary
+(1 GiB = 1024**3 bytes, IEC 80000-13). A bare "G" or "80G" follows nvidia-smi and PyTorch
+habit and means GiB. Output defaults to GiB and always prints its unit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Union
+
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+TiB = 1024**4
+
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": TiB,
+    "k": KiB,
+    "m": MiB,
+    "g": GiB,
+    "t": TiB,
+}
+
+# Parameter counts: "7B", "6.74B", "350M", "1.5T", "7e9"; B = billion (10**9), not bytes.
+_COUNT_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+
+_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)"
+_BYTES_RE = re.compile(r"^\s*" + _NUMBER + r"\s*([a-zA-Z]*)\s*$")
+
+Number = Union[int, float]
+
+BYTE_UNITS_HELP = "a size such as \"80 GiB\", \"80GB\", \"81920MiB\", \"80G\" or a byte count like 7.5e10"
+COUNT_HELP = "a count such as \"7B\", \"6.74B\", \"350M\", \"7e9\" or 7000000000"
+
+
+class UnitError(ValueError):
+    """A quantity could not be read; the message says what would be valid."""
+
+
+def _finite_positive(value: float, text: object, what: str, allow_zero: bool) -> float:
+    if math.isnan(value) or math.isinf(value):
+        raise UnitError(f"{text!r} is not a finite number; expected {what}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UnitError(f"{text!r} must be {'zero or more' if allow_zero else 'greater than zero'}; expected {what}")
+    return value
+
+
+def parse_bytes(text: object, *, allow_zero: bool = False) -> int:
+    """Read a memory size into bytes ("80 GiB" -> 85899345920, "80GB" -> 80000000000)."""
+    if isinstance(text, bool):
+        raise UnitError(f"{text!r} is a boolean; expected {BYTE_UNITS_HELP}")
+    if isinstance(text, (int, float)):
+        return int(_finite_positive(float(text), text, BYTE_UNITS_HELP, allow_zero))
+    if not isinstance(text, str):
+        raise UnitError(f"{text!r} is a {type(text).__name__}; expected {BYTE_UNITS_HELP}")
+    match = _BYTES_RE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _BYTE_UNITS:
+        raise UnitError(f"{text!r} is not a size; expected {BYTE_UNITS_HELP}")
+    value = _finite_positive(float(match.group(1)), text, BYTE_UNITS_HELP, allow_zero)
+    return int(round(value * _BYTE_UNITS[unit]))
+
+
+def parse_count(text: object) -> int:
+    """Read a parameter count ("7B" -> 7_000_000_000, "350M", "7e9", 6738415616)."""
+    if isinstance(text, bool):
+        raise UnitError(f"{text!r} is a boolean; expected {COUNT_HELP}")
+    if isinstance(text, (int, float)):
+        return int(_finite_positive(float(text), text, COUNT_HELP, False))
+    if not isinstance(text, str):
+        raise UnitError(f"{text!r} is a {type(text).__name__}; expected {COUNT_HELP}")
+    match = _BYTES_RE.match(text.replace("_", "").replace(",", ""))
+    suffix = match.group(2).lower() if match else ""
+    if not match or suffix not in _COUNT_SUFFIX:
+        raise UnitError(f"{text!r} is not a parameter count; expected {COUNT_HELP}")
+    value = _finite_positive(float(match.group(1)), text, COUNT_HELP, False)
+    return int(round(value * _COUNT_SUFFIX[suffix]))
+
+
+def format_bytes(n: float, units: str = "gib", digits: int = 2) -> str:
+    """Print bytes in GiB (default) or decimal GB; the unit is always shown."""
+    if units == "gb":
+        return f"{n / 1e9:.{digits}f} GB"
+    return f"{n / GiB:.{digits}f} GiB"
+
+
+def format_count(n: int) -> str:
+    """A parameter count people recognise: 6,738,415,616 -> "6.74B"."""
+    for div, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{suffix}"
+    return str(n)
