@@ -126,7 +126,13 @@ class Catalog:
             return 0
         for name in disabled:
             self._pm.set_blocked(name)
-        count = self._pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        try:
+            count = self._pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        except Exception as err:  # a broken third-party plugin must not look like our crash
+            raise ConfigError(
+                f"an llmmem plugin failed to load: {type(err).__name__}: {err}.",
+                hint=f"Fix or uninstall it, or block it with {DISABLE_ENV}=<entry-point name> (or all).",
+            ) from None
         if count:
             self._collect()
         return count
@@ -135,12 +141,13 @@ class Catalog:
         self.load_entry_points()
         return [name for name, _ in self._pm.list_name_plugin()]
 
-    def _lookup(self, table: "_Table[T]", name: object) -> T:
+    def _lookup(self, attr: str, name: object) -> T:
+        table = getattr(self, attr)
         if not isinstance(name, str):
             raise ConfigError(f"expected a {table.kind} name as a string, got {name!r}.", hint=f"Valid: {one_of(table.names)}.")
         key = normalize_name(name)
-        if key not in table.entries:
-            self.load_entry_points()
+        if key not in table.entries and self.load_entry_points():
+            table = getattr(self, attr)  # plugins were added: the tables were rebuilt
         if key not in table.entries:
             raise ConfigError(
                 f'unknown {table.kind} "{name}".{did_you_mean(name, table.names)}',
@@ -149,13 +156,13 @@ class Catalog:
         return table.entries[key]
 
     def dtype(self, name: object) -> DType:
-        return self._lookup(self.dtypes, name)
+        return self._lookup("dtypes", name)
 
     def optimizer(self, name: object) -> Optimizer:
-        return self._lookup(self.optimizers, name)
+        return self._lookup("optimizers", name)
 
     def gpu(self, name: object) -> GPU:
-        return self._lookup(self.gpus, name)
+        return self._lookup("gpus", name)
 
 
 _DEFAULT: Optional[Catalog] = None

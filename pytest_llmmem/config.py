@@ -251,7 +251,7 @@ def _model(table: _Table, ctx: _Context) -> Union[Architecture, ParamsOnly]:
         base = _read_hf_config(table, ctx)
         fam = table.resolve("family", family) if "family" in table else base.family
         tie = table.boolean("tie-embeddings", base.tie_embeddings)
-        act = table.string("hidden-act", base.hidden_act) or ""
+        act = table.string("hidden-act") or base.hidden_act
         arch = replace(base, family=fam, tie_embeddings=tie, hidden_act=act, **values)
     else:
         if not arch_given:
@@ -271,7 +271,7 @@ def _model(table: _Table, ctx: _Context) -> Union[Architecture, ParamsOnly]:
         values.setdefault("num_kv_heads", values["num_heads"])
         arch = Architecture(
             family=fam, tie_embeddings=table.boolean("tie-embeddings", fam.tie_default),
-            hidden_act=table.string("hidden-act", "") or "", source=ctx.path, **values,
+            hidden_act=table.string("hidden-act") or "", source=ctx.path, **values,
         )
     if arch.num_experts and not arch.experts_per_token:
         arch = replace(arch, experts_per_token=2)
@@ -291,11 +291,11 @@ def _read_hf_config(table: _Table, ctx: _Context) -> Architecture:
     try:
         data = ctx.read_json(path)
     except FileNotFoundError:
-        raise table.fail("config", f'"{raw}" does not exist (looked for {path}).', hint="The path is relative to the pyproject.toml.") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise table.fail("config", f'"{raw}" cannot be read: {err}.') from None
-    except ValueError as err:
+        raise table.fail("config", f'"{raw}" does not exist.', hint="The path is relative to the folder of the pyproject.toml (or absolute).") from None
+    except json.JSONDecodeError as err:
         raise table.fail("config", f'"{raw}" is not valid JSON: {err}.') from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise table.fail("config", f'"{raw}" cannot be read: {err}.') from None
     if not isinstance(data, dict):
         raise table.fail("config", f'"{raw}" holds {_type_name(data)}, not a JSON object.')
     try:
@@ -348,9 +348,9 @@ def _budget(levels: Sequence[_Table], ctx: _Context, require: bool) -> Optional[
     headroom_table = next((t for t in levels if "headroom" in t), None)
     if ceiling is None:
         if require:
-            first = levels[0]
+            top = levels[-1]
             raise ctx.error(
-                "no memory budget: set gpu or gpu-memory.", f"{first.dotted}.gpu", first.line_of(None),
+                "no memory budget: set gpu or gpu-memory.", f"{top.dotted}.gpu", top.line_of(None),
                 hint=f'Add gpu = "A100-80GB" (or gpu-memory = "80 GiB") under [{TABLE}] or in the run.',
             )
         return None

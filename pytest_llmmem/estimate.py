@@ -92,9 +92,14 @@ def adapted_linears(arch: Architecture, targets: Tuple[str, ...]) -> Tuple[Linea
     return tuple(lin for lin in arch.linears() if lin.name in wanted or lin.name.split(".")[-1] in wanted)
 
 
+def lora_matrix_params(d_in: int, d_out: int, rank: int) -> int:
+    """LoRA trains A (r x d_in) and B (d_out x r): r * (d_in + d_out) params (Hu et al. 2021, LoRA, eq. 3)."""
+    return rank * (d_in + d_out)
+
+
 def lora_params(arch: Architecture, rank: int, targets: Tuple[str, ...]) -> int:
-    """Trainable LoRA parameters: r * (d_in + d_out) per adapted matrix (Hu et al. 2021, LoRA, eq. 3)."""
-    per_layer = sum(lin.count * rank * (lin.d_in + lin.d_out) for lin in adapted_linears(arch, targets))
+    """Trainable LoRA parameters of a model: every adapted matrix of every layer."""
+    per_layer = sum(lin.count * lora_matrix_params(lin.d_in, lin.d_out, rank) for lin in adapted_linears(arch, targets))
     return arch.num_layers * per_layer
 
 

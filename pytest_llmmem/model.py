@@ -85,7 +85,9 @@ FAMILY_ALIASES = {"qwen2.5": "qwen2", "qwen": "qwen2", "gemma2": "gemma", "pythi
 PYTHON_ACTIVATIONS = {"gelu_new": 3, "gelu_fast": 3, "quick_gelu": 1}
 
 
-def family(name: str) -> Family:
+def family(name: object) -> Family:
+    if not isinstance(name, str):
+        raise ConfigError(f"expected a family name as a string, got {name!r}.", hint=f"Valid: {one_of(sorted(FAMILIES))}.")
     key = FAMILY_ALIASES.get(name.lower(), name.lower())
     if key not in FAMILIES:
         raise ConfigError(
@@ -301,17 +303,20 @@ def from_hf_config(cfg: Mapping[str, Any], source: str = "config.json") -> Archi
 def validate(arch: Architecture, source: str) -> None:
     """Shape rules every family obeys; a violation names the key."""
     if arch.num_layers <= 0 or arch.hidden_size <= 0 or arch.vocab_size <= 0 or arch.num_heads <= 0:
-        raise ConfigError("hidden size, layers, heads and vocabulary must all be greater than zero.", path=source)
+        raise ConfigError("hidden-size, num-layers, num-heads and vocab-size must all be greater than zero.", path=source, key="hidden-size")
     if not arch.head_dim and arch.hidden_size % arch.num_heads:
         raise ConfigError(
-            f"hidden size {arch.hidden_size} is not divisible by {arch.num_heads} heads.",
+            f"hidden-size {arch.hidden_size} is not divisible by num-heads {arch.num_heads}.",
             path=source, key="num-heads", hint="Set head-dim explicitly if the model uses a different head size.",
         )
     if arch.num_kv_heads <= 0 or arch.num_heads % arch.num_kv_heads:
         raise ConfigError(
-            f"{arch.num_heads} attention heads cannot be grouped over {arch.num_kv_heads} key/value heads.",
+            f"num-heads {arch.num_heads} cannot be grouped over num-kv-heads {arch.num_kv_heads}.",
             path=source, key="num-kv-heads", hint="num-kv-heads must divide num-heads (1 = multi-query, = num-heads for plain attention).",
         )
+    if arch.experts_per_token and not arch.num_experts:
+        raise ConfigError("experts-per-token is set but num-experts is not.", path=source, key="experts-per-token",
+                          hint="Set num-experts for a mixture-of-experts model, or drop experts-per-token.")
     if arch.num_experts and not 0 < arch.experts_per_token <= arch.num_experts:
         raise ConfigError(
             f"experts-per-token {arch.experts_per_token} must be between 1 and num-experts {arch.num_experts}.",

@@ -1,0 +1,129 @@
+"""What a user sees from `llmmem`: exit codes, the table, JSON, units, ad-hoc estimates."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
+
+FITTING = """
+[tool.llmmem]
+gpu = "H100"
+headroom = "2 GiB"
+
+[tool.llmmem.model]
+params = "1B"
+
+[[tool.llmmem.runs]]
+name = "serve"
+mode = "inference"
+dtype = "bf16"
+"""
+
+
+def test_fitting_run_exits_0(write_pyproject, run_cli):
+    path = write_pyproject(FITTING)
+    code, out, err = run_cli("check", path)
+    assert code == 0, err
+    # 1e9 params x 2 bytes = 1.86 GiB weights + 1.34 GiB CUDA context and cuBLAS workspace
+    assert "serve (line 9): FITS" in out  # the [[tool.llmmem.runs]] header (text starts with a blank line)
+    assert "budget: H100-80GB less 2.00 GiB headroom" in out
+    assert "1 of 1 runs fit." in out
+    assert "activations, logits and KV cache not computed" in out
+
+
+def test_folder_or_file(write_pyproject, run_cli, monkeypatch):
+    path = write_pyproject(FITTING)
+    assert run_cli("check", path.parent)[0] == 0
+    monkeypatch.chdir(path.parent)
+    assert run_cli("check")[0] == 0
+
+
+def test_example_has_a_fitting_and_an_over_budget_run(run_cli):
+    code, out, err = run_cli("check", EXAMPLE)
+    assert code == 1
+    assert "lora-sft (line 13): FITS" in out
+    assert "full-sft (line 30): OVER" in out
+    assert "biggest term: optimizer states" in out
+    assert "2 of 3 runs fit; over budget: full-sft." in out
+
+
+def test_json_document(run_cli):
+    code, out, _ = run_cli("check", EXAMPLE, "--format", "json")
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["version"] == 1
+    assert doc["file"].endswith("pyproject.toml")
+    names = [r["name"] for r in doc["runs"]]
+    assert names == ["lora-sft", "serve", "full-sft"]
+    full = doc["runs"][2]
+    assert full["fits"] is False
+    assert full["params"] == 6_738_415_616 == full["trainable_params"]
+    assert sum(full["breakdown"].values()) == full["total_bytes"]
+    assert full["budget_bytes"] == 81920 * 2**20 * 95 // 100  # A100-80GB less 5 %
+    assert {"name", "fits", "total_bytes", "budget_bytes", "params", "trainable_params", "breakdown", "notes"} <= set(full)
+
+
+def test_run_selection(run_cli):
+    code, out, _ = run_cli("check", EXAMPLE, "--run", "serve", "--format", "json")
+    assert code == 0
+    assert [r["name"] for r in json.loads(out)["runs"]] == ["serve"]
+    code, _, err = run_cli("check", EXAMPLE, "--run", "serv")
+    assert code == 2
+    assert 'no run named "serv". Did you mean "serve"?' in err
+
+
+def test_decimal_units(write_pyproject, run_cli):
+    path = write_pyproject(FITTING.replace('params = "1B"', 'params = "7B"').replace('headroom = "2 GiB"', ""))
+    code, out, _ = run_cli("check", path, "--units", "gb", "--format", "text")
+    assert "GB = 10^9 bytes" in out
+    assert "14.00 GB" in out  # 7e9 x 2 bytes of weights
+
+
+def test_estimate_without_pyproject(run_cli):
+    code, out, err = run_cli("estimate", "--params", "7B", "--dtype", "bf16", "--mode", "inference", "--method", "rule-of-thumb", "--units", "gb")
+    assert code == 0, err
+    assert "14.00 GB (no budget set)" in out
+    code, out, _ = run_cli("estimate", "--params", "7B", "--mode", "train", "--dtype", "fp32", "--method", "rule-of-thumb", "--gpu", "A100-80GB")
+    assert code == 1  # 112 GB of model states on an 80 GiB GPU
+    assert "OVER: 104.31 GiB" in out  # 112e9 / 1024^3
+
+
+def test_estimate_flags_are_checked(run_cli):
+    code, _, err = run_cli("estimate", "--params", "7B", "--dtype", "bf61")
+    assert code == 2
+    assert 'Did you mean "bf16"?' in err
+    code, _, err = run_cli("estimate", "--params", "7B", "--mode", "lora", "--lora-targets", "q_proj")
+    assert code == 0, err
+
+
+def test_usage_error_exits_2(run_cli, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as info:
+        run_cli("frobnicate")
+    assert info.value.code == 2
+
+
+def test_catalog_lists_builtins(run_cli):
+    code, out, _ = run_cli("catalog", "gpus")
+    assert code == 0
+    assert "A100-80GB    80.00 GiB" in out
+    assert "MI300X" in out
+
+
+def test_console_script_runs_in_a_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "pytest_llmmem.cli", "check", str(EXAMPLE), "--format", "json"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["runs"][0]["name"] == "lora-sft"
+
+
+def test_core_never_imports_pytest():
+    code = (
+        "import sys; from pytest_llmmem import cli, config, estimate, report, catalog, model, units;"
+        "cli.main(['check', sys.argv[1], '--format', 'json']);"
+        "assert not any(m == 'pytest' or m.startswith(('_pytest', 'pytest.')) for m in sys.modules), sorted(sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(EXAMPLE)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,80 @@
+"""Random values of random types at every key: exit 0, 1 or 2, never a traceback, errors name the key."""
+
+import json
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pytest_llmmem.config import MODEL_KEYS, RUN_KEYS, TOP_KEYS
+
+BASE = {
+    "top": {"gpu": "A100-80GB"},
+    "model": {"hidden-size": 256, "num-layers": 2, "num-heads": 4, "intermediate-size": 688, "vocab-size": 1000},
+    "run": {"name": "sft", "seq-len": 128},
+}
+SECTIONS = [("top", k) for k in TOP_KEYS if k not in ("model", "runs")] + [("model", k) for k in MODEL_KEYS] + [
+    ("run", k) for k in RUN_KEYS if k != "name"
+]
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_scalar = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    _text,
+    st.sampled_from(["7B", "80 GiB", "10%", "bf16", "nf4", "lora", "qlora", "inference", "all-linear", "gpt2", "adafactor", "H100", "0", "1e30"]),
+)
+_value = st.recursive(_scalar, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.text("abcdefgh-_", min_size=1, max_size=6), inner, max_size=3),
+), max_leaves=5)
+
+
+def toml_value(value) -> str:
+    """A tiny TOML writer for the test's values (inline arrays and tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        # JSON's escapes are valid TOML basic-string escapes; TOML also wants DEL escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007F")
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return "{" + ", ".join(f'"{k}" = {toml_value(v)}' for k, v in value.items()) + "}"
+
+
+def render(doc) -> str:
+    lines = ["[tool.llmmem]"] + [f"{k} = {toml_value(v)}" for k, v in doc["top"].items()]
+    lines += ["", "[tool.llmmem.model]"] + [f"{k} = {toml_value(v)}" for k, v in doc["model"].items()]
+    lines += ["", "[[tool.llmmem.runs]]"] + [f"{k} = {toml_value(v)}" for k, v in doc["run"].items()]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.tuples(st.sampled_from(SECTIONS), _value), min_size=1, max_size=3))
+def test_random_values_never_crash(changes, tmp_path, capsys):
+    from pytest_llmmem.cli import main
+
+    doc = {section: dict(values) for section, values in BASE.items()}
+    for (section, key), value in changes:
+        doc[section][key] = value
+    path = tmp_path / "pyproject.toml"
+    path.write_text(render(doc), encoding="utf-8")
+    code = main(["check", str(path)])
+    out, err = capsys.readouterr()
+    assert code in (0, 1, 2)
+    assert "Traceback" not in err and "internal error" not in err, err
+    if code == 2:
+        assert err.startswith("llmmem: error: ") and err.count("\n") == 1, err
+        touched = {key for (_, key), _ in changes}
+        assert any(k in err or k.replace("-", "_") in err for k in touched), (touched, err)
+    else:
+        assert "runs fit" in out

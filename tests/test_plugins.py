@@ -1,0 +1,100 @@
+"""Third-party plugins: found through the `llmmem` entry point, blocked by LLMMEM_DISABLE_PLUGINS."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+
+from pytest_llmmem.catalog import GPU, Catalog, Optimizer
+from pytest_llmmem.errors import ConfigError
+from pytest_llmmem.hookspecs import hookimpl
+
+PLUGIN = '''
+from pytest_llmmem.catalog import GPU, Optimizer
+from pytest_llmmem.hookspecs import hookimpl
+
+@hookimpl
+def llmmem_register_optimizers(register):
+    register(Optimizer("sophia", 2, doc="Sophia: momentum and a Hessian estimate"))
+
+@hookimpl
+def llmmem_register_gpus(register):
+    register(GPU("Gaudi3", 128 * 1024**3, aliases=("intel-gaudi3",)))
+'''
+
+PYPROJECT = '''
+[tool.llmmem]
+gpu = "gaudi3"
+
+[tool.llmmem.model]
+params = "7B"
+
+[[tool.llmmem.runs]]
+name = "sft"
+dtype = "bf16"
+optimizer = "Sophia"
+'''
+
+
+@pytest.fixture
+def installed_plugin(tmp_path):
+    """A distribution on sys.path that declares an `llmmem` entry point, as pip would leave it."""
+    site = tmp_path / "site"
+    (site / "llmmem_sophia-1.0.dist-info").mkdir(parents=True)
+    (site / "llmmem_sophia.py").write_text(PLUGIN)
+    (site / "llmmem_sophia-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: llmmem-sophia\nVersion: 1.0\n")
+    (site / "llmmem_sophia-1.0.dist-info" / "entry_points.txt").write_text("[llmmem]\nsophia = llmmem_sophia\n")
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
+    return tmp_path, site
+
+
+def _check(tmp_path, site, **env):
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), **env}
+    return subprocess.run([sys.executable, "-m", "pytest_llmmem.cli", "check", str(tmp_path / "pyproject.toml")],
+                          capture_output=True, text=True, env=environ)
+
+
+def test_entry_point_plugin_adds_gpu_and_optimizer(installed_plugin):
+    proc = _check(*installed_plugin)
+    assert proc.returncode == 0, proc.stderr
+    # 7e9 x (2 weights + 4 master + 2 grads + 2 x 4 Sophia states) = 112e9 B = 104.31 GiB, under 128 GiB
+    assert "sft (line 8): FITS" in proc.stdout
+    assert "budget: Gaudi3" in proc.stdout
+    assert "sophia" in proc.stdout
+
+
+@pytest.mark.parametrize("blocked", ["sophia", "all", "other,sophia"])
+def test_disable_plugins(installed_plugin, blocked):
+    proc = _check(*installed_plugin, LLMMEM_DISABLE_PLUGINS=blocked)
+    assert proc.returncode == 2
+    assert 'unknown optimizer "Sophia"' in proc.stderr  # the run's optimizer is resolved before the budget
+    assert "Traceback" not in proc.stderr
+
+
+def test_broken_plugin_is_a_clear_error(installed_plugin):
+    tmp_path, site = installed_plugin
+    (site / "llmmem_sophia.py").write_text("raise ImportError('needs torch')\n")
+    proc = _check(tmp_path, site)
+    assert proc.returncode == 2
+    assert "an llmmem plugin failed to load: ImportError: needs torch" in proc.stderr
+    assert "LLMMEM_DISABLE_PLUGINS" in proc.stderr
+
+
+def test_plugin_object_in_process():
+    plugin = types.SimpleNamespace(
+        llmmem_register_gpus=hookimpl(lambda register: register(GPU("TPU-v5e", 16 * 1024**3))),
+    )
+    catalog = Catalog(extra_plugins=[plugin])
+    assert catalog.gpu("tpu v5e").memory_bytes == 16 * 1024**3
+    assert catalog.gpu("A100").name == "A100-80GB"  # built-ins are still there
+
+
+def test_a_name_registered_twice_is_an_error():
+    plugin = types.SimpleNamespace(
+        llmmem_register_optimizers=hookimpl(lambda register: register(Optimizer("AdamW", 3))),
+    )
+    with pytest.raises(ConfigError, match='optimizer "AdamW" is registered twice, by plugin "builtin"'):
+        Catalog(extra_plugins=[plugin])
