@@ -10,7 +10,6 @@ Checked tensor by tensor against PyTorch's saved-tensor hooks on real HF models 
 groundtruth.jsonl): GPT-2 keeps 28 * s*b*h fp32 per layer, LLaMA in bf16 8 + (4 + 4*f/h).
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, FrozenSet
@@ -21,7 +20,7 @@ FP32 = 4
 INDEX_BYTES = 8  # int64 token ids / labels
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # never compared; eq costs start-up time
 class Trainable:
     """Which weights get gradients: everything (full training) or LoRA adapters on some modules."""
 

@@ -6,12 +6,10 @@ only when a config names something the built-ins lack, so the common case pays n
 entry-point scan (about 25 ms on a machine with a hundred packages) on every pre-commit run.
 """
 
-from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Generic, Iterable, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import pluggy
 
@@ -26,8 +24,7 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[\s_\-.]+", "", name.lower())
 
 
-@dataclass(frozen=True)
-class DType:
+class DType(NamedTuple):
     """A number format for weights (and the format activations are computed in)."""
 
     name: str
@@ -43,8 +40,7 @@ class DType:
         return self.bytes if self.seed_bytes is None else self.seed_bytes
 
 
-@dataclass(frozen=True)
-class Optimizer:
+class Optimizer(NamedTuple):
     """An optimizer's state, per trainable parameter."""
 
     name: str
@@ -55,8 +51,7 @@ class Optimizer:
     doc: str = ""
 
 
-@dataclass(frozen=True)
-class GPU:
+class GPU(NamedTuple):
     """An accelerator and the memory a process can see on it (what nvidia-smi reports as total)."""
 
     name: str
@@ -65,17 +60,16 @@ class GPU:
     doc: str = ""
 
 
-T = TypeVar("T", DType, Optimizer, GPU)
+class _Table:
+    """Entries of one kind by every normalised spelling, and which plugin registered each."""
 
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.entries: Dict[str, Any] = {}  # normalized name or alias -> DType | Optimizer | GPU
+        self.owners: Dict[str, str] = {}  # normalized name -> plugin that registered it
+        self.names: List[str] = []  # canonical names, in registration order
 
-@dataclass
-class _Table(Generic[T]):
-    kind: str
-    entries: Dict[str, T] = field(default_factory=dict)  # normalized name or alias -> entry
-    owners: Dict[str, str] = field(default_factory=dict)  # normalized name -> plugin that registered it
-    names: List[str] = field(default_factory=list)  # canonical names, in registration order
-
-    def add(self, entry: T, owner: str) -> None:
+    def add(self, entry: Any, owner: str) -> None:
         for spelling in (entry.name, *entry.aliases):
             key = normalize_name(spelling)
             if key in self.entries and self.entries[key] is not entry:
@@ -103,9 +97,9 @@ class Catalog:
         self._collect()
 
     def _collect(self) -> None:
-        self.dtypes: _Table[DType] = _Table("dtype")
-        self.optimizers: _Table[Optimizer] = _Table("optimizer")
-        self.gpus: _Table[GPU] = _Table("gpu")
+        self.dtypes = _Table("dtype")
+        self.optimizers = _Table("optimizer")
+        self.gpus = _Table("gpu")
         hooks = self._pm.hook
         for table, caller in (
             (self.dtypes, hooks.llmmem_register_dtypes),
@@ -141,7 +135,7 @@ class Catalog:
         self.load_entry_points()
         return [name for name, _ in self._pm.list_name_plugin()]
 
-    def _lookup(self, attr: str, name: object) -> T:
+    def _lookup(self, attr: str, name: object) -> Any:
         table = getattr(self, attr)
         if not isinstance(name, str):
             raise ConfigError(f"expected a {table.kind} name as a string, got {name!r}.", hint=f"Valid: {one_of(table.names)}.")
@@ -175,5 +169,3 @@ def default_catalog() -> Catalog:
         _DEFAULT = Catalog()
     return _DEFAULT
 
-
-Register = Callable[[T], None]

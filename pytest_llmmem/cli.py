@@ -25,7 +25,8 @@ _VALUE_FLAGS = {
 _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: Optional[str]) -> argparse.ArgumentParser:
+    """The argument parser; only ``command``'s sub-parser gets its flags (the others cost start-up)."""
     parser = argparse.ArgumentParser(
         prog="llmmem",
         description="Estimate the peak per-GPU memory of LLM training and serving runs and enforce a budget.",
@@ -39,21 +40,22 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--units", choices=("gib", "gb"), default="gib", help="print GiB (1024^3, default) or decimal GB (10^9)")
 
     check = sub.add_parser("check", help="check the runs declared under [tool.llmmem] in a pyproject.toml")
-    check.add_argument("path", nargs="?", default=None, help="a pyproject.toml, or a folder holding one (default: .)")
-    check.add_argument("--run", action="append", metavar="NAME", help="check only this run (repeatable)")
-    common(check)
-
     est = sub.add_parser("estimate", help="estimate one run from flags, without a pyproject.toml")
-    for flag, kind in _VALUE_FLAGS.items():
-        est.add_argument(f"--{flag}", type=kind, metavar=flag.split("-")[-1].upper())
-    est.add_argument("--lora-targets", metavar="NAMES", help='comma-separated module names, or "all-linear"')
-    for flag in _SWITCHES:
-        est.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action="store_true", default=None)
-        est.add_argument(f"--no-{flag}", dest=flag.replace("-", "_"), action="store_false")
-    common(est)
-
     cat = sub.add_parser("catalog", help="list the known GPUs, dtypes and optimizers (built-in and from plugins)")
-    cat.add_argument("what", nargs="?", choices=("gpus", "dtypes", "optimizers"), default=None)
+    if command == "check":
+        check.add_argument("path", nargs="?", default=None, help="a pyproject.toml, or a folder holding one (default: .)")
+        check.add_argument("--run", action="append", metavar="NAME", help="check only this run (repeatable)")
+        common(check)
+    elif command == "estimate":
+        for flag, kind in _VALUE_FLAGS.items():
+            est.add_argument(f"--{flag}", type=kind, metavar=flag.split("-")[-1].upper())
+        est.add_argument("--lora-targets", metavar="NAMES", help='comma-separated module names, or "all-linear"')
+        for flag in _SWITCHES:
+            est.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action="store_true", default=None)
+            est.add_argument(f"--no-{flag}", dest=flag.replace("-", "_"), action="store_false")
+        common(est)
+    elif command == "catalog":
+        cat.add_argument("what", nargs="?", choices=("gpus", "dtypes", "optimizers"), default=None)
     return parser
 
 
@@ -117,7 +119,9 @@ def _catalog(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = _parser(command).parse_args(argv)
     from .errors import ConfigError
 
     try:

@@ -5,7 +5,6 @@ key and its line, and nothing a user mistyped is silently replaced by a default.
 kebab-case; the snake_case spelling of any key is accepted too.
 """
 
-from __future__ import annotations
 
 import json
 import math
@@ -118,15 +117,11 @@ def _bracket_balance(line: str) -> int:
 # --- value checks ------------------------------------------------------------------------------
 
 
-@dataclass
 class _Context:
     """Where values come from, for error messages, and how to resolve names and files."""
 
-    path: str
-    locator: Locator
-    catalog: Catalog
-    read_json: Callable[[Path], Any]
-    base_dir: Path
+    def __init__(self, path: str, locator: Locator, catalog: Catalog, read_json: Callable[[Path], Any], base_dir: Path) -> None:
+        self.path, self.locator, self.catalog, self.read_json, self.base_dir = path, locator, catalog, read_json, base_dir
 
     def error(self, message: str, key: str, line: Optional[int], hint: Optional[str] = None) -> ConfigError:
         return ConfigError(message, path=self.path, key=key, line=line, hint=hint)
@@ -308,7 +303,7 @@ def _read_hf_config(table: _Table, ctx: _Context) -> Architecture:
 # --- runs ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # never compared; eq costs start-up time
 class Project:
     """A pyproject's ``[tool.llmmem]``: its resolved runs, and what is needed to re-resolve one."""
 

@@ -5,7 +5,6 @@ bytes per dtype, training = 4 x inference). ``detailed`` counts what sits in GPU
 peak of a training step or an inference prefill; each term below names its source.
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
@@ -39,7 +38,7 @@ CUBLAS_WORKSPACE_BYTES = 32 * MiB
 FRAGMENTATION = 0.30
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # never compared; eq costs start-up time
 class Estimate:
     """Peak per-GPU bytes of one run, as a breakdown whose terms add up to the total."""
 

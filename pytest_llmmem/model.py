@@ -7,17 +7,19 @@ modelling code of each family and are tested against published totals (GPT-2 124
 Llama-2-7B 6,738,415,616; Mixtral-8x7B 46,702,792,704; ...).
 """
 
-from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from .errors import ConfigError, did_you_mean, one_of
 
 
-@dataclass(frozen=True)
-class Family:
-    """Traits of one modelling-code family, as in ``transformers/models/<name>/modeling_<name>.py``."""
+class Family(NamedTuple):
+    """Traits of one modelling-code family, as in ``transformers/models/<name>/modeling_<name>.py``.
+
+    Small immutable records here are NamedTuples: a dataclass costs ~1 ms of start-up each and
+    ``llmmem check`` runs on every commit (benchmarks/cli_startup.py).
+    """
 
     name: str
     gated_mlp: bool = True  # gate/up/down with an activation on the gate (LLaMA) vs fc1/fc2
@@ -48,11 +50,11 @@ _LLAMA = Family("llama")
 _GPT2_NAMES = (("qkv", "c_attn"), ("o", "c_proj"), ("up", "c_fc"), ("down", "mlp.c_proj"))
 FAMILIES: Dict[str, Family] = {
     "llama": _LLAMA,
-    "mistral": replace(_LLAMA, name="mistral"),
-    "mixtral": replace(_LLAMA, name="mixtral", names=_LLAMA.names + (("router", "gate"),)),
-    "qwen2": replace(_LLAMA, name="qwen2", qkv_bias=True),
-    "qwen2_moe": replace(_LLAMA, name="qwen2_moe", qkv_bias=True, names=_LLAMA.names + (("router", "gate"),)),
-    "gemma": replace(_LLAMA, name="gemma", tie_default=True, default_act="gelu_pytorch_tanh"),
+    "mistral": _LLAMA._replace(name="mistral"),
+    "mixtral": _LLAMA._replace(name="mixtral", names=_LLAMA.names + (("router", "gate"),)),
+    "qwen2": _LLAMA._replace(name="qwen2", qkv_bias=True),
+    "qwen2_moe": _LLAMA._replace(name="qwen2_moe", qkv_bias=True, names=_LLAMA.names + (("router", "gate"),)),
+    "gemma": _LLAMA._replace(name="gemma", tie_default=True, default_act="gelu_pytorch_tanh"),
     "gpt2": Family(
         "gpt2", gated_mlp=False, norm="layer", qkv_bias=True, out_bias=True, mlp_bias=True,
         learned_positions=True, softmax_upcast=False, tie_default=True, names=_GPT2_NAMES, default_act="gelu_new",
@@ -97,8 +99,7 @@ def family(name: object) -> Family:
     return FAMILIES[key]
 
 
-@dataclass(frozen=True)
-class Linear:
+class Linear(NamedTuple):
     """One weight matrix of a layer (``count`` of them: MoE experts), as LoRA and quantisers see it."""
 
     role: str
@@ -114,7 +115,7 @@ class Linear:
         return self.count * (self.d_in * self.d_out + (self.d_out if self.bias else 0))
 
 
-@dataclass(frozen=True)
+@dataclass
 class Architecture:
     """A transformer's shape; every count and activation size is derived from it."""
 
@@ -324,8 +325,7 @@ def validate(arch: Architecture, source: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class ParamsOnly:
+class ParamsOnly(NamedTuple):
     """A model known only by its parameter count: no activations, KV cache or exact splits."""
 
     params: int

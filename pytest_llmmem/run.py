@@ -1,9 +1,8 @@
 """A declared run and its budget, fully resolved: what the estimator takes as input."""
 
-from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 from .catalog import DType, Optimizer
 from .model import Architecture, ParamsOnly
@@ -13,8 +12,7 @@ PRECISIONS = ("mixed", "pure", "amp")
 METHODS = ("detailed", "rule-of-thumb")
 
 
-@dataclass(frozen=True)
-class Budget:
+class Budget(NamedTuple):
     """Per-GPU memory a run may use: the ceiling less the headroom kept free."""
 
     ceiling_bytes: int
@@ -32,7 +30,7 @@ class Budget:
         return f"{base} less {format_bytes(self.headroom_bytes)} headroom" if self.headroom_bytes else base
 
 
-@dataclass(frozen=True)
+@dataclass
 class Run:
     """One declared training or serving job, every default applied and every name resolved."""
 
