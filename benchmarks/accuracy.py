@@ -1,0 +1,185 @@
+"""Score the detailed estimate against ../shared/validation: PyTorch ground truth and published GPU runs.
+
+    python benchmarks/accuracy.py [--validation ../shared/validation]
+
+groundtruth.jsonl holds exact bytes PyTorch kept on the CPU for one step of a real HF model; each
+term is compared (weights, gradients, optimizer states, saved activations incl. the fp32
+log-softmax, logits, KV cache). measured.jsonl holds published peak GPU memory; each row is
+compared like with like: ``max_memory_allocated`` against the estimate without CUDA context and
+allocator slack, ``reserved`` without the context, ``nvidia-smi`` with everything. Rows whose
+settings are not published well enough to estimate (unknown prompt length, init-phase peaks) are
+listed with the reason and not scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pytest_llmmem.config import adhoc_run  # noqa: E402
+from pytest_llmmem.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Estimate, estimate  # noqa: E402
+
+UNITS = {"MiB": 2**20, "MB": 2**20, "GB": 10**9, "GiB": 2**30}  # HF anatomy "MB" rows are pynvml used // 1024**2
+
+
+def _arch_keys(spec: Dict[str, Any]) -> Dict[str, Any]:
+    spec = dict(spec)
+    family = spec.pop("arch")
+    keys: Dict[str, Any] = {"family": family}
+    names = {"hidden_size": "hidden-size", "n_embd": "hidden-size", "num_hidden_layers": "num-layers", "n_layer": "num-layers",
+             "num_attention_heads": "num-heads", "n_head": "num-heads", "num_key_value_heads": "num-kv-heads",
+             "intermediate_size": "intermediate-size", "vocab_size": "vocab-size", "n_positions": "max-position-embeddings",
+             "tie_word_embeddings": "tie-embeddings"}
+    for key, value in spec.items():
+        keys[names[key]] = value
+    return keys
+
+
+def groundtruth(path: Path) -> List[Tuple[str, str, int, int]]:
+    """(case, term, estimate, truth) for every term of every ground-truth row."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        case = json.loads(line)
+        keys = _arch_keys(case["spec"])
+        run: Dict[str, Any] = {**keys, "mode": case["mode"], "dtype": case["dtype"], "batch-size": case["batch"], "seq-len": case["seq"],
+                               "flash-attention": case["attn"] == "sdpa"}
+        if case["mode"] != "inference":
+            run["optimizer"] = case["optimizer"]
+            run["gradient-checkpointing"] = bool(case["grad_ckpt"])
+        if case["mode"] == "train":
+            run["precision"] = "pure"
+        if case["mode"] == "lora":
+            run["lora-rank"] = case["lora_r"]
+            targets = case["lora_targets"]
+            run["lora-targets"] = "all-linear" if targets == "all-linear" else targets.split(",")
+        est = estimate(adhoc_run(run))
+        name = f"gt{number:02d} {keys['family']} L{keys['num-layers']} {case['mode']} {case['dtype']} b{case['batch']} s{case['seq']} {case['attn']}" + (
+            " ckpt" if case["grad_ckpt"] else "") + (f" r{case['lora_r']} {case['lora_targets']}" if case["mode"] == "lora" else "")
+        b, d = est.breakdown, est.details
+        rows.append((name, "weights", b["weights"], case["param_bytes"] + case.get("adapter_bytes", 0)))
+        if case["mode"] != "inference":
+            rows.append((name, "gradients", b["gradients"], case["grad_bytes"]))
+            rows.append((name, "optimizer_states", b["optimizer_states"], case["opt_state_bytes"]))
+            saved = b["activations"] + d["logits.log_softmax"] - d.get("activations.recomputed_layer", 0)
+            rows.append((name, "saved activations", saved, case["saved_bytes"]))
+            rows.append((name, "logits", d["logits.logits"], case["logits_bytes"]))
+        else:
+            rows.append((name, "kv_cache", b["kv_cache"], case["kv_cache_bytes"]))
+            rows.append((name, "logits", b["logits"], case["logits_bytes"]))
+    return rows
+
+
+BERT_LARGE = {"family": "bert", "hidden-size": 1024, "num-layers": 24, "num-heads": 16, "intermediate-size": 4096,
+              "vocab-size": 30522, "max-position-embeddings": 512}
+LLAMA2_7B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "intermediate-size": 11008, "vocab-size": 32000}
+OCTOCODER = {"family": "gpt_bigcode", "hidden-size": 6144, "num-layers": 40, "num-heads": 48, "num-kv-heads": 1,
+             "intermediate-size": 24576, "vocab-size": 49152, "max-position-embeddings": 8192}
+OPTIMIZERS = {"AdamW (Trainer default)": "adamw", "Adafactor": "adafactor", "bnb Adam8bit": "adamw-8bit", "AdamW": "adamw"}
+
+
+def _measured_run(row: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], str]:
+    """The run keys for a published measurement, or None and why it is not scored."""
+    model = row.get("model")
+    if row["mode"] == "cuda-context":
+        return None, "defines the CUDA-context constant (1343 MiB), not a check of it"
+    if model == "bert-large-uncased":
+        if row["batch_size"] == 0:
+            return {"params": "335143938", "mode": "inference", "dtype": "fp32"}, "weights only after load"
+        amp = row["precision"] == "amp-fp16"
+        # BERT's published config: dropout 0.1 on attention probabilities and hidden states; eager attention.
+        return {**BERT_LARGE, "mode": "train", "dtype": "fp16" if amp else "fp32", "precision": "amp" if amp else "pure",
+                "optimizer": OPTIMIZERS[row["optimizer"]], "batch-size": row["batch_size"], "seq-len": row["seq_len"],
+                "gradient-checkpointing": bool(row["grad_checkpointing"]), "flash-attention": False, "_dropout": 0.1}, ""
+    if model == "Llama-2-7b-hf":
+        if "init" in row["notes"].split("Phase:")[-1]:
+            return None, "model-init phase peak (load-time copies), not a training step"
+        if row["id"] == "tt-qlora-04":
+            # Reserved after training is 9.29 GB against 9.13 GB at init (tt-qlora-03): the caching
+            # allocator still holds the load-time blocks, so this number measures loading, not a step.
+            return None, "reserved pool still holds load-time blocks (9.29 GB vs 9.13 GB at init)"
+        mode = row["mode"]
+        targets = row["lora_targets"] if isinstance(row["lora_targets"], list) else "all-linear"
+        return {**LLAMA2_7B, "mode": mode, "dtype": "nf4" if mode == "qlora" else "bf16", "optimizer": "adamw", "batch-size": 2,
+                "gradient-checkpointing": True, "lora-rank": row["lora_r"], "lora-targets": targets, "adapter-dtype": "bf16"}, \
+            "seq-len unpublished (unpacked Alpaca): estimated at 512 and 1024 tokens"
+    if model == "bigcode/octocoder":
+        if row["seq_len"] is None:
+            return None, "prompt length unpublished (\"several thousand tokens\")"
+        dtype = row["weight_dtype"].split()[0]
+        return {**OCTOCODER, "mode": "inference", "dtype": dtype, "batch-size": 1, "seq-len": row["seq_len"] + 60,
+                "flash-attention": bool(row["flash_attention"])}, "20-token prompt + 60 generated"
+    return None, "no architecture published"
+
+
+def _comparable(est: Estimate, kind: str) -> int:
+    """The estimate as the measurement sees it."""
+    total = est.total_bytes
+    if kind.startswith("max_memory_allocated") or kind == "peak memory":
+        return total - est.breakdown["overhead"]
+    if kind == "reserved":
+        return total - CUDA_CONTEXT_BYTES - CUBLAS_WORKSPACE_BYTES
+    return total  # nvidia-smi: context, kernels and the allocator's pool included
+
+
+def measured(path: Path):
+    scored, skipped = [], []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        keys, why = _measured_run(row)
+        if keys is None:
+            skipped.append((row["id"], why))
+            continue
+        truth = row["measured_value"] * UNITS[row["measured_unit"].split()[0]]
+        dropout = keys.pop("_dropout", 0.0)
+        seqs = [512, 1024] if row.get("model") == "Llama-2-7b-hf" else [keys.get("seq-len")]
+        values = []
+        for seq in seqs:
+            run = adhoc_run({**keys, **({"seq-len": seq} if seq else {})})
+            if dropout:
+                run.model.attention_dropout = run.model.hidden_dropout = dropout
+            values.append(_comparable(estimate(run), row["measured_kind"]))
+        scored.append((row["id"], row["measured_kind"], values, truth, why))
+    return scored, skipped
+
+
+def _pct(est: float, truth: float) -> float:
+    return 100 * (est / truth - 1) if truth else 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--validation", type=Path, default=ROOT.parent / "shared" / "validation")
+    args = parser.parse_args()
+    gt = groundtruth(args.validation / "groundtruth.jsonl")
+    print("== ground truth (exact PyTorch bytes, CPU) ==")
+    print(f"{'case':<58} {'term':<18} {'estimate':>14} {'truth':>14} {'error':>8}")
+    for name, term, est, truth in gt:
+        print(f"{name:<58} {term:<18} {est:>14,} {truth:>14,} {_pct(est, truth):>+7.2f}%")
+    errors = [abs(_pct(e, t)) for _, _, e, t in gt if t]
+    print(f"per-term |error|: median {statistics.median(errors):.2f} %, max {max(errors):.2f} % over {len(errors)} terms")
+
+    scored, skipped = measured(args.validation / "measured.jsonl")
+    print("\n== published GPU measurements (totals) ==")
+    print(f"{'case':<14} {'kind':<22} {'estimate':>22} {'measured':>10} {'error':>16}  note")
+    worst = []
+    for case, kind, values, truth, why in scored:
+        est = " / ".join(f"{v / 2**30:.2f}" for v in values)
+        err = " / ".join(f"{_pct(v, truth):+.1f}%" for v in values)
+        worst.append(min(_pct(v, truth) for v in values))
+        print(f"{case:<14} {kind[:22]:<22} {est + ' GiB':>22} {truth / 2**30:>6.2f} GiB {err:>16}  {why}")
+    for case, why in skipped:
+        print(f"{case:<14} not scored: {why}")
+    firsts = [abs(_pct(v[0], t)) for _, _, v, t, _ in scored]
+    print(f"totals |error| (first estimate per row): median {statistics.median(firsts):.1f} %; worst under-estimate {min(worst):+.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
