@@ -96,7 +96,8 @@ def _measured_run(row: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], str]:
         # BERT's published config: dropout 0.1 on attention probabilities and hidden states; eager attention.
         return {**BERT_LARGE, "mode": "train", "dtype": "fp16" if amp else "fp32", "precision": "amp" if amp else "pure",
                 "optimizer": OPTIMIZERS[row["optimizer"]], "batch-size": row["batch_size"], "seq-len": row["seq_len"],
-                "gradient-checkpointing": bool(row["grad_checkpointing"]), "flash-attention": False, "_dropout": 0.1}, ""
+                "gradient-checkpointing": bool(row["grad_checkpointing"]), "flash-attention": False,
+                "attention-dropout": 0.1, "hidden-dropout": 0.1}, ""
     if model == "Llama-2-7b-hf":
         if "init" in row["notes"].split("Phase:")[-1]:
             return None, "model-init phase peak (load-time copies), not a training step"
@@ -137,13 +138,10 @@ def measured(path: Path):
             skipped.append((row["id"], why))
             continue
         truth = row["measured_value"] * UNITS[row["measured_unit"].split()[0]]
-        dropout = keys.pop("_dropout", 0.0)
         seqs = [512, 1024] if row.get("model") == "Llama-2-7b-hf" else [keys.get("seq-len")]
         values = []
         for seq in seqs:
             run = adhoc_run({**keys, **({"seq-len": seq} if seq else {})})
-            if dropout:
-                run.model.attention_dropout = run.model.hidden_dropout = dropout
             values.append(_comparable(estimate(run), row["measured_kind"]))
         scored.append((row["id"], row["measured_kind"], values, truth, why))
     return scored, skipped

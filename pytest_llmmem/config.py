@@ -9,7 +9,7 @@ kebab-case; the snake_case spelling of any key is accepted too.
 import json
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -26,7 +26,7 @@ TOP_KEYS = BUDGET_KEYS + ("model", "runs")
 ARCH_KEYS = (
     "family", "hidden-size", "num-layers", "num-heads", "num-kv-heads", "head-dim", "intermediate-size",
     "vocab-size", "tie-embeddings", "max-position-embeddings", "num-experts", "experts-per-token",
-    "moe-intermediate-size", "hidden-act",
+    "moe-intermediate-size", "hidden-act", "attention-dropout", "hidden-dropout",
 )
 MODEL_KEYS = ("params", "config") + ARCH_KEYS
 TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing")
@@ -173,6 +173,14 @@ class _Table:
             raise self.fail(key, f"{value} is out of range; expected {low} to {high:,}.")
         return value
 
+    def probability(self, key: str) -> Optional[float]:
+        if key not in self.values:
+            return None
+        value = self.values[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise self.fail(key, f"expected a probability from 0 up to (not including) 1, got {_type_name(value)} {value!r}.")
+        return float(value)
+
     def boolean(self, key: str, default: bool) -> bool:
         value = self.values.get(key, default)
         if not isinstance(value, bool):
@@ -242,12 +250,16 @@ def _model(table: _Table, ctx: _Context) -> Union[Architecture, ParamsOnly]:
         number = table.integer(key, low=0 if key in ("head-dim", "num-experts") else 1)
         if number is not None:
             values[_ARCH_FIELDS[key]] = number
+    for key in ("attention-dropout", "hidden-dropout"):  # dropout keeps masks for backward
+        p = table.probability(key)
+        if p is not None:
+            values[key.replace("-", "_")] = p
     if "config" in table:
         base = _read_hf_config(table, ctx)
         fam = table.resolve("family", family) if "family" in table else base.family
         tie = table.boolean("tie-embeddings", base.tie_embeddings)
         act = table.string("hidden-act") or base.hidden_act
-        arch = replace(base, family=fam, tie_embeddings=tie, hidden_act=act, **values)
+        arch = base._replace(family=fam, tie_embeddings=tie, hidden_act=act, **values)
     else:
         if not arch_given:
             raise ctx.error(
@@ -269,7 +281,7 @@ def _model(table: _Table, ctx: _Context) -> Union[Architecture, ParamsOnly]:
             hidden_act=table.string("hidden-act") or "", source=ctx.path, **values,
         )
     if arch.num_experts and not arch.experts_per_token:
-        arch = replace(arch, experts_per_token=2)
+        arch = arch._replace(experts_per_token=2)
     try:
         validate(arch, "")
     except ConfigError as err:

@@ -66,7 +66,7 @@ class Estimate:
     @property
     def used_fraction(self) -> Optional[float]:
         budget = self.budget_bytes
-        return None if not budget else self.total_bytes / budget
+        return None if budget is None else self.total_bytes / budget
 
     @property
     def biggest_term(self) -> str:

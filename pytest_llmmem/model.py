@@ -8,7 +8,6 @@ Llama-2-7B 6,738,415,616; Mixtral-8x7B 46,702,792,704; ...).
 """
 
 
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from .errors import ConfigError, did_you_mean, one_of
@@ -115,8 +114,7 @@ class Linear(NamedTuple):
         return self.count * (self.d_in * self.d_out + (self.d_out if self.bias else 0))
 
 
-@dataclass
-class Architecture:
+class Architecture(NamedTuple):
     """A transformer's shape; every count and activation size is derived from it."""
 
     family: Family

@@ -1,7 +1,6 @@
 """A declared run and its budget, fully resolved: what the estimator takes as input."""
 
 
-from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple, Union
 
 from .catalog import DType, Optimizer
@@ -30,8 +29,7 @@ class Budget(NamedTuple):
         return f"{base} less {format_bytes(self.headroom_bytes)} headroom" if self.headroom_bytes else base
 
 
-@dataclass
-class Run:
+class Run(NamedTuple):
     """One declared training or serving job, every default applied and every name resolved."""
 
     name: str

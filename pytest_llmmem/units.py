@@ -62,15 +62,19 @@ def parse_bytes(text: object, *, allow_zero: bool = False) -> int:
     if isinstance(text, bool):
         raise UnitError(f"{text!r} is a boolean; expected {BYTE_UNITS_HELP}")
     if isinstance(text, (int, float)):
-        return int(_finite_positive(float(text), text, BYTE_UNITS_HELP, allow_zero))
-    if not isinstance(text, str):
+        value, unit = _finite_positive(float(text), text, BYTE_UNITS_HELP, allow_zero), ""
+    elif isinstance(text, str):
+        match = _BYTES_RE.match(text)
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _BYTE_UNITS:
+            raise UnitError(f"{text!r} is not a size; expected {BYTE_UNITS_HELP}")
+        value = _finite_positive(float(match.group(1)), text, BYTE_UNITS_HELP, allow_zero)
+    else:
         raise UnitError(f"{text!r} is a {type(text).__name__}; expected {BYTE_UNITS_HELP}")
-    match = _BYTES_RE.match(text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _BYTE_UNITS:
-        raise UnitError(f"{text!r} is not a size; expected {BYTE_UNITS_HELP}")
-    value = _finite_positive(float(match.group(1)), text, BYTE_UNITS_HELP, allow_zero)
-    return int(round(value * _BYTE_UNITS[unit]))
+    result = int(round(value * _BYTE_UNITS[unit]))
+    if result == 0 and not allow_zero:
+        raise UnitError(f"{text!r} is less than one byte; expected {BYTE_UNITS_HELP}")
+    return result
 
 
 def parse_count(text: object) -> int:

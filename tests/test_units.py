@@ -26,7 +26,7 @@ def test_81920_mib_is_80_gib():
     assert parse_bytes("81920MiB") == parse_bytes("80 GiB")
 
 
-@pytest.mark.parametrize("text", ["80 GiBs", "eighty", "", "-1 GiB", "0 GB", "nan", "inf GB", True, [80], math.nan, math.inf])
+@pytest.mark.parametrize("text", ["80 GiBs", "eighty", "", "-1 GiB", "0 GB", "nan", "inf GB", True, [80], math.nan, math.inf, 0.5, "0.4 B"])
 def test_parse_bytes_rejects(text):
     with pytest.raises(UnitError):
         parse_bytes(text)
