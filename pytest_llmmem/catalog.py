@@ -19,9 +19,16 @@ from .errors import ConfigError, did_you_mean, one_of
 DISABLE_ENV = "LLMMEM_DISABLE_PLUGINS"
 
 
+_VENDOR = re.compile(r"^(nvidia|amd|tesla|geforce|instinct)[\s_\-]+")
+
+
 def normalize_name(name: str) -> str:
-    """Case- and punctuation-insensitive key: "A100 80GB", "a100-80gb", "A100_80GB" agree."""
-    return re.sub(r"[\s_\-.]+", "", name.lower())
+    """Case-, punctuation- and vendor-insensitive key: "A100 80GB", "a100-80gb" and
+    "NVIDIA A100-SXM4-80GB" (as nvidia-smi prints it) agree."""
+    name = name.lower().strip()
+    while _VENDOR.match(name):
+        name = _VENDOR.sub("", name, count=1)
+    return re.sub(r"[\s_\-.]+", "", name)
 
 
 class DType(NamedTuple):

@@ -302,7 +302,8 @@ def _read_hf_config(table: _Table, ctx: _Context) -> Architecture:
     except json.JSONDecodeError as err:
         raise table.fail("config", f'"{raw}" is not valid JSON: {err}.') from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise table.fail("config", f'"{raw}" cannot be read: {err}.') from None
+        reason = getattr(err, "strerror", None) or str(err)
+        raise table.fail("config", f'"{raw}" cannot be read: {reason}.') from None
     if not isinstance(data, dict):
         raise table.fail("config", f'"{raw}" holds {_type_name(data)}, not a JSON object.')
     try:
