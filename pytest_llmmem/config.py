@@ -338,7 +338,8 @@ class Project:
         raw_runs = list(self.table.get("runs", []))
         index = next(i for i, r in enumerate(raw_runs) if isinstance(r, dict) and r.get("name") == name)
         merged = {canonical(k): v for k, v in raw_runs[index].items()}
-        merged.update({canonical(k): v for k, v in overrides.items()})
+        # Known keys in either spelling replace the file's; a typo stays as typed for the message.
+        merged.update({(canonical(k) if canonical(k) in RUN_KEYS else k): v for k, v in overrides.items()})
         return _run(merged, index, self.table, self.context, require_budget=False)
 
 
@@ -530,14 +531,23 @@ def parse(
     return Project(path, tuple(runs), top.values, ctx)
 
 
-def load(path: Union[str, Path, None] = None, *, catalog: Optional[Catalog] = None, require_budget: bool = True) -> Project:
-    """Read and resolve the ``[tool.llmmem]`` table of a pyproject.toml (or a folder holding one)."""
+def load(
+    path: Union[str, Path, None] = None,
+    *,
+    catalog: Optional[Catalog] = None,
+    require_budget: bool = True,
+    display: Optional[str] = None,
+) -> Project:
+    """Read and resolve the ``[tool.llmmem]`` table of a pyproject.toml (or a folder holding one).
+
+    ``display`` is how messages name the file (default: as given).
+    """
     target = find_pyproject(path)
     try:
         text = target.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot be read: {err}.", path=str(target)) from None
-    shown = str(path) if path and Path(path).is_file() else str(target)
+    shown = display or (str(path) if path and Path(path).is_file() else str(target))
     return parse(text, path=shown, catalog=catalog, base_dir=target.resolve().parent, require_budget=require_budget)
 
 

@@ -84,9 +84,42 @@ def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False) -> s
     budget = f" | budget: {run.budget.describe()}" if run.budget else ""
     lines = [f"{run.name}{where}: {verdict(est, units)}", f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
     lines += breakdown_table(est, units, ascii_only)
-    if est.fits is False:
-        lines.append(f"  biggest term: {LABELS.get(est.biggest_term, est.biggest_term)} ({format_bytes(est.breakdown[est.biggest_term], units)})")
+    lines += _failure_tail(est, units)
     lines += [f"  note: {note}" for note in est.notes]
+    return "\n".join(lines)
+
+
+def _failure_tail(est: Estimate, units: str) -> List[str]:
+    """The biggest term and the ways out the core can compute, for an over-budget run."""
+    if est.fits is not False:
+        return []
+    from .fit import ways_out
+
+    term = est.biggest_term
+    share = 100 * est.breakdown[term] / est.total_bytes
+    lines = [f"  biggest term: {LABELS.get(term, term)} ({format_bytes(est.breakdown[term], units)}, {share:.1f} %)"]
+    options = ways_out(est.run, units)
+    if options:
+        lines.append("  ways out:")
+        lines += [f"    - {option.text}" for option in options]
+    else:
+        lines.append("  ways out: none of batch-size, seq-len, checkpointing, flash attention, 8-bit AdamW or a bigger GPU fits on its own")
+    return lines
+
+
+def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) -> str:
+    """The assertion-style message pytest shows for an over-budget run."""
+    run = est.run
+    where = f"{run.file}:{run.line}" if run.file and run.line else (run.file or "")
+    head = (f'llmmem: run "{run.name}" needs {format_bytes(est.total_bytes, units)} per GPU; '
+            f"the budget is {format_bytes(est.budget_bytes, units)} ({run.budget.describe()}): "
+            f"{100 * est.used_fraction:.1f} %, {format_bytes(est.total_bytes - est.budget_bytes, units)} over")
+    lines = [head, f"  {describe_run(est)}", f"  method: {est.method}"]
+    lines += breakdown_table(est, units, ascii_only)
+    lines += _failure_tail(est, units)
+    lines += [f"  note: {note}" for note in est.notes]
+    if where:
+        lines.append(f"  declared at {where}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,97 @@
+"""What would fit: the changes to a run, each computed by the estimator, that bring it under budget.
+
+Every suggestion is exact at the integer boundary: the suggested batch size (or sequence length)
+fits and the next one up does not. Memory only grows with batch and sequence (every activation,
+logit and KV-cache term is linear or quadratic in them), so a binary search finds the boundary.
+"""
+
+from typing import List, NamedTuple, Optional
+
+from .catalog import default_catalog
+from .estimate import Estimate, estimate
+from .model import Architecture
+from .run import Run
+from .units import format_bytes
+
+
+class WayOut(NamedTuple):
+    """One change that makes the run fit, with the estimate it gives."""
+
+    key: str
+    value: object
+    text: str
+    estimate: Estimate
+
+
+def _fits(run: Run) -> bool:
+    return bool(estimate(run).fits)
+
+
+def largest_fitting(run: Run, field: str, upper: int) -> Optional[int]:
+    """The largest value of ``field`` in 1..upper at which the run fits, or None if even 1 does not."""
+    def at(value: int) -> Run:
+        return run._replace(**{field: value})
+
+    if not _fits(at(1)):
+        return None
+    low, high = 1, upper  # invariant: low fits; everything above high is unknown or over
+    if _fits(at(high)):
+        return high
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _fits(at(mid)):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def ways_out(run: Run, units: str = "gib") -> List[WayOut]:
+    """Changes that make an over-budget run fit, cheapest to adopt first. Empty when it already fits."""
+    if run.budget is None or estimate(run).fits:
+        return []
+    out: List[WayOut] = []
+    has_shape = isinstance(run.model, Architecture)
+
+    def offer(key: str, value: object, text: str, changed: Run) -> None:
+        est = estimate(changed)
+        if est.fits:
+            out.append(WayOut(key, value, f"{text} ({format_bytes(est.total_bytes, units)})", est))
+
+    if has_shape and run.trains and not run.gradient_checkpointing:
+        offer("gradient-checkpointing", True, "fits with gradient-checkpointing = true", run._replace(gradient_checkpointing=True))
+    if has_shape and not run.flash_attention:
+        offer("flash-attention", True, "fits with flash-attention = true", run._replace(flash_attention=True))
+    if has_shape and run.batch_size > 1:
+        best = largest_fitting(run, "batch_size", run.batch_size - 1)
+        if best:
+            out.append(WayOut("batch-size", best, f"fits with batch-size <= {best} (raise gradient accumulation to keep the global batch)",
+                              estimate(run._replace(batch_size=best))))
+    if has_shape and run.seq_len > 1:
+        best = largest_fitting(run, "seq_len", run.seq_len - 1)
+        if best:
+            out.append(WayOut("seq-len", best, f"fits with seq-len <= {best}", estimate(run._replace(seq_len=best))))
+    if run.optimizer is not None and run.optimizer.name in ("adamw", "adam"):
+        eight_bit = default_catalog().optimizer("adamw-8bit")
+        offer("optimizer", "adamw-8bit", 'fits with optimizer = "adamw-8bit"', run._replace(optimizer=eight_bit))
+    gpu = smallest_gpu(run)
+    if gpu:
+        offer("gpu", gpu, f'fits on a {gpu} (gpu = "{gpu}")', _on_gpu(run, gpu))
+    return out
+
+
+def _on_gpu(run: Run, name: str) -> Run:
+    budget = run.budget
+    gpu = default_catalog().gpu(name)
+    fraction = budget.headroom_bytes / budget.ceiling_bytes if budget.ceiling_bytes else 0.0
+    headroom = int(gpu.memory_bytes * fraction)
+    return run._replace(budget=budget._replace(ceiling_bytes=gpu.memory_bytes, headroom_bytes=headroom, gpu=gpu.name))
+
+
+def smallest_gpu(run: Run) -> Optional[str]:
+    """The known GPU with the least memory that holds the run (keeping its headroom share), if any."""
+    catalog = default_catalog()
+    for name in sorted(catalog.gpus.names, key=lambda n: catalog.gpu(n).memory_bytes):
+        if catalog.gpu(name).memory_bytes > run.budget.ceiling_bytes and _fits(_on_gpu(run, name)):
+            return name
+    return None
