@@ -36,16 +36,26 @@ def _parser(command: Optional[str]) -> argparse.ArgumentParser:
     sub.required = True
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+        p.add_argument("--format", choices=("text", "json", "github"), default=None,
+                       help="output format (default: text; github when GITHUB_ACTIONS=true: text plus annotations, job summary and step outputs)")
         p.add_argument("--units", choices=("gib", "gb"), default="gib", help="print GiB (1024^3, default) or decimal GB (10^9)")
+        p.add_argument("--json-out", metavar="PATH", help="also write the JSON report to PATH")
 
     check = sub.add_parser("check", help="check the runs declared under [tool.llmmem] in a pyproject.toml")
     est = sub.add_parser("estimate", help="estimate one run from flags, without a pyproject.toml")
     cat = sub.add_parser("catalog", help="list the known GPUs, dtypes and optimizers (built-in and from plugins)")
+    diff = sub.add_parser("diff", help="compare two JSON reports (e.g. a PR's base and head) run by run")
     if command == "check":
-        check.add_argument("path", nargs="?", default=None, help="a pyproject.toml, or a folder holding one (default: .)")
+        check.add_argument("paths", nargs="*", metavar="PATH",
+                           help="pyproject.toml files or folders holding one (default: .); a model config.json checks the pyprojects that use it")
         check.add_argument("--run", action="append", metavar="NAME", help="check only this run (repeatable)")
+        check.add_argument("--hook", action="store_true",
+                           help="pre-commit mode: short output, pyprojects without [tool.llmmem] are skipped, each pyproject checked once")
         common(check)
+    elif command == "diff":
+        diff.add_argument("base", help="the JSON report before the change (llmmem check --format json)")
+        diff.add_argument("head", help="the JSON report after the change")
+        diff.add_argument("--format", choices=("text", "markdown"), default="text")
     elif command == "estimate":
         for flag, kind in _VALUE_FLAGS.items():
             est.add_argument(f"--{flag}", type=kind, metavar=flag.split("-")[-1].upper())
@@ -59,26 +69,121 @@ def _parser(command: Optional[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _emit(path: str, estimates: List[Any], args: argparse.Namespace) -> int:
+def _output_format(args: argparse.Namespace) -> str:
+    if args.format:
+        return args.format
+    return "github" if os.environ.get("GITHUB_ACTIONS") == "true" else "text"
+
+
+def _emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> int:
+    """Print (path, estimates) pairs in the chosen format; 1 when any run is over budget."""
+    import json
+
     from . import report
 
-    if args.format == "json":
-        import json
-
-        print(json.dumps(report.as_json_document(path, estimates), indent=2))
+    fmt = _output_format(args)
+    documents = [report.as_json_document(path, estimates) for path, estimates in results]
+    combined = documents[0] if len(documents) == 1 else {"version": report.JSON_VERSION, "projects": documents}
+    if fmt == "json":
+        print(json.dumps(combined, indent=2))
     else:
         encoding = (getattr(sys.stdout, "encoding", None) or "").lower()
-        print(report.render_text(path, estimates, args.units, ascii_only="utf" not in encoding))
-    return EXIT_OVER if any(e.fits is False for e in estimates) else EXIT_OK
+        ascii_only = "utf" not in encoding
+        render = report.render_short if hook else report.render_text
+        print("\n\n".join(render(path, estimates, args.units, ascii_only) for path, estimates in results))
+    json_path = args.json_out
+    if fmt == "github" and not json_path:
+        json_path = os.path.join(os.environ.get("RUNNER_TEMP") or ".", "llmmem-report.json")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(combined, indent=2) + "\n")
+    fits = not any(e.fits is False for _, estimates in results for e in estimates)
+    if fmt == "github":
+        _github(documents, fits, json_path)
+    return EXIT_OK if fits else EXIT_OVER
+
+
+def _github(documents: List[Any], fits: bool, json_path: str) -> None:
+    """Annotations on stdout, the job summary and the step outputs, as GitHub Actions reads them."""
+    from . import github
+
+    workspace = os.environ.get("GITHUB_WORKSPACE")
+    lines: List[str] = []
+    for doc in documents:
+        lines += github.annotations(doc["file"], doc["runs"], workspace)
+    for line in github.capped(lines):  # one cap across every file checked
+        print(line)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as handle:
+            for doc in documents:
+                handle.write(github.step_summary(github.workspace_path(doc["file"], workspace), doc["runs"]))
+    outputs = os.environ.get("GITHUB_OUTPUT")
+    if outputs:
+        with open(outputs, "a", encoding="utf-8") as handle:
+            handle.write(f"fits={'true' if fits else 'false'}\njson={json_path}\n")
+
+
+def _targets(args: argparse.Namespace) -> List[Any]:
+    """The pyprojects to check, each once: given directly, as a folder, or as the owner of a config.json."""
+    from pathlib import Path
+
+    from .config import find_pyproject, has_llmmem_table, owners_of
+    from .errors import ConfigError
+
+    seen, targets = set(), []
+    for raw in args.paths or [None]:
+        path = Path(raw) if raw else None
+        if path is not None and path.suffix == ".json":
+            found = owners_of(path, Path.cwd())
+            if not found and not args.hook:
+                raise ConfigError(f"no pyproject.toml with [tool.llmmem] in {path.parent} or above uses {raw} as its model config.")
+            candidates = found
+        else:
+            candidates = [find_pyproject(path)]
+        for candidate in candidates:
+            key = candidate.resolve()
+            if key in seen or (args.hook and not has_llmmem_table(candidate)):
+                continue
+            seen.add(key)
+            shown = raw if raw and Path(raw).resolve() == key else os.path.relpath(key) if key.is_relative_to(Path.cwd().resolve()) else str(key)
+            targets.append((shown, candidate))
+    return targets
 
 
 def _check(args: argparse.Namespace) -> int:
     from .config import load
     from .estimate import estimate
 
-    project = load(args.path)
-    runs = [project.run(name) for name in args.run] if args.run else list(project.runs)
-    return _emit(project.path, [estimate(run) for run in runs], args)
+    results = []
+    for shown, path in _targets(args):
+        project = load(path, display=shown)
+        runs = [project.run(name) for name in args.run] if args.run else list(project.runs)
+        results.append((project.path, [estimate(run) for run in runs]))
+    if not results:
+        print("llmmem: no pyproject.toml with [tool.llmmem] among the changed files; nothing to check.")
+        return EXIT_OK
+    return _emit(results, args, hook=args.hook)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    import json
+
+    from . import github
+    from .errors import ConfigError
+
+    documents = []
+    for path in (args.base, args.head):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                documents.append(json.load(handle))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read the JSON report: {err}.", path=path, hint="Write one with llmmem check --format json (or --json-out PATH).") from None
+        if not isinstance(documents[-1], dict) or documents[-1].get("version") != 1:
+            raise ConfigError("is not an llmmem JSON report (version 1).", path=path)
+    rows, regressed = github.diff(documents[0], documents[1])
+    print(github.render_diff(rows, markdown=args.format == "markdown"))
+    return EXIT_OVER if regressed else EXIT_OK
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -92,7 +197,7 @@ def _estimate(args: argparse.Namespace) -> int:
             values[flag] = value
     if args.lora_targets:
         values["lora-targets"] = "all-linear" if args.lora_targets == "all-linear" else [t.strip() for t in args.lora_targets.split(",") if t.strip()]
-    return _emit("command line", [estimate(adhoc_run(values))], args)
+    return _emit([("command line", [estimate(adhoc_run(values))])], args)
 
 
 def _catalog(args: argparse.Namespace) -> int:
@@ -125,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import ConfigError
 
     try:
-        return {"check": _check, "estimate": _estimate, "catalog": _catalog}[args.command](args)
+        return {"check": _check, "estimate": _estimate, "catalog": _catalog, "diff": _diff}[args.command](args)
     except ConfigError as err:
         print(f"llmmem: error: {err}", file=sys.stderr)
         return EXIT_ERROR

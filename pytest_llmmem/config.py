@@ -560,3 +560,42 @@ def adhoc_run(values: Mapping[str, Any], *, catalog: Optional[Catalog] = None, p
     ctx = _Context(path, Locator(""), catalog or default_catalog(), _read_json, Path.cwd())
     return _run(run, 0, top, ctx, require_budget=False)
 
+
+
+def has_llmmem_table(path: Path) -> bool:
+    """Whether a pyproject.toml declares [tool.llmmem] (unreadable or invalid TOML counts as yes,
+    so that checking it reports the problem instead of skipping it)."""
+    try:
+        document = toml.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, toml.TOMLDecodeError):
+        return True
+    tool = document.get("tool")
+    return isinstance(tool, dict) and "llmmem" in tool
+
+
+def owners_of(changed: Path, stop: Path) -> List[Path]:
+    """The pyproject.toml files, in ``changed``'s folder and its parents up to ``stop``, whose
+    [tool.llmmem] model (or a run's model) points its ``config`` at ``changed``."""
+    target = changed.resolve()
+    stop = stop.resolve()
+    found = []
+    for folder in [target.parent, *target.parent.parents]:
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                table = toml.loads(candidate.read_text(encoding="utf-8")).get("tool", {}).get("llmmem", {})
+            except (OSError, UnicodeDecodeError, toml.TOMLDecodeError, AttributeError):
+                table = {}
+            models = [table.get("model")] + [r.get("model") for r in table.get("runs", []) if isinstance(r, dict)] if isinstance(table, dict) else []
+            for model in models:
+                ref = model.get("config") if isinstance(model, dict) else None
+                if isinstance(ref, str) and ref:
+                    resolved = (folder / ref).resolve()
+                    if resolved.is_dir():
+                        resolved = resolved / "config.json"
+                    if resolved == target:
+                        found.append(candidate)
+                        break
+        if folder == stop or stop not in folder.parents:
+            break
+    return found

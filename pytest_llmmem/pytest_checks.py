@@ -91,14 +91,30 @@ class LlmmemChecks:
             verdict = "PASS" if data["fits"] else ("FAIL" if data["fits"] is False else "-")
             line = f"{data['name']:<{width}}  {format_bytes(data['total_bytes']):>12}  {format_bytes(budget) if budget else '-':>12}  {used:>7}  {verdict}"
             terminalreporter.write_line(line, red=verdict == "FAIL", green=verdict == "PASS")
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            from . import github
+
+            lines = github.annotations(self._file(), [data for data, _ in rows], os.environ.get("GITHUB_WORKSPACE"))
+            for annotation in github.capped(lines):
+                terminalreporter.write_line(annotation)
+
+    def _file(self) -> str:
+        return _shown(self.path, Path(self.config.rootpath))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        target = self.config.option.llmmem_json
-        if not target or hasattr(self.config, "workerinput"):
-            return  # xdist workers report to the controller, which writes the file once
+        if hasattr(self.config, "workerinput"):
+            return  # xdist workers report to the controller, which writes each file once
         runs = sorted((data for data, _ in self.results.values()), key=lambda d: (d.get("line") or 0, d["name"]))
-        document = {"version": 1, "file": _shown(self.path, Path(self.config.rootpath)), "runs": runs}
-        Path(target).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        target = self.config.option.llmmem_json
+        if target:
+            document = {"version": 1, "file": self._file(), "runs": runs}
+            Path(target).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if runs and summary and os.environ.get("GITHUB_ACTIONS") == "true":
+            from . import github
+
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(github.step_summary(github.workspace_path(self._file(), os.environ.get("GITHUB_WORKSPACE")), runs))
 
 
 class PyprojectFile(pytest.File):

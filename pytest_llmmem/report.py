@@ -132,6 +132,23 @@ def render_text(path: str, estimates: Sequence[Estimate], units: str = "gib", as
     return "\n".join(blocks)
 
 
+def render_short(path: str, estimates: Sequence[Estimate], units: str = "gib", ascii_only: bool = False) -> str:
+    """pre-commit output: one line per run, and the full breakdown only for runs over budget."""
+    width = max(len(e.run.name) for e in estimates)
+    lines = [f"llmmem {path}: {summary_line(estimates)}"]
+    for est in estimates:
+        if est.budget_bytes is None:
+            lines.append(f"  {est.run.name:<{width}}  {format_bytes(est.total_bytes, units)} (no budget)")
+            continue
+        mark = "ok" if est.fits else "OVER"
+        total = format_bytes(est.total_bytes, units).split()[0]
+        lines.append(f"  {est.run.name:<{width}}  {total:>8} / {format_bytes(est.budget_bytes, units)}  {100 * est.used_fraction:5.1f} %  {mark}")
+    for est in estimates:
+        if est.fits is False:
+            lines += ["", render_run(est, units, ascii_only)]
+    return "\n".join(lines)
+
+
 def summary_line(estimates: Sequence[Estimate]) -> str:
     over = [e.run.name for e in estimates if e.fits is False]
     if not over:

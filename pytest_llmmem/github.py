@@ -1,0 +1,156 @@
+"""GitHub Actions output: workflow-command annotations, the job-summary markdown, report diffs.
+
+Pure functions over the JSON report dicts (``report.as_dict``), so the CLI, the pytest plugin and
+``llmmem diff`` share them; the callers write to stdout, $GITHUB_STEP_SUMMARY and $GITHUB_OUTPUT.
+"""
+
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .report import LABELS
+from .units import format_bytes
+
+MAX_ANNOTATIONS = 10
+WARN_FRACTION = 0.9  # a run above 90 % of its budget gets a warning annotation
+
+
+def escape_data(text: str) -> str:
+    """Message escaping as @actions/core's command.ts ``escapeData`` does it."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """Property escaping as @actions/core's ``escapeProperty``: data escapes plus ':' and ','."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def workspace_path(path: str, workspace: Optional[str]) -> str:
+    """A file path as annotations need it: relative to $GITHUB_WORKSPACE when inside it."""
+    if not workspace:
+        return path
+    absolute = os.path.abspath(path)
+    root = os.path.abspath(workspace)
+    return os.path.relpath(absolute, root) if absolute.startswith(root + os.sep) else path
+
+
+def _used(run: Mapping[str, Any]) -> Optional[float]:
+    budget = run.get("budget_bytes")
+    return run["total_bytes"] / budget if budget else None
+
+
+def annotations(file: str, runs: Sequence[Mapping[str, Any]], workspace: Optional[str] = None) -> List[str]:
+    """``::error`` for each run over budget, ``::warning`` above 90 %; see :func:`capped`."""
+    path = escape_property(workspace_path(file, workspace))
+    lines = []
+    for run in runs:
+        used = _used(run)
+        if used is None:
+            continue
+        if run["fits"] is False:
+            level, text = "error", (f"{run['name']} needs {format_bytes(run['total_bytes'])} per GPU, over its "
+                                    f"{format_bytes(run['budget_bytes'])} budget ({100 * used:.1f} %); biggest term: {_biggest(run)}.")
+        elif used > WARN_FRACTION:
+            level, text = "warning", (f"{run['name']} uses {100 * used:.1f} % of its {format_bytes(run['budget_bytes'])} budget "
+                                      f"({format_bytes(run['total_bytes'])}).")
+        else:
+            continue
+        where = f"file={path}" + (f",line={run['line']}" if run.get("line") else "")
+        lines.append(f"::{level} {where},title={escape_property('llmmem: ' + run['name'])}::{escape_data(text)}")
+    return lines
+
+
+def capped(lines: Sequence[str]) -> List[str]:
+    """At most 10 annotations (GitHub shows no more per step), then one line saying how many were left out."""
+    if len(lines) <= MAX_ANNOTATIONS:
+        return list(lines)
+    rest = len(lines) - MAX_ANNOTATIONS
+    return list(lines[:MAX_ANNOTATIONS]) + [f"::notice title=llmmem::{rest} more llmmem annotations not shown; see the job summary."]
+
+
+def _biggest(run: Mapping[str, Any]) -> str:
+    term = max(run["breakdown"], key=lambda k: run["breakdown"][k])
+    return f"{LABELS.get(term, term)} {format_bytes(run['breakdown'][term])}"
+
+
+def _verdict(run: Mapping[str, Any]) -> str:
+    if run["fits"] is None:
+        return "no budget"
+    return ":white_check_mark: fits" if run["fits"] else ":x: over"
+
+
+def step_summary(file: str, runs: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown for $GITHUB_STEP_SUMMARY: a table of runs, then each run's breakdown as a table and a pie."""
+    out = [f"## llmmem: `{file}`", "", "| run | total | budget | used | verdict |", "|---|---:|---:|---:|---|"]
+    for run in runs:
+        used = _used(run)
+        budget = format_bytes(run["budget_bytes"]) if run.get("budget_bytes") else "-"
+        out.append(f"| {run['name']} | {format_bytes(run['total_bytes'])} | {budget} | "
+                   f"{'-' if used is None else f'{100 * used:.1f} %'} | {_verdict(run)} |")
+    for run in runs:
+        total = run["total_bytes"] or 1
+        out += ["", f"### {run['name']}", "", "| term | size | share |", "|---|---:|---:|"]
+        terms = [(k, v) for k, v in run["breakdown"].items() if v]
+        out += [f"| {LABELS.get(k, k)} | {format_bytes(v)} | {100 * v / total:.1f} % |" for k, v in terms]
+        out += ["", "```mermaid", f"pie showData title {run['name']} in GiB (total {run['total_bytes'] / 2**30:.2f})"]
+        out += [f'    "{LABELS.get(k, k)}" : {v / 2**30:.2f}' for k, v in terms]
+        out.append("```")
+        for note in run.get("notes", []):
+            out.append(f"> {note}")
+    return "\n".join(out) + "\n"
+
+
+# --- llmmem diff ---------------------------------------------------------------------------------
+
+
+def diff(base: Mapping[str, Any], head: Mapping[str, Any]) -> Tuple[List[Dict[str, Any]], bool]:
+    """Per run, the change in total and in each term; and whether a run that fitted no longer does."""
+    base_runs = {r["name"]: r for r in base.get("runs", [])}
+    rows, regressed = [], False
+    for run in head.get("runs", []):
+        before = base_runs.get(run["name"])
+        terms = {}
+        for term in dict.fromkeys(list((before or {}).get("breakdown", {})) + list(run["breakdown"])):
+            old = (before or {}).get("breakdown", {}).get(term, 0)
+            new = run["breakdown"].get(term, 0)
+            if new != old:
+                terms[term] = new - old
+        broke = bool(before and before.get("fits") and run.get("fits") is False)
+        regressed |= broke
+        rows.append({"name": run["name"], "before": before["total_bytes"] if before else None, "after": run["total_bytes"],
+                     "terms": terms, "fits_before": before.get("fits") if before else None, "fits_after": run.get("fits"),
+                     "broke": broke})
+    for name in base_runs.keys() - {r["name"] for r in head.get("runs", [])}:
+        rows.append({"name": name, "before": base_runs[name]["total_bytes"], "after": None, "terms": {},
+                     "fits_before": base_runs[name].get("fits"), "fits_after": None, "broke": False})
+    return rows, regressed
+
+
+def _gib(n: Optional[int]) -> str:
+    return "-" if n is None else f"{n / 2**30:.1f}"
+
+
+def _signed(n: int) -> str:
+    return f"{n / 2**30:+.1f}"
+
+
+def render_diff(rows: Sequence[Mapping[str, Any]], markdown: bool = False) -> str:
+    """'sft: 61.2 -> 74.9 GiB (+13.7, optimizer states +12.1)' per run, or a markdown table."""
+    lines = []
+    if markdown:
+        lines += ["| run | before (GiB) | after (GiB) | change | largest changes | verdict |", "|---|---:|---:|---:|---|---|"]
+    for row in rows:
+        change = "" if row["before"] is None or row["after"] is None else _signed(row["after"] - row["before"])
+        big = sorted(row["terms"].items(), key=lambda kv: -abs(kv[1]))[:3]
+        terms = ", ".join(f"{LABELS.get(k, k)} {_signed(v)}" for k, v in big if abs(v) >= 0.05 * 2**30)
+        if row["after"] is None:
+            verdict = "removed"
+        elif row["before"] is None:
+            verdict = "new"
+        else:
+            verdict = "NO LONGER FITS" if row["broke"] else ("fits" if row["fits_after"] else ("over" if row["fits_after"] is False else ""))
+        if markdown:
+            lines.append(f"| {row['name']} | {_gib(row['before'])} | {_gib(row['after'])} | {change} | {terms} | {verdict} |")
+        else:
+            detail = ", ".join(x for x in (change, terms) if x)
+            lines.append(f"{row['name']}: {_gib(row['before'])} -> {_gib(row['after'])} GiB" + (f" ({detail})" if detail else "") + f" [{verdict}]")
+    return "\n".join(lines)

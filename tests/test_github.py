@@ -1,0 +1,167 @@
+"""GitHub Actions guardrail: exact annotations, job summary, step outputs, report diffs, actionlint."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_llmmem.github import MAX_ANNOTATIONS, escape_data, escape_property
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 7B params known by count only, so every figure is hand-computable:
+#   train bf16 mixed AdamW: 7e9 x (2 + 4 + 2 + 8) = 112e9 B, + 1375 MiB overhead (1343 MiB CUDA
+#   context + 32 MiB cuBLAS) = 113,441,792,000 B = 105.65 GiB; A100-80GB budget 80 GiB -> 132.1 %.
+#   serve: 7e9 x 2 + 1375 MiB = 15,441,792,000 B = 14.38 GiB of 16 GB (14.90 GiB) -> 96.5 %: warning.
+PROJECT = """\
+[tool.llmmem]
+gpu = "A100-80GB"
+
+[tool.llmmem.model]
+params = "7B"
+
+[[tool.llmmem.runs]]
+name = "train"
+dtype = "bf16"
+
+[[tool.llmmem.runs]]
+name = "serve"
+mode = "inference"
+gpu-memory = "16 GB"
+
+[[tool.llmmem.runs]]
+name = "small"
+mode = "inference"
+model = { params = "1B" }
+"""
+
+
+@pytest.fixture
+def actions_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "output.txt"))
+    monkeypatch.setenv("RUNNER_TEMP", str(tmp_path))
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "pyproject.toml").write_text(PROJECT)
+    return tmp_path
+
+
+def test_escaping_follows_the_actions_toolkit():
+    assert escape_data("50 % over\r\nnext") == "50 %25 over%0D%0Anext"
+    assert escape_property("llmmem: a,b") == "llmmem%3A a%2Cb"
+
+
+def test_annotations_are_exact(actions_env, run_cli):
+    code, out, _ = run_cli("check", actions_env / "train" / "pyproject.toml")
+    assert code == 1
+    annotations = [line for line in out.splitlines() if line.startswith("::")]
+    assert annotations == [
+        "::error file=train/pyproject.toml,line=7,title=llmmem%3A train::train needs 105.65 GiB per GPU, over its 80.00 GiB budget "
+        "(132.1 %25); biggest term: optimizer states 52.15 GiB.",
+        "::warning file=train/pyproject.toml,line=11,title=llmmem%3A serve::serve uses 96.5 %25 of its 14.90 GiB budget (14.38 GiB).",
+    ]
+
+
+def test_job_summary_and_outputs(actions_env, run_cli):
+    run_cli("check", actions_env / "train")
+    summary = (actions_env / "summary.md").read_text()
+    assert "| run | total | budget | used | verdict |" in summary
+    assert "| train | 105.65 GiB | 80.00 GiB | 132.1 % | :x: over |" in summary
+    assert "| serve | 14.38 GiB | 14.90 GiB | 96.5 % | :white_check_mark: fits |" in summary
+    assert "| optimizer states | 52.15 GiB | 49.4 % |" in summary  # 56e9 of 113.44e9
+    assert summary.count("```mermaid") == 3 and '    "optimizer states" : 52.15' in summary
+    report = actions_env / "llmmem-report.json"
+    assert (actions_env / "output.txt").read_text() == f"fits=false\njson={report}\n"
+    assert [r["name"] for r in json.loads(report.read_text())["runs"]] == ["train", "serve", "small"]
+
+
+def test_at_most_ten_annotations(actions_env, run_cli):
+    runs = "".join(f'\n[[tool.llmmem.runs]]\nname = "r{i}"\ndtype = "bf16"\n' for i in range(12))
+    (actions_env / "train" / "pyproject.toml").write_text(PROJECT.split("[[tool.llmmem.runs]]")[0] + runs)
+    _, out, _ = run_cli("check", actions_env / "train", "--format", "github")
+    annotations = [line for line in out.splitlines() if line.startswith("::")]
+    assert len(annotations) == MAX_ANNOTATIONS + 1
+    assert annotations[-1] == "::notice title=llmmem::2 more llmmem annotations not shown; see the job summary."
+
+
+def test_text_mode_has_no_annotations(write_pyproject, run_cli, monkeypatch):
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    _, out, _ = run_cli("check", write_pyproject(PROJECT))
+    assert "::error" not in out
+
+
+def test_pytest_plugin_annotates_and_summarises(pytester, monkeypatch):
+    summary = pytester.path / "summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(pytester.path))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    pytester.makepyprojecttoml(PROJECT)
+    result = pytester.runpytest("--llmmem")
+    result.stdout.fnmatch_lines(["::error file=pyproject.toml,line=7,title=llmmem%3A train::train needs 105.65 GiB per GPU*"])
+    assert "| train | 105.65 GiB | 80.00 GiB | 132.1 % | :x: over |" in summary.read_text()
+
+
+# --- llmmem diff ---------------------------------------------------------------------------------
+
+
+def _report(tmp_path, name, text, run_cli):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    out = tmp_path / f"{name}.json"
+    run_cli("check", path, "--format", "json", "--json-out", out)
+    return out
+
+
+def test_diff_names_the_terms_that_moved(tmp_path, run_cli):
+    base = _report(tmp_path, "base", PROJECT.replace('dtype = "bf16"', 'dtype = "bf16"\noptimizer = "sgd"'), run_cli)
+    head = _report(tmp_path, "head", PROJECT, run_cli)
+    code, out, _ = run_cli("diff", base, head)
+    # sgd -> adamw adds 2 fp32 states: 7e9 x 8 B = 56e9 B = +52.2 GiB; base total 57.44e9 B = 53.5 GiB
+    assert out.splitlines()[0] == "train: 53.5 -> 105.7 GiB (+52.2, optimizer states +52.2) [NO LONGER FITS]"
+    assert out.splitlines()[1] == "serve: 14.4 -> 14.4 GiB (+0.0) [fits]"
+    assert code == 1  # a run that fitted no longer does
+
+
+def test_diff_markdown_and_no_regression(tmp_path, run_cli):
+    base = _report(tmp_path, "base", PROJECT, run_cli)
+    head = _report(tmp_path, "head", PROJECT.replace('dtype = "bf16"', 'dtype = "bf16"\noptimizer = "adamw-8bit"'), run_cli)
+    code, out, _ = run_cli("diff", base, head, "--format", "markdown")
+    assert code == 0
+    assert out.splitlines()[0] == "| run | before (GiB) | after (GiB) | change | largest changes | verdict |"
+    # 8-bit AdamW keeps 2 x (1 + 4/2048) = 2.0039 B/param instead of 8: saves 7e9 x 5.9961 = 41.97e9 B
+    # = 39.1 GiB; 113.44e9 - 41.97e9 = 71.47e9 B = 66.6 GiB, under the 80 GiB budget.
+    assert "| train | 105.7 | 66.6 | -39.1 | optimizer states -39.1 | fits |" in out
+
+
+def test_diff_bad_input(tmp_path, run_cli):
+    (tmp_path / "x.json").write_text("[1, 2]")
+    code, _, err = run_cli("diff", tmp_path / "x.json", tmp_path / "x.json")
+    assert code == 2 and "is not an llmmem JSON report" in err
+
+
+# --- the action and the workflow -----------------------------------------------------------------
+
+
+def test_actionlint_passes_on_the_workflow_and_the_action():
+    beside = Path(sys.executable).parent / "actionlint"
+    actionlint = str(beside) if beside.exists() else shutil.which("actionlint")
+    if actionlint is None:
+        pytest.skip("actionlint not installed (pip install '.[test]')")
+    # Linting the workflow also loads ./hooks/github/action.yml and checks the inputs it is given.
+    proc = subprocess.run([actionlint, "-no-color", ".github/workflows/llmmem.yml"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_action_passes_inputs_through_env_only():
+    text = (ROOT / "hooks" / "github" / "action.yml").read_text()
+    runs = text.split("runs:", 1)[1]
+    for block in runs.split("    - ")[1:]:
+        if "run:" in block:
+            assert "shell: bash" in block
+            script = block.split("run:", 1)[1]
+            assert "${{" not in script, block
