@@ -78,10 +78,15 @@ def layer_saved(
     trainable: Trainable,
     input_requires_grad: bool = True,
     amp: bool = False,
+    tp: int = 1,
+    sp: bool = False,
 ) -> Dict[str, int]:
-    """Bytes one transformer layer keeps for backward, by sub-block.
+    """Bytes one transformer layer keeps for backward, by sub-block, on one tensor-parallel rank.
 
-    ``act`` is the compute dtype's size; ``amp`` means fp32 weights under torch.autocast.
+    ``act`` is the compute dtype's size; ``amp`` means fp32 weights under torch.autocast. Tensor
+    parallelism splits what lives inside the column/row-parallel region (q, k, v, scores, MLP
+    intermediates) ``tp`` ways; the norms and the full-width layer input stay replicated unless
+    sequence parallelism splits them too (Korthikanti et al. 2022, eq. 2 and 4).
     """
     fam, h, d = arch.family, arch.hidden_size, arch.d_head
     tokens = batch * seq
@@ -94,8 +99,8 @@ def layer_saved(
     # Attention block. In a LoRA run the first layer's input comes from a frozen embedding and
     # needs no gradient, so its norm keeps nothing.
     norm = _norm_saved(arch, tokens, act, full, amp) if (input_requires_grad or full) else 0
-    attn = norm + _consumer_input(arch, attn_in_names, tokens, h, act, trainable, amp)
-    attn += tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
+    attn_shared = norm + _consumer_input(arch, attn_in_names, tokens, h, act, trainable, amp)
+    attn = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
     score_elems = batch * a * seq * seq
     if flash:
         # SDPA/flash keep their output and a fp32 log-sum-exp per row (Dao et al. 2022), no s*s matrix.
@@ -113,11 +118,12 @@ def layer_saved(
         attn += score_elems * (1 + (0 if amp else act))
     attn += o_input_kept + tokens * a * d * trainable.adapter_copy(lin["o"].name, act)
     if arch.hidden_dropout:
-        attn += tokens * h  # residual dropout mask, 1 byte per element
-    out["attention"] = attn
+        attn_shared += tokens * h  # residual dropout mask, 1 byte per element
+    out["attention"] = attn_shared // (tp if sp else 1) + attn // tp
 
     # MLP block.
-    mlp = _norm_saved(arch, tokens, act, full, amp) if fam.norms_per_layer == 2 else 0
+    mlp_shared = _norm_saved(arch, tokens, act, full, amp) if fam.norms_per_layer == 2 else 0
+    mlp = 0
     f = arch.moe_intermediate_size or arch.intermediate_size
     routed = arch.experts_per_token if arch.num_experts else 1
     mlp_tokens = tokens * routed  # each token passes through top-k experts
@@ -125,12 +131,12 @@ def layer_saved(
     if arch.num_experts:
         # HF Mixtral sparse MoE block: fp32 router softmax, the router's input (when it trains),
         # each expert's gathered copy of its tokens, and expert outputs kept by the routing-weight multiply.
-        mlp += tokens * arch.num_experts * FP32
-        mlp += tokens * h * act if full else 0
-        mlp += _consumer_input(arch, in_names, mlp_tokens, h, act, trainable, amp)
-        mlp += mlp_tokens * h * act
+        mlp_shared += tokens * arch.num_experts * FP32
+        mlp_shared += tokens * h * act if full else 0
+        mlp_shared += _consumer_input(arch, in_names, mlp_tokens, h, act, trainable, amp)
+        mlp_shared += mlp_tokens * h * act
     else:
-        mlp += _consumer_input(arch, in_names, mlp_tokens, h, act, trainable, amp)
+        mlp_shared += _consumer_input(arch, in_names, mlp_tokens, h, act, trainable, amp)
     extra = PYTHON_ACTIVATIONS.get(arch.act, 0)
     if fam.gated_mlp:
         # act(gate) keeps gate's output; act(gate) * up keeps both factors.
@@ -143,8 +149,8 @@ def layer_saved(
         fs = arch.shared_expert_intermediate_size
         mlp += tokens * fs * act * 3 + (tokens * fs * act if full else 0)
     if arch.hidden_dropout:
-        mlp += tokens * h
-    out["mlp"] = mlp
+        mlp_shared += tokens * h
+    out["mlp"] = mlp_shared // (tp if sp else 1) + mlp // tp
     return out
 
 

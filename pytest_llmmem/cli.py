@@ -20,9 +20,11 @@ _VALUE_FLAGS = {
     "max-position-embeddings": int, "num-experts": int, "experts-per-token": int, "moe-intermediate-size": int,
     "hidden-act": str, "mode": str, "dtype": str, "precision": str, "optimizer": str, "batch-size": int,
     "seq-len": int, "lora-rank": int, "adapter-dtype": str, "gpus": int, "gpu": str, "gpu-memory": str,
-    "headroom": str, "method": str, "overhead": str,
+    "headroom": str, "method": str, "overhead": str, "zero-stage": int, "fsdp": str, "tensor-parallel": int,
+    "pipeline-parallel": int, "expert-parallel": int, "offload": str, "micro-batches": int, "gpus-per-node": int,
+    "host-memory": str,
 }
-_SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings")
+_SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel")
 
 
 def _parser(command: Optional[str]) -> argparse.ArgumentParser:
@@ -45,6 +47,7 @@ def _parser(command: Optional[str]) -> argparse.ArgumentParser:
     est = sub.add_parser("estimate", help="estimate one run from flags, without a pyproject.toml")
     cat = sub.add_parser("catalog", help="list the known GPUs, dtypes and optimizers (built-in and from plugins)")
     diff = sub.add_parser("diff", help="compare two JSON reports (e.g. a PR's base and head) run by run")
+    fit = sub.add_parser("fit", help="what would make a run fit: largest batch and sequence, fewest GPUs, switches")
     if command == "check":
         check.add_argument("paths", nargs="*", metavar="PATH",
                            help="pyproject.toml files or folders holding one (default: .); a model config.json checks the pyprojects that use it")
@@ -52,6 +55,10 @@ def _parser(command: Optional[str]) -> argparse.ArgumentParser:
         check.add_argument("--hook", action="store_true",
                            help="pre-commit mode: short output, pyprojects without [tool.llmmem] are skipped, each pyproject checked once")
         common(check)
+    elif command == "fit":
+        fit.add_argument("path", nargs="?", default=None, help="a pyproject.toml, or a folder holding one (default: .)")
+        fit.add_argument("--run", action="append", metavar="NAME", help="solve only this run (repeatable; default: every run)")
+        fit.add_argument("--units", choices=("gib", "gb"), default="gib")
     elif command == "diff":
         diff.add_argument("base", help="the JSON report before the change (llmmem check --format json)")
         diff.add_argument("head", help="the JSON report after the change")
@@ -166,6 +173,43 @@ def _check(args: argparse.Namespace) -> int:
     return _emit(results, args, hook=args.hook)
 
 
+def _fit(args: argparse.Namespace) -> int:
+    from . import fit
+    from .config import load
+    from .estimate import estimate
+    from .report import verdict
+    from .units import format_bytes
+
+    project = load(args.path)
+    runs = [project.run(name) for name in args.run] if args.run else list(project.runs)
+    all_fit = True
+    for run in runs:
+        est = estimate(run)
+        all_fit &= est.fits is not False
+        print(f"{run.name} ({project.path}:{run.line}): {verdict(est, args.units)}")
+        if run.budget is None:
+            print("  no budget: nothing to solve")
+            continue
+        batch = fit.largest_fitting(run, "batch_size", 1 << 20)
+        seq = fit.largest_fitting(run, "seq_len", 1 << 24)
+        print(f"  largest batch-size that fits: {batch if batch else 'none (batch-size 1 is over)'}")
+        print(f"  longest seq-len that fits:    {seq if seq else 'none (seq-len 1 is over)'}")
+        if run.mode == "train" and (run.zero_stage or run.fsdp != "none"):
+            gpus = fit.fewest_gpus(run)
+            print(f"  fewest GPUs that fit:         {gpus if gpus else f'none up to {fit.MAX_GPUS}'} (with this sharding)")
+        elif run.mode == "train":
+            zero3 = fit.fewest_gpus(run._replace(zero_stage=3))
+            print("  fewest GPUs that fit:         more GPUs do not help as declared (nothing is sharded); "
+                  f"with zero-stage = 3: {zero3 if zero3 else f'none up to {fit.MAX_GPUS}'}")
+        for toggle in fit.toggles(run):
+            if toggle.estimate is None:
+                print(f"  {toggle.setting}: n/a ({toggle.reason})")
+            else:
+                total = format_bytes(toggle.estimate.total_bytes, args.units)
+                print(f"  {toggle.setting}: {total}, {'fits' if toggle.estimate.fits else 'still over'}")
+    return EXIT_OK if all_fit else EXIT_OVER
+
+
 def _diff(args: argparse.Namespace) -> int:
     import json
 
@@ -230,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import ConfigError
 
     try:
-        return {"check": _check, "estimate": _estimate, "catalog": _catalog, "diff": _diff}[args.command](args)
+        return {"check": _check, "estimate": _estimate, "catalog": _catalog, "diff": _diff, "fit": _fit}[args.command](args)
     except ConfigError as err:
         print(f"llmmem: error: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -17,7 +17,7 @@ from ._toml import toml
 from .catalog import Catalog, default_catalog
 from .errors import ConfigError, did_you_mean, one_of
 from .model import Architecture, ParamsOnly, family, from_hf_config, validate
-from .run import METHODS, MODES, PRECISIONS, Budget, Run
+from .run import FSDP_MODES, METHODS, MODES, OFFLOADS, PRECISIONS, Budget, Run
 from .units import BYTE_UNITS_HELP, UnitError, parse_bytes, parse_count
 
 TABLE = "tool.llmmem"
@@ -29,15 +29,18 @@ ARCH_KEYS = (
     "moe-intermediate-size", "hidden-act", "attention-dropout", "hidden-dropout",
 )
 MODEL_KEYS = ("params", "config") + ARCH_KEYS
-TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing")
+TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "zero-stage", "fsdp", "offload", "micro-batches")
+PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
 LORA_ONLY = ("lora-rank", "lora-targets", "adapter-dtype")
 RUN_KEYS = (
     "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model",
-) + TRAIN_ONLY + LORA_ONLY + BUDGET_KEYS
+) + TRAIN_ONLY + PARALLEL_KEYS + LORA_ONLY + BUDGET_KEYS
 
 # Largest values taken as meant; anything past these is a typo or a unit slip.
 _LIMITS = {
     "batch-size": 1_000_000, "seq-len": 100_000_000, "gpus": 1_000_000, "lora-rank": 65_536,
+    "tensor-parallel": 4096, "pipeline-parallel": 4096, "expert-parallel": 100_000, "micro-batches": 1_000_000,
+    "gpus-per-node": 1024, "zero-stage": 3,
     "hidden-size": 1_000_000, "num-layers": 10_000, "num-heads": 100_000, "num-kv-heads": 100_000,
     "head-dim": 100_000, "intermediate-size": 10_000_000, "vocab-size": 100_000_000,
     "max-position-embeddings": 100_000_000, "num-experts": 100_000, "experts-per-token": 100_000,
@@ -343,6 +346,43 @@ class Project:
         return _run(merged, index, self.table, self.context, require_budget=False)
 
 
+def _parallelism(table: _Table, model: Union[Architecture, ParamsOnly], mode: str) -> Dict[str, Any]:
+    """Multi-GPU keys, with the contradictions DeepSpeed, FSDP and Megatron would reject."""
+    gpus = table.integer("gpus", 1)
+    tp, pp = table.integer("tensor-parallel", 1), table.integer("pipeline-parallel", 1)
+    zero = table.integer("zero-stage", 0, low=0)
+    fsdp = table.choice("fsdp", FSDP_MODES, "none")
+    offload = table.choice("offload", OFFLOADS, "none")
+    ep = table.integer("expert-parallel", 1)
+    if zero and fsdp != "none":
+        raise table.fail("fsdp", f'fsdp = "{fsdp}" and zero-stage = {zero} both shard the model states; pick one.',
+                         hint='FSDP full-shard is ZeRO-3, shard-grad-op is ZeRO-2.')
+    if gpus % (tp * pp):
+        raise table.fail("gpus", f"{gpus} GPUs cannot be split into tensor-parallel {tp} x pipeline-parallel {pp} groups.",
+                         hint=f"gpus must be a multiple of {tp * pp}.")
+    if offload != "none" and not zero and fsdp == "none":
+        raise table.fail("offload", f'offload = "{offload}" needs ZeRO (zero-stage >= 1) or FSDP.', hint="ZeRO-Offload and FSDP CPU offload both shard first.")
+    if offload == "optimizer+params" and zero != 3 and fsdp not in ("full-shard", "hybrid-shard"):
+        raise table.fail("offload", 'offloading parameters needs zero-stage = 3 or fsdp = "full-shard".')
+    if table.boolean("sequence-parallel", False) and tp == 1:
+        raise table.fail("sequence-parallel", "sequence parallelism splits along the tensor-parallel group; tensor-parallel is 1.")
+    if isinstance(model, Architecture):
+        if model.num_heads % tp or (model.num_kv_heads % tp and tp % model.num_kv_heads):
+            raise table.fail("tensor-parallel", f"tensor-parallel {tp} does not divide the {model.num_heads} attention heads "
+                             f"({model.num_kv_heads} key/value heads).")
+        if pp > model.num_layers:
+            raise table.fail("pipeline-parallel", f"{pp} pipeline stages for {model.num_layers} layers.")
+        if ep > 1 and (not model.num_experts or model.num_experts % ep):
+            raise table.fail("expert-parallel", f"expert-parallel {ep} must divide num-experts ({model.num_experts}).")
+    if ep > 1 and (gpus // (tp * pp)) % ep:
+        raise table.fail("expert-parallel", f"expert-parallel {ep} must divide the data-parallel size {gpus // (tp * pp)}.")
+    return dict(
+        gpus=gpus, zero_stage=zero, fsdp=fsdp, tensor_parallel=tp, pipeline_parallel=pp,
+        sequence_parallel=table.boolean("sequence-parallel", False), expert_parallel=ep, offload=offload,
+        micro_batches=table.integer("micro-batches", 1), gpus_per_node=table.integer("gpus-per-node", 8),
+    )
+
+
 def _budget(levels: Sequence[_Table], ctx: _Context, require: bool) -> Optional[Budget]:
     """Run-level keys win over [tool.llmmem]; within a level gpu-memory wins over gpu."""
     ceiling, gpu_name = None, None
@@ -451,6 +491,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: _Context, requir
                                  hint=f'Valid: {one_of(names)} or "all-linear".')
 
     seq_len = table.integer("seq-len")
+    parallel = _parallelism(table, model, mode)
     return Run(
         name=name,
         model=model,
@@ -466,7 +507,8 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: _Context, requir
         lora_rank=table.integer("lora-rank", 8),
         lora_targets=targets,
         adapter_dtype=table.resolve("adapter-dtype", ctx.catalog.dtype, "fp32"),
-        gpus=table.integer("gpus", 1),
+        host_memory_bytes=table.size("host-memory"),
+        **parallel,
         budget=_budget([table, top], ctx, require_budget),
         method=(table if "method" in table else top).choice("method", METHODS, "detailed"),
         overhead_bytes=(table if "overhead" in table else top).size("overhead", allow_zero=True),

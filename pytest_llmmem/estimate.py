@@ -6,12 +6,14 @@ peak of a training step or an inference prefill; each term below names its sourc
 """
 
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from .activations import FP32, Trainable, forward_transient, head_saved, layer_saved
 from .catalog import DType, Optimizer
 from .model import Architecture, Linear, ParamsOnly
+from .parallel import host_bytes_per_node, local_params, model_states
 from .run import Run
 from .units import MiB
 
@@ -49,10 +51,16 @@ class Estimate:
     trainable_params: int
     notes: Tuple[str, ...] = ()
     details: Dict[str, int] = field(default_factory=dict)  # finer items, "term.item" -> bytes
+    host_bytes: int = 0  # host memory per node for offloaded states (0 without offload)
 
     @property
     def total_bytes(self) -> int:
         return sum(self.breakdown.values())
+
+    @property
+    def host_fits(self) -> Optional[bool]:
+        limit = self.run.host_memory_bytes
+        return None if limit is None else self.host_bytes <= limit
 
     @property
     def budget_bytes(self) -> Optional[int]:
@@ -61,7 +69,9 @@ class Estimate:
     @property
     def fits(self) -> Optional[bool]:
         budget = self.budget_bytes
-        return None if budget is None else self.total_bytes <= budget
+        if budget is None:
+            return None
+        return self.total_bytes <= budget and self.host_fits is not False
 
     @property
     def used_fraction(self) -> Optional[float]:
@@ -172,27 +182,41 @@ def _detailed(run: Run) -> Estimate:
     weights, note = _weight_bytes(run, params)
     if note:
         notes.append(note)
-    trainable, opt_note = 0, ""
-    if run.mode == "train" and run.precision == "amp":
-        # torch.autocast: fp32 weights, grads and states; each linear's weight is cast to 16 bit
-        # once per forward and the copy is kept for backward (torch.autocast docs, weight cache).
+    trainable, opt_note, host = 0, "", 0
+    local = local_params(run, arch, params)
+    share = local.params / params  # the part of the model one GPU holds under tensor/pipeline parallelism
+    if run.mode == "train":
         trainable = params
-        weights = params * FP32
-        matmul_params = (arch.linear_params() + (0 if arch.family.classifier else arch.vocab_size * arch.hidden_size)) if arch else params
-        details["weights.autocast_copies"] = matmul_params * act
-        weights += details["weights.autocast_copies"]
-        breakdown["gradients"] = params * FP32
-        breakdown["optimizer_states"], opt_note = _optimizer_bytes(run.optimizer, run, params, FP32, True)
-    elif run.mode == "train":
-        trainable = params
+        amp = run.precision == "amp"
         mixed = run.precision == "mixed" and dtype.bytes < FP32
+        # amp = torch.autocast: fp32 weights, gradients and states, no separate master copy.
+        weight_bytes = FP32 if amp else dtype.bytes
+        opt_total, opt_note = _optimizer_bytes(run.optimizer, run, params, weight_bytes, mixed or amp)
+        states = model_states(run, local, weight_bytes, weight_bytes, opt_total / params, mixed)
         if mixed:
             # Mixed precision keeps an fp32 master copy beside the 16-bit weights (Micikevicius et al.
             # 2018; ZeRO paper's 2 + 2 + 12 bytes/param for Adam).
-            breakdown["master_weights"] = params * FP32
-        breakdown["gradients"] = round(params * dtype.bytes)
-        breakdown["optimizer_states"], opt_note = _optimizer_bytes(run.optimizer, run, params, dtype.bytes, mixed)
+            details["master_weights.fp32"] = round(states["master_weights"])
+        weights = round(states["weights"] + states["weights.gathered"])
+        if states["weights.gathered"]:
+            details["weights.gathered_for_compute"] = round(states["weights.gathered"])
+        if amp:
+            # torch.autocast casts each linear's weight to 16 bit once per forward and keeps the copy
+            # for backward (torch.autocast docs, weight cache).
+            matmul_params = (arch.linear_params() + (0 if arch.family.classifier else arch.vocab_size * arch.hidden_size)) if arch else params
+            details["weights.autocast_copies"] = round(matmul_params * share * act)
+            weights += details["weights.autocast_copies"]
+        breakdown["master_weights"] = round(states["master_weights"])
+        breakdown["gradients"] = round(states["gradients"] + states["gradients.buckets"] + states["gradients.fp32_partition"])
+        for item in ("gradients.buckets", "gradients.fp32_partition"):
+            if states[item]:
+                details[item] = round(states[item])
+        breakdown["optimizer_states"] = round(states["optimizer_states"])
+        if states["host"]:
+            host = host_bytes_per_node(run, states["host"])
+            details["host.offloaded_per_gpu"] = round(states["host"])
     elif run.trains:  # lora / qlora
+        weights = round(weights * share / (run.shard_group if run.zero_stage == 3 or run.fsdp in ("full-shard", "hybrid-shard") else 1))
         if arch is None:
             notes.append("LoRA adapters need the architecture to count: give config or the architecture keys")
         else:
@@ -203,14 +227,11 @@ def _detailed(run: Run) -> Estimate:
             # Adapters train in their own dtype: PEFT keeps them fp32, so grads and states are fp32 too.
             breakdown["gradients"] = round(trainable * adapter_bytes)
             breakdown["optimizer_states"], opt_note = _optimizer_bytes(run.optimizer, run, trainable, adapter_bytes, False)
+    else:
+        weights = round(weights * share)
     if opt_note:
         notes.append(opt_note)
     breakdown["weights"] = weights
-    if run.trains and run.gpus > 1 and breakdown["gradients"]:
-        # DDP's gradient buckets duplicate the gradients unless gradient_as_bucket_view=True
-        # (PyTorch DistributedDataParallel docs).
-        details["gradients.ddp_buckets"] = breakdown["gradients"]
-        breakdown["gradients"] *= 2
 
     if arch is None:
         notes.append(
@@ -232,7 +253,9 @@ def _detailed(run: Run) -> Estimate:
         details["overhead.cublas_workspace"] = CUBLAS_WORKSPACE_BYTES
         details["overhead.fragmentation"] = round(FRAGMENTATION * dynamic)
         breakdown["overhead"] = CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES + details["overhead.fragmentation"]
-    return Estimate(run, "detailed", breakdown, params, trainable, tuple(notes), details)
+    if run.zero_stage == 3 and arch is None:
+        notes.append("ZeRO-3's gathered largest layer not counted: it needs the architecture")
+    return Estimate(run, "detailed", breakdown, params, trainable, tuple(notes), details, host)
 
 
 def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, int], details: Dict[str, int]) -> None:
@@ -241,11 +264,15 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
     tokens = b * s
     vocab_out = arch.num_labels if arch.family.classifier else arch.vocab_size
     logit_rows = b if arch.family.classifier else tokens
+    t, p = run.tensor_parallel, run.pipeline_parallel
+    layers = math.ceil(arch.num_layers / p)  # on the fullest pipeline stage
     if not run.trains:
-        # KV cache: 2 (K and V) x layers x kv-heads x head-dim x seq x batch x bytes (HF DynamicCache).
-        breakdown["kv_cache"] = 2 * arch.num_layers * arch.num_kv_heads * arch.d_head * s * b * act
-        breakdown["activations"] = forward_transient(arch, batch=b, seq=s, act=act, flash=run.flash_attention)
-        breakdown["logits"] = logit_rows * vocab_out * act  # a forward returns logits for every position
+        # KV cache: 2 (K and V) x layers x kv-heads x head-dim x seq x batch x bytes (HF DynamicCache);
+        # tensor parallelism splits the KV heads, replicating them when there are fewer than ranks.
+        kv_heads = math.ceil(arch.num_kv_heads / t)
+        breakdown["kv_cache"] = 2 * layers * kv_heads * arch.d_head * s * b * act
+        breakdown["activations"] = forward_transient(arch, batch=b, seq=s, act=act, flash=run.flash_attention) // t
+        breakdown["logits"] = logit_rows * vocab_out * act // t  # a forward returns logits for every position
         return
     if run.mode == "train":
         trainable = Trainable(full=True)
@@ -253,25 +280,30 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
         names = frozenset(lin.name for lin in adapted_linears(arch, run.lora_targets))
         trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes))
     amp = run.precision == "amp" and run.mode == "train"
-    kw = dict(batch=b, seq=s, act=act, flash=run.flash_attention, trainable=trainable, amp=amp)
+    kw = dict(batch=b, seq=s, act=act, flash=run.flash_attention, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
     # In a LoRA run the first layer's input comes from the frozen embedding (no gradient).
     first = layer_saved(arch, input_requires_grad=trainable.full, **kw)
     rest = layer_saved(arch, **kw)
     per_layer = sum(rest.values())
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
+    # 1F1B pipelining: the first stage holds activations of up to p micro-batches in flight
+    # (Narayanan et al. 2021, PipeDream-Flush; Korthikanti et al. 2022 section 4.2.3).
+    in_flight = min(p, run.micro_batches) if p > 1 else 1
     if run.gradient_checkpointing:
         # Per-layer checkpointing keeps each layer's input; backward recomputes one layer at a time
         # (Chen et al. 2016; HF gradient_checkpointing_enable, non-reentrant).
-        details["activations.layer_inputs"] = arch.num_layers * tokens * arch.hidden_size * act
+        details["activations.layer_inputs"] = layers * in_flight * tokens * arch.hidden_size * act // (t if run.sequence_parallel else 1)
         details["activations.recomputed_layer"] = per_layer
     else:
         for block in ("attention", "mlp"):
-            details[f"activations.{block}"] = first[block] + rest[block] * (arch.num_layers - 1)
+            details[f"activations.{block}"] = (first[block] + rest[block] * (layers - 1)) * in_flight
     details["activations.embedding_and_head"] = head
     breakdown["activations"] = sum(v for k, v in details.items() if k.startswith("activations."))
     # Loss: HF ForCausalLMLoss upcasts logits to fp32; cross_entropy's log_softmax keeps an fp32
-    # copy for backward, and backward materialises an fp32 gradient of the same size.
-    details["logits.logits"] = logit_rows * vocab_out * act
-    details["logits.log_softmax"] = logit_rows * vocab_out * FP32
-    details["logits.fp32_transient"] = logit_rows * vocab_out * FP32
+    # copy for backward, and backward materialises an fp32 gradient of the same size. Megatron's
+    # vocab-parallel cross-entropy splits all three over the tensor-parallel ranks. Counting the last
+    # stage's logits beside the first stage's activations over-states pipeline runs slightly.
+    details["logits.logits"] = logit_rows * vocab_out * act // t
+    details["logits.log_softmax"] = logit_rows * vocab_out * FP32 // t
+    details["logits.fp32_transient"] = logit_rows * vocab_out * FP32 // t
     breakdown["logits"] = details["logits.logits"] + details["logits.log_softmax"] + details["logits.fp32_transient"]

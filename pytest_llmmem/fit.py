@@ -34,7 +34,7 @@ def largest_fitting(run: Run, field: str, upper: int) -> Optional[int]:
 
     if not _fits(at(1)):
         return None
-    low, high = 1, upper  # invariant: low fits; everything above high is unknown or over
+    low, high = 1, upper  # invariant: low fits; high does not
     if _fits(at(high)):
         return high
     while high - low > 1:
@@ -44,6 +44,36 @@ def largest_fitting(run: Run, field: str, upper: int) -> Optional[int]:
         else:
             high = mid
     return low
+
+
+MAX_GPUS = 65536
+
+
+def fewest_gpus(run: Run) -> Optional[int]:
+    """The fewest GPUs at which the run fits with its own sharding and parallel layout, or None.
+
+    Only sharded states shrink with more GPUs (ZeRO >= 1, FSDP); the count stays a multiple of
+    tensor x pipeline parallel, with a data-parallel size the expert-parallel size divides.
+    """
+    if run.zero_stage == 0 and run.fsdp == "none":
+        return None
+    step = run.tensor_parallel * run.pipeline_parallel * run.expert_parallel
+    best = largest_fitting_count(lambda k: _fits(run._replace(gpus=k * step)), MAX_GPUS // step)
+    return None if best is None else best * step
+
+
+def largest_fitting_count(fits_at, upper: int) -> Optional[int]:
+    """Smallest k in 1..upper with fits_at(k), for a predicate that stays true once true."""
+    if not fits_at(upper):
+        return None
+    low, high = 0, upper  # invariant: fits_at(high); low == 0 or not fits_at(low)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits_at(mid):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 def ways_out(run: Run, units: str = "gib") -> List[WayOut]:
@@ -74,6 +104,15 @@ def ways_out(run: Run, units: str = "gib") -> List[WayOut]:
     if run.optimizer is not None and run.optimizer.name in ("adamw", "adam"):
         eight_bit = default_catalog().optimizer("adamw-8bit")
         offer("optimizer", "adamw-8bit", 'fits with optimizer = "adamw-8bit"', run._replace(optimizer=eight_bit))
+    if run.trains and run.mode == "train":
+        if run.zero_stage or run.fsdp != "none":
+            gpus = fewest_gpus(run)
+            if gpus and gpus > run.gpus:
+                offer("gpus", gpus, f"fits on {gpus} GPUs with this sharding (gpus = {gpus})", run._replace(gpus=gpus))
+        else:
+            zero3 = fewest_gpus(run._replace(zero_stage=3))
+            if zero3:
+                offer("zero-stage", 3, f"fits on {zero3} GPUs with zero-stage = 3 (gpus = {zero3})", run._replace(zero_stage=3, gpus=zero3))
     gpu = smallest_gpu(run)
     if gpu:
         offer("gpu", gpu, f'fits on a {gpu} (gpu = "{gpu}")', _on_gpu(run, gpu))
@@ -95,3 +134,32 @@ def smallest_gpu(run: Run) -> Optional[str]:
         if catalog.gpu(name).memory_bytes > run.budget.ceiling_bytes and _fits(_on_gpu(run, name)):
             return name
     return None
+
+
+class Toggle(NamedTuple):
+    """One switch the solver tried, with the estimate it gives."""
+
+    setting: str
+    estimate: Optional[Estimate]  # None when it does not apply (already on, or no architecture)
+    reason: str = ""
+
+
+def toggles(run: Run) -> List[Toggle]:
+    """Whether checkpointing, flash attention, 8-bit AdamW or ZeRO-3 would make the run fit, one at a time."""
+    out = []
+    shaped = isinstance(run.model, Architecture)
+
+    def attempt(setting: str, applies: bool, reason: str, changed) -> None:
+        out.append(Toggle(setting, estimate(changed()) if applies else None, "" if applies else reason))
+
+    attempt("gradient-checkpointing = true", shaped and run.trains and not run.gradient_checkpointing,
+            "already on" if run.gradient_checkpointing else "needs the architecture and a training run",
+            lambda: run._replace(gradient_checkpointing=True))
+    attempt("flash-attention = true", shaped and not run.flash_attention,
+            "already on" if run.flash_attention else "needs the architecture", lambda: run._replace(flash_attention=True))
+    is_adam = run.optimizer is not None and run.optimizer.name in ("adamw", "adam")
+    attempt('optimizer = "adamw-8bit"', is_adam, "only replaces adam/adamw",
+            lambda: run._replace(optimizer=default_catalog().optimizer("adamw-8bit")))
+    attempt(f"zero-stage = 3 on {run.gpus} GPUs", run.mode == "train" and run.zero_stage != 3 and run.fsdp == "none" and run.gpus > 1,
+            "already sharded, one GPU (see fewest GPUs), or not full training", lambda: run._replace(zero_stage=3))
+    return out

@@ -47,7 +47,14 @@ def describe_run(est: Estimate) -> str:
     if run.gradient_checkpointing:
         parts.append("checkpointing")
     if run.gpus > 1:
-        parts.append(f"{run.gpus} GPUs")
+        layout = [f"{run.gpus} GPUs"]
+        layout += [f"ZeRO-{run.zero_stage}"] if run.zero_stage else []
+        layout += [f"FSDP {run.fsdp}"] if run.fsdp != "none" else []
+        layout += [f"TP={run.tensor_parallel}"] if run.tensor_parallel > 1 else []
+        layout += [f"PP={run.pipeline_parallel}"] if run.pipeline_parallel > 1 else []
+        layout += [f"EP={run.expert_parallel}"] if run.expert_parallel > 1 else []
+        layout += [f"offload {run.offload}"] if run.offload != "none" else []
+        parts.append(" ".join(layout))
     parts.append(f"{format_count(est.params)} params")
     return " | ".join(parts)
 
@@ -84,9 +91,19 @@ def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False) -> s
     budget = f" | budget: {run.budget.describe()}" if run.budget else ""
     lines = [f"{run.name}{where}: {verdict(est, units)}", f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
     lines += breakdown_table(est, units, ascii_only)
+    lines += _host_line(est, units)
     lines += _failure_tail(est, units)
     lines += [f"  note: {note}" for note in est.notes]
     return "\n".join(lines)
+
+
+def _host_line(est: Estimate, units: str) -> List[str]:
+    """Offloaded states live in host memory: a separate figure, per node, with its own budget."""
+    if not est.host_bytes:
+        return []
+    limit = est.run.host_memory_bytes
+    verdict = "" if limit is None else f" of {format_bytes(limit, units)} host budget: {'fits' if est.host_fits else 'OVER'}"
+    return [f"  host memory per node (offload): {format_bytes(est.host_bytes, units)}{verdict}"]
 
 
 def _failure_tail(est: Estimate, units: str) -> List[str]:
@@ -116,6 +133,7 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) 
             f"{100 * est.used_fraction:.1f} %, {format_bytes(est.total_bytes - est.budget_bytes, units)} over")
     lines = [head, f"  {describe_run(est)}", f"  method: {est.method}"]
     lines += breakdown_table(est, units, ascii_only)
+    lines += _host_line(est, units)
     lines += _failure_tail(est, units)
     lines += [f"  note: {note}" for note in est.notes]
     if where:
@@ -173,6 +191,8 @@ def as_dict(est: Estimate) -> Dict[str, Any]:
         "dtype": run.dtype.name,
         "gpu": run.budget.gpu if run.budget else None,
         "line": run.line,
+        "host_bytes": est.host_bytes,
+        "host_budget_bytes": run.host_memory_bytes,
     }
 
 

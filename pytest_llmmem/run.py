@@ -7,6 +7,8 @@ from .catalog import DType, Optimizer
 from .model import Architecture, ParamsOnly
 
 MODES = ("train", "inference", "lora", "qlora")
+FSDP_MODES = ("none", "full-shard", "shard-grad-op", "hybrid-shard")
+OFFLOADS = ("none", "optimizer", "optimizer+params")
 PRECISIONS = ("mixed", "pure", "amp")
 METHODS = ("detailed", "rule-of-thumb")
 
@@ -46,7 +48,17 @@ class Run(NamedTuple):
     lora_rank: int = 8
     lora_targets: Tuple[str, ...] = ("q_proj", "v_proj")  # or ("all-linear",)
     adapter_dtype: Optional[DType] = None
-    gpus: int = 1
+    gpus: int = 1  # total GPUs: data-parallel x tensor-parallel x pipeline-parallel
+    zero_stage: int = 0  # DeepSpeed ZeRO 0-3
+    fsdp: str = "none"  # PyTorch FSDP sharding strategy
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    sequence_parallel: bool = False  # Megatron sequence parallelism (with tensor parallelism)
+    expert_parallel: int = 1
+    offload: str = "none"  # ZeRO-Offload / FSDP CPU offload
+    micro_batches: int = 1  # pipeline micro-batches in flight / gradient accumulation steps
+    gpus_per_node: int = 8
+    host_memory_bytes: Optional[int] = None  # host-memory budget per node, for offload
     budget: Optional[Budget] = None
     method: str = "detailed"
     overhead_bytes: Optional[int] = None  # replaces the CUDA context / allocator default
@@ -56,3 +68,16 @@ class Run(NamedTuple):
     @property
     def trains(self) -> bool:
         return self.mode != "inference"
+
+    @property
+    def data_parallel(self) -> int:
+        return self.gpus // (self.tensor_parallel * self.pipeline_parallel)
+
+    @property
+    def shard_group(self) -> int:
+        """GPUs that share one copy of the sharded model states (1 when nothing is sharded)."""
+        if self.fsdp == "hybrid-shard":
+            return max(1, min(self.data_parallel, self.gpus_per_node // (self.tensor_parallel * self.pipeline_parallel)))
+        if self.fsdp != "none" or self.zero_stage:
+            return self.data_parallel
+        return 1
