@@ -127,3 +127,17 @@ def test_core_never_imports_pytest():
     )
     proc = subprocess.run([sys.executable, "-c", code, str(EXAMPLE)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_fit_command(run_cli):
+    code, out, _ = run_cli("fit", EXAMPLE, "--run", "full-sft")
+    assert code == 1  # the run does not fit as declared
+    lines = out.splitlines()
+    assert lines[0].startswith("full-sft (")
+    assert "largest batch-size that fits: none (batch-size 1 is over)" in out
+    # 7B at 18 B/param / N: N = 2 is the first count under 76 GiB (see tests/test_fit.py)
+    assert "with zero-stage = 3: 2" in out
+    assert 'optimizer = "adamw-8bit": 66.11 GiB, fits' in out
+    code, out, _ = run_cli("fit", EXAMPLE, "--run", "lora-sft")
+    assert code == 0
+    assert "largest batch-size that fits: 28" in out  # boundary property checked in tests/test_fit.py

@@ -1,0 +1,66 @@
+"""The fit solver is exact at the integer boundary: the suggested value fits, the next one does not."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_llmmem import fit
+from pytest_llmmem.config import adhoc_run
+from pytest_llmmem.estimate import estimate
+
+TINYLLAMA = {"family": "llama", "hidden-size": 2048, "num-layers": 22, "num-heads": 32, "num-kv-heads": 4,
+             "intermediate-size": 5632, "vocab-size": 32000}
+
+
+def run(**keys):
+    return adhoc_run({**TINYLLAMA, **keys})
+
+
+@settings(max_examples=60, deadline=None)
+@given(budget_gib=st.integers(min_value=4, max_value=120), seq=st.sampled_from([256, 1024, 4096]),
+       mode=st.sampled_from(["train", "lora", "inference"]), ckpt=st.booleans())
+def test_largest_batch_is_exact(budget_gib, seq, mode, ckpt):
+    keys = {"gpu-memory": f"{budget_gib} GiB", "seq-len": seq, "mode": mode}
+    if mode != "inference":
+        keys["gradient-checkpointing"] = ckpt
+    r = run(**keys)
+    best = fit.largest_fitting(r, "batch_size", 4096)
+    if best is None:
+        assert not estimate(r._replace(batch_size=1)).fits
+    else:
+        assert estimate(r._replace(batch_size=best)).fits
+        assert best == 4096 or not estimate(r._replace(batch_size=best + 1)).fits
+
+
+@settings(max_examples=40, deadline=None)
+@given(budget_gib=st.integers(min_value=4, max_value=80), batch=st.integers(1, 16), flash=st.booleans())
+def test_longest_sequence_is_exact(budget_gib, batch, flash):
+    r = run(**{"gpu-memory": f"{budget_gib} GiB", "batch-size": batch, "flash-attention": flash, "mode": "lora"})
+    best = fit.largest_fitting(r, "seq_len", 1 << 20)
+    if best is not None:
+        assert estimate(r._replace(seq_len=best)).fits
+        assert best == 1 << 20 or not estimate(r._replace(seq_len=best + 1)).fits
+
+
+@settings(max_examples=40, deadline=None)
+@given(budget_gib=st.integers(min_value=8, max_value=80), stage=st.sampled_from([1, 2, 3]), tp=st.sampled_from([1, 2]))
+def test_fewest_gpus_is_exact(budget_gib, stage, tp):
+    r = adhoc_run({"params": "70B", "mode": "train", "dtype": "bf16", "gpu-memory": f"{budget_gib} GiB",
+                   "zero-stage": stage, "tensor-parallel": tp, "gpus": tp})
+    best = fit.fewest_gpus(r)
+    if best is not None:
+        assert best % tp == 0
+        assert estimate(r._replace(gpus=best)).fits
+        assert best == tp or not estimate(r._replace(gpus=best - tp)).fits
+
+
+def test_unsharded_runs_do_not_get_a_gpu_count():
+    assert fit.fewest_gpus(adhoc_run({"params": "70B", "mode": "train", "gpu": "H100", "gpus": 8})) is None
+
+
+def test_ways_out_for_a_single_gpu_full_fine_tune():
+    r = adhoc_run({"params": "7B", "mode": "train", "dtype": "bf16", "gpu": "A100-80GB"})
+    texts = [w.text for w in fit.ways_out(r)]
+    # 18 B/param / N + 1375 MiB overhead <= 80 GiB first at N = 2 (63e9 + 1.44e9 B = 60.0 GiB); N = 1 is 127e9 B.
+    assert any(t.startswith("fits on 2 GPUs with zero-stage = 3 (gpus = 2)") for t in texts), texts
+    assert any(t.startswith('fits with optimizer = "adamw-8bit"') for t in texts)
+    assert all(estimate_fits for estimate_fits in (w.estimate.fits for w in fit.ways_out(r)))

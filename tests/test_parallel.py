@@ -1,0 +1,143 @@
+"""Per-GPU figures under ZeRO, FSDP, tensor/pipeline/expert parallelism and offload, by hand."""
+
+import pytest
+
+from pytest_llmmem.config import adhoc_run
+from pytest_llmmem.errors import ConfigError
+from pytest_llmmem.estimate import estimate
+
+P = 7 * 10**9  # params known by count only: model states and nothing else, so every figure is exact
+LLAMA2_7B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "intermediate-size": 11008, "vocab-size": 32000}
+P7B = 6_738_415_616
+EMBED = 32000 * 4096  # 131,072,000: Llama-2-7B's largest single module
+
+
+def states(**keys):
+    b = estimate(adhoc_run({"mode": "train", "dtype": "bf16", "optimizer": "adamw", "gpu": "H100", **keys})).breakdown
+    return b["weights"], b["master_weights"], b["gradients"], b["optimizer_states"]
+
+
+def test_zero_stages_on_8_gpus():
+    # DDP: 2 + 4 + 2 (+2 bucket copy) + 8 = 18 B/param on every GPU.
+    assert states(params="7B", gpus=8) == (2 * P, 4 * P, 2 * P + 2 * P, 8 * P)
+    # ZeRO-1: optimizer states and master shard over 8; full bf16 grads plus an fp32 grad partition.
+    assert states(params="7B", gpus=8, zero_stage=1) == (2 * P, 4 * P // 8, 2 * P + 4 * P // 8, 8 * P // 8)
+    # ZeRO-2: the bf16 gradient partition plus one 5e8-element reduce bucket (1e9 B) plus the fp32 partition.
+    assert states(params="7B", gpus=8, zero_stage=2) == (2 * P, 4 * P // 8, 2 * P // 8 + 10**9 + 4 * P // 8, 8 * P // 8)
+    # ZeRO-3: bf16 weight shard, fp32 grad partition, master and states: 18 B/param / 8.
+    assert states(params="7B", gpus=8, zero_stage=3) == (2 * P // 8, 4 * P // 8, 4 * P // 8, 8 * P // 8)
+
+
+def test_zero_totals_match_deepspeed_estimators():
+    # estimate_zero2_model_states_mem_needs (stages 1 and 2): 4 * P + 16 * P / N
+    assert sum(states(params="7B", gpus=8, zero_stage=1)) == 4 * P + 16 * P // 8 == 42 * 10**9
+    # estimate_zero3_model_states_mem_needs: 4 * largest_layer_params + 18 * P / N
+    est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100", "gpus": 8, "zero-stage": 3}))
+    b = est.breakdown
+    assert b["weights"] + b["master_weights"] + b["gradients"] + b["optimizer_states"] == 4 * EMBED + 18 * P7B // 8
+    # The ZeRO paper's 16 B/param (2 + 2 + 12) is the DDP figure less DDP's bucket copy and the fp32 partition.
+    assert sum(states(params="7B")) == 16 * P
+
+
+def test_zero3_with_optimizer_offload_gpu_and_host():
+    est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "A100-40GB", "gpus": 8, "zero-stage": 3,
+                              "offload": "optimizer", "host-memory": "256 GiB", "seq-len": 2048, "gradient-checkpointing": True}))
+    b = est.breakdown
+    # GPU keeps the bf16 weight shard and the gathered largest layer (params + grads): DeepSpeed's
+    # offload estimate "largest_layer_memory + 2 * P / N".
+    assert b["weights"] + b["gradients"] == 2 * P7B // 8 + 4 * EMBED
+    assert b["master_weights"] == b["optimizer_states"] == 0
+    # Host: master 4 + states 8 + fp32 grads 4 = 16 B/param / 8 per GPU, x 8 GPUs on the node, x 1.5 pinned buffers.
+    assert est.host_bytes == round(16 * P7B / 8 * 8 * 1.5) == 161_721_974_784
+    assert est.host_fits and est.fits
+    over = estimate(est.run._replace(host_memory_bytes=100 * 2**30))
+    assert over.host_fits is False and over.fits is False
+
+
+def test_offload_params_leaves_the_gathered_layer():
+    est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100", "gpus": 8, "zero-stage": 3,
+                              "offload": "optimizer+params"}))
+    b = est.breakdown
+    assert b["weights"] + b["gradients"] == 4 * EMBED  # DeepSpeed: largest_layer_memory only
+    assert est.host_bytes == round(18 * P7B / 8 * 8 * 1.5)  # + the 2 B/param weight shard
+
+
+def test_fsdp_full_shard():
+    est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100", "gpus": 8, "fsdp": "full-shard"}))
+    b = est.breakdown
+    unit = 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096  # one decoder layer, 202,383,360 params (> the embedding)
+    assert b["weights"] == 2 * 2 * unit  # two bf16 units gathered (current + prefetched); the fp32 shard is the master
+    assert b["master_weights"] == 4 * P7B // 8
+    assert b["gradients"] == 4 * P7B // 8 + 2 * unit  # fp32 grad shard + the current unit's bf16 grads
+    assert b["optimizer_states"] == 8 * P7B // 8
+
+
+def test_fsdp_hybrid_shards_within_a_node():
+    full = estimate(adhoc_run({"params": "7B", "mode": "train", "gpu": "H100", "gpus": 32, "fsdp": "full-shard"}))
+    hybrid = estimate(adhoc_run({"params": "7B", "mode": "train", "gpu": "H100", "gpus": 32, "fsdp": "hybrid-shard"}))
+    assert full.breakdown["optimizer_states"] == 8 * P // 32
+    assert hybrid.breakdown["optimizer_states"] == 8 * P // 8  # shard group = the 8 GPUs of a node
+
+
+LLAMA2_13B = {"family": "llama", "hidden-size": 5120, "num-layers": 40, "num-heads": 40, "intermediate-size": 13824, "vocab-size": 32000}
+
+
+def test_tensor_and_pipeline_parallel_13b():
+    run = adhoc_run({**LLAMA2_13B, "mode": "train", "dtype": "bf16", "gpu": "H100", "gpus": 4, "tensor-parallel": 2,
+                     "pipeline-parallel": 2, "micro-batches": 4, "batch-size": 1, "seq-len": 2048})
+    est = estimate(run)
+    layer = 4 * 5120**2 + 3 * 5120 * 13824 + 2 * 5120  # 317,204,480
+    last_stage = 20 * layer + 5120 + 32000 * 5120  # 20 layers + final norm + untied head = 6,507,934,720
+    assert last_stage > 32000 * 5120 + 20 * layer  # the last stage is the fuller one
+    assert est.breakdown["weights"] == 2 * (last_stage // 2)  # bf16, split over 2 tensor-parallel ranks
+    assert est.breakdown["gradients"] == 2 * (last_stage // 2)  # dp = 1: no DDP buckets
+    # Activations: the norms and the layer input stay whole on each rank; q/k/v, attention output,
+    # log-sum-exp and the MLP intermediates split over t = 2 (Korthikanti et al. 2022).
+    T, h, f = 2048, 5120, 13824
+    norm = T * h * 4 + T * h * 2 + T * 4
+    attention = norm + T * h * 2 + (T * 3 * h * 2 + T * h * 2 + 40 * T * 4) // 2
+    mlp = norm + T * h * 2 + (3 * T * f * 2 + T * f * 2) // 2
+    in_flight = 2  # 1F1B: the first of 2 stages holds min(2, 4 micro-batches)
+    assert est.details["activations.attention"] == attention * 20 * in_flight
+    assert est.details["activations.mlp"] == mlp * 20 * in_flight
+    assert est.details["logits.logits"] == T * 32000 * 2 // 2  # vocab-parallel logits
+
+
+def test_sequence_parallel_splits_the_rest():
+    keys = {**LLAMA2_13B, "mode": "train", "dtype": "bf16", "gpu": "H100", "gpus": 2, "tensor-parallel": 2, "seq-len": 2048}
+    plain = estimate(adhoc_run(keys)).details
+    seq = estimate(adhoc_run({**keys, "sequence-parallel": True})).details
+    T, h = 2048, 5120
+    shared = T * h * 4 + T * h * 2 + T * 4 + T * h * 2  # norm + layer input, no longer replicated
+    assert plain["activations.attention"] - seq["activations.attention"] == 40 * (shared - shared // 2)
+
+
+def test_moe_expert_parallel():
+    mixtral = {"family": "mixtral", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "num-kv-heads": 8,
+               "intermediate-size": 14336, "vocab-size": 32000, "num-experts": 8, "experts-per-token": 2}
+    est = estimate(adhoc_run({**mixtral, "mode": "inference", "dtype": "bf16", "gpu": "H100", "gpus": 8, "expert-parallel": 8}))
+    experts = 8 * 3 * 4096 * 14336  # 1,409,286,144 expert params per layer, 1 of 8 experts per GPU
+    per_layer = 41_943_040 + 4096 * 8 + 2 * 4096 + experts // 8  # attention + router + norms + one expert
+    local = 131_072_000 + 32 * per_layer + 4096 + 131_072_000
+    assert est.breakdown["weights"] == 2 * local
+    # Activations follow experts-per-token, not the number of experts.
+    top1 = estimate(adhoc_run({**mixtral, "experts-per-token": 1, "mode": "train", "gpu": "H100", "seq-len": 512}))
+    top2 = estimate(adhoc_run({**mixtral, "mode": "train", "gpu": "H100", "seq-len": 512}))
+    many = estimate(adhoc_run({**mixtral, "num-experts": 64, "mode": "train", "gpu": "H100", "seq-len": 512}))
+    assert top2.breakdown["activations"] > top1.breakdown["activations"]
+    assert many.breakdown["activations"] - top2.breakdown["activations"] == 32 * 512 * (64 - 8) * 4  # router logits only
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"zero-stage": 3, "fsdp": "full-shard", "gpus": 8}, "both shard the model states"),
+    ({"gpus": 6, "tensor-parallel": 4}, "cannot be split into tensor-parallel 4"),
+    ({"offload": "optimizer"}, "needs ZeRO (zero-stage >= 1) or FSDP"),
+    ({"offload": "optimizer+params", "zero-stage": 2, "gpus": 2}, "offloading parameters needs zero-stage = 3"),
+    ({"sequence-parallel": True}, "tensor-parallel is 1"),
+    ({"tensor-parallel": 3, "gpus": 3}, "does not divide the 32 attention heads"),
+    ({"pipeline-parallel": 64, "gpus": 64}, "64 pipeline stages for 32 layers"),
+    ({"expert-parallel": 2, "gpus": 2}, "must divide num-experts (0)"),
+])
+def test_contradictions_are_errors(keys, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        adhoc_run({**LLAMA2_7B, "mode": "train", "gpu": "H100", **keys})
