@@ -1,4 +1,4 @@
-"""Score the detailed estimate against ../shared/validation: PyTorch ground truth and published GPU runs.
+"""Score the detailed estimate and the usual baselines against ../shared/validation.
 
     python benchmarks/accuracy.py [--validation ../shared/validation]
 
@@ -9,6 +9,15 @@ compared like with like: ``max_memory_allocated`` against the estimate without C
 allocator slack, ``reserved`` without the context, ``nvidia-smi`` with everything. Rows whose
 settings are not published well enough to estimate (unknown prompt length, init-phase peaks) are
 listed with the reason and not scored.
+
+Baselines, side by side on the same totals:
+- seed: the rule of thumb, inference = params x bytes, training = 4 x inference; LoRA adds the
+  adapters' weights, gradients and two states;
+- accelerate: `accelerate estimate-memory`'s "training using Adam = 4 x model size", model size
+  for inference (it has no notion of LoRA);
+- deepspeed: DeepSpeed's model-states-only ZeRO estimate on one GPU, 4 P + 16 P / 1 = 20 B/param
+  for training (estimate_zero2_model_states_mem_needs), weights for inference;
+- weights: params x bytes and nothing else.
 """
 
 from __future__ import annotations
@@ -42,8 +51,8 @@ def _arch_keys(spec: Dict[str, Any]) -> Dict[str, Any]:
     return keys
 
 
-def groundtruth(path: Path) -> List[Tuple[str, str, int, int]]:
-    """(case, term, estimate, truth) for every term of every ground-truth row."""
+def groundtruth(path: Path, totals: Optional[List[Tuple[str, Dict[str, float], int]]] = None) -> List[Tuple[str, str, int, int]]:
+    """(case, term, estimate, truth) for every term of every ground-truth row; per-method totals into ``totals``."""
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         case = json.loads(line)
@@ -73,6 +82,12 @@ def groundtruth(path: Path) -> List[Tuple[str, str, int, int]]:
         else:
             rows.append((name, "kv_cache", b["kv_cache"], case["kv_cache_bytes"]))
             rows.append((name, "logits", b["logits"], case["logits_bytes"]))
+        if totals is not None:
+            # The ground truth has no CUDA context, allocator slack or backward transients.
+            truth = case["param_bytes"] + case.get("adapter_bytes", 0) + sum(case.get(k, 0) for k in (
+                "grad_bytes", "opt_state_bytes", "saved_bytes", "logits_bytes", "kv_cache_bytes"))
+            mine = sum(e for n, _, e, _ in rows if n == name)
+            totals.append((name, {"detailed": mine, **baselines(est)}, truth))
     return rows
 
 
@@ -139,11 +154,12 @@ def measured(path: Path):
             continue
         truth = row["measured_value"] * UNITS[row["measured_unit"].split()[0]]
         seqs = [512, 1024] if row.get("model") == "Llama-2-7b-hf" else [keys.get("seq-len")]
-        values = []
+        values, others = [], {}
         for seq in seqs:
-            run = adhoc_run({**keys, **({"seq-len": seq} if seq else {})})
-            values.append(_comparable(estimate(run), row["measured_kind"]))
-        scored.append((row["id"], row["measured_kind"], values, truth, why))
+            est = estimate(adhoc_run({**keys, **({"seq-len": seq} if seq else {})}))
+            values.append(_comparable(est, row["measured_kind"]))
+            others = baselines(est)  # the baselines do not depend on the sequence length
+        scored.append((row["id"], row["measured_kind"], values, truth, why, others))
     return scored, skipped
 
 
@@ -151,11 +167,35 @@ def _pct(est: float, truth: float) -> float:
     return 100 * (est / truth - 1) if truth else 0.0
 
 
+METHODS = ("detailed", "seed", "accelerate", "deepspeed", "weights")
+
+
+def baselines(est: Estimate) -> Dict[str, float]:
+    """What each baseline method says for the run behind ``est`` (totals in bytes)."""
+    run = est.run
+    weights = est.params * run.dtype.rule_bytes
+    trains = run.mode != "inference"
+    seed = weights * 4 if run.mode == "train" else weights + (3 * est.trainable_params * run.dtype.rule_bytes if trains else 0)
+    return {
+        "seed": seed,
+        "accelerate": weights * 4 if trains else weights,
+        "deepspeed": 20 * est.params if trains else weights,
+        "weights": weights,
+    }
+
+
+def _stats(errors: List[float]) -> str:
+    absolute = sorted(abs(e) for e in errors)
+    p90 = absolute[min(len(absolute) - 1, int(round(0.9 * (len(absolute) - 1))))]
+    return f"median |error| {statistics.median(absolute):6.1f} %   p90 {p90:6.1f} %   worst under-estimate {min(errors):+7.1f} %"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--validation", type=Path, default=ROOT.parent / "shared" / "validation")
     args = parser.parse_args()
-    gt = groundtruth(args.validation / "groundtruth.jsonl")
+    gt_totals: List[Tuple[str, Dict[str, float], int]] = []
+    gt = groundtruth(args.validation / "groundtruth.jsonl", gt_totals)
     print("== ground truth (exact PyTorch bytes, CPU) ==")
     print(f"{'case':<58} {'term':<18} {'estimate':>14} {'truth':>14} {'error':>8}")
     for name, term, est, truth in gt:
@@ -167,15 +207,21 @@ def main() -> int:
     print("\n== published GPU measurements (totals) ==")
     print(f"{'case':<14} {'kind':<22} {'estimate':>22} {'measured':>10} {'error':>16}  note")
     worst = []
-    for case, kind, values, truth, why in scored:
+    for case, kind, values, truth, why, _ in scored:
         est = " / ".join(f"{v / 2**30:.2f}" for v in values)
         err = " / ".join(f"{_pct(v, truth):+.1f}%" for v in values)
         worst.append(min(_pct(v, truth) for v in values))
         print(f"{case:<14} {kind[:22]:<22} {est + ' GiB':>22} {truth / 2**30:>6.2f} GiB {err:>16}  {why}")
     for case, why in skipped:
         print(f"{case:<14} not scored: {why}")
-    firsts = [abs(_pct(v[0], t)) for _, _, v, t, _ in scored]
-    print(f"totals |error| (first estimate per row): median {statistics.median(firsts):.1f} %; worst under-estimate {min(worst):+.1f} %")
+    print("\n== summary per method ==")
+    print("ground truth, totals (12 runs):")
+    for method in METHODS:
+        print(f"  {method:<10} " + _stats([_pct(m[method], t) for _, m, t in gt_totals]))
+    print(f"published GPU runs, totals ({len(scored)} runs; detailed at the first sequence length where two are shown):")
+    for method in METHODS:
+        errors = [_pct(v[0] if method == "detailed" else o[method], t) for _, _, v, t, _, o in scored]
+        print(f"  {method:<10} " + _stats(errors))
     return 0
 
 
