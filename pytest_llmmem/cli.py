@@ -48,6 +48,7 @@ def _parser(command: Optional[str]) -> argparse.ArgumentParser:
     cat = sub.add_parser("catalog", help="list the known GPUs, dtypes and optimizers (built-in and from plugins)")
     diff = sub.add_parser("diff", help="compare two JSON reports (e.g. a PR's base and head) run by run")
     fit = sub.add_parser("fit", help="what would make a run fit: largest batch and sequence, fewest GPUs, switches")
+    meas = sub.add_parser("measure", help="run one real step of a run (needs pytest-llmmem[measure]) and compare with the estimate")
     if command == "check":
         check.add_argument("paths", nargs="*", metavar="PATH",
                            help="pyproject.toml files or folders holding one (default: .); a model config.json checks the pyprojects that use it")
@@ -59,6 +60,12 @@ def _parser(command: Optional[str]) -> argparse.ArgumentParser:
         fit.add_argument("path", nargs="?", default=None, help="a pyproject.toml, or a folder holding one (default: .)")
         fit.add_argument("--run", action="append", metavar="NAME", help="solve only this run (repeatable; default: every run)")
         fit.add_argument("--units", choices=("gib", "gb"), default="gib")
+    elif command == "measure":
+        meas.add_argument("path", nargs="?", default=None, help="a pyproject.toml, or a folder holding one (default: .)")
+        meas.add_argument("--run", action="append", metavar="NAME", help="measure only this run (repeatable)")
+        meas.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        meas.add_argument("--layers", type=int, metavar="N", help="build only N layers (default: 2 on the CPU, all on a GPU)")
+        meas.add_argument("--write", action="store_true", help="store measured/estimated as calibration = X in each measured run")
     elif command == "diff":
         diff.add_argument("base", help="the JSON report before the change (llmmem check --format json)")
         diff.add_argument("head", help="the JSON report after the change")
@@ -210,6 +217,22 @@ def _fit(args: argparse.Namespace) -> int:
     return EXIT_OK if all_fit else EXIT_OVER
 
 
+def _measure(args: argparse.Namespace) -> int:
+    from .config import load
+    from .measure import calibration_of, measure, render, write_calibration
+
+    project = load(args.path)
+    runs = [project.run(name) for name in args.run] if args.run else list(project.runs)
+    for run in runs:
+        result = measure(run._replace(calibration=None), device=args.device, max_layers=args.layers)
+        print(render(result))
+        if args.write:
+            value = calibration_of(result)
+            write_calibration(run.file, run, value)
+            print(f"  wrote calibration = {value} to {run.file} (run {run.name})")
+    return EXIT_OK
+
+
 def _diff(args: argparse.Namespace) -> int:
     import json
 
@@ -274,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import ConfigError
 
     try:
-        return {"check": _check, "estimate": _estimate, "catalog": _catalog, "diff": _diff, "fit": _fit}[args.command](args)
+        return {"check": _check, "estimate": _estimate, "catalog": _catalog, "diff": _diff, "fit": _fit, "measure": _measure}[args.command](args)
     except ConfigError as err:
         print(f"llmmem: error: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -33,7 +33,7 @@ TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "zero-stage", 
 PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
 LORA_ONLY = ("lora-rank", "lora-targets", "adapter-dtype")
 RUN_KEYS = (
-    "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model",
+    "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model", "calibration",
 ) + TRAIN_ONLY + PARALLEL_KEYS + LORA_ONLY + BUDGET_KEYS
 
 # Largest values taken as meant; anything past these is a typo or a unit slip.
@@ -346,6 +346,17 @@ class Project:
         return _run(merged, index, self.table, self.context, require_budget=False)
 
 
+def _calibration(table: _Table) -> Optional[float]:
+    """A measured/estimated factor from `llmmem measure --write`; 0.5 to 2 is the plausible range."""
+    if "calibration" not in table:
+        return None
+    value = table.values["calibration"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= value <= 2.0:
+        raise table.fail("calibration", f"expected a factor from 0.5 to 2.0, got {_type_name(value)} {value!r}.",
+                         hint="llmmem measure --write stores it; a factor far from 1 means the run was measured wrongly.")
+    return float(value)
+
+
 def _parallelism(table: _Table, model: Union[Architecture, ParamsOnly], mode: str) -> Dict[str, Any]:
     """Multi-GPU keys, with the contradictions DeepSpeed, FSDP and Megatron would reject."""
     gpus = table.integer("gpus", 1)
@@ -508,6 +519,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: _Context, requir
         lora_targets=targets,
         adapter_dtype=table.resolve("adapter-dtype", ctx.catalog.dtype, "fp32"),
         host_memory_bytes=table.size("host-memory"),
+        calibration=_calibration(table),
         **parallel,
         budget=_budget([table, top], ctx, require_budget),
         method=(table if "method" in table else top).choice("method", METHODS, "detailed"),

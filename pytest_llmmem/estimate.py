@@ -26,6 +26,7 @@ TERMS = (
     "logits",
     "kv_cache",
     "overhead",
+    "calibration",
 )
 
 # CUDA context and kernel images, measured with nvidia-smi after torch.ones((1, 1)).to("cuda") on a
@@ -253,6 +254,10 @@ def _detailed(run: Run) -> Estimate:
         details["overhead.cublas_workspace"] = CUBLAS_WORKSPACE_BYTES
         details["overhead.fragmentation"] = round(FRAGMENTATION * dynamic)
         breakdown["overhead"] = CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES + details["overhead.fragmentation"]
+    if run.calibration is not None:
+        # A measured correction (llmmem measure --write): the signed difference it makes to the total.
+        breakdown["calibration"] = round((run.calibration - 1) * sum(breakdown.values()))
+        notes.append(f"calibrated: x {run.calibration} from llmmem measure")
     if run.zero_stage == 3 and arch is None:
         notes.append("ZeRO-3's gathered largest layer not counted: it needs the architecture")
     return Estimate(run, "detailed", breakdown, params, trainable, tuple(notes), details, host)

@@ -23,12 +23,13 @@ LABELS = {
     "logits": "logits + loss",
     "kv_cache": "KV cache",
     "overhead": "CUDA context + allocator",
+    "calibration": "measured calibration",
 }
 
 
 def _bar(fraction: float, ascii_only: bool) -> str:
     full, empty = ("#", ".") if ascii_only else ("\u2588", "\u00b7")
-    filled = int(round(fraction * BAR_WIDTH))
+    filled = int(round(max(0.0, fraction) * BAR_WIDTH))
     return full * filled + empty * (BAR_WIDTH - filled)
 
 

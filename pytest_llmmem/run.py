@@ -62,6 +62,7 @@ class Run(NamedTuple):
     budget: Optional[Budget] = None
     method: str = "detailed"
     overhead_bytes: Optional[int] = None  # replaces the CUDA context / allocator default
+    calibration: Optional[float] = None  # measured / estimated, stored by `llmmem measure --write`
     file: Optional[str] = None
     line: Optional[int] = None
 

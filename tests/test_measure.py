@@ -1,0 +1,92 @@
+"""llmmem measure on the CPU with tiny real models; skipped cleanly where torch is not installed."""
+
+import textwrap
+
+import pytest
+
+from pytest_llmmem.config import adhoc_run, load
+from pytest_llmmem.errors import ConfigError
+from pytest_llmmem.estimate import estimate
+
+TINY = {"family": "llama", "hidden-size": 128, "num-layers": 3, "num-heads": 4, "num-kv-heads": 2,
+        "intermediate-size": 344, "vocab-size": 512}
+
+
+def test_measure_rejects_what_it_cannot_run():
+    from pytest_llmmem.measure import measure
+
+    with pytest.raises(ConfigError, match="needs the architecture"):
+        measure(adhoc_run({"params": "7B", "mode": "inference"}))
+    with pytest.raises(ConfigError, match="lora needs peft"):
+        measure(adhoc_run({**TINY, "mode": "lora"}))
+    with pytest.raises(ConfigError, match='"lion" is not one'):
+        measure(adhoc_run({**TINY, "optimizer": "lion"}))
+
+
+def test_calibration_is_applied_and_reported():
+    plain = estimate(adhoc_run({"params": "1B", "mode": "inference", "gpu": "L4"}))
+    calibrated = estimate(adhoc_run({"params": "1B", "mode": "inference", "gpu": "L4", "calibration": 1.1}))
+    assert calibrated.breakdown["calibration"] == round(0.1 * plain.total_bytes)
+    assert "calibrated: x 1.1 from llmmem measure" in calibrated.notes
+    with pytest.raises(ConfigError, match="expected a factor from 0.5 to 2.0"):
+        adhoc_run({"params": "1B", "calibration": 7})
+
+
+@pytest.fixture
+def torch_available():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("extra", [
+    {"mode": "train", "dtype": "fp32", "optimizer": "adamw", "batch-size": 2, "seq-len": 32},
+    {"mode": "train", "dtype": "bf16", "optimizer": "sgd-momentum", "seq-len": 64, "gradient-checkpointing": True},
+    # Eager attention in bf16, as in the shared ground truth. (fp32 eager LLaMA measures 5 % above the
+    # estimate: a known gap, see README "How accurate is it?".)
+    {"mode": "train", "dtype": "bf16", "optimizer": "adam", "seq-len": 32, "flash-attention": False},
+    {"mode": "inference", "dtype": "bf16", "batch-size": 2, "seq-len": 64},
+])
+def test_cpu_measurement_matches_the_estimate(torch_available, extra):
+    from pytest_llmmem.measure import measure
+
+    result = measure(adhoc_run({**TINY, **extra}), device="cpu", max_layers=2)
+    assert result.shrunk_from == 3 and result.run.model.num_layers == 2
+    for term in ("weights", "gradients", "optimizer_states", "kv_cache", "logits"):
+        if term in result.terms:
+            assert result.terms[term] == result.estimated[term], term  # exact: shapes and dtypes only
+    if "saved activations" in result.terms:
+        assert abs(result.terms["saved activations"] / result.estimated["saved activations"] - 1) < 0.05
+    assert abs(result.ratio - 1) < 0.03
+
+
+def test_measure_write_stores_the_calibration(torch_available, tmp_path, run_cli):
+    path = tmp_path / "pyproject.toml"
+    path.write_text(textwrap.dedent("""\
+        [tool.llmmem]
+        gpu = "L4"
+
+        [tool.llmmem.model]
+        hidden-size = 128
+        num-layers = 2
+        num-heads = 4
+        intermediate-size = 344
+        vocab-size = 512
+
+        [[tool.llmmem.runs]]
+        name = "sft"
+        dtype = "fp32"
+        seq-len = 32
+
+        [[tool.llmmem.runs]]
+        name = "serve"
+        mode = "inference"
+        """))
+    code, out, err = run_cli("measure", path, "--run", "sft", "--device", "cpu", "--write")
+    assert code == 0, err
+    assert 'llmmem measure: run "sft" on cpu' in out and "wrote calibration = " in out
+    run = load(path).run("sft")
+    assert run.calibration is not None and abs(run.calibration - 1) < 0.03
+    assert path.read_text().count("calibration = ") == 1
+    run_cli("measure", path, "--run", "sft", "--device", "cpu", "--write")  # a second write replaces the line
+    assert path.read_text().count("calibration = ") == 1
+    assert load(path).run("serve").calibration is None
