@@ -165,6 +165,11 @@ def _targets(args: argparse.Namespace) -> List[Any]:
     return targets
 
 
+def _selected_runs(project: Any, names: Optional[List[str]]) -> List[Any]:
+    """The runs --run names (each checked to exist, with a "did you mean"), else all of them."""
+    return [project.run(name) for name in names] if names else list(project.runs)
+
+
 def _check(args: argparse.Namespace) -> int:
     from .config import load
     from .estimate import estimate
@@ -172,7 +177,7 @@ def _check(args: argparse.Namespace) -> int:
     results = []
     for shown, path in _targets(args):
         project = load(path, display=shown)
-        runs = [project.run(name) for name in args.run] if args.run else list(project.runs)
+        runs = _selected_runs(project, args.run)
         results.append((project.path, [estimate(run) for run in runs]))
     if not results:
         print("llmmem: no pyproject.toml with [tool.llmmem] among the changed files; nothing to check.")
@@ -188,7 +193,7 @@ def _fit(args: argparse.Namespace) -> int:
     from .units import format_bytes
 
     project = load(args.path)
-    runs = [project.run(name) for name in args.run] if args.run else list(project.runs)
+    runs = _selected_runs(project, args.run)
     all_fit = True
     for run in runs:
         est = estimate(run)
@@ -222,7 +227,7 @@ def _measure(args: argparse.Namespace) -> int:
     from .measure import calibration_of, measure, render, write_calibration
 
     project = load(args.path)
-    runs = [project.run(name) for name in args.run] if args.run else list(project.runs)
+    runs = _selected_runs(project, args.run)
     for run in runs:
         result = measure(run._replace(calibration=None), device=args.device, max_layers=args.layers)
         print(render(result))

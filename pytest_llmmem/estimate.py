@@ -158,10 +158,11 @@ def _optimizer_bytes(opt: Optimizer, run: Run, trainable: int, param_bytes: floa
         return round(trainable * opt.states * per_state), ""
     # Adafactor keeps a row and a column vector per matrix and a full state per vector (Shazeer & Stern 2018).
     arch = run.model
-    if run.mode != "train" or not isinstance(arch, Architecture):
-        if run.mode == "train":
-            return round(trainable * per_state / 1024), "adafactor: factored states approximated as 1/1024 of a full state (architecture unknown)"
-        return round(trainable * per_state), ""
+    if run.mode != "train":
+        return round(trainable * per_state), ""  # adapters: a full state each, an upper bound
+    if not isinstance(arch, Architecture):
+        return 0, ("adafactor's factored states (a row and a column per matrix: well under 1 % of the weights "
+                   "for transformer shapes) need the architecture and are not counted")
     lin = arch.linears()
     matrices = sum(l.count * (l.d_in + l.d_out) for l in lin) * arch.num_layers
     vectors = sum(l.count * l.d_out for l in lin if l.bias) * arch.num_layers
@@ -194,10 +195,6 @@ def _detailed(run: Run) -> Estimate:
         weight_bytes = FP32 if amp else dtype.bytes
         opt_total, opt_note = _optimizer_bytes(run.optimizer, run, params, weight_bytes, mixed or amp)
         states = model_states(run, local, weight_bytes, weight_bytes, opt_total / params, mixed)
-        if mixed:
-            # Mixed precision keeps an fp32 master copy beside the 16-bit weights (Micikevicius et al.
-            # 2018; ZeRO paper's 2 + 2 + 12 bytes/param for Adam).
-            details["master_weights.fp32"] = round(states["master_weights"])
         weights = round(states["weights"] + states["weights.gathered"])
         if states["weights.gathered"]:
             details["weights.gathered_for_compute"] = round(states["weights.gathered"])
@@ -207,6 +204,8 @@ def _detailed(run: Run) -> Estimate:
             matmul_params = (arch.linear_params() + (0 if arch.family.classifier else arch.vocab_size * arch.hidden_size)) if arch else params
             details["weights.autocast_copies"] = round(matmul_params * share * act)
             weights += details["weights.autocast_copies"]
+        # Mixed precision keeps an fp32 master copy beside the 16-bit weights (Micikevicius et al. 2018;
+        # the ZeRO paper's 2 + 2 + 12 bytes/param for Adam); model_states shards it.
         breakdown["master_weights"] = round(states["master_weights"])
         breakdown["gradients"] = round(states["gradients"] + states["gradients.buckets"] + states["gradients.fp32_partition"])
         for item in ("gradients.buckets", "gradients.fp32_partition"):
