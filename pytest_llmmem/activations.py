@@ -11,8 +11,7 @@ groundtruth.jsonl): GPT-2 keeps 28 * s*b*h fp32 per layer, LLaMA in bf16 8 + (4 
 """
 
 
-from dataclasses import dataclass
-from typing import Dict, FrozenSet
+from typing import Dict, FrozenSet, NamedTuple
 
 from .model import PYTHON_ACTIVATIONS, Architecture
 
@@ -20,8 +19,7 @@ FP32 = 4
 INDEX_BYTES = 8  # int64 token ids / labels
 
 
-@dataclass(eq=False)  # never compared; eq costs start-up time
-class Trainable:
+class Trainable(NamedTuple):
     """Which weights get gradients: everything (full training) or LoRA adapters on some modules."""
 
     full: bool

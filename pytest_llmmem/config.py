@@ -9,9 +9,8 @@ kebab-case; the snake_case spelling of any key is accepted too.
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ._toml import toml
 from .catalog import Catalog, default_catalog
@@ -319,14 +318,13 @@ def _read_hf_config(table: _Table, ctx: _Context) -> Architecture:
 # --- runs ----------------------------------------------------------------------------------------
 
 
-@dataclass(eq=False)  # never compared; eq costs start-up time
-class Project:
+class Project(NamedTuple):
     """A pyproject's ``[tool.llmmem]``: its resolved runs, and what is needed to re-resolve one."""
 
     path: str
     runs: Tuple[Run, ...]
-    table: Mapping[str, Any] = field(repr=False, default_factory=dict)
-    context: Optional[_Context] = field(repr=False, default=None, compare=False)
+    table: Mapping[str, Any]
+    context: _Context
 
     def run(self, name: str) -> Run:
         for run in self.runs:

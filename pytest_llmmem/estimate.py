@@ -7,8 +7,7 @@ peak of a training step or an inference prefill; each term below names its sourc
 
 
 import math
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 from .activations import FP32, Trainable, forward_transient, head_saved, layer_saved
 from .catalog import DType, Optimizer
@@ -41,8 +40,7 @@ CUBLAS_WORKSPACE_BYTES = 32 * MiB
 FRAGMENTATION = 0.30
 
 
-@dataclass(eq=False)  # never compared; eq costs start-up time
-class Estimate:
+class Estimate(NamedTuple):
     """Peak per-GPU bytes of one run, as a breakdown whose terms add up to the total."""
 
     run: Run
@@ -50,8 +48,8 @@ class Estimate:
     breakdown: Dict[str, int]
     params: int
     trainable_params: int
-    notes: Tuple[str, ...] = ()
-    details: Dict[str, int] = field(default_factory=dict)  # finer items, "term.item" -> bytes
+    notes: Tuple[str, ...]
+    details: Dict[str, int]  # finer items, "term.item" -> bytes
     host_bytes: int = 0  # host memory per node for offloaded states (0 without offload)
 
     @property
@@ -134,7 +132,7 @@ def _rule_of_thumb(run: Run) -> Estimate:
         states = run.optimizer.states if run.optimizer else 2
         grads, opt = trainable * b, trainable * b * states
     breakdown = {"weights": round(weights), "gradients": round(grads), "optimizer_states": round(opt)}
-    return Estimate(run, "rule-of-thumb", breakdown, params, trainable, tuple(notes))
+    return Estimate(run, "rule-of-thumb", breakdown, params, trainable, tuple(notes), {})
 
 
 # --- detailed ----------------------------------------------------------------------------------

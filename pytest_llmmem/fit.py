@@ -58,15 +58,21 @@ def fewest_gpus(run: Run) -> Optional[int]:
     if run.zero_stage == 0 and run.fsdp == "none":
         return None
     step = run.tensor_parallel * run.pipeline_parallel * run.expert_parallel
-    best = largest_fitting_count(lambda k: _fits(run._replace(gpus=k * step)), MAX_GPUS // step)
+    best = smallest_fitting_count(lambda k: _fits(run._replace(gpus=k * step)), MAX_GPUS // step)
     return None if best is None else best * step
 
 
-def largest_fitting_count(fits_at, upper: int) -> Optional[int]:
-    """Smallest k in 1..upper with fits_at(k), for a predicate that stays true once true."""
-    if not fits_at(upper):
+def smallest_fitting_count(fits_at, upper: int) -> Optional[int]:
+    """Smallest k in 1..upper with fits_at(k), for a predicate that stays true once true.
+
+    Doubling first, then bisecting: the answer is usually a handful of GPUs, found in a few estimates.
+    """
+    high = 1
+    while high < upper and not fits_at(high):
+        high = min(upper, high * 2)
+    if not fits_at(high):
         return None
-    low, high = 0, upper  # invariant: fits_at(high); low == 0 or not fits_at(low)
+    low = high // 2 if high > 1 else 0  # invariant: fits_at(high); low == 0 or not fits_at(low)
     while high - low > 1:
         mid = (low + high) // 2
         if fits_at(mid):

@@ -16,8 +16,8 @@ from .errors import ConfigError, did_you_mean, one_of
 class Family(NamedTuple):
     """Traits of one modelling-code family, as in ``transformers/models/<name>/modeling_<name>.py``.
 
-    Small immutable records here are NamedTuples: a dataclass costs ~1 ms of start-up each and
-    ``llmmem check`` runs on every commit (benchmarks/cli_startup.py).
+    The package's records are NamedTuples, not dataclasses: a dataclass costs up to 1 ms of
+    start-up to generate, and ``llmmem check`` runs on every commit (benchmarks/cli_startup.py).
     """
 
     name: str
