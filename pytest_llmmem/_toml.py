@@ -1,4 +1,7 @@
-"""The one place that picks a TOML parser: tomllib on 3.11+, tomli before."""
+"""The one place that picks a TOML parser: tomllib on 3.11+, tomli before.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
 import sys
 
 if sys.version_info >= (3, 11):

@@ -8,6 +8,8 @@ the attention kernel (eager keeps the s*s probabilities; flash/SDPA keeps only a
 what is trainable (a frozen linear does not keep its input; a LoRA adapter keeps its own copy).
 Checked tensor by tensor against PyTorch's saved-tensor hooks on real HF models (shared/validation
 groundtruth.jsonl): GPT-2 keeps 28 * s*b*h fp32 per layer, LLaMA in bf16 8 + (4 + 4*f/h).
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 

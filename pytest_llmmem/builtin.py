@@ -1,4 +1,7 @@
-"""The built-in dtypes, optimizers and GPUs, registered through the same hooks a plugin uses."""
+"""The built-in dtypes, optimizers and GPUs, registered through the same hooks a plugin uses.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ Everything here, the built-ins included, arrives through the pluggy hooks in
 :mod:`pytest_llmmem.hookspecs`. Third-party plugins (entry-point group ``llmmem``) are loaded
 only when a config names something the built-ins lack, so the common case pays nothing for the
 entry-point scan (about 25 ms on a machine with a hundred packages) on every pre-commit run.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 

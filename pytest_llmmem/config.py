@@ -3,6 +3,8 @@
 Every key is checked: unknown keys get a "did you mean", wrong types and absurd values name the
 key and its line, and nothing a user mistyped is silently replaced by a default. Keys are
 kebab-case; the snake_case spelling of any key is accepted too.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 

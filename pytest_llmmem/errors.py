@@ -1,4 +1,7 @@
-"""The one error type a user sees: a paragraph naming the file, the key, the line and the fix."""
+"""The one error type a user sees: a paragraph naming the file, the key, the line and the fix.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Two methods. ``rule-of-thumb`` is the seed's arithmetic and nothing more (inference = params x
 bytes per dtype, training = 4 x inference). ``detailed`` counts what sits in GPU memory at the
 peak of a training step or an inference prefill; each term below names its source.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 

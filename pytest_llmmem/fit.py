@@ -3,6 +3,8 @@
 Every suggestion is exact at the integer boundary: the suggested batch size (or sequence length)
 fits and the next one up does not. Memory only grows with batch and sequence (every activation,
 logit and KV-cache term is linear or quadratic in them), so a binary search finds the boundary.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 from typing import List, NamedTuple, Optional

@@ -13,6 +13,8 @@ is downloaded and no checkpoint is read.
 - On a CUDA GPU the step runs there and the peak of ``torch.cuda.max_memory_allocated``, the
   caching allocator's reserved pool and the driver's view (total minus free, CUDA context
   included) are compared with the estimate's total.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 from typing import Any, Dict, List, NamedTuple, Optional

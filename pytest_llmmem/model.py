@@ -5,6 +5,8 @@ kind, biases, learned positions, tied head, MoE). :func:`from_hf_config` reads a
 ``config.json`` dict with each family's own key names. Counts follow the ``transformers``
 modelling code of each family and are tested against published totals (GPT-2 124,439,808;
 Llama-2-7B 6,738,415,616; Mixtral-8x7B 46,702,792,704; ...).
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 

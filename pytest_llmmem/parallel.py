@@ -19,6 +19,8 @@ Where this follows DeepSpeed's own estimators rather than the paper (deepspeed.r
 FSDP full-shard keeps the fp32 sharded flat parameter as the master copy (no 16-bit shard) and
 gathers one wrapped unit (a decoder layer) at a time with the next one prefetched (PyTorch FSDP
 docs, forward/backward prefetch), so 16 B/param / N plus two gathered units.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 import math

@@ -9,6 +9,8 @@ imports the core when a test first uses it.
 Which pyproject.toml: ``--llmmem-config PATH`` if given; else the pyproject.toml pytest read its
 own configuration from (``config.inipath``); else ``<rootdir>/pyproject.toml``. That holds even
 when ``testpaths`` points elsewhere.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 from pathlib import Path

@@ -6,6 +6,8 @@ comes from the same :func:`pytest_llmmem.estimate.estimate` the CLI uses.
 Items travel as ordinary pytest reports: the estimate rides in ``report.user_properties``, so
 under pytest-xdist each run is checked once on some worker and the controller still prints one
 summary and writes one JSON file.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 import json
