@@ -111,6 +111,9 @@ def layer_saved(
         # Autocast runs softmax in fp32 too, and the matmul with V keeps a 16-bit cast.
         upcast = fam.softmax_upcast or amp
         attn += score_elems * ((FP32 if upcast else act) + (act if upcast and act != FP32 else 0))
+        # Grouped-query attention: eager code repeats K and V to every query head before the
+        # matmuls that keep them (HF repeat_kv); SDPA takes the groups as they are (enable_gqa).
+        attn += 2 * tokens * (a - kv) * d * act
         o_input_kept = tokens * a * d * act if trainable.keeps_input(lin["o"].name, act) else 0
     if arch.attention_dropout and not flash:
         # Dropout on the probabilities keeps a 1-byte mask (CUDA native_dropout) and, unless autocast
@@ -152,6 +155,13 @@ def layer_saved(
         mlp_shared += tokens * h
     out["mlp"] = mlp_shared // (tp if sp else 1) + mlp // tp
     return out
+
+
+def rotary_tables(arch: Architecture, *, seq: int, act: int) -> int:
+    """cos and sin for every position, computed once and kept by each layer's q * cos and
+    rotate_half(q) * sin (one storage for the whole model, shaped (1, seq, head_dim) from HF's
+    default position_ids; HF RotaryEmbedding)."""
+    return 0 if arch.family.learned_positions else 2 * seq * arch.d_head * act
 
 
 def head_saved(arch: Architecture, *, batch: int, seq: int, act: int, trainable: Trainable, amp: bool = False) -> int:

@@ -11,7 +11,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 import math
 from typing import Dict, NamedTuple, Optional, Tuple
 
-from .activations import FP32, Trainable, forward_transient, head_saved, layer_saved
+from .activations import FP32, Trainable, forward_transient, head_saved, layer_saved, rotary_tables
 from .catalog import DType, Optimizer
 from .model import Architecture, Linear, ParamsOnly
 from .parallel import host_bytes_per_node, local_params, model_states
@@ -290,6 +290,7 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
     rest = layer_saved(arch, **kw)
     per_layer = sum(rest.values())
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
+    rotary = rotary_tables(arch, seq=s, act=act)
     # 1F1B pipelining: the first stage holds activations of up to p micro-batches in flight
     # (Narayanan et al. 2021, PipeDream-Flush; Korthikanti et al. 2022 section 4.2.3).
     in_flight = min(p, run.micro_batches) if p > 1 else 1
@@ -297,10 +298,11 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
         # Per-layer checkpointing keeps each layer's input; backward recomputes one layer at a time
         # (Chen et al. 2016; HF gradient_checkpointing_enable, non-reentrant).
         details["activations.layer_inputs"] = layers * in_flight * tokens * arch.hidden_size * act // (t if run.sequence_parallel else 1)
-        details["activations.recomputed_layer"] = per_layer
+        details["activations.recomputed_layer"] = per_layer + rotary  # the recompute keeps the rotary tables too
     else:
         for block in ("attention", "mlp"):
             details[f"activations.{block}"] = (first[block] + rest[block] * (layers - 1)) * in_flight
+        details["activations.rotary_tables"] = rotary
     details["activations.embedding_and_head"] = head
     breakdown["activations"] = sum(v for k, v in details.items() if k.startswith("activations."))
     # Loss: HF ForCausalLMLoss upcasts logits to fp32; cross_entropy's log_softmax keeps an fp32

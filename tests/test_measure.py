@@ -41,8 +41,8 @@ def torch_available():
 @pytest.mark.parametrize("extra", [
     {"mode": "train", "dtype": "fp32", "optimizer": "adamw", "batch-size": 2, "seq-len": 32},
     {"mode": "train", "dtype": "bf16", "optimizer": "sgd-momentum", "seq-len": 64, "gradient-checkpointing": True},
-    # Eager attention in bf16, as in the shared ground truth. (fp32 eager LLaMA measures 5 % above the
-    # estimate: a known gap, see README "How accurate is it?".)
+    # Eager attention with grouped-query heads: K and V are repeated to every head before the matmuls.
+    {"mode": "train", "dtype": "fp32", "optimizer": "adam", "seq-len": 32, "flash-attention": False},
     {"mode": "train", "dtype": "bf16", "optimizer": "adam", "seq-len": 32, "flash-attention": False},
     {"mode": "inference", "dtype": "bf16", "batch-size": 2, "seq-len": 64},
 ])
@@ -55,8 +55,9 @@ def test_cpu_measurement_matches_the_estimate(torch_available, extra):
         if term in result.terms:
             assert result.terms[term] == result.estimated[term], term  # exact: shapes and dtypes only
     if "saved activations" in result.terms:
-        assert abs(result.terms["saved activations"] / result.estimated["saved activations"] - 1) < 0.05
-    assert abs(result.ratio - 1) < 0.03
+        # Every saved tensor is modelled; what is left are a few scalars (the loss, the label count).
+        assert abs(result.terms["saved activations"] - result.estimated["saved activations"]) < 64
+    assert abs(result.ratio - 1) < 0.001
 
 
 def test_measure_write_stores_the_calibration(torch_available, tmp_path, run_cli):
