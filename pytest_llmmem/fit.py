@@ -168,6 +168,13 @@ def toggles(run: Run) -> List[Toggle]:
     is_adam = run.optimizer is not None and run.optimizer.name in ("adamw", "adam")
     attempt('optimizer = "adamw-8bit"', is_adam, "only replaces adam/adamw",
             lambda: run._replace(optimizer=default_catalog().optimizer("adamw-8bit")))
-    attempt(f"zero-stage = 3 on {run.gpus} GPUs", run.mode == "train" and run.zero_stage != 3 and run.fsdp == "none" and run.gpus > 1,
-            "already sharded, one GPU (see fewest GPUs), or not full training", lambda: run._replace(zero_stage=3))
+    if run.gpus == 1:
+        why = "one GPU shards nothing; see the fewest GPUs above"
+    elif run.mode != "train":
+        why = "only for full training"
+    else:
+        why = "already sharded"
+    attempt(f"zero-stage = 3 on {run.gpus} GPU{'s' if run.gpus > 1 else ''}",
+            run.mode == "train" and run.zero_stage != 3 and run.fsdp == "none" and run.gpus > 1, why,
+            lambda: run._replace(zero_stage=3))
     return out
