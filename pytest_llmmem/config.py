@@ -357,7 +357,7 @@ def _calibration(table: _Table) -> Optional[float]:
     return float(value)
 
 
-def _parallelism(table: _Table, model: Union[Architecture, ParamsOnly], mode: str) -> Dict[str, Any]:
+def _parallelism(table: _Table, model: Union[Architecture, ParamsOnly]) -> Dict[str, Any]:
     """Multi-GPU keys, with the contradictions DeepSpeed, FSDP and Megatron would reject."""
     gpus = table.integer("gpus", 1)
     tp, pp = table.integer("tensor-parallel", 1), table.integer("pipeline-parallel", 1)
@@ -502,7 +502,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: _Context, requir
                                  hint=f'Valid: {one_of(names)} or "all-linear".')
 
     seq_len = table.integer("seq-len")
-    parallel = _parallelism(table, model, mode)
+    parallel = _parallelism(table, model)
     return Run(
         name=name,
         model=model,

@@ -13,7 +13,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -47,7 +47,7 @@ class LlmmemChecks:
     def __init__(self, config: pytest.Config, path: Path) -> None:
         self.config = config
         self.path = path.resolve()
-        self.results: Dict[str, Tuple[Dict[str, Any], str]] = {}  # nodeid -> (estimate dict, outcome)
+        self.results: Dict[str, Dict[str, Any]] = {}  # nodeid -> the estimate as report.as_dict gives it
         if not self.path.is_file():
             raise pytest.UsageError(
                 f"--llmmem: {path} does not exist. Pass --llmmem-config PATH, or run pytest from the project "
@@ -78,16 +78,16 @@ class LlmmemChecks:
             return
         for key, value in report.user_properties:
             if key == PROPERTY:
-                self.results[report.nodeid] = (value, report.outcome)
+                self.results[report.nodeid] = value
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.results:
             return
-        rows = sorted(self.results.values(), key=lambda r: (r[0].get("line") or 0, r[0]["name"]))
-        width = max(len(r[0]["name"]) for r in rows)
+        rows = self._sorted_runs()
+        width = max(len(r["name"]) for r in rows)
         terminalreporter.write_sep("=", "llmmem")
         terminalreporter.write_line(f"{'run':<{width}}  {'total':>12}  {'budget':>12}  {'used':>7}  verdict   (GiB = 1024^3 bytes)")
-        for data, outcome in rows:
+        for data in rows:
             budget = data["budget_bytes"]
             used = f"{100 * data['total_bytes'] / budget:6.1f}%" if budget else "     - "
             verdict = "PASS" if data["fits"] else ("FAIL" if data["fits"] is False else "-")
@@ -96,9 +96,13 @@ class LlmmemChecks:
         if os.environ.get("GITHUB_ACTIONS") == "true":
             from . import github
 
-            lines = github.annotations(self._file(), [data for data, _ in rows], os.environ.get("GITHUB_WORKSPACE"))
+            lines = github.annotations(self._file(), rows, os.environ.get("GITHUB_WORKSPACE"))
             for annotation in github.capped(lines):
                 terminalreporter.write_line(annotation)
+
+    def _sorted_runs(self) -> List[Dict[str, Any]]:
+        """The checked runs in declaration order, whichever worker checked them."""
+        return sorted(self.results.values(), key=lambda d: (d.get("line") or 0, d["name"]))
 
     def _file(self) -> str:
         return _shown(self.path, Path(self.config.rootpath))
@@ -106,7 +110,7 @@ class LlmmemChecks:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput"):
             return  # xdist workers report to the controller, which writes each file once
-        runs = sorted((data for data, _ in self.results.values()), key=lambda d: (d.get("line") or 0, d["name"]))
+        runs = self._sorted_runs()
         target = self.config.option.llmmem_json
         if target:
             document = {"version": 1, "file": self._file(), "runs": runs}
