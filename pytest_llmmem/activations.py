@@ -12,7 +12,6 @@ groundtruth.jsonl): GPT-2 keeps 28 * s*b*h fp32 per layer, LLaMA in bf16 8 + (4 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-
 from typing import Dict, FrozenSet, NamedTuple
 
 from .model import PYTHON_ACTIVATIONS, Architecture

@@ -8,7 +8,6 @@ entry-point scan (about 25 ms on a machine with a hundred packages) on every pre
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-
 import os
 import re
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple

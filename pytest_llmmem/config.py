@@ -7,7 +7,6 @@ kebab-case; the snake_case spelling of any key is accepted too.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-
 import json
 import math
 import re

@@ -7,7 +7,6 @@ peak of a training step or an inference prefill; each term below names its sourc
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-
 import math
 from typing import Dict, NamedTuple, Optional, Tuple
 

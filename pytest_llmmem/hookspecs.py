@@ -35,7 +35,6 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def llmmem_register_dtypes(register: "Callable[[DType], None]") -> None:
     """Call ``register(DType(...))`` for each number format the plugin knows."""
 
-
 @hookspec
 def llmmem_register_optimizers(register: "Callable[[Optimizer], None]") -> None:
     """Call ``register(Optimizer(...))`` for each optimizer the plugin knows."""

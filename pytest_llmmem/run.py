@@ -3,7 +3,6 @@
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-
 from typing import NamedTuple, Optional, Tuple, Union
 
 from .catalog import DType, Optimizer

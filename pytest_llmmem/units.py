@@ -50,7 +50,6 @@ COUNT_HELP = "a count such as \"7B\", \"6.74B\", \"350M\", \"7e9\" or 7000000000
 class UnitError(ValueError):
     """A quantity could not be read; the message says what would be valid."""
 
-
 def _finite_positive(value: float, text: object, what: str, allow_zero: bool) -> float:
     if math.isnan(value) or math.isinf(value):
         raise UnitError(f"{text!r} is not a finite number; expected {what}")
