@@ -129,11 +129,7 @@ def _github(documents: List[Any], fits: bool, json_path: str) -> None:
         lines += github.annotations(doc["file"], doc["runs"], workspace)
     for line in github.capped(lines):  # one cap across every file checked
         print(line)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as handle:
-            for doc in documents:
-                handle.write(github.step_summary(github.workspace_path(doc["file"], workspace), doc["runs"]))
+    github.append_summary(documents, workspace)
     outputs = os.environ.get("GITHUB_OUTPUT")
     if outputs:
         with open(outputs, "a", encoding="utf-8") as handle:

@@ -101,6 +101,16 @@ def step_summary(file: str, runs: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def append_summary(documents: Sequence[Mapping[str, Any]], workspace: Optional[str]) -> None:
+    """Append each report's markdown to $GITHUB_STEP_SUMMARY, when the runner provides one."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return
+    with open(target, "a", encoding="utf-8") as handle:
+        for doc in documents:
+            handle.write(step_summary(workspace_path(doc["file"], workspace), doc["runs"]))
+
+
 # --- llmmem diff ---------------------------------------------------------------------------------
 
 

@@ -115,12 +115,10 @@ class LlmmemChecks:
         if target:
             document = {"version": 1, "file": self._file(), "runs": runs}
             Path(target).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if runs and summary and os.environ.get("GITHUB_ACTIONS") == "true":
+        if runs and os.environ.get("GITHUB_ACTIONS") == "true":
             from . import github
 
-            with open(summary, "a", encoding="utf-8") as handle:
-                handle.write(github.step_summary(github.workspace_path(self._file(), os.environ.get("GITHUB_WORKSPACE")), runs))
+            github.append_summary([{"file": self._file(), "runs": runs}], os.environ.get("GITHUB_WORKSPACE"))
 
 
 class PyprojectFile(pytest.File):
