@@ -139,10 +139,6 @@ class Catalog:
             self._collect()
         return count
 
-    def plugin_names(self) -> List[str]:
-        self.load_entry_points()
-        return [name for name, _ in self._pm.list_name_plugin()]
-
     def _lookup(self, attr: str, name: object) -> Any:
         table = getattr(self, attr)
         if not isinstance(name, str):

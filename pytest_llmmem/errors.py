@@ -39,15 +39,6 @@ class ConfigError(Exception):
             text = f"{text} {self.hint}"
         return text
 
-    def located(self, path: Union[str, Path], line: Optional[int] = None) -> "ConfigError":
-        """The same error, with the file (and line) filled in where it was not known yet."""
-        return ConfigError(
-            self.message,
-            path=self.path or path,
-            key=self.key,
-            line=self.line or line,
-            hint=self.hint,
-        )
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:

@@ -17,7 +17,7 @@ is downloaded and no checkpoint is read.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 from .errors import ConfigError
 from .estimate import Estimate, estimate
@@ -250,8 +250,8 @@ def calibration_of(m: Measurement) -> float:
     return round(m.terms["driver used (nvidia-smi)"] / max(1, m.estimated["driver used (nvidia-smi)"]), 3)
 
 
-def write_calibration(path: str, run: Run, value: float) -> List[str]:
-    """Set ``calibration = value`` in the run's [[tool.llmmem.runs]] table; returns the new lines."""
+def write_calibration(path: str, run: Run, value: float) -> None:
+    """Set ``calibration = value`` in the run's [[tool.llmmem.runs]] table."""
     from pathlib import Path
 
     text = Path(path).read_text(encoding="utf-8")
@@ -274,4 +274,3 @@ def write_calibration(path: str, run: Run, value: float) -> List[str]:
             insert -= 1  # keep the blank lines between tables after the new key
         lines.insert(insert, new)
     Path(path).write_text("".join(lines), encoding="utf-8")
-    return lines
