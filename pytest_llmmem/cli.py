@@ -140,7 +140,7 @@ def _targets(args: argparse.Namespace) -> List[Any]:
     """The pyprojects to check, each once: given directly, as a folder, or as the owner of a config.json."""
     from pathlib import Path
 
-    from .config import find_pyproject, has_llmmem_table, owners_of
+    from .projects import find_pyproject, has_llmmem_table, owners_of
     from .errors import ConfigError
 
     seen, targets = set(), []

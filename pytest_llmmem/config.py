@@ -2,13 +2,13 @@
 
 Every key is checked: unknown keys get a "did you mean", wrong types and absurd values name the
 key and its line, and nothing a user mistyped is silently replaced by a default. Keys are
-kebab-case; the snake_case spelling of any key is accepted too.
+kebab-case; the snake_case spelling of any key is accepted too. The key contract lives in
+:mod:`keys`, the model table in :mod:`model_config`, line numbers in :mod:`locate`, and finding
+projects in :mod:`projects`.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -16,308 +16,15 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 from ._toml import toml
 from .catalog import Catalog, default_catalog
 from .errors import ConfigError, did_you_mean, one_of
-from .model import Architecture, ParamsOnly, family, from_hf_config, validate
-from .run import FSDP_MODES, METHODS, MODES, OFFLOADS, PRECISIONS, Budget, Run
-from .units import BYTE_UNITS_HELP, UnitError, parse_bytes, parse_count
-
-TABLE = "tool.llmmem"
-BUDGET_KEYS = ("gpu", "gpu-memory", "headroom", "method", "overhead")
-TOP_KEYS = BUDGET_KEYS + ("model", "runs")
-ARCH_KEYS = (
-    "family", "hidden-size", "num-layers", "num-heads", "num-kv-heads", "head-dim", "intermediate-size",
-    "vocab-size", "tie-embeddings", "max-position-embeddings", "num-experts", "experts-per-token",
-    "moe-intermediate-size", "hidden-act", "attention-dropout", "hidden-dropout",
+from .keys import (  # noqa: F401  (re-exported: the contract is read from here by tests and tools)
+    LORA_ONLY, MODEL_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY,
+    Context, Table, canonical, type_name,
 )
-MODEL_KEYS = ("params", "config") + ARCH_KEYS
-TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "zero-stage", "fsdp", "offload", "micro-batches")
-PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
-LORA_ONLY = ("lora-rank", "lora-targets", "adapter-dtype")
-RUN_KEYS = (
-    "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model", "calibration",
-) + TRAIN_ONLY + PARALLEL_KEYS + LORA_ONLY + BUDGET_KEYS
-
-# Largest values taken as meant; anything past these is a typo or a unit slip.
-_LIMITS = {
-    "batch-size": 1_000_000, "seq-len": 100_000_000, "gpus": 1_000_000, "lora-rank": 65_536,
-    "tensor-parallel": 4096, "pipeline-parallel": 4096, "expert-parallel": 100_000, "micro-batches": 1_000_000,
-    "gpus-per-node": 1024, "zero-stage": 3,
-    "hidden-size": 1_000_000, "num-layers": 10_000, "num-heads": 100_000, "num-kv-heads": 100_000,
-    "head-dim": 100_000, "intermediate-size": 10_000_000, "vocab-size": 100_000_000,
-    "max-position-embeddings": 100_000_000, "num-experts": 100_000, "experts-per-token": 100_000,
-    "moe-intermediate-size": 10_000_000,
-}
-MAX_PARAMS = 10**15
-MAX_MEMORY = 2**50  # 1 PiB per GPU
-
-
-def canonical(key: str) -> str:
-    return key.replace("_", "-")
-
-
-# --- where a key is written ------------------------------------------------------------------
-
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"""^\s*([A-Za-z0-9_\-]+|"[^"]*"|'[^']*')\s*=""")
-
-
-class Locator:
-    """Line numbers of tables and keys in a TOML text (tomllib reports none for valid files)."""
-
-    def __init__(self, text: str) -> None:
-        self.keys: Dict[Tuple[str, int, str], int] = {}
-        self.tables: Dict[Tuple[str, int], int] = {}
-        self.lines = text.splitlines()
-        counts: Dict[str, int] = {}
-        table, index, depth = "", 0, 0
-        for number, line in enumerate(self.lines, start=1):
-            header = _HEADER.match(line) if depth == 0 else None
-            if header:
-                table = re.sub(r"\s|\"|'", "", header.group(2))
-                if header.group(1) == "[[":
-                    counts[table] = counts.get(table, -1) + 1
-                index = counts.get(table, 0) if header.group(1) == "[[" else 0
-                self.tables.setdefault((table, index), number)
-                continue
-            key = _KEY.match(line) if depth == 0 else None
-            if key:
-                name = canonical(key.group(1).strip("\"'"))
-                self.keys.setdefault((table, index, name), number)
-            depth = max(0, depth + _bracket_balance(line))
-
-    def find(self, table: str, index: int = 0, key: Optional[str] = None) -> Optional[int]:
-        if key is not None:
-            line = self.keys.get((table, index, canonical(key)))
-            if line:
-                return line
-        return self.tables.get((table, index))
-
-    def run_line(self, index: int, name: Optional[str], key: Optional[str] = None) -> Optional[int]:
-        line = self.find(f"{TABLE}.runs", index, key)
-        if line or not name:
-            return line
-        # Inline tables (runs = [{ name = "x", ... }]): the line that names the run.
-        pattern = re.compile(r"""name\s*=\s*["']""" + re.escape(name) + r"""["']""")
-        return next((n for n, text in enumerate(self.lines, 1) if pattern.search(text)), None)
-
-
-def _bracket_balance(line: str) -> int:
-    """Net open brackets on a line, ignoring strings and comments (multi-line arrays)."""
-    balance, quote = 0, ""
-    for ch in line:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#":
-            break
-        elif ch in "[{":
-            balance += 1
-        elif ch in "]}":
-            balance -= 1
-    return balance
-
-
-# --- value checks ------------------------------------------------------------------------------
-
-
-class _Context:
-    """Where values come from, for error messages, and how to resolve names and files."""
-
-    def __init__(self, path: str, locator: Locator, catalog: Catalog, read_json: Callable[[Path], Any], base_dir: Path) -> None:
-        self.path, self.locator, self.catalog, self.read_json, self.base_dir = path, locator, catalog, read_json, base_dir
-
-    def error(self, message: str, key: str, line: Optional[int], hint: Optional[str] = None) -> ConfigError:
-        return ConfigError(message, path=self.path, key=key, line=line, hint=hint)
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "a table"}.get(
-        type(value), type(value).__name__
-    )
-
-
-class _Table:
-    """One TOML table under check: canonical keys, unknown-key errors, typed getters."""
-
-    def __init__(self, raw: Any, allowed: Sequence[str], ctx: _Context, dotted: str, line_of: Callable[[Optional[str]], Optional[int]]):
-        self.ctx, self.dotted, self.line_of = ctx, dotted, line_of
-        if not isinstance(raw, dict):
-            raise ctx.error(f"expected a table, got {_type_name(raw)}.", dotted, line_of(None))
-        self.values: Dict[str, Any] = {}
-        for key, value in raw.items():
-            name = canonical(str(key))
-            if name not in allowed:
-                raise ctx.error(
-                    f'unknown key "{key}".{did_you_mean(name, allowed)}',
-                    f"{dotted}.{key}",
-                    line_of(name),
-                    hint=f"Valid keys here: {', '.join(allowed)}.",
-                )
-            if name in self.values:
-                raise ctx.error(f'"{key}" is given twice (kebab-case and snake_case).', f"{dotted}.{key}", line_of(name))
-            self.values[name] = value
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.values
-
-    def fail(self, key: str, message: str, hint: Optional[str] = None) -> ConfigError:
-        return self.ctx.error(message, f"{self.dotted}.{key}", self.line_of(key), hint)
-
-    def integer(self, key: str, default: Optional[int] = None, low: int = 1) -> Optional[int]:
-        if key not in self.values:
-            return default
-        value = self.values[key]
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected a whole number, got {_type_name(value)} {value!r}.")
-        high = _LIMITS.get(key, 10**12)
-        if not low <= value <= high:
-            raise self.fail(key, f"{value} is out of range; expected {low} to {high:,}.")
-        return value
-
-    def probability(self, key: str) -> Optional[float]:
-        if key not in self.values:
-            return None
-        value = self.values[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise self.fail(key, f"expected a probability from 0 up to (not including) 1, got {_type_name(value)} {value!r}.")
-        return float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.values.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {_type_name(value)} {value!r}.")
-        return value
-
-    def string(self, key: str, default: Optional[str] = None) -> Optional[str]:
-        value = self.values.get(key, default)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise self.fail(key, f"expected a non-empty string, got {_type_name(value)} {value!r}.")
-        return value
-
-    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
-        value = self.string(key, default)
-        if value.lower() not in choices:
-            raise self.fail(key, f'"{value}" is not valid.{did_you_mean(value, choices)}', hint=f"Valid: {one_of(choices)}.")
-        return value.lower()
-
-    def size(self, key: str, allow_zero: bool = False) -> Optional[int]:
-        if key not in self.values:
-            return None
-        try:
-            value = parse_bytes(self.values[key], allow_zero=allow_zero)
-        except UnitError as err:
-            raise self.fail(key, f"{err}.") from None
-        if value > MAX_MEMORY:
-            raise self.fail(key, f"{self.values[key]!r} is more than 1 PiB per GPU; expected {BYTE_UNITS_HELP}.")
-        return value
-
-    def resolve(self, key: str, lookup: Callable[[object], Any], default: Optional[str] = None) -> Any:
-        value = self.values.get(key, default)
-        if value is None:
-            return None
-        try:
-            return lookup(value)
-        except ConfigError as err:
-            raise self.fail(key, err.message, err.hint) from None
-
-
-# --- the model ---------------------------------------------------------------------------------
-
-_ARCH_FIELDS = {
-    "hidden-size": "hidden_size", "num-layers": "num_layers", "num-heads": "num_heads",
-    "num-kv-heads": "num_kv_heads", "head-dim": "head_dim", "intermediate-size": "intermediate_size",
-    "vocab-size": "vocab_size", "max-position-embeddings": "max_positions", "num-experts": "num_experts",
-    "experts-per-token": "experts_per_token", "moe-intermediate-size": "moe_intermediate_size",
-}
-_REQUIRED_ARCH = ("hidden-size", "num-layers", "num-heads", "vocab-size")
-
-
-def _model(table: _Table, ctx: _Context) -> Union[Architecture, ParamsOnly]:
-    arch_given = [k for k in ARCH_KEYS if k in table]
-    if "params" in table:
-        if "config" in table or arch_given:
-            other = "config" if "config" in table else arch_given[0]
-            raise table.fail("params", f'give either params or an architecture ("{other}"), not both.',
-                             hint="params alone gives weights, gradients and optimizer states; an architecture adds activations and KV cache.")
-        try:
-            count = parse_count(table.values["params"])
-        except UnitError as err:
-            raise table.fail("params", f"{err}.") from None
-        if count > MAX_PARAMS:
-            raise table.fail("params", f"{count:,} parameters is more than 10^15; expected e.g. \"7B\".")
-        return ParamsOnly(count, ctx.path)
-    values: Dict[str, Any] = {}
-    for key in _ARCH_FIELDS:
-        number = table.integer(key, low=0 if key in ("head-dim", "num-experts") else 1)
-        if number is not None:
-            values[_ARCH_FIELDS[key]] = number
-    for key in ("attention-dropout", "hidden-dropout"):  # dropout keeps masks for backward
-        p = table.probability(key)
-        if p is not None:
-            values[key.replace("-", "_")] = p
-    if "config" in table:
-        base = _read_hf_config(table, ctx)
-        fam = table.resolve("family", family) if "family" in table else base.family
-        tie = table.boolean("tie-embeddings", base.tie_embeddings)
-        act = table.string("hidden-act") or base.hidden_act
-        arch = base._replace(family=fam, tie_embeddings=tie, hidden_act=act, **values)
-    else:
-        if not arch_given:
-            raise ctx.error(
-                "no model: give params, config or the architecture keys.",
-                table.dotted, table.line_of(None),
-                hint='For example params = "7B", config = "model/config.json", or hidden-size, num-layers, num-heads, intermediate-size and vocab-size.',
-            )
-        fam = table.resolve("family", family, "llama")
-        missing = [k for k in _REQUIRED_ARCH + (() if not fam.gated_mlp else ("intermediate-size",)) if k not in table]
-        if missing:
-            raise ctx.error(
-                f"the architecture lacks {', '.join(missing)}.", f"{table.dotted}.{missing[0]}", table.line_of(arch_given[0]),
-                hint='Give them, point config at a Hugging Face config.json, or give params = "7B" instead.',
-            )
-        values.setdefault("intermediate_size", 4 * values["hidden_size"])
-        values.setdefault("num_kv_heads", values["num_heads"])
-        arch = Architecture(
-            family=fam, tie_embeddings=table.boolean("tie-embeddings", fam.tie_default),
-            hidden_act=table.string("hidden-act") or "", source=ctx.path, **values,
-        )
-    if arch.num_experts and not arch.experts_per_token:
-        arch = arch._replace(experts_per_token=2)
-    try:
-        validate(arch, "")
-    except ConfigError as err:
-        key = err.key or "hidden-size"
-        raise table.fail(key, err.message, err.hint) from None
-    return arch
-
-
-def _read_hf_config(table: _Table, ctx: _Context) -> Architecture:
-    raw = table.string("config")
-    path = (ctx.base_dir / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
-    if path.is_dir():
-        path = path / "config.json"
-    try:
-        data = ctx.read_json(path)
-    except FileNotFoundError:
-        raise table.fail("config", f'"{raw}" does not exist.', hint="The path is relative to the folder of the pyproject.toml (or absolute).") from None
-    except json.JSONDecodeError as err:
-        raise table.fail("config", f'"{raw}" is not valid JSON: {err}.') from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        raise table.fail("config", f'"{raw}" cannot be read: {reason}.') from None
-    if not isinstance(data, dict):
-        raise table.fail("config", f'"{raw}" holds {_type_name(data)}, not a JSON object.')
-    try:
-        return from_hf_config(data, source=str(path))
-    except ConfigError as err:
-        detail = f" ({err.key})" if err.key else ""
-        raise table.fail("config", f'"{raw}"{detail} {err.message}', err.hint) from None
-
-
-# --- runs ----------------------------------------------------------------------------------------
-
+from .locate import Locator
+from .model import Architecture, ParamsOnly
+from .model_config import model_from_table
+from .projects import find_pyproject, read_json
+from .run import FSDP_MODES, METHODS, MODES, OFFLOADS, PRECISIONS, Budget, Run
 
 class Project(NamedTuple):
     """A pyproject's ``[tool.llmmem]``: its resolved runs, and what is needed to re-resolve one."""
@@ -325,7 +32,7 @@ class Project(NamedTuple):
     path: str
     runs: Tuple[Run, ...]
     table: Mapping[str, Any]
-    context: _Context
+    context: Context
 
     def run(self, name: str) -> Run:
         for run in self.runs:
@@ -345,18 +52,18 @@ class Project(NamedTuple):
         return _run(merged, index, self.table, self.context, require_budget=False)
 
 
-def _calibration(table: _Table) -> Optional[float]:
+def _calibration(table: Table) -> Optional[float]:
     """A measured/estimated factor from `llmmem measure --write`; 0.5 to 2 is the plausible range."""
     if "calibration" not in table:
         return None
     value = table.values["calibration"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= value <= 2.0:
-        raise table.fail("calibration", f"expected a factor from 0.5 to 2.0, got {_type_name(value)} {value!r}.",
+        raise table.fail("calibration", f"expected a factor from 0.5 to 2.0, got {type_name(value)} {value!r}.",
                          hint="llmmem measure --write stores it; a factor far from 1 means the run was measured wrongly.")
     return float(value)
 
 
-def _parallelism(table: _Table, model: Union[Architecture, ParamsOnly]) -> Dict[str, Any]:
+def _parallelism(table: Table, model: Union[Architecture, ParamsOnly]) -> Dict[str, Any]:
     """Multi-GPU keys, with the contradictions DeepSpeed, FSDP and Megatron would reject."""
     gpus = table.integer("gpus", 1)
     tp, pp = table.integer("tensor-parallel", 1), table.integer("pipeline-parallel", 1)
@@ -393,7 +100,7 @@ def _parallelism(table: _Table, model: Union[Architecture, ParamsOnly]) -> Dict[
     )
 
 
-def _budget(levels: Sequence[_Table], ctx: _Context, require: bool) -> Optional[Budget]:
+def _budget(levels: Sequence[Table], ctx: Context, require: bool) -> Optional[Budget]:
     """Run-level keys win over [tool.llmmem]; within a level gpu-memory wins over gpu."""
     ceiling, gpu_name = None, None
     for table in levels:
@@ -431,11 +138,11 @@ def _budget(levels: Sequence[_Table], ctx: _Context, require: bool) -> Optional[
     return Budget(ceiling, headroom, gpu_name)
 
 
-def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: _Context, require_budget: bool = True) -> Run:
+def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require_budget: bool = True) -> Run:
     name_hint = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else None
     dotted = f"{TABLE}.runs[{index}]"
-    table = _Table(raw, RUN_KEYS, ctx, dotted, lambda key: ctx.locator.run_line(index, name_hint, key))
-    top = _Table(top_raw, TOP_KEYS, ctx, TABLE, lambda key: ctx.locator.find(TABLE, 0, key))
+    table = Table(raw, RUN_KEYS, ctx, dotted, lambda key: ctx.locator.run_line(index, name_hint, key))
+    top = Table(top_raw, TOP_KEYS, ctx, TABLE, lambda key: ctx.locator.find(TABLE, 0, key))
     name = table.string("name")
     if name is None:
         raise ctx.error("this run has no name.", f"{dotted}.name", table.line_of(None), hint='Add name = "sft" (names must be unique).')
@@ -468,7 +175,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: _Context, requir
         elif isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
             targets = tuple(value)
         else:
-            raise table.fail("lora-targets", f"expected a list of module names or \"all-linear\", got {_type_name(value)} {value!r}.")
+            raise table.fail("lora-targets", f"expected a list of module names or \"all-linear\", got {type_name(value)} {value!r}.")
 
     model_raw = dict(top_raw.get("model", {})) if isinstance(top_raw.get("model", {}), dict) else top_raw.get("model")
     model_line = lambda key: ctx.locator.find(f"{TABLE}.model", 0, key) or ctx.locator.find(TABLE, 0, "model")  # noqa: E731
@@ -476,7 +183,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: _Context, requir
     if "model" in table:
         override = table.values["model"]
         if not isinstance(override, dict):
-            raise table.fail("model", f"expected a table, got {_type_name(override)}.")
+            raise table.fail("model", f"expected a table, got {type_name(override)}.")
         override = {canonical(k): v for k, v in override.items()}
         if "params" in override or "config" in override:
             model_raw = override
@@ -490,7 +197,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: _Context, requir
             f'run "{name}" has no model.', model_dotted, line,
             hint=f'Add [{TABLE}.model] with params = "7B", config = "path/config.json" or the architecture keys.',
         )
-    model = _model(_Table(model_raw, MODEL_KEYS, ctx, model_dotted, model_line), ctx)
+    model = model_from_table(Table(model_raw, MODEL_KEYS, ctx, model_dotted, model_line), ctx)
 
     if isinstance(model, Architecture) and "lora-targets" in table and targets != ("all-linear",):
         names = model.module_names()
@@ -528,22 +235,8 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: _Context, requir
     )
 
 
+
 # --- entry points --------------------------------------------------------------------------------
-
-
-def find_pyproject(path: Union[str, Path, None] = None) -> Path:
-    """PATH itself when it is a file, else PATH/pyproject.toml (default: the current folder)."""
-    target = Path(path) if path else Path.cwd()
-    if target.is_dir():
-        target = target / "pyproject.toml"
-    if not target.exists():
-        raise ConfigError(f"{target} does not exist.", hint="Pass a pyproject.toml, or a folder that holds one.")
-    return target
-
-
-def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def parse(
@@ -552,7 +245,7 @@ def parse(
     path: str = "pyproject.toml",
     catalog: Optional[Catalog] = None,
     base_dir: Optional[Path] = None,
-    read_json: Callable[[Path], Any] = _read_json,
+    read_json: Callable[[Path], Any] = read_json,
     require_budget: bool = True,
 ) -> Project:
     """Parse pyproject text into a :class:`Project`; the only I/O is ``read_json`` for a model config."""
@@ -567,8 +260,8 @@ def parse(
     if table is None:
         raise ConfigError(f"has no [{TABLE}] table, so there is nothing to check.", path=path,
                           hint=f'Add [{TABLE}] with a gpu, a [{TABLE}.model] and at least one [[{TABLE}.runs]]; see the README.')
-    ctx = _Context(path, Locator(text), catalog or default_catalog(), read_json, base_dir or Path(path).resolve().parent)
-    top = _Table(table, TOP_KEYS, ctx, TABLE, lambda key: ctx.locator.find(TABLE, 0, key))
+    ctx = Context(path, Locator(text), catalog or default_catalog(), read_json, base_dir or Path(path).resolve().parent)
+    top = Table(table, TOP_KEYS, ctx, TABLE, lambda key: ctx.locator.find(TABLE, 0, key))
     if "method" in top:
         top.choice("method", METHODS, "detailed")
     raw_runs = top.values.get("runs")
@@ -610,45 +303,7 @@ def adhoc_run(values: Mapping[str, Any], *, catalog: Optional[Catalog] = None, p
     run = {k: v for k, v in values.items() if k not in MODEL_KEYS}
     run.setdefault("name", "estimate")
     top = {"model": model, "runs": [run]}
-    ctx = _Context(path, Locator(""), catalog or default_catalog(), _read_json, Path.cwd())
+    ctx = Context(path, Locator(""), catalog or default_catalog(), read_json, Path.cwd())
     return _run(run, 0, top, ctx, require_budget=False)
 
 
-
-def has_llmmem_table(path: Path) -> bool:
-    """Whether a pyproject.toml declares [tool.llmmem] (unreadable or invalid TOML counts as yes,
-    so that checking it reports the problem instead of skipping it)."""
-    try:
-        document = toml.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, toml.TOMLDecodeError):
-        return True
-    tool = document.get("tool")
-    return isinstance(tool, dict) and "llmmem" in tool
-
-
-def owners_of(changed: Path, stop: Path) -> List[Path]:
-    """The pyproject.toml files, in ``changed``'s folder and its parents up to ``stop``, whose
-    [tool.llmmem] model (or a run's model) points its ``config`` at ``changed``."""
-    target = changed.resolve()
-    stop = stop.resolve()
-    found = []
-    for folder in [target.parent, *target.parent.parents]:
-        candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            try:
-                table = toml.loads(candidate.read_text(encoding="utf-8")).get("tool", {}).get("llmmem", {})
-            except (OSError, UnicodeDecodeError, toml.TOMLDecodeError, AttributeError):
-                table = {}
-            models = [table.get("model")] + [r.get("model") for r in table.get("runs", []) if isinstance(r, dict)] if isinstance(table, dict) else []
-            for model in models:
-                ref = model.get("config") if isinstance(model, dict) else None
-                if isinstance(ref, str) and ref:
-                    resolved = (folder / ref).resolve()
-                    if resolved.is_dir():
-                        resolved = resolved / "config.json"
-                    if resolved == target:
-                        found.append(candidate)
-                        break
-        if folder == stop or stop not in folder.parents:
-            break
-    return found

@@ -1,0 +1,151 @@
+"""The ``[tool.llmmem]`` key contract: which keys exist, their limits, and the typed getters that
+check every value and name the key and its line when one is wrong.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from .catalog import Catalog
+from .errors import ConfigError, did_you_mean, one_of
+from .locate import TABLE, Locator, canonical  # noqa: F401  (TABLE and canonical are part of the contract)
+from .units import BYTE_UNITS_HELP, UnitError, parse_bytes
+
+BUDGET_KEYS = ("gpu", "gpu-memory", "headroom", "method", "overhead")
+TOP_KEYS = BUDGET_KEYS + ("model", "runs")
+ARCH_KEYS = (
+    "family", "hidden-size", "num-layers", "num-heads", "num-kv-heads", "head-dim", "intermediate-size",
+    "vocab-size", "tie-embeddings", "max-position-embeddings", "num-experts", "experts-per-token",
+    "moe-intermediate-size", "hidden-act", "attention-dropout", "hidden-dropout",
+)
+MODEL_KEYS = ("params", "config") + ARCH_KEYS
+TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "zero-stage", "fsdp", "offload", "micro-batches")
+PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
+LORA_ONLY = ("lora-rank", "lora-targets", "adapter-dtype")
+RUN_KEYS = (
+    "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model", "calibration",
+) + TRAIN_ONLY + PARALLEL_KEYS + LORA_ONLY + BUDGET_KEYS
+
+# Largest values taken as meant; anything past these is a typo or a unit slip.
+_LIMITS = {
+    "batch-size": 1_000_000, "seq-len": 100_000_000, "gpus": 1_000_000, "lora-rank": 65_536,
+    "tensor-parallel": 4096, "pipeline-parallel": 4096, "expert-parallel": 100_000, "micro-batches": 1_000_000,
+    "gpus-per-node": 1024, "zero-stage": 3,
+    "hidden-size": 1_000_000, "num-layers": 10_000, "num-heads": 100_000, "num-kv-heads": 100_000,
+    "head-dim": 100_000, "intermediate-size": 10_000_000, "vocab-size": 100_000_000,
+    "max-position-embeddings": 100_000_000, "num-experts": 100_000, "experts-per-token": 100_000,
+    "moe-intermediate-size": 10_000_000,
+}
+MAX_PARAMS = 10**15
+MAX_MEMORY = 2**50  # 1 PiB per GPU
+
+
+
+
+# --- value checks ------------------------------------------------------------------------------
+
+
+class Context:
+    """Where values come from, for error messages, and how to resolve names and files."""
+
+    def __init__(self, path: str, locator: Locator, catalog: Catalog, read_json: Callable[[Path], Any], base_dir: Path) -> None:
+        self.path, self.locator, self.catalog, self.read_json, self.base_dir = path, locator, catalog, read_json, base_dir
+
+    def error(self, message: str, key: str, line: Optional[int], hint: Optional[str] = None) -> ConfigError:
+        return ConfigError(message, path=self.path, key=key, line=line, hint=hint)
+
+
+def type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class Table:
+    """One TOML table under check: canonical keys, unknown-key errors, typed getters."""
+
+    def __init__(self, raw: Any, allowed: Sequence[str], ctx: Context, dotted: str, line_of: Callable[[Optional[str]], Optional[int]]):
+        self.ctx, self.dotted, self.line_of = ctx, dotted, line_of
+        if not isinstance(raw, dict):
+            raise ctx.error(f"expected a table, got {type_name(raw)}.", dotted, line_of(None))
+        self.values: Dict[str, Any] = {}
+        for key, value in raw.items():
+            name = canonical(str(key))
+            if name not in allowed:
+                raise ctx.error(
+                    f'unknown key "{key}".{did_you_mean(name, allowed)}',
+                    f"{dotted}.{key}",
+                    line_of(name),
+                    hint=f"Valid keys here: {', '.join(allowed)}.",
+                )
+            if name in self.values:
+                raise ctx.error(f'"{key}" is given twice (kebab-case and snake_case).', f"{dotted}.{key}", line_of(name))
+            self.values[name] = value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def fail(self, key: str, message: str, hint: Optional[str] = None) -> ConfigError:
+        return self.ctx.error(message, f"{self.dotted}.{key}", self.line_of(key), hint)
+
+    def integer(self, key: str, default: Optional[int] = None, low: int = 1) -> Optional[int]:
+        if key not in self.values:
+            return default
+        value = self.values[key]
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected a whole number, got {type_name(value)} {value!r}.")
+        high = _LIMITS.get(key, 10**12)
+        if not low <= value <= high:
+            raise self.fail(key, f"{value} is out of range; expected {low} to {high:,}.")
+        return value
+
+    def probability(self, key: str) -> Optional[float]:
+        if key not in self.values:
+            return None
+        value = self.values[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise self.fail(key, f"expected a probability from 0 up to (not including) 1, got {type_name(value)} {value!r}.")
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.values.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {type_name(value)} {value!r}.")
+        return value
+
+    def string(self, key: str, default: Optional[str] = None) -> Optional[str]:
+        value = self.values.get(key, default)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise self.fail(key, f"expected a non-empty string, got {type_name(value)} {value!r}.")
+        return value
+
+    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
+        value = self.string(key, default)
+        if value.lower() not in choices:
+            raise self.fail(key, f'"{value}" is not valid.{did_you_mean(value, choices)}', hint=f"Valid: {one_of(choices)}.")
+        return value.lower()
+
+    def size(self, key: str, allow_zero: bool = False) -> Optional[int]:
+        if key not in self.values:
+            return None
+        try:
+            value = parse_bytes(self.values[key], allow_zero=allow_zero)
+        except UnitError as err:
+            raise self.fail(key, f"{err}.") from None
+        if value > MAX_MEMORY:
+            raise self.fail(key, f"{self.values[key]!r} is more than 1 PiB per GPU; expected {BYTE_UNITS_HELP}.")
+        return value
+
+    def resolve(self, key: str, lookup: Callable[[object], Any], default: Optional[str] = None) -> Any:
+        value = self.values.get(key, default)
+        if value is None:
+            return None
+        try:
+            return lookup(value)
+        except ConfigError as err:
+            raise self.fail(key, err.message, err.hint) from None
+

@@ -1,0 +1,105 @@
+"""The ``[tool.llmmem.model]`` table: params, a Hugging Face config.json, or the shape keys.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Union
+
+from .errors import ConfigError
+from .hf_config import from_hf_config
+from .keys import ARCH_KEYS, MAX_PARAMS, Context, Table, type_name
+from .model import Architecture, ParamsOnly, family, validate
+from .units import UnitError, parse_count
+
+_ARCH_FIELDS = {
+    "hidden-size": "hidden_size", "num-layers": "num_layers", "num-heads": "num_heads",
+    "num-kv-heads": "num_kv_heads", "head-dim": "head_dim", "intermediate-size": "intermediate_size",
+    "vocab-size": "vocab_size", "max-position-embeddings": "max_positions", "num-experts": "num_experts",
+    "experts-per-token": "experts_per_token", "moe-intermediate-size": "moe_intermediate_size",
+}
+_REQUIRED_ARCH = ("hidden-size", "num-layers", "num-heads", "vocab-size")
+
+
+def model_from_table(table: Table, ctx: Context) -> Union[Architecture, ParamsOnly]:
+    arch_given = [k for k in ARCH_KEYS if k in table]
+    if "params" in table:
+        if "config" in table or arch_given:
+            other = "config" if "config" in table else arch_given[0]
+            raise table.fail("params", f'give either params or an architecture ("{other}"), not both.',
+                             hint="params alone gives weights, gradients and optimizer states; an architecture adds activations and KV cache.")
+        try:
+            count = parse_count(table.values["params"])
+        except UnitError as err:
+            raise table.fail("params", f"{err}.") from None
+        if count > MAX_PARAMS:
+            raise table.fail("params", f"{count:,} parameters is more than 10^15; expected e.g. \"7B\".")
+        return ParamsOnly(count, ctx.path)
+    values: Dict[str, Any] = {}
+    for key in _ARCH_FIELDS:
+        number = table.integer(key, low=0 if key in ("head-dim", "num-experts") else 1)
+        if number is not None:
+            values[_ARCH_FIELDS[key]] = number
+    for key in ("attention-dropout", "hidden-dropout"):  # dropout keeps masks for backward
+        p = table.probability(key)
+        if p is not None:
+            values[key.replace("-", "_")] = p
+    if "config" in table:
+        base = _read_hf_config(table, ctx)
+        fam = table.resolve("family", family) if "family" in table else base.family
+        tie = table.boolean("tie-embeddings", base.tie_embeddings)
+        act = table.string("hidden-act") or base.hidden_act
+        arch = base._replace(family=fam, tie_embeddings=tie, hidden_act=act, **values)
+    else:
+        if not arch_given:
+            raise ctx.error(
+                "no model: give params, config or the architecture keys.",
+                table.dotted, table.line_of(None),
+                hint='For example params = "7B", config = "model/config.json", or hidden-size, num-layers, num-heads, intermediate-size and vocab-size.',
+            )
+        fam = table.resolve("family", family, "llama")
+        missing = [k for k in _REQUIRED_ARCH + (() if not fam.gated_mlp else ("intermediate-size",)) if k not in table]
+        if missing:
+            raise ctx.error(
+                f"the architecture lacks {', '.join(missing)}.", f"{table.dotted}.{missing[0]}", table.line_of(arch_given[0]),
+                hint='Give them, point config at a Hugging Face config.json, or give params = "7B" instead.',
+            )
+        values.setdefault("intermediate_size", 4 * values["hidden_size"])
+        values.setdefault("num_kv_heads", values["num_heads"])
+        arch = Architecture(
+            family=fam, tie_embeddings=table.boolean("tie-embeddings", fam.tie_default),
+            hidden_act=table.string("hidden-act") or "", source=ctx.path, **values,
+        )
+    if arch.num_experts and not arch.experts_per_token:
+        arch = arch._replace(experts_per_token=2)
+    try:
+        validate(arch, "")
+    except ConfigError as err:
+        key = err.key or "hidden-size"
+        raise table.fail(key, err.message, err.hint) from None
+    return arch
+
+
+def _read_hf_config(table: Table, ctx: Context) -> Architecture:
+    raw = table.string("config")
+    path = (ctx.base_dir / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        data = ctx.read_json(path)
+    except FileNotFoundError:
+        raise table.fail("config", f'"{raw}" does not exist.', hint="The path is relative to the folder of the pyproject.toml (or absolute).") from None
+    except json.JSONDecodeError as err:
+        raise table.fail("config", f'"{raw}" is not valid JSON: {err}.') from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise table.fail("config", f'"{raw}" cannot be read: {reason}.') from None
+    if not isinstance(data, dict):
+        raise table.fail("config", f'"{raw}" holds {type_name(data)}, not a JSON object.')
+    try:
+        return from_hf_config(data, source=str(path))
+    except ConfigError as err:
+        detail = f" ({err.key})" if err.key else ""
+        raise table.fail("config", f'"{raw}"{detail} {err.message}', err.hint) from None
+
