@@ -52,6 +52,10 @@ class Estimate(NamedTuple):
     notes: Tuple[str, ...]
     details: Dict[str, int]  # finer items, "term.item" -> bytes
     host_bytes: int = 0  # host memory per node for offloaded states (0 without offload)
+    # Why the figure is not the full peak (terms that could not be computed), or not exact (e.g. an
+    # unknown model family read as a generic decoder). Every front-end shows both; strict fails them.
+    partial: Tuple[str, ...] = ()
+    approximate: Tuple[str, ...] = ()
 
     @property
     def total_bytes(self) -> int:

@@ -65,6 +65,7 @@ class Run(NamedTuple):
     method: str = "detailed"
     overhead_bytes: Optional[int] = None  # replaces the CUDA context / allocator default
     calibration: Optional[float] = None  # measured / estimated, stored by `llmmem measure --write`
+    strict: bool = False  # a partial or approximate estimate fails instead of passing with a warning
     file: Optional[str] = None
     line: Optional[int] = None
 
