@@ -237,22 +237,10 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    import json
+    from .report_diff import diff, read_report, render_diff
 
-    from . import github
-    from .errors import ConfigError
-
-    documents = []
-    for path in (args.base, args.head):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                documents.append(json.load(handle))
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot read the JSON report: {err}.", path=path, hint="Write one with llmmem check --format json (or --json-out PATH).") from None
-        if not isinstance(documents[-1], dict) or documents[-1].get("version") != 1:
-            raise ConfigError("is not an llmmem JSON report (version 1).", path=path)
-    rows, regressed = github.diff(documents[0], documents[1])
-    print(github.render_diff(rows, markdown=args.format == "markdown"))
+    rows, regressed = diff(read_report(args.base), read_report(args.head))
+    print(render_diff(rows, markdown=args.format == "markdown"))
     return EXIT_OVER if regressed else EXIT_OK
 
 

@@ -1,13 +1,13 @@
-"""GitHub Actions output: workflow-command annotations, the job-summary markdown, report diffs.
+"""GitHub Actions output: workflow-command annotations and the job-summary markdown.
 
 Pure functions over the JSON report dicts (``report.as_dict``), so the CLI, the pytest plugin and
-``llmmem diff`` share them; the callers write to stdout, $GITHUB_STEP_SUMMARY and $GITHUB_OUTPUT.
+``llmmem diff`` (report_diff.py) share them; the callers write to stdout, $GITHUB_STEP_SUMMARY and $GITHUB_OUTPUT.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence
 
 from .report import LABELS
 from .units import format_bytes
@@ -109,60 +109,3 @@ def append_summary(documents: Sequence[Mapping[str, Any]], workspace: Optional[s
     with open(target, "a", encoding="utf-8") as handle:
         for doc in documents:
             handle.write(step_summary(workspace_path(doc["file"], workspace), doc["runs"]))
-
-
-# --- llmmem diff ---------------------------------------------------------------------------------
-
-
-def diff(base: Mapping[str, Any], head: Mapping[str, Any]) -> Tuple[List[Dict[str, Any]], bool]:
-    """Per run, the change in total and in each term; and whether a run that fitted no longer does."""
-    base_runs = {r["name"]: r for r in base.get("runs", [])}
-    rows, regressed = [], False
-    for run in head.get("runs", []):
-        before = base_runs.get(run["name"])
-        terms = {}
-        for term in dict.fromkeys(list((before or {}).get("breakdown", {})) + list(run["breakdown"])):
-            old = (before or {}).get("breakdown", {}).get(term, 0)
-            new = run["breakdown"].get(term, 0)
-            if new != old:
-                terms[term] = new - old
-        broke = bool(before and before.get("fits") and run.get("fits") is False)
-        regressed |= broke
-        rows.append({"name": run["name"], "before": before["total_bytes"] if before else None, "after": run["total_bytes"],
-                     "terms": terms, "fits_before": before.get("fits") if before else None, "fits_after": run.get("fits"),
-                     "broke": broke})
-    for name in base_runs.keys() - {r["name"] for r in head.get("runs", [])}:
-        rows.append({"name": name, "before": base_runs[name]["total_bytes"], "after": None, "terms": {},
-                     "fits_before": base_runs[name].get("fits"), "fits_after": None, "broke": False})
-    return rows, regressed
-
-
-def _gib(n: Optional[int]) -> str:
-    return "-" if n is None else f"{n / 2**30:.1f}"
-
-
-def _signed(n: int) -> str:
-    return f"{n / 2**30:+.1f}"
-
-
-def render_diff(rows: Sequence[Mapping[str, Any]], markdown: bool = False) -> str:
-    """'sft: 61.2 -> 74.9 GiB (+13.7, optimizer states +12.1)' per run, or a markdown table."""
-    lines = []
-    if markdown:
-        lines += ["| run | before (GiB) | after (GiB) | change | largest changes | verdict |", "|---|---:|---:|---:|---|---|"]
-    for row in rows:
-        change = "" if row["before"] is None or row["after"] is None else _signed(row["after"] - row["before"])
-        big = sorted(row["terms"].items(), key=lambda kv: -abs(kv[1]))[:3]
-        terms = ", ".join(f"{LABELS.get(k, k)} {_signed(v)}" for k, v in big if abs(v) >= 0.05 * 2**30)
-        if row["after"] is None:
-            verdict = "removed"
-        elif row["before"] is None:
-            verdict = "new"
-        else:
-            verdict = "NO LONGER FITS" if row["broke"] else ("fits" if row["fits_after"] else ("over" if row["fits_after"] is False else ""))
-        if markdown:
-            lines.append(f"| {row['name']} | {_gib(row['before'])} | {_gib(row['after'])} | {change} | {terms} | {verdict} |")
-        else:
-            detail = ", ".join(x for x in (change, terms) if x)
-            lines.append(f"{row['name']}: {_gib(row['before'])} -> {_gib(row['after'])} GiB" + (f" ({detail})" if detail else "") + f" [{verdict}]")
-    return "\n".join(lines)
