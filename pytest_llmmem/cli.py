@@ -137,30 +137,62 @@ def _github(documents: List[Any], fits: bool, json_path: str) -> None:
 
 
 def _targets(args: argparse.Namespace) -> List[Any]:
-    """The pyprojects to check, each once: given directly, as a folder, or as the owner of a config.json."""
+    """The pyprojects to check, each once: given directly, as a folder, or as a user of a model
+    config.json anywhere in the repository. In hook mode also every [tool.llmmem] pyproject whose
+    model config no longer exists: pre-commit passes nothing for a deletion, only new names for a rename."""
     from pathlib import Path
 
-    from .projects import find_pyproject, has_llmmem_table, owners_of
+    from . import repo_scan
     from .errors import ConfigError
+    from .projects import find_pyproject, has_llmmem_table
 
+    raws = list(args.paths or [])
+    jsons = [raw for raw in raws if Path(raw).suffix == ".json"]
+    index, root = None, repo_scan.repository_root(os.getcwd())
+    if args.hook or jsons:
+        folders = {os.path.dirname(os.path.abspath(raw)) for raw in jsons}  # 5,000 paths: a few folders
+        index = repo_scan.index_projects([root], [p for f in sorted(folders) for p in repo_scan.walk_up(os.path.join(f, "x"))])
+        if not index.complete:
+            print(f"llmmem: warning: stopped scanning {root} after {repo_scan.MAX_ENTRIES:,} entries; "
+                  "pyprojects beyond them that share a changed model config were not checked.", file=sys.stderr)
     seen, targets = set(), []
-    for raw in args.paths or [None]:
-        path = Path(raw) if raw else None
-        if path is not None and path.suffix == ".json":
-            found = owners_of(path, Path.cwd())
+
+    def add(raw: Optional[str], candidate: Path) -> None:
+        key = _resolved(candidate)
+        if key in seen or (args.hook and not has_llmmem_table(candidate)):
+            return
+        seen.add(key)
+        targets.append((raw if raw and _resolved(Path(raw)) == key else _shown_path(key, root), candidate))
+
+    for raw in raws or ([] if args.hook else [None]):
+        if raw in jsons:
+            found = index.owners.get(repo_scan.resolve_config(os.getcwd(), raw), [])
             if not found and not args.hook:
-                raise ConfigError(f"no pyproject.toml with [tool.llmmem] in {path.parent} or above uses {raw} as its model config.")
-            candidates = found
+                raise ConfigError(f"no pyproject.toml with [tool.llmmem] in the repository ({_shown_path(Path(root), root)}) "
+                                  f"uses {raw} as its model config.")
+            for owner in found:
+                add(None, Path(owner))
         else:
-            candidates = [find_pyproject(path)]
-        for candidate in candidates:
-            key = candidate.resolve()
-            if key in seen or (args.hook and not has_llmmem_table(candidate)):
-                continue
-            seen.add(key)
-            shown = raw if raw and Path(raw).resolve() == key else os.path.relpath(key) if key.is_relative_to(Path.cwd().resolve()) else str(key)
-            targets.append((shown, candidate))
+            add(raw, find_pyproject(raw))
+    for pyproject in index.missing if args.hook else []:
+        add(None, Path(pyproject))
     return targets
+
+
+def _resolved(path: Any) -> Any:
+    from pathlib import Path
+
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop: reading it reports the problem
+        return Path(os.path.abspath(path))
+
+
+def _shown_path(path: Any, root: str) -> str:
+    """A path as the user will recognise it: relative to the current folder inside the repository."""
+    text = str(path)
+    inside = text == root or text.startswith(root.rstrip(os.sep) + os.sep)
+    return os.path.relpath(text) if inside or text.startswith(os.getcwd() + os.sep) else text
 
 
 def _selected_runs(project: Any, names: Optional[List[str]]) -> List[Any]:
@@ -170,17 +202,26 @@ def _selected_runs(project: Any, names: Optional[List[str]]) -> List[Any]:
 
 def _check(args: argparse.Namespace) -> int:
     from .config import load
+    from .errors import ConfigError
     from .estimate import estimate
 
-    results = []
+    results, errors = [], 0
     for shown, path in _targets(args):
-        project = load(path, display=shown)
-        runs = _selected_runs(project, args.run)
-        results.append((project.path, [estimate(run) for run in runs]))
+        try:
+            project = load(path, display=shown)
+            runs = _selected_runs(project, args.run)
+            results.append((project.path, [estimate(run) for run in runs]))
+        except ConfigError as err:
+            if not args.hook:
+                raise
+            print(f"llmmem: error: {err}", file=sys.stderr)  # the hook reports every project, not the first error
+            errors += 1
     if not results:
-        print("llmmem: no pyproject.toml with [tool.llmmem] among the changed files; nothing to check.")
-        return EXIT_OK
-    return _emit(results, args, hook=args.hook)
+        if not errors:
+            print("llmmem: no pyproject.toml with [tool.llmmem] among the changed files; nothing to check.")
+        return EXIT_ERROR if errors else EXIT_OK
+    code = _emit(results, args, hook=args.hook)
+    return EXIT_ERROR if errors else code
 
 
 def _fit(args: argparse.Namespace) -> int:

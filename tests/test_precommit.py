@@ -44,6 +44,7 @@ def test_manifest_settings():
     assert HOOK["language"] == "python"
     assert HOOK["entry"] == "llmmem check --hook"
     assert HOOK["pass_filenames"] is True and HOOK["require_serial"] is True
+    assert HOOK["always_run"] is True  # a deleted model config passes no file (tests/test_hook_scan.py)
 
 
 @pytest.mark.parametrize("path", ["pyproject.toml", "services/trainer/pyproject.toml", "model/config.json", "configs/llama-7b.json"])

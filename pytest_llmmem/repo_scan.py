@@ -1,0 +1,179 @@
+"""Which pyprojects a changed (or vanished) model config affects, found by one scan of the repository.
+
+A model config can be shared from anywhere (``config = "../common/llama/config.json"``), so walking
+up from a changed file misses its users; and pre-commit passes only the new name of a rename and
+nothing for a deletion. So the hook scans the repository once: every pyproject.toml that mentions
+llmmem is read (cheaply: a substring test before any TOML parsing) and indexed by the resolved path of
+each model config it names, its own or a run's. Folders that hold no project of the user's (any
+dot-folder such as .git or .venv, virtual environments, node_modules, build output) are skipped and
+symlinked folders are not followed, so the walk ends, and stays well under a second for a normal
+repository (scanning stops after MAX_ENTRIES entries, and says so).
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+import os
+import stat
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+
+from ._toml import toml
+
+SKIP_FOLDERS = frozenset({"node_modules", "venv", "__pycache__", "site-packages", "build", "dist", "htmlcov"})
+MAX_ENTRIES = 200_000  # files and folders looked at; a 10,000-file repository takes about 20 ms
+MAX_PYPROJECT_BYTES = 2 * 2**20  # the largest real pyproject.toml files are around 100 KB
+
+
+def repository_root(start: str) -> str:
+    """The nearest folder at or above ``start`` holding ``.git`` (a folder, or a file in a worktree or
+    submodule); ``start`` itself outside a repository. No git process is started."""
+    folder = os.path.abspath(start)
+    while True:
+        if os.path.lexists(os.path.join(folder, ".git")):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return os.path.abspath(start)
+        folder = parent
+
+
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name in SKIP_FOLDERS or name.endswith(".egg-info")
+
+
+def scan_pyprojects(root: str) -> "Scan":
+    """Every pyproject.toml under ``root`` (absolute paths, sorted), skipping folders that hold no
+    project; ``complete`` is False when MAX_ENTRIES was reached first."""
+    found: List[str] = []
+    stack, seen = [root], 0
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    seen += 1
+                    if seen > MAX_ENTRIES:
+                        return Scan(sorted(found), False)
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if not _skipped(entry.name):
+                                stack.append(entry.path)
+                        elif entry.name == "pyproject.toml":
+                            found.append(entry.path)
+                    except OSError:
+                        continue
+        except OSError:  # unreadable folder, or one removed while scanning
+            continue
+    return Scan(sorted(found), True)
+
+
+class Scan(NamedTuple):
+    pyprojects: List[str]
+    complete: bool
+
+
+def read_small_text(path: str, limit: int = MAX_PYPROJECT_BYTES) -> Optional[str]:
+    """A regular file's UTF-8 text, or None when it is anything else (missing, a FIFO that would block
+    ``open``, a symlink loop, too big, not UTF-8): checking that file itself reports why."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+                return None
+            data = os.read(fd, limit + 1)
+        finally:
+            os.close(fd)
+        return None if len(data) > limit else data.decode("utf-8")
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name, or not UTF-8
+        return None
+
+
+def llmmem_table(text: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The [tool.llmmem] table of a pyproject's text, or None (no table, not TOML, unreadable)."""
+    if text is None or "llmmem" not in text:
+        return None
+    try:
+        tool = toml.loads(text).get("tool")
+    except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError
+        return None
+    table = tool.get("llmmem") if isinstance(tool, dict) else None
+    return table if isinstance(table, dict) else None
+
+
+def model_config_refs(table: Dict[str, Any]) -> List[str]:
+    """The ``config`` paths of [tool.llmmem.model] and of every run's model, whatever shape the TOML has."""
+    models = [table.get("model")]
+    runs = table.get("runs")
+    if isinstance(runs, list):
+        models += [run.get("model") for run in runs if isinstance(run, dict)]
+    refs = [model.get("config") for model in models if isinstance(model, dict)]
+    return list(dict.fromkeys(ref for ref in refs if isinstance(ref, str) and ref and "\0" not in ref))
+
+
+def resolve_config(folder: str, ref: str) -> str:
+    """Where a ``config`` value points, as the config reader resolves it: relative to the pyproject's
+    folder, a folder meaning its config.json; symlinks resolved (a loop is left as written)."""
+    path = os.path.realpath(os.path.join(folder, ref))
+    try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            path = os.path.join(path, "config.json")
+    except (OSError, ValueError):
+        pass
+    return path
+
+
+def exists(path: str) -> bool:
+    try:
+        os.stat(path)
+        return True
+    except (OSError, ValueError):
+        return os.path.lexists(path)  # a symlink loop exists; reading it says what is wrong
+
+
+class Index(NamedTuple):
+    """The [tool.llmmem] pyprojects of a repository by the model configs they name."""
+
+    owners: Dict[str, List[str]]  # resolved model config path -> pyprojects naming it
+    missing: List[str]  # pyprojects naming a model config that does not exist
+    complete: bool  # False when the scan stopped at MAX_ENTRIES
+
+
+def index_projects(roots: Sequence[str], extra: Sequence[str] = ()) -> Index:
+    """Scan each root once (plus the ``extra`` pyprojects) and index what their models point at."""
+    owners: Dict[str, List[str]] = {}
+    missing: List[str] = []
+    complete, seen = True, set()
+    candidates: List[str] = []
+    for root in roots:
+        scan = scan_pyprojects(root)
+        complete &= scan.complete
+        candidates += scan.pyprojects
+    for pyproject in list(candidates) + list(extra):
+        if pyproject in seen:
+            continue
+        seen.add(pyproject)
+        table = llmmem_table(read_small_text(pyproject))
+        if table is None:
+            continue
+        folder = os.path.dirname(pyproject)
+        for ref in model_config_refs(table):
+            target = resolve_config(folder, ref)
+            owners.setdefault(target, []).append(pyproject)
+            if not exists(target) and pyproject not in missing:
+                missing.append(pyproject)
+    return Index(owners, missing, complete)
+
+
+def walk_up(path: str) -> List[str]:
+    """The pyproject.toml files in ``path``'s folder and each folder above it."""
+    found, folder = [], os.path.dirname(os.path.abspath(path))
+    while True:
+        candidate = os.path.join(folder, "pyproject.toml")
+        if os.path.lexists(candidate):
+            found.append(candidate)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return found
+        folder = parent
