@@ -1,0 +1,161 @@
+"""Measure real peak GPU memory of published architectures, phase by phase, for the accuracy data.
+
+Each scenario runs in its own process (a clean allocator and one CUDA context each): the model is
+built from its published ``config.json`` with random weights straight on the GPU (no download:
+the shapes are what matter), then one inference prefill or one training step runs, and the peak
+of each phase is read with ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` (reset
+between phases) and the driver's view with ``torch.cuda.mem_get_info`` (what nvidia-smi shows as
+used, CUDA context included). Results are JSON lines, one per scenario, with the config, the
+settings and the versions, for ``benchmarks/data/gpu-peaks.jsonl``.
+
+    python benchmarks/gpu_peaks.py --archs ARCHS.jsonl --out peaks.jsonl [--only NAME ...]
+
+An out-of-memory is a result too (``"oom": true``): it is a verdict the estimate must get right.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+# (name in archs.jsonl, mode, batch, seq, extra settings). Sizes keep each run inside 80 GB or,
+# where marked, probe just past it.
+SCENARIOS: List[Dict[str, Any]] = [
+    {"name": "Llama-3.1-8B", "mode": "inference", "batch": 1, "seq": 8192, "logits": "last"},
+    {"name": "Llama-3.1-8B", "mode": "inference", "batch": 1, "seq": 8192, "logits": "all"},
+    {"name": "Qwen3-8B", "mode": "inference", "batch": 4, "seq": 4096, "logits": "last"},
+    {"name": "Gemma-2-9B", "mode": "inference", "batch": 1, "seq": 8192, "logits": "last"},
+    {"name": "Phi-3-mini-4k", "mode": "inference", "batch": 8, "seq": 4096, "logits": "last"},
+    {"name": "DeepSeek-V2-Lite", "mode": "inference", "batch": 1, "seq": 8192, "logits": "last"},
+    {"name": "gpt-oss-20b", "mode": "inference", "batch": 1, "seq": 4096, "logits": "last"},
+    {"name": "Phi-3-mini-4k", "mode": "train", "batch": 2, "seq": 2048, "checkpointing": True},
+    {"name": "Phi-3-mini-4k", "mode": "train", "batch": 1, "seq": 2048, "checkpointing": False},
+    {"name": "Qwen3-8B", "mode": "train", "batch": 1, "seq": 1024, "checkpointing": True},
+]
+
+
+def _gib(n: int) -> float:
+    return round(n / 2**30, 3)
+
+
+def measure(cfg: Dict[str, Any], scenario: Dict[str, Any], device: str) -> Dict[str, Any]:
+    """One scenario in this process: build, run, read the peaks."""
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cuda = device == "cuda"
+    cfg = {k: v for k, v in cfg.items() if k != "quantization_config"}  # gpt-oss: bf16 experts, not MXFP4
+    config = AutoConfig.for_model(**cfg)
+    torch.manual_seed(0)
+    try:  # SDPA (flash on CUDA) where the family has it; Gemma 2 and gpt-oss run eager
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+        attn = "sdpa"
+    except ValueError:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="eager")
+        attn = "eager"
+    if cuda:
+        torch.cuda.synchronize()
+    info: Dict[str, Any] = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "attn": attn, "torch": torch.__version__, "transformers": transformers.__version__,
+    }
+    if cuda:
+        info["gpu"] = torch.cuda.get_device_name()
+        info["total_bytes"] = torch.cuda.get_device_properties(0).total_memory
+        info["after_load_allocated"] = torch.cuda.memory_allocated()
+    b, s = scenario["batch"], scenario["seq"]
+    ids = torch.randint(0, cfg["vocab_size"], (b, s), device=device)
+    phases: Dict[str, Dict[str, int]] = {}
+
+    def phase(name: str) -> None:
+        if cuda:
+            torch.cuda.synchronize()
+            free, total = torch.cuda.mem_get_info()
+            phases[name] = {
+                "max_allocated": torch.cuda.max_memory_allocated(),
+                "max_reserved": torch.cuda.max_memory_reserved(),
+                "driver_used": total - free,
+            }
+            torch.cuda.reset_peak_memory_stats()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    if scenario["mode"] == "inference":
+        model.eval()
+        keep = 1 if scenario.get("logits") == "last" else 0
+        with torch.no_grad():
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=keep)
+        phase("prefill")
+        info["logits_shape"] = list(out.logits.shape)
+    else:
+        model.train()
+        if scenario.get("checkpointing"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)  # foreach on CUDA (the PyTorch default)
+        out = model(input_ids=ids, labels=ids)
+        phase("forward")
+        out.loss.backward()
+        del out
+        phase("backward")
+        opt.step()
+        phase("optimizer_step")
+        opt.zero_grad(set_to_none=True)
+    info["phases"] = phases
+    return info
+
+
+def child(args: argparse.Namespace) -> int:
+    scenario = json.loads(args.child)
+    cfg = next(json.loads(line)["config"] for line in open(args.archs) if json.loads(line)["name"] == scenario["name"])
+    start = time.time()
+    try:
+        result = measure(cfg, scenario, args.device)
+        result["oom"] = False
+    except Exception as err:  # an OOM is a measured outcome; anything else is reported as such
+        oom = "out of memory" in str(err).lower()
+        result = {"oom": oom, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+    result.update(scenario=scenario, config=cfg, seconds=round(time.time() - start, 1))
+    print("RESULT " + json.dumps(result))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", required=True, help="JSONL with name and config per model (shared/validation/archs.jsonl)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--only", nargs="*", help="scenario model names to run")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--timeout", type=int, default=120, help="seconds per scenario")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    with open(args.out, "w") as sink:
+        for scenario in SCENARIOS:
+            if args.only and scenario["name"] not in args.only:
+                continue
+            cmd = [sys.executable, __file__, "--archs", args.archs, "--out", args.out, "--device", args.device,
+                   "--child", json.dumps(scenario)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+                result = json.loads(lines[-1][7:]) if lines else {"scenario": scenario, "error": proc.stderr[-500:]}
+            except subprocess.TimeoutExpired:
+                result = {"scenario": scenario, "error": f"timed out after {args.timeout} s"}
+            sink.write(json.dumps(result) + "\n")
+            sink.flush()
+            peaks = {k: _gib(v["max_allocated"]) for k, v in result.get("phases", {}).items()}
+            print(scenario["name"], scenario["mode"], scenario.get("batch"), scenario.get("seq"),
+                  "oom" if result.get("oom") else peaks or result.get("error", "")[:200], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
