@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
+from . import files
 from ._toml import toml
 from .catalog import Catalog, default_catalog
 from .errors import ConfigError, did_you_mean, one_of
@@ -23,7 +24,7 @@ from .keys import (  # noqa: F401  (re-exported: the contract is read from here 
 from .locate import Locator
 from .model import Architecture, ParamsOnly
 from .model_config import model_from_table
-from .projects import find_pyproject, read_json
+from .projects import find_pyproject, read_json, read_pyproject
 from .run import FSDP_MODES, METHODS, MODES, OFFLOADS, PRECISIONS, Budget, Run
 
 class Project(NamedTuple):
@@ -260,7 +261,7 @@ def parse(
     if table is None:
         raise ConfigError(f"has no [{TABLE}] table, so there is nothing to check.", path=path,
                           hint=f'Add [{TABLE}] with a gpu, a [{TABLE}.model] and at least one [[{TABLE}.runs]]; see the README.')
-    ctx = Context(path, Locator(text), catalog or default_catalog(), read_json, base_dir or Path(path).resolve().parent)
+    ctx = Context(path, Locator(text), catalog or default_catalog(), read_json, base_dir or files.resolve(path).parent)
     top = Table(table, TOP_KEYS, ctx, TABLE, lambda key: ctx.locator.find(TABLE, 0, key))
     if "method" in top:
         top.choice("method", METHODS, "detailed")
@@ -289,12 +290,9 @@ def load(
     ``display`` is how messages name the file (default: as given).
     """
     target = find_pyproject(path)
-    try:
-        text = target.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot be read: {err}.", path=str(target)) from None
-    shown = display or (str(path) if path and Path(path).is_file() else str(target))
-    return parse(text, path=shown, catalog=catalog, base_dir=target.resolve().parent, require_budget=require_budget)
+    text = read_pyproject(target)
+    shown = display or (str(path) if path and files.is_file(path) else str(target))
+    return parse(text, path=shown, catalog=catalog, base_dir=files.resolve(target).parent, require_budget=require_budget)
 
 
 def adhoc_run(values: Mapping[str, Any], *, catalog: Optional[Catalog] = None, path: str = "command line") -> Run:

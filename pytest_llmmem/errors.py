@@ -40,6 +40,36 @@ class ConfigError(Exception):
         return text
 
 
+SHOWN = 60  # characters of a user's value echoed in a message; the rest is cut to "…"
+
+
+def shown(value: object, limit: int = SHOWN) -> str:
+    """``repr(value)`` for a message, at most ``limit`` characters (plus "…"): a 100,000-character
+    gpu name, a megabyte string or a list nested 5,000 deep must not become the message."""
+    if isinstance(value, str):
+        text = repr(value[: limit + 1])
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        return f"an integer of {value.bit_length():,} bits"
+    elif isinstance(value, (list, dict)):
+        import reprlib  # only on this error path
+
+        short = reprlib.Repr()
+        short.maxlevel, short.maxstring, short.maxother, short.maxlong = 3, limit, limit, limit
+        text = short.repr(value)
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def shown_name(name: object, limit: int = SHOWN) -> str:
+    """A name (key, path, value) without quotes, cut like :func:`shown`; control characters are
+    escaped as repr() would, so a name cannot move the cursor or clear the terminal."""
+    text = str(name)
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return cut if len(text) <= limit else cut + "…"
+
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     """' Did you mean "x"?' for a near miss, else ''. difflib is imported only on this error path."""

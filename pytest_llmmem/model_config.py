@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Union
 
-from .errors import ConfigError
+from . import files
+from .errors import ConfigError, shown_name
 from .hf_config import from_hf_config
 from .keys import ARCH_KEYS, MAX_PARAMS, Context, Table, type_name
 from .model import Architecture, ParamsOnly, family, validate
@@ -83,23 +84,25 @@ def model_from_table(table: Table, ctx: Context) -> Union[Architecture, ParamsOn
 
 def _read_hf_config(table: Table, ctx: Context) -> Architecture:
     raw = table.string("config")
-    path = (ctx.base_dir / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
-    if path.is_dir():
+    quoted = f'"{shown_name(raw, 120)}"'
+    path = files.resolve(raw if Path(raw).is_absolute() else ctx.base_dir / raw)
+    if files.is_dir(path):
         path = path / "config.json"
     try:
         data = ctx.read_json(path)
     except FileNotFoundError:
-        raise table.fail("config", f'"{raw}" does not exist.', hint="The path is relative to the folder of the pyproject.toml (or absolute).") from None
-    except json.JSONDecodeError as err:
-        raise table.fail("config", f'"{raw}" is not valid JSON: {err}.') from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise table.fail("config", f"{quoted} does not exist.", hint="The path is relative to the folder of the pyproject.toml (or absolute).") from None
+    except (files.InvalidJSON, json.JSONDecodeError) as err:
+        raise table.fail("config", f"{quoted} is not valid JSON: {err}.") from None
+    except files.UnreadableFile as err:
+        raise table.fail("config", f"{quoted} cannot be read: it {err}.") from None
+    except (OSError, ValueError, RecursionError) as err:  # a read_json passed to config.parse
         reason = getattr(err, "strerror", None) or str(err)
-        raise table.fail("config", f'"{raw}" cannot be read: {reason}.') from None
+        raise table.fail("config", f"{quoted} cannot be read: {reason}.") from None
     if not isinstance(data, dict):
-        raise table.fail("config", f'"{raw}" holds {type_name(data)}, not a JSON object.')
+        raise table.fail("config", f"{quoted} holds {type_name(data)}, not a JSON object.")
     try:
         return from_hf_config(data, source=str(path))
     except ConfigError as err:
         detail = f" ({err.key})" if err.key else ""
-        raise table.fail("config", f'"{raw}"{detail} {err.message}', err.hint) from None
-
+        raise table.fail("config", f"{quoted}{detail} {err.message}", err.hint) from None

@@ -3,34 +3,46 @@
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-import json
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
+from . import files
 from ._toml import toml
-from .errors import ConfigError
+from .errors import ConfigError, shown_name
+from .files import read_json  # noqa: F401  (the model config reader: config.parse's default)
+
 
 def find_pyproject(path: Union[str, Path, None] = None) -> Path:
     """PATH itself when it is a file, else PATH/pyproject.toml (default: the current folder)."""
     target = Path(path) if path else Path.cwd()
-    if target.is_dir():
+    if files.is_dir(target) and target.name != "pyproject.toml":  # a folder so named is refused on reading
         target = target / "pyproject.toml"
-    if not target.exists():
-        raise ConfigError(f"{target} does not exist.", hint="Pass a pyproject.toml, or a folder that holds one.")
+    try:
+        files.describe(target)  # only "missing" matters here; reading it says what else is wrong
+    except FileNotFoundError:
+        raise ConfigError(f"{shown_name(target, 200)} does not exist.", hint="Pass a pyproject.toml, or a folder that holds one.") from None
     return target
 
 
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+def read_pyproject(path: Path) -> str:
+    """A pyproject.toml's text, or a ConfigError "cannot be read: ..." naming it."""
+    try:
+        return files.read_text(path, files.PYPROJECT_LIMIT)
+    except FileNotFoundError:
+        raise ConfigError("does not exist.", path=shown_name(path, 200)) from None
+    except files.UnreadableFile as err:
+        raise ConfigError(f"cannot be read: it {err}.", path=shown_name(path, 200)) from None
 
 
 def has_llmmem_table(path: Path) -> bool:
     """Whether a pyproject.toml declares [tool.llmmem] (unreadable or invalid TOML counts as yes,
     so that checking it reports the problem instead of skipping it)."""
     try:
-        document = toml.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, toml.TOMLDecodeError):
+        text = files.read_text(path, files.PYPROJECT_LIMIT)
+        if "llmmem" not in text:  # spares the parse of every other pyproject a commit touches
+            return False
+        document = toml.loads(text)
+    except (OSError, ValueError, RecursionError):  # UnreadableFile, TOMLDecodeError are ValueErrors
         return True
     tool = document.get("tool")
     return isinstance(tool, dict) and "llmmem" in tool

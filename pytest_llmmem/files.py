@@ -1,0 +1,194 @@
+"""The one guarded way this package reads a user's file (pyproject.toml, a model config.json).
+
+A pre-commit hook runs on files anyone can put in a pull request, so a read must neither hang
+(a named pipe blocks ``open()``; ``/dev/zero`` never ends), nor exhaust memory (a 200 MB file),
+nor crash (a symlink loop, a 5,000-character name, a NUL byte, JSON nested 5,000 deep). Every
+such file is refused with a short reason, in well under a second, before its content is trusted.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+import errno
+import json
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Any, Optional, Union
+
+# Size caps, measured on a 2-core machine with CPython 3.11. The largest real pyproject.toml
+# files are tens of KB (a big ruff/pylint configuration) and the largest Hugging Face config.json
+# files about 1 MB (ImageNet-21k id2label tables; an LLM's is under 10 KB). tomllib is pure Python:
+# its worst valid input ("x = [1,1,1,...]") parses at about 0.4 MB/s, so 256 KiB keeps every
+# pyproject under 0.7 s; json parses its worst (2 MiB of one-key objects) in about 0.35 s.
+PYPROJECT_LIMIT = 256 * 1024
+CONFIG_JSON_LIMIT = 2 * 1024 * 1024
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)
+
+
+class UnreadableFile(ValueError):
+    """A file that exists (or may) but is refused; ``str(err)`` is the reason, e.g. "is a directory"."""
+
+
+def _kind(mode: int) -> Optional[str]:
+    """None for a regular file, else what the file is ("a named pipe (FIFO)")."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _reason(err: OSError) -> str:
+    """An OSError as a short clause: "is a symlink loop", "has a name too long for the file system"."""
+    if err.errno == errno.ELOOP:
+        return "is a symlink loop (or too many levels of symlinks)"
+    if err.errno == errno.ENAMETOOLONG:
+        return "has a name too long for the file system"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "is not readable (permission denied)"
+    if err.errno == errno.EISDIR:
+        return "is a directory"
+    return f"cannot be opened ({err.strerror or type(err).__name__})"
+
+
+def describe(path: Union[str, Path]) -> Optional[str]:
+    """Why ``path`` is not a readable regular file, or None when it is one; missing -> FileNotFoundError."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise
+    except ValueError:  # embedded NUL byte
+        return "has a NUL byte in its name"
+    except OSError as err:
+        if err.errno == errno.ENOTDIR:
+            raise FileNotFoundError(errno.ENOENT, "a folder on the path is a file", str(path)) from None
+        return _reason(err)
+    kind = _kind(mode)
+    return f"is {kind}, not a regular file" if kind else None
+
+
+def read_bytes(path: Union[str, Path], limit: int) -> bytes:
+    """The content of a regular file of at most ``limit`` bytes.
+
+    Raises FileNotFoundError when it is missing and :class:`UnreadableFile` for anything else. The
+    type is checked before opening (a FIFO would block ``open``) and again on the opened file
+    (``O_NONBLOCK``, then ``fstat``), so a swap between the two cannot slip a pipe through; at most
+    ``limit + 1`` bytes are read whatever ``st_size`` claims.
+    """
+    problem = describe(path)
+    if problem:
+        raise UnreadableFile(problem)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise UnreadableFile(_reason(err)) from None
+    try:
+        info = os.fstat(fd)
+        kind = _kind(info.st_mode)
+        if kind:
+            raise UnreadableFile(f"is {kind}, not a regular file")
+        if info.st_size > limit:
+            raise UnreadableFile(f"is {_size(info.st_size)}, more than the {_size(limit)} this reads")
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise UnreadableFile(f"grew past the {_size(limit)} this reads")
+        return b"".join(chunks)
+    except OSError as err:
+        raise UnreadableFile(_reason(err)) from None
+    finally:
+        os.close(fd)
+
+
+def read_text(path: Union[str, Path], limit: int = PYPROJECT_LIMIT) -> str:
+    """A regular file as UTF-8 text (no byte-order mark: TOML and JSON both forbid it)."""
+    data = read_bytes(path, limit)
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise UnreadableFile("starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UnreadableFile(f"is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line})") from None
+
+
+class InvalidJSON(UnreadableFile):
+    """A file that was read but is not JSON this package accepts; ``str(err)`` says where and why."""
+
+
+def _reject_constant(name: str) -> float:
+    raise InvalidJSON(f"{name} is not a JSON number (JSON numbers are finite)")
+
+
+def _has_infinity(value: Any) -> bool:
+    """Whether a parsed JSON value holds a float that overflowed to infinity (1e400 parses so)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if item in (math.inf, -math.inf):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def read_json(path: Union[str, Path], limit: int = CONFIG_JSON_LIMIT) -> Any:
+    """A JSON file through :func:`read_text`. Raises FileNotFoundError, :class:`InvalidJSON`
+    (syntax, NaN/Infinity, floats past 1.8e308, nesting too deep to parse) or :class:`UnreadableFile`."""
+    text = read_text(path, limit)
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except InvalidJSON:
+        raise
+    except RecursionError:
+        raise InvalidJSON("it is nested too deeply to parse") from None
+    except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits
+        raise InvalidJSON(str(err)) from None
+    if _has_infinity(value):
+        raise InvalidJSON("a number in it is too large for a floating-point number (1.8e308 or more)")
+    return value
+
+
+def resolve(path: Union[str, Path]) -> Path:
+    """``Path(path).resolve()`` that never raises: a loop, a NUL byte or a too-long name leaves the
+    path as given (absolute), so that reading it reports the problem in words."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return Path(os.path.abspath(path)) if "\0" not in str(path) else Path(path)
+
+
+def is_dir(path: Union[str, Path]) -> bool:
+    """``Path.is_dir`` without its exceptions (ENAMETOOLONG escapes it)."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def is_file(path: Union[str, Path]) -> bool:
+    """Whether ``path`` names something that exists and is not a directory (a FIFO counts: reading
+    it then says what it is, rather than pretending it is missing)."""
+    try:
+        return not stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _size(n: int) -> str:
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**10:.1f} KiB" if n >= 2**10 else f"{n:,} bytes"

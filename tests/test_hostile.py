@@ -1,0 +1,223 @@
+"""Broken and hostile input (issue 17): the reproducers as golden cases, exact message and exit code.
+
+Every case also asserts what a pre-commit hook needs: no traceback, no "internal error", done in
+well under a second. The generated sweep over the same categories is tests/test_hostile_fuzz.py
+(a few hundred cases) and benchmarks/fuzz.py (thousands).
+"""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_llmmem.cli import main
+from pytest_llmmem.locate import Locator
+
+MODEL = '[tool.llmmem.model]\nconfig = "{config}"\n\n[[tool.llmmem.runs]]\nname = "sft"\nseq-len = 128\n'
+PYPROJECT = '[tool.llmmem]\ngpu = "A100-80GB"\n\n' + MODEL
+SMALL_LLAMA = '{"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 688, "vocab_size": 1000}'
+
+
+def run(capsys, *argv):
+    """(exit code, stdout, stderr, seconds) of one in-process ``llmmem`` call."""
+    start = time.perf_counter()
+    code = main([str(a) for a in argv])
+    seconds = time.perf_counter() - start
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err and "internal error" not in err, err
+    return code, out, err, seconds
+
+
+# --- 1. the locator: linear, and blind to string bodies -------------------------------------------
+
+
+def test_redos_reproducer_is_linear(tmp_path, capsys):
+    # Issue 17 item 1: a "[" and 8,000 spaces inside a multi-line string took 404 s to locate.
+    text = '[tool.other]\ndoc = """\n[' + " " * 8000 + 'x\n"""\n\n' + PYPROJECT.format(config="missing.json")
+    (tmp_path / "pyproject.toml").write_text(text, encoding="utf-8")
+    code, out, err, seconds = run(capsys, "check", tmp_path / "pyproject.toml")
+    assert seconds < 0.5
+    assert code == 2
+    # Lines: 1 [tool.other], 2-4 the string, 5 blank, 6 [tool.llmmem], 10 config = ...
+    assert err == f'llmmem: error: {tmp_path / "pyproject.toml"}:10: tool.llmmem.model.config: "missing.json" does not exist. ' \
+                  "The path is relative to the folder of the pyproject.toml (or absolute).\n"
+
+
+def test_locator_skips_string_bodies_and_counts_lines():
+    text = "\n".join([
+        "[tool.other]",                 # 1
+        'doc = """',                    # 2  a basic multi-line string ...
+        "[tool.llmmem]",                # 3  ... whose body looks like a header
+        'gpu = "fake"',                 # 4  ... and a key
+        '"""',                          # 5
+        "lit = '''",                    # 6  a literal one, with an escape that is no escape
+        "[[tool.llmmem.runs]] \\",      # 7
+        "''' ; x = 1",                  # 8
+        "[tool.llmmem]",                # 9  the real table
+        'gpu = "A100"  # [not.a.table]',  # 10
+        "arr = [",                      # 11 a multi-line array holding strings and a table
+        '  "]", { a = 1 },',            # 12
+        '  """',                        # 13
+        "  name = 3",                   # 14 inside a string inside an array
+        '  """,',                       # 15
+        "]",                            # 16
+        'name = "x"',                   # 17
+        "[[tool.llmmem.runs]]",         # 18
+        'name = "a\\\\"',               # 19 an escaped backslash ends the string
+        "[[ tool . llmmem . runs ]]",   # 20 blanks inside a header
+        '"seq-len" = 3',                # 21 a quoted key
+        's = """ends here"""""',        # 22 two quotes before the delimiter belong to the string
+        "batch-size = 2",               # 23
+    ])
+    loc = Locator(text)
+    assert loc.tables == {("tool.other", 0): 1, ("tool.llmmem", 0): 9, ("tool.llmmem.runs", 0): 18, ("tool.llmmem.runs", 1): 20}
+    assert loc.find("tool.other", 0, "lit") == 6
+    assert loc.find("tool.llmmem", 0, "gpu") == 10
+    assert loc.find("tool.llmmem", 0, "name") == 17
+    assert loc.find("tool.llmmem.runs", 0, "name") == 19
+    assert loc.find("tool.llmmem.runs", 1, "seq_len") == 21
+    assert loc.find("tool.llmmem.runs", 1, "batch-size") == 23
+
+
+def test_locator_worst_lines_are_fast():
+    # Each shape that made a backtracking pattern slow, at the size of the largest pyproject read
+    # (256 KiB): linear means well under a second each (measured here: 1 to 130 ms).
+    n = 60_000
+    shapes = [
+        "[" + " " * n + "x",
+        "[[" + " " * n + "]",
+        '["' + "a" * n,
+        "a" * n + " " * n + "!",
+        'x = "' + "\\\\" * n,
+        'x = """' + '\\"' * n,
+        "x = [" * n,
+        'x = "' + '"' * n,
+        "name = " + "'a' " * n,
+    ]
+    for shape in shapes:
+        start = time.perf_counter()
+        Locator(shape + "\n" + shape)
+        assert time.perf_counter() - start < 0.5, shape[:20]
+
+
+def test_inline_run_lines_are_indexed_once():
+    # 10,000 inline runs: each run's line is looked up once per run; a scan per lookup was quadratic.
+    text = "[tool.llmmem]\nruns = [\n" + "".join(f'  {{ name = "r{i}" }},\n' for i in range(10_000)) + "]\n"
+    loc = Locator(text)
+    start = time.perf_counter()
+    lines = [loc.run_line(i, f"r{i}") for i in range(10_000)]
+    assert time.perf_counter() - start < 0.5
+    assert lines[0] == 3 and lines[-1] == 10_002  # r0 on line 3 (after the header and "runs = [")
+
+
+# --- 3. files: type and size before content -------------------------------------------------------
+
+
+def _project(tmp_path: Path, config: str) -> Path:
+    path = tmp_path / "pyproject.toml"
+    path.write_text(PYPROJECT.format(config=config), encoding="utf-8")
+    return path
+
+
+def _config_error(tmp_path, capsys, config, reason):
+    path = _project(tmp_path, config)
+    code, out, err, seconds = run(capsys, "check", path)
+    assert (code, out) == (2, "")
+    assert seconds < 0.5
+    assert err == f"llmmem: error: {path}:5: tool.llmmem.model.config: {reason}\n"
+
+
+def test_symlink_loop(tmp_path, capsys):
+    os.symlink("loop.json", tmp_path / "loop.json")
+    _config_error(tmp_path, capsys, "loop.json", '"loop.json" cannot be read: it is a symlink loop (or too many levels of symlinks).')
+
+
+def test_fifo_does_not_block(tmp_path, capsys):
+    os.mkfifo(tmp_path / "fifo.json")  # open() on it would wait for a writer forever
+    _config_error(tmp_path, capsys, "fifo.json", '"fifo.json" cannot be read: it is a named pipe (FIFO), not a regular file.')
+
+
+def test_dev_zero(tmp_path, capsys):
+    _config_error(tmp_path, capsys, "/dev/zero", '"/dev/zero" cannot be read: it is a character device, not a regular file.')
+
+
+def test_directory_without_config_json(tmp_path, capsys):
+    (tmp_path / "model" / "config.json").mkdir(parents=True)
+    _config_error(tmp_path, capsys, "model", '"model" cannot be read: it is a directory, not a regular file.')
+
+
+def test_200_mb_file_is_not_read(tmp_path, capsys):
+    with open(tmp_path / "big.json", "wb") as handle:
+        handle.truncate(200 * 2**20)  # sparse: costs no disk
+    _config_error(tmp_path, capsys, "big.json", '"big.json" cannot be read: it is 200.0 MiB, more than the 2.0 MiB this reads.')
+
+
+def test_name_too_long(tmp_path, capsys):
+    name = "a" * 5000 + ".json"
+    shown = "a" * 120 + "…"  # echoed values are cut
+    _config_error(tmp_path, capsys, name, f'"{shown}" cannot be read: it has a name too long for the file system.')
+
+
+def test_nul_byte_in_name(tmp_path, capsys):
+    _config_error(tmp_path, capsys, "a\\u0000b.json", '"a\\x00b.json" cannot be read: it has a NUL byte in its name.')
+
+
+def test_deep_nesting(tmp_path, capsys):
+    (tmp_path / "deep.json").write_text("[" * 5000 + "]" * 5000, encoding="utf-8")
+    _config_error(tmp_path, capsys, "deep.json", '"deep.json" is not valid JSON: it is nested too deeply to parse.')
+
+
+@pytest.mark.parametrize("literal, reason", [
+    ("NaN", "NaN is not a JSON number (JSON numbers are finite)"),
+    ("-Infinity", "-Infinity is not a JSON number (JSON numbers are finite)"),
+    ("1e400", "a number in it is too large for a floating-point number (1.8e308 or more)"),
+])
+def test_non_finite_json_numbers(tmp_path, capsys, literal, reason):
+    (tmp_path / "config.json").write_text(SMALL_LLAMA.replace("256", literal), encoding="utf-8")
+    _config_error(tmp_path, capsys, "config.json", f'"config.json" is not valid JSON: {reason}.')
+
+
+def test_bom_and_latin1(tmp_path, capsys):
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + SMALL_LLAMA.encode())
+    _config_error(tmp_path, capsys, "bom.json",
+                  '"bom.json" cannot be read: it starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM.')
+    (tmp_path / "latin.json").write_bytes(b'{\n"model_type": "ll\xe9ma"}')
+    _config_error(tmp_path, capsys, "latin.json", '"latin.json" cannot be read: it is not UTF-8 text (byte 0xe9 on line 2).')
+
+
+def test_pyproject_that_is_hostile(tmp_path, capsys):
+    (tmp_path / "dir" / "pyproject.toml").mkdir(parents=True)
+    os.mkfifo(tmp_path / "fifo.toml")
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + PYPROJECT.format(config="x").encode())
+    with open(tmp_path / "big.toml", "wb") as handle:
+        handle.truncate(200 * 2**20)
+    cases = {
+        "dir": "it is a directory, not a regular file",
+        "fifo.toml": "it is a named pipe (FIFO), not a regular file",
+        "bom.toml": "it starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM",
+        "big.toml": "it is 200.0 MiB, more than the 256.0 KiB this reads",
+    }
+    for name, reason in cases.items():
+        code, out, err, seconds = run(capsys, "check", tmp_path / name)
+        shown = tmp_path / name / "pyproject.toml" if name == "dir" else tmp_path / name
+        assert (code, out) == (2, "") and seconds < 0.5
+        assert err == f"llmmem: error: {shown}: cannot be read: {reason}.\n"
+
+
+def test_hook_on_a_symlink_loop_no_project_uses(tmp_path, capsys, monkeypatch):
+    # Issue 17 item 3: `llmmem check --hook loop.json` crashed in owners_of.
+    monkeypatch.chdir(tmp_path)
+    os.symlink("loop.json", tmp_path / "loop.json")
+    code, out, err, _ = run(capsys, "check", "--hook", "loop.json")
+    assert (code, err) == (0, "")
+    assert out == "llmmem: no pyproject.toml with [tool.llmmem] among the changed files; nothing to check.\n"
+
+
+def test_hook_on_a_symlink_loop_a_project_uses(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.symlink("loop.json", tmp_path / "loop.json")
+    _project(tmp_path, "loop.json")
+    code, out, err, _ = run(capsys, "check", "--hook", "loop.json")
+    assert (code, out) == (2, "")
+    assert err == 'llmmem: error: pyproject.toml:5: tool.llmmem.model.config: "loop.json" cannot be read: it is a symlink loop (or too many levels of symlinks).\n'
