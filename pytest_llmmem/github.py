@@ -93,12 +93,25 @@ def step_summary(file: str, runs: Sequence[Mapping[str, Any]]) -> str:
         out += ["", f"### {run['name']}", "", "| term | size | share |", "|---|---:|---:|"]
         terms = [(k, v) for k, v in run["breakdown"].items() if v]
         out += [f"| {LABELS.get(k, k)} | {format_bytes(v)} | {100 * v / total:.1f} % |" for k, v in terms]
-        out += ["", "```mermaid", f"pie showData title {run['name']} in GiB (total {run['total_bytes'] / 2**30:.2f})"]
-        out += [f'    "{LABELS.get(k, k)}" : {v / 2**30:.2f}' for k, v in terms]
-        out.append("```")
+        out += _pie(run, terms)
         for note in run.get("notes", []):
             out.append(f"> {note}")
     return "\n".join(out) + "\n"
+
+
+def _pie(run: Mapping[str, Any], terms: Sequence[Tuple[str, int]]) -> List[str]:
+    """A mermaid pie of the positive terms; a negative one (a measured calibration below 1) is a
+    line of its own below it, because mermaid rejects a negative slice."""
+    slices = [(k, v) for k, v in terms if v > 0]
+    out = ["", "```mermaid", f"pie showData title {run['name']} in GiB (total {run['total_bytes'] / 2**30:.2f})"]
+    out += [f'    "{LABELS.get(k, k)}" : {v / 2**30:.2f}' for k, v in slices]
+    out.append("```")
+    drawn = format_bytes(sum(v for _, v in slices))
+    for k, v in terms:
+        if v < 0:
+            out.append(f"> {LABELS.get(k, k)}: {format_bytes(v)}, a correction not drawn in the pie "
+                       f"(its slices add up to {drawn}; total {format_bytes(run['total_bytes'])})")
+    return out
 
 
 def append_summary(documents: Sequence[Mapping[str, Any]], workspace: Optional[str]) -> None:

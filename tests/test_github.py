@@ -165,3 +165,20 @@ def test_action_passes_inputs_through_env_only():
             assert "shell: bash" in block
             script = block.split("run:", 1)[1]
             assert "${{" not in script, block
+
+
+def test_negative_calibration_is_a_line_of_its_own_not_a_pie_slice(actions_env, run_cli):
+    # calibration = 0.9 on "train": (0.9 - 1) x 113,441,792,000 B = -11,344,179,200 B = -10.57 GiB
+    # (see PROJECT's comment for the 105.65 GiB before it); total 102,097,612,800 B = 95.09 GiB.
+    # Mermaid rejects a negative slice, so the correction must not be one.
+    text = PROJECT.replace('name = "train"\ndtype = "bf16"', 'name = "train"\ndtype = "bf16"\ncalibration = 0.9')
+    (actions_env / "train" / "pyproject.toml").write_text(text)
+    run_cli("check", actions_env / "train", "--run", "train")
+    summary = (actions_env / "summary.md").read_text()
+    pie = summary.split("```mermaid")[1].split("```")[0]
+    slices = [float(line.rsplit(":", 1)[1]) for line in pie.splitlines() if line.strip().startswith('"')]
+    assert slices and all(value >= 0 for value in slices)
+    assert "calibration" not in pie
+    assert "| measured calibration | -10.57 GiB | -11.1 % |" in summary  # the table keeps the signed term
+    after_pie = summary.split("```mermaid")[1].split("```", 1)[1]
+    assert "> measured calibration: -10.57 GiB, a correction not drawn in the pie (its slices add up to 105.65 GiB; total 95.09 GiB)" in after_pie
