@@ -194,6 +194,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--validation", type=Path, default=ROOT.parent / "shared" / "validation")
     args = parser.parse_args()
+    for name in ("groundtruth.jsonl", "measured.jsonl"):
+        if not (args.validation / name).is_file():
+            print(f"accuracy.py: error: no validation data: {args.validation / name} does not exist. The data lives "
+                  "beside the repository in shared/validation (see its README.md); point at a copy with "
+                  "--validation DIR.", file=sys.stderr)
+            return 2
     gt_totals: List[Tuple[str, Dict[str, float], int]] = []
     gt = groundtruth(args.validation / "groundtruth.jsonl", gt_totals)
     print("== ground truth (exact PyTorch bytes, CPU) ==")
