@@ -42,8 +42,9 @@ class Project(NamedTuple):
         names = [r.name for r in self.runs]
         raise ConfigError(f'no run named "{name}".{did_you_mean(name, names)}', path=self.path, hint=f"Runs: {one_of(names)}.")
 
-    def with_overrides(self, name: str, **overrides: Any) -> Run:
-        """Run ``name`` with some keys replaced (snake_case keyword names), checked like the file."""
+    def with_overrides(self, name: str, /, **overrides: Any) -> Run:
+        """Run ``name`` with some keys replaced (snake_case keyword names, ``name=`` renames it),
+        checked like the file."""
         self.run(name)
         raw_runs = list(self.table.get("runs", []))
         index = next(i for i, r in enumerate(raw_runs) if isinstance(r, dict) and r.get("name") == name)

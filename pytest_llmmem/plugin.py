@@ -6,9 +6,11 @@ given; ``-p no:llmmem`` disables it. The items, the summary and the JSON report 
 :mod:`pytest_llmmem.pytest_checks`, imported only then. The ``llmmem`` fixture is always there and
 imports the core when a test first uses it.
 
-Which pyproject.toml: ``--llmmem-config PATH`` if given; else the pyproject.toml pytest read its
-own configuration from (``config.inipath``); else ``<rootdir>/pyproject.toml``. That holds even
-when ``testpaths`` points elsewhere.
+Which pyproject.toml files: each ``--llmmem-config PATH`` given (repeatable); else every
+pyproject.toml declaring ``[tool.llmmem]`` that pytest visits under the paths it collects (a
+monorepo's projects, or the one of the subfolder pytest runs in), plus the one pytest read its
+own configuration from (``config.inipath``, else ``<rootdir>/pyproject.toml``) even when
+``testpaths`` points elsewhere. The ``llmmem`` fixture reads the nearest of them to the test.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -24,8 +26,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="check each run declared under [tool.llmmem] in pyproject.toml against its GPU memory budget")
     group.addoption("--llmmem-only", action="store_true", default=False,
                     help="run only the llmmem checks (implies --llmmem; collects no other tests)")
-    group.addoption("--llmmem-config", metavar="PATH", default=None,
-                    help="the pyproject.toml to read, as --llmmem-config=PATH (default: the one pytest was configured from, else <rootdir>/pyproject.toml)")
+    group.addoption("--llmmem-config", metavar="PATH", action="append", default=[],
+                    help="a pyproject.toml to read, as --llmmem-config=PATH; repeatable (default: every one declaring "
+                         "[tool.llmmem] under the collected paths, and the one pytest was configured from)")
     group.addoption("--llmmem-json", metavar="PATH", default=None,
                     help="also write the JSON report `llmmem check --format json` prints to PATH")
 
@@ -35,13 +38,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.llmmem or config.option.llmmem_only:
         from .pytest_checks import LlmmemChecks
 
-        config.pluginmanager.register(LlmmemChecks(config, pyproject_path(config)), "llmmem-checks")
+        explicit = [Path(p) for p in config.option.llmmem_config]
+        config.pluginmanager.register(LlmmemChecks(config, explicit, pyproject_path(config)), "llmmem-checks")
 
 
 def pyproject_path(config: pytest.Config) -> Path:
-    """The pyproject.toml whose [tool.llmmem] table the checks read (see the module docstring)."""
-    if config.option.llmmem_config:
-        return Path(config.option.llmmem_config)
+    """The pyproject.toml pytest was configured from (else ``<rootdir>/pyproject.toml``)."""
     inipath = config.inipath
     if inipath is not None and inipath.name == "pyproject.toml":
         return Path(inipath)
@@ -51,6 +53,8 @@ def pyproject_path(config: pytest.Config) -> Path:
 @pytest.fixture
 def llmmem(request: pytest.FixtureRequest):
     """Estimate and assert budgets from a test: ``llmmem.assert_fits(run="sft", batch_size=8)``."""
-    from .pytest_checks import LlmmemFixture
+    from .pytest_checks import LlmmemFixture, fixture_pyproject
 
-    return LlmmemFixture(pyproject_path(request.config), Path(request.config.rootpath))
+    path = fixture_pyproject(request.config.option.llmmem_config, Path(request.path), pyproject_path(request.config),
+                             Path(request.config.rootpath))
+    return LlmmemFixture(path, Path(request.config.rootpath))

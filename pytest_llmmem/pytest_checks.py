@@ -13,14 +13,15 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
 from .config import Project, adhoc_run, load
 from .errors import ConfigError
 from .estimate import Estimate, estimate
-from .report import as_dict, render_failure
+from .projects import has_llmmem_table
+from .report import JSON_VERSION, as_dict, render_failure
 from .run import Run
 from .units import format_bytes
 
@@ -41,84 +42,170 @@ def _shown(path: Path, rootpath: Path) -> str:
     return os.path.relpath(path, rootpath) if path.is_relative_to(rootpath.resolve()) else str(path)
 
 
+def _declares_llmmem(path: Path) -> bool:
+    """A pyproject.toml met during collection is ours when it declares [tool.llmmem] (a broken one
+    that mentions llmmem counts, so that its error is shown rather than skipped)."""
+    try:
+        if "llmmem" not in path.read_text(encoding="utf-8", errors="replace"):
+            return False
+    except OSError:
+        return False
+    return has_llmmem_table(path)
+
+
+def _json_target(config: pytest.Config) -> Optional[Path]:
+    """--llmmem-json as an absolute path, refused before any test runs when it cannot be written."""
+    raw = config.option.llmmem_json
+    if not raw:
+        return None
+    target = Path(config.invocation_params.dir, raw)
+    if not target.parent.is_dir():
+        raise pytest.UsageError(f"--llmmem-json: cannot write {raw}: the folder {target.parent} does not exist.")
+    if target.is_dir():
+        raise pytest.UsageError(f"--llmmem-json: cannot write {raw}: it is a folder; give a file name, e.g. {Path(raw, 'llmmem.json')}.")
+    return target
+
+
 class LlmmemChecks:
-    """Registered for the session when --llmmem is given: adds the pyproject to what is collected."""
+    """Registered for the session when --llmmem is given: decides which pyprojects become test files."""
 
-    def __init__(self, config: pytest.Config, path: Path) -> None:
+    def __init__(self, config: pytest.Config, explicit: List[Path], root: Path) -> None:
         self.config = config
-        self.path = path.resolve()
-        self.results: Dict[str, Dict[str, Any]] = {}  # nodeid -> the estimate as report.as_dict gives it
-        if not self.path.is_file():
-            raise pytest.UsageError(
-                f"--llmmem: {path} does not exist. Pass --llmmem-config PATH, or run pytest from the project "
-                "whose pyproject.toml declares [tool.llmmem]."
-            )
-        self._collect_the_pyproject(config.args)
+        for given in explicit:
+            if not Path(config.invocation_params.dir, given).is_file():
+                raise pytest.UsageError(
+                    f"--llmmem: {given} does not exist. Pass --llmmem-config PATH, or run pytest from the project "
+                    "whose pyproject.toml declares [tool.llmmem]."
+                )
+        self.explicit = [Path(config.invocation_params.dir, p).resolve() for p in explicit]
+        self.root = root.resolve()
+        self.json_target = _json_target(config)
+        self.results: Dict[str, Tuple[str, Dict[str, Any]]] = {}  # nodeid -> (file as shown, report.as_dict)
+        self.found = 0  # pyprojects made into test files (this process)
+        self.errors: List[str] = []  # pyprojects whose [tool.llmmem] could not be read
+        self.messages: List[str] = []  # for the terminal summary
+        wanted = self.explicit or ([self.root] if self.root.is_file() and _declares_llmmem(self.root) else [])
+        self._collect_these(config.args, wanted)
 
-    def _collect_the_pyproject(self, args: List[str]) -> None:
-        """Make sure pytest visits the pyproject: a folder argument holding it already does (our
-        pytest_collect_file picks it up there); otherwise, e.g. testpaths = ["tests"], add it. An
-        overlapping file argument would make pytest 8 drop the folder's other tests."""
+    def _collect_these(self, args: List[str], wanted: List[Path]) -> None:
+        """Make sure pytest visits the wanted pyprojects: a folder argument holding one already does
+        (our pytest_collect_file picks it up there); otherwise, e.g. testpaths = ["tests"], add it.
+        An overlapping file argument would make pytest 8 drop the folder's other tests."""
         def path_of(arg: str) -> Path:
             return Path(self.config.invocation_params.dir, arg.split("::")[0]).resolve()
 
-        target = str(self.path)
-        if self.config.option.llmmem_only:
-            args[:] = [a for a in args if path_of(a) == self.path] or [target]
-        elif not any(path_of(a) == self.path or (path_of(a).is_dir() and self.path.is_relative_to(path_of(a))) for a in args):
-            args.append(target)
+        if self.config.option.llmmem_only and self.explicit:
+            args[:] = [a for a in args if path_of(a) in wanted] or [str(p) for p in wanted]
+            return
+        for path in wanted:
+            if not any(path_of(a) == path or (path_of(a).is_dir() and path.is_relative_to(path_of(a))) for a in args):
+                args.append(str(path))
+
+    def pytest_ignore_collect(self, collection_path: Path, config: pytest.Config) -> Optional[bool]:
+        """--llmmem-only without --llmmem-config walks the collected paths for pyprojects only."""
+        if self.config.option.llmmem_only and not self.explicit and collection_path.name != "pyproject.toml" and collection_path.is_file():
+            return True
+        return None
 
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> Optional[pytest.Collector]:
-        if file_path.resolve() == self.path:
-            return PyprojectFile.from_parent(parent, path=file_path)
-        return None
+        if self.explicit:
+            wanted = any(file_path.name == p.name for p in self.explicit) and file_path.resolve() in self.explicit
+        else:
+            wanted = file_path.name == "pyproject.toml" and _declares_llmmem(file_path)
+        if not wanted:
+            return None
+        self.found += 1
+        return PyprojectFile.from_parent(parent, path=file_path)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed and str(report.longrepr).startswith("llmmem: "):
+            self.errors.append(report.nodeid)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        xdist = hasattr(self.config, "workerinput") or self.config.pluginmanager.has_plugin("dsession")
+        if not self.found and not self.errors and not xdist:
+            where = ", ".join(session.config.args) or str(self.config.rootpath)
+            raise pytest.UsageError(
+                f"--llmmem: no pyproject.toml with [tool.llmmem] under {where}; pass --llmmem-config PATH "
+                "(repeatable), or run pytest from a project that declares [tool.llmmem]."
+            )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
             return
         for key, value in report.user_properties:
             if key == PROPERTY:
-                self.results[report.nodeid] = value
+                self.results[report.nodeid] = (value["file"], value["run"])
+
+    def _documents(self) -> List[Dict[str, Any]]:
+        """One JSON document per pyproject, runs in declaration order, whichever worker checked them."""
+        by_file: Dict[str, List[Dict[str, Any]]] = {}
+        for file, run in sorted(self.results.values(), key=lambda fr: (fr[0], fr[1].get("line") or 0, fr[1]["name"])):
+            by_file.setdefault(file, []).append(run)
+        return [{"version": JSON_VERSION, "file": file, "runs": runs} for file, runs in by_file.items()]
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if not self.results:
-            return
-        rows = self._sorted_runs()
-        width = max(len(r["name"]) for r in rows)
-        terminalreporter.write_sep("=", "llmmem")
-        terminalreporter.write_line(f"{'run':<{width}}  {'total':>12}  {'budget':>12}  {'used':>7}  verdict   (GiB = 1024^3 bytes)")
-        for data in rows:
-            budget = data["budget_bytes"]
-            used = f"{100 * data['total_bytes'] / budget:6.1f}%" if budget else "     - "
-            verdict = "PASS" if data["fits"] else ("FAIL" if data["fits"] is False else "-")
-            line = f"{data['name']:<{width}}  {format_bytes(data['total_bytes']):>12}  {format_bytes(budget) if budget else '-':>12}  {used:>7}  {verdict}"
-            terminalreporter.write_line(line, red=verdict == "FAIL", green=verdict == "PASS")
-        if os.environ.get("GITHUB_ACTIONS") == "true":
-            from . import github
+        documents = self._documents()
+        if documents:
+            rows = [(doc["file"] + "::" if len(documents) > 1 else "", run) for doc in documents for run in doc["runs"]]
+            width = max(len(prefix + r["name"]) for prefix, r in rows)
+            terminalreporter.write_sep("=", "llmmem")
+            terminalreporter.write_line(f"{'run':<{width}}  {'total':>12}  {'budget':>12}  {'used':>7}  verdict   (GiB = 1024^3 bytes)")
+            for prefix, data in rows:
+                budget = data["budget_bytes"]
+                used = f"{100 * data['total_bytes'] / budget:6.1f}%" if budget else "     - "
+                verdict = "PASS" if data["fits"] else ("FAIL" if data["fits"] is False else "-")
+                line = f"{prefix + data['name']:<{width}}  {format_bytes(data['total_bytes']):>12}  {format_bytes(budget) if budget else '-':>12}  {used:>7}  {verdict}"
+                terminalreporter.write_line(line, red=verdict == "FAIL", green=verdict == "PASS")
+            if os.environ.get("GITHUB_ACTIONS") == "true":
+                from . import github
 
-            lines = github.annotations(self._file(), rows, os.environ.get("GITHUB_WORKSPACE"))
-            for annotation in github.capped(lines):
-                terminalreporter.write_line(annotation)
-
-    def _sorted_runs(self) -> List[Dict[str, Any]]:
-        """The checked runs in declaration order, whichever worker checked them."""
-        return sorted(self.results.values(), key=lambda d: (d.get("line") or 0, d["name"]))
-
-    def _file(self) -> str:
-        return _shown(self.path, Path(self.config.rootpath))
+                lines: List[str] = []
+                for doc in documents:
+                    lines += github.annotations(doc["file"], doc["runs"], os.environ.get("GITHUB_WORKSPACE"))
+                for annotation in github.capped(lines):  # one cap across every file checked
+                    terminalreporter.write_line(annotation)
+        for message in self.messages:
+            terminalreporter.write_line(message, red=True)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput"):
             return  # xdist workers report to the controller, which writes each file once
-        runs = self._sorted_runs()
-        target = self.config.option.llmmem_json
-        if target:
-            document = {"version": 1, "file": self._file(), "runs": runs}
-            Path(target).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        if runs and os.environ.get("GITHUB_ACTIONS") == "true":
+        documents = self._documents()
+        actions = os.environ.get("GITHUB_ACTIONS") == "true"
+        target = self.json_target
+        if target is None and actions and os.environ.get("RUNNER_TEMP"):
+            target = Path(os.environ["RUNNER_TEMP"], "llmmem-report.json")
+        written = None
+        if self.errors:
+            # A report with only the runs that could be read would look like a clean pass.
+            if self.config.option.llmmem_json:
+                self.messages.append(f"llmmem: no JSON report written to {self.config.option.llmmem_json}: {len(self.errors)} "
+                                     f"pyproject.toml could not be checked ({', '.join(self.errors)}).")
+        elif target is not None:
+            document = documents[0] if len(documents) == 1 else {"version": JSON_VERSION, "projects": documents}
+            if not documents:
+                document = {"version": JSON_VERSION, "file": None, "runs": []}
+            try:
+                target.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+                written = target
+            except OSError as err:
+                self.messages.append(f"llmmem: cannot write the JSON report to {target}: {err.strerror or err}.")
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        if actions:
             from . import github
 
-            github.append_summary([{"file": self._file(), "runs": runs}], os.environ.get("GITHUB_WORKSPACE"))
+            if documents:
+                github.append_summary(documents, os.environ.get("GITHUB_WORKSPACE"))
+            outputs = os.environ.get("GITHUB_OUTPUT")
+            if outputs:
+                fits = not self.errors and not any(r["fits"] is False for doc in documents for r in doc["runs"])
+                lines = f"fits={'true' if fits else 'false'}\n" + (f"json={written}\n" if written else "")
+                try:
+                    with open(outputs, "a", encoding="utf-8") as handle:
+                        handle.write(lines)
+                except OSError as err:
+                    self.messages.append(f"llmmem: cannot write the step outputs to GITHUB_OUTPUT={outputs}: {err.strerror or err}.")
 
 
 class PyprojectFile(pytest.File):
@@ -154,7 +241,7 @@ class RunItem(pytest.Item):
 
     def runtest(self) -> None:
         est = estimate(self.run)
-        self.user_properties.append((PROPERTY, as_dict(est)))
+        self.user_properties.append((PROPERTY, {"file": self.parent.project.path, "run": as_dict(est)}))
         if est.fits is False:
             raise OverBudget(est)
 
@@ -165,6 +252,21 @@ class RunItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, (self.run.line or 1) - 1, f"llmmem run {self.run.name}"
+
+
+def fixture_pyproject(explicit: Sequence[str], test_path: Path, root: Path, rootpath: Path) -> Path:
+    """The pyproject the ``llmmem`` fixture reads: the first --llmmem-config; else the nearest one
+    declaring [tool.llmmem] from the test's folder up to the rootdir; else the one pytest read."""
+    if explicit:
+        return Path(explicit[0])
+    top = rootpath.resolve()
+    for folder in [test_path.resolve().parent, *test_path.resolve().parent.parents]:
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file() and _declares_llmmem(candidate):
+            return candidate
+        if folder == top or top not in folder.parents:
+            break
+    return root
 
 
 class LlmmemFixture:
@@ -187,6 +289,9 @@ class LlmmemFixture:
     def estimate(self, run: Optional[str] = None, **overrides: Any) -> Estimate:
         """Estimate a declared run (``run="sft"``), optionally with keys changed (``batch_size=8``),
         or, with no ``run``, an ad-hoc one from keys alone (``params="7B", mode="inference", gpu="L4"``)."""
+        for key, value in overrides.items():
+            if value is None:
+                pytest.fail(f"llmmem: {key}=None: a key cannot be None; leave it out to keep the declared value.", pytrace=False)
         try:
             if run is None:
                 return estimate(adhoc_run({k.replace("_", "-"): v for k, v in overrides.items()}, path="llmmem fixture"))

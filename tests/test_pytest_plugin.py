@@ -111,8 +111,10 @@ def test_config_error_is_a_collection_error_without_traceback(pytester):
 
 
 def test_pyproject_without_table(pytester):
+    # Given by name, a pyproject without [tool.llmmem] is an error; met during collection, it is skipped
+    # (see test_no_llmmem_pyproject_anywhere_is_a_usage_error).
     pytester.makepyprojecttoml("[project]\nname = 'x'\n")
-    result = pytester.runpytest("--llmmem")
+    result = pytester.runpytest("--llmmem", "--llmmem-config=pyproject.toml")
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*llmmem: pyproject.toml: has no [[]tool.llmmem[]] table, so there is nothing to check.*"])
 
@@ -193,3 +195,97 @@ def test_xdist_checks_each_run_once_and_summarises_once(project):
     result.assert_outcomes(passed=2, failed=1)
     assert result.stdout.str().count("= llmmem =") == 1
     assert [r["name"] for r in json.loads((project.path / "report.json").read_text())["runs"]] == ["serve", "sft"]
+
+
+# --- monorepos, several configs, GitHub outputs, report errors (issue 10 items 7-8, issue 17 items 6-7) ---
+
+
+def _monorepo(pytester):
+    """A repository root without [tool.llmmem] (pytest configured from it) and two projects below."""
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\naddopts = "-ra"\n')
+    for name in ("proj-a", "proj-b"):
+        pytester.mkdir(name)
+        (pytester.path / name / "pyproject.toml").write_text(FITS_AND_OVER.lstrip("\n").replace('name = "s', f'name = "{name}-s'))
+        (pytester.path / name / f"test_{name[-1]}.py").write_text(USER_TEST)
+
+
+def test_monorepo_collects_every_llmmem_pyproject_under_the_collected_paths(pytester):
+    _monorepo(pytester)
+    result = pytester.runpytest("--llmmem", "--llmmem-json", "report.json")
+    result.assert_outcomes(passed=4, failed=2)  # two user tests, proj-a-serve and proj-b-serve pass; the sfts are over
+    doc = json.loads((pytester.path / "report.json").read_text())
+    # several projects: the shape `llmmem check A B --format json` writes
+    assert [p["file"] for p in doc["projects"]] == ["proj-a/pyproject.toml", "proj-b/pyproject.toml"]
+    assert [r["name"] for r in doc["projects"][1]["runs"]] == ["proj-b-serve", "proj-b-sft"]
+
+
+def test_monorepo_from_a_subfolder_checks_that_project(pytester, monkeypatch):
+    _monorepo(pytester)
+    monkeypatch.chdir(pytester.path / "proj-b")
+    result = pytester.runpytest("--llmmem-only")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*proj-b-sft*"])
+    assert "proj-a" not in result.stdout.str()
+
+
+def test_several_config_options(pytester):
+    _monorepo(pytester)
+    result = pytester.runpytest("--llmmem-only", "--llmmem-config=proj-a/pyproject.toml", "--llmmem-config=proj-b/pyproject.toml")
+    result.assert_outcomes(passed=2, failed=2)
+
+
+def test_no_llmmem_pyproject_anywhere_is_a_usage_error(pytester):
+    pytester.makepyprojecttoml("[project]\nname = 'x'\n")
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest("--llmmem")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--llmmem: no pyproject.toml with [[]tool.llmmem[]] under *; pass --llmmem-config PATH*"])
+
+
+def test_config_error_writes_no_report_that_looks_clean(pytester):
+    pytester.makepyprojecttoml(FITS_AND_OVER.replace("batch-size = 8", "batch_szie = 8"))
+    result = pytester.runpytest("--llmmem", "--llmmem-json", "report.json")
+    assert result.ret != 0
+    assert not (pytester.path / "report.json").exists()
+    result.stdout.fnmatch_lines(["*llmmem: no JSON report written to report.json: 1 pyproject.toml could not be checked (pyproject.toml)*"])
+
+
+def test_json_report_into_a_missing_folder_is_a_usage_error(project, tmp_path):
+    target = tmp_path / "missing-dir" / "r.json"
+    result = project.runpytest("--llmmem", "--llmmem-json", str(target))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines([f"*--llmmem-json: cannot write {target}: the folder {target.parent} does not exist.*"])
+
+
+def test_github_output_from_pytest(project, monkeypatch, tmp_path):
+    # The README promises fits= and json= step outputs from `pytest --llmmem` too.
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(project.path))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "output.txt"))
+    monkeypatch.setenv("RUNNER_TEMP", str(tmp_path))
+    project.runpytest("--llmmem")
+    report = tmp_path / "llmmem-report.json"
+    assert (tmp_path / "output.txt").read_text() == f"fits=false\njson={report}\n"
+    assert [r["name"] for r in json.loads(report.read_text())["runs"]] == ["serve", "sft"]
+    project.runpytest("--llmmem", "-k", "serve", "--llmmem-json", "mine.json")
+    assert (tmp_path / "output.txt").read_text().endswith(f"fits=true\njson={project.path / 'mine.json'}\n")
+
+
+def test_fixture_errors_are_clear(project):
+    project.makepyfile(test_budget="""
+        def test_none(llmmem):
+            llmmem.estimate(run="sft", gpu=None)
+
+        def test_none_adhoc(llmmem):
+            llmmem.estimate(params="7B", gpu=None)
+
+        def test_rename(llmmem):
+            assert llmmem.estimate(run="sft", name="sft-big", batch_size=16).run.name == "sft-big"
+    """)
+    result = project.runpytest("test_budget.py")
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    assert "AttributeError" not in out and "TypeError" not in out and "Traceback" not in out
+    result.stdout.fnmatch_lines(["*llmmem: gpu=None: a key cannot be None; leave it out to keep the declared value.*"])
