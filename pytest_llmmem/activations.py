@@ -12,8 +12,9 @@ groundtruth.jsonl): GPT-2 keeps 28 * s*b*h fp32 per layer, LLaMA in bf16 8 + (4 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Dict, FrozenSet, NamedTuple
+from typing import Any, Dict, FrozenSet, NamedTuple, Optional, Tuple
 
+from .layers import Attention, LatentAttention, LayerGroup, Linear, MoE, NoMLP, StateSpace
 from .model import PYTHON_ACTIVATIONS, Architecture
 
 FP32 = 4
@@ -42,19 +43,22 @@ class Trainable(NamedTuple):
         return self.full or (name in self.adapted and self.adapter_bytes == act)
 
 
-def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: bool, amp: bool) -> int:
-    """What one norm keeps (its output is counted by whoever consumes it).
+def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: bool, amp: bool, width: int = 0, rows: int = 0) -> int:
+    """What one norm over ``width`` (default: hidden size) keeps (its output is counted by whoever consumes it).
 
     RMSNorm as HF LLaMA writes it upcasts to fp32, keeps that fp32 copy (for pow and the
     multiply by rsqrt), and keeps the normalised 16-bit tensor for ``weight * x`` when the weight
-    trains. LayerNorm (``native_layer_norm``) keeps its input and two per-token statistics.
-    Under autocast the residual stream and the norms stay fp32 (torch.autocast op lists).
+    trains; Gemma's RMSNorm multiplies by (1 + weight) in fp32, so it keeps the fp32 product
+    instead (modeling_gemma2.py Gemma2RMSNorm). LayerNorm (``native_layer_norm``) keeps its input
+    and two per-row statistics. Under autocast the residual stream and the norms stay fp32.
     """
-    h = arch.hidden_size
+    fam, h = arch.family, width or arch.hidden_size
+    rows = rows or tokens
     stream = FP32 if amp else act
-    if arch.family.norm == "rms":
-        return tokens * h * FP32 + (tokens * h * stream if weight_trainable else 0) + tokens * FP32
-    return tokens * h * stream + 2 * tokens * FP32
+    if fam.norm == "rms":
+        normalised = FP32 if fam.norm_fp32_weight else stream
+        return tokens * h * FP32 + (tokens * h * normalised if weight_trainable else 0) + rows * FP32
+    return tokens * h * stream + 2 * rows * FP32
 
 
 def _consumer_input(arch: Architecture, names, tokens: int, width: int, act: int, t: Trainable, amp: bool = False) -> int:
@@ -67,8 +71,133 @@ def _consumer_input(arch: Architecture, names, tokens: int, width: int, act: int
     return kept + sum(tokens * width * t.adapter_copy(n, act) for n in names)
 
 
+class Pass(NamedTuple):
+    """One forward's shape and what trains in it, as every kind's saved-bytes function needs it."""
+
+    batch: int
+    seq: int
+    act: int
+    flash: bool
+    trainable: Trainable
+    amp: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+
+def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear], p: Pass) -> Tuple[int, int]:
+    """Softmax attention: (replicated part, tensor-parallel part) kept for backward."""
+    fam, tokens, act, t = arch.family, p.tokens, p.act, p.trainable
+    a, kv, d = attn.heads, attn.kv_heads, attn.head_dim
+    shared = _consumer_input(arch, [lin[r].name for r in ("qkv", "q", "k", "v") if r in lin], tokens, arch.hidden_size, act, t, p.amp)
+    kept = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
+    if attn.qk_norm:
+        # q/k RMSNorms (Qwen3, Gemma 3: per head; OLMo 2: over the projection) keep their fp32 input,
+        # the normalised tensor when the weight trains, and one rsqrt per row.
+        per_head = attn.qk_norm == "head"
+        for heads in (a, kv):
+            kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=heads * d, rows=tokens * (heads if per_head else 1))
+    score_elems = p.batch * a * p.seq * p.seq
+    if p.flash and fam.sdpa:
+        # SDPA/flash keep their output and a fp32 log-sum-exp per row (Dao et al. 2022), no s*s matrix.
+        kept += tokens * a * d * act + p.batch * a * p.seq * FP32
+        o_input_kept = 0  # the kernel output is the o_proj input (a view), already counted
+    else:
+        if attn.sinks:
+            # gpt-oss eager: softmax over s + 1 columns (the sink) in the compute dtype keeps its
+            # output, and max(dim=-1) keeps int64 indices (modeling_gpt_oss.py eager_attention_forward).
+            kept += p.batch * a * p.seq * (p.seq + 1) * act + p.batch * a * p.seq * 8
+        else:
+            # Eager: softmax keeps its (fp32 when upcast) output, the cast-back copy feeds attn @ V.
+            # Autocast runs softmax in fp32 too, and the matmul with V keeps a 16-bit cast.
+            upcast = fam.softmax_upcast or p.amp
+            kept += score_elems * ((FP32 if upcast else act) + (act if upcast and act != FP32 else 0))
+        if attn.softcap:
+            kept += score_elems * act  # tanh keeps its output (modeling_gemma2.py: scores / cap, tanh, * cap)
+        # Grouped-query attention: eager code repeats K and V to every query head before the
+        # matmuls that keep them (HF repeat_kv); SDPA takes the groups as they are (enable_gqa).
+        kept += 2 * tokens * (a - kv) * d * act
+        o_input_kept = tokens * a * d * act if t.keeps_input(lin["o"].name, act) else 0
+        if arch.attention_dropout:
+            # Dropout on the probabilities keeps a 1-byte mask (CUDA native_dropout) and, unless autocast
+            # casts it for the matmul (counted above), its output for attn @ V.
+            kept += score_elems * (1 + (0 if p.amp else act))
+    kept += o_input_kept + tokens * a * d * t.adapter_copy(lin["o"].name, act)
+    return shared, kept
+
+
+def _latent_saved(arch: Architecture, attn: LatentAttention, lin: Dict[str, Linear], p: Pass) -> Tuple[int, int]:
+    """DeepSeek MLA: the down-projections' inputs, the latent norms, the expanded q/k/v and the kernel's own."""
+    tokens, act, t, a = p.tokens, p.act, p.trainable, attn.heads
+    h = arch.hidden_size
+    first = [lin[r].name for r in ("q_a", "q", "kv_a") if r in lin and lin[r].d_in == h]
+    shared = _consumer_input(arch, first, tokens, h, act, t, p.amp)
+    kept = 0
+    if attn.q_lora_rank:
+        kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=attn.q_lora_rank)
+        kept += _consumer_input(arch, [lin["q"].name], tokens, attn.q_lora_rank, act, t, p.amp)
+    kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=attn.kv_lora_rank)
+    kept += _consumer_input(arch, [lin["kv"].name], tokens, attn.kv_lora_rank, act, t, p.amp)
+    qk, v = attn.head_dim, attn.v_head_dim
+    kept += tokens * a * (2 * qk + v) * act  # q, k (nope and rope concatenated) and v as the kernel gets them
+    if p.flash:
+        kept += tokens * a * v * act + p.batch * a * p.seq * FP32
+    else:
+        kept += p.batch * a * p.seq * p.seq * (FP32 + act) + tokens * a * v * act
+    kept += tokens * a * v * t.adapter_copy(lin["o"].name, act)
+    return shared, kept
+
+
+def _mamba_saved(arch: Architecture, mixer: StateSpace, lin: Dict[str, Linear], p: Pass) -> Tuple[int, int]:
+    """Mamba mixer, approximate: the in_proj input and output, the conv output, x_proj/dt_proj outputs,
+    the scan's inputs and output (the CUDA selective-scan kernel of mamba-ssm recomputes the states
+    in backward; Gu & Dao 2023, section 3.3.2) and the gated output before out_proj."""
+    tokens, act, t, di = p.tokens, p.act, p.trainable, mixer.d_inner
+    shared = _consumer_input(arch, [lin["in"].name], tokens, arch.hidden_size, act, t, p.amp)
+    per_token = 2 * di + di + (mixer.dt_rank + 2 * mixer.d_state) + di + di + di  # in_proj, conv+silu, x_proj, dt, y, gated
+    return shared, tokens * per_token * act
+
+
+def _mlp_saved(arch: Architecture, mlp: Any, lin: Dict[str, Linear], p: Pass) -> Tuple[int, int]:
+    """Dense or MoE MLP (no norm): (replicated part, tensor-parallel part)."""
+    if isinstance(mlp, NoMLP):
+        return 0, 0
+    tokens, act, t = p.tokens, p.act, p.trainable
+    h, f = arch.hidden_size, mlp.d_ff
+    moe = isinstance(mlp, MoE)
+    routed = mlp.top_k if moe else 1
+    mlp_tokens = tokens * routed  # each token passes through top-k experts
+    in_names = [lin[r].name for r in ("gate_up", "gate", "up") if r in lin]
+    shared = 0
+    if moe:
+        # HF Mixtral sparse MoE block: fp32 router softmax, the router's input (when it trains),
+        # each expert's gathered copy of its tokens, and expert outputs kept by the routing-weight multiply.
+        shared += tokens * mlp.experts * FP32
+        shared += tokens * h * act if t.full else 0
+        shared += _consumer_input(arch, in_names, mlp_tokens, h, act, t, p.amp)
+        shared += mlp_tokens * h * act
+    else:
+        shared += _consumer_input(arch, in_names, mlp_tokens, h, act, t, p.amp)
+    extra = PYTHON_ACTIVATIONS.get(arch.act, 0)
+    if mlp.gated:
+        # act(gate) keeps gate's output; act(gate) * up keeps both factors.
+        kept = mlp_tokens * f * act * (3 + extra)
+    else:
+        kept = mlp_tokens * f * act * (1 + extra)  # fc1 output, kept by the activation
+    kept += _consumer_input(arch, [lin["down"].name], mlp_tokens, f, act, t)
+    if moe and mlp.shared_d_ff:
+        fs = mlp.shared_d_ff
+        kept += tokens * fs * act * 3 + (tokens * fs * act if t.full else 0)
+    return shared, kept
+
+
+_ATTENTION_SAVED = {Attention: _attention_saved, LatentAttention: _latent_saved, StateSpace: _mamba_saved}
+
+
 def layer_saved(
     arch: Architecture,
+    group: Optional[LayerGroup] = None,
     *,
     batch: int,
     seq: int,
@@ -80,87 +209,43 @@ def layer_saved(
     tp: int = 1,
     sp: bool = False,
 ) -> Dict[str, int]:
-    """Bytes one transformer layer keeps for backward, by sub-block, on one tensor-parallel rank.
+    """Bytes one decoder layer of ``group`` keeps for backward, by sub-block, on one tensor-parallel rank.
 
     ``act`` is the compute dtype's size; ``amp`` means fp32 weights under torch.autocast. Tensor
     parallelism splits what lives inside the column/row-parallel region (q, k, v, scores, MLP
     intermediates) ``tp`` ways; the norms and the full-width layer input stay replicated unless
     sequence parallelism splits them too (Korthikanti et al. 2022, eq. 2 and 4).
     """
-    fam, h, d = arch.family, arch.hidden_size, arch.d_head
-    tokens = batch * seq
-    a, kv = arch.num_heads, arch.num_kv_heads
-    full = trainable.full
-    lin = {lin.role: lin for lin in arch.linears()}
-    attn_in_names = [lin[r].name for r in ("qkv", "q", "k", "v") if r in lin]
-    out: Dict[str, int] = {}
-
-    # Attention block. In a LoRA run the first layer's input comes from a frozen embedding and
-    # needs no gradient, so its norm keeps nothing.
+    group = group or arch.layer_groups()[0]
+    fam, h = arch.family, arch.hidden_size
+    p = Pass(batch, seq, act, flash, trainable, amp)
+    tokens, full = p.tokens, trainable.full
+    lin = {l.role: l for l in group.linears(fam, h)}
+    post_norms = group.norms == 4  # Gemma 2/3, GLM-4: a norm after attention and after the MLP too
+    # In a LoRA run the first layer's input comes from a frozen embedding and needs no gradient, so its norm keeps nothing.
     norm = _norm_saved(arch, tokens, act, full, amp) if (input_requires_grad or full) else 0
-    attn_shared = norm + _consumer_input(arch, attn_in_names, tokens, h, act, trainable, amp)
-    attn = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
-    score_elems = batch * a * seq * seq
-    if flash:
-        # SDPA/flash keep their output and a fp32 log-sum-exp per row (Dao et al. 2022), no s*s matrix.
-        attn += tokens * a * d * act + batch * a * seq * FP32
-        o_input_kept = 0  # the kernel output is the o_proj input (a view), already counted
-    else:
-        # Eager: softmax keeps its (fp32 when upcast) output, the cast-back copy feeds attn @ V.
-        # Autocast runs softmax in fp32 too, and the matmul with V keeps a 16-bit cast.
-        upcast = fam.softmax_upcast or amp
-        attn += score_elems * ((FP32 if upcast else act) + (act if upcast and act != FP32 else 0))
-        # Grouped-query attention: eager code repeats K and V to every query head before the
-        # matmuls that keep them (HF repeat_kv); SDPA takes the groups as they are (enable_gqa).
-        attn += 2 * tokens * (a - kv) * d * act
-        o_input_kept = tokens * a * d * act if trainable.keeps_input(lin["o"].name, act) else 0
-    if arch.attention_dropout and not flash:
-        # Dropout on the probabilities keeps a 1-byte mask (CUDA native_dropout) and, unless autocast
-        # casts it for the matmul (counted above), its output for attn @ V.
-        attn += score_elems * (1 + (0 if amp else act))
-    attn += o_input_kept + tokens * a * d * trainable.adapter_copy(lin["o"].name, act)
+    shared, kept = _ATTENTION_SAVED[type(group.attention)](arch, group.attention, lin, p)
+    shared += norm + (_norm_saved(arch, tokens, act, full, amp) if post_norms else 0)
     if arch.hidden_dropout:
-        attn_shared += tokens * h  # residual dropout mask, 1 byte per element
-    out["attention"] = attn_shared // (tp if sp else 1) + attn // tp
-
-    # MLP block.
-    mlp_shared = _norm_saved(arch, tokens, act, full, amp) if fam.norms_per_layer == 2 else 0
-    mlp = 0
-    f = arch.moe_intermediate_size or arch.intermediate_size
-    routed = arch.experts_per_token if arch.num_experts else 1
-    mlp_tokens = tokens * routed  # each token passes through top-k experts
-    in_names = [lin[r].name for r in ("gate", "up") if r in lin]
-    if arch.num_experts:
-        # HF Mixtral sparse MoE block: fp32 router softmax, the router's input (when it trains),
-        # each expert's gathered copy of its tokens, and expert outputs kept by the routing-weight multiply.
-        mlp_shared += tokens * arch.num_experts * FP32
-        mlp_shared += tokens * h * act if full else 0
-        mlp_shared += _consumer_input(arch, in_names, mlp_tokens, h, act, trainable, amp)
-        mlp_shared += mlp_tokens * h * act
-    else:
-        mlp_shared += _consumer_input(arch, in_names, mlp_tokens, h, act, trainable, amp)
-    extra = PYTHON_ACTIVATIONS.get(arch.act, 0)
-    if fam.gated_mlp:
-        # act(gate) keeps gate's output; act(gate) * up keeps both factors.
-        mlp += mlp_tokens * f * act * (3 + extra)
-    else:
-        mlp += mlp_tokens * f * act * (1 + extra)  # fc1 output, kept by the activation
-    down_input = _consumer_input(arch, [lin["down"].name], mlp_tokens, f, act, trainable)
-    mlp += down_input
-    if arch.shared_expert_intermediate_size:
-        fs = arch.shared_expert_intermediate_size
-        mlp += tokens * fs * act * 3 + (tokens * fs * act if full else 0)
-    if arch.hidden_dropout:
-        mlp_shared += tokens * h
-    out["mlp"] = mlp_shared // (tp if sp else 1) + mlp // tp
+        shared += tokens * h  # residual dropout mask, 1 byte per element
+    out = {"attention": shared // (tp if sp else 1) + kept // tp}
+    mlp_shared, mlp_kept = _mlp_saved(arch, group.mlp, lin, p)
+    if not isinstance(group.mlp, NoMLP):
+        mlp_shared += _norm_saved(arch, tokens, act, full, amp) * (2 if post_norms else 1) if group.norms >= 2 else 0
+        if arch.hidden_dropout:
+            mlp_shared += tokens * h
+    out["mlp"] = mlp_shared // (tp if sp else 1) + mlp_kept // tp
     return out
 
 
 def rotary_tables(arch: Architecture, *, seq: int, act: int) -> int:
     """cos and sin for every position, computed once and kept by each layer's q * cos and
-    rotate_half(q) * sin (one storage for the whole model, shaped (1, seq, head_dim) from HF's
+    rotate_half(q) * sin (one storage for the whole model, shaped (1, seq, rotary dims) from HF's
     default position_ids; HF RotaryEmbedding)."""
-    return 0 if arch.family.learned_positions else 2 * seq * arch.d_head * act
+    if arch.family.learned_positions:
+        return 0
+    dims = arch.d_head if arch.rotary_dim is None else arch.rotary_dim
+    return 2 * seq * dims * act
 
 
 def head_saved(arch: Architecture, *, batch: int, seq: int, act: int, trainable: Trainable, amp: bool = False) -> int:
@@ -178,20 +263,27 @@ def head_saved(arch: Architecture, *, batch: int, seq: int, act: int, trainable:
     return n
 
 
-def forward_transient(arch: Architecture, *, batch: int, seq: int, act: int, flash: bool) -> int:
+def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int, flash: bool) -> int:
     """Peak of one layer's temporaries in a no-grad forward (inference prefill).
 
     MLP: the activation output, the up projection and their product live together (gated) or
     fc1's output and the activation (plain). Attention: q, k, v and the output, plus the s*s
-    scores and their fp32 softmax in eager mode. The residual stream and the norm output sit beside.
+    scores and their fp32 softmax in eager mode. Mamba: in_proj's output and the scan's inputs.
+    The residual stream and the norm output sit beside.
     """
-    h, d = arch.hidden_size, arch.d_head
-    tokens = batch * seq
-    a, kv = arch.num_heads, arch.num_kv_heads
-    f = arch.moe_intermediate_size or arch.intermediate_size
-    routed = arch.experts_per_token if arch.num_experts else 1
-    mlp = tokens * routed * f * act * (3 if arch.family.gated_mlp else 2)
-    attn = tokens * (2 * a + 2 * kv) * d * act
-    if not flash:
-        attn += batch * a * seq * seq * (FP32 + act)
+    group = group or arch.layer_groups()[0]
+    h, tokens = arch.hidden_size, batch * seq
+    mlp = 0
+    if not isinstance(group.mlp, NoMLP):
+        routed = group.mlp.top_k if isinstance(group.mlp, MoE) else 1
+        mlp = tokens * routed * group.mlp.d_ff * act * (3 if group.mlp.gated else 2)
+    at = group.attention
+    if isinstance(at, StateSpace):
+        attn = tokens * (2 * at.d_inner + at.d_inner + at.dt_rank + 2 * at.d_state + at.d_inner) * act
+    else:
+        a = at.heads
+        kv = at.heads if isinstance(at, LatentAttention) else at.kv_heads
+        attn = tokens * (2 * a + 2 * kv) * at.head_dim * act
+        if not (flash and arch.family.sdpa):
+            attn += batch * a * seq * (seq + (1 if getattr(at, "sinks", False) else 0)) * (FP32 + act)
     return 2 * tokens * h * act + max(mlp, attn)

@@ -1,4 +1,4 @@
-"""The built-in dtypes, optimizers and GPUs, registered through the same hooks a plugin uses.
+"""The built-in dtypes, optimizers, GPUs and model families, registered through the same hooks a plugin uses.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -16,6 +16,9 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 # bitsandbytes 4-bit without double quantisation (load_in_4bit defaults): 0.5 B plus one fp32
 # absmax per block of 64 weights (bitsandbytes functional.quantize_4bit, blocksize=64).
 INT4_BYTES = 0.5 + 4 / 64
+# MXFP4 (OCP Microscaling Formats v1.0, section 5: FP4 E2M1 elements in blocks of 32 sharing one
+# 8-bit E8M0 scale): 4 + 8/32 = 4.25 bits per weight, as gpt-oss ships its expert weights.
+MXFP4_BYTES = 4.25 / 8
 
 
 @hookimpl
@@ -30,6 +33,7 @@ def llmmem_register_dtypes(register):
     # LLM.int8 adds one fp32 scale per output row: under 0.1 % for hidden sizes >= 4096 (Dettmers 2022).
     register(DType("int8", 1, 2, quantized=True, aliases=("llm.int8", "8bit"), doc="bitsandbytes LLM.int8 weights"))
     register(DType("int4", INT4_BYTES, 2, seed_bytes=0.5, quantized=True, aliases=("fp4", "4bit"), doc="bitsandbytes 4-bit, blocksize 64"))
+    register(DType("mxfp4", MXFP4_BYTES, 2, quantized=True, aliases=("mx-fp4",), doc="OCP MX FP4 (gpt-oss experts): 4 bits + one 8-bit scale per 32"))
     register(DType("nf4", NF4_BYTES, 2, seed_bytes=0.5, quantized=True, aliases=("normalfloat4",), doc="QLoRA NF4, double quantisation"))
 
 
@@ -46,6 +50,14 @@ def llmmem_register_optimizers(register):
     register(Optimizer("adamw-8bit", 2, state_bytes=1 + 4 / 2048, aliases=("adam8bit", "adamw8bit", "paged-adamw-8bit", "bnb-adamw-8bit"), doc="bitsandbytes AdamW8bit"))
     # Adafactor (Shazeer & Stern 2018) with beta1=None: a matrix keeps row and column second-moment vectors.
     register(Optimizer("adafactor", 1, state_bytes=4, factored=True, doc="Adafactor, factored second moments, no momentum"))
+
+
+@hookimpl
+def llmmem_register_families(register):
+    from .families import builtin_families  # the table is built only when a family is looked up
+
+    for fam in builtin_families():
+        register(fam)
 
 
 # Capacities are what the driver reports as total memory (nvidia-smi "MiB"), which is what a

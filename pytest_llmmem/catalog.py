@@ -1,4 +1,4 @@
-"""What the estimator knows by name: number formats, optimizers and GPUs.
+"""What the estimator knows by name: number formats, optimizers, GPUs and model families.
 
 Everything here, the built-ins included, arrives through the pluggy hooks in
 :mod:`pytest_llmmem.hookspecs`. Third-party plugins (entry-point group ``llmmem``) are loaded
@@ -108,11 +108,13 @@ class Catalog:
         self.dtypes = _Table("dtype")
         self.optimizers = _Table("optimizer")
         self.gpus = _Table("gpu")
+        self.families = _Table("model family")
         hooks = self._pm.hook
         for table, caller in (
             (self.dtypes, hooks.llmmem_register_dtypes),
             (self.optimizers, hooks.llmmem_register_optimizers),
             (self.gpus, hooks.llmmem_register_gpus),
+            (self.families, hooks.llmmem_register_families),
         ):
             for impl in caller.get_hookimpls():
                 owner = impl.plugin_name
@@ -161,6 +163,15 @@ class Catalog:
 
     def gpu(self, name: object) -> GPU:
         return self._lookup("gpus", name)
+
+    def family(self, name: object) -> Any:
+        """A model family (:class:`pytest_llmmem.model.Family`) by name or alias."""
+        return self._lookup("families", name)
+
+    def has_family(self, name: str) -> bool:
+        """Is ``name`` a registered family (loading plugins if the built-ins lack it)?"""
+        key = normalize_name(name)
+        return key in self.families.entries or (self.load_entry_points() > 0 and key in self.families.entries)
 
 
 _DEFAULT: Optional[Catalog] = None

@@ -8,10 +8,11 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import math
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .activations import FP32, Trainable, forward_transient, head_saved, layer_saved, rotary_tables
 from .catalog import DType, Optimizer
+from .layers import LayerGroup
 from .model import Architecture, Linear, ParamsOnly
 from .parallel import host_bytes_per_node, local_params, model_states
 from .run import Run
@@ -97,12 +98,13 @@ def estimate(run: Run) -> Estimate:
 # --- LoRA ------------------------------------------------------------------------------------
 
 
-def adapted_linears(arch: Architecture, targets: Tuple[str, ...]) -> Tuple[Linear, ...]:
+def adapted_linears(arch: Architecture, targets: Tuple[str, ...], linears: Optional[List[Linear]] = None) -> Tuple[Linear, ...]:
     """The layer linears a LoRA config adapts; "all-linear" is every one (PEFT leaves the head out)."""
+    pool = arch.linears() if linears is None else linears
     if targets == ("all-linear",):
-        return tuple(arch.linears())
+        return tuple(pool)
     wanted = set(targets)
-    return tuple(lin for lin in arch.linears() if lin.name in wanted or lin.name.split(".")[-1] in wanted)
+    return tuple(lin for lin in pool if lin.name in wanted or lin.name.split(".")[-1] in wanted)
 
 
 def lora_matrix_params(d_in: int, d_out: int, rank: int) -> int:
@@ -111,9 +113,11 @@ def lora_matrix_params(d_in: int, d_out: int, rank: int) -> int:
 
 
 def lora_params(arch: Architecture, rank: int, targets: Tuple[str, ...]) -> int:
-    """Trainable LoRA parameters of a model: every adapted matrix of every layer."""
-    per_layer = sum(lin.count * lora_matrix_params(lin.d_in, lin.d_out, rank) for lin in adapted_linears(arch, targets))
-    return arch.num_layers * per_layer
+    """Trainable LoRA parameters of a model: every adapted matrix of every layer, group by group."""
+    return sum(
+        count * sum(lin.count * lora_matrix_params(lin.d_in, lin.d_out, rank) for lin in adapted_linears(arch, targets, lins))
+        for count, lins in arch.group_linears()
+    )
 
 
 # --- rule of thumb ------------------------------------------------------------------------------
@@ -137,7 +141,8 @@ def _rule_of_thumb(run: Run) -> Estimate:
         states = run.optimizer.states if run.optimizer else 2
         grads, opt = trainable * b, trainable * b * states
     breakdown = {"weights": round(weights), "gradients": round(grads), "optimizer_states": round(opt)}
-    return Estimate(run, "rule-of-thumb", breakdown, params, trainable, tuple(notes), {})
+    approximate = run.model.approximate if isinstance(run.model, Architecture) else ()
+    return Estimate(run, "rule-of-thumb", breakdown, params, trainable, tuple(notes), {}, 0, (), approximate)
 
 
 # --- detailed ----------------------------------------------------------------------------------
@@ -166,10 +171,9 @@ def _optimizer_bytes(opt: Optimizer, run: Run, trainable: int, param_bytes: floa
     if not isinstance(arch, Architecture):
         return 0, ("adafactor's factored states (a row and a column per matrix: well under 1 % of the weights "
                    "for transformer shapes) need the architecture and are not counted")
-    lin = arch.linears()
-    matrices = sum(l.count * (l.d_in + l.d_out) for l in lin) * arch.num_layers
-    vectors = sum(l.count * l.d_out for l in lin if l.bias) * arch.num_layers
-    vectors += arch.norm_params() * (arch.family.norms_per_layer * arch.num_layers + 1)
+    matrices = sum(n * sum(l.count * (l.d_in + l.d_out) for l in lin) for n, lin in arch.group_linears())
+    vectors = sum(n * sum(l.count * l.d_out for l in lin if l.bias) for n, lin in arch.group_linears())
+    vectors += arch.norm_params() * (sum(g.norms * g.count for g in arch.layer_groups()) + 1)
     embed = arch.vocab_size + arch.hidden_size
     head = 0 if arch.tie_embeddings or arch.family.classifier else arch.vocab_size + arch.hidden_size
     return round((matrices + vectors + embed + head) * per_state), ""
@@ -244,6 +248,8 @@ def _detailed(run: Run) -> Estimate:
         )
     else:
         _dynamic_terms(run, arch, act, breakdown, details)
+    if arch is not None and run.flash_attention and not arch.family.sdpa:
+        notes.append(f"{arch.family.name} has no SDPA path in transformers: counted as eager attention (flash-attn would keep less)")
     if not run.seq_len_given and arch is not None:
         notes.append(f"seq-len not set: assumed {run.seq_len}")
 
@@ -262,23 +268,50 @@ def _detailed(run: Run) -> Estimate:
         notes.append(f"calibrated: x {run.calibration} from llmmem measure")
     if run.zero_stage == 3 and arch is None:
         notes.append("ZeRO-3's gathered largest layer not counted: it needs the architecture")
-    return Estimate(run, "detailed", breakdown, params, trainable, tuple(notes), details, host)
+    partial, approximate = _caveats(run, arch)
+    return Estimate(run, "detailed", breakdown, params, trainable, tuple(notes), details, host, partial, approximate)
+
+
+def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """Why the estimate leaves terms out (partial) or is not exact (approximate)."""
+    if arch is None:
+        missing = "activations, logits and KV cache" if run.trains or run.mode == "inference" else "activations"
+        partial = [f"the model is given by params only: {missing} are not counted"]
+        if run.mode in ("lora", "qlora"):
+            partial.append("LoRA adapters need the architecture: their weights, gradients and optimizer states are not counted")
+        return tuple(partial), ()
+    approximate = list(arch.approximate)
+    if run.trains and any(g.attention.kind == "mamba" for g in arch.layer_groups()):
+        approximate.append("Mamba layers' training activations depend on the mamba-ssm CUDA kernels and are estimated, not measured")
+    return (), tuple(approximate)
+
+
+def _stage_groups(arch: Architecture, layers: int) -> List[Tuple[int, LayerGroup]]:
+    """(layers on the fullest pipeline stage, group) for each group: a group's share of the stage,
+    rounded up (the whole model when there is no pipeline)."""
+    return [(math.ceil(g.count * layers / arch.num_layers), g) for g in arch.layer_groups()]
 
 
 def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, int], details: Dict[str, int]) -> None:
-    """Activations, logits and KV cache, which scale with batch and sequence."""
+    """Activations, logits and KV cache, which scale with batch and sequence; each a sum over layer groups."""
     b, s = run.batch_size, run.seq_len
     tokens = b * s
     vocab_out = arch.num_labels if arch.family.classifier else arch.vocab_size
     logit_rows = b if arch.family.classifier else tokens
     t, p = run.tensor_parallel, run.pipeline_parallel
     layers = math.ceil(arch.num_layers / p)  # on the fullest pipeline stage
+    stage = _stage_groups(arch, layers)
+    flash = run.flash_attention
     if not run.trains:
-        # KV cache: 2 (K and V) x layers x kv-heads x head-dim x seq x batch x bytes (HF DynamicCache);
-        # tensor parallelism splits the KV heads, replicating them when there are fewer than ranks.
-        kv_heads = math.ceil(arch.num_kv_heads / t)
-        breakdown["kv_cache"] = 2 * layers * kv_heads * arch.d_head * s * b * act
-        breakdown["activations"] = forward_transient(arch, batch=b, seq=s, act=act, flash=run.flash_attention) // t
+        # KV cache (K and V per token in HF DynamicCache; MLA's latent; Mamba's fixed state): each
+        # attention kind answers for its own layers; tensor parallelism splits the KV heads.
+        for n, g in stage:
+            key = f"kv_cache.{g.attention.kind}"
+            details[key] = details.get(key, 0) + n * g.attention.cache_bytes(b, s, act, t)
+        breakdown["kv_cache"] = sum(v for k, v in details.items() if k.startswith("kv_cache."))
+        if len(details) == 1 or all(k == "kv_cache.full" for k in details if k.startswith("kv_cache.")):
+            details.pop("kv_cache.full", None)  # one kind: the term says it all
+        breakdown["activations"] = max(forward_transient(arch, g, batch=b, seq=s, act=act, flash=flash) for _, g in stage) // t
         breakdown["logits"] = logit_rows * vocab_out * act // t  # a forward returns logits for every position
         return
     if run.mode == "train":
@@ -287,24 +320,29 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
         names = frozenset(lin.name for lin in adapted_linears(arch, run.lora_targets))
         trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes))
     amp = run.precision == "amp" and run.mode == "train"
-    kw = dict(batch=b, seq=s, act=act, flash=run.flash_attention, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
-    # In a LoRA run the first layer's input comes from the frozen embedding (no gradient).
-    first = layer_saved(arch, input_requires_grad=trainable.full, **kw)
-    rest = layer_saved(arch, **kw)
-    per_layer = sum(rest.values())
+    kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
     rotary = rotary_tables(arch, seq=s, act=act)
     # 1F1B pipelining: the first stage holds activations of up to p micro-batches in flight
     # (Narayanan et al. 2021, PipeDream-Flush; Korthikanti et al. 2022 section 4.2.3).
     in_flight = min(p, run.micro_batches) if p > 1 else 1
+    blocks = {"attention": 0, "mlp": 0}
+    biggest_layer = 0
+    for i, (n, g) in enumerate(stage):
+        rest = layer_saved(arch, g, **kw)
+        # In a LoRA run the first layer's input comes from the frozen embedding (no gradient).
+        first = layer_saved(arch, g, input_requires_grad=trainable.full, **kw) if i == 0 else rest
+        biggest_layer = max(biggest_layer, sum(rest.values()))
+        for block in blocks:
+            blocks[block] += first[block] + rest[block] * (n - 1)
     if run.gradient_checkpointing:
         # Per-layer checkpointing keeps each layer's input; backward recomputes one layer at a time
         # (Chen et al. 2016; HF gradient_checkpointing_enable, non-reentrant).
         details["activations.layer_inputs"] = layers * in_flight * tokens * arch.hidden_size * act // (t if run.sequence_parallel else 1)
-        details["activations.recomputed_layer"] = per_layer + rotary  # the recompute keeps the rotary tables too
+        details["activations.recomputed_layer"] = biggest_layer + rotary  # the recompute keeps the rotary tables too
     else:
-        for block in ("attention", "mlp"):
-            details[f"activations.{block}"] = (first[block] + rest[block] * (layers - 1)) * in_flight
+        for block, total in blocks.items():
+            details[f"activations.{block}"] = total * in_flight
         details["activations.rotary_tables"] = rotary
     details["activations.embedding_and_head"] = head
     breakdown["activations"] = sum(v for k, v in details.items() if k.startswith("activations."))
@@ -313,6 +351,10 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
     # vocab-parallel cross-entropy splits all three over the tensor-parallel ranks. Counting the last
     # stage's logits beside the first stage's activations over-states pipeline runs slightly.
     details["logits.logits"] = logit_rows * vocab_out * act // t
+    if arch.final_softcap:
+        # Gemma 2 final-logit soft-capping: tanh keeps its output, another b*s*V tensor
+        # (modeling_gemma2.py Gemma2ForCausalLM.forward: logits / cap, tanh, * cap).
+        details["logits.softcap_tanh"] = logit_rows * vocab_out * act // t
     details["logits.log_softmax"] = logit_rows * vocab_out * FP32 // t
     details["logits.fp32_transient"] = logit_rows * vocab_out * FP32 // t
-    breakdown["logits"] = details["logits.logits"] + details["logits.log_softmax"] + details["logits.fp32_transient"]
+    breakdown["logits"] = sum(v for k, v in details.items() if k.startswith("logits."))

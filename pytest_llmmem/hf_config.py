@@ -1,94 +1,110 @@
-"""Reading a Hugging Face ``config.json`` into an :class:`Architecture`, with each family's own key
-names (``n_embd``, ``num_key_value_heads``, ``num_local_experts``, ...).
+"""Reading a Hugging Face ``config.json`` into an :class:`Architecture` as a list of layer groups.
+
+The ``model_type`` picks the family (``family = "..."`` beside ``config =`` overrides it); the
+family's ``reader`` turns the family's own key names into layer groups: ``decoder`` for
+LLaMA-style stacks (with ``layer_types`` or the family's sliding pattern, q/k norms and MoE
+layers by traits), ``mla`` (DeepSeek), ``falcon``, ``mamba``, ``jamba`` and ``gemma3`` (a text
+config beside a SigLIP vision tower). Defaults for keys a config leaves out are the family's
+config-class defaults in transformers 5.24 (``configuration_<name>.py``). Every value is checked
+(:mod:`keys` value checks): a NaN, 256.5 layers or ``"false"`` as a boolean names its key.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .errors import ConfigError, one_of
-from .model import FAMILIES, Architecture, family, validate
+from .errors import ConfigError
+from .hf_readers import HF_KEYS as _HF_KEYS
+from .hf_readers import READERS, Keys
+from .model import Architecture, Family, validate
 
-# Each field: the spellings families use in config.json, first match wins.
-_HF_KEYS: Dict[str, Tuple[str, ...]] = {
-    "hidden_size": ("hidden_size", "n_embd", "d_model"),
-    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
-    "num_heads": ("num_attention_heads", "n_head"),
-    "num_kv_heads": ("num_key_value_heads", "num_kv_heads"),
-    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim"),
-    "vocab_size": ("vocab_size",),
-    "head_dim": ("head_dim",),
-    "max_positions": ("n_positions", "max_position_embeddings"),
-    "num_experts": ("num_local_experts", "num_experts"),
-    "experts_per_token": ("num_experts_per_tok",),
-    "moe_intermediate_size": ("moe_intermediate_size",),
-    "shared_expert_intermediate_size": ("shared_expert_intermediate_size",),
-    "hidden_act": ("hidden_act", "activation_function"),
-    "attention_dropout": ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"),
-    "hidden_dropout": ("hidden_dropout", "resid_pdrop", "hidden_dropout_prob"),
-}
 _REQUIRED = ("hidden_size", "num_layers", "num_heads", "vocab_size")
+_GENERIC = "llama"
 
 
-def from_hf_config(cfg: Mapping[str, Any], source: str = "config.json") -> Architecture:
-    """Build an :class:`Architecture` from a ``config.json`` mapping; errors name the missing key."""
+def _family_of(cfg: Mapping[str, Any], override: Optional[Family], source: str) -> Tuple[Family, Tuple[str, ...]]:
+    """The family the config describes, and why the reading is approximate (an unknown model_type)."""
+    from .catalog import default_catalog
+
+    if override is not None:
+        return override, ()
     model_type = cfg.get("model_type")
-    if not isinstance(model_type, str):
+    if not isinstance(model_type, str) or not model_type.strip():
         raise ConfigError(
             'has no "model_type"; cannot tell which architecture family it describes.',
-            path=source,
-            hint=f"Add one of {one_of(sorted(FAMILIES))}.",
+            path=source, key="model_type",
+            hint='Add the model_type of its transformers class, or write family = "llama" (or another family) beside config.',
         )
-    try:
-        fam = family(model_type)
-    except ConfigError as err:
-        raise ConfigError(err.message, path=source, key="model_type", hint=err.hint) from None
-    values: Dict[str, Any] = {}
-    for field_name, spellings in _HF_KEYS.items():
-        for key in spellings:
-            if cfg.get(key) is not None:
-                values[field_name] = cfg[key]
-                break
-    for name in _REQUIRED:
-        if name not in values:
-            raise ConfigError(
-                f'lacks "{_HF_KEYS[name][0]}" (or {", ".join(_HF_KEYS[name][1:]) or "an alias"}), needed for the parameter count.',
-                path=source,
-            )
-    for name, value in values.items():
-        if name == "hidden_act":
-            if not isinstance(value, str):
-                raise ConfigError(f"expected a string, got {value!r}.", path=source, key=_HF_KEYS[name][0])
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"expected a non-negative number, got {value!r}.", path=source, key=_HF_KEYS[name][0])
-    h = int(values["hidden_size"])
-    if model_type == "gpt_bigcode" and cfg.get("multi_query", True):
-        values.setdefault("num_kv_heads", 1)  # GPTBigCode multi-query attention: one K/V head
-    if "intermediate_size" not in values:
-        values["intermediate_size"] = 4 * h  # GPT-2 n_inner=None means 4 * n_embd
-    labels = cfg.get("id2label")
-    arch = Architecture(
-        family=fam,
-        hidden_size=h,
-        num_layers=int(values["num_layers"]),
-        num_heads=int(values["num_heads"]),
-        num_kv_heads=int(values.get("num_kv_heads", values["num_heads"])),
-        intermediate_size=int(values["intermediate_size"]),
-        vocab_size=int(values["vocab_size"]),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", fam.tie_default)),
-        head_dim=int(values.get("head_dim", 0)),
-        max_positions=int(values.get("max_positions", 0)) if fam.learned_positions else 0,
-        num_experts=int(values.get("num_experts", 0)),
-        experts_per_token=int(values.get("experts_per_token", 2 if values.get("num_experts") else 0)),
-        moe_intermediate_size=int(values.get("moe_intermediate_size", 0)),
-        shared_expert_intermediate_size=int(values.get("shared_expert_intermediate_size", 0)),
-        hidden_act=str(values.get("hidden_act", "")),
-        attention_dropout=float(values.get("attention_dropout", 0.0)),
-        hidden_dropout=float(values.get("hidden_dropout", 0.0)),
-        num_labels=len(labels) if isinstance(labels, dict) and labels else int(cfg.get("num_labels", 2)),
-        source=source,
-    )
+    catalog = default_catalog()
+    if catalog.has_family(model_type):
+        return catalog.family(model_type), ()
+    missing = [name for name in _REQUIRED + ("intermediate_size",) if not any(k in cfg for k in _HF_KEYS[name])]
+    if missing:
+        raise ConfigError(
+            f'model_type "{model_type}" is not a known family, and the config lacks {", ".join(_HF_KEYS[m][0] for m in missing)} '
+            "to count it as a LLaMA-style decoder.",
+            path=source, key="model_type",
+            hint=f'Write family = "<name>" beside config if it is a fork of a known family; known: {", ".join(sorted(catalog.families.names))}.',
+        )
+    reason = f'model_type "{model_type}" is not a known family; counted as a LLaMA-style decoder'
+    return catalog.family(_GENERIC), (reason,)
+
+
+def from_hf_config(cfg: Mapping[str, Any], source: str = "config.json", family: Optional[Family] = None) -> Architecture:
+    """Build an :class:`Architecture` from a ``config.json`` mapping; errors name the key."""
+    fam, approximate = _family_of(cfg, family, source)
+    keys = Keys(cfg, source)
+    arch = READERS[fam.reader](keys, fam, _common(keys, fam))
+    arch = arch._replace(approximate=arch.approximate + approximate, source=source, config=dict(cfg))
     validate(arch, source)
     return arch
 
 
+def _common(keys: Keys, fam: Family) -> Dict[str, Any]:
+    """The fields every transformer config carries, checked, in :class:`Architecture` names."""
+    values: Dict[str, Any] = {}
+    for field_name, spellings in _HF_KEYS.items():
+        for key in spellings:
+            if keys.get(key) is not None:
+                values[field_name] = keys.whole(key, low=0 if field_name in ("head_dim", "max_positions") else 1)
+                break
+    act = keys.first("hidden_activation", "hidden_act", "activation_function")
+    if act is not None and not isinstance(act, str):
+        raise keys.fail("hidden_act", f"expected a string, got {act!r}.")
+    values["hidden_act"] = act or ""
+    for field_name, spellings in (("attention_dropout", ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob")),
+                                  ("hidden_dropout", ("hidden_dropout", "resid_pdrop", "hidden_dropout_prob"))):
+        for key in spellings:
+            if keys.get(key) is not None:
+                values[field_name] = keys.probability(key)
+                break
+    values["tie_embeddings"] = keys.boolean("tie_word_embeddings", fam.tie_default)
+    if "num_labels" in keys.cfg:
+        keys.whole("num_labels", low=1)
+    return values
+
+
+def with_overrides(cfg: Mapping[str, Any], values: Mapping[str, Any]) -> Dict[str, Any]:
+    """``cfg`` with :class:`Architecture` field values written under the key spelling the config uses
+    (a depth cut for llmmem measure, or shape keys given beside ``config`` in the TOML)."""
+    out = dict(cfg)
+    nested = "text_config" in out and isinstance(out["text_config"], dict)
+    target = dict(out["text_config"]) if nested else out
+    for field_name, value in values.items():
+        spellings = _HF_KEYS.get(field_name) or _EXTRA_KEYS.get(field_name, (field_name,))
+        key = next((k for k in spellings if k in target), spellings[0])
+        target[key] = value
+    if "num_layers" in values and isinstance(target.get("layer_types"), list):
+        target["layer_types"] = target["layer_types"][: values["num_layers"]]
+        if len(target["layer_types"]) < values["num_layers"]:
+            del target["layer_types"]  # deeper than the list: the family's pattern continues it
+    if nested:
+        out["text_config"] = target
+    return out
+
+
+_EXTRA_KEYS = {
+    "num_experts": ("num_local_experts", "num_experts", "n_routed_experts"), "experts_per_token": ("num_experts_per_tok",),
+    "moe_intermediate_size": ("moe_intermediate_size",), "attention_dropout": ("attention_dropout", "attn_pdrop"),
+    "hidden_dropout": ("hidden_dropout", "resid_pdrop"),
+}

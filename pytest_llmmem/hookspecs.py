@@ -1,4 +1,4 @@
-"""Hook specifications: how a plugin adds dtypes, optimizers and GPUs.
+"""Hook specifications: how a plugin adds dtypes, optimizers, GPUs and model families.
 
 Plugins are found in the ``llmmem`` entry-point group (``LLMMEM_DISABLE_PLUGINS`` blocks them by
 name, or ``all``). The built-ins in :mod:`pytest_llmmem.builtin` use these same hooks. Each hook
@@ -25,6 +25,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import GPU, DType, Optimizer
+    from .model import Family
 
 PROJECT = "llmmem"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -43,3 +44,19 @@ def llmmem_register_optimizers(register: "Callable[[Optimizer], None]") -> None:
 @hookspec
 def llmmem_register_gpus(register: "Callable[[GPU], None]") -> None:
     """Call ``register(GPU(...))`` for each accelerator the plugin knows."""
+
+
+@hookspec
+def llmmem_register_families(register: "Callable[[Family], None]") -> None:
+    """Call ``register(Family(...))`` for each model family the plugin knows.
+
+    A family is the ``model_type`` of a Hugging Face config.json (or ``family = "..."`` in the
+    TOML) plus its traits; ``Family.reader`` picks how the config's keys become layer groups
+    ("decoder" covers LLaMA-style models, with sliding layers, q/k norms and MoE by traits).
+    Example: an in-house LLaMA fork with biases on q/k/v::
+
+        @hookimpl
+        def llmmem_register_families(register):
+            from pytest_llmmem.families import LLAMA
+            register(LLAMA._replace(name="acme_lm", qkv_bias=True, doc="acme/acme-lm-7b"))
+    """

@@ -45,6 +45,44 @@ MAX_MEMORY = 2**50  # 1 PiB per GPU
 
 
 # --- value checks ------------------------------------------------------------------------------
+# One check per kind of value, shared by the TOML keys (Table below) and config.json (hf_config):
+# each returns the value or raises ValueError with what was wrong, and the caller names the key.
+
+
+def whole_number(value: Any, low: int, high: int) -> int:
+    """An int in [low, high]; an integral float (256.0) is taken, 256.5, NaN, inf and bools are not."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= 2**53:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, got {type_name(value)} {_short(value)}.")
+    if not low <= value <= high:
+        raise ValueError(f"{_short(value)} is out of range; expected {low} to {high:,}.")
+    return value
+
+
+def probability(value: Any) -> float:
+    """A probability in [0, 1): dropout p = 1 would drop everything."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"expected a probability from 0 up to (not including) 1, got {type_name(value)} {_short(value)}.")
+    return float(value)
+
+
+def boolean(value: Any) -> bool:
+    """true or false only: the string "false" is not read as true."""
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {type_name(value)} {_short(value)}.")
+    return value
+
+
+def _short(value: Any) -> str:
+    """repr, cut short (a 400-digit number must not fill the terminal)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def limit(key: str) -> int:
+    """The largest value taken as meant for a TOML key (or its config.json equivalent)."""
+    return _LIMITS.get(key, 10**12)
 
 
 class Context:
@@ -93,29 +131,24 @@ class Table:
     def integer(self, key: str, default: Optional[int] = None, low: int = 1) -> Optional[int]:
         if key not in self.values:
             return default
-        value = self.values[key]
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected a whole number, got {type_name(value)} {value!r}.")
-        high = _LIMITS.get(key, 10**12)
-        if not low <= value <= high:
-            raise self.fail(key, f"{value} is out of range; expected {low} to {high:,}.")
-        return value
+        try:
+            return whole_number(self.values[key], low, limit(key))
+        except ValueError as err:
+            raise self.fail(key, str(err)) from None
 
     def probability(self, key: str) -> Optional[float]:
         if key not in self.values:
             return None
-        value = self.values[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise self.fail(key, f"expected a probability from 0 up to (not including) 1, got {type_name(value)} {value!r}.")
-        return float(value)
+        try:
+            return probability(self.values[key])
+        except ValueError as err:
+            raise self.fail(key, str(err)) from None
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self.values.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {type_name(value)} {value!r}.")
-        return value
+        try:
+            return boolean(self.values.get(key, default))
+        except ValueError as err:
+            raise self.fail(key, str(err)) from None
 
     def string(self, key: str, default: Optional[str] = None) -> Optional[str]:
         value = self.values.get(key, default)

@@ -12,6 +12,9 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .errors import ConfigError, did_you_mean, one_of
+from .layers import Attention, Dense, LayerGroup, Linear, MoE
+
+__all__ = ["Architecture", "Family", "Linear", "ParamsOnly", "family", "validate"]
 
 
 class Family(NamedTuple):
@@ -23,8 +26,8 @@ class Family(NamedTuple):
 
     name: str
     gated_mlp: bool = True  # gate/up/down with an activation on the gate (LLaMA) vs fc1/fc2
-    norm: str = "rms"  # "rms" (RMSNorm, weight only) or "layer" (LayerNorm, weight and bias)
-    norms_per_layer: int = 2  # phi runs attention and MLP in parallel off one LayerNorm
+    norm: str = "rms"  # "rms" (RMSNorm, weight only), "layer" (LayerNorm, weight and bias), "layer-nobias" (Cohere)
+    norms_per_layer: int = 2  # phi runs attention and MLP in parallel off one LayerNorm; Gemma 2 has 4
     qkv_bias: bool = False
     out_bias: bool = False  # bias on the attention output projection
     mlp_bias: bool = False
@@ -41,46 +44,21 @@ class Family(NamedTuple):
         ("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj"),
     )  # role -> module name as the family spells it; a "qkv" role means one fused projection
     default_act: str = "silu"
+    qk_norm: str = ""  # "head" (Qwen3, Gemma 3) or "proj" (OLMo 2) RMSNorm on q and k
+    norm_fp32_weight: bool = False  # Gemma RMSNorm multiplies by (1 + weight) in fp32 and keeps that fp32 product
+    sdpa: bool = True  # False: transformers has no SDPA path (Gemma 2 soft-capping, gpt-oss sinks): eager unless flash-attn
+    reader: str = "decoder"  # which reader in hf_config builds its layer groups
+    sliding: str = "config"  # how layer kinds follow when config.json has no layer_types (hf_config.sliding_layers)
+    attention_bias: str = ""  # what config.json's attention_bias switches: "qkvo" (LLaMA), "qkv" (GLM); "all": use_bias, every linear
+    sinks: bool = False  # gpt-oss attention sinks
+    moe_layers: str = "all"  # which layers are MoE when experts are set (hf_config.mlp_kinds)
+    sliding_every: int = 0  # "every" pattern: every n-th layer is full attention, the rest sliding
+    doc: str = ""  # an example checkpoint, for the README and messages
+    aliases: Tuple[str, ...] = ()
 
     def module(self, role: str) -> Optional[str]:
         return dict(self.names).get(role)
 
-
-_LLAMA = Family("llama")
-_GPT2_NAMES = (("qkv", "c_attn"), ("o", "c_proj"), ("up", "c_fc"), ("down", "mlp.c_proj"))
-FAMILIES: Dict[str, Family] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA._replace(name="mistral"),
-    "mixtral": _LLAMA._replace(name="mixtral", names=_LLAMA.names + (("router", "gate"),)),
-    "qwen2": _LLAMA._replace(name="qwen2", qkv_bias=True),
-    "qwen2_moe": _LLAMA._replace(name="qwen2_moe", qkv_bias=True, names=_LLAMA.names + (("router", "gate"),)),
-    "gemma": _LLAMA._replace(name="gemma", tie_default=True, default_act="gelu_pytorch_tanh"),
-    "gpt2": Family(
-        "gpt2", gated_mlp=False, norm="layer", qkv_bias=True, out_bias=True, mlp_bias=True,
-        learned_positions=True, softmax_upcast=False, tie_default=True, names=_GPT2_NAMES, default_act="gelu_new",
-    ),
-    "gpt_bigcode": Family(
-        "gpt_bigcode", gated_mlp=False, norm="layer", qkv_bias=True, out_bias=True, mlp_bias=True,
-        learned_positions=True, softmax_upcast=True, tie_default=True, names=_GPT2_NAMES, default_act="gelu_pytorch_tanh",
-    ),
-    "gpt_neox": Family(
-        "gpt_neox", gated_mlp=False, norm="layer", qkv_bias=True, out_bias=True, mlp_bias=True,
-        names=(("qkv", "query_key_value"), ("o", "dense"), ("up", "dense_h_to_4h"), ("down", "dense_4h_to_h")),
-        default_act="gelu",
-    ),
-    "phi": Family(
-        "phi", gated_mlp=False, norm="layer", norms_per_layer=1, qkv_bias=True, out_bias=True, mlp_bias=True,
-        lm_head_bias=True, names=(("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "dense"), ("up", "fc1"), ("down", "fc2")),
-        default_act="gelu_new",
-    ),
-    "bert": Family(
-        "bert", gated_mlp=False, norm="layer", qkv_bias=True, out_bias=True, mlp_bias=True, learned_positions=True,
-        token_types=2, embedding_norm=True, final_norm=False, classifier=True, softmax_upcast=False,
-        names=(("q", "query"), ("k", "key"), ("v", "value"), ("o", "attention.output.dense"), ("up", "intermediate.dense"), ("down", "output.dense")),
-        default_act="gelu",
-    ),
-}
-FAMILY_ALIASES = {"qwen2.5": "qwen2", "qwen": "qwen2", "gemma2": "gemma", "pythia": "gpt_neox", "starcoder": "gpt_bigcode"}
 
 # Activations written as several Python ops save their intermediates for backward:
 # gelu_new = 0.5*x*(1+tanh(...)) keeps tanh, 0.5*x and 1+tanh (transformers activations.NewGELUActivation).
@@ -88,35 +66,19 @@ PYTHON_ACTIVATIONS = {"gelu_new": 3, "gelu_fast": 3, "quick_gelu": 1}
 
 
 def family(name: object) -> Family:
-    if not isinstance(name, str):
-        raise ConfigError(f"expected a family name as a string, got {name!r}.", hint=f"Valid: {one_of(sorted(FAMILIES))}.")
-    key = FAMILY_ALIASES.get(name.lower(), name.lower())
-    if key not in FAMILIES:
-        raise ConfigError(
-            f'unknown model family "{name}".{did_you_mean(name, FAMILIES)}',
-            hint=f"Valid: {one_of(sorted(FAMILIES))}.",
-        )
-    return FAMILIES[key]
+    """A registered family by name or alias (built-ins and plugins, through the catalog)."""
+    from .catalog import default_catalog
 
-
-class Linear(NamedTuple):
-    """One weight matrix of a layer (``count`` of them: MoE experts), as LoRA and quantisers see it."""
-
-    role: str
-    name: str
-    d_in: int
-    d_out: int
-    bias: bool
-    count: int = 1
-    active: int = 1  # how many of the ``count`` each token passes through (MoE top-k)
-
-    @property
-    def params(self) -> int:
-        return self.count * (self.d_in * self.d_out + (self.d_out if self.bias else 0))
+    return default_catalog().family(name)
 
 
 class Architecture(NamedTuple):
-    """A transformer's shape; every count and activation size is derived from it."""
+    """A transformer's shape; every count and activation size is derived from it.
+
+    The scalar fields describe a uniform LLaMA-style stack (what the TOML shape keys give).
+    ``groups``, when set, is the model as a list of layer groups of their own kinds (sliding and
+    full attention, MLA, Mamba, dense and MoE layers); otherwise one group is derived from the fields.
+    """
 
     family: Family
     hidden_size: int
@@ -137,51 +99,62 @@ class Architecture(NamedTuple):
     hidden_dropout: float = 0.0
     num_labels: int = 2  # classifier families
     source: str = ""  # where it was read from, for messages
+    groups: Tuple[LayerGroup, ...] = ()  # the layers by kind; () = one group from the fields above
+    extra_params: int = 0  # weights outside the decoder stack: a vision tower and its projector (Gemma 3)
+    final_softcap: float = 0.0  # Gemma 2: tanh soft-capping of the final logits
+    approximate: Tuple[str, ...] = ()  # why the count is not exact (a generic reading of an unknown family)
+    rotary_dim: Optional[int] = None  # dims with rotary cos/sin tables; None: the head dim, 0: no rotary
+    max_context: int = 0  # max_position_embeddings of a rotary model (0: unknown / unlimited)
+    config: Any = None  # the config.json mapping it was read from, for llmmem measure
 
     @property
     def d_head(self) -> int:
-        return self.head_dim or self.hidden_size // self.num_heads
+        return self.head_dim or (self.hidden_size // self.num_heads if self.num_heads else 0)
 
     @property
     def act(self) -> str:
         return self.hidden_act or self.family.default_act
 
-    def linears(self) -> List[Linear]:
-        """The weight matrices of one layer, in module order."""
-        fam, h, d = self.family, self.hidden_size, self.d_head
-        q_out, kv_out = self.num_heads * d, self.num_kv_heads * d
-        out: List[Linear] = []
-        if fam.module("qkv"):
-            out.append(Linear("qkv", fam.module("qkv"), h, q_out + 2 * kv_out, fam.qkv_bias))
-        else:
-            out.append(Linear("q", fam.module("q"), h, q_out, fam.qkv_bias))
-            out.append(Linear("k", fam.module("k"), h, kv_out, fam.qkv_bias))
-            out.append(Linear("v", fam.module("v"), h, kv_out, fam.qkv_bias))
-        out.append(Linear("o", fam.module("o"), q_out, h, fam.out_bias))
-        f = self.moe_intermediate_size or self.intermediate_size
-        experts, active = (self.num_experts, self.experts_per_token) if self.num_experts else (1, 1)
+    def layer_groups(self) -> Tuple[LayerGroup, ...]:
+        """The decoder layers grouped by kind."""
+        if self.groups:
+            return self.groups
+        fam = self.family
+        attn = Attention(self.num_heads, self.num_kv_heads, self.d_head, qk_norm=fam.qk_norm)
         if self.num_experts:
-            out.append(Linear("router", fam.module("router") or "gate", h, self.num_experts, False))
-        if fam.gated_mlp:
-            out.append(Linear("gate", fam.module("gate"), h, f, fam.mlp_bias, experts, active))
-        out.append(Linear("up", fam.module("up"), h, f, fam.mlp_bias, experts, active))
-        out.append(Linear("down", fam.module("down"), f, h, fam.mlp_bias, experts, active))
-        fs = self.shared_expert_intermediate_size
-        if fs:
-            # qwen2_moe: a shared expert every token uses, gated by a 1-wide sigmoid (modeling_qwen2_moe.py).
-            out += [
-                Linear("shared_gate", "shared_expert.gate_proj", h, fs, False),
-                Linear("shared_up", "shared_expert.up_proj", h, fs, False),
-                Linear("shared_down", "shared_expert.down_proj", fs, h, False),
-                Linear("shared_router", "shared_expert_gate", h, 1, False),
-            ]
+            fs = self.shared_expert_intermediate_size
+            mlp: Any = MoE(self.num_experts, self.experts_per_token, self.moe_intermediate_size or self.intermediate_size,
+                           shared_d_ff=fs, shared_gate=bool(fs), gated=fam.gated_mlp)
+        else:
+            mlp = Dense(self.intermediate_size, fam.gated_mlp)
+        return (LayerGroup(self.num_layers, attn, mlp, fam.norms_per_layer),)
+
+    def linears(self) -> List[Linear]:
+        """The distinct weight matrices of the layers (one per module name and shape), in module order."""
+        seen, out = set(), []
+        for g in self.layer_groups():
+            for lin in g.linears(self.family, self.hidden_size):
+                if lin not in seen:
+                    seen.add(lin)
+                    out.append(lin)
         return out
+
+    def group_linears(self) -> List[Tuple[int, List[Linear]]]:
+        """(layer count, that group's linears) for every group."""
+        return [(g.count, g.linears(self.family, self.hidden_size)) for g in self.layer_groups()]
 
     def norm_params(self) -> int:
         return self.hidden_size * (2 if self.family.norm == "layer" else 1)
 
+    def decoder_params(self) -> int:
+        """All decoder layers together."""
+        h, n = self.hidden_size, self.norm_params()
+        return sum(g.count * g.params(self.family, h, n) for g in self.layer_groups())
+
     def layer_params(self) -> int:
-        return sum(lin.params for lin in self.linears()) + self.family.norms_per_layer * self.norm_params()
+        """The largest single decoder layer (what FSDP gathers as one unit)."""
+        h, n = self.hidden_size, self.norm_params()
+        return max(g.params(self.family, h, n) for g in self.layer_groups())
 
     def embedding_params(self) -> int:
         """Token table plus position/segment tables and the embedding LayerNorm."""
@@ -205,11 +178,11 @@ class Architecture(NamedTuple):
         return n
 
     def param_count(self) -> int:
-        return self.embedding_params() + self.num_layers * self.layer_params() + self.head_params()
+        return self.embedding_params() + self.decoder_params() + self.head_params() + self.extra_params
 
     def linear_params(self) -> int:
         """Parameters in the layers' weight matrices (what weight quantisation applies to)."""
-        return self.num_layers * sum(lin.params for lin in self.linears())
+        return sum(count * sum(lin.params for lin in lins) for count, lins in self.group_linears())
 
     def module_names(self) -> List[str]:
         return sorted({lin.name for lin in self.linears()})
@@ -217,8 +190,10 @@ class Architecture(NamedTuple):
 
 def validate(arch: Architecture, source: str) -> None:
     """Shape rules every family obeys; a violation names the key."""
-    if arch.num_layers <= 0 or arch.hidden_size <= 0 or arch.vocab_size <= 0 or arch.num_heads <= 0:
+    if arch.num_layers <= 0 or arch.hidden_size <= 0 or arch.vocab_size <= 0 or (arch.num_heads <= 0 and not arch.groups):
         raise ConfigError("hidden-size, num-layers, num-heads and vocab-size must all be greater than zero.", path=source, key="hidden-size")
+    if not arch.num_heads:
+        return  # no softmax attention anywhere (Mamba): the reader checked the mixer's own keys
     if not arch.head_dim and arch.hidden_size % arch.num_heads:
         raise ConfigError(
             f"hidden-size {arch.hidden_size} is not divisible by num-heads {arch.num_heads}.",

@@ -5,13 +5,13 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 from . import files
 from .errors import ConfigError, shown_name
-from .hf_config import from_hf_config
+from .hf_config import from_hf_config, with_overrides
 from .keys import ARCH_KEYS, MAX_PARAMS, Context, Table, type_name
-from .model import Architecture, ParamsOnly, family, validate
+from .model import Architecture, Family, ParamsOnly, family, validate
 from .units import UnitError, parse_count
 
 _ARCH_FIELDS = {
@@ -47,11 +47,13 @@ def model_from_table(table: Table, ctx: Context) -> Union[Architecture, ParamsOn
         if p is not None:
             values[key.replace("-", "_")] = p
     if "config" in table:
-        base = _read_hf_config(table, ctx)
-        fam = table.resolve("family", family) if "family" in table else base.family
+        # family beside config overrides model_type (in-house forks, unknown model types); shape keys
+        # override the config's own values, and the layer groups are read again with them.
+        fam = table.resolve("family", family) if "family" in table else None
+        base = _read_hf_config(table, ctx, fam, values)
         tie = table.boolean("tie-embeddings", base.tie_embeddings)
         act = table.string("hidden-act") or base.hidden_act
-        arch = base._replace(family=fam, tie_embeddings=tie, hidden_act=act, **values)
+        arch = base._replace(tie_embeddings=tie, hidden_act=act)
     else:
         if not arch_given:
             raise ctx.error(
@@ -82,7 +84,7 @@ def model_from_table(table: Table, ctx: Context) -> Union[Architecture, ParamsOn
     return arch
 
 
-def _read_hf_config(table: Table, ctx: Context) -> Architecture:
+def _read_hf_config(table: Table, ctx: Context, fam: Optional[Family], overrides: Dict[str, Any]) -> Architecture:
     raw = table.string("config")
     quoted = f'"{shown_name(raw, 120)}"'
     path = files.resolve(raw if Path(raw).is_absolute() else ctx.base_dir / raw)
@@ -102,7 +104,7 @@ def _read_hf_config(table: Table, ctx: Context) -> Architecture:
     if not isinstance(data, dict):
         raise table.fail("config", f"{quoted} holds {type_name(data)}, not a JSON object.")
     try:
-        return from_hf_config(data, source=str(path))
+        return from_hf_config(with_overrides(data, overrides), source=str(path), family=fam)
     except ConfigError as err:
         detail = f" ({err.key})" if err.key else ""
         raise table.fail("config", f"{quoted}{detail} {err.message}", err.hint) from None

@@ -52,16 +52,23 @@ def local_params(run: Run, arch: Optional[Architecture], total: int) -> LocalPar
     t, p, e = run.tensor_parallel, run.pipeline_parallel, run.expert_parallel
     if arch is None:
         return LocalParams(math.ceil(total / (t * p)), 0, 0, 0)
-    experts = sum(lin.params for lin in arch.linears() if lin.count > 1)
-    layer = arch.layer_params() - experts + experts // e
+    h, norm = arch.hidden_size, arch.norm_params()
+    per_group = []  # (layers, params of one layer with its experts split e ways)
+    for g in arch.layer_groups():
+        experts = sum(lin.params for lin in g.linears(arch.family, h) if lin.count > 1)
+        per_group.append((g.count, g.params(arch.family, h, norm) - experts + experts // e))
+    decoder = sum(n * params for n, params in per_group)
+    layer = max(params for _, params in per_group)  # the largest layer: one FSDP unit
     layers = math.ceil(arch.num_layers / p)
-    embed, head = arch.embedding_params(), arch.head_params()
+    # The fullest stage's share of the decoder: its layers' fraction of all of them (exact when uniform).
+    stack = decoder if p == 1 else math.ceil(decoder * layers / arch.num_layers)
+    embed, head = arch.embedding_params() + arch.extra_params, arch.head_params()
     if p == 1:
-        stage = embed + layers * layer + head
+        stage = embed + stack + head
     else:
         tied_copy = arch.vocab_size * arch.hidden_size if arch.tie_embeddings and not arch.family.classifier else 0
-        stage = max(embed + layers * layer, layers * layer + head + tied_copy)
-    biggest_linear = max(lin.d_in * lin.d_out for lin in arch.linears())
+        stage = max(embed + stack, stack + head + tied_copy)
+    biggest_linear = max([lin.d_in * lin.d_out for lin in arch.linears()] + [0])
     largest = max(arch.vocab_size * arch.hidden_size, biggest_linear)
     return LocalParams(math.ceil(stage / t), math.ceil(largest / t), math.ceil(max(layer, embed) / t), layers)
 

@@ -92,9 +92,16 @@ def test_missing_field_names_it():
         from_hf_config(cfg, "cfg.json")
 
 
-def test_unknown_model_type_suggests():
-    with pytest.raises(ConfigError, match='Did you mean "llama"'):
-        from_hf_config({**LLAMA2_7B, "model_type": "lama"}, "cfg.json")
+def test_unknown_model_type_is_a_generic_decoder_marked_approximate():
+    arch = from_hf_config({**LLAMA2_7B, "model_type": "lama"}, "cfg.json")
+    assert arch.param_count() == 6_738_415_616  # read as LLaMA: the same shape keys, the same count
+    assert arch.approximate == ('model_type "lama" is not a known family; counted as a LLaMA-style decoder',)
+
+
+def test_unknown_model_type_without_the_usual_keys_names_them():
+    cfg = {k: v for k, v in LLAMA2_7B.items() if k != "intermediate_size"}
+    with pytest.raises(ConfigError, match='model_type "foo" is not a known family, and the config lacks intermediate_size'):
+        from_hf_config({**cfg, "model_type": "foo"}, "cfg.json")
 
 
 def test_gqa_must_divide():

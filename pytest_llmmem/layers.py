@@ -1,0 +1,252 @@
+"""Layer kinds: what one decoder layer holds, by attention kind and MLP kind.
+
+A model is a list of :class:`LayerGroup` (``count`` layers of one attention kind and one MLP kind),
+as vLLM divides its KV pool by one spec per attention kind (vllm/v1/kv_cache_interface.py:
+FullAttentionSpec, SlidingWindowSpec, MLAAttentionSpec, MambaSpec). Each kind answers its own
+questions: its parameters, the linears LoRA can target (with the family's module names) and its
+cache per sequence. What each kind keeps for backward lives in :mod:`activations`, keyed by kind.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+import math
+from typing import Any, List, NamedTuple, Tuple
+
+
+class Linear(NamedTuple):
+    """One weight matrix of a layer (``count`` of them: MoE experts), as LoRA and quantisers see it."""
+
+    role: str
+    name: str
+    d_in: int
+    d_out: int
+    bias: bool
+    count: int = 1
+    active: int = 1  # how many of the ``count`` each token passes through (MoE top-k)
+
+    @property
+    def params(self) -> int:
+        return self.count * (self.d_in * self.d_out + (self.d_out if self.bias else 0))
+
+
+def _name(fam: Any, role: str, default: str) -> str:
+    return fam.module(role) or default
+
+
+class Attention(NamedTuple):
+    """Softmax attention over q/k/v projections: full, or sliding over ``window`` tokens."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    window: int = 0  # 0: full attention
+    qk_norm: str = ""  # "head": RMSNorm(head_dim) on q and k (Qwen3, Gemma 3); "proj": over the whole projection (OLMo 2, Cohere)
+    sinks: bool = False  # gpt-oss: one learned logit per head (modeling_gpt_oss.py GptOssAttention.sinks)
+    softcap: float = 0.0  # Gemma 2: tanh soft-capping of the scores
+
+    @property
+    def kind(self) -> str:
+        return "sliding" if self.window else "full"
+
+    def linears(self, fam: Any, h: int) -> List[Linear]:
+        d, q_out, kv_out = self.head_dim, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        if fam.module("qkv"):
+            out = [Linear("qkv", fam.module("qkv"), h, q_out + 2 * kv_out, fam.qkv_bias)]
+        else:
+            out = [Linear("q", _name(fam, "q", "q_proj"), h, q_out, fam.qkv_bias),
+                   Linear("k", _name(fam, "k", "k_proj"), h, kv_out, fam.qkv_bias),
+                   Linear("v", _name(fam, "v", "v_proj"), h, kv_out, fam.qkv_bias)]
+        return out + [Linear("o", _name(fam, "o", "o_proj"), q_out, h, fam.out_bias)]
+
+    def extra_params(self) -> int:
+        """Weights outside the linears: q/k norms and attention sinks."""
+        d = self.head_dim
+        n = {"": 0, "head": 2 * d, "proj": (self.heads + self.kv_heads) * d}[self.qk_norm]
+        return n + (self.heads if self.sinks else 0)
+
+    def cache_bytes(self, batch: int, seq: int, act: int, tp: int = 1) -> int:
+        """K and V for every cached token; tensor parallelism splits the KV heads (replicated below t).
+
+        A sliding layer's DynamicCache keeps the last window - 1 tokens after a longer prefill
+        (transformers 5.24 cache_utils.py DynamicSlidingWindowLayer.update: ``[:, :, -sliding_window + 1:]``).
+        """
+        tokens = min(seq, self.window - 1) if self.window else seq
+        return 2 * math.ceil(self.kv_heads / tp) * self.head_dim * tokens * batch * act
+
+
+class LatentAttention(NamedTuple):
+    """DeepSeek multi-head latent attention (MLA; DeepSeek-V2 paper, section 2.1)."""
+
+    heads: int
+    q_lora_rank: int  # 0: a plain q_proj (DeepSeek-V2-Lite)
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    bias: bool = False
+
+    kind = "mla"
+
+    @property
+    def head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    def linears(self, fam: Any, h: int) -> List[Linear]:
+        a, qk = self.heads, self.head_dim
+        out = []
+        if self.q_lora_rank:
+            out += [Linear("q_a", "q_a_proj", h, self.q_lora_rank, self.bias), Linear("q", "q_b_proj", self.q_lora_rank, a * qk, False)]
+        else:
+            out.append(Linear("q", "q_proj", h, a * qk, False))
+        return out + [
+            Linear("kv_a", "kv_a_proj_with_mqa", h, self.kv_lora_rank + self.qk_rope_head_dim, self.bias),
+            Linear("kv", "kv_b_proj", self.kv_lora_rank, a * (self.qk_nope_head_dim + self.v_head_dim), False),
+            Linear("o", "o_proj", a * self.v_head_dim, h, self.bias),
+        ]
+
+    def extra_params(self) -> int:
+        return self.q_lora_rank + self.kv_lora_rank  # q_a_layernorm and kv_a_layernorm (RMSNorm weights)
+
+    def cache_bytes(self, batch: int, seq: int, act: int, tp: int = 1) -> int:
+        """The compressed latent and the shared rope key, one "head" per token: transformers 5.24
+        caches them before expanding (modeling_deepseek_v3.py DeepseekV3Attention.forward,
+        ``cache.update(kv_nope, k_rot, ...)``). Every tensor-parallel rank keeps the whole latent."""
+        return (self.kv_lora_rank + self.qk_rope_head_dim) * seq * batch * act
+
+
+class StateSpace(NamedTuple):
+    """A Mamba (selective state-space) mixer in place of attention (Gu & Dao 2023; modeling_mamba.py)."""
+
+    d_inner: int
+    d_state: int
+    d_conv: int
+    dt_rank: int
+    conv_bias: bool = True
+    proj_bias: bool = False
+    inner_norms: bool = False  # Jamba: RMSNorms on dt, B and C
+
+    kind = "mamba"
+
+    def linears(self, fam: Any, h: int) -> List[Linear]:
+        di = self.d_inner
+        return [
+            Linear("in", "in_proj", h, 2 * di, self.proj_bias),
+            Linear("x", "x_proj", di, self.dt_rank + 2 * self.d_state, False),
+            Linear("dt", "dt_proj", self.dt_rank, di, True),
+            Linear("out", "out_proj", di, h, self.proj_bias),
+        ]
+
+    def extra_params(self) -> int:
+        """Depthwise conv1d, A_log (d_inner x d_state), D, and Jamba's dt/B/C norms."""
+        di = self.d_inner
+        n = di * self.d_conv + (di if self.conv_bias else 0) + di * self.d_state + di
+        return n + ((self.dt_rank + 2 * self.d_state) if self.inner_norms else 0)
+
+    def cache_bytes(self, batch: int, seq: int, act: int, tp: int = 1) -> int:
+        """A fixed state per sequence, whatever its length: the conv window and the SSM state
+        (transformers 5.24 cache_utils.py MambaCache-style layers: conv (d_inner, d_conv), ssm (d_inner, d_state))."""
+        return batch * math.ceil(self.d_inner / tp) * (self.d_conv + self.d_state) * act
+
+
+class Dense(NamedTuple):
+    """A feed-forward block: gate/up/down with an activation on the gate (``gated``) or fc1/fc2."""
+
+    d_ff: int
+    gated: bool = True
+
+    kind = "dense"
+
+    def linears(self, fam: Any, h: int) -> List[Linear]:
+        f, b = self.d_ff, fam.mlp_bias
+        if self.gated and fam.module("gate_up"):
+            out = [Linear("gate_up", fam.module("gate_up"), h, 2 * f, b)]  # phi3/glm: one fused projection
+        elif self.gated:
+            out = [Linear("gate", _name(fam, "gate", "gate_proj"), h, f, b), Linear("up", _name(fam, "up", "up_proj"), h, f, b)]
+        else:
+            out = [Linear("up", _name(fam, "up", "up_proj"), h, f, b)]
+        return out + [Linear("down", _name(fam, "down", "down_proj"), f, h, b)]
+
+    def extra_params(self) -> int:
+        return 0
+
+
+class MoE(NamedTuple):
+    """Routed experts (top-k of ``experts``) plus optional shared experts every token uses."""
+
+    experts: int
+    top_k: int
+    d_ff: int
+    shared_d_ff: int = 0  # all shared experts together (DeepSeek: n_shared_experts x moe_intermediate_size)
+    shared_gate: bool = False  # qwen2_moe: the shared expert's output is scaled by a 1-wide sigmoid gate
+    router_bias: bool = False  # gpt-oss
+    expert_bias: bool = False  # gpt-oss: biases on gate_up and down of every expert
+    router_fp32: bool = False  # DeepSeek-V3 keeps gate.weight in fp32 (_keep_in_fp32_modules_strict)
+    gated: bool = True
+
+    kind = "moe"
+
+    def linears(self, fam: Any, h: int) -> List[Linear]:
+        e, k, f, b = self.experts, self.top_k, self.d_ff, self.expert_bias
+        out = [Linear("router", _name(fam, "router", "gate"), h, e, self.router_bias)]
+        if self.gated and fam.module("expert_gate_up"):
+            out.append(Linear("gate_up", fam.module("expert_gate_up"), h, 2 * f, b, e, k))
+        elif self.gated:
+            out.append(Linear("gate", _name(fam, "expert_gate", _name(fam, "gate", "gate_proj")), h, f, b, e, k))
+            out.append(Linear("up", _name(fam, "expert_up", _name(fam, "up", "up_proj")), h, f, b, e, k))
+        else:
+            out.append(Linear("up", _name(fam, "expert_up", _name(fam, "up", "up_proj")), h, f, b, e, k))
+        out.append(Linear("down", _name(fam, "expert_down", _name(fam, "down", "down_proj")), f, h, b, e, k))
+        fs = self.shared_d_ff
+        if fs:
+            prefix = fam.module("shared") or "shared_experts"
+            out += [Linear("shared_gate", f"{prefix}.gate_proj", h, fs, False),
+                    Linear("shared_up", f"{prefix}.up_proj", h, fs, False),
+                    Linear("shared_down", f"{prefix}.down_proj", fs, h, False)]
+            if self.shared_gate:
+                out.append(Linear("shared_router", "shared_expert_gate", h, 1, False))
+        return out
+
+    def extra_params(self) -> int:
+        return 0  # DeepSeek-V3's e_score_correction_bias is a buffer, not a parameter
+
+
+class NoMLP(NamedTuple):
+    """A layer without a feed-forward block (Mamba: the mixer is the whole layer)."""
+
+    kind = "none"
+
+    def linears(self, fam: Any, h: int) -> List[Linear]:
+        return []
+
+    def extra_params(self) -> int:
+        return 0
+
+
+class LayerGroup(NamedTuple):
+    """``count`` decoder layers that share one attention kind and one MLP kind."""
+
+    count: int
+    attention: Any  # Attention | LatentAttention | StateSpace
+    mlp: Any  # Dense | MoE | NoMLP
+    norms: int = 2  # hidden-size norms per layer (Gemma 2: 4; phi/Cohere parallel blocks: 1; Mamba: 1)
+
+    def linears(self, fam: Any, h: int) -> List[Linear]:
+        return self.attention.linears(fam, h) + self.mlp.linears(fam, h)
+
+    def params(self, fam: Any, h: int, norm_params: int) -> int:
+        """One layer's parameters: linears, the kinds' own weights and the layer's norms."""
+        own = self.attention.extra_params() + self.mlp.extra_params()
+        return sum(lin.params for lin in self.linears(fam, h)) + own + self.norms * norm_params
+
+
+def merge_groups(groups: List[LayerGroup]) -> Tuple[LayerGroup, ...]:
+    """Layers of the same kinds folded into one group each, in order of first appearance."""
+    out: List[LayerGroup] = []
+    for g in groups:
+        for i, seen in enumerate(out):
+            if seen._replace(count=0) == g._replace(count=0):
+                out[i] = seen._replace(count=seen.count + g.count)
+                break
+        else:
+            out.append(g)
+    return tuple(out)
