@@ -103,6 +103,14 @@ def with_overrides(cfg: Mapping[str, Any], values: Mapping[str, Any]) -> Dict[st
     return out
 
 
+def with_depth(arch: Architecture, layers: int) -> Architecture:
+    """``arch`` cut (or grown) to ``layers`` decoder layers, its layer kinds following the same pattern."""
+    if not arch.config:
+        return arch._replace(num_layers=layers)
+    cut = from_hf_config(with_overrides(arch.config, {"num_layers": layers}), arch.source, arch.family)
+    return cut._replace(tie_embeddings=arch.tie_embeddings, hidden_act=arch.hidden_act, approximate=arch.approximate)
+
+
 _EXTRA_KEYS = {
     "num_experts": ("num_local_experts", "num_experts", "n_routed_experts"), "experts_per_token": ("num_experts_per_tok",),
     "moe_intermediate_size": ("moe_intermediate_size",), "attention_dropout": ("attention_dropout", "attn_pdrop"),

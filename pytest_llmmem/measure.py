@@ -21,6 +21,7 @@ from typing import Any, Dict, NamedTuple, Optional
 
 from .errors import ConfigError
 from .estimate import Estimate, estimate
+from .hf_config import with_depth
 from .model import Architecture
 from .run import Run
 
@@ -59,8 +60,14 @@ def _require_torch():
 
 
 def hf_config(arch: Architecture, seq_len: int) -> Dict[str, Any]:
-    """transformers config kwargs for ``arch`` (its own family's key names)."""
+    """transformers config kwargs for ``arch`` (its own family's key names): the config.json it was
+    read from when there is one, else built from the shape."""
     fam = arch.family.name
+    if arch.config:
+        cfg = {k: v for k, v in arch.config.items() if k != "model_type"}
+        if arch.max_context and seq_len > arch.max_context:
+            cfg["max_position_embeddings"] = seq_len
+        return cfg
     if fam in ("gpt2", "gpt_bigcode"):
         cfg = {"n_embd": arch.hidden_size, "n_layer": arch.num_layers, "n_head": arch.num_heads,
                "n_inner": arch.intermediate_size, "n_positions": max(arch.max_positions, seq_len), "vocab_size": arch.vocab_size,
@@ -111,13 +118,13 @@ def measure(run: Run, device: str = "auto", max_layers: Optional[int] = None) ->
     limit = max_layers if max_layers is not None else (DEFAULT_CPU_LAYERS if device == "cpu" else arch.num_layers)
     shrunk_from = arch.num_layers if limit < arch.num_layers else None
     if shrunk_from:
-        arch = arch._replace(num_layers=limit)
+        arch = with_depth(arch, limit)
         run = run._replace(model=arch)
     dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[run.dtype.name]
     config = transformers.AutoConfig.for_model(arch.family.name, **hf_config(arch, run.seq_len))
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(
-        config, attn_implementation="sdpa" if run.flash_attention else "eager", dtype=dtype)
+        config, attn_implementation="sdpa" if run.flash_attention and arch.family.sdpa else "eager", dtype=dtype)
     model.to(device)
     ids = torch.randint(0, arch.vocab_size, (run.batch_size, run.seq_len), device=device)
     est = estimate(run._replace(precision="pure" if run.trains else run.precision, gpus=1))
