@@ -108,19 +108,20 @@ def _emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> i
         render = report.render_short if hook else report.render_text
         print("\n\n".join(render(path, estimates, args.units, ascii_only) for path, estimates in results))
     json_path = args.json_out
-    if fmt == "github" and not json_path:
-        json_path = os.path.join(os.environ.get("RUNNER_TEMP") or ".", "llmmem-report.json")
+    if fmt == "github" and not json_path and not hook and os.environ.get("RUNNER_TEMP"):
+        json_path = os.path.join(os.environ["RUNNER_TEMP"], "llmmem-report.json")  # never into the repository
     if json_path:
         with open(json_path, "w", encoding="utf-8") as handle:
             handle.write(json.dumps(combined, indent=2) + "\n")
     fits = not any(e.fits is False for _, estimates in results for e in estimates)
     if fmt == "github":
-        _github(documents, fits, json_path)
+        _github(documents, fits, json_path, hook)
     return EXIT_OK if fits else EXIT_OVER
 
 
-def _github(documents: List[Any], fits: bool, json_path: str) -> None:
-    """Annotations on stdout, the job summary and the step outputs, as GitHub Actions reads them."""
+def _github(documents: List[Any], fits: bool, json_path: Optional[str], hook: bool) -> None:
+    """Annotations on stdout, the job summary and the step outputs, as GitHub Actions reads them.
+    The pre-commit hook prints the annotations only: it writes no file, the runner's included."""
     from . import github
 
     workspace = os.environ.get("GITHUB_WORKSPACE")
@@ -129,11 +130,13 @@ def _github(documents: List[Any], fits: bool, json_path: str) -> None:
         lines += github.annotations(doc["file"], doc["runs"], workspace)
     for line in github.capped(lines):  # one cap across every file checked
         print(line)
+    if hook:
+        return
     github.append_summary(documents, workspace)
     outputs = os.environ.get("GITHUB_OUTPUT")
     if outputs:
         with open(outputs, "a", encoding="utf-8") as handle:
-            handle.write(f"fits={'true' if fits else 'false'}\njson={json_path}\n")
+            handle.write(f"fits={'true' if fits else 'false'}\n" + (f"json={json_path}\n" if json_path else ""))
 
 
 def _targets(args: argparse.Namespace) -> List[Any]:
@@ -147,7 +150,7 @@ def _targets(args: argparse.Namespace) -> List[Any]:
     from .projects import find_pyproject, has_llmmem_table
 
     raws = list(args.paths or [])
-    jsons = [raw for raw in raws if Path(raw).suffix == ".json"]
+    jsons = {raw for raw in raws if Path(raw).suffix == ".json"}
     index, root = None, repo_scan.repository_root(os.getcwd())
     if args.hook or jsons:
         folders = {os.path.dirname(os.path.abspath(raw)) for raw in jsons}  # 5,000 paths: a few folders
@@ -231,6 +234,8 @@ def _fit(args: argparse.Namespace) -> int:
     from .report import verdict
     from .units import format_bytes
 
+    from .model import Architecture
+
     project = load(args.path)
     runs = _selected_runs(project, args.run)
     all_fit = True
@@ -241,10 +246,13 @@ def _fit(args: argparse.Namespace) -> int:
         if run.budget is None:
             print("  no budget: nothing to solve")
             continue
-        batch = fit.largest_fitting(run, "batch_size", 1 << 20)
-        seq = fit.largest_fitting(run, "seq_len", 1 << 24)
-        print(f"  largest batch-size that fits: {batch if batch else 'none (batch-size 1 is over)'}")
-        print(f"  longest seq-len that fits:    {seq if seq else 'none (seq-len 1 is over)'}")
+        if isinstance(run.model, Architecture):  # batch and sequence only move activations, logits and KV cache
+            batch = fit.largest_fitting(run, "batch_size", 1 << 20)
+            seq = fit.largest_fitting(run, "seq_len", 1 << 24)
+            print(f"  largest batch-size that fits: {f'{batch} (at seq-len {run.seq_len})' if batch else 'none (batch-size 1 is over)'}")
+            print(f"  longest seq-len that fits:    {f'{seq} (at batch-size {run.batch_size})' if seq else 'none (seq-len 1 is over)'}")
+        else:
+            print("  largest batch-size that fits: n/a (batch and sequence need the architecture: give config or the shape)")
         if run.mode == "train" and (run.zero_stage or run.fsdp != "none"):
             gpus = fit.fewest_gpus(run)
             print(f"  fewest GPUs that fit:         {gpus if gpus else f'none up to {fit.MAX_GPUS}'} (with this sharding)")
@@ -287,6 +295,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _estimate(args: argparse.Namespace) -> int:
     from .config import adhoc_run
+    from .errors import ConfigError
     from .estimate import estimate
 
     values: Dict[str, Any] = {}
@@ -296,7 +305,22 @@ def _estimate(args: argparse.Namespace) -> int:
             values[flag] = value
     if args.lora_targets:
         values["lora-targets"] = "all-linear" if args.lora_targets == "all-linear" else [t.strip() for t in args.lora_targets.split(",") if t.strip()]
-    return _emit([("command line", [estimate(adhoc_run(values))])], args)
+    try:
+        run = adhoc_run(values)
+    except ConfigError as err:
+        raise _as_flag_error(err) from None
+    return _emit([("command line", [estimate(run)])], args)
+
+
+def _as_flag_error(err: Any) -> Any:
+    """A ConfigError about tool.llmmem.runs[0].dtype, as `estimate` users wrote it: --dtype."""
+    from .errors import ConfigError
+
+    leaf = (err.key or "").rsplit(".", 1)[-1]
+    known = leaf in _VALUE_FLAGS or leaf in _SWITCHES or leaf == "lora-targets"
+    message = err.message.replace('run "estimate" has mode = ', "--mode is ")
+    hint = (err.hint or "").replace("the folder of the pyproject.toml", "the current folder") or None
+    return ConfigError(message, path=err.path, key=f"--{leaf}" if known else err.key, hint=hint)
 
 
 def _catalog(args: argparse.Namespace) -> int:

@@ -160,18 +160,23 @@ def toggles(run: Run) -> List[Toggle]:
     def attempt(setting: str, applies: bool, reason: str, changed) -> None:
         out.append(Toggle(setting, estimate(changed()) if applies else None, "" if applies else reason))
 
-    attempt("gradient-checkpointing = true", shaped and run.trains and not run.gradient_checkpointing,
-            "already on" if run.gradient_checkpointing else "needs the architecture and a training run",
+    if run.gradient_checkpointing:
+        why = "already on"
+    elif not run.trains:
+        why = "only for training: inference keeps no activations for a backward pass"
+    else:
+        why = "needs the architecture"
+    attempt("gradient-checkpointing = true", shaped and run.trains and not run.gradient_checkpointing, why,
             lambda: run._replace(gradient_checkpointing=True))
     attempt("flash-attention = true", shaped and not run.flash_attention,
             "already on" if run.flash_attention else "needs the architecture", lambda: run._replace(flash_attention=True))
     is_adam = run.optimizer is not None and run.optimizer.name in ("adamw", "adam")
     attempt('optimizer = "adamw-8bit"', is_adam, "only replaces adam/adamw",
             lambda: run._replace(optimizer=default_catalog().optimizer("adamw-8bit")))
-    if run.gpus == 1:
-        why = "one GPU shards nothing; see the fewest GPUs above"
-    elif run.mode != "train":
+    if run.mode != "train":
         why = "only for full training"
+    elif run.gpus == 1:
+        why = "one GPU shards nothing; see the fewest GPUs above"  # cli fit prints that line for every full-training run
     else:
         why = "already sharded"
     attempt(f"zero-stage = 3 on {run.gpus} GPU{'s' if run.gpus > 1 else ''}",

@@ -26,6 +26,11 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
+def markdown_cell(text: str) -> str:
+    """Text safe inside a markdown table cell: a ``|`` would end the cell, a newline the row."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
 def workspace_path(path: str, workspace: Optional[str]) -> str:
     """A file path as annotations need it: relative to $GITHUB_WORKSPACE when inside it."""
     if not workspace:
@@ -86,7 +91,7 @@ def step_summary(file: str, runs: Sequence[Mapping[str, Any]]) -> str:
     for run in runs:
         used = _used(run)
         budget = format_bytes(run["budget_bytes"]) if run.get("budget_bytes") else "-"
-        out.append(f"| {run['name']} | {format_bytes(run['total_bytes'])} | {budget} | "
+        out.append(f"| {markdown_cell(run['name'])} | {format_bytes(run['total_bytes'])} | {budget} | "
                    f"{'-' if used is None else f'{100 * used:.1f} %'} | {_verdict(run)} |")
     for run in runs:
         total = run["total_bytes"] or 1

@@ -13,8 +13,10 @@ from .files import read_json  # noqa: F401  (the model config reader: config.par
 
 
 def find_pyproject(path: Union[str, Path, None] = None) -> Path:
-    """PATH itself when it is a file, else PATH/pyproject.toml (default: the current folder)."""
-    target = Path(path) if path else Path.cwd()
+    """PATH itself when it is a file, else PATH/pyproject.toml (default: the nearest [tool.llmmem] one)."""
+    if not path:
+        return nearest_pyproject()
+    target = Path(path)
     if files.is_dir(target) and target.name != "pyproject.toml":  # a folder so named is refused on reading
         target = target / "pyproject.toml"
     try:
@@ -22,6 +24,31 @@ def find_pyproject(path: Union[str, Path, None] = None) -> Path:
     except FileNotFoundError:
         raise ConfigError(f"{shown_name(target, 200)} does not exist.", hint="Pass a pyproject.toml, or a folder that holds one.") from None
     return target
+
+
+def nearest_pyproject() -> Path:
+    """The pyproject.toml with [tool.llmmem] in the current folder or the nearest folder above it, as
+    pytest and ruff look for their own tables; the search stops at the repository root (the folder
+    holding .git). Returned relative to the current folder, as messages show it."""
+    import os
+
+    from .repo_scan import repository_root
+
+    cwd = os.getcwd()
+    root = repository_root(cwd)
+    folder = cwd
+    while True:
+        candidate = os.path.join(folder, "pyproject.toml")
+        if os.path.lexists(candidate) and has_llmmem_table(Path(candidate)):  # unreadable counts: checking it says why
+            return Path(os.path.relpath(candidate))
+        parent = os.path.dirname(folder)
+        if folder == root or parent == folder:
+            break
+        folder = parent
+    if os.path.lexists(os.path.join(cwd, "pyproject.toml")):
+        return Path("pyproject.toml")  # checking it says that it has no [tool.llmmem]
+    raise ConfigError(f"no pyproject.toml with [tool.llmmem] in {shown_name(cwd, 200)} or the folders above it "
+                      f"(up to the repository root, {shown_name(root, 200)}).", hint="Pass a pyproject.toml, or a folder that holds one.")
 
 
 def read_pyproject(path: Path) -> str:

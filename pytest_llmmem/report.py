@@ -91,7 +91,7 @@ def breakdown_table(est: Estimate, units: str = "gib", ascii_only: bool = False,
 def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False) -> str:
     run = est.run
     where = f" (line {run.line})" if run.line else ""
-    budget = f" | budget: {run.budget.describe()}" if run.budget else ""
+    budget = f" | budget: {run.budget.describe(units)}" if run.budget else ""
     lines = [f"{run.name}{where}: {verdict(est, units)}", f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
     lines += breakdown_table(est, units, ascii_only)
     lines += _host_line(est, units)
@@ -132,7 +132,7 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) 
     run = est.run
     where = f"{run.file}:{run.line}" if run.file and run.line else (run.file or "")
     head = (f'llmmem: run "{run.name}" needs {format_bytes(est.total_bytes, units)} per GPU; '
-            f"the budget is {format_bytes(est.budget_bytes, units)} ({run.budget.describe()}): "
+            f"the budget is {format_bytes(est.budget_bytes, units)} ({run.budget.describe(units)}): "
             f"{100 * est.used_fraction:.1f} %, {format_bytes(est.total_bytes - est.budget_bytes, units)} over")
     lines = [head, f"  {describe_run(est)}", f"  method: {est.method}"]
     lines += breakdown_table(est, units, ascii_only)
@@ -171,10 +171,17 @@ def render_short(path: str, estimates: Sequence[Estimate], units: str = "gib", a
 
 
 def summary_line(estimates: Sequence[Estimate]) -> str:
-    over = [e.run.name for e in estimates if e.fits is False]
-    if not over:
-        return f"{len(estimates)} of {len(estimates)} runs fit."
-    return f"{len(estimates) - len(over)} of {len(estimates)} runs fit; over budget: {', '.join(over)}."
+    """'2 of 3 runs fit; over budget: x.' A run without a budget was checked against nothing, so it
+    is not counted as fitting."""
+    budgeted = [e for e in estimates if e.budget_bytes is not None]
+    unbudgeted = len(estimates) - len(budgeted)
+    if not budgeted:
+        return f"{unbudgeted} run{'s' if unbudgeted > 1 else ''} without a budget: nothing to check {'them' if unbudgeted > 1 else 'it'} against."
+    over = [e.run.name for e in budgeted if e.fits is False]
+    text = f"{len(budgeted) - len(over)} of {len(budgeted)} runs fit"
+    if unbudgeted:
+        text += f" ({unbudgeted} more without a budget)"
+    return f"{text}; over budget: {', '.join(over)}." if over else f"{text}."
 
 
 def as_dict(est: Estimate) -> Dict[str, Any]:

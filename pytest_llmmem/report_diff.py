@@ -16,6 +16,7 @@ import stat
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError
+from .github import markdown_cell
 from .report import LABELS
 
 MAX_REPORT_BYTES = 64 * 2**20  # a 10,000-run report is about 20 MB
@@ -146,11 +147,6 @@ def _gib(n: Optional[float]) -> str:
 
 def _signed(n: float) -> str:
     return f"{n / 2**30:+.1f}"
-
-
-def markdown_cell(text: str) -> str:
-    """Text safe inside a markdown table cell: a ``|`` would end the cell, a newline the row."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _verdict(row: Mapping[str, Any]) -> str:

@@ -26,11 +26,11 @@ class Budget(NamedTuple):
     def bytes(self) -> int:
         return self.ceiling_bytes - self.headroom_bytes
 
-    def describe(self) -> str:
+    def describe(self, units: str = "gib") -> str:
         from .units import format_bytes
 
-        base = self.gpu or format_bytes(self.ceiling_bytes)
-        return f"{base} less {format_bytes(self.headroom_bytes)} headroom" if self.headroom_bytes else base
+        base = self.gpu or format_bytes(self.ceiling_bytes, units)
+        return f"{base} less {format_bytes(self.headroom_bytes, units)} headroom" if self.headroom_bytes else base
 
 
 class Run(NamedTuple):
