@@ -16,11 +16,11 @@ import os
 import stat
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
+from . import files
 from ._toml import toml
 
 SKIP_FOLDERS = frozenset({"node_modules", "venv", "__pycache__", "site-packages", "build", "dist", "htmlcov"})
 MAX_ENTRIES = 200_000  # files and folders looked at; a 10,000-file repository takes about 20 ms
-MAX_PYPROJECT_BYTES = 2 * 2**20  # the largest real pyproject.toml files are around 100 KB
 
 
 def repository_root(start: str) -> str:
@@ -71,22 +71,12 @@ class Scan(NamedTuple):
     complete: bool
 
 
-def read_small_text(path: str, limit: int = MAX_PYPROJECT_BYTES) -> Optional[str]:
-    """A regular file's UTF-8 text, or None when it is anything else (missing, a FIFO that would block
-    ``open``, a symlink loop, too big, not UTF-8): checking that file itself reports why."""
+def read_small_text(path: str) -> Optional[str]:
+    """A pyproject's text through the guarded reader, or None when it is anything but a readable
+    regular file of sane size (a FIFO, a symlink loop, 200 MB): checking that file itself says why."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-                return None
-            data = os.read(fd, limit + 1)
-        finally:
-            os.close(fd)
-        return None if len(data) > limit else data.decode("utf-8")
-    except (OSError, ValueError):  # ValueError: a NUL byte in the name, or not UTF-8
+        return files.read_text(path, files.PYPROJECT_LIMIT)
+    except (OSError, ValueError):  # FileNotFoundError, UnreadableFile
         return None
 
 

@@ -9,17 +9,15 @@ malformed one is a ConfigError naming the key, never a KeyError.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-import json
 import math
-import os
-import stat
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from . import files
 from .errors import ConfigError
 from .github import markdown_cell
 from .report import LABELS
 
-MAX_REPORT_BYTES = 64 * 2**20  # a 10,000-run report is about 20 MB
+MAX_REPORT_BYTES = 64 * 2**20  # about 1 KB a run (the example: 3.2 KB for 3), so 10,000 runs are about 11 MB
 _HINT = "Write reports with llmmem check --format json (or --json-out PATH)."
 
 Key = Tuple[Optional[str], str]  # (project file, run name)
@@ -28,16 +26,13 @@ Key = Tuple[Optional[str], str]  # (project file, run name)
 def read_report(path: str) -> Dict[Key, Mapping[str, Any]]:
     """The runs of the report at ``path``, keyed by (project file, run name), each checked."""
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError("not a regular file")
-        if info.st_size > MAX_REPORT_BYTES:
-            raise OSError(f"larger than {MAX_REPORT_BYTES // 2**20} MiB")
-        with open(path, encoding="utf-8") as handle:
-            document = json.loads(handle.read(), parse_constant=_reject_constant)
-    except (OSError, ValueError, RecursionError) as err:  # ValueError covers JSON and UTF-8 errors
-        reason = "nested too deeply" if isinstance(err, RecursionError) else err.strerror if isinstance(err, OSError) and err.strerror else err
-        raise ConfigError(f"cannot read the JSON report: {reason}.", path=path, hint=_HINT) from None
+        document = files.read_json(path, MAX_REPORT_BYTES)
+    except FileNotFoundError:
+        raise ConfigError("cannot read the JSON report: it does not exist.", path=path, hint=_HINT) from None
+    except files.InvalidJSON as err:
+        raise ConfigError(f"cannot read the JSON report: it is not valid JSON: {err}.", path=path, hint=_HINT) from None
+    except (files.UnreadableFile, OSError) as err:
+        raise ConfigError(f"cannot read the JSON report: it {err}.", path=path, hint=_HINT) from None
     if not isinstance(document, dict) or document.get("version") != 1:
         raise ConfigError("is not an llmmem JSON report (version 1).", path=path, hint=_HINT)
     if "projects" in document:
@@ -65,10 +60,6 @@ def read_report(path: str) -> Dict[Key, Mapping[str, Any]]:
                 raise _bad(path, f"{prefix}runs[{index}].name", f'run "{key}" appears twice in {file or "the report"}.')
             runs[(file, key)] = run
     return runs
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number a report can hold")
 
 
 def _type(value: Any) -> str:
