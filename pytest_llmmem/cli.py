@@ -145,14 +145,16 @@ def _targets(args: argparse.Namespace) -> List[Any]:
     model config no longer exists: pre-commit passes nothing for a deletion, only new names for a rename."""
     from pathlib import Path
 
-    from . import repo_scan
-    from .errors import ConfigError
+    from .errors import ConfigError, shown_name
     from .projects import find_pyproject, has_llmmem_table
 
     raws = list(args.paths or [])
     jsons = {raw for raw in raws if Path(raw).suffix == ".json"}
-    index, root = None, repo_scan.repository_root(os.getcwd())
-    if args.hook or jsons:
+    index, root = None, None
+    if args.hook or jsons:  # only then is the repository scanned (and repo_scan imported)
+        from . import repo_scan
+
+        root = repo_scan.repository_root(os.getcwd())
         folders = {os.path.dirname(os.path.abspath(raw)) for raw in jsons}  # 5,000 paths: a few folders
         index = repo_scan.index_projects([root], [p for f in sorted(folders) for p in repo_scan.walk_up(os.path.join(f, "x"))])
         if not index.complete:
@@ -171,8 +173,8 @@ def _targets(args: argparse.Namespace) -> List[Any]:
         if raw in jsons:
             found = index.owners.get(repo_scan.resolve_config(os.getcwd(), raw), [])
             if not found and not args.hook:
-                raise ConfigError(f"no pyproject.toml with [tool.llmmem] in the repository ({_shown_path(Path(root), root)}) "
-                                  f"uses {raw} as its model config.")
+                raise ConfigError(f"no pyproject.toml with [tool.llmmem] in the repository at {shown_name(root, 200)} "
+                                  f"uses {shown_name(raw, 200)} as its model config.")
             for owner in found:
                 add(None, Path(owner))
         else:
@@ -191,8 +193,12 @@ def _resolved(path: Any) -> Any:
         return Path(os.path.abspath(path))
 
 
-def _shown_path(path: Any, root: str) -> str:
+def _shown_path(path: Any, root: Optional[str]) -> str:
     """A path as the user will recognise it: relative to the current folder inside the repository."""
+    if root is None:
+        from .repo_scan import repository_root
+
+        root = repository_root(os.getcwd())
     text = str(path)
     inside = text == root or text.startswith(root.rstrip(os.sep) + os.sep)
     return os.path.relpath(text) if inside or text.startswith(os.getcwd() + os.sep) else text
