@@ -183,7 +183,7 @@ def test_five_thousand_paths_scan_once(repo, run_cli, monkeypatch):
     elapsed = time.process_time() - start
     assert code == 1 and out.count("0 of 1 runs fit") == 2
     assert len(calls) == 1
-    assert elapsed < 2.0, elapsed  # 0.25 s of CPU in a subprocess here; the issue allows a second or two
+    assert elapsed < 2.0, elapsed  # the whole subprocess, start-up included, used 0.35 s of CPU here
 
 
 # --- the manifest, through pre-commit itself ----------------------------------------------------
