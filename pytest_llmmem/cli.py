@@ -363,6 +363,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as err:
         print(f"llmmem: error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`llmmem check | head`): stop quietly, as cat and grep do; point stdout at
+        # devnull so the interpreter's final flush does not fail again (Python docs, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except Exception as err:  # never a traceback for a user; LLMMEM_DEBUG=1 shows it
         if os.environ.get("LLMMEM_DEBUG"):
             raise

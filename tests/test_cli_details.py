@@ -164,3 +164,24 @@ def test_with_runner_temp_the_json_goes_there(write_pyproject, run_cli, monkeypa
     assert json.loads(report.read_text())["runs"][0]["name"] == "serve"
     assert (tmp_path / "output.txt").read_text() == f"fits=true\njson={report}\n"
     assert not os.path.exists(tmp_path / "llmmem-report.json")
+
+
+def test_output_closed_early_is_quiet(tmp_path):
+    """`llmmem check | head -1`: the reader closes the pipe; no "internal error", no traceback.
+
+    400 runs print well over the 64 KiB a pipe buffers, so llmmem is still writing when the pipe closes.
+    """
+    import subprocess
+    import sys
+
+    runs = "".join(f'[[tool.llmmem.runs]]\nname = "r{i}"\nmode = "inference"\n' for i in range(400))
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.llmmem]\ngpu-memory = "1 GiB"\n[tool.llmmem.model]\nparams = "7B"\n' + runs, encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_llmmem.cli", "check", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # as head does after its first line
+    err = proc.stderr.read().decode()
+    code = proc.wait(timeout=60)
+    assert "internal error" not in err and "Traceback" not in err
+    assert code == 2
