@@ -15,11 +15,12 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 import pluggy
 
 from . import hookspecs
-from .errors import ConfigError, did_you_mean, one_of
+from .errors import ConfigError, did_you_mean, one_of, shown, shown_name
 
 DISABLE_ENV = "LLMMEM_DISABLE_PLUGINS"
 
 
+_MAX_NAME = 200  # characters; longer names are refused before normalising
 _VENDOR = re.compile(r"^(nvidia|amd|tesla|geforce|instinct)[\s_\-]+")
 
 
@@ -144,13 +145,15 @@ class Catalog:
     def _lookup(self, attr: str, name: object) -> Any:
         table = getattr(self, attr)
         if not isinstance(name, str):
-            raise ConfigError(f"expected a {table.kind} name as a string, got {name!r}.", hint=f"Valid: {one_of(table.names)}.")
-        key = normalize_name(name)
+            raise ConfigError(f"expected a {table.kind} name as a string, got {shown(name)}.", hint=f"Valid: {one_of(table.names)}.")
+        key = normalize_name(name) if len(name) <= _MAX_NAME else None
+        if key is None:  # no name is this long; normalising it would cost time for nothing
+            raise ConfigError(f'unknown {table.kind} "{shown_name(name)}" ({len(name):,} characters).', hint=f"Valid: {one_of(table.names)}.")
         if key not in table.entries and self.load_entry_points():
             table = getattr(self, attr)  # plugins were added: the tables were rebuilt
         if key not in table.entries:
             raise ConfigError(
-                f'unknown {table.kind} "{name}".{did_you_mean(name, table.names)}',
+                f'unknown {table.kind} "{shown_name(name)}".{did_you_mean(name, table.names)}',
                 hint=f"Valid: {one_of(table.names)} (or one a plugin registers).",
             )
         return table.entries[key]
@@ -170,6 +173,8 @@ class Catalog:
 
     def has_family(self, name: str) -> bool:
         """Is ``name`` a registered family (loading plugins if the built-ins lack it)?"""
+        if len(name) > _MAX_NAME:
+            return False
         key = normalize_name(name)
         return key in self.families.entries or (self.load_entry_points() > 0 and key in self.families.entries)
 

@@ -111,12 +111,47 @@ def _emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> i
     if fmt == "github" and not json_path and not hook and os.environ.get("RUNNER_TEMP"):
         json_path = os.path.join(os.environ["RUNNER_TEMP"], "llmmem-report.json")  # never into the repository
     if json_path:
-        with open(json_path, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(combined, indent=2) + "\n")
+        _write_report(json_path, json.dumps(combined, indent=2) + "\n")
     fits = not any(e.fits is False for _, estimates in results for e in estimates)
     if fmt == "github":
         _github(documents, fits, json_path, hook)
     return EXIT_OK if fits else EXIT_OVER
+
+
+def _report_target_problem(path: str) -> Optional[str]:
+    """Why the JSON report cannot be written to ``path`` (checked before any work), or None."""
+    import stat
+
+    from .files import is_dir
+
+    folder = os.path.dirname(os.path.abspath(path)) if "\0" not in path else ""
+    if not folder or not is_dir(folder):
+        return f"the folder {folder or path!r} does not exist; create it first"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return f"it cannot be written ({getattr(err, 'strerror', None) or err})"
+    if stat.S_ISDIR(mode):
+        return "it is a directory; give a file path such as llmmem-report.json inside it"
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return "it is a named pipe or a socket, not a file (writing would wait for a reader)"
+    return None
+
+
+def _write_report(path: str, text: str) -> None:
+    from .errors import ConfigError, shown_name
+
+    problem = _report_target_problem(path)
+    if problem is None:
+        try:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            return
+        except OSError as err:
+            problem = f"it cannot be written ({err.strerror or err})"
+    raise ConfigError(f"cannot write the JSON report to {shown_name(path, 200)}: {problem}.")
 
 
 def _github(documents: List[Any], fits: bool, json_path: Optional[str], hook: bool) -> None:
@@ -356,8 +391,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = _parser(command).parse_args(argv)
-    from .errors import ConfigError
+    from .errors import ConfigError, shown_name
 
+    if hasattr(sys.stdout, "reconfigure") and getattr(sys.stdout, "errors", "") == "strict":
+        sys.stdout.reconfigure(errors="backslashreplace")  # a run name an ASCII terminal cannot show
+    json_out = getattr(args, "json_out", None)
+    problem = _report_target_problem(json_out) if json_out else None
+    if problem:  # before any work, so nothing is printed as if the run had been reported
+        print(f"llmmem: error: --json-out {shown_name(json_out, 200)}: {problem}.", file=sys.stderr)
+        return EXIT_ERROR
     try:
         return {"check": _check, "estimate": _estimate, "catalog": _catalog, "diff": _diff, "fit": _fit, "measure": _measure}[args.command](args)
     except ConfigError as err:

@@ -16,16 +16,19 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 from . import files
 from ._toml import toml
 from .catalog import Catalog, default_catalog
-from .errors import ConfigError, did_you_mean, one_of
+from .errors import ConfigError, did_you_mean, one_of, shown, shown_name
 from .keys import (  # noqa: F401  (re-exported: the contract is read from here by tests and tools)
     LORA_ONLY, MODEL_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY,
     Context, Table, canonical, type_name,
 )
 from .locate import Locator
 from .model import Architecture, ParamsOnly
-from .model_config import model_from_table
+from .model_config import check_values as check_model_values, model_from_table
 from .projects import find_pyproject, read_json, read_pyproject
 from .run import FSDP_MODES, METHODS, MODES, OFFLOADS, PRECISIONS, Budget, Run
+
+MAX_NAME = 200  # characters in a run name
+
 
 class Project(NamedTuple):
     """A pyproject's ``[tool.llmmem]``: its resolved runs, and what is needed to re-resolve one."""
@@ -40,7 +43,7 @@ class Project(NamedTuple):
             if run.name == name:
                 return run
         names = [r.name for r in self.runs]
-        raise ConfigError(f'no run named "{name}".{did_you_mean(name, names)}', path=self.path, hint=f"Runs: {one_of(names)}.")
+        raise ConfigError(f'no run named "{shown_name(name)}".{did_you_mean(name, names)}', path=self.path, hint=f"Runs: {one_of(names)}.")
 
     def with_overrides(self, name: str, /, **overrides: Any) -> Run:
         """Run ``name`` with some keys replaced (snake_case keyword names, ``name=`` renames it),
@@ -60,7 +63,7 @@ def _calibration(table: Table) -> Optional[float]:
         return None
     value = table.values["calibration"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= value <= 2.0:
-        raise table.fail("calibration", f"expected a factor from 0.5 to 2.0, got {type_name(value)} {value!r}.",
+        raise table.fail("calibration", f"expected a factor from 0.5 to 2.0, got {type_name(value)} {shown(value)}.",
                          hint="llmmem measure --write stores it; a factor far from 1 means the run was measured wrongly.")
     return float(value)
 
@@ -103,17 +106,19 @@ def _parallelism(table: Table, model: Union[Architecture, ParamsOnly]) -> Dict[s
 
 
 def _budget(levels: Sequence[Table], ctx: Context, require: bool) -> Optional[Budget]:
-    """Run-level keys win over [tool.llmmem]; within a level gpu-memory wins over gpu."""
+    """Run-level keys win over [tool.llmmem]; within a level gpu-memory wins over gpu. Every level's
+    gpu, gpu-memory and headroom is checked, used or not: a typo that loses to another key must
+    not pass silently (gpu = "A100-80BG" beside gpu-memory, gpu-memory = "eighty" under runs with
+    their own gpu)."""
     ceiling, gpu_name = None, None
     for table in levels:
-        if "gpu-memory" in table:
-            ceiling = table.size("gpu-memory")
-            break
-        if "gpu" in table:
-            gpu = table.resolve("gpu", ctx.catalog.gpu)
+        memory = table.size("gpu-memory")
+        gpu = table.resolve("gpu", ctx.catalog.gpu) if "gpu" in table else None
+        if ceiling is None and memory is not None:
+            ceiling = memory
+        elif ceiling is None and gpu is not None:
             ceiling, gpu_name = gpu.memory_bytes, gpu.name
-            break
-    headroom_table = next((t for t in levels if "headroom" in t), None)
+    headrooms = [(table, _headroom(table)) for table in levels if "headroom" in table]
     if ceiling is None:
         if require:
             top = levels[-1]
@@ -123,21 +128,31 @@ def _budget(levels: Sequence[Table], ctx: Context, require: bool) -> Optional[Bu
             )
         return None
     headroom = 0
-    if headroom_table is not None:
-        raw = headroom_table.values["headroom"]
-        if isinstance(raw, str) and raw.strip().endswith("%"):
-            try:
-                percent = float(raw.strip()[:-1])
-            except ValueError:
-                percent = float("nan")
-            if not 0 <= percent < 100:
-                raise headroom_table.fail("headroom", f'"{raw}" is not a percentage from 0 to 99.', hint='For example "10%" or "2 GiB".')
-            headroom = int(ceiling * percent / 100)
-        else:
-            headroom = headroom_table.size("headroom", allow_zero=True)
+    if headrooms:
+        table, (size, percent) = headrooms[0]
+        headroom = int(ceiling * percent / 100) if percent is not None else size
         if headroom >= ceiling:
-            raise headroom_table.fail("headroom", f"{raw!r} leaves nothing of the {ceiling / 2**30:.2f} GiB ceiling.")
+            raw = table.values["headroom"]
+            raise table.fail("headroom", f"{shown(raw)} leaves nothing of the {ceiling / 2**30:.2f} GiB ceiling.")
     return Budget(ceiling, headroom, gpu_name)
+
+
+def _headroom(table: Table) -> Tuple[int, Optional[float]]:
+    """(bytes, None) for a size, (0, percent) for "10%"; checked whether or not a ceiling is known."""
+    raw = table.values["headroom"]
+    if isinstance(raw, str) and raw.strip().endswith("%"):
+        try:
+            percent = float(raw.strip()[:-1]) if len(raw) <= 64 else float("nan")
+        except ValueError:
+            percent = float("nan")
+        if not 0 <= percent < 100:
+            raise table.fail("headroom", f'"{shown_name(raw)}" is not a percentage from 0 to 99.', hint='For example "10%" or "2 GiB".')
+        return 0, percent
+    return table.size("headroom", allow_zero=True), None
+
+
+def _top_model_line(ctx: Context) -> Callable[[Optional[str]], Optional[int]]:
+    return lambda key: ctx.locator.find(f"{TABLE}.model", 0, key) or ctx.locator.find(TABLE, 0, "model")
 
 
 def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require_budget: bool = True) -> Run:
@@ -148,6 +163,9 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
     name = table.string("name")
     if name is None:
         raise ctx.error("this run has no name.", f"{dotted}.name", table.line_of(None), hint='Add name = "sft" (names must be unique).')
+    if len(name) > MAX_NAME or not name.isprintable():  # names are printed in reports and annotations
+        raise table.fail("name", f"{shown(name)} is not a usable run name: at most {MAX_NAME} characters, no control characters "
+                         "(tabs, newlines, escapes).", hint='For example name = "sft-7b".')
     mode = table.choice("mode", MODES, "train")
     line = table.line_of(None)
 
@@ -177,10 +195,10 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
         elif isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
             targets = tuple(value)
         else:
-            raise table.fail("lora-targets", f"expected a list of module names or \"all-linear\", got {type_name(value)} {value!r}.")
+            raise table.fail("lora-targets", f"expected a list of module names or \"all-linear\", got {type_name(value)} {shown(value)}.")
 
     model_raw = dict(top_raw.get("model", {})) if isinstance(top_raw.get("model", {}), dict) else top_raw.get("model")
-    model_line = lambda key: ctx.locator.find(f"{TABLE}.model", 0, key) or ctx.locator.find(TABLE, 0, "model")  # noqa: E731
+    model_line = _top_model_line(ctx)
     model_dotted = f"{TABLE}.model"
     if "model" in table:
         override = table.values["model"]
@@ -206,11 +224,13 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
         leaves = {n.split(".")[-1] for n in names}
         for target in targets:
             if target not in names and target not in leaves:
-                raise table.fail("lora-targets", f'"{target}" is not a linear layer of this {model.family.name} model.{did_you_mean(target, names)}',
+                raise table.fail("lora-targets", f'"{shown_name(target)}" is not a linear layer of this {model.family.name} model.{did_you_mean(target, names)}',
                                  hint=f'Valid: {one_of(names)} or "all-linear".')
 
     seq_len = table.integer("seq-len")
     parallel = _parallelism(table, model)
+    # The top-level overhead is checked even when the run overrides it (parse() checks the top method).
+    overhead, top_overhead = table.size("overhead", allow_zero=True), top.size("overhead", allow_zero=True)
     return Run(
         name=name,
         model=model,
@@ -231,7 +251,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
         **parallel,
         budget=_budget([table, top], ctx, require_budget),
         method=(table if "method" in table else top).choice("method", METHODS, "detailed"),
-        overhead_bytes=(table if "overhead" in table else top).size("overhead", allow_zero=True),
+        overhead_bytes=overhead if "overhead" in table else top_overhead,
         file=ctx.path,
         line=line,
     )
@@ -262,19 +282,30 @@ def parse(
     if table is None:
         raise ConfigError(f"has no [{TABLE}] table, so there is nothing to check.", path=path,
                           hint=f'Add [{TABLE}] with a gpu, a [{TABLE}.model] and at least one [[{TABLE}.runs]]; see the README.')
-    ctx = Context(path, Locator(text), catalog or default_catalog(), read_json, base_dir or files.resolve(path).parent)
+    cache: Dict[Path, Any] = {}  # one read of a config.json that many runs share (10,000 runs: one read)
+
+    def read_once(json_path: Path) -> Any:
+        if json_path not in cache:
+            cache[json_path] = read_json(json_path)
+        return cache[json_path]
+
+    ctx = Context(path, Locator(text), catalog or default_catalog(), read_once, base_dir or files.resolve(path).parent)
     top = Table(table, TOP_KEYS, ctx, TABLE, lambda key: ctx.locator.find(TABLE, 0, key))
     if "method" in top:
         top.choice("method", METHODS, "detailed")
+    if "model" in top:  # checked even when every run brings its own model
+        check_model_values(Table(top.values["model"], MODEL_KEYS, ctx, f"{TABLE}.model", _top_model_line(ctx)), ctx)
     raw_runs = top.values.get("runs")
     if not isinstance(raw_runs, list) or not raw_runs:
         raise ctx.error("declares no runs.", f"{TABLE}.runs", ctx.locator.find(TABLE),
                         hint=f'Add at least one [[{TABLE}.runs]] table with a name, e.g. name = "sft".')
     runs: List[Run] = []
+    names = set()
     for index, raw in enumerate(raw_runs):
         run = _run(raw, index, top.values, ctx, require_budget)
-        if any(r.name == run.name for r in runs):
-            raise ctx.error(f'run name "{run.name}" is used twice.', f"{TABLE}.runs[{index}].name", run.line, hint="Names must be unique.")
+        if run.name in names:
+            raise ctx.error(f'run name "{shown_name(run.name)}" is used twice.', f"{TABLE}.runs[{index}].name", run.line, hint="Names must be unique.")
+        names.add(run.name)
         runs.append(run)
     return Project(path, tuple(runs), top.values, ctx)
 

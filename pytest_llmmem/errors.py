@@ -73,6 +73,8 @@ def shown_name(name: object, limit: int = SHOWN) -> str:
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     """' Did you mean "x"?' for a near miss, else ''. difflib is imported only on this error path."""
+    if len(str(word)) > 100:  # no near miss is this long; difflib would index every character
+        return ""
     import difflib
 
     match = difflib.get_close_matches(str(word).lower(), [o.lower() for o in options], n=1, cutoff=0.6)

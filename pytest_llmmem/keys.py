@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from .catalog import Catalog
-from .errors import ConfigError, did_you_mean, one_of
+from .errors import ConfigError, did_you_mean, one_of, shown, shown_name
 from .locate import TABLE, Locator, canonical  # noqa: F401  (TABLE and canonical are part of the contract)
 from .units import BYTE_UNITS_HELP, UnitError, parse_bytes
 
@@ -75,9 +75,8 @@ def boolean(value: Any) -> bool:
 
 
 def _short(value: Any) -> str:
-    """repr, cut short (a 400-digit number must not fill the terminal)."""
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+    """repr, cut short (a 400-digit number must not fill the terminal): errors.shown."""
+    return shown(value)
 
 
 def limit(key: str) -> int:
@@ -90,6 +89,7 @@ class Context:
 
     def __init__(self, path: str, locator: Locator, catalog: Catalog, read_json: Callable[[Path], Any], base_dir: Path) -> None:
         self.path, self.locator, self.catalog, self.read_json, self.base_dir = path, locator, catalog, read_json, base_dir
+        self.hf_configs: Dict[Any, Any] = {}  # (config value, overrides) -> Architecture: 10,000 runs, one read
 
     def error(self, message: str, key: str, line: Optional[int], hint: Optional[str] = None) -> ConfigError:
         return ConfigError(message, path=self.path, key=key, line=line, hint=hint)
@@ -113,8 +113,8 @@ class Table:
             name = canonical(str(key))
             if name not in allowed:
                 raise ctx.error(
-                    f'unknown key "{key}".{did_you_mean(name, allowed)}',
-                    f"{dotted}.{key}",
+                    f'unknown key "{shown_name(key)}".{did_you_mean(name, allowed)}',
+                    f"{dotted}.{shown_name(key)}",
                     line_of(name),
                     hint=f"Valid keys here: {', '.join(allowed)}.",
                 )
@@ -153,13 +153,13 @@ class Table:
     def string(self, key: str, default: Optional[str] = None) -> Optional[str]:
         value = self.values.get(key, default)
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise self.fail(key, f"expected a non-empty string, got {type_name(value)} {value!r}.")
+            raise self.fail(key, f"expected a non-empty string, got {type_name(value)} {shown(value)}.")
         return value
 
     def choice(self, key: str, choices: Sequence[str], default: str) -> str:
         value = self.string(key, default)
         if value.lower() not in choices:
-            raise self.fail(key, f'"{value}" is not valid.{did_you_mean(value, choices)}', hint=f"Valid: {one_of(choices)}.")
+            raise self.fail(key, f'"{shown_name(value)}" is not valid.{did_you_mean(value, choices)}', hint=f"Valid: {one_of(choices)}.")
         return value.lower()
 
     def size(self, key: str, allow_zero: bool = False) -> Optional[int]:
@@ -170,7 +170,7 @@ class Table:
         except UnitError as err:
             raise self.fail(key, f"{err}.") from None
         if value > MAX_MEMORY:
-            raise self.fail(key, f"{self.values[key]!r} is more than 1 PiB per GPU; expected {BYTE_UNITS_HELP}.")
+            raise self.fail(key, f"{shown(self.values[key])} is more than 1 PiB per GPU; expected {BYTE_UNITS_HELP}.")
         return value
 
     def resolve(self, key: str, lookup: Callable[[object], Any], default: Optional[str] = None) -> Any:

@@ -20,6 +20,7 @@ _ARCH_FIELDS = {
     "vocab-size": "vocab_size", "max-position-embeddings": "max_positions", "num-experts": "num_experts",
     "experts-per-token": "experts_per_token", "moe-intermediate-size": "moe_intermediate_size",
 }
+_DROPOUTS = ("attention-dropout", "hidden-dropout")
 _REQUIRED_ARCH = ("hidden-size", "num-layers", "num-heads", "vocab-size")
 
 
@@ -30,19 +31,13 @@ def model_from_table(table: Table, ctx: Context) -> Union[Architecture, ParamsOn
             other = "config" if "config" in table else arch_given[0]
             raise table.fail("params", f'give either params or an architecture ("{other}"), not both.',
                              hint="params alone gives weights, gradients and optimizer states; an architecture adds activations and KV cache.")
-        try:
-            count = parse_count(table.values["params"])
-        except UnitError as err:
-            raise table.fail("params", f"{err}.") from None
-        if count > MAX_PARAMS:
-            raise table.fail("params", f"{count:,} parameters is more than 10^15; expected e.g. \"7B\".")
-        return ParamsOnly(count, ctx.path)
+        return ParamsOnly(_params(table), ctx.path)
     values: Dict[str, Any] = {}
     for key in _ARCH_FIELDS:
-        number = table.integer(key, low=0 if key in ("head-dim", "num-experts") else 1)
+        number = table.integer(key, low=_lowest(key))
         if number is not None:
             values[_ARCH_FIELDS[key]] = number
-    for key in ("attention-dropout", "hidden-dropout"):  # dropout keeps masks for backward
+    for key in _DROPOUTS:  # dropout keeps masks for backward
         p = table.probability(key)
         if p is not None:
             values[key.replace("-", "_")] = p
@@ -84,8 +79,46 @@ def model_from_table(table: Table, ctx: Context) -> Union[Architecture, ParamsOn
     return arch
 
 
+def check_values(table: Table, ctx: Context) -> None:
+    """Each key of a model table on its own: type, range, and a readable config file. For the
+    [tool.llmmem.model] table, which must be checked even when every run brings its own model
+    (a typo there would otherwise pass silently); completeness is checked where a run uses it."""
+    if "params" in table:
+        _params(table)
+    values = {_ARCH_FIELDS[key]: table.integer(key, low=_lowest(key)) for key in _ARCH_FIELDS if key in table}
+    for key in _DROPOUTS:
+        table.probability(key)
+    fam = table.resolve("family", family) if "family" in table else None
+    table.boolean("tie-embeddings", False)
+    table.string("hidden-act")
+    if "config" in table:
+        _read_hf_config(table, ctx, fam, values)
+
+
+def _lowest(key: str) -> int:
+    return 0 if key in ("head-dim", "num-experts") else 1
+
+
+def _params(table: Table) -> int:
+    try:
+        count = parse_count(table.values["params"])
+    except UnitError as err:
+        raise table.fail("params", f"{err}.") from None
+    if count > MAX_PARAMS:
+        raise table.fail("params", f"{count:,} parameters is more than 10^15; expected e.g. \"7B\".")
+    return count
+
+
 def _read_hf_config(table: Table, ctx: Context, fam: Optional[Family], overrides: Dict[str, Any]) -> Architecture:
+    """The config.json's Architecture, read and resolved once per parse for each distinct use."""
     raw = table.string("config")
+    key = (raw, fam.name if fam else None, tuple(sorted(overrides.items())))
+    if key not in ctx.hf_configs:
+        ctx.hf_configs[key] = _read_hf_config_once(table, raw, ctx, fam, overrides)
+    return ctx.hf_configs[key]
+
+
+def _read_hf_config_once(table: Table, raw: str, ctx: Context, fam: Optional[Family], overrides: Dict[str, Any]) -> Architecture:
     quoted = f'"{shown_name(raw, 120)}"'
     path = files.resolve(raw if Path(raw).is_absolute() else ctx.base_dir / raw)
     if files.is_dir(path):

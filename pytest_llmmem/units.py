@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Union
+from typing import Optional, Union
+
+from .errors import shown
 
 KiB = 1024
 MiB = 1024**2
@@ -38,8 +40,17 @@ _BYTE_UNITS = {
 # Parameter counts: "7B", "6.74B", "350M", "1.5T", "7e9"; B = billion (10**9), not bytes.
 _COUNT_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 
-_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)"
-_BYTES_RE = re.compile(r"^\s*" + _NUMBER + r"\s*([a-zA-Z]*)\s*$")
+# A number, then an optional unit. No two adjacent quantifiers can match the same characters, so
+# matching is linear (a pattern with "\s*([a-zA-Z]*)\s*" took seconds on 20,000 spaces).
+_QUANTITY = re.compile(r"((?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)[ \t]*([a-zA-Z]*)")
+_MAX_TEXT = 64  # longer than any quantity people write; refused before any matching
+
+
+def _quantity(text: str) -> "Optional[re.Match[str]]":
+    """(number, unit) of "80 GiB", "7.5e10", "350M", or None."""
+    text = text.strip()
+    return _QUANTITY.fullmatch(text) if len(text) <= _MAX_TEXT else None
+
 
 Number = Union[int, float]
 
@@ -52,46 +63,58 @@ class UnitError(ValueError):
 
 def _finite_positive(value: float, text: object, what: str, allow_zero: bool) -> float:
     if math.isnan(value) or math.isinf(value):
-        raise UnitError(f"{text!r} is not a finite number; expected {what}")
+        raise UnitError(f"{shown(text)} is not a finite number; expected {what}")
     if value < 0 or (value == 0 and not allow_zero):
-        raise UnitError(f"{text!r} must be {'zero or more' if allow_zero else 'greater than zero'}; expected {what}")
+        raise UnitError(f"{shown(text)} must be {'zero or more' if allow_zero else 'greater than zero'}; expected {what}")
     return value
 
 
 def parse_bytes(text: object, *, allow_zero: bool = False) -> int:
     """Read a memory size into bytes ("80 GiB" -> 85899345920, "80GB" -> 80000000000)."""
     if isinstance(text, bool):
-        raise UnitError(f"{text!r} is a boolean; expected {BYTE_UNITS_HELP}")
+        raise UnitError(f"{shown(text)} is a boolean; expected {BYTE_UNITS_HELP}")
     if isinstance(text, (int, float)):
         value, unit = _finite_positive(float(text), text, BYTE_UNITS_HELP, allow_zero), ""
     elif isinstance(text, str):
-        match = _BYTES_RE.match(text)
+        match = _quantity(text)
         unit = match.group(2).lower() if match else ""
         if not match or unit not in _BYTE_UNITS:
-            raise UnitError(f"{text!r} is not a size; expected {BYTE_UNITS_HELP}")
+            raise UnitError(f"{shown(text)} is not a size; expected {BYTE_UNITS_HELP}")
         value = _finite_positive(float(match.group(1)), text, BYTE_UNITS_HELP, allow_zero)
     else:
-        raise UnitError(f"{text!r} is a {type(text).__name__}; expected {BYTE_UNITS_HELP}")
-    result = int(round(value * _BYTE_UNITS[unit]))
+        raise UnitError(f"{shown(text)} is a {type(text).__name__}; expected {BYTE_UNITS_HELP}")
+    scaled = value * _BYTE_UNITS[unit]
+    if math.isinf(scaled):  # "1e308 TiB": finite number, infinite product
+        raise UnitError(f"{shown(text)} is too large; expected {BYTE_UNITS_HELP}")
+    result = int(round(scaled))
     if result == 0 and not allow_zero:
-        raise UnitError(f"{text!r} is less than one byte; expected {BYTE_UNITS_HELP}")
+        raise UnitError(f"{shown(text)} is less than one byte; expected {BYTE_UNITS_HELP}")
     return result
 
 
 def parse_count(text: object) -> int:
     """Read a parameter count ("7B" -> 7_000_000_000, "350M", "7e9", 6738415616)."""
     if isinstance(text, bool):
-        raise UnitError(f"{text!r} is a boolean; expected {COUNT_HELP}")
+        raise UnitError(f"{shown(text)} is a boolean; expected {COUNT_HELP}")
     if isinstance(text, (int, float)):
-        return int(_finite_positive(float(text), text, COUNT_HELP, False))
+        count = int(_finite_positive(float(text), text, COUNT_HELP, False))
+        if count < 1:
+            raise UnitError(f"{shown(text)} is less than one parameter; expected {COUNT_HELP}")
+        return count
     if not isinstance(text, str):
-        raise UnitError(f"{text!r} is a {type(text).__name__}; expected {COUNT_HELP}")
-    match = _BYTES_RE.match(text.replace("_", "").replace(",", ""))
+        raise UnitError(f"{shown(text)} is a {type(text).__name__}; expected {COUNT_HELP}")
+    match = _quantity(text.replace("_", "").replace(",", ""))
     suffix = match.group(2).lower() if match else ""
     if not match or suffix not in _COUNT_SUFFIX:
-        raise UnitError(f"{text!r} is not a parameter count; expected {COUNT_HELP}")
+        raise UnitError(f"{shown(text)} is not a parameter count; expected {COUNT_HELP}")
     value = _finite_positive(float(match.group(1)), text, COUNT_HELP, False)
-    return int(round(value * _COUNT_SUFFIX[suffix]))
+    scaled = value * _COUNT_SUFFIX[suffix]
+    if math.isinf(scaled):
+        raise UnitError(f"{shown(text)} is too large; expected {COUNT_HELP}")
+    count = int(round(scaled))
+    if count < 1:
+        raise UnitError(f"{shown(text)} is less than one parameter; expected {COUNT_HELP}")
+    return count
 
 
 def format_bytes(n: float, units: str = "gib", digits: int = 2) -> str:
