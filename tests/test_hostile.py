@@ -256,7 +256,7 @@ def test_estimate_checks_headroom_without_a_gpu(capsys):
     # Issue 17 item 4: with no --gpu there is no budget, and the headroom was never read.
     code, out, err, _ = run(capsys, "estimate", "--params", "7B", "--headroom", "banana")
     assert (code, out) == (2, "")
-    assert err == ("llmmem: error: command line: tool.llmmem.runs[0].headroom: 'banana' is not a size; expected a size such as "
+    assert err == ("llmmem: error: command line: --headroom: 'banana' is not a size; expected a size such as "
                    '"80 GiB", "80GB", "81920MiB", "80G" or a byte count like 7.5e10.\n')
 
 
@@ -314,3 +314,13 @@ def test_ten_thousand_runs_parse_fast(tmp_path, capsys):
     path.write_text(path.read_text(encoding="utf-8") + '[[tool.llmmem.runs]]\nname = "r5"\n', encoding="utf-8")
     code, out, err, _ = run(capsys, "check", path)
     assert code == 2 and err.startswith(f'llmmem: error: {path}:30007: tool.llmmem.runs[10000].name: run name "r5" is used twice.')
+
+
+def test_long_family_name_is_cut(tmp_path, capsys):
+    path = tmp_path / "pyproject.toml"
+    path.write_text('[tool.llmmem]\ngpu = "A100-80GB"\n\n[tool.llmmem.model]\nfamily = "' + "l" * 100_000 + '"\nhidden-size = 64\n'
+                    'num-layers = 1\nnum-heads = 1\nintermediate-size = 64\nvocab-size = 10\n\n[[tool.llmmem.runs]]\nname = "sft"\n', encoding="utf-8")
+    code, out, err, seconds = run(capsys, "check", path)
+    assert (code, out) == (2, "") and seconds < 0.5
+    assert err.startswith(f'llmmem: error: {path}:5: tool.llmmem.model.family: unknown model family "{"l" * 60}…" (100,000 characters).')
+    assert len(err) < 1000
