@@ -287,6 +287,11 @@ def _fit(args: argparse.Namespace) -> int:
         if run.budget is None:
             print("  no budget: nothing to solve")
             continue
+        if run.serve is not None:  # a server's questions: max-model-len, concurrency, tensor-parallel, fp8
+            from .serve_fit import answers
+
+            print("\n".join(f"  {line}" for line in answers(run, args.units)))
+            continue
         if isinstance(run.model, Architecture):  # batch and sequence only move activations, logits and KV cache
             batch = fit.largest_fitting(run, "batch_size", 1 << 20)
             seq = fit.largest_fitting(run, "seq_len", 1 << 24)

@@ -26,6 +26,7 @@ from .model import Architecture, ParamsOnly
 from .model_config import check_values as check_model_values, model_from_table
 from .projects import find_pyproject, read_json, read_pyproject
 from .run import FSDP_MODES, METHODS, MODES, OFFLOADS, PRECISIONS, Budget, Run
+from .serve_keys import serving_fields
 
 MAX_NAME = 200  # characters in a run name
 
@@ -227,7 +228,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
                 raise table.fail("lora-targets", f'"{shown_name(target)}" is not a linear layer of this {model.family.name} model.{did_you_mean(target, names)}',
                                  hint=f'Valid: {one_of(names)} or "all-linear".')
 
-    seq_len = table.integer("seq-len")
+    serving, seq_len = serving_fields(table, name, mode, model, table.integer("seq-len"))
     parallel = _parallelism(table, model)
     # The top-level overhead is checked even when the run overrides it (parse() checks the top method).
     overhead, top_overhead = table.size("overhead", allow_zero=True), top.size("overhead", allow_zero=True)
@@ -254,6 +255,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
         overhead_bytes=overhead if "overhead" in table else top_overhead,
         file=ctx.path,
         line=line,
+        **serving,
     )
 
 

@@ -57,6 +57,10 @@ class Estimate(NamedTuple):
     # unknown model family read as a generic decoder). Every front-end shows both; strict fails them.
     partial: Tuple[str, ...] = ()
     approximate: Tuple[str, ...] = ()
+    # Why the run fails whatever the budget (a serving engine that refuses to start, a min-concurrency
+    # it does not reach), and the engine's start-up figures (serve.Startup) for the report.
+    failures: Tuple[str, ...] = ()
+    serving: Optional[object] = None
 
     @property
     def total_bytes(self) -> int:
@@ -74,6 +78,8 @@ class Estimate(NamedTuple):
     @property
     def fits(self) -> Optional[bool]:
         budget = self.budget_bytes
+        if self.failures:
+            return False
         if budget is None:
             return None
         return self.total_bytes <= budget and self.host_fits is not False
@@ -92,6 +98,10 @@ def estimate(run: Run) -> Estimate:
     """Estimate the peak per-GPU memory of ``run`` by its method."""
     if run.method == "rule-of-thumb":
         return _rule_of_thumb(run)
+    if run.serve is not None:
+        from .serve_estimate import served
+
+        return served(run)
     return _detailed(run)
 
 
@@ -292,6 +302,19 @@ def _stage_groups(arch: Architecture, layers: int) -> List[Tuple[int, LayerGroup
     return [(math.ceil(g.count * layers / arch.num_layers), g) for g in arch.layer_groups()]
 
 
+def _inference_logits(run: Run, b: int, prompt: int, vocab: int, act: int, details: Dict[str, int], classifier: bool, t: int) -> int:
+    """A scoring forward (logits = "all") returns logits for every prompt position; generation asks
+    for the last one only (transformers generate() sets logits_to_keep=1, generation/utils.py:2955)
+    and copies it to fp32 before sampling (utils.py:3248)."""
+    if run.logits == "all" or classifier:
+        details["logits.all_positions"] = (b if classifier else b * prompt) * vocab * act // t
+        return details["logits.all_positions"]
+    details["logits.last_position"] = b * vocab * act // t
+    if run.new_tokens:
+        details["logits.fp32_scores"] = b * vocab * FP32 // t
+    return details["logits.last_position"] + details.get("logits.fp32_scores", 0)
+
+
 def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, int], details: Dict[str, int]) -> None:
     """Activations, logits and KV cache, which scale with batch and sequence; each a sum over layer groups."""
     b, s = run.batch_size, run.seq_len
@@ -305,14 +328,16 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
     if not run.trains:
         # KV cache (K and V per token in HF DynamicCache; MLA's latent; Mamba's fixed state): each
         # attention kind answers for its own layers; tensor parallelism splits the KV heads.
+        # The cache covers prompt + new tokens (s); the prefill's transient peak covers the prompt.
+        prompt = run.prompt_len or s
         for n, g in stage:
             key = f"kv_cache.{g.attention.kind}"
             details[key] = details.get(key, 0) + n * g.attention.cache_bytes(b, s, act, t)
         breakdown["kv_cache"] = sum(v for k, v in details.items() if k.startswith("kv_cache."))
         if len(details) == 1 or all(k == "kv_cache.full" for k in details if k.startswith("kv_cache.")):
             details.pop("kv_cache.full", None)  # one kind: the term says it all
-        breakdown["activations"] = max(forward_transient(arch, g, batch=b, seq=s, act=act, flash=flash) for _, g in stage) // t
-        breakdown["logits"] = logit_rows * vocab_out * act // t  # a forward returns logits for every position
+        breakdown["activations"] = max(forward_transient(arch, g, batch=b, seq=prompt, act=act, flash=flash) for _, g in stage) // t
+        breakdown["logits"] = _inference_logits(run, b, prompt, vocab_out, act, details, arch.family.classifier, t)
         return
     if run.mode == "train":
         trainable = Trainable(full=True)

@@ -88,6 +88,10 @@ def ways_out(run: Run, units: str = "gib") -> List[WayOut]:
     """Changes that make an over-budget run fit, cheapest to adopt first. Empty when it already fits."""
     if run.budget is None or estimate(run).fits:
         return []
+    if run.serve is not None:
+        from .serve_fit import ways_out as serving_ways_out
+
+        return serving_ways_out(run, units)
     out: List[WayOut] = []
     has_shape = isinstance(run.model, Architecture)
 

@@ -24,9 +24,15 @@ MODEL_KEYS = ("params", "config") + ARCH_KEYS
 TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "zero-stage", "fsdp", "offload", "micro-batches")
 PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
 LORA_ONLY = ("lora-rank", "lora-targets", "adapter-dtype")
+INFERENCE_ONLY = ("prompt-len", "new-tokens", "logits", "engine")
+# A serving engine's start-up flags, under their vLLM names (SGLang's mem_fraction_static is gpu-memory-utilization).
+ENGINE_ONLY = (
+    "gpu-memory-utilization", "max-model-len", "max-num-seqs", "max-num-batched-tokens", "kv-cache-dtype",
+    "block-size", "enforce-eager", "quantization", "min-concurrency", "engine-version",
+)
 RUN_KEYS = (
     "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model", "calibration",
-) + TRAIN_ONLY + PARALLEL_KEYS + LORA_ONLY + BUDGET_KEYS
+) + TRAIN_ONLY + PARALLEL_KEYS + LORA_ONLY + INFERENCE_ONLY + ENGINE_ONLY + BUDGET_KEYS
 
 # Largest values taken as meant; anything past these is a typo or a unit slip.
 _LIMITS = {
@@ -37,6 +43,8 @@ _LIMITS = {
     "head-dim": 100_000, "intermediate-size": 10_000_000, "vocab-size": 100_000_000,
     "max-position-embeddings": 100_000_000, "num-experts": 100_000, "experts-per-token": 100_000,
     "moe-intermediate-size": 10_000_000,
+    "prompt-len": 100_000_000, "new-tokens": 100_000_000, "max-model-len": 100_000_000, "max-num-seqs": 1_000_000,
+    "max-num-batched-tokens": 100_000_000, "block-size": 4096,
 }
 MAX_PARAMS = 10**15
 MAX_MEMORY = 2**50  # 1 PiB per GPU
@@ -143,6 +151,24 @@ class Table:
             return probability(self.values[key])
         except ValueError as err:
             raise self.fail(key, str(err)) from None
+
+    def fraction(self, key: str) -> Optional[float]:
+        """A share of the GPU, 0 < value <= 1 (vLLM rejects anything else: vllm/config cache checks)."""
+        if key not in self.values:
+            return None
+        value = self.values[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 < value <= 1):
+            raise self.fail(key, f"expected a fraction of GPU memory above 0 and at most 1, got {type_name(value)} {value!r}.",
+                            hint="For example 0.9 (vLLM's default): the engine takes 90 % of the GPU.")
+        return float(value)
+
+    def positive(self, key: str) -> Optional[float]:
+        if key not in self.values:
+            return None
+        value = self.values[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 < value <= 1_000_000):
+            raise self.fail(key, f"expected a positive number, got {type_name(value)} {value!r}.")
+        return float(value)
 
     def boolean(self, key: str, default: bool) -> bool:
         try:

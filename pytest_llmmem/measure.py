@@ -163,12 +163,14 @@ def _cpu_step(torch, model, ids, run: Run, est: Estimate):
     d, b = est.details, est.breakdown
     estimated: Dict[str, int] = {"weights": b["weights"]}
     if not run.trains:
+        # Generation asks for the last position's logits only, as generate() does (logits_to_keep=1).
+        keep = {} if run.logits == "all" else {"logits_to_keep": 1}
         with torch.no_grad():
-            out = model(ids, use_cache=True)
+            out = model(ids, use_cache=True, **keep)
         cache = getattr(out, "cache", None) or out.past_key_values
         terms["kv_cache"] = sum(_nbytes([layer.keys, layer.values]) for layer in cache.layers)
         terms["logits"] = _nbytes([out.logits])
-        estimated.update(kv_cache=b["kv_cache"], logits=b["logits"])
+        estimated.update(kv_cache=b["kv_cache"], logits=d.get("logits.all_positions", d.get("logits.last_position", 0)))
         return terms, estimated
     if run.gradient_checkpointing:
         _checkpointing(model)

@@ -45,8 +45,11 @@ def describe_run(est: Estimate) -> str:
         parts.append(run.optimizer.name)
     if run.mode in ("lora", "qlora"):
         parts.append(f"r={run.lora_rank} on {', '.join(run.lora_targets)}")
-    if isinstance(run.model, Architecture):
-        parts.append(f"batch {run.batch_size} x seq {run.seq_len}")
+    if run.serve is not None:
+        parts.append(f"{run.engine}" + (f" TP={run.tensor_parallel}" if run.tensor_parallel > 1 else ""))
+    elif isinstance(run.model, Architecture):
+        shape = f"prompt {run.prompt_len} + {run.new_tokens} new" if run.prompt_len else f"seq {run.seq_len}"
+        parts.append(f"batch {run.batch_size} x {shape}" + (f", logits {run.logits}" if not run.trains else ""))
     if run.gradient_checkpointing:
         parts.append("checkpointing")
     if run.gpus > 1:
@@ -69,9 +72,14 @@ def verdict(est: Estimate, units: str = "gib") -> str:
         return f"{total} (no budget set)"
     share = f"{100 * est.used_fraction:.1f} %"
     head = "FITS" if est.fits else "OVER"
+    over = est.total_bytes > est.budget_bytes
+    if est.failures and not over:
+        head = "FAILS"
     text = f"{head}: {total} of {format_bytes(est.budget_bytes, units)} budget ({share})"
-    if not est.fits:
+    if over:
         text += f", {format_bytes(est.total_bytes - est.budget_bytes, units)} over"
+    elif est.failures:
+        text += f"; {est.failures[0]}"
     return text
 
 
@@ -95,9 +103,21 @@ def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False) -> s
     lines = [f"{run.name}{where}: {verdict(est, units)}", f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
     lines += breakdown_table(est, units, ascii_only)
     lines += _host_line(est, units)
+    lines += _serving_lines(est)
     lines += _failure_tail(est, units)
     lines += [f"  note: {note}" for note in est.notes]
     return "\n".join(lines)
+
+
+def _serving_lines(est: Estimate) -> List[str]:
+    """What the engine would print at start-up, and why the run fails whatever the budget."""
+    lines = []
+    if est.serving is not None:
+        from .serve import describe
+
+        lines += [f"  {line}" for line in describe(est.serving)]
+    lines += [f"  FAILS: {failure}" for failure in est.failures]
+    return lines
 
 
 def _host_line(est: Estimate, units: str) -> List[str]:
@@ -134,9 +154,12 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) 
     head = (f'llmmem: run "{run.name}" needs {format_bytes(est.total_bytes, units)} per GPU; '
             f"the budget is {format_bytes(est.budget_bytes, units)} ({run.budget.describe(units)}): "
             f"{100 * est.used_fraction:.1f} %, {format_bytes(est.total_bytes - est.budget_bytes, units)} over")
+    if est.failures and est.total_bytes <= est.budget_bytes:
+        head = f'llmmem: run "{run.name}" fails: ' + "; ".join(est.failures)
     lines = [head, f"  {describe_run(est)}", f"  method: {est.method}"]
     lines += breakdown_table(est, units, ascii_only)
     lines += _host_line(est, units)
+    lines += _serving_lines(est)
     lines += _failure_tail(est, units)
     lines += [f"  note: {note}" for note in est.notes]
     if where:
@@ -203,7 +226,20 @@ def as_dict(est: Estimate) -> Dict[str, Any]:
         "line": run.line,
         "host_bytes": est.host_bytes,
         "host_budget_bytes": run.host_memory_bytes,
+        "failures": list(est.failures),
+        "serving": _serving_dict(est),
     }
+
+
+def _serving_dict(est: Estimate) -> Optional[Dict[str, Any]]:
+    s = est.serving
+    if s is None:
+        return None
+    return {"engine": s.engine, "version": s.version, "starts": s.starts, "refusal": s.refusal or None,
+            "total_gpu_bytes": s.total_bytes, "utilization": s.utilization, "kv_cache_bytes": s.kv_pool_bytes,
+            "kv_cache_tokens": s.tokens, "gpu_blocks": s.blocks, "max_model_len": s.max_model_len,
+            "max_concurrency": round(s.max_concurrency, 4), "max_num_batched_tokens": s.max_num_batched_tokens,
+            "max_num_seqs": s.max_num_seqs}
 
 
 def as_json_document(path: Optional[str], estimates: Sequence[Estimate]) -> Dict[str, Any]:

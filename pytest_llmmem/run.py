@@ -13,6 +13,24 @@ FSDP_MODES = ("none", "full-shard", "shard-grad-op", "hybrid-shard")
 OFFLOADS = ("none", "optimizer", "optimizer+params")
 PRECISIONS = ("mixed", "pure", "amp")
 METHODS = ("detailed", "rule-of-thumb")
+ENGINES = ("transformers", "vllm", "sglang")
+LOGITS = ("last", "all")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+
+
+class ServeSettings(NamedTuple):
+    """What a serving engine is started with (its own flag names, kebab-case); None = the engine's default."""
+
+    gpu_memory_utilization: Optional[float] = None  # vLLM --gpu-memory-utilization, SGLang --mem-fraction-static
+    max_model_len: Optional[int] = None
+    max_num_seqs: Optional[int] = None
+    max_num_batched_tokens: Optional[int] = None
+    kv_cache_dtype: str = "auto"
+    block_size: Optional[int] = None
+    enforce_eager: bool = False
+    quantization: Optional[str] = None  # fp8, awq, gptq, mxfp4, bitsandbytes
+    min_concurrency: Optional[float] = None  # requests of max-model-len tokens the pool must hold at once
+    engine_version: Optional[str] = None
 
 
 class Budget(NamedTuple):
@@ -66,6 +84,14 @@ class Run(NamedTuple):
     overhead_bytes: Optional[int] = None  # replaces the CUDA context / allocator default
     calibration: Optional[float] = None  # measured / estimated, stored by `llmmem measure --write`
     strict: bool = False  # a partial or approximate estimate fails instead of passing with a warning
+    # Inference: prompt + new tokens (= seq-len), and whether the forward returns every position's
+    # logits (a scoring forward) or the last one only (generation: transformers generate() passes
+    # logits_to_keep=1, generation/utils.py; vLLM and SGLang compute logits for sampled tokens only).
+    prompt_len: Optional[int] = None
+    new_tokens: int = 0
+    logits: str = "last"
+    engine: str = "transformers"
+    serve: Optional[ServeSettings] = None
     file: Optional[str] = None
     line: Optional[int] = None
 

@@ -86,7 +86,7 @@ def test_llama7b_full_training_mixed_precision():
 
 
 def test_llama7b_inference_kv_cache():
-    run = adhoc_run({**LLAMA2_7B_KEYS, "mode": "inference", "dtype": "bf16", "batch-size": 8, "seq-len": 4096})
+    run = adhoc_run({**LLAMA2_7B_KEYS, "mode": "inference", "dtype": "bf16", "batch-size": 8, "seq-len": 4096, "logits": "all"})
     b = estimate(run).breakdown
     assert b["weights"] == P7B * 2
     # 2 (K,V) x 32 layers x 32 heads x 128 dims x 4096 tokens x 8 sequences x 2 bytes = 16 GiB

@@ -44,7 +44,8 @@ def torch_available():
     # Eager attention with grouped-query heads: K and V are repeated to every head before the matmuls.
     {"mode": "train", "dtype": "fp32", "optimizer": "adam", "seq-len": 32, "flash-attention": False},
     {"mode": "train", "dtype": "bf16", "optimizer": "adam", "seq-len": 32, "flash-attention": False},
-    {"mode": "inference", "dtype": "bf16", "batch-size": 2, "seq-len": 64},
+    {"mode": "inference", "dtype": "bf16", "batch-size": 2, "seq-len": 64},  # generation: last position's logits
+    {"mode": "inference", "dtype": "bf16", "batch-size": 2, "seq-len": 64, "logits": "all"},  # a scoring forward
 ])
 def test_cpu_measurement_matches_the_estimate(torch_available, extra):
     from pytest_llmmem.measure import measure

@@ -1,0 +1,215 @@
+"""Inference as generate() and serving engines run it (issue 12): last-position logits for generation,
+KV over prompt + new tokens, and vLLM / SGLang start-up with their verdicts. Figures are computed by
+hand in the comments and checked against the engines' published start-up logs."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_llmmem.config import adhoc_run, parse
+from pytest_llmmem.errors import ConfigError
+from pytest_llmmem.estimate import estimate
+from pytest_llmmem.serve import KVKind, largest_max_model_len
+from pytest_llmmem.serve_fit import answers
+from pytest_llmmem.vllm_engine import _pool
+
+GiB = 2**30
+ROOT = Path(__file__).resolve().parents[1]
+# Llama-3.1-8B (meta-llama/Llama-3.1-8B config.json, shape keys).
+LLAMA31_8B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "num-kv-heads": 8,
+              "intermediate-size": 14336, "vocab-size": 128256, "max-position-embeddings": 131072}
+V0_3090 = {**LLAMA31_8B, "mode": "inference", "engine": "vllm", "engine-version": "0.6.4", "gpu": "RTX-3090"}
+
+
+# --- generate() and scoring forwards --------------------------------------------------------------
+
+def test_generation_keeps_only_the_last_positions_logits():
+    run = adhoc_run({**LLAMA31_8B, "mode": "inference", "prompt-len": 8192, "new-tokens": 256, "batch-size": 2})
+    est = estimate(run)
+    # logits_to_keep=1: 2 rows x 128,256 in bf16, plus generate()'s fp32 copy of them.
+    assert est.details["logits.last_position"] == 2 * 128256 * 2
+    assert est.details["logits.fp32_scores"] == 2 * 128256 * 4
+    assert est.breakdown["logits"] == 2 * 128256 * 6
+    # The cache holds prompt + new tokens: 2 (K,V) x 32 layers x 8 heads x 128 x 8448 tokens x 2 seqs x 2 B.
+    assert est.breakdown["kv_cache"] == 2 * 32 * 8 * 128 * 8448 * 2 * 2
+    # The prefill's transient covers the prompt only: residual + norm out (2 T h) beside the gated MLP's 3 T f.
+    T = 2 * 8192
+    assert est.breakdown["activations"] == 2 * T * 4096 * 2 + 3 * T * 14336 * 2
+
+
+def test_scoring_forward_keeps_every_positions_logits():
+    run = adhoc_run({**LLAMA31_8B, "mode": "inference", "seq-len": 4096, "logits": "all"})
+    assert estimate(run).breakdown["logits"] == 4096 * 128256 * 2  # every position, bf16
+    last = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "seq-len": 4096}))
+    assert last.breakdown["logits"] == 128256 * 2  # a plain forward with logits_to_keep=1: no fp32 copy
+
+
+def test_issue_12_long_context_no_longer_counts_31_gib_of_logits():
+    # The issue's new user: Llama-3.1-8B bf16 at 131,072 tokens on an H100 was OVER with 31 GiB of logits.
+    est = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "seq-len": 131072, "gpu": "H100"}))
+    assert est.breakdown["logits"] == 128256 * 2
+    assert est.fits
+
+
+def test_seq_len_must_be_prompt_plus_new_tokens():
+    with pytest.raises(ConfigError, match="seq-len 4096 is not prompt-len 4000 \\+ new-tokens 200 = 4200"):
+        adhoc_run({**LLAMA31_8B, "mode": "inference", "seq-len": 4096, "prompt-len": 4000, "new-tokens": 200})
+    run = adhoc_run({**LLAMA31_8B, "mode": "inference", "seq-len": 4096, "new-tokens": 96})
+    assert (run.prompt_len, run.new_tokens, run.seq_len) == (4000, 96, 4096)
+
+
+H100_PEAKS = ROOT / "benchmarks" / "data" / "gpu-peaks-h100.jsonl"
+
+
+@pytest.mark.skipif(not H100_PEAKS.exists(), reason="H100 measurements not in this checkout")
+def test_prefill_peak_matches_the_h100_measurement_with_last_position_logits(tmp_path):
+    rows = [json.loads(line) for line in H100_PEAKS.read_text().splitlines()]
+    row = next(r for r in rows if r["scenario"]["name"] == "Llama-3.1-8B" and r["scenario"].get("logits") == "last")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(row["config"]))
+    est = estimate(adhoc_run({"config": str(config), "mode": "inference", "seq-len": row["scenario"]["seq"]}))
+    tensors = est.total_bytes - est.breakdown["overhead"]  # max_memory_allocated counts tensors only
+    # Measured 18,145,224,192 B (torch.cuda.max_memory_allocated, transformers 5.17, SDPA); estimate 17,973,381,632 B.
+    assert abs(tensors / row["phases"]["prefill"]["max_allocated"] - 1) < 0.02
+
+
+# --- vLLM start-up ---------------------------------------------------------------------------------
+
+def test_vllm_v0_start_up_matches_issue_10517_at_20k():
+    est = estimate(adhoc_run({**V0_3090, "max-model-len": 20000}))
+    s = est.serving
+    # 0.9 x 23.58 GiB = 22,786,948,989 B; weights 8,030,261,248 x 2 + rotary cache 131,072 x 128 x 2 = 16,094,076,928;
+    # profile forward 20,000 tokens x (3 x 14,336 + 3 x 4,096) x 2 = 2,211,840,000; non-torch 0.35 GiB = 375,809,638.
+    assert s.kv_pool_bytes == 22786948989 - 16094076928 - 2211840000 - 375809638 == 4105222423
+    # a block: 16 tokens x 32 layers x 2 x 8 x 128 x 2 B = 2 MiB -> 1957 blocks (the log: 1952), 31,312 tokens (31,232).
+    assert (s.blocks, s.tokens) == (1957, 31312)
+    assert abs(s.tokens / 31232 - 1) < 0.01
+    assert s.starts and est.fits
+    assert round(s.max_concurrency, 2) == 1.57  # the log: 1.56x
+
+
+def test_vllm_refuses_29k_as_in_issue_10517():
+    est = estimate(adhoc_run({**V0_3090, "max-model-len": 29000}))
+    assert not est.serving.starts and est.fits is False
+    assert "max seq len (29000) is larger than the maximum number of tokens that can be stored in KV cache" in est.failures[0]
+    # The log: 23,648 tokens; here 23,712.
+    assert abs(est.serving.tokens / 23648 - 1) < 0.01
+
+
+def test_largest_max_model_len_follows_chunked_prefill_like_issue_10517():
+    # 20k and 35k/45k start, 29k does not: above 32k vLLM V0 prefills in 512-token chunks and the profile shrinks.
+    run = adhoc_run({**V0_3090, "max-model-len": 20000})
+    longest = largest_max_model_len(run)
+    assert longest > 45000
+    assert estimate(adhoc_run({**V0_3090, "max-model-len": longest})).serving.starts
+    assert not estimate(adhoc_run({**V0_3090, "max-model-len": longest + 16})).serving.starts
+
+
+def test_hybrid_sliding_window_pool_matches_the_gpt_oss_120b_log():
+    # gpt-oss-120b at TP 4: 18 full + 18 sliding(128) layers, 2 KV heads x 64 x 2 (K,V) x 2 B = 512 B per token per layer.
+    kinds = [KVKind("full", 18, 512), KVKind("sliding", 18, 512, 128)]
+    page, blocks, tokens, per_request = _pool(kinds, int(45.32 * GiB), 16, 16384, 2048, hybrid=True)
+    assert page == 16 * 512
+    assert blocks == int(45.32 * GiB) // 8192 // 18 == 330010  # the log: 330,018 (its GiB is rounded)
+    assert tokens == blocks // 2 * 16  # two groups share the blocks
+    # one request: full cdiv(16384, 16) = 1024 blocks; sliding cdiv(127 + 2048, 16) + 1 = 137
+    assert per_request == 1161
+    assert round(blocks / per_request, 2) == 284.25  # the log: "Maximum concurrency ... 284.25x"
+
+
+def test_fp8_kv_cache_halves_the_bytes_per_token():
+    base = estimate(adhoc_run({**V0_3090, "max-model-len": 20000})).serving
+    fp8 = estimate(adhoc_run({**V0_3090, "max-model-len": 20000, "kv-cache-dtype": "fp8"})).serving
+    assert fp8.blocks == base.kv_pool_bytes // (16 * 32 * 2 * 8 * 128 * 1)
+
+
+def test_min_concurrency_fails_the_run_and_fit_offers_ways_out():
+    est = estimate(adhoc_run({**V0_3090, "max-model-len": 20000, "min-concurrency": 2}))
+    assert est.fits is False and "min-concurrency 2 not met" in est.failures[0]
+    lines = answers(adhoc_run({**V0_3090, "max-model-len": 20000, "min-concurrency": 2}))
+    assert any(line.startswith("smallest tensor-parallel that meets min-concurrency: 2") for line in lines)
+
+
+def test_v1_refuses_a_utilization_above_the_free_memory():
+    # H100: 79.18 GiB, 0.61 GiB taken by the CUDA context before vLLM starts; 1.0 asks for all of it.
+    est = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100",
+                              "gpu-memory-utilization": 1.0, "max-model-len": 16000}))
+    assert "less than desired GPU memory utilization" in est.serving.refusal
+
+
+def test_v1_defaults_on_h100_match_the_llm_d_llama_log():
+    # vLLM 0.11 on an H100: 8192 batched tokens, 1024 sequences; the dummy sampler (1024 x 128,256 x 38 B
+    # + 8192 x 4096 x 2 B of hidden states) outweighs the forward. The log: 51.38 GiB available.
+    s = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100", "max-model-len": 16000,
+                            "block-size": 128})).serving
+    assert (s.max_num_batched_tokens, s.max_num_seqs) == (8192, 1024)
+    assert s.activation_bytes == 1024 * 128256 * 38 + 8192 * 4096 * 2
+    assert abs(s.kv_pool_bytes / GiB / 51.38 - 1) < 0.01
+
+
+def test_sglang_pool_is_the_fraction_of_free_memory_left_after_the_weights():
+    run = adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "sglang", "gpu": "H100", "max-model-len": 8192})
+    s = estimate(run).serving
+    assert s.utilization == 0.88  # SGLang 0.4 default at TP 1
+    free = 85017493504 - round(0.61 * GiB)
+    rest = free - s.weights_bytes - round(free * 0.12)
+    assert s.tokens == rest // (32 * 2 * 8 * 128 * 2)  # page size 1: one token of K and V over all layers
+
+
+# --- the contract ----------------------------------------------------------------------------------
+
+def test_serving_keys_parse_from_pyproject():
+    text = """
+[tool.llmmem]
+gpu = "A100-80GB"
+[tool.llmmem.model]
+hidden-size = 4096
+num-layers = 32
+num-heads = 32
+num-kv-heads = 8
+intermediate-size = 14336
+vocab-size = 128256
+max-position-embeddings = 131072
+[[tool.llmmem.runs]]
+name = "serve"
+mode = "inference"
+engine = "vllm"
+gpu-memory-utilization = 0.85
+max-model-len = 32768
+max-num-seqs = 128
+max-num-batched-tokens = 4096
+kv-cache-dtype = "fp8"
+block-size = 32
+enforce-eager = true
+min-concurrency = 4
+engine-version = "v0.10.2"
+tensor-parallel = 2
+gpus = 2
+"""
+    run = parse(text).runs[0]
+    s = run.serve
+    assert (s.gpu_memory_utilization, s.max_model_len, s.max_num_seqs, s.max_num_batched_tokens) == (0.85, 32768, 128, 4096)
+    assert (s.kv_cache_dtype, s.block_size, s.enforce_eager, s.min_concurrency, s.engine_version) == ("fp8", 32, True, 4.0, "0.10.2")
+    est = estimate(run)
+    assert est.serving.max_num_batched_tokens == 4096 and est.serving.utilization == 0.85
+    # TP 2 splits 8 KV heads to 4; fp8 keeps 1 B: a block is 32 tokens x 32 layers x 2 x 4 x 128 x 1 B.
+    assert est.serving.blocks == est.serving.kv_pool_bytes // (32 * 32 * 2 * 4 * 128)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, -0.1, "0.9", True])
+def test_gpu_memory_utilization_must_be_in_zero_one(value):
+    with pytest.raises(ConfigError, match="above 0 and at most 1"):
+        adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100", "gpu-memory-utilization": value})
+
+
+def test_max_model_len_above_the_context_needs_rope_scaling(tmp_path):
+    cfg = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "max_position_embeddings": 131072}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    run = adhoc_run({"config": str(path), "mode": "inference", "engine": "vllm", "gpu": "H100", "max-model-len": 131072})
+    assert run.serve.max_model_len == 131072  # config.json readers that know the context check it at the limit
+    with pytest.raises(ConfigError, match="more than the model's context"):
+        adhoc_run({**LLAMA31_8B, "max-position-embeddings": 8192, "mode": "inference", "engine": "vllm", "max-model-len": 8193})
+
