@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pytest_llmmem.config import adhoc_run  # noqa: E402
 from pytest_llmmem.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Estimate, estimate  # noqa: E402
@@ -59,7 +60,9 @@ def groundtruth(path: Path, totals: Optional[List[Tuple[str, Dict[str, float], i
         keys = _arch_keys(case["spec"])
         run: Dict[str, Any] = {**keys, "mode": case["mode"], "dtype": case["dtype"], "batch-size": case["batch"], "seq-len": case["seq"],
                                "flash-attention": case["attn"] == "sdpa"}
-        if case["mode"] != "inference":
+        if case["mode"] == "inference":
+            run["logits"] = "all"  # the ground truth is a plain forward returning every position's logits
+        else:
             run["optimizer"] = case["optimizer"]
             run["gradient-checkpointing"] = bool(case["grad_ckpt"])
         if case["mode"] == "train":
@@ -129,7 +132,7 @@ def _measured_run(row: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], str]:
         if row["seq_len"] is None:
             return None, "prompt length unpublished (\"several thousand tokens\")"
         dtype = row["weight_dtype"].split()[0]
-        return {**OCTOCODER, "mode": "inference", "dtype": dtype, "batch-size": 1, "seq-len": row["seq_len"] + 60,
+        return {**OCTOCODER, "mode": "inference", "dtype": dtype, "batch-size": 1, "prompt-len": row["seq_len"], "new-tokens": 60,
                 "flash-attention": bool(row["flash_attention"])}, "20-token prompt + 60 generated"
     return None, "no architecture published"
 
@@ -228,6 +231,9 @@ def main() -> int:
     for method in METHODS:
         errors = [_pct(v[0] if method == "detailed" else o[method], t) for _, _, v, t, _, o in scored]
         print(f"  {method:<10} " + _stats(errors))
+    from serving_accuracy import render, score  # benchmarks/serving_accuracy.py, beside this file
+
+    print("\n== " + render(score(ROOT / "benchmarks" / "data" / "serving-logs.jsonl")).replace("\n", " ==\n", 1))
     return 0
 
 
