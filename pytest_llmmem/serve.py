@@ -37,19 +37,15 @@ class KVKind(NamedTuple):
 
 
 def kv_kinds(arch: Any, kv_bytes: float, tp: int) -> List[KVKind]:
-    """The model's cache by layer kind, from its layer groups (one full-attention kind without them).
+    """The model's cache by layer kind, from its layer groups (model.Architecture.layer_groups).
 
     Per token and layer: full/sliding attention keep K and V for the rank's KV heads
     (vllm/v1/kv_cache_interface.py AttentionSpec.real_page_size_bytes = 2 x block x heads x head_size x dtype;
     heads are replicated when there are fewer than ranks); MLA keeps one latent of kv_lora_rank +
     qk_rope_head_dim on every rank (MLAAttentionSpec: num_kv_heads = 1); Mamba keeps a fixed state.
     """
-    groups = getattr(arch, "groups", ()) or ()
-    if not groups:
-        per = 2 * math.ceil(arch.num_kv_heads / tp) * arch.d_head
-        return [KVKind("full", arch.num_layers, math.ceil(per * kv_bytes))]
     merged: Dict[Tuple[str, int, int], int] = {}
-    for group in groups:
+    for group in arch.layer_groups():
         att = group.attention
         kind = getattr(att, "kind", "full")
         if kind in ("full", "sliding"):
@@ -68,20 +64,15 @@ def kv_kinds(arch: Any, kv_bytes: float, tp: int) -> List[KVKind]:
 
 def mlp_width(arch: Any) -> Tuple[int, int]:
     """(d_ff a token passes through, routed copies of the token) of the widest MLP kind."""
-    groups = getattr(arch, "groups", ()) or ()
     widths = []
-    for group in groups:
+    for group in arch.layer_groups():
         mlp = group.mlp
         if getattr(mlp, "kind", "") == "moe":
             widths.append((mlp.d_ff, mlp.top_k, getattr(mlp, "shared_d_ff", 0)))
         elif getattr(mlp, "kind", "") == "dense":
             widths.append((mlp.d_ff, 1, 0))
-    if not widths:
-        if arch.num_experts:
-            widths.append((arch.moe_intermediate_size or arch.intermediate_size, arch.experts_per_token,
-                           arch.shared_expert_intermediate_size))
-        else:
-            widths.append((arch.intermediate_size, 1, 0))
+    if not widths:  # state-space layers only: no MLP
+        widths.append((0, 1, 0))
     d_ff, top_k, shared = max(widths, key=lambda w: w[0] * w[1] + w[2])
     return d_ff * top_k + shared, top_k
 

@@ -84,12 +84,7 @@ def _hopper_or_newer(run: Any) -> bool:
 
 def _linear_params(arch: Any) -> Tuple[int, int]:
     """(all layer weight-matrix params, the routed experts' share of them)."""
-    groups = getattr(arch, "groups", ()) or ()
-    if groups:
-        fam, h = arch.family, arch.hidden_size
-        linears = [(g.count, lin) for g in groups for lin in g.linears(fam, h)]
-    else:
-        linears = [(arch.num_layers, lin) for lin in arch.linears()]
+    linears = [(n, lin) for n, group in arch.group_linears() for lin in group]
     total = sum(n * lin.params for n, lin in linears)
     experts = sum(n * lin.params for n, lin in linears if lin.count > 1)
     return total, experts
@@ -109,8 +104,7 @@ def weights(run: Any, arch: Any, tp: int) -> Tuple[int, List[Tuple[str, int]]]:
         pad = 1.0
         if quant == "mxfp4" and experts:
             f_rank, h = max(1, (arch.moe_intermediate_size or arch.intermediate_size) // tp), arch.hidden_size
-            groups = getattr(arch, "groups", ()) or ()
-            moe = [g.mlp for g in groups if getattr(g.mlp, "kind", "") == "moe"]
+            moe = [g.mlp for g in arch.layer_groups() if getattr(g.mlp, "kind", "") == "moe"]
             if moe:
                 f_rank = max(1, moe[0].d_ff // tp)
             # The expert matrices are padded for the kernels: Marlin (pre-Hopper) to hidden % 256 and

@@ -47,8 +47,9 @@ def test_fit_inference_gives_a_real_answer(run_cli):
     assert code == 0
     assert "needs the architecture" not in out  # the architecture is given (llama2-7b/config.json)
     # the exact boundaries are property-checked in tests/test_fit.py; here: the inference answer is given
-    assert "largest batch-size that fits: 22 (at seq-len 4096)" in out
-    assert "longest seq-len that fits:    11664 (at batch-size 8)" in out
+    # generation counts the last position's logits only (issue 12): 25 and 13,200 (22 and 11,664 with every position's)
+    assert "largest batch-size that fits: 25 (at seq-len 4096)" in out
+    assert "longest seq-len that fits:    13200 (at batch-size 8)" in out
     assert "gradient-checkpointing = true: n/a (only for training: inference keeps no activations for a backward pass)" in out
 
 
