@@ -46,8 +46,16 @@ def llmmem_register_optimizers(register):
     register(Optimizer("sgd-momentum", 1, aliases=("momentum",), doc="SGD with a momentum buffer"))
     # Lion keeps one momentum tensor (Chen et al. 2023, Symbolic Discovery of Optimization Algorithms).
     register(Optimizer("lion", 1, doc="Lion"))
-    # bitsandbytes 8-bit AdamW: two uint8 states plus one fp32 absmax per block of 2048 (Dettmers 2022, 8-bit Optimizers).
-    register(Optimizer("adamw-8bit", 2, state_bytes=1 + 4 / 2048, aliases=("adam8bit", "adamw8bit", "paged-adamw-8bit", "bnb-adamw-8bit"), doc="bitsandbytes AdamW8bit"))
+    # bitsandbytes 8-bit AdamW: two uint8 states plus one fp32 absmax per block of 256
+    # (bitsandbytes/optim/optimizer.py:524 Optimizer2State.init_state, blocksize = 256); tensors under
+    # 4096 elements keep fp32 states (:502, min_8bit_size=4096; Dettmers 2022, 8-bit Optimizers).
+    eight_bit = dict(states=2, state_bytes=1 + 4 / 256, small_tensor_numel=4096)
+    register(Optimizer("adamw-8bit", aliases=("adam8bit", "adamw8bit", "bnb-adamw-8bit"), doc="bitsandbytes AdamW8bit", **eight_bit))
+    # Paged variants: states of 1e5+ elements in CUDA unified memory, evicted to host under pressure
+    # (bitsandbytes/optim/optimizer.py:383 get_state_buffer -> F.get_paged).
+    register(Optimizer("paged-adamw-8bit", aliases=("pagedadamw8bit",), doc="bitsandbytes PagedAdamW8bit", paged=True, **eight_bit))
+    # 32-bit paged AdamW keeps fp32 states whatever the weights' dtype (optim_bits=32, optimizer.py:496).
+    register(Optimizer("paged-adamw", 2, state_bytes=4, paged=True, aliases=("pagedadamw", "paged-adamw-32bit"), doc="bitsandbytes PagedAdamW"))
     # Adafactor (Shazeer & Stern 2018) with beta1=None: a matrix keeps row and column second-moment vectors.
     register(Optimizer("adafactor", 1, state_bytes=4, factored=True, doc="Adafactor, factored second moments, no momentum"))
 

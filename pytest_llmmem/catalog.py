@@ -58,6 +58,8 @@ class Optimizer(NamedTuple):
     factored: bool = False  # Adafactor: a matrix keeps a row and a column vector, not a full state
     aliases: Tuple[str, ...] = ()
     doc: str = ""
+    paged: bool = False  # bitsandbytes paged: large states live in CUDA unified memory
+    small_tensor_numel: int = 0  # tensors below this many elements keep fp32 states (bitsandbytes 8-bit)
 
 
 class GPU(NamedTuple):

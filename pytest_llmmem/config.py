@@ -24,6 +24,7 @@ from .keys import (  # noqa: F401  (re-exported: the contract is read from here 
 from .locate import Locator
 from .model import Architecture, ParamsOnly
 from .model_config import check_values as check_model_values, model_from_table
+from .profiles import check_combination as check_trainer, resolve as resolve_trainer, shown as trainer_rows
 from .projects import find_pyproject, read_json, read_pyproject
 from .run import FSDP_MODES, METHODS, MODES, OFFLOADS, PRECISIONS, Budget, Run
 from .serve_keys import serving_fields
@@ -230,6 +231,11 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
 
     serving, seq_len = serving_fields(table, name, mode, model, table.integer("seq-len"))
     parallel = _parallelism(table, model)
+    trainer = resolve_trainer([table, top], mode=mode, dtype=dtype, seq_len=seq_len or 2048, run_name=name)
+    checkpointing = table.boolean("gradient-checkpointing", trainer.gradient_checkpointing and mode != "inference")
+    check_trainer(trainer.knobs, table, gradient_checkpointing=checkpointing, micro_batches=parallel["micro_batches"],
+                  pipeline_parallel=parallel["pipeline_parallel"])
+    adapter_dtype = table.resolve("adapter-dtype", ctx.catalog.dtype, trainer.adapter_dtype)
     # The top-level overhead is checked even when the run overrides it (parse() checks the top method).
     overhead, top_overhead = table.size("overhead", allow_zero=True), top.size("overhead", allow_zero=True)
     return Run(
@@ -242,11 +248,14 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
         batch_size=table.integer("batch-size", 1),
         seq_len=seq_len or 2048,
         seq_len_given=seq_len is not None,
-        gradient_checkpointing=table.boolean("gradient-checkpointing", False),
+        gradient_checkpointing=checkpointing,
         flash_attention=table.boolean("flash-attention", True),
         lora_rank=table.integer("lora-rank", 8),
         lora_targets=targets,
-        adapter_dtype=table.resolve("adapter-dtype", ctx.catalog.dtype, "fp32"),
+        adapter_dtype=adapter_dtype,
+        knobs=trainer.knobs,
+        knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name in ("nf4", "int4"), adapter_dtype=adapter_dtype.name,
+                                 adapter_given="adapter-dtype" in table),
         host_memory_bytes=table.size("host-memory"),
         calibration=_calibration(table),
         **parallel,

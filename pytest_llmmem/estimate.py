@@ -16,13 +16,15 @@ from .layers import LayerGroup
 from .model import Architecture, Linear, ParamsOnly
 from .parallel import host_bytes_per_node, local_params, model_states
 from .run import Run
-from .units import MiB
+from .trainer_terms import bnb_state_bytes, four_bit_bytes, loss_terms, offloaded_layer_inputs, optimizer_phase, trainable_tensors
+from .units import MiB, format_bytes
 
 TERMS = (
     "weights",
     "master_weights",
     "gradients",
     "optimizer_states",
+    "optimizer_step",
     "activations",
     "logits",
     "kv_cache",
@@ -61,6 +63,9 @@ class Estimate(NamedTuple):
     # it does not reach), and the engine's start-up figures (serve.Startup) for the report.
     failures: Tuple[str, ...] = ()
     serving: Optional[object] = None
+    # Training: which phase sets the peak ("backward" or "optimizer step") and each phase's total.
+    peak_phase: str = ""
+    phases: Tuple[Tuple[str, int], ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -163,10 +168,13 @@ def _weight_bytes(run: Run, params: int) -> Tuple[int, str]:
     dtype = run.dtype
     if not dtype.quantized:
         return round(params * dtype.bytes), ""
+    # 4-bit layouts differ by library and double quantisation (trainer_terms.four_bit_bytes).
+    stored = four_bit_bytes(run.knobs.nf4_layout if dtype.name == "nf4" else "bitsandbytes", run.knobs.double_quant) \
+        if dtype.name in ("nf4", "int4") else dtype.bytes
     if isinstance(run.model, Architecture):
         linear = run.model.linear_params()
-        return round(linear * dtype.bytes + (params - linear) * dtype.compute_bytes), ""
-    return round(params * dtype.bytes), f"{dtype.name} applied to all {params:,} params: without the architecture the 16-bit embeddings and norms cannot be separated"
+        return round(linear * stored + (params - linear) * dtype.compute_bytes), ""
+    return round(params * stored), f"{dtype.name} applied to all {params:,} params: without the architecture the 16-bit embeddings and norms cannot be separated"
 
 
 def _optimizer_bytes(opt: Optimizer, run: Run, trainable: int, param_bytes: float, mixed: bool) -> Tuple[int, str]:
@@ -202,6 +210,9 @@ def _detailed(run: Run) -> Estimate:
     if note:
         notes.append(note)
     trainable, opt_note, host = 0, "", 0
+    tensors = trainable_tensors(run, arch, params)
+    bnb = run.optimizer is not None and (run.optimizer.paged or run.optimizer.small_tensor_numel) and tensors is not None
+    paged = 0  # bitsandbytes paged states, in CUDA unified memory
     local = local_params(run, arch, params)
     share = local.params / params  # the part of the model one GPU holds under tensor/pipeline parallelism
     if run.mode == "train":
@@ -211,6 +222,9 @@ def _detailed(run: Run) -> Estimate:
         # amp = torch.autocast: fp32 weights, gradients and states, no separate master copy.
         weight_bytes = FP32 if amp else dtype.bytes
         opt_total, opt_note = _optimizer_bytes(run.optimizer, run, params, weight_bytes, mixed or amp)
+        if bnb:
+            opt_total, paged = bnb_state_bytes(run.optimizer, tensors)
+            paged = paged / run.shard_group * share
         states = model_states(run, local, weight_bytes, weight_bytes, opt_total / params, mixed)
         weights = round(states["weights"] + states["weights.gathered"])
         if states["weights.gathered"]:
@@ -244,10 +258,19 @@ def _detailed(run: Run) -> Estimate:
             # Adapters train in their own dtype: PEFT keeps them fp32, so grads and states are fp32 too.
             breakdown["gradients"] = round(trainable * adapter_bytes)
             breakdown["optimizer_states"], opt_note = _optimizer_bytes(run.optimizer, run, trainable, adapter_bytes, False)
+            if bnb:
+                breakdown["optimizer_states"], paged = bnb_state_bytes(run.optimizer, tensors)
     else:
         weights = round(weights * share)
     if opt_note:
         notes.append(opt_note)
+    if paged:
+        # bitsandbytes paged states live in CUDA unified memory: the GPU keeps them while it has room and
+        # the driver pages them to host under pressure, so they count against host memory, not the GPU.
+        details["host.paged_optimizer_states"] = round(paged)
+        host += host_bytes_per_node(run, paged)
+        notes.append(f"{run.optimizer.name}: {format_bytes(round(paged))} of optimizer states are paged (CUDA unified memory): "
+                     "held on the GPU while it has room, evicted to host memory under pressure; not in the GPU total")
     breakdown["weights"] = weights
 
     if arch is None:
@@ -272,6 +295,9 @@ def _detailed(run: Run) -> Estimate:
         details["overhead.cublas_workspace"] = CUBLAS_WORKSPACE_BYTES
         details["overhead.fragmentation"] = round(FRAGMENTATION * dynamic)
         breakdown["overhead"] = CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES + details["overhead.fragmentation"]
+    peak_phase, phases, why = optimizer_phase(run, tensors, trainable, breakdown, details)
+    if breakdown["optimizer_step"]:
+        notes.append(f"peak in the optimizer step: {why} ({format_bytes(details['optimizer_step.temporaries'])})")
     if run.calibration is not None:
         # A measured correction (llmmem measure --write): the signed difference it makes to the total.
         breakdown["calibration"] = round((run.calibration - 1) * sum(breakdown.values()))
@@ -279,7 +305,9 @@ def _detailed(run: Run) -> Estimate:
     if run.zero_stage == 3 and arch is None:
         notes.append("ZeRO-3's gathered largest layer not counted: it needs the architecture")
     partial, approximate = _caveats(run, arch)
-    return Estimate(run, "detailed", breakdown, params, trainable, tuple(notes), details, host, partial, approximate)
+    host += host_bytes_per_node(run, details.get("host.offloaded_activations", 0))
+    return Estimate(run, "detailed", breakdown, params, trainable, tuple(notes), details, host, partial, approximate,
+                    peak_phase=peak_phase, phases=phases)
 
 
 def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
@@ -365,21 +393,23 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
         # (Chen et al. 2016; HF gradient_checkpointing_enable, non-reentrant).
         details["activations.layer_inputs"] = layers * in_flight * tokens * arch.hidden_size * act // (t if run.sequence_parallel else 1)
         details["activations.recomputed_layer"] = biggest_layer + rotary  # the recompute keeps the rotary tables too
+        if run.knobs.activation_offload:
+            details["activations.layer_inputs"], details["host.offloaded_activations"] = offloaded_layer_inputs(
+                details["activations.layer_inputs"], layers * in_flight)
     else:
         for block, total in blocks.items():
             details[f"activations.{block}"] = total * in_flight
         details["activations.rotary_tables"] = rotary
     details["activations.embedding_and_head"] = head
     breakdown["activations"] = sum(v for k, v in details.items() if k.startswith("activations."))
-    # Loss: HF ForCausalLMLoss upcasts logits to fp32; cross_entropy's log_softmax keeps an fp32
-    # copy for backward, and backward materialises an fp32 gradient of the same size. Megatron's
-    # vocab-parallel cross-entropy splits all three over the tensor-parallel ranks. Counting the last
-    # stage's logits beside the first stage's activations over-states pipeline runs slightly.
-    details["logits.logits"] = logit_rows * vocab_out * act // t
-    if arch.final_softcap:
+    # Loss (trainer_terms.loss_terms): HF's fp32 upcast, torchtune/litgpt chunks, or a fused kernel.
+    # Megatron's vocab-parallel cross-entropy splits the buffers over the tensor-parallel ranks.
+    # Counting the last stage's logits beside the first stage's activations over-states pipeline runs slightly.
+    knobs = run.knobs if not arch.family.classifier else run.knobs._replace(loss="upcast")
+    loss = loss_terms(knobs, rows=logit_rows, vocab=vocab_out, hidden=arch.hidden_size, act=act, tp=t, head_trains=trainable.full)
+    details.update((f"logits.{k}", v) for k, v in loss.items() if v)
+    if arch.final_softcap and knobs.loss != "fused":
         # Gemma 2 final-logit soft-capping: tanh keeps its output, another b*s*V tensor
         # (modeling_gemma2.py Gemma2ForCausalLM.forward: logits / cap, tanh, * cap).
         details["logits.softcap_tanh"] = logit_rows * vocab_out * act // t
-    details["logits.log_softmax"] = logit_rows * vocab_out * FP32 // t
-    details["logits.fp32_transient"] = logit_rows * vocab_out * FP32 // t
     breakdown["logits"] = sum(v for k, v in details.items() if k.startswith("logits."))

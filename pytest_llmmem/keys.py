@@ -33,6 +33,10 @@ ENGINE_ONLY = (
 RUN_KEYS = (
     "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model", "calibration",
 ) + TRAIN_ONLY + PARALLEL_KEYS + LORA_ONLY + INFERENCE_ONLY + ENGINE_ONLY + BUDGET_KEYS
+# Trainer profile and knobs (profiles.py): on the project or on a run; the run's value wins.
+TRAINER_KEYS = ("framework", "loss", "loss-chunks", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant")
+TOP_KEYS = TOP_KEYS + TRAINER_KEYS
+RUN_KEYS = RUN_KEYS + TRAINER_KEYS
 
 # Largest values taken as meant; anything past these is a typo or a unit slip.
 _LIMITS = {
@@ -45,6 +49,7 @@ _LIMITS = {
     "moe-intermediate-size": 10_000_000,
     "prompt-len": 100_000_000, "new-tokens": 100_000_000, "max-model-len": 100_000_000, "max-num-seqs": 1_000_000,
     "max-num-batched-tokens": 100_000_000, "block-size": 4096,
+    "loss-chunks": 65_536,
 }
 MAX_PARAMS = 10**15
 MAX_MEMORY = 2**50  # 1 PiB per GPU

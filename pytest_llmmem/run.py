@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 from .catalog import DType, Optimizer
 from .model import Architecture, ParamsOnly
+from .profiles import Knobs
 
 MODES = ("train", "inference", "lora", "qlora")
 FSDP_MODES = ("none", "full-shard", "shard-grad-op", "hybrid-shard")
@@ -92,6 +93,8 @@ class Run(NamedTuple):
     logits: str = "last"
     engine: str = "transformers"
     serve: Optional[ServeSettings] = None
+    knobs: Knobs = Knobs()  # the trainer profile and its knobs (profiles.py)
+    knobs_shown: Tuple[Tuple[str, str, str], ...] = ()  # (key, value, "profile" | "set") that differ from stock transformers
     file: Optional[str] = None
     line: Optional[int] = None
 

@@ -100,7 +100,7 @@ def test_llama7b_inference_kv_cache():
 
 def test_llama7b_qlora():
     run = adhoc_run({**LLAMA2_7B_KEYS, "mode": "qlora", "lora-rank": 8, "batch-size": 1, "seq-len": 512,
-                     "gradient-checkpointing": True})
+                     "gradient-checkpointing": True, "double-quant": True})
     est = estimate(run)
     b = est.breakdown
     linear = 32 * (4 * 4096**2 + 3 * 4096 * 11008)  # 6,476,005,376 quantised weights
@@ -113,6 +113,9 @@ def test_llama7b_qlora():
     assert b["gradients"] == adapters * 4
     assert b["optimizer_states"] == adapters * 8
     assert b["master_weights"] == 0
+    # BitsAndBytesConfig's default is no double quantisation: one fp32 absmax per 64 weights
+    plain = estimate(run._replace(knobs=run.knobs._replace(double_quant=False))).breakdown
+    assert plain["weights"] == round(linear * (0.5 + 4 / 64) + rest * 2) + adapters * 4
 
 
 def test_params_only_says_what_is_missing():

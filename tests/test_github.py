@@ -133,9 +133,10 @@ def test_diff_markdown_and_no_regression(tmp_path, run_cli):
     code, out, _ = run_cli("diff", base, head, "--format", "markdown")
     assert code == 0
     assert out.splitlines()[0] == "| run | before (GiB) | after (GiB) | change | largest changes | verdict |"
-    # 8-bit AdamW keeps 2 x (1 + 4/2048) = 2.0039 B/param instead of 8: saves 7e9 x 5.9961 = 41.97e9 B
-    # = 39.1 GiB; 113.44e9 - 41.97e9 = 71.47e9 B = 66.6 GiB, under the 80 GiB budget.
-    assert "| train | 105.7 | 66.6 | -39.1 | optimizer states -39.1 | fits |" in out
+    # 8-bit AdamW keeps 2 x (1 + 4/256) = 2.0313 B/param instead of 8 (bitsandbytes absmax per 256,
+    # optim/optimizer.py:524): saves 7e9 x 5.96875 = 41.78e9 B = 38.9 GiB; 113.44e9 - 41.78e9 = 71.66e9 B
+    # = 66.7 GiB, under the 80 GiB budget.
+    assert "| train | 105.7 | 66.7 | -38.9 | optimizer states -38.9 | fits |" in out
 
 
 def test_diff_bad_input(tmp_path, run_cli):

@@ -1,0 +1,242 @@
+"""Trainer profiles: what torchtune, Unsloth, litgpt or the Hugging Face stack do by default.
+
+A profile is only a record of defaults for the trainer knobs (loss implementation, activation
+offload, optimizer implementation, 4-bit layout, adapter dtype, ...). Every knob is also a key of
+its own and wins over the profile. Each default names the line of the framework's source it was
+read from (the commit read is in the comment at the top of each profile). TRL, Axolotl and
+LLaMA-Factory run on ``transformers`` and use its profile plus knobs (e.g. ``loss = "fused"`` for
+Liger's kernels).
+
+Adding a framework = one ``Profile`` entry below + a test; nothing in estimate.py changes.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from typing import Dict, NamedTuple, Optional, Tuple
+
+LOSSES = ("upcast", "chunked", "fused")
+OPTIMIZER_IMPLS = ("foreach", "fused", "for-loop")
+NF4_LAYOUTS = ("bitsandbytes", "torchao")
+# The knobs a profile sets, as config keys (kebab-case), in the order the report lists them.
+KNOBS = ("loss", "loss-chunks", "activation-offload", "optimizer-in-backward", "optimizer-impl",
+         "double-quant", "adapter-dtype", "gradient-checkpointing")
+
+
+class Profile(NamedTuple):
+    """Defaults of one trainer, each knob cited to the trainer's source in ``sources``."""
+
+    name: str
+    loss: str  # upcast | chunked | fused
+    loss_chunks: int  # chunks of the chunked loss (0: one per ``loss_chunk_tokens`` tokens)
+    loss_chunk_tokens: int  # litgpt chunks by tokens, not by count (0: by count)
+    chunk_upcast: bool  # the chunked loss casts each chunk's logits to fp32 before cross_entropy
+    keeps_logits: bool  # the whole b*s*V logits stay alive until backward (a model output)
+    activation_offload: bool
+    optimizer_in_backward: bool
+    optimizer_impl: str  # foreach | fused | for-loop
+    double_quant: bool
+    nf4_layout: str  # bitsandbytes | torchao
+    adapter_dtype: Optional[str]  # None: the base model's compute dtype
+    gradient_checkpointing: bool
+    sources: Dict[str, str]
+    describes: str
+
+
+PROFILES: Dict[str, Profile] = {
+    # transformers 5.24.0 (site-packages), peft 0.21.2, torch 2.13.
+    "transformers": Profile(
+        "transformers", loss="upcast", loss_chunks=1, loss_chunk_tokens=0, chunk_upcast=True, keeps_logits=True,
+        activation_offload=False, optimizer_in_backward=False, optimizer_impl="fused", double_quant=False,
+        nf4_layout="bitsandbytes", adapter_dtype="fp32", gradient_checkpointing=False,
+        describes="Hugging Face Trainer / TRL / Axolotl / LLaMA-Factory (PEFT adapters)",
+        sources={
+            "loss": "transformers/loss/loss_utils.py ForCausalLMLoss: logits = logits.float() before cross_entropy",
+            "optimizer-impl": 'transformers/training_args.py:806-811: default optim "adamw_torch_fused" for torch >= 2.8',
+            "double-quant": "transformers/utils/quantization_config.py:450 BitsAndBytesConfig(bnb_4bit_use_double_quant=False)",
+            "adapter-dtype": "peft/peft_model.py:157 autocast_adapter_dtype=True (adapters upcast to fp32)",
+            "activation-offload": "Trainer has no activation offload",
+            "optimizer-in-backward": "Trainer steps after backward (trainer.py optimizer.step())",
+        },
+    ),
+    # pytorch/torchtune @ bd2a0fc (2026-04-23); NF4 from pytorch/ao @ 36027d8.
+    "torchtune": Profile(
+        "torchtune", loss="chunked", loss_chunks=8, loss_chunk_tokens=0, chunk_upcast=True, keeps_logits=False,
+        activation_offload=False, optimizer_in_backward=False, optimizer_impl="fused", double_quant=True,
+        nf4_layout="torchao", adapter_dtype=None, gradient_checkpointing=False,
+        describes="torchtune recipes (LinearCrossEntropyLoss, torchao NF4, fused AdamW)",
+        sources={
+            "loss": "torchtune/modules/loss/cross_entropy_loss.py:36 LinearCrossEntropyLoss(num_output_chunks=8); "
+                    ":113 logits.float() per chunk (recipes/configs/llama3_1/*.yaml loss: LinearCrossEntropyLoss)",
+            "optimizer-impl": "recipes/configs/llama3_1/8B_qlora_single_device.yaml:62 optimizer fused: True",
+            "activation-offload": 'recipes/lora_finetune_single_device.py:183 cfg.get("enable_activation_offloading", False)',
+            "optimizer-in-backward": "recipes/full_finetune_single_device.py:151 cfg.optimizer_in_bwd (configs set it; off here)",
+            "double-quant": "torchao nf4_tensor.py:1077 to_nf4(block_size=64, scaler_block_size=256): scalers are always "
+                            "double-quantised (int8 per 64 weights + one bf16 factor per 256 scalers)",
+            "adapter-dtype": "recipes/lora_finetune_single_device.py:410 set_default_dtype(self._dtype): LoRA in the base dtype",
+            "gradient-checkpointing": 'recipes/lora_finetune_single_device.py:180 cfg.get("enable_activation_checkpointing", False)',
+        },
+    ),
+    # unslothai/unsloth @ 015bdef (2026-08-22).
+    "unsloth": Profile(
+        "unsloth", loss="fused", loss_chunks=1, loss_chunk_tokens=0, chunk_upcast=True, keeps_logits=False,
+        activation_offload=True, optimizer_in_backward=False, optimizer_impl="fused", double_quant=True,
+        nf4_layout="bitsandbytes", adapter_dtype="fp32", gradient_checkpointing=True,
+        describes='Unsloth (fused CE loss, use_gradient_checkpointing="unsloth" offload)',
+        sources={
+            "loss": "unsloth/models/llama.py:1497 unsloth_fused_ce_loss (logits never materialised unless UNSLOTH_RETURN_LOGITS=1)",
+            "activation-offload": 'unsloth/models/llama.py:3079 get_peft_model(use_gradient_checkpointing="unsloth"): '
+                                  "checkpointed layer inputs offloaded to host memory",
+            "gradient-checkpointing": 'unsloth/models/llama.py:3079 use_gradient_checkpointing="unsloth" (checkpointing on)',
+            "double-quant": "unsloth/models/llama.py:2622 bnb_4bit_use_double_quant = True",
+            "adapter-dtype": "unsloth/models/llama.py:3488 peft get_peft_model (autocast_adapter_dtype=True: fp32)",
+            "optimizer-impl": 'runs on the transformers Trainer (TRL SFTTrainer): "adamw_torch_fused"',
+        },
+    ),
+    # Lightning-AI/litgpt @ 2685705 (2026-06-29).
+    "litgpt": Profile(
+        "litgpt", loss="chunked", loss_chunks=0, loss_chunk_tokens=128, chunk_upcast=False, keeps_logits=True,
+        activation_offload=False, optimizer_in_backward=False, optimizer_impl="foreach", double_quant=False,
+        nf4_layout="bitsandbytes", adapter_dtype=None, gradient_checkpointing=False,
+        describes="litgpt finetune (128-token chunked lm_head + cross-entropy in the compute dtype)",
+        sources={
+            "loss": "litgpt/finetune/lora.py:355 model(input_ids, lm_head_chunk_size=128); litgpt/utils.py:302 "
+                    "chunked_cross_entropy (no fp32 upcast; the chunk logits stay alive until backward)",
+            "optimizer-impl": 'litgpt/utils.py:636 instantiate_torch_optimizer("AdamW") without fused: foreach on CUDA',
+            "double-quant": 'litgpt/finetune/lora.py:53 quantize="bnb.nf4" (double quantisation is "bnb.nf4-dq")',
+            "adapter-dtype": 'config_hub/finetune/*/lora.yaml precision: bf16-true (the whole module, adapters included)',
+            "activation-offload": "no activation offload in litgpt finetune",
+        },
+    ),
+}
+FRAMEWORKS: Tuple[str, ...] = tuple(PROFILES)
+
+
+class Knobs(NamedTuple):
+    """The trainer knobs of one run, resolved: profile defaults with the run's own keys on top."""
+
+    framework: str = "transformers"
+    loss: str = "upcast"
+    loss_chunks: int = 1
+    chunk_upcast: bool = True
+    keeps_logits: bool = True
+    activation_offload: bool = False
+    optimizer_in_backward: bool = False
+    optimizer_impl: str = "fused"
+    double_quant: bool = False
+    nf4_layout: str = "bitsandbytes"
+    given: Tuple[str, ...] = ()  # knob keys the config set itself (they win over the profile)
+
+
+def chunks_for(profile: Profile, seq_len: int) -> int:
+    """Chunks of the chunked loss: a fixed count, or one per ``loss_chunk_tokens`` of the sequence (litgpt)."""
+    if profile.loss_chunk_tokens:
+        return max(1, -(-seq_len // profile.loss_chunk_tokens))
+    return profile.loss_chunks
+
+
+def shown(knobs: Knobs, *, mode: str, four_bit: bool, adapter_dtype: str, adapter_given: bool) -> Tuple[Tuple[str, str, str], ...]:
+    """(key, value, origin) of each knob that applies to the run and differs from stock transformers
+    or was set by the config; origin is "set" (the config) or "profile" (the framework's default)."""
+    stock = PROFILES["transformers"]
+    rows = []
+
+    def add(key: str, value: str, stock_value: Optional[str], given: bool) -> None:
+        if value != stock_value or given:
+            rows.append((key, value, "set" if given else "profile"))
+
+    if mode != "inference":
+        add("loss", knobs.loss, stock.loss, "loss" in knobs.given)
+        if knobs.loss == "chunked":
+            add("loss-chunks", str(knobs.loss_chunks), None, "loss-chunks" in knobs.given)
+        for key, value, base in (("activation-offload", knobs.activation_offload, False),
+                                 ("optimizer-in-backward", knobs.optimizer_in_backward, False)):
+            add(key, str(value).lower(), str(base).lower(), key in knobs.given)
+        add("optimizer-impl", knobs.optimizer_impl, stock.optimizer_impl, "optimizer-impl" in knobs.given)
+    if four_bit:
+        add("double-quant", str(knobs.double_quant).lower(), str(stock.double_quant).lower(), "double-quant" in knobs.given)
+        if knobs.nf4_layout != stock.nf4_layout:
+            rows.append(("nf4-layout", knobs.nf4_layout, "profile"))
+    if mode in ("lora", "qlora"):
+        add("adapter-dtype", adapter_dtype, stock.adapter_dtype, adapter_given)
+    return tuple(rows)
+
+
+def describe(knobs: Knobs, rows: Tuple[Tuple[str, str, str], ...]) -> str:
+    """'trainer: torchtune | loss = chunked (profile), activation-offload = true (set)' for the reports."""
+    if not rows:
+        return f"trainer: {knobs.framework}"
+    return f"trainer: {knobs.framework} | " + ", ".join(f"{k} = {v} ({origin})" for k, v, origin in rows)
+
+
+# --- reading the knobs from a config ----------------------------------------------------------------
+
+TRAINER_KEYS = ("framework", "loss", "loss-chunks", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant")
+_TRAINING_KNOBS = ("loss", "loss-chunks", "activation-offload", "optimizer-in-backward", "optimizer-impl")
+
+
+class Resolved(NamedTuple):
+    knobs: Knobs
+    adapter_dtype: str  # the adapter-dtype default of the profile (the run's key wins)
+    gradient_checkpointing: bool  # the gradient-checkpointing default of the profile
+
+
+def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolved:
+    """The knobs of one run: the first level (run, then project) that sets a key wins, then the profile.
+
+    ``levels`` are keys.Table objects, run first. Contradictions a trainer itself rejects are errors.
+    """
+    def pick(key: str):
+        return next((t for t in levels if key in t), None)
+
+    run_level = levels[0]
+    if mode == "inference":
+        for key in _TRAINING_KNOBS:
+            if key in run_level:
+                raise run_level.fail(key, f'only applies to training; run "{run_name}" has mode = "inference".')
+
+    def value(key: str, getter: str, default, *args):
+        # every level's value is checked, even one a run overrides; the first level that sets it wins
+        found = [getattr(t, getter)(key, *args, default) for t in levels if key in t]
+        return found[0] if found else default
+
+    framework = value("framework", "choice", "transformers", FRAMEWORKS)
+    profile = PROFILES[framework]
+    given = tuple(k for k in TRAINER_KEYS[1:] if pick(k) is not None)
+
+    loss = value("loss", "choice", profile.loss, LOSSES)
+    chunks_table = pick("loss-chunks")
+    if chunks_table is not None and loss != "chunked":
+        raise chunks_table.fail("loss-chunks", f'only applies to loss = "chunked"; this run\'s loss is "{loss}".',
+                                hint='Set loss = "chunked" with it, or remove loss-chunks.')
+    default_chunks = chunks_for(profile, seq_len) if profile.loss == "chunked" else PROFILES["torchtune"].loss_chunks
+    chunks = value("loss-chunks", "integer", default_chunks)
+    offload = value("activation-offload", "boolean", profile.activation_offload)
+    in_backward = value("optimizer-in-backward", "boolean", profile.optimizer_in_backward)
+    impl = value("optimizer-impl", "choice", profile.optimizer_impl, OPTIMIZER_IMPLS)
+    four_bit = getattr(dtype, "name", "") in ("nf4", "int4")
+    dq_table = pick("double-quant")
+    if dq_table is not None and not four_bit:
+        raise dq_table.fail("double-quant", f'only applies to 4-bit weights (dtype = "nf4" or "int4"); this run\'s dtype is "{dtype.name}".')
+    double_quant = value("double-quant", "boolean", profile.double_quant)
+    if profile.nf4_layout == "torchao" and dq_table is not None and not double_quant:
+        raise dq_table.fail("double-quant", "torchtune's NF4 (torchao NF4Tensor) always double-quantises its scalers; false is not an option there.",
+                            hint='Remove double-quant, or use framework = "transformers" (bitsandbytes) for plain NF4.')
+    if loss == profile.loss:
+        upcast, keeps = profile.chunk_upcast, profile.keeps_logits
+    else:  # a loss the profile does not use: chunked as torchtune does it (fp32 chunks, logits not kept)
+        upcast, keeps = True, loss == "upcast"
+    knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given)
+    compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
+    return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
+
+
+def check_combination(knobs: Knobs, table, *, gradient_checkpointing: bool, micro_batches: int, pipeline_parallel: int) -> None:
+    """What the trainers refuse: offload without checkpointing, optimizer-in-backward with accumulation."""
+    if knobs.activation_offload and not gradient_checkpointing:
+        key = "activation-offload" if "activation-offload" in table else "gradient-checkpointing"
+        raise table.fail(key, "activation-offload keeps the checkpointed layer inputs in host memory, so it needs gradient-checkpointing = true.",
+                         hint="torchtune raises the same (recipes/lora_finetune_single_device.py:193); set gradient-checkpointing = true.")
+    if knobs.optimizer_in_backward and micro_batches > 1 and pipeline_parallel == 1:
+        key = "optimizer-in-backward" if "optimizer-in-backward" in table else "micro-batches"
+        raise table.fail(key, f"optimizer-in-backward steps and frees each gradient during backward, so it cannot accumulate gradients over micro-batches = {micro_batches}.",
+                         hint="torchtune raises the same (recipes/full_finetune_single_device.py:157); use micro-batches = 1.")
