@@ -24,9 +24,10 @@ _VALUE_FLAGS = {
     "seq-len": int, "lora-rank": int, "adapter-dtype": str, "gpus": int, "gpu": str, "gpu-memory": str,
     "headroom": str, "method": str, "overhead": str, "zero-stage": int, "fsdp": str, "tensor-parallel": int,
     "pipeline-parallel": int, "expert-parallel": int, "offload": str, "micro-batches": int, "gpus-per-node": int,
-    "host-memory": str,
+    "host-memory": str, "framework": str, "loss": str, "loss-chunks": int, "optimizer-impl": str,
 }
-_SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel")
+_SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel",
+             "activation-offload", "optimizer-in-backward", "double-quant")
 
 
 def _parser(command: Optional[str]) -> argparse.ArgumentParser:

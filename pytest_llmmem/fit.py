@@ -116,6 +116,8 @@ def ways_out(run: Run, units: str = "gib") -> List[WayOut]:
     if run.optimizer is not None and run.optimizer.name in ("adamw", "adam"):
         eight_bit = default_catalog().optimizer("adamw-8bit")
         offer("optimizer", "adamw-8bit", 'fits with optimizer = "adamw-8bit"', run._replace(optimizer=eight_bit))
+    for key, value, text, changed in trainer_knobs(run):
+        offer(key, value, text, changed)
     if run.trains and run.mode == "train":
         if run.zero_stage or run.fsdp != "none":
             gpus = fewest_gpus(run)
@@ -128,6 +130,27 @@ def ways_out(run: Run, units: str = "gib") -> List[WayOut]:
     gpu = smallest_gpu(run)
     if gpu:
         offer("gpu", gpu, f'fits on a {gpu} (gpu = "{gpu}")', _on_gpu(run, gpu))
+    return out
+
+
+def trainer_knobs(run: Run) -> List[tuple]:
+    """(key, value, text, changed run) for each trainer knob that would lower this run's peak (profiles.py)."""
+    if not run.trains or not isinstance(run.model, Architecture):
+        return []
+    knobs, out = run.knobs, []
+
+    def knob(key: str, value: object, text: str, **change) -> None:
+        out.append((key, value, text, run._replace(knobs=knobs._replace(**change))))
+
+    if knobs.loss != "fused":
+        knob("loss", "fused", 'fits with loss = "fused" (Liger / Cut Cross-Entropy: no b x s x vocab logits)', loss="fused")
+    if run.gradient_checkpointing and not knobs.activation_offload:
+        knob("activation-offload", True, "fits with activation-offload = true (checkpointed layer inputs in host memory)", activation_offload=True)
+    if run.mode == "train" and not knobs.optimizer_in_backward and run.micro_batches == 1:
+        knob("optimizer-in-backward", True, "fits with optimizer-in-backward = true (each gradient applied and freed in backward)",
+             optimizer_in_backward=True)
+    if knobs.optimizer_impl != "fused" and run.optimizer is not None and run.optimizer.name in ("adamw", "adam"):
+        knob("optimizer-impl", "fused", 'fits with optimizer-impl = "fused" (no foreach step temporaries)', optimizer_impl="fused")
     return out
 
 
@@ -157,7 +180,7 @@ class Toggle(NamedTuple):
 
 
 def toggles(run: Run) -> List[Toggle]:
-    """Whether checkpointing, flash attention, 8-bit AdamW or ZeRO-3 would make the run fit, one at a time."""
+    """Whether checkpointing, flash attention, 8-bit AdamW, a trainer knob or ZeRO-3 would make the run fit, one at a time."""
     out = []
     shaped = isinstance(run.model, Architecture)
 
@@ -177,6 +200,9 @@ def toggles(run: Run) -> List[Toggle]:
     is_adam = run.optimizer is not None and run.optimizer.name in ("adamw", "adam")
     attempt('optimizer = "adamw-8bit"', is_adam, "only replaces adam/adamw",
             lambda: run._replace(optimizer=default_catalog().optimizer("adamw-8bit")))
+    for key, value, _, changed in trainer_knobs(run):
+        shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
+        out.append(Toggle(f"{key} = {shown}", estimate(changed)))
     if run.mode != "train":
         why = "only for full training"
     elif run.gpus == 1:

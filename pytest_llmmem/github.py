@@ -95,7 +95,14 @@ def step_summary(file: str, runs: Sequence[Mapping[str, Any]]) -> str:
                    f"{'-' if used is None else f'{100 * used:.1f} %'} | {_verdict(run)} |")
     for run in runs:
         total = run["total_bytes"] or 1
-        out += ["", f"### {run['name']}", "", "| term | size | share |", "|---|---:|---:|"]
+        out += ["", f"### {run['name']}", ""]
+        if run.get("framework") and run.get("mode") != "inference":
+            knobs = ", ".join(f"`{k} = {v['value']}` ({v['origin']})" for k, v in run.get("knobs", {}).items())
+            out += [f"trainer: **{run['framework']}**" + (f"; {knobs}" if knobs else ""), ""]
+        if run.get("peak_phase") and len(run.get("phases", {})) > 1:
+            phases = ", ".join(f"{k} {format_bytes(v)}" for k, v in run["phases"].items())
+            out += [f"peak phase: **{run['peak_phase']}** ({phases})", ""]
+        out += ["| term | size | share |", "|---|---:|---:|"]
         terms = [(k, v) for k, v in run["breakdown"].items() if v]
         out += [f"| {LABELS.get(k, k)} | {format_bytes(v)} | {100 * v / total:.1f} % |" for k, v in terms]
         out += _pie(run, terms)

@@ -56,6 +56,7 @@ PROFILES: Dict[str, Profile] = {
             "adapter-dtype": "peft/peft_model.py:157 autocast_adapter_dtype=True (adapters upcast to fp32)",
             "activation-offload": "Trainer has no activation offload",
             "optimizer-in-backward": "Trainer steps after backward (trainer.py optimizer.step())",
+            "gradient-checkpointing": "transformers/training_args.py:926 TrainingArguments.gradient_checkpointing (off unless set)",
         },
     ),
     # pytorch/torchtune @ bd2a0fc (2026-04-23); NF4 from pytorch/ao @ 36027d8.
@@ -70,7 +71,7 @@ PROFILES: Dict[str, Profile] = {
             "optimizer-impl": "recipes/configs/llama3_1/8B_qlora_single_device.yaml:62 optimizer fused: True",
             "activation-offload": 'recipes/lora_finetune_single_device.py:183 cfg.get("enable_activation_offloading", False)',
             "optimizer-in-backward": "recipes/full_finetune_single_device.py:151 cfg.optimizer_in_bwd (configs set it; off here)",
-            "double-quant": "torchao nf4_tensor.py:1077 to_nf4(block_size=64, scaler_block_size=256): scalers are always "
+            "double-quant": "torchao/quantization/quantize_/workflows/nf4/nf4_tensor.py:1077 to_nf4(block_size=64, scaler_block_size=256): scalers are always "
                             "double-quantised (int8 per 64 weights + one bf16 factor per 256 scalers)",
             "adapter-dtype": "recipes/lora_finetune_single_device.py:410 set_default_dtype(self._dtype): LoRA in the base dtype",
             "gradient-checkpointing": 'recipes/lora_finetune_single_device.py:180 cfg.get("enable_activation_checkpointing", False)',
@@ -116,7 +117,7 @@ class Knobs(NamedTuple):
 
     framework: str = "transformers"
     loss: str = "upcast"
-    loss_chunks: int = 1
+    loss_chunks: int = 8  # used only with loss = "chunked"; torchtune's default count
     chunk_upcast: bool = True
     keeps_logits: bool = True
     activation_offload: bool = False

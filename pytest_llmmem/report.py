@@ -21,6 +21,7 @@ LABELS = {
     "master_weights": "fp32 master weights",
     "gradients": "gradients",
     "optimizer_states": "optimizer states",
+    "optimizer_step": "optimizer step (above backward)",
     "activations": "activations",
     "logits": "logits + loss",
     "kv_cache": "KV cache",
@@ -101,6 +102,7 @@ def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False) -> s
     where = f" (line {run.line})" if run.line else ""
     budget = f" | budget: {run.budget.describe(units)}" if run.budget else ""
     lines = [f"{run.name}{where}: {verdict(est, units)}", f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
+    lines += _trainer_lines(est, units)
     lines += breakdown_table(est, units, ascii_only)
     lines += _host_line(est, units)
     lines += _serving_lines(est)
@@ -120,13 +122,30 @@ def _serving_lines(est: Estimate) -> List[str]:
     return lines
 
 
+def _trainer_lines(est: Estimate, units: str) -> List[str]:
+    """The trainer profile and every knob that differs from stock transformers, and the peak's phase."""
+    if not est.run.trains:
+        return []
+    lines = [f"  {trainer_text(est)}"]
+    if len(est.phases) > 1:
+        phases = ", ".join(f"{name} {format_bytes(total, units)}" for name, total in est.phases)
+        lines.append(f"  peak phase: {est.peak_phase} ({phases})")
+    return lines
+
+
+def trainer_text(est: Estimate) -> str:
+    from .profiles import describe
+
+    return describe(est.run.knobs, est.run.knobs_shown)
+
+
 def _host_line(est: Estimate, units: str) -> List[str]:
     """Offloaded states live in host memory: a separate figure, per node, with its own budget."""
     if not est.host_bytes:
         return []
     limit = est.run.host_memory_bytes
     verdict = "" if limit is None else f" of {format_bytes(limit, units)} host budget: {'fits' if est.host_fits else 'OVER'}"
-    return [f"  host memory per node (offload): {format_bytes(est.host_bytes, units)}{verdict}"]
+    return [f"  host memory per node (offload, paged states): {format_bytes(est.host_bytes, units)}{verdict}"]
 
 
 def _failure_tail(est: Estimate, units: str) -> List[str]:
@@ -157,6 +176,7 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) 
     if est.failures and est.total_bytes <= est.budget_bytes:
         head = f'llmmem: run "{run.name}" fails: ' + "; ".join(est.failures)
     lines = [head, f"  {describe_run(est)}", f"  method: {est.method}"]
+    lines += _trainer_lines(est, units)
     lines += breakdown_table(est, units, ascii_only)
     lines += _host_line(est, units)
     lines += _serving_lines(est)
@@ -228,6 +248,10 @@ def as_dict(est: Estimate) -> Dict[str, Any]:
         "host_budget_bytes": run.host_memory_bytes,
         "failures": list(est.failures),
         "serving": _serving_dict(est),
+        "framework": run.knobs.framework,
+        "knobs": {key: {"value": value, "origin": origin} for key, value, origin in run.knobs_shown},
+        "peak_phase": est.peak_phase or None,
+        "phases": dict(est.phases),
     }
 
 

@@ -1,0 +1,318 @@
+"""Trainer profiles and their knobs: table, config contract, hand-computed terms, output, fit."""
+
+import json
+
+import pytest
+
+from pytest_llmmem.config import adhoc_run, parse
+from pytest_llmmem.errors import ConfigError
+from pytest_llmmem.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, estimate
+from pytest_llmmem.profiles import KNOBS, LOSSES, OPTIMIZER_IMPLS, PROFILES, Knobs
+from pytest_llmmem.trainer_terms import Tensors, bnb_state_bytes, four_bit_bytes, loss_terms
+from pytest_llmmem.catalog import default_catalog
+
+LLAMA31_8B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "num-kv-heads": 8,
+              "intermediate-size": 14336, "vocab-size": 128256}
+QWEN3_8B = {"family": "llama", "hidden-size": 4096, "num-layers": 36, "num-heads": 32, "num-kv-heads": 8, "head-dim": 128,
+            "intermediate-size": 12288, "vocab-size": 151936}
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_departure_from_stock_names_its_source(name):
+    profile, stock = PROFILES[name], PROFILES["transformers"]
+    assert profile.loss in LOSSES and profile.optimizer_impl in OPTIMIZER_IMPLS
+    for field, key in (("loss", "loss"), ("activation_offload", "activation-offload"), ("optimizer_impl", "optimizer-impl"),
+                       ("double_quant", "double-quant"), ("adapter_dtype", "adapter-dtype"),
+                       ("gradient_checkpointing", "gradient-checkpointing")):
+        if getattr(profile, field) != getattr(stock, field) or name == "transformers":
+            assert key in profile.sources, f"{name}.{key} differs from stock transformers but cites no source"
+            assert "/" in profile.sources[key] or "Trainer" in profile.sources[key]  # a path in the trainer's repo
+    assert set(profile.sources) <= set(KNOBS)
+
+
+# --- the config contract ------------------------------------------------------------------------
+
+PROJECT = """
+[tool.llmmem]
+gpu = "RTX-4090"
+framework = "torchtune"
+
+[tool.llmmem.model]
+family = "llama"
+hidden-size = 4096
+num-layers = 32
+num-heads = 32
+num-kv-heads = 8
+intermediate-size = 14336
+vocab-size = 128256
+
+[[tool.llmmem.runs]]
+name = "qlora"
+mode = "qlora"
+batch-size = 2
+seq-len = 2048
+gradient-checkpointing = true
+{extra}
+"""
+
+
+def _run(extra=""):
+    text = PROJECT.replace("{extra}", extra)
+    if "[tool.llmmem.runs.model]" in extra:  # the offload case: checkpointing off in the run
+        text = text.replace("gradient-checkpointing = true", "gradient-checkpointing = false")
+    return parse(text).runs[0]
+
+
+def test_project_framework_sets_profile_defaults():
+    run = _run()
+    k = run.knobs
+    assert (k.framework, k.loss, k.loss_chunks, k.optimizer_impl, k.nf4_layout, k.double_quant) == (
+        "torchtune", "chunked", 8, "fused", "torchao", True)
+    assert run.adapter_dtype.name == "bf16"  # torchtune: LoRA in the base compute dtype
+    shown = dict((key, (value, origin)) for key, value, origin in run.knobs_shown)
+    assert shown["loss"] == ("chunked", "profile") and shown["adapter-dtype"] == ("bf16", "profile")
+
+
+def test_run_keys_win_over_the_profile():
+    run = _run('loss = "fused"\nactivation-offload = true\nframework = "unsloth"\nadapter-dtype = "bf16"')
+    k = run.knobs
+    assert (k.framework, k.loss, k.activation_offload, k.double_quant, k.nf4_layout) == ("unsloth", "fused", True, True, "bitsandbytes")
+    shown = {key: origin for key, _, origin in run.knobs_shown}
+    assert shown["loss"] == "set" and shown["activation-offload"] == "set" and shown["adapter-dtype"] == "set"
+
+
+def test_litgpt_chunks_by_128_tokens():
+    run = _run('framework = "litgpt"')
+    assert run.knobs.loss_chunks == 16  # 2048 / 128 (litgpt/finetune/lora.py: lm_head_chunk_size=128)
+    assert run.knobs.chunk_upcast is False and run.knobs.keeps_logits is True
+
+
+def test_stock_transformers_shows_no_knobs():
+    run = parse(PROJECT.replace('framework = "torchtune"\n', "").replace("{extra}", "")).runs[0]
+    # the run is qlora on nf4: BitsAndBytesConfig's plain NF4, PEFT's fp32 adapters, nothing to show
+    assert run.knobs == Knobs(framework="transformers") and run.knobs_shown == ()
+    assert run.adapter_dtype.name == "fp32"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('framework = "torchtun"', '"torchtun" is not valid. Did you mean "torchtune"?'),
+    ('loss = "chunked"\nloss-chunks = 0', "0 is out of range; expected 1 to 65,536."),
+    ('framework = "transformers"\nloss-chunks = 4', 'only applies to loss = "chunked"; this run\'s loss is "upcast".'),
+    ('framework = "transformers"\nactivation-offload = true\n[tool.llmmem.runs.model]\nnum-layers = 2', "needs gradient-checkpointing = true"),
+    ('optimizer-impl = "forach"', '"forach" is not valid. Did you mean "foreach"?'),
+    ("double-quant = false", "always double-quantises its scalers"),
+])
+def test_bad_knobs_are_one_paragraph(extra, message):
+    with pytest.raises(ConfigError) as info:
+        _run(extra)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# --- hand-computed terms ------------------------------------------------------------------------
+
+
+def test_four_bit_layouts():
+    # bitsandbytes: 4 bits + fp32 absmax per 64 = 0.5625; double quant: uint8 absmax per 64 + fp32 per 256 blocks
+    assert four_bit_bytes("bitsandbytes", False) == 0.5625
+    assert four_bit_bytes("bitsandbytes", True) == 0.5 + 1 / 64 + 4 / 16384  # 0.515869
+    # torchao NF4: int8 scaler per 64 + a bf16 factor per 256 scalers
+    assert four_bit_bytes("torchao", True) == 0.5 + 1 / 64 + 2 / 16384  # 0.515747
+
+
+# groundtruth-rl.jsonl group "loss" (torch 2.13 CPU, torchtune 0.6.1 / litgpt-style / HF, bf16,
+# 1 x 2048 tokens, vocab 128256): head + loss saved bytes by dtype, and the logits tensor.
+E = 2048 * 128256
+
+
+def test_upcast_matches_hf_measurement():
+    t = loss_terms(Knobs(), rows=2048, vocab=128256, hidden=256, act=2, tp=1, head_trains=False)
+    assert t["log_softmax"] == 1_050_673_152  # measured fp32 saved: 1,050,673,156 (+ a 4-byte loss)
+    assert t["logits"] == 525_336_576  # measured logits_bytes
+    assert t["fp32_transient"] == E * 4
+
+
+def test_chunked_torchtune_and_litgpt():
+    tt = loss_terms(Knobs(loss="chunked", loss_chunks=8, keeps_logits=False), rows=2048, vocab=128256, hidden=256, act=2, tp=1,
+                    head_trains=False)
+    assert tt["log_softmax"] == E * 4  # measured torchtune fp32 saved: 1,050,673,184 (every chunk's fp32 log-softmax)
+    assert tt["logits"] == E * 2 // 8  # LinearCrossEntropyLoss: only one chunk's 16-bit logits at a time
+    assert tt["chunk_transient"] == E // 8 * (4 + 2)
+    lit = loss_terms(Knobs(loss="chunked", loss_chunks=16, chunk_upcast=False, keeps_logits=True), rows=2048, vocab=128256,
+                     hidden=256, act=2, tp=1, head_trains=False)
+    # measured bf16 saved 526,128,672 = the hidden input (1,048,576) + the shifted (2047-row) bf16 log-softmax
+    assert lit["log_softmax"] == E * 2 and abs((526_128_672 - 1_048_576) / (E * 2) - 1) < 0.001
+    assert lit["logits"] == E * 2 and lit["chunk_transient"] == E * 2 // 16
+
+
+def test_fused_keeps_no_vocab_sized_tensor():
+    # Liger: chunk = next_pow2(ceil(2048 / ceil(128256 / 256))) = next_pow2(5) = 8 rows of logits
+    t = loss_terms(Knobs(loss="fused"), rows=2048, vocab=128256, hidden=256, act=2, tp=1, head_trains=True)
+    assert t == {"fused_chunk_logits": 8 * 128256 * 2, "fused_grad_input": 2048 * 256 * 2,
+                 "fused_grad_weight": 128256 * 256 * 2, "fused_loss_per_token": 2048 * 4}
+
+
+def test_bitsandbytes_small_tensors_keep_fp32_states_and_paging_starts_at_1e5():
+    opt8 = default_catalog().optimizer("adamw-8bit")
+    paged8 = default_catalog().optimizer("paged-adamw-8bit")
+    tensors = Tensors(((2048, 10), (8 * 4096, 4), (4096 * 128, 2)))  # norms, LoRA A at r=8, a 128-row matrix
+    eight = 1 + 4 / 256
+    # 2048 < 4096: 2 fp32 states; the others 2 x (1 + 4/256)
+    assert bnb_state_bytes(opt8, tensors) == (round(2048 * 10 * 8 + (8 * 4096 * 4 + 4096 * 128 * 2) * 2 * eight), 0)
+    # paged: only the 524,288-element matrices (>= 1e5) go to unified memory
+    assert bnb_state_bytes(paged8, tensors) == (round(2048 * 10 * 8 + 8 * 4096 * 4 * 2 * eight), round(4096 * 128 * 2 * 2 * eight))
+
+
+def test_paged_adamw_counts_against_host_not_gpu():
+    keys = {**LLAMA31_8B, "mode": "lora", "dtype": "bf16", "lora-rank": 32, "batch-size": 1, "seq-len": 512}
+    plain = estimate(adhoc_run({**keys, "optimizer": "adamw"}))
+    paged = estimate(adhoc_run({**keys, "optimizer": "paged-adamw"}))
+    # r=32 A: 32 x 4096 = 131,072 elements >= 1e5 (paged); B of v_proj: 1024 x 32 = 32,768 stays on the GPU
+    b_v = 32 * 32 * 1024 * 2 * 4  # v_proj's B in 32 layers: 2 fp32 states
+    assert paged.breakdown["optimizer_states"] == b_v
+    assert paged.details["host.paged_optimizer_states"] == plain.breakdown["optimizer_states"] - b_v
+    assert any("paged" in n for n in paged.notes)
+
+
+def test_optimizer_in_backward_keeps_only_the_largest_gradient():
+    keys = {**LLAMA31_8B, "mode": "train", "dtype": "bf16", "precision": "pure", "batch-size": 1, "seq-len": 1024}
+    est = estimate(adhoc_run({**keys, "optimizer-in-backward": True}))
+    assert est.breakdown["gradients"] == 128256 * 4096 * 2  # the embedding's (and head's) bf16 gradient
+    with pytest.raises(ConfigError, match="cannot accumulate gradients"):
+        adhoc_run({**keys, "optimizer-in-backward": True, "micro-batches": 4})
+
+
+def test_activation_offload_moves_all_but_one_layer_input_to_host():
+    keys = {**LLAMA31_8B, "mode": "qlora", "batch-size": 2, "seq-len": 2048, "gradient-checkpointing": True}
+    base = estimate(adhoc_run(keys))
+    off = estimate(adhoc_run({**keys, "activation-offload": True, "host-memory": "64 GiB"}))
+    one = 2 * 2048 * 4096 * 2  # one layer's bf16 input
+    assert base.details["activations.layer_inputs"] == 32 * one
+    assert off.details["activations.layer_inputs"] == one
+    assert off.details["host.offloaded_activations"] == 31 * one
+    assert off.host_bytes > 31 * one and off.host_fits
+
+
+def test_foreach_step_sets_the_peak_like_the_h100_measurement():
+    # benchmarks/data/gpu-peaks-h100.jsonl: Qwen3-8B bf16, AdamW foreach, 1 x 1024, checkpointing:
+    # optimizer_step max_allocated 81,985,836,544 B. Step = weights + grads + 2 states + one state-sized
+    # foreach temporary = 5 x 2 B x 8.19e9 params; max_allocated leaves out the context and cuBLAS workspace.
+    keys = {**QWEN3_8B, "mode": "train", "dtype": "bf16", "precision": "pure", "batch-size": 1, "seq-len": 1024,
+            "gradient-checkpointing": True}
+    est = estimate(adhoc_run({**keys, "optimizer-impl": "foreach"}))
+    assert est.peak_phase == "optimizer step"
+    assert est.details["optimizer_step.temporaries"] == est.params * 2
+    allocated = dict(est.phases)["optimizer step"] - CUDA_CONTEXT_BYTES - CUBLAS_WORKSPACE_BYTES
+    assert abs(allocated / 81_985_836_544 - 1) < 0.01
+    fused = estimate(adhoc_run({**keys, "optimizer-impl": "fused"}))
+    assert fused.peak_phase == "backward" and fused.breakdown["optimizer_step"] == 0
+    assert est.total_bytes - fused.total_bytes == est.breakdown["optimizer_step"]
+
+
+# --- measured on the CPU: what each AdamW implementation allocates inside step() -------------------
+
+
+def _step_peak(impl, dtype):
+    """Peak bytes of new tensors alive during AdamW.step() (a second step: states exist), counted by a
+    dispatch mode that sees every op's outputs and a finalizer on each (torch.cuda is not needed)."""
+    torch = pytest.importorskip("torch")
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Live(TorchDispatchMode):
+        def __init__(self, known):
+            super().__init__()
+            self.known, self.sizes, self.live, self.peak = known, {}, 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    key, n = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+                    if n and key not in self.known and key not in self.sizes:
+                        self.sizes[key] = n
+                        self.live += n
+                        self.peak = max(self.peak, self.live)
+                        weakref.finalize(t, self.free, key)
+            return out
+
+        def free(self, key):
+            self.live -= self.sizes.pop(key, 0)
+
+    params = [torch.nn.Parameter(torch.ones(shape, dtype=dtype)) for shape in [(1000, 64), (64,), (256, 64), (64,), (1000, 64)]]
+    flag = {"foreach": {"foreach": True}, "for-loop": {"foreach": False}, "fused": {"fused": True}}[impl]
+    opt = torch.optim.AdamW(params, lr=1e-3, **flag)
+    for p in params:
+        p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    known = {t.untyped_storage().data_ptr() for p in params
+             for t in [p, p.grad, *(v for v in opt.state[p].values() if isinstance(v, torch.Tensor))]}
+    with Live(known) as live:
+        opt.step()
+    return live.peak
+
+
+@pytest.mark.parametrize("dtype_name, size", [("float32", 4), ("bfloat16", 2)])
+def test_adamw_step_temporaries_measured_on_cpu(dtype_name, size):
+    torch = pytest.importorskip("torch")
+    from pytest_llmmem.trainer_terms import step_temporaries
+
+    dtype = getattr(torch, dtype_name)
+    numel, largest = 2 * 64000 + 16384 + 2 * 64, 64000
+    adamw = default_catalog().optimizer("adamw")
+    for impl in ("foreach", "for-loop", "fused"):
+        predicted, _ = step_temporaries(Knobs(optimizer_impl=impl), adamw, numel * size, largest * size)
+        measured = _step_peak(impl, dtype)
+        if impl == "foreach":
+            assert measured == predicted == numel * size  # torch._foreach_sqrt over every exp_avg_sq
+        elif impl == "for-loop":
+            # sqrt and the divide of the largest parameter, plus the previous (64-element) parameter's denom
+            assert predicted == 2 * largest * size and measured == (2 * largest + 64) * size
+        else:
+            assert measured == predicted == 0
+
+
+# --- output and ways out --------------------------------------------------------------------------
+
+
+def test_cli_flags_text_and_json(run_cli):
+    args = ["estimate", "--family", "llama", "--hidden-size", "4096", "--num-layers", "32", "--num-heads", "32",
+            "--num-kv-heads", "8", "--intermediate-size", "14336", "--vocab-size", "128256", "--mode", "qlora",
+            "--batch-size", "2", "--seq-len", "2048", "--gradient-checkpointing", "--gpu", "RTX-4090",
+            "--framework", "torchtune", "--activation-offload", "--loss-chunks", "16"]
+    code, out, _ = run_cli(*args)
+    assert code == 0
+    assert ("trainer: torchtune | loss = chunked (profile), loss-chunks = 16 (set), activation-offload = true (set), "
+            "double-quant = true (profile), nf4-layout = torchao (profile), adapter-dtype = bf16 (profile)") in out
+    code, out, _ = run_cli(*args, "--format", "json")
+    doc = json.loads(out)["runs"][0]
+    assert doc["framework"] == "torchtune"
+    assert doc["knobs"]["activation-offload"] == {"value": "true", "origin": "set"}
+    assert doc["peak_phase"] == "backward" and set(doc["phases"]) == {"backward", "optimizer step"}
+
+
+def test_job_summary_names_the_trainer(run_cli):
+    from pytest_llmmem.github import step_summary
+    from pytest_llmmem.report import as_dict
+
+    est = estimate(adhoc_run({**QWEN3_8B, "mode": "train", "dtype": "bf16", "precision": "pure", "seq-len": 1024,
+                              "gradient-checkpointing": True, "optimizer-impl": "foreach", "framework": "litgpt", "gpu": "H100"}))
+    text = step_summary("pyproject.toml", [as_dict(est)])
+    assert "trainer: **litgpt**; `loss = chunked` (profile), `loss-chunks = 8` (profile), `optimizer-impl = foreach` (set)" in text
+    assert "peak phase: **optimizer step**" in text
+
+
+def test_fit_offers_the_fused_loss():
+    from pytest_llmmem.fit import ways_out
+
+    # Llama-3.1-8B LoRA bf16 at 1 x 4096 with checkpointing on a 24 GB card: HF's upcast loss is
+    # 4096 x 128256 x (2 + 4 + 4) B = 4.9 GiB (+ 30 % allocator slack); the fused loss keeps a few MiB of it.
+    run = adhoc_run({**LLAMA31_8B, "mode": "lora", "dtype": "bf16", "batch-size": 1, "seq-len": 4096,
+                     "gradient-checkpointing": True, "gpu": "RTX-4090"})
+    assert estimate(run).fits is False
+    texts = [w.text for w in ways_out(run)]
+    assert any(t.startswith('fits with loss = "fused" (Liger / Cut Cross-Entropy') for t in texts), texts
