@@ -109,8 +109,7 @@ def full_model_tensors(arch, params: int) -> Tensors:
     """Every parameter of a full fine-tune: the layers' matrices, embedding and head, and the rest
     (norm weights and biases: vectors of at most a few thousand elements) as hidden-size vectors."""
     h = arch.hidden_size
-    per_layer = [(lin.d_in * lin.d_out, lin.count) for lin in arch.linears()]
-    sizes: List[Tuple[int, int]] = [(n, k * arch.num_layers) for n, k in per_layer]
+    sizes: List[Tuple[int, int]] = [(lin.d_in * lin.d_out, lin.count * layers) for layers, lins in arch.group_linears() for lin in lins]
     embed = arch.vocab_size * h
     sizes.append((embed, 1 if arch.tie_embeddings or arch.family.classifier else 2))
     matrices = sum(n * k for n, k in sizes)
@@ -120,11 +119,13 @@ def full_model_tensors(arch, params: int) -> Tensors:
     return Tensors(tuple(sizes))
 
 
-def lora_tensors(linears, layers: int, rank: int) -> Tensors:
-    """LoRA's A (r x d_in) and B (d_out x r) for each adapted matrix of every layer (PEFT LoraLayer)."""
+def lora_tensors(groups, rank: int) -> Tensors:
+    """LoRA's A (r x d_in) and B (d_out x r) for each adapted matrix of every layer (PEFT LoraLayer);
+    ``groups`` is (layer count, adapted linears) per layer group."""
     sizes = []
-    for lin in linears:
-        sizes += [(rank * lin.d_in, lin.count * layers), (rank * lin.d_out, lin.count * layers)]
+    for layers, linears in groups:
+        for lin in linears:
+            sizes += [(rank * lin.d_in, lin.count * layers), (rank * lin.d_out, lin.count * layers)]
     return Tensors(tuple(sizes))
 
 
@@ -200,7 +201,8 @@ def trainable_tensors(run, arch, params: int):
         return full_model_tensors(arch, params)
     from .estimate import adapted_linears  # the LoRA target rules live with the LoRA count
 
-    return lora_tensors(adapted_linears(arch, run.lora_targets), arch.num_layers, run.lora_rank)
+    groups = [(n, adapted_linears(arch, run.lora_targets, lins)) for n, lins in arch.group_linears()]
+    return lora_tensors(groups, run.lora_rank)
 
 
 def optimizer_phase(run, tensors, trainable: int, breakdown: Dict[str, int], details: Dict[str, int]) -> Tuple[str, Tuple[Tuple[str, int], ...], str]:

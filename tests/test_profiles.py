@@ -316,3 +316,20 @@ def test_fit_offers_the_fused_loss():
     assert estimate(run).fits is False
     texts = [w.text for w in ways_out(run)]
     assert any(t.startswith('fits with loss = "fused" (Liger / Cut Cross-Entropy') for t in texts), texts
+
+
+@pytest.mark.parametrize("keys", [
+    {**LLAMA31_8B, "lora-targets": "all-linear"},
+    {"family": "qwen2_moe", "hidden-size": 2048, "num-layers": 24, "num-heads": 16, "num-kv-heads": 16, "intermediate-size": 5632,
+     "moe-intermediate-size": 1408, "num-experts": 60, "experts-per-token": 4, "vocab-size": 151936, "lora-targets": "all-linear"},
+])
+def test_tensor_inventory_adds_up_to_the_counts(keys):
+    from pytest_llmmem.trainer_terms import trainable_tensors
+
+    lora = adhoc_run({**keys, "mode": "lora", "dtype": "bf16"})
+    est = estimate(lora)
+    assert trainable_tensors(lora, lora.model, est.params).total == est.trainable_params  # every A and B, group by group
+    full = adhoc_run({k: v for k, v in {**keys, "mode": "train", "dtype": "bf16"}.items() if k != "lora-targets"})
+    tensors = trainable_tensors(full, full.model, est.params)
+    # matrices exactly; norm weights and biases rounded up to whole hidden-size vectors
+    assert 0 <= tensors.total - est.params < full.model.hidden_size
