@@ -25,9 +25,13 @@ _VALUE_FLAGS = {
     "headroom": str, "method": str, "overhead": str, "zero-stage": int, "fsdp": str, "tensor-parallel": int,
     "pipeline-parallel": int, "expert-parallel": int, "offload": str, "micro-batches": int, "gpus-per-node": int,
     "host-memory": str, "framework": str, "loss": str, "loss-chunks": int, "optimizer-impl": str,
+    # inference and serving (issue 12)
+    "prompt-len": int, "new-tokens": int, "logits": str, "engine": str, "gpu-memory-utilization": float,
+    "max-model-len": int, "max-num-seqs": int, "max-num-batched-tokens": int, "kv-cache-dtype": str,
+    "block-size": int, "quantization": str, "min-concurrency": float, "engine-version": str,
 }
 _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel",
-             "activation-offload", "optimizer-in-backward", "double-quant")
+             "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager")
 
 
 def _parser(command: Optional[str]) -> argparse.ArgumentParser:

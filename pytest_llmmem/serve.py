@@ -134,6 +134,7 @@ class Startup(NamedTuple):
     refusal: str = ""  # the engine's own error when it refuses to start
     notes: Tuple[str, ...] = ()
     items: Tuple[Tuple[str, int], ...] = ()  # finer parts of weights/activations for the report
+    approximate: Tuple[str, ...] = ()  # why a figure is not the engine's own (e.g. GPU total from the catalog)
 
     @property
     def starts(self) -> bool:

@@ -32,4 +32,4 @@ def served(run: Any) -> Any:
                         f"{s.max_concurrency:.2f} requests of max-model-len {s.max_model_len:,} at once")
     notes = tuple(s.notes)
     return Estimate(run, "detailed", breakdown, arch.param_count(), 0, notes, details,
-                    approximate=tuple(getattr(arch, "approximate", ()) or ()), failures=tuple(failures), serving=s)
+                    approximate=tuple(getattr(arch, "approximate", ()) or ()) + s.approximate, failures=tuple(failures), serving=s)

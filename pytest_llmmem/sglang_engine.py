@@ -49,12 +49,12 @@ def startup(run: Any) -> Startup:
     tokens = max(0, rest // cell)
     max_len = s.max_model_len or context_limit(arch)[0] or run.seq_len
     refusal = "" if tokens > 0 else "Not enough memory. Please try to increase --mem-fraction-static."
-    notes = [n for n in (total_note,) if n]
+    notes = []
     notes.append("SGLang keeps 1 - mem_fraction_static of the free memory for activations and CUDA graphs; "
                  "it does not refuse a context_len above the pool, it queues requests")
     version = s.engine_version or DEFAULT_VERSION
     return Startup(
         "sglang", version, total, fraction, w, 0, 0, total - free_before + round(free_before * (1 - fraction)),
         max(rest, 0), cell, tokens, tokens, max_len, tokens / max_len, s.max_num_batched_tokens or 0,
-        s.max_num_seqs or 0, refusal, tuple(notes), tuple(items),
+        s.max_num_seqs or 0, refusal, tuple(notes), tuple(items), tuple(n for n in (total_note,) if n),
     )

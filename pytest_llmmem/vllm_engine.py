@@ -245,13 +245,13 @@ def startup(run: Any) -> Startup:
         refusal = (f"To serve at least one request with the model's max seq len ({max_len}), more KV cache is needed than "
                    f"the available KV cache memory ({avail / GiB:.2f} GiB). Try increasing `gpu_memory_utilization` "
                    f"or decreasing `max_model_len`.")
-    notes = [n for n in (total_note,) if n]
+    notes, approximate = [], [n for n in (total_note,) if n]
     if any(k.kind == "mamba" for k in kinds):
-        notes.append("Mamba state pages are padded to the attention page size by vLLM; counted unpadded")
+        approximate.append("Mamba state pages are padded to the attention page size by vLLM; counted unpadded")
     notes.append("CUDA graphs are captured after the KV pool is sized and use memory beyond the utilization share "
                  "(-0.45 to +1.88 GiB in published logs); not counted" if not s.enforce_eager else "enforce-eager: no CUDA graphs")
     label = f"{version[0]}.{version[1]}" + (" (V0 engine)" if era.startswith("v0") else "")
     return Startup(
         "vllm", label, total, util, w, peak, non_torch, outside, max(avail, 0), page, blocks, tokens, max_len,
-        concurrency, batched, seqs, refusal, tuple(notes), tuple(w_items + a_items),
+        concurrency, batched, seqs, refusal, tuple(notes), tuple(w_items + a_items), tuple(approximate),
     )

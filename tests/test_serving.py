@@ -213,3 +213,36 @@ def test_max_model_len_above_the_context_needs_rope_scaling(tmp_path):
     with pytest.raises(ConfigError, match="more than the model's context"):
         adhoc_run({**LLAMA31_8B, "max-position-embeddings": 8192, "mode": "inference", "engine": "vllm", "max-model-len": 8193})
 
+
+
+def test_a_gpu_without_a_measured_cuda_total_is_flagged_approximate():
+    est = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "L40S", "max-model-len": 8192}))
+    assert any("the catalog size was used" in reason for reason in est.approximate)
+    exact = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100", "max-model-len": 8192}))
+    assert not exact.approximate
+
+
+def test_cli_estimate_takes_the_engine_flags(run_cli):
+    shape = ["--family", "llama", "--hidden-size", "4096", "--num-layers", "32", "--num-heads", "32", "--num-kv-heads", "8",
+             "--intermediate-size", "14336", "--vocab-size", "128256", "--max-position-embeddings", "131072"]
+    code, out, _ = run_cli("estimate", *shape, "--mode", "inference", "--engine", "vllm", "--gpu", "RTX-3090",
+                           "--engine-version", "0.6.4", "--max-model-len", "29000", "--format", "json")
+    doc = json.loads(out)
+    serving = doc["runs"][0]["serving"]
+    assert code == 1 and serving["starts"] is False and serving["kv_cache_tokens"] == 23712  # issue 10517 printed 23,648
+    code, _, err = run_cli("estimate", *shape, "--mode", "inference", "--engine", "vllm", "--gpu-memory-utilization", "0")
+    assert code == 2 and "--gpu-memory-utilization: expected a fraction" in err
+
+
+def test_every_published_start_up_log_meets_the_issue_targets():
+    """benchmarks/data/serving-logs.jsonl: the verdict right on every log, KV tokens within 5 % median / 15 % worst."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from serving_accuracy import score
+
+    summary = score(ROOT / "benchmarks" / "data" / "serving-logs.jsonl")["summary"]
+    assert summary["scored"] == summary["rows"] == 18
+    assert summary["verdicts_right"] == summary["scored"]
+    assert summary["tokens_median_abs"] <= 5 and summary["tokens_worst_abs"] <= 15
+    assert summary["memory_median_abs"] <= 5 and summary["memory_worst_abs"] <= 15
