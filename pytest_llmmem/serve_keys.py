@@ -40,17 +40,18 @@ def serving_fields(table: Table, name: str, mode: str, model: Any, seq_len: Opti
     logits = table.choice("logits", LOGITS, "last")
     fields: Dict[str, Any] = dict(prompt_len=prompt, new_tokens=new, logits=logits, engine=engine)
     if engine != "transformers":
-        fields["serve"] = _settings(table, name, engine, model)
+        fields["serve"] = _settings(table, name, engine, model, seq)
     return fields, seq
 
 
-def _settings(table: Table, name: str, engine: str, model: Any) -> ServeSettings:
+def _settings(table: Table, name: str, engine: str, model: Any, seq_len: Optional[int]) -> ServeSettings:
     from .serve import context_limit
     from .vllm_engine import QUANTIZATIONS
 
     if not isinstance(model, Architecture):
         raise table.fail("engine", f'the {engine} start-up needs the model\'s architecture (KV bytes per token); run "{name}" has only params.',
                          hint='Give config = "path/config.json" or the architecture keys under [tool.llmmem.model].')
+    utilization = table.fraction("gpu-memory-utilization")
     version = table.string("engine-version")
     if version is not None and not re.match(r"^v?\d+\.\d+(\.\d+)*([.+-]\w+)*$", version.strip()):
         raise table.fail("engine-version", f'"{version}" is not a release number.', hint='For example "0.11.0".')
@@ -61,9 +62,14 @@ def _settings(table: Table, name: str, engine: str, model: Any) -> ServeSettings
         raise table.fail("max-model-len", f"{max_len:,} is more than the model's context: {why}. {engine} refuses to start "
                          "(User-specified max_model_len is greater than the derived max_model_len).",
                          hint=f"Use max-model-len <= {limit:,}, or a checkpoint with rope_scaling for longer contexts.")
+    if max_len is None and not limit:
+        if seq_len is None:
+            raise table.fail("engine", f"the model's context length is unknown (no max_position_embeddings), so {engine}'s "
+                             "default max-model-len cannot be derived.", hint="Give max-model-len = 32768 (or seq-len) in this run.")
+        max_len = seq_len  # the declared sequence length is the longest request
     kv_dtype = table.choice("kv-cache-dtype", KV_CACHE_DTYPES, "auto")
     return ServeSettings(
-        gpu_memory_utilization=table.fraction("gpu-memory-utilization"),
+        gpu_memory_utilization=utilization,
         max_model_len=max_len,
         max_num_seqs=table.integer("max-num-seqs"),
         max_num_batched_tokens=table.integer("max-num-batched-tokens"),

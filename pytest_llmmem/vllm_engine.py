@@ -90,13 +90,22 @@ def _linear_params(arch: Any) -> Tuple[int, int]:
     return total, experts
 
 
+def checkpoint_quantization(arch: Any) -> str:
+    """The checkpoint's own format: vLLM reads quantization_config.quant_method from config.json
+    when --quantization is not given (vllm/config ModelConfig._verify_quantization)."""
+    config = getattr(arch, "config", None)
+    qc = config.get("quantization_config") if isinstance(config, dict) else None
+    method = qc.get("quant_method") if isinstance(qc, dict) else None
+    return method if method in QUANTIZATION else ""
+
+
 def weights(run: Any, arch: Any, tp: int) -> Tuple[int, List[Tuple[str, int]]]:
     """Weights on one GPU: the checkpoint's params in their format, split over tensor parallelism, plus
     vLLM's padded vocabulary and its rotary cos/sin cache."""
     act = run.dtype.compute_bytes
     params = arch.param_count()
     linear, experts = _linear_params(arch)
-    quant = run.serve.quantization
+    quant = run.serve.quantization or checkpoint_quantization(arch)
     items: List[Tuple[str, int]] = []
     if quant:
         per, covers, _ = QUANTIZATION[quant]
@@ -184,12 +193,18 @@ def activation_peak(run: Any, arch: Any, era: str, tokens: int, seqs: int, tp: i
 def _pool(kinds: List[KVKind], avail: int, block: int, max_len: int, batched: int, hybrid: bool) -> Tuple[int, int, int, int]:
     """(page bytes, blocks, tokens, blocks one max_len request needs), as kv_cache_utils.py cuts the pool."""
     attention = [k for k in kinds if k.kind != "mamba"]
+    if not attention:
+        # Attention-free (Mamba): one block per request holding every layer's state (MambaSpec, one
+        # page per sequence); the printed token count is that many max_len sequences.
+        state = sum(k.layers * k.bytes_per_token for k in kinds) or 1
+        blocks = max(0, avail // state)
+        return state, blocks, blocks * max_len, 1
     uniform = len({(k.kind == "sliding", k.window) for k in attention}) <= 1 or not hybrid
-    if uniform or not attention:
+    if uniform:
         # One group: every layer gets a page per block (get_kv_cache_config_from_groups, uniform type).
         layer_pages = sum(k.layers * k.bytes_per_token * block for k in attention) or 1
         blocks = max(0, avail // layer_pages)
-        page = attention[0].bytes_per_token * block if attention else 0
+        page = attention[0].bytes_per_token * block
         return page, blocks, blocks * block, math.ceil(max_len / block)
     # Hybrid: groups of group_size layers share one pool of equal pages (_get_kv_cache_groups_uniform_page_size).
     counts = [k.layers for k in attention]
@@ -246,7 +261,7 @@ def startup(run: Any) -> Startup:
                    f"the available KV cache memory ({avail / GiB:.2f} GiB). Try increasing `gpu_memory_utilization` "
                    f"or decreasing `max_model_len`.")
     notes, approximate = [], [n for n in (total_note,) if n]
-    if any(k.kind == "mamba" for k in kinds):
+    if any(k.kind == "mamba" for k in kinds) and any(k.kind != "mamba" for k in kinds):
         approximate.append("Mamba state pages are padded to the attention page size by vLLM; counted unpadded")
     notes.append("CUDA graphs are captured after the KV pool is sized and use memory beyond the utilization share "
                  "(-0.45 to +1.88 GiB in published logs); not counted" if not s.enforce_eager else "enforce-eager: no CUDA graphs")

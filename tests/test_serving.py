@@ -246,3 +246,25 @@ def test_every_published_start_up_log_meets_the_issue_targets():
     assert summary["verdicts_right"] == summary["scored"]
     assert summary["tokens_median_abs"] <= 5 and summary["tokens_worst_abs"] <= 15
     assert summary["memory_median_abs"] <= 5 and summary["memory_worst_abs"] <= 15
+
+
+def test_the_checkpoint_quantization_is_read_from_config_json(tmp_path):
+    # vLLM takes quantization_config.quant_method when --quantization is not given; gpt-oss ships MXFP4 experts.
+    rows = [json.loads(line) for line in (ROOT / "benchmarks" / "data" / "serving-logs.jsonl").read_text().splitlines()]
+    row = next(r for r in rows if r["id"] == "vllm-llmd-h100-gptoss20b")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(row["arch"]))
+    s = estimate(adhoc_run({"config": str(config), "mode": "inference", "engine": "vllm", "gpu": "H100",
+                            "max-model-len": 16000})).serving
+    assert abs(s.weights_bytes / GiB / row["weights_gib"] - 1) < 0.01  # the log: "Model loading took 13.47 GiB"
+
+
+def test_an_attention_free_model_holds_one_state_per_request(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "mamba", "hidden_size": 768, "num_hidden_layers": 24, "vocab_size": 50280,
+                                  "state_size": 16, "expand": 2, "conv_kernel": 4}))
+    est = estimate(adhoc_run({"config": str(config), "mode": "inference", "engine": "vllm", "gpu": "H100", "max-model-len": 4096}))
+    s = est.serving
+    # 24 layers x (d_inner 1536 x (conv 4 + state 16)) x 2 B per sequence, whatever its length
+    assert s.page_bytes == 24 * 1536 * 20 * 2
+    assert s.blocks == s.kv_pool_bytes // s.page_bytes and s.max_concurrency == s.blocks
