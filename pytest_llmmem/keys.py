@@ -109,7 +109,7 @@ class Context:
 
 
 def type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "a table"}.get(
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "a table", type(None): "null"}.get(
         type(value), type(value).__name__
     )
 

@@ -23,7 +23,7 @@ _BASIC_STOP = re.compile(r'[\\"]')  # inside a basic string: an escape or a quot
 _HEADER_STOP = re.compile(r"[\]\"']")  # inside a header: its end or a quoted part
 _BARE_KEY = re.compile(r"[A-Za-z0-9_\-]+")
 _BLANK = re.compile(r"[ \t]*")
-_RUN_NAME = re.compile(r"""name[ \t]*=[ \t]*(?:"([^"]*)"|'([^']*)')""")
+_RUN_NAME = re.compile(r"""["']?name["']?[ \t]*=[ \t]*(?:"([^"]*)"|'([^']*)')""")
 
 _Scan = Tuple[str, int]  # (open multi-line delimiter: '"""', "'''" or "", bracket depth)
 

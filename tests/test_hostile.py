@@ -324,3 +324,33 @@ def test_long_family_name_is_cut(tmp_path, capsys):
     assert (code, out) == (2, "") and seconds < 0.5
     assert err.startswith(f'llmmem: error: {path}:5: tool.llmmem.model.family: unknown model family "{"l" * 60}…" (100,000 characters).')
     assert len(err) < 1000
+
+
+# --- pytest --llmmem on the same inputs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("setup, config, message", [
+    ("fifo", "fifo.json", '"fifo.json" cannot be read: it is a named pipe (FIFO), not a regular file.'),
+    ("nan", "config.json", '"config.json" is not valid JSON: NaN is not a JSON number (JSON numbers are finite).'),
+    ("loop", "loop.json", '"loop.json" cannot be read: it is a symlink loop (or too many levels of symlinks).'),
+    ("redos", "missing.json", '"missing.json" does not exist.'),
+])
+def test_pytest_plugin_reports_hostile_input_cleanly(pytester, setup, config, message):
+    text = PYPROJECT.format(config=config)
+    if setup == "redos":
+        text = '[tool.other]\ndoc = """\n[' + " " * 8000 + 'x\n"""\n\n' + text
+    (pytester.path / "pyproject.toml").write_text(text, encoding="utf-8")
+    if setup == "fifo":
+        os.mkfifo(pytester.path / "fifo.json")
+    elif setup == "nan":
+        (pytester.path / "config.json").write_text(SMALL_LLAMA.replace("256", "NaN"), encoding="utf-8")
+    elif setup == "loop":
+        os.symlink("loop.json", pytester.path / "loop.json")
+    start = time.perf_counter()
+    result = pytester.runpytest_subprocess("--llmmem", "-p", "no:cacheprovider")  # a real run, own imports
+    assert time.perf_counter() - start < 20  # a FIFO once blocked here forever; the ReDoS took minutes
+    text_out = result.stdout.str()
+    assert "INTERNALERROR" not in text_out and "Traceback" not in text_out
+    assert result.ret == 2  # a collection error: pytest's "interrupted" exit
+    line = 10 if setup == "redos" else 5
+    assert f"llmmem: pyproject.toml:{line}: tool.llmmem.model.config: {message}" in text_out
