@@ -362,8 +362,9 @@ def _no_network(attempts: List[str]):
         socket.create_connection = original_create  # type: ignore[assignment]
 
 
-def run_case(case: Case, folder: Path) -> Outcome:
-    """Write the case's files into the empty ``folder``, run ``llmmem`` there in-process, judge it."""
+def run_case(case: Case, folder: Path, cpu_factor: float = 1.0) -> Outcome:
+    """Write the case's files into the empty ``folder``, run ``llmmem`` there in-process, judge it
+    (``cpu_factor`` widens the time bound on a loaded CI machine)."""
     from pytest_llmmem.cli import main
 
     write_files(folder, case.files)
@@ -381,7 +382,8 @@ def run_case(case: Case, folder: Path) -> Outcome:
     finally:
         cpu = time.process_time() - start
         os.chdir(cwd)
-    return judge(case, code, out.getvalue(), err.getvalue(), cpu, before, _snapshot(folder), attempts)
+    return judge(case._replace(cpu_limit_s=case.cpu_limit_s * cpu_factor), code, out.getvalue(), err.getvalue(), cpu,
+                 before, _snapshot(folder), attempts)
 
 
 def judge(case: Case, code: int, out: str, err: str, cpu: float, before: list, after: list, attempts: List[str]) -> Outcome:
