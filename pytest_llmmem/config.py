@@ -229,7 +229,21 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
                 raise table.fail("lora-targets", f'"{shown_name(target)}" is not a linear layer of this {model.family.name} model.{did_you_mean(target, names)}',
                                  hint=f'Valid: {one_of(names)} or "all-linear".')
 
+    if isinstance(model, Architecture) and mode in ("lora", "qlora") and "lora-targets" not in table:
+        # PEFT's default target_modules for the model_type (peft/utils/constants.py
+        # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING); PEFT refuses a model_type it lacks.
+        targets = model.family.lora_targets
+        if not targets:
+            names = model.module_names()
+            raise table.fail("mode", f'PEFT has no default LoRA targets for {model.family.name} models; say which linears to adapt.',
+                             hint=f'Add lora-targets = [...] from {one_of(names)}, or "all-linear".')
     serving, seq_len = serving_fields(table, name, mode, model, table.integer("seq-len"))
+    context = model.max_context or (model.max_positions if model.family.learned_positions else 0) if isinstance(model, Architecture) else 0
+    if seq_len and context and seq_len > context:
+        key = "seq-len" if "seq-len" in table else "prompt-len"
+        raise table.fail(key, f"{seq_len:,} tokens is longer than the model's context of {context:,} (max_position_embeddings), "
+                         "and its config has no rope scaling that extends it.",
+                         hint=f"Use a sequence of at most {context:,} tokens, or a config with rope_scaling for longer contexts.")
     parallel = _parallelism(table, model)
     trainer = resolve_trainer([table, top], mode=mode, dtype=dtype, seq_len=seq_len or 2048, run_name=name)
     checkpointing = table.boolean("gradient-checkpointing", trainer.gradient_checkpointing and mode != "inference")

@@ -131,6 +131,30 @@ def _reject_constant(name: str) -> float:
     raise InvalidJSON(f"{name} is not a JSON number (JSON numbers are finite)")
 
 
+class _NotFinite(str):
+    """NaN / Infinity as parsed, kept until the object holding it names its key."""
+
+
+def _not_finite(value: Any) -> Optional[str]:
+    """What is wrong with ``value`` (or an item of a list in it), if it is not a finite number."""
+    if isinstance(value, _NotFinite):
+        return f"holds {value}, which is not a JSON number (JSON numbers are finite)"
+    if isinstance(value, float) and value in (math.inf, -math.inf):
+        return "holds a number too large for a floating-point number (1.8e308 or more)"
+    if isinstance(value, list):
+        return next((why for why in map(_not_finite, value) if why), None)
+    return None
+
+
+def _checked_object(pairs: Any) -> dict:
+    """object_pairs_hook: a NaN, Infinity or 1e400 is refused with the key that holds it."""
+    for key, value in pairs:
+        why = _not_finite(value)
+        if why:
+            raise InvalidJSON(f'"{key}" {why}')
+    return dict(pairs)
+
+
 def _has_infinity(value: Any) -> bool:
     """Whether a parsed JSON value holds a float that overflowed to infinity (1e400 parses so)."""
     stack = [value]
@@ -151,13 +175,16 @@ def read_json(path: Union[str, Path], limit: int = CONFIG_JSON_LIMIT) -> Any:
     (syntax, NaN/Infinity, floats past 1.8e308, nesting too deep to parse) or :class:`UnreadableFile`."""
     text = read_text(path, limit)
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_NotFinite, object_pairs_hook=_checked_object)
     except InvalidJSON:
         raise
     except RecursionError:
         raise InvalidJSON("it is nested too deeply to parse") from None
     except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits
         raise InvalidJSON(str(err)) from None
+    why = _not_finite(value)  # a top-level NaN or [1e400] has no key to name
+    if why:
+        raise InvalidJSON(f"a value in it {why}")
     if _has_infinity(value):
         raise InvalidJSON("a number in it is too large for a floating-point number (1.8e308 or more)")
     return value

@@ -79,8 +79,8 @@ def _common(keys: Keys, fam: Family) -> Dict[str, Any]:
                 values[field_name] = keys.probability(key)
                 break
     values["tie_embeddings"] = keys.boolean("tie_word_embeddings", fam.tie_default)
-    if "num_labels" in keys.cfg:
-        keys.whole("num_labels", low=1)
+    if "num_labels" in keys.cfg:  # present means meant: null, "two", -3 and 2.5 are all refused
+        keys.exact_whole("num_labels")
     return values
 
 

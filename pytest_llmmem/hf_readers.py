@@ -65,6 +65,10 @@ class Keys:
         high = limit(_LIMIT_OF[key]) if key in _LIMIT_OF else 10**9
         return self._checked(key, lambda v: whole_number(v, low, high))
 
+    def exact_whole(self, key: str, low: int = 1) -> int:
+        """A whole number that must be there: null is refused, not taken as absent."""
+        return self._checked(key, lambda v: whole_number(v, low, 10**9))
+
     def probability(self, key: str) -> float:
         return self._checked(key, probability) if self.cfg.get(key) is not None else 0.0
 

@@ -67,7 +67,7 @@ def whole_number(value: Any, low: int, high: int) -> int:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= 2**53:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected a whole number, got {type_name(value)} {_short(value)}.")
+        raise ValueError(f"expected a whole number, got {_got(value)}.")
     if not low <= value <= high:
         raise ValueError(f"{_short(value)} is out of range; expected {low} to {high:,}.")
     return value
@@ -76,15 +76,20 @@ def whole_number(value: Any, low: int, high: int) -> int:
 def probability(value: Any) -> float:
     """A probability in [0, 1): dropout p = 1 would drop everything."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"expected a probability from 0 up to (not including) 1, got {type_name(value)} {_short(value)}.")
+        raise ValueError(f"expected a probability from 0 up to (not including) 1, got {_got(value)}.")
     return float(value)
 
 
 def boolean(value: Any) -> bool:
     """true or false only: the string "false" is not read as true."""
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {type_name(value)} {_short(value)}.")
+        raise ValueError(f"expected true or false, got {_got(value)}.")
     return value
+
+
+def _got(value: Any) -> str:
+    """How a wrong value is shown: its kind and (short) repr, or null."""
+    return "null" if value is None else f"{type_name(value)} {_short(value)}"
 
 
 def _short(value: Any) -> str:

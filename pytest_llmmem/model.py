@@ -53,6 +53,9 @@ class Family(NamedTuple):
     sinks: bool = False  # gpt-oss attention sinks
     moe_layers: str = "all"  # which layers are MoE when experts are set (hf_config.mlp_kinds)
     sliding_every: int = 0  # "every" pattern: every n-th layer is full attention, the rest sliding
+    # PEFT's default LoRA target_modules for the model_type (peft/utils/constants.py
+    # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING); () where PEFT has none and asks for them.
+    lora_targets: Tuple[str, ...] = ("q_proj", "v_proj")
     doc: str = ""  # an example checkpoint, for the README and messages
     aliases: Tuple[str, ...] = ()
 

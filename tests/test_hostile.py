@@ -170,9 +170,9 @@ def test_deep_nesting(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("literal, reason", [
-    ("NaN", "NaN is not a JSON number (JSON numbers are finite)"),
-    ("-Infinity", "-Infinity is not a JSON number (JSON numbers are finite)"),
-    ("1e400", "a number in it is too large for a floating-point number (1.8e308 or more)"),
+    ("NaN", '"hidden_size" holds NaN, which is not a JSON number (JSON numbers are finite)'),
+    ("-Infinity", '"hidden_size" holds -Infinity, which is not a JSON number (JSON numbers are finite)'),
+    ("1e400", '"hidden_size" holds a number too large for a floating-point number (1.8e308 or more)'),
 ])
 def test_non_finite_json_numbers(tmp_path, capsys, literal, reason):
     (tmp_path / "config.json").write_text(SMALL_LLAMA.replace("256", literal), encoding="utf-8")
