@@ -49,6 +49,8 @@ def _parser(command: Optional[str]) -> argparse.ArgumentParser:
                        help="output format (default: text; github when GITHUB_ACTIONS=true: text plus annotations, job summary and step outputs)")
         p.add_argument("--units", choices=("gib", "gb"), default="gib", help="print GiB (1024^3, default) or decimal GB (10^9)")
         p.add_argument("--json-out", metavar="PATH", help="also write the JSON report to PATH")
+        p.add_argument("--strict", action="store_true", default=None,
+                       help="a partial or approximate estimate is an error (exit 2), as strict = true under [tool.llmmem]")
 
     check = sub.add_parser("check", help="check the runs declared under [tool.llmmem] in a pyproject.toml")
     est = sub.add_parser("estimate", help="estimate one run from flags, without a pyproject.toml")
@@ -259,7 +261,7 @@ def _check(args: argparse.Namespace) -> int:
         try:
             project = load(path, display=shown)
             runs = _selected_runs(project, args.run)
-            results.append((project.path, [estimate(run) for run in runs]))
+            results.append((project.path, [estimate(_strict(run, args)) for run in runs]))
         except ConfigError as err:
             if not args.hook:
                 raise
@@ -270,7 +272,22 @@ def _check(args: argparse.Namespace) -> int:
             print("llmmem: no pyproject.toml with [tool.llmmem] among the changed files; nothing to check.")
         return EXIT_ERROR if errors else EXIT_OK
     code = _emit(results, args, hook=args.hook)
-    return EXIT_ERROR if errors else code
+    return EXIT_ERROR if errors or _refused(results) else code
+
+
+def _strict(run: Any, args: argparse.Namespace) -> Any:
+    """--strict makes every run strict; without it each run keeps its strict key."""
+    return run._replace(strict=True) if args.strict else run
+
+
+def _refused(results: List[Any]) -> bool:
+    """Print why strict refuses each partial or approximate estimate (after the report); True if any."""
+    from .report import strict_refusal
+
+    refusals = [m for _, estimates in results for m in map(strict_refusal, estimates) if m]
+    for message in refusals:
+        print(f"llmmem: error: {message}", file=sys.stderr)
+    return bool(refusals)
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -360,7 +377,9 @@ def _estimate(args: argparse.Namespace) -> int:
         run = adhoc_run(values)
     except ConfigError as err:
         raise _as_flag_error(err) from None
-    return _emit([("command line", [estimate(run)])], args)
+    results = [("command line", [estimate(_strict(run, args))])]
+    code = _emit(results, args)
+    return EXIT_ERROR if _refused(results) else code
 
 
 def _as_flag_error(err: Any) -> Any:

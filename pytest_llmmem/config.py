@@ -275,6 +275,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
         **parallel,
         budget=_budget([table, top], ctx, require_budget),
         method=(table if "method" in table else top).choice("method", METHODS, "detailed"),
+        strict=(table if "strict" in table else top).boolean("strict", False),
         overhead_bytes=overhead if "overhead" in table else top_overhead,
         file=ctx.path,
         line=line,
@@ -320,6 +321,7 @@ def parse(
         top.choice("method", METHODS, "detailed")
     if "model" in top:  # checked even when every run brings its own model
         check_model_values(Table(top.values["model"], MODEL_KEYS, ctx, f"{TABLE}.model", _top_model_line(ctx)), ctx)
+    top.boolean("strict", False)  # checked even when every run sets its own
     raw_runs = top.values.get("runs")
     if not isinstance(raw_runs, list) or not raw_runs:
         raise ctx.error("declares no runs.", f"{TABLE}.runs", ctx.locator.find(TABLE),

@@ -51,14 +51,21 @@ def annotations(file: str, runs: Sequence[Mapping[str, Any]], workspace: Optiona
     lines = []
     for run in runs:
         used = _used(run)
-        if used is None:
+        kind, reasons = _caveats(run)
+        if kind and run.get("strict"):
+            level, text = "error", f"{run['name']}: strict refuses {'an' if kind[0] == 'a' else 'a'} {kind} estimate: {reasons}."
+        elif used is None:
             continue
-        if run["fits"] is False:
+        elif run["fits"] is False:
             level, text = "error", (f"{run['name']} needs {format_bytes(run['total_bytes'])} per GPU, over its "
-                                    f"{format_bytes(run['budget_bytes'])} budget ({100 * used:.1f} %); biggest term: {_biggest(run)}.")
+                                    f"{format_bytes(run['budget_bytes'])} budget ({100 * used:.1f} %); biggest term: {_biggest(run)}."
+                                    + (f" The estimate is {kind}: {reasons}." if kind else ""))
         elif used > WARN_FRACTION:
             level, text = "warning", (f"{run['name']} uses {100 * used:.1f} % of its {format_bytes(run['budget_bytes'])} budget "
-                                      f"({format_bytes(run['total_bytes'])}).")
+                                      f"({format_bytes(run['total_bytes'])})" + (f", and the estimate is {kind}: {reasons}." if kind else "."))
+        elif kind:
+            level, text = "warning", (f"{run['name']} fits ({format_bytes(run['total_bytes'])} of {format_bytes(run['budget_bytes'])}, "
+                                      f"{100 * used:.1f} %), but the estimate is {kind}: {reasons}.")
         else:
             continue
         where = f"file={path}" + (f",line={run['line']}" if run.get("line") else "")
@@ -79,9 +86,21 @@ def _biggest(run: Mapping[str, Any]) -> str:
     return f"{LABELS.get(term, term)} {format_bytes(run['breakdown'][term])}"
 
 
+def _caveats(run: Mapping[str, Any]) -> Tuple[str, str]:
+    """("partial, approximate", "reason; reason") from a report's run; ("", "") for a full estimate."""
+    kinds = [k for k in ("partial", "approximate") if run.get(k)]
+    reasons = [r for k in kinds for r in run.get(f"{k}_reasons", [])]
+    return ", ".join(kinds), "; ".join(reasons)
+
+
 def _verdict(run: Mapping[str, Any]) -> str:
+    kind, _ = _caveats(run)
+    if kind and run.get("strict"):
+        return f":x: refused (strict, {kind})"
     if run["fits"] is None:
-        return "no budget"
+        return "no budget" + (f" ({kind})" if kind else "")
+    if kind:
+        return f":warning: fits ({kind})" if run["fits"] else f":x: over ({kind})"
     return ":white_check_mark: fits" if run["fits"] else ":x: over"
 
 
@@ -96,6 +115,8 @@ def step_summary(file: str, runs: Sequence[Mapping[str, Any]]) -> str:
     for run in runs:
         total = run["total_bytes"] or 1
         out += ["", f"### {run['name']}", ""]
+        out += [f"> **{k}:** {r}" for k in ("partial", "approximate") for r in run.get(f"{k}_reasons", [])]
+        out += [""] if out[-1] != "" else []
         if run.get("framework") and run.get("mode") != "inference":
             knobs = ", ".join(f"`{k} = {v['value']}` ({v['origin']})" for k, v in run.get("knobs", {}).items())
             out += [f"trainer: **{run['framework']}**" + (f"; {knobs}" if knobs else ""), ""]

@@ -14,7 +14,7 @@ from .locate import TABLE, Locator, canonical  # noqa: F401  (TABLE and canonica
 from .units import BYTE_UNITS_HELP, UnitError, parse_bytes
 
 BUDGET_KEYS = ("gpu", "gpu-memory", "headroom", "method", "overhead")
-TOP_KEYS = BUDGET_KEYS + ("model", "runs")
+TOP_KEYS = BUDGET_KEYS + ("strict", "model", "runs")  # strict: a partial or approximate estimate fails (exit 2)
 ARCH_KEYS = (
     "family", "hidden-size", "num-layers", "num-heads", "num-kv-heads", "head-dim", "intermediate-size",
     "vocab-size", "tie-embeddings", "max-position-embeddings", "num-experts", "experts-per-token",
@@ -31,7 +31,7 @@ ENGINE_ONLY = (
     "block-size", "enforce-eager", "quantization", "min-concurrency", "engine-version",
 )
 RUN_KEYS = (
-    "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model", "calibration",
+    "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model", "calibration", "strict",
 ) + TRAIN_ONLY + PARALLEL_KEYS + LORA_ONLY + INFERENCE_ONLY + ENGINE_ONLY + BUDGET_KEYS
 # Trainer profile and knobs (profiles.py): on the project or on a run; the run's value wins.
 TRAINER_KEYS = ("framework", "loss", "loss-chunks", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant")

@@ -31,6 +31,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "[tool.llmmem] under the collected paths, and the one pytest was configured from)")
     group.addoption("--llmmem-json", metavar="PATH", default=None,
                     help="also write the JSON report `llmmem check --format json` prints to PATH")
+    group.addoption("--llmmem-strict", action="store_true", default=False,
+                    help="fail a run whose estimate is partial or approximate (as strict = true under [tool.llmmem])")
+    parser.addini("llmmem_strict", type="bool", default=False,
+                  help="pytest-llmmem: fail a run whose estimate is partial or approximate (as --llmmem-strict)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

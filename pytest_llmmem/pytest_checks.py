@@ -12,6 +12,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -21,11 +22,23 @@ from .config import Project, adhoc_run, load
 from .errors import ConfigError
 from .estimate import Estimate, estimate
 from .projects import has_llmmem_table
-from .report import JSON_VERSION, as_dict, render_failure
+from .report import JSON_VERSION, as_dict, caveats, render_failure, render_run, strict_refusal
 from .run import Run
 from .units import format_bytes
 
 PROPERTY = "llmmem"
+
+
+class LlmmemEstimateCaveat(UserWarning):
+    """A run passed on a partial or approximate estimate (``strict`` would fail it)."""
+
+
+class StrictRefused(Exception):
+    """Raised by a run's item under strict when the estimate is partial or approximate."""
+
+    def __init__(self, est: Estimate) -> None:
+        super().__init__(est.run.name)
+        self.estimate = est
 
 
 class OverBudget(Exception):
@@ -155,8 +168,13 @@ class LlmmemChecks:
                 budget = data["budget_bytes"]
                 used = f"{100 * data['total_bytes'] / budget:6.1f}%" if budget else "     - "
                 verdict = "PASS" if data["fits"] else ("FAIL" if data["fits"] is False else "-")
+                kind = ", ".join(k for k in ("partial", "approximate") if data.get(k))
+                if kind and data.get("strict"):
+                    verdict = f"FAIL (strict, {kind})"
+                elif kind:
+                    verdict += f" ({kind})"
                 line = f"{prefix + data['name']:<{width}}  {format_bytes(data['total_bytes']):>12}  {format_bytes(budget) if budget else '-':>12}  {used:>7}  {verdict}"
-                terminalreporter.write_line(line, red=verdict == "FAIL", green=verdict == "PASS")
+                terminalreporter.write_line(line, red=verdict.startswith("FAIL"), green=verdict == "PASS")
             if os.environ.get("GITHUB_ACTIONS") == "true":
                 from . import github
 
@@ -227,8 +245,9 @@ class RunGroup(pytest.Collector):
         self.project = project
 
     def collect(self):
+        strict = self.config.getoption("llmmem_strict") or self.config.getini("llmmem_strict")
         for run in self.project.runs:
-            yield RunItem.from_parent(self, name=run.name, run=run)
+            yield RunItem.from_parent(self, name=run.name, run=run._replace(strict=True) if strict else run)
 
 
 class RunItem(pytest.Item):
@@ -242,10 +261,18 @@ class RunItem(pytest.Item):
     def runtest(self) -> None:
         est = estimate(self.run)
         self.user_properties.append((PROPERTY, {"file": self.parent.project.path, "run": as_dict(est)}))
+        if strict_refusal(est):
+            raise StrictRefused(est)
         if est.fits is False:
             raise OverBudget(est)
+        if caveats(est):
+            warnings.warn(LlmmemEstimateCaveat(f'run "{self.run.name}": the estimate is {caveats(est)}: '
+                                               f"{'; '.join(est.partial + est.approximate)}"))
 
     def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, StrictRefused):
+            est = excinfo.value.estimate
+            return f"llmmem: {strict_refusal(est)}\n" + render_run(est)
         if isinstance(excinfo.value, OverBudget):
             return render_failure(excinfo.value.estimate)
         return super().repr_failure(excinfo, style=style)

@@ -66,11 +66,37 @@ def describe_run(est: Estimate) -> str:
     return " | ".join(parts)
 
 
+def caveats(est: Estimate) -> str:
+    """"partial", "approximate", both, or "": what kind of guess the figure is."""
+    return ", ".join(kind for kind, reasons in (("partial", est.partial), ("approximate", est.approximate)) if reasons)
+
+
+def caveat_lines(est: Estimate, indent: str = "  ") -> List[str]:
+    """One line per reason the figure is partial or approximate; every front-end shows them."""
+    return [f"{indent}partial: {r}" for r in est.partial] + [f"{indent}approximate: {r}" for r in est.approximate]
+
+
+def strict_refusal(est: Estimate) -> Optional[str]:
+    """The error for a partial or approximate estimate of a run under ``strict`` (None otherwise)."""
+    kind = caveats(est)
+    if not est.run.strict or not kind:
+        return None
+    run = est.run
+    where = f"{run.file}:{run.line}: " if run.file and run.line else (f"{run.file}: " if run.file else "")
+    article = "an" if kind.startswith("a") else "a"
+    return (f'{where}run "{run.name}": strict refuses {article} {kind} estimate ({"; ".join(est.partial + est.approximate)}). '
+            + ("Give the model's config or its architecture keys so every term is counted, " if est.partial else
+               "Declare a family whose layers llmmem knows (see the README), ")
+            + "or drop strict to accept it with a warning.")
+
+
 def verdict(est: Estimate, units: str = "gib") -> str:
-    """'FITS' / 'OVER' with total, budget and share, e.g. '61.20 GiB of 76.00 GiB (80.5 %)'."""
+    """'FITS' / 'OVER' with total, budget and share, e.g. '61.20 GiB of 76.00 GiB (80.5 %)'; a
+    partial or approximate estimate says so: 'FITS (partial): ...'."""
     total = format_bytes(est.total_bytes, units)
+    kind = f" ({caveats(est)})" if caveats(est) else ""
     if est.budget_bytes is None:
-        return f"{total} (no budget set)"
+        return f"{total} (no budget set){kind}"
     share = f"{100 * est.used_fraction:.1f} %"
     head = "FITS" if est.fits else "OVER"
     over = est.total_bytes > est.budget_bytes
@@ -101,7 +127,7 @@ def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False) -> s
     run = est.run
     where = f" (line {run.line})" if run.line else ""
     budget = f" | budget: {run.budget.describe(units)}" if run.budget else ""
-    lines = [f"{run.name}{where}: {verdict(est, units)}", f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
+    lines = [f"{run.name}{where}: {verdict(est, units)}", *caveat_lines(est), f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
     lines += _trainer_lines(est, units)
     lines += breakdown_table(est, units, ascii_only)
     lines += _host_line(est, units)
@@ -175,7 +201,7 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) 
             f"{100 * est.used_fraction:.1f} %, {format_bytes(est.total_bytes - est.budget_bytes, units)} over")
     if est.failures and est.total_bytes <= est.budget_bytes:
         head = f'llmmem: run "{run.name}" fails: ' + "; ".join(est.failures)
-    lines = [head, f"  {describe_run(est)}", f"  method: {est.method}"]
+    lines = [head, *caveat_lines(est), f"  {describe_run(est)}", f"  method: {est.method}"]
     lines += _trainer_lines(est, units)
     lines += breakdown_table(est, units, ascii_only)
     lines += _host_line(est, units)
@@ -204,9 +230,12 @@ def render_short(path: str, estimates: Sequence[Estimate], units: str = "gib", a
         if est.budget_bytes is None:
             lines.append(f"  {est.run.name:<{width}}  {format_bytes(est.total_bytes, units)} (no budget)")
             continue
-        mark = "ok" if est.fits else "OVER"
+        mark = ("ok" if est.fits else "OVER") + (f" ({caveats(est)})" if caveats(est) else "")
         total = format_bytes(est.total_bytes, units).split()[0]
         lines.append(f"  {est.run.name:<{width}}  {total:>8} / {format_bytes(est.budget_bytes, units)}  {100 * est.used_fraction:5.1f} %  {mark}")
+    for est in estimates:
+        if est.fits is not False:
+            lines += caveat_lines(est, f"  {est.run.name}: ")
     for est in estimates:
         if est.fits is False:
             lines += ["", render_run(est, units, ascii_only)]
@@ -252,6 +281,11 @@ def as_dict(est: Estimate) -> Dict[str, Any]:
         "knobs": {key: {"value": value, "origin": origin} for key, value, origin in run.knobs_shown},
         "peak_phase": est.peak_phase or None,
         "phases": dict(est.phases),
+        "partial": bool(est.partial),
+        "partial_reasons": list(est.partial),
+        "approximate": bool(est.approximate),
+        "approximate_reasons": list(est.approximate),
+        "strict": run.strict,
     }
 
 
