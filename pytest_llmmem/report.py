@@ -102,7 +102,7 @@ def verdict(est: Estimate, units: str = "gib") -> str:
     over = est.total_bytes > est.budget_bytes
     if est.failures and not over:
         head = "FAILS"
-    text = f"{head}: {total} of {format_bytes(est.budget_bytes, units)} budget ({share})"
+    text = f"{head}{kind}: {total} of {format_bytes(est.budget_bytes, units)} budget ({share})"
     if over:
         text += f", {format_bytes(est.total_bytes - est.budget_bytes, units)} over"
     elif est.failures:
