@@ -299,6 +299,8 @@ def parse(
     """Parse pyproject text into a :class:`Project`; the only I/O is ``read_json`` for a model config."""
     try:
         document = toml.loads(text)
+    except RecursionError:  # tomllib recurses per nesting level: "x = [[[[...]]]]" 5,000 deep
+        raise ConfigError("is not valid TOML here: an array or inline table is nested too deeply to parse.", path=path) from None
     except toml.TOMLDecodeError as err:
         message = str(err)
         match = re.search(r"\(at line (\d+), column (\d+)\)", message)

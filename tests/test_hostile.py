@@ -354,3 +354,12 @@ def test_pytest_plugin_reports_hostile_input_cleanly(pytester, setup, config, me
     assert result.ret == 2  # a collection error: pytest's "interrupted" exit
     line = 10 if setup == "redos" else 5
     assert f"llmmem: pyproject.toml:{line}: tool.llmmem.model.config: {message}" in text_out
+
+
+def test_deeply_nested_toml(tmp_path, capsys):
+    # Found by the generated sweep: tomllib recursed 5,000 levels deep and the catch-all reported it.
+    path = tmp_path / "pyproject.toml"
+    path.write_text(PYPROJECT.format(config="x.json") + "\n[tool.other]\nx = " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    code, out, err, _ = run(capsys, "check", path)
+    assert (code, out) == (2, "")
+    assert err == f"llmmem: error: {path}: is not valid TOML here: an array or inline table is nested too deeply to parse.\n"
