@@ -125,8 +125,11 @@ def _measured_run(row: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], str]:
             return None, "reserved pool still holds load-time blocks (9.29 GB vs 9.13 GB at init)"
         mode = row["mode"]
         targets = row["lora_targets"] if isinstance(row["lora_targets"], list) else "all-linear"
+        # torchtune's profile (LoRA in the base dtype) as its 2024 configs ran: torch.nn.CrossEntropyLoss on the
+        # whole logits, AdamW without fused (benchmarks/profile_accuracy.py says more).
         return {**LLAMA2_7B, "mode": mode, "dtype": "nf4" if mode == "qlora" else "bf16", "optimizer": "adamw", "batch-size": 2,
-                "gradient-checkpointing": True, "lora-rank": row["lora_r"], "lora-targets": targets, "adapter-dtype": "bf16"}, \
+                "gradient-checkpointing": True, "lora-rank": row["lora_r"], "lora-targets": targets, "framework": "torchtune",
+                "loss": "upcast", "optimizer-impl": "foreach"}, \
             "seq-len unpublished (unpacked Alpaca): estimated at 512 and 1024 tokens"
     if model == "bigcode/octocoder":
         if row["seq_len"] is None:
@@ -234,6 +237,9 @@ def main() -> int:
     from serving_accuracy import render, score  # benchmarks/serving_accuracy.py, beside this file
 
     print("\n== " + render(score(ROOT / "benchmarks" / "data" / "serving-logs.jsonl")).replace("\n", " ==\n", 1))
+    import profile_accuracy  # benchmarks/profile_accuracy.py: each trainer profile on the runs its trainer produced
+
+    print("\n== " + profile_accuracy.render(profile_accuracy.score(args.validation)).replace("\n", " ==\n", 1))
     return 0
 
 

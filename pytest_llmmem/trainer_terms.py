@@ -52,11 +52,14 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
     """``logits.*`` items of one training step's head + loss, per tensor-parallel rank.
 
     upcast (HF ForCausalLMLoss): the 16-bit logits, the fp32 log-softmax cross_entropy keeps, and
-    an fp32 transient (the upcast copy in forward, the gradient in backward).
+    two fp32 tensors at the start of backward: nll_loss's gradient and log_softmax_backward's output
+    (measured 14.06 B per logit element over forward + backward on an H100 against 2 + 4 + 8 here:
+    benchmarks/data/trainer-gpu-h100.jsonl, benchmarks/trainer_gpu_check.py).
     chunked (torchtune LinearCrossEntropyLoss / litgpt chunked_cross_entropy): every chunk's
     log-softmax stays saved for backward (fp32 when the chunk is upcast, as torchtune does; the
     compute dtype in litgpt), the logits live whole only when the model returns them (litgpt),
-    and the transients shrink to one chunk (measured on the CPU: groundtruth-rl "loss" rows).
+    and the transients shrink to one chunk (saved bytes measured on the CPU: groundtruth-rl "loss"
+    rows; peaks on an H100: torchtune 5.13 and litgpt 4.31 B per logit element against 5.0 and 4.1 here).
     fused (Liger FusedLinearCrossEntropy, Cut Cross-Entropy, Unsloth): no b*s*V tensor lives; the
     forward computes the gradients chunk by chunk and keeps grad_input (b*s*h) and, when the head
     trains, grad_weight (V*h) for backward (liger_kernel/ops/fused_linear_cross_entropy.py:68-86:
@@ -64,7 +67,7 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
     """
     elems = rows * vocab // tp
     if knobs.loss == "upcast":
-        return {"logits": elems * act, "log_softmax": elems * FP32, "fp32_transient": elems * FP32}
+        return {"logits": elems * act, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32}
     if knobs.loss == "chunked":
         n = max(1, knobs.loss_chunks)
         chunk = -(-elems // n)

@@ -138,7 +138,8 @@ def test_fit_command(run_cli):
     # 7B at 18 B/param / N: N = 2 is the first count under 76 GiB (see tests/test_fit.py)
     assert "with zero-stage = 3: 2" in out
     # bitsandbytes 8-bit states: 1 + 4/256 B each (absmax per 256, optimizer.py:524), not 1 + 4/2048
-    assert 'optimizer = "adamw-8bit": 66.28 GiB, fits' in out
+    # + one more fp32 logits-sized gradient in the loss's backward: 2048 x 32000 x 4 B x 1.3 (allocator slack) = 0.32 GiB
+    assert 'optimizer = "adamw-8bit": 66.60 GiB, fits' in out
     code, out, _ = run_cli("fit", EXAMPLE, "--run", "lora-sft")
     assert code == 0
-    assert "largest batch-size that fits: 28" in out  # boundary property checked in tests/test_fit.py
+    assert "largest batch-size that fits: 24" in out  # boundary property checked in tests/test_fit.py (28 before the 2nd fp32 loss gradient)
