@@ -23,7 +23,7 @@ PYPROJECT_HEAD = """\
 testpaths = ["tests"]
 
 [tool.llmmem]
-gpu = "H100"
+gpu = "H100-80GB"
 headroom = "5%"
 
 [tool.llmmem.model]

@@ -71,6 +71,15 @@ class GPU(NamedTuple):
     doc: str = ""
 
 
+class AmbiguousName(NamedTuple):
+    """A name people use for more than one card ("A100": 40 or 80 GB): looking it up is an error
+    that lists the cards it could mean, never a silent pick of one."""
+
+    name: str
+    choices: Tuple[str, ...]  # canonical names of the cards it could mean
+    aliases: Tuple[str, ...] = ()
+
+
 class _Table:
     """Entries of one kind by every normalised spelling, and which plugin registered each."""
 
@@ -90,7 +99,8 @@ class _Table:
                 )
             self.entries[key] = entry
             self.owners[key] = owner
-        self.names.append(entry.name)
+        if not isinstance(entry, AmbiguousName):
+            self.names.append(entry.name)
 
 
 class Catalog:
@@ -158,7 +168,16 @@ class Catalog:
                 f'unknown {table.kind} "{shown_name(name)}".{did_you_mean(name, table.names)}',
                 hint=f"Valid: {one_of(table.names)} (or one a plugin registers).",
             )
-        return table.entries[key]
+        entry = table.entries[key]
+        if isinstance(entry, AmbiguousName):
+            from .units import format_bytes
+
+            choices = [f"{c} ({format_bytes(table.entries[normalize_name(c)].memory_bytes)})" for c in entry.choices]
+            raise ConfigError(
+                f'{table.kind} "{name}" is ambiguous: it could be {", ".join(choices[:-1])} or {choices[-1]}.',
+                hint="Name the card you have, as nvidia-smi or rocm-smi prints it or as listed by llmmem catalog gpus.",
+            )
+        return entry
 
     def dtype(self, name: object) -> DType:
         return self._lookup("dtypes", name)

@@ -104,7 +104,7 @@ def cuda_total(run: Any) -> Tuple[int, str]:
     budget = run.budget
     if budget is None:
         raise ConfigError(f'run "{run.name}" has engine = "{run.engine}" but no GPU: the KV pool is a share of the GPU\'s memory.',
-                          path=run.file, line=run.line, hint='Add gpu = "H100" (or gpu-memory = "80 GiB").')
+                          path=run.file, line=run.line, hint='Add gpu = "H100-80GB" (or gpu-memory = "80 GiB").')
     if budget.gpu in CUDA_TOTAL_BYTES:
         return CUDA_TOTAL_BYTES[budget.gpu], ""
     return budget.ceiling_bytes, (f"GPU memory as the CUDA runtime reports it is not known for "

@@ -9,7 +9,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
 
 FITTING = """
 [tool.llmmem]
-gpu = "H100"
+gpu = "H100-80GB"
 headroom = "2 GiB"
 
 [tool.llmmem.model]

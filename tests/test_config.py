@@ -80,7 +80,7 @@ runs = [
     assert info.value.key == "tool.llmmem.runs[1].batch-size"
 
 
-@pytest.mark.parametrize("spelling", ["A100-80GB", "a100 80gb", "A100_80GB", "NVIDIA A100-SXM4-80GB", "a100"])
+@pytest.mark.parametrize("spelling", ["A100-80GB", "a100 80gb", "A100_80GB", "NVIDIA A100-SXM4-80GB", "a100-pcie-80gb"])
 def test_gpu_spellings(spelling):
     assert default_catalog().gpu(spelling).memory_bytes == 80 * GiB
 

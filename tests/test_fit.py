@@ -54,7 +54,7 @@ def test_fewest_gpus_is_exact(budget_gib, stage, tp):
 
 
 def test_unsharded_runs_do_not_get_a_gpu_count():
-    assert fit.fewest_gpus(adhoc_run({"params": "70B", "mode": "train", "gpu": "H100", "gpus": 8})) is None
+    assert fit.fewest_gpus(adhoc_run({"params": "70B", "mode": "train", "gpu": "H100-80GB", "gpus": 8})) is None
 
 
 def test_ways_out_for_a_single_gpu_full_fine_tune():

@@ -31,7 +31,7 @@ def _run(tmp_path, cfg, model_extra="", run_extra="seq-len = 1024"):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     (tmp_path / "pyproject.toml").write_text(textwrap.dedent('''
         [tool.llmmem]
-        gpu = "H100"
+        gpu = "H100-80GB"
         [tool.llmmem.model]
         config = "config.json"
         {}
@@ -143,7 +143,7 @@ def test_a_plugin_adds_an_in_house_family(tmp_path):
     (site / "llmmem_acme-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: llmmem-acme\nVersion: 1.0\n")
     (site / "llmmem_acme-1.0.dist-info" / "entry_points.txt").write_text("[llmmem]\nacme = llmmem_acme\n")
     (tmp_path / "config.json").write_text(json.dumps({**SMALL, "model_type": "acme_lm"}))
-    (tmp_path / "pyproject.toml").write_text('[tool.llmmem]\ngpu = "H100"\n[tool.llmmem.model]\nconfig = "config.json"\n'
+    (tmp_path / "pyproject.toml").write_text('[tool.llmmem]\ngpu = "H100-80GB"\n[tool.llmmem.model]\nconfig = "config.json"\n'
                                              '[[tool.llmmem.runs]]\nname = "r"\ndtype = "bf16"\nmode = "inference"\nseq-len = 128\n')
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "pytest_llmmem.cli", "check", "--format", "json", str(tmp_path / "pyproject.toml")],

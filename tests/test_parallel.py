@@ -13,7 +13,7 @@ EMBED = 32000 * 4096  # 131,072,000: Llama-2-7B's largest single module
 
 
 def states(**keys):
-    b = estimate(adhoc_run({"mode": "train", "dtype": "bf16", "optimizer": "adamw", "gpu": "H100", **keys})).breakdown
+    b = estimate(adhoc_run({"mode": "train", "dtype": "bf16", "optimizer": "adamw", "gpu": "H100-80GB", **keys})).breakdown
     return b["weights"], b["master_weights"], b["gradients"], b["optimizer_states"]
 
 
@@ -32,7 +32,7 @@ def test_zero_totals_match_deepspeed_estimators():
     # estimate_zero2_model_states_mem_needs (stages 1 and 2): 4 * P + 16 * P / N
     assert sum(states(params="7B", gpus=8, zero_stage=1)) == 4 * P + 16 * P // 8 == 42 * 10**9
     # estimate_zero3_model_states_mem_needs: 4 * largest_layer_params + 18 * P / N
-    est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100", "gpus": 8, "zero-stage": 3}))
+    est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100-80GB", "gpus": 8, "zero-stage": 3}))
     b = est.breakdown
     assert b["weights"] + b["master_weights"] + b["gradients"] + b["optimizer_states"] == 4 * EMBED + 18 * P7B // 8
     # The ZeRO paper's 16 B/param (2 + 2 + 12) is the DDP figure less DDP's bucket copy and the fp32 partition.
@@ -55,7 +55,7 @@ def test_zero3_with_optimizer_offload_gpu_and_host():
 
 
 def test_offload_params_leaves_the_gathered_layer():
-    est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100", "gpus": 8, "zero-stage": 3,
+    est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100-80GB", "gpus": 8, "zero-stage": 3,
                               "offload": "optimizer+params"}))
     b = est.breakdown
     assert b["weights"] + b["gradients"] == 4 * EMBED  # DeepSpeed: largest_layer_memory only
@@ -63,7 +63,7 @@ def test_offload_params_leaves_the_gathered_layer():
 
 
 def test_fsdp_full_shard():
-    est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100", "gpus": 8, "fsdp": "full-shard"}))
+    est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100-80GB", "gpus": 8, "fsdp": "full-shard"}))
     b = est.breakdown
     unit = 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096  # one decoder layer, 202,383,360 params (> the embedding)
     assert b["weights"] == 2 * 2 * unit  # two bf16 units gathered (current + prefetched); the fp32 shard is the master
@@ -73,8 +73,8 @@ def test_fsdp_full_shard():
 
 
 def test_fsdp_hybrid_shards_within_a_node():
-    full = estimate(adhoc_run({"params": "7B", "mode": "train", "gpu": "H100", "gpus": 32, "fsdp": "full-shard"}))
-    hybrid = estimate(adhoc_run({"params": "7B", "mode": "train", "gpu": "H100", "gpus": 32, "fsdp": "hybrid-shard"}))
+    full = estimate(adhoc_run({"params": "7B", "mode": "train", "gpu": "H100-80GB", "gpus": 32, "fsdp": "full-shard"}))
+    hybrid = estimate(adhoc_run({"params": "7B", "mode": "train", "gpu": "H100-80GB", "gpus": 32, "fsdp": "hybrid-shard"}))
     assert full.breakdown["optimizer_states"] == 8 * P // 32
     assert hybrid.breakdown["optimizer_states"] == 8 * P // 8  # shard group = the 8 GPUs of a node
 
@@ -83,7 +83,7 @@ LLAMA2_13B = {"family": "llama", "hidden-size": 5120, "num-layers": 40, "num-hea
 
 
 def test_tensor_and_pipeline_parallel_13b():
-    run = adhoc_run({**LLAMA2_13B, "mode": "train", "dtype": "bf16", "gpu": "H100", "gpus": 4, "tensor-parallel": 2,
+    run = adhoc_run({**LLAMA2_13B, "mode": "train", "dtype": "bf16", "gpu": "H100-80GB", "gpus": 4, "tensor-parallel": 2,
                      "pipeline-parallel": 2, "micro-batches": 4, "batch-size": 1, "seq-len": 2048})
     est = estimate(run)
     layer = 4 * 5120**2 + 3 * 5120 * 13824 + 2 * 5120  # 317,204,480
@@ -104,7 +104,7 @@ def test_tensor_and_pipeline_parallel_13b():
 
 
 def test_sequence_parallel_splits_the_rest():
-    keys = {**LLAMA2_13B, "mode": "train", "dtype": "bf16", "gpu": "H100", "gpus": 2, "tensor-parallel": 2, "seq-len": 2048}
+    keys = {**LLAMA2_13B, "mode": "train", "dtype": "bf16", "gpu": "H100-80GB", "gpus": 2, "tensor-parallel": 2, "seq-len": 2048}
     plain = estimate(adhoc_run(keys)).details
     seq = estimate(adhoc_run({**keys, "sequence-parallel": True})).details
     T, h = 2048, 5120
@@ -115,15 +115,15 @@ def test_sequence_parallel_splits_the_rest():
 def test_moe_expert_parallel():
     mixtral = {"family": "mixtral", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "num-kv-heads": 8,
                "intermediate-size": 14336, "vocab-size": 32000, "num-experts": 8, "experts-per-token": 2}
-    est = estimate(adhoc_run({**mixtral, "mode": "inference", "dtype": "bf16", "gpu": "H100", "gpus": 8, "expert-parallel": 8}))
+    est = estimate(adhoc_run({**mixtral, "mode": "inference", "dtype": "bf16", "gpu": "H100-80GB", "gpus": 8, "expert-parallel": 8}))
     experts = 8 * 3 * 4096 * 14336  # 1,409,286,144 expert params per layer, 1 of 8 experts per GPU
     per_layer = 41_943_040 + 4096 * 8 + 2 * 4096 + experts // 8  # attention + router + norms + one expert
     local = 131_072_000 + 32 * per_layer + 4096 + 131_072_000
     assert est.breakdown["weights"] == 2 * local
     # Activations follow experts-per-token, not the number of experts.
-    top1 = estimate(adhoc_run({**mixtral, "experts-per-token": 1, "mode": "train", "gpu": "H100", "seq-len": 512}))
-    top2 = estimate(adhoc_run({**mixtral, "mode": "train", "gpu": "H100", "seq-len": 512}))
-    many = estimate(adhoc_run({**mixtral, "num-experts": 64, "mode": "train", "gpu": "H100", "seq-len": 512}))
+    top1 = estimate(adhoc_run({**mixtral, "experts-per-token": 1, "mode": "train", "gpu": "H100-80GB", "seq-len": 512}))
+    top2 = estimate(adhoc_run({**mixtral, "mode": "train", "gpu": "H100-80GB", "seq-len": 512}))
+    many = estimate(adhoc_run({**mixtral, "num-experts": 64, "mode": "train", "gpu": "H100-80GB", "seq-len": 512}))
     assert top2.breakdown["activations"] > top1.breakdown["activations"]
     assert many.breakdown["activations"] - top2.breakdown["activations"] == 32 * 512 * (64 - 8) * 4  # router logits only
 
@@ -140,4 +140,4 @@ def test_moe_expert_parallel():
 ])
 def test_contradictions_are_errors(keys, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
-        adhoc_run({**LLAMA2_7B, "mode": "train", "gpu": "H100", **keys})
+        adhoc_run({**LLAMA2_7B, "mode": "train", "gpu": "H100-80GB", **keys})

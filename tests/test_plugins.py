@@ -89,7 +89,7 @@ def test_plugin_object_in_process():
     )
     catalog = Catalog(extra_plugins=[plugin])
     assert catalog.gpu("tpu v5e").memory_bytes == 16 * 1024**3
-    assert catalog.gpu("A100").name == "A100-80GB"  # built-ins are still there
+    assert catalog.gpu("A100-80GB").name == "A100-80GB"  # built-ins are still there
 
 
 def test_a_name_registered_twice_is_an_error():

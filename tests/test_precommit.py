@@ -14,7 +14,7 @@ HOOK = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())[0]
 
 FITS = """\
 [tool.llmmem]
-gpu = "H100"
+gpu = "H100-80GB"
 
 [tool.llmmem.model]
 config = "model/config.json"
@@ -84,7 +84,7 @@ def test_hook_checks_each_pyproject_once(monorepo, run_cli):
 def test_hook_output_is_short_unless_over(monorepo, run_cli):
     _, out, _ = run_cli("check", "--hook", "a/pyproject.toml")
     assert "weights" not in out  # no breakdown for a run that fits
-    (monorepo / "a" / "pyproject.toml").write_text(FITS.replace('"H100"', '"T4"').replace("batch-size = 1", "batch-size = 256"))
+    (monorepo / "a" / "pyproject.toml").write_text(FITS.replace('"H100-80GB"', '"T4"').replace("batch-size = 1", "batch-size = 256"))
     code, out, _ = run_cli("check", "--hook", "a/model/config.json")
     assert code == 1
     assert "  serve " in out and "OVER" in out and "KV cache" in out and "ways out:" in out
@@ -115,7 +115,7 @@ def test_try_repo_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "llmmem (GPU memory budgets)" in proc.stdout and "Passed" in proc.stdout
 
-    (repo / "pyproject.toml").write_text(FITS.replace('"H100"', '"T4"').replace("batch-size = 1", "batch-size = 256"))
+    (repo / "pyproject.toml").write_text(FITS.replace('"H100-80GB"', '"T4"').replace("batch-size = 1", "batch-size = 256"))
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env)
     proc = _pre_commit("try-repo", str(ROOT), "llmmem", "--files", "pyproject.toml", "model/config.json", cwd=repo, env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -303,7 +303,7 @@ def test_job_summary_names_the_trainer(run_cli):
     from pytest_llmmem.report import as_dict
 
     est = estimate(adhoc_run({**QWEN3_8B, "mode": "train", "dtype": "bf16", "precision": "pure", "seq-len": 1024,
-                              "gradient-checkpointing": True, "optimizer-impl": "foreach", "framework": "litgpt", "gpu": "H100"}))
+                              "gradient-checkpointing": True, "optimizer-impl": "foreach", "framework": "litgpt", "gpu": "H100-80GB"}))
     text = step_summary("pyproject.toml", [as_dict(est)])
     assert "trainer: **litgpt**; `loss = chunked` (profile), `loss-chunks = 8` (profile), `optimizer-impl = foreach` (set)" in text
     assert "peak phase: **optimizer step**" in text

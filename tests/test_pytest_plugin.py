@@ -72,7 +72,7 @@ def test_summary_section_lists_every_run(project):
 
 
 def test_summary_also_when_all_pass(pytester):
-    pytester.makepyprojecttoml(FITS_AND_OVER.replace('gpu = "L4"', 'gpu = "H100"'))
+    pytester.makepyprojecttoml(FITS_AND_OVER.replace('gpu = "L4"', 'gpu = "H100-80GB"'))
     result = pytester.runpytest("--llmmem")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*= llmmem =*", "serve *PASS", "sft *PASS"])

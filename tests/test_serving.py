@@ -47,7 +47,7 @@ def test_scoring_forward_keeps_every_positions_logits():
 
 def test_issue_12_long_context_no_longer_counts_31_gib_of_logits():
     # The issue's new user: Llama-3.1-8B bf16 at 131,072 tokens on an H100 was OVER with 31 GiB of logits.
-    est = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "seq-len": 131072, "gpu": "H100"}))
+    est = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "seq-len": 131072, "gpu": "H100-80GB"}))
     assert est.breakdown["logits"] == 128256 * 2
     assert est.fits
 
@@ -133,7 +133,7 @@ def test_min_concurrency_fails_the_run_and_fit_offers_ways_out():
 
 def test_v1_refuses_a_utilization_above_the_free_memory():
     # H100: 79.18 GiB, 0.61 GiB taken by the CUDA context before vLLM starts; 1.0 asks for all of it.
-    est = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100",
+    est = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100-80GB",
                               "gpu-memory-utilization": 1.0, "max-model-len": 16000}))
     assert "less than desired GPU memory utilization" in est.serving.refusal
 
@@ -141,7 +141,7 @@ def test_v1_refuses_a_utilization_above_the_free_memory():
 def test_v1_defaults_on_h100_match_the_llm_d_llama_log():
     # vLLM 0.11 on an H100: 8192 batched tokens, 1024 sequences; the dummy sampler (1024 x 128,256 x 38 B
     # + 8192 x 4096 x 2 B of hidden states) outweighs the forward. The log: 51.38 GiB available.
-    s = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100", "max-model-len": 16000,
+    s = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100-80GB", "max-model-len": 16000,
                             "block-size": 128})).serving
     assert (s.max_num_batched_tokens, s.max_num_seqs) == (8192, 1024)
     assert s.activation_bytes == 1024 * 128256 * 38 + 8192 * 4096 * 2
@@ -149,7 +149,7 @@ def test_v1_defaults_on_h100_match_the_llm_d_llama_log():
 
 
 def test_sglang_pool_is_the_fraction_of_free_memory_left_after_the_weights():
-    run = adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "sglang", "gpu": "H100", "max-model-len": 8192})
+    run = adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "sglang", "gpu": "H100-80GB", "max-model-len": 8192})
     s = estimate(run).serving
     assert s.utilization == 0.88  # SGLang 0.4 default at TP 1
     free = 85017493504 - round(0.61 * GiB)
@@ -200,7 +200,7 @@ gpus = 2
 @pytest.mark.parametrize("value", [0, 1.5, -0.1, "0.9", True])
 def test_gpu_memory_utilization_must_be_in_zero_one(value):
     with pytest.raises(ConfigError, match="above 0 and at most 1"):
-        adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100", "gpu-memory-utilization": value})
+        adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100-80GB", "gpu-memory-utilization": value})
 
 
 def test_max_model_len_above_the_context_needs_rope_scaling(tmp_path):
@@ -208,7 +208,7 @@ def test_max_model_len_above_the_context_needs_rope_scaling(tmp_path):
            "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "max_position_embeddings": 131072}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
-    run = adhoc_run({"config": str(path), "mode": "inference", "engine": "vllm", "gpu": "H100", "max-model-len": 131072})
+    run = adhoc_run({"config": str(path), "mode": "inference", "engine": "vllm", "gpu": "H100-80GB", "max-model-len": 131072})
     assert run.serve.max_model_len == 131072  # config.json readers that know the context check it at the limit
     with pytest.raises(ConfigError, match="more than the model's context"):
         adhoc_run({**LLAMA31_8B, "max-position-embeddings": 8192, "mode": "inference", "engine": "vllm", "max-model-len": 8193})
@@ -218,7 +218,7 @@ def test_max_model_len_above_the_context_needs_rope_scaling(tmp_path):
 def test_a_gpu_without_a_measured_cuda_total_is_flagged_approximate():
     est = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "L40S", "max-model-len": 8192}))
     assert any("the catalog size was used" in reason for reason in est.approximate)
-    exact = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100", "max-model-len": 8192}))
+    exact = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "H100-80GB", "max-model-len": 8192}))
     assert not exact.approximate
 
 
@@ -254,7 +254,7 @@ def test_the_checkpoint_quantization_is_read_from_config_json(tmp_path):
     row = next(r for r in rows if r["id"] == "vllm-llmd-h100-gptoss20b")
     config = tmp_path / "config.json"
     config.write_text(json.dumps(row["arch"]))
-    s = estimate(adhoc_run({"config": str(config), "mode": "inference", "engine": "vllm", "gpu": "H100",
+    s = estimate(adhoc_run({"config": str(config), "mode": "inference", "engine": "vllm", "gpu": "H100-80GB",
                             "max-model-len": 16000})).serving
     assert abs(s.weights_bytes / GiB / row["weights_gib"] - 1) < 0.01  # the log: "Model loading took 13.47 GiB"
 
@@ -263,7 +263,7 @@ def test_an_attention_free_model_holds_one_state_per_request(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_type": "mamba", "hidden_size": 768, "num_hidden_layers": 24, "vocab_size": 50280,
                                   "state_size": 16, "expand": 2, "conv_kernel": 4}))
-    est = estimate(adhoc_run({"config": str(config), "mode": "inference", "engine": "vllm", "gpu": "H100", "max-model-len": 4096}))
+    est = estimate(adhoc_run({"config": str(config), "mode": "inference", "engine": "vllm", "gpu": "H100-80GB", "max-model-len": 4096}))
     s = est.serving
     # 24 layers x (d_inner 1536 x (conv 4 + state 16)) x 2 B per sequence, whatever its length
     assert s.page_bytes == 24 * 1536 * 20 * 2

@@ -1,0 +1,65 @@
+"""GPU names: an ambiguous one is an error listing the cards it could mean, and each card's
+capacity is what its driver reports (issue 10 item 4)."""
+
+import pytest
+
+from pytest_llmmem.catalog import default_catalog
+from pytest_llmmem.config import parse
+from pytest_llmmem.errors import ConfigError
+
+MiB = 2**20
+
+
+@pytest.mark.parametrize("name, choices", [
+    ("A100", "A100-40GB (40.00 GiB) or A100-80GB (80.00 GiB)"),
+    ("a100", "A100-40GB (40.00 GiB) or A100-80GB (80.00 GiB)"),
+    ("V100", "V100-16GB (15.78 GiB) or V100-32GB (32.00 GiB)"),
+    ("H100", "H100-80GB (79.65 GiB) or H100-NVL (93.58 GiB)"),
+    ("NVIDIA H100", "H100-80GB (79.65 GiB) or H100-NVL (93.58 GiB)"),
+    ("A6000", "RTX-A6000 (47.99 GiB) or RTX-6000-Ada (47.99 GiB)"),
+    ("GH200", "GH200-96GB (95.58 GiB) or GH200-144GB (143.39 GiB)"),
+])
+def test_an_ambiguous_name_lists_the_choices(name, choices):
+    with pytest.raises(ConfigError) as info:
+        default_catalog().gpu(name)
+    assert str(info.value) == (f'gpu "{name}" is ambiguous: it could be {choices}. '
+                               f"Name the card you have, as nvidia-smi or rocm-smi prints it or as listed by llmmem catalog gpus.")
+
+
+def test_ambiguous_gpu_in_a_pyproject_names_the_key_and_line():
+    text = '[tool.llmmem]\ngpu = "A100"\n\n[tool.llmmem.model]\nparams = "7B"\n\n[[tool.llmmem.runs]]\nname = "sft"\n'
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert str(info.value).startswith('pyproject.toml:2: tool.llmmem.gpu: gpu "A100" is ambiguous: it could be A100-40GB')
+
+
+# Capacities as the driver reports them (nvidia-smi "MiB" total; rocm-smi bytes); each figure's
+# source is in the comment beside its entry in pytest_llmmem/builtin.py.
+@pytest.mark.parametrize("spelling, total", [
+    ("NVIDIA RTX A6000", 49140 * MiB),
+    ("RTX A6000", 49140 * MiB),
+    ("NVIDIA RTX 6000 Ada Generation", 49140 * MiB),
+    ("A6000 Ada", 49140 * MiB),
+    ("NVIDIA A10", 23028 * MiB),
+    ("NVIDIA A40", 46068 * MiB),
+    ("NVIDIA L40", 46068 * MiB),
+    ("NVIDIA GH200 480GB", 97871 * MiB),
+    ("NVIDIA GH200 144G HBM3e", 146831 * MiB),
+    ("NVIDIA H20", 97871 * MiB),
+    ("NVIDIA GB200", 189471 * MiB),
+    ("AMD Instinct MI250X", 68702699520),
+    ("MI325X", 256 * 10**9),
+    ("B100", 192 * 10**9),
+    ("H100 SXM", 81559 * MiB),
+    ("H100 PCIe", 81559 * MiB),
+    ("H100 NVL", 95830 * MiB),
+])
+def test_new_cards_report_the_driver_total(spelling, total):
+    assert default_catalog().gpu(spelling).memory_bytes == total
+
+
+def test_catalog_lists_cards_not_ambiguous_names(run_cli):
+    code, out, _ = run_cli("catalog", "gpus")
+    assert code == 0
+    assert "RTX-A6000" in out and "GB200" in out
+    assert "\n  A100 " not in out and "\n  GH200 " not in out
