@@ -29,9 +29,14 @@ _VALUE_FLAGS = {
     "prompt-len": int, "new-tokens": int, "logits": str, "engine": str, "gpu-memory-utilization": float,
     "max-model-len": int, "max-num-seqs": int, "max-num-batched-tokens": int, "kv-cache-dtype": str,
     "block-size": int, "quantization": str, "min-concurrency": float, "engine-version": str,
+    # recipes (issue 13)
+    "recipe": str, "beta": float, "loss-type": str, "max-length": int, "max-prompt-length": int,
+    "num-generations": int, "max-completion-length": int, "generation": str, "vllm-gpu-memory-utilization": float,
+    "generation-batch-size": int, "value-head": str,
 }
 _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel",
-             "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager")
+             "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager",
+             "reference-model", "precompute-ref-log-probs")
 
 
 def _parser(command: Optional[str]) -> argparse.ArgumentParser:

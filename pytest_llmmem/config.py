@@ -26,6 +26,7 @@ from .model import Architecture, ParamsOnly
 from .model_config import check_values as check_model_values, model_from_table
 from .profiles import check_combination as check_trainer, resolve as resolve_trainer, shown as trainer_rows
 from .projects import find_pyproject, read_json, read_pyproject
+from .recipe_keys import recipe_settings
 from .run import FSDP_MODES, METHODS, MODES, OFFLOADS, PRECISIONS, Budget, Run
 from .serve_keys import serving_fields
 
@@ -245,6 +246,8 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
                          "and its config has no rope scaling that extends it.",
                          hint=f"Use a sequence of at most {context:,} tokens, or a config with rope_scaling for longer contexts.")
     parallel = _parallelism(table, model)
+    recipe, implied = recipe_settings(table, mode, name, parallel["gpus"] // (parallel["tensor_parallel"] * parallel["pipeline_parallel"]))
+    seq_len = implied.get("seq_len", seq_len)
     trainer = resolve_trainer([table, top], mode=mode, dtype=dtype, seq_len=seq_len or 2048, run_name=name)
     checkpointing = table.boolean("gradient-checkpointing", trainer.gradient_checkpointing and mode != "inference")
     check_trainer(trainer.knobs, table, gradient_checkpointing=checkpointing, micro_batches=parallel["micro_batches"],
@@ -259,7 +262,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
         dtype=dtype,
         precision=precision,
         optimizer=optimizer,
-        batch_size=table.integer("batch-size", 1),
+        batch_size=implied.get("batch_size") or table.integer("batch-size", 1),
         seq_len=seq_len or 2048,
         seq_len_given=seq_len is not None,
         gradient_checkpointing=checkpointing,
@@ -277,6 +280,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
         method=(table if "method" in table else top).choice("method", METHODS, "detailed"),
         strict=(table if "strict" in table else top).boolean("strict", False),
         overhead_bytes=overhead if "overhead" in table else top_overhead,
+        recipe=recipe,
         file=ctx.path,
         line=line,
         **serving,

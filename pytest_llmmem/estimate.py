@@ -101,6 +101,10 @@ class Estimate(NamedTuple):
 
 def estimate(run: Run) -> Estimate:
     """Estimate the peak per-GPU memory of ``run`` by its method."""
+    if run.recipe.name != "sft":  # DPO / GRPO / PPO / reward: the models a step holds (recipes.py)
+        from .recipes import estimate_recipe
+
+        return estimate_recipe(run)
     if run.method == "rule-of-thumb":
         return _rule_of_thumb(run)
     if run.serve is not None:

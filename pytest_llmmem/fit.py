@@ -104,7 +104,20 @@ def ways_out(run: Run, units: str = "gib") -> List[WayOut]:
         offer("gradient-checkpointing", True, "fits with gradient-checkpointing = true", run._replace(gradient_checkpointing=True))
     if has_shape and not run.flash_attention:
         offer("flash-attention", True, "fits with flash-attention = true", run._replace(flash_attention=True))
-    if has_shape and run.batch_size > 1:
+    # Recipe changes (a LoRA policy, beta = 0, a separate vLLM server, fewer generations): recipes.py.
+    if run.recipe.name != "sft":
+        from .recipes import recipe_changes
+
+        tried = set()
+        for key, value, text, changed in recipe_changes(run):
+            if key in tried:
+                continue  # num-generations: the most generations that fit, tried from the top
+            before = len(out)
+            offer(key, value, text, changed)
+            if len(out) > before:
+                tried.add(key)
+    # GRPO's batch-size must stay a multiple of num-generations: fewer generations is offered above.
+    if has_shape and run.batch_size > 1 and run.recipe.name != "grpo":
         best = largest_fitting(run, "batch_size", run.batch_size - 1)
         if best:
             out.append(WayOut("batch-size", best, f"fits with batch-size <= {best} (raise gradient accumulation to keep the global batch)",

@@ -37,6 +37,13 @@ RUN_KEYS = (
 TRAINER_KEYS = ("framework", "loss", "loss-chunks", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant")
 TOP_KEYS = TOP_KEYS + TRAINER_KEYS
 RUN_KEYS = RUN_KEYS + TRAINER_KEYS
+# Post-training recipes (issue 13); their checks live in recipe_keys.py.
+RECIPE_KEYS = (
+    "recipe", "beta", "loss-type", "reference-model", "precompute-ref-log-probs", "max-length",
+    "max-prompt-length", "num-generations", "max-completion-length", "generation",
+    "vllm-gpu-memory-utilization", "generation-batch-size", "value-head",
+)
+RUN_KEYS = RUN_KEYS + RECIPE_KEYS
 
 # Largest values taken as meant; anything past these is a typo or a unit slip.
 _LIMITS = {
@@ -50,6 +57,8 @@ _LIMITS = {
     "prompt-len": 100_000_000, "new-tokens": 100_000_000, "max-model-len": 100_000_000, "max-num-seqs": 1_000_000,
     "max-num-batched-tokens": 100_000_000, "block-size": 4096,
     "loss-chunks": 65_536,
+    "max-length": 100_000_000, "max-prompt-length": 100_000_000, "max-completion-length": 100_000_000,
+    "num-generations": 65_536, "generation-batch-size": 1_000_000,
 }
 MAX_PARAMS = 10**15
 MAX_MEMORY = 2**50  # 1 PiB per GPU

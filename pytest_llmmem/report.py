@@ -25,6 +25,11 @@ LABELS = {
     "activations": "activations",
     "logits": "logits + loss",
     "kv_cache": "KV cache",
+    "reference_model": "reference model",  # recipe terms (recipes.py, issue 13)
+    "reward_model": "reward model",
+    "value_model": "value model",
+    "generation_kv_cache": "generation KV cache",
+    "vllm_engine_share": "vLLM engine share",
     "overhead": "CUDA context + allocator",
     "calibration": "measured calibration",
 }
@@ -40,6 +45,10 @@ def describe_run(est: Estimate) -> str:
     """One line saying what was estimated: mode, dtype, shape, budget."""
     run = est.run
     parts = [run.mode, run.dtype.name]
+    rs = run.recipe
+    if rs.name != "sft":
+        what = {"grpo": f"grpo, {rs.num_generations} generations of {rs.completion_len}", "ppo": f"ppo, completions of {rs.completion_len}"}
+        parts[0] = f"{run.mode} ({what.get(rs.name, rs.name)})"
     if run.mode == "train":
         parts.append(f"{run.precision} precision")
     if run.optimizer is not None:

@@ -34,6 +34,27 @@ class ServeSettings(NamedTuple):
     engine_version: Optional[str] = None
 
 
+class RecipeSettings(NamedTuple):
+    """What a post-training recipe adds to a step (issue 13); recipes.py prices it, recipe_keys.py reads it.
+
+    ``reference`` says whether a frozen reference model sits in memory, already resolved from the
+    trainer's rules (LoRA, reference-free loss, precomputed log-probs, beta = 0).
+    """
+
+    name: str = "sft"  # sft | dpo | grpo | ppo | reward
+    beta: Optional[float] = None
+    loss_type: Optional[str] = None
+    reference: bool = False
+    precompute_ref_log_probs: bool = False
+    prompt_len: int = 0  # prompt tokens of each row (0: not split)
+    completion_len: int = 0  # completion tokens of each row (generated for grpo/ppo)
+    num_generations: int = 0
+    generation: str = "transformers"  # transformers | vllm-colocate | vllm-server
+    vllm_gpu_memory_utilization: float = 0.0
+    generation_batch_size: int = 0  # completions generated at once per device
+    value_head: str = "separate"  # ppo: separate | shared
+
+
 class Budget(NamedTuple):
     """Per-GPU memory a run may use: the ceiling less the headroom kept free."""
 
@@ -95,6 +116,7 @@ class Run(NamedTuple):
     serve: Optional[ServeSettings] = None
     knobs: Knobs = Knobs()  # the trainer profile and its knobs (profiles.py)
     knobs_shown: Tuple[Tuple[str, str, str], ...] = ()  # (key, value, "profile" | "set") that differ from stock transformers
+    recipe: RecipeSettings = RecipeSettings()  # sft unless a run declares recipe = "dpo" | "grpo" | "ppo" | "reward"
     file: Optional[str] = None
     line: Optional[int] = None
 
