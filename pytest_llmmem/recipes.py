@@ -115,6 +115,23 @@ def _score_head(run: Run, arch: Architecture, rows: int, act: int, details: Dict
     details["logits.scores"] = rows * run.seq_len * act + rows * FP32
 
 
+def _score_model_states(run: Run, arch: Architecture, breakdown: Dict[str, int]) -> int:
+    """Reward-model training trains a sequence-classification model: the LM head's V x h weights (and,
+    under full training, their gradients and optimizer states) are not there; the h x 1 score is.
+    Full training: the model states scale with the parameter count. LoRA: the base loses the head's
+    16-bit weights (PEFT SEQ_CLS trains the score as a module to save: h params, counted as noise).
+    Returns the trained model's parameter count."""
+    params, score = arch.param_count(), score_model_params(arch)
+    if run.mode == "train":
+        for term in ("weights", "master_weights", "gradients", "optimizer_states"):
+            breakdown[term] = round(breakdown[term] * score / params)
+    elif not arch.tie_embeddings:
+        per = run.dtype.compute_bytes if run.dtype.quantized else run.dtype.bytes
+        share = local_params(run, arch, params).params / params
+        breakdown["weights"] -= round(arch.vocab_size * arch.hidden_size * per * share)
+    return score
+
+
 def _stage_kv(run: Run, arch: Architecture, batch: int, seq: int, act: int) -> int:
     """KV cache of ``batch`` sequences of ``seq`` tokens, each layer kind answering for its own layers."""
     layers = math.ceil(arch.num_layers / run.pipeline_parallel)
@@ -192,6 +209,7 @@ def estimate_recipe(run: Run):
         return est._replace(run=run, notes=est.notes + (f"recipe = \"{rs.name}\": the rule of thumb counts the policy only",))
     policy = core.estimate(plain)
     arch = run.model if isinstance(run.model, Architecture) else None
+    params = policy.params
     breakdown, details = dict(policy.breakdown), dict(policy.details)
     notes, partial = list(policy.notes), list(policy.partial)
     act = run.dtype.compute_bytes
@@ -202,6 +220,7 @@ def estimate_recipe(run: Run):
             _fused_head(run, arch, rows, act, details, notes)
         elif recipe.head == "score":
             _score_head(run, arch, rows, act, details)
+            params = _score_model_states(run, arch, breakdown)
         for term in ("activations", "logits"):
             breakdown[term] = sum(v for k, v in details.items() if k.startswith(term + "."))
     extra = dict.fromkeys(RL_TERMS, 0)
@@ -223,7 +242,7 @@ def estimate_recipe(run: Run):
     if run.calibration is not None:
         out["calibration"] = round((run.calibration - 1) * sum(v for k, v in out.items() if k != "calibration"))
         notes.append(f"calibrated: x {run.calibration} from llmmem measure")
-    return core.Estimate(run, "detailed", out, policy.params, policy.trainable_params, tuple(notes), details,
+    return core.Estimate(run, "detailed", out, params, policy.trainable_params, tuple(notes), details,
                          policy.host_bytes, tuple(partial), policy.approximate, peak_phase=peak_phase, phases=phases)
 
 
@@ -258,9 +277,15 @@ def _generation(run: Run, arch: Optional[Architecture], act: int, extra: Dict[st
         if run.budget is None:
             partial.append("the colocated vLLM engine's share is a fraction of the GPU's memory: set gpu or gpu-memory to count it")
             return None
-        # vLLM takes gpu_memory_utilization x the GPU's total memory for its weights, activations and KV
-        # pool (vllm/v1/worker/gpu_worker.py requested_memory = total_gpu_memory * gpu_memory_utilization).
-        extra["vllm_engine_share"] = round(rs.vllm_gpu_memory_utilization * run.budget.ceiling_bytes)
+        # vLLM takes gpu_memory_utilization x the GPU's total memory as the CUDA runtime reports it, for its
+        # weights, activations and KV pool (vllm/v1/worker/gpu_worker.py requested_memory = total_gpu_memory
+        # * gpu_memory_utilization); the serving module knows that total per GPU (serve.cuda_total).
+        from .serve import cuda_total
+
+        total, note = cuda_total(run)
+        extra["vllm_engine_share"] = round(rs.vllm_gpu_memory_utilization * total)
+        if note:
+            notes.append(note)
         return None
     if arch is None:
         partial.append("generation's KV cache needs the architecture: give config or the architecture keys")
@@ -333,9 +358,14 @@ def recipe_changes(run: Run) -> List[Tuple[str, object, str, Run]]:
     if rs.name == "sft":
         return out
     if run.mode == "train":
-        lora = rs._replace(reference=False) if rs.name in ("dpo", "grpo", "ppo") else rs
-        out.append(("mode", "lora", 'fits with a LoRA policy (mode = "lora"; TRL then disables the adapters for the reference)',
-                    run._replace(mode="lora", recipe=lora)))
+        if rs.name in ("dpo", "grpo", "ppo"):
+            why = "fits with a LoRA policy (mode = \"lora\"; TRL then disables the adapters for the reference)"
+            out.append(("mode", "lora", why, run._replace(mode="lora", recipe=rs._replace(reference=False))))
+        else:
+            out.append(("mode", "lora", 'fits with LoRA (mode = "lora")', run._replace(mode="lora")))
+    if rs.name == "ppo" and rs.value_head == "separate":
+        out.append(("value-head", "shared", 'fits with value-head = "shared" (a value head on the policy instead of a separate critic)',
+                    run._replace(recipe=rs._replace(value_head="shared"))))
     if rs.name == "grpo" and rs.beta:
         out.append(("beta", 0.0, "fits with beta = 0 (no KL term: no reference model)", run._replace(recipe=rs._replace(beta=0.0, reference=False))))
     if rs.name == "dpo" and rs.reference and not rs.precompute_ref_log_probs:

@@ -127,13 +127,14 @@ def test_grpo_generation_phase_is_the_peak_for_a_big_generation_batch():
 
 
 def test_vllm_colocate_share_and_server():
-    """Colocated vLLM takes 0.3 (TRL's default) of the H100's 81,559 MiB; a server takes nothing here."""
+    """Colocated vLLM takes 0.3 (TRL's default) of the H100's 85,017,493,504 bytes as CUDA reports them
+    (torch.cuda.mem_get_info on an H100 80GB HBM3; serve.CUDA_TOTAL_BYTES); a server takes nothing here."""
     keys = dict(TINY, recipe="grpo", gpu="H100-80GB", **{"batch-size": 8, "max-prompt-length": 64, "max-completion-length": 64})
     colocate = estimate(adhoc_run(dict(keys, generation="vllm-colocate")))
-    assert colocate.breakdown["vllm_engine_share"] == round(0.3 * 81559 * MiB)
+    assert colocate.breakdown["vllm_engine_share"] == round(0.3 * 85_017_493_504)
     assert colocate.breakdown["generation_kv_cache"] == 0
     half = estimate(adhoc_run(dict(keys, generation="vllm-colocate", **{"vllm-gpu-memory-utilization": 0.5})))
-    assert half.breakdown["vllm_engine_share"] == round(0.5 * 81559 * MiB)
+    assert half.breakdown["vllm_engine_share"] == round(0.5 * 85_017_493_504)
     server = estimate(adhoc_run(dict(keys, generation="vllm-server")))
     assert server.breakdown["vllm_engine_share"] == 0 and "generation.kv_cache" not in server.details
 
@@ -260,3 +261,14 @@ def test_breakdown_adds_up_to_the_peak_phase(keys):
     if est.phases:
         assert est.total_bytes == max(total for _, total in est.phases)
         assert est.peak_phase == max(est.phases, key=lambda p: p[1])[0]
+
+
+def test_reward_model_trains_a_score_head_not_an_lm_head():
+    """Full reward-model training of the tiny shape, bf16 pure AdamW: 9,643,520 params (no 32000 x 256
+    LM head) x (2 weights + 2 grads + 4 states) bytes; LoRA drops the head's 8,192,000 x 2 B from the base."""
+    full = estimate(adhoc_run(dict(TINY, recipe="reward", precision="pure", **{"batch-size": 1, "max-length": 128})))
+    assert full.params == 9_643_520
+    assert (full.breakdown["weights"], full.breakdown["gradients"], full.breakdown["optimizer_states"]) == (9_643_520 * 2, 9_643_520 * 2, 9_643_520 * 4)
+    lora = estimate(adhoc_run(dict(TINY, recipe="reward", mode="lora", **{"batch-size": 1, "max-length": 128})))
+    sft_lora = estimate(adhoc_run(dict(TINY, mode="lora", **{"batch-size": 2, "seq-len": 128})))
+    assert sft_lora.breakdown["weights"] - lora.breakdown["weights"] == 32000 * 256 * 2
