@@ -336,3 +336,56 @@ def test_tensor_inventory_adds_up_to_the_counts(keys):
     tensors = trainable_tensors(full, full.model, est.params)
     # matrices exactly; norm weights and biases rounded up to whole hidden-size vectors
     assert 0 <= tensors.total - est.params < full.model.hidden_size
+
+
+def test_unsloth_profile_checkpoints_offloads_and_fuses():
+    run = _run('framework = "unsloth"')
+    k = run.knobs
+    assert (k.loss, k.activation_offload, k.double_quant, run.adapter_dtype.name) == ("fused", True, True, "fp32")
+    est = estimate(run)
+    # no batch x seq x vocab tensor: Liger-style chunk of 2 x 2048 / ceil(128256 / 4096) = 128 rows of logits
+    assert est.details["logits.fused_chunk_logits"] == 128 * 128256 * 2
+    assert "logits.log_softmax" not in est.details
+
+
+def test_torchtune_linear_ce_keeps_no_logits_measured_on_cpu():
+    """torchtune LinearCrossEntropyLoss's forward (cross_entropy_loss.py:90-180: mask, 8 chunks, head per
+    chunk, .float(), cross_entropy) re-run on the CPU: what autograd saves is every chunk's fp32
+    log-softmax and no 16-bit logits; HF's upcast saves the same fp32 log-softmax."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rows, h, v = 512, 64, 32000
+    torch.manual_seed(0)
+    weight = torch.randn(v, h, dtype=torch.bfloat16)  # frozen head (LoRA): not counted below
+    hidden = torch.randn(rows, h, dtype=torch.bfloat16, requires_grad=True)
+    target = torch.randint(0, v, (rows,))
+
+    def saved(fn):
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), t.dtype)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        skip = {weight.untyped_storage().data_ptr(), hidden.untyped_storage().data_ptr()}
+        return {k: n for k, (n, _) in seen.items() if k not in skip}, seen
+
+    def torchtune():
+        idx = torch.where(target != -100)[0]
+        hs, ts = hidden.index_select(0, idx), target.index_select(0, idx)
+        total = torch.zeros(())
+        for hc, tc in zip(hs.tensor_split(8, 0), ts.tensor_split(8, 0)):
+            total = total + F.cross_entropy((hc @ weight.t()).float(), tc, reduction="sum")
+        return total
+
+    tt, tt_all = saved(torchtune)
+    fp32 = sum(n for k, n in tt.items() if tt_all[k][1] == torch.float32)
+    bf16 = sum(n for k, n in tt.items() if tt_all[k][1] == torch.bfloat16)
+    terms = loss_terms(Knobs(loss="chunked", loss_chunks=8, keeps_logits=False), rows=rows, vocab=v, hidden=h, act=2, tp=1,
+                       head_trains=False)
+    assert abs(fp32 - terms["log_softmax"]) <= 64  # 65,536,000 B of fp32 log-softmax (+ 4-byte chunk losses)
+    assert bf16 == 0  # no 16-bit logits saved (the frozen head's matmul keeps only its weight, not counted)
+    hf, hf_all = saved(lambda: F.cross_entropy((hidden @ weight.t()).float(), target))
+    assert abs(sum(n for k, n in hf.items() if hf_all[k][1] == torch.float32) - terms["log_softmax"]) <= 64
