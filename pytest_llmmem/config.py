@@ -271,7 +271,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
         lora_targets=targets,
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,
-        knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name in ("nf4", "int4"), adapter_dtype=adapter_dtype.name,
+        knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name if dtype.name in ("nf4", "int4") else "", adapter_dtype=adapter_dtype.name,
                                  adapter_given="adapter-dtype" in table),
         host_memory_bytes=table.size("host-memory"),
         calibration=_calibration(table),

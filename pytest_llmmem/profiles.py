@@ -135,7 +135,7 @@ def chunks_for(profile: Profile, seq_len: int) -> int:
     return profile.loss_chunks
 
 
-def shown(knobs: Knobs, *, mode: str, four_bit: bool, adapter_dtype: str, adapter_given: bool) -> Tuple[Tuple[str, str, str], ...]:
+def shown(knobs: Knobs, *, mode: str, four_bit: str, adapter_dtype: str, adapter_given: bool) -> Tuple[Tuple[str, str, str], ...]:
     """(key, value, origin) of each knob that applies to the run and differs from stock transformers
     or was set by the config; origin is "set" (the config) or "profile" (the framework's default)."""
     stock = PROFILES["transformers"]
@@ -155,7 +155,7 @@ def shown(knobs: Knobs, *, mode: str, four_bit: bool, adapter_dtype: str, adapte
         add("optimizer-impl", knobs.optimizer_impl, stock.optimizer_impl, "optimizer-impl" in knobs.given)
     if four_bit:
         add("double-quant", str(knobs.double_quant).lower(), str(stock.double_quant).lower(), "double-quant" in knobs.given)
-        if knobs.nf4_layout != stock.nf4_layout:
+        if four_bit == "nf4" and knobs.nf4_layout != stock.nf4_layout:
             rows.append(("nf4-layout", knobs.nf4_layout, "profile"))
     if mode in ("lora", "qlora"):
         add("adapter-dtype", adapter_dtype, stock.adapter_dtype, adapter_given)
@@ -211,8 +211,9 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
                                 hint='Set loss = "chunked" with it, or remove loss-chunks.')
     default_chunks = chunks_for(profile, seq_len) if profile.loss == "chunked" else PROFILES["torchtune"].loss_chunks
     chunks = value("loss-chunks", "integer", default_chunks)
-    offload = value("activation-offload", "boolean", profile.activation_offload)
-    in_backward = value("optimizer-in-backward", "boolean", profile.optimizer_in_backward)
+    training = mode != "inference"  # a profile's training defaults do not apply to serving
+    offload = value("activation-offload", "boolean", profile.activation_offload and training)
+    in_backward = value("optimizer-in-backward", "boolean", profile.optimizer_in_backward and training)
     impl = value("optimizer-impl", "choice", profile.optimizer_impl, OPTIMIZER_IMPLS)
     four_bit = getattr(dtype, "name", "") in ("nf4", "int4")
     dq_table = pick("double-quant")

@@ -389,3 +389,12 @@ def test_torchtune_linear_ce_keeps_no_logits_measured_on_cpu():
     assert bf16 == 0  # no 16-bit logits saved (the frozen head's matmul keeps only its weight, not counted)
     hf, hf_all = saved(lambda: F.cross_entropy((hidden @ weight.t()).float(), target))
     assert abs(sum(n for k, n in hf.items() if hf_all[k][1] == torch.float32) - terms["log_softmax"]) <= 64
+
+
+def test_a_profile_leaves_serving_runs_alone():
+    run = adhoc_run({**LLAMA31_8B, "mode": "inference", "dtype": "bf16", "framework": "unsloth", "seq-len": 1024})
+    assert not run.knobs.activation_offload and not run.gradient_checkpointing
+    assert run.knobs_shown == ()
+    # torchao's layout is NF4 only: an int4 (bitsandbytes FP4) run does not show it
+    qlora = adhoc_run({**LLAMA31_8B, "mode": "qlora", "dtype": "int4", "framework": "torchtune"})
+    assert "nf4-layout" not in {k for k, _, _ in qlora.knobs_shown}
