@@ -35,7 +35,7 @@ LLAMA2_7B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-head
 HF_KEYS = {"hidden_size": "hidden-size", "num_hidden_layers": "num-layers", "num_attention_heads": "num-heads",
            "num_key_value_heads": "num-kv-heads", "intermediate_size": "intermediate-size", "vocab_size": "vocab-size",
            "tie_word_embeddings": "tie-embeddings"}
-GPUS = {"1xA10G (A10G 24GB)": "A10G", "NVIDIA H100 80GB HBM3": "H100"}
+GPUS = {"1xA10G (A10G 24GB)": "A10G", "NVIDIA H100 80GB HBM3": "H100-80GB"}
 
 
 class Row(NamedTuple):
