@@ -1,0 +1,82 @@
+"""The composite action (hooks/github): its own venv, pinned installs, several paths, the PR diff;
+and the project's own workflow testing every supported Python (issue 10 item 13)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ACTION = (ROOT / "hooks" / "github" / "action.yml").read_text(encoding="utf-8")
+WORKFLOW = (ROOT / ".github" / "workflows" / "llmmem.yml").read_text(encoding="utf-8")
+
+
+def test_action_leaves_the_jobs_python_alone_and_pins_what_it_installs():
+    assert "uses: actions/setup-python" not in ACTION  # it changed the interpreter of every later step
+    assert '"$LLMMEM_PYTHON" -m venv "$venv"' in ACTION and 'venv="$RUNNER_TEMP/llmmem-venv"' in ACTION
+    assert '--constraint "$ACTION_PATH/constraints.txt"' in ACTION
+    pins = [line for line in (ROOT / "hooks" / "github" / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", line) for line in pins), pins
+    assert {"pytest", "pluggy", "tomli"} <= {line.split("==")[0] for line in pins}  # [project] dependencies
+
+
+def test_workflow_tests_every_supported_python():
+    assert 'python-version: ["3.9", "3.10", "3.11", "3.12", "3.13"]' in WORKFLOW
+    assert "pip install '.[test]' && pytest" in WORKFLOW
+    assert "diff-base: ${{ github.event.pull_request.base.sha }}" in WORKFLOW
+
+
+FITS = """\
+[tool.llmmem]
+gpu = "A100-80GB"
+
+[tool.llmmem.model]
+params = "{params}"
+
+[[tool.llmmem.runs]]
+name = "serve"
+mode = "inference"
+"""
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the action runs bash")
+def test_check_script_checks_several_paths_and_diffs_against_the_base(tmp_path):
+    repo = tmp_path / "repo"
+    for name in ("proj-a", "proj-b"):
+        (repo / name).mkdir(parents=True)
+        (repo / name / "pyproject.toml").write_text(FITS.format(params="7B"))
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "base")
+    base = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # head: proj-b serves a 50B model: 50e9 x 2 B = 93.13 GiB + 1375 MiB, over the 80 GiB budget.
+    (repo / "proj-b" / "pyproject.toml").write_text(FITS.format(params="50B"))
+    _git(repo, "commit", "-q", "-am", "head")
+    wrapper = tmp_path / "llmmem"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m pytest_llmmem.cli "$@"\n')
+    wrapper.chmod(0o755)
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    env = {**os.environ, "LLMMEM": str(wrapper), "LLMMEM_PATHS": "proj-a\nproj-b", "LLMMEM_ARGS": "", "LLMMEM_DIFF_BASE": base,
+           "RUNNER_TEMP": str(runner), "GITHUB_ACTIONS": "true", "GITHUB_WORKSPACE": str(repo),
+           "GITHUB_OUTPUT": str(runner / "output.txt"), "GITHUB_STEP_SUMMARY": str(runner / "summary.md"),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(["bash", str(ROOT / "hooks" / "github" / "check.sh")], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    outputs = (runner / "output.txt").read_text().splitlines()
+    assert "fits=false" in outputs and f"json={runner / 'llmmem-head.json'}" in outputs
+    assert "regressed=true" in outputs
+    summary = (runner / "summary.md").read_text()
+    assert "## llmmem: `proj-a/pyproject.toml`" in summary and "## llmmem: `proj-b/pyproject.toml`" in summary
+    assert f"### llmmem: memory change against {base[:12]}" in summary
+    assert "NO LONGER FITS" in summary
+    assert not (runner / "llmmem-base").exists()  # the base worktree is removed

@@ -1,0 +1,45 @@
+"""The README's promises a new user acts on first: the two set-up commands, what CI runs, what
+`measure` refuses (issue 10 items 11 and 12)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pytest_llmmem.config import adhoc_run
+from pytest_llmmem.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+CI = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def _first_block() -> list:
+    return re.search(r"```sh\n(.*?)```", README, re.S).group(1).strip().splitlines()
+
+
+def test_two_setup_commands_and_the_light_test_command():
+    assert _first_block() == ["pip install . && llmmem check examples", "pip install '.[test]' && pytest"]
+
+
+def test_ci_runs_the_readme_commands_and_then_the_measurement_tests():
+    assert "pip install .\n" in CI and "llmmem check examples\n" in CI
+    assert "pip install '.[test]'\n" in CI and "run_pytest pytest\n" in CI
+    light, measured = CI.index("run_pytest pytest\n"), CI.index("pip install 'torch==2.13.0' '.[test,measure]'")
+    assert light < measured  # the README's light run first, without torch
+    assert '[ "$status" -eq 5 ]' in CI  # pytest's "no tests collected" is a failure
+
+
+def test_readme_says_how_to_get_the_cpu_wheel():
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in README
+
+
+@pytest.mark.parametrize("mode", ["lora", "qlora"])
+def test_measure_refusing_lora_is_documented(mode):
+    from pytest_llmmem.measure import _check_measurable
+
+    run = adhoc_run({"hidden-size": 64, "num-layers": 2, "num-heads": 4, "intermediate-size": 128, "vocab-size": 100, "mode": mode})
+    with pytest.raises(ConfigError, match=f"{mode} needs peft/bitsandbytes"):
+        _check_measurable(run)
+    paragraph = README[README.index("**Measure your own run.**"):README.index("**The overhead default**")]
+    assert '`mode = "lora"` and `"qlora"`' in paragraph and "refuses" in paragraph
