@@ -18,6 +18,10 @@ Baselines, side by side on the same totals:
 - deepspeed: DeepSpeed's model-states-only ZeRO estimate on one GPU, 4 P + 16 P / 1 = 20 B/param
   for training (estimate_zero2_model_states_mem_needs), weights for inference;
 - weights: params x bytes and nothing else.
+
+tests/data/families/*.json (recorded by benchmarks/measure_families.py) holds, per model family, a
+published config.json, its exact parameter count and one CPU step of a depth-cut copy (bf16 and fp32
+training, LoRA, inference): the per-family section compares every term, as tests/test_conformance.py does.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -34,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pytest_llmmem.config import adhoc_run  # noqa: E402
+from pytest_llmmem.errors import ConfigError  # noqa: E402
 from pytest_llmmem.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Estimate, estimate  # noqa: E402
 
 UNITS = {"MiB": 2**20, "MB": 2**20, "GB": 10**9, "GiB": 2**30}  # HF anatomy "MB" rows are pynvml used // 1024**2
@@ -140,6 +146,68 @@ def _measured_run(row: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], str]:
     return None, "no architecture published"
 
 
+def families(data: Path) -> Tuple[List[Tuple[str, str, int, int]], List[Tuple[str, str]]]:
+    """(case, term, estimate, measured) per term of every recorded family step; (case, why) where the
+    estimate cannot be made (a family the estimator does not read yet)."""
+    from tests.test_conformance import cut_config, estimated_terms, measured_terms
+
+    rows, refused = [], []
+    for path in sorted(data.glob("*.json")):
+        case = json.loads(path.read_text())
+        if "params" not in case:
+            refused.append((path.stem, "not measured yet (run benchmarks/measure_families.py)"))
+            continue
+        config_path = Path(tempfile.mkdtemp()) / "config.json"
+        try:
+            config_path.write_text(json.dumps(case["config"]))
+            est = estimate(adhoc_run({"config": str(config_path), "mode": "inference"}))
+            rows.append((f"{path.stem} (full published config)", "params", est.params, case["params"]))
+            config_path.write_text(json.dumps(cut_config(case)))
+            for scenario in case.get("scenarios", []):
+                if "terms" not in scenario:
+                    continue
+                run: Dict[str, Any] = {"config": str(config_path), "mode": scenario["mode"], "dtype": scenario["dtype"],
+                                       "batch-size": scenario["batch"], "seq-len": scenario["seq"],
+                                       "flash-attention": scenario["attn"] == "sdpa"}
+                if scenario["mode"] != "inference":
+                    run["optimizer"] = "adamw"
+                if scenario["mode"] == "train":
+                    run["precision"] = "pure"
+                if scenario["mode"] == "lora":
+                    run.update({"lora-rank": scenario["lora_r"], "lora-targets": list(case["lora_targets"])})
+                estimated = estimated_terms(estimate(adhoc_run(run)), scenario["mode"])
+                name = f"{path.stem} {scenario['mode']} {scenario['dtype']} {scenario['attn']}"
+                for term, value in measured_terms(scenario).items():
+                    rows.append((name, term, estimated[term], value))
+        except ConfigError as err:
+            refused.append((path.stem, err.message.split(") ")[-1].split(". ")[0]))
+    return rows, refused
+
+
+def families_markdown(rows: List[Tuple[str, str, int, int]], refused: List[Tuple[str, str]]) -> str:
+    """The README table: per family, the parameter count and the worst error of each kind of term."""
+    data = {json.loads(p.read_text())["name"]: p.stem for p in (ROOT / "tests" / "data" / "families").glob("*.json")}
+    stems = {stem: name for name, stem in data.items()}
+    table: Dict[str, Dict[str, List[float]]] = {}
+    params: Dict[str, str] = {}
+    for name, term, est, truth in rows:
+        stem = name.split()[0]
+        if term == "params":
+            params[stem] = f"{truth:,}" + ("" if est == truth else f" (estimate {est:,})")
+            continue
+        kind = "states" if term in ("weights", "gradients", "optimizer_states") else term
+        table.setdefault(stem, {}).setdefault(kind, []).append(_pct(est, truth))
+    lines = ["| family (checkpoint) | exact params | weights/grads/states | saved activations | logits | KV cache |",
+             "|---|---|---|---|---|---|"]
+    for stem in sorted(set(params) | set(table)):
+        worst = {k: max(v, key=abs) for k, v in table.get(stem, {}).items()}
+        cells = [f"{worst[k]:+.1f} %" if k in worst else "-" for k in ("states", "saved_activations", "logits", "kv_cache")]
+        lines.append(f"| {stem} ({stems.get(stem, '?')}) | {params.get(stem, '-')} | " + " | ".join(cells) + " |")
+    for stem, why in refused:
+        lines.append(f"| {stem} ({stems.get(stem, '?')}) | not estimated: {why} | | | | |")
+    return "\n".join(lines)
+
+
 def _comparable(est: Estimate, kind: str) -> int:
     """The estimate as the measurement sees it."""
     total = est.total_bytes
@@ -199,7 +267,11 @@ def _stats(errors: List[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--validation", type=Path, default=ROOT.parent / "shared" / "validation")
+    parser.add_argument("--families-markdown", action="store_true", help="print only the README's per-family table")
     args = parser.parse_args()
+    if args.families_markdown:
+        print(families_markdown(*families(ROOT / "tests" / "data" / "families")))
+        return 0
     for name in ("groundtruth.jsonl", "measured.jsonl"):
         if not (args.validation / name).is_file():
             print(f"accuracy.py: error: no validation data: {args.validation / name} does not exist. The data lives "
@@ -214,6 +286,20 @@ def main() -> int:
         print(f"{name:<58} {term:<18} {est:>14,} {truth:>14,} {_pct(est, truth):>+7.2f}%")
     errors = [abs(_pct(e, t)) for _, _, e, t in gt if t]
     print(f"per-term |error|: median {statistics.median(errors):.2f} %, max {max(errors):.2f} % over {len(errors)} terms")
+
+    fam_rows, refused = families(ROOT / "tests" / "data" / "families")
+    print("\n== model families (tests/data/families: exact params, CPU steps of depth-cut published configs) ==")
+    print(f"{'case':<40} {'term':<18} {'estimate':>16} {'measured':>16} {'error':>8}")
+    for name, term, est, truth in fam_rows:
+        print(f"{name:<40} {term:<18} {est:>16,} {truth:>16,} {_pct(est, truth):>+7.2f}%")
+    for stem, why in refused:
+        print(f"{stem:<40} not estimated: {why}")
+    by_family: Dict[str, List[float]] = {}
+    for name, term, est, truth in fam_rows:
+        by_family.setdefault(name.split()[0], []).append(abs(_pct(est, truth)))
+    print("per family, worst |error| over its terms:")
+    for stem, errors in by_family.items():
+        print(f"  {stem:<16} {max(errors):6.2f} % over {len(errors)} terms")
 
     scored, skipped = measured(args.validation / "measured.jsonl")
     print("\n== published GPU measurements (totals) ==")
