@@ -38,6 +38,11 @@ PENDING: Dict[str, str] = {
     "phi3-train-fp32": "saved activations 10 % low with sliding_window set (see board)",
     "phi3-lora-bf16": "saved activations 5 % low with sliding_window set (see board)",
     "phi3-inference-bf16": "sliding-window cache keeps the whole prompt after a prefill (cache_utils.py:246), not the window",
+    "gemma2-train-bf16": "saved activations 8 % low (eager attention with soft-capping, modeling_gemma2.py:195-198; see board)",
+    "gemma2-train-fp32": "saved activations 11 % low (eager attention with soft-capping, modeling_gemma2.py:195-198; see board)",
+    "gemma2-lora-bf16": "saved activations 8 % low (eager attention with soft-capping; see board)",
+    "gemma2-inference-bf16": "a sliding layer's cache after a prefill keeps a view of the whole prompt (cache_utils.py:246)",
+    "olmo2-train-bf16": "saved activations 10 % low under bf16 (q/k norms over the whole projection; see board)",
 }
 
 
