@@ -169,7 +169,9 @@ def families(data: Path) -> Tuple[List[Tuple[str, str, int, int]], List[Tuple[st
                 run: Dict[str, Any] = {"config": str(config_path), "mode": scenario["mode"], "dtype": scenario["dtype"],
                                        "batch-size": scenario["batch"], "seq-len": scenario["seq"],
                                        "flash-attention": scenario["attn"] == "sdpa"}
-                if scenario["mode"] != "inference":
+                if scenario["mode"] == "inference":
+                    run["logits"] = "all"  # the measured prefill is a plain forward: every position's logits
+                else:
                     run["optimizer"] = "adamw"
                 if scenario["mode"] == "train":
                     run["precision"] = "pure"

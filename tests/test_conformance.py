@@ -69,7 +69,9 @@ def _estimate(config: Dict[str, Any], tmp_path: Path, scenario: Dict[str, Any], 
     values: Dict[str, Any] = {"config": str(path), "mode": scenario["mode"], "dtype": scenario["dtype"],
                               "batch-size": scenario["batch"], "seq-len": scenario["seq"],
                               "flash-attention": scenario.get("attn") == "sdpa"}
-    if scenario["mode"] != "inference":
+    if scenario["mode"] == "inference":
+        values["logits"] = "all"  # the measured prefill is a plain forward: logits for every position
+    else:
         values["optimizer"] = "adamw"
     if scenario["mode"] == "train":
         values["precision"] = "pure"  # the measured step keeps weights, grads and states in its dtype
