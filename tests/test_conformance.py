@@ -43,6 +43,13 @@ PENDING: Dict[str, str] = {
     "gemma2-lora-bf16": "saved activations 8 % low (eager attention with soft-capping; see board)",
     "gemma2-inference-bf16": "a sliding layer's cache after a prefill keeps a view of the whole prompt (cache_utils.py:246)",
     "olmo2-train-bf16": "saved activations 10 % low under bf16 (q/k norms over the whole projection; see board)",
+    "falcon-7b-train-bf16": "saved activations 22 % low (falcon LayerNorm/parallel block under bf16; see board)",
+    "falcon-7b-train-fp32": "saved activations 10 % low (see board)",
+    "falcon-7b-lora-bf16": "saved activations 17.5 % low (see board)",
+    "qwen3_moe-lora-bf16": "LoRA with frozen 3D expert weights: autograd saves a contiguous transposed copy of the routed experts (integrations/moe.py _grouped_linear; see board)",
+    "starcoder2-train-bf16": "saved activations 6.5 % low with sliding_window set (see board)",
+    "starcoder2-train-fp32": "saved activations 8 % low with sliding_window set (see board)",
+    "starcoder2-inference-bf16": "sliding-window cache keeps the whole prompt after a prefill (cache_utils.py:246), not the window",
 }
 
 
