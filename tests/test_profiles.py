@@ -398,3 +398,25 @@ def test_a_profile_leaves_serving_runs_alone():
     # torchao's layout is NF4 only: an int4 (bitsandbytes FP4) run does not show it
     qlora = adhoc_run({**LLAMA31_8B, "mode": "qlora", "dtype": "int4", "framework": "torchtune"})
     assert "nf4-layout" not in {k for k, _, _ in qlora.knobs_shown}
+
+
+def test_h100_measurements_agree_with_the_terms():
+    """benchmarks/data/trainer-gpu-h100.jsonl (benchmarks/trainer_gpu_check.py on an H100, torch 2.11):
+    the AdamW step's peak above weights + grads + states, and the head + loss peak over forward and backward."""
+    from pathlib import Path
+
+    from pytest_llmmem.trainer_terms import step_temporaries
+
+    rows = {r["what"]: r for r in map(json.loads, (Path(__file__).parents[1] / "benchmarks/data/trainer-gpu-h100.jsonl").read_text().splitlines())}
+    step, adamw = rows["adamw_step"], default_catalog().optimizer("adamw")
+    for impl, tolerance in (("foreach", 0.001), ("for-loop", 0.005)):
+        predicted, _ = step_temporaries(Knobs(optimizer_impl=impl), adamw, step["numel"] * 2, step["largest"] * 2)
+        assert abs(step[impl] / predicted - 1) < tolerance, impl
+    assert step["fused"] == 0
+    loss, rows_, vocab = rows["loss"], 2 * 2048, 128256
+    for name, knobs in (("upcast", Knobs()), ("chunked-torchtune", Knobs(loss="chunked", loss_chunks=8, keeps_logits=False)),
+                        ("chunked-litgpt", Knobs(loss="chunked", loss_chunks=16, chunk_upcast=False, keeps_logits=True))):
+        predicted = sum(loss_terms(knobs, rows=rows_, vocab=vocab, hidden=4096, act=2, tp=1, head_trains=False).values())
+        # the term is at most 5 % under the GPU's peak: upcast 0.4 %, torchtune 2.6 %, litgpt 4.3 % (the hidden
+        # states' gradient and the per-chunk backward buffers are not in the loss term)
+        assert 0 <= loss[name] / predicted - 1 < 0.05, name
