@@ -263,7 +263,12 @@ def write_calibration(path: str, run: Run, value: float) -> None:
     """Set ``calibration = value`` in the run's [[tool.llmmem.runs]] table."""
     from pathlib import Path
 
-    text = Path(path).read_text(encoding="utf-8")
+    from . import files
+
+    try:
+        text = files.read_text(path, files.PYPROJECT_LIMIT)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot be read: {err}.", path=path) from None
     lines = text.splitlines(keepends=True)
     header = (run.line or 0) - 1
     if header < 0 or not lines[header].strip().startswith("[[tool.llmmem.runs]]"):

@@ -58,10 +58,12 @@ def _shown(path: Path, rootpath: Path) -> str:
 def _declares_llmmem(path: Path) -> bool:
     """A pyproject.toml met during collection is ours when it declares [tool.llmmem] (a broken one
     that mentions llmmem counts, so that its error is shown rather than skipped)."""
-    try:
-        if "llmmem" not in path.read_text(encoding="utf-8", errors="replace"):
+    from . import files
+
+    try:  # through the guarded reader: a 200 MB pyproject.toml in a test fixture folder is not read whole
+        if b"llmmem" not in files.read_bytes(path, files.PYPROJECT_LIMIT):
             return False
-    except OSError:
+    except (OSError, ValueError):
         return False
     return has_llmmem_table(path)
 
