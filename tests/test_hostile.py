@@ -331,7 +331,7 @@ def test_long_family_name_is_cut(tmp_path, capsys):
 
 @pytest.mark.parametrize("setup, config, message", [
     ("fifo", "fifo.json", '"fifo.json" cannot be read: it is a named pipe (FIFO), not a regular file.'),
-    ("nan", "config.json", '"config.json" is not valid JSON: NaN is not a JSON number (JSON numbers are finite).'),
+    ("nan", "config.json", '"config.json" is not valid JSON: "hidden_size" holds NaN, which is not a JSON number (JSON numbers are finite).'),
     ("loop", "loop.json", '"loop.json" cannot be read: it is a symlink loop (or too many levels of symlinks).'),
     ("redos", "missing.json", '"missing.json" does not exist.'),
 ])
@@ -348,7 +348,7 @@ def test_pytest_plugin_reports_hostile_input_cleanly(pytester, setup, config, me
         os.symlink("loop.json", pytester.path / "loop.json")
     start = time.perf_counter()
     result = pytester.runpytest_subprocess("--llmmem", "-p", "no:cacheprovider")  # a real run, own imports
-    assert time.perf_counter() - start < 20  # a FIFO once blocked here forever; the ReDoS took minutes
+    assert time.perf_counter() - start < 120  # wall time of a whole pytest run on a loaded box; a FIFO blocked forever
     text_out = result.stdout.str()
     assert "INTERNALERROR" not in text_out and "Traceback" not in text_out
     assert result.ret == 2  # a collection error: pytest's "interrupted" exit
