@@ -272,3 +272,16 @@ def test_reward_model_trains_a_score_head_not_an_lm_head():
     lora = estimate(adhoc_run(dict(TINY, recipe="reward", mode="lora", **{"batch-size": 1, "max-length": 128})))
     sft_lora = estimate(adhoc_run(dict(TINY, mode="lora", **{"batch-size": 2, "seq-len": 128})))
     assert sft_lora.breakdown["weights"] - lora.breakdown["weights"] == 32000 * 256 * 2
+
+
+def test_measure_rl_without_trl_is_a_clear_error(monkeypatch, capsys):
+    """benchmarks/measure_rl.py needs TRL, which is not a dependency: without it, one line and exit 2."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("measure_rl", Path(__file__).parent.parent / "benchmarks" / "measure_rl.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl raises ImportError
+    assert module.main(["--mode", "full"]) == 2
+    assert "needs TRL 1.16" in capsys.readouterr().err
