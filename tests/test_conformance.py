@@ -34,15 +34,12 @@ PENDING: Dict[str, str] = {
     "deepseek_v2-train-bf16": "saved activations 9 % low under bf16 (MLA / fp32 router path; see board)",
     "deepseek_v2-lora-bf16": "saved activations 77 % low under LoRA, adapters on the fp32 router path (see board)",
     "gemma3_text-inference-bf16": "a sliding layer's cache after a prefill keeps a view of the whole prompt (cache_utils.py:246): its storage is b·kv·s·d, not the window",
-    "phi3-train-bf16": "saved activations 8 % low with sliding_window set (see board)",
-    "phi3-train-fp32": "saved activations 10 % low with sliding_window set (see board)",
-    "phi3-lora-bf16": "saved activations 5 % low with sliding_window set (see board)",
+    "phi3-train-bf16": "fused qkv_proj: v is a view of the whole (q+k+v) output, which SDPA keeps alive (modeling_phi3.py; see board)",
+    "phi3-train-fp32": "fused qkv_proj: v is a view of the whole (q+k+v) output, which SDPA keeps alive (see board)",
+    "phi3-lora-bf16": "fused qkv_proj: v is a view of the whole (q+k+v) output, which SDPA keeps alive (see board)",
     "phi3-inference-bf16": "sliding-window cache keeps the whole prompt after a prefill (cache_utils.py:246), not the window",
-    "gemma2-train-bf16": "saved activations 8 % low (eager attention with soft-capping, modeling_gemma2.py:195-198; see board)",
-    "gemma2-train-fp32": "saved activations 11 % low (eager attention with soft-capping, modeling_gemma2.py:195-198; see board)",
-    "gemma2-lora-bf16": "saved activations 8 % low (eager attention with soft-capping; see board)",
     "gemma2-inference-bf16": "a sliding layer's cache after a prefill keeps a view of the whole prompt (cache_utils.py:246)",
-    "olmo2-train-bf16": "saved activations 10 % low under bf16 (q/k norms over the whole projection; see board)",
+    "olmo2-train-bf16": "Olmo2RMSNorm multiplies by its weight in fp32 before the cast (modeling_olmo2.py:62-65): 2 fp32 b·s·width tensors per norm",
     "falcon-7b-train-bf16": "saved activations 22 % low (falcon LayerNorm/parallel block under bf16; see board)",
     "falcon-7b-train-fp32": "saved activations 10 % low (see board)",
     "falcon-7b-lora-bf16": "saved activations 17.5 % low (see board)",
@@ -50,6 +47,8 @@ PENDING: Dict[str, str] = {
     "starcoder2-train-bf16": "saved activations 6.5 % low with sliding_window set (see board)",
     "starcoder2-train-fp32": "saved activations 8 % low with sliding_window set (see board)",
     "starcoder2-inference-bf16": "sliding-window cache keeps the whole prompt after a prefill (cache_utils.py:246), not the window",
+    "jamba-lora-bf16": "adapters counted on the routed experts (3D params PEFT does not wrap): grads/states +107 %; plus the frozen-expert copy (see board)",
+    "jamba-inference-bf16": "the Mamba layer's recurrent (ssm) state is kept in fp32 (modeling_jamba.py:376-424 computes it in fp32), conv state in the model dtype",
 }
 
 
@@ -96,8 +95,10 @@ def estimated_terms(est: Estimate, mode: str) -> Dict[str, int]:
     return {
         "weights": b["weights"], "gradients": b["gradients"], "optimizer_states": b["optimizer_states"],
         "logits": d["logits.logits"],
-        # autograd keeps the activations less the backward's one-layer recompute, plus the fp32 log-softmax
-        "saved_activations": b["activations"] - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"],
+        # autograd keeps the activations less the backward's one-layer recompute, plus what the head keeps:
+        # the fp32 log-softmax and, with final-logit soft-capping, the tanh output
+        "saved_activations": b["activations"] - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"]
+        + d.get("logits.softcap_tanh", 0),
     }
 
 
@@ -136,12 +137,20 @@ def test_each_term_matches_the_measured_step(stem, index, tmp_path):
     est = _estimate(cut_config(case), tmp_path, scenario, case)
     estimated, measured = estimated_terms(est, scenario["mode"]), measured_terms(scenario)
     errors = {}
+    mamba = [reason for reason in est.approximate if "Mamba" in reason]
     for term, value in measured.items():
+        if term == "saved_activations" and mamba:
+            # The CPU runs transformers' reference selective scan (no mamba-ssm): what it saves is not what the
+            # CUDA kernels keep, so the estimate must say it is approximate rather than match this figure.
+            continue
         tolerance = 0.01 if term in STATES else 0.05
         error = (estimated[term] - value) / value if value else float(estimated[term] != 0)
         if abs(error) > tolerance:
             errors[term] = f"estimated {estimated[term]:,} vs measured {value:,} ({error:+.1%})"
     assert not errors, f"{scenario['mode']} {scenario['dtype']}: {errors}"
+    if any(layer.get("class") == "LinearAttentionLayer" for layer in scenario.get("cache", {}).get("layers", [])) or \
+            case["family"] in ("mamba", "jamba"):
+        assert mamba or scenario["mode"] == "inference", "a model with Mamba layers must mark its training activations approximate"
 
 
 def test_every_case_names_its_source_and_a_full_scenario_set():
