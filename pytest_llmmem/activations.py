@@ -48,16 +48,22 @@ def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: boo
 
     RMSNorm as HF LLaMA writes it upcasts to fp32, keeps that fp32 copy (for pow and the
     multiply by rsqrt), and keeps the normalised 16-bit tensor for ``weight * x`` when the weight
-    trains; Gemma's RMSNorm multiplies by (1 + weight) in fp32, so it keeps the fp32 product
-    instead (modeling_gemma2.py Gemma2RMSNorm). LayerNorm (``native_layer_norm``) keeps its input
+    trains (see Family.rms_weight for OLMo 2 and Gemma, which keep it in fp32). LayerNorm (``native_layer_norm``) keeps its input
     and two per-row statistics. Under autocast the residual stream and the norms stay fp32.
     """
     fam, h = arch.family, width or arch.hidden_size
     rows = rows or tokens
     stream = FP32 if amp else act
     if fam.norm == "rms":
-        normalised = FP32 if fam.norm_fp32_weight else stream
-        return tokens * h * FP32 + (tokens * h * normalised if weight_trainable else 0) + rows * FP32
+        # OLMo 2 (modeling_olmo2.py Olmo2RMSNorm) multiplies the weight in fp32 and keeps the fp32 x;
+        # Gemma also keeps the fp32 (1 + weight) it multiplies by (modeling_gemma2.py Gemma2RMSNorm).
+        normalised = stream if fam.rms_weight == "cast" else FP32
+        extra = h * FP32 if fam.rms_weight == "gemma" else 0
+        return tokens * h * FP32 + (tokens * h * normalised if weight_trainable else 0) + rows * FP32 + extra
+    if fam.norm == "layer-nobias":
+        # Cohere's LayerNorm is written in Python in fp32 (modeling_cohere.py CohereLayerNorm): it keeps
+        # x - mean, the rsqrt per row, and (when the weight trains) the normalised fp32 x.
+        return tokens * h * FP32 + (tokens * h * FP32 if weight_trainable else 0) + rows * FP32
     return tokens * h * stream + 2 * rows * FP32
 
 
@@ -140,11 +146,13 @@ def _latent_saved(arch: Architecture, attn: LatentAttention, lin: Dict[str, Line
     kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=attn.kv_lora_rank)
     kept += _consumer_input(arch, [lin["kv"].name], tokens, attn.kv_lora_rank, act, t, p.amp)
     qk, v = attn.head_dim, attn.v_head_dim
-    kept += tokens * a * (2 * qk + v) * act  # q, k (nope and rope concatenated) and v as the kernel gets them
+    # q and k (nope and rope concatenated into new tensors) and v, a view of kv_b_proj's whole
+    # output (nope + v per head) (modeling_deepseek_v3.py DeepseekV3Attention.expand_kv)
+    kept += tokens * a * (2 * qk + attn.qk_nope_head_dim + v) * act
     if p.flash:
         kept += tokens * a * v * act + p.batch * a * p.seq * FP32
-    else:
-        kept += p.batch * a * p.seq * p.seq * (FP32 + act) + tokens * a * v * act
+    else:  # fp32 softmax and its cast back (none in fp32), then attn @ V keeps the o_proj input
+        kept += p.batch * a * p.seq * p.seq * (FP32 + (act if act != FP32 else 0)) + tokens * a * v * act
     kept += tokens * a * v * t.adapter_copy(lin["o"].name, act)
     return shared, kept
 
@@ -175,14 +183,18 @@ def _mlp_saved(arch: Architecture, mlp: Any, lin: Dict[str, Linear], p: Pass) ->
         # each expert's gathered copy of its tokens, and expert outputs kept by the routing-weight multiply.
         shared += tokens * mlp.experts * FP32
         shared += tokens * h * act if t.full else 0
+        if mlp.router_fp32 and t.full:
+            shared += tokens * h * FP32  # DeepSeek routes an fp32 copy of the input (DeepseekV3TopkRouter.forward)
         shared += _consumer_input(arch, in_names, mlp_tokens, h, act, t, p.amp)
         shared += mlp_tokens * h * act
     else:
         shared += _consumer_input(arch, in_names, mlp_tokens, h, act, t, p.amp)
     extra = PYTHON_ACTIVATIONS.get(arch.act, 0)
     if mlp.gated:
-        # act(gate) keeps gate's output; act(gate) * up keeps both factors.
-        kept = mlp_tokens * f * act * (3 + extra)
+        # act(gate) keeps gate's output; act(gate) * up keeps both factors. gpt-oss's clamped SwiGLU
+        # keeps gate_up, the clamped gate, its sigmoid, up + 1, the GLU and their product
+        # (modeling_gpt_oss.py GptOssExperts._apply_gate): Family.glu_saves.
+        kept = mlp_tokens * f * act * (arch.family.glu_saves + extra)
     else:
         kept = mlp_tokens * f * act * (1 + extra)  # fc1 output, kept by the activation
     kept += _consumer_input(arch, [lin["down"].name], mlp_tokens, f, act, t)

@@ -170,8 +170,9 @@ def _rule_of_thumb(run: Run) -> Estimate:
 def _weight_bytes(run: Run, params: int) -> Tuple[int, str]:
     """Weights in their storage format; quantised formats keep embeddings, head and norms in 16 bit."""
     dtype = run.dtype
+    fp32 = run.model.fp32_params() if isinstance(run.model, Architecture) else 0
     if not dtype.quantized:
-        return round(params * dtype.bytes), ""
+        return round((params - fp32) * dtype.bytes + fp32 * max(dtype.bytes, FP32)), ""
     # 4-bit layouts differ by library and double quantisation (trainer_terms.four_bit_bytes).
     stored = four_bit_bytes(run.knobs.nf4_layout if dtype.name == "nf4" else "bitsandbytes", run.knobs.double_quant) \
         if dtype.name in ("nf4", "int4") else dtype.bytes

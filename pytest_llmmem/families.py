@@ -23,7 +23,7 @@ _GPT_OSS_NAMES = LLAMA.names + (("router", "router"), ("expert_gate_up", "expert
 
 def builtin_families() -> List[Family]:
     """Every family the package knows without a plugin."""
-    gemma = LLAMA._replace(name="gemma", tie_default=True, default_act="gelu_pytorch_tanh", norm_fp32_weight=True, doc="google/gemma-2b")
+    gemma = LLAMA._replace(name="gemma", tie_default=True, default_act="gelu_pytorch_tanh", rms_weight="gemma", doc="google/gemma-2b")
     gemma2 = gemma._replace(name="gemma2", norms_per_layer=4, sdpa=False, sliding="alternate", doc="google/gemma-2-9b")
     return [
         LLAMA,
@@ -41,15 +41,15 @@ def builtin_families() -> List[Family]:
         gemma2._replace(name="gemma3", lora_targets=(), qk_norm="head", sdpa=True, sliding="every", sliding_every=6, reader="gemma3",
                         doc="google/gemma-3-4b-pt"),
         LLAMA._replace(name="phi3", lora_targets=(), names=_PHI3_NAMES, attention_bias="", doc="microsoft/Phi-3-mini-4k-instruct"),
-        Family("phimoe", lora_targets=(), norm="layer", attention_bias="qkvo", lm_head_bias=True, names=_MOE_NAMES + (
+        Family("phimoe", lora_targets=(), norm="layer", attention_bias="qkvo", names=_MOE_NAMES + (
             ("expert_gate", "w1"), ("expert_up", "w3"), ("expert_down", "w2")), doc="microsoft/Phi-3.5-MoE-instruct"),
         LLAMA._replace(name="deepseek_v2", lora_targets=(), reader="mla", attention_bias="", moe_layers="first-k-dense",
                        names=_MOE_NAMES, doc="deepseek-ai/DeepSeek-V2-Lite"),
         LLAMA._replace(name="deepseek_v3", lora_targets=(), reader="mla", attention_bias="", moe_layers="first-k-dense",
                        names=_MOE_NAMES, doc="deepseek-ai/DeepSeek-V3"),
         LLAMA._replace(name="gpt_oss", lora_targets=(), qkv_bias=True, out_bias=True, attention_bias="", sdpa=False, sliding="alternate",
-                       sinks=True, names=_GPT_OSS_NAMES, doc="openai/gpt-oss-20b"),
-        LLAMA._replace(name="olmo2", lora_targets=(), qk_norm="proj", doc="allenai/OLMo-2-1124-7B"),
+                       sinks=True, glu_saves=6, rms_weight="fp32", names=_GPT_OSS_NAMES, doc="openai/gpt-oss-20b"),
+        LLAMA._replace(name="olmo2", rms_weight="fp32", lora_targets=(), qk_norm="proj", doc="allenai/OLMo-2-1124-7B"),
         LLAMA._replace(name="granite", lora_targets=(), doc="ibm-granite/granite-3.1-8b-base"),
         LLAMA._replace(name="smollm3", lora_targets=(), doc="HuggingFaceTB/SmolLM3-3B"),
         LLAMA._replace(name="glm", lora_targets=(), attention_bias="qkv", names=LLAMA.names + (("gate_up", "gate_up_proj"),), doc="THUDM/glm-4-9b-hf"),
@@ -64,7 +64,7 @@ def builtin_families() -> List[Family]:
         Family("falcon", lora_targets=("query_key_value",), gated_mlp=False, norm="layer", reader="falcon", tie_default=True, default_act="gelu",
                names=(("qkv", "query_key_value"), ("o", "dense"), ("up", "dense_h_to_4h"), ("down", "dense_4h_to_h")),
                doc="tiiuae/falcon-7b"),
-        Family("mamba", lora_targets=(), reader="mamba", tie_default=True, doc="state-spaces/mamba-130m-hf"),
+        Family("mamba", lora_targets=(), reader="mamba", sdpa=False, tie_default=True, doc="state-spaces/mamba-130m-hf"),
         LLAMA._replace(name="jamba", lora_targets=(), reader="jamba", attention_bias="", moe_layers="period",
                        names=LLAMA.names + (("router", "router"),), doc="ai21labs/Jamba-v0.1"),
         Family(

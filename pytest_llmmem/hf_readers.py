@@ -103,6 +103,8 @@ def _biases(k: Keys, fam: Family) -> Family:
         fam = fam._replace(qkv_bias=True, out_bias=fam.out_bias or "o" in fam.attention_bias)
     if k.boolean("mlp_bias", False):
         fam = fam._replace(mlp_bias=True)
+    if "lm_head_bias" in k.cfg:  # PhiMoE: a config key, default false (configuration_phimoe.py)
+        fam = fam._replace(lm_head_bias=k.boolean("lm_head_bias", False))
     return fam
 
 
@@ -154,7 +156,7 @@ def _mlps(k: Keys, fam: Family, n: int, d_ff: int, gated: bool) -> List[Any]:
         shared_ff = k.whole("n_shared_experts", 0, low=0) * moe_ff  # DeepSeek: one MLP of n x moe_intermediate_size
     biased = fam.sinks  # gpt-oss: biases on the router and every expert (modeling_gpt_oss.py)
     moe = MoE(experts, top_k, moe_ff, shared_ff, shared_gate, router_bias=biased, expert_bias=biased,
-              router_fp32=fam.name == "deepseek_v3", gated=gated)
+              router_fp32=fam.reader == "mla", gated=gated)
     if fam.moe_layers == "sparse-step":  # modeling_qwen3_moe.py: not in mlp_only_layers and (i+1) % decoder_sparse_step == 0
         step = k.whole("decoder_sparse_step", 1)
         only = k.get("mlp_only_layers") or []
@@ -252,7 +254,9 @@ def read_mla(k: Keys, fam: Family, v: Dict[str, Any]) -> Architecture:
     """DeepSeek-V2/V3 (modeling_deepseek_v3.py DeepseekV3Attention): latent attention, dense then MoE layers."""
     _need(k, v, "hidden_size", "num_layers", "num_heads", "vocab_size", "intermediate_size")
     attn = LatentAttention(
-        v["num_heads"], k.whole("q_lora_rank", 0, low=0), k.whole("kv_lora_rank", 512), k.whole("qk_nope_head_dim", 128),
+        # q_lora_rank: null means a plain q_proj; absent means the config class default, 1536
+        v["num_heads"], (k.whole("q_lora_rank", 0, low=0) if "q_lora_rank" in k.cfg else 1536),
+        k.whole("kv_lora_rank", 512), k.whole("qk_nope_head_dim", 128),
         k.whole("qk_rope_head_dim", 64), k.whole("v_head_dim", 128), k.boolean("attention_bias", False),
     )
     mlps = _mlps(k, fam, v["num_layers"], v["intermediate_size"], True)
@@ -278,7 +282,10 @@ def read_falcon(k: Keys, fam: Family, v: Dict[str, Any]) -> Architecture:
         norms = k.whole("num_ln_in_parallel_attn", 2) if new else 1  # ln_attn + ln_mlp, or one input_layernorm
     ffn = k.whole("ffn_hidden_size", 4 * h)
     v.update(num_kv_heads=kv, intermediate_size=ffn)
-    groups = [LayerGroup(v["num_layers"], Attention(heads, kv, h // heads), Dense(ffn, False), norms)]
+    # The new architecture caches K/V expanded to every head (modeling_falcon.py FalconAttention.forward:
+    # num_kv_heads = self.num_heads if self.new_decoder_architecture, before layer_past.update).
+    attn = Attention(heads, kv, h // heads, cache_heads=heads if new else 0)
+    groups = [LayerGroup(v["num_layers"], attn, Dense(ffn, False), norms)]
     alibi = k.boolean("alibi", False)
     return _arch(fam, v, groups, max_context=0 if alibi else _context(k, v), rotary_dim=0 if alibi else h // heads)
 

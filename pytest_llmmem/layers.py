@@ -43,6 +43,7 @@ class Attention(NamedTuple):
     qk_norm: str = ""  # "head": RMSNorm(head_dim) on q and k (Qwen3, Gemma 3); "proj": over the whole projection (OLMo 2, Cohere)
     sinks: bool = False  # gpt-oss: one learned logit per head (modeling_gpt_oss.py GptOssAttention.sinks)
     softcap: float = 0.0  # Gemma 2: tanh soft-capping of the scores
+    cache_heads: int = 0  # K/V heads the cache holds, when not kv_heads (Falcon's new architecture expands them)
 
     @property
     def kind(self) -> str:
@@ -71,7 +72,7 @@ class Attention(NamedTuple):
         (transformers 5.24 cache_utils.py DynamicSlidingWindowLayer.update: ``[:, :, -sliding_window + 1:]``).
         """
         tokens = min(seq, self.window - 1) if self.window else seq
-        return 2 * math.ceil(self.kv_heads / tp) * self.head_dim * tokens * batch * act
+        return 2 * math.ceil((self.cache_heads or self.kv_heads) / tp) * self.head_dim * tokens * batch * act
 
 
 class LatentAttention(NamedTuple):
@@ -142,10 +143,12 @@ class StateSpace(NamedTuple):
         n = di * self.d_conv + (di if self.conv_bias else 0) + di * self.d_state + di
         return n + ((self.dt_rank + 2 * self.d_state) if self.inner_norms else 0)
 
-    def cache_bytes(self, batch: int, seq: int, act: int, tp: int = 1) -> int:
-        """A fixed state per sequence, whatever its length: the conv window and the SSM state
-        (transformers 5.24 cache_utils.py MambaCache-style layers: conv (d_inner, d_conv), ssm (d_inner, d_state))."""
-        return batch * math.ceil(self.d_inner / tp) * (self.d_conv + self.d_state) * act
+    def cache_bytes(self, batch: int, seq: int, act: int, tp: int = 1, state_bytes: int = 4) -> int:
+        """A fixed state per sequence, whatever its length: the conv window in the compute dtype and
+        the SSM state in fp32 in transformers (5.24 cache_utils.LinearAttentionLayer; modeling_mamba.py
+        keeps ``ssm_state`` as float; measured on the CPU: 2 x 512 x (4 x 2 B + 16 x 4 B) per layer).
+        vLLM keeps it in the model dtype (mamba_ssm_cache_dtype "auto"): ``state_bytes``."""
+        return batch * math.ceil(self.d_inner / tp) * (self.d_conv * act + self.d_state * state_bytes)
 
 
 class Dense(NamedTuple):
@@ -180,7 +183,7 @@ class MoE(NamedTuple):
     shared_gate: bool = False  # qwen2_moe: the shared expert's output is scaled by a 1-wide sigmoid gate
     router_bias: bool = False  # gpt-oss
     expert_bias: bool = False  # gpt-oss: biases on gate_up and down of every expert
-    router_fp32: bool = False  # DeepSeek-V3 keeps gate.weight in fp32 (_keep_in_fp32_modules_strict)
+    router_fp32: bool = False  # DeepSeek keeps gate.weight in fp32 and routes an fp32 copy of the input
     gated: bool = True
 
     kind = "moe"

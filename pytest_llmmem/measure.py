@@ -168,7 +168,11 @@ def _cpu_step(torch, model, ids, run: Run, est: Estimate):
         with torch.no_grad():
             out = model(ids, use_cache=True, **keep)
         cache = getattr(out, "cache", None) or out.past_key_values
-        terms["kv_cache"] = sum(_nbytes([layer.keys, layer.values]) for layer in cache.layers)
+        # every tensor a cache layer holds: keys and values, or a Mamba layer's conv and SSM states
+        # (dicts by state index in transformers 5.24 cache_utils.LinearAttentionLayer)
+        held = [v for layer in cache.layers for v in vars(layer).values()]
+        held += [t for v in held if isinstance(v, dict) for t in v.values()]
+        terms["kv_cache"] = _nbytes([t for t in held if torch.is_tensor(t) and t.dim() > 0])
         terms["logits"] = _nbytes([out.logits])
         estimated.update(kv_cache=b["kv_cache"], logits=d.get("logits.all_positions", d.get("logits.last_position", 0)))
         return terms, estimated
@@ -197,7 +201,9 @@ def _cpu_step(torch, model, ids, run: Run, est: Estimate):
     estimated.update(
         gradients=b["gradients"], optimizer_states=b["optimizer_states"], logits=d["logits.logits"],
         # what autograd keeps during the forward: activations less the backward recompute, plus the log-softmax
-        **{"saved activations": b["activations"] - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"]},
+        # (and Gemma 2's soft-capped logits, whose tanh output is saved too)
+        **{"saved activations": b["activations"] - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"]
+           + d.get("logits.softcap_tanh", 0)},
     )
     return terms, estimated
 

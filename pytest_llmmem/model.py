@@ -45,12 +45,15 @@ class Family(NamedTuple):
     )  # role -> module name as the family spells it; a "qkv" role means one fused projection
     default_act: str = "silu"
     qk_norm: str = ""  # "head" (Qwen3, Gemma 3) or "proj" (OLMo 2) RMSNorm on q and k
-    norm_fp32_weight: bool = False  # Gemma RMSNorm multiplies by (1 + weight) in fp32 and keeps that fp32 product
+    # How RMSNorm applies its weight: "cast" (LLaMA: weight * x.to(dtype), keeps the 16-bit x), "fp32"
+    # (OLMo 2: weight * x in fp32, keeps the fp32 x), "gemma" ((1 + weight) * x in fp32, keeps both).
+    rms_weight: str = "cast"
     sdpa: bool = True  # False: transformers has no SDPA path (Gemma 2 soft-capping, gpt-oss sinks): eager unless flash-attn
     reader: str = "decoder"  # which reader in hf_config builds its layer groups
     sliding: str = "config"  # how layer kinds follow when config.json has no layer_types (hf_config.sliding_layers)
     attention_bias: str = ""  # what config.json's attention_bias switches: "qkvo" (LLaMA), "qkv" (GLM); "all": use_bias, every linear
     sinks: bool = False  # gpt-oss attention sinks
+    glu_saves: int = 3  # f-wide tensors a gated MLP keeps per token (gate, up, act(gate)); gpt-oss's clamped SwiGLU keeps 6
     moe_layers: str = "all"  # which layers are MoE when experts are set (hf_config.mlp_kinds)
     sliding_every: int = 0  # "every" pattern: every n-th layer is full attention, the rest sliding
     # PEFT's default LoRA target_modules for the model_type (peft/utils/constants.py
@@ -186,6 +189,12 @@ class Architecture(NamedTuple):
     def linear_params(self) -> int:
         """Parameters in the layers' weight matrices (what weight quantisation applies to)."""
         return sum(count * sum(lin.params for lin in lins) for count, lins in self.group_linears())
+
+    def fp32_params(self) -> int:
+        """Parameters kept in fp32 whatever the dtype: DeepSeek's router (modeling_deepseek_v3.py
+        ``_keep_in_fp32_modules_strict = [..., "gate.weight"]``)."""
+        h = self.hidden_size
+        return sum(g.count * h * g.mlp.experts for g in self.layer_groups() if getattr(g.mlp, "router_fp32", False))
 
     def module_names(self) -> List[str]:
         return sorted({lin.name for lin in self.linears()})

@@ -54,7 +54,7 @@ def kv_kinds(arch: Any, kv_bytes: float, tp: int) -> List[KVKind]:
         elif kind == "mla":
             per, window = math.ceil((att.kv_lora_rank + att.qk_rope_head_dim) * kv_bytes), 0
         elif kind == "mamba":
-            per, window = att.cache_bytes(1, 1, max(1, round(kv_bytes)), tp), 0
+            per, window = att.cache_bytes(1, 1, max(1, round(kv_bytes)), tp, state_bytes=max(1, round(kv_bytes))), 0
         else:
             continue
         key = (kind, per, window)

@@ -85,10 +85,10 @@ def test_mla_caches_the_latent_and_mamba_a_fixed_state():
     # DeepSeek-V3: kv_lora_rank 512 + qk_rope_head_dim 64 per token and layer, one "head".
     v3 = from_hf_config(CONFIGS["DeepSeek-V3"][0])
     assert sum(g.count * g.attention.cache_bytes(1, 1000, 2) for g in v3.layer_groups()) == 61 * 576 * 1000 * 2
-    # mamba-130m: d_inner 1536 x (d_conv 4 + d_state 16) per layer and sequence, whatever its length.
+    # mamba-130m: d_inner 1536 x (d_conv 4 in bf16 + d_state 16 in fp32) per layer and sequence, whatever its length.
     mamba = from_hf_config(CONFIGS["mamba-130m-hf"][0])
     for seq in (10, 100_000):
-        assert sum(g.count * g.attention.cache_bytes(1, seq, 2) for g in mamba.layer_groups()) == 24 * 1536 * 20 * 2
+        assert sum(g.count * g.attention.cache_bytes(1, seq, 2) for g in mamba.layer_groups()) == 24 * 1536 * (4 * 2 + 16 * 4)
 
 
 def test_jamba_mixes_attention_and_mamba_layers():
