@@ -289,3 +289,12 @@ def test_fixture_errors_are_clear(project):
     out = result.stdout.str()
     assert "AttributeError" not in out and "TypeError" not in out and "Traceback" not in out
     result.stdout.fnmatch_lines(["*llmmem: gpu=None: a key cannot be None; leave it out to keep the declared value.*"])
+
+
+def test_collection_reads_other_pyprojects_only_through_the_guarded_reader(pytester):
+    # A vendored 600 KiB pyproject.toml (over the 512 KiB a pyproject may be) is not ours: skipped, no error.
+    _monorepo(pytester)
+    pytester.mkdir("vendored")
+    (pytester.path / "vendored" / "pyproject.toml").write_text("# " + "x" * 600 * 1024 + "\n[tool.llmmem]\n")
+    result = pytester.runpytest("--llmmem-only")
+    result.assert_outcomes(passed=2, failed=2)
