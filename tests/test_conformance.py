@@ -29,8 +29,6 @@ DYNAMIC = ("saved_activations", "logits", "kv_cache")  # within 5 %
 # strict: the day one passes, the test fails until its entry is removed.
 PENDING: Dict[str, str] = {
     "cohere-train-bf16": "CohereLayerNorm is hand-written fp32 (modeling_cohere.py:60-64): 3 fp32 b·s·h tensors per norm, not LayerNorm's input + 2 stats",
-    "cohere-train-fp32": "CohereLayerNorm keeps 2 fp32 b·s·h copies of x - mean besides the normalised output (modeling_cohere.py:62-64)",
-    "cohere-lora-bf16": "CohereLayerNorm's fp32 intermediates (modeling_cohere.py:60-64), as in full training",
     "deepseek_v2-train-bf16": "saved activations 9 % low under bf16 (MLA / fp32 router path; see board)",
     "deepseek_v2-lora-bf16": "saved activations 77 % low under LoRA, adapters on the fp32 router path (see board)",
     "gemma3_text-inference-bf16": "a sliding layer's cache after a prefill keeps a view of the whole prompt (cache_utils.py:246): its storage is b·kv·s·d, not the window",
@@ -39,7 +37,6 @@ PENDING: Dict[str, str] = {
     "phi3-lora-bf16": "fused qkv_proj: v is a view of the whole (q+k+v) output, which SDPA keeps alive (see board)",
     "phi3-inference-bf16": "sliding-window cache keeps the whole prompt after a prefill (cache_utils.py:246), not the window",
     "gemma2-inference-bf16": "a sliding layer's cache after a prefill keeps a view of the whole prompt (cache_utils.py:246)",
-    "olmo2-train-bf16": "Olmo2RMSNorm multiplies by its weight in fp32 before the cast (modeling_olmo2.py:62-65): 2 fp32 b·s·width tensors per norm",
     "falcon-7b-train-bf16": "saved activations 22 % low (falcon LayerNorm/parallel block under bf16; see board)",
     "falcon-7b-train-fp32": "saved activations 10 % low (see board)",
     "falcon-7b-lora-bf16": "saved activations 17.5 % low (see board)",
@@ -48,7 +45,6 @@ PENDING: Dict[str, str] = {
     "starcoder2-train-fp32": "saved activations 8 % low with sliding_window set (see board)",
     "starcoder2-inference-bf16": "sliding-window cache keeps the whole prompt after a prefill (cache_utils.py:246), not the window",
     "jamba-lora-bf16": "adapters counted on the routed experts (3D params PEFT does not wrap): grads/states +107 %; plus the frozen-expert copy (see board)",
-    "jamba-inference-bf16": "the Mamba layer's recurrent (ssm) state is kept in fp32 (modeling_jamba.py:376-424 computes it in fp32), conv state in the model dtype",
 }
 
 
