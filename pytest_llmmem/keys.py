@@ -41,7 +41,7 @@ RUN_KEYS = RUN_KEYS + TRAINER_KEYS
 RECIPE_KEYS = (
     "recipe", "beta", "loss-type", "reference-model", "precompute-ref-log-probs", "max-length",
     "max-prompt-length", "num-generations", "max-completion-length", "generation",
-    "vllm-gpu-memory-utilization", "generation-batch-size", "value-head",
+    "vllm-gpu-memory-utilization", "generation-batch-size", "value-head", "reward-model", "value-model",
 )
 RUN_KEYS = RUN_KEYS + RECIPE_KEYS
 

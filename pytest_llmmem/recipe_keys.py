@@ -6,7 +6,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from typing import Dict, Optional, Tuple
 
-from .keys import RECIPE_KEYS, Table, type_name
+from .keys import MODEL_KEYS, RECIPE_KEYS, Table, type_name
 from .run import RecipeSettings
 
 RECIPES = ("sft", "dpo", "grpo", "ppo", "reward")
@@ -37,6 +37,8 @@ _APPLIES = {
     "vllm-gpu-memory-utilization": ("grpo", "ppo"),
     "generation-batch-size": ("grpo", "ppo"),
     "value-head": ("ppo",),
+    "reward-model": ("ppo",),
+    "value-model": ("ppo",),
 }
 # TRL 1.16 defaults, read from the installed trl-1.16.0 wheel:
 DPO_BETA = 0.1  # trl/trainer/dpo_config.py: beta default=0.1
@@ -167,6 +169,25 @@ def _online(table: Table, recipe: str, lora: bool, reference_key: Optional[bool]
         # PPO: a reference copy unless PEFT (trl/experimental/ppo/ppo_trainer.py:439-444 create_reference_model).
         reference = (not lora) if reference_key is None else reference_key
     value_head = table.choice("value-head", VALUE_HEADS, "separate")
+    if value_head == "shared" and "value-model" in table:
+        raise table.fail("value-model", 'value-head = "shared" puts the value head on the policy: there is no separate value model.',
+                         hint='Drop value-model, or use value-head = "separate" (TRL PPOTrainer\'s critic).')
     return RecipeSettings(name=recipe, beta=beta, reference=reference, prompt_len=prompt, completion_len=completion,
                           num_generations=gens, generation=generation, vllm_gpu_memory_utilization=util,
-                          generation_batch_size=gen_batch, value_head=value_head), out
+                          generation_batch_size=gen_batch, value_head=value_head,
+                          reward_model=_side_model(table, "reward-model"), value_model=_side_model(table, "value-model")), out
+
+
+def _side_model(table: Table, key: str):
+    """PPO's reward or value model when it is not the policy's shape: a table with the model keys
+    (params, config or the architecture keys), read like [tool.llmmem.model]."""
+    from .model_config import model_from_table
+
+    if key not in table:
+        return None
+    raw = table.values[key]
+    if not isinstance(raw, dict) or not raw:
+        raise table.fail(key, f"expected a table of model keys (params, config or the architecture), got {type_name(raw)} {raw!r}.",
+                         hint=f'For example {key} = {{ params = "1B" }} or {key} = {{ config = "rm/config.json" }}.')
+    sub = Table(raw, MODEL_KEYS, table.ctx, f"{table.dotted}.{key}", lambda _key: table.line_of(key))
+    return model_from_table(sub, table.ctx)

@@ -172,10 +172,12 @@ def _extra_models(run: Run, arch: Optional[Architecture], params: int, rows: int
         # A frozen copy of the policy's base weights (TRL create_model_from_path / create_reference_model).
         breakdown["reference_model"] = _frozen_weight_bytes(run, arch, params, quantized_ok=True)
     if recipe.reward_model:
-        rm = score_model_params(arch) if arch else params
-        breakdown["reward_model"] = _frozen_weight_bytes(run, arch, rm, quantized_ok=False)
-        if arch is None:
-            notes.append("reward model counted at the policy's params: its score head needs the architecture")
+        model = rs.reward_model if rs.reward_model is not None else (arch or run.model)
+        shaped = model if isinstance(model, Architecture) else None
+        rm = score_model_params(shaped) if shaped else model.params
+        breakdown["reward_model"] = _frozen_weight_bytes(run, shaped, rm, quantized_ok=False)
+        if shaped is None:
+            notes.append("reward model counted at its params: its score head needs the architecture")
     if not recipe.value_model:
         return
     if rs.value_head == "shared":
@@ -187,8 +189,9 @@ def _extra_models(run: Run, arch: Optional[Architecture], params: int, rows: int
     # A separate AutoModelForSequenceClassification critic, fully trained with the policy's optimizer
     # (PolicyAndValueWrapper): its states scale with its parameter count; its activations are the
     # policy's backbone activations at the same rows; its output is one value per position.
-    vm = score_model_params(arch) if arch else params
-    full = policy  # an estimate of the policy at these rows under full training
+    full = policy  # an estimate of the critic's shape at these rows under full training
+    shaped = full.run.model if isinstance(full.run.model, Architecture) else None
+    vm = score_model_params(shaped) if shaped else full.params
     states = sum(full.breakdown[k] for k in ("weights", "master_weights", "gradients", "optimizer_states"))
     details["value_model.model_states"] = round(states * vm / full.params)
     details["value_model.activations"] = full.breakdown["activations"]
@@ -226,7 +229,15 @@ def estimate_recipe(run: Run):
     extra = dict.fromkeys(RL_TERMS, 0)
     value_basis = None
     if recipe.value_model and rs.value_head == "separate":
-        value_basis = policy if run.mode == "train" else core.estimate(plain._replace(mode="train", dtype=_compute_dtype(run)))
+        if rs.value_model is not None:
+            # The critic as its own full-training run, on the policy's data-parallel GPUs (no TP/PP split).
+            critic = plain._replace(model=rs.value_model, mode="train", dtype=_compute_dtype(run), tensor_parallel=1,
+                                    pipeline_parallel=1, sequence_parallel=False, gpus=max(1, run.data_parallel))
+            value_basis = core.estimate(critic)
+            if not isinstance(rs.value_model, Architecture):
+                partial.append("the value model is given by params only: its activations are not counted")
+        else:
+            value_basis = policy if run.mode == "train" else core.estimate(plain._replace(mode="train", dtype=_compute_dtype(run)))
     _extra_models(run, arch, policy.params, rows, recipe, value_basis, extra, details, notes)
     if rs.name == "dpo" and rs.precompute_ref_log_probs:
         notes.append("precompute-ref-log-probs: the reference log-probs are computed before training; no reference model during the step")

@@ -53,6 +53,8 @@ class RecipeSettings(NamedTuple):
     vllm_gpu_memory_utilization: float = 0.0
     generation_batch_size: int = 0  # completions generated at once per device
     value_head: str = "separate"  # ppo: separate | shared
+    reward_model: Optional[Union[Architecture, ParamsOnly]] = None  # ppo: another model than the policy's shape
+    value_model: Optional[Union[Architecture, ParamsOnly]] = None
 
 
 class Budget(NamedTuple):

@@ -285,3 +285,14 @@ def test_measure_rl_without_trl_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "trl", None)  # import trl raises ImportError
     assert module.main(["--mode", "full"]) == 2
     assert "needs TRL 1.16" in capsys.readouterr().err
+
+
+def test_ppo_reward_and_value_models_of_their_own_size():
+    """reward-model / value-model tables: a 1B-param reward model in bf16 = 2e9 B; a critic of the tiny
+    shape trained in pure bf16 AdamW: 9,643,520 x 8 B of states."""
+    est = estimate(adhoc_run(dict(LLAMA3_8B, recipe="ppo", mode="lora", precision="pure", **{
+        "batch-size": 2, "max-prompt-length": 64, "max-completion-length": 64,
+        "reward-model": {"params": "1B"}, "value-model": {k: v for k, v in TINY.items()}})))
+    assert est.breakdown["reward_model"] == 2_000_000_000
+    assert est.details["value_model.model_states"] == 9_643_520 * 8
+    assert est.breakdown["reference_model"] == 0  # LoRA policy
