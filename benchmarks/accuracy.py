@@ -199,14 +199,18 @@ def families_markdown(rows: List[Tuple[str, str, int, int]], refused: List[Tuple
             continue
         kind = "states" if term in ("weights", "gradients", "optimizer_states") else term
         table.setdefault(stem, {}).setdefault(kind, []).append(_pct(est, truth))
-    lines = ["| family (checkpoint) | exact params | weights/grads/states | saved activations | logits | KV cache |",
-             "|---|---|---|---|---|---|"]
+    from tests.test_conformance import PENDING
+
+    lines = ["| family (checkpoint) | exact params | weights/grads/states | saved activations | logits | KV cache | steps off (> tolerance) |",
+             "|---|---|---|---|---|---|---|"]
     for stem in sorted(set(params) | set(table)):
         worst = {k: max(v, key=abs) for k, v in table.get(stem, {}).items()}
         cells = [f"{worst[k]:+.1f} %" if k in worst else "-" for k in ("states", "saved_activations", "logits", "kv_cache")]
-        lines.append(f"| {stem} ({stems.get(stem, '?')}) | {params.get(stem, '-')} | " + " | ".join(cells) + " |")
+        off = ", ".join(key[len(stem) + 1:] for key in PENDING if key.startswith(stem + "-") and key[len(stem) + 1:].split("-")[0]
+                        in ("train", "lora", "inference")) or ("-" if stem in table else "not measured yet")
+        lines.append(f"| {stem} ({stems.get(stem, '?')}) | {params.get(stem, '-')} | " + " | ".join(cells) + f" | {off} |")
     for stem, why in refused:
-        lines.append(f"| {stem} ({stems.get(stem, '?')}) | not estimated: {why} | | | | |")
+        lines.append(f"| {stem} ({stems.get(stem, '?')}) | not estimated: {why} | | | | | |")
     return "\n".join(lines)
 
 
