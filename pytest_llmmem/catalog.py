@@ -80,6 +80,11 @@ class AmbiguousName(NamedTuple):
     aliases: Tuple[str, ...] = ()
 
 
+def _is_ambiguous(entry: Any) -> bool:
+    """By shape, not class: pytester's in-process runs may import this module twice."""
+    return hasattr(entry, "choices") and not hasattr(entry, "memory_bytes")
+
+
 class _Table:
     """Entries of one kind by every normalised spelling, and which plugin registered each."""
 
@@ -99,7 +104,7 @@ class _Table:
                 )
             self.entries[key] = entry
             self.owners[key] = owner
-        if not isinstance(entry, AmbiguousName):
+        if not _is_ambiguous(entry):
             self.names.append(entry.name)
 
 
@@ -169,7 +174,7 @@ class Catalog:
                 hint=f"Valid: {one_of(table.names)} (or one a plugin registers).",
             )
         entry = table.entries[key]
-        if isinstance(entry, AmbiguousName):
+        if _is_ambiguous(entry):
             from .units import format_bytes
 
             choices = [f"{c} ({format_bytes(table.entries[normalize_name(c)].memory_bytes)})" for c in entry.choices]
