@@ -51,7 +51,7 @@ def _measure(tmp_path, name, run):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     (tmp_path / "pyproject.toml").write_text(textwrap.dedent('''
         [tool.llmmem]
-        gpu = "H100"
+        gpu = "H100-80GB"
         [tool.llmmem.model]
         config = "config.json"
         [[tool.llmmem.runs]]
