@@ -68,10 +68,12 @@ class Attention(NamedTuple):
     def cache_bytes(self, batch: int, seq: int, act: int, tp: int = 1) -> int:
         """K and V for every cached token; tensor parallelism splits the KV heads (replicated below t).
 
-        A sliding layer's DynamicCache keeps the last window - 1 tokens after a longer prefill
-        (transformers 5.24 cache_utils.py DynamicSlidingWindowLayer.update: ``[:, :, -sliding_window + 1:]``).
+        A sliding layer's DynamicCache keeps only the last window - 1 tokens after a prefill, but as
+        a view of the concatenated prompt (transformers 5.24 cache_utils.py
+        DynamicSlidingWindowLayer.update: ``full_key_states[:, :, -sliding_window + 1:, :]``), so the
+        whole prompt's storage stays allocated until the next token replaces it: the prefill's peak.
         """
-        tokens = min(seq, self.window - 1) if self.window else seq
+        tokens = seq
         return 2 * math.ceil((self.cache_heads or self.kv_heads) / tp) * self.head_dim * tokens * batch * act
 
 

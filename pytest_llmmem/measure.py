@@ -172,7 +172,9 @@ def _cpu_step(torch, model, ids, run: Run, est: Estimate):
         # (dicts by state index in transformers 5.24 cache_utils.LinearAttentionLayer)
         held = [v for layer in cache.layers for v in vars(layer).values()]
         held += [t for v in held if isinstance(v, dict) for t in v.values()]
-        terms["kv_cache"] = _nbytes([t for t in held if torch.is_tensor(t) and t.dim() > 0])
+        # counted by storage: a sliding layer's cache is a view that keeps the whole prompt alive
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held if torch.is_tensor(t) and t.dim() > 0}
+        terms["kv_cache"] = sum(storages.values())
         terms["logits"] = _nbytes([out.logits])
         estimated.update(kv_cache=b["kv_cache"], logits=d.get("logits.all_positions", d.get("logits.last_position", 0)))
         return terms, estimated

@@ -72,12 +72,13 @@ def test_unknown_toml_family_suggests_a_real_spelling():
 
 
 @needs_archs
-def test_sliding_layers_keep_window_minus_one_tokens(tmp_path):
-    # Gemma-2-9B, bf16, prefill of 8192: 21 full layers keep every token, 21 sliding (window 4096)
-    # keep 4095 (transformers 5.24 cache_utils DynamicSlidingWindowLayer); 8 KV heads x 256, K and V.
+def test_sliding_layers_hold_the_prompt_after_a_prefill(tmp_path):
+    # Gemma-2-9B, bf16, prefill of 8192: 21 full layers keep every token; the 21 sliding ones (window
+    # 4096) keep a 4095-token view of the whole prompt's storage (cache_utils DynamicSlidingWindowLayer),
+    # so they hold all 8192 too; 8 KV heads x 256, K and V.
     est = estimate(_run(tmp_path, ARCHS["gemma2"], run_extra='mode = "inference"\nseq-len = 8192'))
     assert est.details["kv_cache.full"] == 21 * 2 * 8 * 256 * 8192 * 2
-    assert est.details["kv_cache.sliding"] == 21 * 2 * 8 * 256 * 4095 * 2
+    assert est.details["kv_cache.sliding"] == 21 * 2 * 8 * 256 * 8192 * 2
     assert est.breakdown["kv_cache"] == est.details["kv_cache.full"] + est.details["kv_cache.sliding"]
 
 
