@@ -43,8 +43,6 @@ PENDING: Dict[str, str] = {
     "jamba-lora-bf16": "adapters counted on the routed experts (3D params PEFT does not wrap): grads/states +107 %; plus the frozen-expert copy (see board)",
     "gemma3-train-bf16": "text-only step: the vision tower (40.3 M params in the cut) gets no .grad and AdamW keeps no state for it; the estimate trains every parameter (+7.1 %)",
     "gemma3-train-fp32": "text-only step: no grads/AdamW states for the unused vision tower (+7.1 %)",
-    "gemma3-inference-bf16": "a sliding layer's cache after a prefill keeps a view of the whole prompt (cache_utils.py:246)",
-    "gpt_oss-inference-bf16": "a sliding layer's cache after a prefill keeps a view of the whole prompt (cache_utils.py:246)",
 }
 
 
