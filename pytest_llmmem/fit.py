@@ -216,6 +216,7 @@ def toggles(run: Run) -> List[Toggle]:
     for key, value, _, changed in trainer_knobs(run):
         shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
         out.append(Toggle(f"{key} = {shown}", estimate(changed)))
+    out += _recipe_toggles(run)
     if run.mode != "train":
         why = "only for full training"
     elif run.gpus == 1:
@@ -225,4 +226,27 @@ def toggles(run: Run) -> List[Toggle]:
     attempt(f"zero-stage = 3 on {run.gpus} GPU{'s' if run.gpus > 1 else ''}",
             run.mode == "train" and run.zero_stage != 3 and run.fsdp == "none" and run.gpus > 1, why,
             lambda: run._replace(zero_stage=3))
+    return out
+
+
+def _recipe_toggles(run: Run) -> List[Toggle]:
+    """A recipe's own switches (recipes.recipe_changes): LoRA policy, beta = 0, precomputed reference
+    log-probs, a separate vLLM server, a shared value head; and the most generations per prompt that
+    fit (the fewest tried when none does), at the same prompts per step."""
+    if run.recipe.name == "sft":
+        return []
+    from .recipes import recipe_changes
+
+    out: List[Toggle] = []
+    generations = []
+    for key, value, _, changed in recipe_changes(run):
+        if key == "num-generations":
+            generations.append((value, changed))
+            continue
+        shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
+        out.append(Toggle(f"{key} = {shown}", estimate(changed)))
+    if generations:
+        tried = [(value, changed, estimate(changed)) for value, changed in generations]
+        value, changed, est = next((t for t in tried if t[2].fits), tried[-1])
+        out.append(Toggle(f"num-generations = {value} (batch-size {changed.batch_size}, same prompts per step)", est))
     return out

@@ -296,3 +296,44 @@ def test_ppo_reward_and_value_models_of_their_own_size():
     assert est.breakdown["reward_model"] == 2_000_000_000
     assert est.details["value_model.model_states"] == 9_643_520 * 8
     assert est.breakdown["reference_model"] == 0  # LoRA policy
+
+
+def test_measure_refuses_a_recipe_run():
+    """llmmem measure steps plain SFT: comparing it with a DPO estimate would store a wrong calibration."""
+    from pytest_llmmem.errors import ConfigError
+    from pytest_llmmem.measure import _check_measurable
+
+    with pytest.raises(ConfigError, match="measure runs an SFT step"):
+        _check_measurable(adhoc_run(dict(TINY, recipe="dpo")))
+
+
+def test_llmmem_fit_lists_the_recipe_switches(write_pyproject, run_cli):
+    """`llmmem fit` on an over-budget GRPO run names LoRA, beta = 0, a separate server and fewer generations."""
+    path = write_pyproject("""
+        [tool.llmmem]
+        gpu = "H100-80GB"
+
+        [tool.llmmem.model]
+        family = "llama"
+        hidden-size = 4096
+        num-layers = 32
+        num-heads = 32
+        num-kv-heads = 8
+        intermediate-size = 14336
+        vocab-size = 128256
+
+        [[tool.llmmem.runs]]
+        name = "grpo"
+        recipe = "grpo"
+        beta = 0.04
+        batch-size = 16
+        num-generations = 16
+        max-prompt-length = 512
+        max-completion-length = 2048
+        generation = "vllm-colocate"
+        gradient-checkpointing = true
+    """)
+    code, out, _ = run_cli("fit", path)
+    assert code == 1  # the run as declared is over budget
+    for switch in ('mode = "lora"', "beta = 0.0", 'generation = "vllm-server"', "num-generations = "):
+        assert switch in out, switch
