@@ -17,7 +17,7 @@ EXIT_OK, EXIT_OVER, EXIT_ERROR = 0, 1, 2
 
 # Ad-hoc estimate flags: (flag, kind). Each maps to the config key of the same name.
 _VALUE_FLAGS = {
-    "params": str, "config": str, "family": str, "hidden-size": int, "num-layers": int, "num-heads": int,
+    "model": str, "revision": str, "params": str, "config": str, "family": str, "hidden-size": int, "num-layers": int, "num-heads": int,
     "num-kv-heads": int, "head-dim": int, "intermediate-size": int, "vocab-size": int,
     "max-position-embeddings": int, "num-experts": int, "experts-per-token": int, "moe-intermediate-size": int,
     "hidden-act": str, "mode": str, "dtype": str, "precision": str, "optimizer": str, "batch-size": int,
@@ -36,7 +36,7 @@ _VALUE_FLAGS = {
 }
 _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel",
              "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager",
-             "reference-model", "precompute-ref-log-probs")
+             "reference-model", "precompute-ref-log-probs", "allow-network")
 
 
 def _parser(command: Optional[str]) -> argparse.ArgumentParser:
@@ -93,7 +93,7 @@ def _parser(command: Optional[str]) -> argparse.ArgumentParser:
             est.add_argument(f"--no-{flag}", dest=flag.replace("-", "_"), action="store_false")
         common(est)
     elif command == "catalog":
-        cat.add_argument("what", nargs="?", choices=("gpus", "dtypes", "optimizers"), default=None)
+        cat.add_argument("what", nargs="?", choices=("gpus", "dtypes", "optimizers", "models"), default=None)
     return parser
 
 
@@ -376,6 +376,8 @@ def _estimate(args: argparse.Namespace) -> int:
         value = getattr(args, flag.replace("-", "_"))
         if value is not None:
             values[flag] = value
+    if "model" in values:  # --model org/name: a Hugging Face Hub id (hub.py)
+        values["id"] = values.pop("model")
     if args.lora_targets:
         values["lora-targets"] = "all-linear" if args.lora_targets == "all-linear" else [t.strip() for t in args.lora_targets.split(",") if t.strip()]
     try:
@@ -392,6 +394,7 @@ def _as_flag_error(err: Any) -> Any:
     from .errors import ConfigError
 
     leaf = (err.key or "").rsplit(".", 1)[-1]
+    leaf = "model" if leaf == "id" else leaf  # --model is the table's id
     known = leaf in _VALUE_FLAGS or leaf in _SWITCHES or leaf == "lora-targets"
     message = err.message.replace('run "estimate" has mode = ', "--mode is ")
     hint = (err.hint or "").replace("the folder of the pyproject.toml", "the current folder") or None
@@ -418,6 +421,12 @@ def _catalog(args: argparse.Namespace) -> int:
         for name in cat.optimizers.names:
             o = cat.optimizer(name)
             print(f"  {name:<13} {o.states:g}  {o.doc}")
+    if args.what in (None, "models"):
+        from .hub import bundled_index
+
+        print('bundled model configs (model = "org/name" when the Hugging Face cache lacks them):')
+        for model_id, entry in sorted(bundled_index().items(), key=lambda item: item[0].lower()):
+            print(f"  {model_id:<38} {entry['family']:<12} {entry.get('revision') or 'revision not recorded'}")
     return EXIT_OK
 
 

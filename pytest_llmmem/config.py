@@ -154,6 +154,11 @@ def _headroom(table: Table) -> Tuple[int, Optional[float]]:
     return table.size("headroom", allow_zero=True), None
 
 
+def _model_shorthand(value: Any) -> Any:
+    """model = "org/name" is [model] id = "org/name": a Hugging Face Hub id (hub.py)."""
+    return {"id": value} if isinstance(value, str) else value
+
+
 def _top_model_line(ctx: Context) -> Callable[[Optional[str]], Optional[int]]:
     return lambda key: ctx.locator.find(f"{TABLE}.model", 0, key) or ctx.locator.find(TABLE, 0, "model")
 
@@ -200,15 +205,16 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
         else:
             raise table.fail("lora-targets", f"expected a list of module names or \"all-linear\", got {type_name(value)} {shown(value)}.")
 
-    model_raw = dict(top_raw.get("model", {})) if isinstance(top_raw.get("model", {}), dict) else top_raw.get("model")
+    model_raw = _model_shorthand(top_raw.get("model", {}))
+    model_raw = dict(model_raw) if isinstance(model_raw, dict) else model_raw
     model_line = _top_model_line(ctx)
     model_dotted = f"{TABLE}.model"
     if "model" in table:
-        override = table.values["model"]
+        override = _model_shorthand(table.values["model"])
         if not isinstance(override, dict):
             raise table.fail("model", f"expected a table, got {type_name(override)}.")
         override = {canonical(k): v for k, v in override.items()}
-        if "params" in override or "config" in override:
+        if "params" in override or "config" in override or "id" in override:
             model_raw = override
         else:
             model_raw = {canonical(k): v for k, v in (model_raw or {}).items()}
@@ -326,7 +332,7 @@ def parse(
     if "method" in top:
         top.choice("method", METHODS, "detailed")
     if "model" in top:  # checked even when every run brings its own model
-        check_model_values(Table(top.values["model"], MODEL_KEYS, ctx, f"{TABLE}.model", _top_model_line(ctx)), ctx)
+        check_model_values(Table(_model_shorthand(top.values["model"]), MODEL_KEYS, ctx, f"{TABLE}.model", _top_model_line(ctx)), ctx)
     top.boolean("strict", False)  # checked even when every run sets its own
     raw_runs = top.values.get("runs")
     if not isinstance(raw_runs, list) or not raw_runs:

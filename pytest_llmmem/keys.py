@@ -20,7 +20,7 @@ ARCH_KEYS = (
     "vocab-size", "tie-embeddings", "max-position-embeddings", "num-experts", "experts-per-token",
     "moe-intermediate-size", "hidden-act", "attention-dropout", "hidden-dropout",
 )
-MODEL_KEYS = ("params", "config") + ARCH_KEYS
+MODEL_KEYS = ("params", "config", "id", "revision", "allow-network") + ARCH_KEYS  # id: a Hub id (hub.py)
 TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "zero-stage", "fsdp", "offload", "micro-batches")
 PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
 LORA_ONLY = ("lora-rank", "lora-targets", "adapter-dtype")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from . import files
+from . import files, hub
 from .errors import ConfigError, shown_name
 from .hf_config import from_hf_config, with_overrides
 from .keys import ARCH_KEYS, MAX_PARAMS, Context, Table, type_name
@@ -26,9 +26,10 @@ _REQUIRED_ARCH = ("hidden-size", "num-layers", "num-heads", "vocab-size")
 
 def model_from_table(table: Table, ctx: Context) -> Union[Architecture, ParamsOnly]:
     arch_given = [k for k in ARCH_KEYS if k in table]
+    _one_source(table)
     if "params" in table:
-        if "config" in table or arch_given:
-            other = "config" if "config" in table else arch_given[0]
+        if "config" in table or "id" in table or arch_given:
+            other = "config" if "config" in table else "id" if "id" in table else arch_given[0]
             raise table.fail("params", f'give either params or an architecture ("{other}"), not both.',
                              hint="params alone gives weights, gradients and optimizer states; an architecture adds activations and KV cache.")
         return ParamsOnly(_params(table), ctx.path)
@@ -41,7 +42,7 @@ def model_from_table(table: Table, ctx: Context) -> Union[Architecture, ParamsOn
         p = table.probability(key)
         if p is not None:
             values[key.replace("-", "_")] = p
-    if "config" in table:
+    if "config" in table or "id" in table:
         # family beside config overrides model_type (in-house forks, unknown model types); shape keys
         # override the config's own values, and the layer groups are read again with them.
         fam = table.resolve("family", family) if "family" in table else None
@@ -91,7 +92,8 @@ def check_values(table: Table, ctx: Context) -> None:
     fam = table.resolve("family", family) if "family" in table else None
     table.boolean("tie-embeddings", False)
     table.string("hidden-act")
-    if "config" in table:
+    _one_source(table)
+    if "config" in table or "id" in table:
         _read_hf_config(table, ctx, fam, values)
 
 
@@ -109,16 +111,54 @@ def _params(table: Table) -> int:
     return count
 
 
+def _one_source(table: Table) -> None:
+    """config (a file) and id (a Hub id) name the same thing two ways: one of them."""
+    if "config" in table and "id" in table:
+        raise table.fail("id", "give either config (a config.json) or id (a Hugging Face Hub id), not both.")
+    for key in ("revision", "allow-network"):
+        if key in table and "id" not in table:
+            raise table.fail(key, f"only applies with id = \"org/name\" (a Hugging Face Hub id).")
+
+
 def _read_hf_config(table: Table, ctx: Context, fam: Optional[Family], overrides: Dict[str, Any]) -> Architecture:
     """The config.json's Architecture, read and resolved once per parse for each distinct use."""
-    raw = table.string("config")
+    found = _hub_config(table, ctx) if "id" in table else None
+    raw = str(found.config_path) if found else table.string("config")
     key = (raw, fam.name if fam else None, tuple(sorted(overrides.items())))
     if key not in ctx.hf_configs:
-        ctx.hf_configs[key] = _read_hf_config_once(table, raw, ctx, fam, overrides)
+        arch = _read_hf_config_once(table, raw, ctx, fam, overrides, "id" if found else "config")
+        ctx.hf_configs[key] = _cross_checked(arch, found) if found else arch
     return ctx.hf_configs[key]
 
 
-def _read_hf_config_once(table: Table, raw: str, ctx: Context, fam: Optional[Family], overrides: Dict[str, Any]) -> Architecture:
+def _hub_config(table: Table, ctx: Context) -> "hub.Resolved":
+    """id (+ revision, allow-network) -> the config.json found for it, once per parse."""
+    model_id, revision = table.string("id"), table.string("revision")
+    allow = table.boolean("allow-network", False) or bool(getattr(ctx, "allow_network", False))
+    key = ("hub", model_id, revision, allow)
+    if key not in ctx.hf_configs:
+        try:
+            ctx.hf_configs[key] = hub.resolve(model_id or "", revision, allow)
+        except ConfigError as err:
+            raise table.fail(err.key or "id", err.message, err.hint) from None
+    return ctx.hf_configs[key]
+
+
+def _cross_checked(arch: Architecture, found: "hub.Resolved") -> Architecture:
+    """Compare the count from config.json with the safetensors headers beside it in the cache: a
+    16/32-bit checkpoint stores every parameter once, so a gap means the reader misses something."""
+    stored = found.stored_params
+    if not stored or not set(found.stored_dtypes) <= {"bf16", "fp16", "fp32"}:
+        return arch
+    counted = arch.param_count()
+    if abs(counted - stored) > 0.005 * stored:
+        note = (f"{counted:,} parameters counted from config.json, but the checkpoint's safetensors headers in the Hub "
+                f"cache hold {stored:,}")
+        return arch._replace(approximate=arch.approximate + (note,))
+    return arch
+
+
+def _read_hf_config_once(table: Table, raw: str, ctx: Context, fam: Optional[Family], overrides: Dict[str, Any], key: str = "config") -> Architecture:
     quoted = f'"{shown_name(raw, 120)}"'
     path = files.resolve(raw if Path(raw).is_absolute() else ctx.base_dir / raw)
     if files.is_dir(path):
@@ -126,18 +166,18 @@ def _read_hf_config_once(table: Table, raw: str, ctx: Context, fam: Optional[Fam
     try:
         data = ctx.read_json(path)
     except FileNotFoundError:
-        raise table.fail("config", f"{quoted} does not exist.", hint="The path is relative to the folder of the pyproject.toml (or absolute).") from None
+        raise table.fail(key, f"{quoted} does not exist.", hint="The path is relative to the folder of the pyproject.toml (or absolute).") from None
     except (files.InvalidJSON, json.JSONDecodeError) as err:
-        raise table.fail("config", f"{quoted} is not valid JSON: {err}.") from None
+        raise table.fail(key, f"{quoted} is not valid JSON: {err}.") from None
     except files.UnreadableFile as err:
-        raise table.fail("config", f"{quoted} cannot be read: it {err}.") from None
+        raise table.fail(key, f"{quoted} cannot be read: it {err}.") from None
     except (OSError, ValueError, RecursionError) as err:  # a read_json passed to config.parse
         reason = getattr(err, "strerror", None) or str(err)
-        raise table.fail("config", f"{quoted} cannot be read: {reason}.") from None
+        raise table.fail(key, f"{quoted} cannot be read: {reason}.") from None
     if not isinstance(data, dict):
-        raise table.fail("config", f"{quoted} holds {type_name(data)}, not a JSON object.")
+        raise table.fail(key, f"{quoted} holds {type_name(data)}, not a JSON object.")
     try:
         return from_hf_config(with_overrides(data, overrides), source=str(path), family=fam)
     except ConfigError as err:
         detail = f" ({err.key})" if err.key else ""
-        raise table.fail("config", f"{quoted}{detail} {err.message}", err.hint) from None
+        raise table.fail(key, f"{quoted}{detail} {err.message}", err.hint) from None

@@ -23,6 +23,7 @@ def test_corpus_is_complete():
 @pytest.mark.parametrize("case", CASES)
 def test_api_message(case, monkeypatch):
     monkeypatch.chdir(CORPUS)
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent/hf-cache")  # a Hub-id message names the cache folder
     with pytest.raises(ConfigError) as info:
         load(f"{case}.toml")
     message = str(info.value)
@@ -33,6 +34,7 @@ def test_api_message(case, monkeypatch):
 @pytest.mark.parametrize("case", CASES)
 def test_cli_message(case, monkeypatch, run_cli):
     monkeypatch.chdir(CORPUS)
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent/hf-cache")
     code, out, err = run_cli("check", f"{case}.toml")
     assert code == 2
     assert out == ""

@@ -1,0 +1,166 @@
+"""A model named by its Hugging Face Hub id: the local cache, then the bundled configs, then (opt-in)
+a download. Offline unless the project says ``allow-network = true`` (or ``--allow-network``).
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+from . import files
+from .errors import ConfigError, did_you_mean, shown_name
+
+BUNDLED = Path(__file__).parent / "models"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# A safetensors header is at most 100 MB (safetensors/src/tensor.rs MAX_HEADER_SIZE); an LLM's is
+# tens of KB per shard. 8 MiB bounds the read per shard.
+_HEADER_LIMIT = 8 * 1024 * 1024
+# safetensors dtype names (safetensors/src/tensor.rs Dtype) -> ours, for the stored-weights note.
+_STORED = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8", "I8": "int8", "U8": "uint8"}
+
+
+class Resolved(NamedTuple):
+    """Where a Hub id's config.json was found, and what the checkpoint beside it says."""
+
+    model_id: str
+    config_path: Path
+    origin: str  # "hub cache" | "bundled" | "download"
+    revision: str  # the commit (cache, download) or the bundled entry's revision ("" when not recorded)
+    stored_params: Optional[int] = None  # sum of tensor sizes in the safetensors headers, when present
+    stored_dtypes: Tuple[str, ...] = ()  # dtypes the headers hold (bf16, fp8, ...)
+
+    def describe(self) -> str:
+        rev = f" @ {self.revision[:12]}" if self.revision else ""
+        return f"{self.model_id}{rev} ({self.origin}: {self.config_path})"
+
+
+def cache_dir() -> Path:
+    """The Hub cache folder, as huggingface_hub computes it (huggingface_hub/constants.py:
+    HF_HUB_CACHE, else HF_HOME/hub, HF_HOME defaulting to $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def bundled_index() -> Dict[str, Dict[str, Any]]:
+    """id -> {family, folder, revision, source} of the configs shipped with the package."""
+    return files.read_json(BUNDLED / "index.json")
+
+
+def resolve(model_id: str, revision: Optional[str] = None, allow_network: bool = False) -> Resolved:
+    """The config.json for ``model_id``; ConfigError (key "id") naming the three ways when none is found."""
+    if not isinstance(model_id, str) or not _ID.match(model_id):
+        raise ConfigError(f'"{shown_name(str(model_id), 120)}" is not a Hugging Face model id; expected "org/name", e.g. "Qwen/Qwen3-8B".', key="id")
+    found = from_cache(model_id, revision, cache_dir())
+    if found:
+        return found
+    index = bundled_index()
+    entry = index.get(model_id)
+    if entry and revision in (None, "main", entry.get("revision")):
+        return Resolved(model_id, BUNDLED / entry["folder"] / "config.json", "bundled", entry.get("revision") or "")
+    if allow_network:
+        return download(model_id, revision)
+    rev = f" at revision {revision}" if revision else ""
+    near = did_you_mean(model_id, list(index))
+    raise ConfigError(
+        f'"{model_id}"{rev} is not in the local Hugging Face cache ({cache_dir()}) nor among the bundled configs, '
+        f"and downloading is off.{near}",
+        key="id",
+        hint=(f'Three ways: download it once (huggingface-cli download {model_id} config.json) so the cache holds it; '
+              'use one of the bundled ids (llmmem catalog models); or set allow-network = true in the model table '
+              '(or --allow-network) with pip install "pytest-llmmem[hub]". Or point config at a config.json.'),
+    )
+
+
+def from_cache(model_id: str, revision: Optional[str], root: Path) -> Optional[Resolved]:
+    """models--org--name/snapshots/<commit>/config.json, the commit read from refs/<branch> (the
+    layout huggingface_hub/file_download.py writes: blobs, refs, snapshots)."""
+    repo = root / ("models--" + model_id.replace("/", "--"))
+    rev = revision or "main"
+    if _COMMIT.match(rev):
+        commit = rev
+    else:
+        try:
+            commit = files.read_text(repo / "refs" / rev, 1024).strip()
+        except (FileNotFoundError, files.UnreadableFile):
+            return None
+        if not _COMMIT.match(commit):
+            return None
+    snapshot = repo / "snapshots" / commit
+    config = snapshot / "config.json"
+    if not files.is_file(config):
+        return None
+    params, dtypes = _stored_weights(snapshot)
+    return Resolved(model_id, config, "hub cache", commit, params, dtypes)
+
+
+def _stored_weights(snapshot: Path) -> Tuple[Optional[int], Tuple[str, ...]]:
+    """Parameter count and dtypes from the safetensors headers in a snapshot (8-byte little-endian
+    header length, then a JSON header of {name: {dtype, shape, data_offsets}}: safetensors format
+    spec, README "Format"). Shards come from model.safetensors.index.json's weight_map."""
+    shards: List[str] = []
+    try:
+        index = files.read_json(snapshot / "model.safetensors.index.json")
+        shards = sorted(set(index.get("weight_map", {}).values())) if isinstance(index, dict) else []
+    except (FileNotFoundError, files.UnreadableFile):
+        shards = ["model.safetensors"] if files.is_file(snapshot / "model.safetensors") else []
+    total, dtypes = 0, set()
+    for shard in shards:
+        header = _header(snapshot / shard)
+        if header is None:
+            return None, ()
+        for name, tensor in header.items():
+            if name == "__metadata__" or not isinstance(tensor, dict):
+                continue
+            count = 1
+            for dim in tensor.get("shape", []):
+                count *= int(dim)
+            total += count
+            dtypes.add(_STORED.get(str(tensor.get("dtype")), str(tensor.get("dtype")).lower()))
+    return (total, tuple(sorted(dtypes))) if shards else (None, ())
+
+
+def _header(path: Path) -> Optional[Dict[str, Any]]:
+    """A safetensors file's JSON header, or None when absent (a partial download) or malformed."""
+    try:
+        if files.describe(path):
+            return None
+        with open(path, "rb") as handle:
+            size = struct.unpack("<Q", handle.read(8))[0]
+            if size > _HEADER_LIMIT:
+                return None
+            header = json.loads(handle.read(size).decode("utf-8"))
+    except (OSError, ValueError, struct.error):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def download(model_id: str, revision: Optional[str]) -> Resolved:
+    """config.json through huggingface_hub (the optional extra), into the standard cache; HF_TOKEN
+    is read by huggingface_hub itself (huggingface_hub/utils/_auth.py get_token)."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    except ImportError:
+        raise ConfigError(f'"{model_id}" would be downloaded, but huggingface_hub is not installed.', key="allow-network",
+                          hint='pip install "pytest-llmmem[hub]", or download config.json into the cache yourself.') from None
+    try:
+        path = hf_hub_download(model_id, "config.json", revision=revision)
+    except GatedRepoError:
+        token = "HF_TOKEN is set but its account has no access" if os.environ.get("HF_TOKEN") else "no HF_TOKEN is set"
+        raise ConfigError(f'"{model_id}" is a gated model and {token}.', key="id",
+                          hint="Accept its licence on huggingface.co and export HF_TOKEN, or point config at a config.json.") from None
+    except RevisionNotFoundError:
+        raise ConfigError(f'"{model_id}" has no revision "{revision}".', key="revision") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f'"{model_id}" does not exist on the Hub (or is private and HF_TOKEN cannot see it).', key="id") from None
+    except Exception as err:  # offline, timeouts, HTTP errors: huggingface_hub raises many kinds
+        raise ConfigError(f'"{model_id}" could not be downloaded: {type(err).__name__}: {shown_name(str(err), 200)}.', key="id") from None
+    found = from_cache(model_id, revision, cache_dir())
+    return found._replace(origin="download") if found else Resolved(model_id, Path(path), "download", revision or "")

@@ -1,0 +1,141 @@
+"""model = "org/name": the Hugging Face cache (a real layout in a temp dir), the bundled configs, the error."""
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from pytest_llmmem import hub
+from pytest_llmmem.config import parse
+from pytest_llmmem.errors import ConfigError
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+OTHER = "fedcba9876543210fedcba9876543210fedcba98"
+QWEN3_8B_PARAMS = 8_190_735_360  # shared validation archs.jsonl: transformers 5.24 on the meta device
+# A 2-layer llama: embed 1000·64 + head 1000·64 + 2·(q,k,v,o 4·64·64 + gate,up,down 3·64·128 + 2 norms·64) + final norm 64
+TINY_PARAMS = 64_000 + 64_000 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64  # = 210,240
+TINY = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "intermediate_size": 128, "vocab_size": 1000, "tie_word_embeddings": False}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty Hub cache that HF_HUB_CACHE points at (so the machine's own cache never leaks in)."""
+    root = tmp_path / "hub"
+    root.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    return root
+
+
+def _snapshot(root: Path, model_id: str, commit: str, config: dict, branch: str = "main") -> Path:
+    """The layout huggingface_hub writes: refs/<branch> holds the commit, snapshots/<commit>/ the files."""
+    repo = root / ("models--" + model_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / branch).write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(config))
+    return snap
+
+
+def _safetensors(path: Path, tensors: dict) -> None:
+    """Header only (8-byte little-endian length + JSON): all the reader looks at."""
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset]}
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob)
+
+
+def _project(model_line: str) -> str:
+    return f'[tool.llmmem]\ngpu = "H100-80GB"\n{model_line}\n[[tool.llmmem.runs]]\nname = "a"\nmode = "lora"\n'
+
+
+def test_bundled_id_estimates_with_no_config_json(cache):
+    run = parse(_project('model = "Qwen/Qwen3-8B"')).runs[0]
+    assert run.model.param_count() == QWEN3_8B_PARAMS
+    assert Path(run.model.source).parts[-3:] == ("models", "Qwen--Qwen3-8B", "config.json")
+
+
+def test_cache_wins_over_bundled_and_follows_refs(cache):
+    small = dict(json.loads((hub.BUNDLED / "Qwen--Qwen3-8B" / "config.json").read_text()), num_hidden_layers=1)
+    _snapshot(cache, "Qwen/Qwen3-8B", COMMIT, small)
+    found = hub.resolve("Qwen/Qwen3-8B")
+    assert (found.origin, found.revision) == ("hub cache", COMMIT)
+    assert parse(_project('model = "Qwen/Qwen3-8B"')).runs[0].model.num_layers == 1
+    # a branch other than main, and a commit named directly
+    _snapshot(cache, "org/tiny", OTHER, TINY, branch="dev")
+    assert hub.resolve("org/tiny", "dev").revision == OTHER
+    assert hub.resolve("org/tiny", OTHER).config_path == cache / "models--org--tiny" / "snapshots" / OTHER / "config.json"
+    text = _project('[tool.llmmem.model]\nid = "org/tiny"\nrevision = "dev"')
+    assert parse(text).runs[0].model.param_count() == TINY_PARAMS
+
+
+def test_safetensors_headers_cross_check_the_count(cache):
+    snap = _snapshot(cache, "org/tiny", COMMIT, TINY)
+    (snap / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}))
+    _safetensors(snap / "model-1.safetensors", {"a": ("BF16", [TINY_PARAMS - 64])})
+    _safetensors(snap / "model-2.safetensors", {"b": ("BF16", [64]), "__metadata__": ("x", [])})
+    found = hub.resolve("org/tiny")
+    assert (found.stored_params, found.stored_dtypes) == (TINY_PARAMS, ("bf16",))
+    assert parse(_project('model = "org/tiny"')).runs[0].model.approximate == ()
+    # a checkpoint holding 10 % more than config.json explains: the estimate says it is approximate
+    _safetensors(snap / "model-2.safetensors", {"b": ("BF16", [64 + 21_024])})
+    model = parse(_project('model = "org/tiny"')).runs[0].model
+    assert any("231,264" in note for note in model.approximate), model.approximate
+
+
+def test_unknown_id_names_the_three_ways_and_the_near_miss(cache):
+    with pytest.raises(ConfigError) as err:
+        parse(_project('model = "Qwen/Qwen3-8b"'), path="pyproject.toml")
+    text = str(err.value)
+    assert 'Did you mean "Qwen/Qwen3-8B"?' in text
+    assert "Hugging Face cache" in text and "llmmem catalog models" in text and "allow-network" in text
+    assert err.value.line == 3
+
+
+def test_not_an_id_and_conflicting_keys(cache):
+    with pytest.raises(ConfigError, match="not a Hugging Face model id"):
+        parse(_project('model = "../etc/passwd"'))
+    with pytest.raises(ConfigError, match="either config"):
+        parse(_project('[tool.llmmem.model]\nid = "Qwen/Qwen3-8B"\nconfig = "config.json"'))
+    with pytest.raises(ConfigError, match="only applies with id"):
+        parse(_project('[tool.llmmem.model]\nparams = "7B"\nrevision = "main"'))
+
+
+def test_network_off_by_default_and_download_refuses_offline(cache, monkeypatch):
+    """allow-network goes to huggingface_hub; with HF_HUB_OFFLINE=1 it raises without touching the network."""
+    pytest.importorskip("huggingface_hub")
+    called = []
+    monkeypatch.setattr(hub, "download", lambda *a: called.append(a))
+    with pytest.raises(ConfigError):
+        hub.resolve("org/absent")
+    assert called == []
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="could not be downloaded"):
+        hub.resolve("org/absent", allow_network=True)
+
+
+def test_cli_model_flag_and_catalog(cache, run_cli):
+    code, out, err = run_cli("estimate", "--model", "Qwen/Qwen3-8B", "--mode", "inference", "--gpu", "H100-80GB")
+    assert code == 0 and "8.19B params" in out, err
+    code, out, err = run_cli("estimate", "--model", "Qwen/Qwen3-8b", "--gpu", "H100-80GB")
+    assert code == 2 and "--model" in err and 'Did you mean "Qwen/Qwen3-8B"' in err
+    code, out, _ = run_cli("catalog", "models")
+    assert code == 0 and "Qwen/Qwen3-8B" in out and "meta-llama/Llama-3.1-8B" in out
+
+
+def test_every_bundled_config_reads():
+    """Each bundled config builds an Architecture of the family the index names."""
+    from pytest_llmmem.hf_config import from_hf_config
+
+    for model_id, entry in hub.bundled_index().items():
+        arch = from_hf_config(json.loads((hub.BUNDLED / entry["folder"] / "config.json").read_text()), source=model_id)
+        assert arch.family.name == entry["family"], model_id
+        assert entry["source"]
