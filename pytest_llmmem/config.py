@@ -164,6 +164,28 @@ def _top_model_line(ctx: Context) -> Callable[[Optional[str]], Optional[int]]:
 
 
 def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require_budget: bool = True) -> Run:
+    """One run; with from = "train.yaml" its settings are read from the trainer's config first and the
+    run's own keys override them (readers/)."""
+    if not (isinstance(raw, dict) and "from" in raw):
+        return _run_keys(raw, index, top_raw, ctx, require_budget)
+    from .trainer_config import merged_run
+
+    merged, reading, own = merged_run(raw, index, ctx)
+    try:
+        run = _run_keys(merged, index, top_raw, ctx, require_budget)
+    except ConfigError as err:
+        leaf = (err.key or "").rsplit(".", 1)[-1]
+        if leaf in reading.origins and leaf not in own:  # a value the trainer config gave: say so
+            raise ConfigError(f"{err.message} (read from {reading.origins[leaf]})", path=err.path, key=err.key, line=err.line,
+                              hint=err.hint) from None
+        raise
+    origins = dict(reading.origins)
+    origins.update({key: f"{shown_name(ctx.path, 80)} (the run)" for key in own if key in origins})
+    return run._replace(settings_from=tuple(sorted(origins.items())), not_modelled=reading.not_modelled,
+                        reads=(reading.path,) + reading.follows)
+
+
+def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require_budget: bool = True) -> Run:
     name_hint = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else None
     dotted = f"{TABLE}.runs[{index}]"
     table = Table(raw, RUN_KEYS, ctx, dotted, lambda key: ctx.locator.run_line(index, name_hint, key))

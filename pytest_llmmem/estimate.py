@@ -322,11 +322,11 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
         partial = [f"the model is given by params only: {missing} are not counted"]
         if run.mode in ("lora", "qlora"):
             partial.append("LoRA adapters need the architecture: their weights, gradients and optimizer states are not counted")
-        return tuple(partial), ()
+        return tuple(partial) + run.not_modelled, ()
     approximate = list(arch.approximate)
     if run.trains and any(g.attention.kind == "mamba" for g in arch.layer_groups()):
         approximate.append("Mamba layers' training activations depend on the mamba-ssm CUDA kernels and are estimated, not measured")
-    return (), tuple(approximate)
+    return run.not_modelled, tuple(approximate)
 
 
 def _stage_groups(arch: Architecture, layers: int) -> List[Tuple[int, LayerGroup]]:

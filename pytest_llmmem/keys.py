@@ -44,6 +44,8 @@ RECIPE_KEYS = (
     "vllm-gpu-memory-utilization", "generation-batch-size", "value-head", "reward-model", "value-model",
 )
 RUN_KEYS = RUN_KEYS + RECIPE_KEYS
+# A trainer's own config the run reads its settings from (readers/); the run's keys override it.
+RUN_KEYS = RUN_KEYS + ("from", "format")
 
 # Largest values taken as meant; anything past these is a typo or a unit slip.
 _LIMITS = {

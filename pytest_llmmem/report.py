@@ -138,12 +138,20 @@ def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False) -> s
     budget = f" | budget: {run.budget.describe(units)}" if run.budget else ""
     lines = [f"{run.name}{where}: {verdict(est, units)}", *caveat_lines(est), f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
     lines += _trainer_lines(est, units)
+    lines += _origin_lines(est)
     lines += breakdown_table(est, units, ascii_only)
     lines += _host_line(est, units)
     lines += _serving_lines(est)
     lines += _failure_tail(est, units)
     lines += [f"  note: {note}" for note in est.notes]
     return "\n".join(lines)
+
+
+def _origin_lines(est: Estimate) -> List[str]:
+    """from = "train.yaml": which file (or trainer default) each setting came from."""
+    if not est.run.settings_from:
+        return []
+    return ["  settings from:"] + [f"    {key:<22} {origin}" for key, origin in est.run.settings_from]
 
 
 def _serving_lines(est: Estimate) -> List[str]:
@@ -212,6 +220,7 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) 
         head = f'llmmem: run "{run.name}" fails: ' + "; ".join(est.failures)
     lines = [head, *caveat_lines(est), f"  {describe_run(est)}", f"  method: {est.method}"]
     lines += _trainer_lines(est, units)
+    lines += _origin_lines(est)
     lines += breakdown_table(est, units, ascii_only)
     lines += _host_line(est, units)
     lines += _serving_lines(est)
@@ -295,6 +304,8 @@ def as_dict(est: Estimate) -> Dict[str, Any]:
         "approximate": bool(est.approximate),
         "approximate_reasons": list(est.approximate),
         "strict": run.strict,
+        "settings_from": dict(run.settings_from),
+        "reads": list(run.reads),
     }
 
 

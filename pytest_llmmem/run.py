@@ -121,6 +121,11 @@ class Run(NamedTuple):
     recipe: RecipeSettings = RecipeSettings()  # sft unless a run declares recipe = "dpo" | "grpo" | "ppo" | "reward"
     file: Optional[str] = None
     line: Optional[int] = None
+    # from = "train.yaml" (readers/): (key, where it came from) for each setting read or defaulted,
+    # the memory-relevant settings the estimate leaves out (they make it partial), and the files read.
+    settings_from: Tuple[Tuple[str, str], ...] = ()
+    not_modelled: Tuple[str, ...] = ()
+    reads: Tuple[str, ...] = ()
 
     @property
     def trains(self) -> bool:

@@ -1,0 +1,93 @@
+"""axolotl YAML (``axolotl train config.yml``): base_model, micro_batch_size, sequence_len, adapter.
+Defaults cite axolotl src/axolotl/utils/schemas/config.py (AxolotlInputConfig) and the
+TrainingArguments it builds.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from pathlib import Path
+
+from . import Mapper, hf_args, model_table
+
+SCHEMA = "axolotl src/axolotl/utils/schemas/config.py"
+# Memory-relevant keys this tool does not model: (key, what it changes).
+UNMODELLED = (
+    ("lora_modules_to_save", "fully trained embed_tokens / lm_head beside the adapters"),
+    ("liger_rms_norm", "Liger RMSNorm kernel saves fewer activations"), ("liger_glu_activation", "Liger SwiGLU kernel"),
+    ("liger_rope", "Liger RoPE kernel"), ("unsloth_lora_mlp", "Unsloth LoRA kernels"), ("lora_mlp_kernel", "fused LoRA MLP kernel"),
+    ("torch_compile", "torch.compile fuses and frees activations"), ("sequence_parallel_degree", "context parallelism"),
+    ("fp8", "fp8 compute"), ("unfrozen_parameters", "partly frozen full fine-tuning"),
+    ("tensor_parallel_size", "tensor parallelism from the trainer config"), ("context_parallel_size", "context parallelism"),
+)
+
+
+def read(m: Mapper, base_dir: Path) -> None:
+    base = m.get("base_model")
+    if isinstance(base, str) and base:
+        m.put("model", model_table(base, m.path, base_dir), "base_model")
+    adapter = str(m.get("adapter", "")).lower()
+    four, eight = m.get("load_in_4bit") is True, m.get("load_in_8bit") is True
+    if adapter in ("lora", "qlora"):
+        m.put("mode", "qlora" if adapter == "qlora" or four else "lora", "adapter")
+        rank = m.get("lora_r")
+        if rank is not None:
+            m.put("lora-rank", rank, "lora_r")
+        if m.get("lora_target_linear") is True:
+            m.put("lora-targets", "all-linear", "lora_target_linear")
+        elif isinstance(m.get("lora_target_modules"), list):
+            m.put("lora-targets", m.get("lora_target_modules"), "lora_target_modules")
+    elif adapter:
+        m.not_modelled(f"adapter = {adapter}", "priced as full fine-tuning")
+    else:
+        m.assume("mode", "train", f"{SCHEMA}: adapter None (full fine-tuning)")
+    if four and m.values.get("mode") == "qlora":
+        # axolotl's BitsAndBytesConfig: nf4 with double quant (src/axolotl/loaders/model.py, bnb_4bit_use_double_quant=True)
+        m.put("dtype", "nf4", "load_in_4bit")
+        m.put("double-quant", True, "load_in_4bit (axolotl sets bnb_4bit_use_double_quant=True)")
+    elif eight and m.values.get("mode") == "lora":
+        m.put("dtype", "int8", "load_in_8bit")
+    else:
+        hf_args.precision(m)
+    m.put("batch-size", m.get("micro_batch_size", 1), "micro_batch_size")
+    if "sequence_len" in m.data:
+        m.put("seq-len", m.get("sequence_len"), "sequence_len")
+    else:
+        m.assume("seq-len", 512, f"{SCHEMA}: sequence_len default 512")
+    if m.get("sample_packing") is True:  # packed rows are micro_batch_size x sequence_len tokens: the same peak
+        m.origins["seq-len"] += " (sample_packing: rows packed to it)"
+    hf_args.optimizer(m, "optimizer")
+    grad_ckpt = m.get("gradient_checkpointing")
+    if grad_ckpt in ("offload", "unsloth"):
+        m.put("gradient-checkpointing", True, "gradient_checkpointing")
+        m.put("activation-offload", True, f"gradient_checkpointing = {grad_ckpt}")
+    else:
+        hf_args.checkpointing(m)
+    attention = str(m.get("attention", "")).lower()
+    if m.get("eager_attention") is True or attention == "eager":
+        m.put("flash-attention", False, "eager_attention" if m.get("eager_attention") else "attention")
+    elif m.get("flash_attention") or m.get("sdp_attention") or m.get("flex_attention") or attention:
+        key = next(k for k in ("flash_attention", "sdp_attention", "flex_attention", "attention") if m.get(k))
+        m.put("flash-attention", True, key)
+    else:
+        m.assume("flash-attention", True, "transformers' default attn_implementation sdpa (no s x s scores kept)")
+    if m.get("liger_fused_linear_cross_entropy") is True or m.get("cut_cross_entropy") is True:
+        m.put("loss", "fused", "liger_fused_linear_cross_entropy" if m.get("liger_fused_linear_cross_entropy") else "cut_cross_entropy")
+    if m.get("liger_cross_entropy") is True:
+        m.not_modelled("liger_cross_entropy", "Liger's cross entropy without the fused linear")
+    hf_args.deepspeed(m, base_dir)
+    hf_args.fsdp(m)
+    for key, why in UNMODELLED:
+        if m.get(key) not in (None, False, [], 1):
+            m.not_modelled(key, why)
+    rl = str(m.get("rl", "")).lower()
+    if rl == "dpo":
+        m.put("recipe", "dpo", "rl")
+        if m.get("rl_beta") is not None:
+            m.put("beta", m.get("rl_beta"), "rl_beta")
+    elif rl == "grpo":
+        m.put("recipe", "grpo", "rl")
+        trl = m.get("trl") or {}
+        if isinstance(trl, dict) and trl.get("num_generations"):
+            m.put("num-generations", trl["num_generations"], "trl.num_generations")
+    elif rl:
+        m.not_modelled(f"rl = {rl}", "priced as supervised fine-tuning")

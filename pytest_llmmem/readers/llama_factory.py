@@ -1,0 +1,100 @@
+"""LLaMA-Factory YAML (``llamafactory-cli train x.yaml``): model_name_or_path, stage, finetuning_type,
+cutoff_len, plus transformers' TrainingArguments. Defaults cite src/llamafactory/hparams/
+(model_args.py, data_args.py, finetuning_args.py).
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from pathlib import Path
+
+from . import Mapper, hf_args, model_table
+
+HP = "LLaMA-Factory src/llamafactory/hparams"
+UNMODELLED = (
+    ("use_unsloth", "Unsloth kernels and offloaded checkpointing"), ("use_unsloth_gc", "Unsloth offloaded checkpointing"),
+    ("use_galore", "GaLore projected optimizer states"), ("use_badam", "BAdam block-wise updates"), ("use_apollo", "APOLLO optimizer"),
+    ("use_dora", "DoRA's magnitude vectors and extra activations"), ("pissa_init", "PiSSA initialisation"),
+    ("freeze_vision_tower", "multimodal towers"), ("additional_target", "fully trained extra modules beside the adapters"),
+    ("sequence_parallel_size", "sequence parallelism"), ("use_kt", "KTransformers CPU experts"),
+)
+_STAGES = {"sft": "sft", "pt": "sft", "dpo": "dpo", "ppo": "ppo", "rm": "reward"}
+
+
+def read(m: Mapper, base_dir: Path) -> None:
+    name = m.get("model_name_or_path")
+    if isinstance(name, str) and name:
+        m.put("model", model_table(name, m.path, base_dir), "model_name_or_path")
+    kind = str(m.get("finetuning_type", "lora")).lower()
+    bits = m.get("quantization_bit")
+    if kind == "lora":
+        if "finetuning_type" in m.data:
+            m.put("mode", "qlora" if bits == 4 else "lora", "finetuning_type")
+        else:
+            m.assume("mode", "qlora" if bits == 4 else "lora", f'{HP}/finetuning_args.py: finetuning_type "lora"')
+        if "lora_rank" in m.data:
+            m.put("lora-rank", m.get("lora_rank"), "lora_rank")
+        else:
+            m.assume("lora-rank", 8, f"{HP}/finetuning_args.py: lora_rank 8")
+        target = m.get("lora_target", "all")
+        value = "all-linear" if str(target).strip() == "all" else [t.strip() for t in str(target).split(",") if t.strip()]
+        if "lora_target" in m.data:
+            m.put("lora-targets", value, "lora_target")
+        else:
+            m.assume("lora-targets", value, f'{HP}/finetuning_args.py: lora_target "all"')
+    elif kind == "full":
+        m.put("mode", "train", "finetuning_type")
+    else:
+        m.put("mode", "train", "finetuning_type")
+        m.not_modelled(f"finetuning_type = {kind}", "priced as full fine-tuning")
+    if bits == 4:
+        quant_type = str(m.get("quantization_type", "nf4")).lower()  # model_args.py: quantization_type "nf4"
+        m.put("dtype", "nf4" if quant_type == "nf4" else "int4", "quantization_bit")
+        if m.get("double_quantization", True) is not False:  # model_args.py: double_quantization True
+            m.put("double-quant", True, "double_quantization (default True)")
+    elif bits == 8 and kind == "lora":
+        m.put("dtype", "int8", "quantization_bit")
+    elif bits is not None:
+        m.not_modelled(f"quantization_bit = {bits}", "priced as 16-bit weights")
+        hf_args.precision(m)
+    else:
+        hf_args.precision(m)
+    if "per_device_train_batch_size" in m.data:
+        m.put("batch-size", m.get("per_device_train_batch_size"), "per_device_train_batch_size")
+    else:
+        m.assume("batch-size", 8, "transformers/training_args.py: per_device_train_batch_size 8")
+    if "cutoff_len" in m.data:
+        m.put("seq-len", m.get("cutoff_len"), "cutoff_len")
+    else:
+        m.assume("seq-len", 2048, f"{HP}/data_args.py: cutoff_len 2048")
+    if m.get("packing") is True or m.get("neat_packing") is True:
+        m.origins["seq-len"] += " (packing: rows packed to it)"
+    hf_args.optimizer(m)
+    if m.get("disable_gradient_checkpointing") is True:
+        m.put("gradient-checkpointing", False, "disable_gradient_checkpointing")
+    else:  # LLaMA-Factory turns it on unless disabled (src/llamafactory/model/model_utils/checkpointing.py)
+        m.assume("gradient-checkpointing", True, f"{HP}/model_args.py: disable_gradient_checkpointing False")
+    attn = str(m.get("flash_attn", "auto")).lower()
+    if attn == "disabled":
+        m.put("flash-attention", False, "flash_attn")
+    elif "flash_attn" in m.data:
+        m.put("flash-attention", True, "flash_attn")
+    if m.get("enable_liger_kernel") is True:
+        m.put("loss", "fused", "enable_liger_kernel (fused linear cross entropy)")
+        m.not_modelled("enable_liger_kernel", "Liger RMSNorm/SwiGLU/RoPE kernels beside the fused loss")
+    hf_args.deepspeed(m, base_dir)
+    hf_args.fsdp(m)
+    for key, why in UNMODELLED:
+        if m.get(key) not in (None, False, [], 1):
+            m.not_modelled(key, why)
+    stage = str(m.get("stage", "sft")).lower()
+    if stage in _STAGES:
+        if _STAGES[stage] != "sft":
+            m.put("recipe", _STAGES[stage], "stage")
+    else:
+        m.not_modelled(f"stage = {stage}", "priced as supervised fine-tuning")
+    if stage == "dpo":
+        if "pref_beta" in m.data:
+            m.put("beta", m.get("pref_beta"), "pref_beta")
+        loss = str(m.get("pref_loss", "sigmoid")).lower()
+        if loss in ("orpo", "simpo"):
+            m.put("loss-type", loss, "pref_loss")

@@ -1,0 +1,105 @@
+"""torchtune recipe configs (``tune run <recipe> --config x.yaml``): ``_component_`` builders for the
+model, optimizer and loss; batch_size, dtype, enable_activation_checkpointing. Defaults cite the
+torchtune recipes (recipes/full_finetune_single_device.py, recipes/lora_finetune_single_device.py).
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List
+
+from . import Mapper
+
+RECIPE = "torchtune recipes/lora_finetune_single_device.py"
+# torchtune model builders -> the Hub checkpoint they load (torchtune/models/<family>/_model_builders.py).
+BUILDERS = {
+    "llama3_1_8b": "meta-llama/Llama-3.1-8B", "llama3_8b": "meta-llama/Llama-3.1-8B",
+    "llama3_1_70b": "meta-llama/Llama-3.1-70B", "llama3_2_1b": "meta-llama/Llama-3.2-1B", "llama3_2_3b": "meta-llama/Llama-3.2-3B",
+    "qwen3_8b": "Qwen/Qwen3-8B", "qwen3_0_6b": "Qwen/Qwen3-0.6B", "gemma2_9b": "google/gemma-2-9b",
+    "phi3_mini": "microsoft/Phi-3-mini-4k-instruct", "phi4_mini": "microsoft/Phi-4-mini-instruct",
+}
+# torchtune module names -> transformers' (torchtune/models/convert_weights.py _FROM_HF)
+_ATTN = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj"}
+_OPTIMIZERS = {
+    "torch.optim.AdamW": "adamw", "torch.optim.Adam": "adam", "torch.optim.SGD": "sgd",
+    "bitsandbytes.optim.PagedAdamW8bit": "paged-adamw-8bit", "bitsandbytes.optim.PagedAdamW": "paged-adamw",
+    "bitsandbytes.optim.AdamW8bit": "adamw-8bit", "torchao.optim.AdamW8bit": "adamw-8bit",
+}
+UNMODELLED = (("compile", "torch.compile"), ("enable_activation_offloading_cpu", "CPU offload streams"),
+              ("tensor_parallel_dim", "tensor parallelism"), ("context_parallel_dim", "context parallelism"))
+
+
+def _component(value: Any) -> str:
+    return str(value.get("_component_", "")) if isinstance(value, dict) else ""
+
+
+def read(m: Mapper, base_dir: Path) -> None:
+    model: Dict[str, Any] = m.get("model") or {}
+    builder = _component(model).rsplit(".", 1)[-1]
+    m.put("framework", "torchtune", "model._component_")
+    base = re.sub(r"^(q?lora)_", "", builder)
+    checkpoint_dir = (m.get("checkpointer") or {}).get("checkpoint_dir") if isinstance(m.get("checkpointer"), dict) else None
+    if isinstance(checkpoint_dir, str) and (Path(checkpoint_dir) / "config.json").is_file():
+        m.put("model", {"config": checkpoint_dir}, "checkpointer.checkpoint_dir")
+    elif base in BUILDERS:
+        m.put("model", {"id": BUILDERS[base]}, f"model._component_ ({builder})")
+    if builder.startswith("qlora_"):
+        m.put("mode", "qlora", "model._component_")
+        m.put("dtype", "nf4", "model._component_ (torchao NF4)")
+    elif builder.startswith("lora_"):
+        m.put("mode", "lora", "model._component_")
+    else:
+        m.put("mode", "train", "model._component_")
+    if builder.startswith(("lora_", "qlora_")):
+        if "lora_rank" in model:
+            m.put("lora-rank", model["lora_rank"], "model.lora_rank")
+        targets: List[str] = [_ATTN.get(t, t) for t in model.get("lora_attn_modules") or []]
+        if model.get("apply_lora_to_mlp") is True:
+            targets += ["gate_proj", "up_proj", "down_proj"]
+        if model.get("apply_lora_to_output") is True:
+            m.not_modelled("model.apply_lora_to_output", "a LoRA adapter on the output projection")
+        if targets:
+            m.put("lora-targets", list(dict.fromkeys(targets)), "model.lora_attn_modules / apply_lora_to_mlp")
+    dtype = str(m.get("dtype", "bf16")).lower()
+    if "dtype" not in m.values:
+        m.put("dtype", "fp32" if dtype in ("fp32", "float32") else "bf16", "dtype")
+        if dtype in ("fp32", "float32"):
+            m.values["precision"] = "pure"
+    m.put("batch-size", m.get("batch_size", 1), "batch_size")
+    tokenizer = m.get("tokenizer") or {}
+    seq = tokenizer.get("max_seq_len") if isinstance(tokenizer, dict) else None
+    if isinstance(seq, int):
+        m.put("seq-len", seq, "tokenizer.max_seq_len")
+    else:
+        m.not_modelled("tokenizer.max_seq_len = null", "rows are as long as the longest sample; set seq-len on the run")
+    opt = _component(m.get("optimizer"))
+    if opt in _OPTIMIZERS:
+        m.put("optimizer", _OPTIMIZERS[opt], "optimizer._component_")
+        options = m.get("optimizer") or {}
+        if options.get("fused") is True:
+            m.put("optimizer-impl", "fused", "optimizer.fused")
+        elif options.get("foreach") is False:
+            m.put("optimizer-impl", "for-loop", "optimizer.foreach")
+    elif opt:
+        m.not_modelled(f"optimizer._component_ = {opt}", "its states are priced as AdamW's")
+    loss = _component(m.get("loss"))
+    if loss.endswith("CEWithChunkedOutputLoss"):
+        m.put("loss", "chunked", "loss._component_")
+    elif loss.endswith("LinearCrossEntropyLoss"):
+        m.put("loss", "fused", "loss._component_ (output projection per chunk)")
+    elif loss.endswith("CrossEntropyLoss"):
+        m.put("loss", "upcast", "loss._component_")
+    if "enable_activation_checkpointing" in m.data:
+        m.put("gradient-checkpointing", m.get("enable_activation_checkpointing") is True, "enable_activation_checkpointing")
+    if m.get("enable_activation_offloading") is True:
+        m.put("activation-offload", True, "enable_activation_offloading")
+    if m.get("optimizer_in_bwd") is True:
+        m.put("optimizer-in-backward", True, "optimizer_in_bwd")
+    if any(k in m.data for k in ("fsdp_cpu_offload", "memory_efficient_fsdp_wrap", "fsdp_reshard_after_forward")):
+        m.put("fsdp", "full-shard", "fsdp_* keys (the distributed recipe shards with FSDP2 fully_shard)")
+        if m.get("fsdp_cpu_offload") is True:
+            m.put("offload", "optimizer+params", "fsdp_cpu_offload")
+    for key, why in UNMODELLED:
+        if m.get(key) not in (None, False):
+            m.not_modelled(key, why)

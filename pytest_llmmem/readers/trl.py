@@ -1,0 +1,103 @@
+"""TRL configs as the TRL CLI and ``accelerate launch`` take them (YAML or JSON): TrainingArguments +
+SFTConfig / DPOConfig / GRPOConfig + ModelConfig (model_name_or_path, use_peft, lora_r, load_in_4bit).
+Which trainer: num_generations means GRPO, max_prompt_length without it DPO, else SFT. Defaults cite
+trl/trainer/sft_config.py (its docstring lists where it differs from TrainingArguments),
+trl/trainer/dpo_config.py, trl/trainer/grpo_config.py and trl/trainer/model_config.py.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from pathlib import Path
+
+from . import Mapper, hf_args, model_table
+
+SFT = "trl/trainer/sft_config.py"
+MODEL = "trl/trainer/model_config.py"
+UNMODELLED = (
+    ("use_dora", "DoRA's magnitude vectors"), ("lora_modules_to_save", "fully trained modules beside the adapters"),
+    ("torch_compile", "torch.compile"), ("padding_free", "unpadded batches (fewer tokens than batch x length)"),
+)
+
+
+def read(m: Mapper, base_dir: Path) -> None:
+    name = m.get("model_name_or_path")
+    if isinstance(name, str) and name:
+        m.put("model", model_table(name, m.path, base_dir), "model_name_or_path")
+    recipe = "grpo" if "num_generations" in m.data else "dpo" if "max_prompt_length" in m.data or "beta" in m.data else "sft"
+    peft = m.get("use_peft") is True
+    four, eight = m.get("load_in_4bit") is True, m.get("load_in_8bit") is True
+    if peft:
+        m.put("mode", "qlora" if four else "lora", "use_peft")
+        if "lora_r" in m.data:
+            m.put("lora-rank", m.get("lora_r"), "lora_r")
+        else:
+            m.assume("lora-rank", 16, f"{MODEL}: lora_r 16")
+        targets = m.get("lora_target_modules")
+        if targets == "all-linear" or (isinstance(targets, list) and targets == ["all-linear"]):
+            m.put("lora-targets", "all-linear", "lora_target_modules")
+        elif isinstance(targets, list) and targets:
+            m.put("lora-targets", targets, "lora_target_modules")
+    else:
+        m.assume("mode", "train", f"{MODEL}: use_peft False")
+    if peft and four:
+        quant = str(m.get("bnb_4bit_quant_type", "nf4")).lower()  # model_config.py: bnb_4bit_quant_type "nf4"
+        m.put("dtype", "nf4" if quant == "nf4" else "int4", "load_in_4bit")
+        m.put("double-quant", m.get("use_bnb_nested_quant") is True, "use_bnb_nested_quant (default False)")
+    elif peft and eight:
+        m.put("dtype", "int8", "load_in_8bit")
+    elif m.get("fp16") is True:
+        m.put("dtype", "fp16", "fp16")
+    elif m.get("bf16") is False:
+        m.put("dtype", "fp32", "bf16")
+        m.values["precision"] = "pure"
+    elif "bf16" in m.data:
+        m.put("dtype", "bf16", "bf16")
+    else:
+        m.assume("dtype", "bf16", f"{SFT}: bf16 defaults to True when fp16 is not set")
+    if "per_device_train_batch_size" in m.data:
+        m.put("batch-size", m.get("per_device_train_batch_size"), "per_device_train_batch_size")
+    else:
+        m.assume("batch-size", 8, "transformers/training_args.py: per_device_train_batch_size 8")
+    if recipe == "sft":
+        if "max_length" in m.data and m.get("max_length") is not None:
+            m.put("seq-len", m.get("max_length"), "max_length")
+        else:
+            m.assume("seq-len", 1024, f"{SFT}: max_length 1024")
+        loss = m.get("loss_type")
+        if m.get("use_liger_kernel") is True:
+            m.put("loss", "fused", "use_liger_kernel")
+        elif loss == "chunked_nll":
+            m.put("loss", "fused", "loss_type")
+        elif loss is None:  # sft_config.py __post_init__: unset -> "chunked_nll" (lm_head on kept tokens, in chunks)
+            m.assume("loss", "fused", f'{SFT}: loss_type "chunked_nll"')
+    else:
+        m.put("recipe", recipe, "num_generations" if recipe == "grpo" else "max_prompt_length / beta")
+        for theirs, ours in (("beta", "beta"), ("max_prompt_length", "max-prompt-length"), ("num_generations", "num-generations"),
+                             ("max_completion_length", "max-completion-length"), ("max_length", "max-length")):
+            if m.get(theirs) is not None and (recipe == "dpo" or theirs != "max_length"):
+                if recipe == "grpo" and theirs == "max_length":
+                    continue
+                m.put(ours, m.get(theirs), theirs)
+        if recipe == "dpo" and m.get("loss_type") in ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down", "exo_pair", "aot", "aot_pair", "discopop"):
+            m.put("loss-type", m.get("loss_type"), "loss_type")
+        if recipe == "grpo" and m.get("use_vllm") is True:
+            m.put("generation", "vllm-colocate" if m.get("vllm_mode") == "colocate" else "vllm-server", "use_vllm / vllm_mode")
+    hf_args.optimizer(m)
+    if "gradient_checkpointing" in m.data:
+        hf_args.checkpointing(m)
+    else:
+        m.assume("gradient-checkpointing", True, f"{SFT}: gradient_checkpointing defaults to True")
+    if m.get("activation_offloading") is True:
+        m.put("activation-offload", True, "activation_offloading")
+    attn = str(m.get("attn_implementation", "")).lower()
+    if attn == "eager":
+        m.put("flash-attention", False, "attn_implementation")
+    elif attn:
+        m.put("flash-attention", True, "attn_implementation")
+    hf_args.deepspeed(m, base_dir)
+    hf_args.fsdp(m)
+    if isinstance(m.get("num_processes"), int):  # an accelerate config merged into the same file
+        m.put("gpus", m.get("num_processes"), "num_processes")
+    for key, why in UNMODELLED:
+        if m.get(key) not in (None, False, []):
+            m.not_modelled(key, why)

@@ -1,0 +1,32 @@
+"""from = "train.yaml" on a run: read the trainer's config (readers/) and lay the run's own keys over it.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from pathlib import Path
+from typing import Any, Dict, Set, Tuple
+
+from .errors import ConfigError
+from .keys import RUN_KEYS, TABLE, Context, Table, canonical
+
+
+def merged_run(raw: Dict[str, Any], index: int, ctx: Context) -> Tuple[Dict[str, Any], Any, Set[str]]:
+    """(the run's keys over the trainer config's, the Reading, the keys the run itself set)."""
+    from . import files, readers
+
+    name_hint = raw.get("name") if isinstance(raw.get("name"), str) else None
+    table = Table(raw, RUN_KEYS, ctx, f"{TABLE}.runs[{index}]", lambda key: ctx.locator.run_line(index, name_hint, key))
+    source = table.string("from")
+    fmt = table.choice("format", readers.FORMATS, "") if "format" in table else None
+    path = files.resolve(source if Path(source).is_absolute() else ctx.base_dir / source)
+    try:
+        reading = readers.read(path, fmt or None, ctx.base_dir)
+    except ConfigError as err:
+        if err.path and err.path != str(path):  # it names the trainer config (or the JSON it follows)
+            raise
+        raise table.fail("from", err.message.replace(f'"{path}"', f'"{source}"'), err.hint) from None
+    merged: Dict[str, Any] = dict(reading.values)
+    own = {canonical(str(key)) for key in raw} - {"from", "format"}
+    merged.update({canonical(str(key)): value for key, value in raw.items()})
+    merged.setdefault("name", Path(source).stem)
+    return merged, reading, own
