@@ -196,7 +196,7 @@ def _targets(args: argparse.Namespace) -> List[Any]:
     from .projects import find_pyproject, has_llmmem_table
 
     raws = list(args.paths or [])
-    jsons = {raw for raw in raws if Path(raw).suffix == ".json"}
+    jsons = {raw for raw in raws if Path(raw).suffix in (".json", ".yaml", ".yml")}  # model configs, trainer configs (from)
     index, root = None, None
     if args.hook or jsons:  # only then is the repository scanned (and repo_scan imported)
         from . import repo_scan
@@ -221,7 +221,7 @@ def _targets(args: argparse.Namespace) -> List[Any]:
             found = index.owners.get(repo_scan.resolve_config(os.getcwd(), raw), [])
             if not found and not args.hook:
                 raise ConfigError(f"no pyproject.toml with [tool.llmmem] in the repository at {shown_name(root, 200)} "
-                                  f"uses {shown_name(raw, 200)} as its model config.")
+                                  f"uses {shown_name(raw, 200)} as its model config" + (" or reads it with from." if not raw.endswith(".json") else "."))
             for owner in found:
                 add(None, Path(owner))
         else:

@@ -99,7 +99,23 @@ def model_config_refs(table: Dict[str, Any]) -> List[str]:
     if isinstance(runs, list):
         models += [run.get("model") for run in runs if isinstance(run, dict)]
     refs = [model.get("config") for model in models if isinstance(model, dict)]
+    if isinstance(runs, list):  # from = "train.yaml": the trainer config a run reads (readers/)
+        refs += [run.get("from") for run in runs if isinstance(run, dict)]
     return list(dict.fromkeys(ref for ref in refs if isinstance(ref, str) and ref and "\0" not in ref))
+
+
+def followed_files(trainer_config: str, folder: str) -> List[str]:
+    """The DeepSpeed JSON a trainer config names, as the reader looks for it: beside the config, then
+    beside the pyproject (a text scan: the hook does not import PyYAML to index a repository)."""
+    if not trainer_config.endswith((".yaml", ".yml", ".json")):
+        return []
+    from .readers import named_json_files
+
+    text = read_small_text(trainer_config)
+    found: List[str] = []
+    for name in named_json_files(text or ""):
+        found += [os.path.realpath(os.path.join(os.path.dirname(trainer_config), name)), os.path.realpath(os.path.join(folder, name))]
+    return list(dict.fromkeys(found))
 
 
 def resolve_config(folder: str, ref: str) -> str:
@@ -153,6 +169,9 @@ def index_projects(roots: Sequence[str], extra: Sequence[str] = ()) -> Index:
             owners.setdefault(target, []).append(pyproject)
             if not exists(target) and pyproject not in missing:
                 missing.append(pyproject)
+            for followed in followed_files(target, folder):
+                if pyproject not in owners.setdefault(followed, []):
+                    owners[followed].append(pyproject)
     return Index(owners, missing, complete)
 
 

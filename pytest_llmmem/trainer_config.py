@@ -20,7 +20,8 @@ def merged_run(raw: Dict[str, Any], index: int, ctx: Context) -> Tuple[Dict[str,
     fmt = table.choice("format", readers.FORMATS, "") if "format" in table else None
     path = files.resolve(source if Path(source).is_absolute() else ctx.base_dir / source)
     try:
-        reading = readers.read(path, fmt or None, ctx.base_dir)
+        recipe = raw.get("recipe") if isinstance(raw.get("recipe"), str) else ""
+        reading = readers.read(path, fmt or None, ctx.base_dir, recipe.lower())
     except ConfigError as err:
         if err.path and err.path != str(path):  # it names the trainer config (or the JSON it follows)
             raise

@@ -32,8 +32,9 @@ class Reading(NamedTuple):
 class Mapper:
     """Collects one reading: ``put`` a value read from the file, ``assume`` a trainer default."""
 
-    def __init__(self, fmt: str, path: Path, data: Dict[str, Any]) -> None:
+    def __init__(self, fmt: str, path: Path, data: Dict[str, Any], recipe: str = "") -> None:
         self.fmt, self.path, self.data = fmt, path, data
+        self.recipe = recipe  # the run's own recipe key, for configs that do not say which trainer
         self.values: Dict[str, Any] = {}
         self.origins: Dict[str, str] = {}
         self.skipped: List[str] = []
@@ -43,6 +44,12 @@ class Mapper:
         """A top-level key; YAML's empty value (``deepspeed:``) counts as absent."""
         value = self.data.get(key)
         return default if value is None else value
+
+    def is_set(self, key: str) -> bool:
+        """A switch that is on: not absent, false, empty or 1 (a parallel degree of 1 is no parallelism)."""
+        value = self.data.get(key)
+        return value is True or (isinstance(value, str) and value.lower() not in ("", "false", "none")) \
+            or (isinstance(value, (list, dict)) and bool(value)) or (type(value) is int and value > 1)
 
     def put(self, ours: str, value: Any, theirs: str, where: Optional[Path] = None) -> None:
         self.values[ours] = value
@@ -105,7 +112,7 @@ def detect(data: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def read(path: Path, fmt: Optional[str], base_dir: Path) -> Reading:
+def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "") -> Reading:
     """``path`` mapped to our run keys; ``fmt`` None means detect it."""
     data = load_document(path)
     if not isinstance(data, dict):
@@ -118,7 +125,7 @@ def read(path: Path, fmt: Optional[str], base_dir: Path) -> Reading:
     from . import axolotl, litgpt, llama_factory, torchtune, trl
 
     module = {"axolotl": axolotl, "llama-factory": llama_factory, "torchtune": torchtune, "trl": trl, "litgpt": litgpt}[fmt]
-    mapper = Mapper(fmt, path, data)
+    mapper = Mapper(fmt, path, data, recipe)
     module.read(mapper, base_dir)
     return mapper.reading()
 

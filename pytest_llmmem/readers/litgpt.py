@@ -33,7 +33,8 @@ def read(m: Mapper, base_dir: Path) -> None:
         else:
             m.assume("lora-rank", 8, f"{LORA}: lora_r 8")
         targets = [name for key, names in _SWITCHES if m.get(key, key in ("lora_query", "lora_value")) is True for name in names]
-        m.put("lora-targets", targets, "lora_query / lora_key / lora_value / lora_projection / lora_mlp")
+        every = len(targets) == 7  # all five switches: every linear of the block (names differ per family)
+        m.put("lora-targets", "all-linear" if every else targets, "lora_query / lora_key / lora_value / lora_projection / lora_mlp")
         if m.get("lora_head") is True:
             m.not_modelled("lora_head", "a LoRA adapter on the output head")
     else:

@@ -84,7 +84,7 @@ def read(m: Mapper, base_dir: Path) -> None:
     hf_args.deepspeed(m, base_dir)
     hf_args.fsdp(m)
     for key, why in UNMODELLED:
-        if m.get(key) not in (None, False, [], 1):
+        if m.is_set(key):
             m.not_modelled(key, why)
     stage = str(m.get("stage", "sft")).lower()
     if stage in _STAGES:

@@ -101,5 +101,5 @@ def read(m: Mapper, base_dir: Path) -> None:
         if m.get("fsdp_cpu_offload") is True:
             m.put("offload", "optimizer+params", "fsdp_cpu_offload")
     for key, why in UNMODELLED:
-        if m.get(key) not in (None, False):
+        if m.is_set(key):
             m.not_modelled(key, why)

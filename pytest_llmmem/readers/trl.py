@@ -13,6 +13,9 @@ from . import Mapper, hf_args, model_table
 
 SFT = "trl/trainer/sft_config.py"
 MODEL = "trl/trainer/model_config.py"
+# TRL's bundled accelerate profiles (docs/source/clis.md table; trl/accelerate_configs/*.yaml).
+ACCELERATE_PROFILES = {"zero1": ("zero-stage", 1), "zero2": ("zero-stage", 2), "zero3": ("zero-stage", 3),
+                       "fsdp1": ("fsdp", "full-shard"), "fsdp2": ("fsdp", "full-shard")}
 UNMODELLED = (
     ("use_dora", "DoRA's magnitude vectors"), ("lora_modules_to_save", "fully trained modules beside the adapters"),
     ("torch_compile", "torch.compile"), ("padding_free", "unpadded batches (fewer tokens than batch x length)"),
@@ -23,7 +26,8 @@ def read(m: Mapper, base_dir: Path) -> None:
     name = m.get("model_name_or_path")
     if isinstance(name, str) and name:
         m.put("model", model_table(name, m.path, base_dir), "model_name_or_path")
-    recipe = "grpo" if "num_generations" in m.data else "dpo" if "max_prompt_length" in m.data or "beta" in m.data else "sft"
+    # `trl dpo --config x.yaml` names the trainer on the command line: the run's recipe key says it
+    recipe = m.recipe or ("grpo" if "num_generations" in m.data else "dpo" if "max_prompt_length" in m.data or "beta" in m.data else "sft")
     peft = m.get("use_peft") is True
     four, eight = m.get("load_in_4bit") is True, m.get("load_in_8bit") is True
     if peft:
@@ -96,8 +100,14 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("flash-attention", True, "attn_implementation")
     hf_args.deepspeed(m, base_dir)
     hf_args.fsdp(m)
+    profile = str(m.get("accelerate_config", ""))
+    if profile in ACCELERATE_PROFILES:
+        key, value = ACCELERATE_PROFILES[profile]
+        m.put(key, value, f"accelerate_config = {profile} (trl/accelerate_configs/{profile}.yaml)")
+    elif profile:
+        m.not_modelled(f"accelerate_config = {profile}", "a custom accelerate config is not followed; give zero-stage or fsdp on the run")
     if isinstance(m.get("num_processes"), int):  # an accelerate config merged into the same file
         m.put("gpus", m.get("num_processes"), "num_processes")
     for key, why in UNMODELLED:
-        if m.get(key) not in (None, False, []):
+        if m.is_set(key):
             m.not_modelled(key, why)

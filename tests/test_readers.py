@@ -1,0 +1,205 @@
+"""from = "train.yaml": published example configs of each trainer (tests/data/trainer_configs/, each
+naming its source path) map to the runs a user of that trainer would declare by hand."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_llmmem import hub
+from pytest_llmmem.config import parse
+from pytest_llmmem.errors import ConfigError
+
+pytest.importorskip("yaml")
+DATA = Path(__file__).parent / "data" / "trainer_configs"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+LLAMA = hub.BUNDLED / "meta-llama--Llama-3.1-8B" / "config.json"
+QWEN = hub.BUNDLED / "Qwen--Qwen3-0.6B" / "config.json"
+# Ids the examples name that are not bundled: a cache entry with a bundled config of the same family as
+# a shape stand-in (these tests check the mapping, not the model's size).
+CACHED = {
+    "NousResearch/Meta-Llama-3-8B": LLAMA, "meta-llama/Meta-Llama-3-8B": LLAMA, "NousResearch/Meta-Llama-3.1-8B": LLAMA,
+    "meta-llama/Meta-Llama-3-8B-Instruct": LLAMA, "Qwen/Qwen3-4B-Instruct-2507": QWEN, "Qwen/Qwen2.5-0.5B": QWEN,
+}
+ALL7 = ["q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "hub"
+    for model_id, config in CACHED.items():
+        repo = root / ("models--" + model_id.replace("/", "--"))
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(COMMIT)
+        (repo / "snapshots" / COMMIT).mkdir(parents=True)
+        shutil.copy(config, repo / "snapshots" / COMMIT / "config.json")
+    monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    return root
+
+
+def _run(relpath: str, extra: str = "", tmp: Path = None):
+    text = f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{DATA / relpath}"\n{extra}'
+    return parse(text, base_dir=tmp or DATA).runs[0]
+
+
+# (fixture, model id, expected run fields, expected knobs, not-modelled keys). Each figure is the example's
+# own value or the trainer default the reader cites (see pytest_llmmem/readers/<format>.py).
+CASES = [
+    ("axolotl/lora-8b.yml", "NousResearch/Meta-Llama-3-8B",
+     dict(mode="lora", dtype="int8", lora_rank=32, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
+          optimizer="adamw-8bit", gradient_checkpointing=True, flash_attention=True), {}, ["lora_modules_to_save"]),
+    ("axolotl/qlora.yml", "NousResearch/Meta-Llama-3-8B",
+     dict(mode="qlora", dtype="nf4", lora_rank=32, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
+          optimizer="paged-adamw", gradient_checkpointing=True), {"double_quant": True}, []),
+    ("axolotl/fft-8b.yaml", "meta-llama/Meta-Llama-3-8B",
+     dict(mode="train", dtype="bf16", batch_size=1, seq_len=8192, optimizer="paged-adamw-8bit", gradient_checkpointing=True), {}, []),
+    ("axolotl/fft-8b-liger-fsdp.yaml", "NousResearch/Meta-Llama-3.1-8B",
+     dict(mode="train", dtype="bf16", batch_size=2, seq_len=4096, optimizer="adamw", fsdp="full-shard", offload="optimizer+params",
+          gradient_checkpointing=True), {"loss": "fused", "optimizer_impl": "fused"}, ["liger_rms_norm", "liger_glu_activation", "liger_rope"]),
+    ("llama-factory/llama3_lora_sft_ds3.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
+     dict(mode="lora", dtype="bf16", lora_rank=8, lora_targets=("all-linear",), batch_size=1, seq_len=2048, zero_stage=3,
+          gradient_checkpointing=True, optimizer="adamw"), {}, []),
+    ("llama-factory/llama3_lora_dpo.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
+     dict(mode="lora", dtype="bf16", lora_rank=8, batch_size=1, seq_len=2048), {}, []),
+    ("llama-factory/qwen3_lora_sft.yaml", "Qwen/Qwen3-4B-Instruct-2507",
+     dict(mode="lora", dtype="bf16", lora_rank=8, lora_targets=("all-linear",), batch_size=1, seq_len=2048), {}, []),
+    ("llama-factory/llama3_lora_sft_otfq.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
+     dict(mode="qlora", dtype="nf4", lora_rank=8, batch_size=1, seq_len=2048), {"double_quant": True}, []),
+    ("torchtune/8B_qlora_single_device.yaml", "meta-llama/Llama-3.1-8B",
+     dict(mode="qlora", dtype="nf4", lora_rank=8, lora_targets=tuple(ALL7), batch_size=2, optimizer="adamw", gradient_checkpointing=True),
+     {"framework": "torchtune", "loss": "chunked", "optimizer_impl": "fused"}, ["tokenizer.max_seq_len"]),
+    ("torchtune/8B_lora.yaml", "meta-llama/Llama-3.1-8B",
+     dict(mode="lora", dtype="bf16", lora_rank=8, lora_targets=("q_proj", "v_proj"), batch_size=2, gradient_checkpointing=False),
+     {"framework": "torchtune", "loss": "chunked", "optimizer_impl": "fused"}, ["tokenizer.max_seq_len"]),
+    ("torchtune/8B_full.yaml", "meta-llama/Llama-3.1-8B",
+     dict(mode="train", dtype="bf16", batch_size=2, fsdp="full-shard", gradient_checkpointing=True, optimizer="adamw"),
+     {"framework": "torchtune", "loss": "upcast", "optimizer_impl": "for-loop"}, ["tokenizer.max_seq_len"]),
+    ("torchtune/8B_full_single_device.yaml", "meta-llama/Llama-3.1-8B",
+     dict(mode="train", dtype="bf16", batch_size=2, optimizer="paged-adamw-8bit", gradient_checkpointing=True),
+     {"framework": "torchtune", "loss": "fused", "optimizer_in_backward": True}, ["tokenizer.max_seq_len"]),
+    ("trl/example_config.yaml", "Qwen/Qwen2.5-0.5B",
+     dict(mode="train", dtype="bf16", batch_size=8, seq_len=1024, gradient_checkpointing=True, optimizer="adamw"), {"loss": "fused"}, []),
+    ("trl/sft_config_num_processes.yaml", "Qwen/Qwen2.5-0.5B", dict(mode="train", batch_size=8, seq_len=1024, gpus=4), {}, []),
+    ("trl/sft_config_zero2.yaml", "Qwen/Qwen2.5-0.5B", dict(mode="train", batch_size=8, zero_stage=2), {}, []),
+    ("litgpt/llama-3-8b-lora.yaml", "meta-llama/Meta-Llama-3-8B",
+     dict(mode="lora", dtype="bf16", lora_rank=32, lora_targets=("q_proj", "v_proj"), batch_size=1, seq_len=512, optimizer="adamw"),
+     {"framework": "litgpt"}, []),
+    ("litgpt/llama-3-8b-qlora.yaml", "meta-llama/Meta-Llama-3-8B",
+     dict(mode="qlora", dtype="nf4", lora_rank=32, batch_size=2, seq_len=512), {"framework": "litgpt", "double_quant": False}, []),
+    ("litgpt/llama-3-8b-full.yaml", "meta-llama/Meta-Llama-3-8B",
+     dict(mode="train", dtype="bf16", batch_size=4, seq_len=512, gpus=4, fsdp="full-shard"), {"framework": "litgpt"}, []),
+    ("litgpt/phi-3-lora.yaml", "microsoft/Phi-3-mini-4k-instruct",
+     dict(mode="lora", lora_rank=8, lora_targets=("all-linear",), batch_size=4, seq_len=512), {"framework": "litgpt"}, ["lora_head"]),
+]
+
+
+@pytest.mark.parametrize("relpath, model_id, fields, knobs, skipped", CASES, ids=[c[0] for c in CASES])
+def test_published_example_maps_to_its_run(relpath, model_id, fields, knobs, skipped):
+    run = _run(relpath)
+    assert run.model.source.endswith("config.json")
+    assert model_id.replace("/", "--") in run.model.source
+    for field, expected in fields.items():
+        value = getattr(run, field)
+        value = getattr(value, "name", value)  # DType / Optimizer -> its name
+        assert value == expected, (field, value)
+    for knob, expected in knobs.items():
+        assert getattr(run.knobs, knob) == expected, (knob, getattr(run.knobs, knob))
+    for key in skipped:
+        assert any(key in reason for reason in run.not_modelled), run.not_modelled
+    if not skipped:
+        assert run.not_modelled == ()
+    assert run.reads[0] == str(DATA / relpath)
+
+
+def test_every_format_has_four_examples():
+    assert {p.name: len(list(p.glob("*.y*ml"))) for p in DATA.iterdir() if p.is_dir()} == {
+        "axolotl": 4, "llama-factory": 4, "torchtune": 4, "trl": 4, "litgpt": 4}
+
+
+def test_trl_dpo_config_takes_the_recipe_from_the_run():
+    """`trl dpo --config dpo_config.yaml`: the command names the trainer, so the run says recipe = "dpo"."""
+    run = _run("trl/dpo_config_num_processes.yaml", 'recipe = "dpo"\n')
+    assert (run.recipe.name, run.gpus, run.batch_size) == ("dpo", 4, 8)
+
+
+def test_run_keys_override_the_file_and_the_report_says_where_each_came_from(run_cli, tmp_path):
+    run = _run("axolotl/qlora.yml", "batch-size = 8\n")
+    origins = dict(run.settings_from)
+    assert run.batch_size == 8 and origins["batch-size"].endswith("(the run)")
+    assert origins["seq-len"] == "qlora.yml: sequence_len (sample_packing: rows packed to it)"
+    assert origins["optimizer"] == "qlora.yml: optimizer"
+    (tmp_path / "pyproject.toml").write_text(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{DATA / "axolotl/lora-8b.yml"}"\n')
+    code, out, err = run_cli("check", tmp_path / "pyproject.toml")
+    assert "settings from:" in out and "lora-8b.yml: micro_batch_size" in out, err
+    assert "partial: lora-8b.yml: lora_modules_to_save" in out  # a memory-relevant key not modelled: partial verdict
+    assert "FITS (partial)" in out or "OVER (partial)" in out
+
+
+def test_deepspeed_json_is_followed_and_offload_read(tmp_path):
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"},
+                                                                       "offload_param": {"device": "cpu"}}, "train_micro_batch_size_per_gpu": 4}))
+    (tmp_path / "t.yaml").write_text("model_name_or_path: meta-llama/Llama-3.1-8B\nstage: sft\nfinetuning_type: full\ndeepspeed: ds.json\nbf16: true\n")
+    run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "t.yaml"\ngpus = 8\n', base_dir=tmp_path).runs[0]
+    assert (run.zero_stage, run.offload, run.batch_size, run.gpus) == (3, "optimizer+params", 4, 8)
+    assert run.reads == (str(tmp_path / "t.yaml"), str(tmp_path / "ds.json"))
+    assert dict(run.settings_from)["zero-stage"] == "ds.json: zero_optimization.stage"
+
+
+def test_bad_trainer_configs_are_one_clear_error(tmp_path):
+    cases = {
+        "missing.yaml": None,
+        "bad.yaml": "base_model: [unclosed\n",
+        "list.yaml": "- a\n- b\n",
+        "unknown.yaml": "foo: 1\n",
+        "code.yaml": "base_model: !!python/object/apply:os.system ['echo hi']\n",
+    }
+    for name, text in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as err:
+            parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{name}"\n', base_dir=tmp_path)
+        assert "\n" not in str(err.value)
+    (tmp_path / "ds.yaml").write_text("base_model: meta-llama/Llama-3.1-8B\nmicro_batch_size: 1\ndeepspeed: nowhere.json\n")
+    with pytest.raises(ConfigError, match="nowhere.json\" does not exist"):
+        parse('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "ds.yaml"\n', base_dir=tmp_path)
+    (tmp_path / "neg.yaml").write_text("base_model: meta-llama/Llama-3.1-8B\nmicro_batch_size: -2\n")
+    with pytest.raises(ConfigError, match=r"read from neg.yaml: micro_batch_size"):
+        parse('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "neg.yaml"\n', base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="not valid"):
+        parse('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "neg.yaml"\nformat = "axolotol"\n', base_dir=tmp_path)
+
+
+TINYLLAMA = ('{"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 22, "num_attention_heads": 32, '
+             '"num_key_value_heads": 4, "intermediate_size": 5632, "vocab_size": 32000}')
+AXOLOTL = "base_model: ../model\nadapter: lora\nlora_r: 8\nsequence_len: 1024\nmicro_batch_size: {mb}\ngradient_checkpointing: true\ndeepspeed: ds.json\n"
+
+
+def test_hook_rechecks_the_runs_that_read_a_changed_yaml_or_its_deepspeed_json(tmp_path, monkeypatch, run_cli):
+    """Acceptance: an axolotl YAML whose micro_batch_size grows makes the hook re-check and fail."""
+    import subprocess
+
+    from tests.test_hook_scan import GIT_ENV, HOOK
+
+    root = tmp_path / "repo"
+    (root / "model").mkdir(parents=True)
+    (root / "model" / "config.json").write_text(TINYLLAMA)
+    (root / "train").mkdir()
+    (root / "train" / "lora.yml").write_text(AXOLOTL.format(mb=1))
+    (root / "train" / "ds.json").write_text('{"zero_optimization": {"stage": 0}}')
+    (root / "pyproject.toml").write_text('[tool.llmmem]\ngpu-memory = "12 GiB"\n[[tool.llmmem.runs]]\nname = "sft"\nfrom = "train/lora.yml"\n')
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=GIT_ENV)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    import re
+
+    assert re.search(HOOK["files"], "train/lora.yml") and re.search(HOOK["files"], "train/ds.json")
+    code, out, err = run_cli("check", "--hook", "train/lora.yml")
+    assert code == 0 and "llmmem pyproject.toml: 1 of 1 runs fit." in out, out + err
+    code, out, err = run_cli("check", "--hook", "train/ds.json")  # the DeepSpeed JSON it names: same owner
+    assert code == 0 and "1 of 1 runs fit" in out, out + err
+    (root / "train" / "lora.yml").write_text(AXOLOTL.format(mb=64))
+    code, out, err = run_cli("check", "--hook", "train/lora.yml")
+    assert code == 1 and "0 of 1 runs fit; over budget: sft." in out, out + err
+    code, out, err = run_cli("check", "--hook", "unrelated.yaml")  # a YAML no run reads checks nothing
+    assert code == 0 and "nothing to check" in out, out + err
