@@ -98,6 +98,11 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
     a, kv, d = attn.heads, attn.kv_heads, attn.head_dim
     shared = _consumer_input(arch, [lin[r].name for r in ("qkv", "q", "k", "v") if r in lin], tokens, arch.hidden_size, act, t, p.amp)
     kept = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
+    rotary = not fam.learned_positions and arch.rotary_dim != 0
+    if "qkv" in lin and rotary and ((p.flash and fam.sdpa) or kv == a):
+        # A fused projection (phi3 qkv_proj, Falcon, GPT-NeoX): rotary makes new q and k, but v stays a
+        # view of the whole q+k+v output, which the kernel (or, without GQA, attn @ V) keeps alive.
+        kept += tokens * (a + kv) * d * act
     if attn.qk_norm:
         # q/k RMSNorms (Qwen3, Gemma 3: per head; OLMo 2: over the projection) keep their fp32 input,
         # the normalised tensor when the weight trains, and one rsqrt per row.
