@@ -39,6 +39,11 @@ PENDING: Dict[str, str] = {
     "jamba-lora-bf16": "adapters counted on the routed experts (3D params PEFT does not wrap): grads/states +107 %; plus the frozen-expert copy (see board)",
     "gemma3-train-bf16": "text-only step: the vision tower (40.3 M params in the cut) gets no .grad and AdamW keeps no state for it; the estimate trains every parameter (+7.1 %)",
     "gemma3-train-fp32": "text-only step: no grads/AdamW states for the unused vision tower (+7.1 %)",
+    "mamba-train-bf16": "MambaForCausalLM returns fp32 logits in a bf16 model: lm_head(...).float() (modeling_mamba.py:794): b·s·V·4",
+    "mamba-lora-bf16": "fp32 logits (modeling_mamba.py:794); estimate also adapts dt_proj, which PEFT leaves alone on Mamba (adapters +29 %)",
+    "mamba-inference-bf16": "MambaForCausalLM returns fp32 logits (modeling_mamba.py:794)",
+    "phi3-phi4-mini-train-bf16": "fused qkv_proj keeps the whole (q+k+v) output alive through v (as phi3); partial rotary",
+    "phi3-phi4-mini-train-fp32": "fused qkv_proj keeps the whole (q+k+v) output alive through v (as phi3)",
 }
 
 
