@@ -42,8 +42,7 @@ PENDING: Dict[str, str] = {
     "mamba-train-bf16": "MambaForCausalLM returns fp32 logits in a bf16 model: lm_head(...).float() (modeling_mamba.py:794): b·s·V·4",
     "mamba-lora-bf16": "fp32 logits (modeling_mamba.py:794); estimate also adapts dt_proj, which PEFT leaves alone on Mamba (adapters +29 %)",
     "mamba-inference-bf16": "MambaForCausalLM returns fp32 logits (modeling_mamba.py:794)",
-    "phi3-phi4-mini-train-bf16": "fused qkv_proj keeps the whole (q+k+v) output alive through v (as phi3); partial rotary",
-    "phi3-phi4-mini-train-fp32": "fused qkv_proj keeps the whole (q+k+v) output alive through v (as phi3)",
+    "deepseek_v3-lora-bf16": "LoRA with frozen 3D routed experts: autograd saves a contiguous transposed copy of every routed expert weight (integrations/moe.py _grouped_linear); adapters +5.5 % (see board)",
 }
 
 
