@@ -29,7 +29,8 @@ def builtin_families() -> List[Family]:
         LLAMA,
         LLAMA._replace(name="mistral", attention_bias="", doc="mistralai/Mistral-7B-v0.1"),
         LLAMA._replace(name="mixtral", attention_bias="", names=_MOE_NAMES, doc="mistralai/Mixtral-8x7B-v0.1"),
-        LLAMA._replace(name="qwen2", qkv_bias=True, attention_bias="", sliding="qwen", aliases=("qwen2.5", "qwen"), doc="Qwen/Qwen2.5-0.5B"),
+        LLAMA._replace(name="qwen2", qkv_bias=True, attention_bias="", sliding="qwen", aliases=("qwen2.5",), doc="Qwen/Qwen2.5-0.5B"),
+        # No "qwen" alias: model_type "qwen" is Qwen-1's remote-code model (fused c_attn), another count.
         LLAMA._replace(name="qwen2_moe", lora_targets=(), qkv_bias=True, attention_bias="", sliding="qwen", moe_layers="sparse-step",
                        names=_MOE_NAMES + (("shared", "shared_expert"),), doc="Qwen/Qwen1.5-MoE-A2.7B"),
         LLAMA._replace(name="qwen3", qk_norm="head", sliding="qwen", doc="Qwen/Qwen3-8B"),

@@ -66,6 +66,12 @@ def test_families_are_their_own_not_aliases(name, expected):
     assert family(name).name == expected
 
 
+def test_qwen1_model_type_is_not_read_as_qwen2(tmp_path):
+    # Qwen-1 (model_type "qwen", remote code, fused c_attn) counts differently: no alias may claim it exact.
+    est = estimate(_run(tmp_path, {**SMALL, "model_type": "qwen"}))
+    assert est.approximate and "not a known family" in est.approximate[0]
+
+
 def test_unknown_toml_family_suggests_a_real_spelling():
     with pytest.raises(ConfigError, match='Did you mean "gpt_oss"'):
         family("gpt_osss")
