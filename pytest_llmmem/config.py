@@ -154,6 +154,23 @@ def _headroom(table: Table) -> Tuple[int, Optional[float]]:
     return table.size("headroom", allow_zero=True), None
 
 
+def _checkpoint_dtype(table: Table, ctx: Context, mode: str, model: Any, model_raw: Any, dtype: Any) -> Tuple[Any, Tuple[Tuple[str, str], ...]]:
+    """A model named by Hub id whose config.json declares a quantised checkpoint (quantization_config)
+    serves in that format when the run gives no dtype; training modes keep their own defaults (a
+    trainer dequantises or quantises on load as its config says)."""
+    if "dtype" in table or mode != "inference" or not isinstance(model, Architecture) or not isinstance(model_raw, dict) or "id" not in model_raw:
+        return dtype, ()
+    from .hub import checkpoint_format
+
+    try:
+        fmt = checkpoint_format(ctx.read_json(Path(model.source)))
+    except (OSError, ValueError):
+        return dtype, ()
+    if not fmt:
+        return dtype, ()
+    return ctx.catalog.dtype(fmt), (("dtype", f"{Path(model.source).name}: quantization_config ({fmt})"),)
+
+
 def _model_shorthand(value: Any) -> Any:
     """model = "org/name" is [model] id = "org/name": a Hugging Face Hub id (hub.py)."""
     return {"id": value} if isinstance(value, str) else value
@@ -179,7 +196,8 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
             raise ConfigError(f"{err.message} (read from {reading.origins[leaf]})", path=err.path, key=err.key, line=err.line,
                               hint=err.hint) from None
         raise
-    origins = dict(reading.origins)
+    origins = dict(run.settings_from)
+    origins.update(reading.origins)
     origins.update({key: f"{shown_name(ctx.path, 80)} (the run)" for key in own if key in origins})
     return run._replace(settings_from=tuple(sorted(origins.items())), not_modelled=reading.not_modelled,
                         reads=(reading.path,) + reading.follows)
@@ -266,6 +284,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
             names = model.module_names()
             raise table.fail("mode", f'PEFT has no default LoRA targets for {model.family.name} models; say which linears to adapt.',
                              hint=f'Add lora-targets = [...] from {one_of(names)}, or "all-linear".')
+    dtype, quant_origin = _checkpoint_dtype(table, ctx, mode, model, model_raw, dtype)
     serving, seq_len = serving_fields(table, name, mode, model, table.integer("seq-len"))
     context = model.max_context or (model.max_positions if model.family.learned_positions else 0) if isinstance(model, Architecture) else 0
     if seq_len and context and seq_len > context:
@@ -311,6 +330,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         recipe=recipe,
         file=ctx.path,
         line=line,
+        settings_from=quant_origin,
         **serving,
     )
 

@@ -141,6 +141,20 @@ def _header(path: Path) -> Optional[Dict[str, Any]]:
     return header if isinstance(header, dict) else None
 
 
+def checkpoint_format(config: Any) -> Optional[str]:
+    """The weight format a quantised checkpoint's config.json declares (its quantization_config, read by
+    from_pretrained: transformers/utils/quantization_config.py QuantizationMethod), as our dtype name."""
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(quant, dict):
+        return None
+    method = str(quant.get("quant_method", "")).lower()
+    if method == "bitsandbytes":
+        if quant.get("load_in_4bit") is True:
+            return "nf4" if str(quant.get("bnb_4bit_quant_type", "fp4")).lower() == "nf4" else "int4"  # BitsAndBytesConfig default fp4
+        return "int8" if quant.get("load_in_8bit") is True else None
+    return {"fp8": "fp8", "fbgemm_fp8": "fp8", "mxfp4": "mxfp4"}.get(method)
+
+
 def download(model_id: str, revision: Optional[str]) -> Resolved:
     """config.json through huggingface_hub (the optional extra), into the standard cache; HF_TOKEN
     is read by huggingface_hub itself (huggingface_hub/utils/_auth.py get_token)."""

@@ -139,3 +139,18 @@ def test_every_bundled_config_reads():
         arch = from_hf_config(json.loads((hub.BUNDLED / entry["folder"] / "config.json").read_text()), source=model_id)
         assert arch.family.name == entry["family"], model_id
         assert entry["source"]
+
+
+def test_quantization_config_sets_the_served_weight_format(cache):
+    """A bitsandbytes 4-bit checkpoint (quantization_config as from_pretrained writes it) serves in nf4
+    unless the run says otherwise; training keeps its own default."""
+    quant = dict(TINY, quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"})
+    _snapshot(cache, "org/tiny-bnb", COMMIT, quant)
+    text = ('[tool.llmmem]\ngpu = "H100-80GB"\nmodel = "org/tiny-bnb"\n[[tool.llmmem.runs]]\nname = "a"\nmode = "inference"\n'
+            '[[tool.llmmem.runs]]\nname = "b"\nmode = "inference"\ndtype = "bf16"\n[[tool.llmmem.runs]]\nname = "c"\nmode = "lora"\n')
+    a, b, c = parse(text).runs
+    assert (a.dtype.name, b.dtype.name, c.dtype.name) == ("nf4", "bf16", "bf16")
+    assert dict(a.settings_from)["dtype"] == "config.json: quantization_config (nf4)"
+    assert hub.checkpoint_format({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}) == "int4"  # BitsAndBytesConfig default fp4
+    assert hub.checkpoint_format({"quantization_config": {"quant_method": "fp8"}}) == "fp8"
+    assert hub.checkpoint_format({"torch_dtype": "bfloat16"}) is None
