@@ -203,3 +203,15 @@ def test_hook_rechecks_the_runs_that_read_a_changed_yaml_or_its_deepspeed_json(t
     assert code == 1 and "0 of 1 runs fit; over budget: sft." in out, out + err
     code, out, err = run_cli("check", "--hook", "unrelated.yaml")  # a YAML no run reads checks nothing
     assert code == 0 and "nothing to check" in out, out + err
+
+
+def test_without_pyyaml_the_error_says_how_to_install_it(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml -> ImportError
+    (tmp_path / "t.yaml").write_text("base_model: meta-llama/Llama-3.1-8B\nmicro_batch_size: 1\n")
+    with pytest.raises(ConfigError, match=r'needs PyYAML.*pytest-llmmem\[yaml\]'):
+        parse('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "t.yaml"\n', base_dir=tmp_path)
+    (tmp_path / "t.json").write_text('{"model_name_or_path": "meta-llama/Llama-3.1-8B", "per_device_train_batch_size": 2}')
+    run = parse('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "t.json"\n', base_dir=tmp_path).runs[0]
+    assert (run.batch_size, run.name) == (2, "t")  # TRL JSON needs no PyYAML; the run is named after the file
