@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import Mapper, hf_args, model_table
 
-SCHEMA = "axolotl src/axolotl/utils/schemas/config.py"
+SCHEMA = "axolotl src/axolotl/utils/schemas/config.py"  # @ 067b021c8b87: sequence_len :665, gradient_checkpointing :600
 # Memory-relevant keys this tool does not model: (key, what it changes).
 UNMODELLED = (
     ("lora_modules_to_save", "fully trained embed_tokens / lm_head beside the adapters"),
@@ -41,7 +41,7 @@ def read(m: Mapper, base_dir: Path) -> None:
     else:
         m.assume("mode", "train", f"{SCHEMA}: adapter None (full fine-tuning)")
     if four and m.values.get("mode") == "qlora":
-        # axolotl's BitsAndBytesConfig: nf4 with double quant (src/axolotl/loaders/model.py, bnb_4bit_use_double_quant=True)
+        # axolotl's BitsAndBytesConfig: nf4 with double quant (src/axolotl/loaders/model.py:718-719 @ 067b021c8b87)
         m.put("dtype", "nf4", "load_in_4bit")
         m.put("double-quant", True, "load_in_4bit (axolotl sets bnb_4bit_use_double_quant=True)")
     elif eight and m.values.get("mode") == "lora":
@@ -57,7 +57,7 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.origins["seq-len"] += " (sample_packing: rows packed to it)"
     hf_args.optimizer(m, "optimizer")
     grad_ckpt = m.get("gradient_checkpointing")
-    if grad_ckpt in ("offload", "unsloth"):
+    if grad_ckpt in ("offload", "offload_disk", "unsloth"):  # activations checkpointed to host (or disk)
         m.put("gradient-checkpointing", True, "gradient_checkpointing")
         m.put("activation-offload", True, f"gradient_checkpointing = {grad_ckpt}")
     else:

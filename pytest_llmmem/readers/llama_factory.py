@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import Mapper, hf_args, model_table
 
-HP = "LLaMA-Factory src/llamafactory/hparams"
+HP = "LLaMA-Factory src/llamafactory/hparams"  # line numbers below: LLaMA-Factory @ ff6d4d12e
 UNMODELLED = (
     ("use_unsloth", "Unsloth kernels and offloaded checkpointing"), ("use_unsloth_gc", "Unsloth offloaded checkpointing"),
     ("use_galore", "GaLore projected optimizer states"), ("use_badam", "BAdam block-wise updates"), ("use_apollo", "APOLLO optimizer"),
@@ -30,26 +30,26 @@ def read(m: Mapper, base_dir: Path) -> None:
         if "finetuning_type" in m.data:
             m.put("mode", "qlora" if bits == 4 else "lora", "finetuning_type")
         else:
-            m.assume("mode", "qlora" if bits == 4 else "lora", f'{HP}/finetuning_args.py: finetuning_type "lora"')
+            m.assume("mode", "qlora" if bits == 4 else "lora", f'{HP}/finetuning_args.py:464: finetuning_type "lora"')
         if "lora_rank" in m.data:
             m.put("lora-rank", m.get("lora_rank"), "lora_rank")
         else:
-            m.assume("lora-rank", 8, f"{HP}/finetuning_args.py: lora_rank 8")
+            m.assume("lora-rank", 8, f"{HP}/finetuning_args.py:77: lora_rank 8")
         target = m.get("lora_target", "all")
         value = "all-linear" if str(target).strip() == "all" else [t.strip() for t in str(target).split(",") if t.strip()]
         if "lora_target" in m.data:
             m.put("lora-targets", value, "lora_target")
         else:
-            m.assume("lora-targets", value, f'{HP}/finetuning_args.py: lora_target "all"')
+            m.assume("lora-targets", value, f'{HP}/finetuning_args.py:81: lora_target "all"')
     elif kind == "full":
         m.put("mode", "train", "finetuning_type")
     else:
         m.put("mode", "train", "finetuning_type")
         m.not_modelled(f"finetuning_type = {kind}", "priced as full fine-tuning")
     if bits == 4:
-        quant_type = str(m.get("quantization_type", "nf4")).lower()  # model_args.py: quantization_type "nf4"
+        quant_type = str(m.get("quantization_type", "nf4")).lower()  # model_args.py:287: quantization_type "nf4"
         m.put("dtype", "nf4" if quant_type == "nf4" else "int4", "quantization_bit")
-        if m.get("double_quantization", True) is not False:  # model_args.py: double_quantization True
+        if m.get("double_quantization", True) is not False:  # model_args.py:291: double_quantization True
             m.put("double-quant", True, "double_quantization (default True)")
     elif bits == 8 and kind == "lora":
         m.put("dtype", "int8", "quantization_bit")
@@ -65,14 +65,14 @@ def read(m: Mapper, base_dir: Path) -> None:
     if "cutoff_len" in m.data:
         m.put("seq-len", m.get("cutoff_len"), "cutoff_len")
     else:
-        m.assume("seq-len", 2048, f"{HP}/data_args.py: cutoff_len 2048")
+        m.assume("seq-len", 2048, f"{HP}/data_args.py:46: cutoff_len 2048")
     if m.get("packing") is True or m.get("neat_packing") is True:
         m.origins["seq-len"] += " (packing: rows packed to it)"
     hf_args.optimizer(m)
     if m.get("disable_gradient_checkpointing") is True:
         m.put("gradient-checkpointing", False, "disable_gradient_checkpointing")
     else:  # LLaMA-Factory turns it on unless disabled (src/llamafactory/model/model_utils/checkpointing.py)
-        m.assume("gradient-checkpointing", True, f"{HP}/model_args.py: disable_gradient_checkpointing False")
+        m.assume("gradient-checkpointing", True, f"{HP}/model_args.py:145: disable_gradient_checkpointing False")
     attn = str(m.get("flash_attn", "auto")).lower()
     if attn == "disabled":
         m.put("flash-attention", False, "flash_attn")
