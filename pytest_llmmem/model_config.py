@@ -5,14 +5,17 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
-from . import files, hub
+from . import files
 from .errors import ConfigError, shown_name
 from .hf_config import from_hf_config, with_overrides
 from .keys import ARCH_KEYS, MAX_PARAMS, Context, Table, type_name
 from .model import Architecture, Family, ParamsOnly, family, validate
 from .units import UnitError, parse_count
+
+if TYPE_CHECKING:  # hub is imported where a Hub id is resolved: start-up stays small
+    from . import hub
 
 _ARCH_FIELDS = {
     "hidden-size": "hidden_size", "num-layers": "num_layers", "num-heads": "num_heads",
@@ -137,6 +140,8 @@ def _hub_config(table: Table, ctx: Context) -> "hub.Resolved":
     allow = table.boolean("allow-network", False) or bool(getattr(ctx, "allow_network", False))
     key = ("hub", model_id, revision, allow)
     if key not in ctx.hf_configs:
+        from . import hub  # only projects that name a Hub id pay for it
+
         try:
             ctx.hf_configs[key] = hub.resolve(model_id or "", revision, allow)
         except ConfigError as err:
