@@ -33,10 +33,13 @@ _VALUE_FLAGS = {
     "recipe": str, "beta": float, "loss-type": str, "max-length": int, "max-prompt-length": int,
     "num-generations": int, "max-completion-length": int, "generation": str, "vllm-gpu-memory-utilization": float,
     "generation-batch-size": int, "value-head": str,
+    # the whole job's phases (issue 16)
+    "eval-batch-size": int, "eval-samples": int, "eval-accumulation-steps": int, "eval-generate-tokens": int, "save": str,
 }
 _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel",
              "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager",
-             "reference-model", "precompute-ref-log-probs", "allow-network")
+             "reference-model", "precompute-ref-log-probs", "allow-network", "eval", "offload-to-cpu", "merge-adapters",
+             "gather-16bit-weights-on-save")
 
 
 def _parser(command: Optional[str]) -> argparse.ArgumentParser:

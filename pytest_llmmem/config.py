@@ -26,6 +26,7 @@ from .model import Architecture, ParamsOnly
 from .model_config import check_values as check_model_values, model_from_table
 from .profiles import check_combination as check_trainer, resolve as resolve_trainer, shown as trainer_rows
 from .projects import find_pyproject, read_json, read_pyproject
+from .phase_keys import job_settings
 from .recipe_keys import recipe_settings
 from .run import FSDP_MODES, METHODS, MODES, OFFLOADS, PRECISIONS, Budget, Run
 from .serve_keys import serving_fields
@@ -300,6 +301,8 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
     check_trainer(trainer.knobs, table, gradient_checkpointing=checkpointing, micro_batches=parallel["micro_batches"],
                   pipeline_parallel=parallel["pipeline_parallel"])
     adapter_dtype = table.resolve("adapter-dtype", ctx.catalog.dtype, trainer.adapter_dtype)
+    job = job_settings([table, top], mode=mode, framework=trainer.knobs.framework, batch_size=implied.get("batch_size") or table.integer("batch-size", 1),
+                       fsdp=parallel["fsdp"], zero_stage=parallel["zero_stage"], run_name=name)
     # The top-level overhead is checked even when the run overrides it (parse() checks the top method).
     overhead, top_overhead = table.size("overhead", allow_zero=True), top.size("overhead", allow_zero=True)
     return Run(
@@ -328,6 +331,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         strict=(table if "strict" in table else top).boolean("strict", False),
         overhead_bytes=overhead if "overhead" in table else top_overhead,
         recipe=recipe,
+        job=job,
         file=ctx.path,
         line=line,
         settings_from=quant_origin,

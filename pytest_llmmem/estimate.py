@@ -12,6 +12,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .activations import FP32, Trainable, forward_transient, head_saved, layer_saved, rotary_tables
 from .catalog import DType, Optimizer
+from .job_phases import whole_job
 from .layers import LayerGroup
 from .model import Architecture, Linear, ParamsOnly
 from .parallel import host_bytes_per_node, local_params, model_states
@@ -29,6 +30,9 @@ TERMS = (
     "logits",
     "kv_cache",
     "overhead",
+    "load",
+    "eval",
+    "save",
     "calibration",
 )
 
@@ -63,9 +67,11 @@ class Estimate(NamedTuple):
     # it does not reach), and the engine's start-up figures (serve.Startup) for the report.
     failures: Tuple[str, ...] = ()
     serving: Optional[object] = None
-    # Training: which phase sets the peak ("backward" or "optimizer step") and each phase's total.
+    # Training: which phase sets the peak ("load", "backward", "optimizer step", "eval", "save") and
+    # each phase's total; phase_parts has each phase's own breakdown (job_phases.Phase).
     peak_phase: str = ""
     phases: Tuple[Tuple[str, int], ...] = ()
+    phase_parts: Tuple[object, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -303,6 +309,12 @@ def _detailed(run: Run) -> Estimate:
     peak_phase, phases, why = optimizer_phase(run, tensors, trainable, breakdown, details)
     if breakdown["optimizer_step"]:
         notes.append(f"peak in the optimizer step: {why} ({format_bytes(details['optimizer_step.temporaries'])})")
+    parts: Tuple[object, ...] = ()
+    if run.trains:
+        # Loading, evaluation and checkpoint saving: the same terms composed per phase (job_phases.py).
+        peak_phase, phases, parts, job_why = whole_job(run, arch, params, local, breakdown, details, phases)
+        if job_why:
+            notes.insert(0, job_why)
     if run.calibration is not None:
         # A measured correction (llmmem measure --write): the signed difference it makes to the total.
         breakdown["calibration"] = round((run.calibration - 1) * sum(breakdown.values()))
@@ -312,7 +324,7 @@ def _detailed(run: Run) -> Estimate:
     partial, approximate = _caveats(run, arch)
     host += host_bytes_per_node(run, details.get("host.offloaded_activations", 0))
     return Estimate(run, "detailed", breakdown, params, trainable, tuple(notes), details, host, partial, approximate,
-                    peak_phase=peak_phase, phases=phases)
+                    peak_phase=peak_phase, phases=phases, phase_parts=parts)
 
 
 def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:

@@ -129,7 +129,7 @@ def ways_out(run: Run, units: str = "gib") -> List[WayOut]:
     if run.optimizer is not None and run.optimizer.name in ("adamw", "adam"):
         eight_bit = default_catalog().optimizer("adamw-8bit")
         offer("optimizer", "adamw-8bit", 'fits with optimizer = "adamw-8bit"', run._replace(optimizer=eight_bit))
-    for key, value, text, changed in trainer_knobs(run):
+    for key, value, text, changed in trainer_knobs(run) + phase_changes(run):
         offer(key, value, text, changed)
     if run.trains and run.mode == "train":
         if run.zero_stage or run.fsdp != "none":
@@ -164,6 +164,28 @@ def trainer_knobs(run: Run) -> List[tuple]:
              optimizer_in_backward=True)
     if knobs.optimizer_impl != "fused" and run.optimizer is not None and run.optimizer.name in ("adamw", "adam"):
         knob("optimizer-impl", "fused", 'fits with optimizer-impl = "fused" (no foreach step temporaries)', optimizer_impl="fused")
+    return out
+
+
+def phase_changes(run: Run) -> List[tuple]:
+    """(key, value, text, changed run) for each change that lowers a peak outside the training step:
+    evaluation's kept logits, an FSDP full state dict (job_phases.py, issue 16)."""
+    if not run.trains:
+        return []
+    job, out = run.job, []
+
+    def change(key: str, value: object, text: str, **fields) -> None:
+        out.append((key, value, text, run._replace(job=job._replace(**fields))))
+
+    if job.evaluates and job.eval_samples and job.eval_accumulation_steps != 1:
+        change("eval-accumulation-steps", 1, "fits with eval-accumulation-steps = 1 (each eval batch's logits moved to the CPU)",
+               eval_accumulation_steps=1)
+    if run.fsdp != "none" and job.save == "full-state-dict" and not job.offload_to_cpu:
+        change("offload-to-cpu", True, "fits with offload-to-cpu = true (the full state dict built on the CPU, one unit at a time)",
+               offload_to_cpu=True)
+        change("save", "sharded", 'fits with save = "sharded" (each rank saves its own shard)', save="sharded")
+    if job.merge_adapters and job.merge_on_gpu:
+        change("merge-adapters", False, "fits with merge-adapters = false (merge on the CPU after training)", merge_adapters=False)
     return out
 
 

@@ -123,6 +123,7 @@ def step_summary(file: str, runs: Sequence[Mapping[str, Any]]) -> str:
         if run.get("peak_phase") and len(run.get("phases", {})) > 1:
             phases = ", ".join(f"{k} {format_bytes(v)}" for k, v in run["phases"].items())
             out += [f"peak phase: **{run['peak_phase']}** ({phases})", ""]
+            out += _phase_table(run)
         out += ["| term | size | share |", "|---|---:|---:|"]
         terms = [(k, v) for k, v in run["breakdown"].items() if v]
         out += [f"| {LABELS.get(k, k)} | {format_bytes(v)} | {100 * v / total:.1f} % |" for k, v in terms]
@@ -130,6 +131,22 @@ def step_summary(file: str, runs: Sequence[Mapping[str, Any]]) -> str:
         for note in run.get("notes", []):
             out.append(f"> {note}")
     return "\n".join(out) + "\n"
+
+
+def _phase_table(run: Mapping[str, Any]) -> List[str]:
+    """A small table of the job's phases (issue 16): total, the term that dominates it, and why."""
+    parts = run.get("phase_breakdowns") or {}
+    if not parts:
+        return []
+    out = ["| phase | total | largest term | |", "|---|---:|---|---|"]
+    for name, part in parts.items():
+        terms = part.get("breakdown") or {}
+        top = max(terms, key=lambda k: terms[k]) if terms else ""
+        mark = "**peak**" if name == run.get("peak_phase") else ""
+        largest = f"{LABELS.get(top, top)} {format_bytes(terms[top])}" if top else "-"
+        why = markdown_cell(part.get("why") or "")
+        out.append(f"| {markdown_cell(name)} {mark} | {format_bytes(part['total_bytes'])} | {largest} | {why} |")
+    return out + [""]
 
 
 def _pie(run: Mapping[str, Any], terms: Sequence[Tuple[str, int]]) -> List[str]:

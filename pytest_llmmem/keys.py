@@ -46,6 +46,11 @@ RECIPE_KEYS = (
 RUN_KEYS = RUN_KEYS + RECIPE_KEYS
 # A trainer's own config the run reads its settings from (readers/); the run's keys override it.
 RUN_KEYS = RUN_KEYS + ("from", "format")
+# The whole job's other phases (issue 16; phase_keys.py): on the project or on a run; the run's value wins.
+PHASE_KEYS = ("eval", "eval-batch-size", "eval-samples", "eval-accumulation-steps", "eval-generate-tokens",
+              "save", "offload-to-cpu", "merge-adapters", "gather-16bit-weights-on-save")
+TOP_KEYS = TOP_KEYS + PHASE_KEYS
+RUN_KEYS = RUN_KEYS + PHASE_KEYS
 
 # Largest values taken as meant; anything past these is a typo or a unit slip.
 _LIMITS = {
@@ -61,6 +66,8 @@ _LIMITS = {
     "loss-chunks": 65_536,
     "max-length": 100_000_000, "max-prompt-length": 100_000_000, "max-completion-length": 100_000_000,
     "num-generations": 65_536, "generation-batch-size": 1_000_000,
+    "eval-batch-size": 1_000_000, "eval-samples": 1_000_000_000, "eval-accumulation-steps": 1_000_000,
+    "eval-generate-tokens": 100_000_000,
 }
 MAX_PARAMS = 10**15
 MAX_MEMORY = 2**50  # 1 PiB per GPU

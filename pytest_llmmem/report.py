@@ -31,6 +31,12 @@ LABELS = {
     "generation_kv_cache": "generation KV cache",
     "vllm_engine_share": "vLLM engine share",
     "overhead": "CUDA context + allocator",
+    "load": "loading (above the step)",  # the whole job's phases (job_phases.py, issue 16)
+    "eval": "evaluation (above the step)",
+    "save": "checkpoint save (above the step)",
+    "load_copies": "load-time copies",
+    "eval_logits_kept": "eval logits kept on the GPU",
+    "state_dict": "state dict on the GPU",
     "calibration": "measured calibration",
 }
 
@@ -113,10 +119,17 @@ def verdict(est: Estimate, units: str = "gib") -> str:
         head = "FAILS"
     text = f"{head}{kind}: {total} of {format_bytes(est.budget_bytes, units)} budget ({share})"
     if over:
-        text += f", {format_bytes(est.total_bytes - est.budget_bytes, units)} over"
+        text += f", {format_bytes(est.total_bytes - est.budget_bytes, units)} over{_at_phase(est)}"
     elif est.failures:
         text += f"; {est.failures[0]}"
     return text
+
+
+def _at_phase(est: Estimate) -> str:
+    """' at evaluation' when a phase other than the training step sets the peak (issue 16)."""
+    from .job_phases import LABELS as PHASES
+
+    return f" at {PHASES[est.peak_phase]}" if est.peak_phase in ("load", "eval", "save") else ""
 
 
 def breakdown_table(est: Estimate, units: str = "gib", ascii_only: bool = False, indent: str = "  ") -> List[str]:
@@ -173,6 +186,10 @@ def _trainer_lines(est: Estimate, units: str) -> List[str]:
     if len(est.phases) > 1:
         phases = ", ".join(f"{name} {format_bytes(total, units)}" for name, total in est.phases)
         lines.append(f"  peak phase: {est.peak_phase} ({phases})")
+    for part in est.phase_parts:
+        if part.name in ("load", "eval", "save") and part.breakdown:
+            terms = ", ".join(f"{LABELS.get(k, k)} {format_bytes(v, units)}" for k, v in part.breakdown.items() if v)
+            lines.append(f"    {part.name}: {format_bytes(part.total, units)} = {terms}")
     return lines
 
 
@@ -213,7 +230,7 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) 
     """The assertion-style message pytest shows for an over-budget run."""
     run = est.run
     where = f"{run.file}:{run.line}" if run.file and run.line else (run.file or "")
-    head = (f'llmmem: run "{run.name}" needs {format_bytes(est.total_bytes, units)} per GPU; '
+    head = (f'llmmem: run "{run.name}" needs {format_bytes(est.total_bytes, units)} per GPU{_at_phase(est)}; '
             f"the budget is {format_bytes(est.budget_bytes, units)} ({run.budget.describe(units)}): "
             f"{100 * est.used_fraction:.1f} %, {format_bytes(est.total_bytes - est.budget_bytes, units)} over")
     if est.failures and est.total_bytes <= est.budget_bytes:
@@ -299,6 +316,9 @@ def as_dict(est: Estimate) -> Dict[str, Any]:
         "knobs": {key: {"value": value, "origin": origin} for key, value, origin in run.knobs_shown},
         "peak_phase": est.peak_phase or None,
         "phases": dict(est.phases),
+        # each phase's total and its own breakdown (issue 16); the step's phases repeat the terms above
+        "phase_breakdowns": {p.name: {"total_bytes": p.total, "breakdown": dict(p.breakdown), "why": p.why or None}
+                             for p in est.phase_parts},
         "partial": bool(est.partial),
         "partial_reasons": list(est.partial),
         "approximate": bool(est.approximate),

@@ -57,6 +57,26 @@ class RecipeSettings(NamedTuple):
     value_model: Optional[Union[Architecture, ParamsOnly]] = None
 
 
+class JobSettings(NamedTuple):
+    """The phases of a whole training job besides its step (issue 16); phase_keys.py reads them,
+    job_phases.py prices them. Defaults come from the trainer profile (phase_keys.PHASE_DEFAULTS)."""
+
+    loader: str = "per-tensor"  # per-tensor (HF from_pretrained) | materialise (litgpt on one device)
+    evaluates: bool = False
+    eval_batch_size: int = 8
+    eval_samples: int = 0  # examples whose logits evaluation keeps for compute_metrics (0: none kept / not given)
+    eval_accumulation_steps: int = 0  # 0: HF's None, every eval batch's logits stay on the GPU
+    eval_generate_tokens: int = 0
+    eval_generate_batch: int = 0  # 0: the eval batch size
+    eval_loss: str = "upcast"  # upcast (HF fp32 loss) | compute (litgpt validate: cross_entropy in the compute dtype)
+    save: str = "full-state-dict"  # full-state-dict | sharded
+    offload_to_cpu: bool = True
+    gather_16bit_on_save: bool = False  # DeepSpeed stage3_gather_16bit_weights_on_model_save
+    merge_adapters: bool = False
+    merge_on_gpu: bool = True  # litgpt merges on the CPU
+    given: Tuple[str, ...] = ()
+
+
 class Budget(NamedTuple):
     """Per-GPU memory a run may use: the ceiling less the headroom kept free."""
 
@@ -118,6 +138,7 @@ class Run(NamedTuple):
     serve: Optional[ServeSettings] = None
     knobs: Knobs = Knobs()  # the trainer profile and its knobs (profiles.py)
     knobs_shown: Tuple[Tuple[str, str, str], ...] = ()  # (key, value, "profile" | "set") that differ from stock transformers
+    job: JobSettings = JobSettings()  # load / eval / save phases (issue 16)
     recipe: RecipeSettings = RecipeSettings()  # sft unless a run declares recipe = "dpo" | "grpo" | "ppo" | "reward"
     file: Optional[str] = None
     line: Optional[int] = None

@@ -295,7 +295,7 @@ def test_cli_flags_text_and_json(run_cli):
     doc = json.loads(out)["runs"][0]
     assert doc["framework"] == "torchtune"
     assert doc["knobs"]["activation-offload"] == {"value": "true", "origin": "set"}
-    assert doc["peak_phase"] == "backward" and set(doc["phases"]) == {"backward", "optimizer step"}
+    assert doc["peak_phase"] == "backward" and set(doc["phases"]) == {"load", "backward", "optimizer step", "save"}
 
 
 def test_job_summary_names_the_trainer(run_cli):
