@@ -332,6 +332,9 @@ def main() -> int:
     import profile_accuracy  # benchmarks/profile_accuracy.py: each trainer profile on the runs its trainer produced
 
     print("\n== " + profile_accuracy.render(profile_accuracy.score(args.validation)).replace("\n", " ==\n", 1))
+    import phase_accuracy  # benchmarks/phase_accuracy.py: whole-run peaks phase by phase (issue 16)
+
+    print("\n== " + phase_accuracy.render(phase_accuracy.score(args.validation)).replace("\n", " ==\n", 1))
     return 0
 
 

@@ -146,3 +146,52 @@ def test_keys_levels_and_errors():
 def test_inference_runs_have_no_job_phases():
     est = estimate(adhoc_run({**LLAMA3_8B, "mode": "inference", "gpu": "H100-80GB", "seq-len": 1024}))
     assert est.phases == () and est.phase_parts == ()
+
+
+@pytest.mark.parametrize("accumulation", [None, 2, 1])
+def test_kept_logits_match_a_real_trainer_evaluate_on_the_cpu(accumulation, tmp_path):
+    """HF Trainer.evaluate() with compute_metrics on a tiny Llama (fp32, CPU): the largest logits tensor
+    the EvalLoopContainer holds is the estimate's held steps x one step's logits."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from transformers import trainer_pt_utils
+
+    from pytest_llmmem.job_phases import _kept_logits
+
+    cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                   intermediate_size=128, vocab_size=128)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, i):
+            ids = torch.randint(0, 128, (16,))
+            return {"input_ids": ids, "labels": ids.clone()}
+
+    peak = [0]
+    original = trainer_pt_utils.EvalLoopContainer.add
+
+    def add(self, tensors):
+        original(self, tensors)
+        if isinstance(self.tensors, torch.Tensor):
+            peak[0] = max(peak[0], self.tensors.numel() * self.tensors.element_size())
+
+    args = transformers.TrainingArguments(str(tmp_path), per_device_eval_batch_size=4, eval_accumulation_steps=accumulation,
+                                          report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, eval_dataset=Data(), compute_metrics=lambda p: {"n": 0.0})
+    try:
+        trainer_pt_utils.EvalLoopContainer.add = add
+        trainer.evaluate()
+    finally:
+        trainer_pt_utils.EvalLoopContainer.add = original
+    keys = {"family": "llama", "hidden-size": 64, "num-layers": 2, "num-heads": 4, "intermediate-size": 128, "vocab-size": 128,
+            "mode": "lora", "dtype": "fp32", "precision": "pure", "seq-len": 16, "eval-batch-size": 4, "eval-samples": 20}
+    if accumulation:
+        keys["eval-accumulation-steps"] = accumulation
+    run = adhoc_run(keys)
+    (held, _), _ = _kept_logits(run, run.model, 128)
+    assert held * 4 * 16 * 128 * 4 == peak[0]  # steps held x (4 samples x 16 positions x 128 logits x fp32)
