@@ -1,0 +1,111 @@
+"""Issue 15 acceptance: the bundled configs cover every family the project supports, a bundled id
+estimates offline, and a typo of one gets "did you mean".
+
+The counts are literal so the test runs without torch: each is ``sum(p.numel() for p in
+model.parameters())`` of the model transformers 5.24.0 builds from the bundled config.json on the meta
+device (``AutoModelForCausalLM``; bert through ``AutoModelForSequenceClassification``, the family's
+classifier head); ``test_bundled_counts_rederived_with_transformers`` rebuilds each when torch is installed.
+"""
+
+import json
+
+import pytest
+
+from pytest_llmmem import hub
+from pytest_llmmem.config import parse
+from pytest_llmmem.errors import ConfigError
+from pytest_llmmem.estimate import estimate
+from pytest_llmmem.families import builtin_families
+from pytest_llmmem.hf_config import from_hf_config
+
+# Families with no bundled config yet, and why. A family leaves this table when a published
+# config.json for one of its checkpoints is bundled; a new family must come with one.
+NOT_BUNDLED = {
+    "glm4": "no published config.json of THUDM/GLM-4-9B-0414 found with the search tool (only shape keys without vocab_size)",
+    "cohere2": "no published config.json of CohereForAI/c4ai-command-r7b-12-2024 found with the search tool",
+}
+
+BUNDLED_COUNTS = {
+    "mistralai/Mixtral-8x7B-v0.1": 46_702_792_704,
+    "Qwen/Qwen1.5-MoE-A2.7B-Chat": 14_315_784_192,
+    "google/gemma-2b": 2_506_172_416,
+    # gpt2 by hand: wte 50257·768 + wpe 1024·768 + 12·(c_attn 768·2304+2304 + c_proj 768²+768
+    # + c_fc 768·3072+3072 + mlp.c_proj 3072·768+768 + 2 LayerNorms 4·768) + ln_f 2·768; head tied
+    "openai-community/gpt2": 124_439_808,
+    "bigcode/gpt_bigcode-santacoder": 1_124_886_528,
+    # pythia-14m by hand: embed_in + embed_out 2·50304·128 = 12,877,824; per layer qkv 128·384+384,
+    # dense 128²+128, h_to_4h 128·512+512, 4h_to_h 512·128+128, 2 LayerNorms 4·128 = 198,272 (×6);
+    # final LayerNorm 256 -> 14,067,712
+    "EleutherAI/pythia-14m": 14_067_712,
+    # phi-2 by hand: embed 51200·2560 + 32·(q,k,v,dense 4·(2560²+2560) + fc1 2560·10240+10240
+    # + fc2 10240·2560+2560 + one LayerNorm 2·2560) + final LayerNorm 2·2560 + lm_head 2560·51200+51200
+    "microsoft/phi-2": 2_779_683_840,
+    "google-bert/bert-base-uncased": 109_483_778,
+}
+
+
+def _bundled_config(model_id: str) -> dict:
+    entry = hub.bundled_index()[model_id]
+    return json.loads((hub.BUNDLED / entry["folder"] / "config.json").read_text())
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """An empty Hub cache, and a download that fails the test if anything tries it."""
+    root = tmp_path / "hub"
+    root.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    monkeypatch.setattr(hub, "download", lambda *a: pytest.fail(f"tried the network for {a}"))
+    return root
+
+
+def test_every_family_in_the_table_has_a_bundled_config():
+    families = {family.name for family in builtin_families()}
+    bundled = {entry["family"] for entry in hub.bundled_index().values()}
+    assert bundled <= families, bundled - families
+    assert families - bundled == set(NOT_BUNDLED)
+
+
+@pytest.mark.parametrize("model_id", sorted(BUNDLED_COUNTS))
+def test_bundled_count_is_exact(model_id):
+    arch = from_hf_config(_bundled_config(model_id), source=model_id)
+    assert arch.family.name == hub.bundled_index()[model_id]["family"]
+    assert arch.param_count() == BUNDLED_COUNTS[model_id]
+
+
+@pytest.mark.parametrize("model_id", sorted(BUNDLED_COUNTS))
+def test_bundled_counts_rederived_with_transformers(model_id):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = _bundled_config(model_id)
+    model_type = cfg.pop("model_type")
+    config = transformers.AutoConfig.for_model(model_type, **cfg)
+    auto = transformers.AutoModelForSequenceClassification if model_type == "bert" else transformers.AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == BUNDLED_COUNTS[model_id]
+
+
+def test_a_new_bundled_id_estimates_offline(offline):
+    text = '[tool.llmmem]\ngpu = "H100-80GB"\nmodel = "microsoft/phi-2"\n[[tool.llmmem.runs]]\nname = "serve"\nmode = "inference"\ndtype = "bf16"\n'
+    run = parse(text).runs[0]
+    assert run.model.param_count() == BUNDLED_COUNTS["microsoft/phi-2"]
+    assert run.model.source.replace("\\", "/").endswith("models/microsoft--phi-2/config.json")
+    result = estimate(run)
+    # bf16 weights: 2 bytes per parameter, 2 · 2,779,683,840 = 5,559,367,680
+    assert result.breakdown["weights"] == 5_559_367_680
+    assert (result.partial, result.approximate) == ((), ())
+    assert result.total_bytes > result.breakdown["weights"]
+
+
+def test_a_typo_of_a_new_id_gets_did_you_mean(offline):
+    with pytest.raises(ConfigError) as err:
+        parse('[tool.llmmem]\ngpu = "H100-80GB"\nmodel = "microsoft/phi2"\n[[tool.llmmem.runs]]\nname = "a"\nmode = "lora"\n')
+    assert 'Did you mean "microsoft/phi-2"?' in str(err.value)
+
+
+def test_catalog_lists_the_new_ids(offline, run_cli):
+    code, out, _ = run_cli("catalog", "models")
+    assert code == 0
+    for model_id in BUNDLED_COUNTS:
+        assert model_id in out
