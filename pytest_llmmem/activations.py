@@ -27,6 +27,8 @@ class Trainable(NamedTuple):
     full: bool
     adapted: FrozenSet[str] = frozenset()  # module names with a LoRA adapter
     adapter_bytes: int = FP32  # PEFT keeps adapters in fp32 by default
+    experts: Tuple[Linear, ...] = ()  # adapted 3D routed-expert parameters (Linear.wrap == "param")
+    rank: int = 0  # the LoRA rank, for what an adapted expert parameter keeps
 
     def adapter_copy(self, name: str, act: int) -> int:
         """Bytes per input element a LoRA adapter on ``name`` keeps beyond the input itself.
@@ -190,7 +192,8 @@ def _mlp_saved(arch: Architecture, mlp: Any, lin: Dict[str, Linear], p: Pass) ->
         shared += tokens * h * act if t.full else 0
         if mlp.router_fp32 and t.full:
             shared += tokens * h * FP32  # DeepSeek routes an fp32 copy of the input (DeepseekV3TopkRouter.forward)
-        shared += _consumer_input(arch, in_names, mlp_tokens, h, act, t, p.amp)
+        if t.full:
+            shared += _consumer_input(arch, in_names, mlp_tokens, h, act, t, p.amp)
         shared += mlp_tokens * h * act
     else:
         shared += _consumer_input(arch, in_names, mlp_tokens, h, act, t, p.amp)
@@ -202,11 +205,38 @@ def _mlp_saved(arch: Architecture, mlp: Any, lin: Dict[str, Linear], p: Pass) ->
         kept = mlp_tokens * f * act * (arch.family.glu_saves + extra)
     else:
         kept = mlp_tokens * f * act * (1 + extra)  # fc1 output, kept by the activation
-    kept += _consumer_input(arch, [lin["down"].name], mlp_tokens, f, act, t)
+    if not moe or t.full:
+        kept += _consumer_input(arch, [lin["down"].name], mlp_tokens, f, act, t)
+    else:
+        shared += _wrapped_experts_saved(mlp, p, h)
     if moe and mlp.shared_d_ff:
         fs = mlp.shared_d_ff
         kept += tokens * fs * act * 3 + (tokens * fs * act if t.full else 0)
     return shared, kept
+
+
+def _wrapped_experts_saved(mlp: MoE, p: Pass, h: int) -> int:
+    """Routed experts under LoRA: only a 3D expert parameter PEFT wraps keeps anything (frozen ones need no input).
+
+    PEFT's ParamWrapper parametrises the parameter as ``baddbmm(W, lhs, rhs)`` (peft/tuners/lora/layer.py
+    _LoraFactorsProxy): a new merged weight of the parameter's full size in the model dtype, which the
+    grouped matmul keeps for backward (transformers/integrations/moe.py _grouped_linear hands
+    ``weight.transpose(-2, -1)`` to grouped_mm), plus lhs/rhs, the factors cast to the model dtype.
+    The gathered tokens feeding an adapted parameter stay too (its merged weight needs a gradient).
+    Measured (--explain qwen3_moe lora bf16): (16, 2048, 1536) + (16, 768, 2048) bf16 merged weights,
+    (16, 16, 2048) + (16, 1536, 16) and (16, 2048, 8) + (16, 8, 768) bf16 factors, (1024, 2048) and (1024, 768) inputs.
+    """
+    t, act = p.trainable, p.act
+    tokens = p.tokens * mlp.top_k
+    n = 0
+    for lin in t.experts:
+        if lin.count != mlp.experts or (lin.d_in, lin.d_out) not in ((h, lin.d_out), (mlp.d_ff, h)):
+            continue
+        r = t.rank * lin.rank_scale
+        n += lin.count * lin.d_in * lin.d_out * act  # the merged weight
+        n += lin.count * r * (lin.d_in + lin.d_out) * act if t.adapter_bytes != act else 0  # lhs / rhs casts
+        n += tokens * lin.d_in * act  # the input (gathered tokens, or the GLU output for down_proj)
+    return n
 
 
 _ATTENTION_SAVED = {Attention: _attention_saved, LatentAttention: _latent_saved, StateSpace: _mamba_saved}

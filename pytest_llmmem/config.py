@@ -21,6 +21,7 @@ from .keys import (  # noqa: F401  (re-exported: the contract is read from here 
     LORA_ONLY, MODEL_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY,
     Context, Table, canonical, type_name,
 )
+from .layers import peft_target_problem
 from .locate import Locator
 from .model import Architecture, ParamsOnly
 from .model_config import check_values as check_model_values, model_from_table
@@ -276,6 +277,9 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
             if target not in names and target not in leaves:
                 raise table.fail("lora-targets", f'"{shown_name(target)}" is not a linear layer of this {model.family.name} model.{did_you_mean(target, names)}',
                                  hint=f'Valid: {one_of(names)} or "all-linear".')
+        problem = peft_target_problem(model.family.name, model.linears(), targets)[0]
+        if problem:
+            raise table.fail("lora-targets", problem)
 
     if isinstance(model, Architecture) and mode in ("lora", "qlora") and "lora-targets" not in table:
         # PEFT's default target_modules for the model_type (peft/utils/constants.py

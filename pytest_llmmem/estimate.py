@@ -12,8 +12,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .activations import FP32, Trainable, forward_transient, head_saved, layer_saved, rotary_tables
 from .catalog import DType, Optimizer
+from .errors import ConfigError
 from .job_phases import whole_job
-from .layers import LayerGroup
+from .layers import LayerGroup, peft_target_problem
 from .model import Architecture, Linear, ParamsOnly
 from .parallel import host_bytes_per_node, local_params, model_states
 from .run import Run
@@ -124,12 +125,36 @@ def estimate(run: Run) -> Estimate:
 
 
 def adapted_linears(arch: Architecture, targets: Tuple[str, ...], linears: Optional[List[Linear]] = None) -> Tuple[Linear, ...]:
-    """The layer linears a LoRA config adapts; "all-linear" is every one (PEFT leaves the head out)."""
-    pool = arch.linears() if linears is None else linears
-    if targets == ("all-linear",):
-        return tuple(pool)
-    wanted = set(targets)
-    return tuple(lin for lin in pool if lin.name in wanted or lin.name.split(".")[-1] in wanted)
+    """The layer linears a LoRA config adapts; "all-linear" is every one (PEFT leaves the head out).
+
+    PEFT 0.21.2 wraps nn.Linear modules only, so 3D routed experts (``wrap == "none"``) never get an
+    adapter. Where it converts v4 expert names (Family.peft_experts; peft/utils/transformers_weight_conversion.py
+    _convert_peft_config_moe), a target naming a routed expert moves from target_modules to
+    target_parameters: the expert parameter is adapted and the nn.Linears of that name (dense layers,
+    shared experts) are not; gate_proj + up_proj become one gate_up_proj adapter of rank 2r, and one
+    without the other is PEFT's ValueError. Decided model-wide, as PEFT does, whichever group is asked.
+    """
+    every = arch.linears()
+    pool = every if linears is None else linears
+    wanted = {lin.name for lin in every} if targets == ("all-linear",) else set(targets)
+
+    def named(lin: Linear) -> bool:
+        return lin.name in wanted or lin.name.split(".")[-1] in wanted
+
+    experts = {lin.name for lin in every if lin.wrap == "param" and named(lin)}
+    problem = peft_target_problem(arch.family.name, every, targets)[0]
+    if problem:  # config.py reports it with the file and line; this guards direct API callers
+        raise ConfigError(f"lora-targets: {problem}")
+    out: List[Linear] = []
+    for lin in pool:
+        if lin.wrap == "none" or not named(lin) or (lin.wrap == "module" and lin.name.split(".")[-1] in experts):
+            continue
+        if lin.wrap == "param" and lin.role == "up" and any(l.role == "gate" for l in pool if l.wrap == "param"):
+            continue  # folded into the gate_up adapter below
+        if lin.wrap == "param" and lin.role == "gate":
+            lin = lin._replace(role="gate_up", name="gate_up_proj", d_out=2 * lin.d_out, rank_scale=2)
+        out.append(lin)
+    return tuple(out)
 
 
 def lora_matrix_params(d_in: int, d_out: int, rank: int) -> int:
@@ -137,10 +162,12 @@ def lora_matrix_params(d_in: int, d_out: int, rank: int) -> int:
     return rank * (d_in + d_out)
 
 
-def lora_params(arch: Architecture, rank: int, targets: Tuple[str, ...]) -> int:
-    """Trainable LoRA parameters of a model: every adapted matrix of every layer, group by group."""
+def lora_params(arch: Architecture, rank: int, targets: Tuple[str, ...], trained_only: bool = False) -> int:
+    """Trainable LoRA parameters of a model: every adapted matrix of every layer, group by group;
+    ``trained_only``: those that get a gradient (not a bypassed adapter's)."""
     return sum(
-        count * sum(lin.count * lora_matrix_params(lin.d_in, lin.d_out, rank) for lin in adapted_linears(arch, targets, lins))
+        count * sum(lin.count * lora_matrix_params(lin.d_in, lin.d_out, rank * lin.rank_scale)
+                    for lin in adapted_linears(arch, targets, lins) if not (trained_only and lin.wrap == "bypassed"))
         for count, lins in arch.group_linears()
     )
 
@@ -220,14 +247,14 @@ def _detailed(run: Run) -> Estimate:
     weights, note = _weight_bytes(run, params)
     if note:
         notes.append(note)
-    trainable, opt_note, host = 0, "", 0
+    trainable, trained, opt_note, host = 0, 0, "", 0
     tensors = trainable_tensors(run, arch, params)
     bnb = run.optimizer is not None and (run.optimizer.paged or run.optimizer.small_tensor_numel) and tensors is not None
     paged = 0  # bitsandbytes paged states, in CUDA unified memory
     local = local_params(run, arch, params)
     share = local.params / params  # the part of the model one GPU holds under tensor/pipeline parallelism
     if run.mode == "train":
-        trainable = params
+        trainable = trained = params
         amp = run.precision == "amp"
         mixed = run.precision == "mixed" and dtype.bytes < FP32
         # amp = torch.autocast: fp32 weights, gradients and states, no separate master copy.
@@ -263,12 +290,17 @@ def _detailed(run: Run) -> Estimate:
             notes.append("LoRA adapters need the architecture to count: give config or the architecture keys")
         else:
             trainable = lora_params(arch, run.lora_rank, run.lora_targets)
+            experts_note = peft_target_problem(arch.family.name, arch.linears(), run.lora_targets)[1]
+            if experts_note:
+                notes.append(experts_note)
             adapter_bytes = run.adapter_dtype.bytes
             details["weights.adapters"] = round(trainable * adapter_bytes)
             weights += details["weights.adapters"]
             # Adapters train in their own dtype: PEFT keeps them fp32, so grads and states are fp32 too.
-            breakdown["gradients"] = round(trainable * adapter_bytes)
-            breakdown["optimizer_states"], opt_note = _optimizer_bytes(run.optimizer, run, trainable, adapter_bytes, False)
+            # A bypassed adapter (Linear.wrap) gets no .grad, and torch AdamW keeps no state for it.
+            trained = lora_params(arch, run.lora_rank, run.lora_targets, trained_only=True)
+            breakdown["gradients"] = round(trained * adapter_bytes)
+            breakdown["optimizer_states"], opt_note = _optimizer_bytes(run.optimizer, run, trained, adapter_bytes, False)
             if bnb:
                 breakdown["optimizer_states"], paged = bnb_state_bytes(run.optimizer, tensors)
     else:
@@ -306,7 +338,7 @@ def _detailed(run: Run) -> Estimate:
         details["overhead.cublas_workspace"] = CUBLAS_WORKSPACE_BYTES
         details["overhead.fragmentation"] = round(FRAGMENTATION * dynamic)
         breakdown["overhead"] = CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES + details["overhead.fragmentation"]
-    peak_phase, phases, why = optimizer_phase(run, tensors, trainable, breakdown, details)
+    peak_phase, phases, why = optimizer_phase(run, tensors, trained, breakdown, details)
     if breakdown["optimizer_step"]:
         notes.append(f"peak in the optimizer step: {why} ({format_bytes(details['optimizer_step.temporaries'])})")
     parts: Tuple[object, ...] = ()
@@ -387,8 +419,10 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
     if run.mode == "train":
         trainable = Trainable(full=True)
     else:
-        names = frozenset(lin.name for lin in adapted_linears(arch, run.lora_targets))
-        trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes))
+        adapted = adapted_linears(arch, run.lora_targets)
+        names = frozenset(lin.name for lin in adapted if lin.wrap == "module")
+        trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes),
+                              experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank)
     amp = run.precision == "amp" and run.mode == "train"
     kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)

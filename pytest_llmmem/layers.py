@@ -23,6 +23,12 @@ class Linear(NamedTuple):
     bias: bool
     count: int = 1
     active: int = 1  # how many of the ``count`` each token passes through (MoE top-k)
+    # How PEFT reaches it: "module" (an nn.Linear, wrapped by target_modules), "param" (routed experts
+    # stored as one 3D parameter that PEFT 0.21.2 wraps through its v4->v5 target conversion), "none"
+    # (a 3D expert parameter PEFT leaves alone: target_modules only wraps nn.Linear), "bypassed" (an
+    # nn.Linear PEFT wraps whose forward never runs: the model reads its .weight, so the adapter gets no gradient).
+    wrap: str = "module"
+    rank_scale: int = 1  # PEFT doubles the rank of a fused gate_up_proj it targets for gate_proj + up_proj
 
     @property
     def params(self) -> int:
@@ -135,7 +141,9 @@ class StateSpace(NamedTuple):
         return [
             Linear("in", "in_proj", h, 2 * di, self.proj_bias),
             Linear("x", "x_proj", di, self.dt_rank + 2 * self.d_state, False),
-            Linear("dt", "dt_proj", self.dt_rank, di, True),
+            # The mixer multiplies by dt_proj.weight itself (modeling_mamba.py:440 and the kernel path :387,
+            # modeling_jamba.py:580): a LoRA adapter on dt_proj exists but never runs (measured: no .grad).
+            Linear("dt", "dt_proj", self.dt_rank, di, True, wrap="bypassed"),
             Linear("out", "out_proj", di, h, self.proj_bias),
         ]
 
@@ -192,15 +200,18 @@ class MoE(NamedTuple):
 
     def linears(self, fam: Any, h: int) -> List[Linear]:
         e, k, f, b = self.experts, self.top_k, self.d_ff, self.expert_bias
+        # transformers 5.24 keeps routed experts as 3D parameters (e.g. modeling_qwen3_moe.py Qwen3MoeExperts
+        # gate_up_proj / down_proj), not nn.Linear: PEFT reaches them only where Family.peft_experts says.
+        w = "param" if fam.peft_experts else "none"
         out = [Linear("router", _name(fam, "router", "gate"), h, e, self.router_bias)]
         if self.gated and fam.module("expert_gate_up"):
-            out.append(Linear("gate_up", fam.module("expert_gate_up"), h, 2 * f, b, e, k))
+            out.append(Linear("gate_up", fam.module("expert_gate_up"), h, 2 * f, b, e, k, w))
         elif self.gated:
-            out.append(Linear("gate", _name(fam, "expert_gate", _name(fam, "gate", "gate_proj")), h, f, b, e, k))
-            out.append(Linear("up", _name(fam, "expert_up", _name(fam, "up", "up_proj")), h, f, b, e, k))
+            out.append(Linear("gate", _name(fam, "expert_gate", _name(fam, "gate", "gate_proj")), h, f, b, e, k, w))
+            out.append(Linear("up", _name(fam, "expert_up", _name(fam, "up", "up_proj")), h, f, b, e, k, w))
         else:
-            out.append(Linear("up", _name(fam, "expert_up", _name(fam, "up", "up_proj")), h, f, b, e, k))
-        out.append(Linear("down", _name(fam, "expert_down", _name(fam, "down", "down_proj")), f, h, b, e, k))
+            out.append(Linear("up", _name(fam, "expert_up", _name(fam, "up", "up_proj")), h, f, b, e, k, w))
+        out.append(Linear("down", _name(fam, "expert_down", _name(fam, "down", "down_proj")), f, h, b, e, k, w))
         fs = self.shared_d_ff
         if fs:
             prefix = fam.module("shared") or "shared_experts"
@@ -225,6 +236,40 @@ class NoMLP(NamedTuple):
 
     def extra_params(self) -> int:
         return 0
+
+
+def _targets(lin: Linear, wanted: Any) -> bool:
+    return lin.name in wanted or lin.name.split(".")[-1] in wanted
+
+
+def peft_target_problem(family: str, linears: List[Linear], targets: Tuple[str, ...]) -> Tuple[str, str]:
+    """(error, note) about LoRA targets that reach routed experts, as PEFT 0.21.2 treats them.
+
+    Error: gate_proj without up_proj (or the reverse) where PEFT fuses them into one gate_up_proj
+    parameter (peft/utils/transformers_weight_conversion.py _convert_peft_config_moe raises ValueError),
+    or a name that only routed experts PEFT cannot wrap carry (PEFT: "Target modules ... not found").
+    Note: a name both nn.Linears and unwrappable experts carry (Jamba's gate_proj): only the linears adapt.
+    """
+    if targets == ("all-linear",):
+        return "", ""
+    wanted = set(targets)
+    fused = [lin for lin in linears if lin.wrap == "param" and lin.role in ("gate", "up")]
+    hit = sorted({lin.name for lin in fused if _targets(lin, wanted)})
+    if fused and hit and len(hit) < len(fused):
+        missing = sorted({lin.name for lin in fused} - set(hit))
+        return (f'{", ".join(hit)} needs {", ".join(missing)} too: {family}\'s routed experts keep gate and up in one '
+                f"gate_up_proj parameter, which PEFT 0.21.2 adapts whole or not at all (peft/utils/"
+                f"transformers_weight_conversion.py _convert_peft_config_moe). Target both, or neither."), ""
+    frozen = sorted({t for t in targets if any(_targets(lin, {t}) for lin in linears if lin.wrap == "none")})
+    only = [t for t in frozen if not any(_targets(lin, {t}) for lin in linears if lin.wrap != "none")]
+    if only:
+        return (f'{", ".join(only)} names only {family}\'s routed experts, which transformers 5.24 keeps as 3D '
+                f"parameters that PEFT 0.21.2 does not wrap (target_modules adapts nn.Linear layers only): PEFT stops "
+                f'with "Target modules ... not found". Drop it, or adapt the attention projections.'), ""
+    if frozen:
+        return "", (f'LoRA on {", ".join(frozen)}: {family}\'s routed experts are 3D parameters PEFT 0.21.2 does not '
+                    f"wrap; only the nn.Linear layers of that name get adapters")
+    return "", ""
 
 
 class LayerGroup(NamedTuple):

@@ -59,6 +59,10 @@ class Family(NamedTuple):
     # PEFT's default LoRA target_modules for the model_type (peft/utils/constants.py
     # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING); () where PEFT has none and asks for them.
     lora_targets: Tuple[str, ...] = ("q_proj", "v_proj")
+    # PEFT 0.21.2 maps LoRA targets named after v4 expert linears onto the 3D routed-expert parameters only for
+    # model types transformers lists in _MODEL_TO_CONVERSION_PATTERN as "qwen2_moe" (peft/utils/
+    # transformers_weight_conversion.py _convert_peft_config_moe; transformers/conversion_mapping.py): True there.
+    peft_experts: bool = False
     doc: str = ""  # an example checkpoint, for the README and messages
     aliases: Tuple[str, ...] = ()
 

@@ -128,7 +128,10 @@ def lora_tensors(groups, rank: int) -> Tensors:
     sizes = []
     for layers, linears in groups:
         for lin in linears:
-            sizes += [(rank * lin.d_in, lin.count * layers), (rank * lin.d_out, lin.count * layers)]
+            if lin.wrap == "bypassed":
+                continue  # no gradient, so no optimizer state (layers.Linear.wrap)
+            r = rank * lin.rank_scale  # PEFT's fused gate_up_proj adapter: rank 2r
+            sizes += [(r * lin.d_in, lin.count * layers), (r * lin.d_out, lin.count * layers)]
     return Tensors(tuple(sizes))
 
 

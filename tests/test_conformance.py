@@ -30,19 +30,15 @@ DYNAMIC = ("saved_activations", "logits", "kv_cache")  # within 5 %
 PENDING: Dict[str, str] = {
     "cohere-train-bf16": "CohereLayerNorm is hand-written fp32 (modeling_cohere.py:60-64): 3 fp32 b·s·h tensors per norm, not LayerNorm's input + 2 stats",
     "deepseek_v2-train-bf16": "saved activations 9 % low under bf16 (MLA / fp32 router path; see board)",
-    "deepseek_v2-lora-bf16": "saved activations 77 % low under LoRA, adapters on the fp32 router path (see board)",
     "falcon-7b-train-bf16": "saved activations 22 % low (falcon LayerNorm/parallel block under bf16; see board)",
     "falcon-7b-lora-bf16": "saved activations 17.5 % low (see board)",
-    "qwen3_moe-lora-bf16": "LoRA with frozen 3D expert weights: autograd saves a contiguous transposed copy of the routed experts (integrations/moe.py _grouped_linear; see board)",
     "starcoder2-train-bf16": "saved activations 6.5 % low with sliding_window set (see board)",
     "starcoder2-train-fp32": "saved activations 8 % low with sliding_window set (see board)",
-    "jamba-lora-bf16": "adapters counted on the routed experts (3D params PEFT does not wrap): grads/states +107 %; plus the frozen-expert copy (see board)",
     "gemma3-train-bf16": "text-only step: the vision tower (40.3 M params in the cut) gets no .grad and AdamW keeps no state for it; the estimate trains every parameter (+7.1 %)",
     "gemma3-train-fp32": "text-only step: no grads/AdamW states for the unused vision tower (+7.1 %)",
     "mamba-train-bf16": "MambaForCausalLM returns fp32 logits in a bf16 model: lm_head(...).float() (modeling_mamba.py:794): b·s·V·4",
-    "mamba-lora-bf16": "fp32 logits (modeling_mamba.py:794); estimate also adapts dt_proj, which PEFT leaves alone on Mamba (adapters +29 %)",
+    "mamba-lora-bf16": "fp32 logits (modeling_mamba.py:794)",
     "mamba-inference-bf16": "MambaForCausalLM returns fp32 logits (modeling_mamba.py:794)",
-    "deepseek_v3-lora-bf16": "LoRA with frozen 3D routed experts: autograd saves a contiguous transposed copy of every routed expert weight (integrations/moe.py _grouped_linear); adapters +5.5 % (see board)",
 }
 
 
