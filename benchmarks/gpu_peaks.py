@@ -8,7 +8,8 @@ between phases) and the driver's view with ``torch.cuda.mem_get_info`` (what nvi
 used, CUDA context included). Results are JSON lines, one per scenario, with the config, the
 settings and the versions, for ``benchmarks/data/gpu-peaks.jsonl``.
 
-    python benchmarks/gpu_peaks.py --archs ARCHS.jsonl --out peaks.jsonl [--only NAME ...]
+    python benchmarks/gpu_peaks.py --archs ARCHS.jsonl --out peaks.jsonl [--only NAME ...] [--scenarios S.json]
+    python benchmarks/gpu_peaks.py --score benchmarks/data/gpu-peaks-h100-families.jsonl   # no GPU needed
 
 An out-of-memory is a result too (``"oom": true``): it is a verdict the estimate must get right.
 """
@@ -126,19 +127,69 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+def score(path: str) -> int:
+    """Estimate each measured row offline and print estimate vs measured whole-run max_memory_allocated.
+
+    The estimate's allocated figure is its total less the CUDA context/allocator term (max_memory_allocated
+    sees neither); training rows are a plain PyTorch loop: pure bf16, foreach AdamW.
+    """
+    import os
+    import tempfile
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from pytest_llmmem.config import adhoc_run
+    from pytest_llmmem.estimate import estimate
+
+    errors = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, line in enumerate(open(path)):
+            row = json.loads(line)
+            scenario = row["scenario"]
+            if not row.get("phases"):
+                print(f"{scenario['name']}: not measured ({row.get('error', 'oom' if row.get('oom') else '?')})")
+                continue
+            config = os.path.join(tmp, f"{number}.json")
+            with open(config, "w") as handle:
+                json.dump(row["config"], handle)
+            keys = {"config": config, "mode": scenario["mode"], "dtype": "bf16", "batch-size": scenario["batch"],
+                    "seq-len": scenario["seq"], "gpu": "H100-80GB"}
+            if scenario["mode"] == "train":
+                keys.update({"precision": "pure", "optimizer-impl": "foreach",
+                             "gradient-checkpointing": bool(scenario.get("checkpointing"))})
+            else:
+                keys["logits"] = scenario.get("logits", "last")
+            est = estimate(adhoc_run(keys))
+            allocated = est.total_bytes - est.breakdown["overhead"]
+            measured = max(p["max_allocated"] for p in row["phases"].values())
+            phase = max(row["phases"], key=lambda k: row["phases"][k]["max_allocated"]).replace("_", " ")
+            error = 100 * (allocated / measured - 1)
+            errors.append(error)
+            print(f"{scenario['name']:<38} {scenario['mode']:<9} b{scenario['batch']} s{scenario['seq']:<6} "
+                  f"estimate {_gib(allocated):7.2f} GiB  measured {_gib(measured):7.2f} GiB  {error:+6.1f} %  "
+                  f"peak: estimated {getattr(est, 'peak_phase', '') or 'prefill'}, measured {phase}")
+    if errors:
+        ordered = sorted(abs(e) for e in errors)
+        print(f"{len(errors)} rows: median |error| {ordered[len(ordered) // 2]:.1f} %, worst under-estimate {min(errors):+.1f} %")
+    return 0
+
+
 def main() -> int:
+    if "--score" in sys.argv[1:2]:
+        return score(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", required=True, help="JSONL with name and config per model (shared/validation/archs.jsonl)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--only", nargs="*", help="scenario model names to run")
+    parser.add_argument("--scenarios", help="JSON file with a list of scenarios to run instead of the built-in ones")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--timeout", type=int, default=120, help="seconds per scenario")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
+    scenarios = json.load(open(args.scenarios)) if args.scenarios else SCENARIOS
     with open(args.out, "w") as sink:
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             if args.only and scenario["name"] not in args.only:
                 continue
             cmd = [sys.executable, __file__, "--archs", args.archs, "--out", args.out, "--device", args.device,
