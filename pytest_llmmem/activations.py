@@ -230,8 +230,8 @@ def _wrapped_experts_saved(mlp: MoE, p: Pass, h: int) -> int:
     tokens = p.tokens * mlp.top_k
     n = 0
     for lin in t.experts:
-        if lin.count != mlp.experts or (lin.d_in, lin.d_out) not in ((h, lin.d_out), (mlp.d_ff, h)):
-            continue
+        if lin.count != mlp.experts or lin.d_in not in (h, mlp.d_ff):
+            continue  # another MoE kind's experts
         r = t.rank * lin.rank_scale
         n += lin.count * lin.d_in * lin.d_out * act  # the merged weight
         n += lin.count * r * (lin.d_in + lin.d_out) * act if t.adapter_bytes != act else 0  # lhs / rhs casts
