@@ -141,9 +141,35 @@ def _not_finite(value: Any) -> Optional[str]:
         return f"holds {value}, which is not a JSON number (JSON numbers are finite)"
     if isinstance(value, float) and value in (math.inf, -math.inf):
         return "holds a number too large for a floating-point number (1.8e308 or more)"
-    if isinstance(value, list):
-        return next((why for why in map(_not_finite, value) if why), None)
+    if isinstance(value, list):  # iterative: a list nested thousands deep must not recurse
+        stack = list(value)
+        while stack:
+            item = stack.pop()
+            if isinstance(item, list):
+                stack.extend(item)
+            elif not isinstance(item, dict):
+                why = _not_finite(item)
+                if why:
+                    return why
     return None
+
+
+# Deeper than any real config.json; Python 3.12+ parses thousands of levels that 3.11 refuses, and
+# later code (repr in messages) would recurse through them, so the limit is ours, not the parser's.
+MAX_JSON_DEPTH = 100
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
 
 
 def _checked_object(pairs: Any) -> dict:
@@ -182,6 +208,8 @@ def read_json(path: Union[str, Path], limit: int = CONFIG_JSON_LIMIT) -> Any:
         raise InvalidJSON("it is nested too deeply to parse") from None
     except ValueError as err:  # JSONDecodeError, or an integer of over 4,300 digits
         raise InvalidJSON(str(err)) from None
+    if _too_deep(value):
+        raise InvalidJSON("it is nested too deeply to parse")
     why = _not_finite(value)  # a top-level NaN or [1e400] has no key to name
     if why:
         raise InvalidJSON(f"a value in it {why}")

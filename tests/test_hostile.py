@@ -363,3 +363,9 @@ def test_deeply_nested_toml(tmp_path, capsys):
     code, out, err, _ = run(capsys, "check", path)
     assert (code, out) == (2, "")
     assert err == f"llmmem: error: {path}: is not valid TOML here: an array or inline table is nested too deeply to parse.\n"
+
+
+def test_nesting_past_the_limit_any_python(tmp_path, capsys):
+    """101 levels parse on every Python (3.11 refuses ~1,000, 3.13 parses 5,000), so the refusal is ours."""
+    (tmp_path / "deep.json").write_text('{"a": ' + "[" * 100 + "]" * 100 + "}", encoding="utf-8")
+    _config_error(tmp_path, capsys, "deep.json", '"deep.json" is not valid JSON: it is nested too deeply to parse.')
