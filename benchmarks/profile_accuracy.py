@@ -49,7 +49,11 @@ class Row(NamedTuple):
 
 
 def _allocated(est) -> float:
-    """What max_memory_allocated sees: the estimate less the CUDA context, cuBLAS workspace and allocator slack."""
+    """What max_memory_allocated sees: the largest phase less its CUDA context, cuBLAS workspace and
+    allocator slack (each phase has its own slack, as benchmarks/phase_accuracy.py counts it)."""
+    parts = getattr(est, "phase_parts", ())
+    if parts:
+        return max(part.total - part.breakdown.get("overhead", 0) for part in parts)
     return est.total_bytes - est.breakdown["overhead"]
 
 
