@@ -382,7 +382,8 @@ def _stage_groups(arch: Architecture, layers: int) -> List[Tuple[int, LayerGroup
 def _inference_logits(run: Run, b: int, prompt: int, vocab: int, act: int, details: Dict[str, int], classifier: bool, t: int) -> int:
     """A scoring forward (logits = "all") returns logits for every prompt position; generation asks
     for the last one only (transformers generate() sets logits_to_keep=1, generation/utils.py:2955)
-    and copies it to fp32 before sampling (utils.py:3248)."""
+    and copies it to fp32 before sampling (utils.py:3248). ``act``: the bytes of the logits the
+    model returns (Family.logits_fp32)."""
     if run.logits == "all" or classifier:
         details["logits.all_positions"] = (b if classifier else b * prompt) * vocab * act // t
         return details["logits.all_positions"]
@@ -414,7 +415,8 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
         if len(details) == 1 or all(k == "kv_cache.full" for k in details if k.startswith("kv_cache.")):
             details.pop("kv_cache.full", None)  # one kind: the term says it all
         breakdown["activations"] = max(forward_transient(arch, g, batch=b, seq=prompt, act=act, flash=flash) for _, g in stage) // t
-        breakdown["logits"] = _inference_logits(run, b, prompt, vocab_out, act, details, arch.family.classifier, t)
+        logits_act = FP32 if arch.family.logits_fp32 else act
+        breakdown["logits"] = _inference_logits(run, b, prompt, vocab_out, logits_act, details, arch.family.classifier, t)
         return
     if run.mode == "train":
         trainable = Trainable(full=True)
@@ -457,7 +459,8 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
     # Megatron's vocab-parallel cross-entropy splits the buffers over the tensor-parallel ranks.
     # Counting the last stage's logits beside the first stage's activations over-states pipeline runs slightly.
     knobs = run.knobs if not arch.family.classifier else run.knobs._replace(loss="upcast")
-    loss = loss_terms(knobs, rows=logit_rows, vocab=vocab_out, hidden=arch.hidden_size, act=act, tp=t, head_trains=trainable.full)
+    loss = loss_terms(knobs, rows=logit_rows, vocab=vocab_out, hidden=arch.hidden_size, act=act, tp=t, head_trains=trainable.full,
+                      logits_act=FP32 if arch.family.logits_fp32 else act)
     details.update((f"logits.{k}", v) for k, v in loss.items() if v)
     if arch.final_softcap and knobs.loss != "fused":
         # Gemma 2 final-logit soft-capping: tanh keeps its output, another b*s*V tensor

@@ -65,7 +65,7 @@ def builtin_families() -> List[Family]:
         Family("falcon", lora_targets=("query_key_value",), gated_mlp=False, norm="layer", reader="falcon", tie_default=True, default_act="gelu",
                names=(("qkv", "query_key_value"), ("o", "dense"), ("up", "dense_h_to_4h"), ("down", "dense_4h_to_h")),
                doc="tiiuae/falcon-7b"),
-        Family("mamba", lora_targets=(), reader="mamba", sdpa=False, tie_default=True, doc="state-spaces/mamba-130m-hf"),
+        Family("mamba", lora_targets=(), reader="mamba", sdpa=False, tie_default=True, logits_fp32=True, doc="state-spaces/mamba-130m-hf"),
         LLAMA._replace(name="jamba", lora_targets=(), reader="jamba", attention_bias="", moe_layers="period",
                        names=LLAMA.names + (("router", "router"),), doc="ai21labs/Jamba-v0.1"),
         Family(

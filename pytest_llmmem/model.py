@@ -63,6 +63,7 @@ class Family(NamedTuple):
     # model types transformers lists in _MODEL_TO_CONVERSION_PATTERN as "qwen2_moe" (peft/utils/
     # transformers_weight_conversion.py _convert_peft_config_moe; transformers/conversion_mapping.py): True there.
     peft_experts: bool = False
+    logits_fp32: bool = False  # the head's output is upcast before returning (MambaForCausalLM: lm_head(...).float())
     doc: str = ""  # an example checkpoint, for the README and messages
     aliases: Tuple[str, ...] = ()
 

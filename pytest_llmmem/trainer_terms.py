@@ -8,7 +8,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import math
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .catalog import Optimizer
 from .profiles import Knobs
@@ -48,7 +48,8 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp: int, head_trains: bool) -> Dict[str, int]:
+def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp: int, head_trains: bool,
+               logits_act: Optional[int] = None) -> Dict[str, int]:
     """``logits.*`` items of one training step's head + loss, per tensor-parallel rank.
 
     upcast (HF ForCausalLMLoss): the 16-bit logits, the fp32 log-softmax cross_entropy keeps, and
@@ -66,14 +67,17 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
     chunk_size = next_pow2(ceil(BT / ceil(V / H))), one fp32 loss per token).
     """
     elems = rows * vocab // tp
+    # The logits as the model returns them: fp32 where the family upcasts them itself (Mamba,
+    # modeling_mamba.py:794 ``lm_head(...).float()``; the loss's own .float() is then a no-op).
+    returned = elems * (logits_act or act)
     if knobs.loss == "upcast":
-        return {"logits": elems * act, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32}
+        return {"logits": returned, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32}
     if knobs.loss == "chunked":
         n = max(1, knobs.loss_chunks)
         chunk = -(-elems // n)
         kept = FP32 if knobs.chunk_upcast else act
         return {
-            "logits": elems * act if knobs.keeps_logits else chunk * act,
+            "logits": returned if knobs.keeps_logits else chunk * act,
             "log_softmax": elems * kept,
             # forward: the chunk's fp32 copy; backward: its gradient and the 16-bit gradient of the chunk
             "chunk_transient": chunk * (kept + act) if knobs.chunk_upcast else chunk * act,

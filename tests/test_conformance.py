@@ -36,9 +36,6 @@ PENDING: Dict[str, str] = {
     "starcoder2-train-fp32": "saved activations 8 % low with sliding_window set (see board)",
     "gemma3-train-bf16": "text-only step: the vision tower (40.3 M params in the cut) gets no .grad and AdamW keeps no state for it; the estimate trains every parameter (+7.1 %)",
     "gemma3-train-fp32": "text-only step: no grads/AdamW states for the unused vision tower (+7.1 %)",
-    "mamba-train-bf16": "MambaForCausalLM returns fp32 logits in a bf16 model: lm_head(...).float() (modeling_mamba.py:794): b·s·V·4",
-    "mamba-lora-bf16": "fp32 logits (modeling_mamba.py:794)",
-    "mamba-inference-bf16": "MambaForCausalLM returns fp32 logits (modeling_mamba.py:794)",
 }
 
 
