@@ -14,7 +14,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from typing import Any, Dict, FrozenSet, NamedTuple, Optional, Tuple
 
-from .layers import Attention, LatentAttention, LayerGroup, Linear, MoE, NoMLP, StateSpace
+from .layers import Attention, Dense, LatentAttention, LayerGroup, Linear, MoE, NoMLP, StateSpace
 from .model import PYTHON_ACTIVATIONS, Architecture
 
 FP32 = 4
@@ -63,9 +63,12 @@ def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: boo
         extra = h * FP32 if fam.rms_weight == "gemma" else 0
         return tokens * h * FP32 + (tokens * h * normalised if weight_trainable else 0) + rows * FP32 + extra
     if fam.norm == "layer-nobias":
-        # Cohere's LayerNorm is written in Python in fp32 (modeling_cohere.py CohereLayerNorm): it keeps
-        # x - mean, the rsqrt per row, and (when the weight trains) the normalised fp32 x.
-        return tokens * h * FP32 + (tokens * h * FP32 if weight_trainable else 0) + rows * FP32
+        # Cohere's LayerNorm is written in Python in fp32 (modeling_cohere.py:60-64 CohereLayerNorm): x - mean
+        # is computed twice (pow keeps one, the multiply by rsqrt the other), the rsqrt per row, the fp32
+        # copy of the weight (for the input's gradient, 16-bit models only) and, when the weight trains,
+        # the normalised fp32 x. Measured (--explain cohere train bf16): 3 fp32 (b, s, h) + (b, s, 1) + (h,) per norm.
+        weight_copy = h * FP32 if stream != FP32 else 0
+        return 2 * tokens * h * FP32 + (tokens * h * FP32 if weight_trainable else 0) + rows * FP32 + weight_copy
     return tokens * h * stream + 2 * rows * FP32
 
 
@@ -99,6 +102,15 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
     fam, tokens, act, t = arch.family, p.tokens, p.act, p.trainable
     a, kv, d = attn.heads, attn.kv_heads, attn.head_dim
     shared = _consumer_input(arch, [lin[r].name for r in ("qkv", "q", "k", "v") if r in lin], tokens, arch.hidden_size, act, t, p.amp)
+    o_input = (tokens * a * d * act if t.keeps_input(lin["o"].name, act) else 0) + tokens * a * d * t.adapter_copy(lin["o"].name, act)
+    if p.flash and fam.sdpa and fam.sdpa_kv_broadcast and kv < a and not attn.cache_heads:
+        # Falcon-7B hands SDPA one K/V head for all query heads, without enable_gqa (modeling_falcon.py:333-340).
+        # torch's fused kernels need equal heads, so its math backend runs: in fp32 for 16-bit inputs (torch
+        # 2.5+: allow_fp16_bf16_reduction_math_sdp is off by default), keeping the scaled q, K and V broadcast
+        # to every head and the probabilities; the permuted output is a new o_proj (dense) input.
+        # Measured: --explain falcon-7b train bf16 (4 fp32 (b*H, 64, 64) per layer at s = d = 64), and a
+        # torch 2.13 saved-tensor count at s = 32, d = 64: 3 fp32 (b*H, s, d) + 1 fp32 (b, H, s, s).
+        return shared, p.batch * a * p.seq * (3 * d + p.seq) * FP32 + o_input
     kept = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
     rotary = not fam.learned_positions and arch.rotary_dim != 0
     if "qkv" in lin and rotary and ((p.flash and fam.sdpa) or kv == a):
@@ -115,6 +127,12 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
     if p.flash and fam.sdpa:
         # SDPA/flash keep their output and a fp32 log-sum-exp per row (Dao et al. 2022), no s*s matrix.
         kept += tokens * a * d * act + p.batch * a * p.seq * FP32
+        if attn.window and p.seq >= attn.window and kv < a:
+            # A sliding window as long as the sequence needs a mask (masking_utils._ignore_causal_mask_sdpa skips it
+            # only below the window), and with a mask transformers repeats K and V to every query head before SDPA
+            # (integrations/sdpa_attention.py use_gqa_in_sdpa: enable_gqa only without one): the kernel keeps the
+            # repeated copies (measured: --explain starcoder2 train bf16, 4 (b, H, s, d) per layer).
+            kept += 2 * tokens * (a - kv) * d * act
         o_input_kept = 0  # the kernel output is the o_proj input (a view), already counted
     else:
         if attn.sinks:
@@ -281,6 +299,13 @@ def layer_saved(
         mlp_shared += _norm_saved(arch, tokens, act, full, amp) * (2 if post_norms else 1) if group.norms >= 2 else 0
         if arch.hidden_dropout:
             mlp_shared += tokens * h
+    if group.norms == 1 and not amp and isinstance(group.mlp, Dense):
+        # Parallel attention and MLP off one norm (Cohere, phi, Falcon-7B): one normalised tensor feeds
+        # both, kept once when both sides keep it (measured: --explain cohere train bf16, falcon-7b train bf16).
+        attn_in = [lin[r].name for r in ("qkv", "q", "k", "v") if r in lin]
+        mlp_in = [lin[r].name for r in ("gate_up", "gate", "up") if r in lin]
+        if any(trainable.keeps_input(n, act) for n in attn_in) and any(trainable.keeps_input(n, act) for n in mlp_in):
+            mlp_shared -= tokens * h * act
     out["mlp"] = mlp_shared // (tp if sp else 1) + mlp_kept // tp
     return out
 

@@ -28,12 +28,7 @@ DYNAMIC = ("saved_activations", "logits", "kv_cache")  # within 5 %
 # "<stem>-<mode>-<dtype>" for a step) -> the finding that says why (see /work/briefs/board.md).
 # strict: the day one passes, the test fails until its entry is removed.
 PENDING: Dict[str, str] = {
-    "cohere-train-bf16": "CohereLayerNorm is hand-written fp32 (modeling_cohere.py:60-64): 3 fp32 b·s·h tensors per norm, not LayerNorm's input + 2 stats",
     "deepseek_v2-train-bf16": "saved activations 6 % low: a CPU artefact. q/k head dim 192 != v head dim 128, so CPU SDPA falls back to its math path, which upcasts q, k, v, probabilities and output to fp32 (measured with saved_tensors_hooks: dv=128 saves fp32 (32,64,192) ..., dv=192 bf16 + lse); CUDA's efficient kernel takes dv != dqk, as the estimate assumes",
-    "falcon-7b-train-bf16": "saved activations 22 % low (falcon LayerNorm/parallel block under bf16; see board)",
-    "falcon-7b-lora-bf16": "saved activations 17.5 % low (see board)",
-    "starcoder2-train-bf16": "saved activations 6.5 % low with sliding_window set (see board)",
-    "starcoder2-train-fp32": "saved activations 8 % low with sliding_window set (see board)",
     "gemma3-train-bf16": "text-only step: the vision tower (40.3 M params in the cut) gets no .grad and AdamW keeps no state for it; the estimate trains every parameter (+7.1 %)",
     "gemma3-train-fp32": "text-only step: no grads/AdamW states for the unused vision tower (+7.1 %)",
 }
