@@ -246,7 +246,7 @@ def _resolved(path: Any) -> Any:
 def _shown_path(path: Any, root: Optional[str]) -> str:
     """A path as the user will recognise it: relative to the current folder inside the repository."""
     if root is None:
-        from .repo_scan import repository_root
+        from .projects import repository_root
 
         root = repository_root(os.getcwd())
     text = str(path)

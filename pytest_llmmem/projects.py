@@ -3,6 +3,7 @@
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+import os
 from pathlib import Path
 from typing import Union
 
@@ -30,10 +31,6 @@ def nearest_pyproject() -> Path:
     """The pyproject.toml with [tool.llmmem] in the current folder or the nearest folder above it, as
     pytest and ruff look for their own tables; the search stops at the repository root (the folder
     holding .git). Returned relative to the current folder, as messages show it."""
-    import os
-
-    from .repo_scan import repository_root
-
     cwd = os.getcwd()
     root = repository_root(cwd)
     folder = cwd
@@ -73,3 +70,16 @@ def has_llmmem_table(path: Path) -> bool:
         return True
     tool = document.get("tool")
     return isinstance(tool, dict) and "llmmem" in tool
+
+
+def repository_root(start: str) -> str:
+    """The nearest folder at or above ``start`` holding ``.git`` (a folder, or a file in a worktree or
+    submodule); ``start`` itself outside a repository. No git process is started."""
+    folder = os.path.abspath(start)
+    while True:
+        if os.path.lexists(os.path.join(folder, ".git")):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return os.path.abspath(start)
+        folder = parent
