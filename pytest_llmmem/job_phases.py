@@ -228,7 +228,7 @@ def _merge_bytes(run, arch) -> int:
     """PEFT merge_and_unload, one adapted linear at a time: B @ A and its scaled copy in the adapter
     dtype (peft/tuners/lora/layer.py:1044 get_delta_weight); a 4-bit base is dequantised, cast to
     the adapter dtype and summed before requantising (peft/tuners/lora/bnb.py:110-113)."""
-    from .estimate import adapted_linears
+    from .lora import adapted_linears
 
     linears = adapted_linears(arch, run.lora_targets)
     if not linears:

@@ -209,7 +209,7 @@ def trainable_tensors(run, arch, params: int):
         return None
     if run.mode == "train":
         return full_model_tensors(arch, params)
-    from .estimate import adapted_linears  # the LoRA target rules live with the LoRA count
+    from .lora import adapted_linears
 
     groups = [(n, adapted_linears(arch, run.lora_targets, lins)) for n, lins in arch.group_linears()]
     return lora_tensors(groups, run.lora_rank)
