@@ -129,36 +129,18 @@ def _emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> i
         _write_report(json_path, json.dumps(combined, indent=2) + "\n")
     fits = not any(e.fits is False for _, estimates in results for e in estimates)
     if fmt == "github":
-        _github(documents, fits, json_path, hook)
+        from . import github
+
+        github.report(documents, fits, json_path, hook)
     return EXIT_OK if fits else EXIT_OVER
-
-
-def _report_target_problem(path: str) -> Optional[str]:
-    """Why the JSON report cannot be written to ``path`` (checked before any work), or None."""
-    import stat
-
-    from .files import is_dir
-
-    folder = os.path.dirname(os.path.abspath(path)) if "\0" not in path else ""
-    if not folder or not is_dir(folder):
-        return f"the folder {folder or path!r} does not exist; create it first"
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        return f"it cannot be written ({getattr(err, 'strerror', None) or err})"
-    if stat.S_ISDIR(mode):
-        return "it is a directory; give a file path such as llmmem-report.json inside it"
-    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        return "it is a named pipe or a socket, not a file (writing would wait for a reader)"
-    return None
 
 
 def _write_report(path: str, text: str) -> None:
     from .errors import ConfigError, shown_name
 
-    problem = _report_target_problem(path)
+    from .files import write_problem
+
+    problem = write_problem(path)
     if problem is None:
         try:
             with open(path, "w", encoding="utf-8") as handle:
@@ -167,26 +149,6 @@ def _write_report(path: str, text: str) -> None:
         except OSError as err:
             problem = f"it cannot be written ({err.strerror or err})"
     raise ConfigError(f"cannot write the JSON report to {shown_name(path, 200)}: {problem}.")
-
-
-def _github(documents: List[Any], fits: bool, json_path: Optional[str], hook: bool) -> None:
-    """Annotations on stdout, the job summary and the step outputs, as GitHub Actions reads them.
-    The pre-commit hook prints the annotations only: it writes no file, the runner's included."""
-    from . import github
-
-    workspace = os.environ.get("GITHUB_WORKSPACE")
-    lines: List[str] = []
-    for doc in documents:
-        lines += github.annotations(doc["file"], doc["runs"], workspace)
-    for line in github.capped(lines):  # one cap across every file checked
-        print(line)
-    if hook:
-        return
-    github.append_summary(documents, workspace)
-    outputs = os.environ.get("GITHUB_OUTPUT")
-    if outputs:
-        with open(outputs, "a", encoding="utf-8") as handle:
-            handle.write(f"fits={'true' if fits else 'false'}\n" + (f"json={json_path}\n" if json_path else ""))
 
 
 def _targets(args: argparse.Namespace) -> List[Any]:
@@ -442,7 +404,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if hasattr(sys.stdout, "reconfigure") and getattr(sys.stdout, "errors", "") == "strict":
         sys.stdout.reconfigure(errors="backslashreplace")  # a run name an ASCII terminal cannot show
     json_out = getattr(args, "json_out", None)
-    problem = _report_target_problem(json_out) if json_out else None
+    from .files import write_problem
+
+    problem = write_problem(json_out) if json_out else None
     if problem:  # before any work, so nothing is printed as if the run had been reported
         print(f"llmmem: error: --json-out {shown_name(json_out, 200)}: {problem}.", file=sys.stderr)
         return EXIT_ERROR

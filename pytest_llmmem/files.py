@@ -248,3 +248,21 @@ def _size(n: int) -> str:
     if n >= 2**20:
         return f"{n / 2**20:.1f} MiB"
     return f"{n / 2**10:.1f} KiB" if n >= 2**10 else f"{n:,} bytes"
+
+
+def write_problem(path: str) -> Optional[str]:
+    """Why the JSON report cannot be written to ``path`` (checked before any work), or None."""
+    folder = os.path.dirname(os.path.abspath(path)) if "\0" not in path else ""
+    if not folder or not is_dir(folder):
+        return f"the folder {folder or path!r} does not exist; create it first"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return f"it cannot be written ({getattr(err, 'strerror', None) or err})"
+    if stat.S_ISDIR(mode):
+        return "it is a directory; give a file path such as llmmem-report.json inside it"
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return "it is a named pipe or a socket, not a file (writing would wait for a reader)"
+    return None

@@ -172,3 +172,21 @@ def append_summary(documents: Sequence[Mapping[str, Any]], workspace: Optional[s
     with open(target, "a", encoding="utf-8") as handle:
         for doc in documents:
             handle.write(step_summary(workspace_path(doc["file"], workspace), doc["runs"]))
+
+
+def report(documents: List[Any], fits: bool, json_path: Optional[str], hook: bool) -> None:
+    """Annotations on stdout, the job summary and the step outputs, as GitHub Actions reads them.
+    The pre-commit hook prints the annotations only: it writes no file, the runner's included."""
+    workspace = os.environ.get("GITHUB_WORKSPACE")
+    lines: List[str] = []
+    for doc in documents:
+        lines += annotations(doc["file"], doc["runs"], workspace)
+    for line in capped(lines):  # one cap across every file checked
+        print(line)
+    if hook:
+        return
+    append_summary(documents, workspace)
+    outputs = os.environ.get("GITHUB_OUTPUT")
+    if outputs:
+        with open(outputs, "a", encoding="utf-8") as handle:
+            handle.write(f"fits={'true' if fits else 'false'}\n" + (f"json={json_path}\n" if json_path else ""))
