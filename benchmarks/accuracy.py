@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pytest_llmmem.config import adhoc_run  # noqa: E402
+from validation_data import missing  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 from pytest_llmmem.errors import ConfigError  # noqa: E402
 from pytest_llmmem.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Estimate, estimate  # noqa: E402
 
@@ -278,12 +279,8 @@ def main() -> int:
     if args.families_markdown:
         print(families_markdown(*families(ROOT / "tests" / "data" / "families")))
         return 0
-    for name in ("groundtruth.jsonl", "measured.jsonl"):
-        if not (args.validation / name).is_file():
-            print(f"accuracy.py: error: no validation data: {args.validation / name} does not exist. The data lives "
-                  "beside the repository in shared/validation (see its README.md); point at a copy with "
-                  "--validation DIR.", file=sys.stderr)
-            return 2
+    if missing(args.validation, ("groundtruth.jsonl", "measured.jsonl"), "accuracy.py"):
+        return 2
     gt_totals: List[Tuple[str, Dict[str, float], int]] = []
     gt = groundtruth(args.validation / "groundtruth.jsonl", gt_totals)
     print("== ground truth (exact PyTorch bytes, CPU) ==")

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pytest_llmmem.config import adhoc_run  # noqa: E402
+from validation_data import missing  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 from pytest_llmmem.estimate import estimate  # noqa: E402
 
 UNITS = {"GB": 1e9, "MiB": 2**20, "bytes": 1}
@@ -81,6 +82,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--validation", type=Path, default=ROOT.parent / "shared" / "validation")
     args = parser.parse_args()
+    if missing(args.validation, ("measured2.jsonl",), "phase_accuracy.py"):
+        return 2
     print(render(score(args.validation)))
     return 0
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_llmmem.config import adhoc_run  # noqa: E402
+from validation_data import missing  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 from pytest_llmmem.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, estimate  # noqa: E402
 
 UNITS = {"MiB": 2**20, "GB": 10**9, "GiB": 2**30}
@@ -150,6 +151,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--validation", type=Path, default=ROOT.parent / "shared" / "validation")
     args = parser.parse_args()
+    if missing(args.validation, ("measured.jsonl", "measured2.jsonl"), "profile_accuracy.py"):
+        return 2
     print(render(score(args.validation)))
     return 0
 
