@@ -160,21 +160,58 @@ def download(model_id: str, revision: Optional[str]) -> Resolved:
     is read by huggingface_hub itself (huggingface_hub/utils/_auth.py get_token)."""
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                           RevisionNotFoundError)
     except ImportError:
         raise ConfigError(f'"{model_id}" would be downloaded, but huggingface_hub is not installed.', key="allow-network",
                           hint='pip install "pytest-llmmem[hub]", or download config.json into the cache yourself.') from None
     try:
         path = hf_hub_download(model_id, "config.json", revision=revision)
-    except GatedRepoError:
-        token = "HF_TOKEN is set but its account has no access" if os.environ.get("HF_TOKEN") else "no HF_TOKEN is set"
-        raise ConfigError(f'"{model_id}" is a gated model and {token}.', key="id",
-                          hint="Accept its licence on huggingface.co and export HF_TOKEN, or point config at a config.json.") from None
+    except GatedRepoError:  # a subclass of RepositoryNotFoundError (huggingface_hub/errors.py): caught first
+        raise ConfigError(f'"{model_id}" is a gated model on the Hugging Face Hub and {_token_state()}, so its config.json '
+                          "cannot be downloaded.", key="id",
+                          hint=(f"Accept its licence at https://huggingface.co/{model_id}, then export HF_TOKEN=<a read token> "
+                                "or run `hf auth login` (`huggingface-cli login` before huggingface_hub 1.0); or put "
+                                "config.json in the cache yourself, or point config at a copy.")) from None
     except RevisionNotFoundError:
         raise ConfigError(f'"{model_id}" has no revision "{revision}".', key="revision") from None
     except RepositoryNotFoundError:
-        raise ConfigError(f'"{model_id}" does not exist on the Hub (or is private and HF_TOKEN cannot see it).', key="id") from None
-    except Exception as err:  # offline, timeouts, HTTP errors: huggingface_hub raises many kinds
+        raise ConfigError(f'"{model_id}" does not exist on the Hub (or is private and {_token_state()}).', key="id") from None
+    except LocalEntryNotFoundError:  # offline: HF_HUB_OFFLINE, or the Hub could not be reached (file_download.py)
+        cause, offline = _offline_cause()
+        raise ConfigError(f'"{model_id}" could not be downloaded: {cause}, and config.json is not in the cache '
+                          f"({cache_dir()}).", key="allow-network",
+                          hint=("Unset HF_HUB_OFFLINE to download it; or " if offline else "")
+                          + (f"on a machine with network access run `hf download {model_id} config.json` and copy the "
+                             "cache, or point config at a copy of its config.json.")) from None
+    except EntryNotFoundError:
+        raise ConfigError(f'"{model_id}" has no config.json on the Hub (not a transformers checkpoint?).', key="id",
+                          hint="Point config at the architecture's config.json.") from None
+    except Exception as err:  # timeouts, HTTP 5xx, a bad token: huggingface_hub raises many kinds
         raise ConfigError(f'"{model_id}" could not be downloaded: {type(err).__name__}: {shown_name(str(err), 200)}.', key="id") from None
     found = from_cache(model_id, revision, cache_dir())
     return found._replace(origin="download") if found else Resolved(model_id, Path(path), "download", revision or "")
+
+
+def _token_state() -> str:
+    """Whether huggingface_hub holds a token (HF_TOKEN, else the file `hf auth login` writes), for the gated message."""
+    try:
+        from huggingface_hub import get_token  # huggingface_hub/utils/_auth.py (0.21 and later)
+
+        token = get_token()
+    except Exception:  # older huggingface_hub, or an OIDC exchange that failed: fall back to the variable
+        token = os.environ.get("HF_TOKEN")
+    return "the token huggingface_hub found has no access to it" if token else "no token is set (HF_TOKEN or `hf auth login`)"
+
+
+def _offline_cause() -> Tuple[str, bool]:
+    """Why huggingface_hub did not reach the Hub: offline mode (HF_HUB_OFFLINE, huggingface_hub/constants.py) or the network."""
+    try:
+        from huggingface_hub import constants
+
+        offline = bool(constants.HF_HUB_OFFLINE)
+    except Exception:
+        offline = False
+    if offline:
+        return "huggingface_hub is in offline mode (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)", True
+    return "the Hugging Face Hub could not be reached (no network, a proxy, or the Hub is down)", False

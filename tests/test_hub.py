@@ -105,7 +105,8 @@ def test_not_an_id_and_conflicting_keys(cache):
 
 
 def test_network_off_by_default_and_download_refuses_offline(cache, monkeypatch):
-    """allow-network goes to huggingface_hub; with HF_HUB_OFFLINE=1 it raises without touching the network."""
+    """allow-network goes to huggingface_hub; with HF_HUB_OFFLINE=1 its real hf_hub_download raises
+    LocalEntryNotFoundError without touching the network, and the message says offline mode is why."""
     pytest.importorskip("huggingface_hub")
     called = []
     monkeypatch.setattr(hub, "download", lambda *a: called.append(a))
@@ -117,9 +118,65 @@ def test_network_off_by_default_and_download_refuses_offline(cache, monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants as constants
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ConfigError, match="could not be downloaded"):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read once at import (huggingface_hub/constants.py)
+    with pytest.raises(ConfigError) as err:
         hub.resolve("org/absent", allow_network=True)
+    assert "could not be downloaded: huggingface_hub is in offline mode (HF_HUB_OFFLINE" in err.value.message
+    assert err.value.hint.startswith("Unset HF_HUB_OFFLINE") and "hf download org/absent config.json" in err.value.hint and err.value.key == "allow-network"
+
+
+def _gated_hf_hub_download(repo_id, filename, revision=None, **_):
+    """What hf_hub_download raises for a gated repo: the Hub answers 401 with X-Error-Code GatedRepo and
+    huggingface_hub's own hf_raise_for_status turns that into GatedRepoError (utils/_http.py)."""
+    httpx = pytest.importorskip("httpx2")  # the HTTP client huggingface_hub >= 1.x builds responses with
+    from huggingface_hub.utils import hf_raise_for_status
+
+    url = f"https://huggingface.co/{repo_id}/resolve/{revision or 'main'}/{filename}"
+    response = httpx.Response(401, request=httpx.Request("HEAD", url), headers={
+        "X-Error-Code": "GatedRepo", "X-Error-Message": f"Access to model {repo_id} is restricted. Please log in."})
+    hf_raise_for_status(response)
+
+
+def test_a_gated_model_without_a_token_says_so_and_how_to_log_in(cache, monkeypatch, tmp_path, run_cli):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from huggingface_hub import constants
+    from huggingface_hub.utils import GatedRepoError
+
+    with pytest.raises(GatedRepoError):  # the fake raises the real error, as the library builds it
+        _gated_hf_hub_download("meta-llama/Llama-3.3-70B-Instruct", "config.json")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _gated_hf_hub_download)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no `hf auth login` token either
+    (tmp_path / "pyproject.toml").write_text('[tool.llmmem]\ngpu = "H100-80GB"\n[tool.llmmem.model]\n'
+                                             'id = "meta-llama/Llama-3.3-70B-Instruct"\nallow-network = true\n'
+                                             '[[tool.llmmem.runs]]\nname = "serve"\nmode = "inference"\n')
+    code, out, err = run_cli("check", tmp_path / "pyproject.toml")
+    assert code == 2 and "Traceback" not in err, out + err
+    assert '"meta-llama/Llama-3.3-70B-Instruct" is a gated model on the Hugging Face Hub and no token is set' in err
+    assert "export HF_TOKEN=" in err and "hf auth login" in err and "huggingface-cli login" in err
+    monkeypatch.setenv("HF_TOKEN", "hf_notallowed")  # a token whose account has not accepted the licence
+    with pytest.raises(ConfigError, match="the token huggingface_hub found has no access to it"):
+        hub.resolve("meta-llama/Llama-3.3-70B-Instruct", allow_network=True)
+
+
+def test_an_unreachable_hub_is_one_clear_error(cache, monkeypatch):
+    """No network and no offline flag: hf_hub_download raises LocalEntryNotFoundError (file_download.py
+    _raise_on_head_call_error); the message names the network, not offline mode."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from huggingface_hub import constants
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    def unreachable(*_a, **_k):
+        raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub and we cannot find "
+                                      "the requested files in the local cache.")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ConfigError) as err:
+        hub.resolve("org/absent", allow_network=True)
+    assert err.value.message == (f'"org/absent" could not be downloaded: the Hugging Face Hub could not be reached (no network, '
+                                 f"a proxy, or the Hub is down), and config.json is not in the cache ({cache}).")
 
 
 def test_cli_model_flag_and_catalog(cache, run_cli):
