@@ -105,7 +105,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
     run's own keys override them (readers/)."""
     if not (isinstance(raw, dict) and "from" in raw):
         return _run_keys(raw, index, top_raw, ctx, require_budget)
-    from .trainer_config import merged_run
+    from .trainer_config import merged_run, shown_settings
 
     merged, reading, own = merged_run(raw, index, ctx)
     try:
@@ -120,7 +120,7 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
     origins.update(reading.origins)
     origins.update({key: f"{shown_name(ctx.path, 80)} (the run)" for key in own if key in origins})
     return run._replace(settings_from=tuple(sorted(origins.items())), not_modelled=reading.not_modelled,
-                        reads=(reading.path,) + reading.follows)
+                        reads=(reading.path,) + reading.follows, settings=shown_settings(merged, origins, ctx.base_dir))
 
 
 def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require_budget: bool = True) -> Run:

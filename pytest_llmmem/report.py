@@ -326,6 +326,7 @@ def as_dict(est: Estimate) -> Dict[str, Any]:
         "strict": run.strict,
         "settings_from": dict(run.settings_from),
         "reads": list(run.reads),
+        "settings": dict(run.settings),
     }
 
 

@@ -4,7 +4,8 @@ A report is one project, ``{"version": 1, "file": ..., "runs": [...]}``, or seve
 ``{"version": 1, "projects": [<one project each>]}``. Runs are matched by project file and name;
 when each side holds one project, by name alone (base and head are often written from different
 checkouts, so the file may be spelt differently). A report is checked before it is compared: a
-malformed one is a ConfigError naming the key, never a KeyError.
+malformed one is a ConfigError naming the key, never a KeyError. A run read from a trainer config
+(``from = "train.yaml"``) carries its ``settings`` as text; the diff names those whose value moved.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -102,6 +103,13 @@ def _checked_run(path: str, where: str, run: Any) -> str:
     for term, value in breakdown.items():
         if not _is_bytes(value):
             raise _bad(path, f"{where}.breakdown.{term}", f"expected a number of bytes, got {_type(value)} {_shown(value)}.")
+    for field in ("settings", "settings_from"):  # a run read from a trainer config (from = "train.yaml")
+        table = run.get(field, {})
+        if not isinstance(table, dict):
+            raise _bad(path, f"{where}.{field}", f"expected an object of setting: text, got {_type(table)}.")
+        for key, value in table.items():
+            if not isinstance(value, str):
+                raise _bad(path, f"{where}.{field}.{key}", f"expected text, got {_type(value)} {_shown(value)}.")
     return name
 
 
@@ -124,12 +132,30 @@ def diff(base: Mapping[Key, Mapping[str, Any]], head: Mapping[Key, Mapping[str, 
         regressed |= broke
         rows.append({"project": key[0], "name": key[1], "before": before["total_bytes"] if before else None,
                      "after": run["total_bytes"], "terms": terms, "fits_before": before.get("fits") if before else None,
-                     "fits_after": run.get("fits"), "broke": broke})
+                     "fits_after": run.get("fits"), "broke": broke, "settings": _setting_changes(before, run)})
     for key, run in base.items():
         if key not in head:
             rows.append({"project": key[0], "name": key[1], "before": run["total_bytes"], "after": None, "terms": {},
-                         "fits_before": run.get("fits"), "fits_after": None, "broke": False})
+                         "fits_before": run.get("fits"), "fits_after": None, "broke": False, "settings": []})
     return rows, regressed
+
+
+def _setting_changes(before: Optional[Mapping[str, Any]], after: Mapping[str, Any]) -> List[Tuple[str, Optional[str], Optional[str], str]]:
+    """(key, old value, new value, where the new one came from) for each setting of a run read from a
+    trainer config whose value moved: a YAML (or the DeepSpeed JSON it names) changed between the revisions.
+    A report written before ``settings`` existed compares nothing."""
+    if before is None or "settings" not in before or "settings" not in after:
+        return []
+    old, new = before["settings"], after["settings"]
+    origins = {**before.get("settings_from", {}), **after.get("settings_from", {})}
+    return [(key, old.get(key), new.get(key), origins.get(key, ""))
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+def setting_text(changes: Sequence[Tuple[str, Optional[str], Optional[str], str]]) -> str:
+    """'batch-size 1 -> 64 (lora.yml: micro_batch_size)', joined with '; '."""
+    return "; ".join(f"{key} {'-' if old is None else old} -> {'-' if new is None else new}" + (f" ({origin})" if origin else "")
+                     for key, old, new, origin in changes)
 
 
 def _gib(n: Optional[float]) -> str:
@@ -161,11 +187,15 @@ def render_diff(rows: Sequence[Mapping[str, Any]], markdown: bool = False) -> st
         change = "" if row["before"] is None or row["after"] is None else _signed(row["after"] - row["before"])
         big = sorted(row["terms"].items(), key=lambda kv: -abs(kv[1]))[:3]
         terms = ", ".join(f"{LABELS.get(k, k)} {_signed(v)}" for k, v in big if abs(v) >= 0.05 * 2**30)
+        settings = setting_text(row.get("settings", ()))
         if markdown:
             name = markdown_cell(row["name"]) + (f" (`{markdown_cell(row['project'])}`)" if row["project"] else "")
-            lines.append(f"| {name} | {_gib(row['before'])} | {_gib(row['after'])} | {change} | {markdown_cell(terms)} | {_verdict(row)} |")
+            cell = "; ".join(x for x in (terms, "settings: " + settings if settings else "") if x)
+            lines.append(f"| {name} | {_gib(row['before'])} | {_gib(row['after'])} | {change} | {markdown_cell(cell)} | {_verdict(row)} |")
         else:
             name = row["name"] + (f" ({row['project']})" if row["project"] else "")
             detail = ", ".join(x for x in (change, terms) if x)
             lines.append(f"{name}: {_gib(row['before'])} -> {_gib(row['after'])} GiB" + (f" ({detail})" if detail else "") + f" [{_verdict(row)}]")
+            if settings:  # the trainer config changed: say which setting moved, and in which file
+                lines.append(f"  settings changed: {settings}")
     return "\n".join(lines)

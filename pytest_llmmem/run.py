@@ -147,6 +147,7 @@ class Run(NamedTuple):
     settings_from: Tuple[Tuple[str, str], ...] = ()
     not_modelled: Tuple[str, ...] = ()
     reads: Tuple[str, ...] = ()
+    settings: Tuple[Tuple[str, str], ...] = ()  # (key, value as text) of those settings, for llmmem diff
 
     @property
     def trains(self) -> bool:

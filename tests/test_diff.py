@@ -118,6 +118,8 @@ GOOD_RUN = {"name": "serve", "fits": True, "total_bytes": 10, "budget_bytes": 20
     ({"version": 1, "projects": [{"file": "a", "runs": [{**GOOD_RUN, "budget_bytes": "x"}]}]},
      "projects[0].runs[0].budget_bytes", "expected a number of bytes or null, got str 'x'"),
     ({"version": 1, "projects": [{"file": 3, "runs": []}]}, "projects[0].file", "expected a path, got int"),
+    ({"version": 1, "runs": [{**GOOD_RUN, "settings": ["a"]}]}, "runs[0].settings", "expected an object of setting: text, got list"),
+    ({"version": 1, "runs": [{**GOOD_RUN, "settings_from": {"seq-len": 4}}]}, "runs[0].settings_from.seq-len", "expected text, got int 4"),
 ])
 def test_malformed_reports_exit_2_with_the_key(tmp_path, run_cli, document, where, what):
     good = tmp_path / "good.json"
@@ -147,3 +149,13 @@ def test_unreadable_reports_exit_2(tmp_path, run_cli, text, what):
 def test_a_directory_or_missing_file(tmp_path, run_cli):
     code, _, err = run_cli("diff", tmp_path, tmp_path / "missing.json")
     assert code == 2 and "cannot read the JSON report" in err and "internal error" not in err
+
+
+def test_a_report_from_before_settings_compares_no_settings(tmp_path, run_cli):
+    """A base report written by an llmmem without "settings" diffs as before; the head's settings are not news."""
+    base, head = tmp_path / "base.json", tmp_path / "head.json"
+    base.write_text(json.dumps({"version": 1, "file": "a", "runs": [GOOD_RUN]}))
+    head.write_text(json.dumps({"version": 1, "file": "a", "runs": [{**GOOD_RUN, "settings": {"batch-size": "8"},
+                                                                      "settings_from": {"batch-size": "t.yml: micro_batch_size"}}]}))
+    code, out, _ = run_cli("diff", base, head)
+    assert (code, out) == (0, "serve: 0.0 -> 0.0 GiB (+0.0) [fits]\n")

@@ -205,6 +205,78 @@ def test_hook_rechecks_the_runs_that_read_a_changed_yaml_or_its_deepspeed_json(t
     assert code == 0 and "nothing to check" in out, out + err
 
 
+def _commit(root, message):
+    import subprocess
+
+    from tests.test_hook_scan import GIT_ENV
+
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=GIT_ENV)
+    subprocess.run(["git", "commit", "-q", "-m", message], cwd=root, check=True, env=GIT_ENV)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, env=GIT_ENV, capture_output=True, text=True).stdout.strip()
+
+
+def _report_at(root, commit, where, run_cli):
+    """llmmem check --format json on a checkout of ``commit``, as hooks/github/check.sh does for diff-base."""
+    import subprocess
+
+    from tests.test_hook_scan import GIT_ENV
+
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(where), commit], cwd=root, check=True, env=GIT_ENV)
+    code, out, err = run_cli("check", where / "pyproject.toml", "--format", "json")
+    assert code in (0, 1), err
+    report = where.parent / (where.name + ".json")
+    report.write_text(out)
+    return report, json.loads(out)["runs"][0]
+
+
+def test_diff_follows_the_yaml_and_the_deepspeed_json_between_two_revisions(tmp_path, monkeypatch, run_cli):
+    """`llmmem diff` of two revisions whose pyproject.toml is the same: the axolotl YAML's micro_batch_size
+    goes 1 -> 64, then its DeepSpeed JSON goes to ZeRO-3. Each side reads its own revision's files.
+    TinyLlama shape: 32000·2048·2 embeddings + 22 layers × (2·2048² + 2·2048·256 + 3·2048·5632 + 2·2048)
+    + 2048 = 1,100,048,384 params; LoRA r=8 on q_proj, v_proj: 22 × 8·((2048+2048) + (2048+256)) = 1,126,400."""
+    root = tmp_path / "repo"
+    (root / "model").mkdir(parents=True)
+    (root / "model" / "config.json").write_text(TINYLLAMA)
+    (root / "train").mkdir()
+    (root / "train" / "lora.yml").write_text(AXOLOTL.format(mb=1))
+    (root / "train" / "ds.json").write_text('{"zero_optimization": {"stage": 0}}')
+    (root / "pyproject.toml").write_text('[tool.llmmem]\ngpu-memory = "12 GiB"\n[[tool.llmmem.runs]]\nname = "sft"\n'
+                                         'from = "train/lora.yml"\ngpus = 4\n')
+    import subprocess
+
+    from tests.test_hook_scan import GIT_ENV
+
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=GIT_ENV)
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    first = _commit(root, "micro batch 1")
+    (root / "train" / "lora.yml").write_text(AXOLOTL.format(mb=64))
+    second = _commit(root, "micro batch 64")
+    (root / "train" / "ds.json").write_text('{"zero_optimization": {"stage": 3}}')
+    third = _commit(root, "ZeRO-3")
+    one, run1 = _report_at(root, first, tmp_path / "at-1", run_cli)
+    sixty_four, run64 = _report_at(root, second, tmp_path / "at-64", run_cli)
+    zero3, run3 = _report_at(root, third, tmp_path / "at-zero3", run_cli)
+    assert run1["settings"]["batch-size"] == "1" and run64["settings"]["batch-size"] == "64"
+    # the (b, s, vocab) logits and their loss tensors grow with the micro batch: exactly 64 times. Per logit element
+    # (HF's upcast loss, trainer_terms.loss_terms) on this fp32 run (no bf16 key: axolotl's default): the logits 4 B
+    # + the log-softmax 4 B + two fp32 backward tensors 8 B = 16 B, times b·1024·32000.
+    assert run64["breakdown"]["logits"] == 64 * run1["breakdown"]["logits"] == 64 * 1024 * 32000 * 16
+    code, out, err = run_cli("diff", one, sixty_four)
+    gib = lambda n: f"{n / 2**30:.1f}"  # noqa: E731
+    assert code == 1, err  # it fitted 12 GiB at micro batch 1 and no longer does
+    assert out.splitlines()[0].startswith(f"sft: {gib(run1['total_bytes'])} -> {gib(run64['total_bytes'])} GiB (+")
+    assert out.splitlines()[0].endswith("[NO LONGER FITS]") and gib(run1["total_bytes"]) == "6.5"
+    assert out.splitlines()[1] == "  settings changed: batch-size 1 -> 64 (lora.yml: micro_batch_size)"
+    # ZeRO-3 over 4 GPUs partitions the frozen fp32 weights; the fp32 adapters stay whole on each GPU
+    assert run64["breakdown"]["weights"] == 1_100_048_384 * 4 + 1_126_400 * 4
+    assert run3["breakdown"]["weights"] == 1_100_048_384 * 4 // 4 + 1_126_400 * 4
+    code, out, err = run_cli("diff", sixty_four, zero3, "--format", "markdown")
+    assert code == 0, err  # over before, over after: not a regression
+    row = out.splitlines()[2]
+    assert row.startswith(f"| sft | {gib(run64['total_bytes'])} | {gib(run3['total_bytes'])} | -3.1 | weights -3.1; ")
+    assert "settings: zero-stage - -> 3 (ds.json: zero_optimization.stage) |" in row
+
+
 def test_without_pyyaml_the_error_says_how_to_install_it(monkeypatch, tmp_path):
     import sys
 
