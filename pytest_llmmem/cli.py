@@ -387,11 +387,9 @@ def _catalog(args: argparse.Namespace) -> int:
             o = cat.optimizer(name)
             print(f"  {name:<13} {o.states:g}  {o.doc}")
     if args.what in (None, "models"):
-        from .hub import bundled_index
+        from .hub import catalog_lines
 
-        print('bundled model configs (model = "org/name" when the Hugging Face cache lacks them):')
-        for model_id, entry in sorted(bundled_index().items(), key=lambda item: item[0].lower()):
-            print(f"  {model_id:<38} {entry['family']:<12} {entry.get('revision') or 'revision not recorded'}")
+        print("\n".join(catalog_lines()))
     return EXIT_OK
 
 

@@ -49,8 +49,34 @@ def cache_dir() -> Path:
 
 
 def bundled_index() -> Dict[str, Dict[str, Any]]:
-    """id -> {family, folder, revision, source} of the configs shipped with the package."""
+    """id -> {family, folder, revision, taken_from, [checked_against], source} of the configs shipped with the
+    package. revision: the Hub commit where the source states one, else null. taken_from: where the config.json
+    was copied from, "github:OWNER/REPO@COMMIT:PATH[#ANCHOR]", "validation:FILE#ROW" (the project's shared
+    validation data) or "index:ID" (a public GitHub file by its code-search index id; repository not recorded).
+    checked_against: a GitHub source holding every key with the same value (benchmarks/check_bundle_sources.py).
+    source: the prose note of what was copied and what was left out."""
     return files.read_json(BUNDLED / "index.json")
+
+
+def catalog_lines() -> List[str]:
+    """``llmmem catalog models``: each bundled id, its family, the Hub revision where its source states
+    one, and where its config.json was copied from (index.json's taken_from / checked_against)."""
+    lines = ['bundled model configs (model = "org/name" when the Hugging Face cache lacks them): id, family, the Hub '
+             "revision where the source states one, and where the config.json was copied from (models/index.json):"]
+    for model_id, entry in sorted(bundled_index().items(), key=lambda item: item[0].lower()):
+        revision = (entry.get("revision") or "")[:12] or "-"
+        lines.append(f"  {model_id:<38} {entry['family']:<12} {revision:<12}  from {_short(entry.get('taken_from') or 'no source recorded')}")
+        if entry.get("checked_against"):
+            lines.append(f"  {'':<64}  same values in {_short(entry['checked_against'])}")
+    lines.append("  (github:REPO@COMMIT:PATH = a file in a public GitHub repository; validation:FILE#ROW = the project's shared "
+                 "validation data; index:ID = a public GitHub file found by its id in a code-search index, repository not recorded)")
+    return lines
+
+
+def _short(locator: str) -> str:
+    """github:owner/repo@<40 hex>:path with a 12-character commit, as git log --oneline shows it."""
+    head, at, rest = locator.partition("@")
+    return f"{head}@{rest[:12]}{rest[40:]}" if at and len(rest) > 40 and rest[40] == ":" else locator
 
 
 def resolve(model_id: str, revision: Optional[str] = None, allow_network: bool = False) -> Resolved:
@@ -72,7 +98,7 @@ def resolve(model_id: str, revision: Optional[str] = None, allow_network: bool =
         f'"{model_id}"{rev} is not in the local Hugging Face cache ({cache_dir()}) nor among the bundled configs, '
         f"and downloading is off.{near}",
         key="id",
-        hint=(f'Three ways: download it once (huggingface-cli download {model_id} config.json) so the cache holds it; '
+        hint=(f'Three ways: download it once (hf download {model_id} config.json) so the cache holds it; '
               'use one of the bundled ids (llmmem catalog models); or set allow-network = true in the model table '
               '(or --allow-network) with pip install "pytest-llmmem[hub]". Or point config at a config.json.'),
     )

@@ -109,3 +109,38 @@ def test_catalog_lists_the_new_ids(offline, run_cli):
     assert code == 0
     for model_id in BUNDLED_COUNTS:
         assert model_id in out
+
+
+SOURCE_FORMS = {  # how index.json's taken_from names where each config.json was copied from (hub.bundled_index)
+    "github": r"github:[\w.-]+/[\w.-]+@[0-9a-f]{40}:[\w./-]+(#\w+\['[^']+'\])?",
+    "validation": r"validation:(archs|serving|measured2)\.jsonl#[\w.-]+",
+    "index": r"index:\d+",
+}
+
+
+def test_every_bundled_config_records_where_it_came_from():
+    """One index entry per bundled folder (no config without a source, no source without a config), each
+    with a source in one of the three forms, a Hub revision only as a full commit, and any second source a
+    GitHub file (checked by benchmarks/check_bundle_sources.py against a clone)."""
+    import re
+
+    index = hub.bundled_index()
+    folders = {p.name for p in hub.BUNDLED.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    assert folders == {entry["folder"] for entry in index.values()}
+    for model_id, entry in index.items():
+        assert entry["folder"] == model_id.replace("/", "--")
+        assert any(re.fullmatch(form, entry["taken_from"]) for form in SOURCE_FORMS.values()), (model_id, entry["taken_from"])
+        assert entry["revision"] is None or re.fullmatch(r"[0-9a-f]{40}", entry["revision"]), model_id
+        assert "checked_against" not in entry or re.fullmatch(SOURCE_FORMS["github"], entry["checked_against"]), model_id
+        assert entry["source"]  # the prose: what was copied, what was left out
+
+
+def test_catalog_shows_each_config_source_and_revision(offline, run_cli):
+    code, out, _ = run_cli("catalog", "models")
+    lines = out.splitlines()
+    assert code == 0 and len([line for line in lines if "  from " in line]) == len(hub.bundled_index())
+    # the revision pythia-14m's source states (config_source.source_commit), as 12 characters
+    assert any(line.split() == ["EleutherAI/pythia-14m", "gpt_neox", "94f7c35d5e9f", "from", "index:58644854714"] for line in lines)
+    mlc = "github:mlc-ai/mlc-llm@79d603f085f5:python/mlc_llm/model/model_preset.py#MODEL_PRESETS"
+    assert any(line.split() == ["Qwen/Qwen3-0.6B", "qwen3", "-", "from", f"{mlc}['qwen3_0.6b']"] for line in lines)
+    assert f"same values in {mlc}['Mixtral-8x7B-v0.1']" in out
