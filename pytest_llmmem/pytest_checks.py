@@ -69,15 +69,18 @@ def _declares_llmmem(path: Path) -> bool:
 
 
 def _json_target(config: pytest.Config) -> Optional[Path]:
-    """--llmmem-json as an absolute path, refused before any test runs when it cannot be written."""
+    """--llmmem-json as an absolute path, refused before any test runs when it cannot be written:
+    the same check and words as the CLI's --json-out (a FIFO too, which would hang the final write)."""
+    from .errors import shown_name
+    from .files import write_problem
+
     raw = config.option.llmmem_json
     if not raw:
         return None
     target = Path(config.invocation_params.dir, raw)
-    if not target.parent.is_dir():
-        raise pytest.UsageError(f"--llmmem-json: cannot write {raw}: the folder {target.parent} does not exist.")
-    if target.is_dir():
-        raise pytest.UsageError(f"--llmmem-json: cannot write {raw}: it is a folder; give a file name, e.g. {Path(raw, 'llmmem.json')}.")
+    problem = write_problem(str(target))
+    if problem:
+        raise pytest.UsageError(f"--llmmem-json {shown_name(raw, 200)}: {problem}.")
     return target
 
 

@@ -1,6 +1,7 @@
 """`pytest --llmmem` as a user sees it, run through pytester."""
 
 import json
+import os
 
 import pytest
 
@@ -250,12 +251,22 @@ def test_config_error_writes_no_report_that_looks_clean(pytester):
     result.stdout.fnmatch_lines(["*llmmem: no JSON report written to report.json: 1 pyproject.toml could not be checked (pyproject.toml)*"])
 
 
-def test_json_report_into_a_missing_folder_is_a_usage_error(project, tmp_path):
-    target = tmp_path / "missing-dir" / "r.json"
-    result = project.runpytest("--llmmem", "--llmmem-json", str(target))
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
-    result.stderr.fnmatch_lines([f"*--llmmem-json: cannot write {target}: the folder {target.parent} does not exist.*"])
+def test_unwritable_json_report_is_a_usage_error_worded_as_the_cli(project, tmp_path):
+    # The same refusals, in the same words, as `llmmem check --json-out` (tests/test_hostile.py,
+    # files.write_problem): a missing folder, a directory, and a FIFO (writing would wait for a reader).
+    (project.path / "reports").mkdir()
+    os.mkfifo(project.path / "pipe")
+    missing = tmp_path / "missing-dir" / "r.json"
+    cases = {
+        str(missing): f"the folder '{missing.parent}' does not exist; create it first",
+        "reports": "it is a directory; give a file path such as llmmem-report.json inside it",
+        "pipe": "it is a named pipe or a socket, not a file (writing would wait for a reader)",
+    }
+    for target, problem in cases.items():
+        result = project.runpytest("--llmmem", "--llmmem-json", target)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, target
+        assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+        assert f"ERROR: --llmmem-json {target}: {problem}." in result.stderr.lines, result.stderr.lines
 
 
 def test_github_output_from_pytest(project, monkeypatch, tmp_path):
