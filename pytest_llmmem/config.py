@@ -193,7 +193,9 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         leaves = {n.split(".")[-1] for n in names}
         for target in targets:
             if target not in names and target not in leaves:
-                raise table.fail("lora-targets", f'"{shown_name(target)}" is not a linear layer of this {model.family.name} model.{did_you_mean(target, names)}',
+                own = model.family.own_spelling(target)
+                hint = f' {model.family.name} spells it "{own}".' if own in leaves else did_you_mean(target, names)
+                raise table.fail("lora-targets", f'"{shown_name(target)}" is not a linear layer of this {model.family.name} model.{hint}',
                                  hint=f'Valid: {one_of(names)} or "all-linear".')
         problem = peft_target_problem(model.family.name, model.linears(), targets)[0]
         if problem:

@@ -17,6 +17,10 @@ LLAMA = Family("llama", attention_bias="qkvo", doc="meta-llama/Llama-3.1-8B")
 _GPT2_NAMES = (("qkv", "c_attn"), ("o", "c_proj"), ("up", "c_fc"), ("down", "mlp.c_proj"))
 _PHI3_NAMES = (("qkv", "qkv_proj"), ("o", "o_proj"), ("gate_up", "gate_up_proj"), ("down", "down_proj"))
 _MOE_NAMES = LLAMA.names + (("router", "gate"),)
+# Mixtral's experts as PEFT 0.21.2 names them: w1 (gate), w3 (up), w2 (down) become target_parameters
+# gate_up_proj / down_proj (peft/utils/transformers_weight_conversion.py _MOE_TARGET_MODULE_MAPPING["mixtral"]);
+# gate_proj/up_proj/down_proj match nothing in a Mixtral model (PEFT: "Target modules ... not found").
+_MIXTRAL_NAMES = _MOE_NAMES + (("expert_gate", "w1"), ("expert_up", "w3"), ("expert_down", "w2"))
 # gpt-oss experts keep gate and up fused (modeling_gpt_oss.py GptOssExperts.gate_up_proj).
 _GPT_OSS_NAMES = LLAMA.names + (("router", "router"), ("expert_gate_up", "experts.gate_up_proj"), ("expert_down", "experts.down_proj"))
 
@@ -28,7 +32,7 @@ def builtin_families() -> List[Family]:
     return [
         LLAMA,
         LLAMA._replace(name="mistral", attention_bias="", doc="mistralai/Mistral-7B-v0.1"),
-        LLAMA._replace(name="mixtral", attention_bias="", names=_MOE_NAMES, doc="mistralai/Mixtral-8x7B-v0.1"),
+        LLAMA._replace(name="mixtral", attention_bias="", peft_experts=True, names=_MIXTRAL_NAMES, doc="mistralai/Mixtral-8x7B-v0.1"),
         LLAMA._replace(name="qwen2", qkv_bias=True, attention_bias="", sliding="qwen", aliases=("qwen2.5",), doc="Qwen/Qwen2.5-0.5B"),
         # No "qwen" alias: model_type "qwen" is Qwen-1's remote-code model (fused c_attn), another count.
         LLAMA._replace(name="qwen2_moe", lora_targets=(), qkv_bias=True, attention_bias="", sliding="qwen", moe_layers="sparse-step",

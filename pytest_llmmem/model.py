@@ -71,6 +71,13 @@ class Family(NamedTuple):
     def module(self, role: str) -> Optional[str]:
         return dict(self.names).get(role)
 
+    def own_spelling(self, name: str) -> Optional[str]:
+        """This family's name for the role that LLaMA's module ``name`` plays (Mixtral: gate_proj -> w1),
+        for a target written in another family's spelling; None when there is none."""
+        role = {module: role for role, module in type(self)._field_defaults["names"]}.get(name)
+        own = role and (self.module(f"expert_{role}") or self.module(role))
+        return own if own and own != name else None
+
 
 # Activations written as several Python ops save their intermediates for backward:
 # gelu_new = 0.5*x*(1+tanh(...)) keeps tanh, 0.5*x and 1+tanh (transformers activations.NewGELUActivation).

@@ -39,3 +39,21 @@ def test_jamba_experts_get_no_adapters_and_say_so():
     # 954,624 trainable (PEFT count); dt_proj's 8 x (256 + 8192) = 67,584 get no gradient (fp32: x 4 B)
     assert est.trainable_params == 954_624
     assert est.breakdown["gradients"] == (954_624 - 67_584) * 4
+
+
+def test_mixtral_experts_are_targeted_by_peft_names():
+    # PEFT 0.21.2 names Mixtral's experts w1 (gate), w3 (up), w2 (down) and turns them into target_parameters
+    # gate_up_proj (rank 2r) and down_proj (peft/utils/transformers_weight_conversion.py _MOE_TARGET_MODULE_MAPPING).
+    # Mixtral-8x7B (h 4096, 8 kv heads x 128, 8 experts of 14336, 32 layers), r = 16 on q/k/v/o + w1/w3/w2, by hand:
+    # attention 16 x ((4096+4096) + 2 x (4096+1024) + (4096+4096)) = 425,984 a layer;
+    # gate_up_proj 8 experts x 32 x (4096 + 2 x 14336) = 8,388,608; down_proj 8 x 16 x (14336 + 4096) = 2,359,296;
+    # 32 x 11,173,888 = 357,564,416 -- what peft.get_peft_model reports on the meta device (transformers 5.24).
+    from pytest_llmmem.config import adhoc_run
+    from pytest_llmmem.estimate import estimate
+
+    config = Path(__file__).parents[1] / "pytest_llmmem" / "models" / "mistralai--Mixtral-8x7B-v0.1" / "config.json"
+    mixtral = {"config": str(config), "mode": "lora", "lora-rank": 16, "seq-len": 512}
+    est = estimate(adhoc_run({**mixtral, "lora-targets": ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w3", "w2"]}))
+    assert est.trainable_params == 32 * (425_984 + 8_388_608 + 2_359_296) == 357_564_416
+    # "all-linear" adds the router (PEFT adapts gate.weight): 32 x 16 x (4096 + 8) = 2,101,248 more
+    assert estimate(adhoc_run({**mixtral, "lora-targets": "all-linear"})).trainable_params == 357_564_416 + 2_101_248
