@@ -98,7 +98,7 @@ def _biases(k: Keys, fam: Family) -> Family:
     if fam.attention_bias == "all":
         on = k.boolean("use_bias", True)
         return fam._replace(qkv_bias=on, out_bias=on, mlp_bias=on)
-    bias = k.boolean("attention_bias", False) if fam.attention_bias else False
+    bias = k.boolean("attention_bias", fam.attention_bias_default) if fam.attention_bias else False
     if bias:
         fam = fam._replace(qkv_bias=True, out_bias=fam.out_bias or "o" in fam.attention_bias)
     if k.boolean("mlp_bias", False):

@@ -53,6 +53,7 @@ class Family(NamedTuple):
     reader: str = "decoder"  # which reader in hf_config builds its layer groups
     sliding: str = "config"  # how layer kinds follow when config.json has no layer_types (hf_config.sliding_layers)
     attention_bias: str = ""  # what config.json's attention_bias switches: "qkvo" (LLaMA), "qkv" (GLM); "all": use_bias, every linear
+    attention_bias_default: bool = False  # attention_bias when config.json omits it: configuration_<name>.py's default (GLM, GLM-4: true)
     sinks: bool = False  # gpt-oss attention sinks
     glu_saves: int = 3  # f-wide tensors a gated MLP keeps per token (gate, up, act(gate)); gpt-oss's clamped SwiGLU keeps 6
     moe_layers: str = "all"  # which layers are MoE when experts are set (hf_config.mlp_kinds)

@@ -20,10 +20,7 @@ from pytest_llmmem.hf_config import from_hf_config
 
 # Families with no bundled config yet, and why. A family leaves this table when a published
 # config.json for one of its checkpoints is bundled; a new family must come with one.
-NOT_BUNDLED = {
-    "glm4": "no published config.json of THUDM/GLM-4-9B-0414 found with the search tool (only shape keys without vocab_size)",
-    "cohere2": "no published config.json of CohereForAI/c4ai-command-r7b-12-2024 found with the search tool",
-}
+NOT_BUNDLED: dict = {}
 
 BUNDLED_COUNTS = {
     "mistralai/Mixtral-8x7B-v0.1": 46_702_792_704,
@@ -41,6 +38,13 @@ BUNDLED_COUNTS = {
     # + fc2 10240·2560+2560 + one LayerNorm 2·2560) + final LayerNorm 2·2560 + lm_head 2560·51200+51200
     "microsoft/phi-2": 2_779_683_840,
     "google-bert/bert-base-uncased": 109_483_778,
+    # GLM-4-9B-0414 by hand: embed + untied lm_head 2·151552·4096 = 1,241,513,984; per layer q 4096·4096+4096,
+    # k and v 4096·256+256 each (attention_bias not in the file: Glm4Config's default, true), o 4096·4096,
+    # gate_up 4096·27392, down 13696·4096, 4 RMSNorms 4·4096 = 203,969,024 (×40); final norm 4096
+    "zai-org/GLM-4-9B-0414": 9_400_279_040,
+    # Command R7B by hand: tied embedding 256000·4096 = 1,048,576,000; per layer q, o 4096·4096 each, k, v
+    # 4096·1024 each, gate/up/down 3·4096·14336, one bias-free LayerNorm 4096 = 218,107,904 (×32); final norm 4096
+    "CohereLabs/c4ai-command-r7b-12-2024": 8_028_033_024,
 }
 
 

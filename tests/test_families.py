@@ -126,3 +126,16 @@ def test_counts_rederived_with_transformers(name):
     with torch.device("meta"):
         model = auto.from_config(config)
     assert sum(p.numel() for p in model.parameters()) == CONFIGS[name][1]
+
+
+@pytest.mark.parametrize("model_type", ["glm", "glm4"])
+def test_glm_attention_bias_defaults_to_true(model_type):
+    """A GLM config.json without attention_bias has the q/k/v biases: configuration_glm.py and
+    configuration_glm4.py default it to true (transformers 5.24). GLM-4-9B-0414 as vendored on GitHub
+    omits the key."""
+    cfg = {key: value for key, value in CONFIGS["GLM-4-9B-0414"][0].items() if key != "attention_bias"}
+    cfg["model_type"] = model_type
+    omitted = from_hf_config(cfg).param_count()
+    assert omitted == from_hf_config({**cfg, "attention_bias": True}).param_count()
+    # by hand: 40 layers x (q 32·128 + k 2·128 + v 2·128) = 40 x 4,608 = 184,320 bias parameters
+    assert omitted - from_hf_config({**cfg, "attention_bias": False}).param_count() == 184_320
