@@ -341,6 +341,20 @@ def head_saved(arch: Architecture, *, batch: int, seq: int, act: int, trainable:
     return n
 
 
+def _eager_softmax_bytes(arch: Architecture, act: int) -> int:
+    """Bytes per attention score alive at once in an eager softmax, its input included.
+
+    ``softmax(x, dim=-1, dtype=torch.float32)`` on a bf16 input converts the input to fp32 first
+    (aten/src/ATen/native/SoftMax.cpp softmax(): only a CUDA Half input gets the fused
+    half_to_float kernel), so the 16-bit input, its fp32 copy and the fp32 output live together:
+    10 bytes per score (measured on an H100: Llama-3.1-8B eager prefill at 8192 tokens,
+    benchmarks/data/gpu-peaks-h100-steady.jsonl). fp16 needs 8 (the cast back), counted as bf16.
+    """
+    if not arch.family.softmax_upcast:
+        return 2 * act  # softmax in the compute dtype: its input and output
+    return 2 * FP32 if act == FP32 else act + 2 * FP32
+
+
 def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int, flash: bool) -> int:
     """Peak of one layer's temporaries in a no-grad forward (inference prefill).
 
@@ -363,5 +377,6 @@ def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *,
         kv = at.heads if isinstance(at, LatentAttention) else at.kv_heads
         attn = tokens * (2 * a + 2 * kv) * at.head_dim * act
         if not (flash and arch.family.sdpa):
-            attn += batch * a * seq * (seq + (1 if getattr(at, "sinks", False) else 0)) * (FP32 + act)
+            sinks = getattr(at, "sinks", False)
+            attn += batch * a * seq * (seq + (1 if sinks else 0)) * (FP32 + act if sinks else _eager_softmax_bytes(arch, act))
     return 2 * tokens * h * act + max(mlp, attn)
