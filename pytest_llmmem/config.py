@@ -18,7 +18,7 @@ from ._toml import toml
 from .catalog import Catalog, default_catalog
 from .errors import ConfigError, did_you_mean, one_of, shown, shown_name
 from .keys import (  # noqa: F401  (re-exported: the contract is read from here by tests and tools)
-    LORA_ONLY, MODEL_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY,
+    ENGINE_ONLY, INFERENCE_ONLY, LORA_ONLY, MODEL_KEYS, RECIPE_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY,
     Context, Table, canonical, type_name,
 )
 from .gpu_keys import budget, parallelism
@@ -29,9 +29,7 @@ from .model_config import check_values as check_model_values, model_from_table
 from .profiles import check_combination as check_trainer, resolve as resolve_trainer, shown as trainer_rows
 from .projects import find_pyproject, read_json, read_pyproject
 from .phase_keys import job_settings
-from .recipe_keys import recipe_settings
-from .run import METHODS, MODES, PRECISIONS, Run
-from .serve_keys import serving_fields
+from .run import METHODS, MODES, PRECISIONS, RecipeSettings, Run
 
 MAX_NAME = 200  # characters in a run name
 
@@ -210,7 +208,14 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
             raise table.fail("mode", f'PEFT has no default LoRA targets for {model.family.name} models; say which linears to adapt.',
                              hint=f'Add lora-targets = [...] from {one_of(names)}, or "all-linear".')
     dtype, quant_origin = _checkpoint_dtype(table, ctx, mode, model, model_raw, dtype)
-    serving, seq_len = serving_fields(table, name, mode, model, table.integer("seq-len"))
+    # serve_keys and recipe_keys load only for a run that has one of their keys (start-up: llmmem check
+    # runs on every commit); without any, the run keeps Run's defaults (transformers, sft) and its seq-len.
+    serving: Dict[str, Any] = {}
+    seq_len = table.integer("seq-len")
+    if any(key in table for key in INFERENCE_ONLY + ENGINE_ONLY):
+        from .serve_keys import serving_fields
+
+        serving, seq_len = serving_fields(table, name, mode, model, seq_len)
     context = model.max_context or (model.max_positions if model.family.learned_positions else 0) if isinstance(model, Architecture) else 0
     if seq_len and context and seq_len > context:
         key = "seq-len" if "seq-len" in table else "prompt-len"
@@ -218,7 +223,11 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
                          "and its config has no rope scaling that extends it.",
                          hint=f"Use a sequence of at most {context:,} tokens, or a config with rope_scaling for longer contexts.")
     parallel = parallelism(table, model)
-    recipe, implied = recipe_settings(table, mode, name, parallel["gpus"] // (parallel["tensor_parallel"] * parallel["pipeline_parallel"]))
+    recipe, implied = RecipeSettings(), {}
+    if any(key in table for key in RECIPE_KEYS):
+        from .recipe_keys import recipe_settings
+
+        recipe, implied = recipe_settings(table, mode, name, parallel["gpus"] // (parallel["tensor_parallel"] * parallel["pipeline_parallel"]))
     seq_len = implied.get("seq_len", seq_len)
     trainer = resolve_trainer([table, top], mode=mode, dtype=dtype, seq_len=seq_len or 2048, run_name=name)
     checkpointing = table.boolean("gradient-checkpointing", trainer.gradient_checkpointing and mode != "inference")

@@ -129,6 +129,40 @@ def test_core_never_imports_pytest():
     assert proc.returncode == 0, proc.stderr
 
 
+# What `llmmem check` must not import for plain training and inference runs: pre-commit runs it on every
+# commit, so each of these costs every user start-up time (benchmarks/cli_startup.py) for nothing.
+NOT_NEEDED_BY_CHECK = (
+    "pytest_llmmem.commands",  # the other sub-commands and their flags
+    "pytest_llmmem.serve", "pytest_llmmem.serve_keys", "pytest_llmmem.serve_estimate", "pytest_llmmem.serve_fit",
+    "pytest_llmmem.vllm_engine", "pytest_llmmem.sglang_engine",  # only runs with engine = "vllm" | "sglang"
+    "pytest_llmmem.recipes", "pytest_llmmem.recipe_keys",  # only runs with recipe = "dpo" | "grpo" | ...
+    "pytest_llmmem.trainer_config", "pytest_llmmem.readers",  # only runs with from = "train.yaml"
+    "pytest_llmmem.hub",  # only a model given by Hub id
+    "pytest_llmmem.repo_scan",  # only --hook and model-config paths
+    "pytest_llmmem.github", "pytest_llmmem.report_diff", "pytest_llmmem.measure", "pytest_llmmem.pytest_checks",
+    "difflib",  # did-you-mean tables: only on an error
+)
+
+
+def _modules_after_check(path):
+    code = "import sys; from pytest_llmmem import cli; cli.main(['check', sys.argv[1]]); print('\\n'.join(sorted(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    return set(proc.stdout.splitlines())
+
+
+def test_check_imports_only_what_plain_runs_need(write_pyproject):
+    # The example: LoRA, inference and an over-budget full training run (which loads fit for its ways out).
+    loaded = _modules_after_check(EXAMPLE / "pyproject.toml")
+    assert "pytest_llmmem.estimate" in loaded and "pytest_llmmem.fit" in loaded  # the check really ran
+    assert sorted(m for m in loaded if m.startswith(NOT_NEEDED_BY_CHECK)) == []
+    # A training run that fits: no ways out to compute, so fit stays unloaded too.
+    fitting = write_pyproject(FITTING.replace('mode = "inference"', 'mode = "train"'))
+    loaded = _modules_after_check(fitting)
+    assert "pytest_llmmem.estimate" in loaded
+    assert sorted(m for m in loaded if m.startswith(NOT_NEEDED_BY_CHECK + ("pytest_llmmem.fit",))) == []
+
+
 def test_fit_command(run_cli):
     code, out, _ = run_cli("fit", EXAMPLE, "--run", "full-sft")
     assert code == 1  # the run does not fit as declared
