@@ -22,6 +22,7 @@ DISABLE_ENV = "LLMMEM_DISABLE_PLUGINS"
 
 _MAX_NAME = 200  # characters; longer names are refused before normalising
 _VENDOR = re.compile(r"^(nvidia|amd|tesla|geforce|instinct)[\s_\-]+")
+_PUNCTUATION = re.compile(r"[\s_\-.]+")
 
 
 def normalize_name(name: str) -> str:
@@ -30,7 +31,7 @@ def normalize_name(name: str) -> str:
     name = name.lower().strip()
     while _VENDOR.match(name):
         name = _VENDOR.sub("", name, count=1)
-    return re.sub(r"[\s_\-.]+", "", name)
+    return _PUNCTUATION.sub("", name)
 
 
 class DType(NamedTuple):

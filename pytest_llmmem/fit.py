@@ -84,9 +84,10 @@ def smallest_fitting_count(fits_at, upper: int) -> Optional[int]:
     return high
 
 
-def ways_out(run: Run, units: str = "gib") -> List[WayOut]:
-    """Changes that make an over-budget run fit, cheapest to adopt first. Empty when it already fits."""
-    if run.budget is None or estimate(run).fits:
+def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None) -> List[WayOut]:
+    """Changes that make an over-budget run fit, cheapest to adopt first. Empty when it already fits.
+    ``current``: the run's own estimate when the caller has it (one estimate fewer)."""
+    if run.budget is None or (current if current is not None else estimate(run)).fits:
         return []
     if run.serve is not None:
         from .serve_fit import ways_out as serving_ways_out

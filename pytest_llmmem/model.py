@@ -70,7 +70,10 @@ class Family(NamedTuple):
     aliases: Tuple[str, ...] = ()
 
     def module(self, role: str) -> Optional[str]:
-        return dict(self.names).get(role)
+        for known, module in self.names:  # a loop, not dict(self.names): fit's search asks ~1,000 times
+            if known == role:
+                return module
+        return None
 
     def own_spelling(self, name: str) -> Optional[str]:
         """This family's name for the role that LLaMA's module ``name`` plays (Mixtral: gate_proj -> w1),

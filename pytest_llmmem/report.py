@@ -217,7 +217,7 @@ def _failure_tail(est: Estimate, units: str) -> List[str]:
     term = est.biggest_term
     share = 100 * est.breakdown[term] / est.total_bytes
     lines = [f"  biggest term: {LABELS.get(term, term)} ({format_bytes(est.breakdown[term], units)}, {share:.1f} %)"]
-    options = ways_out(est.run, units)
+    options = ways_out(est.run, units, current=est)
     if options:
         lines.append("  ways out:")
         lines += [f"    - {option.text}" for option in options]
