@@ -227,7 +227,10 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
     if any(key in table for key in RECIPE_KEYS):
         from .recipe_keys import recipe_settings
 
-        recipe, implied = recipe_settings(table, mode, name, parallel["gpus"] // (parallel["tensor_parallel"] * parallel["pipeline_parallel"]))
+        # micro-batches without pipeline stages are gradient accumulation steps (TRL's default steps_per_generation)
+        accumulation = parallel["micro_batches"] if parallel["pipeline_parallel"] == 1 else 1
+        recipe, implied = recipe_settings(table, mode, name, parallel["gpus"] // (parallel["tensor_parallel"] * parallel["pipeline_parallel"]),
+                                          accumulation)
     seq_len = implied.get("seq_len", seq_len)
     trainer = resolve_trainer([table, top], mode=mode, dtype=dtype, seq_len=seq_len or 2048, run_name=name)
     checkpointing = table.boolean("gradient-checkpointing", trainer.gradient_checkpointing and mode != "inference")

@@ -36,6 +36,7 @@ _APPLIES = {
     "generation": ("grpo", "ppo"),
     "vllm-gpu-memory-utilization": ("grpo", "ppo"),
     "generation-batch-size": ("grpo", "ppo"),
+    "steps-per-generation": ("grpo",),
     "value-head": ("ppo",),
     "reward-model": ("ppo",),
     "value-model": ("ppo",),
@@ -63,8 +64,10 @@ def _number(table: Table, key: str, low: float, high: float, low_open: bool = Fa
     return float(value)
 
 
-def recipe_settings(table: Table, mode: str, name: str, data_parallel: int) -> Tuple[RecipeSettings, Dict[str, int]]:
-    """The run's recipe, and the batch-size / seq-len it implies (empty when the run's own keys stand)."""
+def recipe_settings(table: Table, mode: str, name: str, data_parallel: int,
+                    accumulation: int = 1) -> Tuple[RecipeSettings, Dict[str, int]]:
+    """The run's recipe, and the batch-size / seq-len it implies (empty when the run's own keys stand).
+    ``accumulation``: the run's gradient accumulation steps (micro-batches without pipeline stages)."""
     recipe = table.choice("recipe", RECIPES, "sft")
     given = [k for k in RECIPE_KEYS if k != "recipe" and k in table]
     if recipe != "sft" and mode == "inference":
@@ -95,7 +98,7 @@ def recipe_settings(table: Table, mode: str, name: str, data_parallel: int) -> T
         if recipe == "reward":
             return RecipeSettings(name="reward"), out
         return _dpo(table, lora, reference_key, prompt, total), out
-    return _online(table, recipe, lora, reference_key, data_parallel, out)
+    return _online(table, recipe, lora, reference_key, data_parallel, accumulation, out)
 
 
 def _dpo(table: Table, lora: bool, reference_key: Optional[bool], prompt: int, total: int) -> RecipeSettings:
@@ -117,7 +120,7 @@ def _dpo(table: Table, lora: bool, reference_key: Optional[bool], prompt: int, t
 
 
 def _online(table: Table, recipe: str, lora: bool, reference_key: Optional[bool], data_parallel: int,
-            out: Dict[str, int]) -> Tuple[RecipeSettings, Dict[str, int]]:
+            accumulation: int, out: Dict[str, int]) -> Tuple[RecipeSettings, Dict[str, int]]:
     """GRPO and PPO: the policy generates its completions inside the step."""
     completion = table.integer("max-completion-length", GRPO_MAX_COMPLETION if recipe == "grpo" else PPO_RESPONSE_LENGTH)
     prompt = table.integer("max-prompt-length")
@@ -154,10 +157,7 @@ def _online(table: Table, recipe: str, lora: bool, reference_key: Optional[bool]
             raise table.fail("reference-model", "beta = 0 (TRL GRPOConfig's default) loads no reference model: the KL term is off.",
                              hint="Set beta > 0 (e.g. 0.001, DeepSeek-R1) for a KL penalty, or drop reference-model.")
     batch = batch or 1
-    gen_batch = table.integer("generation-batch-size", batch)
-    if gen_batch % batch:
-        raise table.fail("generation-batch-size", f"generation-batch-size {gen_batch} is not a multiple of batch-size {batch}.",
-                         hint="TRL generates for several optimisation steps at once: generation_batch_size = batch-size x steps-per-generation.")
+    gen_batch = _generation_batch(table, recipe, batch, accumulation)
     if gens and (gen_batch * data_parallel) % gens:
         raise table.fail("num-generations", f"the {gen_batch * data_parallel} completions generated per step (generation batch x "
                          f"{data_parallel} data-parallel GPUs) cannot be split into groups of num-generations = {gens}.",
@@ -176,6 +176,27 @@ def _online(table: Table, recipe: str, lora: bool, reference_key: Optional[bool]
                           num_generations=gens, generation=generation, vllm_gpu_memory_utilization=util,
                           generation_batch_size=gen_batch, value_head=value_head,
                           reward_model=_side_model(table, "reward-model"), value_model=_side_model(table, "value-model")), out
+
+
+def _generation_batch(table: Table, recipe: str, batch: int, accumulation: int) -> int:
+    """Completions one GPU generates at once. TRL GRPO generates for steps_per_generation optimisation
+    micro-batches in one generate() call and buffers them (trl/trainer/grpo_trainer.py:1538-1546; its
+    dataloader yields per_device_train_batch_size x steps_per_generation rows, :1275). steps_per_generation
+    defaults to gradient_accumulation_steps (trl/trainer/grpo_config.py:1098-1100) and cannot be given with
+    generation_batch_size (:1113-1116). PPO has no such key: its generation batch is batch-size unless given."""
+    spg = table.integer("steps-per-generation")
+    if spg is not None and "generation-batch-size" in table:
+        raise table.fail("steps-per-generation", "steps-per-generation and generation-batch-size both set the generation batch; give one.",
+                         hint="generation-batch-size = batch-size x steps-per-generation (TRL GRPOConfig accepts only one of the two).")
+    if "generation-batch-size" in table:
+        gen_batch = table.integer("generation-batch-size")
+        if gen_batch % batch:
+            raise table.fail("generation-batch-size", f"generation-batch-size {gen_batch} is not a multiple of batch-size {batch}.",
+                             hint="TRL generates for several optimisation steps at once: generation_batch_size = batch-size x steps-per-generation.")
+        return gen_batch
+    if recipe != "grpo":
+        return batch
+    return batch * (accumulation if spg is None else spg)
 
 
 def _side_model(table: Table, key: str):
