@@ -2,7 +2,9 @@
 
 tests/data/groundtruth-rl.jsonl holds the dpo and grpo rows of shared/validation/groundtruth-rl.jsonl:
 TRL 1.16 DPOTrainer.compute_loss / GRPOTrainer.train() steps on the CPU (torch 2.13, transformers 5.24,
-peft 0.21.2), bytes counted with saved-tensor hooks (unique storages, parameters excluded).
+peft 0.21.2), bytes counted with saved-tensor hooks (unique storages, parameters excluded), and the grpo
+rows benchmarks/measure_rl.py measured (full and LoRA, beta 0 and 0.04, steps_per_generation 1 and 2;
+each row names its command; the script reproduces the shared LoRA row byte for byte).
 """
 
 import json
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llmmem.config import adhoc_run, parse
+from pytest_llmmem.errors import ConfigError
 from pytest_llmmem.estimate import estimate
 from pytest_llmmem.fit import ways_out
 from pytest_llmmem.recipes import score_model_params
@@ -42,7 +45,7 @@ def _row_run(row):
     else:
         values.update({"batch-size": row["per_device_train_batch_size"], "num-generations": row["num_generations"],
                        "max-prompt-length": row["prompt_len"], "max-completion-length": row["max_completion_length"],
-                       "beta": row["beta"]})
+                       "beta": row["beta"], "steps-per-generation": row.get("steps_per_generation", 1)})
     return adhoc_run(values)
 
 
@@ -50,7 +53,13 @@ def _close(estimated, measured, tolerance=0.05):
     return measured == estimated == 0 or abs(estimated - measured) <= tolerance * measured
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[f"{r['group']}-{r['mode']}" for r in ROWS])
+def _row_id(row):
+    if row["group"] == "dpo":
+        return f"dpo-{row['mode']}"
+    return f"grpo-{row['mode']}-beta{row['beta']}-spg{row.get('steps_per_generation', 1)}"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[_row_id(r) for r in ROWS])
 def test_per_term_agreement_with_trl(row):
     """Every term within 5 % of the TRL measurement; the model states exactly."""
     est = estimate(_row_run(row))
@@ -62,9 +71,29 @@ def test_per_term_agreement_with_trl(row):
     # What autograd keeps: the backbone's activations plus the fused head's saved copy and per-token tensors.
     saved = b["activations"] + d["logits.fused_head_input"] + d["logits.per_token"]
     assert _close(saved, row["saved_bytes"]), (saved, row["saved_bytes"])
+    # The whole residual is a CPU artefact: without Triton TRL's fused head scores every position, not only the
+    # completion (trl/trainer/utils.py:1641-1646 "On Triton devices, only the valid positions are scored"), so the
+    # CPU also keeps the prompt positions' hidden states (h x 2 B), int64 targets and fp32 log-Z / entropy (16 B).
+    if row["group"] == "dpo":
+        rows, seq, completion = row["forward_rows"], row["seq"], row["completion_len"]
+    else:
+        rows, seq, completion = row["per_device_train_batch_size"], row["prompt_len"] + row["max_completion_length"], row["max_completion_length"]
+    cpu_only = (rows * (seq - 1) - rows * completion) * (row["spec"]["hidden_size"] * 2 + 16)
+    assert _close(saved + cpu_only, row["saved_bytes"], 0.001), (saved + cpu_only, row["saved_bytes"])
     if row["group"] == "grpo":
-        assert d["generation.kv_cache"] == row["gen_kv_bytes_final"]  # exact: 2 layers x K,V x 4 x 2 heads x 127 x 64 x 2 B
-        assert d["generation.logits"] == row["gen_max_logits_bytes"]  # 4 completions x 32000 x 2 B
+        rows = row["per_device_train_batch_size"] * row.get("steps_per_generation", 1)  # completions one generate() holds
+        assert d["generation.kv_cache"] == row["gen_kv_bytes_final"] == 2 * 2 * rows * 2 * 127 * 64 * 2  # layers x K,V x rows x KV heads x 127 x d x 2 B
+        assert d["generation.logits"] == row["gen_max_logits_bytes"] == rows * 32000 * 2  # last position, bf16
+
+
+def test_groundtruth_covers_grpo_full_and_lora_with_and_without_a_reference():
+    """Issue 13's acceptance: GRPO measured under full training and LoRA, at TRL's default beta = 0 and
+    with beta > 0 (a separate reference model under full training, adapters disabled under LoRA)."""
+    grpo = {(r["mode"], r["beta"] > 0) for r in ROWS if r["group"] == "grpo"}
+    assert grpo >= {("full", False), ("full", True), ("lora", False), ("lora", True)}
+    # the reference TRL loads beside a full-training policy: the tiny LLaMA's 17,835,264 params in bf16
+    assert {r["ref_model_param_bytes"] for r in ROWS if r["group"] == "grpo" and r["mode"] == "full" and r["beta"] > 0} == {17_835_264 * 2}
+    assert {r.get("steps_per_generation", 1) for r in ROWS if r["group"] == "grpo"} == {1, 2}
 
 
 def test_dpo_reference_model_is_a_frozen_copy_and_rows_double():
@@ -124,6 +153,40 @@ def test_grpo_generation_phase_is_the_peak_for_a_big_generation_batch():
     # generate's logits: 64 x 128256 x 2 B in bf16, plus the fp32 copy and the sampling softmax (2 x 4 B).
     assert est.breakdown["logits"] == 64 * 128256 * (2 + 8)
     assert any("generation phase" in note for note in est.notes)
+
+
+def test_steps_per_generation_scales_the_generation_batch():
+    """TRL generates for steps_per_generation optimisation steps in one generate() call (grpo_trainer.py:1538-1546),
+    defaulting to gradient_accumulation_steps (grpo_config.py:1098-1100; micro-batches here). Tiny LLaMA,
+    4 completions per step x 4 steps = 16 rows: KV after the last token = 2 layers x K,V x 16 x 2 KV heads
+    x (64 + 64 - 1) x 64 x 2 B = 2,080,768 B; last-position logits 16 x 32000 x 2 B = 1,024,000 B."""
+    base = dict(TINY, recipe="grpo", **{"batch-size": 4, "num-generations": 4, "max-prompt-length": 64, "max-completion-length": 64})
+    one = estimate(adhoc_run(base))
+    assert one.details["generation.kv_cache"] == 2 * 2 * 4 * 2 * 127 * 64 * 2
+    for keys in ({"steps-per-generation": 4}, {"generation-batch-size": 16}, {"micro-batches": 4}):
+        est = estimate(adhoc_run(dict(base, **keys)))
+        assert est.run.recipe.generation_batch_size == 16
+        assert est.details["generation.kv_cache"] == 2_080_768
+        assert est.details["generation.logits"] == 1_024_000
+        assert est.breakdown["activations"] == one.breakdown["activations"]  # the training step is batch-size rows
+    # micro-batches are pipeline micro-batches under pipeline parallelism, not TRL's accumulation
+    piped = estimate(adhoc_run(dict(base, gpus=2, **{"pipeline-parallel": 2, "micro-batches": 4})))
+    assert piped.run.recipe.generation_batch_size == 4
+    # an explicit steps-per-generation wins over the accumulation default
+    assert estimate(adhoc_run(dict(base, **{"micro-batches": 4, "steps-per-generation": 2}))).run.recipe.generation_batch_size == 8
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"recipe": "dpo"}, 'only applies to recipe = "grpo"'),
+    ({"recipe": "ppo"}, 'only applies to recipe = "grpo"'),
+    ({"recipe": "grpo", "generation-batch-size": 16}, "both set the generation batch"),
+])
+def test_steps_per_generation_contradictions(keys, message):
+    text = ('[tool.llmmem]\ngpu = "H100-80GB"\n[tool.llmmem.model]\nparams = "8B"\n[[tool.llmmem.runs]]\nname = "g"\n'
+            'steps-per-generation = 2\n' + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in keys.items()))
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert message in str(info.value)
 
 
 def test_vllm_colocate_share_and_server():
