@@ -14,6 +14,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from typing import Any, Dict, FrozenSet, NamedTuple, Optional, Tuple
 
+from .attention_masks import model_masks, sdpa_layer_mask
 from .layers import Attention, Dense, LatentAttention, LayerGroup, Linear, MoE, NoMLP, StateSpace
 from .model import PYTHON_ACTIVATIONS, Architecture
 
@@ -299,7 +300,9 @@ def layer_saved(
     shared += norm + (_norm_saved(arch, tokens, act, full, amp) if post_norms else 0)
     if arch.hidden_dropout:
         shared += tokens * h  # residual dropout mask, 1 byte per element
-    out = {"attention": shared // (tp if sp else 1) + kept // tp}
+    # the additive mask SDPA keeps in a sliding layer is (b, 1, s, s) on every tensor-parallel rank
+    mask = sdpa_layer_mask(arch, group.attention, batch=batch, seq=seq, act=act, flash=flash)
+    out = {"attention": shared // (tp if sp else 1) + kept // tp + mask}
     mlp_shared, mlp_kept = _mlp_saved(arch, group.mlp, lin, p)
     if not isinstance(group.mlp, NoMLP):
         mlp_shared += _norm_saved(arch, tokens, act, full, amp) * (2 if post_norms else 1) if group.norms >= 2 else 0
@@ -355,13 +358,15 @@ def _eager_softmax_bytes(arch: Architecture, act: int) -> int:
     return 2 * FP32 if act == FP32 else act + 2 * FP32
 
 
-def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int, flash: bool) -> int:
-    """Peak of one layer's temporaries in a no-grad forward (inference prefill).
+def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int, flash: bool,
+                      tp: int = 1) -> int:
+    """Peak of one layer's temporaries in a no-grad forward (inference prefill), on one tensor-parallel rank.
 
     MLP: the activation output, the up projection and their product live together (gated) or
     fc1's output and the activation (plain). Attention: q, k, v and the output, plus the s*s
-    scores and their fp32 softmax in eager mode. Mamba: in_proj's output and the scan's inputs.
-    The residual stream and the norm output sit beside.
+    scores and their fp32 softmax in eager mode, or SDPA's additive copy of a sliding layer's mask.
+    Mamba: in_proj's output and the scan's inputs. The residual stream and the norm output sit
+    beside, and so do the forward's attention masks (attention_masks.py), whole on every rank.
     """
     group = group or arch.layer_groups()[0]
     h, tokens = arch.hidden_size, batch * seq
@@ -379,4 +384,8 @@ def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *,
         if not (flash and arch.family.sdpa):
             sinks = getattr(at, "sinks", False)
             attn += batch * a * seq * (seq + (1 if sinks else 0)) * (FP32 + act if sinks else _eager_softmax_bytes(arch, act))
-    return 2 * tokens * h * act + max(mlp, attn)
+    layer = (2 * tokens * h * act + max(mlp, attn)) // tp
+    mask = sdpa_layer_mask(arch, at, batch=batch, seq=seq, act=act, flash=flash)
+    if mask:  # SDPA's additive copy of a sliding layer's mask, whole on every rank, beside the attention's share
+        layer = max(layer, (2 * tokens * h * act + attn) // tp + mask)
+    return layer + model_masks(arch, batch=batch, seq=seq, act=act, flash=flash)

@@ -11,6 +11,7 @@ import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .activations import FP32, Trainable, forward_transient, head_saved, layer_saved, rotary_tables
+from .attention_masks import model_masks
 from .catalog import DType, Optimizer
 from .job_phases import whole_job
 from .lora import adapted_linears, lora_matrix_params, lora_params  # noqa: F401  (lora_matrix_params is public API here)
@@ -363,7 +364,7 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
         breakdown["kv_cache"] = sum(v for k, v in details.items() if k.startswith("kv_cache."))
         if len(details) == 1 or all(k == "kv_cache.full" for k in details if k.startswith("kv_cache.")):
             details.pop("kv_cache.full", None)  # one kind: the term says it all
-        breakdown["activations"] = max(forward_transient(arch, g, batch=b, seq=prompt, act=act, flash=flash) for _, g in stage) // t
+        breakdown["activations"] = max(forward_transient(arch, g, batch=b, seq=prompt, act=act, flash=flash, tp=t) for _, g in stage)
         logits_act = FP32 if arch.family.logits_fp32 else act
         breakdown["logits"] = _inference_logits(run, b, prompt, vocab_out, logits_act, details, arch.family.classifier, t)
         return
@@ -395,6 +396,10 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
         # (Chen et al. 2016; HF gradient_checkpointing_enable, non-reentrant).
         details["activations.layer_inputs"] = layers * in_flight * tokens * arch.hidden_size * act // (t if run.sequence_parallel else 1)
         details["activations.recomputed_layer"] = biggest_layer + rotary  # the recompute keeps the rotary tables too
+        # the forward's attention masks are inputs of every checkpointed layer: they stay through backward
+        masks = model_masks(arch, batch=b, seq=s, act=act, flash=flash) * in_flight
+        if masks:
+            details["activations.attention_masks"] = masks
         if run.knobs.activation_offload:
             details["activations.layer_inputs"], details["host.offloaded_activations"] = offloaded_layer_inputs(
                 details["activations.layer_inputs"], layers * in_flight)

@@ -194,8 +194,22 @@ def _cpu_step(torch, model, ids, run: Run, est: Estimate):
             saved.setdefault(storage.data_ptr(), storage.nbytes())
         return tensor
 
+    handles = []
+    if run.gradient_checkpointing:
+        # A checkpointed layer keeps its inputs for the recompute; the ones transformers passes by keyword (the
+        # attention mask: modeling_layers.py GradientCheckpointingLayer binds kwargs with functools.partial) are
+        # held by the closure where no saved-tensor hook sees them, so they are collected here.
+        def hold(module, args, kwargs):
+            mask = kwargs.get("attention_mask")
+            if torch.is_tensor(mask):
+                saved.setdefault(mask.untyped_storage().data_ptr(), mask.untyped_storage().nbytes())
+
+        layers = [m for m in model.modules() if any(c.__name__ == "GradientCheckpointingLayer" for c in type(m).__mro__)]
+        handles = [layer.register_forward_pre_hook(hold, with_kwargs=True) for layer in layers]
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out = model(ids, labels=ids)
+    for handle in handles:
+        handle.remove()
     terms["saved activations"] = sum(saved.values())
     terms["logits"] = _nbytes([out.logits])
     out.loss.backward()

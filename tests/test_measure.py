@@ -44,6 +44,8 @@ def torch_available():
     # Eager attention with grouped-query heads: K and V are repeated to every head before the matmuls.
     {"mode": "train", "dtype": "fp32", "optimizer": "adam", "seq-len": 32, "flash-attention": False},
     {"mode": "train", "dtype": "bf16", "optimizer": "adam", "seq-len": 32, "flash-attention": False},
+    # Eager and checkpointed: each checkpointed layer holds the forward's float attention mask (a keyword input).
+    {"mode": "train", "dtype": "bf16", "optimizer": "adamw", "seq-len": 64, "flash-attention": False, "gradient-checkpointing": True},
     {"mode": "inference", "dtype": "bf16", "batch-size": 2, "seq-len": 64},  # generation: last position's logits
     {"mode": "inference", "dtype": "bf16", "batch-size": 2, "seq-len": 64, "logits": "all"},  # a scoring forward
 ])
