@@ -16,7 +16,7 @@ from .catalog import DType, Optimizer
 from .job_phases import whole_job
 from .lora import adapted_linears, lora_matrix_params, lora_params  # noqa: F401  (lora_matrix_params is public API here)
 from .layers import LayerGroup, peft_target_problem
-from .model import Architecture, ParamsOnly
+from .model import Architecture
 from .parallel import host_bytes_per_node, local_params, model_states
 from .run import Run
 from .trainer_terms import bnb_state_bytes, four_bit_bytes, loss_terms, offloaded_layer_inputs, optimizer_phase, trainable_tensors
@@ -114,37 +114,14 @@ def estimate(run: Run) -> Estimate:
 
         return estimate_recipe(run)
     if run.method == "rule-of-thumb":
-        return _rule_of_thumb(run)
+        from .rule_of_thumb import rule_of_thumb
+
+        return rule_of_thumb(run)
     if run.serve is not None:
         from .serve_estimate import served
 
         return served(run)
     return _detailed(run)
-
-
-# --- rule of thumb ------------------------------------------------------------------------------
-
-
-def _rule_of_thumb(run: Run) -> Estimate:
-    """The seed's rules: weights = params x bytes; gradients = params; AdamW 2 states, SGD 1."""
-    dtype, params = run.dtype, run.model.params if isinstance(run.model, ParamsOnly) else run.model.param_count()
-    b = dtype.rule_bytes
-    weights = params * b
-    notes = ["rule of thumb: training = weights + gradients + optimizer states in the same dtype (4 x inference with AdamW); activations, KV cache and CUDA overhead are not counted"]
-    trainable, grads, opt = 0, 0.0, 0.0
-    if run.mode == "train":
-        trainable = params
-    elif run.trains:
-        if isinstance(run.model, Architecture):
-            trainable = lora_params(run.model, run.lora_rank, run.lora_targets)
-        else:
-            notes.append("LoRA adapter count needs the architecture: the adapters are left out")
-    if trainable:
-        states = run.optimizer.states if run.optimizer else 2
-        grads, opt = trainable * b, trainable * b * states
-    breakdown = {"weights": round(weights), "gradients": round(grads), "optimizer_states": round(opt)}
-    approximate = run.model.approximate if isinstance(run.model, Architecture) else ()
-    return Estimate(run, "rule-of-thumb", breakdown, params, trainable, tuple(notes), {}, 0, (), approximate)
 
 
 # --- detailed ----------------------------------------------------------------------------------
