@@ -176,6 +176,7 @@ def families(data: Path) -> Tuple[List[Tuple[str, str, int, int]], List[Tuple[st
                     run["optimizer"] = "adamw"
                 if scenario["mode"] == "train":
                     run["precision"] = "pure"
+                    run.update(case.get("train_run_keys", {}))  # what the measured step was (gemma3: vision-tower = "frozen")
                 if scenario["mode"] == "lora":
                     run.update({"lora-rank": scenario["lora_r"], "lora-targets": list(case["lora_targets"])})
                 estimated = estimated_terms(estimate(adhoc_run(run)), scenario["mode"])

@@ -33,6 +33,7 @@ _VALUE_FLAGS = {
     "generation-batch-size": int, "steps-per-generation": int, "value-head": str,
     # the whole job's phases (issue 16)
     "eval-batch-size": int, "eval-samples": int, "eval-accumulation-steps": int, "eval-generate-tokens": int, "save": str,
+    "vision-tower": str,
 }
 _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel",
              "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager",

@@ -29,7 +29,7 @@ from .model_config import check_values as check_model_values, model_from_table
 from .profiles import check_combination as check_trainer, resolve as resolve_trainer, shown as trainer_rows
 from .projects import find_pyproject, read_json, read_pyproject
 from .phase_keys import job_settings
-from .run import METHODS, MODES, PRECISIONS, RecipeSettings, Run
+from .run import METHODS, MODES, PRECISIONS, RecipeSettings, VISION_TOWERS, Run
 
 MAX_NAME = 200  # characters in a run name
 
@@ -265,6 +265,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         budget=budget([table, top], ctx, require_budget),
         method=(table if "method" in table else top).choice("method", METHODS, "detailed"),
         strict=(table if "strict" in table else top).boolean("strict", False),
+        vision_tower=_vision_tower(table, mode, model, name),
         overhead_bytes=overhead if "overhead" in table else top_overhead,
         recipe=recipe,
         job=job,
@@ -346,6 +347,20 @@ def load(
     text = read_pyproject(target)
     shown = display or (str(path) if path and files.is_file(path) else str(target))
     return parse(text, path=shown, catalog=catalog, base_dir=files.resolve(target).parent, require_budget=require_budget)
+
+
+def _vision_tower(table: Table, mode: str, model: Any, name: str) -> str:
+    """vision-tower: only a full fine-tune of a model with a vision tower has one to train or freeze."""
+    value = table.choice("vision-tower", VISION_TOWERS, "trained")
+    if "vision-tower" in table:
+        if mode != "train":
+            raise table.fail("vision-tower", f'only applies to mode = "train" (a full fine-tune); run "{name}" has mode = "{mode}", '
+                             "which trains no vision tower weights.", hint="Remove vision-tower from this run.")
+        if not (isinstance(model, Architecture) and model.extra_params):
+            what = f"this {model.family.name} model" if isinstance(model, Architecture) else "a model given by params only"
+            raise table.fail("vision-tower", f"{what} has no vision tower to train or freeze.",
+                             hint="Remove vision-tower, or point config at a multimodal config.json (gemma3 with a vision_config).")
+    return value
 
 
 def adhoc_run(values: Mapping[str, Any], *, catalog: Optional[Catalog] = None, path: str = "command line") -> Run:

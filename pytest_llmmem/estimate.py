@@ -17,7 +17,7 @@ from .job_phases import whole_job
 from .lora import adapted_linears, lora_matrix_params, lora_params  # noqa: F401  (lora_matrix_params is public API here)
 from .layers import LayerGroup, peft_target_problem
 from .model import Architecture
-from .parallel import host_bytes_per_node, local_params, model_states
+from .parallel import frozen_params, host_bytes_per_node, local_params, model_states
 from .run import Run
 from .trainer_terms import bnb_state_bytes, four_bit_bytes, loss_terms, offloaded_layer_inputs, optimizer_phase, trainable_tensors
 from .units import MiB, format_bytes
@@ -175,22 +175,23 @@ def _detailed(run: Run) -> Estimate:
     if note:
         notes.append(note)
     trainable, trained, opt_note, host = 0, 0, "", 0
-    tensors = trainable_tensors(run, arch, params)
+    frozen = frozen_params(run, arch)  # a frozen vision tower: weights, but no gradients or optimizer states
+    tensors = trainable_tensors(run, arch, params - frozen)
     bnb = run.optimizer is not None and (run.optimizer.paged or run.optimizer.small_tensor_numel) and tensors is not None
     paged = 0  # bitsandbytes paged states, in CUDA unified memory
     local = local_params(run, arch, params)
     share = local.params / params  # the part of the model one GPU holds under tensor/pipeline parallelism
     if run.mode == "train":
-        trainable = trained = params
+        trainable = trained = params - frozen
         amp = run.precision == "amp"
         mixed = run.precision == "mixed" and dtype.bytes < FP32
         # amp = torch.autocast: fp32 weights, gradients and states, no separate master copy.
         weight_bytes = FP32 if amp else dtype.bytes
-        opt_total, opt_note = _optimizer_bytes(run.optimizer, run, params, weight_bytes, mixed or amp)
+        opt_total, opt_note = _optimizer_bytes(run.optimizer, run, trained, weight_bytes, mixed or amp)
         if bnb:
             opt_total, paged = bnb_state_bytes(run.optimizer, tensors)
             paged = paged / run.shard_group * share
-        states = model_states(run, local, weight_bytes, weight_bytes, opt_total / params, mixed)
+        states = model_states(run, local, weight_bytes, weight_bytes, opt_total / trained, mixed)
         weights = round(states["weights"] + states["weights.gathered"])
         if states["weights.gathered"]:
             details["weights.gathered_for_compute"] = round(states["weights.gathered"])
@@ -294,10 +295,13 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
         if run.mode in ("lora", "qlora"):
             partial.append("LoRA adapters need the architecture: their weights, gradients and optimizer states are not counted")
         return tuple(partial) + run.not_modelled, ()
-    approximate = list(arch.approximate)
+    approximate, not_modelled = list(arch.approximate), run.not_modelled
+    if run.mode == "train" and arch.extra_params and run.vision_tower == "trained":
+        not_modelled += ('image inputs: the vision tower\'s activations are not counted (vision-tower = "trained"); '
+                         'for text-only training or a frozen tower declare vision-tower = "frozen"',)
     if run.trains and any(g.attention.kind == "mamba" for g in arch.layer_groups()):
         approximate.append("Mamba layers' training activations depend on the mamba-ssm CUDA kernels and are estimated, not measured")
-    return run.not_modelled, tuple(approximate)
+    return not_modelled, tuple(approximate)
 
 
 def _stage_groups(arch: Architecture, layers: int) -> List[Tuple[int, LayerGroup]]:

@@ -52,6 +52,8 @@ PHASE_KEYS = ("eval", "eval-batch-size", "eval-samples", "eval-accumulation-step
               "save", "offload-to-cpu", "merge-adapters", "gather-16bit-weights-on-save")
 TOP_KEYS = TOP_KEYS + PHASE_KEYS
 RUN_KEYS = RUN_KEYS + PHASE_KEYS
+# A multimodal model's vision tower in a full fine-tune (run.VISION_TOWER): trained on images, or frozen.
+RUN_KEYS = RUN_KEYS + ("vision-tower",)
 
 # Largest values taken as meant; anything past these is a typo or a unit slip.
 _LIMITS = {

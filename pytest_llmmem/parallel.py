@@ -43,6 +43,15 @@ class LocalParams(NamedTuple):
     largest_layer: int  # largest single module (DeepSpeed's largest_layer_params), after tensor parallelism
     largest_unit: int  # largest FSDP-wrapped unit: a decoder layer, or the embedding
     layers: int  # decoder layers on the fullest pipeline stage
+    frozen: int = 0  # of ``params``, those that take no gradient and no optimizer state (a frozen vision tower)
+
+
+def frozen_params(run: Run, arch: Optional[Architecture]) -> int:
+    """Parameters a full fine-tune leaves without .grad and optimizer state: the vision tower and projector
+    of a multimodal model under vision-tower = "frozen" (run.VISION_TOWERS)."""
+    if arch is None or run.mode != "train" or run.vision_tower != "frozen":
+        return 0
+    return arch.extra_params
 
 
 def local_params(run: Run, arch: Optional[Architecture], total: int) -> LocalParams:
@@ -70,7 +79,9 @@ def local_params(run: Run, arch: Optional[Architecture], total: int) -> LocalPar
         stage = max(embed + stack, stack + head + tied_copy)
     biggest_linear = max([lin.d_in * lin.d_out for lin in arch.linears()] + [0])
     largest = max(arch.vocab_size * arch.hidden_size, biggest_linear)
-    return LocalParams(math.ceil(stage / t), math.ceil(largest / t), math.ceil(max(layer, embed) / t), layers)
+    # The vision tower sits with the embedding, on the first stage: frozen here when that is the fullest.
+    frozen = frozen_params(run, arch) if p == 1 or stage == embed + stack else 0
+    return LocalParams(math.ceil(stage / t), math.ceil(largest / t), math.ceil(max(layer, embed) / t), layers, math.ceil(frozen / t))
 
 
 def model_states(run: Run, local: LocalParams, weight_bytes: float, grad_bytes: float, opt_bytes_per_param: float,
@@ -81,9 +92,12 @@ def model_states(run: Run, local: LocalParams, weight_bytes: float, grad_bytes: 
     ``opt_bytes_per_param`` is the optimizer's state bytes per parameter.
     """
     P, N = local.params, run.shard_group
+    # A frozen tower holds weights (and, on the safe side, its share of master weights, buckets and fp32 partitions:
+    # FSDP's flat parameters and DeepSpeed's partitions may still include it) but no gradients and no optimizer state.
+    T = P - local.frozen
     master = FP32 if mixed else 0
-    out = {"weights": weight_bytes * P, "master_weights": master * P, "gradients": grad_bytes * P,
-           "optimizer_states": opt_bytes_per_param * P, "weights.gathered": 0.0, "gradients.buckets": 0.0,
+    out = {"weights": weight_bytes * P, "master_weights": master * P, "gradients": grad_bytes * T,
+           "optimizer_states": opt_bytes_per_param * T, "weights.gathered": 0.0, "gradients.buckets": 0.0,
            "gradients.fp32_partition": 0.0, "host": 0.0}
     zero, fsdp = run.zero_stage, run.fsdp
     if zero == 0 and fsdp == "none":
@@ -93,11 +107,11 @@ def model_states(run: Run, local: LocalParams, weight_bytes: float, grad_bytes: 
         return out
     fp32_grads = FP32 if mixed else grad_bytes
     out["master_weights"] = master * P / N
-    out["optimizer_states"] = opt_bytes_per_param * P / N
+    out["optimizer_states"] = opt_bytes_per_param * T / N
     if fsdp != "none":
         # FSDP: sharded fp32 flat params (the master under mixed precision), sharded fp32 grads,
         # two 16-bit units gathered (current + prefetched) with the current unit's gradient.
-        out["gradients"] = fp32_grads * P / N
+        out["gradients"] = fp32_grads * T / N
         out["gradients.buckets"] = grad_bytes * local.largest_unit
         if fsdp == "shard-grad-op":
             out["weights"] = weight_bytes * P  # kept unsharded between forward and backward (ZeRO-2-like)
@@ -107,12 +121,12 @@ def model_states(run: Run, local: LocalParams, weight_bytes: float, grad_bytes: 
     elif zero == 1:
         out["gradients.fp32_partition"] = fp32_grads * P / N if mixed else 0.0
     elif zero == 2:
-        out["gradients"] = grad_bytes * P / N
+        out["gradients"] = grad_bytes * T / N
         out["gradients.buckets"] = grad_bytes * min(P, REDUCE_BUCKET_ELEMENTS)
         out["gradients.fp32_partition"] = fp32_grads * P / N if mixed else 0.0
     else:  # ZeRO-3: the 16-bit gradient partition becomes the fp32 one (DeepSpeed's 18 B/param)
         out["weights"] = weight_bytes * P / N
-        out["gradients"] = fp32_grads * P / N
+        out["gradients"] = fp32_grads * T / N
         out["weights.gathered"] = weight_bytes * local.largest_layer
         out["gradients.buckets"] = grad_bytes * local.largest_layer
     if run.offload != "none":

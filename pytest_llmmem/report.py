@@ -57,6 +57,8 @@ def describe_run(est: Estimate) -> str:
         parts[0] = f"{run.mode} ({what.get(rs.name, rs.name)})"
     if run.mode == "train":
         parts.append(f"{run.precision} precision")
+        if run.vision_tower == "frozen":
+            parts.append("vision tower frozen")
     if run.optimizer is not None:
         parts.append(run.optimizer.name)
     if run.mode in ("lora", "qlora"):

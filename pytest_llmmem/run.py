@@ -13,6 +13,11 @@ MODES = ("train", "inference", "lora", "qlora")
 FSDP_MODES = ("none", "full-shard", "shard-grad-op", "hybrid-shard")
 OFFLOADS = ("none", "optimizer", "optimizer+params")
 PRECISIONS = ("mixed", "pure", "amp")
+# "trained": images go through the vision tower and it trains (gradients, optimizer states; its activations are
+# not modelled). "frozen": text-only data or requires_grad=False: the tower gets no .grad, and torch AdamW keeps
+# no state for it (Adam._init_group, which AdamW inherits, creates a parameter's state at its first gradient:
+# torch/optim/adam.py:139).
+VISION_TOWERS = ("trained", "frozen")
 METHODS = ("detailed", "rule-of-thumb")
 ENGINES = ("transformers", "vllm", "sglang")
 LOGITS = ("last", "all")
@@ -128,6 +133,7 @@ class Run(NamedTuple):
     overhead_bytes: Optional[int] = None  # replaces the CUDA context / allocator default
     calibration: Optional[float] = None  # measured / estimated, stored by `llmmem measure --write`
     strict: bool = False  # a partial or approximate estimate fails instead of passing with a warning
+    vision_tower: str = "trained"  # a multimodal model in a full fine-tune: VISION_TOWERS
     # Inference: prompt + new tokens (= seq-len), and whether the forward returns every position's
     # logits (a scoring forward) or the last one only (generation: transformers generate() passes
     # logits_to_keep=1, generation/utils.py; vLLM and SGLang compute logits for sampled tokens only).

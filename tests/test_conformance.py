@@ -29,8 +29,6 @@ DYNAMIC = ("saved_activations", "logits", "kv_cache")  # within 5 %
 # strict: the day one passes, the test fails until its entry is removed.
 PENDING: Dict[str, str] = {
     "deepseek_v2-train-bf16": "saved activations 6 % low: a CPU artefact. q/k head dim 192 != v head dim 128, so CPU SDPA falls back to its math path, which upcasts q, k, v, probabilities and output to fp32 (measured with saved_tensors_hooks: dv=128 saves fp32 (32,64,192) ..., dv=192 bf16 + lse); CUDA's efficient kernel takes dv != dqk, as the estimate assumes",
-    "gemma3-train-bf16": "text-only step: the vision tower (40.3 M params in the cut) gets no .grad and AdamW keeps no state for it; the estimate trains every parameter (+7.1 %)",
-    "gemma3-train-fp32": "text-only step: no grads/AdamW states for the unused vision tower (+7.1 %)",
 }
 
 
@@ -63,6 +61,7 @@ def _estimate(config: Dict[str, Any], tmp_path: Path, scenario: Dict[str, Any], 
         values["optimizer"] = "adamw"
     if scenario["mode"] == "train":
         values["precision"] = "pure"  # the measured step keeps weights, grads and states in its dtype
+        values.update(case.get("train_run_keys", {}))  # what the measured step was (gemma3: text-only, vision-tower = "frozen")
     if scenario["mode"] == "lora":
         values["lora-rank"] = scenario["lora_r"]
         values["lora-targets"] = list(case["lora_targets"])
