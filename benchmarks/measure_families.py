@@ -150,7 +150,9 @@ def scenario(torch, transformers, case: Dict[str, Any], spec: Dict[str, Any]) ->
     """Run one scenario (``mode``, ``dtype``, ``batch``, ``seq``) of the cut model; bytes per term."""
     cfg = cut_config(case)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[spec["dtype"]]
-    attn = case.get("attn", "sdpa")
+    # attn_by_scenario: "<mode>-<dtype>" -> the attention one scenario runs with, where the case's default would
+    # measure a CPU artefact (deepseek_v2 bf16 training: CPU SDPA's fp32 math fallback when v and q/k head dims differ)
+    attn = case.get("attn_by_scenario", {}).get(f"{spec['mode']}-{spec['dtype']}", case.get("attn", "sdpa"))
     try:
         model = _build(torch, transformers, cfg, dtype, attn)
     except ValueError as err:  # e.g. Gemma 2 in transformers 5.24: "does not support ... scaled_dot_product_attention"

@@ -27,9 +27,7 @@ DYNAMIC = ("saved_activations", "logits", "kv_cache")  # within 5 %
 # Cases the estimator does not reproduce yet: test id ("<stem>" for the parameter count,
 # "<stem>-<mode>-<dtype>" for a step) -> the finding that says why (see /work/briefs/board.md).
 # strict: the day one passes, the test fails until its entry is removed.
-PENDING: Dict[str, str] = {
-    "deepseek_v2-train-bf16": "saved activations 6 % low: a CPU artefact. q/k head dim 192 != v head dim 128, so CPU SDPA falls back to its math path, which upcasts q, k, v, probabilities and output to fp32 (measured with saved_tensors_hooks: dv=128 saves fp32 (32,64,192) ..., dv=192 bf16 + lse); CUDA's efficient kernel takes dv != dqk, as the estimate assumes",
-}
+PENDING: Dict[str, str] = {}
 
 
 def _case(path: Path) -> Dict[str, Any]:
