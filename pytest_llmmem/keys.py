@@ -41,8 +41,8 @@ RUN_KEYS = RUN_KEYS + TRAINER_KEYS
 RECIPE_KEYS = (
     "recipe", "beta", "loss-type", "reference-model", "precompute-ref-log-probs", "max-length",
     "max-prompt-length", "num-generations", "max-completion-length", "generation",
-    "vllm-gpu-memory-utilization", "generation-batch-size", "steps-per-generation", "value-head", "reward-model",
-    "value-model",
+    "vllm-gpu-memory-utilization", "generation-batch-size", "steps-per-generation", "local-rollout-forward-batch-size",
+    "value-head", "reward-model", "value-model",
 )
 RUN_KEYS = RUN_KEYS + RECIPE_KEYS
 # A trainer's own config the run reads its settings from (readers/); the run's keys override it.
@@ -69,6 +69,7 @@ _LIMITS = {
     "loss-chunks": 65_536,
     "max-length": 100_000_000, "max-prompt-length": 100_000_000, "max-completion-length": 100_000_000,
     "num-generations": 65_536, "generation-batch-size": 1_000_000, "steps-per-generation": 1_000_000,
+    "local-rollout-forward-batch-size": 1_000_000,
     "eval-batch-size": 1_000_000, "eval-samples": 1_000_000_000, "eval-accumulation-steps": 1_000_000,
     "eval-generate-tokens": 100_000_000,
 }

@@ -37,6 +37,7 @@ _APPLIES = {
     "vllm-gpu-memory-utilization": ("grpo", "ppo"),
     "generation-batch-size": ("grpo", "ppo"),
     "steps-per-generation": ("grpo",),
+    "local-rollout-forward-batch-size": ("ppo",),
     "value-head": ("ppo",),
     "reward-model": ("ppo",),
     "value-model": ("ppo",),
@@ -174,7 +175,8 @@ def _online(table: Table, recipe: str, lora: bool, reference_key: Optional[bool]
                          hint='Drop value-model, or use value-head = "separate" (TRL PPOTrainer\'s critic).')
     return RecipeSettings(name=recipe, beta=beta, reference=reference, prompt_len=prompt, completion_len=completion,
                           num_generations=gens, generation=generation, vllm_gpu_memory_utilization=util,
-                          generation_batch_size=gen_batch, value_head=value_head,
+                          generation_batch_size=gen_batch, rollout_chunk=table.integer("local-rollout-forward-batch-size", 0),
+                          value_head=value_head,
                           reward_model=_side_model(table, "reward-model"), value_model=_side_model(table, "value-model")), out
 
 
@@ -183,7 +185,7 @@ def _generation_batch(table: Table, recipe: str, batch: int, accumulation: int) 
     micro-batches in one generate() call and buffers them (trl/trainer/grpo_trainer.py:1538-1546; its
     dataloader yields per_device_train_batch_size x steps_per_generation rows, :1275). steps_per_generation
     defaults to gradient_accumulation_steps (trl/trainer/grpo_config.py:1098-1100) and cannot be given with
-    generation_batch_size (:1113-1116). PPO has no such key: its generation batch is batch-size unless given."""
+    generation_batch_size (:1113-1116). PPO rolls out its whole local batch, batch-size x accumulation steps."""
     spg = table.integer("steps-per-generation")
     if spg is not None and "generation-batch-size" in table:
         raise table.fail("steps-per-generation", "steps-per-generation and generation-batch-size both set the generation batch; give one.",
@@ -194,8 +196,8 @@ def _generation_batch(table: Table, recipe: str, batch: int, accumulation: int) 
             raise table.fail("generation-batch-size", f"generation-batch-size {gen_batch} is not a multiple of batch-size {batch}.",
                              hint="TRL generates for several optimisation steps at once: generation_batch_size = batch-size x steps-per-generation.")
         return gen_batch
-    if recipe != "grpo":
-        return batch
+    if recipe == "ppo":
+        return batch * accumulation  # trl/experimental/ppo/ppo_trainer.py:463 local_batch_size: one rollout per update
     return batch * (accumulation if spg is None else spg)
 
 

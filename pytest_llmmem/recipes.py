@@ -21,7 +21,7 @@ from .parallel import local_params
 from .run import RecipeSettings, Run
 
 # Breakdown terms a recipe adds (labels in report.LABELS), placed before the overhead term.
-RL_TERMS = ("reference_model", "reward_model", "value_model", "generation_kv_cache", "vllm_engine_share")
+RL_TERMS = ("reference_model", "reward_model", "value_model", "generation_kv_cache", "rollout_logits", "vllm_engine_share")
 
 # TRL 1.16 fused LM head: tiles of TOKEN_CHUNK_SIZE tokens x _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary
 # columns (trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE = 4096; trl/trainer/utils.py:1506 = 32768).
@@ -132,7 +132,7 @@ def _score_model_states(run: Run, arch: Architecture, breakdown: Dict[str, int])
     return score
 
 
-def _stage_kv(run: Run, arch: Architecture, batch: int, seq: int, act: int) -> int:
+def stage_kv(run: Run, arch: Architecture, batch: int, seq: int, act: int) -> int:
     """KV cache of ``batch`` sequences of ``seq`` tokens, each layer kind answering for its own layers."""
     layers = math.ceil(arch.num_layers / run.pipeline_parallel)
     return sum(math.ceil(g.count * layers / arch.num_layers) * g.attention.cache_bytes(batch, seq, act, run.tensor_parallel)
@@ -152,8 +152,8 @@ def generation_phase(run: Run, arch: Architecture, act: int) -> Dict[str, int]:
     groups = arch.layer_groups()
     prefill = max(forward_transient(arch, g, batch=rows, seq=prompt, act=act, flash=run.flash_attention, tp=t) for g in groups)
     decode = max(forward_transient(arch, g, batch=rows, seq=1, act=act, flash=run.flash_attention, tp=t) for g in groups)
-    kv_prompt = _stage_kv(run, arch, rows, prompt, act)
-    kv_final = _stage_kv(run, arch, rows, prompt + completion - 1, act)
+    kv_prompt = stage_kv(run, arch, rows, prompt, act)
+    kv_final = stage_kv(run, arch, rows, prompt + completion - 1, act)
     kv_at_peak, transient = (kv_prompt, prefill) if kv_prompt + prefill > kv_final + decode else (kv_final, decode)
     return {
         "kv_cache": kv_final,
@@ -301,7 +301,17 @@ def _generation(run: Run, arch: Optional[Architecture], act: int, extra: Dict[st
     if arch is None:
         partial.append("generation's KV cache needs the architecture: give config or the architecture keys")
         return None
-    gen = generation_phase(run, arch, act)
+    if rs.name == "ppo":
+        # TRL PPOTrainer: chunked generate() with every token's fp32 scores kept through the update (ppo_rollout.py)
+        from .ppo_rollout import ROLLOUT_CHUNK, rollout_phase
+
+        gen = rollout_phase(run, arch, act)
+        extra["rollout_logits"] = gen["rollout_scores"]
+        chunk = min(rs.rollout_chunk or ROLLOUT_CHUNK, rs.generation_batch_size)
+        notes.append(f"ppo: rollout of {rs.generation_batch_size} completions, generate() and reference forwards "
+                     f"{chunk} rows at a time (local-rollout-forward-batch-size)")
+    else:
+        gen = generation_phase(run, arch, act)
     for item, value in gen.items():
         details[f"generation.{item}"] = value
     return gen

@@ -29,6 +29,7 @@ LABELS = {
     "reward_model": "reward model",
     "value_model": "value model",
     "generation_kv_cache": "generation KV cache",
+    "rollout_logits": "PPO rollout logits",
     "vllm_engine_share": "vLLM engine share",
     "overhead": "CUDA context + allocator",
     "load": "loading (above the step)",  # the whole job's phases (job_phases.py, issue 16)

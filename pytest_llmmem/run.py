@@ -56,7 +56,8 @@ class RecipeSettings(NamedTuple):
     num_generations: int = 0
     generation: str = "transformers"  # transformers | vllm-colocate | vllm-server
     vllm_gpu_memory_utilization: float = 0.0
-    generation_batch_size: int = 0  # completions generated at once per device
+    generation_batch_size: int = 0  # completions generated at once per device (ppo: per rollout)
+    rollout_chunk: int = 0  # ppo: local_rollout_forward_batch_size, rows per generate() / no-grad forward
     value_head: str = "separate"  # ppo: separate | shared
     reward_model: Optional[Union[Architecture, ParamsOnly]] = None  # ppo: another model than the policy's shape
     value_model: Optional[Union[Architecture, ParamsOnly]] = None
