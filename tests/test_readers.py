@@ -123,6 +123,21 @@ def test_trl_dpo_config_takes_the_recipe_from_the_run():
     assert (run.recipe.name, run.gpus, run.batch_size) == ("dpo", 4, 8)
 
 
+@pytest.mark.parametrize("yaml_keys, generation_batch, skipped", [
+    ("gradient_accumulation_steps: 4\n", 32, False),  # GRPOConfig: steps_per_generation defaults to it
+    ("gradient_accumulation_steps: 4\nsteps_per_generation: 2\n", 16, False),
+    ("generation_batch_size: 64\n", 8, True),  # over all processes: not read as a per-GPU figure
+])
+def test_trl_grpo_generation_batch(tmp_path, yaml_keys, generation_batch, skipped):
+    """per_device_train_batch_size 8 x steps_per_generation completions per generate() on each GPU."""
+    (tmp_path / "grpo.yaml").write_text("model_name_or_path: Qwen/Qwen2.5-0.5B\nnum_generations: 8\n"
+                                        "per_device_train_batch_size: 8\nmax_completion_length: 256\n" + yaml_keys)
+    text = f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{tmp_path / "grpo.yaml"}"\nmax-prompt-length = 256\n'
+    run = parse(text, base_dir=tmp_path).runs[0]
+    assert run.recipe.generation_batch_size == generation_batch
+    assert any("generation_batch_size" in reason for reason in run.not_modelled) is skipped
+
+
 def test_run_keys_override_the_file_and_the_report_says_where_each_came_from(run_cli, tmp_path):
     run = _run("axolotl/qlora.yml", "batch-size = 8\n")
     origins = dict(run.settings_from)

@@ -86,6 +86,8 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.put("loss-type", m.get("loss_type"), "loss_type")
         if recipe == "grpo" and m.get("use_vllm") is True:
             m.put("generation", "vllm-colocate" if m.get("vllm_mode") == "colocate" else "vllm-server", "use_vllm / vllm_mode")
+        if recipe == "grpo":
+            _generation_batch(m)
     hf_args.optimizer(m)
     if "gradient_checkpointing" in m.data:
         hf_args.checkpointing(m)
@@ -111,3 +113,16 @@ def read(m: Mapper, base_dir: Path) -> None:
     for key, why in UNMODELLED:
         if m.is_set(key):
             m.not_modelled(key, why)
+
+
+def _generation_batch(m: Mapper) -> None:
+    """GRPO generates for steps_per_generation optimisation steps at once; unset, it is
+    gradient_accumulation_steps (trl/trainer/grpo_config.py:1098-1100). generation_batch_size counts
+    completions over every process, which the run's per-GPU generation-batch-size is not."""
+    if m.get("steps_per_generation") is not None:
+        m.put("steps-per-generation", m.get("steps_per_generation"), "steps_per_generation")
+    elif m.get("generation_batch_size") is not None:
+        m.not_modelled("generation_batch_size", "a generation batch over all processes; give generation-batch-size per GPU on the run")
+    elif m.get("gradient_accumulation_steps") is not None:
+        m.put("steps-per-generation", m.get("gradient_accumulation_steps"),
+              "gradient_accumulation_steps (GRPOConfig's steps_per_generation defaults to it)")
