@@ -139,3 +139,28 @@ def test_glm_attention_bias_defaults_to_true(model_type):
     assert omitted == from_hf_config({**cfg, "attention_bias": True}).param_count()
     # by hand: 40 layers x (q 32·128 + k 2·128 + v 2·128) = 40 x 4,608 = 184,320 bias parameters
     assert omitted - from_hf_config({**cfg, "attention_bias": False}).param_count() == 184_320
+
+
+def test_partial_rotary_keeps_o_proj_input_beside_the_kernel_output(tmp_path):
+    """GLM-4's partial rotary concatenates the rotated and pass-through halves (modeling_glm4.py
+    apply_rotary_pos_emb), so SDPA gets a contiguous (b, H, s, d) q, returns its output in that layout,
+    and o_proj's input is a transposed copy kept beside it. Measured on a 1-layer GLM-4 (hidden 256,
+    4 heads of 64, 2 KV heads, rotary over 32 dims, vocab 1000; bf16, batch 2 x 16 tokens; torch 2.13 CPU,
+    transformers 5.24, SDPA): the tensors its autograd graph saves, parameters excluded, hold 623,232 bytes,
+    16,384 = 2·16·4·64·2 of them the copy; the same model with full rotary keeps no copy."""
+    from pytest_llmmem.config import adhoc_run
+    from pytest_llmmem.estimate import estimate
+
+    def saved(rotary: float) -> int:
+        cfg = {"model_type": "glm4", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 1000, "partial_rotary_factor": rotary, "attention_bias": True}
+        path = tmp_path / f"config-{rotary}.json"
+        path.write_text(json.dumps(cfg))
+        est = estimate(adhoc_run({"config": str(path), "mode": "train", "dtype": "bf16", "precision": "pure", "batch-size": 2,
+                                  "seq-len": 16, "optimizer": "adamw"}))
+        d = est.details  # what autograd keeps: activations less the one-layer recompute, plus the fp32 log-softmax
+        return est.breakdown["activations"] - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"]
+
+    assert saved(0.5) == 623_232
+    # full rotary: no copy (16,384) and rotary tables over all 64 dims instead of 32 (+2·16·32·2 = 2,048)
+    assert saved(0.5) - saved(1.0) == 16_384 - 2_048
