@@ -14,6 +14,8 @@ v1.9.0-26; TRL 1.16 no longer ships PPO):
   rollout has built its own (:690), so from the second update on a rollout holds two of them;
 - then, chunk by chunk (:698-760), the reference forward (``forward``, :191-220) returns the logits of
   every position and, with output_hidden_states=True, every layer's hidden states.
+Checked on the CPU with TRL 1.9.0's PPOTrainer (benchmarks/measure_ppo.py, tests/data/ppo-rollout-trl.json):
+rows per generate(), its KV cache, the scores' shape and bytes, their lifetime, the reference outputs.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -52,7 +54,8 @@ def rollout_phase(run: Run, arch: Architecture, act: int) -> Dict[str, int]:
     generate = kv + scores + chunk_scores  # beside the previous update's scores (the resident term)
     pad = 2 * scores
     forward = transient + hidden + ref_logits  # beside this update's padded scores (the resident term); the previous are gone
-    out = {"kv_cache": kv, "rollout_scores": scores, "kv_cache_at_peak": 0, "transient": 0, "logits": 0, "sampling_fp32": 0}
+    out = {"kv_cache": kv, "rollout_scores": scores, "reference_logits": ref_logits, "reference_hidden_states": hidden,
+           "kv_cache_at_peak": 0, "transient": 0, "logits": 0, "sampling_fp32": 0}
     peak = max(generate, pad, forward)
     if peak == generate:
         out.update(kv_cache_at_peak=kv, logits=scores + chunk_scores)

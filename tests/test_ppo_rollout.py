@@ -65,3 +65,42 @@ def test_grpo_and_dpo_carry_no_rollout_logits():
     grpo = estimate(adhoc_run(dict(TINY, recipe="grpo", **{"batch-size": 4, "num-generations": 4, "max-prompt-length": 64, "max-completion-length": 64})))
     assert grpo.breakdown["rollout_logits"] == 0
     assert "generation.rollout_scores" not in grpo.details
+
+
+def test_rollout_terms_match_trls_ppo_trainer():
+    """tests/data/ppo-rollout-trl.json: TRL 1.9.0's PPOTrainer on the CPU, two updates (benchmarks/measure_ppo.py).
+    Local batch 2 x 4 = 8; generate() on 4 rows at a time, KV after 64 + 16 - 1 positions
+    (2 x 2 x 4 x 2 x 79 x 64 x 2 B); scores (8, 16, 32000) fp32, referenced through training and
+    still at the next rollout; each reference forward returns 4 x 80 x 32000 bf16 logits and 3 hidden
+    states of 4 x 80 x 256 x 2 B."""
+    import json
+    from pathlib import Path
+
+    row = json.loads((Path(__file__).parent / "data" / "ppo-rollout-trl.json").read_text())
+    got, setup = row["measured"], row["setup"]
+    est = _ppo(**{"mode": "train", "precision": "pure", "dtype": "bf16", "max-prompt-length": setup["prompt_len"],
+                  "max-completion-length": setup["response_length"], "local-rollout-forward-batch-size": setup["local_rollout_forward_batch_size"]})
+    d = est.details
+    assert [s["shape"] for s in got["scores"]] == [[8, 16, 32000]] * 2 and est.run.recipe.generation_batch_size == 8
+    assert {s["bytes"] for s in got["scores"]} == {est.breakdown["rollout_logits"]} == {8 * 16 * 32000 * 4}
+    assert {c["rows"] for c in got["generate_calls"]} == {4}
+    assert {c["kv_bytes"] for c in got["generate_calls"]} == {d["generation.kv_cache"]} == {2 * 2 * 4 * 2 * 79 * 64 * 2}
+    assert all(got["scores_alive_in_training"]) and got["previous_scores_alive_at_rollout"] == [False, True]
+    assert set(got["ref_forward_logits"]) == {d["generation.reference_logits"]} == {4 * 80 * 32000 * 2}
+    assert set(got["ref_forward_hidden_states"]) == {d["generation.reference_hidden_states"]} == {3 * 4 * 80 * 256 * 2}
+
+
+def test_measure_ppo_without_trl_is_a_clear_error(monkeypatch, capsys):
+    """benchmarks/measure_ppo.py needs TRL 1.9.0's PPOTrainer, not a dependency: without it, one line and exit 2."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("measure_ppo", Path(__file__).parent.parent / "benchmarks" / "measure_ppo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl raises ImportError
+    monkeypatch.setitem(sys.modules, "trl.experimental", None)
+    monkeypatch.setitem(sys.modules, "trl.experimental.ppo", None)
+    assert module.main([]) == 2
+    assert "needs TRL 1.9.0" in capsys.readouterr().err
