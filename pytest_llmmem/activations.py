@@ -141,12 +141,14 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
             # repeated copies (measured: --explain starcoder2 train bf16, 4 (b, H, s, d) per layer).
             kept += 2 * tokens * (a - kv) * d * act
         # The kernel's output takes q's layout. Usually q is a transposed view of the projection ((b, s, H, d)
-        # underneath), so the output transposed back is o_proj's input, a view: already counted. Partial rotary
+        # underneath), so the output transposed back is o_proj's input, a view: already counted. A contiguous
+        # (b, H, s, d) q makes o_proj's input a transposed copy, kept besides the kernel's output: partial rotary
         # (GLM, GLM-4, Phi-4-mini, GPT-NeoX, phi) concatenates the rotated and pass-through parts (torch.cat:
-        # modeling_glm4.py apply_rotary_pos_emb), a contiguous (b, H, s, d) q: o_proj then gets a transposed copy,
-        # kept besides the kernel's output (measured: --explain glm4 train bf16, 2 (b, H, s, d) + a (b*s, H*d) per layer).
+        # modeling_glm4.py apply_rotary_pos_emb), and rotary on a strided view of a fused projection writes a fresh
+        # tensor (Family.fresh_rotary_q: Phi-3). Measured: an autograd-graph walk of 1-layer GLM-4 and Phi-3 (test_families).
         partial_rotary = arch.rotary_dim is not None and 0 < arch.rotary_dim < d and not fam.learned_positions
-        o_input_kept = tokens * a * d * act if partial_rotary and t.keeps_input(lin["o"].name, act) else 0
+        fresh_q = partial_rotary or (fam.fresh_rotary_q and rotary)
+        o_input_kept = tokens * a * d * act if fresh_q and t.keeps_input(lin["o"].name, act) else 0
     else:
         if attn.sinks:
             # gpt-oss eager: softmax over s + 1 columns (the sink) in the compute dtype keeps its

@@ -45,7 +45,7 @@ def builtin_families() -> List[Family]:
         gemma2._replace(name="gemma3_text", qk_norm="head", sdpa=True, sliding="every", sliding_every=6, doc="google/gemma-3-1b-pt"),
         gemma2._replace(name="gemma3", lora_targets=(), qk_norm="head", sdpa=True, sliding="every", sliding_every=6, reader="gemma3",
                         doc="google/gemma-3-4b-pt"),
-        LLAMA._replace(name="phi3", lora_targets=(), names=_PHI3_NAMES, attention_bias="", doc="microsoft/Phi-3-mini-4k-instruct"),
+        LLAMA._replace(name="phi3", lora_targets=(), names=_PHI3_NAMES, attention_bias="", fresh_rotary_q=True, doc="microsoft/Phi-3-mini-4k-instruct"),
         Family("phimoe", lora_targets=(), norm="layer", attention_bias="qkvo", names=_MOE_NAMES + (
             ("expert_gate", "w1"), ("expert_up", "w3"), ("expert_down", "w2")), doc="microsoft/Phi-3.5-MoE-instruct"),
         LLAMA._replace(name="deepseek_v2", lora_targets=(), peft_experts=True, reader="mla", attention_bias="", moe_layers="first-k-dense",

@@ -55,6 +55,10 @@ class Family(NamedTuple):
     attention_bias: str = ""  # what config.json's attention_bias switches: "qkvo" (LLaMA), "qkv" (GLM); "all": use_bias, every linear
     attention_bias_default: bool = False  # attention_bias when config.json omits it: configuration_<name>.py's default (GLM, GLM-4: true)
     sinks: bool = False  # gpt-oss attention sinks
+    # Rotary reads q as a strided view of the fused projection's output (modeling_phi3.py: qkv[..., :query_pos].view(...)
+    # .transpose(1, 2)), so it writes a fresh contiguous (b, H, s, d) q and SDPA's output is not o_proj's input.
+    # Falcon's fused layout is reshaped (a copy) first, so its rotary keeps the projection's layout: False there.
+    fresh_rotary_q: bool = False
     glu_saves: int = 3  # f-wide tensors a gated MLP keeps per token (gate, up, act(gate)); gpt-oss's clamped SwiGLU keeps 6
     moe_layers: str = "all"  # which layers are MoE when experts are set (hf_config.mlp_kinds)
     sliding_every: int = 0  # "every" pattern: every n-th layer is full attention, the rest sliding
