@@ -40,6 +40,7 @@ def _estimate(row, tmp_path, **extra):
                      "gradient-checkpointing": bool(sc.get("checkpointing"))})
     if sc.get("attn") == "eager":
         keys["flash-attention"] = False
+    keys.update(sc.get("run_keys", {}))  # Gemma 3 ran text-only: vision-tower = "frozen"
     keys.update(extra)
     return estimate(adhoc_run(keys))
 
@@ -74,7 +75,7 @@ def test_eager_training_that_ran_out_of_memory_is_over_budget(tmp_path):
 
 @pytest.mark.parametrize("name", [
     "deepseek-ai/DeepSeek-V2-Lite", "Qwen/Qwen3-30B-A3B", "openai/gpt-oss-20b", "Phi-3-mini-4k",
-    "ibm-granite/granite-3.3-2b-instruct", "Qwen3-8B",
+    "ibm-granite/granite-3.3-2b-instruct", "Qwen3-8B", "google/gemma-3-12b-it",
 ])
 def test_optimizer_step_phase_within_one_percent_and_backward_never_under(name, tmp_path):
     row = _row(name, "train")
@@ -88,7 +89,7 @@ def test_optimizer_step_phase_within_one_percent_and_backward_never_under(name, 
     step = phases["optimizer step"] - context
     assert abs(step / row["phases"]["optimizer_step"]["max_allocated"] - 1) < 0.01
     # Backward: the estimate adds every gradient to every saved activation, the GPU frees activations
-    # as gradients appear, so the estimate is the safe side (+3.5 % to +21.7 % here).
+    # as gradients appear, so the estimate is the safe side (+3.5 % to +21.9 % here).
     backward = phases["backward"] - context - fragmentation
     assert backward >= row["phases"]["backward"]["max_allocated"]
 
