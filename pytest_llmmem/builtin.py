@@ -1,12 +1,16 @@
 """The built-in dtypes, optimizers, GPUs and model families, registered through the same hooks a plugin uses.
 
+The functions below are the built-ins' hook implementations. They carry no ``@hookimpl`` here: that
+marker imports pluggy, which ``llmmem check`` does not load until a plugin is in play
+(:class:`pytest_llmmem.catalog.Catalog` calls them directly until then, and marks them with
+``hookspecs.hookimpl`` when it registers them with pluggy beside the plugins).
+
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 from __future__ import annotations
 
 from .catalog import GPU, AmbiguousName, DType, Optimizer
-from .hookspecs import hookimpl
 from .units import MiB
 
 # NF4 as bitsandbytes stores it for QLoRA: 4 bits per weight, one 8-bit absmax per block of 64,
@@ -21,7 +25,6 @@ INT4_BYTES = 0.5 + 4 / 64
 MXFP4_BYTES = 4.25 / 8
 
 
-@hookimpl
 def llmmem_register_dtypes(register):
     register(DType("fp32", 4, 4, aliases=("float32", "float", "f32"), doc="IEEE single precision"))
     register(DType("tf32", 4, 4, aliases=("tensorfloat32",), doc="fp32 storage, TF32 matmuls"))
@@ -37,7 +40,6 @@ def llmmem_register_dtypes(register):
     register(DType("nf4", NF4_BYTES, 2, seed_bytes=0.5, quantized=True, aliases=("normalfloat4",), doc="QLoRA NF4, double quantisation"))
 
 
-@hookimpl
 def llmmem_register_optimizers(register):
     # torch.optim.AdamW / Adam: exp_avg and exp_avg_sq, each the size of the parameter.
     register(Optimizer("adamw", 2, aliases=("adamw-torch", "adamw-torch-fused", "adamw-hf"), doc="torch.optim.AdamW"))
@@ -60,7 +62,6 @@ def llmmem_register_optimizers(register):
     register(Optimizer("adafactor", 1, state_bytes=4, factored=True, doc="Adafactor, factored second moments, no momentum"))
 
 
-@hookimpl
 def llmmem_register_families(register):
     from .families import builtin_families  # the table is built only when a family is looked up
 
@@ -73,7 +74,6 @@ def llmmem_register_families(register):
 # public issues and logs (found through the project's search tool), Modal's list of nvidia-smi totals
 # (modal-labs/modal-client PR #2797), shared/validation/serving.jsonl. A name that means more than one
 # card (A100, V100, H100, A6000, GH200) is an AmbiguousName: an error listing the cards, never a pick.
-@hookimpl
 def llmmem_register_gpus(register):
     register(GPU("A100-40GB", 40960 * MiB, aliases=("a100-40g", "a100-sxm4-40gb", "a100-pcie-40gb")))
     register(GPU("A100-80GB", 81920 * MiB, aliases=("a100-80g", "a100-sxm4-80gb", "a100-pcie-80gb", "a100-80gb-pcie")))

@@ -1,9 +1,12 @@
 """What the estimator knows by name: number formats, optimizers, GPUs and model families.
 
-Everything here, the built-ins included, arrives through the pluggy hooks in
-:mod:`pytest_llmmem.hookspecs`. Third-party plugins (entry-point group ``llmmem``) are loaded
-only when a config names something the built-ins lack, so the common case pays nothing for the
-entry-point scan (about 25 ms on a machine with a hundred packages) on every pre-commit run.
+Everything here, the built-ins included, arrives through the hooks in :mod:`pytest_llmmem.hookspecs`.
+Third-party plugins (entry-point group ``llmmem``) are loaded only when a config names something the
+built-ins lack, so the common case pays nothing for the entry-point scan (about 25 ms on a machine
+with a hundred packages) on every pre-commit run. Until a plugin is in play, the built-ins' hook
+implementations are called directly, as their hook would call them: pluggy is imported with the
+first plugin, because it imports ``inspect`` (with ``ast``, ``dis`` and ``tokenize``), ~7 ms of CPU
+per ``llmmem check``, a sixth of a bare ``tomllib + argparse`` script (benchmarks/cli_startup.py).
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -12,12 +15,11 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-import pluggy
-
-from . import hookspecs
 from .errors import ConfigError, did_you_mean, one_of, shown, shown_name
 
 DISABLE_ENV = "LLMMEM_DISABLE_PLUGINS"
+# The hooks each table is filled from (hookspecs.py), in the order the tables are built.
+_HOOKS = ("llmmem_register_dtypes", "llmmem_register_optimizers", "llmmem_register_gpus", "llmmem_register_families")
 
 
 _MAX_NAME = 200  # characters; longer names are refused before normalising
@@ -113,29 +115,41 @@ class Catalog:
     """The registered dtypes, optimizers and GPUs, looked up by any common spelling."""
 
     def __init__(self, extra_plugins: Iterable[object] = ()) -> None:
-        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
-        self._pm.add_hookspecs(hookspecs)
-        from . import builtin
-
-        self._pm.register(builtin, name="builtin")
+        self._pm: Any = None  # pluggy's PluginManager, made when the first plugin is in play
         for plugin in extra_plugins:
-            self._pm.register(plugin)
+            self._plugin_manager().register(plugin)
         self._entry_points_loaded = False
         self._collect()
+
+    def _plugin_manager(self) -> Any:
+        """pluggy's manager, with the hookspecs and the built-ins registered like any plugin."""
+        if self._pm is None:
+            import pluggy
+
+            from . import builtin, hookspecs
+
+            pm = pluggy.PluginManager(hookspecs.PROJECT)
+            pm.add_hookspecs(hookspecs)
+            for hook in _HOOKS:
+                hookspecs.hookimpl(getattr(builtin, hook))  # the marker a plugin writes as @hookimpl
+            pm.register(builtin, name="builtin")
+            self._pm = pm
+        return self._pm
 
     def _collect(self) -> None:
         self.dtypes = _Table("dtype")
         self.optimizers = _Table("optimizer")
         self.gpus = _Table("gpu")
         self.families = _Table("model family")
-        hooks = self._pm.hook
-        for table, caller in (
-            (self.dtypes, hooks.llmmem_register_dtypes),
-            (self.optimizers, hooks.llmmem_register_optimizers),
-            (self.gpus, hooks.llmmem_register_gpus),
-            (self.families, hooks.llmmem_register_families),
-        ):
-            for impl in caller.get_hookimpls():
+        tables = (self.dtypes, self.optimizers, self.gpus, self.families)
+        if self._pm is None:  # the built-ins alone: their hook implementations, called as the loop below would
+            from . import builtin
+
+            for table, hook in zip(tables, _HOOKS):
+                getattr(builtin, hook)(register=lambda entry, t=table: t.add(entry, "builtin"))
+            return
+        for table, hook in zip(tables, _HOOKS):
+            for impl in getattr(self._pm.hook, hook).get_hookimpls():
                 owner = impl.plugin_name
                 impl.function(register=lambda entry, t=table, o=owner: t.add(entry, o))
 
@@ -147,10 +161,11 @@ class Catalog:
         disabled = [n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()]
         if "all" in disabled:
             return 0
+        pm = self._plugin_manager()
         for name in disabled:
-            self._pm.set_blocked(name)
+            pm.set_blocked(name)
         try:
-            count = self._pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+            count = pm.load_setuptools_entrypoints(pm.project_name)
         except Exception as err:  # a broken third-party plugin must not look like our crash
             raise ConfigError(
                 f"an llmmem plugin failed to load: {type(err).__name__}: {err}.",

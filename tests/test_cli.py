@@ -141,6 +141,7 @@ NOT_NEEDED_BY_CHECK = (
     "pytest_llmmem.repo_scan",  # only --hook and model-config paths
     "pytest_llmmem.github", "pytest_llmmem.report_diff", "pytest_llmmem.measure", "pytest_llmmem.pytest_checks",
     "difflib",  # did-you-mean tables: only on an error
+    "pluggy", "pytest_llmmem.hookspecs", "inspect",  # only once a plugin is in play (catalog.py): pluggy imports inspect
 )
 
 
