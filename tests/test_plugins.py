@@ -98,3 +98,25 @@ def test_a_name_registered_twice_is_an_error():
     )
     with pytest.raises(ConfigError, match='optimizer "AdamW" is registered twice, by plugin "builtin"'):
         Catalog(extra_plugins=[plugin])
+
+
+def test_builtins_called_directly_equal_builtins_through_pluggy():
+    # Without a plugin the catalog calls the built-ins' hook implementations itself (pluggy and the
+    # inspect module it imports cost every `llmmem check` ~7 ms); once a plugin is in play the same
+    # built-ins are registered with pluggy. Both ways must give the same tables, entry for entry.
+    direct = Catalog()
+    through_pluggy = Catalog(extra_plugins=[types.SimpleNamespace()])  # a plugin with no hooks
+    assert direct._pm is None and through_pluggy._pm is not None
+    for table in ("dtypes", "optimizers", "gpus", "families"):
+        mine, theirs = getattr(direct, table), getattr(through_pluggy, table)
+        assert (mine.names, mine.entries, mine.owners) == (theirs.names, theirs.entries, theirs.owners), table
+    assert "A100-80GB" in direct.gpus.names and set(direct.gpus.owners.values()) == {"builtin"}
+
+
+def test_an_unknown_name_loads_pluggy_and_still_finds_the_builtins(monkeypatch):
+    monkeypatch.setenv("LLMMEM_DISABLE_PLUGINS", "")
+    catalog = Catalog()
+    with pytest.raises(ConfigError, match='unknown gpu "Gaudi9"'):
+        catalog.gpu("Gaudi9")  # a miss loads the entry points, through pluggy
+    assert catalog._pm is not None and catalog._pm.get_plugin("builtin") is not None
+    assert catalog.gpu("A100-80GB").memory_bytes == 81920 * 1024**2  # nvidia-smi's 81920 MiB (builtin.py)
