@@ -57,7 +57,7 @@ class Attention(NamedTuple):
         return "sliding" if self.window else "full"
 
     def linears(self, fam: Any, h: int) -> List[Linear]:
-        d, q_out, kv_out = self.head_dim, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        q_out, kv_out = self.heads * self.head_dim, self.kv_heads * self.head_dim
         if fam.module("qkv"):
             out = [Linear("qkv", fam.module("qkv"), h, q_out + 2 * kv_out, fam.qkv_bias)]
         else:

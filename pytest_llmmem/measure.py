@@ -46,16 +46,13 @@ class Measurement(NamedTuple):
 
 def _require_torch():
     try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import torch
+        import transformers
     except ImportError as err:
         raise ConfigError(
             f"llmmem measure needs torch and transformers ({err.name} is missing).",
             hint="pip install 'pytest-llmmem[measure]' (on a CPU-only machine the CPU wheel of torch is enough).",
         ) from None
-    import torch
-    import transformers
-
     return torch, transformers
 
 

@@ -120,7 +120,7 @@ def _one_source(table: Table) -> None:
         raise table.fail("id", "give either config (a config.json) or id (a Hugging Face Hub id), not both.")
     for key in ("revision", "allow-network"):
         if key in table and "id" not in table:
-            raise table.fail(key, f"only applies with id = \"org/name\" (a Hugging Face Hub id).")
+            raise table.fail(key, "only applies with id = \"org/name\" (a Hugging Face Hub id).")
 
 
 def _read_hf_config(table: Table, ctx: Context, fam: Optional[Family], overrides: Dict[str, Any]) -> Architecture:

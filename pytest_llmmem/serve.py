@@ -13,7 +13,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import math
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 from .errors import ConfigError
 from .units import GiB
