@@ -1,10 +1,13 @@
 """Check the bundled configs (pytest_llmmem/models/) against the GitHub sources index.json names.
 
-Each entry's ``taken_from`` (and ``checked_against``) may be ``github:OWNER/REPO@COMMIT:PATH#NAME['key']``:
-the dict literal ``NAME['key']`` in PATH at COMMIT. This script reads that file from a local clone
-(``git show COMMIT:PATH``, nothing runs: the dict is read with ``ast.literal_eval``) and checks that
-every key of the bundled config.json holds the same value there. The other locators
-(``validation:FILE#ROW``, ``index:ID``) are listed as not checkable here.
+Each entry's ``taken_from`` (and ``checked_against``) may name a GitHub file at a commit, in three forms:
+``github:OWNER/REPO@COMMIT:PATH`` (PATH is the JSON config itself), ``...:PATH#L<n>`` (the JSON object, or
+Python dict literal, that opens on line n of PATH: a config quoted in a test or a README) and
+``...:PATH#NAME['key']`` (the module-level dict literal ``NAME['key']``). This script reads that file from a
+local clone (``git show COMMIT:PATH``; nothing runs: JSON is parsed, Python with ``ast.literal_eval``) and
+checks that every key of the bundled config.json holds the same value there, and says how many keys the
+source has beyond them (a bundled config may be trimmed to the keys the estimator reads). The other
+locators (``validation:FILE#ROW``, ``index:ID``) are listed as not checkable here.
 
     python benchmarks/check_bundle_sources.py --clone mlc-ai/mlc-llm=/path/to/mlc-llm
 
@@ -21,7 +24,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 MODELS = Path(__file__).resolve().parents[1] / "pytest_llmmem" / "models"
-GITHUB = re.compile(r"^github:(?P<repo>[\w.-]+/[\w.-]+)@(?P<commit>[0-9a-f]{7,40}):(?P<path>[^#]+)#(?P<name>\w+)\['(?P<key>[^']+)'\]$")
+GITHUB = re.compile(r"^github:(?P<repo>[\w.-]+/[\w.-]+)@(?P<commit>[0-9a-f]{7,40}):(?P<path>[^#]+)"
+                    r"(?:#L(?P<line>\d+)|#(?P<name>\w+)\['(?P<key>[^']+)'\])?$")
 
 
 def _literal(source: str, name: str, key: str) -> Optional[Dict[str, Any]]:
@@ -33,6 +37,57 @@ def _literal(source: str, name: str, key: str) -> Optional[Dict[str, Any]]:
                 if isinstance(k, ast.Constant) and k.value == key:
                     return ast.literal_eval(v)
     return None
+
+
+def _opening_on_line(source: str, line: int) -> Optional[Dict[str, Any]]:
+    """The JSON object whose ``{`` is the first on ``line`` (1-based), else a Python dict literal or call
+    with keyword arguments that starts on that line; None when neither is there."""
+    lines = source.splitlines(keepends=True)
+    if not 1 <= line <= len(lines) or "{" not in lines[line - 1]:
+        found = None
+    else:
+        start = sum(len(text) for text in lines[: line - 1]) + lines[line - 1].index("{")
+        try:
+            found = json.JSONDecoder().raw_decode(source, start)[0]
+        except ValueError:
+            found = None
+    if found is None:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            return None
+        for node in ast.walk(tree):
+            if getattr(node, "lineno", None) != line:
+                continue
+            if isinstance(node, ast.Dict):
+                found = ast.literal_eval(node)
+            elif isinstance(node, ast.Call) and node.keywords and all(k.arg for k in node.keywords):
+                found = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+            if found is not None:
+                break
+    return found if isinstance(found, dict) else None
+
+
+def read_source(source: str, match: "re.Match[str]") -> Optional[Dict[str, Any]]:
+    """The config a matched github: locator names inside the file text ``source``."""
+    if match["name"]:
+        return _literal(source, match["name"], match["key"])
+    if match["line"]:
+        return _opening_on_line(source, int(match["line"]))
+    try:
+        found = json.loads(source)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def compare(config: Dict[str, Any], found: Dict[str, Any]) -> str:
+    """"every key equal" (with the count of the source's further keys) or the keys that differ."""
+    differ = sorted(key for key in config if found.get(key, KeyError) != config[key])
+    if differ:
+        return f"DIFFERS in {', '.join(differ)}"
+    extra = len(set(found) - set(config))
+    return "every key equal" + (f" (the source has {extra} more keys)" if extra else "")
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -59,14 +114,14 @@ def main(argv: Optional[list] = None) -> int:
                 continue
             shown = subprocess.run(["git", "-C", clones[match["repo"]], "show", f"{match['commit']}:{match['path']}"],
                                    capture_output=True, text=True)
-            found = _literal(shown.stdout, match["name"], match["key"]) if shown.returncode == 0 else None
+            found = read_source(shown.stdout, match) if shown.returncode == 0 else None
             if found is None:
                 print(f"{model_id}: {field} {where}: MISSING ({shown.stderr.strip() or 'no such entry'})")
                 bad += 1
                 continue
-            differ = sorted(key for key in config if found.get(key, KeyError) != config[key])
-            print(f"{model_id}: {field}: " + ("every key equal" if not differ else f"DIFFERS in {', '.join(differ)}"))
-            bad += bool(differ)
+            verdict = compare(config, found)
+            print(f"{model_id}: {field}: {verdict}")
+            bad += verdict.startswith("DIFFERS")
     return 1 if bad else 0
 
 

@@ -51,7 +51,8 @@ def cache_dir() -> Path:
 def bundled_index() -> Dict[str, Dict[str, Any]]:
     """id -> {family, folder, revision, taken_from, [checked_against], source} of the configs shipped with the
     package. revision: the Hub commit where the source states one, else null. taken_from: where the config.json
-    was copied from, "github:OWNER/REPO@COMMIT:PATH[#ANCHOR]", "validation:FILE#ROW" (the project's shared
+    was copied from, "github:OWNER/REPO@COMMIT:PATH" (the file is the JSON), "...:PATH#L<n>" (the JSON object opening on
+    line n) or "...:PATH#NAME['key']" (a Python dict literal), "validation:FILE#ROW" (the project's shared
     validation data) or "index:ID" (a public GitHub file by its code-search index id; repository not recorded).
     checked_against: a GitHub source holding every key with the same value (benchmarks/check_bundle_sources.py).
     source: the prose note of what was copied and what was left out."""
@@ -68,7 +69,8 @@ def catalog_lines() -> List[str]:
         lines.append(f"  {model_id:<38} {entry['family']:<12} {revision:<12}  from {_short(entry.get('taken_from') or 'no source recorded')}")
         if entry.get("checked_against"):
             lines.append(f"  {'':<64}  same values in {_short(entry['checked_against'])}")
-    lines.append("  (github:REPO@COMMIT:PATH = a file in a public GitHub repository; validation:FILE#ROW = the project's shared "
+    lines.append("  (github:REPO@COMMIT:PATH = a file in a public GitHub repository, #L<n> the JSON object opening on its line n; "
+                 "validation:FILE#ROW = the project's shared "
                  "validation data; index:ID = a public GitHub file found by its id in a code-search index, repository not recorded)")
     return lines
 

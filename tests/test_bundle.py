@@ -116,7 +116,7 @@ def test_catalog_lists_the_new_ids(offline, run_cli):
 
 
 SOURCE_FORMS = {  # how index.json's taken_from names where each config.json was copied from (hub.bundled_index)
-    "github": r"github:[\w.-]+/[\w.-]+@[0-9a-f]{40}:[\w./-]+(#\w+\['[^']+'\])?",
+    "github": r"github:[\w.-]+/[\w.-]+@[0-9a-f]{40}:[\w./-]+(#L\d+|#\w+\['[^']+'\])?",
     "validation": r"validation:(archs|serving|measured2)\.jsonl#[\w.-]+",
     "index": r"index:\d+",
 }
@@ -137,6 +137,44 @@ def test_every_bundled_config_records_where_it_came_from():
         assert entry["revision"] is None or re.fullmatch(r"[0-9a-f]{40}", entry["revision"]), model_id
         assert "checked_against" not in entry or re.fullmatch(SOURCE_FORMS["github"], entry["checked_against"]), model_id
         assert entry["source"]  # the prose: what was copied, what was left out
+
+
+def _check_bundle_sources():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("check_bundle_sources", Path(__file__).parents[1] / "benchmarks" / "check_bundle_sources.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_github_source_is_one_the_checker_reads():
+    """benchmarks/check_bundle_sources.py re-reads each github: locator from a clone; one it cannot parse
+    would be skipped as "not checkable" and never re-checked."""
+    checker = _check_bundle_sources()
+    locators = [entry[field] for entry in hub.bundled_index().values() for field in ("taken_from", "checked_against") if entry.get(field, "").startswith("github:")]
+    assert len(locators) >= 20
+    assert all(checker.GITHUB.match(locator) for locator in locators), [loc for loc in locators if not checker.GITHUB.match(loc)]
+
+
+def test_the_checker_reads_each_source_form():
+    """The three github: forms, read from file text the way the checker reads ``git show COMMIT:PATH``:
+    a whole JSON file, the JSON object opening on line n (a C# raw string here, as in dotLLM's test), and a
+    Python dict literal; a value that differs is named, keys the source has beyond the bundled ones counted."""
+    checker = _check_bundle_sources()
+    config = {"model_type": "smollm3", "hidden_size": 2048, "no_rope_layers": [1, 1, 1, 0]}
+    whole = checker.GITHUB.match("github:o/r@" + "a" * 40 + ":testdata/config.json")
+    assert checker.read_source(json.dumps(dict(config, torch_dtype="bfloat16")), whole) == dict(config, torch_dtype="bfloat16")
+    quoted = 'const string json = """\n{\n  "model_type": "smollm3", "hidden_size": 2048,\n  "no_rope_layers": [1,1,1,0]\n}\n""";\n'
+    on_line_2 = checker.GITHUB.match("github:o/r@" + "a" * 40 + ":Tests.cs#L2")
+    assert checker.read_source("// line 1\n" + quoted, checker.GITHUB.match("github:o/r@" + "a" * 40 + ":Tests.cs#L3")) == config
+    assert checker.read_source("// line 1\n" + quoted, on_line_2) is None  # no object opens on line 2
+    preset = checker.GITHUB.match("github:o/r@" + "a" * 40 + ":preset.py#PRESETS['smol']")
+    assert checker.read_source("PRESETS = {'smol': " + repr(config) + "}\n", preset) == config
+    assert checker.compare(config, dict(config, torch_dtype="bfloat16", use_cache=True)) == "every key equal (the source has 2 more keys)"
+    assert checker.compare(config, dict(config, hidden_size=4096)) == "DIFFERS in hidden_size"
+    assert checker.compare(config, {"model_type": "smollm3"}) == "DIFFERS in hidden_size, no_rope_layers"
 
 
 def test_catalog_shows_each_config_source_and_revision(offline, run_cli):
