@@ -9,9 +9,9 @@ Llama-2-7B 6,738,415,616; Mixtral-8x7B 46,702,792,704; ...).
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
-from .errors import ConfigError, did_you_mean, one_of
+from .errors import ConfigError
 from .layers import Attention, Dense, LayerGroup, Linear, MoE
 
 __all__ = ["Architecture", "Family", "Linear", "ParamsOnly", "family", "validate"]
