@@ -190,19 +190,26 @@ TINYLLAMA = ('{"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 
 AXOLOTL = "base_model: ../model\nadapter: lora\nlora_r: 8\nsequence_len: 1024\nmicro_batch_size: {mb}\ngradient_checkpointing: true\ndeepspeed: ds.json\n"
 
 
-def test_hook_rechecks_the_runs_that_read_a_changed_yaml_or_its_deepspeed_json(tmp_path, monkeypatch, run_cli):
-    """Acceptance: an axolotl YAML whose micro_batch_size grows makes the hook re-check and fail."""
-    import subprocess
-
-    from tests.test_hook_scan import GIT_ENV, HOOK
-
+def _axolotl_repo(tmp_path, run_extra=""):
+    """A repository whose one run reads an axolotl YAML (micro batch 1) that names a ZeRO-0 DeepSpeed JSON."""
     root = tmp_path / "repo"
     (root / "model").mkdir(parents=True)
     (root / "model" / "config.json").write_text(TINYLLAMA)
     (root / "train").mkdir()
     (root / "train" / "lora.yml").write_text(AXOLOTL.format(mb=1))
     (root / "train" / "ds.json").write_text('{"zero_optimization": {"stage": 0}}')
-    (root / "pyproject.toml").write_text('[tool.llmmem]\ngpu-memory = "12 GiB"\n[[tool.llmmem.runs]]\nname = "sft"\nfrom = "train/lora.yml"\n')
+    (root / "pyproject.toml").write_text('[tool.llmmem]\ngpu-memory = "12 GiB"\n[[tool.llmmem.runs]]\nname = "sft"\n'
+                                         'from = "train/lora.yml"\n' + run_extra)
+    return root
+
+
+def test_hook_rechecks_the_runs_that_read_a_changed_yaml_or_its_deepspeed_json(tmp_path, monkeypatch, run_cli):
+    """Acceptance: an axolotl YAML whose micro_batch_size grows makes the hook re-check and fail."""
+    import subprocess
+
+    from tests.test_hook_scan import GIT_ENV, HOOK
+
+    root = _axolotl_repo(tmp_path)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=GIT_ENV)
     monkeypatch.chdir(root)
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
@@ -249,14 +256,7 @@ def test_diff_follows_the_yaml_and_the_deepspeed_json_between_two_revisions(tmp_
     goes 1 -> 64, then its DeepSpeed JSON goes to ZeRO-3. Each side reads its own revision's files.
     TinyLlama shape: 32000·2048·2 embeddings + 22 layers × (2·2048² + 2·2048·256 + 3·2048·5632 + 2·2048)
     + 2048 = 1,100,048,384 params; LoRA r=8 on q_proj, v_proj: 22 × 8·((2048+2048) + (2048+256)) = 1,126,400."""
-    root = tmp_path / "repo"
-    (root / "model").mkdir(parents=True)
-    (root / "model" / "config.json").write_text(TINYLLAMA)
-    (root / "train").mkdir()
-    (root / "train" / "lora.yml").write_text(AXOLOTL.format(mb=1))
-    (root / "train" / "ds.json").write_text('{"zero_optimization": {"stage": 0}}')
-    (root / "pyproject.toml").write_text('[tool.llmmem]\ngpu-memory = "12 GiB"\n[[tool.llmmem.runs]]\nname = "sft"\n'
-                                         'from = "train/lora.yml"\ngpus = 4\n')
+    root = _axolotl_repo(tmp_path, run_extra="gpus = 4\n")
     import subprocess
 
     from tests.test_hook_scan import GIT_ENV
