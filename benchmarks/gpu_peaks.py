@@ -16,7 +16,6 @@ An out-of-memory is a result too (``"oom": true``): it is a verdict the estimate
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List
@@ -227,6 +226,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         return child(args)
+    from child_run import run_child  # benchmarks/ is the script's directory, first on sys.path
+
     scenarios = json.load(open(args.scenarios)) if args.scenarios else SCENARIOS
     with open(args.out, "w") as sink:
         for scenario in scenarios:
@@ -234,12 +235,7 @@ def main() -> int:
                 continue
             cmd = [sys.executable, __file__, "--archs", args.archs, "--out", args.out, "--device", args.device,
                    "--child", json.dumps(scenario)]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-                result = json.loads(lines[-1][7:]) if lines else {"scenario": scenario, "error": proc.stderr[-500:]}
-            except subprocess.TimeoutExpired:
-                result = {"scenario": scenario, "error": f"timed out after {args.timeout} s"}
+            result = run_child(cmd, scenario, args.timeout)
             sink.write(json.dumps(result) + "\n")
             sink.flush()
             peaks = {k: _gib(v["max_allocated"]) for k, v in result.get("phases", {}).items()}

@@ -13,7 +13,6 @@ it beside the project (see benchmarks/measure_rl.py).
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -168,15 +167,12 @@ def main() -> int:
         result.update(scenario=sc, seconds=round(time.time() - start, 1))
         print("RESULT " + json.dumps(result))
         return 0
+    from child_run import run_child  # benchmarks/ is the script's directory, first on sys.path
+
     with open(args.out, "w") as sink:
         for sc in SCENARIOS:
             cmd = [sys.executable, __file__, "--out", args.out, "--device", args.device, "--child", json.dumps(sc)]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-                result = json.loads(lines[-1][7:]) if lines else {"scenario": sc, "error": proc.stderr[-800:]}
-            except subprocess.TimeoutExpired:
-                result = {"scenario": sc, "error": f"timed out after {args.timeout} s"}
+            result = run_child(cmd, sc, args.timeout)
             sink.write(json.dumps(result, sort_keys=True) + "\n")
             sink.flush()
             print(sc, result.get("peak_by_step") or result.get("error", "")[-300:], flush=True)
