@@ -105,9 +105,9 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None) -
         offer("gradient-checkpointing", True, "fits with gradient-checkpointing = true", run._replace(gradient_checkpointing=True))
     if has_shape and not run.flash_attention:
         offer("flash-attention", True, "fits with flash-attention = true", run._replace(flash_attention=True))
-    # Recipe changes (a LoRA policy, beta = 0, a separate vLLM server, fewer generations): recipes.py.
+    # Recipe changes (a LoRA policy, beta = 0, a separate vLLM server, fewer generations): recipe_fit.py.
     if run.recipe.name != "sft":
-        from .recipes import recipe_changes
+        from .recipe_fit import recipe_changes
 
         tried = set()
         for key, value, text, changed in recipe_changes(run):
@@ -253,12 +253,12 @@ def toggles(run: Run) -> List[Toggle]:
 
 
 def _recipe_toggles(run: Run) -> List[Toggle]:
-    """A recipe's own switches (recipes.recipe_changes): LoRA policy, beta = 0, precomputed reference
+    """A recipe's own switches (recipe_fit.recipe_changes): LoRA policy, beta = 0, precomputed reference
     log-probs, a separate vLLM server, a shared value head; and the most generations per prompt that
     fit (the fewest tried when none does), at the same prompts per step."""
     if run.recipe.name == "sft":
         return []
-    from .recipes import recipe_changes
+    from .recipe_fit import recipe_changes
 
     out: List[Toggle] = []
     generations = []
