@@ -8,16 +8,17 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import math
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
-from .activations import FP32, Trainable, forward_transient, head_saved, layer_saved, rotary_tables
+from .activations import FP32, Trainable, head_saved, layer_saved, rotary_tables
 from .attention_masks import model_masks
 from .catalog import DType, Optimizer
 from .job_phases import whole_job
 from .lora import adapted_linears, lora_matrix_params, lora_params  # noqa: F401  (lora_matrix_params is public API here)
-from .layers import LayerGroup, peft_target_problem
+from .layers import peft_target_problem
 from .model import Architecture
 from .parallel import frozen_params, host_bytes_per_node, local_params, model_states
+from .prefill import prefill_terms, stage_groups
 from .run import Run
 from .trainer_terms import bnb_state_bytes, four_bit_bytes, loss_terms, offloaded_layer_inputs, optimizer_phase, trainable_tensors
 from .units import MiB, format_bytes
@@ -304,26 +305,6 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
     return not_modelled, tuple(approximate)
 
 
-def _stage_groups(arch: Architecture, layers: int) -> List[Tuple[int, LayerGroup]]:
-    """(layers on the fullest pipeline stage, group) for each group: a group's share of the stage,
-    rounded up (the whole model when there is no pipeline)."""
-    return [(math.ceil(g.count * layers / arch.num_layers), g) for g in arch.layer_groups()]
-
-
-def _inference_logits(run: Run, b: int, prompt: int, vocab: int, act: int, details: Dict[str, int], classifier: bool, t: int) -> int:
-    """A scoring forward (logits = "all") returns logits for every prompt position; generation asks
-    for the last one only (transformers generate() sets logits_to_keep=1, generation/utils.py:2955)
-    and copies it to fp32 before sampling (utils.py:3248). ``act``: the bytes of the logits the
-    model returns (Family.logits_fp32)."""
-    if run.logits == "all" or classifier:
-        details["logits.all_positions"] = (b if classifier else b * prompt) * vocab * act // t
-        return details["logits.all_positions"]
-    details["logits.last_position"] = b * vocab * act // t
-    if run.new_tokens:
-        details["logits.fp32_scores"] = b * vocab * FP32 // t
-    return details["logits.last_position"] + details.get("logits.fp32_scores", 0)
-
-
 def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, int], details: Dict[str, int]) -> None:
     """Activations, logits and KV cache, which scale with batch and sequence; each a sum over layer groups."""
     b, s = run.batch_size, run.seq_len
@@ -332,22 +313,10 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
     logit_rows = b if arch.family.classifier else tokens
     t, p = run.tensor_parallel, run.pipeline_parallel
     layers = math.ceil(arch.num_layers / p)  # on the fullest pipeline stage
-    stage = _stage_groups(arch, layers)
+    stage = stage_groups(arch, layers)
     flash = run.flash_attention
     if not run.trains:
-        # KV cache (K and V per token in HF DynamicCache; MLA's latent; Mamba's fixed state): each
-        # attention kind answers for its own layers; tensor parallelism splits the KV heads.
-        # The cache covers prompt + new tokens (s); the prefill's transient peak covers the prompt.
-        prompt = run.prompt_len or s
-        for n, g in stage:
-            key = f"kv_cache.{g.attention.kind}"
-            details[key] = details.get(key, 0) + n * g.attention.cache_bytes(b, s, act, t)
-        breakdown["kv_cache"] = sum(v for k, v in details.items() if k.startswith("kv_cache."))
-        if len(details) == 1 or all(k == "kv_cache.full" for k in details if k.startswith("kv_cache.")):
-            details.pop("kv_cache.full", None)  # one kind: the term says it all
-        breakdown["activations"] = max(forward_transient(arch, g, batch=b, seq=prompt, act=act, flash=flash, tp=t) for _, g in stage)
-        logits_act = FP32 if arch.family.logits_fp32 else act
-        breakdown["logits"] = _inference_logits(run, b, prompt, vocab_out, logits_act, details, arch.family.classifier, t)
+        prefill_terms(run, arch, stage, act, breakdown, details)
         return
     if run.mode == "train":
         trainable = Trainable(full=True)
