@@ -20,7 +20,7 @@ def test_action_leaves_the_jobs_python_alone_and_pins_what_it_installs():
     assert '--constraint "$ACTION_PATH/constraints.txt"' in ACTION
     pins = [line for line in (ROOT / "hooks" / "github" / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", line) for line in pins), pins
-    assert {"pytest", "pluggy", "tomli"} <= {line.split("==")[0] for line in pins}  # [project] dependencies
+    assert {"pytest", "pluggy", "tomli", "PyYAML"} <= {line.split("==")[0] for line in pins}  # [project] dependencies
 
 
 def test_workflow_tests_every_supported_python():
@@ -80,3 +80,39 @@ def test_check_script_checks_several_paths_and_diffs_against_the_base(tmp_path):
     assert f"### llmmem: memory change against {base[:12]}" in summary
     assert "NO LONGER FITS" in summary
     assert not (runner / "llmmem-base").exists()  # the base worktree is removed
+
+
+def _action_steps():
+    import yaml
+
+    return {step["name"]: step for step in yaml.safe_load(ACTION)["runs"]["steps"]}
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(sys.platform == "win32", reason="the action runs bash")
+def test_action_installs_into_a_fresh_venv_and_reads_trainer_yaml(tmp_path):
+    """Issue 23 §1: the action's two steps, run as written in action.yml (its install into a new venv under
+    RUNNER_TEMP, pinned by constraints.txt, then check.sh), on a repository whose run reads an axolotl YAML:
+    micro batch 1 fits 12 GiB (exit 0, fits=true), micro batch 64 does not (exit 1, fits=false)."""
+    from tests.test_readers import AXOLOTL, _axolotl_repo
+
+    steps = _action_steps()
+    install, check = steps["Install pytest-llmmem into its own virtual environment"], steps["Check the memory budgets"]
+    repo = _axolotl_repo(tmp_path)
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV", "GITHUB_"))}
+    env.update({"ACTION_PATH": str(ROOT / "hooks" / "github"), "LLMMEM_PYTHON": sys.executable, "RUNNER_TEMP": str(runner)})
+    proc = subprocess.run(["bash", "-e", "-c", install["run"]], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    env.update({"LLMMEM_PATHS": ".", "LLMMEM_ARGS": "", "LLMMEM_DIFF_BASE": "", "GITHUB_ACTIONS": "true",
+                "GITHUB_OUTPUT": str(runner / "output.txt"), "GITHUB_STEP_SUMMARY": str(runner / "summary.md")})
+    proc = subprocess.run(["bash", "-c", check["run"]], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fits=true" in (runner / "output.txt").read_text().splitlines()
+    (repo / "train" / "lora.yml").write_text(AXOLOTL.format(mb=64))
+    proc = subprocess.run(["bash", "-c", check["run"]], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "fits=false" in (runner / "output.txt").read_text().splitlines()
+    assert "batch-size             lora.yml: micro_batch_size" in proc.stdout  # read from the YAML, not defaulted
+    assert ":x: over" in (runner / "summary.md").read_text()

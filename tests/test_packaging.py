@@ -32,3 +32,10 @@ def test_every_data_file_is_declared():
     assert data, "the bundled model configs are package data"
     missing = [f for f in data if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)]
     assert missing == []
+
+
+def test_pyyaml_is_a_dependency_not_an_extra():
+    """pre-commit's hook environment and the Action's venv install no extras (issue 23 §1): a run with
+    from = "train.yaml" must find PyYAML there, so it is in [project] dependencies."""
+    project = toml.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert any(dep.split(">")[0].strip() == "PyYAML" for dep in project["dependencies"])

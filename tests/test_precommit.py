@@ -122,3 +122,33 @@ def test_try_repo_end_to_end(tmp_path):
     assert "Failed" in proc.stdout
     assert "llmmem pyproject.toml: 0 of 1 runs fit; over budget: serve." in proc.stdout
     assert "serve (line 7): OVER" in proc.stdout
+
+
+@pytest.mark.e2e
+def test_try_repo_on_a_yaml_driven_repo_from_an_empty_cache(tmp_path):
+    """Issue 23 §1: the documented snippet as it is (no additional_dependencies) reads an axolotl YAML through
+    `from`: pre-commit builds the hook's environment from nothing, a commit whose staged micro_batch_size
+    fits 12 GiB passes, one whose micro_batch_size makes it over budget is blocked (exit 1, not 2)."""
+    from tests.test_readers import AXOLOTL, _axolotl_repo
+
+    repo = _axolotl_repo(tmp_path)  # TinyLlama LoRA, micro batch 1: 6.5 GiB of 12 (tests/test_readers.py)
+    (repo / ".pre-commit-config.yaml").write_text(
+        f"repos:\n  - repo: {ROOT}\n    rev: HEAD\n    hooks:\n      - id: llmmem\n")
+    cache = tmp_path / "cache"
+    assert not cache.exists()
+    env = {**os.environ, "PRE_COMMIT_HOME": str(cache), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("GITHUB_ACTIONS", None)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, env=env)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env)
+
+    proc = _pre_commit("try-repo", str(ROOT), "llmmem", cwd=repo, env=env)  # the staged files, as `git commit` runs it
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Passed" in proc.stdout and "PyYAML" not in proc.stdout
+
+    (repo / "train" / "lora.yml").write_text(AXOLOTL.format(mb=64))
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env)
+    proc = _pre_commit("try-repo", str(ROOT), "llmmem", cwd=repo, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "llmmem pyproject.toml: 0 of 1 runs fit; over budget: sft." in proc.stdout
+    assert "lora.yml: micro_batch_size" in proc.stdout  # the breakdown says where the batch came from

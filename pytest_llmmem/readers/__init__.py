@@ -84,8 +84,8 @@ def load_document(path: Path) -> Any:
     try:
         import yaml
     except ImportError:
-        raise ConfigError(f"{shown} is YAML, and reading it needs PyYAML, which is not installed.",
-                          hint='pip install "pytest-llmmem[yaml]" (or pip install PyYAML).') from None
+        raise ConfigError(f"{shown} is YAML, and reading it needs PyYAML, a dependency of pytest-llmmem that is missing here "
+                          "(installed with --no-deps?).", hint="pip install PyYAML.") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
