@@ -109,15 +109,6 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
     fam, tokens, act, t = arch.family, p.tokens, p.act, p.trainable
     a, kv, d = attn.heads, attn.kv_heads, attn.head_dim
     shared = _consumer_input(arch, [lin[r].name for r in ("qkv", "q", "k", "v") if r in lin], tokens, arch.hidden_size, act, t, p.amp)
-    o_input = (tokens * a * d * act if t.keeps_input(lin["o"].name, act) else 0) + tokens * (a * d * t.adapter_copy(lin["o"].name, act) + t.adapter_hidden(lin["o"].name))
-    if p.flash and fam.sdpa and fam.sdpa_kv_broadcast and kv < a and not attn.cache_heads:
-        # Falcon-7B hands SDPA one K/V head for all query heads, without enable_gqa (modeling_falcon.py:333-340).
-        # torch's fused kernels need equal heads, so its math backend runs: in fp32 for 16-bit inputs (torch
-        # 2.5+: allow_fp16_bf16_reduction_math_sdp is off by default), keeping the scaled q, K and V broadcast
-        # to every head and the probabilities; the permuted output is a new o_proj (dense) input.
-        # Measured: --explain falcon-7b train bf16 (4 fp32 (b*H, 64, 64) per layer at s = d = 64), and a
-        # torch 2.13 saved-tensor count at s = 32, d = 64: 3 fp32 (b*H, s, d) + 1 fp32 (b, H, s, s).
-        return shared, p.batch * a * p.seq * (3 * d + p.seq) * FP32 + o_input
     kept = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
     rotary = not fam.learned_positions and arch.rotary_dim != 0
     if "qkv" in lin and rotary and ((p.flash and fam.sdpa) or kv == a):

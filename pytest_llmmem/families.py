@@ -68,7 +68,6 @@ def builtin_families() -> List[Family]:
                names=(("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"), ("up", "c_fc"), ("down", "c_proj")),
                default_act="gelu_pytorch_tanh", doc="bigcode/starcoder2-3b"),
         Family("falcon", lora_targets=("query_key_value",), gated_mlp=False, norm="layer", reader="falcon", tie_default=True, default_act="gelu",
-               sdpa_kv_broadcast=True,
                names=(("qkv", "query_key_value"), ("o", "dense"), ("up", "dense_h_to_4h"), ("down", "dense_4h_to_h")),
                doc="tiiuae/falcon-7b"),
         Family("mamba", lora_targets=(), reader="mamba", sdpa=False, tie_default=True, logits_fp32=True, doc="state-spaces/mamba-130m-hf"),

@@ -282,9 +282,10 @@ def read_falcon(k: Keys, fam: Family, v: Dict[str, Any]) -> Architecture:
         norms = k.whole("num_ln_in_parallel_attn", 2) if new else 1  # ln_attn + ln_mlp, or one input_layernorm
     ffn = k.whole("ffn_hidden_size", 4 * h)
     v.update(num_kv_heads=kv, intermediate_size=ffn)
-    # The new architecture caches K/V expanded to every head (modeling_falcon.py FalconAttention.forward:
-    # num_kv_heads = self.num_heads if self.new_decoder_architecture, before layer_past.update).
-    attn = Attention(heads, kv, h // heads, cache_heads=heads if new else 0)
+    # K/V are cached with their own heads (transformers 5.25 modeling_falcon.py FalconAttention.forward:
+    # layer_past.update(key_states, value_states) before the attention interface; 5.24 and older expanded
+    # them to every head first, 16x the cache for Falcon-40B).
+    attn = Attention(heads, kv, h // heads)
     groups = [LayerGroup(v["num_layers"], attn, Dense(ffn, False), norms)]
     alibi = k.boolean("alibi", False)
     return _arch(fam, v, groups, max_context=0 if alibi else _context(k, v), rotary_dim=0 if alibi else h // heads)

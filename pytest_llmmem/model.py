@@ -49,7 +49,6 @@ class Family(NamedTuple):
     # (OLMo 2: weight * x in fp32, keeps the fp32 x), "gemma" ((1 + weight) * x in fp32, keeps both).
     rms_weight: str = "cast"
     sdpa: bool = True  # False: transformers has no SDPA path (Gemma 2 soft-capping, gpt-oss sinks): eager unless flash-attn
-    sdpa_kv_broadcast: bool = False  # calls SDPA with fewer K/V heads and no enable_gqa (Falcon multi-query): torch's math backend
     reader: str = "decoder"  # which reader in hf_config builds its layer groups
     sliding: str = "config"  # how layer kinds follow when config.json has no layer_types (hf_config.sliding_layers)
     attention_bias: str = ""  # what config.json's attention_bias switches: "qkvo" (LLaMA), "qkv" (GLM); "all": use_bias, every linear

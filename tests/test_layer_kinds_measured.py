@@ -33,10 +33,10 @@ RUNS = {
     "train": 'mode = "train"\ndtype = "bf16"\nprecision = "pure"\noptimizer = "adamw"\nseq-len = 128\nbatch-size = 2\n',
     "infer": 'mode = "inference"\ndtype = "bf16"\nseq-len = 128\nbatch-size = 2\nlogits = "all"\n',
 }
-# (family, run) -> largest |estimate - measured| / measured per term, as measured with transformers 5.24 / torch 2.13 CPU.
+# (family, run) -> largest |estimate - measured| / measured per term, as measured with transformers 5.25 / torch 2.13 CPU.
 TOLERANCE = {
     ("gemma3_text", "train"): 0.05,  # CPU SDPA with a sliding mask keeps a little more than the kernel model
-    ("falcon_new", "train"): 0.05,  # 2.3 % under: Falcon's attention copies not modelled
+    ("falcon_new", "train"): 0.05,  # +4.95 % with transformers 5.25 (the tiny config's SDPA gets a mask and repeated K/V)
     ("deepseek_v3", "train"): None,  # MLA activations in bf16: 16 % under today (see README); states checked only
     ("jamba", "train"): None,  # Mamba layers: the CPU runs the slow scan, not the CUDA kernels estimated
 }
