@@ -16,6 +16,14 @@ from typing import Any, List, Optional, Sequence
 EXIT_OK, EXIT_OVER, EXIT_ERROR = 0, 1, 2
 
 
+def say(text: str, error: bool = False) -> None:
+    """Print ``text`` (on stderr when ``error``) so that no line of it is a workflow command to a CI
+    runner: a run name, path or value from a pull request can start a line (untrusted.log_text)."""
+    from .untrusted import log_text
+
+    print(log_text(text), file=sys.stderr if error else sys.stdout)
+
+
 # The sub-commands and their one-line help, in the order --help lists them.
 _COMMANDS = (
     ("check", "check the runs declared under [tool.llmmem] in a pyproject.toml"),
@@ -77,22 +85,23 @@ def emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> in
     import json
 
     from . import report
+    from .untrusted import json_text
 
     fmt = _output_format(args)
     documents = [report.as_json_document(path, estimates) for path, estimates in results]
     combined = documents[0] if len(documents) == 1 else {"version": report.JSON_VERSION, "projects": documents}
     if fmt == "json":
-        print(json.dumps(combined, indent=2))
+        print(json_text(json.dumps(combined, indent=2)))  # a log may show it: no "##[" command
     else:
         encoding = (getattr(sys.stdout, "encoding", None) or "").lower()
         ascii_only = "utf" not in encoding
         render = report.render_short if hook else report.render_text
-        print("\n\n".join(render(path, estimates, args.units, ascii_only) for path, estimates in results))
+        say("\n\n".join(render(path, estimates, args.units, ascii_only) for path, estimates in results))
     json_path = args.json_out
     if fmt == "github" and not json_path and not hook and os.environ.get("RUNNER_TEMP"):
         json_path = os.path.join(os.environ["RUNNER_TEMP"], "llmmem-report.json")  # never into the repository
     if json_path:
-        _write_report(json_path, json.dumps(combined, indent=2) + "\n")
+        _write_report(json_path, json_text(json.dumps(combined, indent=2)) + "\n")
     fits = not any(e.fits is False for _, estimates in results for e in estimates)
     if fmt == "github":
         from . import github
@@ -136,8 +145,8 @@ def _targets(args: argparse.Namespace) -> List[Any]:
         folders = {os.path.dirname(os.path.abspath(raw)) for raw in jsons}  # 5,000 paths: a few folders
         index = repo_scan.index_projects([root], [p for f in sorted(folders) for p in repo_scan.walk_up(os.path.join(f, "x"))])
         if not index.complete:
-            print(f"llmmem: warning: stopped scanning {root} after {repo_scan.MAX_ENTRIES:,} entries; "
-                  "pyprojects beyond them that share a changed model config were not checked.", file=sys.stderr)
+            say(f"llmmem: warning: stopped scanning {root} after {repo_scan.MAX_ENTRIES:,} entries; "
+                "pyprojects beyond them that share a changed model config were not checked.", error=True)
     seen, targets = set(), []
 
     def add(raw: Optional[str], candidate: Path) -> None:
@@ -201,11 +210,11 @@ def _check(args: argparse.Namespace) -> int:
         except ConfigError as err:
             if not args.hook:
                 raise
-            print(f"llmmem: error: {err}", file=sys.stderr)  # the hook reports every project, not the first error
+            say(f"llmmem: error: {err}", error=True)  # the hook reports every project, not the first error
             errors += 1
     if not results:
         if not errors:
-            print("llmmem: no pyproject.toml with [tool.llmmem] among the changed files; nothing to check.")
+            say("llmmem: no pyproject.toml with [tool.llmmem] among the changed files; nothing to check.")
         return EXIT_ERROR if errors else EXIT_OK
     code = emit(results, args, hook=args.hook)
     return EXIT_ERROR if errors or refused(results) else code
@@ -222,7 +231,7 @@ def refused(results: List[Any]) -> bool:
 
     refusals = [m for _, estimates in results for m in map(strict_refusal, estimates) if m]
     for message in refusals:
-        print(f"llmmem: error: {message}", file=sys.stderr)
+        say(f"llmmem: error: {message}", error=True)
     return bool(refusals)
 
 
@@ -254,7 +263,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
     problem = write_problem(json_out) if json_out else None
     if problem:  # before any work, so nothing is printed as if the run had been reported
-        print(f"llmmem: error: --json-out {shown_name(json_out, 200)}: {problem}.", file=sys.stderr)
+        say(f"llmmem: error: --json-out {shown_name(json_out, 200)}: {problem}.", error=True)
         return EXIT_ERROR
     try:
         if args.command == "check":
@@ -263,7 +272,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
         return commands.run(args)
     except ConfigError as err:
-        print(f"llmmem: error: {err}", file=sys.stderr)
+        say(f"llmmem: error: {err}", error=True)
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (`llmmem check | head`): stop quietly, as cat and grep do; point stdout at
@@ -273,7 +282,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except Exception as err:  # never a traceback for a user; LLMMEM_DEBUG=1 shows it
         if os.environ.get("LLMMEM_DEBUG"):
             raise
-        print(f"llmmem: internal error: {type(err).__name__}: {err}. Please report it; LLMMEM_DEBUG=1 shows the traceback.", file=sys.stderr)
+        say(f"llmmem: internal error: {type(err).__name__}: {err}. Please report it; LLMMEM_DEBUG=1 shows the traceback.", error=True)
         return EXIT_ERROR
 
 

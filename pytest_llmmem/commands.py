@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict
 
-from .cli import EXIT_ERROR, EXIT_OK, EXIT_OVER, common_arguments, emit, refused, selected_runs, with_strict
+from .cli import EXIT_ERROR, EXIT_OK, EXIT_OVER, common_arguments, emit, refused, say, selected_runs, with_strict
 
 # Ad-hoc estimate flags: (flag, kind). Each maps to the config key of the same name.
 _VALUE_FLAGS = {
@@ -90,35 +90,35 @@ def _fit(args: argparse.Namespace) -> int:
     for run in runs:
         est = estimate(run)
         all_fit &= est.fits is not False
-        print(f"{run.name} ({project.path}:{run.line}): {verdict(est, args.units)}")
+        say(f"{run.name} ({project.path}:{run.line}): {verdict(est, args.units)}")
         if run.budget is None:
-            print("  no budget: nothing to solve")
+            say("  no budget: nothing to solve")
             continue
         if run.serve is not None:  # a server's questions: max-model-len, concurrency, tensor-parallel, fp8
             from .serve_fit import answers
 
-            print("\n".join(f"  {line}" for line in answers(run, args.units)))
+            say("\n".join(f"  {line}" for line in answers(run, args.units)))
             continue
         if isinstance(run.model, Architecture):  # batch and sequence only move activations, logits and KV cache
             batch = fit.largest_fitting(run, "batch_size", 1 << 20)
             seq = fit.largest_fitting(run, "seq_len", 1 << 24)
-            print(f"  largest batch-size that fits: {f'{batch} (at seq-len {run.seq_len})' if batch else 'none (batch-size 1 is over)'}")
-            print(f"  longest seq-len that fits:    {f'{seq} (at batch-size {run.batch_size})' if seq else 'none (seq-len 1 is over)'}")
+            say(f"  largest batch-size that fits: {f'{batch} (at seq-len {run.seq_len})' if batch else 'none (batch-size 1 is over)'}")
+            say(f"  longest seq-len that fits:    {f'{seq} (at batch-size {run.batch_size})' if seq else 'none (seq-len 1 is over)'}")
         else:
-            print("  largest batch-size that fits: n/a (batch and sequence need the architecture: give config or the shape)")
+            say("  largest batch-size that fits: n/a (batch and sequence need the architecture: give config or the shape)")
         if run.mode == "train" and (run.zero_stage or run.fsdp != "none"):
             gpus = fit.fewest_gpus(run)
-            print(f"  fewest GPUs that fit:         {gpus if gpus else f'none up to {fit.MAX_GPUS}'} (with this sharding)")
+            say(f"  fewest GPUs that fit:         {gpus if gpus else f'none up to {fit.MAX_GPUS}'} (with this sharding)")
         elif run.mode == "train":
             zero3 = fit.fewest_gpus(run._replace(zero_stage=3))
-            print("  fewest GPUs that fit:         more GPUs do not help as declared (nothing is sharded); "
+            say("  fewest GPUs that fit:         more GPUs do not help as declared (nothing is sharded); "
                   f"with zero-stage = 3: {zero3 if zero3 else f'none up to {fit.MAX_GPUS}'}")
         for toggle in fit.toggles(run):
             if toggle.estimate is None:
-                print(f"  {toggle.setting}: n/a ({toggle.reason})")
+                say(f"  {toggle.setting}: n/a ({toggle.reason})")
             else:
                 total = format_bytes(toggle.estimate.total_bytes, args.units)
-                print(f"  {toggle.setting}: {total}, {'fits' if toggle.estimate.fits else 'still over'}")
+                say(f"  {toggle.setting}: {total}, {'fits' if toggle.estimate.fits else 'still over'}")
     return EXIT_OK if all_fit else EXIT_OVER
 
 
@@ -130,11 +130,11 @@ def _measure(args: argparse.Namespace) -> int:
     runs = selected_runs(project, args.run)
     for run in runs:
         result = measure(run._replace(calibration=None), device=args.device, max_layers=args.layers)
-        print(render(result))
+        say(render(result))
         if args.write:
             value = calibration_of(result)
             write_calibration(run.file, run, value)
-            print(f"  wrote calibration = {value} to {run.file} (run {run.name})")
+            say(f"  wrote calibration = {value} to {run.file} (run {run.name})")
     return EXIT_OK
 
 
@@ -142,7 +142,7 @@ def _diff(args: argparse.Namespace) -> int:
     from .report_diff import diff, read_report, render_diff
 
     rows, regressed = diff(read_report(args.base), read_report(args.head))
-    print(render_diff(rows, markdown=args.format == "markdown"))
+    say(render_diff(rows, markdown=args.format == "markdown"))
     return EXIT_OVER if regressed else EXIT_OK
 
 
@@ -188,21 +188,21 @@ def _catalog(args: argparse.Namespace) -> int:
     cat = default_catalog()
     cat.load_entry_points()
     if args.what in (None, "gpus"):
-        print("GPUs (memory as the driver reports it):")
+        say("GPUs (memory as the driver reports it):")
         for name in cat.gpus.names:
-            print(f"  {name:<12} {format_bytes(cat.gpu(name).memory_bytes)}")
+            say(f"  {name:<12} {format_bytes(cat.gpu(name).memory_bytes)}")
     if args.what in (None, "dtypes"):
-        print("dtypes (bytes per parameter, detailed method):")
+        say("dtypes (bytes per parameter, detailed method):")
         for name in cat.dtypes.names:
             d = cat.dtype(name)
-            print(f"  {name:<6} {d.bytes:.4g}  {d.doc}")
+            say(f"  {name:<6} {d.bytes:.4g}  {d.doc}")
     if args.what in (None, "optimizers"):
-        print("optimizers (full-size states per trainable parameter):")
+        say("optimizers (full-size states per trainable parameter):")
         for name in cat.optimizers.names:
             o = cat.optimizer(name)
-            print(f"  {name:<13} {o.states:g}  {o.doc}")
+            say(f"  {name:<13} {o.states:g}  {o.doc}")
     if args.what in (None, "models"):
         from .hub import catalog_lines
 
-        print("\n".join(catalog_lines()))
+        say("\n".join(catalog_lines()))
     return EXIT_OK

@@ -64,10 +64,10 @@ def shown(value: object, limit: int = SHOWN) -> str:
 def shown_name(name: object, limit: int = SHOWN) -> str:
     """A name (key, path, value) without quotes, cut like :func:`shown`; control characters are
     escaped as repr() would, so a name cannot move the cursor or clear the terminal."""
+    from .untrusted import visible
+
     text = str(name)
-    cut = text[:limit]
-    if not cut.isprintable():
-        cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    cut = visible(text[:limit])
     return cut if len(text) <= limit else cut + "…"
 
 

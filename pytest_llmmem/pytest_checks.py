@@ -25,6 +25,7 @@ from .projects import has_llmmem_table
 from .report import JSON_VERSION, as_dict, caveats, render_failure, render_run, strict_refusal
 from .run import Run
 from .units import format_bytes
+from .untrusted import json_text, log_text
 
 PROPERTY = "llmmem"
 
@@ -80,7 +81,7 @@ def _json_target(config: pytest.Config) -> Optional[Path]:
     target = Path(config.invocation_params.dir, raw)
     problem = write_problem(str(target))
     if problem:
-        raise pytest.UsageError(f"--llmmem-json {shown_name(raw, 200)}: {problem}.")
+        raise pytest.UsageError(log_text(f"--llmmem-json {shown_name(raw, 200)}: {problem}."))
     return target
 
 
@@ -91,10 +92,10 @@ class LlmmemChecks:
         self.config = config
         for given in explicit:
             if not Path(config.invocation_params.dir, given).is_file():
-                raise pytest.UsageError(
+                raise pytest.UsageError(log_text(
                     f"--llmmem: {given} does not exist. Pass --llmmem-config PATH, or run pytest from the project "
                     "whose pyproject.toml declares [tool.llmmem]."
-                )
+                ))
         self.explicit = [Path(config.invocation_params.dir, p).resolve() for p in explicit]
         self.root = root.resolve()
         self.json_target = _json_target(config)
@@ -143,10 +144,10 @@ class LlmmemChecks:
         xdist = hasattr(self.config, "workerinput") or self.config.pluginmanager.has_plugin("dsession")
         if not self.found and not self.errors and not xdist:
             where = ", ".join(session.config.args) or str(self.config.rootpath)
-            raise pytest.UsageError(
+            raise pytest.UsageError(log_text(
                 f"--llmmem: no pyproject.toml with [tool.llmmem] under {where}; pass --llmmem-config PATH "
                 "(repeatable), or run pytest from a project that declares [tool.llmmem]."
-            )
+            ))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
@@ -179,7 +180,8 @@ class LlmmemChecks:
                 elif kind:
                     verdict += f" ({kind})"
                 line = f"{prefix + data['name']:<{width}}  {format_bytes(data['total_bytes']):>12}  {format_bytes(budget) if budget else '-':>12}  {used:>7}  {verdict}"
-                terminalreporter.write_line(line, red=verdict.startswith("FAIL"), green=verdict == "PASS")
+                # under Actions the runner parses this line: a run named "::error ..." must not be a command
+                terminalreporter.write_line(log_text(line), red=verdict.startswith("FAIL"), green=verdict == "PASS")
             if os.environ.get("GITHUB_ACTIONS") == "true":
                 from . import github
 
@@ -189,7 +191,7 @@ class LlmmemChecks:
                 for annotation in github.capped(lines):  # one cap across every file checked
                     terminalreporter.write_line(annotation)
         for message in self.messages:
-            terminalreporter.write_line(message, red=True)
+            terminalreporter.write_line(log_text(message), red=True)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput"):
@@ -210,7 +212,7 @@ class LlmmemChecks:
             if not documents:
                 document = {"version": JSON_VERSION, "file": None, "runs": []}
             try:
-                target.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+                target.write_text(json_text(json.dumps(document, indent=2)) + "\n", encoding="utf-8")
                 written = target
             except OSError as err:
                 self.messages.append(f"llmmem: cannot write the JSON report to {target}: {err.strerror or err}.")
@@ -238,7 +240,7 @@ class PyprojectFile(pytest.File):
         try:
             project = load(self.path, display=_shown(Path(self.path), Path(self.config.rootpath)))
         except ConfigError as err:
-            raise self.CollectError(f"llmmem: {err}") from None
+            raise self.CollectError(log_text(f"llmmem: {err}")) from None
         yield RunGroup.from_parent(self, name="llmmem", project=project)
 
 
@@ -252,7 +254,8 @@ class RunGroup(pytest.Collector):
     def collect(self):
         strict = self.config.getoption("llmmem_strict") or self.config.getini("llmmem_strict")
         for run in self.project.runs:
-            yield RunItem.from_parent(self, name=run.name, run=run._replace(strict=True) if strict else run)
+            # pytest prints the node id mid-line (FAILED ...::<name>): no "##[" command in it
+            yield RunItem.from_parent(self, name=log_text(run.name), run=run._replace(strict=True) if strict else run)
 
 
 class RunItem(pytest.Item):
@@ -271,19 +274,19 @@ class RunItem(pytest.Item):
         if est.fits is False:
             raise OverBudget(est)
         if caveats(est):
-            warnings.warn(LlmmemEstimateCaveat(f'run "{self.run.name}": the estimate is {caveats(est)}: '
-                                               f"{'; '.join(est.partial + est.approximate)}"))
+            warnings.warn(LlmmemEstimateCaveat(log_text(f'run "{self.run.name}": the estimate is {caveats(est)}: '
+                                                        f"{'; '.join(est.partial + est.approximate)}")))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, StrictRefused):
             est = excinfo.value.estimate
-            return f"llmmem: {strict_refusal(est)}\n" + render_run(est)
+            return log_text(f"llmmem: {strict_refusal(est)}\n" + render_run(est))
         if isinstance(excinfo.value, OverBudget):
-            return render_failure(excinfo.value.estimate)
+            return log_text(render_failure(excinfo.value.estimate))
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
-        return self.path, (self.run.line or 1) - 1, f"llmmem run {self.run.name}"
+        return self.path, (self.run.line or 1) - 1, log_text(f"llmmem run {self.run.name}")
 
 
 def fixture_pyproject(explicit: Sequence[str], test_path: Path, root: Path, rootpath: Path) -> Path:
@@ -315,7 +318,7 @@ class LlmmemFixture:
             try:
                 self._project = load(self.path, display=_shown(self.path, self.rootpath))
             except ConfigError as err:
-                pytest.fail(f"llmmem: {err}", pytrace=False)
+                pytest.fail(log_text(f"llmmem: {err}"), pytrace=False)
         return self._project
 
     def estimate(self, run: Optional[str] = None, **overrides: Any) -> Estimate:
@@ -323,21 +326,21 @@ class LlmmemFixture:
         or, with no ``run``, an ad-hoc one from keys alone (``params="7B", mode="inference", gpu="L4"``)."""
         for key, value in overrides.items():
             if value is None:
-                pytest.fail(f"llmmem: {key}=None: a key cannot be None; leave it out to keep the declared value.", pytrace=False)
+                pytest.fail(log_text(f"llmmem: {key}=None: a key cannot be None; leave it out to keep the declared value."), pytrace=False)
         try:
             if run is None:
                 return estimate(adhoc_run({k.replace("_", "-"): v for k, v in overrides.items()}, path="llmmem fixture"))
             chosen = self.project.with_overrides(run, **overrides) if overrides else self.project.run(run)
             return estimate(chosen)
         except ConfigError as err:
-            pytest.fail(f"llmmem: {err}", pytrace=False)
+            pytest.fail(log_text(f"llmmem: {err}"), pytrace=False)
 
     def assert_fits(self, run: Optional[str] = None, **overrides: Any) -> Estimate:
         """Fail the test, with the same message as ``pytest --llmmem``, unless the run fits its budget."""
         est = self.estimate(run, **overrides)
         if est.fits is None:
-            pytest.fail(f"llmmem: run \"{est.run.name}\" has no budget: give gpu or gpu_memory.", pytrace=False)
+            pytest.fail(log_text(f"llmmem: run \"{est.run.name}\" has no budget: give gpu or gpu_memory."), pytrace=False)
         if not est.fits:
-            pytest.fail(render_failure(est), pytrace=False)
+            pytest.fail(log_text(render_failure(est)), pytrace=False)
         return est
 

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .estimate import Estimate
 from .model import Architecture
 from .units import format_bytes, format_count
+from .untrusted import visible
 
 JSON_VERSION = 1
 BAR_WIDTH = 24
@@ -91,7 +92,7 @@ def caveats(est: Estimate) -> str:
 
 def caveat_lines(est: Estimate, indent: str = "  ") -> List[str]:
     """One line per reason the figure is partial or approximate; every front-end shows them."""
-    return [f"{indent}partial: {r}" for r in est.partial] + [f"{indent}approximate: {r}" for r in est.approximate]
+    return [f"{indent}partial: {visible(r)}" for r in est.partial] + [f"{indent}approximate: {visible(r)}" for r in est.approximate]
 
 
 def strict_refusal(est: Estimate) -> Optional[str]:
@@ -159,7 +160,7 @@ def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False) -> s
     lines += _host_line(est, units)
     lines += _serving_lines(est)
     lines += _failure_tail(est, units)
-    lines += [f"  note: {note}" for note in est.notes]
+    lines += [f"  note: {visible(note)}" for note in est.notes]
     return "\n".join(lines)
 
 
@@ -167,7 +168,8 @@ def _origin_lines(est: Estimate) -> List[str]:
     """from = "train.yaml": which file (or trainer default) each setting came from."""
     if not est.run.settings_from:
         return []
-    return ["  settings from:"] + [f"    {key:<22} {origin}" for key, origin in est.run.settings_from]
+    # an origin names a file of the pull request: a newline in its name must not make a line of its own
+    return ["  settings from:"] + [f"    {key:<22} {visible(origin)}" for key, origin in est.run.settings_from]
 
 
 def _serving_lines(est: Estimate) -> List[str]:
@@ -245,7 +247,7 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) 
     lines += _host_line(est, units)
     lines += _serving_lines(est)
     lines += _failure_tail(est, units)
-    lines += [f"  note: {note}" for note in est.notes]
+    lines += [f"  note: {visible(note)}" for note in est.notes]
     if where:
         lines.append(f"  declared at {where}")
     return "\n".join(lines)
@@ -253,7 +255,7 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) 
 
 def render_text(path: str, estimates: Sequence[Estimate], units: str = "gib", ascii_only: bool = False) -> str:
     unit_note = "GB = 10^9 bytes" if units == "gb" else "GiB = 1024^3 bytes"
-    blocks = [f"llmmem: {path} ({unit_note})", ""]
+    blocks = [f"llmmem: {visible(path)} ({unit_note})", ""]
     for est in estimates:
         blocks += [render_run(est, units, ascii_only), ""]
     blocks.append(summary_line(estimates))
@@ -263,7 +265,7 @@ def render_text(path: str, estimates: Sequence[Estimate], units: str = "gib", as
 def render_short(path: str, estimates: Sequence[Estimate], units: str = "gib", ascii_only: bool = False) -> str:
     """pre-commit output: one line per run, and the full breakdown only for runs over budget."""
     width = max(len(e.run.name) for e in estimates)
-    lines = [f"llmmem {path}: {summary_line(estimates)}"]
+    lines = [f"llmmem {visible(path)}: {summary_line(estimates)}"]
     for est in estimates:
         if est.budget_bytes is None:
             lines.append(f"  {est.run.name:<{width}}  {format_bytes(est.total_bytes, units)} (no budget)")

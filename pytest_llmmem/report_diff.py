@@ -17,6 +17,7 @@ from . import files
 from .errors import ConfigError
 from .github import markdown_cell
 from .report import LABELS
+from .untrusted import visible
 
 MAX_REPORT_BYTES = 64 * 2**20  # about 1 KB a run (the example: 3.2 KB for 3), so 10,000 runs are about 11 MB
 _HINT = "Write reports with llmmem check --format json (or --json-out PATH)."
@@ -192,10 +193,10 @@ def render_diff(rows: Sequence[Mapping[str, Any]], markdown: bool = False) -> st
             name = markdown_cell(row["name"]) + (f" (`{markdown_cell(row['project'])}`)" if row["project"] else "")
             cell = "; ".join(x for x in (terms, "settings: " + settings if settings else "") if x)
             lines.append(f"| {name} | {_gib(row['before'])} | {_gib(row['after'])} | {change} | {markdown_cell(cell)} | {_verdict(row)} |")
-        else:
+        else:  # names, terms and settings come from the reports: a line break in one must not start a line
             name = row["name"] + (f" ({row['project']})" if row["project"] else "")
             detail = ", ".join(x for x in (change, terms) if x)
-            lines.append(f"{name}: {_gib(row['before'])} -> {_gib(row['after'])} GiB" + (f" ({detail})" if detail else "") + f" [{_verdict(row)}]")
+            lines.append(visible(f"{name}: {_gib(row['before'])} -> {_gib(row['after'])} GiB" + (f" ({detail})" if detail else "") + f" [{_verdict(row)}]"))
             if settings:  # the trainer config changed: say which setting moved, and in which file
-                lines.append(f"  settings changed: {settings}")
+                lines.append(visible(f"  settings changed: {settings}"))
     return "\n".join(lines)

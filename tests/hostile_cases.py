@@ -20,6 +20,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 from hypothesis import strategies as st
 
 from pytest_llmmem.config import MODEL_KEYS, RUN_KEYS, TOP_KEYS
+from tests.runner_model import foreign_commands
 
 CPU_LIMIT_S = 1.0
 
@@ -35,6 +36,15 @@ EDGE_STRINGS = [
     "A100-80BG", "H100", "bf16", "nf4", "lora", "qlora", "inference", "all-linear", "llama", "gpt2",
     "1" + " " * 20_000 + "x", "x" * 100_000, "[" + " " * 8_000 + "x",
 ]
+# What a CI log, a job summary or a step output would obey (issue 24): workflow commands at a line's
+# start (after white space) or the legacy ##[ anywhere, line breaks raw and %-escaped, Markdown and HTML.
+INJECTIONS = [
+    "::error file=evil.py,line=1::pwned", "::stop-commands::tok", "  ::add-mask::secret", "\t::warning::x",
+    "a\r::error::b", "a\n::notice::b", "a%0A::error::b", "%0D%0A::error::x", "x ##[error]legacy", "\u00a0::warning::x",
+    "![x](https://evil.example/t.png) <img src=x>", "[click](javascript:alert(1))", "| a | b |", "`code` **b** _i_",
+    "<script>alert(1)</script>", "<!-- c -->", "$$x$$", '" : 1\n```', "# h", "&lt;",
+]
+EDGE_STRINGS += INJECTIONS
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=16)
 scalars = st.one_of(
     st.sampled_from(EDGE_NUMBERS),
@@ -189,7 +199,7 @@ def run_cases(draw) -> Case:
     count = draw(st.sampled_from([0, 1, 2, 50, 1_000, 10_000]))
     inline = draw(st.booleans())
     doc = {section: dict(values_) for section, values_ in BASE.items()}
-    doc["run"]["name"] = draw(st.sampled_from(["sft", "", " ", "a|b", "x" * 300, "\x1b[31mred", "é", "a\nb"]))
+    doc["run"]["name"] = draw(st.sampled_from(["sft", "", " ", "a|b", "x" * 300, "\x1b[31mred", "é", "a\nb"] + INJECTIONS))
     text = render(doc, runs=max(count, 1), inline=inline)
     if count == 0:
         text = render(doc, runs=1, inline=True).replace(f"  {toml_value(doc['run'])},\n", "")  # runs = []
@@ -406,6 +416,9 @@ def judge(case: Case, code: int, out: str, err: str, cpu: float, before: list, a
         problems.append(f"files changed: {sorted(set(after) ^ set(before))[:3]}")
     if attempts:
         problems.append(f"network: {attempts[:2]}")
+    forged = foreign_commands(out + err)
+    if forged:
+        problems.append(f"a workflow command in the output: {forged[0][:200]!r}")
     return Outcome(code, out, err, cpu, tuple(problems))
 
 

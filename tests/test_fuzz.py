@@ -7,6 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_llmmem.config import MODEL_KEYS, RUN_KEYS, TOP_KEYS
+from tests.hostile_cases import INJECTIONS
+from tests.runner_model import commands
 
 BASE = {
     "top": {"gpu": "A100-80GB"},
@@ -23,6 +25,7 @@ _scalar = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=True, allow_infinity=True),
     _text,
+    st.sampled_from(INJECTIONS),  # workflow commands, %0A, \r, Markdown and HTML (issue 24)
     st.sampled_from(["7B", "80 GiB", "10%", "bf16", "nf4", "lora", "qlora", "inference", "all-linear", "gpt2", "adafactor", "H100", "0", "1e30"]),
 )
 _value = st.recursive(_scalar, lambda inner: st.one_of(
@@ -59,11 +62,14 @@ def render(doc) -> str:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(changes=st.lists(st.tuples(st.sampled_from(SECTIONS), _value), min_size=1, max_size=3))
-def test_random_values_never_crash(changes, tmp_path, capsys):
+@given(changes=st.lists(st.tuples(st.sampled_from(SECTIONS), _value), min_size=1, max_size=3),
+       name=st.one_of(st.just("sft"), st.sampled_from(INJECTIONS)))
+def test_random_values_never_crash(changes, name, tmp_path, capsys, monkeypatch):
     from pytest_llmmem.cli import main
 
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)  # text output: no annotation is the tool's own either
     doc = {section: dict(values) for section, values in BASE.items()}
+    doc["run"]["name"] = name
     for (section, key), value in changes:
         doc[section][key] = value
     path = tmp_path / "pyproject.toml"
@@ -72,9 +78,10 @@ def test_random_values_never_crash(changes, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code in (0, 1, 2)
     assert "Traceback" not in err and "internal error" not in err, err
+    assert commands(out + err) == [], (name, changes)  # nothing a CI runner would obey
     if code == 2:
         assert err.startswith("llmmem: error: ") and err.count("\n") == 1, err
-        touched = {key for (_, key), _ in changes}
+        touched = {key for (_, key), _ in changes} | ({"name"} if name != "sft" else set())
         assert any(k in err or k.replace("-", "_") in err for k in touched), (touched, err)
     else:
         assert "runs fit" in out

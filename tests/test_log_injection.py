@@ -1,0 +1,173 @@
+"""A pull request cannot write workflow commands into the CI log (issue 24, part 1).
+
+Every surface a runner parses (stdout and stderr of ``llmmem check`` in text, ``--format github``,
+``--hook`` and json, ``llmmem diff``, pytest's terminal summary and failure text under Actions) is
+fed names and values that would inject, and the exact escaped output is asserted. tests/runner_model.py
+says which lines a runner would take for a command; the only ones allowed are the tool's own annotations.
+
+Figures: 7B params known by count only (tests/test_github.py): train bf16 mixed AdamW is 7e9 x 16 B
++ 1375 MiB = 105.65 GiB of the 80 GiB A100-80GB (132.1 %); inference 7e9 x 2 B + 1375 MiB = 14.38 GiB (18.0 %).
+"""
+
+import json
+
+import pytest
+
+from pytest_llmmem.untrusted import json_text, log_line, log_text
+from tests.runner_model import commands, foreign_commands
+
+FORGED = "::error file=evil.py,line=1::pwned"
+STOP = "  ::stop-commands::tok ##[add-mask]x"
+PROJECT = f"""\
+[tool.llmmem]
+gpu = "A100-80GB"
+
+[tool.llmmem.model]
+params = "7B"
+
+[[tool.llmmem.runs]]
+name = "{FORGED}"
+dtype = "bf16"
+
+[[tool.llmmem.runs]]
+name = "{STOP}"
+mode = "inference"
+"""
+PARTIAL = "the model is given by params only: activations, logits and KV cache are not counted"
+
+
+@pytest.mark.parametrize("raw, safe", [
+    (FORGED + " (line 7): OVER", "\\" + FORGED + " (line 7): OVER"),  # a run's header line
+    ("    ::stop-commands::tok", "    \\::stop-commands::tok"),  # TrimStart(): indentation does not hide it
+    ("\t::add-mask::secret", "\\t::add-mask::secret"),
+    ("\u00a0::warning::x", "\\xa0::warning::x"),  # a no-break space is .NET white space too
+    ("\u0301::warning::x", "\\\u0301::warning::x"),  # a mark a culture-aware comparison may skip
+    ("sft ##[error]legacy", "sft ##\\[error]legacy"),  # the legacy form is found anywhere in a line
+    ("a\r::error::b", "a\\r::error::b"),  # the runner cuts lines at \r as well
+])
+def test_a_line_that_would_be_a_command_is_neutralised(raw, safe):
+    assert commands(raw), "the model must see the raw line as a command, or this row proves nothing"
+    assert log_line(raw) == safe
+    assert commands(safe) == []
+
+
+def test_one_leading_colon_is_escaped_too():
+    """Conservative: a line opening with ':' is one ':' away from a command, whatever sits between."""
+    assert log_line(":x") == "\\:x" and log_line("  \u034f:x") == "  \\\u034f:x"
+
+
+@pytest.mark.parametrize("plain", [
+    "sft (line 5): FITS: 61.20 GiB of 76.00 GiB budget (80.5 %)", "  weights    13.04 GiB  \u2588\u2588\u00b7\u00b7  12.3 %",
+    "a%0A::error::b", "# heading [link](x)", "",
+])
+def test_plain_text_is_unchanged(plain):
+    assert log_line(plain) == plain and log_text(plain + "\n" + plain) == plain + "\n" + plain
+
+
+def test_json_keeps_the_string_and_loses_the_legacy_command():
+    text = json_text(json.dumps({"name": "a ##[error]b"}))
+    assert text == '{"name": "a ##\\u005berror]b"}' and json.loads(text) == {"name": "a ##[error]b"}
+    assert commands(text) == []
+
+
+@pytest.fixture
+def hostile(tmp_path, monkeypatch):
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    (tmp_path / "pyproject.toml").write_text(PROJECT)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_text_report(hostile, run_cli):
+    code, out, err = run_cli("check")
+    lines = out.splitlines()
+    assert code == 1 and err == ""
+    assert lines[2] == f"\\{FORGED} (line 7): OVER (partial): 105.65 GiB of 80.00 GiB budget (132.1 %), 25.65 GiB over"
+    assert "  \\::stop-commands::tok ##\\[add-mask]x (line 11): FITS (partial): 14.38 GiB of 80.00 GiB budget (18.0 %)" in lines
+    assert lines[-1] == f"1 of 2 runs fit; over budget: {FORGED}."
+    assert commands(out) == []
+
+
+def test_github_format_prints_only_its_own_escaped_annotations(hostile, run_cli, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(hostile))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(hostile / "summary.md"))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(hostile / "output.txt"))
+    monkeypatch.setenv("RUNNER_TEMP", str(hostile))
+    code, out, err = run_cli("check")
+    assert code == 1
+    assert commands(out + err) == [
+        "::error file=pyproject.toml,line=7,title=llmmem%3A %3A%3Aerror file=evil.py%2Cline=1%3A%3Apwned::"
+        f"{FORGED} needs 105.65 GiB per GPU, over its 80.00 GiB budget (132.1 %25); biggest term: optimizer states "
+        f"52.15 GiB. The estimate is partial: {PARTIAL}.",
+        "::warning file=pyproject.toml,line=11,title=llmmem%3A   %3A%3Astop-commands%3A%3Atok ##[add-mask]x::"
+        f"{STOP} fits (14.38 GiB of 80.00 GiB, 18.0 %25), but the estimate is partial: {PARTIAL}.",
+    ]
+
+
+def test_pre_commit_output(hostile, run_cli):
+    code, out, _ = run_cli("check", "--hook", "pyproject.toml")
+    lines = out.splitlines()
+    assert code == 1
+    assert lines[1] == f"  \\{FORGED}      105.65 / 80.00 GiB  132.1 %  OVER (partial)"
+    assert lines[2] == "    \\::stop-commands::tok ##\\[add-mask]x     14.38 / 80.00 GiB   18.0 %  ok (partial)"
+    assert lines[3] == f"    \\::stop-commands::tok ##\\[add-mask]x: partial: {PARTIAL}"
+    assert commands(out) == []
+
+
+def test_json_format_on_stdout(hostile, run_cli):
+    code, out, _ = run_cli("check", "--format", "json")
+    assert code == 1 and commands(out) == []
+    assert [run["name"] for run in json.loads(out)["runs"]] == [FORGED, STOP]  # the names, unchanged
+
+
+def test_stderr_error_quoting_a_value(hostile, run_cli):
+    code, _, err = run_cli("check", "--run", "x\n::error::y")
+    assert code == 2
+    assert err == (f'llmmem: error: pyproject.toml: no run named "x\\n::error::y". Runs: "{FORGED}", '
+                   '"  ::stop-commands::tok ##\\[add-mask]x".\n')
+    assert commands(err) == []
+
+
+def test_a_file_name_with_a_line_break_stays_on_its_line(tmp_path, run_cli, monkeypatch):
+    """from = "a\\n::error...yml": the name reaches "settings from:"; its newline is shown, not obeyed."""
+    pytest.importorskip("yaml")
+    name = "a\n::error file=x::pwned.yml"
+    try:
+        (tmp_path / name).write_text("base_model: meta-llama/Llama-3.1-8B\nmicro_batch_size: 2\nsequence_len: 512\n")
+    except OSError:
+        pytest.skip("this file system refuses a newline in a file name")
+    (tmp_path / "pyproject.toml").write_text('[tool.llmmem]\ngpu = "A100-80GB"\n[[tool.llmmem.runs]]\nname = "sft"\n'
+                                             'from = "a\\n::error file=x::pwned.yml"\n')
+    monkeypatch.chdir(tmp_path)
+    _, out, _ = run_cli("check")
+    assert "    batch-size             a\\n::error file=x::pwned.yml: micro_batch_size" in out.splitlines()
+    assert commands(out) == []
+
+
+def test_diff_text(tmp_path, run_cli):
+    """Reports are files a pull request can write: a name holding a newline and a command."""
+    def report(path, total):
+        run = {"name": "::error file=a::b\n::warning::c", "fits": True, "total_bytes": total, "budget_bytes": 80 * 2**30,
+               "settings": {"batch-size": str(total // 2**30)}, "settings_from": {"batch-size": "t.yml\n::error::d"}}
+        path.write_text(json.dumps({"version": 1, "file": "pyproject.toml", "runs": [run]}))
+        return path
+
+    code, out, _ = run_cli("diff", report(tmp_path / "base.json", 2**30), report(tmp_path / "head.json", 2 * 2**30))
+    assert code == 0
+    assert out.splitlines() == ["\\::error file=a::b\\n::warning::c: 1.0 -> 2.0 GiB (+1.0) [fits]",
+                                "  settings changed: batch-size 1 -> 2 (t.yml\\n::error::d)"]
+
+
+def test_pytest_summary_and_failure_under_actions(pytester, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(pytester.path))
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    monkeypatch.delenv("GITHUB_OUTPUT", raising=False)
+    pytester.makepyprojecttoml(PROJECT)
+    result = pytester.runpytest("--llmmem", "-rA")
+    out = "\n".join(result.outlines + result.errlines)
+    # the names are padded to the longest (36 characters) before the backslash goes in
+    assert f"\\{FORGED}      105.65 GiB     80.00 GiB   132.1%  FAIL (partial)" in result.outlines
+    assert foreign_commands(out) == []
+    assert len(commands(out)) == 2  # the two annotations, exact in test_github_format_prints_only_its_own_escaped_annotations
