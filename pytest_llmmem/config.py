@@ -216,12 +216,11 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         from .serve_keys import serving_fields
 
         serving, seq_len = serving_fields(table, name, mode, model, seq_len)
-    context = model.max_context or (model.max_positions if model.family.learned_positions else 0) if isinstance(model, Architecture) else 0
+    context, why = model.context() if isinstance(model, Architecture) else (0, "")
     if seq_len and context and seq_len > context:
         key = "seq-len" if "seq-len" in table else "prompt-len"
-        raise table.fail(key, f"{seq_len:,} tokens is longer than the model's context of {context:,} (max_position_embeddings), "
-                         "and its config has no rope scaling that extends it.",
-                         hint=f"Use a sequence of at most {context:,} tokens, or a config with rope_scaling for longer contexts.")
+        raise table.fail(key, f"{seq_len:,} tokens is past the model's context of {context:,} ({why}).",
+                         hint=f"Use a sequence of at most {context:,} tokens, or a checkpoint whose config extends the context (rope_scaling).")
     parallel = parallelism(table, model)
     recipe, implied = RecipeSettings(), {}
     if any(key in table for key in RECIPE_KEYS):

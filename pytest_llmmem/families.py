@@ -69,7 +69,8 @@ def builtin_families() -> List[Family]:
                default_act="gelu_pytorch_tanh", doc="bigcode/starcoder2-3b"),
         Family("falcon", lora_targets=("query_key_value",), gated_mlp=False, norm="layer", reader="falcon", tie_default=True, default_act="gelu",
                names=(("qkv", "query_key_value"), ("o", "dense"), ("up", "dense_h_to_4h"), ("down", "dense_4h_to_h")),
-               doc="tiiuae/falcon-7b"),
+               doc="tiiuae/falcon-7b", default_context=(2048, "max_position_embeddings 2,048, FalconConfig's default (configuration_falcon.py; "
+                                                        "the published falcon-7b/40b config.json have no length key)")),
         Family("mamba", lora_targets=(), reader="mamba", sdpa=False, tie_default=True, logits_fp32=True, doc="state-spaces/mamba-130m-hf"),
         LLAMA._replace(name="jamba", lora_targets=(), reader="jamba", attention_bias="", moe_layers="period",
                        names=LLAMA.names + (("router", "router"),), doc="ai21labs/Jamba-v0.1"),

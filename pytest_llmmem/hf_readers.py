@@ -9,6 +9,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .context_window import derive
 from .errors import ConfigError
 from .keys import boolean, limit, probability, whole_number
 from .layers import Attention, Dense, LatentAttention, LayerGroup, MoE, NoMLP, StateSpace, merge_groups
@@ -180,13 +181,10 @@ def _rotary(k: Keys, fam: Family, d: int) -> int:
     return int(d * factor)
 
 
-def _context(k: Keys, v: Dict[str, Any]) -> int:
-    """max_position_embeddings as a hard limit, unless rope scaling (rope_scaling / rope_parameters
-    of a non-default rope_type) extends the context beyond it."""
-    scaling = k.get("rope_scaling")
-    params = k.get("rope_parameters")
-    extended = bool(scaling) or (isinstance(params, dict) and params.get("rope_type", "default") != "default")
-    return 0 if extended else v.get("max_positions", 0)
+def _context(k: Keys, fam: Family) -> Dict[str, Any]:
+    """max_context and its derivation (context_window.derive: vLLM's max_model_len, per rope type)."""
+    limit, why = derive(k, *fam.default_context)
+    return {"max_context": limit, "context_why": why}
 
 
 def _arch(fam: Family, v: Dict[str, Any], groups: List[LayerGroup], **extra: Any) -> Architecture:
@@ -242,8 +240,7 @@ def read_decoder(k: Keys, fam: Family, v: Dict[str, Any]) -> Architecture:
     extra: Dict[str, Any] = {}
     if fam.classifier:
         extra["num_labels"] = len(labels) if isinstance(labels, dict) and labels else k.whole("num_labels", 2)
-    return _arch(fam, v, groups, final_softcap=k.number("final_logit_softcapping"), max_context=_context(k, v),
-                 rotary_dim=_rotary(k, fam, d), **extra)
+    return _arch(fam, v, groups, final_softcap=k.number("final_logit_softcapping"), rotary_dim=_rotary(k, fam, d), **_context(k, fam), **extra)
 
 
 def model_type_is(k: Keys, name: str) -> bool:
@@ -261,8 +258,7 @@ def read_mla(k: Keys, fam: Family, v: Dict[str, Any]) -> Architecture:
     )
     mlps = _mlps(k, fam, v["num_layers"], v["intermediate_size"], True)
     groups = [LayerGroup(1, attn, m, 2) for m in mlps]
-    return _arch(fam, v, groups, head_dim=attn.head_dim, num_kv_heads=v["num_heads"], max_context=_context(k, v),
-                 rotary_dim=attn.qk_rope_head_dim)
+    return _arch(fam, v, groups, head_dim=attn.head_dim, num_kv_heads=v["num_heads"], rotary_dim=attn.qk_rope_head_dim, **_context(k, fam))
 
 
 def read_falcon(k: Keys, fam: Family, v: Dict[str, Any]) -> Architecture:
@@ -288,7 +284,7 @@ def read_falcon(k: Keys, fam: Family, v: Dict[str, Any]) -> Architecture:
     attn = Attention(heads, kv, h // heads)
     groups = [LayerGroup(v["num_layers"], attn, Dense(ffn, False), norms)]
     alibi = k.boolean("alibi", False)
-    return _arch(fam, v, groups, max_context=0 if alibi else _context(k, v), rotary_dim=0 if alibi else h // heads)
+    return _arch(fam, v, groups, rotary_dim=0 if alibi else h // heads, **_context(k, fam))
 
 
 def _mamba(k: Keys, h: int, prefix: str, inner_norms: bool) -> StateSpace:
@@ -308,7 +304,7 @@ def read_mamba(k: Keys, fam: Family, v: Dict[str, Any]) -> Architecture:
     _need(k, v, "hidden_size", "num_layers", "vocab_size")
     mixer = _mamba(k, v["hidden_size"], "", False)
     groups = [LayerGroup(v["num_layers"], mixer, NoMLP(), 1)]
-    return _arch(fam, v, groups, num_heads=0, num_kv_heads=0, intermediate_size=mixer.d_inner, rotary_dim=0)
+    return _arch(fam, v, groups, num_heads=0, num_kv_heads=0, intermediate_size=mixer.d_inner, rotary_dim=0, **_context(k, fam))
 
 
 def read_jamba(k: Keys, fam: Family, v: Dict[str, Any]) -> Architecture:
@@ -320,7 +316,7 @@ def read_jamba(k: Keys, fam: Family, v: Dict[str, Any]) -> Architecture:
     attn, mixer = Attention(heads, kv, h // heads), _mamba(k, h, "mamba_", True)
     mlps = _mlps(k, fam, n, v["intermediate_size"], True)
     groups = [LayerGroup(1, attn if i % period == offset else mixer, mlps[i], 2) for i in range(n)]
-    return _arch(fam, v, groups, rotary_dim=0)  # Jamba attention has no positional encoding
+    return _arch(fam, v, groups, rotary_dim=0, **_context(k, fam))  # Jamba attention has no positional encoding
 
 
 # SigLIP vision tower defaults (configuration_siglip.py SiglipVisionConfig) and Gemma 3 text defaults

@@ -71,6 +71,8 @@ class Family(NamedTuple):
     logits_fp32: bool = False  # the head's output is upcast before returning (MambaForCausalLM: lm_head(...).float())
     doc: str = ""  # an example checkpoint, for the README and messages
     aliases: Tuple[str, ...] = ()
+    # (length, why) when config.json has no length key: the config class default, or vLLM's fallback
+    default_context: Tuple[int, str] = (0, "")
 
     def module(self, role: str) -> Optional[str]:
         for known, module in self.names:  # a loop, not dict(self.names): fit's search asks ~1,000 times
@@ -130,8 +132,18 @@ class Architecture(NamedTuple):
     final_softcap: float = 0.0  # Gemma 2: tanh soft-capping of the final logits
     approximate: Tuple[str, ...] = ()  # why the count is not exact (a generic reading of an unknown family)
     rotary_dim: Optional[int] = None  # dims with rotary cos/sin tables; None: the head dim, 0: no rotary
-    max_context: int = 0  # max_position_embeddings of a rotary model (0: unknown / unlimited)
+    max_context: int = 0  # the longest sequence config.json allows (context_window.derive; 0: not given)
+    context_why: str = ""  # how max_context was derived, for messages
     config: Any = None  # the config.json mapping it was read from, for llmmem measure
+
+    def context(self) -> Tuple[int, str]:
+        """(the longest sequence the model accepts, why); (0, "") when nothing says. A config.json's
+        derived length, else a declared max-position-embeddings."""
+        if self.max_context:
+            return self.max_context, self.context_why
+        if self.max_positions:
+            return self.max_positions, f"max_position_embeddings {self.max_positions:,}, no rope_scaling"
+        return 0, ""
 
     @property
     def d_head(self) -> int:

@@ -78,25 +78,9 @@ def mlp_width(arch: Any) -> Tuple[int, int]:
 
 
 def context_limit(arch: Any) -> Tuple[int, str]:
-    """The longest max-model-len the engine accepts, and why (0: unknown).
-
-    vLLM derives it from max_position_embeddings and multiplies by rope_scaling's factor except for
-    the types whose max_position_embeddings already counts it (llama3, longrope/su); yarn scales
-    original_max_position_embeddings (vllm/config/model.py _get_and_verify_max_len).
-    """
-    base = getattr(arch, "max_context", 0) or getattr(arch, "max_positions", 0)
-    config = getattr(arch, "config", None)
-    scaling = config.get("rope_scaling") if isinstance(config, dict) else None
-    if not base:
-        return 0, ""
-    if isinstance(scaling, dict) and isinstance(scaling.get("factor"), (int, float)):
-        kind = scaling.get("rope_type", scaling.get("type", ""))
-        if kind in ("llama3", "longrope", "su"):
-            return base, f"max_position_embeddings {base:,} ({kind} rope scaling already counted)"
-        start = scaling.get("original_max_position_embeddings", base) if kind == "yarn" else base
-        limit = int(start * scaling["factor"])
-        return limit, f"max_position_embeddings x rope_scaling factor {scaling['factor']} = {limit:,}"
-    return base, f"max_position_embeddings {base:,}, no rope_scaling"
+    """The longest max-model-len the engine accepts, and why (0: unknown): the model's derived context
+    (context_window.derive, as vllm/config/model.py _get_and_verify_max_len derives max_model_len)."""
+    return arch.context() if hasattr(arch, "context") else (0, "")
 
 
 def cuda_total(run: Any) -> Tuple[int, str]:

@@ -45,6 +45,7 @@ def serving_fields(table: Table, name: str, mode: str, model: Any, seq_len: Opti
 
 
 def _settings(table: Table, name: str, engine: str, model: Any, seq_len: Optional[int]) -> ServeSettings:
+    from .context_window import VLLM_FALLBACK
     from .serve import context_limit
     from .vllm_engine import QUANTIZATIONS
 
@@ -62,6 +63,10 @@ def _settings(table: Table, name: str, engine: str, model: Any, seq_len: Optiona
         raise table.fail("max-model-len", f"{max_len:,} is more than the model's context: {why}. {engine} refuses to start "
                          "(User-specified max_model_len is greater than the derived max_model_len).",
                          hint=f"Use max-model-len <= {limit:,}, or a checkpoint with rope_scaling for longer contexts.")
+    if max_len is None and not limit and seq_len is None and isinstance(model.config, dict):
+        # a config.json with no length key (Mamba's: its scan has no position limit): vLLM takes any declared
+        # max_model_len and defaults to 2048 with a warning (vllm/config/model.py _get_and_verify_max_len)
+        max_len = VLLM_FALLBACK
     if max_len is None and not limit:
         if seq_len is None:
             raise table.fail("engine", f"the model's context length is unknown (no max_position_embeddings), so {engine}'s "

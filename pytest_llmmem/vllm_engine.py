@@ -25,6 +25,7 @@ import re
 from typing import Any, List, Tuple
 
 from .builtin import NF4_BYTES
+from .context_window import rope_scaled
 from .errors import ConfigError
 from .serve import KVKind, Startup, context_limit, cuda_total, kv_kinds, mlp_width
 from .units import GiB
@@ -133,7 +134,8 @@ def weights(run: Any, arch: Any, tp: int) -> Tuple[int, List[Tuple[str, int]]]:
     tables = 1 if arch.tie_embeddings else 2
     if padded != arch.vocab_size:
         items.append(("weights.vocab_padding", (padded - arch.vocab_size) * arch.hidden_size * act * tables // tp))
-    positions, _ = context_limit(arch)
+    # vLLM's get_rope sizes a scaled rope's cache per type (llama3, yarn, longrope...): only unscaled ones are counted
+    positions = 0 if rope_scaled(arch.config) else context_limit(arch)[0]
     rotary = getattr(arch, "rotary_dim", None)
     rotary = arch.d_head if rotary is None else rotary
     if positions and rotary and not arch.family.learned_positions:
