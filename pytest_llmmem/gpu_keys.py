@@ -92,4 +92,4 @@ def headroom_of(table: Table) -> Tuple[int, Optional[float]]:
         if not 0 <= percent < 100:
             raise table.fail("headroom", f'"{shown_name(raw)}" is not a percentage from 0 to 99.', hint='For example "10%" or "2 GiB".')
         return 0, percent
-    return table.size("headroom", allow_zero=True), None
+    return table.size("headroom", allow_zero=True, hint='headroom also takes a share of the ceiling, such as "10%".'), None

@@ -220,13 +220,13 @@ class Table:
             raise self.fail(key, f'"{shown_name(value)}" is not valid.{did_you_mean(value, choices)}', hint=f"Valid: {one_of(choices)}.")
         return value.lower()
 
-    def size(self, key: str, allow_zero: bool = False) -> Optional[int]:
+    def size(self, key: str, allow_zero: bool = False, hint: Optional[str] = None) -> Optional[int]:
         if key not in self.values:
             return None
         try:
             value = parse_bytes(self.values[key], allow_zero=allow_zero)
         except UnitError as err:
-            raise self.fail(key, f"{err}.") from None
+            raise self.fail(key, f"{err}.", hint) from None
         if value > MAX_MEMORY:
             raise self.fail(key, f"{shown(self.values[key])} is more than 1 PiB per GPU; expected {BYTE_UNITS_HELP}.")
         return value

@@ -2,7 +2,9 @@
 
 GB, MB, KB, TB are decimal (1 GB = 10**9 bytes, SI); GiB, MiB, KiB, TiB are binary
 (1 GiB = 1024**3 bytes, IEC 80000-13). A bare "G" or "80G" follows nvidia-smi and PyTorch
-habit and means GiB. Output defaults to GiB and always prints its unit.
+habit and means GiB. A size always carries its unit ("7.5e10 B" for a byte count): headroom = "10"
+could mean bytes, GiB or percent, so a number without one is refused (zero needs none). Output
+defaults to GiB and always prints its unit.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -21,7 +23,6 @@ GiB = 1024**3
 TiB = 1024**4
 
 _BYTE_UNITS = {
-    "": 1,
     "b": 1,
     "kb": 10**3,
     "mb": 10**6,
@@ -54,7 +55,7 @@ def _quantity(text: str) -> "Optional[re.Match[str]]":
 
 Number = Union[int, float]
 
-BYTE_UNITS_HELP = "a size such as \"80 GiB\", \"80GB\", \"81920MiB\", \"80G\" or a byte count like 7.5e10"
+BYTE_UNITS_HELP = "a size with its unit, such as \"80 GiB\", \"80GB\", \"81920MiB\", \"80G\" or \"7.5e10 B\""
 COUNT_HELP = "a count such as \"7B\", \"6.74B\", \"350M\", \"7e9\" or 7000000000"
 
 
@@ -70,7 +71,8 @@ def _finite_positive(value: float, text: object, what: str, allow_zero: bool) ->
 
 
 def parse_bytes(text: object, *, allow_zero: bool = False) -> int:
-    """Read a memory size into bytes ("80 GiB" -> 85899345920, "80GB" -> 80000000000)."""
+    """Read a memory size into bytes ("80 GiB" -> 85899345920, "80GB" -> 80000000000). A number
+    without a unit (10, "10") is refused: it is a slip for GiB or % far more often than a byte count."""
     if isinstance(text, bool):
         raise UnitError(f"{shown(text)} is a boolean; expected {BYTE_UNITS_HELP}")
     if isinstance(text, (int, float)):
@@ -78,11 +80,15 @@ def parse_bytes(text: object, *, allow_zero: bool = False) -> int:
     elif isinstance(text, str):
         match = _quantity(text)
         unit = match.group(2).lower() if match else ""
-        if not match or unit not in _BYTE_UNITS:
+        if not match or (unit and unit not in _BYTE_UNITS):
             raise UnitError(f"{shown(text)} is not a size; expected {BYTE_UNITS_HELP}")
         value = _finite_positive(float(match.group(1)), text, BYTE_UNITS_HELP, allow_zero)
     else:
         raise UnitError(f"{shown(text)} is a {type(text).__name__}; expected {BYTE_UNITS_HELP}")
+    if not unit:
+        if value == 0 and allow_zero:  # nothing is nothing in any unit
+            return 0
+        raise UnitError(f"{shown(text)} has no unit, so it could be bytes, GiB or GB; expected {BYTE_UNITS_HELP}")
     scaled = value * _BYTE_UNITS[unit]
     if math.isinf(scaled):  # "1e308 TiB": finite number, infinite product
         raise UnitError(f"{shown(text)} is too large; expected {BYTE_UNITS_HELP}")

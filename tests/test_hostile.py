@@ -256,8 +256,8 @@ def test_estimate_checks_headroom_without_a_gpu(capsys):
     # Issue 17 item 4: with no --gpu there is no budget, and the headroom was never read.
     code, out, err, _ = run(capsys, "estimate", "--params", "7B", "--headroom", "banana")
     assert (code, out) == (2, "")
-    assert err == ("llmmem: error: command line: --headroom: 'banana' is not a size; expected a size such as "
-                   '"80 GiB", "80GB", "81920MiB", "80G" or a byte count like 7.5e10.\n')
+    assert err == ("llmmem: error: command line: --headroom: 'banana' is not a size; expected a size with its unit, such as "
+                   '"80 GiB", "80GB", "81920MiB", "80G" or "7.5e10 B". headroom also takes a share of the ceiling, such as "10%".\n')
 
 
 def test_top_model_checked_when_every_run_has_its_own(tmp_path, capsys):

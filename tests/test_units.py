@@ -12,10 +12,9 @@ from pytest_llmmem.units import GiB, UnitError, format_bytes, format_count, pars
         ("80 GiB", 80 * 1024**3),  # GiB is binary
         ("80G", 80 * 1024**3),  # bare G follows nvidia-smi / PyTorch: binary
         ("81920MiB", 81920 * 1024**2),  # = 80 GiB, what nvidia-smi shows for an A100-80GB
-        ("7.5e10", 75_000_000_000),
+        ("7.5e10 B", 75_000_000_000),  # a byte count says so
         ("1.5 TB", 1_500_000_000_000),
         ("512 kib", 512 * 1024),
-        (1024, 1024),
     ],
 )
 def test_parse_bytes(text, expected):
@@ -34,6 +33,14 @@ def test_parse_bytes_rejects(text):
 
 def test_zero_allowed_where_asked():
     assert parse_bytes("0 GiB", allow_zero=True) == 0
+    assert parse_bytes(0, allow_zero=True) == parse_bytes("0", allow_zero=True) == 0  # zero needs no unit
+
+
+@pytest.mark.parametrize("text", ["10", 10, 1024, "7.5e10", 7.5e10, " 80 "])
+def test_a_number_without_a_unit_is_refused(text):
+    """headroom = "10" was 10 bytes (issue 23 §3): bytes, GiB and % are all plausible, so none is guessed."""
+    with pytest.raises(UnitError, match="has no unit, so it could be bytes, GiB or GB"):
+        parse_bytes(text)
 
 
 @pytest.mark.parametrize(
