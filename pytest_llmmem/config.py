@@ -253,6 +253,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         gradient_checkpointing=checkpointing,
         flash_attention=table.boolean("flash-attention", True),
         lora_rank=table.integer("lora-rank", 8),
+        lora_rank_given="lora-rank" in table,
         lora_targets=targets,
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,

@@ -257,6 +257,8 @@ def _detailed(run: Run) -> Estimate:
         notes.append(f"{arch.family.name} has no SDPA path in transformers: counted as eager attention (flash-attn would keep less)")
     if not run.seq_len_given and arch is not None:
         notes.append(f"seq-len not set: assumed {run.seq_len}")
+    if not run.lora_rank_given and run.mode in ("lora", "qlora"):
+        notes.append(f"lora-rank not set: assumed {run.lora_rank} (PEFT's LoraConfig default r)")
 
     if run.overhead_bytes is not None:
         breakdown["overhead"] = run.overhead_bytes

@@ -115,7 +115,8 @@ class Run(NamedTuple):
     seq_len_given: bool = True
     gradient_checkpointing: bool = False
     flash_attention: bool = True
-    lora_rank: int = 8
+    lora_rank: int = 8  # peft/tuners/lora/config.py LoraConfig: r = 8
+    lora_rank_given: bool = True
     lora_targets: Tuple[str, ...] = ("q_proj", "v_proj")  # or ("all-linear",)
     adapter_dtype: Optional[DType] = None
     gpus: int = 1  # total GPUs: data-parallel x tensor-parallel x pipeline-parallel

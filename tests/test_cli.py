@@ -178,3 +178,26 @@ def test_fit_command(run_cli):
     code, out, _ = run_cli("fit", EXAMPLE, "--run", "lora-sft")
     assert code == 0
     assert "largest batch-size that fits: 24" in out  # boundary property checked in tests/test_fit.py (28 before the 2nd fp32 loss gradient)
+
+
+LORA_WITHOUT_RANK = """
+[tool.llmmem]
+gpu = "A100-80GB"
+
+[tool.llmmem.model]
+id = "meta-llama/Llama-3.1-8B"
+
+[[tool.llmmem.runs]]
+name = "lora"
+mode = "lora"
+seq-len = 2048
+{extra}"""
+
+
+def test_a_lora_run_without_a_rank_says_it_assumed_8(write_pyproject, run_cli):
+    """Issue 23 §3: mode = "lora" without lora-rank priced r = 8 silently; it is said as a missing seq-len is."""
+    code, out, err = run_cli("check", write_pyproject(LORA_WITHOUT_RANK.format(extra="")))
+    assert code == 0, err
+    assert "  note: lora-rank not set: assumed 8 (PEFT's LoraConfig default r)" in out
+    code, out, err = run_cli("check", write_pyproject(LORA_WITHOUT_RANK.format(extra="lora-rank = 8\n")))
+    assert code == 0 and "lora-rank not set" not in out, err
