@@ -5,8 +5,9 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 
 class ConfigError(Exception):
@@ -72,16 +73,30 @@ def shown_name(name: object, limit: int = SHOWN) -> str:
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """' Did you mean "x"?' for a near miss, else ''. difflib is imported only on this error path."""
+    """' Did you mean "x"?' for a near miss, else ''. difflib is imported only on this error path.
+    A near miss of another size is another model: "Llama-3.1-70B-Instruct" is not a typo of
+    "Llama-3.1-8B-Instruct", so a candidate whose size tokens (70B, 0.5B, 4k) differ is never offered."""
     if len(str(word)) > 100:  # no near miss is this long; difflib would index every character
         return ""
     import difflib
 
-    match = difflib.get_close_matches(str(word).lower(), [o.lower() for o in options], n=1, cutoff=0.6)
-    if not match:
+    options = list(options)
+    sizes = size_tokens(str(word))
+    matches = difflib.get_close_matches(str(word).lower(), [o.lower() for o in options], n=10, cutoff=0.6)
+    match = next((m for m in matches if not sizes or size_tokens(m) == sizes), None)
+    if match is None:
         return ""
-    original = {o.lower(): o for o in options}[match[0]]
+    original = {o.lower(): o for o in options}[match]
     return f' Did you mean "{original}"?'
+
+
+# A size in a model name: 70B, 0.5B, 8x7B's 7B, 30B-A3B's 3B, 350M, Phi-3-mini-4k's context 4k.
+_SIZE = re.compile(r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)([bmkt])(?![a-z0-9])")
+
+
+def size_tokens(name: str) -> Tuple[str, ...]:
+    """The size tokens of a model name, lower case, in order ("Qwen3-30B-A3B" -> ("30b", "3b"))."""
+    return tuple(number + unit for number, unit in _SIZE.findall(name.lower()))
 
 
 def one_of(options: Sequence[str]) -> str:

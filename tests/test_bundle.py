@@ -108,6 +108,20 @@ def test_a_typo_of_a_new_id_gets_did_you_mean(offline):
     assert 'Did you mean "microsoft/phi-2"?' in str(err.value)
 
 
+@pytest.mark.parametrize("word, suggested", [
+    ("meta-llama/Llama-3.1-70B-Instruct", ""),  # another size is another model (issue 23 §3)
+    ("meta-llama/llama-3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct"),  # the same size, another case
+    ("Qwen/Qwen2.5-15B", ""), ("Qwen/Qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B"),  # 15B is not 1.5B
+    ("microsoft/Phi-3-mini-128k-instruct", ""),  # the 4k context model is another checkpoint
+    ("meta-llama/Llama-3.1", "meta-llama/Llama-3.1-8B"),  # no size written: any size may be meant
+])
+def test_did_you_mean_never_changes_the_model_size(word, suggested):
+    from pytest_llmmem.errors import did_you_mean
+
+    options = ["meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-1.5B", "microsoft/Phi-3-mini-4k-instruct"]
+    assert did_you_mean(word, options) == (f' Did you mean "{suggested}"?' if suggested else "")
+
+
 def test_catalog_lists_the_new_ids(offline, run_cli):
     code, out, _ = run_cli("catalog", "models")
     assert code == 0
