@@ -17,7 +17,7 @@ from .job_phases import whole_job
 from .lora import adapted_linears, lora_matrix_params, lora_params  # noqa: F401  (lora_matrix_params is public API here)
 from .layers import peft_target_problem
 from .model import Architecture
-from .parallel import frozen_params, host_bytes_per_node, local_params, model_states
+from .parallel import adapter_base, frozen_params, host_bytes_per_node, local_params, model_states, offloaded_adapter_states
 from .prefill import prefill_terms, stage_groups
 from .run import Run
 from .trainer_terms import bnb_state_bytes, four_bit_bytes, loss_terms, offloaded_layer_inputs, optimizer_phase, trainable_tensors
@@ -143,6 +143,11 @@ def _weight_bytes(run: Run, params: int) -> Tuple[int, str]:
     return round(params * stored), f"{dtype.name} applied to all {params:,} params: without the architecture the 16-bit embeddings and norms cannot be separated"
 
 
+def _packed_bytes(run: Run) -> float:
+    """Bytes of one stored base weight without its block constants (4 bit: half a byte)."""
+    return 0.5 if run.dtype.name in ("nf4", "int4") else run.dtype.bytes
+
+
 def _optimizer_bytes(opt: Optimizer, run: Run, trainable: int, param_bytes: float, mixed: bool) -> Tuple[int, str]:
     """State bytes: fp32 under mixed precision, the param dtype under pure training, unless fixed."""
     per_state = opt.state_bytes if opt.state_bytes is not None else (FP32 if mixed else param_bytes)
@@ -214,7 +219,12 @@ def _detailed(run: Run) -> Estimate:
             host = host_bytes_per_node(run, states["host"])
             details["host.offloaded_per_gpu"] = round(states["host"])
     elif run.trains:  # lora / qlora
-        weights = round(weights * share / (run.shard_group if run.zero_stage == 3 or run.fsdp in ("full-shard", "hybrid-shard") else 1))
+        base = adapter_base(run, arch, weights, share, _packed_bytes(run), act)  # FSDP / ZeRO-3 shards, gathers, offload
+        weights = round(base.gpu)
+        for item, value in (("weights.gathered_for_compute", base.gathered), ("weights.quant_constants", base.constants)):
+            if value:
+                details[item] = round(value)
+        host_base = base.host
         if arch is None:
             notes.append("LoRA adapters need the architecture to count: give config or the architecture keys")
         else:
@@ -232,6 +242,12 @@ def _detailed(run: Run) -> Estimate:
             breakdown["optimizer_states"], opt_note = _optimizer_bytes(run.optimizer, run, trained, adapter_bytes, False)
             if bnb:
                 breakdown["optimizer_states"], paged = bnb_state_bytes(run.optimizer, tensors)
+            moved, to_host = offloaded_adapter_states(run, details["weights.adapters"], breakdown)
+            weights -= moved
+            host_base += to_host
+        if host_base:
+            details["host.offloaded_per_gpu"] = round(host_base)
+            host += host_bytes_per_node(run, host_base)
     else:
         weights = round(weights * share)
     if opt_note:

@@ -142,6 +142,69 @@ def model_states(run: Run, local: LocalParams, weight_bytes: float, grad_bytes: 
     return out
 
 
+class AdapterBase(NamedTuple):
+    """Where a LoRA / QLoRA run's frozen base weights sit on one GPU, and what goes to the host."""
+
+    gpu: float  # all of it on the GPU: the resident shard, the quantisation constants and the gathered units
+    shard: float  # the base's own (sharded) storage kept on the GPU; 0 when the parameters are offloaded
+    constants: float  # 4-bit block constants (absmax), on every GPU whole
+    gathered: float  # the FSDP root unit plus two decoder-layer units, all-gathered at the peak (0 without FSDP)
+    host: float  # what CPU offload keeps in host memory instead
+
+
+def adapter_base(run: Run, arch: Optional[Architecture], weights: float, share: float, packed: float, compute: int) -> AdapterBase:
+    """The frozen base of a LoRA / QLoRA run under FSDP, ZeRO-3 and their CPU offload.
+
+    ``weights`` is the whole base in its storage format (constants included), ``packed`` the bytes of one
+    quantised weight without its constants (0.5 for 4 bit), ``compute`` the 16-bit bytes of the rest.
+    """
+    sharded = run.fsdp in ("full-shard", "hybrid-shard") or run.zero_stage == 3
+    offloaded = sharded and run.offload == "optimizer+params"
+    N = run.shard_group
+    if arch is None or not sharded:
+        return AdapterBase(weights * share, weights * share, 0.0, 0.0, 0.0)
+    linear = arch.linear_params()
+    # bitsandbytes keeps the quant_state (absmax, the nested constants) as an attribute of Linear4bit, not a
+    # parameter: FSDP flattens, shards and offloads only parameters (fsdp_qlora PR #4: quantised on every rank,
+    # "this leaves the quant_state dictionary attached to all rank's Linear4bit layers").
+    constants = max(0.0, weights - linear * packed - (arch.param_count() - linear) * compute) * share
+    stored = weights * share - constants
+    if run.zero_stage == 3:
+        # ZeRO-3 gathers the largest module at a time (DeepSpeed estimate_zero3_model_states_mem_needs).
+        gathered = max(max(lin.d_in * lin.d_out for lin in arch.linears()) * packed, arch.vocab_size * arch.hidden_size * compute) * share
+    else:
+        # FSDP (torch/distributed/fsdp/_runtime_utils.py): _post_forward_reshard does not free the root
+        # unit (embedding, final norm, head) after forward, so it stays gathered through backward;
+        # _unshard's rate limiter (_limiter_utils._FreeEventQueue, 2 in flight) with BACKWARD_PRE prefetch
+        # holds the unit being computed and the next one. With CPUOffload(offload_params=True) the shard
+        # lives pinned on the CPU (_flat_param.py FlatParamHandle._init_shard_metadata: _local_shard
+        # .pin_memory()) and is copied to the GPU only to be all-gathered (pre_unshard).
+        h, norm = arch.hidden_size, arch.norm_params()
+        unit = max(sum(lin.params for lin in g.linears(arch.family, h)) * packed
+                   + (g.params(arch.family, h, norm) - sum(lin.params for lin in g.linears(arch.family, h))) * compute
+                   for g in arch.layer_groups())
+        root = (arch.embedding_params() + arch.head_params()) * compute
+        gathered = (root + 2 * unit) * share
+    shard = 0.0 if offloaded else stored / N
+    return AdapterBase(shard + constants + gathered, shard, constants, gathered, stored / N if offloaded else 0.0)
+
+
+def offloaded_adapter_states(run: Run, adapters: float, breakdown: Dict[str, int]) -> "tuple[float, float]":
+    """What offload moves of a LoRA run's trained adapters: the optimizer states under any offload (ZeRO-Offload,
+    FSDP), their gradients under FSDP / ZeRO-3 (FSDP copies each reduced shard to the pinned _cpu_grad:
+    _flat_param.py), and the adapters themselves with the parameters. Sets the moved terms to 0 in ``breakdown``;
+    returns (adapter weight bytes moved, all bytes moved to the host)."""
+    if run.offload == "none":
+        return 0.0, 0.0
+    moved = float(breakdown["optimizer_states"])
+    breakdown["optimizer_states"] = 0
+    if run.fsdp != "none" or run.zero_stage == 3:
+        moved += breakdown["gradients"]
+        breakdown["gradients"] = 0
+    weights = adapters if run.offload == "optimizer+params" else 0.0
+    return weights, moved + weights
+
+
 def host_bytes_per_node(run: Run, per_gpu: float) -> int:
     """Host memory one node needs for the offloaded states of its GPUs, with pinned buffers."""
     gpus_on_node = min(run.gpus, run.gpus_per_node)

@@ -141,3 +141,33 @@ def test_moe_expert_parallel():
 def test_contradictions_are_errors(keys, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         adhoc_run({**LLAMA2_7B, "mode": "train", "gpu": "H100-80GB", **keys})
+
+
+# A small Llama: 4 layers of 16,777,216 linear weights (4 x 1024^2 attention + 3 x 1024 x 4096 MLP) and two
+# 1024-wide norms; a 32,000 x 1024 embedding and an untied head of the same size, plus the final norm.
+SMALL_LLAMA = {"family": "llama", "hidden-size": 1024, "num-layers": 4, "num-heads": 8, "intermediate-size": 4096, "vocab-size": 32000}
+QLORA_FSDP = {**SMALL_LLAMA, "mode": "qlora", "dtype": "nf4", "double-quant": False, "gpu": "RTX-3090", "gpus": 2,
+              "fsdp": "full-shard", "lora-targets": ["q_proj", "v_proj"], "lora-rank": 8, "adapter-dtype": "fp32"}
+UNIT = 16_777_216 // 2 + 2 * 1024 * 2  # one decoder layer as FSDP gathers it: packed 4-bit weights + bf16 norms
+ROOT_UNIT = (2 * 32000 * 1024 + 1024) * 2  # the root unit (embedding, final norm, head) in bf16
+CONSTANTS = 4 * 16_777_216 * 4 // 64  # one fp32 absmax per 64 weights (no double quantisation), on both GPUs whole
+STORED = 4 * 16_777_216 // 2 + (2 * 32000 * 1024 + 1024 + 4 * 2 * 1024) * 2  # the base FSDP shards, constants apart
+ADAPTERS = 4 * 2 * 8 * (1024 + 1024) * 4  # r=8 A and B on q_proj and v_proj of 4 layers, fp32
+
+
+def test_fsdp_cpu_offload_leaves_the_gathered_units_of_a_qlora_base():
+    # CPUOffload(offload_params=True): the shard lives on the CPU; the GPU holds the root unit (not freed after
+    # forward), the layer being computed and the prefetched one, and bitsandbytes' quant_state (not a parameter).
+    est = estimate(adhoc_run({**QLORA_FSDP, "offload": "optimizer+params"}))
+    assert est.details["weights.gathered_for_compute"] == ROOT_UNIT + 2 * UNIT == 147_859_456
+    assert est.details["weights.quant_constants"] == CONSTANTS == 4_194_304
+    assert est.breakdown["weights"] == ROOT_UNIT + 2 * UNIT + CONSTANTS
+    assert est.breakdown["gradients"] == est.breakdown["optimizer_states"] == 0
+    # the host: the base shard, the adapters, their gradients and AdamW's two states
+    assert est.details["host.offloaded_per_gpu"] == STORED // 2 + ADAPTERS + ADAPTERS + 2 * ADAPTERS
+
+
+def test_fsdp_without_offload_keeps_the_shard_and_gathers_the_units():
+    est = estimate(adhoc_run(QLORA_FSDP))
+    assert est.breakdown["weights"] == STORED // 2 + CONSTANTS + ROOT_UNIT + 2 * UNIT + ADAPTERS == 234_900_480
+    assert "host.offloaded_per_gpu" not in est.details
