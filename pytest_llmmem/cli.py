@@ -95,8 +95,11 @@ def emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> in
     else:
         encoding = (getattr(sys.stdout, "encoding", None) or "").lower()
         ascii_only = "utf" not in encoding
+        from .text_layout import terminal_width
+
         render = report.render_short if hook else report.render_text
-        say("\n\n".join(render(path, estimates, args.units, ascii_only) for path, estimates in results))
+        width = terminal_width()
+        say("\n\n".join(render(path, estimates, args.units, ascii_only, width) for path, estimates in results))
     json_path = args.json_out
     if fmt == "github" and not json_path and not hook and os.environ.get("RUNNER_TEMP"):
         json_path = os.path.join(os.environ["RUNNER_TEMP"], "llmmem-report.json")  # never into the repository

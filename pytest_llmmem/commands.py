@@ -86,6 +86,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     project = load(args.path)
     runs = selected_runs(project, args.run)
+    say = _fitted_say()  # every line of the answer wrapped to the terminal (text_layout.py)
     all_fit = True
     for run in runs:
         est = estimate(run)
@@ -142,7 +143,8 @@ def _diff(args: argparse.Namespace) -> int:
     from .report_diff import diff, read_report, render_diff
 
     rows, regressed = diff(read_report(args.base), read_report(args.head))
-    say(render_diff(rows, markdown=args.format == "markdown"))
+    text = render_diff(rows, markdown=args.format == "markdown")
+    (say if args.format == "markdown" else _fitted_say())(text)  # a markdown table row must stay one line
     return EXIT_OVER if regressed else EXIT_OK
 
 
@@ -181,10 +183,19 @@ def _as_flag_error(err: Any) -> Any:
     return ConfigError(message, path=err.path, key=f"--{leaf}" if known else err.key, hint=hint)
 
 
+def _fitted_say() -> Any:
+    """cli.say, with each line wrapped to the terminal's width (80 columns unless COLUMNS is wider)."""
+    from .text_layout import fit_text, terminal_width
+
+    width = terminal_width()
+    return lambda text: say(fit_text(text, width))
+
+
 def _catalog(args: argparse.Namespace) -> int:
     from .catalog import default_catalog
     from .units import format_bytes
 
+    say = _fitted_say()
     cat = default_catalog()
     cat.load_entry_points()
     if args.what in (None, "gpus"):

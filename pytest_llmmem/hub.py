@@ -62,13 +62,15 @@ def bundled_index() -> Dict[str, Dict[str, Any]]:
 def catalog_lines() -> List[str]:
     """``llmmem catalog models``: each bundled id, its family, the Hub revision where its source states
     one, and where its config.json was copied from (index.json's taken_from / checked_against)."""
-    lines = ['bundled model configs (model = "org/name" when the Hugging Face cache lacks them): id, family, the Hub '
-             "revision where the source states one, and where the config.json was copied from (models/index.json):"]
+    lines = ['bundled model configs (model = "org/name" when the Hugging Face cache lacks them), from models/index.json:',
+             "  id, family, Hub revision (where the source states one)",
+             "    where its config.json was copied from"]
     for model_id, entry in sorted(bundled_index().items(), key=lambda item: item[0].lower()):
         revision = (entry.get("revision") or "")[:12] or "-"
-        lines.append(f"  {model_id:<38} {entry['family']:<12} {revision:<12}  from {_short(entry.get('taken_from') or 'no source recorded')}")
+        lines.append(f"  {model_id:<38} {entry['family']:<12} {revision}")
+        lines.append(f"    from {_short(entry.get('taken_from') or 'no source recorded')}")
         if entry.get("checked_against"):
-            lines.append(f"  {'':<64}  same values in {_short(entry['checked_against'])}")
+            lines.append(f"    same values in {_short(entry['checked_against'])}")
     lines.append("  (github:REPO@COMMIT:PATH = a file in a public GitHub repository, #L<n> the JSON object opening on its line n; "
                  "validation:FILE#ROW = the project's shared "
                  "validation data; index:ID = a public GitHub file found by its id in a code-search index, repository not recorded)")

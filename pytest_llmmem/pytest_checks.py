@@ -24,6 +24,7 @@ from .estimate import Estimate, estimate
 from .projects import has_llmmem_table
 from .report import JSON_VERSION, as_dict, caveats, render_failure, render_run, strict_refusal
 from .run import Run
+from .text_layout import fit_text, terminal_width
 from .units import format_bytes
 from .untrusted import json_text, log_text
 
@@ -280,9 +281,9 @@ class RunItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, StrictRefused):
             est = excinfo.value.estimate
-            return log_text(f"llmmem: {strict_refusal(est)}\n" + render_run(est))
+            return log_text(fit_text(f"llmmem: {strict_refusal(est)}", terminal_width()) + "\n" + render_run(est, width=terminal_width()))
         if isinstance(excinfo.value, OverBudget):
-            return log_text(render_failure(excinfo.value.estimate))
+            return log_text(render_failure(excinfo.value.estimate, width=terminal_width()))
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
@@ -341,6 +342,6 @@ class LlmmemFixture:
         if est.fits is None:
             pytest.fail(log_text(f"llmmem: run \"{est.run.name}\" has no budget: give gpu or gpu_memory."), pytrace=False)
         if not est.fits:
-            pytest.fail(log_text(render_failure(est)), pytrace=False)
+            pytest.fail(log_text(render_failure(est, width=terminal_width())), pytrace=False)
         return est
 

@@ -15,7 +15,7 @@ from .units import format_bytes, format_count
 from .untrusted import visible
 
 JSON_VERSION = 1
-BAR_WIDTH = 24
+BAR_CELLS = (4, 40)  # fewest and most cells of a breakdown bar, whatever the width
 
 LABELS = {
     "weights": "weights",
@@ -43,10 +43,15 @@ LABELS = {
 }
 
 
-def _bar(fraction: float, ascii_only: bool) -> str:
-    full, empty = ("#", ".") if ascii_only else ("\u2588", "\u00b7")
-    filled = int(round(max(0.0, fraction) * BAR_WIDTH))
-    return full * filled + empty * (BAR_WIDTH - filled)
+def _bar(fraction: float, cells: int, ascii_only: bool) -> str:
+    """``cells`` wide, filled in eighths of a cell (U+2589..U+258F), or whole "#" cells in ASCII."""
+    fraction = min(1.0, max(0.0, fraction))
+    if ascii_only:
+        filled = int(round(fraction * cells))
+        return "#" * filled + "." * (cells - filled)
+    full, part = divmod(int(round(fraction * cells * 8)), 8)
+    bar = "\u2588" * full + (chr(0x2590 - part) if part else "")  # U+258F is 1/8 of a cell, U+2589 7/8
+    return bar + "\u00b7" * (cells - len(bar))
 
 
 def describe_run(est: Estimate) -> str:
@@ -136,32 +141,43 @@ def _at_phase(est: Estimate) -> str:
     return f" at {PHASES[est.peak_phase]}" if est.peak_phase in ("load", "eval", "save") else ""
 
 
-def breakdown_table(est: Estimate, units: str = "gib", ascii_only: bool = False, indent: str = "  ") -> List[str]:
-    """A row per non-zero term: label, size, share of the total and a proportional bar."""
+def breakdown_table(est: Estimate, units: str = "gib", ascii_only: bool = False, indent: str = "  ", width: int = 80) -> List[str]:
+    """A row per non-zero term: label, size, a proportional bar and the share of the total, in ``width``
+    columns. The bar gets a third of the columns the rest leaves: a block character is 3 bytes in
+    UTF-8, and tools that count bytes (mawk's length(), Debian's default awk) must see the row fit too."""
     total = est.total_bytes or 1
-    rows = []
-    width = max(len(LABELS.get(k, k)) for k in est.breakdown)
-    for term, value in est.breakdown.items():
-        if not value:
-            continue
-        share = value / total
-        rows.append(f"{indent}{LABELS.get(term, term):<{width}}  {format_bytes(value, units):>12}  {_bar(share, ascii_only)} {100 * share:5.1f} %")
-    return rows
+    terms = [(LABELS.get(k, k), v, format_bytes(v, units)) for k, v in est.breakdown.items() if v]
+    if not terms:
+        return []
+    label_width = max(len(label) for label, _, _ in terms)
+    size_width = max(len(size) for _, _, size in terms)
+    fixed = len(indent) + label_width + 2 + size_width + 2 + 1 + len("100.0 %")
+    cells = max(BAR_CELLS[0], min(BAR_CELLS[1], (width - fixed) // 3))
+    return [f"{indent}{label:<{label_width}}  {size:>{size_width}}  {_bar(value / total, cells, ascii_only)} {100 * value / total:5.1f} %"
+            for label, value, size in terms]
 
 
-def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False) -> str:
+def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False, width: int = 80) -> str:
+    """A run's verdict and everything behind it, in ``width`` columns (text_layout.py)."""
     run = est.run
     where = f" (line {run.line})" if run.line else ""
+    return _laid_out([f"{run.name}{where}: {verdict(est, units)}"], est, units, ascii_only, width)
+
+
+def _laid_out(head: List[str], est: Estimate, units: str, ascii_only: bool, width: int, tail: Sequence[str] = ()) -> str:
+    """``head``, then what was estimated and each term, every line fitted to ``width``."""
+    from .text_layout import fit_lines
+
+    run = est.run
     budget = f" | budget: {run.budget.describe(units)}" if run.budget else ""
-    lines = [f"{run.name}{where}: {verdict(est, units)}", *caveat_lines(est), f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
+    lines = [*head, *caveat_lines(est), f"  {describe_run(est)}{budget}", f"  method: {est.method}"]
     lines += _trainer_lines(est, units)
     lines += _origin_lines(est)
-    lines += breakdown_table(est, units, ascii_only)
-    lines += _host_line(est, units)
-    lines += _serving_lines(est)
-    lines += _failure_tail(est, units)
-    lines += [f"  note: {visible(note)}" for note in est.notes]
-    return "\n".join(lines)
+    table = breakdown_table(est, units, ascii_only, width=width)
+    lines = fit_lines(lines, width) + table
+    rest = _host_line(est, units) + _serving_lines(est) + _failure_tail(est, units)
+    rest += [f"  note: {visible(note)}" for note in est.notes] + list(tail)
+    return "\n".join(lines + fit_lines(rest, width))
 
 
 def _origin_lines(est: Estimate) -> List[str]:
@@ -231,7 +247,7 @@ def _failure_tail(est: Estimate, units: str) -> List[str]:
     return lines
 
 
-def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) -> str:
+def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False, width: int = 80) -> str:
     """The assertion-style message pytest shows for an over-budget run."""
     run = est.run
     where = f"{run.file}:{run.line}" if run.file and run.line else (run.file or "")
@@ -240,45 +256,40 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False) 
             f"{100 * est.used_fraction:.1f} %, {format_bytes(est.total_bytes - est.budget_bytes, units)} over")
     if est.failures and est.total_bytes <= est.budget_bytes:
         head = f'llmmem: run "{run.name}" fails: ' + "; ".join(est.failures)
-    lines = [head, *caveat_lines(est), f"  {describe_run(est)}", f"  method: {est.method}"]
-    lines += _trainer_lines(est, units)
-    lines += _origin_lines(est)
-    lines += breakdown_table(est, units, ascii_only)
-    lines += _host_line(est, units)
-    lines += _serving_lines(est)
-    lines += _failure_tail(est, units)
-    lines += [f"  note: {visible(note)}" for note in est.notes]
-    if where:
-        lines.append(f"  declared at {where}")
-    return "\n".join(lines)
+    return _laid_out([head], est, units, ascii_only, width, [f"  declared at {where}"] if where else [])
 
 
-def render_text(path: str, estimates: Sequence[Estimate], units: str = "gib", ascii_only: bool = False) -> str:
+def render_text(path: str, estimates: Sequence[Estimate], units: str = "gib", ascii_only: bool = False, width: int = 80) -> str:
+    from .text_layout import fit_lines
+
     unit_note = "GB = 10^9 bytes" if units == "gb" else "GiB = 1024^3 bytes"
-    blocks = [f"llmmem: {visible(path)} ({unit_note})", ""]
+    blocks = [*fit_lines([f"llmmem: {visible(path)} ({unit_note})"], width), ""]
     for est in estimates:
-        blocks += [render_run(est, units, ascii_only), ""]
-    blocks.append(summary_line(estimates))
+        blocks += [render_run(est, units, ascii_only, width), ""]
+    blocks += fit_lines([summary_line(estimates)], width)
     return "\n".join(blocks)
 
 
-def render_short(path: str, estimates: Sequence[Estimate], units: str = "gib", ascii_only: bool = False) -> str:
+def render_short(path: str, estimates: Sequence[Estimate], units: str = "gib", ascii_only: bool = False, width: int = 80) -> str:
     """pre-commit output: one line per run, and the full breakdown only for runs over budget."""
-    width = max(len(e.run.name) for e in estimates)
+    name_width = max(len(e.run.name) for e in estimates)
     lines = [f"llmmem {visible(path)}: {summary_line(estimates)}"]
     for est in estimates:
         if est.budget_bytes is None:
-            lines.append(f"  {est.run.name:<{width}}  {format_bytes(est.total_bytes, units)} (no budget)")
+            lines.append(f"  {est.run.name:<{name_width}}  {format_bytes(est.total_bytes, units)} (no budget)")
             continue
         mark = ("ok" if est.fits else "OVER") + (f" ({caveats(est)})" if caveats(est) else "")
         total = format_bytes(est.total_bytes, units).split()[0]
-        lines.append(f"  {est.run.name:<{width}}  {total:>8} / {format_bytes(est.budget_bytes, units)}  {100 * est.used_fraction:5.1f} %  {mark}")
+        lines.append(f"  {est.run.name:<{name_width}}  {total:>8} / {format_bytes(est.budget_bytes, units)}  {100 * est.used_fraction:5.1f} %  {mark}")
     for est in estimates:
         if est.fits is not False:
             lines += caveat_lines(est, f"  {est.run.name}: ")
+    from .text_layout import fit_lines
+
+    lines = fit_lines(lines, width)
     for est in estimates:
         if est.fits is False:
-            lines += ["", render_run(est, units, ascii_only)]
+            lines += ["", render_run(est, units, ascii_only, width)]
     return "\n".join(lines)
 
 

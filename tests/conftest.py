@@ -15,6 +15,13 @@ LLAMA2_7B = {
 }
 
 
+@pytest.fixture(autouse=True)
+def eighty_columns(monkeypatch):
+    """Every test sees the width a pipe or CI log gets (80 columns, text_layout.py), whatever the
+    terminal the suite runs in: wrapped output must not depend on it."""
+    monkeypatch.setenv("COLUMNS", "80")
+
+
 @pytest.fixture
 def write_pyproject(tmp_path: Path):
     """Write ``tmp_path/pyproject.toml`` from dedented text; returns its path."""

@@ -194,9 +194,10 @@ def test_the_checker_reads_each_source_form():
 def test_catalog_shows_each_config_source_and_revision(offline, run_cli):
     code, out, _ = run_cli("catalog", "models")
     lines = out.splitlines()
-    assert code == 0 and len([line for line in lines if "  from " in line]) == len(hub.bundled_index())
+    assert code == 0 and len([line for line in lines if line.startswith("    from ")]) == len(hub.bundled_index())
+    rows = [(line.split(), below.split()) for line, below in zip(lines, lines[1:])]  # id, family, revision; its source below
     # the revision pythia-14m's source states (config_source.source_commit), as 12 characters
-    assert any(line.split() == ["EleutherAI/pythia-14m", "gpt_neox", "94f7c35d5e9f", "from", "index:58644854714"] for line in lines)
+    assert (["EleutherAI/pythia-14m", "gpt_neox", "94f7c35d5e9f"], ["from", "index:58644854714"]) in rows
     mlc = "github:mlc-ai/mlc-llm@79d603f085f5:python/mlc_llm/model/model_preset.py#MODEL_PRESETS"
-    assert any(line.split() == ["Qwen/Qwen3-0.6B", "qwen3", "-", "from", f"{mlc}['qwen3_0.6b']"] for line in lines)
+    assert (["Qwen/Qwen3-0.6B", "qwen3", "-"], ["from", f"{mlc}['qwen3_0.6b']"]) in rows
     assert f"same values in {mlc}['Mixtral-8x7B-v0.1']" in out

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pytest_llmmem.text_layout import unfit
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
 
 FITTING = """
@@ -25,6 +27,7 @@ dtype = "bf16"
 def test_fitting_run_exits_0(write_pyproject, run_cli):
     path = write_pyproject(FITTING)
     code, out, err = run_cli("check", path)
+    out = unfit(out)  # sentences whole, as they were before wrapping to 80 columns
     assert code == 0, err
     # 1e9 params x 2 bytes = 1.86 GiB weights + 1.34 GiB CUDA context and cuBLAS workspace
     assert "serve (line 9): FITS" in out  # the [[tool.llmmem.runs]] header (text starts with a blank line)

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pytest_llmmem.text_layout import unfit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
 
@@ -38,12 +39,14 @@ def test_fit_single_gpu_lora_does_not_point_at_a_missing_line(run_cli):
 
 def test_fit_single_gpu_full_training_keeps_the_pointer(run_cli):
     _, out, _ = run_cli("fit", EXAMPLE, "--run", "full-sft")
+    out = unfit(out)
     assert "fewest GPUs that fit:" in out
     assert "zero-stage = 3 on 1 GPU: n/a (one GPU shards nothing; see the fewest GPUs above)" in out
 
 
 def test_fit_inference_gives_a_real_answer(run_cli):
     code, out, _ = run_cli("fit", EXAMPLE, "--run", "serve")
+    out = unfit(out)
     assert code == 0
     assert "needs the architecture" not in out  # the architecture is given (llama2-7b/config.json)
     # the exact boundaries are property-checked in tests/test_fit.py; here: the inference answer is given
@@ -55,6 +58,7 @@ def test_fit_inference_gives_a_real_answer(run_cli):
 
 def test_fit_without_an_architecture_does_not_invent_a_batch(write_pyproject, run_cli):
     code, out, _ = run_cli("fit", write_pyproject(FITTING))
+    out = unfit(out)
     assert code == 0
     assert "1048576" not in out and "16777216" not in out  # the search bounds, not answers
     assert "largest batch-size that fits: n/a (batch and sequence need the architecture: give config or the shape)" in out

@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from pytest_llmmem.text_layout import unfit
 from pytest_llmmem.untrusted import json_text, log_line, log_text
 from tests.runner_model import commands, foreign_commands
 
@@ -80,7 +81,7 @@ def hostile(tmp_path, monkeypatch):
 
 def test_text_report(hostile, run_cli):
     code, out, err = run_cli("check")
-    lines = out.splitlines()
+    lines = unfit(out).splitlines()  # each line whole, as before the 80-column wrap (text_layout.py)
     assert code == 1 and err == ""
     assert lines[2] == f"\\{FORGED} (line 7): OVER (partial): 105.65 GiB of 80.00 GiB budget (132.1 %), 25.65 GiB over"
     assert "  \\::stop-commands::tok ##\\[add-mask]x (line 11): FITS (partial): 14.38 GiB of 80.00 GiB budget (18.0 %)" in lines
@@ -107,7 +108,7 @@ def test_github_format_prints_only_its_own_escaped_annotations(hostile, run_cli,
 
 def test_pre_commit_output(hostile, run_cli):
     code, out, _ = run_cli("check", "--hook", "pyproject.toml")
-    lines = out.splitlines()
+    lines = unfit(out).splitlines()
     assert code == 1
     assert lines[1] == f"  \\{FORGED}      105.65 / 80.00 GiB  132.1 %  OVER (partial)"
     assert lines[2] == "    \\::stop-commands::tok ##\\[add-mask]x     14.38 / 80.00 GiB   18.0 %  ok (partial)"

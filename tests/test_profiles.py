@@ -10,6 +10,7 @@ from pytest_llmmem.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, e
 from pytest_llmmem.profiles import KNOBS, LOSSES, OPTIMIZER_IMPLS, PROFILES, Knobs
 from pytest_llmmem.trainer_terms import Tensors, bnb_state_bytes, four_bit_bytes, loss_terms
 from pytest_llmmem.catalog import default_catalog
+from pytest_llmmem.text_layout import unfit
 
 LLAMA31_8B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "num-kv-heads": 8,
               "intermediate-size": 14336, "vocab-size": 128256}
@@ -288,6 +289,7 @@ def test_cli_flags_text_and_json(run_cli):
             "--batch-size", "2", "--seq-len", "2048", "--gradient-checkpointing", "--gpu", "RTX-4090",
             "--framework", "torchtune", "--activation-offload", "--loss-chunks", "16"]
     code, out, _ = run_cli(*args)
+    out = unfit(out)
     assert code == 0
     assert ("trainer: torchtune | loss = chunked (profile), loss-chunks = 16 (set), activation-offload = true (set), "
             "double-quant = true (profile), nf4-layout = torchao (profile), adapter-dtype = bf16 (profile)") in out

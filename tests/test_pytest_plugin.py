@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from pytest_llmmem.text_layout import unfit
+
 FITS_AND_OVER = """
 [tool.llmmem]
 gpu = "L4"
@@ -54,7 +56,7 @@ def test_items_are_named_after_runs(project):
 def test_mixed_runs_pass_and_fail_with_a_readable_message(project):
     result = project.runpytest("--llmmem")
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines([
+    pytest.LineMatcher(unfit(result.stdout.str()).splitlines()).fnmatch_lines([  # sentences as before the 80-column wrap
         '*llmmem: run "sft" needs * GiB per GPU; the budget is 22.49 GiB (L4): *%, * GiB over',
         "*train | bf16 | mixed precision | adamw | batch 8 x seq 2048*",
         "*optimizer states*GiB*%",
@@ -184,7 +186,7 @@ def test_fixture(project):
     """)
     result = project.runpytest("test_budget.py")
     result.assert_outcomes(passed=2, failed=2)
-    result.stdout.fnmatch_lines([
+    pytest.LineMatcher(unfit(result.stdout.str()).splitlines()).fnmatch_lines([
         '*llmmem: run "sft" needs * GiB per GPU; the budget is 22.49 GiB*',
         '*llmmem: *batch_szie: unknown key "batch_szie". Did you mean "batch-size"?*',
     ])

@@ -10,6 +10,7 @@ import pytest
 from pytest_llmmem import hub
 from pytest_llmmem.config import parse
 from pytest_llmmem.errors import ConfigError
+from pytest_llmmem.text_layout import unfit
 
 pytest.importorskip("yaml")
 DATA = Path(__file__).parent / "data" / "trainer_configs"
@@ -277,6 +278,7 @@ def test_diff_follows_the_yaml_and_the_deepspeed_json_between_two_revisions(tmp_
     # + the log-softmax 4 B + two fp32 backward tensors 8 B = 16 B, times b·1024·32000.
     assert run64["breakdown"]["logits"] == 64 * run1["breakdown"]["logits"] == 64 * 1024 * 32000 * 16
     code, out, err = run_cli("diff", one, sixty_four)
+    out = unfit(out)  # each run's line whole, as before the 80-column wrap
     gib = lambda n: f"{n / 2**30:.1f}"  # noqa: E731
     assert code == 1, err  # it fitted 12 GiB at micro batch 1 and no longer does
     assert out.splitlines()[0].startswith(f"sft: {gib(run1['total_bytes'])} -> {gib(run64['total_bytes'])} GiB (+")

@@ -8,6 +8,7 @@ import pytest
 from pytest_llmmem.config import parse
 from pytest_llmmem.estimate import estimate
 from pytest_llmmem.report import as_dict, render_run, strict_refusal
+from pytest_llmmem.text_layout import unfit
 
 # 7B known only by its count: weights, gradients, optimizer states and overhead are counted, the
 # terms that need the shape are not. serve: 7e9 x 2 B + 1375 MiB (1343 MiB context + 32 MiB
@@ -40,6 +41,7 @@ def test_params_only_is_partial_and_a_shaped_model_is_not():
 
 def test_text_output_says_partial(write_pyproject, run_cli):
     code, out, _ = run_cli("check", write_pyproject(PARAMS_ONLY))
+    out = unfit(out)
     assert code == 0
     assert "serve (line 7): FITS (partial): 14.38 GiB of 80.00 GiB budget (18.0 %)" in out
     assert f"  partial: {REASON}" in out
@@ -47,6 +49,7 @@ def test_text_output_says_partial(write_pyproject, run_cli):
 
 def test_hook_output_says_partial(write_pyproject, run_cli):
     _, out, _ = run_cli("check", "--hook", write_pyproject(PARAMS_ONLY))
+    out = unfit(out)
     assert "18.0 %  ok (partial)" in out
     assert f"  serve: partial: {REASON}" in out
 
@@ -151,6 +154,6 @@ def test_pytest_strict_fails_the_item(pytester, how):
     pytester.makepyprojecttoml(text)
     result = pytester.runpytest("--llmmem-only", *(["--llmmem-strict"] if how == "option" else []))
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f'*pyproject.toml:7: run "serve": strict refuses a partial estimate ({REASON}).*',
+    pytest.LineMatcher(unfit(result.stdout.str()).splitlines()).fnmatch_lines([f'*pyproject.toml:7: run "serve": strict refuses a partial estimate ({REASON}).*',
                                  "serve * 18.0%  FAIL (strict, partial)"])
     assert "Traceback" not in result.stdout.str()
