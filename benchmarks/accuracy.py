@@ -38,10 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pytest_llmmem.config import adhoc_run  # noqa: E402
+from pytest_llmmem.config.load import adhoc_run  # noqa: E402
 from validation_data import missing  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 from pytest_llmmem.errors import ConfigError  # noqa: E402
-from pytest_llmmem.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Estimate, estimate  # noqa: E402
+from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Estimate
+from pytest_llmmem.estimator import estimate  # noqa: E402
 
 UNITS = {"MiB": 2**20, "MB": 2**20, "GB": 10**9, "GiB": 2**30}  # HF anatomy "MB" rows are pynvml used // 1024**2
 

@@ -156,8 +156,8 @@ def score(path: str) -> int:
     import tempfile
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from pytest_llmmem.config import adhoc_run
-    from pytest_llmmem.estimate import estimate
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
 
     errors = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -115,8 +115,8 @@ def measure(sc: Dict[str, Any], device: str) -> Dict[str, Any]:
 
 def estimate_row(row: Dict[str, Any]):
     sys.path.insert(0, ROOT)
-    from pytest_llmmem.config import adhoc_run
-    from pytest_llmmem.estimate import estimate
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
 
     sc = row["scenario"]
     keys = {"config": CONFIG, "mode": "train", "dtype": "bf16", "precision": "pure", "gpu": "H100-80GB",

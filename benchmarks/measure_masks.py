@@ -115,9 +115,10 @@ def estimated(attn: str, mode: str, ckpt: bool, batch: int, seq: int, config) ->
     import tempfile
     from unittest import mock
 
-    from pytest_llmmem import activations, estimate as estimate_module
-    from pytest_llmmem.config import adhoc_run
-    from pytest_llmmem.estimate import estimate
+    from pytest_llmmem.core.terms import activations
+    from pytest_llmmem.core import detailed as estimate_module
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder, "config.json")

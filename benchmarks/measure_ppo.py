@@ -1,7 +1,7 @@
 """Check PPO's rollout terms (issue 13) against TRL's own PPOTrainer on the CPU, two updates.
 
 TRL 1.16 ships no PPOTrainer; the last one is in TRL 1.9.0 (trl/experimental/ppo, the same file as
-huggingface/trl f2cd577, which pytest_llmmem/ppo_rollout.py cites). Tiny LLaMA (h=256, 2 layers,
+huggingface/trl f2cd577, which pytest_llmmem/recipes/ppo_rollout.py cites). Tiny LLaMA (h=256, 2 layers,
 4 heads, 2 KV heads, V=32000) in bf16, LoRA-free, a reference copy, reward and value models of the same
 shape; per_device_train_batch_size 2 x gradient_accumulation_steps 4 = a local batch of 8 prompts of 64
 tokens, 16-token responses, local_rollout_forward_batch_size 4.
@@ -96,8 +96,8 @@ def measure() -> dict:
 
 
 def estimated() -> dict:
-    from pytest_llmmem.config import adhoc_run
-    from pytest_llmmem.estimate import estimate
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
 
     keys = {"family": "llama", "hidden-size": 256, "num-layers": 2, "num-heads": 4, "num-kv-heads": 2,
             "intermediate-size": 688, "vocab-size": 32000, "max-position-embeddings": 8192, "dtype": "bf16",

@@ -119,8 +119,8 @@ def measure(mode: str) -> dict:
 
 
 def estimated(mode: str) -> dict:
-    from pytest_llmmem.config import adhoc_run
-    from pytest_llmmem.estimate import estimate
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
 
     keys = {"family": "llama", "hidden-size": 512, "num-layers": 4, "num-heads": 8, "num-kv-heads": 2,
             "intermediate-size": 1376, "vocab-size": 128256, "max-position-embeddings": 8192, "dtype": "bf16",
@@ -247,8 +247,8 @@ def measure_grpo(mode: str, beta: float, steps_per_generation: int) -> dict:
 
 def estimated_grpo(mode: str, beta: float, steps_per_generation: int) -> dict:
     """The estimate's figures for the same GRPO step, named as ``measure_grpo`` names them."""
-    from pytest_llmmem.config import adhoc_run
-    from pytest_llmmem.estimate import estimate
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
 
     keys = {"family": "llama", "hidden-size": 256, "num-layers": 2, "num-heads": 4, "num-kv-heads": 2,
             "intermediate-size": 688, "vocab-size": 32000, "max-position-embeddings": 8192, "dtype": "bf16",

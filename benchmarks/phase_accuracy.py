@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pytest_llmmem.config import adhoc_run  # noqa: E402
+from pytest_llmmem.config.load import adhoc_run  # noqa: E402
 from validation_data import missing  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
-from pytest_llmmem.estimate import estimate  # noqa: E402
+from pytest_llmmem.estimator import estimate  # noqa: E402
 
 UNITS = {"GB": 1e9, "MiB": 2**20, "bytes": 1}
 # Published configs (shared/validation/archs.jsonl).

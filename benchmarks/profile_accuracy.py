@@ -27,9 +27,10 @@ from typing import Any, Dict, List, NamedTuple, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_llmmem.config import adhoc_run  # noqa: E402
+from pytest_llmmem.config.load import adhoc_run  # noqa: E402
 from validation_data import missing  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
-from pytest_llmmem.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, estimate  # noqa: E402
+from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES
+from pytest_llmmem.estimator import estimate  # noqa: E402
 
 UNITS = {"MiB": 2**20, "GB": 10**9, "GiB": 2**30}
 LLAMA2_7B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "intermediate-size": 11008, "vocab-size": 32000}

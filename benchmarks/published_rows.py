@@ -22,8 +22,8 @@ from typing import Any, Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_llmmem.config import adhoc_run  # noqa: E402
-from pytest_llmmem.estimate import estimate  # noqa: E402
+from pytest_llmmem.config.load import adhoc_run  # noqa: E402
+from pytest_llmmem.estimator import estimate  # noqa: E402
 
 GIB = 2**30
 DEFAULT = sorted((ROOT / "benchmarks" / "data").glob("published-*.jsonl"))

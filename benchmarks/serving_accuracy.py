@@ -22,9 +22,9 @@ from typing import Any, Dict, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_llmmem.config import adhoc_run  # noqa: E402
+from pytest_llmmem.config.load import adhoc_run  # noqa: E402
 from pytest_llmmem.errors import ConfigError  # noqa: E402
-from pytest_llmmem.estimate import estimate  # noqa: E402
+from pytest_llmmem.estimator import estimate  # noqa: E402
 
 LOGS = ROOT / "benchmarks" / "data" / "serving-logs.jsonl"
 GIB = 2**30

@@ -37,7 +37,7 @@ def write_pyproject(tmp_path: Path):
 @pytest.fixture
 def run_cli(capsys):
     """Run ``llmmem`` in-process; returns (exit code, stdout, stderr)."""
-    from pytest_llmmem.cli import main
+    from pytest_llmmem.frontends.cli import main
 
     def run(*argv: str):
         code = main([str(a) for a in argv])

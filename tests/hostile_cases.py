@@ -19,7 +19,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from hypothesis import strategies as st
 
-from pytest_llmmem.config import MODEL_KEYS, RUN_KEYS, TOP_KEYS
+from pytest_llmmem.config.load import MODEL_KEYS, RUN_KEYS, TOP_KEYS
 from tests.runner_model import foreign_commands
 
 CPU_LIMIT_S = 1.0
@@ -376,7 +376,7 @@ def _no_network(attempts: List[str]):
 def run_case(case: Case, folder: Path, cpu_factor: float = 1.0) -> Outcome:
     """Write the case's files into the empty ``folder``, run ``llmmem`` there in-process, judge it
     (``cpu_factor`` widens the time bound on a loaded CI machine)."""
-    from pytest_llmmem.cli import main
+    from pytest_llmmem.frontends.cli import main
 
     write_files(folder, case.files)
     before = _snapshot(folder)

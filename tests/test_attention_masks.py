@@ -1,6 +1,6 @@
 """The (batch, 1, seq, seq) attention masks transformers 5.24 builds: where the estimate counts them.
 
-Each figure is computed by hand from the shapes (see pytest_llmmem/attention_masks.py for the sources
+Each figure is computed by hand from the shapes (see pytest_llmmem/core/terms/attention_masks.py for the sources
 and the CPU measurement behind each rule). They are quadratic in the sequence: at long context they
 are gigabytes.
 """
@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from pytest_llmmem.attention_masks import model_masks, sdpa_layer_mask
-from pytest_llmmem.config import adhoc_run
-from pytest_llmmem.estimate import estimate
+from pytest_llmmem.core.terms.attention_masks import model_masks, sdpa_layer_mask
+from pytest_llmmem.config.load import adhoc_run
+from pytest_llmmem.estimator import estimate
 
 # A Mistral-7B shape with as many K/V heads as query heads, so that a sliding window changes nothing
 # but the mask (with fewer K/V heads transformers also repeats K and V once a mask is passed).

@@ -11,12 +11,12 @@ import json
 
 import pytest
 
-from pytest_llmmem import hub
-from pytest_llmmem.config import parse
+from pytest_llmmem.hf import hub
+from pytest_llmmem.config.load import parse
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.estimate import estimate
-from pytest_llmmem.families import builtin_families
-from pytest_llmmem.hf_config import from_hf_config
+from pytest_llmmem.estimator import estimate
+from pytest_llmmem.model.families import builtin_families
+from pytest_llmmem.hf.config import from_hf_config
 
 # Families with no bundled config yet, and why. A family leaves this table when a published
 # config.json for one of its checkpoints is bundled; a new family must come with one.

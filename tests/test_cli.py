@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pytest_llmmem.text_layout import unfit
+from pytest_llmmem.report.layout import unfit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
 
@@ -124,7 +124,9 @@ def test_console_script_runs_in_a_subprocess():
 
 def test_core_never_imports_pytest():
     code = (
-        "import sys; from pytest_llmmem import cli, config, estimate, report, catalog, model, units;"
+        "import sys; from pytest_llmmem import cli, estimator, units; from pytest_llmmem.config import load;"
+        "from pytest_llmmem.report import text; from pytest_llmmem.catalog import registry; from pytest_llmmem.model import architecture;"
+        "from pytest_llmmem.serving import engines; from pytest_llmmem.recipes import recipes; from pytest_llmmem.fit import search;"
         "cli.main(['check', sys.argv[1], '--format', 'json']);"
         "assert not any(m == 'pytest' or m.startswith(('_pytest', 'pytest.')) for m in sys.modules), sorted(sys.modules)"
     )
@@ -135,16 +137,15 @@ def test_core_never_imports_pytest():
 # What `llmmem check` must not import for plain training and inference runs: pre-commit runs it on every
 # commit, so each of these costs every user start-up time (benchmarks/cli_startup.py) for nothing.
 NOT_NEEDED_BY_CHECK = (
-    "pytest_llmmem.commands",  # the other sub-commands and their flags
-    "pytest_llmmem.serve", "pytest_llmmem.serve_keys", "pytest_llmmem.serve_estimate", "pytest_llmmem.serve_fit",
-    "pytest_llmmem.vllm_engine", "pytest_llmmem.sglang_engine",  # only runs with engine = "vllm" | "sglang"
-    "pytest_llmmem.recipes", "pytest_llmmem.recipe_keys",  # only runs with recipe = "dpo" | "grpo" | ...
-    "pytest_llmmem.trainer_config", "pytest_llmmem.readers",  # only runs with from = "train.yaml"
-    "pytest_llmmem.hub",  # only a model given by Hub id
-    "pytest_llmmem.repo_scan",  # only --hook and model-config paths
-    "pytest_llmmem.github", "pytest_llmmem.report_diff", "pytest_llmmem.measure", "pytest_llmmem.pytest_checks",
+    "pytest_llmmem.frontends.commands",  # the other sub-commands and their flags
+    "pytest_llmmem.serving", "pytest_llmmem.config.serve_keys", "pytest_llmmem.fit.serving",  # only runs with engine = "vllm" | "sglang"
+    "pytest_llmmem.recipes", "pytest_llmmem.config.recipe_keys",  # only runs with recipe = "dpo" | "grpo" | ...
+    "pytest_llmmem.config.trainer_config", "pytest_llmmem.config.readers",  # only runs with from = "train.yaml"
+    "pytest_llmmem.hf.hub",  # only a model given by Hub id
+    "pytest_llmmem.frontends.repo_scan",  # only --hook and model-config paths
+    "pytest_llmmem.report.github", "pytest_llmmem.report.diff", "pytest_llmmem.frontends.measure", "pytest_llmmem.frontends.pytest_checks",
     "difflib",  # did-you-mean tables: only on an error
-    "pluggy", "pytest_llmmem.hookspecs", "inspect",  # only once a plugin is in play (catalog.py): pluggy imports inspect
+    "pluggy", "pytest_llmmem.hookspecs", "pytest_llmmem.catalog.hookspecs", "inspect",  # only once a plugin is in play (catalog/registry.py): pluggy imports inspect
 )
 
 
@@ -158,12 +159,12 @@ def _modules_after_check(path):
 def test_check_imports_only_what_plain_runs_need(write_pyproject):
     # The example: LoRA, inference and an over-budget full training run (which loads fit for its ways out).
     loaded = _modules_after_check(EXAMPLE / "pyproject.toml")
-    assert "pytest_llmmem.estimate" in loaded and "pytest_llmmem.fit" in loaded  # the check really ran
+    assert "pytest_llmmem.estimator" in loaded and "pytest_llmmem.fit.search" in loaded  # the check really ran
     assert sorted(m for m in loaded if m.startswith(NOT_NEEDED_BY_CHECK)) == []
     # A training run that fits: no ways out to compute, so fit stays unloaded too.
     fitting = write_pyproject(FITTING.replace('mode = "inference"', 'mode = "train"'))
     loaded = _modules_after_check(fitting)
-    assert "pytest_llmmem.estimate" in loaded
+    assert "pytest_llmmem.estimator" in loaded
     assert sorted(m for m in loaded if m.startswith(NOT_NEEDED_BY_CHECK + ("pytest_llmmem.fit",))) == []
 
 

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from pytest_llmmem.text_layout import unfit
+from pytest_llmmem.report.layout import unfit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
 

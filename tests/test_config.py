@@ -2,10 +2,10 @@
 
 import pytest
 
-from pytest_llmmem.catalog import default_catalog
-from pytest_llmmem.config import load
+from pytest_llmmem.catalog.registry import default_catalog
+from pytest_llmmem.config.load import load
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.model import Architecture, ParamsOnly
+from pytest_llmmem.model.architecture import Architecture, ParamsOnly
 from pytest_llmmem.units import GiB, MiB
 
 BASE = """\

@@ -15,9 +15,10 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run
+from pytest_llmmem.config.load import adhoc_run
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.estimate import Estimate, estimate
+from pytest_llmmem.core.records import Estimate
+from pytest_llmmem.estimator import estimate
 
 DATA = Path(__file__).parent / "data" / "families"
 CASES = sorted(DATA.glob("*.json"))

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from pytest_llmmem import hub
-from pytest_llmmem.config import adhoc_run
+from pytest_llmmem.hf import hub
+from pytest_llmmem.config.load import adhoc_run
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.hf_config import from_hf_config
+from pytest_llmmem.hf.config import from_hf_config
 
 LLAMA = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000}

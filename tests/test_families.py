@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.hf_config import from_hf_config
+from pytest_llmmem.hf.config import from_hf_config
 
 CONFIGS = {
     'Qwen3-30B-A3B': (
@@ -148,8 +148,8 @@ def test_partial_rotary_keeps_o_proj_input_beside_the_kernel_output(tmp_path):
     4 heads of 64, 2 KV heads, rotary over 32 dims, vocab 1000; bf16, batch 2 x 16 tokens; torch 2.13 CPU,
     transformers 5.24, SDPA): the tensors its autograd graph saves, parameters excluded, hold 623,232 bytes,
     16,384 = 2·16·4·64·2 of them the copy; the same model with full rotary keeps no copy."""
-    from pytest_llmmem.config import adhoc_run
-    from pytest_llmmem.estimate import estimate
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
 
     def saved(rotary: float) -> int:
         cfg = {"model_type": "glm4", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
@@ -171,8 +171,8 @@ def test_rotary_on_a_fused_projection_keeps_o_proj_input_beside_the_kernel_outpu
     as with partial rotary above, o_proj's input is a copy beside SDPA's output. Measured on a 1-layer Phi-3
     (hidden 256, 4 heads of 64, 4 KV heads, intermediate 512, vocab 1000, untied; bf16, batch 2 x 16 tokens;
     torch 2.13 CPU, transformers 5.24, SDPA): its autograd graph saves 575,872 bytes, parameters excluded."""
-    from pytest_llmmem.config import adhoc_run
-    from pytest_llmmem.estimate import estimate
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
 
     cfg = {"model_type": "phi3", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
            "num_key_value_heads": 4, "vocab_size": 1000, "tie_word_embeddings": False}

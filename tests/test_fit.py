@@ -3,9 +3,9 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmmem import fit
-from pytest_llmmem.config import adhoc_run
-from pytest_llmmem.estimate import estimate
+from pytest_llmmem.fit import search as fit
+from pytest_llmmem.config.load import adhoc_run
+from pytest_llmmem.estimator import estimate
 
 TINYLLAMA = {"family": "llama", "hidden-size": 2048, "num-layers": 22, "num-heads": 32, "num-kv-heads": 4,
              "intermediate-size": 5632, "vocab-size": 32000}

@@ -6,7 +6,7 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_llmmem.config import MODEL_KEYS, RUN_KEYS, TOP_KEYS
+from pytest_llmmem.config.load import MODEL_KEYS, RUN_KEYS, TOP_KEYS
 from tests.hostile_cases import INJECTIONS
 from tests.runner_model import commands
 
@@ -65,7 +65,7 @@ def render(doc) -> str:
 @given(changes=st.lists(st.tuples(st.sampled_from(SECTIONS), _value), min_size=1, max_size=3),
        name=st.one_of(st.just("sft"), st.sampled_from(INJECTIONS)))
 def test_random_values_never_crash(changes, name, tmp_path, capsys, monkeypatch):
-    from pytest_llmmem.cli import main
+    from pytest_llmmem.frontends.cli import main
 
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)  # text output: no annotation is the tool's own either
     doc = {section: dict(values) for section, values in BASE.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.github import MAX_ANNOTATIONS, escape_data, escape_property
+from pytest_llmmem.report.github import MAX_ANNOTATIONS, escape_data, escape_property
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run
-from pytest_llmmem.estimate import estimate
+from pytest_llmmem.config.load import adhoc_run
+from pytest_llmmem.estimator import estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 STEADY = ROOT / "benchmarks" / "data" / "gpu-peaks-h100-steady.jsonl"

@@ -3,8 +3,8 @@ capacity is what its driver reports (issue 10 item 4)."""
 
 import pytest
 
-from pytest_llmmem.catalog import default_catalog
-from pytest_llmmem.config import parse
+from pytest_llmmem.catalog.registry import default_catalog
+from pytest_llmmem.config.load import parse
 from pytest_llmmem.errors import ConfigError
 
 MiB = 2**20
@@ -34,7 +34,7 @@ def test_ambiguous_gpu_in_a_pyproject_names_the_key_and_line():
 
 
 # Capacities as the driver reports them (nvidia-smi "MiB" total; rocm-smi bytes); each figure's
-# source is in the comment beside its entry in pytest_llmmem/builtin.py.
+# source is in the comment beside its entry in pytest_llmmem/catalog/builtin.py.
 @pytest.mark.parametrize("spelling, total", [
     ("NVIDIA RTX A6000", 49140 * MiB),
     ("RTX A6000", 49140 * MiB),

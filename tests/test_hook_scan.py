@@ -168,7 +168,7 @@ def test_unreadable_pyprojects_do_not_stop_the_scan(repo, run_cli):
 
 
 def test_five_thousand_paths_scan_once(repo, run_cli, monkeypatch):
-    from pytest_llmmem import repo_scan
+    from pytest_llmmem.frontends import repo_scan
 
     many = repo / "data"
     many.mkdir()

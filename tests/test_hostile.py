@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.cli import main
-from pytest_llmmem.locate import Locator
+from pytest_llmmem.frontends.cli import main
+from pytest_llmmem.config.locate import Locator
 
 MODEL = '[tool.llmmem.model]\nconfig = "{config}"\n\n[[tool.llmmem.runs]]\nname = "sft"\nseq-len = 128\n'
 PYPROJECT = '[tool.llmmem]\ngpu = "A100-80GB"\n\n' + MODEL
@@ -304,7 +304,7 @@ def test_ten_thousand_runs_parse_fast(tmp_path, capsys):
     runs = "".join(f'[[tool.llmmem.runs]]\nname = "r{i}"\nseq-len = 128\n' for i in range(10_000))
     path = tmp_path / "pyproject.toml"
     path.write_text('[tool.llmmem]\ngpu = "A100-80GB"\n\n[tool.llmmem.model]\nconfig = "config.json"\n\n' + runs, encoding="utf-8")
-    from pytest_llmmem.config import load
+    from pytest_llmmem.config.load import load
 
     start = time.process_time()
     project = load(path)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem import hub
-from pytest_llmmem.config import parse
+from pytest_llmmem.hf import hub
+from pytest_llmmem.config.load import parse
 from pytest_llmmem.errors import ConfigError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -190,7 +190,7 @@ def test_cli_model_flag_and_catalog(cache, run_cli):
 
 def test_every_bundled_config_reads():
     """Each bundled config builds an Architecture of the family the index names."""
-    from pytest_llmmem.hf_config import from_hf_config
+    from pytest_llmmem.hf.config import from_hf_config
 
     for model_id, entry in hub.bundled_index().items():
         arch = from_hf_config(json.loads((hub.BUNDLED / entry["folder"] / "config.json").read_text()), source=model_id)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.config import load
+from pytest_llmmem.config.load import load
 from pytest_llmmem.errors import ConfigError
 
 CORPUS = Path(__file__).parent / "invalid"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run, load
+from pytest_llmmem.config.load import adhoc_run, load
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.estimate import estimate
-from pytest_llmmem.hf_config import from_hf_config
-from pytest_llmmem.model import family
+from pytest_llmmem.estimator import estimate
+from pytest_llmmem.hf.config import from_hf_config
+from pytest_llmmem.catalog.registry import family
 
 from .test_families import CONFIGS
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from pytest_llmmem.config import load
+from pytest_llmmem.config.load import load
 
 BASE = dict(pad_token_id=0, bos_token_id=1, eos_token_id=1, hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=512, vocab_size=1000, num_hidden_layers=2, max_position_embeddings=4096, tie_word_embeddings=False)
@@ -45,7 +45,7 @@ TOLERANCE = {
 def _measure(tmp_path, name, run):
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from pytest_llmmem.measure import measure
+    from pytest_llmmem.frontends.measure import measure
 
     cfg = {k: v for k, v in {**BASE, **FAMILIES[name]}.items() if v is not None}
     (tmp_path / "config.json").write_text(json.dumps(cfg))

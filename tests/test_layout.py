@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.text_layout import fit_text, unfit, wrap
+from pytest_llmmem.report.layout import fit_text, unfit, wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples"

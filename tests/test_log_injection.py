@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from pytest_llmmem.text_layout import unfit
+from pytest_llmmem.report.layout import unfit
 from pytest_llmmem.untrusted import json_text, log_line, log_text
 from tests.runner_model import commands, foreign_commands
 
@@ -81,7 +81,7 @@ def hostile(tmp_path, monkeypatch):
 
 def test_text_report(hostile, run_cli):
     code, out, err = run_cli("check")
-    lines = unfit(out).splitlines()  # each line whole, as before the 80-column wrap (text_layout.py)
+    lines = unfit(out).splitlines()  # each line whole, as before the 80-column wrap (report/layout.py)
     assert code == 1 and err == ""
     assert lines[2] == f"\\{FORGED} (line 7): OVER (partial): 105.65 GiB of 80.00 GiB budget (132.1 %), 25.65 GiB over"
     assert "  \\::stop-commands::tok ##\\[add-mask]x (line 11): FITS (partial): 14.38 GiB of 80.00 GiB budget (18.0 %)" in lines

@@ -4,16 +4,16 @@ import textwrap
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run, load
+from pytest_llmmem.config.load import adhoc_run, load
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.estimate import estimate
+from pytest_llmmem.estimator import estimate
 
 TINY = {"family": "llama", "hidden-size": 128, "num-layers": 3, "num-heads": 4, "num-kv-heads": 2,
         "intermediate-size": 344, "vocab-size": 512}
 
 
 def test_measure_rejects_what_it_cannot_run():
-    from pytest_llmmem.measure import measure
+    from pytest_llmmem.frontends.measure import measure
 
     with pytest.raises(ConfigError, match="needs the architecture"):
         measure(adhoc_run({"params": "7B", "mode": "inference"}))
@@ -50,7 +50,7 @@ def torch_available():
     {"mode": "inference", "dtype": "bf16", "batch-size": 2, "seq-len": 64, "logits": "all"},  # a scoring forward
 ])
 def test_cpu_measurement_matches_the_estimate(torch_available, extra):
-    from pytest_llmmem.measure import measure
+    from pytest_llmmem.frontends.measure import measure
 
     result = measure(adhoc_run({**TINY, **extra}), device="cpu", max_layers=2)
     assert result.shrunk_from == 3 and result.run.model.num_layers == 2

@@ -3,7 +3,7 @@
 import pytest
 
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.hf_config import from_hf_config
+from pytest_llmmem.hf.config import from_hf_config
 
 from .conftest import LLAMA2_7B
 

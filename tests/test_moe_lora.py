@@ -48,8 +48,8 @@ def test_mixtral_experts_are_targeted_by_peft_names():
     # attention 16 x ((4096+4096) + 2 x (4096+1024) + (4096+4096)) = 425,984 a layer;
     # gate_up_proj 8 experts x 32 x (4096 + 2 x 14336) = 8,388,608; down_proj 8 x 16 x (14336 + 4096) = 2,359,296;
     # 32 x 11,173,888 = 357,564,416 -- what peft.get_peft_model reports on the meta device (transformers 5.24).
-    from pytest_llmmem.config import adhoc_run
-    from pytest_llmmem.estimate import estimate
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
 
     config = Path(__file__).parents[1] / "pytest_llmmem" / "models" / "mistralai--Mixtral-8x7B-v0.1" / "config.json"
     mixtral = {"config": str(config), "mode": "lora", "lora-rank": 16, "seq-len": 512}

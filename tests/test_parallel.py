@@ -2,9 +2,9 @@
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run
+from pytest_llmmem.config.load import adhoc_run
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.estimate import estimate
+from pytest_llmmem.estimator import estimate
 
 P = 7 * 10**9  # params known by count only: model states and nothing else, so every figure is exact
 LLAMA2_7B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "intermediate-size": 11008, "vocab-size": 32000}

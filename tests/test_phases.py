@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run, parse
+from pytest_llmmem.config.load import adhoc_run, parse
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.estimate import estimate
-from pytest_llmmem.fit import ways_out
-from pytest_llmmem.github import step_summary
-from pytest_llmmem.report import as_dict, render_failure
+from pytest_llmmem.estimator import estimate
+from pytest_llmmem.fit.search import ways_out
+from pytest_llmmem.report.github import step_summary
+from pytest_llmmem.report.text import as_dict, render_failure
 
 # Llama-3.1-8B (shared/validation/archs.jsonl): 8,030,261,248 params.
 LLAMA3_8B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "num-kv-heads": 8,
@@ -157,7 +157,7 @@ def test_kept_logits_match_a_real_trainer_evaluate_on_the_cpu(accumulation, tmp_
     pytest.importorskip("accelerate")
     from transformers import trainer_pt_utils
 
-    from pytest_llmmem.job_phases import _kept_logits
+    from pytest_llmmem.core.terms.job_phases import _kept_logits
 
     cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                                    intermediate_size=128, vocab_size=128)

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from pytest_llmmem.catalog import GPU, Catalog, Optimizer
+from pytest_llmmem.catalog import GPU, Catalog, Optimizer  # the documented import paths (README, Plugins)
 from pytest_llmmem.errors import ConfigError
 from pytest_llmmem.hookspecs import hookimpl
 

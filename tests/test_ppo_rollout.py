@@ -4,9 +4,9 @@ Figures computed by hand on the tiny LLaMA (h 256, 2 layers, 4 heads, 2 KV heads
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run, parse
+from pytest_llmmem.config.load import adhoc_run, parse
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.estimate import estimate
+from pytest_llmmem.estimator import estimate
 
 TINY = {"family": "llama", "hidden-size": 256, "num-layers": 2, "num-heads": 4, "num-kv-heads": 2,
         "intermediate-size": 688, "vocab-size": 32000, "max-position-embeddings": 8192}

@@ -4,13 +4,14 @@ import json
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run, parse
+from pytest_llmmem.config.load import adhoc_run, parse
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.estimate import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, estimate
-from pytest_llmmem.profiles import KNOBS, LOSSES, OPTIMIZER_IMPLS, PROFILES, Knobs
-from pytest_llmmem.trainer_terms import Tensors, bnb_state_bytes, four_bit_bytes, loss_terms
-from pytest_llmmem.catalog import default_catalog
-from pytest_llmmem.text_layout import unfit
+from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES
+from pytest_llmmem.estimator import estimate
+from pytest_llmmem.catalog.profiles import KNOBS, LOSSES, OPTIMIZER_IMPLS, PROFILES, Knobs
+from pytest_llmmem.core.terms.trainer_terms import Tensors, bnb_state_bytes, four_bit_bytes, loss_terms
+from pytest_llmmem.catalog.registry import default_catalog
+from pytest_llmmem.report.layout import unfit
 
 LLAMA31_8B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "num-kv-heads": 8,
               "intermediate-size": 14336, "vocab-size": 128256}
@@ -263,7 +264,7 @@ def _step_peak(impl, dtype):
 @pytest.mark.parametrize("dtype_name, size", [("float32", 4), ("bfloat16", 2)])
 def test_adamw_step_temporaries_measured_on_cpu(dtype_name, size):
     torch = pytest.importorskip("torch")
-    from pytest_llmmem.trainer_terms import step_temporaries
+    from pytest_llmmem.core.terms.trainer_terms import step_temporaries
 
     dtype = getattr(torch, dtype_name)
     numel, largest = 2 * 64000 + 16384 + 2 * 64, 64000
@@ -301,8 +302,8 @@ def test_cli_flags_text_and_json(run_cli):
 
 
 def test_job_summary_names_the_trainer(run_cli):
-    from pytest_llmmem.github import step_summary
-    from pytest_llmmem.report import as_dict
+    from pytest_llmmem.report.github import step_summary
+    from pytest_llmmem.report.text import as_dict
 
     est = estimate(adhoc_run({**QWEN3_8B, "mode": "train", "dtype": "bf16", "precision": "pure", "seq-len": 1024,
                               "gradient-checkpointing": True, "optimizer-impl": "foreach", "framework": "litgpt", "gpu": "H100-80GB"}))
@@ -312,7 +313,7 @@ def test_job_summary_names_the_trainer(run_cli):
 
 
 def test_fit_offers_the_fused_loss():
-    from pytest_llmmem.fit import ways_out
+    from pytest_llmmem.fit.search import ways_out
 
     # Llama-3.1-8B LoRA bf16 at 1 x 4096 with checkpointing on a 24 GB card: HF's upcast loss is
     # 4096 x 128256 x (2 + 4 + 4) B = 4.9 GiB (+ 30 % allocator slack); the fused loss keeps a few MiB of it.
@@ -329,7 +330,7 @@ def test_fit_offers_the_fused_loss():
      "moe-intermediate-size": 1408, "num-experts": 60, "experts-per-token": 4, "vocab-size": 151936, "lora-targets": "all-linear"},
 ])
 def test_tensor_inventory_adds_up_to_the_counts(keys):
-    from pytest_llmmem.trainer_terms import trainable_tensors
+    from pytest_llmmem.core.terms.trainer_terms import trainable_tensors
 
     lora = adhoc_run({**keys, "mode": "lora", "dtype": "bf16"})
     est = estimate(lora)
@@ -407,7 +408,7 @@ def test_h100_measurements_agree_with_the_terms():
     the AdamW step's peak above weights + grads + states, and the head + loss peak over forward and backward."""
     from pathlib import Path
 
-    from pytest_llmmem.trainer_terms import step_temporaries
+    from pytest_llmmem.core.terms.trainer_terms import step_temporaries
 
     rows = {r["what"]: r for r in map(json.loads, (Path(__file__).parents[1] / "benchmarks/data/trainer-gpu-h100.jsonl").read_text().splitlines())}
     step, adamw = rows["adamw_step"], default_catalog().optimizer("adamw")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pytest_llmmem.text_layout import unfit
+from pytest_llmmem.report.layout import unfit
 
 FITS_AND_OVER = """
 [tool.llmmem]

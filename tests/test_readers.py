@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem import hub
-from pytest_llmmem.config import parse
+from pytest_llmmem.hf import hub
+from pytest_llmmem.config.load import parse
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.text_layout import unfit
+from pytest_llmmem.report.layout import unfit
 
 pytest.importorskip("yaml")
 DATA = Path(__file__).parent / "data" / "trainer_configs"

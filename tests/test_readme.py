@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run
+from pytest_llmmem.config.load import adhoc_run
 from pytest_llmmem.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def test_readme_says_how_to_get_the_cpu_wheel():
 
 @pytest.mark.parametrize("mode", ["lora", "qlora"])
 def test_measure_refusing_lora_is_documented(mode):
-    from pytest_llmmem.measure import _check_measurable
+    from pytest_llmmem.frontends.measure import _check_measurable
 
     run = adhoc_run({"hidden-size": 64, "num-layers": 2, "num-heads": 4, "intermediate-size": 128, "vocab-size": 100, "mode": mode})
     with pytest.raises(ConfigError, match=f"{mode} needs peft/bitsandbytes"):

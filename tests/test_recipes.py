@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run, parse
+from pytest_llmmem.config.load import adhoc_run, parse
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.estimate import estimate
-from pytest_llmmem.fit import ways_out
-from pytest_llmmem.recipes import score_model_params
+from pytest_llmmem.estimator import estimate
+from pytest_llmmem.fit.search import ways_out
+from pytest_llmmem.recipes.recipes import score_model_params
 
 ROWS = [json.loads(line) for line in (Path(__file__).parent / "data" / "groundtruth-rl.jsonl").read_text().splitlines()]
 MiB = 2**20
@@ -364,7 +364,7 @@ def test_ppo_reward_and_value_models_of_their_own_size():
 def test_measure_refuses_a_recipe_run():
     """llmmem measure steps plain SFT: comparing it with a DPO estimate would store a wrong calibration."""
     from pytest_llmmem.errors import ConfigError
-    from pytest_llmmem.measure import _check_measurable
+    from pytest_llmmem.frontends.measure import _check_measurable
 
     with pytest.raises(ConfigError, match="measure runs an SFT step"):
         _check_measurable(adhoc_run(dict(TINY, recipe="dpo")))

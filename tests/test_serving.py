@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run, parse
+from pytest_llmmem.config.load import adhoc_run, parse
 from pytest_llmmem.errors import ConfigError
-from pytest_llmmem.estimate import estimate
-from pytest_llmmem.serve import KVKind, largest_max_model_len
-from pytest_llmmem.serve_fit import answers
-from pytest_llmmem.vllm_engine import _pool
+from pytest_llmmem.estimator import estimate
+from pytest_llmmem.serving.engines import largest_max_model_len
+from pytest_llmmem.serving.serve import KVKind
+from pytest_llmmem.fit.serving import answers
+from pytest_llmmem.serving.vllm_engine import _pool
 
 GiB = 2**30
 ROOT = Path(__file__).resolve().parents[1]

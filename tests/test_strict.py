@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from pytest_llmmem.config import parse
-from pytest_llmmem.estimate import estimate
-from pytest_llmmem.report import as_dict, render_run, strict_refusal
-from pytest_llmmem.text_layout import unfit
+from pytest_llmmem.config.load import parse
+from pytest_llmmem.estimator import estimate
+from pytest_llmmem.report.text import as_dict, render_run, strict_refusal
+from pytest_llmmem.report.layout import unfit
 
 # 7B known only by its count: weights, gradients, optimizer states and overhead are counted, the
 # terms that need the shape are not. serve: 7e9 x 2 B + 1375 MiB (1343 MiB context + 32 MiB

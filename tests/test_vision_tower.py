@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from pytest_llmmem.config import adhoc_run
-from pytest_llmmem.estimate import estimate
-from pytest_llmmem.report import describe_run
+from pytest_llmmem.config.load import adhoc_run
+from pytest_llmmem.estimator import estimate
+from pytest_llmmem.report.text import describe_run
 
 TEXT = {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "vocab_size": 1000, "sliding_window": 16}

@@ -1,0 +1,55 @@
+"""The records a catalog holds: a number format, an optimizer, a GPU, and a name that means more than one
+GPU. Apart from the registry so that the built-ins (:mod:`.builtin`) and the registry both import them
+from below, and neither imports the other back.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from typing import NamedTuple, Optional, Tuple
+
+
+class DType(NamedTuple):
+    """A number format for weights (and the format activations are computed in)."""
+
+    name: str
+    bytes: float  # storage per parameter, quantisation scales included (detailed method)
+    compute_bytes: int  # bytes per activation element when this format is the run's dtype
+    seed_bytes: Optional[float] = None  # the seed rule of thumb's figure; defaults to ``bytes``
+    quantized: bool = False  # embeddings, head and norms stay in the 16-bit compute format
+    aliases: Tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def rule_bytes(self) -> float:
+        return self.bytes if self.seed_bytes is None else self.seed_bytes
+
+
+class Optimizer(NamedTuple):
+    """An optimizer's state, per trainable parameter."""
+
+    name: str
+    states: float  # full-size state tensors per parameter (AdamW: exp_avg and exp_avg_sq = 2)
+    state_bytes: Optional[float] = None  # per state element; None: fp32 under mixed precision, else the param dtype
+    factored: bool = False  # Adafactor: a matrix keeps a row and a column vector, not a full state
+    aliases: Tuple[str, ...] = ()
+    doc: str = ""
+    paged: bool = False  # bitsandbytes paged: large states live in CUDA unified memory
+    small_tensor_numel: int = 0  # tensors below this many elements keep fp32 states (bitsandbytes 8-bit)
+
+
+class GPU(NamedTuple):
+    """An accelerator and the memory a process can see on it (what nvidia-smi reports as total)."""
+
+    name: str
+    memory_bytes: int
+    aliases: Tuple[str, ...] = ()
+    doc: str = ""
+
+
+class AmbiguousName(NamedTuple):
+    """A name people use for more than one card ("A100": 40 or 80 GB): looking it up is an error
+    that lists the cards it could mean, never a silent pick of one."""
+
+    name: str
+    choices: Tuple[str, ...]  # canonical names of the cards it could mean
+    aliases: Tuple[str, ...] = ()

@@ -1,0 +1,62 @@
+"""Hook specifications: how a plugin adds dtypes, optimizers, GPUs and model families.
+
+Plugins are found in the ``llmmem`` entry-point group (``LLMMEM_DISABLE_PLUGINS`` blocks them by
+name, or ``all``). The built-ins in :mod:`pytest_llmmem.builtin` use these same hooks. Each hook
+receives one keyword argument, ``register``, a callable taking one catalog entry; a name that two
+plugins both register is an error rather than a silent override.
+
+Example plugin module::
+
+    from pytest_llmmem.hookspecs import hookimpl
+    from pytest_llmmem.catalog import GPU, Optimizer
+
+    @hookimpl
+    def llmmem_register_gpus(register):
+        register(GPU("Gaudi3", memory_bytes=128 * 1024**3))
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .entries import GPU, DType, Optimizer
+    from ..model.architecture import Family
+
+PROJECT = "llmmem"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def llmmem_register_dtypes(register: "Callable[[DType], None]") -> None:
+    """Call ``register(DType(...))`` for each number format the plugin knows."""
+
+@hookspec
+def llmmem_register_optimizers(register: "Callable[[Optimizer], None]") -> None:
+    """Call ``register(Optimizer(...))`` for each optimizer the plugin knows."""
+
+
+@hookspec
+def llmmem_register_gpus(register: "Callable[[GPU], None]") -> None:
+    """Call ``register(GPU(...))`` for each accelerator the plugin knows."""
+
+
+@hookspec
+def llmmem_register_families(register: "Callable[[Family], None]") -> None:
+    """Call ``register(Family(...))`` for each model family the plugin knows.
+
+    A family is the ``model_type`` of a Hugging Face config.json (or ``family = "..."`` in the
+    TOML) plus its traits; ``Family.reader`` picks how the config's keys become layer groups
+    ("decoder" covers LLaMA-style models, with sliding layers, q/k norms and MoE by traits).
+    Example: an in-house LLaMA fork with biases on q/k/v::
+
+        @hookimpl
+        def llmmem_register_families(register):
+            from pytest_llmmem.families import LLAMA
+            register(LLAMA._replace(name="acme_lm", qkv_bias=True, doc="acme/acme-lm-7b"))
+    """

@@ -1,0 +1,108 @@
+"""transformers ``TrainingArguments`` keys, shared by axolotl, LLaMA-Factory and TRL (all three
+hand these to ``transformers.Trainer``). Defaults cite transformers 5.24 training_args.py.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from ...io import files
+from ...errors import ConfigError, shown_name
+from . import Mapper
+
+# OptimizerNames (transformers/training_args.py, enum OptimizerNames) -> (our optimizer, optimizer-impl).
+OPTIMIZERS: Dict[str, Tuple[str, Optional[str]]] = {
+    "adamw_torch": ("adamw", "foreach"), "adamw_torch_fused": ("adamw", "fused"), "adamw_hf": ("adamw", "for-loop"),
+    "adamw_torch_xla": ("adamw", None), "adamw_apex_fused": ("adamw", "fused"),
+    "adamw_bnb_8bit": ("adamw-8bit", None), "adamw_8bit": ("adamw-8bit", None), "bnb_8bit": ("adamw-8bit", None),
+    "paged_adamw_8bit": ("paged-adamw-8bit", None), "paged_adamw_32bit": ("paged-adamw", None), "paged_adamw": ("paged-adamw", None),
+    "adafactor": ("adafactor", None), "sgd": ("sgd", None), "lion_32bit": ("lion", None), "lion_8bit": ("lion", None),
+    "adamw": ("adamw", None),  # axolotl's and TRL CLI's spelling
+}
+DEFAULT_OPTIM = 'transformers/training_args.py:806-811: optim "adamw_torch", "adamw_torch_fused" for torch >= 2.8'
+
+
+def optimizer(m: Mapper, key: str = "optim") -> None:
+    name = m.get(key)
+    if name is None:
+        m.assume("optimizer", "adamw", DEFAULT_OPTIM)
+        return
+    found = OPTIMIZERS.get(str(name).lower())
+    if found is None:
+        m.not_modelled(f"{key} = {shown_name(str(name), 40)}", "its states are priced as AdamW's")
+        m.assume("optimizer", "adamw", f"{name} is not modelled")
+        return
+    m.put("optimizer", found[0], key)
+    if found[1]:
+        m.put("optimizer-impl", found[1], key)
+
+
+def precision(m: Mapper) -> None:
+    """bf16 / fp16 (TrainingArguments: both default False, so fp32 weights and compute)."""
+    if m.get("bf16") in (True, "auto", "true"):  # axolotl's "auto" picks bf16 where the GPU has it
+        m.put("dtype", "bf16", "bf16")
+    elif m.get("fp16") in (True, "auto", "true"):
+        m.put("dtype", "fp16", "fp16")
+    else:
+        m.assume("dtype", "fp32", "transformers/training_args.py: bf16=False, fp16=False")
+        m.values["precision"] = "pure"
+
+
+def checkpointing(m: Mapper, key: str = "gradient_checkpointing") -> None:
+    value = m.get(key)
+    if value is None:
+        m.assume("gradient-checkpointing", False, "transformers/training_args.py: gradient_checkpointing=False")
+    else:
+        m.put("gradient-checkpointing", value is True or str(value).lower() == "true", key)
+
+
+def deepspeed(m: Mapper, base_dir: Path, key: str = "deepspeed") -> None:
+    """Follow the DeepSpeed JSON: ZeRO stage, offload, micro batch (when not "auto")."""
+    ref = m.get(key)
+    if ref is None:
+        return
+    if isinstance(ref, dict):
+        ds, where = ref, m.path
+    else:
+        where = next((p for p in (m.path.parent / str(ref), base_dir / str(ref)) if files.is_file(p)), None)
+        if where is None:
+            raise m.fail(key, f'"{shown_name(str(ref), 120)}" does not exist (looked beside {m.path.name} and beside the pyproject.toml).')
+        try:
+            ds = files.read_json(where)
+        except (files.UnreadableFile, ValueError) as err:
+            raise ConfigError(f'"{shown_name(str(where), 120)}" cannot be read: {err}.', path=str(m.path), key=key) from None
+        m.follows.append(str(files.resolve(where)))
+    zero = ds.get("zero_optimization") if isinstance(ds, dict) else None
+    if isinstance(zero, dict):
+        stage = zero.get("stage", 0)  # deepspeed/runtime/zero/config.py: stage default 0
+        if isinstance(stage, int) and stage:
+            m.put("zero-stage", stage, "zero_optimization.stage", where)
+        param = (zero.get("offload_param") or {}).get("device", "none")
+        opt = (zero.get("offload_optimizer") or {}).get("device", "none")
+        if param in ("cpu", "nvme") and stage == 3:
+            m.put("offload", "optimizer+params", "zero_optimization.offload_param", where)
+        elif opt in ("cpu", "nvme"):
+            m.put("offload", "optimizer", "zero_optimization.offload_optimizer", where)
+    micro = ds.get("train_micro_batch_size_per_gpu") if isinstance(ds, dict) else None
+    if isinstance(micro, int) and not isinstance(micro, bool):
+        m.put("batch-size", micro, "train_micro_batch_size_per_gpu", where)
+
+
+_FSDP = {"full_shard": "full-shard", "shard_grad_op": "shard-grad-op", "hybrid_shard": "hybrid-shard", "hybrid_shard_zero2": "hybrid-shard"}
+
+
+def fsdp(m: Mapper, key: str = "fsdp", config_key: str = "fsdp_config") -> None:
+    """fsdp = "full_shard auto_wrap" (a string or list, TrainingArguments.fsdp) and fsdp_config's offload."""
+    value = m.get(key)
+    words = value.split() if isinstance(value, str) else [str(v) for v in value] if isinstance(value, list) else []
+    config: Any = m.get(config_key) or {}
+    strategy = str(config.get("fsdp_sharding_strategy") or config.get("sharding_strategy") or "").lower() if isinstance(config, dict) else ""
+    mode = next((_FSDP[w] for w in words if w in _FSDP), None) or _FSDP.get(strategy)
+    if mode is None and isinstance(config, dict) and (config.get("fsdp_version") == 2 or config.get("reshard_after_forward") is not None):
+        mode = "full-shard" if config.get("reshard_after_forward", True) else "shard-grad-op"  # FSDP2: fully_shard
+    if mode is None:
+        return
+    m.put("fsdp", mode, key)
+    if isinstance(config, dict) and any(config.get(k) in (True, "true") for k in ("fsdp_offload_params", "offload_params", "cpu_offload")):
+        m.put("offload", "optimizer+params", f"{config_key}.offload_params")

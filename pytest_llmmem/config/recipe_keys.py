@@ -1,0 +1,216 @@
+"""The recipe keys of a training run (issue 13): which exist for which recipe, their defaults as
+the trainers set them (each cited), and the contradictions a trainer would reject or silently ignore.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from typing import Dict, Optional, Tuple
+
+from .keys import MODEL_KEYS, RECIPE_KEYS, Table
+from ..values import type_name
+from ..core.run import RecipeSettings
+from .model_config import model_from_table
+
+RECIPES = ("sft", "dpo", "grpo", "ppo", "reward")
+GENERATIONS = ("transformers", "vllm-colocate", "vllm-server")
+VALUE_HEADS = ("separate", "shared")
+# TRL 1.16 DPOConfig.loss_type values (trl/trainer/dpo_config.py, loss_type help text): all compare
+# the policy with a reference model.
+REFERENCE_LOSSES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)
+# Reference-free preference losses: SimPO and CPO (TRL CPOTrainer, loss_type "simpo"), ORPO
+# (TRL ORPOTrainer): no reference model is loaded (trl/experimental/cpo, trl/experimental/orpo).
+REFERENCE_FREE_LOSSES = ("simpo", "cpo", "orpo")
+LOSS_TYPES = REFERENCE_LOSSES + REFERENCE_FREE_LOSSES
+
+# Which recipes each key belongs to; a key on another recipe is a contradiction, not ignored.
+_APPLIES = {
+    "beta": ("dpo", "grpo"),
+    "loss-type": ("dpo",),
+    "reference-model": ("dpo", "grpo", "ppo"),
+    "precompute-ref-log-probs": ("dpo",),
+    "max-length": ("dpo", "reward"),
+    "max-prompt-length": ("dpo", "grpo", "ppo"),
+    "num-generations": ("grpo",),
+    "max-completion-length": ("grpo", "ppo"),
+    "generation": ("grpo", "ppo"),
+    "vllm-gpu-memory-utilization": ("grpo", "ppo"),
+    "generation-batch-size": ("grpo", "ppo"),
+    "steps-per-generation": ("grpo",),
+    "local-rollout-forward-batch-size": ("ppo",),
+    "value-head": ("ppo",),
+    "reward-model": ("ppo",),
+    "value-model": ("ppo",),
+}
+# TRL 1.16 defaults, read from the installed trl-1.16.0 wheel:
+DPO_BETA = 0.1  # trl/trainer/dpo_config.py: beta default=0.1
+GRPO_BETA = 0.0  # trl/trainer/grpo_config.py:681-682: beta default=0.0 ("the reference model is not loaded")
+GRPO_NUM_GENERATIONS = 8  # trl/trainer/grpo_config.py:480: num_generations default=8
+GRPO_MAX_COMPLETION = 512  # trl/trainer/grpo_config.py: max_completion_length default=512
+PPO_RESPONSE_LENGTH = 53  # trl/experimental/ppo/ppo_config.py: response_length default=53
+VLLM_COLOCATE_UTILIZATION = 0.3  # trl/trainer/grpo_config.py:656: vllm_gpu_memory_utilization default=0.3
+
+
+def _number(table: Table, key: str, low: float, high: float, low_open: bool = False) -> Optional[float]:
+    """A float in [low, high] (or (low, high] when ``low_open``); booleans and strings are not numbers."""
+    if key not in table:
+        return None
+    value = table.values[key]
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value and low <= value <= high
+    if ok and low_open and value == low:
+        ok = False
+    if not ok:
+        bound = f"above {low}" if low_open else f"from {low}"
+        raise table.fail(key, f"expected a number {bound} up to {high}, got {type_name(value)} {value!r}.")
+    return float(value)
+
+
+def recipe_settings(table: Table, mode: str, name: str, data_parallel: int,
+                    accumulation: int = 1) -> Tuple[RecipeSettings, Dict[str, int]]:
+    """The run's recipe, and the batch-size / seq-len it implies (empty when the run's own keys stand).
+    ``accumulation``: the run's gradient accumulation steps (micro-batches without pipeline stages)."""
+    recipe = table.choice("recipe", RECIPES, "sft")
+    given = [k for k in RECIPE_KEYS if k != "recipe" and k in table]
+    if recipe != "sft" and mode == "inference":
+        raise table.fail("recipe", f'recipe = "{recipe}" is a training recipe; run "{name}" has mode = "inference".')
+    for key in given:
+        if recipe not in _APPLIES[key]:
+            owners = " or ".join(f'"{r}"' for r in _APPLIES[key])
+            raise table.fail(key, f'only applies to recipe = {owners}; run "{name}" has recipe = "{recipe}".',
+                             hint='Set recipe = "dpo", "grpo", "ppo" or "reward" on the run (default "sft").')
+    if recipe == "sft":
+        return RecipeSettings(), {}
+    for key in ("max-length", "max-prompt-length"):
+        if key in table and "seq-len" in table:
+            raise table.fail(key, f"{key} and seq-len both set the sequence length; give one.",
+                             hint="seq-len is the length of one training row: prompt + completion.")
+    lora = mode in ("lora", "qlora")
+    out: Dict[str, int] = {}
+    reference_key = table.boolean("reference-model", True) if "reference-model" in table else None
+    if recipe in ("dpo", "reward"):
+        max_length = table.integer("max-length")
+        if max_length is not None:
+            out["seq_len"] = max_length
+        prompt = table.integer("max-prompt-length", 0, low=1) if recipe == "dpo" else 0
+        total = max_length or table.integer("seq-len") or 0
+        if prompt and total and prompt >= total:
+            raise table.fail("max-prompt-length", f"max-prompt-length {prompt} leaves no completion in a row of {total} tokens.",
+                             hint="A row is prompt + completion; max-prompt-length must be below max-length (or seq-len).")
+        if recipe == "reward":
+            return RecipeSettings(name="reward"), out
+        return _dpo(table, lora, reference_key, prompt, total), out
+    return _online(table, recipe, lora, reference_key, data_parallel, accumulation, out)
+
+
+def _dpo(table: Table, lora: bool, reference_key: Optional[bool], prompt: int, total: int) -> RecipeSettings:
+    loss = table.choice("loss-type", LOSS_TYPES, "sigmoid")
+    free = loss in REFERENCE_FREE_LOSSES
+    if free and reference_key:
+        raise table.fail("reference-model", f'loss-type = "{loss}" is reference-free: the trainer loads no reference model.',
+                         hint=f'Drop reference-model, or use a loss that compares with a reference ({", ".join(REFERENCE_LOSSES[:4])}, ...).')
+    precompute = table.boolean("precompute-ref-log-probs", False)
+    if free and precompute:
+        raise table.fail("precompute-ref-log-probs", f'loss-type = "{loss}" is reference-free: there are no reference log-probs to precompute.')
+    beta = _number(table, "beta", 0.0, 1e6)
+    # TRL DPOTrainer keeps no reference model under PEFT (the adapters are disabled instead) or with
+    # precomputed log-probs (trl/trainer/dpo_trainer.py:909, "if is_peft_model(self.model) or
+    # (args.precompute_ref_log_probs ...)"); reference-model = true means one passed explicitly.
+    reference = (not (lora or precompute or free)) if reference_key is None else reference_key
+    return RecipeSettings(name="dpo", beta=DPO_BETA if beta is None else beta, loss_type=loss, reference=reference,
+                          precompute_ref_log_probs=precompute, prompt_len=prompt, completion_len=(total - prompt) if prompt and total else 0)
+
+
+def _online(table: Table, recipe: str, lora: bool, reference_key: Optional[bool], data_parallel: int,
+            accumulation: int, out: Dict[str, int]) -> Tuple[RecipeSettings, Dict[str, int]]:
+    """GRPO and PPO: the policy generates its completions inside the step."""
+    completion = table.integer("max-completion-length", GRPO_MAX_COMPLETION if recipe == "grpo" else PPO_RESPONSE_LENGTH)
+    prompt = table.integer("max-prompt-length")
+    if prompt is not None:
+        out["seq_len"] = prompt + completion
+    else:
+        total = table.integer("seq-len")
+        if total is not None and total <= completion:
+            raise table.fail("seq-len", f"seq-len {total} leaves no prompt beside max-completion-length {completion}.",
+                             hint="For grpo/ppo give max-prompt-length (the row is prompt + completion), or a seq-len above the completion.")
+        if total is None and completion >= 2048:
+            raise table.fail("max-completion-length", f"max-completion-length {completion} fills the assumed seq-len of 2048.",
+                             hint="Give max-prompt-length: the row is prompt + completion.")
+        prompt = 0  # seq-len less the completion, resolved by recipes.py once seq-len is known
+    generation = table.choice("generation", GENERATIONS, "transformers")
+    util = _number(table, "vllm-gpu-memory-utilization", 0.0, 1.0, low_open=True)
+    if util is not None and generation != "vllm-colocate":
+        raise table.fail("vllm-gpu-memory-utilization", f'only applies to generation = "vllm-colocate"; this run has generation = "{generation}".',
+                         hint="A separate vLLM server (generation = \"vllm-server\") takes its memory on its own GPUs.")
+    util = VLLM_COLOCATE_UTILIZATION if util is None and generation == "vllm-colocate" else (util or 0.0)
+    batch = table.integer("batch-size")
+    gens = 0
+    beta = None
+    if recipe == "grpo":
+        gens = table.integer("num-generations", GRPO_NUM_GENERATIONS)
+        if gens < 2:
+            raise table.fail("num-generations", f"GRPO compares each completion with its group: num-generations must be at least 2, got {gens}.")
+        if batch is None:
+            batch = gens  # one prompt's group per device
+            out["batch_size"] = batch
+        beta = _number(table, "beta", 0.0, 1e6)
+        beta = GRPO_BETA if beta is None else beta
+        if reference_key and beta == 0.0:
+            raise table.fail("reference-model", "beta = 0 (TRL GRPOConfig's default) loads no reference model: the KL term is off.",
+                             hint="Set beta > 0 (e.g. 0.001, DeepSeek-R1) for a KL penalty, or drop reference-model.")
+    batch = batch or 1
+    gen_batch = _generation_batch(table, recipe, batch, accumulation)
+    if gens and (gen_batch * data_parallel) % gens:
+        raise table.fail("num-generations", f"the {gen_batch * data_parallel} completions generated per step (generation batch x "
+                         f"{data_parallel} data-parallel GPUs) cannot be split into groups of num-generations = {gens}.",
+                         hint="TRL GRPOConfig requires the generation batch to be divisible by num_generations; batch-size counts completions.")
+    if recipe == "grpo":
+        # GRPO: a reference only when beta > 0, and none under PEFT (trl/trainer/grpo_trainer.py:984-990).
+        reference = (beta > 0 and not lora) if reference_key is None else reference_key
+    else:
+        # PPO: a reference copy unless PEFT (trl/experimental/ppo/ppo_trainer.py:439-444 create_reference_model).
+        reference = (not lora) if reference_key is None else reference_key
+    value_head = table.choice("value-head", VALUE_HEADS, "separate")
+    if value_head == "shared" and "value-model" in table:
+        raise table.fail("value-model", 'value-head = "shared" puts the value head on the policy: there is no separate value model.',
+                         hint='Drop value-model, or use value-head = "separate" (TRL PPOTrainer\'s critic).')
+    return RecipeSettings(name=recipe, beta=beta, reference=reference, prompt_len=prompt, completion_len=completion,
+                          num_generations=gens, generation=generation, vllm_gpu_memory_utilization=util,
+                          generation_batch_size=gen_batch, rollout_chunk=table.integer("local-rollout-forward-batch-size", 0),
+                          value_head=value_head,
+                          reward_model=_side_model(table, "reward-model"), value_model=_side_model(table, "value-model")), out
+
+
+def _generation_batch(table: Table, recipe: str, batch: int, accumulation: int) -> int:
+    """Completions one GPU generates at once. TRL GRPO generates for steps_per_generation optimisation
+    micro-batches in one generate() call and buffers them (trl/trainer/grpo_trainer.py:1538-1546; its
+    dataloader yields per_device_train_batch_size x steps_per_generation rows, :1275). steps_per_generation
+    defaults to gradient_accumulation_steps (trl/trainer/grpo_config.py:1098-1100) and cannot be given with
+    generation_batch_size (:1113-1116). PPO rolls out its whole local batch, batch-size x accumulation steps."""
+    spg = table.integer("steps-per-generation")
+    if spg is not None and "generation-batch-size" in table:
+        raise table.fail("steps-per-generation", "steps-per-generation and generation-batch-size both set the generation batch; give one.",
+                         hint="generation-batch-size = batch-size x steps-per-generation (TRL GRPOConfig accepts only one of the two).")
+    if "generation-batch-size" in table:
+        gen_batch = table.integer("generation-batch-size")
+        if gen_batch % batch:
+            raise table.fail("generation-batch-size", f"generation-batch-size {gen_batch} is not a multiple of batch-size {batch}.",
+                             hint="TRL generates for several optimisation steps at once: generation_batch_size = batch-size x steps-per-generation.")
+        return gen_batch
+    if recipe == "ppo":
+        return batch * accumulation  # trl/experimental/ppo/ppo_trainer.py:463 local_batch_size: one rollout per update
+    return batch * (accumulation if spg is None else spg)
+
+
+def _side_model(table: Table, key: str):
+    """PPO's reward or value model when it is not the policy's shape: a table with the model keys
+    (params, config or the architecture keys), read like [tool.llmmem.model]."""
+    if key not in table:
+        return None
+    raw = table.values[key]
+    if not isinstance(raw, dict) or not raw:
+        raise table.fail(key, f"expected a table of model keys (params, config or the architecture), got {type_name(raw)} {raw!r}.",
+                         hint=f'For example {key} = {{ params = "1B" }} or {key} = {{ config = "rm/config.json" }}.')
+    sub = Table(raw, MODEL_KEYS, table.ctx, f"{table.dotted}.{key}", lambda _key: table.line_of(key))
+    return model_from_table(sub, table.ctx)

@@ -1,0 +1,174 @@
+"""A declared run and its budget, fully resolved: what the estimator takes as input.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from typing import NamedTuple, Optional, Tuple, Union
+
+from ..catalog.entries import DType, Optimizer
+from ..model.architecture import Architecture, ParamsOnly
+from ..catalog.profiles import Knobs
+from ..units import format_bytes
+
+MODES = ("train", "inference", "lora", "qlora")
+FSDP_MODES = ("none", "full-shard", "shard-grad-op", "hybrid-shard")
+OFFLOADS = ("none", "optimizer", "optimizer+params")
+PRECISIONS = ("mixed", "pure", "amp")
+# "trained": images go through the vision tower and it trains (gradients, optimizer states; its activations are
+# not modelled). "frozen": text-only data or requires_grad=False: the tower gets no .grad, and torch AdamW keeps
+# no state for it (Adam._init_group, which AdamW inherits, creates a parameter's state at its first gradient:
+# torch/optim/adam.py:139).
+VISION_TOWERS = ("trained", "frozen")
+METHODS = ("detailed", "rule-of-thumb")
+ENGINES = ("transformers", "vllm", "sglang")
+LOGITS = ("last", "all")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+
+
+class ServeSettings(NamedTuple):
+    """What a serving engine is started with (its own flag names, kebab-case); None = the engine's default."""
+
+    gpu_memory_utilization: Optional[float] = None  # vLLM --gpu-memory-utilization, SGLang --mem-fraction-static
+    max_model_len: Optional[int] = None
+    max_num_seqs: Optional[int] = None
+    max_num_batched_tokens: Optional[int] = None
+    kv_cache_dtype: str = "auto"
+    block_size: Optional[int] = None
+    enforce_eager: bool = False
+    quantization: Optional[str] = None  # fp8, awq, gptq, mxfp4, bitsandbytes
+    min_concurrency: Optional[float] = None  # requests of max-model-len tokens the pool must hold at once
+    engine_version: Optional[str] = None
+
+
+class RecipeSettings(NamedTuple):
+    """What a post-training recipe adds to a step (issue 13); recipes.py prices it, recipe_keys.py reads it.
+
+    ``reference`` says whether a frozen reference model sits in memory, already resolved from the
+    trainer's rules (LoRA, reference-free loss, precomputed log-probs, beta = 0).
+    """
+
+    name: str = "sft"  # sft | dpo | grpo | ppo | reward
+    beta: Optional[float] = None
+    loss_type: Optional[str] = None
+    reference: bool = False
+    precompute_ref_log_probs: bool = False
+    prompt_len: int = 0  # prompt tokens of each row (0: not split)
+    completion_len: int = 0  # completion tokens of each row (generated for grpo/ppo)
+    num_generations: int = 0
+    generation: str = "transformers"  # transformers | vllm-colocate | vllm-server
+    vllm_gpu_memory_utilization: float = 0.0
+    generation_batch_size: int = 0  # completions generated at once per device (ppo: per rollout)
+    rollout_chunk: int = 0  # ppo: local_rollout_forward_batch_size, rows per generate() / no-grad forward
+    value_head: str = "separate"  # ppo: separate | shared
+    reward_model: Optional[Union[Architecture, ParamsOnly]] = None  # ppo: another model than the policy's shape
+    value_model: Optional[Union[Architecture, ParamsOnly]] = None
+
+
+class JobSettings(NamedTuple):
+    """The phases of a whole training job besides its step (issue 16); phase_keys.py reads them,
+    job_phases.py prices them. Defaults come from the trainer profile (phase_keys.PHASE_DEFAULTS)."""
+
+    loader: str = "per-tensor"  # per-tensor (HF from_pretrained) | materialise (litgpt on one device)
+    evaluates: bool = False
+    eval_batch_size: int = 8
+    eval_samples: int = 0  # examples whose logits evaluation keeps for compute_metrics (0: none kept / not given)
+    eval_accumulation_steps: int = 0  # 0: HF's None, every eval batch's logits stay on the GPU
+    eval_generate_tokens: int = 0
+    eval_generate_batch: int = 0  # 0: the eval batch size
+    eval_loss: str = "upcast"  # upcast (HF fp32 loss) | compute (litgpt validate: cross_entropy in the compute dtype)
+    save: str = "full-state-dict"  # full-state-dict | sharded
+    offload_to_cpu: bool = True
+    gather_16bit_on_save: bool = False  # DeepSpeed stage3_gather_16bit_weights_on_model_save
+    merge_adapters: bool = False
+    merge_on_gpu: bool = True  # litgpt merges on the CPU
+    given: Tuple[str, ...] = ()
+
+
+class Budget(NamedTuple):
+    """Per-GPU memory a run may use: the ceiling less the headroom kept free."""
+
+    ceiling_bytes: int
+    headroom_bytes: int = 0
+    gpu: Optional[str] = None  # catalog name when the ceiling came from ``gpu``
+
+    @property
+    def bytes(self) -> int:
+        return self.ceiling_bytes - self.headroom_bytes
+
+    def describe(self, units: str = "gib") -> str:
+        base = self.gpu or format_bytes(self.ceiling_bytes, units)
+        return f"{base} less {format_bytes(self.headroom_bytes, units)} headroom" if self.headroom_bytes else base
+
+
+class Run(NamedTuple):
+    """One declared training or serving job, every default applied and every name resolved."""
+
+    name: str
+    model: Union[Architecture, ParamsOnly]
+    mode: str = "train"
+    dtype: Optional[DType] = None
+    precision: str = "mixed"
+    optimizer: Optional[Optimizer] = None
+    batch_size: int = 1
+    seq_len: int = 2048
+    seq_len_given: bool = True
+    gradient_checkpointing: bool = False
+    flash_attention: bool = True
+    lora_rank: int = 8  # peft/tuners/lora/config.py LoraConfig: r = 8
+    lora_rank_given: bool = True
+    lora_targets: Tuple[str, ...] = ("q_proj", "v_proj")  # or ("all-linear",)
+    adapter_dtype: Optional[DType] = None
+    gpus: int = 1  # total GPUs: data-parallel x tensor-parallel x pipeline-parallel
+    zero_stage: int = 0  # DeepSpeed ZeRO 0-3
+    fsdp: str = "none"  # PyTorch FSDP sharding strategy
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    sequence_parallel: bool = False  # Megatron sequence parallelism (with tensor parallelism)
+    expert_parallel: int = 1
+    offload: str = "none"  # ZeRO-Offload / FSDP CPU offload
+    micro_batches: int = 1  # pipeline micro-batches in flight / gradient accumulation steps
+    gpus_per_node: int = 8
+    host_memory_bytes: Optional[int] = None  # host-memory budget per node, for offload
+    budget: Optional[Budget] = None
+    method: str = "detailed"
+    overhead_bytes: Optional[int] = None  # replaces the CUDA context / allocator default
+    calibration: Optional[float] = None  # measured / estimated, stored by `llmmem measure --write`
+    strict: bool = False  # a partial or approximate estimate fails instead of passing with a warning
+    vision_tower: str = "trained"  # a multimodal model in a full fine-tune: VISION_TOWERS
+    # Inference: prompt + new tokens (= seq-len), and whether the forward returns every position's
+    # logits (a scoring forward) or the last one only (generation: transformers generate() passes
+    # logits_to_keep=1, generation/utils.py; vLLM and SGLang compute logits for sampled tokens only).
+    prompt_len: Optional[int] = None
+    new_tokens: int = 0
+    logits: str = "last"
+    engine: str = "transformers"
+    serve: Optional[ServeSettings] = None
+    knobs: Knobs = Knobs()  # the trainer profile and its knobs (profiles.py)
+    knobs_shown: Tuple[Tuple[str, str, str], ...] = ()  # (key, value, "profile" | "set") that differ from stock transformers
+    job: JobSettings = JobSettings()  # load / eval / save phases (issue 16)
+    recipe: RecipeSettings = RecipeSettings()  # sft unless a run declares recipe = "dpo" | "grpo" | "ppo" | "reward"
+    file: Optional[str] = None
+    line: Optional[int] = None
+    # from = "train.yaml" (readers/): (key, where it came from) for each setting read or defaulted,
+    # the memory-relevant settings the estimate leaves out (they make it partial), and the files read.
+    settings_from: Tuple[Tuple[str, str], ...] = ()
+    not_modelled: Tuple[str, ...] = ()
+    reads: Tuple[str, ...] = ()
+    settings: Tuple[Tuple[str, str], ...] = ()  # (key, value as text) of those settings, for llmmem diff
+
+    @property
+    def trains(self) -> bool:
+        return self.mode != "inference"
+
+    @property
+    def data_parallel(self) -> int:
+        return self.gpus // (self.tensor_parallel * self.pipeline_parallel)
+
+    @property
+    def shard_group(self) -> int:
+        """GPUs that share one copy of the sharded model states (1 when nothing is sharded)."""
+        if self.fsdp == "hybrid-shard":
+            return max(1, min(self.data_parallel, self.gpus_per_node // (self.tensor_parallel * self.pipeline_parallel)))
+        if self.fsdp != "none" or self.zero_stage:
+            return self.data_parallel
+        return 1

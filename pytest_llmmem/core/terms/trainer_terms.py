@@ -1,0 +1,252 @@
+"""The terms a trainer's implementation choices change: the loss, the optimizer step, 4-bit storage.
+
+Each function takes the resolved knobs (:mod:`profiles`) and returns bytes with the source of its
+formula; ``estimate`` composes them. The loss implementation is a parameter of the logits term,
+the optimizer implementation (foreach / fused / for-loop, paged, 8-bit) of the optimizer term.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+import math
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from ...catalog.entries import Optimizer
+from ...catalog.profiles import Knobs
+from ...model.lora import adapted_linears
+
+FP32 = 4
+# bitsandbytes pages a state buffer only from 1e5 elements (bitsandbytes/optim/optimizer.py:383
+# get_state_buffer: "if not self.is_paged or p.numel() < 1e5: torch.zeros_like(...)").
+PAGED_MIN_NUMEL = 100_000
+# The torch.optim classes whose foreach/for-loop paths are modelled below (torch/optim/adam.py).
+TORCH_ADAM = ("adam", "adamw")
+
+
+# --- 4-bit weights ------------------------------------------------------------------------------
+
+
+def four_bit_bytes(layout: str, double_quant: bool) -> float:
+    """Bytes per 4-bit weight, block constants included.
+
+    bitsandbytes (functional.py:918 quantize_4bit, blocksize 64): 4 bits + one fp32 absmax per 64
+    weights; with double quantisation (compress_statistics, functional.py:940) the absmax are
+    quantised to 8 bits in blocks of 256 with one fp32 absmax each (QLoRA paper section 3).
+    torchao NF4Tensor (nf4_tensor.py:1077 to_nf4(block_size=64, scaler_block_size=256)): 4 bits,
+    an int8 scaler per 64 weights and a quantization_factor in the weight's dtype (bf16) per 256
+    scalers (double_quantize_scalers, nf4_tensor.py:721-778); torchao has no other layout.
+    """
+    if layout == "torchao":
+        return 0.5 + 1 / 64 + 2 / (64 * 256)
+    if double_quant:
+        return 0.5 + 1 / 64 + FP32 / (64 * 256)
+    return 0.5 + FP32 / 64
+
+
+# --- loss ---------------------------------------------------------------------------------------
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp: int, head_trains: bool,
+               logits_act: Optional[int] = None) -> Dict[str, int]:
+    """``logits.*`` items of one training step's head + loss, per tensor-parallel rank.
+
+    upcast (HF ForCausalLMLoss): the 16-bit logits, the fp32 log-softmax cross_entropy keeps, and
+    two fp32 tensors at the start of backward: nll_loss's gradient and log_softmax_backward's output
+    (measured 14.06 B per logit element over forward + backward on an H100 against 2 + 4 + 8 here:
+    benchmarks/data/trainer-gpu-h100.jsonl, benchmarks/trainer_gpu_check.py).
+    chunked (torchtune LinearCrossEntropyLoss / litgpt chunked_cross_entropy): every chunk's
+    log-softmax stays saved for backward (fp32 when the chunk is upcast, as torchtune does; the
+    compute dtype in litgpt), the logits live whole only when the model returns them (litgpt),
+    and the transients shrink to one chunk (saved bytes measured on the CPU: groundtruth-rl "loss"
+    rows; peaks on an H100: torchtune 5.13 and litgpt 4.31 B per logit element against 5.0 and 4.1 here).
+    fused (Liger FusedLinearCrossEntropy, Cut Cross-Entropy, Unsloth): no b*s*V tensor lives; the
+    forward computes the gradients chunk by chunk and keeps grad_input (b*s*h) and, when the head
+    trains, grad_weight (V*h) for backward (liger_kernel/ops/fused_linear_cross_entropy.py:68-86:
+    chunk_size = next_pow2(ceil(BT / ceil(V / H))), one fp32 loss per token).
+    """
+    elems = rows * vocab // tp
+    # The logits as the model returns them: fp32 where the family upcasts them itself (Mamba,
+    # modeling_mamba.py:794 ``lm_head(...).float()``; the loss's own .float() is then a no-op).
+    returned = elems * (logits_act or act)
+    if knobs.loss == "upcast":
+        return {"logits": returned, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32}
+    if knobs.loss == "chunked":
+        n = max(1, knobs.loss_chunks)
+        chunk = -(-elems // n)
+        kept = FP32 if knobs.chunk_upcast else act
+        return {
+            "logits": returned if knobs.keeps_logits else chunk * act,
+            "log_softmax": elems * kept,
+            # forward: the chunk's fp32 copy; backward: its gradient and the 16-bit gradient of the chunk
+            "chunk_transient": chunk * (kept + act) if knobs.chunk_upcast else chunk * act,
+        }
+    chunk_rows = min(rows, _next_pow2(-(-rows // max(1, -(-vocab // hidden)))))
+    return {
+        "fused_chunk_logits": chunk_rows * vocab * act // tp,
+        "fused_grad_input": rows * hidden * act,
+        "fused_grad_weight": vocab * hidden * act // tp if head_trains else 0,
+        "fused_loss_per_token": rows * FP32,
+    }
+
+
+# --- trainable tensors --------------------------------------------------------------------------
+
+
+class Tensors(NamedTuple):
+    """The trainable tensors by size, as the optimizer sees them: (numel, how many)."""
+
+    sizes: Tuple[Tuple[int, int], ...]
+
+    @property
+    def total(self) -> int:
+        return sum(n * k for n, k in self.sizes)
+
+    @property
+    def largest(self) -> int:
+        return max((n for n, _ in self.sizes), default=0)
+
+    def below(self, limit: int) -> int:
+        """Elements in tensors with fewer than ``limit`` elements each."""
+        return sum(n * k for n, k in self.sizes if n < limit)
+
+
+def full_model_tensors(arch, params: int) -> Tensors:
+    """Every parameter of a full fine-tune: the layers' matrices, embedding and head, and the rest
+    (norm weights and biases: vectors of at most a few thousand elements) as hidden-size vectors."""
+    h = arch.hidden_size
+    sizes: List[Tuple[int, int]] = [(lin.d_in * lin.d_out, lin.count * layers) for layers, lins in arch.group_linears() for lin in lins]
+    embed = arch.vocab_size * h
+    sizes.append((embed, 1 if arch.tie_embeddings or arch.family.classifier else 2))
+    matrices = sum(n * k for n, k in sizes)
+    vectors = max(0, params - matrices)
+    if vectors:
+        sizes.append((h, -(-vectors // h)))
+    return Tensors(tuple(sizes))
+
+
+def lora_tensors(groups, rank: int) -> Tensors:
+    """LoRA's A (r x d_in) and B (d_out x r) for each adapted matrix of every layer (PEFT LoraLayer);
+    ``groups`` is (layer count, adapted linears) per layer group."""
+    sizes = []
+    for layers, linears in groups:
+        for lin in linears:
+            if lin.wrap == "bypassed":
+                continue  # no gradient, so no optimizer state (layers.Linear.wrap)
+            r = rank * lin.rank_scale  # PEFT's fused gate_up_proj adapter: rank 2r
+            sizes += [(r * lin.d_in, lin.count * layers), (r * lin.d_out, lin.count * layers)]
+    return Tensors(tuple(sizes))
+
+
+# --- optimizer ----------------------------------------------------------------------------------
+
+
+def bnb_state_bytes(opt: Optimizer, tensors: Tensors) -> Tuple[int, int]:
+    """(device bytes, paged bytes) of a bitsandbytes optimizer's states.
+
+    Tensors under ``min_8bit_size`` (4096) keep 32-bit states even in an 8-bit optimizer
+    (bitsandbytes/optim/optimizer.py:502 "if p.numel() < config['min_8bit_size']: dtype = torch.float32");
+    a paged optimizer puts each state of 1e5 elements or more in CUDA unified memory (:383).
+    """
+    device = paged = 0.0
+    for numel, count in tensors.sizes:
+        per_state = FP32 if numel < opt.small_tensor_numel else (opt.state_bytes if opt.state_bytes is not None else FP32)
+        size = numel * count * opt.states * per_state
+        if opt.paged and numel >= PAGED_MIN_NUMEL:
+            paged += size
+        else:
+            device += size
+    return round(device), round(paged)
+
+
+def step_temporaries(knobs: Knobs, opt: Optimizer, state_list_bytes: float, largest_state_bytes: float) -> Tuple[int, str]:
+    """Bytes the optimizer's step allocates on top of the states, and where that comes from.
+
+    foreach (torch/optim/adam.py:762 _multi_tensor_adam, the CUDA default when fused is not asked):
+    ``exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)`` builds one state-sized list for
+    all parameters at once, then divides, adds eps and applies it in place.
+    for-loop (adam.py:544 _single_tensor_adam): ``(exp_avg_sq.sqrt() / bias_correction2_sqrt)``
+    holds two temporaries of one parameter at a time, the largest one sets the peak.
+    fused (torch._fused_adamw_): one kernel updates in place, nothing extra.
+    Only torch.optim Adam/AdamW are modelled; bitsandbytes and the others update in place per tensor.
+    """
+    if opt.name not in TORCH_ADAM or knobs.optimizer_impl == "fused":
+        return 0, ""
+    if knobs.optimizer_impl == "foreach":
+        if knobs.optimizer_in_backward:  # one optimizer per parameter: the list is one tensor
+            return round(largest_state_bytes), "foreach AdamW per parameter (optimizer in backward): one state-sized temporary"
+        return round(state_list_bytes), "foreach AdamW: torch._foreach_sqrt of every exp_avg_sq at once"
+    return round(2 * largest_state_bytes), "for-loop AdamW: sqrt and divide of the largest parameter"
+
+
+def largest_grad_bytes(tensors: Tensors, grad_bytes_per_param: float) -> int:
+    """Optimizer in backward (torchtune optimizer_in_bwd: a post-accumulate-grad hook steps and
+    frees each gradient, training/_optimizer_in_backward / register_optim_in_bwd_hooks): the full
+    gradient set never lives; at most the largest parameter's gradient does."""
+    return round(tensors.largest * grad_bytes_per_param)
+
+
+def offloaded_layer_inputs(layer_inputs: int, layers: int) -> Tuple[int, int]:
+    """(bytes left on the GPU, bytes in host memory) when checkpointed layer inputs are offloaded.
+
+    torchtune OffloadActivations (training/_activation_offloading.py) and Unsloth's offloaded
+    checkpointing copy each saved layer input to pinned host memory in forward and bring it back
+    for the recompute; the GPU keeps about one layer's input in flight.
+    """
+    if layers <= 1:
+        return layer_inputs, 0
+    one = math.ceil(layer_inputs / layers)
+    return one, layer_inputs - one
+
+
+# --- composing the step ---------------------------------------------------------------------------
+
+
+def trainable_tensors(run, arch, params: int):
+    """The trainable tensors of ``run`` by size, or None without the architecture."""
+    if arch is None or not run.trains:
+        return None
+    if run.mode == "train":
+        return full_model_tensors(arch, params)
+
+    groups = [(n, adapted_linears(arch, run.lora_targets, lins)) for n, lins in arch.group_linears()]
+    return lora_tensors(groups, run.lora_rank)
+
+
+def optimizer_phase(run, tensors, trainable: int, breakdown: Dict[str, int], details: Dict[str, int]) -> Tuple[str, Tuple[Tuple[str, int], ...], str]:
+    """Fold the optimizer step into the estimate; return the peak's phase, each phase's total and
+    where the step's temporaries come from.
+
+    Without optimizer-in-backward the step runs after backward, when activations and the loss
+    buffers are gone: the step's peak is the resident states plus its temporaries, and the run's
+    peak is the larger of the two phases (measured on an H100, benchmarks/data/gpu-peaks-h100.jsonl:
+    Qwen3-8B bf16, backward 30.9 GiB, foreach AdamW step 76.4 GiB). ``optimizer_step`` holds what
+    the step adds above the backward peak, so the terms still add up to the peak.
+    """
+    opt, knobs = run.optimizer, run.knobs
+    if opt is None or not trainable:
+        return "", (), ""
+    per_param_grad = breakdown["gradients"] / trainable
+    if knobs.optimizer_in_backward and tensors is not None:
+        details["gradients.largest_only"] = largest_grad_bytes(tensors, per_param_grad)
+        breakdown["gradients"] = details["gradients.largest_only"]
+    temps, why = 0, ""
+    if opt.states and not opt.factored and run.offload == "none":
+        state_list = breakdown["optimizer_states"] / opt.states
+        largest = state_list * (tensors.largest / tensors.total) if tensors is not None and tensors.total else state_list
+        temps, why = step_temporaries(knobs, opt, state_list, largest)
+    backward = sum(breakdown.values())
+    if knobs.optimizer_in_backward:
+        if temps:
+            details["optimizer_step.temporaries"] = temps
+            breakdown["optimizer_step"] = temps
+        return "backward", (("backward", backward + temps),), why
+    transient = breakdown["activations"] + breakdown["logits"] + details.get("overhead.fragmentation", 0)
+    step = backward - transient + temps
+    if temps:
+        details["optimizer_step.temporaries"] = temps
+    breakdown["optimizer_step"] = max(0, step - backward)
+    phase = "optimizer step" if step > backward else "backward"
+    return phase, (("backward", backward), ("optimizer step", step)), why

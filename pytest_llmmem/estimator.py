@@ -1,0 +1,32 @@
+"""The one core function: a resolved :class:`Run` in, a per-GPU :class:`Estimate` out.
+
+It picks the estimate a run takes and nothing else: a recipe's models (:mod:`.recipes`), the rule of
+thumb, a serving engine's start-up (:mod:`.serving`), or the detailed count (:mod:`.core.detailed`).
+It sits above all of them so that each imports the records from below (:mod:`.core.records`) and
+none imports the dispatch back.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from .core.detailed import detailed
+from .core.records import Estimate
+from .core.run import Run
+
+__all__ = ["Estimate", "estimate"]
+
+
+def estimate(run: Run) -> Estimate:
+    """Estimate the peak per-GPU memory of ``run`` by its method."""
+    if run.recipe.name != "sft":  # DPO / GRPO / PPO / reward: the models a step holds (recipes/recipes.py)
+        from .recipes.recipes import estimate_recipe
+
+        return estimate_recipe(run)
+    if run.method == "rule-of-thumb":
+        from .core.rule_of_thumb import rule_of_thumb
+
+        return rule_of_thumb(run)
+    if run.serve is not None:
+        from .serving.estimate import served
+
+        return served(run)
+    return detailed(run)

@@ -1,0 +1,266 @@
+"""What would fit: the changes to a run, each computed by the estimator, that bring it under budget.
+
+Every suggestion is exact at the integer boundary: the suggested batch size (or sequence length)
+fits and the next one up does not. Memory only grows with batch and sequence (every activation,
+logit and KV-cache term is linear or quadratic in them), so a binary search finds the boundary.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from typing import List, NamedTuple, Optional
+
+from ..catalog.registry import default_catalog
+from ..core.records import Estimate
+from ..estimator import estimate
+from ..model.architecture import Architecture
+from ..core.run import Run
+from ..units import format_bytes
+from .records import WayOut
+from .recipes import recipe_changes
+
+
+def _fits(run: Run) -> bool:
+    return bool(estimate(run).fits)
+
+
+def largest_fitting(run: Run, field: str, upper: int) -> Optional[int]:
+    """The largest value of ``field`` in 1..upper at which the run fits, or None if even 1 does not."""
+    def at(value: int) -> Run:
+        return run._replace(**{field: value})
+
+    if not _fits(at(1)):
+        return None
+    low, high = 1, upper  # invariant: low fits; high does not
+    if _fits(at(high)):
+        return high
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _fits(at(mid)):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+MAX_GPUS = 65536
+
+
+def fewest_gpus(run: Run) -> Optional[int]:
+    """The fewest GPUs at which the run fits with its own sharding and parallel layout, or None.
+
+    Only sharded states shrink with more GPUs (ZeRO >= 1, FSDP); the count stays a multiple of
+    tensor x pipeline parallel, with a data-parallel size the expert-parallel size divides.
+    """
+    if run.zero_stage == 0 and run.fsdp == "none":
+        return None
+    step = run.tensor_parallel * run.pipeline_parallel * run.expert_parallel
+    best = smallest_fitting_count(lambda k: _fits(run._replace(gpus=k * step)), MAX_GPUS // step)
+    return None if best is None else best * step
+
+
+def smallest_fitting_count(fits_at, upper: int) -> Optional[int]:
+    """Smallest k in 1..upper with fits_at(k), for a predicate that stays true once true.
+
+    Doubling first, then bisecting: the answer is usually a handful of GPUs, found in a few estimates.
+    """
+    high = 1
+    while high < upper and not fits_at(high):
+        high = min(upper, high * 2)
+    if not fits_at(high):
+        return None
+    low = high // 2 if high > 1 else 0  # invariant: fits_at(high); low == 0 or not fits_at(low)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits_at(mid):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None) -> List[WayOut]:
+    """Changes that make an over-budget run fit, cheapest to adopt first. Empty when it already fits.
+    ``current``: the run's own estimate when the caller has it (one estimate fewer)."""
+    if run.budget is None or (current if current is not None else estimate(run)).fits:
+        return []
+    if run.serve is not None:
+        from .serving import ways_out as serving_ways_out
+
+        return serving_ways_out(run, units)
+    out: List[WayOut] = []
+    has_shape = isinstance(run.model, Architecture)
+
+    def offer(key: str, value: object, text: str, changed: Run) -> None:
+        est = estimate(changed)
+        if est.fits:
+            out.append(WayOut(key, value, f"{text} ({format_bytes(est.total_bytes, units)})", est))
+
+    if has_shape and run.trains and not run.gradient_checkpointing:
+        offer("gradient-checkpointing", True, "fits with gradient-checkpointing = true", run._replace(gradient_checkpointing=True))
+    if has_shape and not run.flash_attention:
+        offer("flash-attention", True, "fits with flash-attention = true", run._replace(flash_attention=True))
+    # Recipe changes (a LoRA policy, beta = 0, a separate vLLM server, fewer generations): recipe_fit.py.
+    if run.recipe.name != "sft":
+        tried = set()
+        for key, value, text, changed in recipe_changes(run):
+            if key in tried:
+                continue  # num-generations: the most generations that fit, tried from the top
+            before = len(out)
+            offer(key, value, text, changed)
+            if len(out) > before:
+                tried.add(key)
+    # GRPO's batch-size must stay a multiple of num-generations: fewer generations is offered above.
+    if has_shape and run.batch_size > 1 and run.recipe.name != "grpo":
+        best = largest_fitting(run, "batch_size", run.batch_size - 1)
+        if best:
+            out.append(WayOut("batch-size", best, f"fits with batch-size <= {best} (raise gradient accumulation to keep the global batch)",
+                              estimate(run._replace(batch_size=best))))
+    if has_shape and run.seq_len > 1:
+        best = largest_fitting(run, "seq_len", run.seq_len - 1)
+        if best:
+            out.append(WayOut("seq-len", best, f"fits with seq-len <= {best}", estimate(run._replace(seq_len=best))))
+    if run.optimizer is not None and run.optimizer.name in ("adamw", "adam"):
+        eight_bit = default_catalog().optimizer("adamw-8bit")
+        offer("optimizer", "adamw-8bit", 'fits with optimizer = "adamw-8bit"', run._replace(optimizer=eight_bit))
+    for key, value, text, changed in trainer_knobs(run) + phase_changes(run):
+        offer(key, value, text, changed)
+    if run.trains and run.mode == "train":
+        if run.zero_stage or run.fsdp != "none":
+            gpus = fewest_gpus(run)
+            if gpus and gpus > run.gpus:
+                offer("gpus", gpus, f"fits on {gpus} GPUs with this sharding (gpus = {gpus})", run._replace(gpus=gpus))
+        else:
+            zero3 = fewest_gpus(run._replace(zero_stage=3))
+            if zero3:
+                offer("zero-stage", 3, f"fits on {zero3} GPUs with zero-stage = 3 (gpus = {zero3})", run._replace(zero_stage=3, gpus=zero3))
+    gpu = smallest_gpu(run)
+    if gpu:
+        offer("gpu", gpu, f'fits on a {gpu} (gpu = "{gpu}")', _on_gpu(run, gpu))
+    return out
+
+
+def trainer_knobs(run: Run) -> List[tuple]:
+    """(key, value, text, changed run) for each trainer knob that would lower this run's peak (profiles.py)."""
+    if not run.trains or not isinstance(run.model, Architecture):
+        return []
+    knobs, out = run.knobs, []
+
+    def knob(key: str, value: object, text: str, **change) -> None:
+        out.append((key, value, text, run._replace(knobs=knobs._replace(**change))))
+
+    if knobs.loss != "fused":
+        knob("loss", "fused", 'fits with loss = "fused" (Liger / Cut Cross-Entropy: no b x s x vocab logits)', loss="fused")
+    if run.gradient_checkpointing and not knobs.activation_offload:
+        knob("activation-offload", True, "fits with activation-offload = true (checkpointed layer inputs in host memory)", activation_offload=True)
+    if run.mode == "train" and not knobs.optimizer_in_backward and run.micro_batches == 1:
+        knob("optimizer-in-backward", True, "fits with optimizer-in-backward = true (each gradient applied and freed in backward)",
+             optimizer_in_backward=True)
+    if knobs.optimizer_impl != "fused" and run.optimizer is not None and run.optimizer.name in ("adamw", "adam"):
+        knob("optimizer-impl", "fused", 'fits with optimizer-impl = "fused" (no foreach step temporaries)', optimizer_impl="fused")
+    return out
+
+
+def phase_changes(run: Run) -> List[tuple]:
+    """(key, value, text, changed run) for each change that lowers a peak outside the training step:
+    evaluation's kept logits, an FSDP full state dict (job_phases.py, issue 16)."""
+    if not run.trains:
+        return []
+    job, out = run.job, []
+
+    def change(key: str, value: object, text: str, **fields) -> None:
+        out.append((key, value, text, run._replace(job=job._replace(**fields))))
+
+    if job.evaluates and job.eval_samples and job.eval_accumulation_steps != 1:
+        change("eval-accumulation-steps", 1, "fits with eval-accumulation-steps = 1 (each eval batch's logits moved to the CPU)",
+               eval_accumulation_steps=1)
+    if run.fsdp != "none" and job.save == "full-state-dict" and not job.offload_to_cpu:
+        change("offload-to-cpu", True, "fits with offload-to-cpu = true (the full state dict built on the CPU, one unit at a time)",
+               offload_to_cpu=True)
+        change("save", "sharded", 'fits with save = "sharded" (each rank saves its own shard)', save="sharded")
+    if job.merge_adapters and job.merge_on_gpu:
+        change("merge-adapters", False, "fits with merge-adapters = false (merge on the CPU after training)", merge_adapters=False)
+    return out
+
+
+def _on_gpu(run: Run, name: str) -> Run:
+    budget = run.budget
+    gpu = default_catalog().gpu(name)
+    fraction = budget.headroom_bytes / budget.ceiling_bytes if budget.ceiling_bytes else 0.0
+    headroom = int(gpu.memory_bytes * fraction)
+    return run._replace(budget=budget._replace(ceiling_bytes=gpu.memory_bytes, headroom_bytes=headroom, gpu=gpu.name))
+
+
+def smallest_gpu(run: Run) -> Optional[str]:
+    """The known GPU with the least memory that holds the run (keeping its headroom share), if any."""
+    catalog = default_catalog()
+    for name in sorted(catalog.gpus.names, key=lambda n: catalog.gpu(n).memory_bytes):
+        if catalog.gpu(name).memory_bytes > run.budget.ceiling_bytes and _fits(_on_gpu(run, name)):
+            return name
+    return None
+
+
+class Toggle(NamedTuple):
+    """One switch the solver tried, with the estimate it gives."""
+
+    setting: str
+    estimate: Optional[Estimate]  # None when it does not apply (already on, or no architecture)
+    reason: str = ""
+
+
+def toggles(run: Run) -> List[Toggle]:
+    """Whether checkpointing, flash attention, 8-bit AdamW, a trainer knob or ZeRO-3 would make the run fit, one at a time."""
+    out = []
+    shaped = isinstance(run.model, Architecture)
+
+    def attempt(setting: str, applies: bool, reason: str, changed) -> None:
+        out.append(Toggle(setting, estimate(changed()) if applies else None, "" if applies else reason))
+
+    if run.gradient_checkpointing:
+        why = "already on"
+    elif not run.trains:
+        why = "only for training: inference keeps no activations for a backward pass"
+    else:
+        why = "needs the architecture"
+    attempt("gradient-checkpointing = true", shaped and run.trains and not run.gradient_checkpointing, why,
+            lambda: run._replace(gradient_checkpointing=True))
+    attempt("flash-attention = true", shaped and not run.flash_attention,
+            "already on" if run.flash_attention else "needs the architecture", lambda: run._replace(flash_attention=True))
+    is_adam = run.optimizer is not None and run.optimizer.name in ("adamw", "adam")
+    attempt('optimizer = "adamw-8bit"', is_adam, "only replaces adam/adamw",
+            lambda: run._replace(optimizer=default_catalog().optimizer("adamw-8bit")))
+    for key, value, _, changed in trainer_knobs(run):
+        shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
+        out.append(Toggle(f"{key} = {shown}", estimate(changed)))
+    out += _recipe_toggles(run)
+    if run.mode != "train":
+        why = "only for full training"
+    elif run.gpus == 1:
+        why = "one GPU shards nothing; see the fewest GPUs above"  # cli fit prints that line for every full-training run
+    else:
+        why = "already sharded"
+    attempt(f"zero-stage = 3 on {run.gpus} GPU{'s' if run.gpus > 1 else ''}",
+            run.mode == "train" and run.zero_stage != 3 and run.fsdp == "none" and run.gpus > 1, why,
+            lambda: run._replace(zero_stage=3))
+    return out
+
+
+def _recipe_toggles(run: Run) -> List[Toggle]:
+    """A recipe's own switches (recipe_fit.recipe_changes): LoRA policy, beta = 0, precomputed reference
+    log-probs, a separate vLLM server, a shared value head; and the most generations per prompt that
+    fit (the fewest tried when none does), at the same prompts per step."""
+    if run.recipe.name == "sft":
+        return []
+
+    out: List[Toggle] = []
+    generations = []
+    for key, value, _, changed in recipe_changes(run):
+        if key == "num-generations":
+            generations.append((value, changed))
+            continue
+        shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
+        out.append(Toggle(f"{key} = {shown}", estimate(changed)))
+    if generations:
+        tried = [(value, changed, estimate(changed)) for value, changed in generations]
+        value, changed, est = next((t for t in tried if t[2].fits), tried[-1])
+        out.append(Toggle(f"num-generations = {value} (batch-size {changed.batch_size}, same prompts per step)", est))
+    return out

@@ -1,0 +1,247 @@
+"""A model named by its Hugging Face Hub id: the local cache, then the bundled configs, then (opt-in)
+a download. Offline unless the project says ``allow-network = true`` (or ``--allow-network``).
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+from ..io import files
+from ..errors import ConfigError, did_you_mean, shown_name
+
+BUNDLED = Path(__file__).parents[1] / "models"  # pytest_llmmem/models: package data beside the subpackages
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# A safetensors header is at most 100 MB (safetensors/src/tensor.rs MAX_HEADER_SIZE); an LLM's is
+# tens of KB per shard. 8 MiB bounds the read per shard.
+_HEADER_LIMIT = 8 * 1024 * 1024
+# safetensors dtype names (safetensors/src/tensor.rs Dtype) -> ours, for the stored-weights note.
+_STORED = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8", "I8": "int8", "U8": "uint8"}
+
+
+class Resolved(NamedTuple):
+    """Where a Hub id's config.json was found, and what the checkpoint beside it says."""
+
+    model_id: str
+    config_path: Path
+    origin: str  # "hub cache" | "bundled" | "download"
+    revision: str  # the commit (cache, download) or the bundled entry's revision ("" when not recorded)
+    stored_params: Optional[int] = None  # sum of tensor sizes in the safetensors headers, when present
+    stored_dtypes: Tuple[str, ...] = ()  # dtypes the headers hold (bf16, fp8, ...)
+
+    def describe(self) -> str:
+        rev = f" @ {self.revision[:12]}" if self.revision else ""
+        return f"{self.model_id}{rev} ({self.origin}: {self.config_path})"
+
+
+def cache_dir() -> Path:
+    """The Hub cache folder, as huggingface_hub computes it (huggingface_hub/constants.py:
+    HF_HUB_CACHE, else HF_HOME/hub, HF_HOME defaulting to $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def bundled_index() -> Dict[str, Dict[str, Any]]:
+    """id -> {family, folder, revision, taken_from, [checked_against], source} of the configs shipped with the
+    package. revision: the Hub commit where the source states one, else null. taken_from: where the config.json
+    was copied from, "github:OWNER/REPO@COMMIT:PATH" (the file is the JSON), "...:PATH#L<n>" (the JSON object opening on
+    line n) or "...:PATH#NAME['key']" (a Python dict literal), "validation:FILE#ROW" (the project's shared
+    validation data) or "index:ID" (a public GitHub file by its code-search index id; repository not recorded).
+    checked_against: a GitHub source holding every key with the same value (benchmarks/check_bundle_sources.py).
+    source: the prose note of what was copied and what was left out."""
+    return files.read_json(BUNDLED / "index.json")
+
+
+def catalog_lines() -> List[str]:
+    """``llmmem catalog models``: each bundled id, its family, the Hub revision where its source states
+    one, and where its config.json was copied from (index.json's taken_from / checked_against)."""
+    lines = ['bundled model configs (model = "org/name" when the Hugging Face cache lacks them), from models/index.json:',
+             "  id, family, Hub revision (where the source states one)",
+             "    where its config.json was copied from"]
+    for model_id, entry in sorted(bundled_index().items(), key=lambda item: item[0].lower()):
+        revision = (entry.get("revision") or "")[:12] or "-"
+        lines.append(f"  {model_id:<38} {entry['family']:<12} {revision}")
+        lines.append(f"    from {_short(entry.get('taken_from') or 'no source recorded')}")
+        if entry.get("checked_against"):
+            lines.append(f"    same values in {_short(entry['checked_against'])}")
+    lines.append("  (github:REPO@COMMIT:PATH = a file in a public GitHub repository, #L<n> the JSON object opening on its line n; "
+                 "validation:FILE#ROW = the project's shared "
+                 "validation data; index:ID = a public GitHub file found by its id in a code-search index, repository not recorded)")
+    return lines
+
+
+def _short(locator: str) -> str:
+    """github:owner/repo@<40 hex>:path with a 12-character commit, as git log --oneline shows it."""
+    head, at, rest = locator.partition("@")
+    return f"{head}@{rest[:12]}{rest[40:]}" if at and len(rest) > 40 and rest[40] == ":" else locator
+
+
+def resolve(model_id: str, revision: Optional[str] = None, allow_network: bool = False) -> Resolved:
+    """The config.json for ``model_id``; ConfigError (key "id") naming the three ways when none is found."""
+    if not isinstance(model_id, str) or not _ID.match(model_id):
+        raise ConfigError(f'"{shown_name(str(model_id), 120)}" is not a Hugging Face model id; expected "org/name", e.g. "Qwen/Qwen3-8B".', key="id")
+    found = from_cache(model_id, revision, cache_dir())
+    if found:
+        return found
+    index = bundled_index()
+    entry = index.get(model_id)
+    if entry and revision in (None, "main", entry.get("revision")):
+        return Resolved(model_id, BUNDLED / entry["folder"] / "config.json", "bundled", entry.get("revision") or "")
+    if allow_network:
+        return download(model_id, revision)
+    rev = f" at revision {revision}" if revision else ""
+    near = did_you_mean(model_id, list(index))
+    raise ConfigError(
+        f'"{model_id}"{rev} is not in the local Hugging Face cache ({cache_dir()}) nor among the bundled configs, '
+        f"and downloading is off.{near}",
+        key="id",
+        hint=(f'Three ways: download it once (hf download {model_id} config.json) so the cache holds it; '
+              'use one of the bundled ids (llmmem catalog models); or set allow-network = true in the model table '
+              '(or --allow-network) with pip install "pytest-llmmem[hub]". Or point config at a config.json.'),
+    )
+
+
+def from_cache(model_id: str, revision: Optional[str], root: Path) -> Optional[Resolved]:
+    """models--org--name/snapshots/<commit>/config.json, the commit read from refs/<branch> (the
+    layout huggingface_hub/file_download.py writes: blobs, refs, snapshots)."""
+    repo = root / ("models--" + model_id.replace("/", "--"))
+    rev = revision or "main"
+    if _COMMIT.match(rev):
+        commit = rev
+    else:
+        try:
+            commit = files.read_text(repo / "refs" / rev, 1024).strip()
+        except (FileNotFoundError, files.UnreadableFile):
+            return None
+        if not _COMMIT.match(commit):
+            return None
+    snapshot = repo / "snapshots" / commit
+    config = snapshot / "config.json"
+    if not files.is_file(config):
+        return None
+    params, dtypes = _stored_weights(snapshot)
+    return Resolved(model_id, config, "hub cache", commit, params, dtypes)
+
+
+def _stored_weights(snapshot: Path) -> Tuple[Optional[int], Tuple[str, ...]]:
+    """Parameter count and dtypes from the safetensors headers in a snapshot (8-byte little-endian
+    header length, then a JSON header of {name: {dtype, shape, data_offsets}}: safetensors format
+    spec, README "Format"). Shards come from model.safetensors.index.json's weight_map."""
+    shards: List[str] = []
+    try:
+        index = files.read_json(snapshot / "model.safetensors.index.json")
+        shards = sorted(set(index.get("weight_map", {}).values())) if isinstance(index, dict) else []
+    except (FileNotFoundError, files.UnreadableFile):
+        shards = ["model.safetensors"] if files.is_file(snapshot / "model.safetensors") else []
+    total, dtypes = 0, set()
+    for shard in shards:
+        header = _header(snapshot / shard)
+        if header is None:
+            return None, ()
+        for name, tensor in header.items():
+            if name == "__metadata__" or not isinstance(tensor, dict):
+                continue
+            count = 1
+            for dim in tensor.get("shape", []):
+                count *= int(dim)
+            total += count
+            dtypes.add(_STORED.get(str(tensor.get("dtype")), str(tensor.get("dtype")).lower()))
+    return (total, tuple(sorted(dtypes))) if shards else (None, ())
+
+
+def _header(path: Path) -> Optional[Dict[str, Any]]:
+    """A safetensors file's JSON header, or None when absent (a partial download) or malformed."""
+    try:
+        if files.describe(path):
+            return None
+        with open(path, "rb") as handle:
+            size = struct.unpack("<Q", handle.read(8))[0]
+            if size > _HEADER_LIMIT:
+                return None
+            header = json.loads(handle.read(size).decode("utf-8"))
+    except (OSError, ValueError, struct.error):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def checkpoint_format(config: Any) -> Optional[str]:
+    """The weight format a quantised checkpoint's config.json declares (its quantization_config, read by
+    from_pretrained: transformers/utils/quantization_config.py QuantizationMethod), as our dtype name."""
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(quant, dict):
+        return None
+    method = str(quant.get("quant_method", "")).lower()
+    if method == "bitsandbytes":
+        if quant.get("load_in_4bit") is True:
+            return "nf4" if str(quant.get("bnb_4bit_quant_type", "fp4")).lower() == "nf4" else "int4"  # BitsAndBytesConfig default fp4
+        return "int8" if quant.get("load_in_8bit") is True else None
+    return {"fp8": "fp8", "fbgemm_fp8": "fp8", "mxfp4": "mxfp4"}.get(method)
+
+
+def download(model_id: str, revision: Optional[str]) -> Resolved:
+    """config.json through huggingface_hub (the optional extra), into the standard cache; HF_TOKEN
+    is read by huggingface_hub itself (huggingface_hub/utils/_auth.py get_token)."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                           RevisionNotFoundError)
+    except ImportError:
+        raise ConfigError(f'"{model_id}" would be downloaded, but huggingface_hub is not installed.', key="allow-network",
+                          hint='pip install "pytest-llmmem[hub]", or download config.json into the cache yourself.') from None
+    try:
+        path = hf_hub_download(model_id, "config.json", revision=revision)
+    except GatedRepoError:  # a subclass of RepositoryNotFoundError (huggingface_hub/errors.py): caught first
+        raise ConfigError(f'"{model_id}" is a gated model on the Hugging Face Hub and {_token_state()}, so its config.json '
+                          "cannot be downloaded.", key="id",
+                          hint=(f"Accept its licence at https://huggingface.co/{model_id}, then export HF_TOKEN=<a read token> "
+                                "or run `hf auth login` (`huggingface-cli login` before huggingface_hub 1.0); or put "
+                                "config.json in the cache yourself, or point config at a copy.")) from None
+    except RevisionNotFoundError:
+        raise ConfigError(f'"{model_id}" has no revision "{revision}".', key="revision") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f'"{model_id}" does not exist on the Hub (or is private and {_token_state()}).', key="id") from None
+    except LocalEntryNotFoundError:  # offline: HF_HUB_OFFLINE, or the Hub could not be reached (file_download.py)
+        cause, offline = _offline_cause()
+        raise ConfigError(f'"{model_id}" could not be downloaded: {cause}, and config.json is not in the cache '
+                          f"({cache_dir()}).", key="allow-network",
+                          hint=("Unset HF_HUB_OFFLINE to download it; or " if offline else "")
+                          + (f"on a machine with network access run `hf download {model_id} config.json` and copy the "
+                             "cache, or point config at a copy of its config.json.")) from None
+    except EntryNotFoundError:
+        raise ConfigError(f'"{model_id}" has no config.json on the Hub (not a transformers checkpoint?).', key="id",
+                          hint="Point config at the architecture's config.json.") from None
+    except Exception as err:  # timeouts, HTTP 5xx, a bad token: huggingface_hub raises many kinds
+        raise ConfigError(f'"{model_id}" could not be downloaded: {type(err).__name__}: {shown_name(str(err), 200)}.', key="id") from None
+    found = from_cache(model_id, revision, cache_dir())
+    return found._replace(origin="download") if found else Resolved(model_id, Path(path), "download", revision or "")
+
+
+def _token_state() -> str:
+    """Whether huggingface_hub holds a token (HF_TOKEN, else the file `hf auth login` writes), for the gated message."""
+    try:
+        from huggingface_hub import get_token  # huggingface_hub/utils/_auth.py (0.21 and later)
+
+        token = get_token()
+    except Exception:  # older huggingface_hub, or an OIDC exchange that failed: fall back to the variable
+        token = os.environ.get("HF_TOKEN")
+    return "the token huggingface_hub found has no access to it" if token else "no token is set (HF_TOKEN or `hf auth login`)"
+
+
+def _offline_cause() -> Tuple[str, bool]:
+    """Why huggingface_hub did not reach the Hub: offline mode (HF_HUB_OFFLINE, huggingface_hub/constants.py) or the network."""
+    try:
+        from huggingface_hub import constants
+
+        offline = bool(constants.HF_HUB_OFFLINE)
+    except Exception:
+        offline = False
+    if offline:
+        return "huggingface_hub is in offline mode (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)", True
+    return "the Hugging Face Hub could not be reached (no network, a proxy, or the Hub is down)", False

@@ -1,0 +1,357 @@
+"""Post-training recipes as the set of models a step holds (issue 13; DESIGN.md section 5).
+
+A recipe is a table entry: how many rows one example becomes (DPO and reward models put chosen and
+rejected in one forward), how the policy scores tokens (TRL's fused log-prob head, a score head, or
+HF logits), which extra models sit in memory (reference, reward, value) and whether the step
+generates. The policy is priced by the same term functions as an SFT run (``estimate._detailed`` at
+the recipe's rows); each extra model is priced from the same weights/states functions and is its own
+breakdown term. Generation (GRPO, PPO) is a phase of its own: in-process ``generate()`` holds a KV
+cache while no activations or gradients live, so the step's peak is the larger of the two phases;
+a colocated vLLM engine holds its ``gpu-memory-utilization`` share all the time.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from ..core.terms.activations import FP32, INDEX_BYTES, forward_transient
+from ..model.architecture import Architecture
+from ..core.terms.parallel import local_params
+from ..core.terms.prefill import stage_kv
+from ..core import detailed as core
+from ..core.detailed import stored_weight_bytes
+from ..core.records import FRAGMENTATION, TERMS, Estimate
+from ..core.run import RecipeSettings, Run
+from ..catalog.registry import default_catalog
+from .ppo_rollout import ROLLOUT_CHUNK, rollout_phase
+
+# Breakdown terms a recipe adds (labels in report.LABELS), placed before the overhead term.
+RL_TERMS = ("reference_model", "reward_model", "value_model", "generation_kv_cache", "rollout_logits", "vllm_engine_share")
+
+# TRL 1.16 fused LM head: tiles of TOKEN_CHUNK_SIZE tokens x _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary
+# columns (trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE = 4096; trl/trainer/utils.py:1506 = 32768).
+FUSED_TOKEN_TILE = 4096
+FUSED_VOCAB_TILE = 32768
+
+
+class Recipe(NamedTuple):
+    """What a recipe's step holds beyond an SFT step of the same model."""
+
+    rows_per_example: int  # forward rows per batch element: 2 when chosen and rejected run together
+    head: str  # "fused" (TRL fused log-prob head), "score" (sequence-classification head), "hf" (full logits)
+    reward_model: bool
+    value_model: bool
+    generates: bool
+    source: str
+
+
+RECIPES: Dict[str, Recipe] = {
+    # trl/trainer/dpo_trainer.py _compute_loss: one forward of the concatenated [chosen, rejected] batch
+    # through model(..., fused_lm_head=True); labels are the completion tokens only.
+    "dpo": Recipe(2, "fused", False, False, False, "TRL 1.16 DPOTrainer"),
+    # trl/trainer/grpo_trainer.py: generate, then _get_per_token_logps_and_entropies with the fused head
+    # over the completion (labels[:, :-logits_to_keep] = -100); batch-size counts completions.
+    "grpo": Recipe(1, "fused", False, False, True, "TRL 1.16 GRPOTrainer"),
+    # trl/experimental/ppo/ppo_trainer.py: policy (+ PolicyAndValueWrapper value model), ref_policy,
+    # reward_model; full logits of the response through selective_log_softmax.
+    "ppo": Recipe(1, "hf", True, True, True, "TRL PPOTrainer (trl/experimental/ppo/ppo_trainer.py)"),
+    # trl/trainer/reward_trainer.py: AutoModelForSequenceClassification(num_labels=1), chosen and
+    # rejected concatenated into one forward, -logsigmoid(chosen - rejected).
+    "reward": Recipe(2, "score", False, False, False, "TRL 1.16 RewardTrainer"),
+}
+
+
+def score_model_params(arch: Architecture) -> int:
+    """A sequence-classification model of the policy's shape: the LM head (unless tied) replaced by a
+    bias-free h x 1 score (transformers LlamaForSequenceClassification: nn.Linear(h, num_labels, bias=False))."""
+    lm_head = 0 if arch.tie_embeddings else arch.vocab_size * arch.hidden_size
+    return arch.param_count() - lm_head + arch.hidden_size
+
+
+def _frozen_weight_bytes(run: Run, arch: Optional[Architecture], params: int, quantized_ok: bool) -> int:
+    # (params: the frozen model's own count; its tensor/pipeline share is the policy's)
+    """A frozen model's weights on one GPU: its dtype (16-bit when ``quantized_ok`` is false), split by
+    tensor/pipeline parallelism, and sharded under ZeRO-3 / FSDP full-shard, as TRL prepares its
+    reference and reward models (prepare_deepspeed / prepare_fsdp in trl/models/utils.py)."""
+    dtype = run.dtype
+    if dtype.quantized and quantized_ok:
+        weights = stored_weight_bytes(run, params)[0]
+    else:
+        weights = round(params * (dtype.compute_bytes if dtype.quantized else dtype.bytes))
+    policy = arch.param_count() if arch else params
+    share = local_params(run, arch, policy).params / policy if policy else 1.0
+    sharded = run.zero_stage == 3 or run.fsdp in ("full-shard", "hybrid-shard")
+    return round(weights * share / (run.shard_group if sharded else 1))
+
+
+def _fused_head(run: Run, arch: Architecture, rows: int, act: int, details: Dict[str, int], notes: List[str]) -> None:
+    """TRL's fused LM head (trl/trainer/utils.py:1548 add_fused_lm_head; trl/kernels/chunked_logprob.py
+    _ChunkedLogProbFunction): no b*s*V logits. It saves a copy of the scored positions' hidden states
+    (``hidden_states[mask]``), their int64 targets, and fp32 log-Z and entropy per position; the
+    per-token outputs are scattered back through a bool mask each. Backward accumulates grad_hidden
+    in fp32 (and grad_weight in fp32, V x h, when the head trains) and recomputes one tile at a time."""
+    rs, s, t = run.recipe, run.seq_len, run.tensor_parallel
+    positions_per_row = rs.completion_len or (s - 1)
+    if not rs.completion_len:
+        notes.append("max-prompt-length not set: the fused log-prob head is counted over every position (an upper bound; it scores the completion only)")
+    n = rows * positions_per_row
+    h, vocab = arch.hidden_size, arch.vocab_size
+    for key in [k for k in details if k.startswith("logits.")]:
+        del details[key]
+    if run.mode == "train":
+        # The plain LM head's input (counted with the head in activations) is not kept: the fused head keeps its own copy.
+        details["activations.embedding_and_head"] -= rows * s * h * act
+    details["logits.fused_head_input"] = n * h * act
+    details["logits.per_token"] = n * (INDEX_BYTES + 2 * FP32) + 2 * rows * (s - 1)
+    head_trains = run.mode == "train"
+    details["logits.fused_backward_buffers"] = (
+        n * h * FP32 + min(n, FUSED_TOKEN_TILE) * min(vocab, FUSED_VOCAB_TILE) * act
+        + ((vocab * h * FP32) // t if head_trains else 0)
+    )
+
+
+def _score_head(run: Run, arch: Architecture, rows: int, act: int, details: Dict[str, int]) -> None:
+    """Reward model: the score head's (b, s, 1) output and the pooled (b, 1) rewards instead of b*s*V
+    logits (modeling_llama.py LlamaForSequenceClassification.forward); the loss is -logsigmoid of a difference."""
+    for key in [k for k in details if k.startswith("logits.")]:
+        del details[key]
+    details["logits.scores"] = rows * run.seq_len * act + rows * FP32
+
+
+def _score_model_states(run: Run, arch: Architecture, breakdown: Dict[str, int]) -> int:
+    """Reward-model training trains a sequence-classification model: the LM head's V x h weights (and,
+    under full training, their gradients and optimizer states) are not there; the h x 1 score is.
+    Full training: the model states scale with the parameter count. LoRA: the base loses the head's
+    16-bit weights (PEFT SEQ_CLS trains the score as a module to save: h params, counted as noise).
+    Returns the trained model's parameter count."""
+    params, score = arch.param_count(), score_model_params(arch)
+    if run.mode == "train":
+        for term in ("weights", "master_weights", "gradients", "optimizer_states"):
+            breakdown[term] = round(breakdown[term] * score / params)
+    elif not arch.tie_embeddings:
+        per = run.dtype.compute_bytes if run.dtype.quantized else run.dtype.bytes
+        share = local_params(run, arch, params).params / params
+        breakdown["weights"] -= round(arch.vocab_size * arch.hidden_size * per * share)
+    return score
+
+
+def generation_phase(run: Run, arch: Architecture, act: int) -> Dict[str, int]:
+    """In-process ``generate()`` of ``generation-batch-size`` completions: the KV cache after the last token
+    (prompt + completion - 1 positions: the last sampled token is never fed back; measured, groundtruth-rl
+    grpo gen_kv_bytes_final), the last position's logits in the compute dtype (generate passes
+    logits_to_keep=1) beside generate's fp32 copy and the sampling softmax (transformers 5.24
+    generation/utils.py:3248 and :3275), and the larger of the prefill's and a decode step's transient."""
+    rs = run.recipe
+    rows, completion = rs.generation_batch_size, rs.completion_len
+    prompt = rs.prompt_len or run.seq_len - completion
+    t = run.tensor_parallel
+    groups = arch.layer_groups()
+    prefill = max(forward_transient(arch, g, batch=rows, seq=prompt, act=act, flash=run.flash_attention, tp=t) for g in groups)
+    decode = max(forward_transient(arch, g, batch=rows, seq=1, act=act, flash=run.flash_attention, tp=t) for g in groups)
+    kv_prompt = stage_kv(run, arch, rows, prompt, act)
+    kv_final = stage_kv(run, arch, rows, prompt + completion - 1, act)
+    kv_at_peak, transient = (kv_prompt, prefill) if kv_prompt + prefill > kv_final + decode else (kv_final, decode)
+    return {
+        "kv_cache": kv_final,
+        "kv_cache_at_peak": kv_at_peak,
+        "transient": transient,
+        "logits": rows * arch.vocab_size * act // t,
+        "sampling_fp32": 2 * rows * arch.vocab_size * FP32 // t,
+    }
+
+
+def _extra_models(run: Run, arch: Optional[Architecture], params: int, rows: int, recipe: Recipe,
+                  policy: "object", breakdown: Dict[str, int], details: Dict[str, int], notes: List[str]) -> None:
+    """Reference, reward and value models, each its own term."""
+    rs = run.recipe
+    if rs.reference:
+        # A frozen copy of the policy's base weights (TRL create_model_from_path / create_reference_model).
+        breakdown["reference_model"] = _frozen_weight_bytes(run, arch, params, quantized_ok=True)
+    if recipe.reward_model:
+        model = rs.reward_model if rs.reward_model is not None else (arch or run.model)
+        shaped = model if isinstance(model, Architecture) else None
+        rm = score_model_params(shaped) if shaped else model.params
+        breakdown["reward_model"] = _frozen_weight_bytes(run, shaped, rm, quantized_ok=False)
+        if shaped is None:
+            notes.append("reward model counted at its params: its score head needs the architecture")
+    if not recipe.value_model:
+        return
+    if rs.value_head == "shared":
+        # AutoModelForCausalLMWithValueHead: a Linear(h, 1) with bias on the policy's backbone
+        # (trl/experimental/ppo/modeling_value_head.py ValueHead), trained in fp32 with AdamW.
+        h = arch.hidden_size if arch else 0
+        breakdown["value_model"] = (h + 1) * FP32 * 4
+        return
+    # A separate AutoModelForSequenceClassification critic, fully trained with the policy's optimizer
+    # (PolicyAndValueWrapper): its states scale with its parameter count; its activations are the
+    # policy's backbone activations at the same rows; its output is one value per position.
+    full = policy  # an estimate of the critic's shape at these rows under full training
+    shaped = full.run.model if isinstance(full.run.model, Architecture) else None
+    vm = score_model_params(shaped) if shaped else full.params
+    states = sum(full.breakdown[k] for k in ("weights", "master_weights", "gradients", "optimizer_states"))
+    details["value_model.model_states"] = round(states * vm / full.params)
+    details["value_model.activations"] = full.breakdown["activations"]
+    details["value_model.values"] = rows * run.seq_len * run.dtype.compute_bytes
+    breakdown["value_model"] = sum(v for k, v in details.items() if k.startswith("value_model."))
+
+
+def estimate_recipe(run: Run):
+    """The peak of one step of a DPO / GRPO / PPO / reward-model run (see the module docstring)."""
+    rs: RecipeSettings = run.recipe
+    recipe = RECIPES[rs.name]
+    rows = run.batch_size * recipe.rows_per_example
+    plain = run._replace(recipe=RecipeSettings(), calibration=None, batch_size=rows)
+    if run.method == "rule-of-thumb":
+        est = core.estimate_model(plain)
+        return est._replace(run=run, notes=est.notes + (f"recipe = \"{rs.name}\": the rule of thumb counts the policy only",))
+    policy = core.estimate_model(plain)
+    arch = run.model if isinstance(run.model, Architecture) else None
+    params = policy.params
+    breakdown, details = dict(policy.breakdown), dict(policy.details)
+    notes, partial = list(policy.notes), list(policy.partial)
+    act = run.dtype.compute_bytes
+    if recipe.rows_per_example == 2:
+        notes.append(f"{rs.name}: chosen and rejected run in one forward: {rows} rows of {run.seq_len} tokens")
+    if arch is not None:
+        if recipe.head == "fused":
+            _fused_head(run, arch, rows, act, details, notes)
+        elif recipe.head == "score":
+            _score_head(run, arch, rows, act, details)
+            params = _score_model_states(run, arch, breakdown)
+        for term in ("activations", "logits"):
+            breakdown[term] = sum(v for k, v in details.items() if k.startswith(term + "."))
+    extra = dict.fromkeys(RL_TERMS, 0)
+    value_basis = None
+    if recipe.value_model and rs.value_head == "separate":
+        if rs.value_model is not None:
+            # The critic as its own full-training run, on the policy's data-parallel GPUs (no TP/PP split).
+            critic = plain._replace(model=rs.value_model, mode="train", dtype=_compute_dtype(run), tensor_parallel=1,
+                                    pipeline_parallel=1, sequence_parallel=False, gpus=max(1, run.data_parallel))
+            value_basis = core.estimate_model(critic)
+            if not isinstance(rs.value_model, Architecture):
+                partial.append("the value model is given by params only: its activations are not counted")
+        else:
+            value_basis = policy if run.mode == "train" else core.estimate_model(plain._replace(mode="train", dtype=_compute_dtype(run)))
+    _extra_models(run, arch, policy.params, rows, recipe, value_basis, extra, details, notes)
+    if rs.name == "dpo" and rs.precompute_ref_log_probs:
+        notes.append("precompute-ref-log-probs: the reference log-probs are computed before training; no reference model during the step")
+    elif rs.name in ("dpo", "grpo", "ppo") and not rs.reference:
+        notes.append(_no_reference_reason(run))
+    gen = _generation(run, arch, act, extra, details, notes, partial)
+    out = {}
+    for term in TERMS:
+        if term == "overhead":
+            out.update(extra)
+        out[term] = breakdown.get(term, 0)
+    peak_phase, phases = _phases(run, out, details, gen, notes, core)
+    if run.calibration is not None:
+        out["calibration"] = round((run.calibration - 1) * sum(v for k, v in out.items() if k != "calibration"))
+        notes.append(f"calibrated: x {run.calibration} from llmmem measure")
+    return Estimate(run, "detailed", out, params, policy.trainable_params, tuple(notes), details,
+                         policy.host_bytes, tuple(partial), policy.approximate, peak_phase=peak_phase, phases=phases)
+
+
+def _compute_dtype(run: Run):
+    if not run.dtype.quantized:
+        return run.dtype
+    return default_catalog().dtype("bf16" if run.dtype.compute_bytes == 2 else "fp32")
+
+
+def _no_reference_reason(run: Run) -> str:
+    rs = run.recipe
+    if rs.name == "dpo" and rs.loss_type in ("simpo", "cpo", "orpo"):
+        return f'loss-type = "{rs.loss_type}" is reference-free: no reference model'
+    if rs.name == "grpo" and not rs.beta:
+        return "beta = 0 (TRL GRPOConfig's default): no reference model is loaded"
+    return "LoRA: the reference is the policy with its adapters disabled, no second model"
+
+
+def _generation(run: Run, arch: Optional[Architecture], act: int, extra: Dict[str, int], details: Dict[str, int],
+                notes: List[str], partial: List[str]) -> Optional[Dict[str, int]]:
+    """The generation share of a GRPO/PPO step: a colocated vLLM engine's share (resident), nothing
+    (a separate server), or the in-process generation phase's figures (returned, for ``_phases``)."""
+    rs = run.recipe
+    if not RECIPES[rs.name].generates:
+        return None
+    if rs.generation == "vllm-server":
+        notes.append("generation runs on a separate vLLM server (trl vllm-serve): nothing on the training GPUs")
+        return None
+    if rs.generation == "vllm-colocate":
+        if run.budget is None:
+            partial.append("the colocated vLLM engine's share is a fraction of the GPU's memory: set gpu or gpu-memory to count it")
+            return None
+        # vLLM takes gpu_memory_utilization x the GPU's total memory as the CUDA runtime reports it, for its
+        # weights, activations and KV pool (vllm/v1/worker/gpu_worker.py requested_memory = total_gpu_memory
+        # * gpu_memory_utilization); the serving module knows that total per GPU (serve.cuda_total).
+        from ..serving.serve import cuda_total
+
+        total, note = cuda_total(run)
+        extra["vllm_engine_share"] = round(rs.vllm_gpu_memory_utilization * total)
+        if note:
+            notes.append(note)
+        return None
+    if arch is None:
+        partial.append("generation's KV cache needs the architecture: give config or the architecture keys")
+        return None
+    if rs.name == "ppo":
+        # TRL PPOTrainer: chunked generate() with every token's fp32 scores kept through the update (ppo_rollout.py)
+
+        gen = rollout_phase(run, arch, act)
+        extra["rollout_logits"] = gen["rollout_scores"]
+        chunk = min(rs.rollout_chunk or ROLLOUT_CHUNK, rs.generation_batch_size)
+        notes.append(f"ppo: rollout of {rs.generation_batch_size} completions, generate() and reference forwards "
+                     f"{chunk} rows at a time (local-rollout-forward-batch-size)")
+    else:
+        gen = generation_phase(run, arch, act)
+    for item, value in gen.items():
+        details[f"generation.{item}"] = value
+    return gen
+
+
+def _phases(run: Run, out: Dict[str, int], details: Dict[str, int], gen: Optional[Dict[str, int]], notes: List[str],
+            core) -> Tuple[str, Tuple[Tuple[str, int], ...]]:
+    """The step's phases and its peak, with the breakdown made to add up to that peak.
+
+    backward: everything resident plus gradients, activations and the loss buffers. optimizer step:
+    resident plus gradients and the step's temporaries (trainer_terms.optimizer_phase's rule, redone
+    here because the recipe changes the short-lived terms). generation (in-process): resident plus the
+    KV cache, generate's logits and one forward's transient; gradients are freed after each optimizer
+    step (Trainer zero_grad(set_to_none=True)) and nothing is kept for backward under no_grad.
+    """
+    ctx = details.get("overhead.cuda_context", 0) + details.get("overhead.cublas_workspace", 0)
+
+    def frag(short_lived: int) -> int:
+        return round(FRAGMENTATION * short_lived) if run.overhead_bytes is None else 0
+
+    value_act = details.get("value_model.activations", 0)
+    fixed = run.overhead_bytes if run.overhead_bytes is not None else ctx
+    resident = sum(out[k] for k in ("weights", "master_weights", "optimizer_states", "kv_cache")) + sum(out[k] for k in RL_TERMS) - value_act + fixed
+    short = out["activations"] + out["logits"]
+    temps = details.get("optimizer_step.temporaries", 0)
+    in_backward = run.knobs.optimizer_in_backward
+    backward = resident + out["gradients"] + short + value_act + frag(short) + (temps if in_backward else 0)
+    phases = [("backward", backward)]
+    if temps and not in_backward:
+        phases.append(("optimizer step", resident + out["gradients"] + temps))
+    if gen is not None:
+        gen_short = gen["transient"] + gen["logits"] + gen["sampling_fp32"]
+        phases.append(("generation", resident + gen["kv_cache_at_peak"] + gen_short + frag(gen_short)))
+    peak_phase, peak = max(phases, key=lambda p: p[1])
+    out["optimizer_step"] = temps if in_backward else 0
+    if run.overhead_bytes is None:
+        details["overhead.fragmentation"] = frag(short)
+        out["overhead"] = ctx + details["overhead.fragmentation"]
+    if peak_phase == "optimizer step":
+        out["optimizer_step"] = peak - backward  # what the step adds above the backward peak
+    elif peak_phase == "generation":
+        out["gradients"] = 0
+        out["activations"], out["logits"] = gen["transient"], gen["logits"] + gen["sampling_fp32"]
+        out["generation_kv_cache"] = gen["kv_cache_at_peak"]
+        out["value_model"] -= value_act
+        if run.overhead_bytes is None:
+            details["overhead.fragmentation"] = frag(out["activations"] + out["logits"])
+            out["overhead"] = ctx + details["overhead.fragmentation"]
+        notes.append(f"peak is the generation phase ({run.recipe.generation_batch_size} completions): above the training forward/backward")
+    elif gen is not None:
+        notes.append("peak is the training step: the generation phase (KV cache, last-token logits) is lower; see details generation.*")
+    return peak_phase, tuple(phases) if len(phases) > 1 else ()

@@ -1,0 +1,35 @@
+"""A serving run's estimate: the engine's start-up, as the usual per-GPU breakdown plus the verdicts
+only an engine has (refusing to start, too few concurrent requests).
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from typing import Any, Dict
+
+from ..core.records import TERMS, Estimate
+from .engines import startup
+
+
+def served(run: Any) -> Any:
+    """Per GPU: weights, the profile run's activation peak, the KV pool, and non-torch memory plus
+    the CUDA context; together the engine's share of the GPU plus what sits outside it."""
+    s = startup(run)
+    arch = run.model
+    breakdown: Dict[str, int] = dict.fromkeys(TERMS, 0)
+    breakdown["weights"] = s.weights_bytes
+    breakdown["activations"] = s.activation_bytes
+    breakdown["kv_cache"] = s.kv_pool_bytes
+    breakdown["overhead"] = s.non_torch_bytes + s.outside_bytes
+    details = {name: value for name, value in s.items}
+    details["overhead.non_torch"] = s.non_torch_bytes
+    details["overhead.outside_engine_share"] = s.outside_bytes
+    failures = []
+    if s.refusal:
+        failures.append(f"{s.engine} refuses to start: {s.refusal}")
+    wanted = run.serve.min_concurrency
+    if wanted is not None and s.starts and s.max_concurrency < wanted:
+        failures.append(f"min-concurrency {wanted:g} not met: the KV pool holds {s.tokens:,} tokens, "
+                        f"{s.max_concurrency:.2f} requests of max-model-len {s.max_model_len:,} at once")
+    notes = tuple(s.notes)
+    return Estimate(run, "detailed", breakdown, arch.param_count(), 0, notes, details,
+                    approximate=tuple(getattr(arch, "approximate", ()) or ()) + s.approximate, failures=tuple(failures), serving=s)
