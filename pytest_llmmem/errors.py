@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 
 class ConfigError(Exception):
@@ -88,6 +88,14 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
         return ""
     original = {o.lower(): o for o in options}[match]
     return f' Did you mean "{original}"?'
+
+
+def nearest(word: str, options: Sequence[str], n: int = 3) -> List[str]:
+    """The ``n`` options most like ``word`` (difflib's ratio), best first: an unknown-key error names
+    these, not all ninety keys of a run table."""
+    import difflib  # only on this error path
+
+    return difflib.get_close_matches(str(word)[:100].lower(), list(options), n=n, cutoff=0.0)
 
 
 # A size in a model name: 70B, 0.5B, 8x7B's 7B, 30B-A3B's 3B, 350M, Phi-3-mini-4k's context 4k.

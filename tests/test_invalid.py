@@ -12,6 +12,7 @@ from pytest_llmmem.config.load import load
 from pytest_llmmem.errors import ConfigError
 
 CORPUS = Path(__file__).parent / "invalid"
+ROOT = Path(__file__).resolve().parents[1]
 CASES = sorted(p.stem for p in CORPUS.glob("*.toml"))
 
 
@@ -40,3 +41,13 @@ def test_cli_message(case, monkeypatch, run_cli):
     assert out == ""
     assert err == "llmmem: error: " + (CORPUS / f"{case}.expected").read_text(encoding="utf-8")
     assert "Traceback" not in err
+
+
+def test_unknown_key_names_the_three_nearest_keys_not_all(monkeypatch, run_cli):
+    """Issue 23: the error listed all 81 run keys; it names the three most like the typo and where the rest are."""
+    monkeypatch.chdir(CORPUS)
+    code, _, err = run_cli("check", "unknown_run_key.toml")
+    assert code == 2
+    named = err.split("The nearest valid keys here: ")[1].split(" (all ")[0].split(", ")
+    assert named == ["batch-size", "eval-batch-size", "block-size"]  # difflib's ratio to "batch-szie", best first
+    assert "(all 81: docs/configuration.md)" in err and (ROOT / "docs" / "configuration.md").is_file()

@@ -14,6 +14,27 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 CI = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
+def _samples_module():
+    """docs/samples.py, which regenerates every marked sample output (not a package: loaded by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llmmem_doc_samples", ROOT / "docs" / "samples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SAMPLES = _samples_module()
+MARKED = [(path.relative_to(ROOT).as_posix(), name, body) for path in SAMPLES.documents()
+          for name, body in SAMPLES.samples(path.read_text(encoding="utf-8"))]
+
+
+@pytest.mark.parametrize("doc, name, body", MARKED, ids=[f"{d}: {n}" for d, n, _ in MARKED])
+def test_sample_output_is_what_the_code_prints(doc, name, body):
+    """A sample that drifted from the code fails here; `python docs/samples.py --update` refreshes it."""
+    assert body == SAMPLES.produce(name), f"{doc}: the sample '{name}' is stale; run python docs/samples.py --update"
+
+
 def _first_block() -> list:
     return re.search(r"```sh\n(.*?)```", README, re.S).group(1).strip().splitlines()
 

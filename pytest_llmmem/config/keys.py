@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from ..catalog.registry import Catalog
-from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
+from ..errors import ConfigError, did_you_mean, nearest, one_of, shown, shown_name
 from .locate import TABLE, Locator, canonical  # noqa: F401  (TABLE and canonical are part of the contract)
 from ..units import BYTE_UNITS_HELP, UnitError, parse_bytes
 from ..values import boolean, limit, probability, type_name, whole_number
@@ -88,7 +88,7 @@ class Table:
                     f'unknown key "{shown_name(key)}".{did_you_mean(name, allowed)}',
                     f"{dotted}.{shown_name(key)}",
                     line_of(name),
-                    hint=f"Valid keys here: {', '.join(allowed)}.",
+                    hint=f"The nearest valid keys here: {', '.join(nearest(name, allowed))} (all {len(allowed)}: docs/configuration.md).",
                 )
             if name in self.values:
                 raise ctx.error(f'"{key}" is given twice (kebab-case and snake_case).', f"{dotted}.{key}", line_of(name))
