@@ -67,9 +67,11 @@ def json_text(text: str) -> str:
     return text.replace("##[", "##\\u005b")
 
 
-# ASCII punctuation that means something to GitHub's Markdown (CommonMark escapes, GFM tables,
-# strikethrough, emoji shortcodes and autolinks after ':', maths between '$'); each is backslash-escaped.
-_MARKDOWN = r"([\\`*_{}\[\]()#+!|~:$])"  # compiled on first use (re's cache): start-up
+# ASCII punctuation that means something to GitHub's Markdown inside a line (CommonMark escapes, GFM
+# tables, strikethrough, emoji shortcodes and autolinks after ':', maths between '$', a heading's closing
+# '#'); each is backslash-escaped. '+', '-', '.' and '=' mean something only where a line starts, and
+# untrusted text never starts a Markdown line here.
+_MARKDOWN = r"([\\`*_{}\[\]()#!|~:$])"  # compiled on first use (re's cache): start-up
 _ENTITIES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"))  # HTML: no tag, comment or entity of the user's
 
 

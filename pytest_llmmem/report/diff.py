@@ -11,13 +11,13 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..io import files
 from ..errors import ConfigError
-from .github import markdown_cell
+from .github import label
 from .text import LABELS
-from ..untrusted import visible
+from ..untrusted import markdown_code, markdown_text, visible
 
 MAX_REPORT_BYTES = 64 * 2**20  # about 1 KB a run (the example: 3.2 KB for 3), so 10,000 runs are about 11 MB
 _HINT = "Write reports with llmmem check --format json (or --json-out PATH)."
@@ -153,10 +153,11 @@ def _setting_changes(before: Optional[Mapping[str, Any]], after: Mapping[str, An
             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
-def setting_text(changes: Sequence[Tuple[str, Optional[str], Optional[str], str]]) -> str:
-    """'batch-size 1 -> 64 (lora.yml: micro_batch_size)', joined with '; '."""
-    return "; ".join(f"{key} {'-' if old is None else old} -> {'-' if new is None else new}" + (f" ({origin})" if origin else "")
-                     for key, old, new, origin in changes)
+def setting_text(changes: Sequence[Tuple[str, Optional[str], Optional[str], str]], shown: Callable[[str], str] = str) -> str:
+    """'batch-size 1 -> 64 (lora.yml: micro_batch_size)', joined with '; '; ``shown`` escapes each value
+    and origin (the pull request's) for where the text goes."""
+    return "; ".join(f"{shown(key)} {'-' if old is None else shown(old)} -> {'-' if new is None else shown(new)}"
+                     + (f" ({shown(origin)})" if origin else "") for key, old, new, origin in changes)
 
 
 def _gib(n: Optional[float]) -> str:
@@ -187,12 +188,15 @@ def render_diff(rows: Sequence[Mapping[str, Any]], markdown: bool = False) -> st
     for row in rows:
         change = "" if row["before"] is None or row["after"] is None else _signed(row["after"] - row["before"])
         big = sorted(row["terms"].items(), key=lambda kv: -abs(kv[1]))[:3]
-        terms = ", ".join(f"{LABELS.get(k, k)} {_signed(v)}" for k, v in big if abs(v) >= 0.05 * 2**30)
+        big = [(k, v) for k, v in big if abs(v) >= 0.05 * 2**30]
+        terms = ", ".join(f"{LABELS.get(k, k)} {_signed(v)}" for k, v in big)
         settings = setting_text(row.get("settings", ()))
-        if markdown:
-            name = markdown_cell(row["name"]) + (f" (`{markdown_cell(row['project'])}`)" if row["project"] else "")
+        if markdown:  # names, unknown terms, values and origins are the reports' (the pull request's): escaped
+            name = markdown_text(row["name"]) + (f" ({markdown_code(row['project'])})" if row["project"] else "")
+            terms = ", ".join(f"{label(k)} {_signed(v)}" for k, v in big)
+            settings = setting_text(row.get("settings", ()), markdown_text)
             cell = "; ".join(x for x in (terms, "settings: " + settings if settings else "") if x)
-            lines.append(f"| {name} | {_gib(row['before'])} | {_gib(row['after'])} | {change} | {markdown_cell(cell)} | {_verdict(row)} |")
+            lines.append(f"| {name} | {_gib(row['before'])} | {_gib(row['after'])} | {change} | {cell} | {_verdict(row)} |")
         else:  # names, terms and settings come from the reports: a line break in one must not start a line
             name = row["name"] + (f" ({row['project']})" if row["project"] else "")
             detail = ", ".join(x for x in (change, terms) if x)

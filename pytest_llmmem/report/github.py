@@ -11,6 +11,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from .text import LABELS
 from ..units import format_bytes
+from ..untrusted import markdown_code, markdown_text, mermaid_label, output_entry
 
 MAX_ANNOTATIONS = 10
 WARN_FRACTION = 0.9  # a run above 90 % of its budget gets a warning annotation
@@ -24,11 +25,6 @@ def escape_data(text: str) -> str:
 def escape_property(text: str) -> str:
     """Property escaping as @actions/core's ``escapeProperty``: data escapes plus ':' and ','."""
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def markdown_cell(text: str) -> str:
-    """Text safe inside a markdown table cell: a ``|`` would end the cell, a newline the row."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def workspace_path(path: str, workspace: Optional[str]) -> str:
@@ -104,33 +100,46 @@ def _verdict(run: Mapping[str, Any]) -> str:
     return ":white_check_mark: fits" if run["fits"] else ":x: over"
 
 
+def label(term: str) -> str:
+    """A term's label in Markdown: ours as written, any other key (a plugin's, a report's) escaped."""
+    return LABELS[term] if term in LABELS else markdown_text(term)
+
+
 def step_summary(file: str, runs: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown for $GITHUB_STEP_SUMMARY: a table of runs, then each run's breakdown as a table and a pie."""
-    out = [f"## llmmem: `{file}`", "", "| run | total | budget | used | verdict |", "|---|---:|---:|---:|---|"]
+    """Markdown for $GITHUB_STEP_SUMMARY: a table of runs, then each run's breakdown as a table and a pie.
+    Every name, path, reason, note and setting is the pull request's: escaped (untrusted.markdown_text),
+    so it shows as text and fetches no image, makes no link, tag or maths, and ends no cell."""
+    out = [f"## llmmem: {markdown_code(file)}", "", "| run | total | budget | used | verdict |", "|---|---:|---:|---:|---|"]
     for run in runs:
         used = _used(run)
         budget = format_bytes(run["budget_bytes"]) if run.get("budget_bytes") else "-"
-        out.append(f"| {markdown_cell(run['name'])} | {format_bytes(run['total_bytes'])} | {budget} | "
+        out.append(f"| {markdown_text(run['name'])} | {format_bytes(run['total_bytes'])} | {budget} | "
                    f"{'-' if used is None else f'{100 * used:.1f} %'} | {_verdict(run)} |")
     for run in runs:
         total = run["total_bytes"] or 1
-        out += ["", f"### {run['name']}", ""]
-        out += [f"> **{k}:** {r}" for k in ("partial", "approximate") for r in run.get(f"{k}_reasons", [])]
+        out += ["", f"### {markdown_text(run['name'])}", ""]
+        out += [f"> **{k}:** {markdown_text(r)}" for k in ("partial", "approximate") for r in run.get(f"{k}_reasons", [])]
         out += [""] if out[-1] != "" else []
         if run.get("framework") and run.get("mode") != "inference":
-            knobs = ", ".join(f"`{k} = {v['value']}` ({v['origin']})" for k, v in run.get("knobs", {}).items())
-            out += [f"trainer: **{run['framework']}**" + (f"; {knobs}" if knobs else ""), ""]
+            knobs = ", ".join(_knob(k, v) for k, v in run.get("knobs", {}).items())
+            out += [f"trainer: **{markdown_text(run['framework'])}**" + (f"; {knobs}" if knobs else ""), ""]
         if run.get("peak_phase") and len(run.get("phases", {})) > 1:
-            phases = ", ".join(f"{k} {format_bytes(v)}" for k, v in run["phases"].items())
-            out += [f"peak phase: **{run['peak_phase']}** ({phases})", ""]
+            phases = ", ".join(f"{markdown_text(k)} {format_bytes(v)}" for k, v in run["phases"].items())
+            out += [f"peak phase: **{markdown_text(run['peak_phase'])}** ({phases})", ""]
             out += _phase_table(run)
         out += ["| term | size | share |", "|---|---:|---:|"]
         terms = [(k, v) for k, v in run["breakdown"].items() if v]
-        out += [f"| {LABELS.get(k, k)} | {format_bytes(v)} | {100 * v / total:.1f} % |" for k, v in terms]
+        out += [f"| {label(k)} | {format_bytes(v)} | {100 * v / total:.1f} % |" for k, v in terms]
         out += _pie(run, terms)
         for note in run.get("notes", []):
-            out.append(f"> {note}")
+            out.append(f"> {markdown_text(note)}")
     return "\n".join(out) + "\n"
+
+
+def _knob(key: str, knob: Mapping[str, Any]) -> str:
+    """`key = value` (origin); the value and the file it came from are the pull request's."""
+    setting = f"{key} = {knob['value']}"
+    return f"{markdown_code(setting)} ({markdown_text(str(knob['origin']))})"
 
 
 def _phase_table(run: Mapping[str, Any]) -> List[str]:
@@ -143,23 +152,25 @@ def _phase_table(run: Mapping[str, Any]) -> List[str]:
         terms = part.get("breakdown") or {}
         top = max(terms, key=lambda k: terms[k]) if terms else ""
         mark = "**peak**" if name == run.get("peak_phase") else ""
-        largest = f"{LABELS.get(top, top)} {format_bytes(terms[top])}" if top else "-"
-        why = markdown_cell(part.get("why") or "")
-        out.append(f"| {markdown_cell(name)} {mark} | {format_bytes(part['total_bytes'])} | {largest} | {why} |")
+        largest = f"{label(top)} {format_bytes(terms[top])}" if top else "-"
+        why = markdown_text(part.get("why") or "")
+        out.append(f"| {markdown_text(name)} {mark} | {format_bytes(part['total_bytes'])} | {largest} | {why} |")
     return out + [""]
 
 
 def _pie(run: Mapping[str, Any], terms: Sequence[Tuple[str, int]]) -> List[str]:
     """A mermaid pie of the positive terms; a negative one (a measured calibration below 1) is a
-    line of its own below it, because mermaid rejects a negative slice."""
+    line of its own below it, because mermaid rejects a negative slice. The title is fixed (the run's
+    name is the heading above it) and each slice's label keeps only plain characters: mermaid has its
+    own syntax, and a quote or a line break in a label would end it."""
     slices = [(k, v) for k, v in terms if v > 0]
-    out = ["", "```mermaid", f"pie showData title {run['name']} in GiB (total {run['total_bytes'] / 2**30:.2f})"]
-    out += [f'    "{LABELS.get(k, k)}" : {v / 2**30:.2f}' for k, v in slices]
+    out = ["", "```mermaid", f"pie showData title GiB per GPU (total {run['total_bytes'] / 2**30:.2f})"]
+    out += [f'    "{mermaid_label(LABELS.get(k, k))}" : {v / 2**30:.2f}' for k, v in slices]
     out.append("```")
     drawn = format_bytes(sum(v for _, v in slices))
     for k, v in terms:
         if v < 0:
-            out.append(f"> {LABELS.get(k, k)}: {format_bytes(v)}, a correction not drawn in the pie "
+            out.append(f"> {label(k)}: {format_bytes(v)}, a correction not drawn in the pie "
                        f"(its slices add up to {drawn}; total {format_bytes(run['total_bytes'])})")
     return out
 
