@@ -46,3 +46,23 @@ def commands(text: str) -> List[str]:
 def foreign_commands(text: str) -> List[str]:
     """The command lines that are not the tool's own, escaped annotations."""
     return [line for line in commands(text) if not OWN_ANNOTATION.match(line)]
+
+
+def outputs(text: str) -> dict:
+    """$GITHUB_OUTPUT as the runner reads it (GitHub docs, "Setting an output parameter" and
+    "Multiline strings"): ``name=value`` lines, or ``name<<DELIMITER`` up to a line that is the delimiter."""
+    found, rows, index = {}, text.split("\n"), 0
+    while index < len(rows):
+        row = rows[index]
+        index += 1
+        if not row:
+            continue
+        equals, heredoc = row.find("="), row.find("<<")
+        if equals >= 0 and (heredoc < 0 or equals < heredoc):
+            found[row[:equals]] = row[equals + 1:]
+            continue
+        name, delimiter = row[:heredoc], row[heredoc + 2:]
+        end = rows.index(delimiter, index)
+        found[name] = "\n".join(rows[index:end])
+        index = end + 1
+    return found

@@ -116,3 +116,86 @@ def test_action_installs_into_a_fresh_venv_and_reads_trainer_yaml(tmp_path):
     assert "fits=false" in (runner / "output.txt").read_text().splitlines()
     assert "batch-size             lora.yml: micro_batch_size" in proc.stdout  # read from the YAML, not defaulted
     assert ":x: over" in (runner / "summary.md").read_text()
+
+
+HOSTILE = """\
+[tool.llmmem]
+gpu = "A100-80GB"
+
+[tool.llmmem.model]
+params = "{params}"
+
+[[tool.llmmem.runs]]
+name = "::error file=evil.py,line=1::pwned ![x](https://evil.example/t.png) <img src=x>"
+mode = "inference"
+
+[[tool.llmmem.runs]]
+name = "  ::stop-commands::tok ##[add-mask]x %0A [a](b)"
+mode = "inference"
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the action runs bash")
+def test_check_script_on_a_hostile_pull_request(tmp_path):
+    """Issue 24: check.sh in a simulated runner on run names that would inject. The only lines of stdout
+    and stderr a runner would obey are the tool's own escaped annotations; the summary (check and the
+    diff against the base) holds no raw ![, < or ]( ; the outputs are exactly fits, json and regressed."""
+    from tests.runner_model import commands, foreign_commands, outputs
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "pyproject.toml").write_text(HOSTILE.format(params="7B"))
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "base")
+    base = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # head: 50B params served in bf16 = 50e9 x 2 B + 1375 MiB = 94.47 GiB, over the 80 GiB budget (both runs)
+    (repo / "pyproject.toml").write_text(HOSTILE.format(params="50B"))
+    _git(repo, "commit", "-q", "-am", "head")
+    wrapper = tmp_path / "llmmem"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m pytest_llmmem.cli "$@"\n')
+    wrapper.chmod(0o755)
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    env = {**os.environ, "LLMMEM": str(wrapper), "LLMMEM_PATHS": ".", "LLMMEM_ARGS": "", "LLMMEM_DIFF_BASE": base,
+           "RUNNER_TEMP": str(runner), "GITHUB_ACTIONS": "true", "GITHUB_WORKSPACE": str(repo),
+           "GITHUB_OUTPUT": str(runner / "output.txt"), "GITHUB_STEP_SUMMARY": str(runner / "summary.md"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(["bash", str(ROOT / "hooks" / "github" / "check.sh")], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    assert foreign_commands(log) == []
+    own = commands(log)
+    assert [line.split("::")[1] for line in own] == ["error file=pyproject.toml,line=7,title=llmmem%3A %3A%3Aerror file=evil.py%2Cline=1%3A%3Apwned ![x](https%3A//evil.example/t.png) <img src=x>",
+                                                    "error file=pyproject.toml,line=11,title=llmmem%3A   %3A%3Astop-commands%3A%3Atok ##[add-mask]x %250A [a](b)"]
+    from pytest_llmmem.report.layout import unfit
+
+    assert "\\::error file=evil.py,line=1::pwned ![x](https://evil.example/t.png) <img src=x> (line 7): OVER (partial)" in unfit(log)
+    summary = (runner / "summary.md").read_text()
+    assert "NO LONGER FITS" in summary and f"### llmmem: memory change against {base[:12]}" in summary
+    assert not any(raw in summary for raw in ("![", "<", "]("))
+    assert outputs((runner / "output.txt").read_text()) == {"fits": "false", "json": str(runner / "llmmem-head.json"),
+                                                           "regressed": "true", "diff": str(runner / "llmmem-diff.md")}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the action runs bash")
+@pytest.mark.parametrize("diff_base", ["--upload-pack=touch pwned", "main\n::error::x", "a:b"])
+def test_check_script_refuses_a_diff_base_that_is_not_a_revision(tmp_path, diff_base):
+    """diff-base reaches git and the log: an option or a command in it stops the step (exit 2), runs nothing."""
+    from tests.runner_model import commands
+
+    (tmp_path / "pyproject.toml").write_text(FITS.format(params="7B"))
+    env = {**os.environ, "LLMMEM": "false", "LLMMEM_PATHS": ".", "LLMMEM_DIFF_BASE": diff_base, "RUNNER_TEMP": str(tmp_path),
+           "GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path / "output.txt")}
+    proc = subprocess.run(["bash", str(ROOT / "hooks" / "github" / "check.sh")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("llmmem: error: diff-base must be a commit or a ref name") and commands(proc.stderr) == []
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "output.txt").exists()
+
+
+def test_step_outputs_with_a_line_break_in_the_path():
+    from pytest_llmmem.report.github import step_outputs
+    from tests.runner_model import outputs
+
+    text = step_outputs(False, "/tmp/r\nfits=true")
+    assert outputs(text) == {"fits": "false", "json": "/tmp/r\nfits=true"}  # no second fits
+    assert text.startswith("fits=false\njson<<ghadelimiter_")

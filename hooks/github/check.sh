@@ -8,6 +8,16 @@ set -uo pipefail
 
 llmmem=${LLMMEM:-llmmem}
 tmp=${RUNNER_TEMP:-$(mktemp -d)}
+# The folder's name goes into GITHUB_OUTPUT as name=value: a line break in it would add an output.
+case "$tmp" in
+    *$'\n'* | *$'\r'*) echo "llmmem: error: RUNNER_TEMP holds a line break; refusing to write step outputs under it." >&2; exit 2 ;;
+esac
+# diff-base reaches git (fetch, worktree) and the log: a commit or ref name only. A leading '-' would be
+# read as an option (git fetch --upload-pack=...), a ':' or line break could form a workflow command.
+if [ -n "${LLMMEM_DIFF_BASE:-}" ] && ! [[ "$LLMMEM_DIFF_BASE" =~ ^[A-Za-z0-9_][A-Za-z0-9._/@{}~^-]*$ ]]; then
+    echo "llmmem: error: diff-base must be a commit or a ref name (letters, digits and ._/@{}~^-, not starting with '-'); got ${#LLMMEM_DIFF_BASE} characters that are not." >&2
+    exit 2
+fi
 read -r -d '' -a paths <<< "${LLMMEM_PATHS:-.}" || true
 read -r -d '' -a extra <<< "${LLMMEM_ARGS:-}" || true
 head_json="$tmp/llmmem-head.json"
@@ -20,9 +30,9 @@ if [ -n "${LLMMEM_DIFF_BASE:-}" ] && [ "$status" -le 1 ]; then
     base_json="$tmp/llmmem-base.json"
     rm -rf "$base_tree"
     if ! git cat-file -e "${LLMMEM_DIFF_BASE}^{commit}" 2>/dev/null; then
-        git fetch --quiet --depth=1 origin "$LLMMEM_DIFF_BASE" || true
+        git fetch --quiet --depth=1 origin -- "$LLMMEM_DIFF_BASE" || true
     fi
-    if git worktree add --quiet --detach "$base_tree" "$LLMMEM_DIFF_BASE"; then
+    if git worktree add --quiet --detach -- "$base_tree" "$LLMMEM_DIFF_BASE"; then
         (cd "$base_tree" && "$llmmem" check "${paths[@]}" --format json --json-out "$base_json" "${extra[@]}" > /dev/null)
         base_status=$?
         if [ "$base_status" -le 1 ]; then

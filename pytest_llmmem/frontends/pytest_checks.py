@@ -224,7 +224,7 @@ class LlmmemChecks:
             outputs = os.environ.get("GITHUB_OUTPUT")
             if outputs:
                 fits = not self.errors and not any(r["fits"] is False for doc in documents for r in doc["runs"])
-                lines = f"fits={'true' if fits else 'false'}\n" + (f"json={written}\n" if written else "")
+                lines = github.step_outputs(fits, str(written) if written else None)
                 try:
                     with open(outputs, "a", encoding="utf-8") as handle:
                         handle.write(lines)

@@ -200,4 +200,9 @@ def report(documents: List[Any], fits: bool, json_path: Optional[str], hook: boo
     outputs = os.environ.get("GITHUB_OUTPUT")
     if outputs:
         with open(outputs, "a", encoding="utf-8") as handle:
-            handle.write(f"fits={'true' if fits else 'false'}\n" + (f"json={json_path}\n" if json_path else ""))
+            handle.write(step_outputs(fits, json_path))
+
+
+def step_outputs(fits: bool, json_path: Optional[str]) -> str:
+    """``fits`` and ``json`` as $GITHUB_OUTPUT entries; a path holding a line break cannot add an output."""
+    return output_entry("fits", "true" if fits else "false") + (output_entry("json", str(json_path)) if json_path else "")
