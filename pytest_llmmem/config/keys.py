@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
+from ..catalog.profiles import TRAINER_KEYS  # the trainer keys are the profile's knobs: one table
 from ..catalog.registry import Catalog
 from ..errors import ConfigError, did_you_mean, nearest, one_of, shown, shown_name
 from .locate import TABLE, Locator, canonical  # noqa: F401  (TABLE and canonical are part of the contract)
@@ -35,7 +36,6 @@ RUN_KEYS = (
     "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model", "calibration", "strict",
 ) + TRAIN_ONLY + PARALLEL_KEYS + LORA_ONLY + INFERENCE_ONLY + ENGINE_ONLY + BUDGET_KEYS
 # Trainer profile and knobs (profiles.py): on the project or on a run; the run's value wins.
-TRAINER_KEYS = ("framework", "loss", "loss-chunks", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant")
 TOP_KEYS = TOP_KEYS + TRAINER_KEYS
 RUN_KEYS = RUN_KEYS + TRAINER_KEYS
 # Post-training recipes (issue 13); their checks live in recipe_keys.py.
