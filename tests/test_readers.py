@@ -45,7 +45,7 @@ def _run(relpath: str, extra: str = "", tmp: Path = None):
 
 
 # (fixture, model id, expected run fields, expected knobs, not-modelled keys). Each figure is the example's
-# own value or the trainer default the reader cites (see pytest_llmmem/readers/<format>.py).
+# own value or the trainer default the reader cites (see pytest_llmmem/config/readers/<format>.py).
 CASES = [
     ("axolotl/lora-8b.yml", "NousResearch/Meta-Llama-3-8B",
      dict(mode="lora", dtype="int8", lora_rank=32, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
@@ -180,7 +180,7 @@ def test_bad_trainer_configs_are_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="nowhere.json\" does not exist"):
         parse('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "ds.yaml"\n', base_dir=tmp_path)
     (tmp_path / "neg.yaml").write_text("base_model: meta-llama/Llama-3.1-8B\nmicro_batch_size: -2\n")
-    with pytest.raises(ConfigError, match=r"read from neg.yaml: micro_batch_size"):
+    with pytest.raises(ConfigError, match=r"^neg.yaml:2: micro_batch_size: -2 is out of range; expected 1 to 1,000,000.$"):
         parse('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "neg.yaml"\n', base_dir=tmp_path)
     with pytest.raises(ConfigError, match="not valid"):
         parse('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "neg.yaml"\nformat = "axolotol"\n', base_dir=tmp_path)
@@ -306,3 +306,114 @@ def test_without_pyyaml_the_error_says_how_to_install_it(monkeypatch, tmp_path):
     (tmp_path / "t.json").write_text('{"model_name_or_path": "meta-llama/Llama-3.1-8B", "per_device_train_batch_size": 2}')
     run = parse('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "t.json"\n', base_dir=tmp_path).runs[0]
     assert (run.batch_size, run.name) == (2, "t")  # TRL JSON needs no PyYAML; the run is named after the file
+
+
+# (format, trainer config with one mistyped key, the line it is on, the key as shown, the suggestion)
+TYPOS = [
+    ("axolotl", "base_model: meta-llama/Llama-3.1-8B\nmicro_batch_sise: 8\n", 2, "micro_batch_sise", "micro_batch_size"),
+    ("llama-factory", "model_name_or_path: meta-llama/Llama-3.1-8B\nstage: sft\nfinetuning_type: lora\n"
+     "per_device_train_batch_sise: 4\n", 4, "per_device_train_batch_sise", "per_device_train_batch_size"),
+    ("trl", "model_name_or_path: meta-llama/Llama-3.1-8B\nper_device_train_batch_size: 2\nmax_lenght: 2048\n", 3,
+     "max_lenght", "max_length"),
+    ("torchtune", "model:\n  _component_: torchtune.models.llama3_1.lora_llama3_1_8b\nbatch_sise: 4\n", 3, "batch_sise", "batch_size"),
+    ("litgpt", "checkpoint_dir: checkpoints/meta-llama/Llama-3.1-8B\ntrain:\n  max_seq_length: 512\n  micro_batch_sise: 4\n", 4,
+     "train.micro_batch_sise", "micro_batch_size"),
+]
+
+
+@pytest.mark.parametrize("fmt, text, line, key, suggestion", TYPOS, ids=[t[0] for t in TYPOS])
+def test_a_mistyped_trainer_key_is_an_error_naming_its_line(fmt, text, line, key, suggestion, tmp_path, monkeypatch, run_cli):
+    """Issue 23 §3: micro_batch_sise was silently batch 1. Each trainer's keys (readers/keys/<format>.txt)
+    refuse a typo with did-you-mean and the three nearest, on the YAML's own line, through the CLI."""
+    (tmp_path / "train.yaml").write_text(text)
+    (tmp_path / "pyproject.toml").write_text('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nname = "sft"\n'
+                                             f'from = "train.yaml"\nformat = "{fmt}"\n')
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("check", "pyproject.toml")
+    assert (code, out) == (2, ""), err
+    leaf = key.rpartition(".")[2]
+    assert err.startswith(f'llmmem: error: train.yaml:{line}: {key}: unknown {fmt} key "{leaf}". Did you mean "{suggestion}"? '
+                          f'Nearest {fmt} keys: "{suggestion}", '), err
+    assert err.count('", "') == 2 and "\n" not in err.rstrip("\n")  # three nearest, one paragraph
+
+
+def _keys_the_readers_read():
+    """Every trainer key a reader module reads: m.get / m.given / m.is_set("key"), "key" in m.data, UNMODELLED."""
+    import ast
+
+    from pytest_llmmem.config import readers
+
+    read = {}
+    for fmt, module in (("axolotl", "axolotl"), ("llama-factory", "llama_factory"), ("torchtune", "torchtune"), ("trl", "trl"),
+                        ("litgpt", "litgpt")):
+        tree = ast.parse((Path(readers.__file__).parent / f"{module}.py").read_text())
+        keys = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "given", "is_set") \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "m" and node.args \
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                keys.add(node.args[0].value)
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "UNMODELLED" for t in node.targets):
+                keys |= {pair.elts[0].value for pair in node.value.elts}
+        read[fmt] = keys
+    return read
+
+
+def test_every_key_a_reader_reads_is_a_known_key_of_its_trainer():
+    """A key the reader maps (or reports as not modelled) can never be refused as unknown."""
+    from pytest_llmmem.config.readers import known_keys
+
+    for fmt, keys in _keys_the_readers_read().items():
+        top, sections = known_keys(fmt)
+        section, _, leaf = zip(*(k.partition(".") for k in keys))
+        missing = [k for k, s, l in zip(keys, section, leaf) if (s not in top) or (l and s in sections and l not in sections[s])]
+        assert missing == [], (fmt, missing)  # a key inside a section that is not checked (model._component_) needs its section
+    assert len(known_keys("axolotl")[0]) > 400 and "micro_batch_size" in known_keys("axolotl")[0]
+    assert known_keys("litgpt")[1]["train"] >= {"micro_batch_size", "max_seq_length", "global_batch_size"}
+
+
+@pytest.mark.parametrize("relpath", [c[0] for c in CASES] + ["trl/dpo_config_num_processes.yaml"])
+def test_settings_from_names_only_keys_the_file_writes(relpath):
+    """Issue 23 §3: "settings from" credited train.yaml: micro_batch_size to a file without that key."""
+    import re
+
+    import yaml
+
+    data = yaml.safe_load((DATA / relpath).read_text())
+    run = _run(relpath, 'recipe = "dpo"\n' if "dpo_config" in relpath else "")
+    name = Path(relpath).name
+    for ours, origin in run.settings_from:
+        if origin.startswith(f"{name}: "):
+            key = re.match(r"[A-Za-z_][A-Za-z0-9_.]*", origin[len(name) + 2:])
+            if key is None:  # "(litgpt config)": the format itself, not a key
+                continue
+            section, _, leaf = key.group(0).rpartition(".")
+            assert leaf in (data.get(section) if section else data), (ours, origin)
+
+
+def test_a_missing_micro_batch_size_is_credited_to_axolotls_default(tmp_path):
+    (tmp_path / "t.yaml").write_text("base_model: meta-llama/Llama-3.1-8B\nsequence_len: 1024\n")
+    run = parse('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "t.yaml"\n', base_dir=tmp_path).runs[0]
+    assert run.batch_size == 1
+    assert dict(run.settings_from)["batch-size"] == "axolotl default (axolotl src/axolotl/utils/schemas/training.py:77: micro_batch_size default 1)"
+
+
+def test_an_error_from_a_yaml_value_names_the_yaml_file_and_line(tmp_path, monkeypatch, run_cli):
+    """Issue 23 §3: a base_model typo pointed at pyproject.toml:8: tool.llmmem.runs[0].model.id."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-cache"))
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.yaml").write_text("adapter: lora\nlora_r: 16\nbase_model: meta-llama/Llama-3.1-8b\n")
+    (tmp_path / "pyproject.toml").write_text('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nname = "sft"\n'
+                                             'from = "configs/train.yaml"\n')
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("check", "pyproject.toml")
+    assert code == 2, out
+    assert err.startswith('llmmem: error: configs/train.yaml:3: base_model: "meta-llama/Llama-3.1-8b" is not in the local '), err
+    assert 'Did you mean "meta-llama/Llama-3.1-8B"?' in err and "pyproject.toml" not in err
+    (tmp_path / "configs" / "train.yaml").write_text("adapter: lora\nlora_r: 0\nbase_model: meta-llama/Llama-3.1-8B\n")
+    code, out, err = run_cli("check", "pyproject.toml")
+    assert err == "llmmem: error: configs/train.yaml:2: lora_r: 0 is out of range; expected 1 to 65,536.\n", err
+    (tmp_path / "pyproject.toml").write_text('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nname = "sft"\n'
+                                             'from = "configs/train.yaml"\nlora-rank = 0\n')
+    code, out, err = run_cli("check", "pyproject.toml")  # the run's own value: the pyproject line, as before
+    assert err.startswith("llmmem: error: pyproject.toml:6: tool.llmmem.runs[0].lora-rank: 0 is out of range"), err

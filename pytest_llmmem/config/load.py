@@ -101,17 +101,13 @@ def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require
     run's own keys override them (readers/)."""
     if not (isinstance(raw, dict) and "from" in raw):
         return _run_keys(raw, index, top_raw, ctx, require_budget)
-    from .trainer_config import merged_run, shown_settings
+    from .trainer_config import merged_run, shown_settings, yaml_error
 
     merged, reading, own = merged_run(raw, index, ctx)
     try:
         run = _run_keys(merged, index, top_raw, ctx, require_budget)
     except ConfigError as err:
-        leaf = (err.key or "").rsplit(".", 1)[-1]
-        if leaf in reading.origins and leaf not in own:  # a value the trainer config gave: say so
-            raise ConfigError(f"{err.message} (read from {reading.origins[leaf]})", path=err.path, key=err.key, line=err.line,
-                              hint=err.hint) from None
-        raise
+        raise yaml_error(err, reading, own, f"{TABLE}.runs[{index}]") from None
     origins = dict(run.settings_from)
     origins.update(reading.origins)
     origins.update({key: f"{shown_name(ctx.path, 80)} (the run)" for key in own if key in origins})

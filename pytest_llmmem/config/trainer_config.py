@@ -24,9 +24,9 @@ def merged_run(raw: Dict[str, Any], index: int, ctx: Context) -> Tuple[Dict[str,
     path = files.resolve(source if Path(source).is_absolute() else ctx.base_dir / source)
     try:
         recipe = raw.get("recipe") if isinstance(raw.get("recipe"), str) else ""
-        reading = formats.read(path, fmt or None, ctx.base_dir, recipe.lower())
+        reading = formats.read(path, fmt or None, ctx.base_dir, recipe.lower(), shown_path(source, ctx.path))
     except ConfigError as err:
-        if err.path and err.path != str(path):  # it names the trainer config (or the JSON it follows)
+        if err.path:  # a value in the trainer config (or the JSON it follows): its file, key and line
             raise
         raise table.fail("from", err.message.replace(f'"{path}"', f'"{source}"'), err.hint) from None
     merged: Dict[str, Any] = dict(reading.values)
@@ -34,6 +34,30 @@ def merged_run(raw: Dict[str, Any], index: int, ctx: Context) -> Tuple[Dict[str,
     merged.update({canonical(str(key)): value for key, value in raw.items()})
     merged.setdefault("name", Path(source).stem)
     return merged, reading, own
+
+
+def shown_path(source: str, pyproject: str) -> str:
+    """The trainer config as messages name it: beside the pyproject as the messages show that."""
+    if os.path.isabs(source):
+        return source
+    return os.path.normpath(os.path.join(os.path.dirname(pyproject), source))
+
+
+def yaml_error(err: ConfigError, reading: Any, own: Set[str], dotted: str) -> ConfigError:
+    """An error about a value the trainer config gave names that file, its key and line
+    (train.yaml:3: base_model: ...), not the pyproject key it became; a default the reader
+    assumed says so. Anything the run itself set is left as it is."""
+    key = err.key or ""
+    ours = key[len(dotted) + 1:].split(".")[0] if key.startswith(dotted + ".") else key.rsplit(".", 1)[-1]
+    if ours in own:
+        return err
+    if ours in reading.places:
+        where, line, theirs = reading.places[ours]
+        return ConfigError(err.message, path=where, key=theirs, line=line, hint=err.hint)
+    if ours in reading.origins:
+        return ConfigError(f"{err.message} (read from {reading.origins[ours]})", path=err.path, key=err.key, line=err.line,
+                           hint=err.hint)
+    return err
 
 
 def shown_settings(merged: Dict[str, Any], keys: Iterable[str], base_dir: Path) -> Tuple[Tuple[str, str], ...]:

@@ -8,11 +8,12 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import re
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from ...io import files
-from ...errors import ConfigError, shown_name
+from ...errors import ConfigError, did_you_mean, nearest, shown_name
 
 FORMATS = ("axolotl", "llama-factory", "torchtune", "trl", "litgpt")
 TRAINER_LIMIT = 1024 * 1024  # a trainer YAML is a few KB; 1 MiB bounds the parse (files.py's reasoning)
@@ -27,16 +28,21 @@ class Reading(NamedTuple):
     origins: Dict[str, str]  # our key -> "train.yaml: micro_batch_size" or "axolotl default (source)"
     not_modelled: Tuple[str, ...]  # memory-relevant settings the estimate does not model
     follows: Tuple[str, ...]  # other files it read (a DeepSpeed JSON)
+    places: Dict[str, Tuple[str, Optional[int], str]]  # our key -> (file as shown, its line, their key)
 
 
 class Mapper:
     """Collects one reading: ``put`` a value read from the file, ``assume`` a trainer default."""
 
-    def __init__(self, fmt: str, path: Path, data: Dict[str, Any], recipe: str = "") -> None:
+    def __init__(self, fmt: str, path: Path, data: Dict[str, Any], recipe: str = "", lines: Optional[Dict[str, int]] = None,
+                 shown: str = "") -> None:
         self.fmt, self.path, self.data = fmt, path, data
         self.recipe = recipe  # the run's own recipe key, for configs that do not say which trainer
+        self.lines = lines or {}  # "key" and "section.key" -> line in the file (YAML node marks)
+        self.shown = shown or str(path)  # the file as messages name it: relative to where the pyproject is shown
         self.values: Dict[str, Any] = {}
         self.origins: Dict[str, str] = {}
+        self.places: Dict[str, Tuple[str, Optional[int], str]] = {}
         self.skipped: List[str] = []
         self.follows: List[str] = []
 
@@ -52,8 +58,20 @@ class Mapper:
             or (isinstance(value, (list, dict)) and bool(value)) or (type(value) is int and value > 1)
 
     def put(self, ours: str, value: Any, theirs: str, where: Optional[Path] = None) -> None:
+        """A value the file gives under ``theirs`` (its key, then an optional note)."""
         self.values[ours] = value
         self.origins[ours] = f"{(where or self.path).name}: {theirs}"
+        key = _KEY.match(theirs)
+        if where is None and key:
+            self.places[ours] = (self.shown, self.lines.get(key.group(0)), key.group(0))
+        elif where is not None:
+            self.places[ours] = (str(where), None, theirs)
+
+    def given(self, key: str) -> bool:
+        """The file writes ``key`` (a dotted "section.key" looks inside the section)."""
+        section, _, leaf = key.rpartition(".")
+        table = self.data.get(section) if section else self.data
+        return isinstance(table, dict) and leaf in table
 
     def assume(self, ours: str, value: Any, cite: str) -> None:
         self.values[ours] = value
@@ -63,19 +81,65 @@ class Mapper:
         self.skipped.append(f"{self.path.name}: {theirs} ({why}) is not modelled")
 
     def fail(self, theirs: str, message: str, hint: Optional[str] = None) -> ConfigError:
-        return ConfigError(f"{theirs}: {message}", path=str(self.path), hint=hint)
+        return ConfigError(message, path=self.shown, key=theirs, line=self.lines.get(theirs), hint=hint)
+
+    def check_keys(self) -> None:
+        """Every key the file writes is one of its trainer's (keys/<format>.txt): a typo such as
+        micro_batch_sise is an error, as in [tool.llmmem], not a silent default."""
+        top, sections = known_keys(self.fmt)
+        for key in self.data:
+            if str(key) not in top:
+                raise self.unknown(str(key), top)
+        for section, keys in sections.items():
+            if isinstance(self.data.get(section), dict):
+                for key in self.data[section]:
+                    if str(key) not in keys:
+                        raise self.unknown(f"{section}.{key}", keys)
+
+    def unknown(self, key: str, known: FrozenSet[str]) -> ConfigError:
+        section, _, leaf = key.rpartition(".")
+        near = ", ".join(f'"{k}"' for k in nearest(leaf, sorted(known)))
+        under = f" under {section}:" if section else ""
+        return self.fail(shown_name(key), f'unknown {self.fmt} key "{shown_name(leaf)}".{did_you_mean(leaf, known)}',
+                         hint=f"Nearest {self.fmt} keys: {near}; all {len(known)}{under} are in pytest_llmmem/config/readers/keys/{self.fmt}.txt.")
 
     def reading(self) -> Reading:
-        return Reading(self.fmt, str(self.path), self.values, self.origins, tuple(self.skipped), tuple(self.follows))
+        return Reading(self.fmt, str(self.path), self.values, self.origins, tuple(self.skipped), tuple(self.follows), self.places)
 
 
-def load_document(path: Path) -> Any:
-    """A trainer config: JSON through files.read_json, YAML through PyYAML's safe_load (no tags, no
-    code: ``!!python/object`` is refused). PyYAML is imported only here, so start-up stays small."""
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")  # the key a "theirs" text starts with: "train.micro_batch_size (…)"
+KEYS = Path(__file__).parent / "keys"
+
+
+@lru_cache(maxsize=None)
+def known_keys(fmt: str) -> Tuple[FrozenSet[str], Dict[str, FrozenSet[str]]]:
+    """(top-level keys, {section: its keys}) of a trainer, from keys/<format>.txt: "#" comments,
+    then keys separated by spaces; a line "section: ..." (continued on indented lines) lists a section's."""
+    top: List[str] = []
+    sections: Dict[str, List[str]] = {}
+    current = top
+    for line in (KEYS / f"{fmt}.txt").read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        words = line.split()
+        if words[0].endswith(":"):
+            current = sections.setdefault(words[0][:-1], [])
+            words = words[1:]
+        elif not line.startswith(" "):
+            current = top
+        current.extend(words)
+    return frozenset(top), {name: frozenset(keys) for name, keys in sections.items()}
+
+
+def load_document(path: Path) -> Tuple[Any, Dict[str, int]]:
+    """(a trainer config, the line of each "key" and "section.key"): JSON through files.read_json
+    (no lines), YAML through PyYAML's SafeLoader (no tags, no code: ``!!python/object`` is refused),
+    composed first so each key's node mark gives its line. PyYAML is imported only here, so start-up
+    stays small."""
     shown = f'"{shown_name(str(path), 120)}"'
     try:
         if path.suffix == ".json":
-            return files.read_json(path, TRAINER_LIMIT)
+            return files.read_json(path, TRAINER_LIMIT), {}
         text = files.read_text(path, TRAINER_LIMIT)
     except FileNotFoundError:
         raise ConfigError(f"{shown} does not exist.", hint="from is relative to the folder of the pyproject.toml (or absolute).") from None
@@ -87,7 +151,12 @@ def load_document(path: Path) -> Any:
         raise ConfigError(f"{shown} is YAML, and reading it needs PyYAML, a dependency of pytest-llmmem that is missing here "
                           "(installed with --no-deps?).", hint="pip install PyYAML.") from None
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            return (loader.construct_document(node) if node is not None else None), _key_lines(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
@@ -95,6 +164,20 @@ def load_document(path: Path) -> Any:
         raise ConfigError(f"{shown} is not valid YAML{line}: {problem}.") from None
     except RecursionError:
         raise ConfigError(f"{shown} is nested too deeply to parse.") from None
+
+
+def _key_lines(node: Any) -> Dict[str, int]:
+    """1-based lines of the top-level keys and of the keys one level down ("train.micro_batch_size")."""
+    from yaml.nodes import MappingNode, ScalarNode
+
+    lines: Dict[str, int] = {}
+    for key, value in node.value if isinstance(node, MappingNode) else ():
+        if isinstance(key, ScalarNode):
+            lines.setdefault(key.value, key.start_mark.line + 1)
+            for sub, _ in value.value if isinstance(value, MappingNode) else ():
+                if isinstance(sub, ScalarNode):
+                    lines.setdefault(f"{key.value}.{sub.value}", sub.start_mark.line + 1)
+    return lines
 
 
 def detect(data: Dict[str, Any]) -> Optional[str]:

@@ -14,7 +14,7 @@ SCHEMA = "axolotl src/axolotl/utils/schemas/config.py"  # @ 067b021c8b87: sequen
 UNMODELLED = (
     ("lora_modules_to_save", "fully trained embed_tokens / lm_head beside the adapters"),
     ("liger_rms_norm", "Liger RMSNorm kernel saves fewer activations"), ("liger_glu_activation", "Liger SwiGLU kernel"),
-    ("liger_rope", "Liger RoPE kernel"), ("unsloth_lora_mlp", "Unsloth LoRA kernels"), ("lora_mlp_kernel", "fused LoRA MLP kernel"),
+    ("liger_rope", "Liger RoPE kernel"), ("lora_mlp_kernel", "fused LoRA MLP kernel"),
     ("torch_compile", "torch.compile fuses and frees activations"), ("sequence_parallel_degree", "context parallelism"),
     ("fp8", "fp8 compute"), ("unfrozen_parameters", "partly frozen full fine-tuning"),
     ("tensor_parallel_size", "tensor parallelism from the trainer config"), ("context_parallel_size", "context parallelism"),
@@ -48,7 +48,10 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("dtype", "int8", "load_in_8bit")
     else:
         hf_args.precision(m)
-    m.put("batch-size", m.get("micro_batch_size", 1), "micro_batch_size")
+    if m.given("micro_batch_size"):
+        m.put("batch-size", m.get("micro_batch_size"), "micro_batch_size")
+    else:
+        m.assume("batch-size", 1, "axolotl src/axolotl/utils/schemas/training.py:77: micro_batch_size default 1")
     if "sequence_len" in m.data:
         m.put("seq-len", m.get("sequence_len"), "sequence_len")
     else:
@@ -62,11 +65,12 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("activation-offload", True, f"gradient_checkpointing = {grad_ckpt}")
     else:
         hf_args.checkpointing(m)
-    attention = str(m.get("attention", "")).lower()
+    # attn_implementation (schemas/config.py) replaced the boolean flags, which stay accepted as deprecated
+    attention = str(m.get("attn_implementation", "")).lower()
     if m.get("eager_attention") is True or attention == "eager":
-        m.put("flash-attention", False, "eager_attention" if m.get("eager_attention") else "attention")
+        m.put("flash-attention", False, "eager_attention" if m.get("eager_attention") else "attn_implementation")
     elif m.get("flash_attention") or m.get("sdp_attention") or m.get("flex_attention") or attention:
-        key = next(k for k in ("flash_attention", "sdp_attention", "flex_attention", "attention") if m.get(k))
+        key = next(k for k in ("flash_attention", "sdp_attention", "flex_attention", "attn_implementation") if m.get(k))
         m.put("flash-attention", True, key)
     else:
         m.assume("flash-attention", True, "transformers' default attn_implementation sdpa (no s x s scores kept)")

@@ -12,9 +12,10 @@ from ...errors import ConfigError, one_of, shown_name
 from . import FORMATS, Mapper, Reading, axolotl, detect, litgpt, llama_factory, load_document, torchtune, trl
 
 
-def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "") -> Reading:
-    """``path`` mapped to our run keys; ``fmt`` None means detect it."""
-    data = load_document(path)
+def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "", shown: str = "") -> Reading:
+    """``path`` mapped to our run keys; ``fmt`` None means detect it. ``shown`` is how messages name
+    the file (its errors carry their YAML line)."""
+    data, lines = load_document(path)
     if not isinstance(data, dict):
         raise ConfigError(f'"{shown_name(str(path), 120)}" holds no mapping of settings; expected a trainer config.')
     if fmt is None:
@@ -23,6 +24,7 @@ def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "") -> Re
             raise ConfigError(f'cannot tell which trainer "{shown_name(str(path), 120)}" is for.',
                               hint=f"Add format = ... beside from: {one_of(FORMATS)}.")
     module = {"axolotl": axolotl, "llama-factory": llama_factory, "torchtune": torchtune, "trl": trl, "litgpt": litgpt}[fmt]
-    mapper = Mapper(fmt, path, data, recipe)
+    mapper = Mapper(fmt, path, data, recipe, lines, shown)
+    mapper.check_keys()
     module.read(mapper, base_dir)
     return mapper.reading()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ...io import files
-from ...errors import ConfigError, shown_name
+from ...errors import shown_name
 from . import Mapper
 
 # OptimizerNames (transformers/training_args.py, enum OptimizerNames) -> (our optimizer, optimizer-impl).
@@ -71,7 +71,7 @@ def deepspeed(m: Mapper, base_dir: Path, key: str = "deepspeed") -> None:
         try:
             ds = files.read_json(where)
         except (files.UnreadableFile, ValueError) as err:
-            raise ConfigError(f'"{shown_name(str(where), 120)}" cannot be read: {err}.', path=str(m.path), key=key) from None
+            raise m.fail(key, f'"{shown_name(str(where), 120)}" cannot be read: {err}.') from None
         m.follows.append(str(files.resolve(where)))
     zero = ds.get("zero_optimization") if isinstance(ds, dict) else None
     if isinstance(zero, dict):
@@ -103,6 +103,8 @@ def fsdp(m: Mapper, key: str = "fsdp", config_key: str = "fsdp_config") -> None:
         mode = "full-shard" if config.get("reshard_after_forward", True) else "shard-grad-op"  # FSDP2: fully_shard
     if mode is None:
         return
-    m.put("fsdp", mode, key)
-    if isinstance(config, dict) and any(config.get(k) in (True, "true") for k in ("fsdp_offload_params", "offload_params", "cpu_offload")):
-        m.put("offload", "optimizer+params", f"{config_key}.offload_params")
+    m.put("fsdp", mode, key if m.given(key) else config_key)
+    offload = next((k for k in ("fsdp_offload_params", "offload_params", "cpu_offload")
+                    if isinstance(config, dict) and config.get(k) in (True, "true")), None)
+    if offload:
+        m.put("offload", "optimizer+params", f"{config_key}.{offload}")

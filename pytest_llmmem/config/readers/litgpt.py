@@ -27,14 +27,19 @@ def read(m: Mapper, base_dir: Path) -> None:
     quantize = str(m.get("quantize", "") or "").lower()
     lora = any(k in m.data for k in ("lora_r", "lora_query", "lora_value")) or quantize.startswith("bnb.nf4")
     if lora:
-        m.put("mode", "qlora" if quantize.startswith(("bnb.nf4", "bnb.fp4")) else "lora", "lora_r" if "lora_r" in m.data else "quantize")
+        m.put("mode", "qlora" if quantize.startswith(("bnb.nf4", "bnb.fp4")) else "lora",
+              next(k for k in ("lora_r", "lora_query", "lora_value", "quantize") if m.given(k)))
         if "lora_r" in m.data:
             m.put("lora-rank", m.get("lora_r"), "lora_r")
         else:
             m.assume("lora-rank", 8, f"{LORA}: lora_r 8")
         targets = [name for key, names in _SWITCHES if m.get(key, key in ("lora_query", "lora_value")) is True for name in names]
         every = len(targets) == 7  # all five switches: every linear of the block (names differ per family)
-        m.put("lora-targets", "all-linear" if every else targets, "lora_query / lora_key / lora_value / lora_projection / lora_mlp")
+        switches = [key for key, _ in _SWITCHES if m.given(key)]
+        if switches:
+            m.put("lora-targets", "all-linear" if every else targets, " / ".join(switches))
+        else:
+            m.assume("lora-targets", targets, f"{LORA}: lora_query and lora_value True, the others False")
         if m.get("lora_head") is True:
             m.not_modelled("lora_head", "a LoRA adapter on the output head")
     else:

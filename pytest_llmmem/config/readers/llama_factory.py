@@ -15,7 +15,7 @@ UNMODELLED = (
     ("use_galore", "GaLore projected optimizer states"), ("use_badam", "BAdam block-wise updates"), ("use_apollo", "APOLLO optimizer"),
     ("use_dora", "DoRA's magnitude vectors and extra activations"), ("pissa_init", "PiSSA initialisation"),
     ("freeze_vision_tower", "multimodal towers"), ("additional_target", "fully trained extra modules beside the adapters"),
-    ("sequence_parallel_size", "sequence parallelism"), ("use_kt", "KTransformers CPU experts"),
+    ("use_kt", "KTransformers CPU experts"),
 )
 _STAGES = {"sft": "sft", "pt": "sft", "dpo": "dpo", "ppo": "ppo", "rm": "reward"}
 
@@ -49,8 +49,10 @@ def read(m: Mapper, base_dir: Path) -> None:
     if bits == 4:
         quant_type = str(m.get("quantization_type", "nf4")).lower()  # model_args.py:287: quantization_type "nf4"
         m.put("dtype", "nf4" if quant_type == "nf4" else "int4", "quantization_bit")
-        if m.get("double_quantization", True) is not False:  # model_args.py:291: double_quantization True
-            m.put("double-quant", True, "double_quantization (default True)")
+        if m.given("double_quantization") and m.get("double_quantization") is not False:
+            m.put("double-quant", True, "double_quantization")
+        elif not m.given("double_quantization"):
+            m.assume("double-quant", True, f"{HP}/model_args.py:291: double_quantization True")
     elif bits == 8 and kind == "lora":
         m.put("dtype", "int8", "quantization_bit")
     elif bits is not None:

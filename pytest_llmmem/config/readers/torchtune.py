@@ -26,8 +26,7 @@ _OPTIMIZERS = {
     "bitsandbytes.optim.PagedAdamW8bit": "paged-adamw-8bit", "bitsandbytes.optim.PagedAdamW": "paged-adamw",
     "bitsandbytes.optim.AdamW8bit": "adamw-8bit", "torchao.optim.AdamW8bit": "adamw-8bit",
 }
-UNMODELLED = (("compile", "torch.compile"), ("enable_activation_offloading_cpu", "CPU offload streams"),
-              ("tensor_parallel_dim", "tensor parallelism"), ("context_parallel_dim", "context parallelism"))
+UNMODELLED = (("compile", "torch.compile"), ("tensor_parallel_dim", "tensor parallelism"), ("context_parallel_dim", "context parallelism"))
 
 
 def _component(value: Any) -> str:
@@ -37,7 +36,10 @@ def _component(value: Any) -> str:
 def read(m: Mapper, base_dir: Path) -> None:
     model: Dict[str, Any] = m.get("model") or {}
     builder = _component(model).rsplit(".", 1)[-1]
-    m.put("framework", "torchtune", "model._component_")
+    if m.given("model._component_"):
+        m.put("framework", "torchtune", "model._component_")
+    else:
+        m.assume("framework", "torchtune", "the format: torchtune recipes build every component from _component_")
     base = re.sub(r"^(q?lora)_", "", builder)
     checkpoint_dir = (m.get("checkpointer") or {}).get("checkpoint_dir") if isinstance(m.get("checkpointer"), dict) else None
     if isinstance(checkpoint_dir, str) and (Path(checkpoint_dir) / "config.json").is_file():
@@ -49,8 +51,10 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("dtype", "nf4", "model._component_ (torchao NF4)")
     elif builder.startswith("lora_"):
         m.put("mode", "lora", "model._component_")
-    else:
+    elif builder:
         m.put("mode", "train", "model._component_")
+    else:
+        m.assume("mode", "train", "no model._component_ names a LoRA builder")
     if builder.startswith(("lora_", "qlora_")):
         if "lora_rank" in model:
             m.put("lora-rank", model["lora_rank"], "model.lora_rank")
@@ -61,12 +65,15 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.not_modelled("model.apply_lora_to_output", "a LoRA adapter on the output projection")
         if targets:
             m.put("lora-targets", list(dict.fromkeys(targets)), "model.lora_attn_modules / apply_lora_to_mlp")
+    # dtype and batch_size are required by the recipes (cfg.dtype, cfg.batch_size): without them the run's own
+    # keys (or their defaults) apply, and nothing is credited to the file
     dtype = str(m.get("dtype", "bf16")).lower()
-    if "dtype" not in m.values:
+    if "dtype" not in m.values and m.given("dtype"):
         m.put("dtype", "fp32" if dtype in ("fp32", "float32") else "bf16", "dtype")
         if dtype in ("fp32", "float32"):
             m.values["precision"] = "pure"
-    m.put("batch-size", m.get("batch_size", 1), "batch_size")
+    if m.given("batch_size"):
+        m.put("batch-size", m.get("batch_size"), "batch_size")
     tokenizer = m.get("tokenizer") or {}
     seq = tokenizer.get("max_seq_len") if isinstance(tokenizer, dict) else None
     if isinstance(seq, int):
@@ -96,8 +103,9 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("activation-offload", True, "enable_activation_offloading")
     if m.get("optimizer_in_bwd") is True:
         m.put("optimizer-in-backward", True, "optimizer_in_bwd")
-    if any(k in m.data for k in ("fsdp_cpu_offload", "memory_efficient_fsdp_wrap", "fsdp_reshard_after_forward")):
-        m.put("fsdp", "full-shard", "fsdp_* keys (the distributed recipe shards with FSDP2 fully_shard)")
+    fsdp_key = next((k for k in ("fsdp_cpu_offload", "memory_efficient_fsdp_wrap", "fsdp_reshard_after_forward") if k in m.data), None)
+    if fsdp_key:
+        m.put("fsdp", "full-shard", f"{fsdp_key} (the distributed recipe shards with FSDP2 fully_shard)")
         if m.get("fsdp_cpu_offload") is True:
             m.put("offload", "optimizer+params", "fsdp_cpu_offload")
     for key, why in UNMODELLED:

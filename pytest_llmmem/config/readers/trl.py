@@ -46,7 +46,10 @@ def read(m: Mapper, base_dir: Path) -> None:
     if peft and four:
         quant = str(m.get("bnb_4bit_quant_type", "nf4")).lower()  # model_config.py: bnb_4bit_quant_type "nf4"
         m.put("dtype", "nf4" if quant == "nf4" else "int4", "load_in_4bit")
-        m.put("double-quant", m.get("use_bnb_nested_quant") is True, "use_bnb_nested_quant (default False)")
+        if m.given("use_bnb_nested_quant"):
+            m.put("double-quant", m.get("use_bnb_nested_quant") is True, "use_bnb_nested_quant")
+        else:
+            m.assume("double-quant", False, f"{MODEL}: use_bnb_nested_quant False")
     elif peft and eight:
         m.put("dtype", "int8", "load_in_8bit")
     elif m.get("fp16") is True:
@@ -75,7 +78,8 @@ def read(m: Mapper, base_dir: Path) -> None:
         elif loss is None:  # sft_config.py __post_init__: unset -> "chunked_nll" (lm_head on kept tokens, in chunks)
             m.assume("loss", "fused", f'{SFT}: loss_type "chunked_nll"')
     else:
-        m.put("recipe", recipe, "num_generations" if recipe == "grpo" else "max_prompt_length / beta")
+        if not m.recipe:  # a recipe the run names is the run's own setting, not the file's
+            m.put("recipe", recipe, "num_generations" if recipe == "grpo" else "max_prompt_length" if m.given("max_prompt_length") else "beta")
         for theirs, ours in (("beta", "beta"), ("max_prompt_length", "max-prompt-length"), ("num_generations", "num-generations"),
                              ("max_completion_length", "max-completion-length"), ("max_length", "max-length")):
             if m.get(theirs) is not None and (recipe == "dpo" or theirs != "max_length"):
