@@ -52,13 +52,14 @@ def annotations(file: str, runs: Sequence[Mapping[str, Any]], workspace: Optiona
             level, text = "error", f"{run['name']}: strict refuses {'an' if kind[0] == 'a' else 'a'} {kind} estimate: {reasons}."
         elif used is None:
             continue
+        elif run["fits"] is False and run.get("failures") and run["total_bytes"] <= run["budget_bytes"]:
+            level, text = "error", f"{run['name']} fails: {'; '.join(run['failures'])}"  # within budget: the engine refuses
         elif run["fits"] is False:
             level, text = "error", (f"{run['name']} needs {format_bytes(run['total_bytes'])} per GPU, over its "
                                     f"{format_bytes(run['budget_bytes'])} budget ({100 * used:.1f} %); biggest term: {_biggest(run)}."
                                     + (f" The estimate is {kind}: {reasons}." if kind else ""))
-        elif used > WARN_FRACTION:
-            level, text = "warning", (f"{run['name']} uses {100 * used:.1f} % of its {format_bytes(run['budget_bytes'])} budget "
-                                      f"({format_bytes(run['total_bytes'])})" + (f", and the estimate is {kind}: {reasons}." if kind else "."))
+        elif _near_limit(run):
+            level, text = "warning", _near_limit(run) + (f", and the estimate is {kind}: {reasons}." if kind else ".")
         elif kind:
             level, text = "warning", (f"{run['name']} fits ({format_bytes(run['total_bytes'])} of {format_bytes(run['budget_bytes'])}, "
                                       f"{100 * used:.1f} %), but the estimate is {kind}: {reasons}.")
@@ -67,6 +68,28 @@ def annotations(file: str, runs: Sequence[Mapping[str, Any]], workspace: Optiona
         where = f"file={path}" + (f",line={run['line']}" if run.get("line") else "")
         lines.append(f"::{level} {where},title={escape_property('llmmem: ' + run['name'])}::{escape_data(text)}")
     return lines
+
+
+def _near_limit(run: Mapping[str, Any]) -> str:
+    """Why a fitting run is close to failing, without the full stop ('' if it is not). A serving engine takes its
+    gpu-memory-utilization share of the GPU by design (vLLM's default 0.9 is 90 % of every budget), so
+    its warning is about what can fail: a KV cache that holds fewer than two max-model-len requests
+    (vLLM refuses below one), or weights, activations and buffers near the whole share."""
+    s = run.get("serving")
+    if not s:
+        used = _used(run) or 0.0
+        if used <= WARN_FRACTION:
+            return ""
+        return f"{run['name']} uses {100 * used:.1f} % of its {format_bytes(run['budget_bytes'])} budget ({format_bytes(run['total_bytes'])})"
+    share = s["total_gpu_bytes"] * s["utilization"]
+    rest = share - s["kv_cache_bytes"]
+    if s["max_concurrency"] < 2:
+        return (f"{run['name']}: the KV cache holds {s['kv_cache_tokens']:,} tokens, {s['max_concurrency']:.2f}x max-model-len "
+                f"{s['max_model_len']:,}; a second long request waits, and below 1x {s['engine']} refuses to start")
+    if share and rest > WARN_FRACTION * share:
+        return (f"{run['name']}: weights, activations and buffers take {100 * rest / share:.1f} % of {s['engine']}'s "
+                f"{format_bytes(round(share))} share, leaving {format_bytes(s['kv_cache_bytes'])} for the KV cache")
+    return ""
 
 
 def capped(lines: Sequence[str]) -> List[str]:

@@ -73,7 +73,7 @@ def describe_run(est: Estimate) -> str:
     if run.mode in ("lora", "qlora"):
         parts.append(f"r={run.lora_rank} on {', '.join(run.lora_targets)}")
     if run.serve is not None:
-        parts.append(f"{run.engine}" + (f" TP={run.tensor_parallel}" if run.tensor_parallel > 1 else ""))
+        parts.append(run.engine)  # its TP=N is said once, with the GPUs below
     elif isinstance(run.model, Architecture):
         shape = f"prompt {run.prompt_len} + {run.new_tokens} new" if run.prompt_len else f"seq {run.seq_len}"
         parts.append(f"batch {run.batch_size} x {shape}" + (f", logits {run.logits}" if not run.trains else ""))
@@ -132,7 +132,7 @@ def verdict(est: Estimate, units: str = "gib") -> str:
     if over:
         text += f", {format_bytes(est.total_bytes - est.budget_bytes, units)} over{_at_phase(est)}"
     elif est.failures:
-        text += f"; {est.failures[0]}"
+        text += "; " + "; ".join(est.failures)
     return text
 
 
@@ -195,8 +195,15 @@ def _serving_lines(est: Estimate) -> List[str]:
         from ..serving.serve import describe
 
         lines += [f"  {line}" for line in describe(est.serving)]
-    lines += [f"  FAILS: {failure}" for failure in est.failures]
+    if not _failures_in_head(est):  # else the verdict line said them already
+        lines += [f"  FAILS: {failure}" for failure in est.failures]
     return lines
+
+
+def _failures_in_head(est: Estimate) -> bool:
+    """Whether the first line (verdict or pytest's failure head) names the failures: a run within its
+    budget that fails anyway (an engine refusing to start) says why there, and only there."""
+    return est.budget_bytes is not None and est.total_bytes <= est.budget_bytes
 
 
 def _trainer_lines(est: Estimate, units: str) -> List[str]:
@@ -252,7 +259,7 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False, 
     head = (f'llmmem: run "{run.name}" needs {format_bytes(est.total_bytes, units)} per GPU{_at_phase(est)}; '
             f"the budget is {format_bytes(est.budget_bytes, units)} ({run.budget.describe(units)}): "
             f"{100 * est.used_fraction:.1f} %, {format_bytes(est.total_bytes - est.budget_bytes, units)} over")
-    if est.failures and est.total_bytes <= est.budget_bytes:
+    if est.failures and _failures_in_head(est):
         head = f'llmmem: run "{run.name}" fails: ' + "; ".join(est.failures)
     return _laid_out([head], est, units, ascii_only, width, [f"  declared at {where}"] if where else [])
 
@@ -298,11 +305,14 @@ def summary_line(estimates: Sequence[Estimate]) -> str:
     unbudgeted = len(estimates) - len(budgeted)
     if not budgeted:
         return f"{unbudgeted} run{'s' if unbudgeted > 1 else ''} without a budget: nothing to check {'them' if unbudgeted > 1 else 'it'} against."
-    over = [e.run.name for e in budgeted if e.fits is False]
-    text = f"{len(budgeted) - len(over)} of {len(budgeted)} runs fit"
+    failing = [e for e in budgeted if e.fits is False]
+    over = [e.run.name for e in failing if not _failures_in_head(e)]
+    refused = [e.run.name for e in failing if _failures_in_head(e)]  # within budget, yet the engine refuses
+    text = f"{len(budgeted) - len(failing)} of {len(budgeted)} runs fit"
     if unbudgeted:
         text += f" ({unbudgeted} more without a budget)"
-    return f"{text}; over budget: {', '.join(over)}." if over else f"{text}."
+    parts = ([f"over budget: {', '.join(over)}"] if over else []) + ([f"fails: {', '.join(refused)}"] if refused else [])
+    return f"{text}; {'; '.join(parts)}." if parts else f"{text}."
 
 
 def as_dict(est: Estimate) -> Dict[str, Any]:
