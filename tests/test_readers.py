@@ -417,3 +417,15 @@ def test_an_error_from_a_yaml_value_names_the_yaml_file_and_line(tmp_path, monke
                                              'from = "configs/train.yaml"\nlora-rank = 0\n')
     code, out, err = run_cli("check", "pyproject.toml")  # the run's own value: the pyproject line, as before
     assert err.startswith("llmmem: error: pyproject.toml:6: tool.llmmem.runs[0].lora-rank: 0 is out of range"), err
+
+
+@pytest.mark.parametrize("fmt, text, key", [
+    ("axolotl", "base_model: meta-llama/Llama-3.1-8B\nactivation_offloading: true\n", "activation_offloading"),
+    ("axolotl", "base_model: meta-llama/Llama-3.1-8B\ntiled_mlp: true\n", "tiled_mlp"),
+    ("llama-factory", "model_name_or_path: meta-llama/Llama-3.1-8B\nstage: sft\nfinetuning_type: full\npure_bf16: true\n", "pure_bf16"),
+])
+def test_a_real_key_that_changes_memory_is_accepted_and_reported_as_not_modelled(fmt, text, key, tmp_path):
+    """Never refuse a real trainer key: one the estimate does not model makes the verdict partial instead."""
+    (tmp_path / "t.yaml").write_text(text)
+    run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "t.yaml"\nformat = "{fmt}"\n', base_dir=tmp_path).runs[0]
+    assert any(reason.startswith(f"t.yaml: {key} (") for reason in run.not_modelled), run.not_modelled

@@ -18,6 +18,11 @@ UNMODELLED = (
     ("torch_compile", "torch.compile fuses and frees activations"), ("sequence_parallel_degree", "context parallelism"),
     ("fp8", "fp8 compute"), ("unfrozen_parameters", "partly frozen full fine-tuning"),
     ("tensor_parallel_size", "tensor parallelism from the trainer config"), ("context_parallel_size", "context parallelism"),
+    # schema fields at 067b021c8b87 that change the peak and have no run key here
+    ("activation_offloading", "activations offloaded to host or disk"), ("tiled_mlp", "the MLP computed in sequence tiles"),
+    ("chunked_cross_entropy", "axolotl's chunked cross entropy"), ("lora_qkv_kernel", "fused LoRA QKV kernel"),
+    ("lora_o_kernel", "fused LoRA output-projection kernel"), ("peft_use_dora", "DoRA's magnitude vectors and extra activations"),
+    ("gptq", "a GPTQ-quantised base"), ("relora", "ReLoRA's periodic merges"), ("lisa_n_layers", "LISA's few unfrozen layers"),
 )
 
 

@@ -16,6 +16,10 @@ UNMODELLED = (
     ("use_dora", "DoRA's magnitude vectors and extra activations"), ("pissa_init", "PiSSA initialisation"),
     ("freeze_vision_tower", "multimodal towers"), ("additional_target", "fully trained extra modules beside the adapters"),
     ("use_kt", "KTransformers CPU experts"),
+    # hparams fields at ff6d4d12e that change the peak and have no run key here
+    ("use_adam_mini", "Adam-mini's reduced optimizer states"), ("use_muon", "the Muon optimizer"), ("fp8", "fp8 training"),
+    ("use_llama_pro", "LLaMA Pro's expanded, partly trained blocks"), ("mixture_of_depths", "mixture-of-depths layers"),
+    ("pure_bf16", "bf16 training without fp32 master weights"), ("upcast_lmhead_output", "fp32 logits"),
 )
 _STAGES = {"sft": "sft", "pt": "sft", "dpo": "dpo", "ppo": "ppo", "rm": "reward"}
 
