@@ -14,7 +14,7 @@ from .errors import shown
 _LIMITS = {
     "batch-size": 1_000_000, "seq-len": 100_000_000, "gpus": 1_000_000, "lora-rank": 65_536,
     "tensor-parallel": 4096, "pipeline-parallel": 4096, "expert-parallel": 100_000, "micro-batches": 1_000_000,
-    "gpus-per-node": 1024, "zero-stage": 3,
+    "gpus-per-node": 1024, "zero-stage": 3, "context-parallel": 4096,
     "hidden-size": 1_000_000, "num-layers": 10_000, "num-heads": 100_000, "num-kv-heads": 100_000,
     "head-dim": 100_000, "intermediate-size": 10_000_000, "vocab-size": 100_000_000,
     "max-position-embeddings": 100_000_000, "num-experts": 100_000, "experts-per-token": 100_000,

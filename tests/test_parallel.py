@@ -171,3 +171,56 @@ def test_fsdp_without_offload_keeps_the_shard_and_gathers_the_units():
     est = estimate(adhoc_run(QLORA_FSDP))
     assert est.breakdown["weights"] == STORED // 2 + CONSTANTS + ROOT_UNIT + 2 * UNIT + ADAPTERS == 234_900_480
     assert "host.offloaded_per_gpu" not in est.details
+
+
+# Selective checkpointing and context parallelism on SMALL_LLAMA (full bf16 training, 1 x 1,024 tokens).
+TRAIN_SMALL = {**SMALL_LLAMA, "mode": "train", "dtype": "bf16", "gpu": "H100-80GB", "batch-size": 1, "seq-len": 1024}
+
+
+def _details(**keys):
+    return estimate(adhoc_run({**TRAIN_SMALL, **keys})).details
+
+
+def test_selective_op_checkpointing_keeps_every_second_matmul_and_sdpa():
+    # torchtitan's op SAC keeps the layer input, wq, wv, w1 (gate) and w2 (down) outputs (the 1st, 3rd, 5th and 7th
+    # mm), SDPA's output and its fp32 logsumexp per head: per token 1024*2 + (1024+1024+4096+1024)*2 + 8*128*2 + 8*4.
+    per_token = 1024 * 2 + (1024 + 1024 + 4096 + 1024) * 2 + 8 * 128 * 2 + 8 * 4
+    d = _details(**{"gradient-checkpointing": "selective", "selective-ac": "op"})
+    assert per_token == 18_464
+    assert d["activations.selective_saved"] == 4 * 1024 * per_token
+    assert "activations.attention" not in d and "activations.layer_inputs" not in d
+
+
+def test_selective_layer_period_checkpoints_every_nth_layer():
+    # Period 2 over 4 layers: layers 2 and 4 keep their input (1024 tokens x 1024 x 2 B), 1 and 3 keep everything.
+    full = _details()
+    d = _details(**{"gradient-checkpointing": "selective", "selective-ac": 2})
+    assert d["activations.layer_inputs"] == 2 * 1024 * 1024 * 2
+    assert d["activations.unwrapped_layers"] == (full["activations.attention"] + full["activations.mlp"]) // 2
+    # selective-ac defaults to torchtitan's "2"; a period of 1 is full checkpointing's layer inputs
+    assert _details(**{"gradient-checkpointing": "selective"})["activations.layer_inputs"] == 2 * 1024 * 1024 * 2
+    assert _details(**{"gradient-checkpointing": "selective", "selective-ac": 1})["activations.layer_inputs"] == \
+        _details(**{"gradient-checkpointing": True})["activations.layer_inputs"] == 4 * 1024 * 1024 * 2
+
+
+def test_context_parallel_shards_the_sequence_and_gathers_one_layers_kv():
+    cp = _details(**{"seq-len": 2048, "gpus": 2, "context-parallel": 2, "gradient-checkpointing": True})
+    assert cp["activations.layer_inputs"] == 4 * 1024 * 1024 * 2  # 2,048 tokens over 2 ranks: 1,024 each
+    # ALL_GATHER rotation: one layer's K and V for the whole 2,048-token sequence, 8 kv heads x 128, bf16
+    assert cp["activations.context_parallel_kv"] == 2 * 2048 * 8 * 128 * 2
+    # the weights are not split by it: FSDP over the 2 ranks shards them as data parallelism would
+    a = estimate(adhoc_run({**TRAIN_SMALL, "seq-len": 2048, "gpus": 2, "context-parallel": 2, "fsdp": "full-shard"})).breakdown
+    b = estimate(adhoc_run({**TRAIN_SMALL, "seq-len": 2048, "gpus": 2, "fsdp": "full-shard"})).breakdown
+    assert a["master_weights"] == b["master_weights"] and a["optimizer_states"] == b["optimizer_states"]
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"gradient-checkpointing": "selctive"}, 'expected true, false or "selective", got \'selctive\'. Did you mean "selective"?'),
+    ({"gradient-checkpointing": "selective", "selective-ac": "ops"}, 'Did you mean "op"?'),
+    ({"gradient-checkpointing": True, "selective-ac": "op"}, 'only applies to gradient-checkpointing = "selective"'),
+    ({"gpus": 4, "context-parallel": 3}, "4 GPUs cannot be split into tensor-parallel 1 x pipeline-parallel 1 x context-parallel 3"),
+])
+def test_selective_and_context_parallel_mistakes_are_errors(keys, message):
+    with pytest.raises(ConfigError) as err:
+        adhoc_run({**TRAIN_SMALL, **keys})
+    assert message in str(err.value)

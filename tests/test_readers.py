@@ -429,3 +429,18 @@ def test_a_real_key_that_changes_memory_is_accepted_and_reported_as_not_modelled
     (tmp_path / "t.yaml").write_text(text)
     run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "t.yaml"\nformat = "{fmt}"\n', base_dir=tmp_path).runs[0]
     assert any(reason.startswith(f"t.yaml: {key} (") for reason in run.not_modelled), run.not_modelled
+
+
+@pytest.mark.parametrize("yaml_keys, checkpointing, selective, cp", [
+    ("enable_activation_checkpointing: false\nac_mode: selective\nac_option: 2\n", True, "2", 1),
+    ("enable_activation_checkpointing: false\nac_mode: selective\nac_option: op\ncontext_parallel_dim: 2\n", True, "op", 2),
+    # full_finetune_distributed._setup_model applies neither policy when both are set
+    ("enable_activation_checkpointing: true\nac_mode: selective\nac_option: 2\n", False, "", 1),
+])
+def test_torchtune_selective_checkpointing_and_context_parallel(tmp_path, yaml_keys, checkpointing, selective, cp):
+    (tmp_path / "full.yaml").write_text("model:\n  _component_: torchtune.models.llama3_1.llama3_1_8b\nbatch_size: 2\n"
+                                        "tokenizer:\n  max_seq_len: 4096\nfsdp_cpu_offload: false\n" + yaml_keys)
+    text = f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{tmp_path / "full.yaml"}"\ngpus = 2\n'
+    run = parse(text, base_dir=tmp_path).runs[0]
+    assert (run.gradient_checkpointing, run.selective_ac, run.context_parallel) == (checkpointing, selective, cp)
+    assert not any("context_parallel_dim" in reason for reason in run.not_modelled)

@@ -20,12 +20,16 @@ def parallelism(table: Table, model: Union[Architecture, ParamsOnly]) -> Dict[st
     fsdp = table.choice("fsdp", FSDP_MODES, "none")
     offload = table.choice("offload", OFFLOADS, "none")
     ep = table.integer("expert-parallel", 1)
+    cp = table.integer("context-parallel", 1)
     if zero and fsdp != "none":
         raise table.fail("fsdp", f'fsdp = "{fsdp}" and zero-stage = {zero} both shard the model states; pick one.',
                          hint='FSDP full-shard is ZeRO-3, shard-grad-op is ZeRO-2.')
     if gpus % (tp * pp):
         raise table.fail("gpus", f"{gpus} GPUs cannot be split into tensor-parallel {tp} x pipeline-parallel {pp} groups.",
                          hint=f"gpus must be a multiple of {tp * pp}.")
+    if gpus % (tp * pp * cp):
+        raise table.fail("context-parallel", f"{gpus} GPUs cannot be split into tensor-parallel {tp} x pipeline-parallel {pp} x "
+                         f"context-parallel {cp} groups.", hint=f"gpus must be a multiple of {tp * pp * cp}.")
     if offload != "none" and not zero and fsdp == "none":
         raise table.fail("offload", f'offload = "{offload}" needs ZeRO (zero-stage >= 1) or FSDP.', hint="ZeRO-Offload and FSDP CPU offload both shard first.")
     if offload == "optimizer+params" and zero != 3 and fsdp not in ("full-shard", "hybrid-shard"):
@@ -44,7 +48,7 @@ def parallelism(table: Table, model: Union[Architecture, ParamsOnly]) -> Dict[st
         raise table.fail("expert-parallel", f"expert-parallel {ep} must divide the data-parallel size {gpus // (tp * pp)}.")
     return dict(
         gpus=gpus, zero_stage=zero, fsdp=fsdp, tensor_parallel=tp, pipeline_parallel=pp,
-        sequence_parallel=table.boolean("sequence-parallel", False), expert_parallel=ep, offload=offload,
+        sequence_parallel=table.boolean("sequence-parallel", False), expert_parallel=ep, context_parallel=cp, offload=offload,
         micro_batches=table.integer("micro-batches", 1), gpus_per_node=table.integer("gpus-per-node", 8),
     )
 

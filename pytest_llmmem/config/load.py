@@ -19,6 +19,7 @@ from ..catalog.registry import Catalog, default_catalog
 from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
 from .keys import ENGINE_ONLY, INFERENCE_ONLY, LORA_ONLY, MODEL_KEYS, RECIPE_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY, Context, Table, canonical
 from ..values import type_name
+from .checkpoint_keys import checkpoint_setting
 from .gpu_keys import budget, parallelism
 from ..model.layers import peft_target_problem
 from .locate import Locator
@@ -226,7 +227,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
                                           accumulation)
     seq_len = implied.get("seq_len", seq_len)
     trainer = resolve_trainer([table, top], mode=mode, dtype=dtype, seq_len=seq_len or 2048, run_name=name)
-    checkpointing = table.boolean("gradient-checkpointing", trainer.gradient_checkpointing and mode != "inference")
+    checkpointing, selective = checkpoint_setting(table, trainer.gradient_checkpointing and mode != "inference", mode)
     check_trainer(trainer.knobs, table, gradient_checkpointing=checkpointing, micro_batches=parallel["micro_batches"],
                   pipeline_parallel=parallel["pipeline_parallel"])
     adapter_dtype = table.resolve("adapter-dtype", ctx.catalog.dtype, trainer.adapter_dtype)
@@ -245,6 +246,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         seq_len=seq_len or 2048,
         seq_len_given=seq_len is not None,
         gradient_checkpointing=checkpointing,
+        selective_ac=selective,
         flash_attention=table.boolean("flash-attention", True),
         lora_rank=table.integer("lora-rank", 8),
         lora_rank_given="lora-rank" in table,

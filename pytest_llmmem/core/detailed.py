@@ -12,6 +12,7 @@ from typing import Dict, Optional, Tuple
 
 from .terms.activations import FP32, Trainable, head_saved, layer_saved, rotary_tables
 from .terms.attention_masks import model_masks
+from .terms.checkpointing import context_parallel_kv, selective_approximate, selective_saved
 from ..catalog.entries import DType, Optimizer
 from .terms.job_phases import whole_job
 from ..model.lora import adapted_linears, lora_params
@@ -228,6 +229,8 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
     if run.mode == "train" and arch.extra_params and run.vision_tower == "trained":
         not_modelled += ('image inputs: the vision tower\'s activations are not counted (vision-tower = "trained"); '
                          'for text-only training or a frozen tower declare vision-tower = "frozen"',)
+    if run.selective_ac:
+        approximate.extend(selective_approximate(arch, run.selective_ac))
     if run.trains and any(g.attention.kind == "mamba" for g in arch.layer_groups()):
         approximate.append("Mamba layers' training activations depend on the mamba-ssm CUDA kernels and are estimated, not measured")
     return not_modelled, tuple(approximate)
@@ -235,7 +238,8 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
 
 def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, int], details: Dict[str, int]) -> None:
     """Activations, logits and KV cache, which scale with batch and sequence; each a sum over layer groups."""
-    b, s = run.batch_size, run.seq_len
+    # Context parallelism shards every activation's sequence over its ranks (checkpointing.py).
+    b, s = run.batch_size, -(-run.seq_len // run.context_parallel)
     tokens = b * s
     vocab_out = arch.num_labels if arch.family.classifier else arch.vocab_size
     logit_rows = b if arch.family.classifier else tokens
@@ -269,7 +273,12 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
         biggest_layer = max(biggest_layer, sum(rest.values()))
         for block in blocks:
             blocks[block] += first[block] + rest[block] * (n - 1)
-    if run.gradient_checkpointing:
+    if run.selective_ac:
+        # Selective checkpointing (torchtitan / torchtune): some layers or some ops kept, the rest recomputed.
+        details.update(selective_saved(arch, stage, run.selective_ac, tokens=tokens, act=act, tp=t,
+                                       full_layer=lambda i, g: sum(layer_saved(arch, g, input_requires_grad=trainable.full or i > 1, **kw).values())))
+        details["activations.recomputed_layer"] = biggest_layer + rotary
+    elif run.gradient_checkpointing:
         # Per-layer checkpointing keeps each layer's input; backward recomputes one layer at a time
         # (Chen et al. 2016; HF gradient_checkpointing_enable, non-reentrant).
         details["activations.layer_inputs"] = layers * in_flight * tokens * arch.hidden_size * act // (t if run.sequence_parallel else 1)
@@ -286,6 +295,8 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int, breakdown: Dict[str, 
             details[f"activations.{block}"] = total * in_flight
         details["activations.rotary_tables"] = rotary
     details["activations.embedding_and_head"] = head
+    if run.context_parallel > 1:
+        details["activations.context_parallel_kv"] = context_parallel_kv(arch, batch=b, seq=run.seq_len, act=act, tp=t)
     breakdown["activations"] = sum(v for k, v in details.items() if k.startswith("activations."))
     # Loss (trainer_terms.loss_terms): HF's fp32 upcast, torchtune/litgpt chunks, or a fused kernel.
     # Megatron's vocab-parallel cross-entropy splits the buffers over the tensor-parallel ranks.

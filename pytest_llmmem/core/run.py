@@ -113,6 +113,7 @@ class Run(NamedTuple):
     seq_len: int = 2048
     seq_len_given: bool = True
     gradient_checkpointing: bool = False
+    selective_ac: str = ""  # with checkpointing: "" every layer, "op" torchtitan's op-level SAC, or a layer period (checkpointing.py)
     flash_attention: bool = True
     lora_rank: int = 8  # peft/tuners/lora/config.py LoraConfig: r = 8
     lora_rank_given: bool = True
@@ -125,6 +126,7 @@ class Run(NamedTuple):
     pipeline_parallel: int = 1
     sequence_parallel: bool = False  # Megatron sequence parallelism (with tensor parallelism)
     expert_parallel: int = 1
+    context_parallel: int = 1  # the sequence sharded over this many GPUs (torchtitan context_parallel_degree)
     offload: str = "none"  # ZeRO-Offload / FSDP CPU offload
     micro_batches: int = 1  # pipeline micro-batches in flight / gradient accumulation steps
     gpus_per_node: int = 8
@@ -162,6 +164,7 @@ class Run(NamedTuple):
 
     @property
     def data_parallel(self) -> int:
+        # context-parallel ranks count here: FSDP shards over data x context parallel (torchtitan dp_shard_cp)
         return self.gpus // (self.tensor_parallel * self.pipeline_parallel)
 
     @property

@@ -95,8 +95,9 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None) -
         if est.fits:
             out.append(WayOut(key, value, f"{text} ({format_bytes(est.total_bytes, units)})", est))
 
-    if has_shape and run.trains and not run.gradient_checkpointing:
-        offer("gradient-checkpointing", True, "fits with gradient-checkpointing = true", run._replace(gradient_checkpointing=True))
+    if has_shape and run.trains and (not run.gradient_checkpointing or run.selective_ac):
+        offer("gradient-checkpointing", True, "fits with gradient-checkpointing = true",
+              run._replace(gradient_checkpointing=True, selective_ac=""))
     if has_shape and not run.flash_attention:
         offer("flash-attention", True, "fits with flash-attention = true", run._replace(flash_attention=True))
     # Recipe changes (a LoRA policy, beta = 0, a separate vLLM server, fewer generations): recipe_fit.py.

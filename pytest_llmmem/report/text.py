@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..core.records import Estimate
+from ..core.terms.checkpointing import describe as describe_selective
 from ..model.architecture import Architecture
 from ..units import format_bytes, format_count
 from ..untrusted import visible
@@ -78,7 +79,7 @@ def describe_run(est: Estimate) -> str:
         shape = f"prompt {run.prompt_len} + {run.new_tokens} new" if run.prompt_len else f"seq {run.seq_len}"
         parts.append(f"batch {run.batch_size} x {shape}" + (f", logits {run.logits}" if not run.trains else ""))
     if run.gradient_checkpointing:
-        parts.append("checkpointing")
+        parts.append(describe_selective(run.selective_ac) if run.selective_ac else "checkpointing")
     if run.gpus > 1:
         layout = [f"{run.gpus} GPUs"]
         layout += [f"ZeRO-{run.zero_stage}"] if run.zero_stage else []
@@ -86,6 +87,7 @@ def describe_run(est: Estimate) -> str:
         layout += [f"TP={run.tensor_parallel}"] if run.tensor_parallel > 1 else []
         layout += [f"PP={run.pipeline_parallel}"] if run.pipeline_parallel > 1 else []
         layout += [f"EP={run.expert_parallel}"] if run.expert_parallel > 1 else []
+        layout += [f"CP={run.context_parallel}"] if run.context_parallel > 1 else []
         layout += [f"offload {run.offload}"] if run.offload != "none" else []
         parts.append(" ".join(layout))
     parts.append(f"{format_count(est.params)} params")

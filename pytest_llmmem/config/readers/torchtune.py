@@ -26,7 +26,28 @@ _OPTIMIZERS = {
     "bitsandbytes.optim.PagedAdamW8bit": "paged-adamw-8bit", "bitsandbytes.optim.PagedAdamW": "paged-adamw",
     "bitsandbytes.optim.AdamW8bit": "adamw-8bit", "torchao.optim.AdamW8bit": "adamw-8bit",
 }
-UNMODELLED = (("compile", "torch.compile"), ("tensor_parallel_dim", "tensor parallelism"), ("context_parallel_dim", "context parallelism"))
+UNMODELLED = (("compile", "torch.compile"), ("tensor_parallel_dim", "tensor parallelism"))
+DISTRIBUTED = "torchtune recipes/full_finetune_distributed.py _setup_model"
+
+
+def _selective(m: Mapper) -> None:
+    """ac_mode / ac_option: the distributed recipes apply selective AC only when enable_activation_checkpointing
+    is false, and full AC only when ac_mode is unset; with both set they apply neither."""
+    mode = m.get("ac_mode")
+    if mode is None or str(mode).lower() == "none":
+        return
+    if m.get("enable_activation_checkpointing") is True:
+        m.put("gradient-checkpointing", False, f"enable_activation_checkpointing with ac_mode = {mode}: {DISTRIBUTED} applies neither")
+    elif str(mode).lower() == "full":
+        m.put("gradient-checkpointing", True, "ac_mode = full")
+    elif str(mode).lower() == "selective":
+        m.put("gradient-checkpointing", "selective", "ac_mode = selective")
+        option = m.get("ac_option")
+        if option is None:  # torchtune/training/_activation_checkpointing.py checkpoint_wrapper: int(ac_option)
+            raise m.fail("ac_option", "ac_mode = selective needs ac_option: a layer period (2 checkpoints every second layer) or op.")
+        m.put("selective-ac", option, "ac_option")
+    else:
+        raise m.fail("ac_mode", f'"{mode}" is not a torchtune activation checkpointing mode.', hint="Valid: none, full, selective.")
 
 
 def _component(value: Any) -> str:
@@ -99,6 +120,9 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("loss", "upcast", "loss._component_")
     if "enable_activation_checkpointing" in m.data:
         m.put("gradient-checkpointing", m.get("enable_activation_checkpointing") is True, "enable_activation_checkpointing")
+    _selective(m)
+    if m.is_set("context_parallel_dim"):
+        m.put("context-parallel", m.get("context_parallel_dim"), "context_parallel_dim")
     if m.get("enable_activation_offloading") is True:
         m.put("activation-offload", True, "enable_activation_offloading")
     if m.get("optimizer_in_bwd") is True:
