@@ -145,6 +145,9 @@ def test_pytest_item_warns_when_partial(pytester):
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines([f"*LlmmemEstimateCaveat: run \"serve\": the estimate is partial: {REASON}*",
                                  "serve * 18.0%  PASS (partial)"])
+    # the warning points at the run in pyproject.toml (its [[tool.llmmem.runs]] line 7), not at the plugin's source
+    result.stdout.fnmatch_lines(["  *pyproject.toml:7: LlmmemEstimateCaveat: run \"serve\"*", "    [[tool.llmmem.runs]]"])
+    assert "pytest_checks.py" not in result.stdout.str()
 
 
 @pytest.mark.parametrize("how", ["option", "ini", "toml"])

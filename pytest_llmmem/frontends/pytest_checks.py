@@ -273,8 +273,10 @@ class RunItem(pytest.Item):
         if est.fits is False:
             raise OverBudget(est)
         if caveats(est):
-            warnings.warn(LlmmemEstimateCaveat(log_text(f'run "{self.run.name}": the estimate is {caveats(est)}: '
-                                                        f"{'; '.join(est.partial + est.approximate)}")))
+            # at the run's line in its pyproject, where the user can act on it, not at this line of the plugin
+            warnings.warn_explicit(LlmmemEstimateCaveat(log_text(f'run "{self.run.name}": the estimate is {caveats(est)}: '
+                                                                 f"{'; '.join(est.partial + est.approximate)}")),
+                                   LlmmemEstimateCaveat, str(self.path), self.run.line or 1)
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, StrictRefused):
