@@ -1,5 +1,6 @@
 """Small things a user sees from `llmmem` (issue 10 item 12): units, fit's answers, paths, summaries."""
 
+import re
 import json
 import os
 from pathlib import Path
@@ -190,3 +191,42 @@ def test_output_closed_early_is_quiet(tmp_path):
     code = proc.wait(timeout=60)
     assert "internal error" not in err and "Traceback" not in err
     assert code == 2
+
+
+# --- every config key is a flag of `llmmem estimate` (issue 23 part 5) ----------------------------
+
+# Keys that are not a flag of their own name, and why.
+NOT_A_FLAG = {
+    "runs": "estimate is one run",
+    "id": "--model (the Hub id)",
+    "model": "--model (the Hub id); the other model keys are flags of their own",
+    "format": "--from-format (--format is the output's: text, json, github)",
+    "reward-model": "a table of its own model keys: declare it in a pyproject",
+    "value-model": "a table of its own model keys: declare it in a pyproject",
+}
+
+
+def test_every_config_key_is_an_estimate_flag(run_cli, capsys):
+    from pytest_llmmem.config import keys
+
+    with pytest.raises(SystemExit) as done:  # argparse's --help exits 0
+        run_cli("estimate", "--help")
+    out = capsys.readouterr().out
+    flags = set(re.findall(r"--([a-z0-9-]+)", out))
+    every = dict.fromkeys(keys.TOP_KEYS + keys.MODEL_KEYS + keys.RUN_KEYS)
+    assert done.value.code == 0
+    assert [key for key in every if key not in flags and key not in NOT_A_FLAG] == []
+    assert {"model", "from-format"} <= flags
+
+
+def test_estimate_reads_a_trainer_config_with_from(run_cli, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parent / "data" / "trainer_configs" / "axolotl")
+    code, out, err = run_cli("estimate", "--from", "qlora.yml", "--gpu", "A10G", "--model", "meta-llama/Llama-3.1-8B")
+    out = unfit(out)
+    assert code == 1, err  # over a 24 GB A10G
+    # axolotl's examples/llama-3/qlora.yml: adapter qlora, lora_r 32 on all linear layers, micro_batch_size 2 x sequence_len 4096
+    assert "  qlora | nf4 | paged-adamw | r=32 on all-linear | batch 2 x seq 4096 | checkpointing | 8.03B params | budget: A10G" in out
+    assert "    batch-size             qlora.yml: micro_batch_size" in out
+    assert "    model                  command line (the run)" in out  # --model overrides the file's base_model
+    code, _, err = run_cli("estimate", "--from", "missing.yml", "--gpu", "A10G")
+    assert code == 2 and 'llmmem: error: command line: --from: "missing.yml" does not exist' in err

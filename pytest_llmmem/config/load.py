@@ -364,6 +364,8 @@ def adhoc_run(values: Mapping[str, Any], *, catalog: Optional[Catalog] = None, p
     model = {k: v for k, v in values.items() if k in MODEL_KEYS}
     run = {k: v for k, v in values.items() if k not in MODEL_KEYS}
     run.setdefault("name", "estimate")
+    if "from" in run and model:  # given beside from = "train.yaml", the model is the run's own and overrides the file's
+        run["model"], model = model, {}
     top = {"model": model, "runs": [run]}
     ctx = Context(path, Locator(""), catalog or default_catalog(), read_json, Path.cwd())
     return _run(run, 0, top, ctx, require_budget=False)

@@ -35,7 +35,11 @@ _VALUE_FLAGS = {
     # the whole job's phases (issue 16)
     "eval-batch-size": int, "eval-samples": int, "eval-accumulation-steps": int, "eval-generate-tokens": int, "save": str,
     "vision-tower": str,
+    # a trainer's own config (config/readers/), as from = "train.yaml"; the run's name and a measured calibration
+    "from": str, "from-format": str, "name": str, "calibration": float, "attention-dropout": float, "hidden-dropout": float,
 }
+# Flags spelled apart from their key: --format is the output's (text, json, github).
+_FLAG_KEYS = {"from-format": "format"}
 _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel",
              "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager",
              "reference-model", "precompute-ref-log-probs", "allow-network", "eval", "offload-to-cpu", "merge-adapters",
@@ -157,7 +161,7 @@ def _estimate(args: argparse.Namespace) -> int:
     for flag in list(_VALUE_FLAGS) + list(_SWITCHES):
         value = getattr(args, flag.replace("-", "_"))
         if value is not None:
-            values[flag] = value
+            values[_FLAG_KEYS.get(flag, flag)] = value
     if "model" in values:  # --model org/name: a Hugging Face Hub id (hub.py)
         values["id"] = values.pop("model")
     if args.lora_targets:
