@@ -44,6 +44,10 @@ class GPU(NamedTuple):
     memory_bytes: int
     aliases: Tuple[str, ...] = ()
     doc: str = ""
+    # vendor and class ("nvidia datacenter", "nvidia workstation", "nvidia consumer", "amd datacenter"):
+    # a way out offers another card only of the declared card's kind, where the same software and
+    # procurement apply ("" : a plugin's card, offered to none but its own kind)
+    kind: str = ""
 
 
 class AmbiguousName(NamedTuple):

@@ -78,8 +78,9 @@ def smallest_fitting_count(fits_at, upper: int) -> Optional[int]:
     return high
 
 
-def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None) -> List[WayOut]:
-    """Changes that make an over-budget run fit, cheapest to adopt first. Empty when it already fits.
+def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, any_gpu: bool = False) -> List[WayOut]:
+    """Changes that make an over-budget run fit, cheapest to adopt first: changes to the run, then a
+    bigger card of the declared card's kind (``any_gpu``: of any kind). Empty when it already fits.
     ``current``: the run's own estimate when the caller has it (one estimate fewer)."""
     if run.budget is None or (current if current is not None else estimate(run)).fits:
         return []
@@ -134,7 +135,7 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None) -
             zero3 = fewest_gpus(run._replace(zero_stage=3))
             if zero3:
                 offer("zero-stage", 3, f"fits on {zero3} GPUs with zero-stage = 3 (gpus = {zero3})", run._replace(zero_stage=3, gpus=zero3))
-    gpu = smallest_gpu(run)
+    gpu = smallest_gpu(run, any_gpu)
     if gpu:
         offer("gpu", gpu, f'fits on a {gpu} (gpu = "{gpu}")', _on_gpu(run, gpu))
     return out
@@ -191,11 +192,17 @@ def _on_gpu(run: Run, name: str) -> Run:
     return run._replace(budget=budget._replace(ceiling_bytes=gpu.memory_bytes, headroom_bytes=headroom, gpu=gpu.name))
 
 
-def smallest_gpu(run: Run) -> Optional[str]:
-    """The known GPU with the least memory that holds the run (keeping its headroom share), if any."""
+def smallest_gpu(run: Run, any_kind: bool = False) -> Optional[str]:
+    """The known GPU with the least memory that holds the run (keeping its headroom share), if any:
+    of the declared card's vendor and class (an A10G user is not told to buy an RTX-4090, nor an
+    RTX-4090 user an MI250X), or of any kind when asked. A gpu-memory budget names no card: none."""
     catalog = default_catalog()
+    declared = catalog.gpu(run.budget.gpu).kind if run.budget.gpu else None
+    if declared is None and not any_kind:
+        return None
     for name in sorted(catalog.gpus.names, key=lambda n: catalog.gpu(n).memory_bytes):
-        if catalog.gpu(name).memory_bytes > run.budget.ceiling_bytes and _fits(_on_gpu(run, name)):
+        card = catalog.gpu(name)
+        if (any_kind or card.kind == declared) and card.memory_bytes > run.budget.ceiling_bytes and _fits(_on_gpu(run, name)):
             return name
     return None
 

@@ -29,6 +29,8 @@ def common_arguments(p: argparse.ArgumentParser) -> None:
                    help="output format (default: text; github when GITHUB_ACTIONS=true: text plus annotations, job summary and step outputs)")
     p.add_argument("--units", choices=("gib", "gb"), default="gib", help="print GiB (1024^3, default) or decimal GB (10^9)")
     p.add_argument("--json-out", metavar="PATH", help="also write the JSON report to PATH")
+    p.add_argument("--any-gpu", action="store_true",
+                   help="ways out may name a card of another vendor or class (default: only the declared card's kind)")
     p.add_argument("--strict", action="store_true", default=None,
                    help="a partial or approximate estimate is an error (exit 2), as strict = true under [tool.llmmem]")
 
@@ -58,7 +60,8 @@ def emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> in
 
         render = report.render_short if hook else report.render_text
         width = terminal_width()
-        say("\n\n".join(render(path, estimates, args.units, ascii_only, width) for path, estimates in results))
+        any_gpu = bool(getattr(args, "any_gpu", False))
+        say("\n\n".join(render(path, estimates, args.units, ascii_only, width, any_gpu) for path, estimates in results))
     json_path = args.json_out
     if fmt == "github" and not json_path and not hook and os.environ.get("RUNNER_TEMP"):
         json_path = os.path.join(os.environ["RUNNER_TEMP"], "llmmem-report.json")  # never into the repository
