@@ -49,38 +49,45 @@ def cache_dir() -> Path:
 
 
 def bundled_index() -> Dict[str, Dict[str, Any]]:
-    """id -> {family, folder, revision, taken_from, [checked_against], source} of the configs shipped with the
-    package. revision: the Hub commit where the source states one, else null. taken_from: where the config.json
-    was copied from, "github:OWNER/REPO@COMMIT:PATH" (the file is the JSON), "...:PATH#L<n>" (the JSON object opening on
-    line n) or "...:PATH#NAME['key']" (a Python dict literal), "validation:FILE#ROW" (the project's shared
-    validation data) or "index:ID" (a public GitHub file by its code-search index id; repository not recorded).
-    checked_against: a GitHub source holding every key with the same value (benchmarks/check_bundle_sources.py).
-    source: the prose note of what was copied and what was left out."""
+    """id -> {family, folder, revision, taken_from, [checked_against], [same_as], source} of the configs shipped
+    with the package. revision: the Hub commit where the source states one, else null. taken_from: where the
+    config.json was copied from, "github:OWNER/REPO@COMMIT:PATH" (the file is the JSON), "...:PATH#L<n>" (the JSON
+    object or Python dict opening on line n) or "...:PATH#NAME['key']" (a Python dict literal); source_url makes it
+    a link. "validation:FILE#ROW" (the project's shared validation data) and "index:ID" (a code-search index id) are
+    the older, unlinked forms. checked_against: a GitHub source holding every key with the same value
+    (benchmarks/check_bundle_sources.py). same_as: another id whose folder this one shares (a release whose
+    architecture keys are the same, such as an Instruct model and its base). source: what was copied and left out."""
     return files.read_json(BUNDLED / "index.json")
 
 
 def catalog_lines() -> List[str]:
     """``llmmem catalog models``: each bundled id, its family, the Hub revision where its source states
-    one, and where its config.json was copied from (index.json's taken_from / checked_against)."""
+    one, and the link to the file its config.json was copied from (index.json's taken_from / checked_against)."""
     lines = ['bundled model configs (model = "org/name" when the Hugging Face cache lacks them), from models/index.json:',
              "  id, family, Hub revision (where the source states one)",
-             "    where its config.json was copied from"]
+             "    the public file its config.json was copied from"]
     for model_id, entry in sorted(bundled_index().items(), key=lambda item: item[0].lower()):
         revision = (entry.get("revision") or "")[:12] or "-"
-        lines.append(f"  {model_id:<38} {entry['family']:<12} {revision}")
-        lines.append(f"    from {_short(entry.get('taken_from') or 'no source recorded')}")
+        same = f"  (the config of {entry['same_as']})" if entry.get("same_as") else ""
+        lines.append(f"  {model_id:<38} {entry['family']:<12} {revision}{same}")
+        lines.append(f"    from {source_url(entry.get('taken_from') or 'no source recorded')}")
         if entry.get("checked_against"):
-            lines.append(f"    same values in {_short(entry['checked_against'])}")
-    lines.append("  (github:REPO@COMMIT:PATH = a file in a public GitHub repository, #L<n> the JSON object opening on its line n; "
-                 "validation:FILE#ROW = the project's shared "
+            lines.append(f"    same values in {source_url(entry['checked_against'])}")
+    lines.append("  (#L<n>: the config opens on line n of that file; validation:FILE#ROW = the project's shared "
                  "validation data; index:ID = a public GitHub file found by its id in a code-search index, repository not recorded)")
     return lines
 
 
-def _short(locator: str) -> str:
-    """github:owner/repo@<40 hex>:path with a 12-character commit, as git log --oneline shows it."""
-    head, at, rest = locator.partition("@")
-    return f"{head}@{rest[:12]}{rest[40:]}" if at and len(rest) > 40 and rest[40] == ":" else locator
+_GITHUB = re.compile(r"^github:(?P<repo>[\w.-]+/[\w.-]+)@(?P<commit>[0-9a-f]{7,40}):(?P<path>[^#]+)(?P<anchor>#L\d+)?(?:#.*)?$")
+
+
+def source_url(locator: str) -> str:
+    """A github: locator as the https link of that file at that commit (its #L<n> line anchor kept); any other
+    locator as it is."""
+    found = _GITHUB.match(locator)
+    if not found:
+        return locator
+    return f"https://github.com/{found['repo']}/blob/{found['commit']}/{found['path']}{found['anchor'] or ''}"
 
 
 def resolve(model_id: str, revision: Optional[str] = None, allow_network: bool = False) -> Resolved:

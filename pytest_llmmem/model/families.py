@@ -73,7 +73,8 @@ def builtin_families() -> List[Family]:
                                                         "the published falcon-7b/40b config.json have no length key)")),
         Family("mamba", lora_targets=(), reader="mamba", sdpa=False, tie_default=True, logits_fp32=True, doc="state-spaces/mamba-130m-hf"),
         LLAMA._replace(name="jamba", lora_targets=(), reader="jamba", attention_bias="", moe_layers="period",
-                       names=LLAMA.names + (("router", "router"),), doc="ai21labs/Jamba-v0.1"),
+                       names=LLAMA.names + (("router", "router"),), doc="ai21labs/Jamba-v0.1",
+                       default_context=(262144, "max_position_embeddings 262,144, JambaConfig's default (configuration_jamba.py)")),
         Family(
             "gpt2", gated_mlp=False, norm="layer", qkv_bias=True, out_bias=True, mlp_bias=True,
             learned_positions=True, softmax_upcast=False, tie_default=True, names=_GPT2_NAMES, default_act="gelu_new", doc="gpt2",
