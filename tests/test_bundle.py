@@ -45,6 +45,38 @@ BUNDLED_COUNTS = {
     # Command R7B by hand: tied embedding 256000·4096 = 1,048,576,000; per layer q, o 4096·4096 each, k, v
     # 4096·1024 each, gate/up/down 3·4096·14336, one bias-free LayerNorm 4096 = 218,107,904 (×32); final norm 4096
     "CohereLabs/c4ai-command-r7b-12-2024": 8_028_033_024,
+    # Issue 23: the ids trainers' examples and users write. Each count is transformers' on the meta device, and
+    # within rounding of the model card's published size (in the comment).
+    "meta-llama/Meta-Llama-3-8B": 8_030_261_248,  # 8.03B
+    "meta-llama/Meta-Llama-3-8B-Instruct": 8_030_261_248,  # 8.03B
+    "meta-llama/Meta-Llama-3-70B": 70_553_706_496,  # 70.6B
+    "meta-llama/Llama-3.1-70B": 70_553_706_496,  # 70.6B
+    "meta-llama/Llama-3.1-70B-Instruct": 70_553_706_496,  # 70.6B
+    "meta-llama/Llama-3.1-405B": 405_853_388_800,  # 405B
+    "meta-llama/Llama-3.2-1B": 1_235_814_400,  # 1.23B
+    "meta-llama/Llama-3.2-1B-Instruct": 1_235_814_400,  # 1.23B
+    "meta-llama/Llama-3.2-3B-Instruct": 3_212_749_824,  # 3.21B
+    "meta-llama/Llama-2-7b-hf": 6_738_415_616,  # 6.74B
+    "meta-llama/Llama-2-13b-hf": 13_015_864_320,  # 13.0B
+    "meta-llama/Llama-2-70b-hf": 68_976_648_192,  # 69.0B
+    "mistralai/Mistral-7B-v0.1": 7_241_732_096,  # 7.24B
+    "mistralai/Mistral-7B-v0.3": 7_248_023_552,  # 7.25B
+    "mistralai/Mistral-Nemo-Base-2407": 12_247_782_400,  # 12.2B
+    "mistralai/Mixtral-8x22B-v0.1": 140_620_634_112,  # 141B
+    "Qwen/Qwen2-0.5B": 494_032_768,  # 0.49B
+    "Qwen/Qwen2-0.5B-Instruct": 494_032_768,  # 0.49B
+    "Qwen/Qwen2-1.5B-Instruct": 1_543_714_304,  # 1.54B
+    "Qwen/Qwen2-72B-Instruct": 72_706_203_648,  # 72.7B
+    "Qwen/Qwen2.5-0.5B": 494_032_768,  # 0.49B
+    "Qwen/Qwen2.5-3B-Instruct": 3_085_938_688,  # 3.09B
+    "Qwen/Qwen3-1.7B": 1_720_574_976,  # 1.7B
+    "Qwen/Qwen3-235B-A22B": 235_093_634_560,  # 235B
+    "google/gemma-2-2b-it": 2_614_341_888,  # 2.61B
+    "google/gemma-2-9b-it": 9_241_705_984,  # 9.24B
+    "google/gemma-2-27b": 27_227_128_320,  # 27.2B
+    "microsoft/Phi-3-mini-128k-instruct": 3_821_079_552,  # 3.82B
+    "microsoft/Phi-3.5-mini-instruct": 3_821_079_552,  # 3.82B
+    "deepseek-ai/DeepSeek-R1": 671_026_404_352,  # 671B (the Hub's 685B adds the multi-token-prediction layer)
 }
 
 
@@ -206,6 +238,8 @@ def test_catalog_shows_each_config_source_and_revision(offline, run_cli):
     at = lines.index("  Qwen/Qwen3-0.6B                        qwen3        -")
     assert lines[at + 1] == f"    from {mlc}#L1725"
     assert f"    same values in {mlc}#L388" in lines  # Mixtral-8x7B-v0.1's second source
+    at = lines.index("  meta-llama/Meta-Llama-3.1-70B          llama        -")
+    assert lines[at + 2] == "    the same config.json as meta-llama/Llama-3.1-70B"
 
 
 def test_every_github_locator_becomes_a_link():
@@ -262,3 +296,15 @@ def test_seq_len_past_llama2s_4096_is_refused(offline, run_cli, tmp_path):
                                              '[[tool.llmmem.runs]]\nname = "sft"\nmode = "lora"\nseq-len = 65536\n')
     code, _, err = run_cli("check", tmp_path / "pyproject.toml")
     assert code == 2 and "65,536 tokens is past the model's context of 4,096" in err
+
+
+@pytest.mark.parametrize("model_id", ["meta-llama/Meta-Llama-3-8B", "mistralai/Mistral-7B-v0.1", "meta-llama/Meta-Llama-3.1-70B",
+                                      "meta-llama/Llama-3.1-70B-Instruct", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2-0.5B-Instruct"])
+def test_ids_from_the_trainers_examples_estimate_offline(offline, run_cli, tmp_path, model_id):
+    """axolotl's and LLaMA-Factory's examples name these ids (base_model / model_name_or_path); TRL's docs Qwen2-0.5B-Instruct."""
+    (tmp_path / "train.yml").write_text(f"base_model: {model_id}\nadapter: qlora\nload_in_4bit: true\nlora_r: 16\nsequence_len: 2048\n"
+                                        "micro_batch_size: 1\ngradient_checkpointing: true\n")
+    (tmp_path / "pyproject.toml").write_text('[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "train.yml"\n')
+    code, out, err = run_cli("check", tmp_path / "pyproject.toml", "--format", "json")
+    assert code in (0, 1), err
+    assert json.loads(out)["runs"][0]["params"] == BUNDLED_COUNTS.get(model_id, BUNDLED_COUNTS.get(model_id.replace("Meta-Llama-3.1", "Llama-3.1")))

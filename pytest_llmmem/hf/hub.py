@@ -68,9 +68,10 @@ def catalog_lines() -> List[str]:
              "    the public file its config.json was copied from"]
     for model_id, entry in sorted(bundled_index().items(), key=lambda item: item[0].lower()):
         revision = (entry.get("revision") or "")[:12] or "-"
-        same = f"  (the config of {entry['same_as']})" if entry.get("same_as") else ""
-        lines.append(f"  {model_id:<38} {entry['family']:<12} {revision}{same}")
+        lines.append(f"  {model_id:<38} {entry['family']:<12} {revision}")
         lines.append(f"    from {source_url(entry.get('taken_from') or 'no source recorded')}")
+        if entry.get("same_as"):
+            lines.append(f"    the same config.json as {entry['same_as']}")
         if entry.get("checked_against"):
             lines.append(f"    same values in {source_url(entry['checked_against'])}")
     lines.append("  (#L<n>: the config opens on line n of that file; validation:FILE#ROW = the project's shared "
