@@ -145,7 +145,8 @@ def test_run_keys_override_the_file_and_the_report_says_where_each_came_from(run
     assert run.batch_size == 8 and origins["batch-size"].endswith("(the run)")
     assert origins["seq-len"] == "qlora.yml: sequence_len (sample_packing: rows packed to it)"
     assert origins["optimizer"] == "qlora.yml: optimizer"
-    (tmp_path / "pyproject.toml").write_text(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{DATA / "axolotl/lora-8b.yml"}"\n')
+    shutil.copy(DATA / "axolotl/lora-8b.yml", tmp_path)  # a trainer config is read only inside the repository
+    (tmp_path / "pyproject.toml").write_text(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{tmp_path / "lora-8b.yml"}"\n')
     code, out, err = run_cli("check", tmp_path / "pyproject.toml")
     assert "settings from:" in out and "lora-8b.yml: micro_batch_size" in out, err
     assert "partial: lora-8b.yml: lora_modules_to_save" in out  # a memory-relevant key not modelled: partial verdict

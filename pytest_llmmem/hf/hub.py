@@ -134,38 +134,72 @@ def from_cache(model_id: str, revision: Optional[str], root: Path) -> Optional[R
     config = snapshot / "config.json"
     if not files.is_file(config):
         return None
-    params, dtypes = _stored_weights(snapshot)
+    if not _in_cache(config, repo):
+        raise ConfigError(f'the Hugging Face cache\'s config.json for "{model_id}" ({shown_name(str(config), 160)}) is a link to '
+                          f"{shown_name(str(files.resolve(config)), 160)}, outside the model's folder in the cache; it is not read.",
+                          key="id", hint="Download it again (hf download ... config.json), or point config at a config.json.")
+    params, dtypes = _stored_weights(snapshot, repo)
     return Resolved(model_id, config, "hub cache", commit, params, dtypes)
 
 
-def _stored_weights(snapshot: Path) -> Tuple[Optional[int], Tuple[str, ...]]:
+def _in_cache(path: Path, repo: Path) -> bool:
+    """Whether ``path`` (links followed) lies in the model's cache folder or its blobs (a blobs folder
+    moved to another disk and linked back stays in): huggingface_hub links each snapshot file to
+    ../../blobs/<hash>, never elsewhere, so a link out of the cache is not the Hub's."""
+    return files.within(path, repo) or files.within(path, repo / "blobs")
+
+
+def _shard_names(index: Any) -> Optional[List[str]]:
+    """The shard files model.safetensors.index.json's weight_map names, or None when one is not a plain
+    file name of the snapshot (absolute, '..', a folder, not text): such an index is not the Hub's."""
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        return None
+    names = sorted(set(weight_map.values()))
+    if any(not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name or "\0" in name for name in names):
+        return None
+    return names
+
+
+MAX_COUNT = 2**62  # elements in one tensor; more is not a real checkpoint (and keeps the product a small int)
+
+
+def _stored_weights(snapshot: Path, repo: Path) -> Tuple[Optional[int], Tuple[str, ...]]:
     """Parameter count and dtypes from the safetensors headers in a snapshot (8-byte little-endian
     header length, then a JSON header of {name: {dtype, shape, data_offsets}}: safetensors format
-    spec, README "Format"). Shards come from model.safetensors.index.json's weight_map."""
-    shards: List[str] = []
+    spec, README "Format"). Shards come from model.safetensors.index.json's weight_map. Anything a
+    real checkpoint would not hold (a shard outside the cache, a shape that is not a list of sizes)
+    gives (None, ()): the cross-check is skipped, nothing is refused."""
     try:
-        index = files.read_json(snapshot / "model.safetensors.index.json")
-        shards = sorted(set(index.get("weight_map", {}).values())) if isinstance(index, dict) else []
+        shards = _shard_names(files.read_json(snapshot / "model.safetensors.index.json"))
     except (FileNotFoundError, files.UnreadableFile):
         shards = ["model.safetensors"] if files.is_file(snapshot / "model.safetensors") else []
+    if not shards:
+        return None, ()
     total, dtypes = 0, set()
     for shard in shards:
-        header = _header(snapshot / shard)
+        header = _header(snapshot / shard) if _in_cache(snapshot / shard, repo) else None
         if header is None:
             return None, ()
         for name, tensor in header.items():
             if name == "__metadata__" or not isinstance(tensor, dict):
                 continue
+            shape = tensor.get("shape", [])
+            if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= MAX_COUNT for d in shape) or len(shape) > 8:
+                return None, ()
             count = 1
-            for dim in tensor.get("shape", []):
-                count *= int(dim)
+            for dim in shape:
+                count = min(count * dim, MAX_COUNT + 1)
+            if count > MAX_COUNT:
+                return None, ()
             total += count
-            dtypes.add(_STORED.get(str(tensor.get("dtype")), str(tensor.get("dtype")).lower()))
-    return (total, tuple(sorted(dtypes))) if shards else (None, ())
+            dtypes.add(_STORED.get(str(tensor.get("dtype")), str(tensor.get("dtype")).lower()[:16]))
+    return total, tuple(sorted(dtypes))
 
 
 def _header(path: Path) -> Optional[Dict[str, Any]]:
-    """A safetensors file's JSON header, or None when absent (a partial download) or malformed."""
+    """A safetensors file's JSON header, or None when absent (a partial download) or malformed: a
+    length past 8 MiB is not read (whatever it claims), nor a header nested too deep to parse."""
     try:
         if files.describe(path):
             return None
@@ -174,7 +208,7 @@ def _header(path: Path) -> Optional[Dict[str, Any]]:
             if size > _HEADER_LIMIT:
                 return None
             header = json.loads(handle.read(size).decode("utf-8"))
-    except (OSError, ValueError, struct.error):
+    except (OSError, ValueError, struct.error, RecursionError):
         return None
     return header if isinstance(header, dict) else None
 

@@ -227,6 +227,16 @@ def resolve(path: Union[str, Path]) -> Path:
         return Path(os.path.abspath(path)) if "\0" not in str(path) else Path(path)
 
 
+def within(path: Union[str, Path], root: Union[str, Path]) -> bool:
+    """Whether ``path`` lies in the folder ``root`` once every symlink is followed: a file a pull request
+    names (or links to) must not lead the reader to a file of the machine outside the checkout."""
+    try:
+        resolve(path).relative_to(resolve(root))
+        return True
+    except ValueError:
+        return False
+
+
 def is_dir(path: Union[str, Path]) -> bool:
     """``Path.is_dir`` without its exceptions (ENAMETOOLONG escapes it)."""
     try:

@@ -35,8 +35,9 @@ class Mapper:
     """Collects one reading: ``put`` a value read from the file, ``assume`` a trainer default."""
 
     def __init__(self, fmt: str, path: Path, data: Dict[str, Any], recipe: str = "", lines: Optional[Dict[str, int]] = None,
-                 shown: str = "") -> None:
+                 shown: str = "", root: Optional[Path] = None) -> None:
         self.fmt, self.path, self.data = fmt, path, data
+        self.root = root or path.parent  # the repository: every file the config names must lie in it
         self.recipe = recipe  # the run's own recipe key, for configs that do not say which trainer
         self.lines = lines or {}  # "key" and "section.key" -> line in the file (YAML node marks)
         self.shown = shown or str(path)  # the file as messages name it: relative to where the pyproject is shown
@@ -131,6 +132,12 @@ def known_keys(fmt: str) -> Tuple[FrozenSet[str], Dict[str, FrozenSet[str]]]:
     return frozenset(top), {name: frozenset(keys) for name, keys in sections.items()}
 
 
+def outside(name: str, root: Path) -> str:
+    """The error for a file a trainer config names that lies outside the repository."""
+    return (f'"{shown_name(name, 120)}" lies outside the repository ({shown_name(str(root), 120)}), symlinks followed: '
+            "llmmem reads only the project's own files, since the project may be a pull request's.")
+
+
 def load_document(path: Path) -> Tuple[Any, Dict[str, int]]:
     """(a trainer config, the line of each "key" and "section.key"): JSON through files.read_json
     (no lines), YAML through PyYAML's SafeLoader (no tags, no code: ``!!python/object`` is refused),
@@ -195,11 +202,13 @@ def detect(data: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def model_table(value: str, path: Path, base_dir: Path) -> Dict[str, str]:
-    """A model named in a trainer config: a local folder holding config.json, or a Hub id."""
-    for folder in (path.parent, base_dir):
+def model_table(value: str, m: Mapper, base_dir: Path) -> Dict[str, str]:
+    """A model named in a trainer config: a local folder holding config.json (in the repository), or a Hub id."""
+    for folder in (m.path.parent, base_dir):
         candidate = folder / value
         if files.is_file(candidate / "config.json"):
+            if not files.within(candidate / "config.json", m.root):
+                raise ConfigError(outside(value, m.root), path=m.shown)
             return {"config": str(files.resolve(candidate))}
     return {"id": value}
 

@@ -29,7 +29,7 @@ UNMODELLED = (
 def read(m: Mapper, base_dir: Path) -> None:
     base = m.get("base_model")
     if isinstance(base, str) and base:
-        m.put("model", model_table(base, m.path, base_dir), "base_model")
+        m.put("model", model_table(base, m, base_dir), "base_model")
     adapter = str(m.get("adapter", "")).lower()
     four, eight = m.get("load_in_4bit") is True, m.get("load_in_8bit") is True
     if adapter in ("lora", "qlora"):

@@ -9,12 +9,18 @@ from pathlib import Path
 from typing import Optional
 
 from ...errors import ConfigError, one_of, shown_name
-from . import FORMATS, Mapper, Reading, axolotl, detect, litgpt, llama_factory, load_document, torchtune, trl
+from ...io import files
+from ...io.projects import repository_root
+from . import FORMATS, Mapper, Reading, axolotl, detect, litgpt, llama_factory, load_document, outside, torchtune, trl
 
 
-def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "", shown: str = "") -> Reading:
+def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "", shown: str = "", root: Optional[Path] = None) -> Reading:
     """``path`` mapped to our run keys; ``fmt`` None means detect it. ``shown`` is how messages name
-    the file (its errors carry their YAML line)."""
+    the file (its errors carry their YAML line). ``path`` and every file it names must lie in ``root``,
+    the repository (default: the one holding ``base_dir``)."""
+    root = root or Path(repository_root(str(base_dir)))
+    if not files.within(path, root):
+        raise ConfigError(outside(str(path), root), hint="Copy the trainer config into the repository and name it from there.")
     data, lines = load_document(path)
     if not isinstance(data, dict):
         raise ConfigError(f'"{shown_name(str(path), 120)}" holds no mapping of settings; expected a trainer config.')
@@ -24,7 +30,7 @@ def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "", shown
             raise ConfigError(f'cannot tell which trainer "{shown_name(str(path), 120)}" is for.',
                               hint=f"Add format = ... beside from: {one_of(FORMATS)}.")
     module = {"axolotl": axolotl, "llama-factory": llama_factory, "torchtune": torchtune, "trl": trl, "litgpt": litgpt}[fmt]
-    mapper = Mapper(fmt, path, data, recipe, lines, shown)
+    mapper = Mapper(fmt, path, data, recipe, lines, shown, root)
     mapper.check_keys()
     module.read(mapper, base_dir)
     return mapper.reading()

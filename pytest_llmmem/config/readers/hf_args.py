@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ...io import files
 from ...errors import shown_name
-from . import Mapper
+from . import Mapper, outside
 
 # OptimizerNames (transformers/training_args.py, enum OptimizerNames) -> (our optimizer, optimizer-impl).
 OPTIMIZERS: Dict[str, Tuple[str, Optional[str]]] = {
@@ -68,6 +68,8 @@ def deepspeed(m: Mapper, base_dir: Path, key: str = "deepspeed") -> None:
         where = next((p for p in (m.path.parent / str(ref), base_dir / str(ref)) if files.is_file(p)), None)
         if where is None:
             raise m.fail(key, f'"{shown_name(str(ref), 120)}" does not exist (looked beside {m.path.name} and beside the pyproject.toml).')
+        if not files.within(where, m.root):
+            raise m.fail(key, outside(str(ref), m.root))
         try:
             ds = files.read_json(where)
         except (files.UnreadableFile, ValueError) as err:

@@ -22,7 +22,7 @@ def read(m: Mapper, base_dir: Path) -> None:
     if isinstance(checkpoint, str) and checkpoint:
         parts = Path(checkpoint).parts  # checkpoints/<org>/<name>, as litgpt download writes them
         name = "/".join(parts[-2:]) if len(parts) >= 2 else checkpoint
-        local = model_table(checkpoint, m.path, base_dir)
+        local = model_table(checkpoint, m, base_dir)
         m.put("model", local if "config" in local else {"id": name}, "checkpoint_dir")
     quantize = str(m.get("quantize", "") or "").lower()
     lora = any(k in m.data for k in ("lora_r", "lora_query", "lora_value")) or quantize.startswith("bnb.nf4")

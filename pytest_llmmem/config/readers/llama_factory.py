@@ -27,7 +27,7 @@ _STAGES = {"sft": "sft", "pt": "sft", "dpo": "dpo", "ppo": "ppo", "rm": "reward"
 def read(m: Mapper, base_dir: Path) -> None:
     name = m.get("model_name_or_path")
     if isinstance(name, str) and name:
-        m.put("model", model_table(name, m.path, base_dir), "model_name_or_path")
+        m.put("model", model_table(name, m, base_dir), "model_name_or_path")
     kind = str(m.get("finetuning_type", "lora")).lower()
     bits = m.get("quantization_bit")
     if kind == "lora":

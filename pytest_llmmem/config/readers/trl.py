@@ -25,7 +25,7 @@ UNMODELLED = (
 def read(m: Mapper, base_dir: Path) -> None:
     name = m.get("model_name_or_path")
     if isinstance(name, str) and name:
-        m.put("model", model_table(name, m.path, base_dir), "model_name_or_path")
+        m.put("model", model_table(name, m, base_dir), "model_name_or_path")
     # `trl dpo --config x.yaml` names the trainer on the command line: the run's recipe key says it
     recipe = m.recipe or ("grpo" if "num_generations" in m.data else "dpo" if "max_prompt_length" in m.data or "beta" in m.data else "sft")
     peft = m.get("use_peft") is True
