@@ -8,13 +8,16 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 
+_SUBMODULES = ("builtin", "entries", "hookspecs", "profiles", "registry")
+
+
 def __getattr__(name: str) -> object:
     """``pytest_llmmem.catalog.GPU`` and the other registry names (PEP 562), imported on first use."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    import importlib  # import_module, not "from . import registry": that form asks this hook for "registry" first
+    if name.startswith("__") or name in _SUBMODULES:
+        # not a registry name: "from . import builtin" asks here first, then imports the submodule itself
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import registry
 
-    registry = importlib.import_module(__name__ + ".registry")
     try:
         return getattr(registry, name)
     except AttributeError:

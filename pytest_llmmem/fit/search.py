@@ -16,7 +16,6 @@ from ..model.architecture import Architecture
 from ..core.run import Run
 from ..units import format_bytes
 from .records import WayOut
-from .recipes import recipe_changes
 
 
 def _fits(run: Run) -> bool:
@@ -101,9 +100,11 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
               run._replace(gradient_checkpointing=True, selective_ac=""))
     if has_shape and not run.flash_attention:
         offer("flash-attention", True, "fits with flash-attention = true", run._replace(flash_attention=True))
-    # Recipe changes (a LoRA policy, beta = 0, a separate vLLM server, fewer generations): recipe_fit.py.
+    # Recipe changes (a LoRA policy, beta = 0, a separate vLLM server, fewer generations): fit/recipes.py.
     if run.recipe.name != "sft":
         tried = set()
+        from .recipes import recipe_changes
+
         for key, value, text, changed in recipe_changes(run):
             if key in tried:
                 continue  # num-generations: the most generations that fit, tried from the top
@@ -253,7 +254,7 @@ def toggles(run: Run) -> List[Toggle]:
 
 
 def _recipe_toggles(run: Run) -> List[Toggle]:
-    """A recipe's own switches (recipe_fit.recipe_changes): LoRA policy, beta = 0, precomputed reference
+    """A recipe's own switches (fit/recipes.py recipe_changes): LoRA policy, beta = 0, precomputed reference
     log-probs, a separate vLLM server, a shared value head; and the most generations per prompt that
     fit (the fewest tried when none does), at the same prompts per step."""
     if run.recipe.name == "sft":
@@ -261,6 +262,8 @@ def _recipe_toggles(run: Run) -> List[Toggle]:
 
     out: List[Toggle] = []
     generations = []
+    from .recipes import recipe_changes
+
     for key, value, _, changed in recipe_changes(run):
         if key == "num-generations":
             generations.append((value, changed))

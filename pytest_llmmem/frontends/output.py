@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 EXIT_OK, EXIT_OVER, EXIT_ERROR = 0, 1, 2
 
@@ -41,6 +41,17 @@ def _output_format(args: argparse.Namespace) -> str:
     return "github" if os.environ.get("GITHUB_ACTIONS") == "true" else "text"
 
 
+def ways_out_of(estimates: List[Any], units: str, any_gpu: bool = False) -> Dict[str, List[Any]]:
+    """The ways out of each over-budget run, by run name: the front-end runs the fit search and hands the
+    result to the report, which prints it (a report computes nothing)."""
+    over = [e for e in estimates if e.fits is False]
+    if not over:
+        return {}
+    from ..fit.search import ways_out  # the search loads only when a run is over budget
+
+    return {e.run.name: ways_out(e.run, units, current=e, any_gpu=any_gpu) for e in over}
+
+
 def emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> int:
     """Print (path, estimates) pairs in the chosen format; 1 when any run is over budget."""
     import json
@@ -61,7 +72,8 @@ def emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> in
         render = report.render_short if hook else report.render_text
         width = terminal_width()
         any_gpu = bool(getattr(args, "any_gpu", False))
-        say("\n\n".join(render(path, estimates, args.units, ascii_only, width, any_gpu) for path, estimates in results))
+        say("\n\n".join(render(path, estimates, args.units, ascii_only, width, ways_out_of(estimates, args.units, any_gpu))
+                          for path, estimates in results))
     json_path = args.json_out
     if fmt == "github" and not json_path and not hook and os.environ.get("RUNNER_TEMP"):
         json_path = os.path.join(os.environ["RUNNER_TEMP"], "llmmem-report.json")  # never into the repository

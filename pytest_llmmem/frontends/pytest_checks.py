@@ -26,6 +26,7 @@ from ..io.projects import has_llmmem_table
 from ..report.text import JSON_VERSION, as_dict, caveats, render_failure, render_run, strict_refusal
 from ..core.run import Run
 from ..report.layout import fit_text, terminal_width
+from .output import ways_out_of
 from ..units import format_bytes
 from ..io import files
 from ..io.files import write_problem
@@ -33,6 +34,13 @@ from ..untrusted import json_text, log_text
 
 PROPERTY = "llmmem"
 
+
+
+def _ways_out(est: Estimate) -> Optional[List[Any]]:
+    """The ways out of an over-budget run, for the failure text (the report prints them, it runs no search)."""
+    if est.fits is not False:
+        return None
+    return ways_out_of([est], "gib")[est.run.name]
 
 class LlmmemEstimateCaveat(UserWarning):
     """A run passed on a partial or approximate estimate (``strict`` would fail it)."""
@@ -281,9 +289,10 @@ class RunItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, StrictRefused):
             est = excinfo.value.estimate
-            return log_text(fit_text(f"llmmem: {strict_refusal(est)}", terminal_width()) + "\n" + render_run(est, width=terminal_width()))
+            return log_text(fit_text(f"llmmem: {strict_refusal(est)}", terminal_width()) + "\n"
+                            + render_run(est, width=terminal_width(), ways=_ways_out(est)))
         if isinstance(excinfo.value, OverBudget):
-            return log_text(render_failure(excinfo.value.estimate, width=terminal_width()))
+            return log_text(render_failure(excinfo.value.estimate, width=terminal_width(), ways=_ways_out(excinfo.value.estimate)))
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
@@ -342,6 +351,6 @@ class LlmmemFixture:
         if est.fits is None:
             pytest.fail(log_text(f"llmmem: run \"{est.run.name}\" has no budget: give gpu or gpu_memory."), pytrace=False)
         if not est.fits:
-            pytest.fail(log_text(render_failure(est, width=terminal_width())), pytrace=False)
+            pytest.fail(log_text(render_failure(est, width=terminal_width(), ways=_ways_out(est))), pytrace=False)
         return est
 

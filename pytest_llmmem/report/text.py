@@ -7,7 +7,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..core.records import Estimate
 from ..core.terms.checkpointing import describe as describe_selective
@@ -159,15 +159,17 @@ def breakdown_table(est: Estimate, units: str = "gib", ascii_only: bool = False,
             for label, value, size in terms]
 
 
-def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False, width: int = 80, any_gpu: bool = False) -> str:
-    """A run's verdict and everything behind it, in ``width`` columns (report/layout.py)."""
+def render_run(est: Estimate, units: str = "gib", ascii_only: bool = False, width: int = 80,
+               ways: Optional[Sequence[Any]] = None) -> str:
+    """A run's verdict and everything behind it, in ``width`` columns (report/layout.py); ``ways``: the
+    ways out the front-end computed for an over-budget run (fit.search.ways_out), None when it did not."""
     run = est.run
     where = f" (line {run.line})" if run.line else ""
-    return _laid_out([f"{run.name}{where}: {verdict(est, units)}"], est, units, ascii_only, width, any_gpu=any_gpu)
+    return _laid_out([f"{run.name}{where}: {verdict(est, units)}"], est, units, ascii_only, width, ways=ways)
 
 
 def _laid_out(head: List[str], est: Estimate, units: str, ascii_only: bool, width: int, tail: Sequence[str] = (),
-              any_gpu: bool = False) -> str:
+              ways: Optional[Sequence[Any]] = None) -> str:
     """``head``, then what was estimated and each term, every line fitted to ``width``."""
     from .layout import fit_lines
 
@@ -178,7 +180,7 @@ def _laid_out(head: List[str], est: Estimate, units: str, ascii_only: bool, widt
     lines += _origin_lines(est)
     table = breakdown_table(est, units, ascii_only, width=width)
     lines = fit_lines(lines, width) + table
-    rest = _host_line(est, units) + _serving_lines(est) + _failure_tail(est, units, any_gpu)
+    rest = _host_line(est, units) + _serving_lines(est) + _failure_tail(est, units, ways)
     rest += [f"  note: {visible(note)}" for note in est.notes] + list(tail)
     return "\n".join(lines + fit_lines(rest, width))
 
@@ -237,16 +239,15 @@ def _host_line(est: Estimate, units: str) -> List[str]:
     return [f"  host memory per node (offload, paged states): {format_bytes(est.host_bytes, units)}{verdict}"]
 
 
-def _failure_tail(est: Estimate, units: str, any_gpu: bool = False) -> List[str]:
-    """The biggest term and the ways out the core can compute, for an over-budget run."""
+def _failure_tail(est: Estimate, units: str, options: Optional[Sequence[Any]]) -> List[str]:
+    """The biggest term and the ways out the front-end computed (none given: none shown), for an over-budget run."""
     if est.fits is not False:
         return []
-    from ..fit.search import ways_out
-
     term = est.biggest_term
     share = 100 * est.breakdown[term] / est.total_bytes
     lines = [f"  biggest term: {LABELS.get(term, term)} ({format_bytes(est.breakdown[term], units)}, {share:.1f} %)"]
-    options = ways_out(est.run, units, current=est, any_gpu=any_gpu)
+    if options is None:
+        return lines
     if options:
         lines.append("  ways out:")
         lines += [f"    - {option.text}" for option in options]
@@ -255,7 +256,8 @@ def _failure_tail(est: Estimate, units: str, any_gpu: bool = False) -> List[str]
     return lines
 
 
-def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False, width: int = 80, any_gpu: bool = False) -> str:
+def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False, width: int = 80,
+                   ways: Optional[Sequence[Any]] = None) -> str:
     """The assertion-style message pytest shows for an over-budget run."""
     run = est.run
     where = f"{run.file}:{run.line}" if run.file and run.line else (run.file or "")
@@ -264,23 +266,23 @@ def render_failure(est: Estimate, units: str = "gib", ascii_only: bool = False, 
             f"{100 * est.used_fraction:.1f} %, {format_bytes(est.total_bytes - est.budget_bytes, units)} over")
     if est.failures and _failures_in_head(est):
         head = f'llmmem: run "{run.name}" fails: ' + "; ".join(est.failures)
-    return _laid_out([head], est, units, ascii_only, width, [f"  declared at {where}"] if where else [], any_gpu)
+    return _laid_out([head], est, units, ascii_only, width, [f"  declared at {where}"] if where else [], ways=ways)
 
 
 def render_text(path: str, estimates: Sequence[Estimate], units: str = "gib", ascii_only: bool = False, width: int = 80,
-                any_gpu: bool = False) -> str:
+                ways: Optional[Mapping[str, Sequence[Any]]] = None) -> str:
     from .layout import fit_lines
 
     unit_note = "GB = 10^9 bytes" if units == "gb" else "GiB = 1024^3 bytes"
     blocks = [*fit_lines([f"llmmem: {visible(path)} ({unit_note})"], width), ""]
     for est in estimates:
-        blocks += [render_run(est, units, ascii_only, width, any_gpu), ""]
+        blocks += [render_run(est, units, ascii_only, width, (ways or {}).get(est.run.name)), ""]
     blocks += fit_lines([summary_line(estimates)], width)
     return "\n".join(blocks)
 
 
 def render_short(path: str, estimates: Sequence[Estimate], units: str = "gib", ascii_only: bool = False, width: int = 80,
-                 any_gpu: bool = False) -> str:
+                 ways: Optional[Mapping[str, Sequence[Any]]] = None) -> str:
     """pre-commit output: one line per run, and the full breakdown only for runs over budget."""
     name_width = max(len(e.run.name) for e in estimates)
     lines = [f"llmmem {visible(path)}: {summary_line(estimates)}"]
@@ -299,7 +301,7 @@ def render_short(path: str, estimates: Sequence[Estimate], units: str = "gib", a
     lines = fit_lines(lines, width)
     for est in estimates:
         if est.fits is False:
-            lines += ["", render_run(est, units, ascii_only, width, any_gpu)]
+            lines += ["", render_run(est, units, ascii_only, width, (ways or {}).get(est.run.name))]
     return "\n".join(lines)
 
 
