@@ -159,3 +159,27 @@ def test_a_plugin_adds_an_in_house_family(tmp_path):
     assert "not a known family" not in out.stdout
     # the LLaMA count plus q/k/v biases: 2 layers x 3 x 256
     assert str(SMALL_PARAMS + 2 * 3 * 256) in out.stdout.replace(",", "")
+
+
+def test_each_layer_kind_answers_an_engines_cache_bytes_and_serving_uses_them():
+    from pytest_llmmem.model.layers import Attention, LatentAttention, StateSpace
+    from pytest_llmmem.serving.serve import KVKind, kv_kinds
+
+    att = Attention(heads=32, kv_heads=8, head_dim=128)
+    assert att.engine_cache_bytes(2, 1) == 2 * 8 * 128 * 2 == 4096  # K and V, 8 heads x 128, fp16
+    assert att.engine_cache_bytes(2, 16) == 2 * 1 * 128 * 2  # 8 KV heads on 16 ranks: one replicated head each
+    assert att._replace(cache_heads=32).engine_cache_bytes(1, 1) == 2 * 8 * 128  # the engine caches the config's KV heads
+    mla = LatentAttention(heads=16, q_lora_rank=0, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
+    assert mla.engine_cache_bytes(2, 8) == (512 + 64) * 2  # every rank keeps the whole latent
+    ssm = StateSpace(d_inner=1536, d_state=16, d_conv=4, dt_rank=48)
+    assert ssm.engine_cache_bytes(2, 1) == 1536 * (4 * 2 + 16 * 2)  # conv and SSM state in the model dtype, per sequence
+
+    class Group:  # two layer groups of one model, as Architecture.layer_groups() gives them
+        def __init__(self, count, attention):
+            self.count, self.attention = count, attention
+
+    class Arch:
+        def layer_groups(self):
+            return [Group(20, att), Group(4, att._replace(window=4096)), Group(4, att)]
+
+    assert kv_kinds(Arch(), 2, 1) == [KVKind("full", 24, 4096), KVKind("sliding", 4, 4096, 4096)]

@@ -83,6 +83,14 @@ class Attention(NamedTuple):
         tokens = seq
         return 2 * math.ceil((self.cache_heads or self.kv_heads) / tp) * self.head_dim * tokens * batch * act
 
+    def engine_cache_bytes(self, kv_bytes: float, tp: int = 1) -> int:
+        """What a serving engine keeps per token of this layer on one rank: K and V of the rank's KV
+        heads in the cache dtype (vllm/v1/kv_cache_interface.py AttentionSpec.real_page_size_bytes =
+        2 x block_size x num_kv_heads x head_size x dtype size, per block of tokens). The engine builds
+        its attention with the config's KV heads, so ``cache_heads`` (a copy transformers' own cache may
+        expand) does not apply."""
+        return math.ceil(self._replace(cache_heads=0).cache_bytes(1, 1, kv_bytes, tp))  # type: ignore[arg-type]
+
 
 class LatentAttention(NamedTuple):
     """DeepSeek multi-head latent attention (MLA; DeepSeek-V2 paper, section 2.1)."""
@@ -123,6 +131,11 @@ class LatentAttention(NamedTuple):
         ``cache.update(kv_nope, k_rot, ...)``). Every tensor-parallel rank keeps the whole latent."""
         return (self.kv_lora_rank + self.qk_rope_head_dim) * seq * batch * act
 
+    def engine_cache_bytes(self, kv_bytes: float, tp: int = 1) -> int:
+        """Per token on every rank: the latent and the rope key (MLAAttentionSpec keeps num_kv_heads = 1,
+        head_size = kv_lora_rank + qk_rope_head_dim; vllm/v1/kv_cache_interface.py)."""
+        return math.ceil(self.cache_bytes(1, 1, kv_bytes, tp))  # type: ignore[arg-type]
+
 
 class StateSpace(NamedTuple):
     """A Mamba (selective state-space) mixer in place of attention (Gu & Dao 2023; modeling_mamba.py)."""
@@ -160,6 +173,12 @@ class StateSpace(NamedTuple):
         keeps ``ssm_state`` as float; measured on the CPU: 2 x 512 x (4 x 2 B + 16 x 4 B) per layer).
         vLLM keeps it in the model dtype (mamba_ssm_cache_dtype "auto"): ``state_bytes``."""
         return batch * math.ceil(self.d_inner / tp) * (self.d_conv * act + self.d_state * state_bytes)
+
+    def engine_cache_bytes(self, kv_bytes: float, tp: int = 1) -> int:
+        """Per sequence: the conv and SSM state in the model dtype (vLLM MambaSpec, mamba_ssm_cache_dtype
+        "auto"), whatever its length."""
+        size = max(1, round(kv_bytes))
+        return self.cache_bytes(1, 1, size, tp, state_bytes=size)
 
 
 class Dense(NamedTuple):

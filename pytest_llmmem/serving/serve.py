@@ -12,7 +12,6 @@ MLA latent, Mamba state), the GPU memory the CUDA runtime reports, and the start
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-import math
 from typing import Any, Dict, List, NamedTuple, Tuple
 
 from ..errors import ConfigError
@@ -48,15 +47,10 @@ def kv_kinds(arch: Any, kv_bytes: float, tp: int) -> List[KVKind]:
     for group in arch.layer_groups():
         att = group.attention
         kind = getattr(att, "kind", "full")
-        if kind in ("full", "sliding"):
-            per = math.ceil(2 * math.ceil(att.kv_heads / tp) * att.head_dim * kv_bytes)
-            window = att.window if kind == "sliding" else 0
-        elif kind == "mla":
-            per, window = math.ceil((att.kv_lora_rank + att.qk_rope_head_dim) * kv_bytes), 0
-        elif kind == "mamba":
-            per, window = att.cache_bytes(1, 1, max(1, round(kv_bytes)), tp, state_bytes=max(1, round(kv_bytes))), 0
-        else:
+        if not hasattr(att, "engine_cache_bytes"):
             continue
+        per = att.engine_cache_bytes(kv_bytes, tp)  # each layer kind owns its page size, as vLLM's specs do
+        window = att.window if kind == "sliding" else 0
         key = (kind, per, window)
         merged[key] = merged.get(key, 0) + group.count
     return [KVKind(kind, layers, per, window) for (kind, per, window), layers in merged.items()]
