@@ -12,9 +12,12 @@ Figures: 7B params known by count only (tests/test_github.py): train bf16 mixed 
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pytest_llmmem.report.layout import unfit
 from pytest_llmmem.untrusted import json_text, log_line, log_text
+from tests.hostile_cases import INJECTIONS
 from tests.runner_model import commands, foreign_commands
 
 FORGED = "::error file=evil.py,line=1::pwned"
@@ -55,6 +58,11 @@ def test_a_line_that_would_be_a_command_is_neutralised(raw, safe):
 def test_one_leading_colon_is_escaped_too():
     """Conservative: a line opening with ':' is one ':' away from a command, whatever sits between."""
     assert log_line(":x") == "\\:x" and log_line("  \u034f:x") == "  \\\u034f:x"
+
+
+@given(st.one_of(st.text(), st.lists(st.sampled_from(INJECTIONS + [" ", "\n", ":", "#", "[", "\u034f", "\u3000"])).map("".join)))
+def test_no_text_survives_as_a_command(text):
+    assert commands(log_text(text)) == []
 
 
 @pytest.mark.parametrize("plain", [
@@ -172,3 +180,24 @@ def test_pytest_summary_and_failure_under_actions(pytester, monkeypatch):
     assert f"\\{FORGED}      105.65 GiB     80.00 GiB   132.1%  FAIL (partial)" in result.outlines
     assert foreign_commands(out) == []
     assert len(commands(out)) == 2  # the two annotations, exact in test_github_format_prints_only_its_own_escaped_annotations
+
+
+def test_every_print_goes_through_the_log_filter():
+    """A new print() of a name or a value would bypass log_text: the only writes to stdout or stderr are
+    say's (log_text), the JSON's (json_text), the pytest summary's (log_text) and the tool's own annotations."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "pytest_llmmem"
+    found = sorted(f"{path.relative_to(package).as_posix()}: {line.strip()}" for path in package.rglob("*.py")
+                   for line in path.read_text(encoding="utf-8").splitlines()
+                   if re.search(r"\bprint\(|\.write_line\(|std(out|err)\.write\(", line) and not line.lstrip().startswith("#"))
+    assert found == [
+        "frontends/output.py: print(json_text(json.dumps(combined, indent=2)))  # a log may show it: no \"##[\" command",
+        "frontends/output.py: print(log_text(text), file=sys.stderr if error else sys.stdout)",
+        "frontends/pytest_checks.py: terminalreporter.write_line(annotation)",
+        "frontends/pytest_checks.py: terminalreporter.write_line(f\"{'run':<{width}}  {'total':>12}  {'budget':>12}  {'used':>7}  verdict   (GiB = 1024^3 bytes)\")",
+        "frontends/pytest_checks.py: terminalreporter.write_line(log_text(line), red=verdict.startswith(\"FAIL\"), green=verdict == \"PASS\")",
+        "frontends/pytest_checks.py: terminalreporter.write_line(log_text(message), red=True)",
+        "report/github.py: print(line)",
+    ]
