@@ -76,6 +76,12 @@ BUNDLED_COUNTS = {
     "google/gemma-2-27b": 27_227_128_320,  # 27.2B
     "microsoft/Phi-3-mini-128k-instruct": 3_821_079_552,  # 3.82B
     "microsoft/Phi-3.5-mini-instruct": 3_821_079_552,  # 3.82B
+    "Qwen/Qwen2.5-1.5B": 1_543_714_304,  # 1.54B
+    "Qwen/Qwen2.5-7B": 7_615_616_512,  # 7.61B
+    "Qwen/Qwen2.5-32B": 32_763_876_352,  # the card's 32.5B (31.0B without embeddings: 31.2B here); the Hub's 32.8B
+    "Qwen/Qwen2.5-72B": 72_706_203_648,  # 72.7B
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B": 32_763_876_352,  # 32.8B (Qwen2.5-32B's shape)
+    "meta-llama/Llama-3.3-70B-Instruct": 70_553_706_496,  # 70.6B
     "deepseek-ai/DeepSeek-R1": 671_026_404_352,  # 671B (the Hub's 685B adds the multi-token-prediction layer)
 }
 
@@ -299,6 +305,7 @@ def test_seq_len_past_llama2s_4096_is_refused(offline, run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("model_id", ["meta-llama/Meta-Llama-3-8B", "mistralai/Mistral-7B-v0.1", "meta-llama/Meta-Llama-3.1-70B",
+                                      "meta-llama/Llama-3.3-70B-Instruct", "Qwen/Qwen2.5-7B",
                                       "meta-llama/Llama-3.1-70B-Instruct", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2-0.5B-Instruct"])
 def test_ids_from_the_trainers_examples_estimate_offline(offline, run_cli, tmp_path, model_id):
     """axolotl's and LLaMA-Factory's examples name these ids (base_model / model_name_or_path); TRL's docs Qwen2-0.5B-Instruct."""

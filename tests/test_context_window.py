@@ -90,3 +90,16 @@ def test_fit_proposes_no_max_model_len_past_the_context(offline, tmp_path, run_c
 def test_falcons_context_is_its_config_class_default():
     arch = adhoc_run({"model": "tiiuae/falcon-7b", "mode": "inference", "engine": "vllm", "gpu": "H100-80GB"}).model
     assert arch.context()[0] == 2048  # FalconConfig's max_position_embeddings default; falcon-7b's config.json has none
+
+
+def test_fit_on_the_bundled_70b_stays_within_its_131072_tokens(offline, tmp_path, run_cli):
+    # the case: Llama-3.1-70B at TP=4 on H100s holds 433,632 KV tokens, which fit offered as max-model-len
+    (tmp_path / "pyproject.toml").write_text('[tool.llmmem]\ngpu = "H100-80GB"\nmodel = "meta-llama/Llama-3.1-70B"\n'
+                                             '[[tool.llmmem.runs]]\nname = "serve"\nmode = "inference"\nengine = "vllm"\n'
+                                             'tensor-parallel = 4\ngpus = 4\n')
+    code, out, err = run_cli("fit", tmp_path)
+    assert code == 0, err
+    assert "largest max-model-len that starts: 131,072" in out
+    code, _, err = run_cli("estimate", "--model", "meta-llama/Llama-3.1-70B", "--mode", "inference", "--engine", "vllm",
+                           "--gpu", "H100-80GB", "--tensor-parallel", "4", "--gpus", "4", "--max-model-len", "400000")
+    assert code == 2 and "400,000 is more than the model's context" in err

@@ -143,21 +143,21 @@ def test_a_gated_model_without_a_token_says_so_and_how_to_log_in(cache, monkeypa
     from huggingface_hub.utils import GatedRepoError
 
     with pytest.raises(GatedRepoError):  # the fake raises the real error, as the library builds it
-        _gated_hf_hub_download("meta-llama/Llama-3.3-70B-Instruct", "config.json")
+        _gated_hf_hub_download("meta-llama/Llama-4-Scout-17B-16E-Instruct", "config.json")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _gated_hf_hub_download)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no `hf auth login` token either
     (tmp_path / "pyproject.toml").write_text('[tool.llmmem]\ngpu = "H100-80GB"\n[tool.llmmem.model]\n'
-                                             'id = "meta-llama/Llama-3.3-70B-Instruct"\nallow-network = true\n'
+                                             'id = "meta-llama/Llama-4-Scout-17B-16E-Instruct"\nallow-network = true\n'
                                              '[[tool.llmmem.runs]]\nname = "serve"\nmode = "inference"\n')
     code, out, err = run_cli("check", tmp_path / "pyproject.toml")
     assert code == 2 and "Traceback" not in err, out + err
-    assert '"meta-llama/Llama-3.3-70B-Instruct" is a gated model on the Hugging Face Hub and no token is set' in err
+    assert '"meta-llama/Llama-4-Scout-17B-16E-Instruct" is a gated model on the Hugging Face Hub and no token is set' in err
     assert "export HF_TOKEN=" in err and "hf auth login" in err and "huggingface-cli login" in err
     monkeypatch.setenv("HF_TOKEN", "hf_notallowed")  # a token whose account has not accepted the licence
     with pytest.raises(ConfigError, match="the token huggingface_hub found has no access to it"):
-        hub.resolve("meta-llama/Llama-3.3-70B-Instruct", allow_network=True)
+        hub.resolve("meta-llama/Llama-4-Scout-17B-16E-Instruct", allow_network=True)
 
 
 def test_an_unreachable_hub_is_one_clear_error(cache, monkeypatch):
