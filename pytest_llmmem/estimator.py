@@ -1,7 +1,7 @@
 """The one core function: a resolved :class:`Run` in, a per-GPU :class:`Estimate` out.
 
-It picks the estimate a run takes and nothing else: a recipe's models (:mod:`.recipes`), the rule of
-thumb, a serving engine's start-up (:mod:`.serving`), or the detailed count (:mod:`.core.detailed`).
+It picks the estimate a run takes and nothing else: the trace (:mod:`.trace`), a recipe's models
+(:mod:`.recipes`), the rule of thumb, a serving engine's start-up (:mod:`.serving`), or the detailed count (:mod:`.core.detailed`).
 It sits above all of them so that each imports the records from below (:mod:`.core.records`) and
 none imports the dispatch back.
 
@@ -17,6 +17,10 @@ __all__ = ["Estimate", "estimate"]
 
 def estimate(run: Run) -> Estimate:
     """Estimate the peak per-GPU memory of ``run`` by its method."""
+    if run.method == "trace":  # the run's own model code on fake tensors (trace/, the measure extra)
+        from .trace.estimate import traced
+
+        return traced(run)
     if run.recipe.name != "sft":  # DPO / GRPO / PPO / reward: the models a step holds (recipes/recipes.py)
         from .recipes.recipes import estimate_recipe
 

@@ -22,6 +22,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("core", ("pytest_llmmem.core",)),
     ("serving", ("pytest_llmmem.serving",)),
     ("recipes", ("pytest_llmmem.recipes",)),
+    ("trace", ("pytest_llmmem.trace",)),  # method = "trace": the model's own code on fake tensors (uses core's terms)
     ("estimator", ("pytest_llmmem.estimator",)),  # the dispatch: recipe, rule of thumb, engine or detailed
     ("fit", ("pytest_llmmem.fit",)),
     ("config", ("pytest_llmmem.config",)),
@@ -67,6 +68,7 @@ LAZY: Dict[str, Tuple[str, ...]] = {
     ),
     "a run loads the modules of its own kind only: recipes, the rule of thumb, serving engines, trainer-config readers, the Hub": (
         "estimator -> recipes.recipes", "estimator -> core.rule_of_thumb", "estimator -> serving.estimate",
+        "estimator -> trace.estimate",
         "core.detailed -> core.rule_of_thumb",
         "config.load -> hf.hub", "config.load -> config.trainer_config", "config.load -> config.serve_keys",
         "config.load -> config.recipe_keys", "config.model_config -> hf.hub",
@@ -74,6 +76,9 @@ LAZY: Dict[str, Tuple[str, ...]] = {
         "config.trainer_config -> config.readers", "config.trainer_config -> config.readers.formats",
         "frontends.repo_scan -> config.readers",
         "fit.search -> fit.serving", "fit.search -> fit.recipes", "report.text -> serving.serve", "recipes.recipes -> serving.serve",
+    ),
+    "the trace imports torch (through trace.step) only after checking the measure extra is installed": (
+        "trace.estimate -> trace.step",
     ),
     "the search for ways out runs only for a run over budget": (
         "frontends.output -> fit.search",

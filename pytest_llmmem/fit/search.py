@@ -83,6 +83,9 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
     ``current``: the run's own estimate when the caller has it (one estimate fewer)."""
     if run.budget is None or (current if current is not None else estimate(run)).fits:
         return []
+    if run.method == "trace":
+        # every way out is priced by the detailed method: tracing each alternative would take minutes
+        run = run._replace(method="detailed")
     if run.serve is not None:
         from .serving import ways_out as serving_ways_out
 

@@ -26,6 +26,9 @@ _COMMANDS = (
 )
 
 
+# core/run.py METHODS, spelled out so that `llmmem --help` loads no core module (tests/test_trace_extra.py holds them equal)
+CHECK_METHODS = ("detailed", "rule-of-thumb", "trace")
+
 def _parser(command: Optional[str]) -> argparse.ArgumentParser:
     """The argument parser. A known ``command`` gets only its own sub-parser, with its flags: each
     sub-parser costs start-up and pre-commit runs ``check`` on every commit. Otherwise (--help, a
@@ -45,6 +48,8 @@ def _parser(command: Optional[str]) -> argparse.ArgumentParser:
         chosen.add_argument("paths", nargs="*", metavar="PATH",
                             help="pyproject.toml files or folders holding one (default: .); a model config.json checks the pyprojects that use it")
         chosen.add_argument("--run", action="append", metavar="NAME", help="check only this run (repeatable)")
+        chosen.add_argument("--method", choices=CHECK_METHODS, default=None,
+                            help="estimate every run by this method (trace: the real step on fake tensors, needs the measure extra)")
         chosen.add_argument("--hook", action="store_true",
                             help="pre-commit mode: short output, pyprojects without [tool.llmmem] are skipped, each pyproject checked once")
         common_arguments(chosen)

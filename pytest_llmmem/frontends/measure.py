@@ -17,7 +17,7 @@ is downloaded and no checkpoint is read.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 from ..errors import ConfigError
 from ..core.records import Estimate
@@ -26,6 +26,7 @@ from ..hf.config import with_depth
 from ..model.architecture import Architecture
 from ..core.run import Run
 from ..io import files
+from ..trace.build import TORCH_DTYPES, causal_lm, checkpointing, optimizer_for, require_torch
 
 DEFAULT_CPU_LAYERS = 2
 TORCH_OPTIMIZERS = ("adamw", "adam", "sgd", "sgd-momentum")
@@ -44,54 +45,6 @@ class Measurement(NamedTuple):
     def ratio(self) -> float:
         """measured / estimated over the compared terms: the calibration ``--write`` stores."""
         return sum(self.terms.values()) / max(1, sum(self.estimated.values()))
-
-
-def _require_torch():
-    try:
-        import torch
-        import transformers
-    except ImportError as err:
-        raise ConfigError(
-            f"llmmem measure needs torch and transformers ({err.name} is missing).",
-            hint="pip install 'pytest-llmmem[measure]' (on a CPU-only machine the CPU wheel of torch is enough).",
-        ) from None
-    return torch, transformers
-
-
-def hf_config(arch: Architecture, seq_len: int) -> Dict[str, Any]:
-    """transformers config kwargs for ``arch`` (its own family's key names): the config.json it was
-    read from when there is one, else built from the shape."""
-    fam = arch.family.name
-    if arch.config:
-        cfg = {k: v for k, v in arch.config.items() if k != "model_type"}
-        if arch.max_context and seq_len > arch.max_context:
-            cfg["max_position_embeddings"] = seq_len
-        return cfg
-    if fam in ("gpt2", "gpt_bigcode"):
-        cfg = {"n_embd": arch.hidden_size, "n_layer": arch.num_layers, "n_head": arch.num_heads,
-               "n_inner": arch.intermediate_size, "n_positions": max(arch.max_positions, seq_len), "vocab_size": arch.vocab_size,
-               "resid_pdrop": arch.hidden_dropout, "embd_pdrop": arch.hidden_dropout, "attn_pdrop": arch.attention_dropout}
-        if arch.hidden_act:
-            cfg["activation_function"] = arch.hidden_act
-        if fam == "gpt_bigcode":
-            cfg["multi_query"] = arch.num_kv_heads == 1
-        return cfg
-    cfg = {"hidden_size": arch.hidden_size, "num_hidden_layers": arch.num_layers, "num_attention_heads": arch.num_heads,
-           "num_key_value_heads": arch.num_kv_heads, "intermediate_size": arch.intermediate_size, "vocab_size": arch.vocab_size,
-           "tie_word_embeddings": arch.tie_embeddings, "max_position_embeddings": max(arch.max_positions, seq_len, 2048),
-           "attention_dropout": arch.attention_dropout}
-    if arch.head_dim:
-        cfg["head_dim"] = arch.head_dim
-    if arch.hidden_act:
-        cfg["hidden_act"] = arch.hidden_act
-    if arch.num_experts:
-        key = "num_local_experts" if fam == "mixtral" else "num_experts"
-        cfg.update({key: arch.num_experts, "num_experts_per_tok": arch.experts_per_token})
-        if arch.moe_intermediate_size:
-            cfg["moe_intermediate_size"] = arch.moe_intermediate_size
-        if arch.shared_expert_intermediate_size:
-            cfg["shared_expert_intermediate_size"] = arch.shared_expert_intermediate_size
-    return cfg
 
 
 def _check_measurable(run: Run) -> Architecture:
@@ -115,7 +68,7 @@ def _check_measurable(run: Run) -> Architecture:
 def measure(run: Run, device: str = "auto", max_layers: Optional[int] = None) -> Measurement:
     """Run one step of ``run`` and measure it (see the module docstring)."""
     arch = _check_measurable(run)
-    torch, transformers = _require_torch()
+    torch, transformers = require_torch("llmmem measure")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     limit = max_layers if max_layers is not None else (DEFAULT_CPU_LAYERS if device == "cpu" else arch.num_layers)
@@ -123,11 +76,9 @@ def measure(run: Run, device: str = "auto", max_layers: Optional[int] = None) ->
     if shrunk_from:
         arch = with_depth(arch, limit)
         run = run._replace(model=arch)
-    dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[run.dtype.name]
-    config = transformers.AutoConfig.for_model(arch.family.name, **hf_config(arch, run.seq_len))
+    dtype = getattr(torch, TORCH_DTYPES[run.dtype.name])
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(
-        config, attn_implementation="sdpa" if run.flash_attention and arch.family.sdpa else "eager", dtype=dtype)
+    model = causal_lm(transformers, arch, run.seq_len, "sdpa" if run.flash_attention and arch.family.sdpa else "eager", dtype)
     model.to(device)
     ids = torch.randint(0, arch.vocab_size, (run.batch_size, run.seq_len), device=device)
     est = estimate(run._replace(precision="pure" if run.trains else run.precision, gpus=1))
@@ -136,23 +87,6 @@ def measure(run: Run, device: str = "auto", max_layers: Optional[int] = None) ->
     else:
         terms, estimated = _cuda_step(torch, model, ids, run, est, device)
     return Measurement(run, device, terms, estimated, shrunk_from)
-
-
-def _optimizer(torch, run: Run, params):
-    name = run.optimizer.name
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=1e-5)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=1e-5)
-    return torch.optim.SGD(params, lr=1e-5, momentum=0.9 if name == "sgd-momentum" else 0.0)
-
-
-def _checkpointing(model) -> None:
-    """HF per-layer, non-reentrant checkpointing (renamed activation_checkpointing_enable in transformers 5)."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _nbytes(tensors) -> int:
@@ -182,7 +116,7 @@ def _cpu_step(torch, model, ids, run: Run, est: Estimate):
         estimated.update(kv_cache=b["kv_cache"], logits=d.get("logits.all_positions", d.get("logits.last_position", 0)))
         return terms, estimated
     if run.gradient_checkpointing:
-        _checkpointing(model)
+        checkpointing(model)
     model.train()
     storages = {p.untyped_storage().data_ptr() for p in params}
     saved: Dict[int, int] = {}
@@ -212,7 +146,7 @@ def _cpu_step(torch, model, ids, run: Run, est: Estimate):
     terms["saved activations"] = sum(saved.values())
     terms["logits"] = _nbytes([out.logits])
     out.loss.backward()
-    optimizer = _optimizer(torch, run, params)
+    optimizer = optimizer_for(torch, run, params)
     optimizer.step()
     terms["gradients"] = _nbytes([p.grad for p in params if p.grad is not None])
     terms["optimizer_states"] = _nbytes([v for state in optimizer.state.values() for v in state.values()
@@ -233,9 +167,9 @@ def _cuda_step(torch, model, ids, run: Run, est: Estimate, device: str):
     torch.cuda.reset_peak_memory_stats(device)
     if run.trains:
         if run.gradient_checkpointing:
-            _checkpointing(model)
+            checkpointing(model)
         model.train()
-        optimizer = _optimizer(torch, run, list(model.parameters()))
+        optimizer = optimizer_for(torch, run, list(model.parameters()))
         for _ in range(2):  # the second step has the optimizer states and gradients of the first
             optimizer.zero_grad(set_to_none=True)
             model(ids, labels=ids).loss.backward()

@@ -109,7 +109,9 @@ def selected_runs(project: Any, names: Optional[List[str]]) -> List[Any]:
 
 
 def with_strict(run: Any, args: argparse.Namespace) -> Any:
-    """--strict makes every run strict; without it each run keeps its strict key."""
+    """--strict makes every run strict, check's --method sets every run's method; without them each run keeps its keys."""
+    if getattr(args, "method", None):
+        run = run._replace(method=args.method)
     return run._replace(strict=True) if args.strict else run
 
 

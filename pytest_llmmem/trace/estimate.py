@@ -1,0 +1,171 @@
+"""``method = "trace"``: the run's real training step (or prefill), counted on fake tensors; the dispatch
+(estimator.py) calls :func:`traced`.
+
+The model is the family's own transformers class built from the run's config on the meta device;
+LoRA is PEFT's; the step, the loss, autograd's saved tensors and the optimizer's temporaries are
+PyTorch's own, run under ``FakeTensorMode`` with no memory and no arithmetic (trace/step.py), and
+every storage is counted while it lives (trace/live.py). Each phase's peak is the live bytes at its
+real peak instant, and its breakdown is what is alive then.
+
+Depth cuts: a deep model is traced at two depths that hold every layer kind (each layer kind's
+layers at the same ratio where the pattern repeats) and each term extrapolated linearly to the
+declared depth, so an 8B model traces in seconds and a 671B MoE at all.
+
+What the trace adds from the analytic (detailed) estimate, named in the output: the CUDA context,
+cuBLAS workspace and fragmentation (``overhead``), the evaluation and save phases, and the parts
+a trace cannot follow (4-bit / 8-bit bitsandbytes weights, chunked or fused loss kernels); the last
+make the estimate approximate. Needs the ``measure`` extra (torch, transformers; peft for LoRA).
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+import time
+from typing import Dict, List, Tuple
+
+from ..core.detailed import detailed
+from ..core.records import FRAGMENTATION, TERMS, Estimate
+from ..core.run import Run
+from ..core.terms.job_phases import Phase
+from ..errors import ConfigError
+from ..hf.config import with_depth
+from ..model.architecture import Architecture
+
+TRAINING_PHASES = ("load", "backward", "optimizer step")
+INFERENCE_PHASES = ("prefill", "decode")
+TRACED_OPTIMIZERS = ("adamw", "adam", "sgd", "sgd-momentum")
+# bitsandbytes optimizers update in their own CUDA kernels: traced as torch AdamW, their states from the analytic term
+BNB_OPTIMIZERS = ("adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit", "paged-adamw")
+EXTRA = "pip install 'pytest-llmmem[measure]' (torch, transformers and peft; the CPU wheel of torch is enough)"
+
+
+def require_trace_extra(run: Run) -> None:
+    """A one-paragraph error naming the extra when torch, transformers or (for LoRA) peft is missing."""
+    needed = ["torch", "transformers"] + (["peft"] if run.mode in ("lora", "qlora") else [])
+    import importlib.util
+
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        where = f"{run.file}:{run.line}: " if run.file and run.line else ""
+        raise ConfigError(f'{where}run "{run.name}": method = "trace" runs the model on fake tensors and needs '
+                          f'{" and ".join(needed)} ({", ".join(missing)} not installed).', hint=EXTRA + '; or method = "detailed".')
+
+
+def _refusal(run: Run) -> str:
+    """Why the trace cannot run this job at all ('' when it can)."""
+    if not isinstance(run.model, Architecture):
+        return "it needs the architecture (config or shape keys), not only params"
+    if run.model.family.classifier:
+        return f"{run.model.family.name} is a classifier; the trace builds causal language models"
+    if run.gpus > 1:
+        return f"it runs one process; this run declares {run.gpus} GPUs (sharding and parallelism are not traced)"
+    if run.recipe.name != "sft":
+        return f'recipe = "{run.recipe.name}" needs the trainer\'s own models and generation, which are not traced'
+    if run.serve is not None:
+        return f"engine = \"{run.engine}\" is a serving engine's memory pool, not a traced forward"
+    if run.trains and run.optimizer is not None and run.optimizer.name not in TRACED_OPTIMIZERS + BNB_OPTIMIZERS:
+        return f'it steps torch optimizers ({", ".join(TRACED_OPTIMIZERS)}); "{run.optimizer.name}" is not one'
+    if run.knobs.optimizer_in_backward or run.knobs.activation_offload:
+        return "optimizer-in-backward and activation-offload are trainer hooks the trace does not run"
+    return ""
+
+
+def traced(run: Run) -> Estimate:
+    """The Estimate of ``run`` by tracing it (see the module docstring)."""
+    why = _refusal(run)
+    if why:
+        where = f"{run.file}:{run.line}: " if run.file and run.line else ""
+        raise ConfigError(f'{where}run "{run.name}": method = "trace" cannot follow this run: {why}.',
+                          hint='Use method = "detailed" for it.')
+    require_trace_extra(run)
+    from .step import trace_at  # torch is imported only once the extra is known to be installed
+
+    started = time.perf_counter()
+    arch = run.model
+    cuts = trace_depths(arch)
+    traces = [trace_at(run, arch, layers) for layers in cuts]
+    phases = extrapolate([t.phases for t in traces], cuts, arch.num_layers)
+    seconds = time.perf_counter() - started
+    analytic = detailed(run._replace(method="detailed"))
+    depth = f"{cuts[0]} and {cuts[1]} of {arch.num_layers} layers, extrapolated" if len(cuts) > 1 else f"all {arch.num_layers} layers"
+    notes = [f"traced on fake tensors in {seconds:.1f} s ({depth}); attention: {traces[0].attention}"]
+    return compose(run, analytic, phases, notes)
+
+
+def trace_depths(arch: Architecture) -> Tuple[int, ...]:
+    """The depths to trace: the smallest (at least 2) holding every layer kind, and the next that adds
+    a whole repeat of the pattern (twice the first when the kinds repeat from the start, else one
+    layer more); the whole model when it is no deeper than that."""
+    def kinds(a: Architecture) -> Dict[object, int]:
+        counts: Dict[object, int] = {}
+        for g in a.layer_groups():
+            key = g._replace(count=0)
+            counts[key] = counts.get(key, 0) + g.count
+        return counts
+
+    full, n = kinds(arch), arch.num_layers
+    first = next((d for d in range(min(2, n), n + 1) if set(kinds(with_depth(arch, d))) == set(full)), n)
+    if first >= n:
+        return (n,)
+    once = kinds(with_depth(arch, first))
+    second = 2 * first if 2 * first < n and kinds(with_depth(arch, 2 * first)) == {k: 2 * v for k, v in once.items()} else first + 1
+    return (n,) if second >= n else (first, second)
+
+
+def extrapolate(phases: List[Dict[str, Dict[str, int]]], cuts: Tuple[int, ...], layers: int) -> Dict[str, Dict[str, int]]:
+    """Each phase's terms at ``layers`` from the traces at ``cuts``: linear in depth, term by term
+    (what a layer adds is the same for every repeat of the pattern)."""
+    if len(cuts) == 1:
+        return phases[0]
+    (a, b), (lo, hi) = cuts, phases
+    out: Dict[str, Dict[str, int]] = {}
+    for phase, parts in lo.items():
+        top = hi.get(phase, {})
+        out[phase] = {term: max(0, round(v + (layers - a) * (top.get(term, 0) - v) / (b - a)))
+                      for term, v in {**{k: 0 for k in top}, **parts}.items()}
+    return out
+
+
+def compose(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]], notes: List[str]) -> Estimate:
+    """The traced phases in the Estimate shape, with the analytic parts the trace does not follow."""
+    d, approximate = analytic.details, list(analytic.approximate)
+    fixed = d.get("overhead.cuda_context", 0) + d.get("overhead.cublas_workspace", 0) if run.overhead_bytes is None \
+        else analytic.breakdown["overhead"]
+    substitutes = {}
+    if run.dtype.quantized:
+        substitutes["weights"] = analytic.breakdown["weights"]
+        approximate.append(f"{run.dtype.name} weights: bitsandbytes kernels are not traced (traced in 16 bit); the analytic weights term is used")
+    if run.trains and run.optimizer is not None and run.optimizer.name in BNB_OPTIMIZERS:
+        substitutes["optimizer_states"] = analytic.breakdown["optimizer_states"]
+        approximate.append(f"{run.optimizer.name}: bitsandbytes' optimizer kernels are not traced (torch AdamW was); the analytic optimizer-states term is used")
+    if run.trains and run.knobs.loss != "upcast":
+        substitutes["logits"] = analytic.breakdown["logits"]
+        approximate.append(f"loss = \"{run.knobs.loss}\": that kernel is not traced (HF's cross-entropy was); the analytic logits term is used")
+    if run.trains and any(g.attention.kind == "mamba" for g in run.model.layer_groups()):
+        approximate.append("Mamba layers: the trace runs transformers' sequential PyTorch scan, not the mamba-ssm CUDA kernels a GPU run uses")
+    names = TRAINING_PHASES if run.trains else INFERENCE_PHASES
+    parts: List[Phase] = []
+    for name in names:
+        if name not in phases:
+            continue
+        terms = {k: v for k, v in phases[name].items() if v}
+        for term, value in substitutes.items():
+            if term in terms or (term == "logits" and name == "backward"):
+                terms[term] = value
+        frag = 0 if run.overhead_bytes is not None else round(FRAGMENTATION * (terms.get("activations", 0) + terms.get("logits", 0)))
+        terms["overhead"] = fixed + frag
+        parts.append(Phase(name, sum(terms.values()), terms))
+    notes.append("overhead (CUDA context, cuBLAS workspace, 30 % fragmentation of the traced activations) is the analytic term")
+    for part in analytic.phase_parts:
+        if part.name in ("eval", "save"):
+            parts.append(part)
+            notes.append(f"the {part.name} phase is the analytic one")
+    peak = max(parts, key=lambda p: p.total)
+    breakdown = dict.fromkeys(TERMS, 0)
+    for term, value in peak.breakdown.items():
+        breakdown[term] = breakdown.get(term, 0) + value
+    details = {f"trace.{p.name}.{k}": v for p in parts for k, v in p.breakdown.items()}
+    # the saved set at the end of the measured forward: the analytic activations and loss terms count these
+    details.update((f"trace.forward end.{k}", v) for k, v in phases.get("forward end", {}).items() if v)
+    return Estimate(run, "trace", breakdown, analytic.params, analytic.trainable_params, tuple(notes), details,
+                    analytic.host_bytes, analytic.partial, tuple(approximate), peak_phase=peak.name,
+                    phases=tuple((p.name, p.total) for p in parts), phase_parts=tuple(parts))
