@@ -64,6 +64,8 @@ def _refusal(run: Run) -> str:
         return f"engine = \"{run.engine}\" is a serving engine's memory pool, not a traced forward"
     if run.trains and run.optimizer is not None and run.optimizer.name not in TRACED_OPTIMIZERS + BNB_OPTIMIZERS:
         return f'it steps torch optimizers ({", ".join(TRACED_OPTIMIZERS)}); "{run.optimizer.name}" is not one'
+    if run.selective_ac:
+        return "selective activation checkpointing (torchtitan's op or layer policies) is not run by the trace"
     if run.knobs.optimizer_in_backward or run.knobs.activation_offload:
         return "optimizer-in-backward and activation-offload are trainer hooks the trace does not run"
     return ""
