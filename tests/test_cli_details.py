@@ -230,3 +230,15 @@ def test_estimate_reads_a_trainer_config_with_from(run_cli, monkeypatch):
     assert "    model                  command line (the run)" in out  # --model overrides the file's base_model
     code, _, err = run_cli("estimate", "--from", "missing.yml", "--gpu", "A10G")
     assert code == 2 and 'llmmem: error: command line: --from: "missing.yml" does not exist' in err
+
+
+def test_gradient_checkpointing_flag_takes_selective_and_its_policy(run_cli):
+    # --gradient-checkpointing alone is true; with a value it is the key's value, as in the TOML contract.
+    code, out, err = run_cli("estimate", "--params", "7B", "--gpu", "H100-80GB", "--mode", "train",
+                             "--gradient-checkpointing", "selective", "--selective-ac", "2")
+    assert code == 1, err  # over budget: mixed-precision AdamW keeps 16 B per parameter, 7e9 x 16 B = 104 GiB > 80
+    assert "checkpointing every 2 layers (selective)" in out
+    code, out, err = run_cli("estimate", "--params", "7B", "--gpu", "H100-80GB", "--mode", "train",
+                             "--gradient-checkpointing", "selectiv")
+    assert code == 2
+    assert 'Did you mean "selective"?' in err

@@ -35,6 +35,8 @@ _VALUE_FLAGS = {
     # the whole job's phases (issue 16)
     "eval-batch-size": int, "eval-samples": int, "eval-accumulation-steps": int, "eval-generate-tokens": int, "save": str,
     "vision-tower": str,
+    # selective activation checkpointing and context parallelism (torchtitan, issue 25)
+    "selective-ac": lambda text: int(text) if text.isdigit() else text, "context-parallel": int,
     # a trainer's own config (config/readers/), as from = "train.yaml"; the run's name and a measured calibration
     "from": str, "from-format": str, "name": str, "calibration": float, "attention-dropout": float, "hidden-dropout": float,
 }
@@ -67,7 +69,10 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--{flag}", type=kind, metavar=flag.split("-")[-1].upper())
         p.add_argument("--lora-targets", metavar="NAMES", help='comma-separated module names, or "all-linear"')
         for flag in _SWITCHES:
-            p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action="store_true", default=None)
+            if flag == "gradient-checkpointing":  # also takes its value: --gradient-checkpointing selective
+                p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), nargs="?", const=True, default=None, metavar="full|selective")
+            else:
+                p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action="store_true", default=None)
             p.add_argument(f"--no-{flag}", dest=flag.replace("-", "_"), action="store_false")
         common_arguments(p)
     elif command == "catalog":
