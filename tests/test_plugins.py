@@ -107,7 +107,7 @@ def test_builtins_called_directly_equal_builtins_through_pluggy():
     direct = Catalog()
     through_pluggy = Catalog(extra_plugins=[types.SimpleNamespace()])  # a plugin with no hooks
     assert direct._pm is None and through_pluggy._pm is not None
-    for table in ("dtypes", "optimizers", "gpus", "families"):
+    for table in ("dtypes", "optimizers", "gpus", "families", "engines"):
         mine, theirs = getattr(direct, table), getattr(through_pluggy, table)
         assert (mine.names, mine.entries, mine.owners) == (theirs.names, theirs.entries, theirs.owners), table
     assert "A100-80GB" in direct.gpus.names and set(direct.gpus.owners.values()) == {"builtin"}
@@ -120,3 +120,53 @@ def test_an_unknown_name_loads_pluggy_and_still_finds_the_builtins(monkeypatch):
         catalog.gpu("Gaudi9")  # a miss loads the entry points, through pluggy
     assert catalog._pm is not None and catalog._pm.get_plugin("builtin") is not None
     assert catalog.gpu("A100-80GB").memory_bytes == 81920 * 1024**2  # nvidia-smi's 81920 MiB (builtin.py)
+
+
+TOY_ENGINE_RUN = '''
+[tool.llmmem]
+gpu = "A100-80GB"
+[tool.llmmem.model]
+hidden-size = 4096
+num-layers = 32
+num-heads = 32
+num-kv-heads = 8
+intermediate-size = 14336
+vocab-size = 128256
+max-position-embeddings = 131072
+[[tool.llmmem.runs]]
+name = "serve"
+mode = "inference"
+engine = "toy"
+'''
+
+
+def test_a_plugin_engine_is_one_entry_and_serves_like_a_builtin(tmp_path, monkeypatch):
+    # The plugin touches nothing but its entry: an Engine whose start-up is its own function. Here it is
+    # vLLM's with a 10 % smaller KV pool, so the figures can be checked against the built-in engine.
+    from pytest_llmmem.catalog import registry
+    from pytest_llmmem.catalog.entries import Engine
+    from pytest_llmmem.config.load import load
+    from pytest_llmmem.estimator import estimate
+    from pytest_llmmem.serving import vllm_engine
+
+    def toy_startup(run):
+        s = vllm_engine.startup(run)
+        return s._replace(engine="toy", kv_pool_bytes=round(s.kv_pool_bytes * 0.9))
+
+    plugin = types.SimpleNamespace(llmmem_register_engines=hookimpl(lambda register: register(Engine("toy", toy_startup))))
+    monkeypatch.setattr(registry, "_DEFAULT", Catalog(extra_plugins=[plugin]))
+    (tmp_path / "pyproject.toml").write_text(TOY_ENGINE_RUN)
+    toy = estimate(load(tmp_path / "pyproject.toml").runs[0])
+    (tmp_path / "pyproject.toml").write_text(TOY_ENGINE_RUN.replace('engine = "toy"', 'engine = "vllm"'))
+    vllm = estimate(load(tmp_path / "pyproject.toml").runs[0])
+    assert toy.serving.engine == "toy" and vllm.serving.engine == "vllm"
+    assert toy.breakdown["kv_cache"] == round(vllm.breakdown["kv_cache"] * 0.9)
+    assert toy.breakdown["weights"] == vllm.breakdown["weights"]
+
+
+def test_an_unknown_engine_names_the_registered_ones(tmp_path):
+    from pytest_llmmem.config.load import load
+
+    (tmp_path / "pyproject.toml").write_text(TOY_ENGINE_RUN.replace('engine = "toy"', 'engine = "vlm"'))
+    with pytest.raises(ConfigError, match='"vlm" is not valid. Did you mean "vllm"'):
+        load(tmp_path / "pyproject.toml")

@@ -10,7 +10,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from __future__ import annotations
 
-from .entries import GPU, AmbiguousName, DType, Optimizer
+from .entries import GPU, AmbiguousName, DType, Engine, Optimizer
 from ..units import MiB
 
 # NF4 as bitsandbytes stores it for QLoRA: 4 bits per weight, one 8-bit absmax per block of 64,
@@ -127,3 +127,9 @@ def llmmem_register_gpus(register):
     # MI325X: no rocm-smi total found; 256 GB is AMD's documented HBM3E capacity, taken as
     # 256 x 10^9 bytes (the lower reading of "GB"; MI300X's 192 GB reads as 205.8e9 B in rocm-smi).
     register(GPU("MI325X", 256 * 10**9, aliases=("mi325x-256gb", "instinct-mi325x"), kind="amd datacenter"))
+
+
+def llmmem_register_engines(register):
+    # The serving modules sit above the catalog: each start-up is named, imported when a run uses it.
+    register(Engine("vllm", "pytest_llmmem.serving.vllm_engine:startup", doc="vLLM V1 (vllm/v1/worker/gpu_worker.py)"))
+    register(Engine("sglang", "pytest_llmmem.serving.sglang_engine:startup", doc="SGLang (python/sglang/srt/model_executor)"))

@@ -5,7 +5,7 @@ from below, and neither imports the other back.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 
 class DType(NamedTuple):
@@ -57,3 +57,15 @@ class AmbiguousName(NamedTuple):
     name: str
     choices: Tuple[str, ...]  # canonical names of the cards it could mean
     aliases: Tuple[str, ...] = ()
+
+
+class Engine(NamedTuple):
+    """A serving engine: ``startup(run) -> serving.serve.Startup`` says what it holds once started.
+
+    ``startup`` is the function, or "module:function" imported on first use (how the built-ins name
+    theirs: the catalog sits below the serving modules and imports none of them)."""
+
+    name: str
+    startup: Any
+    aliases: Tuple[str, ...] = ()
+    doc: str = ""

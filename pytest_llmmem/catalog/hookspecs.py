@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .entries import GPU, DType, Optimizer
+    from .entries import GPU, DType, Engine, Optimizer
     from ..model.architecture import Family
 
 PROJECT = "llmmem"
@@ -60,3 +60,17 @@ def llmmem_register_families(register: "Callable[[Family], None]") -> None:
             from pytest_llmmem.families import LLAMA
             register(LLAMA._replace(name="acme_lm", qkv_bias=True, doc="acme/acme-lm-7b"))
     """
+
+
+@hookspec
+def llmmem_register_engines(register: "Callable[[Engine], None]") -> None:
+    """Call ``register(Engine(name, startup))`` for each serving engine the plugin knows.
+
+    ``engine = "<name>"`` in a run then calls ``startup(run)``, which returns a
+    :class:`pytest_llmmem.serving.serve.Startup` (weights, activations, KV pool, whether it starts);
+    ``pytest_llmmem.serving.serve`` has the pieces vLLM and SGLang share (``kv_kinds``, ``cuda_total``).
+    """
+
+
+# Next slots, as the tables move out of their closed dicts (issue 21 item 6): profiles, recipes,
+# trainer-config readers, and PEFT adapters (item 4's adapter kind registers here like families).

@@ -16,7 +16,7 @@ import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 
 from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
-from .entries import GPU, AmbiguousName, DType, Optimizer  # noqa: F401  (pytest_llmmem.catalog.GPU etc., as plugins import them)
+from .entries import GPU, AmbiguousName, DType, Engine, Optimizer  # noqa: F401  (pytest_llmmem.catalog.GPU etc., as plugins import them)
 from ..units import format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DISABLE_ENV = "LLMMEM_DISABLE_PLUGINS"
 # The hooks each table is filled from (hookspecs.py), in the order the tables are built.
-_HOOKS = ("llmmem_register_dtypes", "llmmem_register_optimizers", "llmmem_register_gpus", "llmmem_register_families")
+_HOOKS = ("llmmem_register_dtypes", "llmmem_register_optimizers", "llmmem_register_gpus", "llmmem_register_families",
+          "llmmem_register_engines")
 
 
 _MAX_NAME = 200  # characters; longer names are refused before normalising
@@ -99,7 +100,8 @@ class Catalog:
         self.optimizers = _Table("optimizer")
         self.gpus = _Table("gpu")
         self.families = _Table("model family")
-        tables = (self.dtypes, self.optimizers, self.gpus, self.families)
+        self.engines = _Table("serving engine")
+        tables = (self.dtypes, self.optimizers, self.gpus, self.families, self.engines)
         if self._pm is None:  # the built-ins alone: their hook implementations, called as the loop below would
             from . import builtin
 
@@ -168,6 +170,10 @@ class Catalog:
     def family(self, name: object) -> Any:
         """A model family (:class:`pytest_llmmem.model.Family`) by name or alias."""
         return self._lookup("families", name)
+
+    def engine(self, name: object) -> Engine:
+        """A serving engine (built-in or a plugin's) by name."""
+        return self._lookup("engines", name)
 
     def has_family(self, name: str) -> bool:
         """Is ``name`` a registered family (loading plugins if the built-ins lack it)?"""

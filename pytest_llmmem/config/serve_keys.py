@@ -10,7 +10,16 @@ from typing import Any, Dict, Optional, Tuple
 from .keys import ENGINE_ONLY, INFERENCE_ONLY, Table
 from ..model.architecture import Architecture
 from ..model.context_window import VLLM_FALLBACK
-from ..core.run import ENGINES, KV_CACHE_DTYPES, LOGITS, ServeSettings
+from ..core.run import KV_CACHE_DTYPES, LOGITS, ServeSettings
+
+
+def engine_names(catalog: Any, wanted: Any) -> Tuple[str, ...]:
+    """"transformers" (no serving engine) and every registered engine, in registration order; plugins are
+    loaded only when ``wanted`` is none of the built-ins (as a dtype or GPU name is looked up)."""
+    names = ("transformers",) + tuple(catalog.engines.names)
+    if isinstance(wanted, str) and wanted.lower() not in names and catalog.load_entry_points():
+        names = ("transformers",) + tuple(catalog.engines.names)
+    return names
 
 
 def serving_fields(table: Table, name: str, mode: str, model: Any, seq_len: Optional[int]) -> Tuple[Dict[str, Any], Optional[int]]:
@@ -18,7 +27,7 @@ def serving_fields(table: Table, name: str, mode: str, model: Any, seq_len: Opti
     for key in INFERENCE_ONLY + ENGINE_ONLY:
         if key in table and mode != "inference":
             raise table.fail(key, f'only applies to mode = "inference"; run "{name}" has mode = "{mode}".')
-    engine = table.choice("engine", ENGINES, "transformers")
+    engine = table.choice("engine", engine_names(table.ctx.catalog, table.values.get("engine")), "transformers")
     if engine == "transformers":
         for key in ENGINE_ONLY:
             if key in table:

@@ -20,7 +20,6 @@ PRECISIONS = ("mixed", "pure", "amp")
 # torch/optim/adam.py:139).
 VISION_TOWERS = ("trained", "frozen")
 METHODS = ("detailed", "rule-of-thumb", "trace")  # trace: trace/, needs the measure extra
-ENGINES = ("transformers", "vllm", "sglang")
 LOGITS = ("last", "all")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 

@@ -1,21 +1,32 @@
 """A serving run's engine by name: its start-up, and the longest max-model-len that starts.
 
-Above the engines (:mod:`.vllm_engine`, :mod:`.sglang_engine`), which share the records and helpers of
-:mod:`.serve`; so no engine imports the module that picks it.
+The engine is the catalog's entry for the run's ``engine`` (``llmmem_register_engines``: vLLM and SGLang
+are built-ins registered through the hook a plugin uses). Each engine module imports what engines
+share from :mod:`.serve`; none imports the module that picks it.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 from typing import Any
 
-from . import sglang_engine, vllm_engine
+import importlib
+from typing import Callable
+
+from ..catalog.registry import default_catalog
 from .serve import Startup, context_limit
 
 
 def startup(run: Any) -> Startup:
-    """The start-up of ``run``'s engine."""
-    engines = {"vllm": vllm_engine.startup, "sglang": sglang_engine.startup}
-    return engines[run.engine](run)
+    """The start-up of ``run``'s engine, as its catalog entry computes it."""
+    return _function(default_catalog().engine(run.engine).startup)(run)
+
+
+def _function(ref: Any) -> Callable[[Any], Startup]:
+    """An entry's ``startup``: the function, or "module:function" (the built-ins' way) imported now."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # vLLM V0 switched chunked prefill on above this max-model-len, which shrinks the profile run: the
