@@ -74,7 +74,7 @@ def test_every_command_fits_and_wrapping_loses_nothing(args):
 def test_serving_report_fits(tmp_path):
     (tmp_path / "pyproject.toml").write_text(VLLM, encoding="utf-8")
     _, out = llmmem("check", str(tmp_path))
-    assert "vllm refuses to start" in out and too_wide(out) == []
+    assert "vllm refuses to start" in unfit(out) and too_wide(out) == []
 
 
 def test_diff_fits(tmp_path):

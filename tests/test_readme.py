@@ -35,6 +35,16 @@ def test_sample_output_is_what_the_code_prints(doc, name, body):
     assert body == SAMPLES.produce(name), f"{doc}: the sample '{name}' is stale; run python docs/samples.py --update"
 
 
+def test_every_sample_block_is_marked():
+    """Each output block in the guide names the command that produced it (an unmarked one could drift)."""
+    import re as _re
+
+    for path in SAMPLES.documents():
+        text = path.read_text(encoding="utf-8")
+        for block in _re.finditer(r"(?P<before>[^\n]*)\n```text\n", "\n" + text):
+            assert block["before"].startswith("<!-- generated: "), f"{path.name}: a ```text block without a generated marker"
+
+
 def _first_block() -> list:
     return re.search(r"```sh\n(.*?)```", README, re.S).group(1).strip().splitlines()
 
@@ -62,5 +72,20 @@ def test_measure_refusing_lora_is_documented(mode):
     run = adhoc_run({"hidden-size": 64, "num-layers": 2, "num-heads": 4, "intermediate-size": 128, "vocab-size": 100, "mode": mode})
     with pytest.raises(ConfigError, match=f"{mode} needs peft/bitsandbytes"):
         _check_measurable(run)
-    paragraph = README[README.index("**Measure your own run.**"):README.index("**The overhead default**")]
+    accuracy = (ROOT / "docs" / "accuracy.md").read_text(encoding="utf-8")  # the reference beside the README guide
+    paragraph = accuracy[accuracy.index("**Measure your own run.**"):accuracy.index("**The overhead default**")]
     assert '`mode = "lora"` and `"qlora"`' in paragraph and "refuses" in paragraph
+
+
+def test_the_readme_is_a_guide_and_links_its_reference():
+    """Issue 23 part 6: 1,341 lines held the guide and the reference together; the reference is in docs/."""
+    assert len(README.splitlines()) < 600
+    linked = set(re.findall(r"\(docs/([a-z-]+\.md)\)", README))
+    assert linked == {p.name for p in (ROOT / "docs").glob("*.md")}  # every docs page is linked, every link exists
+
+
+def test_install_and_pinning_can_be_followed():
+    """Not on PyPI and no tag: the README installs from the repository and pins a commit."""
+    assert "pip install pytest-llmmem\n" not in README and "rev: v0.1.0" not in README and "@v1\n" not in README
+    assert 'pip install "pytest-llmmem @ git+https://github.com/OWNER/pytest-llmmem@COMMIT"' in README
+    assert "  - repo: local\n" in README and "        entry: llmmem check --hook\n" in README

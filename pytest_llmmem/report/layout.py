@@ -59,6 +59,10 @@ def wrap(text: str, width: int, indent: str = "", hang: str = "", separators: Se
             current = parts[-1][len(hang):]
     if current:
         lines.append((hang if lines else indent) + current)
+    if sep == "; ":  # prose: a break at a clause that saves no line is only a ragged edge; fill the lines
+        words = wrap(text, width, indent, hang, (" ",))
+        if len(words) <= len(lines):
+            return words
     return lines
 
 
