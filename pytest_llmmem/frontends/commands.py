@@ -39,7 +39,6 @@ _VALUE_FLAGS = {
     "selective-ac": lambda text: int(text) if text.isdigit() else text, "context-parallel": int,
     # a trainer's own config (config/readers/), as from = "train.yaml"; the run's name and a measured calibration
     "from": str, "from-format": str, "name": str, "calibration": float, "attention-dropout": float, "hidden-dropout": float,
-    "context-parallel": int, "selective-ac": lambda text: int(text) if text.isdigit() else text,  # "op" or every Nth layer
 }
 # Flags spelled apart from their key: --format is the output's (text, json, github).
 _FLAG_KEYS = {"from-format": "format"}
