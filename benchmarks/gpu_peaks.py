@@ -185,7 +185,7 @@ def score(path: str) -> int:
             keys.update(scenario.get("run_keys", {}))  # settings the scenario declares (e.g. vision-tower)
             est = estimate(adhoc_run(keys))
             # max_memory_allocated sees no CUDA context and no fragmentation; the optimizer-step phase
-            # is priced without fragmentation already (trainer_terms.optimizer_phase).
+            # is priced without fragmentation already (its items hold no transient: job_phases.step_phases).
             fragmentation = est.details.get("overhead.fragmentation", 0)
             context = est.breakdown["overhead"] - fragmentation
             allocated_by_phase = {name: total - context - (fragmentation if name == "backward" else 0)

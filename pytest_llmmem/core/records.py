@@ -58,7 +58,7 @@ class Estimate(NamedTuple):
     failures: Tuple[str, ...] = ()
     serving: Optional[object] = None
     # Training: which phase sets the peak ("load", "backward", "optimizer step", "eval", "save") and
-    # each phase's total; phase_parts has each phase's own breakdown (job_phases.Phase).
+    # each phase's total; phase_parts has each phase's own breakdown (compose.Shown).
     peak_phase: str = ""
     phases: Tuple[Tuple[str, int], ...] = ()
     phase_parts: Tuple[object, ...] = ()

@@ -3,30 +3,35 @@
 A recipe is a table entry: how many rows one example becomes (DPO and reward models put chosen and
 rejected in one forward), how the policy scores tokens (TRL's fused log-prob head, a score head, or
 HF logits), which extra models sit in memory (reference, reward, value) and whether the step
-generates. The policy is priced by the same term functions as an SFT run (``estimate._detailed`` at
-the recipe's rows); each extra model is priced from the same weights/states functions and is its own
-breakdown term. Generation (GRPO, PPO) is a phase of its own: in-process ``generate()`` holds a KV
-cache while no activations or gradients live, so the step's peak is the larger of the two phases;
-a colocated vLLM engine holds its ``gpu-memory-utilization`` share all the time.
+generates. The policy's step is priced by the same term functions as an SFT run (``step.step_terms``
+at the recipe's rows), its head replaced by the recipe's; each extra model is priced from the same
+weights/states functions and is its own breakdown term, resident in every phase. Generation (GRPO,
+PPO) is a phase of its own: in-process ``generate()`` holds a KV cache while no activations or
+gradients live; a colocated vLLM engine holds its ``gpu-memory-utilization`` share all the time.
+The phases go to the same composer as an SFT job's (compose.py); the peak is the largest.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from ..catalog.registry import default_catalog
+from ..core import detailed as core
+from ..core.compose import OVERHEAD, Item, Pairs, Phase, compose, training_overhead
+from ..core.records import TERMS, Estimate
+from ..core.run import RecipeSettings, Run
 from ..core.terms.activations import FP32, INDEX_BYTES, forward_transient
-from ..model.architecture import Architecture
 from ..core.terms.parallel import local_params
 from ..core.terms.prefill import stage_kv
-from ..core import detailed as core
-from ..core.detailed import stored_weight_bytes
-from ..core.records import FRAGMENTATION, TERMS, Estimate
-from ..core.run import RecipeSettings, Run
-from ..catalog.registry import default_catalog
+from ..core.terms.step import step_terms, stored_weight_bytes
+from ..core.terms.trainer_terms import optimizer_step
+from ..model.architecture import Architecture
 from .ppo_rollout import ROLLOUT_CHUNK, rollout_phase
 
 # Breakdown terms a recipe adds (labels in report.LABELS), placed before the overhead term.
 RL_TERMS = ("reference_model", "reward_model", "value_model", "generation_kv_cache", "rollout_logits", "vllm_engine_share")
+# The breakdown of a recipe's step: an SFT step's terms (estimate.TERMS) with the recipe's before the overhead.
+RECIPE_TERMS = TERMS[:TERMS.index(OVERHEAD)] + RL_TERMS + TERMS[TERMS.index(OVERHEAD):]
 
 # TRL 1.16 fused LM head: tiles of TOKEN_CHUNK_SIZE tokens x _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary
 # columns (trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE = 4096; trl/trainer/utils.py:1506 = 32768).
@@ -84,55 +89,52 @@ def _frozen_weight_bytes(run: Run, arch: Optional[Architecture], params: int, qu
     return round(weights * share / (run.shard_group if sharded else 1))
 
 
-def _fused_head(run: Run, arch: Architecture, rows: int, act: int, details: Dict[str, int], notes: List[str]) -> None:
+def _fused_head(run: Run, arch: Architecture, rows: int, act: int, details: Pairs, notes: List[str]) -> Tuple[Pairs, Pairs]:
     """TRL's fused LM head (trl/trainer/utils.py:1548 add_fused_lm_head; trl/kernels/chunked_logprob.py
     _ChunkedLogProbFunction): no b*s*V logits. It saves a copy of the scored positions' hidden states
     (``hidden_states[mask]``), their int64 targets, and fp32 log-Z and entropy per position; the
     per-token outputs are scattered back through a bool mask each. Backward accumulates grad_hidden
-    in fp32 (and grad_weight in fp32, V x h, when the head trains) and recomputes one tile at a time."""
+    in fp32 (and grad_weight in fp32, V x h, when the head trains) and recomputes one tile at a time.
+    Returns (the step's items without its logits, the head's logits items)."""
     rs, s, t = run.recipe, run.seq_len, run.tensor_parallel
     positions_per_row = rs.completion_len or (s - 1)
     if not rs.completion_len:
         notes.append("max-prompt-length not set: the fused log-prob head is counted over every position (an upper bound; it scores the completion only)")
     n = rows * positions_per_row
     h, vocab = arch.hidden_size, arch.vocab_size
-    for key in [k for k in details if k.startswith("logits.")]:
-        del details[key]
+    kept = dict((k, v) for k, v in details if not k.startswith("logits."))
     if run.mode == "train":
         # The plain LM head's input (counted with the head in activations) is not kept: the fused head keeps its own copy.
-        details["activations.embedding_and_head"] -= rows * s * h * act
-    details["logits.fused_head_input"] = n * h * act
-    details["logits.per_token"] = n * (INDEX_BYTES + 2 * FP32) + 2 * rows * (s - 1)
+        kept["activations.embedding_and_head"] -= rows * s * h * act
     head_trains = run.mode == "train"
-    details["logits.fused_backward_buffers"] = (
-        n * h * FP32 + min(n, FUSED_TOKEN_TILE) * min(vocab, FUSED_VOCAB_TILE) * act
-        + ((vocab * h * FP32) // t if head_trains else 0)
-    )
+    head = (("logits.fused_head_input", n * h * act),
+            ("logits.per_token", n * (INDEX_BYTES + 2 * FP32) + 2 * rows * (s - 1)),
+            ("logits.fused_backward_buffers", n * h * FP32 + min(n, FUSED_TOKEN_TILE) * min(vocab, FUSED_VOCAB_TILE) * act
+             + ((vocab * h * FP32) // t if head_trains else 0)))
+    return tuple(kept.items()), head
 
 
-def _score_head(run: Run, arch: Architecture, rows: int, act: int, details: Dict[str, int]) -> None:
+def _score_head(run: Run, rows: int, act: int, details: Pairs) -> Tuple[Pairs, Pairs]:
     """Reward model: the score head's (b, s, 1) output and the pooled (b, 1) rewards instead of b*s*V
     logits (modeling_llama.py LlamaForSequenceClassification.forward); the loss is -logsigmoid of a difference."""
-    for key in [k for k in details if k.startswith("logits.")]:
-        del details[key]
-    details["logits.scores"] = rows * run.seq_len * act + rows * FP32
+    kept = tuple((k, v) for k, v in details if not k.startswith("logits."))
+    return kept, (("logits.scores", rows * run.seq_len * act + rows * FP32),)
 
 
-def _score_model_states(run: Run, arch: Architecture, breakdown: Dict[str, int]) -> int:
+def _score_model_states(run: Run, arch: Architecture, states: Dict[str, int]) -> Tuple[Dict[str, int], int]:
     """Reward-model training trains a sequence-classification model: the LM head's V x h weights (and,
     under full training, their gradients and optimizer states) are not there; the h x 1 score is.
     Full training: the model states scale with the parameter count. LoRA: the base loses the head's
     16-bit weights (PEFT SEQ_CLS trains the score as a module to save: h params, counted as noise).
-    Returns the trained model's parameter count."""
+    Returns the states and the trained model's parameter count."""
     params, score = arch.param_count(), score_model_params(arch)
     if run.mode == "train":
-        for term in ("weights", "master_weights", "gradients", "optimizer_states"):
-            breakdown[term] = round(breakdown[term] * score / params)
-    elif not arch.tie_embeddings:
+        return {term: round(value * score / params) for term, value in states.items()}, score
+    if not arch.tie_embeddings:
         per = run.dtype.compute_bytes if run.dtype.quantized else run.dtype.bytes
         share = local_params(run, arch, params).params / params
-        breakdown["weights"] -= round(arch.vocab_size * arch.hidden_size * per * share)
-    return score
+        return {**states, "weights": states["weights"] - round(arch.vocab_size * arch.hidden_size * per * share)}, score
+    return states, score
 
 
 def generation_phase(run: Run, arch: Architecture, act: int) -> Dict[str, int]:
@@ -161,27 +163,28 @@ def generation_phase(run: Run, arch: Architecture, act: int) -> Dict[str, int]:
 
 
 def _extra_models(run: Run, arch: Optional[Architecture], params: int, rows: int, recipe: Recipe,
-                  policy: "object", breakdown: Dict[str, int], details: Dict[str, int], notes: List[str]) -> None:
-    """Reference, reward and value models, each its own term."""
+                  policy: "object", notes: List[str]) -> Tuple[Dict[str, int], Pairs]:
+    """Reference, reward and value models, each its own term: (their terms, the value model's items)."""
     rs = run.recipe
+    terms: Dict[str, int] = {}
     if rs.reference:
         # A frozen copy of the policy's base weights (TRL create_model_from_path / create_reference_model).
-        breakdown["reference_model"] = _frozen_weight_bytes(run, arch, params, quantized_ok=True)
+        terms["reference_model"] = _frozen_weight_bytes(run, arch, params, quantized_ok=True)
     if recipe.reward_model:
         model = rs.reward_model if rs.reward_model is not None else (arch or run.model)
         shaped = model if isinstance(model, Architecture) else None
         rm = score_model_params(shaped) if shaped else model.params
-        breakdown["reward_model"] = _frozen_weight_bytes(run, shaped, rm, quantized_ok=False)
+        terms["reward_model"] = _frozen_weight_bytes(run, shaped, rm, quantized_ok=False)
         if shaped is None:
             notes.append("reward model counted at its params: its score head needs the architecture")
     if not recipe.value_model:
-        return
+        return terms, ()
     if rs.value_head == "shared":
         # AutoModelForCausalLMWithValueHead: a Linear(h, 1) with bias on the policy's backbone
         # (trl/experimental/ppo/modeling_value_head.py ValueHead), trained in fp32 with AdamW.
         h = arch.hidden_size if arch else 0
-        breakdown["value_model"] = (h + 1) * FP32 * 4
-        return
+        terms["value_model"] = (h + 1) * FP32 * 4
+        return terms, ()
     # A separate AutoModelForSequenceClassification critic, fully trained with the policy's optimizer
     # (PolicyAndValueWrapper): its states scale with its parameter count; its activations are the
     # policy's backbone activations at the same rows; its output is one value per position.
@@ -189,10 +192,10 @@ def _extra_models(run: Run, arch: Optional[Architecture], params: int, rows: int
     shaped = full.run.model if isinstance(full.run.model, Architecture) else None
     vm = score_model_params(shaped) if shaped else full.params
     states = sum(full.breakdown[k] for k in ("weights", "master_weights", "gradients", "optimizer_states"))
-    details["value_model.model_states"] = round(states * vm / full.params)
-    details["value_model.activations"] = full.breakdown["activations"]
-    details["value_model.values"] = rows * run.seq_len * run.dtype.compute_bytes
-    breakdown["value_model"] = sum(v for k, v in details.items() if k.startswith("value_model."))
+    items = (("value_model.model_states", round(states * vm / full.params)), ("value_model.activations", full.breakdown["activations"]),
+             ("value_model.values", rows * run.seq_len * run.dtype.compute_bytes))
+    terms["value_model"] = sum(v for _, v in items)
+    return terms, items
 
 
 def estimate_recipe(run: Run):
@@ -204,23 +207,24 @@ def estimate_recipe(run: Run):
     if run.method == "rule-of-thumb":
         est = core.estimate_model(plain)
         return est._replace(run=run, notes=est.notes + (f"recipe = \"{rs.name}\": the rule of thumb counts the policy only",))
-    policy = core.estimate_model(plain)
-    arch = run.model if isinstance(run.model, Architecture) else None
+    step = step_terms(plain)  # the policy's step at the recipe's rows
+    policy = core.detailed(plain, step)  # the same step read as an SFT job: its notes, and what _carried keeps
+    opt = optimizer_step(plain, step.tensors, step.trained, step.gradients, step.optimizer_states)
+    arch = step.arch
     params = policy.params
-    breakdown, details = dict(policy.breakdown), dict(policy.details)
+    states = {"weights": step.weights, "master_weights": step.master_weights, "gradients": opt.gradients,
+              "optimizer_states": step.optimizer_states}
+    items, head = step.details, ()
     notes, partial = list(policy.notes), list(policy.partial)
     act = run.dtype.compute_bytes
     if recipe.rows_per_example == 2:
         notes.append(f"{rs.name}: chosen and rejected run in one forward: {rows} rows of {run.seq_len} tokens")
     if arch is not None:
         if recipe.head == "fused":
-            _fused_head(run, arch, rows, act, details, notes)
+            items, head = _fused_head(run, arch, rows, act, items, notes)
         elif recipe.head == "score":
-            _score_head(run, arch, rows, act, details)
-            params = _score_model_states(run, arch, breakdown)
-        for term in ("activations", "logits"):
-            breakdown[term] = sum(v for k, v in details.items() if k.startswith(term + "."))
-    extra = dict.fromkeys(RL_TERMS, 0)
+            items, head = _score_head(run, rows, act, items)
+            states, params = _score_model_states(run, arch, states)
     value_basis = None
     if recipe.value_model and rs.value_head == "separate":
         if rs.value_model is not None:
@@ -232,23 +236,30 @@ def estimate_recipe(run: Run):
                 partial.append("the value model is given by params only: its activations are not counted")
         else:
             value_basis = policy if run.mode == "train" else core.estimate_model(plain._replace(mode="train", dtype=_compute_dtype(run)))
-    _extra_models(run, arch, policy.params, rows, recipe, value_basis, extra, details, notes)
+    models, value_items = _extra_models(run, arch, policy.params, rows, recipe, value_basis, notes)
     if rs.name == "dpo" and rs.precompute_ref_log_probs:
         notes.append("precompute-ref-log-probs: the reference log-probs are computed before training; no reference model during the step")
     elif rs.name in ("dpo", "grpo", "ppo") and not rs.reference:
         notes.append(_no_reference_reason(run))
-    gen = _generation(run, arch, act, extra, details, notes, partial)
-    out = {}
-    for term in TERMS:
-        if term == "overhead":
-            out.update(extra)
-        out[term] = breakdown.get(term, 0)
-    peak_phase, phases = _phases(run, out, details, gen, notes, core)
+    gen, shares, gen_items = _generation(run, arch, act, notes, partial)
+    dynamic = items + head
+    if arch is not None:
+        states["activations"], states["logits"] = (sum(v for k, v in dynamic if k.startswith(term + ".")) for term in ("activations", "logits"))
+    else:
+        states["activations"], states["logits"] = step.activations, step.logits
+    phases = _phases(run, states, step.kv_cache, {**models, **shares}, dict(value_items).get("value_model.activations", 0),
+                     opt, gen, _carried(policy))
+    comp = compose(phases, training_overhead(run.overhead_bytes), RECIPE_TERMS, run.calibration)
+    if comp.peak == "generation":
+        notes.append(f"peak is the generation phase ({rs.generation_batch_size} completions): above the training forward/backward")
+    elif gen is not None:
+        notes.append("peak is the training step: the generation phase (KV cache, last-token logits) is lower; see details generation.*")
     if run.calibration is not None:
-        out["calibration"] = round((run.calibration - 1) * sum(v for k, v in out.items() if k != "calibration"))
         notes.append(f"calibrated: x {run.calibration} from llmmem measure")
-    return Estimate(run, "detailed", out, params, policy.trainable_params, tuple(notes), details,
-                         policy.host_bytes, tuple(partial), policy.approximate, peak_phase=peak_phase, phases=phases)
+    details = {**dict(items), **comp.overhead_details, **dict(opt.details), **dict(head), **dict(value_items), **dict(gen_items)}
+    return Estimate(run, "detailed", comp.breakdown, params, policy.trainable_params, tuple(notes), details,
+                         policy.host_bytes, tuple(partial), policy.approximate, peak_phase=comp.peak,
+                         phases=comp.totals if len(comp.phases) > 1 else ())
 
 
 def _compute_dtype(run: Run):
@@ -266,92 +277,80 @@ def _no_reference_reason(run: Run) -> str:
     return "LoRA: the reference is the policy with its adapters disabled, no second model"
 
 
-def _generation(run: Run, arch: Optional[Architecture], act: int, extra: Dict[str, int], details: Dict[str, int],
-                notes: List[str], partial: List[str]) -> Optional[Dict[str, int]]:
+def _generation(run: Run, arch: Optional[Architecture], act: int, notes: List[str],
+                partial: List[str]) -> Tuple[Optional[Dict[str, int]], Dict[str, int], Pairs]:
     """The generation share of a GRPO/PPO step: a colocated vLLM engine's share (resident), nothing
-    (a separate server), or the in-process generation phase's figures (returned, for ``_phases``)."""
+    (a separate server), or the in-process generation phase's figures (for ``_phases``). Returns
+    (those figures or None, the resident terms it adds, its items)."""
     rs = run.recipe
     if not RECIPES[rs.name].generates:
-        return None
+        return None, {}, ()
     if rs.generation == "vllm-server":
         notes.append("generation runs on a separate vLLM server (trl vllm-serve): nothing on the training GPUs")
-        return None
+        return None, {}, ()
     if rs.generation == "vllm-colocate":
         if run.budget is None:
             partial.append("the colocated vLLM engine's share is a fraction of the GPU's memory: set gpu or gpu-memory to count it")
-            return None
+            return None, {}, ()
         # vLLM takes gpu_memory_utilization x the GPU's total memory as the CUDA runtime reports it, for its
         # weights, activations and KV pool (vllm/v1/worker/gpu_worker.py requested_memory = total_gpu_memory
         # * gpu_memory_utilization); the serving module knows that total per GPU (serve.cuda_total).
         from ..serving.serve import cuda_total
 
         total, note = cuda_total(run)
-        extra["vllm_engine_share"] = round(rs.vllm_gpu_memory_utilization * total)
         if note:
             notes.append(note)
-        return None
+        return None, {"vllm_engine_share": round(rs.vllm_gpu_memory_utilization * total)}, ()
     if arch is None:
         partial.append("generation's KV cache needs the architecture: give config or the architecture keys")
-        return None
+        return None, {}, ()
+    shares = {}
     if rs.name == "ppo":
         # TRL PPOTrainer: chunked generate() with every token's fp32 scores kept through the update (ppo_rollout.py)
-
         gen = rollout_phase(run, arch, act)
-        extra["rollout_logits"] = gen["rollout_scores"]
+        shares["rollout_logits"] = gen["rollout_scores"]
         chunk = min(rs.rollout_chunk or ROLLOUT_CHUNK, rs.generation_batch_size)
         notes.append(f"ppo: rollout of {rs.generation_batch_size} completions, generate() and reference forwards "
                      f"{chunk} rows at a time (local-rollout-forward-batch-size)")
     else:
         gen = generation_phase(run, arch, act)
-    for item, value in gen.items():
-        details[f"generation.{item}"] = value
-    return gen
+    return gen, shares, tuple((f"generation.{item}", value) for item, value in gen.items())
 
 
-def _phases(run: Run, out: Dict[str, int], details: Dict[str, int], gen: Optional[Dict[str, int]], notes: List[str],
-            core) -> Tuple[str, Tuple[Tuple[str, int], ...]]:
-    """The step's phases and its peak, with the breakdown made to add up to that peak.
+def _carried(policy) -> Tuple[Item, ...]:
+    """The SFT reading's job-phase excess (load, eval or save above its step), which recipe figures
+    have always kept in the breakdown although the recipe's own phases do not include it: carried
+    here unchanged so that no figure moves; the recipe's own load/eval/save phases are still to do."""
+    return tuple(Item(term, policy.breakdown[term]) for term in ("load", "eval", "save") if policy.breakdown[term])
 
-    backward: everything resident plus gradients, activations and the loss buffers. optimizer step:
-    resident plus gradients and the step's temporaries (trainer_terms.optimizer_phase's rule, redone
-    here because the recipe changes the short-lived terms). generation (in-process): resident plus the
-    KV cache, generate's logits and one forward's transient; gradients are freed after each optimizer
-    step (Trainer zero_grad(set_to_none=True)) and nothing is kept for backward under no_grad.
+
+def _phases(run: Run, states: Dict[str, int], kv_cache: int, models: Dict[str, int], value_activations: int,
+            opt, gen: Optional[Dict[str, int]], carried: Tuple[Item, ...]) -> Tuple[Phase, ...]:
+    """The step's phases. Every phase holds the policy's weights, master copy and optimizer states,
+    the extra models and the engine share. backward: plus gradients, activations and the loss
+    buffers (transient) and the value model's activations. optimizer step: plus gradients and the
+    step's temporaries (trainer_terms.optimizer_step). generation (in-process): plus the KV cache,
+    generate's logits and one forward's transient; gradients are freed after each optimizer step
+    (Trainer zero_grad(set_to_none=True)) and nothing is kept for backward under no_grad.
     """
-    ctx = details.get("overhead.cuda_context", 0) + details.get("overhead.cublas_workspace", 0)
-
-    def frag(short_lived: int) -> int:
-        return round(FRAGMENTATION * short_lived) if run.overhead_bytes is None else 0
-
-    value_act = details.get("value_model.activations", 0)
-    fixed = run.overhead_bytes if run.overhead_bytes is not None else ctx
-    resident = sum(out[k] for k in ("weights", "master_weights", "optimizer_states", "kv_cache")) + sum(out[k] for k in RL_TERMS) - value_act + fixed
-    short = out["activations"] + out["logits"]
-    temps = details.get("optimizer_step.temporaries", 0)
-    in_backward = run.knobs.optimizer_in_backward
-    backward = resident + out["gradients"] + short + value_act + frag(short) + (temps if in_backward else 0)
-    phases = [("backward", backward)]
-    if temps and not in_backward:
-        phases.append(("optimizer step", resident + out["gradients"] + temps))
+    resident = [Item("weights", states["weights"]), Item("master_weights", states["master_weights"]),
+                Item("optimizer_states", states["optimizer_states"]), Item("kv_cache", kv_cache)]
+    resident += [Item(term, models.get(term, 0) - (value_activations if term == "value_model" else 0)) for term in RL_TERMS]
+    gradients = Item("gradients", states["gradients"])
+    temps = opt.temporaries
+    backward = resident + [gradients, Item("value_model", value_activations), Item("activations", states["activations"], transient=True),
+                           Item("logits", states["logits"], transient=True)]
+    if opt.in_backward:
+        backward.append(Item("optimizer_step", temps))
+    phases = [Phase("backward", tuple(backward), carried=carried)]
+    if temps and not opt.in_backward:
+        phases.append(Phase("optimizer step", tuple(resident + [gradients, Item("optimizer_step", temps)]), over=("backward",),
+                            excess="optimizer_step", carried=carried))
     if gen is not None:
-        gen_short = gen["transient"] + gen["logits"] + gen["sampling_fp32"]
-        phases.append(("generation", resident + gen["kv_cache_at_peak"] + gen_short + frag(gen_short)))
-    peak_phase, peak = max(phases, key=lambda p: p[1])
-    out["optimizer_step"] = temps if in_backward else 0
-    if run.overhead_bytes is None:
-        details["overhead.fragmentation"] = frag(short)
-        out["overhead"] = ctx + details["overhead.fragmentation"]
-    if peak_phase == "optimizer step":
-        out["optimizer_step"] = peak - backward  # what the step adds above the backward peak
-    elif peak_phase == "generation":
-        out["gradients"] = 0
-        out["activations"], out["logits"] = gen["transient"], gen["logits"] + gen["sampling_fp32"]
-        out["generation_kv_cache"] = gen["kv_cache_at_peak"]
-        out["value_model"] -= value_act
-        if run.overhead_bytes is None:
-            details["overhead.fragmentation"] = frag(out["activations"] + out["logits"])
-            out["overhead"] = ctx + details["overhead.fragmentation"]
-        notes.append(f"peak is the generation phase ({run.recipe.generation_batch_size} completions): above the training forward/backward")
-    elif gen is not None:
-        notes.append("peak is the training step: the generation phase (KV cache, last-token logits) is lower; see details generation.*")
-    return peak_phase, tuple(phases) if len(phases) > 1 else ()
+        # The optimizer-in-backward temporaries stay in the breakdown of a generation peak, as recipe figures always had them.
+        kept = (Item("optimizer_step", temps),) if opt.in_backward else ()
+        phases.append(Phase("generation", tuple(resident + [Item("generation_kv_cache", gen["kv_cache_at_peak"]),
+                                                             Item("activations", gen["transient"], transient=True),
+                                                             Item("logits", gen["logits"] + gen["sampling_fp32"], transient=True)]),
+                            carried=carried + kept))
+    return tuple(phases)

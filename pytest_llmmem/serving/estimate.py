@@ -4,8 +4,9 @@ only an engine has (refusing to start, too few concurrent requests).
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, Dict
+from typing import Any
 
+from ..core.compose import Item, Overhead, Phase, compose
 from ..core.records import TERMS, Estimate
 from .engines import startup
 
@@ -15,14 +16,15 @@ def served(run: Any) -> Any:
     the CUDA context; together the engine's share of the GPU plus what sits outside it."""
     s = startup(run)
     arch = run.model
-    breakdown: Dict[str, int] = dict.fromkeys(TERMS, 0)
-    breakdown["weights"] = s.weights_bytes
-    breakdown["activations"] = s.activation_bytes
-    breakdown["kv_cache"] = s.kv_pool_bytes
-    breakdown["overhead"] = s.non_torch_bytes + s.outside_bytes
-    details = {name: value for name, value in s.items}
-    details["overhead.non_torch"] = s.non_torch_bytes
-    details["overhead.outside_engine_share"] = s.outside_bytes
+    # The engine's start-up is one phase; its overhead is the engine's own figure (serve.py), with no
+    # fragmentation share: the engine sizes its pool from what the profile run reserved.
+    phase = Phase("startup", (Item("weights", s.weights_bytes), Item("activations", s.activation_bytes, transient=True),
+                              Item("kv_cache", s.kv_pool_bytes)))
+    overhead = Overhead(s.non_torch_bytes + s.outside_bytes, None,
+                        (("overhead.non_torch", s.non_torch_bytes), ("overhead.outside_engine_share", s.outside_bytes)))
+    # No calibration: llmmem measure runs transformers, not a serving engine, so no factor was measured for it.
+    comp = compose((phase,), overhead, TERMS)
+    details = {**dict(s.items), **comp.overhead_details}
     failures = []
     if s.refusal:
         failures.append(f"{s.engine} refuses to start: {s.refusal}")
@@ -31,5 +33,5 @@ def served(run: Any) -> Any:
         failures.append(f"min-concurrency {wanted:g} not met: the KV pool holds {s.tokens:,} tokens, "
                         f"{s.max_concurrency:.2f} requests of max-model-len {s.max_model_len:,} at once")
     notes = tuple(s.notes)
-    return Estimate(run, "detailed", breakdown, arch.param_count(), 0, notes, details,
+    return Estimate(run, "detailed", comp.breakdown, arch.param_count(), 0, notes, details,
                     approximate=tuple(getattr(arch, "approximate", ()) or ()) + s.approximate, failures=tuple(failures), serving=s)

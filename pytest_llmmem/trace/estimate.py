@@ -25,7 +25,7 @@ from typing import Dict, List, Tuple
 from ..core.detailed import detailed
 from ..core.records import FRAGMENTATION, TERMS, Estimate
 from ..core.run import Run
-from ..core.terms.job_phases import Phase
+from ..core.compose import Shown
 from ..errors import ConfigError
 from ..hf.config import with_depth
 from ..model.architecture import Architecture
@@ -145,7 +145,7 @@ def compose(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]], not
     if run.trains and any(g.attention.kind == "mamba" for g in run.model.layer_groups()):
         approximate.append("Mamba layers: the trace runs transformers' sequential PyTorch scan, not the mamba-ssm CUDA kernels a GPU run uses")
     names = TRAINING_PHASES if run.trains else INFERENCE_PHASES
-    parts: List[Phase] = []
+    parts: List[Shown] = []
     for name in names:
         if name not in phases:
             continue
@@ -155,7 +155,7 @@ def compose(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]], not
                 terms[term] = value
         frag = 0 if run.overhead_bytes is not None else round(FRAGMENTATION * (terms.get("activations", 0) + terms.get("logits", 0)))
         terms["overhead"] = fixed + frag
-        parts.append(Phase(name, sum(terms.values()), terms))
+        parts.append(Shown(name, sum(terms.values()), terms))
     notes.append("overhead (CUDA context, cuBLAS workspace, 30 % fragmentation of the traced activations) is the analytic term")
     for part in analytic.phase_parts:
         if part.name in ("eval", "save"):

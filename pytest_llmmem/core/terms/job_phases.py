@@ -1,77 +1,65 @@
-"""The whole job, not one step: loading, evaluation and checkpoint saving as phases (issue 16).
+"""The whole job, not one step: loading, the step's backward and optimizer step, evaluation and
+checkpoint saving as phases (issue 16).
 
-A phase is another composition of the terms the step already computed (DESIGN.md section 7): the
+Each phase lists the terms the step already priced (step.py) as :class:`..compose.Phase` items: the
 weights, master weights and optimizer states stay resident through every phase after the first
-step; what a phase adds is its own short-lived tensors, each derived from the code that runs it
-(sources in the functions below and in phase_keys.PHASE_DEFAULTS). The run's total is the largest
-phase; the step's breakdown gains one term, named after the phase, for what that phase adds above
-the step, so the terms still add up to the peak.
+step; what a phase adds is its own tensors, each derived from the code that runs it (sources in
+the functions below and in phase_keys.PHASE_DEFAULTS). :func:`compose.compose` adds the overhead
+and picks the peak; a load, eval or save peak is shown as the step's breakdown plus one term, named
+after the phase, for what that phase adds above the step, so the terms still add up to the peak.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 import math
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from .activations import FP32, forward_transient
-from ...units import format_bytes
-from ..records import FRAGMENTATION
 from ...model.lora import adapted_linears
+from ...units import format_bytes
+from ..compose import Item, Phase, overhead_slot
+from .activations import FP32, forward_transient
+from .step import Step
+from .trainer_terms import StepOptimizer
 
 INT64 = 8
 # How each phase is named in a sentence ("peak at checkpoint save: ...").
 LABELS = {"load": "loading", "backward": "the training step (backward)", "optimizer step": "the optimizer step",
           "eval": "evaluation", "save": "checkpoint save"}
+STEP = ("backward", "optimizer step")  # a job phase is shown above the larger of these
 
 
-class Phase(NamedTuple):
-    """One phase of the job: its total, the terms that make it up, and what sets it."""
-
-    name: str
-    total: int
-    breakdown: Dict[str, int]
-    why: str = ""
+def _job_phase(name: str, items: List[Item], why: str = "") -> Phase:
+    return Phase(name, tuple(items), why, over=STEP, excess=name)
 
 
-def _fixed_overhead(run, details: Dict[str, int], breakdown: Dict[str, int]) -> int:
-    """CUDA context and cuBLAS workspace (a given overhead replaces them), present in every phase."""
-    if run.overhead_bytes is not None:
-        return breakdown["overhead"]
-    return details.get("overhead.cuda_context", 0) + details.get("overhead.cublas_workspace", 0)
-
-
-def _frag(run, dynamic: int) -> int:
-    return 0 if run.overhead_bytes is not None else round(FRAGMENTATION * dynamic)
-
-
-def _resident(run, breakdown: Dict[str, int], details: Dict[str, int], forward: bool) -> Dict[str, int]:
+def _resident(run, step: Step, forward: bool) -> List[Item]:
     """What stays after the first optimizer step: weights, master copy, optimizer states and the
     persistent gradient buckets (DDP / ZeRO); the gradients themselves are freed by zero_grad
     (torch.optim.Optimizer.zero_grad(set_to_none=True), the default the trainers use). A forward
     (eval) gathers sharded units as the training forward does; a save does not."""
-    weights = breakdown["weights"] - details.get("weights.autocast_copies", 0)
+    weights = step.weights - step.detail("weights.autocast_copies")
     if not forward:
-        weights -= details.get("weights.gathered_for_compute", 0)
-    buckets = details.get("gradients.buckets", 0) if run.fsdp == "none" else 0
-    return {"weights": weights, "master_weights": breakdown["master_weights"],
-            "optimizer_states": breakdown["optimizer_states"], "gradients": buckets}
+        weights -= step.detail("weights.gathered_for_compute")
+    buckets = step.detail("gradients.buckets") if run.fsdp == "none" else 0
+    return [Item("weights", weights, shown_if_zero=True), Item("master_weights", step.master_weights, shown_if_zero=True),
+            Item("optimizer_states", step.optimizer_states, shown_if_zero=True), Item("gradients", buckets, shown_if_zero=True)]
 
 
 # --- load -----------------------------------------------------------------------------------------
 
 
-def load_phase(run, arch, params: int, local, breakdown: Dict[str, int], details: Dict[str, int], fixed: int) -> Phase:
+def load_phase(run, step: Step) -> Phase:
     """The weights landing on the GPU, before any gradient or optimizer state exists."""
-    dtype = run.dtype
-    adapters = details.get("weights.adapters", 0)
-    resident = _resident(run, breakdown, details, forward=False)
+    dtype, arch, params, local = run.dtype, step.arch, step.params, step.local
+    adapters = step.detail("weights.adapters")
+    resident = {item.term: item.bytes for item in _resident(run, step, forward=False)}
     if run.job.loader == "materialise" and run.gpus == 1:
         # litgpt/finetune/lora.py:210 init_module(empty_init=False) on one device: every weight is built
         # for real in the compute dtype; the bnb plugin quantises only afterwards.
         built = round(params * dtype.compute_bytes) + adapters
         why = f"litgpt builds every weight in {_compute_name(dtype)} on one device before quantising ({format_bytes(built)})" \
             if dtype.quantized else ""
-        return Phase("load", built + fixed, {"weights": built, "overhead": fixed}, why)
+        return _job_phase("load", [Item("weights", built, shown_if_zero=True)], why)
     biggest = local.largest_layer if arch is not None else 0
     if run.fsdp != "none":
         # FSDP init (sync_module_states): each wrapped unit arrives whole, is flattened (a copy) and
@@ -79,25 +67,25 @@ def load_phase(run, arch, params: int, local, breakdown: Dict[str, int], details
         per_param = FP32 if run.precision == "mixed" and run.mode == "train" else dtype.bytes
         shards = resident["weights"] + resident["master_weights"]
         copies = round(2 * local.largest_unit * per_param)
-        return Phase("load", shards + copies + fixed, {"weights": shards, "load_copies": copies, "overhead": fixed},
-                     f"FSDP init flattens one {format_bytes(copies // 2)} unit at a time")
+        return _job_phase("load", [Item("weights", shards, shown_if_zero=True), Item("load_copies", copies, shown_if_zero=True)],
+                          f"FSDP init flattens one {format_bytes(copies // 2)} unit at a time")
     if run.zero_stage == 3:
         # zero.Init partitions at construction; from_pretrained gathers one module at a time to copy
         # its weights in (transformers/integrations/deepspeed.py, GatheredParameters(modifier_rank=0)).
         part = resident["weights"]
         copies = round(biggest * dtype.compute_bytes)
-        return Phase("load", part + copies + fixed, {"weights": part, "load_copies": copies, "overhead": fixed},
-                     "zero.Init gathers one module at a time")
+        return _job_phase("load", [Item("weights", part, shown_if_zero=True), Item("load_copies", copies, shown_if_zero=True)],
+                          "zero.Init gathers one module at a time")
     weights = resident["weights"]
     copies = 0
     if dtype.quantized and arch is not None:
         # from_pretrained converts tensor by tensor: the largest linear sits in 16 bit beside its
         # quantised form (transformers/core_model_loading.py, the quantizer's create_quantized_param).
         copies = round(max(lin.d_in * lin.d_out for lin in arch.linears()) * dtype.compute_bytes)
-    parts = {"weights": weights, "overhead": fixed}
+    items = [Item("weights", weights, shown_if_zero=True), overhead_slot()]
     if copies:
-        parts["load_copies"] = copies
-    return Phase("load", weights + copies + fixed, parts, "")
+        items.append(Item("load_copies", copies))
+    return _job_phase("load", items)
 
 
 def _compute_name(dtype) -> str:
@@ -107,15 +95,15 @@ def _compute_name(dtype) -> str:
 # --- eval -----------------------------------------------------------------------------------------
 
 
-def eval_phase(run, arch, breakdown: Dict[str, int], details: Dict[str, int], fixed: int) -> Optional[Phase]:
+def eval_phase(run, step: Step) -> Optional[Phase]:
     """A no-grad forward over eval batches (with the loss), the logits the Trainer keeps, and
     generation with a KV cache, all beside the resident training states."""
-    job = run.job
+    job, arch = run.job, step.arch
     if not job.evaluates or arch is None:
         return None
     act, t, s = run.dtype.compute_bytes, run.tensor_parallel, run.seq_len
     b = job.eval_batch_size
-    resident = _resident(run, breakdown, details, forward=True)
+    resident = _resident(run, step, forward=True)
     vocab = arch.num_labels if arch.family.classifier else arch.vocab_size
     groups = arch.layer_groups()
     activations = max(forward_transient(arch, g, batch=b, seq=s, act=act, flash=run.flash_attention, tp=t) for g in groups)
@@ -128,22 +116,18 @@ def eval_phase(run, arch, breakdown: Dict[str, int], details: Dict[str, int], fi
     step_unit = kept[1]
     forward = activations + logits + max(0, kept[0] - 1) * step_unit
     concat = 2 * kept[0] * step_unit if kept[0] > 1 else 0
-    parts = dict(resident)
     if concat > forward:
-        parts.update(eval_logits_kept=concat)
-        dynamic = 0  # kept logits live through the loop: they do not fragment the pool like short-lived tensors
+        # kept logits live through the loop: they do not fragment the pool like short-lived tensors
+        own = [Item("eval_logits_kept", concat, shown_if_zero=True)]
     else:
-        parts.update(activations=activations, logits=logits)
+        own = [Item("activations", activations, transient=True, shown_if_zero=True), Item("logits", logits, transient=True, shown_if_zero=True)]
         if kept[0] > 1:
-            parts["eval_logits_kept"] = (kept[0] - 1) * step_unit
-        dynamic = activations + logits
+            own.append(Item("eval_logits_kept", (kept[0] - 1) * step_unit, shown_if_zero=True))
     gen = _generation(run, arch, act, vocab)
-    if gen and sum(gen.values()) > sum(v for k, v in parts.items() if k not in resident):
-        parts = {**resident, **gen}
-        dynamic = gen["activations"] + gen["logits"]
-        why = f"generating {job.eval_generate_tokens} tokens with a KV cache of {format_bytes(gen['kv_cache'])}"
-    parts["overhead"] = fixed + _frag(run, dynamic)
-    return Phase("eval", sum(parts.values()), parts, why)
+    if gen and sum(i.bytes for i in gen) > sum(i.bytes for i in own):
+        own = gen
+        why = f"generating {job.eval_generate_tokens} tokens with a KV cache of {format_bytes(gen[0].bytes)}"
+    return _job_phase("eval", resident + own, why)
 
 
 def _kept_logits(run, arch, vocab: int) -> Tuple[Tuple[int, int], str]:
@@ -170,28 +154,29 @@ def _kept_logits(run, arch, vocab: int) -> Tuple[Tuple[int, int], str]:
     return (held, unit), why
 
 
-def _generation(run, arch, act: int, vocab: int) -> Dict[str, int]:
+def _generation(run, arch, act: int, vocab: int) -> List[Item]:
     """Generation during eval (predict_with_generate, litgpt generate_example): the KV cache of
     prompt + new tokens, the prefill's transient and the last position's logits in fp32."""
     job = run.job
     if not job.eval_generate_tokens:
-        return {}
+        return []
     b = job.eval_generate_batch or job.eval_batch_size
     s, t = run.seq_len, run.tensor_parallel
     # litgpt sizes its cache for max_seq_length (lora.py:478 set_kv_cache); HF grows it to prompt + new.
     tokens = s if run.knobs.framework == "litgpt" else s + job.eval_generate_tokens
     kv = sum(g.count * g.attention.cache_bytes(b, tokens, act, t) for g in arch.layer_groups())
     prefill = max(forward_transient(arch, g, batch=b, seq=s, act=act, flash=run.flash_attention, tp=t) for g in arch.layer_groups())
-    return {"kv_cache": kv, "activations": prefill, "logits": b * vocab * (act + FP32) // t}
+    return [Item("kv_cache", kv, shown_if_zero=True), Item("activations", prefill, transient=True, shown_if_zero=True),
+            Item("logits", b * vocab * (act + FP32) // t, transient=True, shown_if_zero=True)]
 
 
 # --- save -----------------------------------------------------------------------------------------
 
 
-def save_phase(run, arch, params: int, local, breakdown: Dict[str, int], details: Dict[str, int], fixed: int) -> Phase:
+def save_phase(run, step: Step) -> Phase:
     """A checkpoint: the state dict a rank builds on the GPU, beside the resident states."""
-    job, dtype = run.job, run.dtype
-    parts = dict(_resident(run, breakdown, details, forward=False))
+    job, dtype, arch, local = run.job, run.dtype, step.arch, step.local
+    items = _resident(run, step, forward=False)
     extra, why = 0, ""
     if run.fsdp != "none":
         # FSDP keeps fp32 flat parameters under mixed precision; the state dict has their dtype.
@@ -219,9 +204,8 @@ def save_phase(run, arch, params: int, local, breakdown: Dict[str, int], details
         if merge > extra:
             extra, why = merge, f"merging LoRA adapters keeps {format_bytes(merge)} of one layer's merged weight in flight"
     if extra:
-        parts["state_dict"] = extra
-    parts["overhead"] = fixed
-    return Phase("save", sum(parts.values()), parts, why)
+        items.append(Item("state_dict", extra))
+    return _job_phase("save", items, why)
 
 
 def _merge_bytes(run, arch) -> int:
@@ -237,41 +221,33 @@ def _merge_bytes(run, arch) -> int:
     return round(numel * per)
 
 
-# --- composing ------------------------------------------------------------------------------------
+# --- the step and the whole job ------------------------------------------------------------------
 
 
-def _step_parts(name: str, breakdown: Dict[str, int], details: Dict[str, int]) -> Dict[str, int]:
-    """The step's own phases from its breakdown: backward is the breakdown without the optimizer
-    step's excess; the optimizer step has no activations or loss buffers, only its temporaries."""
-    parts = {k: v for k, v in breakdown.items() if v and k not in ("optimizer_step", "calibration")}
-    if name == "optimizer step":
-        parts.pop("activations", None)
-        parts.pop("logits", None)
-        parts["overhead"] = parts.get("overhead", 0) - details.get("overhead.fragmentation", 0)
-        if details.get("optimizer_step.temporaries"):
-            parts["optimizer_step"] = details["optimizer_step.temporaries"]
-    elif breakdown.get("optimizer_step") and "optimizer_step.temporaries" in details and len(details) and \
-            breakdown["optimizer_step"] == details["optimizer_step.temporaries"]:
-        parts["optimizer_step"] = breakdown["optimizer_step"]  # optimizer in backward: the step runs inside it
-    return parts
+def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
+    """The step's own phases. Backward holds everything: the states, the gradients, the activations
+    and the loss buffers (transient), and, with the optimizer in backward, its temporaries. The
+    optimizer step (after backward) has no activations or loss buffers, only its temporaries; it
+    is shown as backward plus what it adds (``optimizer_step``)."""
+    states = [Item("weights", step.weights), Item("master_weights", step.master_weights), Item("gradients", opt.gradients),
+              Item("optimizer_states", step.optimizer_states)]
+    backward = states + [Item("activations", step.activations, transient=True), Item("logits", step.logits, transient=True),
+                         Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
+    name = "backward" if run.trains else "prefill"
+    if opt.in_backward:
+        return (Phase(name, tuple(backward + [Item("optimizer_step", opt.temporaries)])),)
+    if not opt.runs:
+        return (Phase(name, tuple(backward)),)
+    update = states + [Item("kv_cache", step.kv_cache), overhead_slot(), Item("optimizer_step", opt.temporaries)]
+    return Phase(name, tuple(backward)), Phase("optimizer step", tuple(update), over=("backward",), excess="optimizer_step")
 
 
+def job_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
+    """Every phase of a training job, in order: load, the step's, eval (when the job evaluates), save."""
+    evaluation = eval_phase(run, step)
+    return (load_phase(run, step),) + step_phases(run, step, opt) + ((evaluation,) if evaluation else ()) + (save_phase(run, step),)
 
-def whole_job(run, arch, params: int, local, breakdown: Dict[str, int], details: Dict[str, int],
-              step: Tuple[Tuple[str, int], ...]) -> Tuple[str, Tuple[Tuple[str, int], ...], Tuple[Phase, ...], str]:
-    """Every phase of a training job, the one that sets the peak and why; folds the excess of a
-    non-step peak into the breakdown as a term named after that phase."""
-    fixed = _fixed_overhead(run, details, breakdown)
-    step_total = sum(breakdown.values())
-    step = step or (("backward", step_total),)
-    parts: List[Phase] = [load_phase(run, arch, params, local, breakdown, details, fixed)]
-    parts += [Phase(name, total, _step_parts(name, breakdown, details), "") for name, total in step]
-    evaluation = eval_phase(run, arch, breakdown, details, fixed)
-    if evaluation is not None:
-        parts.append(evaluation)
-    parts.append(save_phase(run, arch, params, local, breakdown, details, fixed))
-    peak = max(parts, key=lambda p: p.total)
-    if peak.total > step_total:
-        breakdown[peak.name] = peak.total - step_total
-    why = f"peak at {LABELS[peak.name]}: {peak.why}" if peak.name in ("load", "eval", "save") and peak.why else ""
-    return peak.name, tuple((p.name, p.total) for p in parts), tuple(parts), why
+
+def job_note(peak: Phase) -> str:
+    """Why a load, eval or save phase sets the peak, for the notes ("" when the step sets it)."""
+    return f"peak at {LABELS[peak.name]}: {peak.why}" if peak.name in ("load", "eval", "save") and peak.why else ""

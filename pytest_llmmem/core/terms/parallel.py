@@ -189,20 +189,28 @@ def adapter_base(run: Run, arch: Optional[Architecture], weights: float, share: 
     return AdapterBase(shard + constants + gathered, shard, constants, gathered, stored / N if offloaded else 0.0)
 
 
-def offloaded_adapter_states(run: Run, adapters: float, breakdown: Dict[str, int]) -> "tuple[float, float]":
+class OffloadedAdapters(NamedTuple):
+    """A LoRA run's trained adapters under offload: what leaves the GPU, and what stays of their states."""
+
+    weights: float  # adapter weight bytes moved to the host
+    host: float  # all bytes moved to the host
+    gradients: int  # the gradient bytes left on the GPU
+    optimizer_states: int  # the optimizer-state bytes left on the GPU
+
+
+def offloaded_adapter_states(run: Run, adapters: float, gradients: int, optimizer_states: int) -> OffloadedAdapters:
     """What offload moves of a LoRA run's trained adapters: the optimizer states under any offload (ZeRO-Offload,
     FSDP), their gradients under FSDP / ZeRO-3 (FSDP copies each reduced shard to the pinned _cpu_grad:
-    _flat_param.py), and the adapters themselves with the parameters. Sets the moved terms to 0 in ``breakdown``;
-    returns (adapter weight bytes moved, all bytes moved to the host)."""
+    _flat_param.py), and the adapters themselves with the parameters."""
     if run.offload == "none":
-        return 0.0, 0.0
-    moved = float(breakdown["optimizer_states"])
-    breakdown["optimizer_states"] = 0
+        return OffloadedAdapters(0.0, 0.0, gradients, optimizer_states)
+    moved = float(optimizer_states)
+    optimizer_states = 0
     if run.fsdp != "none" or run.zero_stage == 3:
-        moved += breakdown["gradients"]
-        breakdown["gradients"] = 0
+        moved += gradients
+        gradients = 0
     weights = adapters if run.offload == "optimizer+params" else 0.0
-    return weights, moved + weights
+    return OffloadedAdapters(weights, moved + weights, gradients, optimizer_states)
 
 
 def host_bytes_per_node(run: Run, per_gpu: float) -> int:

@@ -7,7 +7,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 from .activations import FP32, forward_transient
 from ...model.layers import LayerGroup
@@ -21,8 +21,16 @@ def stage_groups(arch: Architecture, layers: int) -> List[Tuple[int, LayerGroup]
     return [(math.ceil(g.count * layers / arch.num_layers), g) for g in arch.layer_groups()]
 
 
-def prefill_terms(run: Run, arch: Architecture, stage: List[Tuple[int, LayerGroup]], act: int,
-                  breakdown: Dict[str, int], details: Dict[str, int]) -> None:
+class Prefill(NamedTuple):
+    """An inference prefill's dynamic terms: the KV cache, the transient peak and the logits, with their items."""
+
+    kv_cache: int
+    activations: int
+    logits: int
+    details: Tuple[Tuple[str, int], ...]  # kv_cache.<kind> (when more than one kind) and logits.* items
+
+
+def prefill_terms(run: Run, arch: Architecture, stage: List[Tuple[int, LayerGroup]], act: int) -> Prefill:
     """KV cache, activations (the prefill's transient peak) and logits of an inference run."""
     b, s, t, flash = run.batch_size, run.seq_len, run.tensor_parallel, run.flash_attention
     vocab_out = arch.num_labels if arch.family.classifier else arch.vocab_size
@@ -30,29 +38,30 @@ def prefill_terms(run: Run, arch: Architecture, stage: List[Tuple[int, LayerGrou
     # attention kind answers for its own layers; tensor parallelism splits the KV heads.
     # The cache covers prompt + new tokens (s); the prefill's transient peak covers the prompt.
     prompt = run.prompt_len or s
+    cache: Dict[str, int] = {}
     for n, g in stage:
         key = f"kv_cache.{g.attention.kind}"
-        details[key] = details.get(key, 0) + n * g.attention.cache_bytes(b, s, act, t)
-    breakdown["kv_cache"] = sum(v for k, v in details.items() if k.startswith("kv_cache."))
-    if len(details) == 1 or all(k == "kv_cache.full" for k in details if k.startswith("kv_cache.")):
-        details.pop("kv_cache.full", None)  # one kind: the term says it all
-    breakdown["activations"] = max(forward_transient(arch, g, batch=b, seq=prompt, act=act, flash=flash, tp=t) for _, g in stage)
+        cache[key] = cache.get(key, 0) + n * g.attention.cache_bytes(b, s, act, t)
+    kv_cache = sum(cache.values())
+    if list(cache) == ["kv_cache.full"]:
+        cache = {}  # one kind: the term says it all
+    activations = max(forward_transient(arch, g, batch=b, seq=prompt, act=act, flash=flash, tp=t) for _, g in stage)
     logits_act = FP32 if arch.family.logits_fp32 else act
-    breakdown["logits"] = _inference_logits(run, b, prompt, vocab_out, logits_act, details, arch.family.classifier, t)
+    logits = _inference_logits(run, b, prompt, vocab_out, logits_act, arch.family.classifier, t)
+    return Prefill(kv_cache, activations, sum(logits.values()), tuple(cache.items()) + tuple(logits.items()))
 
 
-def _inference_logits(run: Run, b: int, prompt: int, vocab: int, act: int, details: Dict[str, int], classifier: bool, t: int) -> int:
+def _inference_logits(run: Run, b: int, prompt: int, vocab: int, act: int, classifier: bool, t: int) -> Dict[str, int]:
     """A scoring forward (logits = "all") returns logits for every prompt position; generation asks
     for the last one only (transformers generate() sets logits_to_keep=1, generation/utils.py:2955)
     and copies it to fp32 before sampling (utils.py:3248). ``act``: the bytes of the logits the
     model returns (Family.logits_fp32)."""
     if run.logits == "all" or classifier:
-        details["logits.all_positions"] = (b if classifier else b * prompt) * vocab * act // t
-        return details["logits.all_positions"]
-    details["logits.last_position"] = b * vocab * act // t
+        return {"logits.all_positions": (b if classifier else b * prompt) * vocab * act // t}
+    out = {"logits.last_position": b * vocab * act // t}
     if run.new_tokens:
-        details["logits.fp32_scores"] = b * vocab * FP32 // t
-    return details["logits.last_position"] + details.get("logits.fp32_scores", 0)
+        out["logits.fp32_scores"] = b * vocab * FP32 // t
+    return out
 
 
 def stage_kv(run: Run, arch: Architecture, batch: int, seq: int, act: int) -> int:

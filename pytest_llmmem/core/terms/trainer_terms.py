@@ -215,38 +215,37 @@ def trainable_tensors(run, arch, params: int):
     return lora_tensors(groups, run.lora_rank)
 
 
-def optimizer_phase(run, tensors, trainable: int, breakdown: Dict[str, int], details: Dict[str, int]) -> Tuple[str, Tuple[Tuple[str, int], ...], str]:
-    """Fold the optimizer step into the estimate; return the peak's phase, each phase's total and
-    where the step's temporaries come from.
+class StepOptimizer(NamedTuple):
+    """The optimizer's part of a step: whether it runs, the gradients it leaves alive, its temporaries."""
+
+    runs: bool  # an optimizer and trainable parameters: the step has an optimizer phase
+    gradients: int  # the gradient bytes the step holds (the largest one only under optimizer-in-backward)
+    temporaries: int  # what the step's update allocates on top of the states (step_temporaries)
+    in_backward: bool  # the update runs inside backward, one parameter at a time
+    why: str
+    details: Tuple[Tuple[str, int], ...]
+
+
+def optimizer_step(run, tensors, trainable: int, gradients: int, optimizer_states: int) -> StepOptimizer:
+    """The optimizer step of ``run``: which gradients live and what its update allocates.
 
     Without optimizer-in-backward the step runs after backward, when activations and the loss
     buffers are gone: the step's peak is the resident states plus its temporaries, and the run's
     peak is the larger of the two phases (measured on an H100, benchmarks/data/gpu-peaks-h100.jsonl:
-    Qwen3-8B bf16, backward 30.9 GiB, foreach AdamW step 76.4 GiB). ``optimizer_step`` holds what
-    the step adds above the backward peak, so the terms still add up to the peak.
+    Qwen3-8B bf16, backward 30.9 GiB, foreach AdamW step 76.4 GiB); job_phases.step_phases lists both.
     """
     opt, knobs = run.optimizer, run.knobs
     if opt is None or not trainable:
-        return "", (), ""
-    per_param_grad = breakdown["gradients"] / trainable
+        return StepOptimizer(False, gradients, 0, False, "", ())
+    details: Dict[str, int] = {}
+    per_param_grad = gradients / trainable
     if knobs.optimizer_in_backward and tensors is not None:
-        details["gradients.largest_only"] = largest_grad_bytes(tensors, per_param_grad)
-        breakdown["gradients"] = details["gradients.largest_only"]
+        details["gradients.largest_only"] = gradients = largest_grad_bytes(tensors, per_param_grad)
     temps, why = 0, ""
     if opt.states and not opt.factored and run.offload == "none":
-        state_list = breakdown["optimizer_states"] / opt.states
+        state_list = optimizer_states / opt.states
         largest = state_list * (tensors.largest / tensors.total) if tensors is not None and tensors.total else state_list
         temps, why = step_temporaries(knobs, opt, state_list, largest)
-    backward = sum(breakdown.values())
-    if knobs.optimizer_in_backward:
-        if temps:
-            details["optimizer_step.temporaries"] = temps
-            breakdown["optimizer_step"] = temps
-        return "backward", (("backward", backward + temps),), why
-    transient = breakdown["activations"] + breakdown["logits"] + details.get("overhead.fragmentation", 0)
-    step = backward - transient + temps
     if temps:
         details["optimizer_step.temporaries"] = temps
-    breakdown["optimizer_step"] = max(0, step - backward)
-    phase = "optimizer step" if step > backward else "backward"
-    return phase, (("backward", backward), ("optimizer step", step)), why
+    return StepOptimizer(True, gradients, temps, knobs.optimizer_in_backward, why, tuple(details.items()))

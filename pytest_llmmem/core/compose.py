@@ -1,0 +1,170 @@
+"""The one phase composer: phases of immutable items in, the peak and its breakdown out (DESIGN.md section 2).
+
+Every phase of a job (load, the training step's backward and optimizer step, evaluation, checkpoint
+save, a recipe's generation, a serving engine's start-up, an inference prefill) is a tuple of
+:class:`Item` records: the bytes alive while the phase runs, each under the breakdown term it counts
+as, marked resident (held through the phase) or transient (allocated and freed inside it). This
+module applies the overhead (CUDA context and cuBLAS workspace, or the run's ``overhead`` key), the
+caching allocator's fragmentation of the transient bytes and the ``calibration`` factor, once, to
+every phase alike; the peak is the largest phase.
+
+How a peak is shown: a phase with ``over`` is shown as the phase it stands on (the largest of those
+it names) plus one term, ``excess``, for what it adds above it, so the step's terms stay visible when
+a job's save or load sets the peak; a phase without ``over`` is shown as its own items.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from .records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, FRAGMENTATION
+
+OVERHEAD = "overhead"  # the term the composer fills in
+
+Pairs = Tuple[Tuple[str, int], ...]
+
+
+class Item(NamedTuple):
+    """Bytes alive during a phase, under one breakdown term.
+
+    ``transient``: allocated and freed inside the phase (activations, loss buffers, one layer's
+    forward temporaries), which the allocator's pool fragments; resident items (weights, states,
+    gradients, a KV cache, kept logits, a state dict) do not. ``alive``: the bytes of this item
+    alive at the phase's peak instant where that is less than its full size (None: all of it);
+    the breakdown and the total count ``alive``, the full size stays in the item (and in details).
+    ``shown_if_zero``: the phase's breakdown lists the term even at 0 bytes (a job phase lists
+    every resident state term; the step lists only what it holds).
+    """
+
+    term: str
+    bytes: int
+    transient: bool = False
+    alive: Optional[int] = None
+    shown_if_zero: bool = False
+
+    @property
+    def at_peak(self) -> int:
+        return self.bytes if self.alive is None else self.alive
+
+
+def overhead_slot(shown_if_zero: bool = True) -> Item:
+    """Where a phase's breakdown shows its overhead term; the composer fills in the bytes."""
+    return Item(OVERHEAD, 0, shown_if_zero=shown_if_zero)
+
+
+class Phase(NamedTuple):
+    """One phase of a job, as what is alive while it runs (an ``overhead`` item marks where its
+    overhead is shown; without one the overhead comes last)."""
+
+    name: str
+    items: Tuple[Item, ...]
+    why: str = ""  # what sets this phase's peak, for the report ("FSDP init flattens one unit at a time")
+    over: Tuple[str, ...] = ()  # shown above the largest of these phases ...
+    excess: str = ""  # ... with what it adds above it as this term
+    # Terms shown when this phase sets the peak but not counted in its total. Kept only where a
+    # recipe's figures carry them today (recipes.py says which); nothing new should use it.
+    carried: Tuple[Item, ...] = ()
+
+    @property
+    def resident(self) -> Tuple[Item, ...]:
+        return tuple(i for i in self.items if not i.transient and i.term != OVERHEAD)
+
+    @property
+    def transient(self) -> Tuple[Item, ...]:
+        return tuple(i for i in self.items if i.transient)
+
+
+class Overhead(NamedTuple):
+    """What every phase holds beyond its items: a fixed part and a share of its transient bytes."""
+
+    fixed: int
+    fragmentation: Optional[float]  # None: the fixed part is all (a given overhead, an engine's own figures)
+    details: Pairs = ()  # the fixed part's items, "overhead.cuda_context" ...
+
+    def of(self, phase: Phase) -> int:
+        return self.fixed + self.fragmented(phase)
+
+    def fragmented(self, phase: Phase) -> int:
+        if self.fragmentation is None:
+            return 0
+        return round(self.fragmentation * sum(i.at_peak for i in phase.transient))
+
+
+def training_overhead(overhead_bytes: Optional[int]) -> Overhead:
+    """A run's overhead: the CUDA context, the cuBLAS workspace and the pool's fragmentation of
+    short-lived tensors, unless the run gives its own ``overhead`` (which replaces all three)."""
+    if overhead_bytes is not None:
+        return Overhead(overhead_bytes, None)
+    return Overhead(CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES, FRAGMENTATION,
+                    (("overhead.cuda_context", CUDA_CONTEXT_BYTES), ("overhead.cublas_workspace", CUBLAS_WORKSPACE_BYTES)))
+
+
+class Shown(NamedTuple):
+    """A composed phase: its total and its own breakdown, in the order the phase lists its items."""
+
+    name: str
+    total: int
+    breakdown: Dict[str, int]
+    why: str = ""
+
+
+class Composition(NamedTuple):
+    """The peak of a list of phases, its breakdown (adding up to the peak, calibration included)."""
+
+    peak: str
+    breakdown: Dict[str, int]
+    overhead_details: Dict[str, int]  # the shown phase's overhead items
+    phases: Tuple[Shown, ...]  # every phase, in order
+
+    @property
+    def totals(self) -> Tuple[Tuple[str, int], ...]:
+        return tuple((p.name, p.total) for p in self.phases)
+
+
+def compose(phases: Sequence[Phase], overhead: Overhead, terms: Sequence[str], calibration: Optional[float] = None) -> Composition:
+    """The largest phase (the first of equals), shown under ``terms``; calibration scales the sum."""
+    shown = tuple(_shown(p, overhead) for p in phases)
+    by_name = {p.name: (p, s) for p, s in zip(phases, shown)}
+    peak, peak_shown = max(zip(phases, shown), key=lambda ps: ps[1].total)
+    breakdown, base = _present(peak, by_name, overhead, terms)
+    for item in peak.carried:
+        breakdown[item.term] = breakdown.get(item.term, 0) + item.at_peak
+    if calibration is not None:
+        # A measured correction (llmmem measure --write): the signed difference it makes to the total.
+        breakdown["calibration"] = round((calibration - 1) * sum(breakdown.values()))
+    details = dict(overhead.details)
+    if overhead.fragmentation is not None:
+        details["overhead.fragmentation"] = overhead.fragmented(base)
+    return Composition(peak.name, breakdown, details, shown)
+
+
+def _shown(phase: Phase, overhead: Overhead) -> Shown:
+    own = overhead.of(phase)
+    items = list(phase.items)
+    if not any(i.term == OVERHEAD for i in items):
+        items.append(overhead_slot())
+    out: Dict[str, int] = {}
+    for item in items:
+        value = own if item.term == OVERHEAD else item.at_peak
+        if value or item.shown_if_zero:
+            out[item.term] = out.get(item.term, 0) + value
+    total = sum(i.at_peak for i in phase.items if i.term != OVERHEAD) + own
+    return Shown(phase.name, total, out, phase.why)
+
+
+def _present(phase: Phase, by_name, overhead: Overhead, terms: Sequence[str]) -> Tuple[Dict[str, int], Phase]:
+    """The breakdown a peak at ``phase`` is shown as, and the phase whose own items it lists."""
+    below: List[Tuple[Phase, Shown]] = [by_name[n] for n in phase.over if n in by_name]
+    if not below:
+        out = dict.fromkeys(terms, 0)
+        for item in phase.items:
+            if item.term != OVERHEAD:
+                out[item.term] = out.get(item.term, 0) + item.at_peak
+        out[OVERHEAD] = overhead.of(phase)
+        return out, phase
+    under, under_shown = max(below, key=lambda ps: ps[1].total)
+    out, base = _present(under, by_name, overhead, terms)
+    mine = by_name[phase.name][1].total
+    if mine > under_shown.total:
+        out[phase.excess] = out.get(phase.excess, 0) + mine - under_shown.total
+    return out, base

@@ -1,0 +1,74 @@
+"""The phase composer: overhead, fragmentation and calibration applied once, the peak the largest phase."""
+
+from pytest_llmmem.config.load import adhoc_run
+from pytest_llmmem.core.compose import Item, Overhead, Phase, compose, overhead_slot, training_overhead
+from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, TERMS
+from pytest_llmmem.estimator import estimate
+
+OVERHEAD = Overhead(7, 0.3, (("overhead.cuda_context", 7),))
+BACKWARD = Phase("backward", (Item("weights", 100), Item("activations", 50, transient=True), Item("logits", 10, transient=True)))
+UPDATE = Phase("optimizer step", (Item("weights", 100), Item("optimizer_step", 80)), over=("backward",), excess="optimizer_step")
+
+
+def test_the_peak_is_the_largest_phase_with_its_overhead():
+    comp = compose((BACKWARD, UPDATE), OVERHEAD, TERMS)
+    # backward: 160 + 7 fixed + round(0.3 x 60 transient) = 185; optimizer step: 180 + 7 (nothing transient) = 187
+    assert comp.totals == (("backward", 185), ("optimizer step", 187))
+    assert comp.peak == "optimizer step"
+    # shown as backward's own terms plus what the step adds above it, 187 - 185 = 2
+    assert comp.breakdown["overhead"] == 25 and comp.breakdown["optimizer_step"] == 2
+    assert sum(comp.breakdown.values()) == 187
+    assert comp.overhead_details == {"overhead.cuda_context": 7, "overhead.fragmentation": 18}
+
+
+def test_calibration_scales_the_peak_once():
+    comp = compose((BACKWARD, UPDATE), OVERHEAD, TERMS, calibration=1.1)
+    assert comp.breakdown["calibration"] == 19  # round(0.1 x 187 = 18.7)
+    assert comp.totals[1] == ("optimizer step", 187)  # the phases stay uncalibrated
+
+
+def test_a_phase_without_over_is_shown_as_its_own_items():
+    gen = Phase("generation", (Item("weights", 100), Item("kv_cache", 90), Item("activations", 20, transient=True)))
+    comp = compose((BACKWARD, gen), OVERHEAD, TERMS)
+    assert comp.peak == "generation"  # 210 + 7 + round(0.3 x 20) = 223 > 185
+    assert comp.breakdown["kv_cache"] == 90 and comp.breakdown["logits"] == 0 and comp.breakdown["overhead"] == 13
+    assert comp.overhead_details["overhead.fragmentation"] == 6  # the fragmentation of the phase shown
+
+
+def test_the_first_of_equal_phases_sets_the_peak():
+    load = Phase("load", (Item("weights", 178),), over=("backward",), excess="load")  # 178 + 7 = 185, as backward
+    comp = compose((load, BACKWARD), OVERHEAD, TERMS)
+    assert comp.peak == "load" and comp.breakdown["load"] == 0 and sum(comp.breakdown.values()) == 185
+
+
+def test_alive_at_the_peak_counts_in_place_of_the_full_size():
+    # 40 of the 50 bytes of activations alive at the peak instant: 100 + 40 + 7 + round(0.3 x 40) = 159
+    phase = Phase("backward", (Item("weights", 100), Item("activations", 50, transient=True, alive=40)))
+    comp = compose((phase,), OVERHEAD, TERMS)
+    assert comp.totals == (("backward", 159),) and comp.breakdown["activations"] == 40
+
+
+def test_a_phase_lists_its_terms_in_order_with_the_overhead_where_it_says():
+    phase = Phase("load", (Item("weights", 5, shown_if_zero=True), overhead_slot(), Item("load_copies", 0), Item("state_dict", 0, shown_if_zero=True)))
+    shown = compose((phase,), Overhead(3, None), TERMS).phases[0]
+    assert list(shown.breakdown.items()) == [("weights", 5), ("overhead", 3), ("state_dict", 0)]
+    assert phase.resident == (phase.items[0], phase.items[2], phase.items[3]) and phase.transient == ()
+
+
+def test_a_given_overhead_replaces_context_workspace_and_fragmentation():
+    assert training_overhead(None).fixed == CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES
+    comp = compose((BACKWARD,), training_overhead(1000), TERMS)
+    assert comp.breakdown["overhead"] == 1000 and comp.overhead_details == {}
+
+
+def test_a_recipe_adds_its_models_to_the_same_phases():
+    # GRPO with a reference model: the reference's weights are resident in backward and generation alike,
+    # so the two phases differ by what each holds for itself, not by the reference.
+    keys = {"hidden-size": 2048, "num-layers": 16, "num-heads": 16, "intermediate-size": 8192, "vocab-size": 32000,
+            "recipe": "grpo", "beta": 0.04, "batch-size": 8, "max-prompt-length": 256, "max-completion-length": 256}
+    est = estimate(adhoc_run(keys))
+    without = estimate(adhoc_run({**keys, "beta": 0.0}))
+    ref = est.breakdown["reference_model"]
+    assert ref > 0 and without.breakdown["reference_model"] == 0
+    assert [name for name, _ in est.phases] == ["backward", "generation"]
+    assert [(n, t - ref) for n, t in est.phases] == list(without.phases)
