@@ -124,6 +124,10 @@ def extrapolate(phases: List[Dict[str, Dict[str, int]]], cuts: Tuple[int, ...], 
         top = hi.get(phase, {})
         out[phase] = {term: max(0, round(v + (layers - a) * (top.get(term, 0) - v) / (b - a)))
                       for term, v in {**{k: 0 for k in top}, **parts}.items()}
+    # A shallow cut can peak at the start of backward (the loss) where the whole model peaks at its end (every
+    # gradient): the peak is a maximum of instants, each linear in depth, so the end is extrapolated on its own.
+    if "backward end" in out and sum(out["backward end"].values()) > sum(out.get("backward", {}).values()):
+        out["backward"] = out["backward end"]
     return out
 
 

@@ -157,6 +157,7 @@ def _train(torch, run: Run, model, tracker: LiveBytes) -> None:
     tracker.mark("forward end")  # what autograd saved, with the loss, before backward frees any of it
     loss.backward()
     del loss
+    tracker.mark("backward end")  # every gradient alive: the backward peak of a deep model (trace/estimate.py extrapolate)
     tracker.start("optimizer step", "optimizer_step")
     _optimizer_step(torch, optimizer, params, master, tracker)
     tracker.stop()
