@@ -89,3 +89,33 @@ def test_install_and_pinning_can_be_followed():
     assert "pip install pytest-llmmem\n" not in README and "rev: v0.1.0" not in README and "@v1\n" not in README
     assert 'pip install "pytest-llmmem @ git+https://github.com/OWNER/pytest-llmmem@COMMIT"' in README
     assert "  - repo: local\n" in README and "        entry: llmmem check --hook\n" in README
+
+
+def test_the_readmes_local_pre_commit_hook_works(tmp_path):
+    """The `repo: local` example, copied from the README as it is, blocks an over-budget commit and
+    passes a fitting one (llmmem on PATH, as after the README's install; no download)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("pre_commit")
+    block = re.search(r"```yaml\n(# \.pre-commit-config\.yaml\nrepos:\n  - repo: local\n.*?)```", README, re.S).group(1)
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "examples", repo)
+    (repo / ".pre-commit-config.yaml").write_text(block)
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("GITHUB_ACTIONS", None)
+    git = lambda *args: subprocess.run(["git", *args], cwd=repo, check=True, env=env, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("add", "-A")
+    over = subprocess.run([sys.executable, "-m", "pre_commit", "run", "--files", "pyproject.toml"], cwd=repo, env=env,
+                          capture_output=True, text=True)
+    assert over.returncode == 1 and "2 of 3 runs fit; over budget: full-sft." in over.stdout, over.stdout + over.stderr
+    text = (repo / "pyproject.toml").read_text()
+    (repo / "pyproject.toml").write_text(text[:text.index('[[tool.llmmem.runs]]\nname = "full-sft"')])  # drop the over-budget run
+    git("add", "-A")
+    fits = subprocess.run([sys.executable, "-m", "pre_commit", "run", "--files", "pyproject.toml"], cwd=repo, env=env,
+                          capture_output=True, text=True)
+    assert fits.returncode == 0 and "Passed" in fits.stdout, fits.stdout + fits.stderr
