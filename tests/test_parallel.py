@@ -224,3 +224,12 @@ def test_selective_and_context_parallel_mistakes_are_errors(keys, message):
     with pytest.raises(ConfigError) as err:
         adhoc_run({**TRAIN_SMALL, **keys})
     assert message in str(err.value)
+
+
+def test_a_compiled_run_is_the_eager_figure_marked_approximate_with_its_bound():
+    eager = estimate(adhoc_run(TRAIN_SMALL))
+    compiled = estimate(adhoc_run({**TRAIN_SMALL, "compile": True}))
+    assert compiled.total_bytes == eager.total_bytes and not eager.approximate
+    assert any(a.startswith("torch.compile: counted as eager") and "6.6 %" in a for a in compiled.approximate)
+    with pytest.raises(ConfigError, match="expected true or false"):
+        adhoc_run({**TRAIN_SMALL, "compile": "max-autotune"})

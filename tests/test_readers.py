@@ -445,3 +445,10 @@ def test_torchtune_selective_checkpointing_and_context_parallel(tmp_path, yaml_k
     run = parse(text, base_dir=tmp_path).runs[0]
     assert (run.gradient_checkpointing, run.selective_ac, run.context_parallel) == (checkpointing, selective, cp)
     assert not any("context_parallel_dim" in reason for reason in run.not_modelled)
+
+
+def test_torch_compile_in_a_trainer_config_makes_the_run_approximate_not_partial(tmp_path):
+    (tmp_path / "c.yaml").write_text("model:\n  _component_: torchtune.models.llama3_1.llama3_1_8b\nbatch_size: 2\n"
+                                     "tokenizer:\n  max_seq_len: 4096\ncompile: true\n")
+    run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{tmp_path / "c.yaml"}"\n', base_dir=tmp_path).runs[0]
+    assert run.compiled and not any("compile" in reason for reason in run.not_modelled)

@@ -23,7 +23,7 @@ ARCH_KEYS = (
     "moe-intermediate-size", "hidden-act", "attention-dropout", "hidden-dropout",
 )
 MODEL_KEYS = ("params", "config", "id", "revision", "allow-network") + ARCH_KEYS  # id: a Hub id (hub.py)
-TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "selective-ac", "zero-stage", "fsdp", "offload", "micro-batches",
+TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "selective-ac", "compile", "zero-stage", "fsdp", "offload", "micro-batches",
               "context-parallel")
 PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
 LORA_ONLY = ("lora-rank", "lora-targets", "adapter-dtype")

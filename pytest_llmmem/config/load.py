@@ -247,6 +247,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         seq_len_given=seq_len is not None,
         gradient_checkpointing=checkpointing,
         selective_ac=selective,
+        compiled=table.boolean("compile", False),
         flash_attention=table.boolean("flash-attention", True),
         lora_rank=table.integer("lora-rank", 8),
         lora_rank_given="lora-rank" in table,

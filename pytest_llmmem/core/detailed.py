@@ -16,7 +16,7 @@ from ..units import format_bytes
 from .compose import compose, training_overhead
 from .records import TERMS, Estimate
 from .run import Run
-from .terms.checkpointing import selective_approximate
+from .terms.checkpointing import COMPILE_APPROXIMATE, selective_approximate
 from .terms.job_phases import job_note, job_phases, step_phases
 from .terms.step import Step, step_terms
 from .terms.trainer_terms import optimizer_step
@@ -77,6 +77,8 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
                          'for text-only training or a frozen tower declare vision-tower = "frozen"',)
     if run.selective_ac:
         approximate.extend(selective_approximate(arch, run.selective_ac))
+    if run.compiled and run.trains:
+        approximate.append(COMPILE_APPROXIMATE)
     if run.trains and any(g.attention.kind == "mamba" for g in arch.layer_groups()):
         approximate.append("Mamba layers' training activations depend on the mamba-ssm CUDA kernels and are estimated, not measured")
     return not_modelled, tuple(approximate)

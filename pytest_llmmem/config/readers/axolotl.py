@@ -15,7 +15,7 @@ UNMODELLED = (
     ("lora_modules_to_save", "fully trained embed_tokens / lm_head beside the adapters"),
     ("liger_rms_norm", "Liger RMSNorm kernel saves fewer activations"), ("liger_glu_activation", "Liger SwiGLU kernel"),
     ("liger_rope", "Liger RoPE kernel"), ("lora_mlp_kernel", "fused LoRA MLP kernel"),
-    ("torch_compile", "torch.compile fuses and frees activations"), ("sequence_parallel_degree", "context parallelism"),
+    ("sequence_parallel_degree", "context parallelism"),
     ("fp8", "fp8 compute"), ("unfrozen_parameters", "partly frozen full fine-tuning"),
     ("tensor_parallel_size", "tensor parallelism from the trainer config"), ("context_parallel_size", "context parallelism"),
     # schema fields at 067b021c8b87 that change the peak and have no run key here
@@ -85,6 +85,8 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.not_modelled("liger_cross_entropy", "Liger's cross entropy without the fused linear")
     hf_args.deepspeed(m, base_dir)
     hf_args.fsdp(m)
+    if m.get("torch_compile") is True:  # transformers TrainingArguments.torch_compile (axolotl passes it on)
+        m.put("compile", True, "torch_compile")
     for key, why in UNMODELLED:
         if m.is_set(key):
             m.not_modelled(key, why)

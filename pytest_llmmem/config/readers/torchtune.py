@@ -26,7 +26,7 @@ _OPTIMIZERS = {
     "bitsandbytes.optim.PagedAdamW8bit": "paged-adamw-8bit", "bitsandbytes.optim.PagedAdamW": "paged-adamw",
     "bitsandbytes.optim.AdamW8bit": "adamw-8bit", "torchao.optim.AdamW8bit": "adamw-8bit",
 }
-UNMODELLED = (("compile", "torch.compile"), ("tensor_parallel_dim", "tensor parallelism"))
+UNMODELLED = (("tensor_parallel_dim", "tensor parallelism"),)
 DISTRIBUTED = "torchtune recipes/full_finetune_distributed.py _setup_model"
 
 
@@ -121,6 +121,8 @@ def read(m: Mapper, base_dir: Path) -> None:
     if "enable_activation_checkpointing" in m.data:
         m.put("gradient-checkpointing", m.get("enable_activation_checkpointing") is True, "enable_activation_checkpointing")
     _selective(m)
+    if m.get("compile") is True:
+        m.put("compile", True, "compile")
     if m.is_set("context_parallel_dim"):
         m.put("context-parallel", m.get("context_parallel_dim"), "context_parallel_dim")
     if m.get("enable_activation_offloading") is True:

@@ -18,7 +18,7 @@ ACCELERATE_PROFILES = {"zero1": ("zero-stage", 1), "zero2": ("zero-stage", 2), "
                        "fsdp1": ("fsdp", "full-shard"), "fsdp2": ("fsdp", "full-shard")}
 UNMODELLED = (
     ("use_dora", "DoRA's magnitude vectors"), ("lora_modules_to_save", "fully trained modules beside the adapters"),
-    ("torch_compile", "torch.compile"), ("padding_free", "unpadded batches (fewer tokens than batch x length)"),
+    ("padding_free", "unpadded batches (fewer tokens than batch x length)"),
 )
 
 
@@ -114,6 +114,8 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.not_modelled(f"accelerate_config = {profile}", "a custom accelerate config is not followed; give zero-stage or fsdp on the run")
     if isinstance(m.get("num_processes"), int):  # an accelerate config merged into the same file
         m.put("gpus", m.get("num_processes"), "num_processes")
+    if m.get("torch_compile") is True:  # transformers TrainingArguments.torch_compile (axolotl passes it on)
+        m.put("compile", True, "torch_compile")
     for key, why in UNMODELLED:
         if m.is_set(key):
             m.not_modelled(key, why)

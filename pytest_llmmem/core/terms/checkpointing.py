@@ -80,6 +80,15 @@ def selective_approximate(arch: Architecture, selective: str) -> Tuple[str, ...]
             "not aten.mm and their outputs are recomputed or saved by rules not modelled",)
 
 
+# What torch.compile changes is Inductor's choice (fusions, what its min-cut partitioner saves or recomputes),
+# not a rule the analytic core can follow: the eager figure stands, with the published bound beside it.
+COMPILE_APPROXIMATE = (
+    "torch.compile: counted as eager; Inductor fuses elementwise ops and its partitioner recomputes some, so compiled "
+    "runs peak lower: 6.6 % and 7.5 % below eager in torchtitan's Llama 3.1 8B tables (benchmarks/"
+    "llama3_h100_202412_torchtitan.md Tables 1 and 3), up to about 25 % on compiled torchtune rows (issue 25)"
+)
+
+
 def context_parallel_kv(arch: Architecture, *, batch: int, seq: int, act: int, tp: int) -> int:
     """The whole sequence's K and V of one layer, all-gathered for ring attention.
 
