@@ -45,7 +45,7 @@ _FLAG_KEYS = {"from-format": "format"}
 _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel",
              "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager",
              "reference-model", "precompute-ref-log-probs", "allow-network", "eval", "offload-to-cpu", "merge-adapters",
-             "gather-16bit-weights-on-save")
+             "gather-16bit-weights-on-save", "compile")
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
