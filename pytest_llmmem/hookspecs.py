@@ -8,11 +8,12 @@ from .catalog.hookspecs import (
     PROJECT,
     hookimpl,
     hookspec,
+    llmmem_register_adapters,
     llmmem_register_dtypes,
     llmmem_register_families,
     llmmem_register_gpus,
     llmmem_register_optimizers,
 )
 
-__all__ = ["PROJECT", "hookimpl", "hookspec", "llmmem_register_dtypes", "llmmem_register_families",
+__all__ = ["PROJECT", "hookimpl", "hookspec", "llmmem_register_adapters", "llmmem_register_dtypes", "llmmem_register_families",
            "llmmem_register_gpus", "llmmem_register_optimizers"]

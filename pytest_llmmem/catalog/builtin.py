@@ -1,4 +1,4 @@
-"""The built-in dtypes, optimizers, GPUs and model families, registered through the same hooks a plugin uses.
+"""The built-in dtypes, optimizers, GPUs, model families and adapters, registered through the same hooks a plugin uses.
 
 The functions below are the built-ins' hook implementations. They carry no ``@hookimpl`` here: that
 marker imports pluggy, which ``llmmem check`` does not load until a plugin is in play
@@ -10,6 +10,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from __future__ import annotations
 
+from ..model.adapters import BUILTIN as BUILTIN_ADAPTERS
 from .entries import GPU, AmbiguousName, DType, Engine, Optimizer
 from ..units import MiB
 
@@ -67,6 +68,11 @@ def llmmem_register_families(register):
 
     for fam in builtin_families():
         register(fam)
+
+
+def llmmem_register_adapters(register):
+    for adapter in BUILTIN_ADAPTERS:  # LoRA and QLoRA (model/adapters.py)
+        register(adapter)
 
 
 # Capacities are what the driver reports as total memory (nvidia-smi "MiB"; rocm-smi bytes), which is

@@ -1,4 +1,4 @@
-"""Hook specifications: how a plugin adds dtypes, optimizers, GPUs and model families.
+"""Hook specifications: how a plugin adds dtypes, optimizers, GPUs, model families and adapters.
 
 Plugins are found in the ``llmmem`` entry-point group (``LLMMEM_DISABLE_PLUGINS`` blocks them by
 name, or ``all``). The built-ins in :mod:`pytest_llmmem.builtin` use these same hooks. Each hook
@@ -25,6 +25,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .entries import GPU, DType, Engine, Optimizer
+    from ..model.adapters import Adapter
     from ..model.architecture import Family
 
 PROJECT = "llmmem"
@@ -72,5 +73,20 @@ def llmmem_register_engines(register: "Callable[[Engine], None]") -> None:
     """
 
 
-# Next slots, as the tables move out of their closed dicts (issue 21 item 6): profiles, recipes,
-# trainer-config readers, and PEFT adapters (item 4's adapter kind registers here like families).
+# Next slots, as the tables move out of their closed dicts (issue 21 item 6): profiles, recipes and
+# trainer-config readers.
+
+
+@hookspec
+def llmmem_register_adapters(register: "Callable[[Adapter], None]") -> None:
+    """Call ``register(Adapter(...))`` for each PEFT method the plugin knows; a run names it with
+    ``mode = "<name>"``. An adapter declares the linears it touches, the trainable tensors it adds to
+    each, what each adapted module keeps for backward and whether the frozen base stays quantized
+    (:mod:`pytest_llmmem.model.adapters`, docs/adapters.md). Example: an in-house method that trains
+    two A/B pairs per matrix::
+
+        @hookimpl
+        def llmmem_register_adapters(register):
+            from pytest_llmmem.model.adapters import LORA, lora_tensors
+            register(LORA._replace(name="twin-lora", doc="two LoRA pairs", tensors=lambda lin, r: 2 * lora_tensors(lin, r)))
+    """

@@ -135,7 +135,7 @@ def chunks_for(profile: Profile, seq_len: int) -> int:
     return profile.loss_chunks
 
 
-def shown(knobs: Knobs, *, mode: str, four_bit: str, adapter_dtype: str, adapter_given: bool) -> Tuple[Tuple[str, str, str], ...]:
+def shown(knobs: Knobs, *, mode: str, four_bit: str, adapter_dtype: str, adapter_given: bool, adapts: bool = False) -> Tuple[Tuple[str, str, str], ...]:
     """(key, value, origin) of each knob that applies to the run and differs from stock transformers
     or was set by the config; origin is "set" (the config) or "profile" (the framework's default)."""
     stock = PROFILES["transformers"]
@@ -157,7 +157,7 @@ def shown(knobs: Knobs, *, mode: str, four_bit: str, adapter_dtype: str, adapter
         add("double-quant", str(knobs.double_quant).lower(), str(stock.double_quant).lower(), "double-quant" in knobs.given)
         if four_bit == "nf4" and knobs.nf4_layout != stock.nf4_layout:
             rows.append(("nf4-layout", knobs.nf4_layout, "profile"))
-    if mode in ("lora", "qlora"):
+    if adapts:  # an adapter run (adapters.py)
         add("adapter-dtype", adapter_dtype, stock.adapter_dtype, adapter_given)
     return tuple(rows)
 

@@ -1,4 +1,4 @@
-"""What the estimator knows by name: number formats, optimizers, GPUs and model families.
+"""What the estimator knows by name: number formats, optimizers, GPUs, model families and adapters.
 
 Everything here, the built-ins included, arrives through the hooks in :mod:`pytest_llmmem.hookspecs`.
 Third-party plugins (entry-point group ``llmmem``) are loaded only when a config names something the
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DISABLE_ENV = "LLMMEM_DISABLE_PLUGINS"
 # The hooks each table is filled from (hookspecs.py), in the order the tables are built.
 _HOOKS = ("llmmem_register_dtypes", "llmmem_register_optimizers", "llmmem_register_gpus", "llmmem_register_families",
-          "llmmem_register_engines")
+          "llmmem_register_engines", "llmmem_register_adapters")
 
 
 _MAX_NAME = 200  # characters; longer names are refused before normalising
@@ -101,7 +101,8 @@ class Catalog:
         self.gpus = _Table("gpu")
         self.families = _Table("model family")
         self.engines = _Table("serving engine")
-        tables = (self.dtypes, self.optimizers, self.gpus, self.families, self.engines)
+        self.adapters = _Table("adapter")
+        tables = (self.dtypes, self.optimizers, self.gpus, self.families, self.engines, self.adapters)
         if self._pm is None:  # the built-ins alone: their hook implementations, called as the loop below would
             from . import builtin
 
@@ -174,6 +175,14 @@ class Catalog:
     def engine(self, name: object) -> Engine:
         """A serving engine (built-in or a plugin's) by name."""
         return self._lookup("engines", name)
+
+    def adapter(self, name: object) -> Any:
+        """A PEFT method (:class:`pytest_llmmem.model.adapters.Adapter`) by the mode that names it."""
+        return self._lookup("adapters", name)
+
+    def adapter_entries(self) -> List[Any]:
+        """Every registered adapter, in registration order (the built-ins first)."""
+        return [self.adapters.entries[normalize_name(name)] for name in self.adapters.names]
 
     def has_family(self, name: str) -> bool:
         """Is ``name`` a registered family (loading plugins if the built-ins lack it)?"""

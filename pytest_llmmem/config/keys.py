@@ -26,7 +26,8 @@ MODEL_KEYS = ("params", "config", "id", "revision", "allow-network") + ARCH_KEYS
 TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "selective-ac", "compile", "zero-stage", "fsdp", "offload", "micro-batches",
               "context-parallel")
 PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
-LORA_ONLY = ("lora-rank", "lora-targets", "adapter-dtype")
+# The keys an adapter reads (adapters.Adapter.keys says which apply to each; the built-ins read all three).
+ADAPTER_KEYS = ("lora-rank", "lora-targets", "adapter-dtype")
 INFERENCE_ONLY = ("prompt-len", "new-tokens", "logits", "engine")
 # A serving engine's start-up flags, under their vLLM names (SGLang's mem_fraction_static is gpu-memory-utilization).
 ENGINE_ONLY = (
@@ -35,7 +36,7 @@ ENGINE_ONLY = (
 )
 RUN_KEYS = (
     "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model", "calibration", "strict",
-) + TRAIN_ONLY + PARALLEL_KEYS + LORA_ONLY + INFERENCE_ONLY + ENGINE_ONLY + BUDGET_KEYS
+) + TRAIN_ONLY + PARALLEL_KEYS + ADAPTER_KEYS + INFERENCE_ONLY + ENGINE_ONLY + BUDGET_KEYS
 # Trainer profile and knobs (profiles.py): on the project or on a run; the run's value wins.
 TOP_KEYS = TOP_KEYS + TRAINER_KEYS
 RUN_KEYS = RUN_KEYS + TRAINER_KEYS

@@ -17,7 +17,7 @@ from ..io import files
 from ..io.toml import toml
 from ..catalog.registry import Catalog, default_catalog
 from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
-from .keys import ENGINE_ONLY, INFERENCE_ONLY, LORA_ONLY, MODEL_KEYS, RECIPE_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY, Context, Table, canonical
+from .keys import ADAPTER_KEYS, ENGINE_ONLY, INFERENCE_ONLY, MODEL_KEYS, RECIPE_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY, Context, Table, canonical
 from ..values import type_name
 from .checkpoint_keys import checkpoint_setting
 from .gpu_keys import budget, parallelism
@@ -97,6 +97,17 @@ def _top_model_line(ctx: Context) -> Callable[[Optional[str]], Optional[int]]:
     return lambda key: ctx.locator.find(f"{TABLE}.model", 0, key) or ctx.locator.find(TABLE, 0, "model")
 
 
+def _mode(table: Table, ctx: Context) -> Tuple[str, Any]:
+    """The run's mode and the adapter it names (None for "train" and "inference"): an adapter a plugin
+    registers is a mode like the built-in "lora" and "qlora" (adapters.py)."""
+    names = tuple(ctx.catalog.adapters.names)
+    if "mode" in table and isinstance(table.values["mode"], str) and table.values["mode"].lower() not in MODES + names \
+            and ctx.catalog.load_entry_points():
+        names = tuple(ctx.catalog.adapters.names)  # plugins were loaded: one of them may register it
+    mode = table.choice("mode", MODES + names, "train")
+    return mode, (None if mode in MODES else ctx.catalog.adapter(mode))
+
+
 def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require_budget: bool = True) -> Run:
     """One run; with from = "train.yaml" its settings are read from the trainer's config first and the
     run's own keys override them (readers/)."""
@@ -127,19 +138,20 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
     if len(name) > MAX_NAME or not name.isprintable():  # names are printed in reports and annotations
         raise table.fail("name", f"{shown(name)} is not a usable run name: at most {MAX_NAME} characters, no control characters "
                          "(tabs, newlines, escapes).", hint='For example name = "sft-7b".')
-    mode = table.choice("mode", MODES, "train")
+    mode, adapter = _mode(table, ctx)
     line = table.line_of(None)
 
     for key in TRAIN_ONLY:
         if key in table and mode == "inference":
             raise table.fail(key, f'only applies to training; run "{name}" has mode = "inference".')
-    for key in LORA_ONLY:
-        if key in table and mode not in ("lora", "qlora"):
-            raise table.fail(key, f'only applies to mode = "lora" or "qlora"; run "{name}" has mode = "{mode}".')
+    for key in ADAPTER_KEYS:
+        if key in table and (adapter is None or key not in adapter.keys):
+            users = " or ".join(f'"{a.name}"' for a in ctx.catalog.adapter_entries() if key in a.keys)
+            raise table.fail(key, f'only applies to mode = {users}; run "{name}" has mode = "{mode}".')
 
-    dtype = table.resolve("dtype", ctx.catalog.dtype, "nf4" if mode == "qlora" else "bf16")
-    if mode == "qlora" and not (dtype.quantized and dtype.bytes < 1):
-        raise table.fail("dtype", f'qlora needs 4-bit base weights; "{dtype.name}" is not.', hint='Use dtype = "nf4" (or "int4"), or mode = "lora".')
+    dtype = table.resolve("dtype", ctx.catalog.dtype, adapter.default_dtype if adapter else "bf16")
+    if adapter is not None and adapter.quantized_base and not (dtype.quantized and dtype.bytes < 1):
+        raise table.fail("dtype", f'{mode} needs 4-bit base weights; "{dtype.name}" is not.', hint='Use dtype = "nf4" (or "int4"), or mode = "lora".')
     if mode == "train" and dtype.quantized:
         raise table.fail("dtype", f'full training of {dtype.name} weights is not a supported setup.', hint='Use mode = "qlora" or "lora" for quantised bases.')
 
@@ -194,7 +206,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         if problem:
             raise table.fail("lora-targets", problem)
 
-    if isinstance(model, Architecture) and mode in ("lora", "qlora") and "lora-targets" not in table:
+    if isinstance(model, Architecture) and adapter is not None and "lora-targets" not in table:
         # PEFT's default target_modules for the model_type (peft/utils/constants.py
         # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING); PEFT refuses a model_type it lacks.
         targets = model.family.lora_targets
@@ -224,7 +236,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         # micro-batches without pipeline stages are gradient accumulation steps (TRL's default steps_per_generation)
         accumulation = parallel["micro_batches"] if parallel["pipeline_parallel"] == 1 else 1
         recipe, implied = recipe_settings(table, mode, name, parallel["gpus"] // (parallel["tensor_parallel"] * parallel["pipeline_parallel"]),
-                                          accumulation)
+                                          accumulation, adapts=adapter is not None)
     seq_len = implied.get("seq_len", seq_len)
     trainer = resolve_trainer([table, top], mode=mode, dtype=dtype, seq_len=seq_len or 2048, run_name=name)
     checkpointing, selective = checkpoint_setting(table, trainer.gradient_checkpointing and mode != "inference", mode)
@@ -232,7 +244,8 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
                   pipeline_parallel=parallel["pipeline_parallel"])
     adapter_dtype = table.resolve("adapter-dtype", ctx.catalog.dtype, trainer.adapter_dtype)
     job = job_settings([table, top], mode=mode, framework=trainer.knobs.framework, batch_size=implied.get("batch_size") or table.integer("batch-size", 1),
-                       fsdp=parallel["fsdp"], zero_stage=parallel["zero_stage"], run_name=name)
+                       fsdp=parallel["fsdp"], zero_stage=parallel["zero_stage"], run_name=name,
+                       adapters=tuple(ctx.catalog.adapters.names))
     # The top-level overhead is checked even when the run overrides it (parse() checks the top method).
     overhead, top_overhead = table.size("overhead", allow_zero=True), top.size("overhead", allow_zero=True)
     return Run(
@@ -255,7 +268,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,
         knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name if dtype.name in ("nf4", "int4") else "", adapter_dtype=adapter_dtype.name,
-                                 adapter_given="adapter-dtype" in table),
+                                 adapter_given="adapter-dtype" in table, adapts=adapter is not None),
         host_memory_bytes=table.size("host-memory"),
         calibration=_calibration(table),
         **parallel,
@@ -269,6 +282,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         file=ctx.path,
         line=line,
         settings_from=quant_origin,
+        adapter_entry=adapter,
         **serving,
     )
 

@@ -68,7 +68,8 @@ PHASE_DEFAULTS: Dict[str, PhaseDefaults] = {
 }
 
 
-def job_settings(levels: Sequence, *, mode: str, framework: str, batch_size: int, fsdp: str, zero_stage: int, run_name: str) -> JobSettings:
+def job_settings(levels: Sequence, *, mode: str, framework: str, batch_size: int, fsdp: str, zero_stage: int, run_name: str,
+                 adapters: Sequence[str] = ()) -> JobSettings:
     """The run's load/eval/save settings: the first level (run, then project) that sets a key wins."""
     run_level = levels[0]
     if mode == "inference":
@@ -115,10 +116,15 @@ def job_settings(levels: Sequence, *, mode: str, framework: str, batch_size: int
                          hint="Remove it, or set zero-stage = 3.")
     merge = boolean("merge-adapters", False)
     table = pick("merge-adapters")
-    if table is not None and mode not in ("lora", "qlora"):
-        raise table.fail("merge-adapters", f'only applies to mode = "lora" or "qlora"; run "{run_name}" has mode = "{mode}".')
+    if table is not None and mode not in adapters:
+        raise table.fail("merge-adapters", f'only applies to {_modes(adapters)}; run "{run_name}" has mode = "{mode}".')
     return JobSettings(loader=d.loader, evaluates=evaluates, eval_batch_size=eval_batch, eval_samples=samples,
                        eval_accumulation_steps=accumulation, eval_generate_tokens=generate,
                        eval_generate_batch=d.eval_generate_batch if "eval-batch-size" not in given else 0,
                        eval_loss=d.eval_loss, save=save, offload_to_cpu=offload, gather_16bit_on_save=gather,
                        merge_adapters=merge, merge_on_gpu=d.merge_on_gpu, given=given)
+
+
+def _modes(names: Sequence[str]) -> str:
+    """'mode = "lora" or "qlora"': the modes a key applies to, for an error."""
+    return "mode = " + " or ".join(f'"{n}"' for n in names)

@@ -68,7 +68,7 @@ def _number(table: Table, key: str, low: float, high: float, low_open: bool = Fa
 
 
 def recipe_settings(table: Table, mode: str, name: str, data_parallel: int,
-                    accumulation: int = 1) -> Tuple[RecipeSettings, Dict[str, int]]:
+                    accumulation: int = 1, adapts: bool = False) -> Tuple[RecipeSettings, Dict[str, int]]:
     """The run's recipe, and the batch-size / seq-len it implies (empty when the run's own keys stand).
     ``accumulation``: the run's gradient accumulation steps (micro-batches without pipeline stages)."""
     recipe = table.choice("recipe", RECIPES, "sft")
@@ -86,7 +86,7 @@ def recipe_settings(table: Table, mode: str, name: str, data_parallel: int,
         if key in table and "seq-len" in table:
             raise table.fail(key, f"{key} and seq-len both set the sequence length; give one.",
                              hint="seq-len is the length of one training row: prompt + completion.")
-    lora = mode in ("lora", "qlora")
+    lora = adapts  # a PEFT policy: TRL disables its adapters for the reference
     out: Dict[str, int] = {}
     reference_key = table.boolean("reference-model", True) if "reference-model" in table else None
     if recipe in ("dpo", "reward"):

@@ -68,7 +68,7 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
     if arch is None:
         missing = "activations, logits and KV cache" if run.trains or run.mode == "inference" else "activations"
         partial = [f"the model is given by params only: {missing} are not counted"]
-        if run.mode in ("lora", "qlora"):
+        if run.adapter is not None:
             partial.append("LoRA adapters need the architecture: their weights, gradients and optimizer states are not counted")
         return tuple(partial) + run.not_modelled, ()
     approximate, not_modelled = list(arch.approximate), run.not_modelled

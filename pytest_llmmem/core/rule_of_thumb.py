@@ -5,7 +5,6 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 from .records import Estimate
-from ..model.lora import lora_params
 from ..model.architecture import Architecture, ParamsOnly
 from .run import Run
 
@@ -19,9 +18,9 @@ def rule_of_thumb(run: Run) -> Estimate:
     trainable, grads, opt = 0, 0.0, 0.0
     if run.mode == "train":
         trainable = params
-    elif run.trains:
+    elif run.trains:  # an adapter run (adapters.py)
         if isinstance(run.model, Architecture):
-            trainable = lora_params(run.model, run.lora_rank, run.lora_targets)
+            trainable = run.adapter.params(run.model, run.lora_rank, run.lora_targets)
         else:
             notes.append("LoRA adapter count needs the architecture: the adapters are left out")
     if trainable:

@@ -6,11 +6,13 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from typing import NamedTuple, Optional, Tuple, Union
 
 from ..catalog.entries import DType, Optimizer
+from ..model.adapters import Adapter, builtin_adapter
 from ..model.architecture import Architecture, ParamsOnly
 from ..catalog.profiles import Knobs
 from ..units import format_bytes
 
-MODES = ("train", "inference", "lora", "qlora")
+# A run's mode: full training, inference, or the name of an adapter (adapters.py; a plugin may add one).
+MODES = ("train", "inference")
 FSDP_MODES = ("none", "full-shard", "shard-grad-op", "hybrid-shard")
 OFFLOADS = ("none", "optimizer", "optimizer+params")
 PRECISIONS = ("mixed", "pure", "amp")
@@ -157,6 +159,15 @@ class Run(NamedTuple):
     not_modelled: Tuple[str, ...] = ()
     reads: Tuple[str, ...] = ()
     settings: Tuple[Tuple[str, str], ...] = ()  # (key, value as text) of those settings, for llmmem diff
+    adapter_entry: Optional[Adapter] = None  # the adapter ``mode`` names, as the config's catalog registered it
+
+    @property
+    def adapter(self) -> Optional[Adapter]:
+        """The PEFT method this run trains; None for full training and inference. A run built without
+        a config (or given another mode by _replace) gets the built-in adapter of that name."""
+        if self.adapter_entry is not None and self.adapter_entry.name == self.mode:
+            return self.adapter_entry
+        return builtin_adapter(self.mode)
 
     @property
     def trains(self) -> bool:

@@ -50,7 +50,7 @@ class Measurement(NamedTuple):
 def _check_measurable(run: Run) -> Architecture:
     if not isinstance(run.model, Architecture):
         raise ConfigError(f'run "{run.name}": measure needs the architecture (config or shape keys), not only params.')
-    if run.mode in ("lora", "qlora"):
+    if run.adapter is not None:
         raise ConfigError(f'run "{run.name}": measure runs full training and inference; {run.mode} needs peft/bitsandbytes and is not measured yet.')
     if run.dtype.quantized:
         raise ConfigError(f'run "{run.name}": measure builds {run.dtype.name} weights only through bitsandbytes, which it does not use.')

@@ -1,4 +1,4 @@
-"""LoRA: which linears a PEFT config adapts, and how many parameters the adapters train.
+"""LoRA: which linears a PEFT config adapts (the ``touches`` of adapters.LORA and adapters.QLORA).
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -46,13 +46,3 @@ def adapted_linears(arch: Architecture, targets: Tuple[str, ...], linears: Optio
 def lora_matrix_params(d_in: int, d_out: int, rank: int) -> int:
     """LoRA trains A (r x d_in) and B (d_out x r): r * (d_in + d_out) params (Hu et al. 2021, LoRA, eq. 3)."""
     return rank * (d_in + d_out)
-
-
-def lora_params(arch: Architecture, rank: int, targets: Tuple[str, ...], trained_only: bool = False) -> int:
-    """Trainable LoRA parameters of a model: every adapted matrix of every layer, group by group;
-    ``trained_only``: those that get a gradient (not a bypassed adapter's)."""
-    return sum(
-        count * sum(lin.count * lora_matrix_params(lin.d_in, lin.d_out, rank * lin.rank_scale)
-                    for lin in adapted_linears(arch, targets, lins) if not (trained_only and lin.wrap == "bypassed"))
-        for count, lins in arch.group_linears()
-    )

@@ -71,8 +71,8 @@ def describe_run(est: Estimate) -> str:
             parts.append("vision tower frozen")
     if run.optimizer is not None:
         parts.append(run.optimizer.name)
-    if run.mode in ("lora", "qlora"):
-        parts.append(f"r={run.lora_rank} on {', '.join(run.lora_targets)}")
+    if run.adapter is not None:
+        parts.append(run.adapter.summary(run.lora_rank, run.lora_targets))
     if run.serve is not None:
         parts.append(run.engine)  # its TP=N is said once, with the GPUs below
     elif isinstance(run.model, Architecture):

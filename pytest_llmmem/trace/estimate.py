@@ -40,7 +40,7 @@ EXTRA = "pip install 'pytest-llmmem[measure]' (torch, transformers and peft; the
 
 def require_trace_extra(run: Run) -> None:
     """A one-paragraph error naming the extra when torch, transformers or (for LoRA) peft is missing."""
-    needed = ["torch", "transformers"] + (["peft"] if run.mode in ("lora", "qlora") else [])
+    needed = ["torch", "transformers"] + (["peft"] if run.adapter is not None else [])
     import importlib.util
 
     missing = [name for name in needed if importlib.util.find_spec(name) is None]

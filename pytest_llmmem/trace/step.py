@@ -107,7 +107,7 @@ def _trace(torch, transformers, FakeTensorMode, run: Run, arch: Architecture, cu
     attn = _attention_name(run, arch)
     with torch.device("meta"):
         model = causal_lm(transformers, cut, run.seq_len, attn, _compute_dtype(torch, run))
-    if run.mode in ("lora", "qlora"):
+    if run.adapter is not None:  # the trace builds LoRA and QLoRA adapters through peft
         model = _with_adapters(torch, run, model)
     tracker = LiveBytes(cut.vocab_size)
     with FakeTensorMode(allow_non_fake_inputs=True), tracker:

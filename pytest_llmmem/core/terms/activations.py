@@ -23,33 +23,22 @@ INDEX_BYTES = 8  # int64 token ids / labels
 
 
 class Trainable(NamedTuple):
-    """Which weights get gradients: everything (full training) or LoRA adapters on some modules."""
+    """Which weights get gradients: everything (full training) or an adapter on some modules."""
 
     full: bool
-    adapted: FrozenSet[str] = frozenset()  # module names with a LoRA adapter
+    adapted: FrozenSet[str] = frozenset()  # module names with an adapter
     adapter_bytes: int = FP32  # PEFT keeps adapters in fp32 by default
     experts: Tuple[Linear, ...] = ()  # adapted 3D routed-expert parameters (Linear.wrap == "param")
-    rank: int = 0  # the LoRA rank, for what an adapted expert parameter keeps
+    rank: int = 0  # the adapter's rank, for what an adapted expert parameter keeps
+    adapter: Any = None  # the adapters.Adapter that says what an adapted module keeps (adapters.lora_saved)
 
-    def adapter_copy(self, name: str, act: int) -> int:
-        """Bytes per input element a LoRA adapter on ``name`` keeps beyond the input itself.
-
-        PEFT casts the input to the adapter's dtype before lora_A (peft/tuners/lora/layer.py
-        ``_cast_input_dtype``): a new tensor when the dtypes differ, the input itself when not.
-        """
-        if name not in self.adapted:
-            return 0
-        return self.adapter_bytes if self.adapter_bytes != act else 0
-
-    def adapter_hidden(self, name: str) -> int:
-        """Bytes per token lora_B keeps for its weight gradient: lora_A's output, r wide, in the
-        adapter's dtype (peft/tuners/lora/layer.py Linear.forward: lora_B(lora_A(dropout(x))));
-        measured on TRL's DPO LoRA step (shared groundtruth-rl: 16 saved (512, 16) fp32 tensors)."""
-        return self.rank * self.adapter_bytes if name in self.adapted else 0
+    def adapter_saved(self, name: str, width: int, act: int) -> int:
+        """Bytes per token the adapter on ``name`` (input ``width`` wide) keeps of its own for backward."""
+        return self.adapter.saved(width, self.rank, self.adapter_bytes, act).per_token if name in self.adapted else 0
 
     def keeps_input(self, name: str, act: int) -> bool:
-        """Does the base input of ``name`` stay alive for backward (trainable weight or same-dtype adapter)?"""
-        return self.full or (name in self.adapted and self.adapter_bytes == act)
+        """Does the base input of ``name`` stay alive for backward (trainable weight, or an adapter that keeps it)?"""
+        return self.full or (name in self.adapted and self.adapter.saved(0, self.rank, self.adapter_bytes, act).keeps_input)
 
 
 def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: bool, amp: bool, width: int = 0, rows: int = 0) -> int:
@@ -86,7 +75,7 @@ def _consumer_input(arch: Architecture, names, tokens: int, width: int, act: int
     """
     keepers = sum(1 for n in names if t.keeps_input(n, act))
     kept = tokens * width * act * (keepers if amp else min(keepers, 1))
-    return kept + sum(tokens * (width * t.adapter_copy(n, act) + t.adapter_hidden(n)) for n in names)
+    return kept + sum(tokens * t.adapter_saved(n, width, act) for n in names)
 
 
 class Pass(NamedTuple):
@@ -160,7 +149,7 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
             # Dropout on the probabilities keeps a 1-byte mask (CUDA native_dropout) and, unless autocast
             # casts it for the matmul (counted above), its output for attn @ V.
             kept += score_elems * (1 + (0 if p.amp else act))
-    kept += o_input_kept + tokens * (a * d * t.adapter_copy(lin["o"].name, act) + t.adapter_hidden(lin["o"].name))
+    kept += o_input_kept + tokens * t.adapter_saved(lin["o"].name, a * d, act)
     return shared, kept
 
 
@@ -184,7 +173,7 @@ def _latent_saved(arch: Architecture, attn: LatentAttention, lin: Dict[str, Line
         kept += tokens * a * v * act + p.batch * a * p.seq * FP32
     else:  # fp32 softmax and its cast back (none in fp32), then attn @ V keeps the o_proj input
         kept += p.batch * a * p.seq * p.seq * (FP32 + (act if act != FP32 else 0)) + tokens * a * v * act
-    kept += tokens * (a * v * t.adapter_copy(lin["o"].name, act) + t.adapter_hidden(lin["o"].name))
+    kept += tokens * t.adapter_saved(lin["o"].name, a * v, act)
     return shared, kept
 
 

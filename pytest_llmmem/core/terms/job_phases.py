@@ -14,7 +14,6 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 import math
 from typing import List, Optional, Tuple
 
-from ...model.lora import adapted_linears
 from ...units import format_bytes
 from ..compose import Item, Phase, overhead_slot
 from .activations import FP32, forward_transient
@@ -199,7 +198,7 @@ def save_phase(run, step: Step) -> Phase:
         # deepspeed/runtime/engine.py:5519 _zero3_consolidated_16bit_state_dict: GatheredParameters one
         # module at a time, copied to the CPU on rank 0 (:5535).
         extra = round(local.largest_layer * dtype.compute_bytes)
-    if job.merge_adapters and job.merge_on_gpu and arch is not None and run.mode in ("lora", "qlora"):
+    if job.merge_adapters and job.merge_on_gpu and arch is not None and run.adapter is not None:
         merge = _merge_bytes(run, arch)
         if merge > extra:
             extra, why = merge, f"merging LoRA adapters keeps {format_bytes(merge)} of one layer's merged weight in flight"
@@ -209,16 +208,13 @@ def save_phase(run, step: Step) -> Phase:
 
 
 def _merge_bytes(run, arch) -> int:
-    """PEFT merge_and_unload, one adapted linear at a time: B @ A and its scaled copy in the adapter
-    dtype (peft/tuners/lora/layer.py:1044 get_delta_weight); a 4-bit base is dequantised, cast to
-    the adapter dtype and summed before requantising (peft/tuners/lora/bnb.py:110-113)."""
-    linears = adapted_linears(arch, run.lora_targets)
+    """merge_and_unload, one adapted linear at a time: the largest one's bytes in flight, as the
+    adapter says (adapters.lora_merge for LoRA and QLoRA)."""
+    linears = run.adapter.touches(arch, run.lora_targets)
     if not linears:
         return 0
     numel = max(lin.d_in * lin.d_out for lin in linears)
-    a = run.adapter_dtype.bytes
-    per = run.dtype.compute_bytes + 3 * a if run.dtype.quantized else 2 * a
-    return round(numel * per)
+    return run.adapter.merge(numel, run.dtype.quantized, run.dtype.compute_bytes, run.adapter_dtype.bytes)
 
 
 # --- the step and the whole job ------------------------------------------------------------------

@@ -18,7 +18,6 @@ from .checkpointing import context_parallel_kv, selective_saved
 from ...catalog.entries import DType, Optimizer
 from ...model.architecture import Architecture
 from ...model.layers import peft_target_problem
-from ...model.lora import adapted_linears, lora_params
 from ..compose import Pairs
 from .parallel import LocalParams, adapter_base, frozen_params, host_bytes_per_node, local_params, model_states, offloaded_adapter_states
 from .prefill import prefill_terms, stage_groups
@@ -142,7 +141,7 @@ def step_terms(run: Run) -> Step:
         if states["host"]:
             host = host_bytes_per_node(run, states["host"])
             details["host.offloaded_per_gpu"] = round(states["host"])
-    elif run.trains:  # an adapter run (lora / qlora)
+    elif run.trains:  # an adapter run: run.adapter says what it adds (adapters.py)
         base = adapter_base(run, arch, weights, share, _packed_bytes(run), act)  # FSDP / ZeRO-3 shards, gathers, offload
         weights = round(base.gpu)
         for item, value in (("weights.gathered_for_compute", base.gathered), ("weights.quant_constants", base.constants)):
@@ -152,7 +151,7 @@ def step_terms(run: Run) -> Step:
         if arch is None:
             notes.append("LoRA adapters need the architecture to count: give config or the architecture keys")
         else:
-            trainable = lora_params(arch, run.lora_rank, run.lora_targets)
+            trainable = run.adapter.params(arch, run.lora_rank, run.lora_targets)
             experts_note = peft_target_problem(arch.family.name, arch.linears(), run.lora_targets)[1]
             if experts_note:
                 notes.append(experts_note)
@@ -161,7 +160,7 @@ def step_terms(run: Run) -> Step:
             weights += details["weights.adapters"]
             # Adapters train in their own dtype: PEFT keeps them fp32, so grads and states are fp32 too.
             # A bypassed adapter (Linear.wrap) gets no .grad, and torch AdamW keeps no state for it.
-            trained = lora_params(arch, run.lora_rank, run.lora_targets, trained_only=True)
+            trained = run.adapter.params(arch, run.lora_rank, run.lora_targets, trained_only=True)
             gradients = round(trained * adapter_bytes)
             optimizer_states, opt_note = _optimizer_bytes(run.optimizer, run, trained, adapter_bytes, False)
             if bnb:
@@ -199,7 +198,7 @@ def step_terms(run: Run) -> Step:
         notes.append(f"{arch.family.name} has no SDPA path in transformers: counted as eager attention (flash-attn would keep less)")
     if not run.seq_len_given and arch is not None:
         notes.append(f"seq-len not set: assumed {run.seq_len}")
-    if not run.lora_rank_given and run.mode in ("lora", "qlora"):
+    if not run.lora_rank_given and run.adapter is not None:
         notes.append(f"lora-rank not set: assumed {run.lora_rank} (PEFT's LoraConfig default r)")
     host += host_bytes_per_node(run, details.get("host.offloaded_activations", 0))
     return Step(arch, params, trainable, trained, tensors, local, weights, master, gradients, optimizer_states,
@@ -225,10 +224,10 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
     if run.mode == "train":
         trainable = Trainable(full=True)
     else:
-        adapted = adapted_linears(arch, run.lora_targets)
+        adapted = run.adapter.touches(arch, run.lora_targets)
         names = frozenset(lin.name for lin in adapted if lin.wrap == "module")
         trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes),
-                              experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank)
+                              experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter)
     amp = run.precision == "amp" and run.mode == "train"
     kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)

@@ -12,7 +12,6 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ...catalog.entries import Optimizer
 from ...catalog.profiles import Knobs
-from ...model.lora import adapted_linears
 
 FP32 = 4
 # bitsandbytes pages a state buffer only from 1e5 elements (bitsandbytes/optim/optimizer.py:383
@@ -127,16 +126,15 @@ def full_model_tensors(arch, params: int) -> Tensors:
     return Tensors(tuple(sizes))
 
 
-def lora_tensors(groups, rank: int) -> Tensors:
-    """LoRA's A (r x d_in) and B (d_out x r) for each adapted matrix of every layer (PEFT LoraLayer);
-    ``groups`` is (layer count, adapted linears) per layer group."""
+def adapter_tensors(adapter, groups, rank: int) -> Tensors:
+    """The tensors an adapter trains on each adapted matrix of every layer (LoRA: A and B, PEFT
+    LoraLayer; adapters.Adapter.tensors); ``groups`` is (layer count, adapted linears) per layer group."""
     sizes = []
     for layers, linears in groups:
         for lin in linears:
             if lin.wrap == "bypassed":
                 continue  # no gradient, so no optimizer state (layers.Linear.wrap)
-            r = rank * lin.rank_scale  # PEFT's fused gate_up_proj adapter: rank 2r
-            sizes += [(r * lin.d_in, lin.count * layers), (r * lin.d_out, lin.count * layers)]
+            sizes += [(numel, lin.count * layers) for numel in adapter.tensors(lin, rank)]
     return Tensors(tuple(sizes))
 
 
@@ -208,11 +206,11 @@ def trainable_tensors(run, arch, params: int):
     """The trainable tensors of ``run`` by size, or None without the architecture."""
     if arch is None or not run.trains:
         return None
-    if run.mode == "train":
+    adapter = run.adapter
+    if adapter is None:
         return full_model_tensors(arch, params)
-
-    groups = [(n, adapted_linears(arch, run.lora_targets, lins)) for n, lins in arch.group_linears()]
-    return lora_tensors(groups, run.lora_rank)
+    groups = [(n, adapter.touches(arch, run.lora_targets, lins)) for n, lins in arch.group_linears()]
+    return adapter_tensors(adapter, groups, run.lora_rank)
 
 
 class StepOptimizer(NamedTuple):

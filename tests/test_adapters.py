@@ -1,0 +1,103 @@
+"""Adapters as a kind: LoRA and QLoRA are two entries, and a plugin's adapter is a mode like theirs."""
+
+import textwrap
+import types
+
+import pytest
+
+from pytest_llmmem.catalog import Catalog
+from pytest_llmmem.config.keys import ADAPTER_KEYS
+from pytest_llmmem.config.load import parse
+from pytest_llmmem.errors import ConfigError
+from pytest_llmmem.estimator import estimate
+from pytest_llmmem.hookspecs import hookimpl
+from pytest_llmmem.model.adapters import BUILTIN, LORA, QLORA, lora_saved, lora_tensors
+from pytest_llmmem.model.layers import Linear
+
+# A toy method: LoRA whose A stays at its initialisation and is not trained (only B, d_out x r, gets a gradient).
+# Its whole definition is this entry; nothing else in the package names it.
+TOY = LORA._replace(name="toy-lora", doc="LoRA with A not trained", tensors=lambda lin, rank: (rank * lin.rank_scale * lin.d_out,))
+
+
+def toy_plugin():
+    plugin = types.SimpleNamespace()
+    plugin.llmmem_register_adapters = hookimpl(lambda register: register(TOY))
+    return plugin
+
+
+PYPROJECT = """
+[tool.llmmem]
+gpu-memory = "80GiB"
+
+[tool.llmmem.model]
+hidden-size = 64
+num-layers = 2
+num-heads = 4
+intermediate-size = 128
+vocab-size = 1000
+
+[[tool.llmmem.runs]]
+name = "adapted"
+mode = "{mode}"
+batch-size = 2
+seq-len = 32
+"""
+
+
+def _estimate(mode, catalog=None):
+    (run,) = parse(textwrap.dedent(PYPROJECT.format(mode=mode)), catalog=catalog).runs
+    return estimate(run)
+
+
+def test_a_plugin_adapter_is_a_mode_and_only_its_entry_counts():
+    catalog = Catalog(extra_plugins=[toy_plugin()])
+    toy = _estimate("toy-lora", catalog)
+    # llama's PEFT default targets are q_proj and v_proj (64 -> 64 here), rank 8, 2 layers:
+    # the toy trains B only, 8 x 64 = 512 per linear, 2 x 2 x 512 = 2048; LoRA trains A and B, 8 x 128 per linear
+    assert toy.run.adapter is TOY and toy.trainable_params == 2048
+    assert _estimate("lora").trainable_params == 4 * 8 * 128 == 4096
+    assert toy.details["weights.adapters"] == 2048 * toy.run.adapter_dtype.bytes
+    # the built-in modes read the same with the plugin in the catalog
+    assert _estimate("lora", catalog) == _estimate("lora")
+
+
+def test_an_unknown_mode_lists_the_registered_adapters():
+    with pytest.raises(ConfigError) as err:
+        _estimate("toy-lora")
+    assert 'mode: "toy-lora" is not valid' in str(err.value) and '"lora", "qlora"' in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        _estimate("dora", Catalog(extra_plugins=[toy_plugin()]))
+    assert "toy-lora" in str(err.value)
+
+
+def test_an_adapter_key_names_the_modes_it_applies_to():
+    text = textwrap.dedent(PYPROJECT.format(mode="train")) + "lora-rank = 16\n"
+    with pytest.raises(ConfigError, match='lora-rank: only applies to mode = "lora" or "qlora"; run "adapted" has mode = "train"'):
+        parse(text)
+
+
+def test_lora_and_qlora_are_two_entries_that_differ_by_the_base():
+    assert [a.name for a in BUILTIN] == ["lora", "qlora"]
+    assert (LORA.quantized_base, LORA.default_dtype) == (False, "bf16") and (QLORA.quantized_base, QLORA.default_dtype) == (True, "nf4")
+    assert QLORA._replace(name="lora", doc=LORA.doc, quantized_base=False, default_dtype="bf16") == LORA
+    assert _estimate("qlora").run.dtype.name == "nf4"
+
+
+def test_every_key_an_adapter_reads_is_in_the_key_contract():
+    assert set().union(*(a.keys for a in BUILTIN)) == set(ADAPTER_KEYS)
+
+
+def test_lora_counts_a_and_b_and_keeps_the_cast_input_and_the_rank_wide_hidden():
+    gate_up = Linear("gate_up", "gate_up_proj", 64, 256, False, rank_scale=2)
+    assert lora_tensors(gate_up, 8) == (16 * 64, 16 * 256)  # PEFT's fused gate_up adapter: rank 2r
+    # bf16 activations, fp32 adapters: the fp32 copy of a 64-wide input (64 x 4 B) and lora_A's 8-wide fp32 output
+    assert lora_saved(64, 8, 4, 2) == (False, 64 * 4 + 8 * 4)
+    assert lora_saved(64, 8, 2, 2) == (True, 8 * 2)  # same dtype: the input itself is kept, no copy
+
+
+def test_the_docs_table_lists_every_built_in_adapter():
+    from pathlib import Path
+
+    table = (Path(__file__).parent.parent / "docs" / "adapters.md").read_text(encoding="utf-8").split("## The built-in adapters")[1]
+    rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")]
+    assert rows == [a.name for a in BUILTIN]
