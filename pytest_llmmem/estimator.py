@@ -15,8 +15,20 @@ from .core.run import Run
 __all__ = ["Estimate", "estimate"]
 
 
+UNIFIED_MEMORY = ("unified memory (GB10 / DGX Spark): the GPU shares the system's memory, so the budget is what the OS, "
+                  "the desktop and the page cache leave at start-up, not the device total; vLLM's gpu-memory-utilization "
+                  "takes its share of that free figure")
+
+
 def estimate(run: Run) -> Estimate:
-    """Estimate the peak per-GPU memory of ``run`` by its method."""
+    """Estimate the peak per-GPU memory of ``run`` by its method (a unified-memory budget marks it approximate)."""
+    est = _by_method(run)
+    if run.budget is not None and run.budget.unified:
+        est = est._replace(approximate=tuple(est.approximate) + (UNIFIED_MEMORY,))
+    return est
+
+
+def _by_method(run: Run) -> Estimate:
     if run.method == "trace":  # the run's own model code on fake tensors (trace/, the measure extra)
         from .trace.estimate import traced
 

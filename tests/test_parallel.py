@@ -233,3 +233,10 @@ def test_a_compiled_run_is_the_eager_figure_marked_approximate_with_its_bound():
     assert any(a.startswith("torch.compile: counted as eager") and "6.6 %" in a for a in compiled.approximate)
     with pytest.raises(ConfigError, match="expected true or false"):
         adhoc_run({**TRAIN_SMALL, "compile": "max-autotune"})
+
+
+def test_a_unified_memory_device_marks_every_estimate_approximate():
+    # GB10 / DGX Spark: 128 GiB shared with the CPU; what a process gets is what the OS leaves.
+    spark = estimate(adhoc_run({**TRAIN_SMALL, "gpu": "dgx-spark"}))
+    assert spark.run.budget.ceiling_bytes == 128 * 2**30 and any(a.startswith("unified memory (GB10") for a in spark.approximate)
+    assert not estimate(adhoc_run(TRAIN_SMALL)).approximate

@@ -97,6 +97,9 @@ def llmmem_register_gpus(register):
     register(GPU("GH200-96GB", 97871 * MiB, aliases=("gh200-480gb", "gh200-120gb", "gh200-96g"), kind="nvidia datacenter"))
     register(GPU("GH200-144GB", 146831 * MiB, aliases=("gh200-144g-hbm3e", "gh200-144g", "gh200-624gb"), kind="nvidia datacenter"))
     register(AmbiguousName("GH200", ("GH200-96GB", "GH200-144GB")))
+    # GB10 (DGX Spark): 128 GB LPDDR5x shared by the Grace CPU and the GPU (NVIDIA DGX Spark datasheet); there is
+    # no card total: CUDA reports what the OS leaves free, which the desktop and the page cache shrink.
+    register(GPU("GB10", 128 * 1024 * MiB, aliases=("dgx-spark", "gb10-spark"), kind="nvidia workstation", unified=True))
     register(GPU("B200", 183359 * MiB, aliases=("b200-180gb", "b200-192gb"), kind="nvidia datacenter"))
     # B100: no driver-reported total found; 192 GB is NVIDIA's documented HBM3e capacity, taken as
     # 192 x 10^9 bytes (the lower reading of "GB"; B200's driver total is 183359 MiB, above it).

@@ -48,6 +48,9 @@ class GPU(NamedTuple):
     # a way out offers another card only of the declared card's kind, where the same software and
     # procurement apply ("" : a plugin's card, offered to none but its own kind)
     kind: str = ""
+    # memory shared with the CPU (GB10 / DGX Spark): a process gets what the OS and its page cache leave,
+    # not a fixed total, so every estimate against it is marked approximate (estimator.UNIFIED_MEMORY)
+    unified: bool = False
 
 
 class AmbiguousName(NamedTuple):

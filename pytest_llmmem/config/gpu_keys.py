@@ -58,14 +58,14 @@ def budget(levels: Sequence[Table], ctx: Context, require: bool) -> Optional[Bud
     gpu, gpu-memory and headroom is checked, used or not: a typo that loses to another key must
     not pass silently (gpu = "A100-80BG" beside gpu-memory, gpu-memory = "eighty" under runs with
     their own gpu)."""
-    ceiling, gpu_name = None, None
+    ceiling, gpu_name, unified = None, None, False
     for table in levels:
         memory = table.size("gpu-memory")
         gpu = table.resolve("gpu", ctx.catalog.gpu) if "gpu" in table else None
         if ceiling is None and memory is not None:
             ceiling = memory
         elif ceiling is None and gpu is not None:
-            ceiling, gpu_name = gpu.memory_bytes, gpu.name
+            ceiling, gpu_name, unified = gpu.memory_bytes, gpu.name, getattr(gpu, "unified", False)
     headrooms = [(table, headroom_of(table)) for table in levels if "headroom" in table]
     if ceiling is None:
         if require:
@@ -82,7 +82,7 @@ def budget(levels: Sequence[Table], ctx: Context, require: bool) -> Optional[Bud
         if headroom >= ceiling:
             raw = table.values["headroom"]
             raise table.fail("headroom", f"{shown(raw)} leaves nothing of the {ceiling / 2**30:.2f} GiB ceiling.")
-    return Budget(ceiling, headroom, gpu_name)
+    return Budget(ceiling, headroom, gpu_name, unified)
 
 
 def headroom_of(table: Table) -> Tuple[int, Optional[float]]:

@@ -91,6 +91,7 @@ class Budget(NamedTuple):
     ceiling_bytes: int
     headroom_bytes: int = 0
     gpu: Optional[str] = None  # catalog name when the ceiling came from ``gpu``
+    unified: bool = False  # the ceiling is a unified-memory device's (catalog GPU.unified)
 
     @property
     def bytes(self) -> int:
