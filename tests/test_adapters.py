@@ -91,8 +91,10 @@ def test_lora_counts_a_and_b_and_keeps_the_cast_input_and_the_rank_wide_hidden()
     gate_up = Linear("gate_up", "gate_up_proj", 64, 256, False, rank_scale=2)
     assert lora_tensors(gate_up, 8) == (16 * 64, 16 * 256)  # PEFT's fused gate_up adapter: rank 2r
     # bf16 activations, fp32 adapters: the fp32 copy of a 64-wide input (64 x 4 B) and lora_A's 8-wide fp32 output
-    assert lora_saved(64, 8, 4, 2) == (False, 64 * 4 + 8 * 4)
-    assert lora_saved(64, 8, 2, 2) == (True, 8 * 2)  # same dtype: the input itself is kept, no copy
+    assert lora_saved(64, 8, 4, 2) == (False, 64 * 4 + 8 * 4, 0)
+    assert lora_saved(64, 8, 2, 2) == (True, 8 * 2, 0)  # same dtype: the input itself is kept, no copy
+    # lora-dropout > 0: the dropout's own output (64 x 2 B) replaces the input, and a 1-byte mask per element
+    assert lora_saved(64, 8, 2, 2, dropout=True) == (False, 64 * 2 + 8 * 2, 64)
 
 
 def test_the_docs_table_lists_every_built_in_adapter():

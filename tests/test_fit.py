@@ -92,3 +92,15 @@ def test_every_built_in_card_has_a_kind():
     kinds = {name: catalog.gpu(name).kind for name in catalog.gpus.names}
     assert set(kinds.values()) == {"nvidia datacenter", "nvidia workstation", "nvidia consumer", "amd datacenter"}
     assert kinds["RTX-4090"] == "nvidia consumer" and kinds["A10G"] == "nvidia datacenter" and kinds["MI250X"] == "amd datacenter"
+
+
+def test_lora_dropout_zero_is_offered_when_dropping_the_masks_makes_the_run_fit():
+    keys = {"mode": "lora", "lora-targets": "all-linear", "batch-size": 8, "seq-len": 2048, "lora-dropout": 0.05}
+    with_dropout, without = estimate(run(**keys)).total_bytes, estimate(run(**{**keys, "lora-dropout": 0.0})).total_bytes
+    assert with_dropout > without  # each of the 7 x 22 adapted linears keeps its dropout output and mask
+    budget = {"gpu-memory": f"{(with_dropout + without) // 2} B", "headroom": "0 B"}
+    r = run(**keys, **budget)
+    assert not estimate(r).fits
+    offered = {w.key: w.value for w in fit.ways_out(r)}
+    assert offered["lora-dropout"] == 0.0
+    assert "lora-dropout = 0" in [t.setting for t in fit.toggles(r) if t.estimate is not None and t.estimate.fits]

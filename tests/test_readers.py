@@ -48,10 +48,10 @@ def _run(relpath: str, extra: str = "", tmp: Path = None):
 # own value or the trainer default the reader cites (see pytest_llmmem/config/readers/<format>.py).
 CASES = [
     ("axolotl/lora-8b.yml", "NousResearch/Meta-Llama-3-8B",
-     dict(mode="lora", dtype="int8", lora_rank=32, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
+     dict(mode="lora", dtype="int8", lora_rank=32, lora_dropout=0.05, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
           optimizer="adamw-8bit", gradient_checkpointing=True, flash_attention=True), {}, ["lora_modules_to_save"]),
     ("axolotl/qlora.yml", "NousResearch/Meta-Llama-3-8B",
-     dict(mode="qlora", dtype="nf4", lora_rank=32, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
+     dict(mode="qlora", dtype="nf4", lora_rank=32, lora_dropout=0.05, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
           optimizer="paged-adamw", gradient_checkpointing=True), {"double_quant": True}, []),
     ("axolotl/fft-8b.yaml", "meta-llama/Meta-Llama-3-8B",
      dict(mode="train", dtype="bf16", batch_size=1, seq_len=8192, optimizer="paged-adamw-8bit", gradient_checkpointing=True), {}, []),
@@ -59,7 +59,7 @@ CASES = [
      dict(mode="train", dtype="bf16", batch_size=2, seq_len=4096, optimizer="adamw", fsdp="full-shard", offload="optimizer+params",
           gradient_checkpointing=True), {"loss": "fused", "optimizer_impl": "fused"}, ["liger_rms_norm", "liger_glu_activation", "liger_rope"]),
     ("llama-factory/llama3_lora_sft_ds3.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
-     dict(mode="lora", dtype="bf16", lora_rank=8, lora_targets=("all-linear",), batch_size=1, seq_len=2048, zero_stage=3,
+     dict(mode="lora", dtype="bf16", lora_rank=8, lora_dropout=0.0, lora_targets=("all-linear",), batch_size=1, seq_len=2048, zero_stage=3,
           gradient_checkpointing=True, optimizer="adamw"), {}, []),
     ("llama-factory/llama3_lora_dpo.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
      dict(mode="lora", dtype="bf16", lora_rank=8, batch_size=1, seq_len=2048), {}, []),
@@ -71,7 +71,7 @@ CASES = [
      dict(mode="qlora", dtype="nf4", lora_rank=8, lora_targets=tuple(ALL7), batch_size=2, optimizer="adamw", gradient_checkpointing=True),
      {"framework": "torchtune", "loss": "chunked", "optimizer_impl": "fused"}, ["tokenizer.max_seq_len"]),
     ("torchtune/8B_lora.yaml", "meta-llama/Llama-3.1-8B",
-     dict(mode="lora", dtype="bf16", lora_rank=8, lora_targets=("q_proj", "v_proj"), batch_size=2, gradient_checkpointing=False),
+     dict(mode="lora", dtype="bf16", lora_rank=8, lora_dropout=0.0, lora_targets=("q_proj", "v_proj"), batch_size=2, gradient_checkpointing=False),
      {"framework": "torchtune", "loss": "chunked", "optimizer_impl": "fused"}, ["tokenizer.max_seq_len"]),
     ("torchtune/8B_full.yaml", "meta-llama/Llama-3.1-8B",
      dict(mode="train", dtype="bf16", batch_size=2, fsdp="full-shard", gradient_checkpointing=True, optimizer="adamw"),
@@ -84,7 +84,7 @@ CASES = [
     ("trl/sft_config_num_processes.yaml", "Qwen/Qwen2.5-0.5B", dict(mode="train", batch_size=8, seq_len=1024, gpus=4), {}, []),
     ("trl/sft_config_zero2.yaml", "Qwen/Qwen2.5-0.5B", dict(mode="train", batch_size=8, zero_stage=2), {}, []),
     ("litgpt/llama-3-8b-lora.yaml", "meta-llama/Meta-Llama-3-8B",
-     dict(mode="lora", dtype="bf16", lora_rank=32, lora_targets=("q_proj", "v_proj"), batch_size=1, seq_len=512, optimizer="adamw"),
+     dict(mode="lora", dtype="bf16", lora_rank=32, lora_dropout=0.05, lora_targets=("q_proj", "v_proj"), batch_size=1, seq_len=512, optimizer="adamw"),
      {"framework": "litgpt"}, []),
     ("litgpt/llama-3-8b-qlora.yaml", "meta-llama/Meta-Llama-3-8B",
      dict(mode="qlora", dtype="nf4", lora_rank=32, batch_size=2, seq_len=512), {"framework": "litgpt", "double_quant": False}, []),
@@ -452,3 +452,18 @@ def test_torch_compile_in_a_trainer_config_makes_the_run_approximate_not_partial
                                      "tokenizer:\n  max_seq_len: 4096\ncompile: true\n")
     run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{tmp_path / "c.yaml"}"\n', base_dir=tmp_path).runs[0]
     assert run.compiled and not any("compile" in reason for reason in run.not_modelled)
+
+
+@pytest.mark.parametrize("fmt, text, expected", [
+    # each trainer's default when the file leaves lora_dropout out (the reader cites where it is set)
+    ("axolotl", "base_model: NousResearch/Meta-Llama-3-8B\nadapter: lora\n", 0.0),  # schemas/peft.py:80
+    ("llama-factory", "model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nfinetuning_type: lora\n", 0.0),  # finetuning_args.py:73
+    ("litgpt", "checkpoint_dir: checkpoints/meta-llama/Meta-Llama-3-8B\nlora_r: 8\n", 0.05),  # finetune/lora.py:58
+    ("trl", "model_name_or_path: Qwen/Qwen2.5-0.5B\nuse_peft: true\n", 0.05),  # trainer/model_config.py:115
+    ("trl", "model_name_or_path: Qwen/Qwen2.5-0.5B\nuse_peft: true\nlora_dropout: 0.1\n", 0.1),
+])
+def test_lora_dropout_is_read_or_the_trainers_default_is_credited(fmt, text, expected, tmp_path):
+    (tmp_path / "train.yaml").write_text(text, encoding="utf-8")
+    run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "train.yaml"\nformat = "{fmt}"\n',
+                base_dir=tmp_path).runs[0]
+    assert run.lora_dropout == expected

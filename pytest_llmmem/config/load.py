@@ -265,6 +265,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         lora_rank=table.integer("lora-rank", 8),
         lora_rank_given="lora-rank" in table,
         lora_targets=targets,
+        lora_dropout=table.probability("lora-dropout") or 0.0,
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,
         knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name if dtype.name in ("nf4", "int4") else "", adapter_dtype=adapter_dtype.name,

@@ -103,6 +103,9 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
               run._replace(gradient_checkpointing=True, selective_ac=""))
     if has_shape and not run.flash_attention:
         offer("flash-attention", True, "fits with flash-attention = true", run._replace(flash_attention=True))
+    if has_shape and run.adapter is not None and run.lora_dropout > 0:
+        # each adapted module keeps its dropout's output and mask (adapters.lora_saved); without it, none
+        offer("lora-dropout", 0.0, "fits with lora-dropout = 0", run._replace(lora_dropout=0.0))
     # Recipe changes (a LoRA policy, beta = 0, a separate vLLM server, fewer generations): fit/recipes.py.
     if run.recipe.name != "sft":
         tried = set()
@@ -240,6 +243,8 @@ def toggles(run: Run) -> List[Toggle]:
     is_adam = run.optimizer is not None and run.optimizer.name in ("adamw", "adam")
     attempt('optimizer = "adamw-8bit"', is_adam, "only replaces adam/adamw",
             lambda: run._replace(optimizer=default_catalog().optimizer("adamw-8bit")))
+    if shaped and run.adapter is not None and run.lora_dropout > 0:  # listed only where there is a dropout to drop
+        attempt("lora-dropout = 0", True, "", lambda: run._replace(lora_dropout=0.0))
     for key, value, _, changed in trainer_knobs(run):
         shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
         out.append(Toggle(f"{key} = {shown}", estimate(changed)))

@@ -19,7 +19,7 @@ _VALUE_FLAGS = {
     "num-kv-heads": int, "head-dim": int, "intermediate-size": int, "vocab-size": int,
     "max-position-embeddings": int, "num-experts": int, "experts-per-token": int, "moe-intermediate-size": int,
     "hidden-act": str, "mode": str, "dtype": str, "precision": str, "optimizer": str, "batch-size": int,
-    "seq-len": int, "lora-rank": int, "adapter-dtype": str, "gpus": int, "gpu": str, "gpu-memory": str,
+    "seq-len": int, "lora-rank": int, "adapter-dtype": str, "lora-dropout": float, "gpus": int, "gpu": str, "gpu-memory": str,
     "headroom": str, "method": str, "overhead": str, "zero-stage": int, "fsdp": str, "tensor-parallel": int,
     "pipeline-parallel": int, "expert-parallel": int, "offload": str, "micro-batches": int, "gpus-per-node": int,
     "host-memory": str, "framework": str, "loss": str, "loss-chunks": int, "optimizer-impl": str,

@@ -30,11 +30,15 @@ from .layers import Linear
 from .lora import adapted_linears
 
 
+DROPOUT_MASK_BYTES = 1  # CUDA native_dropout keeps a bool mask (the CPU keeps its scaled noise in the input's dtype)
+
+
 class Saved(NamedTuple):
     """What one adapted module keeps for backward beyond what its frozen base keeps."""
 
     keeps_input: bool  # the module's input stays alive for the adapter (the base alone, frozen, keeps none)
     per_token: int  # bytes per token the adapter keeps of its own
+    mask_per_token: int = 0  # of its own, what only a module whose input needs a gradient keeps (dropout's mask)
 
 
 def rank_on_targets(rank: int, targets: Tuple[str, ...]) -> str:
@@ -51,14 +55,14 @@ class Adapter(NamedTuple):
     touches: Callable[..., Tuple[Linear, ...]]
     # (one adapted linear, rank) -> numel of each trainable tensor it adds to each of that linear's matrices
     tensors: Callable[[Linear, int], Tuple[int, ...]]
-    # (input width, rank, adapter dtype bytes, activation bytes) -> what one adapted module keeps
-    saved: Callable[[int, int, int, int], Saved]
+    # (input width, rank, adapter dtype bytes, activation bytes, dropout on?) -> what one adapted module keeps
+    saved: Callable[[int, int, int, int, bool], Saved]
     # (elements of the largest adapted matrix, base quantized?, compute bytes, adapter bytes) -> bytes in
     # flight while merging it into the base (merge-adapters = true)
     merge: Callable[[int, bool, int, int], int]
     quantized_base: bool = False  # the frozen base stays quantized (4-bit) under the adapters
     default_dtype: str = "bf16"  # the base's dtype when the run names none
-    keys: Tuple[str, ...] = ("lora-rank", "lora-targets", "adapter-dtype")  # the run keys that apply to it
+    keys: Tuple[str, ...] = ("lora-rank", "lora-targets", "adapter-dtype", "lora-dropout")  # the run keys that apply to it
     summary: Callable[[int, Tuple[str, ...]], str] = rank_on_targets  # (rank, targets) -> its settings in a report
     aliases: Tuple[str, ...] = ()
 
@@ -77,12 +81,21 @@ def lora_tensors(lin: Linear, rank: int) -> Tuple[int, ...]:
     return (r * lin.d_in, r * lin.d_out)
 
 
-def lora_saved(width: int, rank: int, adapter_bytes: int, act: int) -> Saved:
+def lora_saved(width: int, rank: int, adapter_bytes: int, act: int, dropout: bool = False) -> Saved:
     """PEFT casts the input to the adapter's dtype before lora_A (peft/tuners/lora/layer.py
     ``_cast_input_dtype``): a new tensor when the dtypes differ, the input itself when not; lora_B
     keeps lora_A's output, r wide, in the adapter's dtype, for its weight gradient (Linear.forward:
     lora_B(lora_A(dropout(x))); measured on TRL's DPO LoRA step, shared groundtruth-rl: 16 saved
-    (512, 16) fp32 tensors)."""
+    (512, 16) fp32 tensors).
+
+    With lora_dropout > 0 each adapted module has its own nn.Dropout (layer.py update_layer): lora_A
+    keeps the dropout's output (a new tensor in the adapter's dtype, so the module's input itself is
+    no longer kept), and dropout keeps its mask, one byte per element (CUDA native_dropout's bool
+    mask, aten/src/ATen/native/cuda/Dropout.cu), where the input needs a gradient (not the first
+    layer's q/k/v: activations.Trainable.no_grad_inputs). Measured: tests/data/adapters/lora-dropout.json.
+    """
+    if dropout:
+        return Saved(False, width * adapter_bytes + rank * adapter_bytes, width * DROPOUT_MASK_BYTES)
     same = adapter_bytes == act
     return Saved(same, (0 if same else width * adapter_bytes) + rank * adapter_bytes)
 

@@ -41,6 +41,10 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.put("lora-targets", "all-linear", "lora_target_linear")
         elif isinstance(m.get("lora_target_modules"), list):
             m.put("lora-targets", m.get("lora_target_modules"), "lora_target_modules")
+        if m.get("lora_dropout") is not None:
+            m.put("lora-dropout", m.get("lora_dropout"), "lora_dropout")
+        else:
+            m.assume("lora-dropout", 0.0, "axolotl src/axolotl/utils/schemas/peft.py:80 lora_dropout 0.0 (:236 validate_lora_dropout)")
     elif adapter:
         m.not_modelled(f"adapter = {adapter}", "priced as full fine-tuning")
     else:

@@ -40,6 +40,10 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.put("lora-targets", "all-linear" if every else targets, " / ".join(switches))
         else:
             m.assume("lora-targets", targets, f"{LORA}: lora_query and lora_value True, the others False")
+        if "lora_dropout" in m.data:
+            m.put("lora-dropout", m.get("lora_dropout"), "lora_dropout")
+        else:
+            m.assume("lora-dropout", 0.05, "litgpt/finetune/lora.py:58 setup(): lora_dropout 0.05")
         if m.get("lora_head") is True:
             m.not_modelled("lora_head", "a LoRA adapter on the output head")
     else:

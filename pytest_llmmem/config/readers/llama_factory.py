@@ -45,6 +45,10 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.put("lora-targets", value, "lora_target")
         else:
             m.assume("lora-targets", value, f'{HP}/finetuning_args.py:81: lora_target "all"')
+        if "lora_dropout" in m.data:
+            m.put("lora-dropout", m.get("lora_dropout"), "lora_dropout")
+        else:
+            m.assume("lora-dropout", 0.0, f"{HP}/finetuning_args.py:73: lora_dropout 0.0")
     elif kind == "full":
         m.put("mode", "train", "finetuning_type")
     else:

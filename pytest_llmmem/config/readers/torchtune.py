@@ -86,6 +86,10 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.not_modelled("model.apply_lora_to_output", "a LoRA adapter on the output projection")
         if targets:
             m.put("lora-targets", list(dict.fromkeys(targets)), "model.lora_attn_modules / apply_lora_to_mlp")
+        if model.get("lora_dropout") is not None:
+            m.put("lora-dropout", model["lora_dropout"], "model.lora_dropout")
+        else:
+            m.assume("lora-dropout", 0.0, "torchtune/models/llama3/_component_builders.py:173 lora_llama3(): lora_dropout 0.0")
     # dtype and batch_size are required by the recipes (cfg.dtype, cfg.batch_size): without them the run's own
     # keys (or their defaults) apply, and nothing is credited to the file
     dtype = str(m.get("dtype", "bf16")).lower()

@@ -41,6 +41,10 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.put("lora-targets", "all-linear", "lora_target_modules")
         elif isinstance(targets, list) and targets:
             m.put("lora-targets", targets, "lora_target_modules")
+        if "lora_dropout" in m.data:
+            m.put("lora-dropout", m.get("lora_dropout"), "lora_dropout")
+        else:
+            m.assume("lora-dropout", 0.05, f"{MODEL}:115: lora_dropout 0.05")
     else:
         m.assume("mode", "train", f"{MODEL}: use_peft False")
     if peft and four:

@@ -31,14 +31,32 @@ class Trainable(NamedTuple):
     experts: Tuple[Linear, ...] = ()  # adapted 3D routed-expert parameters (Linear.wrap == "param")
     rank: int = 0  # the adapter's rank, for what an adapted expert parameter keeps
     adapter: Any = None  # the adapters.Adapter that says what an adapted module keeps (adapters.lora_saved)
+    dropout: bool = False  # lora-dropout > 0: each adapted module has a dropout of its own
+    no_grad_inputs: FrozenSet[str] = frozenset()  # modules of this layer whose input needs no gradient
 
     def adapter_saved(self, name: str, width: int, act: int) -> int:
         """Bytes per token the adapter on ``name`` (input ``width`` wide) keeps of its own for backward."""
-        return self.adapter.saved(width, self.rank, self.adapter_bytes, act).per_token if name in self.adapted else 0
+        if name not in self.adapted:
+            return 0
+        saved = self.adapter.saved(width, self.rank, self.adapter_bytes, act, self.dropout)
+        return saved.per_token + (0 if name in self.no_grad_inputs else saved.mask_per_token)
 
     def keeps_input(self, name: str, act: int) -> bool:
         """Does the base input of ``name`` stay alive for backward (trainable weight, or an adapter that keeps it)?"""
-        return self.full or (name in self.adapted and self.adapter.saved(0, self.rank, self.adapter_bytes, act).keeps_input)
+        return self.full or (name in self.adapted and self.adapter.saved(0, self.rank, self.adapter_bytes, act, self.dropout).keeps_input)
+
+    def first_layer(self, linears: Dict[str, Linear]) -> "Trainable":
+        """In the first layer of an adapter run the input comes from the frozen embedding: a module's input
+        needs a gradient only once an adapted module before it in the layer made one (attention inputs,
+        o_proj, MLP inputs, down_proj, in that order)."""
+        stages = (("qkv", "q", "k", "v", "in", "q_a", "kv_a"), ("o",), ("gate_up", "gate", "up"), ("down",))
+        no_grad, grad = set(), False
+        for roles in stages:
+            names = {linears[r].name for r in roles if r in linears}
+            if not grad:
+                no_grad |= names
+            grad = grad or bool(names & self.adapted)
+        return self._replace(no_grad_inputs=frozenset(no_grad))
 
 
 def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: bool, amp: bool, width: int = 0, rows: int = 0) -> int:
@@ -278,9 +296,11 @@ def layer_saved(
     """
     group = group or arch.layer_groups()[0]
     fam, h = arch.family, arch.hidden_size
+    lin = {l.role: l for l in group.linears(fam, h)}
+    if not (input_requires_grad or trainable.full):
+        trainable = trainable.first_layer(lin)
     p = Pass(batch, seq, act, flash, trainable, amp)
     tokens, full = p.tokens, trainable.full
-    lin = {l.role: l for l in group.linears(fam, h)}
     post_norms = group.norms == 4  # Gemma 2/3, GLM-4: a norm after attention and after the MLP too
     # In a LoRA run the first layer's input comes from a frozen embedding and needs no gradient, so its norm keeps nothing.
     norm = _norm_saved(arch, tokens, act, full, amp) if (input_requires_grad or full) else 0

@@ -227,7 +227,8 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
         adapted = run.adapter.touches(arch, run.lora_targets)
         names = frozenset(lin.name for lin in adapted if lin.wrap == "module")
         trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes),
-                              experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter)
+                              experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter,
+                              dropout=run.lora_dropout > 0)
     amp = run.precision == "amp" and run.mode == "train"
     kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
