@@ -103,3 +103,18 @@ def test_the_docs_table_lists_every_built_in_adapter():
     table = (Path(__file__).parent.parent / "docs" / "adapters.md").read_text(encoding="utf-8").split("## The built-in adapters")[1]
     rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")]
     assert rows == [a.name for a in BUILTIN]
+
+
+def test_the_head_and_the_embedding_are_targets_peft_adapts():
+    """By hand (the PYPROJECT model: hidden 64, vocab 1000, 2 layers, q/v 64 -> 64, rank 8): q_proj and v_proj add
+    2 x 2 x 8 x 128 = 4096; lm_head adds A (8 x 64) and B (1000 x 8) = 8512; embed_tokens lora_embedding_A
+    (8 x 1000) and B (64 x 8) = 8512 too. "all-linear" with lm_head adds the head to every layer linear."""
+    def run(targets):
+        text = textwrap.dedent(PYPROJECT.format(mode="lora")) + f"lora-targets = {targets}\n"
+        return estimate(parse(text).runs[0])
+
+    assert run('["q_proj", "v_proj", "lm_head"]').trainable_params == 4096 + 8512
+    assert run('["q_proj", "v_proj", "embed_tokens"]').trainable_params == 4096 + 8512
+    assert run('["all-linear", "lm_head"]').trainable_params == run('"all-linear"').trainable_params + 8512
+    with pytest.raises(ConfigError, match='"lm_haed" is not a linear layer'):
+        run('["lm_haed"]')

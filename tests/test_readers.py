@@ -91,7 +91,7 @@ CASES = [
     ("litgpt/llama-3-8b-full.yaml", "meta-llama/Meta-Llama-3-8B",
      dict(mode="train", dtype="bf16", batch_size=4, seq_len=512, gpus=4, fsdp="full-shard"), {"framework": "litgpt"}, []),
     ("litgpt/phi-3-lora.yaml", "microsoft/Phi-3-mini-4k-instruct",
-     dict(mode="lora", lora_rank=8, lora_targets=("all-linear",), batch_size=4, seq_len=512), {"framework": "litgpt"}, ["lora_head"]),
+     dict(mode="lora", lora_rank=8, lora_targets=("all-linear", "lm_head"), batch_size=4, seq_len=512), {"framework": "litgpt"}, []),
 ]
 
 

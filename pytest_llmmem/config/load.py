@@ -22,6 +22,7 @@ from ..values import type_name
 from .checkpoint_keys import checkpoint_setting
 from .gpu_keys import budget, parallelism
 from ..model.layers import peft_target_problem
+from ..model.lora import OUTER_TARGETS
 from .locate import Locator
 from ..model.architecture import Architecture
 from .model_config import check_values as check_model_values, model_from_table
@@ -194,10 +195,10 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
     model = model_from_table(Table(model_raw, MODEL_KEYS, ctx, model_dotted, model_line), ctx)
 
     if isinstance(model, Architecture) and "lora-targets" in table and targets != ("all-linear",):
-        names = model.module_names()
+        names = model.module_names() + list(OUTER_TARGETS)
         leaves = {n.split(".")[-1] for n in names}
         for target in targets:
-            if target not in names and target not in leaves:
+            if target != "all-linear" and target not in names and target not in leaves:
                 own = model.family.own_spelling(target)
                 hint = f' {model.family.name} spells it "{own}".' if own in leaves else did_you_mean(target, names)
                 raise table.fail("lora-targets", f'"{shown_name(target)}" is not a linear layer of this {model.family.name} model.{hint}',

@@ -27,7 +27,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 from ..errors import ConfigError
 from .layers import Linear
-from .lora import adapted_linears
+from .lora import adapted_linears, outer_targets
 
 
 DROPOUT_MASK_BYTES = 1  # CUDA native_dropout keeps a bool mask (the CPU keeps its scaled noise in the input's dtype)
@@ -69,9 +69,10 @@ class Adapter(NamedTuple):
     def params(self, arch, rank: int, targets: Tuple[str, ...], trained_only: bool = False) -> int:
         """Trainable parameters it adds to ``arch``, group by group; ``trained_only``: those that get a
         gradient (not a bypassed module's, layers.Linear.wrap)."""
-        return sum(count * sum(lin.count * sum(self.tensors(lin, rank)) for lin in self.touches(arch, targets, lins)
-                               if not (trained_only and lin.wrap == "bypassed"))
-                   for count, lins in arch.group_linears())
+        layers = sum(count * sum(lin.count * sum(self.tensors(lin, rank)) for lin in self.touches(arch, targets, lins)
+                                 if not (trained_only and lin.wrap == "bypassed"))
+                     for count, lins in arch.group_linears())
+        return layers + sum(sum(self.tensors(lin, rank)) for lin in outer_targets(arch, targets))
 
 
 def lora_tensors(lin: Linear, rank: int) -> Tuple[int, ...]:

@@ -270,7 +270,7 @@ def peft_target_problem(family: str, linears: List[Linear], targets: Tuple[str, 
     or a name that only routed experts PEFT cannot wrap carry (PEFT: "Target modules ... not found").
     Note: a name both nn.Linears and unwrappable experts carry (Jamba's gate_proj): only the linears adapt.
     """
-    if targets == ("all-linear",):
+    if "all-linear" in targets:
         return "", ""
     wanted = set(targets)
     fused = [lin for lin in linears if lin.wrap == "param" and lin.role in ("gate", "up")]

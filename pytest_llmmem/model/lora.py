@@ -22,7 +22,7 @@ def adapted_linears(arch: Architecture, targets: Tuple[str, ...], linears: Optio
     """
     every = arch.linears()
     pool = every if linears is None else linears
-    wanted = {lin.name for lin in every} if targets == ("all-linear",) else set(targets)
+    wanted = {lin.name for lin in every} if "all-linear" in targets else set(targets)  # ["all-linear", "lm_head"]: and the head
 
     def named(lin: Linear) -> bool:
         return lin.name in wanted or lin.name.split(".")[-1] in wanted
@@ -40,6 +40,23 @@ def adapted_linears(arch: Architecture, targets: Tuple[str, ...], linears: Optio
         if lin.wrap == "param" and lin.role == "gate":
             lin = lin._replace(role="gate_up", name="gate_up_proj", d_out=2 * lin.d_out, rank_scale=2)
         out.append(lin)
+    return tuple(out)
+
+
+# Modules outside the decoder layers that target_modules may name (PEFT wraps nn.Linear and nn.Embedding;
+# "all-linear" leaves the output head out: peft/tuners/tuners_utils.py _maybe_include_all_linear_layers).
+OUTER_TARGETS = ("lm_head", "embed_tokens")
+
+
+def outer_targets(arch: Architecture, targets: Tuple[str, ...]) -> Tuple[Linear, ...]:
+    """The head and the input embedding when ``targets`` names them, as matrices an adapter sees: lm_head
+    (hidden -> vocab, a LoRA Linear) and embed_tokens (vocab -> hidden: PEFT's Embedding trains
+    lora_embedding_A, r x vocab, and lora_embedding_B, hidden x r; peft/tuners/lora/layer.py Embedding)."""
+    out: List[Linear] = []
+    if "lm_head" in targets and not arch.family.classifier:
+        out.append(Linear("head", "lm_head", arch.hidden_size, arch.vocab_size, False))
+    if "embed_tokens" in targets:
+        out.append(Linear("embed", "embed_tokens", arch.vocab_size, arch.hidden_size, False))
     return tuple(out)
 
 

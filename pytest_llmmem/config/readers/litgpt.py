@@ -36,16 +36,18 @@ def read(m: Mapper, base_dir: Path) -> None:
         targets = [name for key, names in _SWITCHES if m.get(key, key in ("lora_query", "lora_value")) is True for name in names]
         every = len(targets) == 7  # all five switches: every linear of the block (names differ per family)
         switches = [key for key, _ in _SWITCHES if m.given(key)]
+        head = m.get("lora_head") is True  # litgpt/lora.py GPT: lm_head becomes a LoRALinear
+        if head:
+            switches.append("lora_head")
         if switches:
-            m.put("lora-targets", "all-linear" if every else targets, " / ".join(switches))
+            chosen = ["all-linear"] if every else targets
+            m.put("lora-targets", chosen + ["lm_head"] if head else ("all-linear" if every else targets), " / ".join(switches))
         else:
             m.assume("lora-targets", targets, f"{LORA}: lora_query and lora_value True, the others False")
         if "lora_dropout" in m.data:
             m.put("lora-dropout", m.get("lora_dropout"), "lora_dropout")
         else:
             m.assume("lora-dropout", 0.05, "litgpt/finetune/lora.py:58 setup(): lora_dropout 0.05")
-        if m.get("lora_head") is True:
-            m.not_modelled("lora_head", "a LoRA adapter on the output head")
     else:
         m.assume("mode", "train", "no lora_* keys (litgpt finetune_full)")
     if quantize.startswith("bnb.nf4"):

@@ -83,9 +83,9 @@ def read(m: Mapper, base_dir: Path) -> None:
         if model.get("apply_lora_to_mlp") is True:
             targets += ["gate_proj", "up_proj", "down_proj"]
         if model.get("apply_lora_to_output") is True:
-            m.not_modelled("model.apply_lora_to_output", "a LoRA adapter on the output projection")
+            targets.append("lm_head")  # torchtune's output projection is transformers' lm_head (convert_weights.py)
         if targets:
-            m.put("lora-targets", list(dict.fromkeys(targets)), "model.lora_attn_modules / apply_lora_to_mlp")
+            m.put("lora-targets", list(dict.fromkeys(targets)), "model.lora_attn_modules / apply_lora_to_mlp / apply_lora_to_output")
         if model.get("lora_dropout") is not None:
             m.put("lora-dropout", model["lora_dropout"], "model.lora_dropout")
         else:

@@ -343,8 +343,15 @@ def head_saved(arch: Architecture, *, batch: int, seq: int, act: int, trainable:
     n = tokens * INDEX_BYTES * 2  # input ids for the embedding, labels for the loss
     if arch.family.final_norm:
         n += _norm_saved(arch, tokens, act, trainable.full, amp)
-    if trainable.full and not arch.family.classifier:
-        n += tokens * arch.hidden_size * act  # lm_head input
+    h = arch.hidden_size
+    if (trainable.full or trainable.keeps_input("lm_head", act)) and not arch.family.classifier:
+        n += tokens * h * act  # lm_head input
+    # An adapted head keeps what an adapted linear keeps (adapters.lora_saved); an adapted embedding keeps
+    # lora_embedding_A's r-wide output for B's gradient (peft/tuners/lora/layer.py Embedding.forward: after_A @ B;
+    # it applies no dropout). Measured: tests/data/adapters/lora-head.json, lora-embed.json.
+    n += tokens * trainable.adapter_saved("lm_head", h, act)
+    if "embed_tokens" in trainable.adapted:
+        n += tokens * trainable.rank * trainable.adapter_bytes
     if arch.family.embedding_norm:
         n += _norm_saved(arch, tokens, act, trainable.full, amp)
     if arch.hidden_dropout:

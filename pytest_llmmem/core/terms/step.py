@@ -18,6 +18,7 @@ from .checkpointing import context_parallel_kv, selective_saved
 from ...catalog.entries import DType, Optimizer
 from ...model.architecture import Architecture
 from ...model.layers import peft_target_problem
+from ...model.lora import outer_targets
 from ..compose import Pairs
 from .parallel import LocalParams, adapter_base, frozen_params, host_bytes_per_node, local_params, model_states, offloaded_adapter_states
 from .prefill import prefill_terms, stage_groups
@@ -225,7 +226,7 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
         trainable = Trainable(full=True)
     else:
         adapted = run.adapter.touches(arch, run.lora_targets)
-        names = frozenset(lin.name for lin in adapted if lin.wrap == "module")
+        names = frozenset(lin.name for lin in adapted if lin.wrap == "module") | {lin.name for lin in outer_targets(arch, run.lora_targets)}
         trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes),
                               experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter,
                               dropout=run.lora_dropout > 0)
@@ -240,8 +241,8 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
     biggest_layer = 0
     for i, (n, g) in enumerate(stage):
         rest = layer_saved(arch, g, **kw)
-        # In a LoRA run the first layer's input comes from the frozen embedding (no gradient).
-        first = layer_saved(arch, g, input_requires_grad=trainable.full, **kw) if i == 0 else rest
+        # In a LoRA run the first layer's input comes from the frozen embedding (no gradient), unless it is adapted.
+        first = layer_saved(arch, g, input_requires_grad=trainable.full or "embed_tokens" in trainable.adapted, **kw) if i == 0 else rest
         biggest_layer = max(biggest_layer, sum(rest.values()))
         for block in blocks:
             blocks[block] += first[block] + rest[block] * (n - 1)
