@@ -118,3 +118,14 @@ def test_the_head_and_the_embedding_are_targets_peft_adapts():
     assert run('["all-linear", "lm_head"]').trainable_params == run('"all-linear"').trainable_params + 8512
     with pytest.raises(ConfigError, match='"lm_haed" is not a linear layer'):
         run('["lm_haed"]')
+
+
+def test_modules_to_save_trains_a_full_copy_in_the_model_dtype():
+    """By hand (hidden 64, vocab 1000, bf16): lm_head and embed_tokens copies are 2 x 64 x 1000 = 128,000 trainable
+    parameters beside q/v's 4096, each copy's weights, gradients and two AdamW states 2 bytes a parameter."""
+    text = textwrap.dedent(PYPROJECT.format(mode="lora")) + 'modules-to-save = ["lm_head", "embed_tokens"]\n'
+    est = estimate(parse(text).runs[0])
+    assert est.trainable_params == 4096 + 128_000
+    assert est.details["weights.modules_to_save"] == 128_000 * 2
+    with pytest.raises(ConfigError, match="modules-to-save"):
+        parse(textwrap.dedent(PYPROJECT.format(mode="lora")) + 'modules-to-save = ["q_proj"]\n')

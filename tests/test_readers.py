@@ -49,7 +49,8 @@ def _run(relpath: str, extra: str = "", tmp: Path = None):
 CASES = [
     ("axolotl/lora-8b.yml", "NousResearch/Meta-Llama-3-8B",
      dict(mode="lora", dtype="int8", lora_rank=32, lora_dropout=0.05, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
-          optimizer="adamw-8bit", gradient_checkpointing=True, flash_attention=True), {}, ["lora_modules_to_save"]),
+          optimizer="adamw-8bit", gradient_checkpointing=True, flash_attention=True,
+          modules_to_save=("embed_tokens", "lm_head")), {}, []),
     ("axolotl/qlora.yml", "NousResearch/Meta-Llama-3-8B",
      dict(mode="qlora", dtype="nf4", lora_rank=32, lora_dropout=0.05, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
           optimizer="paged-adamw", gradient_checkpointing=True), {"double_quant": True}, []),
@@ -149,8 +150,8 @@ def test_run_keys_override_the_file_and_the_report_says_where_each_came_from(run
     (tmp_path / "pyproject.toml").write_text(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{tmp_path / "lora-8b.yml"}"\n')
     code, out, err = run_cli("check", tmp_path / "pyproject.toml")
     assert "settings from:" in out and "lora-8b.yml: micro_batch_size" in out, err
-    assert "partial: lora-8b.yml: lora_modules_to_save" in out  # a memory-relevant key not modelled: partial verdict
-    assert "FITS (partial)" in out or "OVER (partial)" in out
+    # lora_modules_to_save (embed_tokens, lm_head) is priced now: read like any other key, the verdict not partial
+    assert "lora-8b.yml: lora_modules_to_save" in out and "partial" not in out, out
 
 
 def test_deepspeed_json_is_followed_and_offload_read(tmp_path):

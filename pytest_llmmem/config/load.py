@@ -98,6 +98,15 @@ def _top_model_line(ctx: Context) -> Callable[[Optional[str]], Optional[int]]:
     return lambda key: ctx.locator.find(f"{TABLE}.model", 0, key) or ctx.locator.find(TABLE, 0, "model")
 
 
+def _modules_to_save(table: Table) -> Tuple[str, ...]:
+    """modules-to-save: the modules outside the layers PEFT trains in full (lm_head, embed_tokens)."""
+    value = table.values.get("modules-to-save", [])
+    if not isinstance(value, list) or any(v not in OUTER_TARGETS for v in value):
+        raise table.fail("modules-to-save", f"expected a list of {one_of(OUTER_TARGETS)}, got {type_name(value)} {shown(value)}.",
+                         hint='For example modules-to-save = ["lm_head", "embed_tokens"] (new tokens: axolotl\'s lora_modules_to_save).')
+    return tuple(dict.fromkeys(value))
+
+
 def _mode(table: Table, ctx: Context) -> Tuple[str, Any]:
     """The run's mode and the adapter it names (None for "train" and "inference"): an adapter a plugin
     registers is a mode like the built-in "lora" and "qlora" (adapters.py)."""
@@ -267,6 +276,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         lora_rank_given="lora-rank" in table,
         lora_targets=targets,
         lora_dropout=table.probability("lora-dropout") or 0.0,
+        modules_to_save=_modules_to_save(table),
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,
         knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name if dtype.name in ("nf4", "int4") else "", adapter_dtype=adapter_dtype.name,

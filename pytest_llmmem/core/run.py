@@ -122,6 +122,7 @@ class Run(NamedTuple):
     lora_rank_given: bool = True
     lora_targets: Tuple[str, ...] = ("q_proj", "v_proj")  # or ("all-linear",)
     lora_dropout: float = 0.0  # peft/tuners/lora/config.py LoraConfig: lora_dropout = 0.0
+    modules_to_save: Tuple[str, ...] = ()  # LoraConfig.modules_to_save: lm_head / embed_tokens trained in full
     adapter_dtype: Optional[DType] = None
     gpus: int = 1  # total GPUs: data-parallel x tensor-parallel x pipeline-parallel
     zero_stage: int = 0  # DeepSpeed ZeRO 0-3

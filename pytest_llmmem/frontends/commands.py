@@ -68,6 +68,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         for flag, kind in _VALUE_FLAGS.items():
             p.add_argument(f"--{flag}", type=kind, metavar=flag.split("-")[-1].upper())
         p.add_argument("--lora-targets", metavar="NAMES", help='comma-separated module names, or "all-linear"')
+        p.add_argument("--modules-to-save", metavar="NAMES", help="comma-separated: lm_head, embed_tokens (trained in full)")
         for flag in _SWITCHES:
             if flag == "gradient-checkpointing":  # also takes its value: --gradient-checkpointing selective
                 p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), nargs="?", const=True, default=None, metavar="full|selective")
@@ -169,6 +170,8 @@ def _estimate(args: argparse.Namespace) -> int:
             values[_FLAG_KEYS.get(flag, flag)] = value
     if "model" in values:  # --model org/name: a Hugging Face Hub id (hub.py)
         values["id"] = values.pop("model")
+    if args.modules_to_save:
+        values["modules-to-save"] = [t.strip() for t in args.modules_to_save.split(",") if t.strip()]
     if args.lora_targets:
         values["lora-targets"] = "all-linear" if args.lora_targets == "all-linear" else [t.strip() for t in args.lora_targets.split(",") if t.strip()]
     try:
@@ -186,7 +189,7 @@ def _as_flag_error(err: Any) -> Any:
 
     leaf = (err.key or "").rsplit(".", 1)[-1]
     leaf = "model" if leaf == "id" else leaf  # --model is the table's id
-    known = leaf in _VALUE_FLAGS or leaf in _SWITCHES or leaf == "lora-targets"
+    known = leaf in _VALUE_FLAGS or leaf in _SWITCHES or leaf in ("lora-targets", "modules-to-save")
     message = err.message.replace('run "estimate" has mode = ', "--mode is ")
     hint = (err.hint or "").replace("the folder of the pyproject.toml", "the current folder") or None
     return ConfigError(message, path=err.path, key=f"--{leaf}" if known else err.key, hint=hint)

@@ -62,7 +62,7 @@ class Adapter(NamedTuple):
     merge: Callable[[int, bool, int, int], int]
     quantized_base: bool = False  # the frozen base stays quantized (4-bit) under the adapters
     default_dtype: str = "bf16"  # the base's dtype when the run names none
-    keys: Tuple[str, ...] = ("lora-rank", "lora-targets", "adapter-dtype", "lora-dropout")  # the run keys that apply to it
+    keys: Tuple[str, ...] = ("lora-rank", "lora-targets", "adapter-dtype", "lora-dropout", "modules-to-save")  # the run keys that apply to it
     summary: Callable[[int, Tuple[str, ...]], str] = rank_on_targets  # (rank, targets) -> its settings in a report
     aliases: Tuple[str, ...] = ()
 

@@ -78,6 +78,18 @@ class Mapper:
         self.values[ours] = value
         self.origins[ours] = f"{self.fmt} default ({cite})"
 
+    def modules_to_save(self, theirs: str) -> None:
+        """PEFT's modules_to_save under the trainer's key: the head and the embedding are priced (a full
+        trainable copy each); any other module is reported as not modelled."""
+        value = self.get(theirs)
+        if not value:
+            return
+        names = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else []
+        if names and all(n in ("lm_head", "embed_tokens") for n in names):
+            self.put("modules-to-save", names, theirs)
+        else:
+            self.not_modelled(theirs, "fully trained modules beside the adapters (only lm_head and embed_tokens are priced)")
+
     def not_modelled(self, theirs: str, why: str) -> None:
         self.skipped.append(f"{self.path.name}: {theirs} ({why}) is not modelled")
 

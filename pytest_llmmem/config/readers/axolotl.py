@@ -12,7 +12,6 @@ from . import Mapper, hf_args, model_table
 SCHEMA = "axolotl src/axolotl/utils/schemas/config.py"  # @ 067b021c8b87: sequence_len :665, gradient_checkpointing :600
 # Memory-relevant keys this tool does not model: (key, what it changes).
 UNMODELLED = (
-    ("lora_modules_to_save", "fully trained embed_tokens / lm_head beside the adapters"),
     ("liger_rms_norm", "Liger RMSNorm kernel saves fewer activations"), ("liger_glu_activation", "Liger SwiGLU kernel"),
     ("liger_rope", "Liger RoPE kernel"), ("lora_mlp_kernel", "fused LoRA MLP kernel"),
     ("sequence_parallel_degree", "context parallelism"),
@@ -45,6 +44,7 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.put("lora-dropout", m.get("lora_dropout"), "lora_dropout")
         else:
             m.assume("lora-dropout", 0.0, "axolotl src/axolotl/utils/schemas/peft.py:80 lora_dropout 0.0 (:236 validate_lora_dropout)")
+        m.modules_to_save("lora_modules_to_save")
     elif adapter:
         m.not_modelled(f"adapter = {adapter}", "priced as full fine-tuning")
     else:

@@ -33,6 +33,7 @@ class Trainable(NamedTuple):
     adapter: Any = None  # the adapters.Adapter that says what an adapted module keeps (adapters.lora_saved)
     dropout: bool = False  # lora-dropout > 0: each adapted module has a dropout of its own
     no_grad_inputs: FrozenSet[str] = frozenset()  # modules of this layer whose input needs no gradient
+    whole: FrozenSet[str] = frozenset()  # modules trained in full beside the adapter (modules-to-save)
 
     def adapter_saved(self, name: str, width: int, act: int) -> int:
         """Bytes per token the adapter on ``name`` (input ``width`` wide) keeps of its own for backward."""
@@ -43,7 +44,7 @@ class Trainable(NamedTuple):
 
     def keeps_input(self, name: str, act: int) -> bool:
         """Does the base input of ``name`` stay alive for backward (trainable weight, or an adapter that keeps it)?"""
-        return self.full or (name in self.adapted and self.adapter.saved(0, self.rank, self.adapter_bytes, act, self.dropout).keeps_input)
+        return self.full or name in self.whole or (name in self.adapted and self.adapter.saved(0, self.rank, self.adapter_bytes, act, self.dropout).keeps_input)
 
     def first_layer(self, linears: Dict[str, Linear]) -> "Trainable":
         """In the first layer of an adapter run the input comes from the frozen embedding: a module's input

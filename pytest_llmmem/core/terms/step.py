@@ -164,6 +164,16 @@ def step_terms(run: Run) -> Step:
             trained = run.adapter.params(arch, run.lora_rank, run.lora_targets, trained_only=True)
             gradients = round(trained * adapter_bytes)
             optimizer_states, opt_note = _optimizer_bytes(run.optimizer, run, trained, adapter_bytes, False)
+            # modules-to-save: PEFT's ModulesToSaveWrapper trains a full copy of each named module in the model's
+            # dtype beside the frozen original (peft/utils/other.py ModulesToSaveWrapper: deepcopy of the module),
+            # so weights, gradients and optimizer states of a hidden x vocab matrix each, in that dtype.
+            whole = len(run.modules_to_save) * arch.hidden_size * arch.vocab_size
+            if whole:
+                details["weights.modules_to_save"] = round(whole * act)
+                weights += details["weights.modules_to_save"]
+                trainable += whole
+                gradients += round(whole * act)
+                optimizer_states += _optimizer_bytes(run.optimizer, run, whole, act, False)[0]
             if bnb:
                 optimizer_states, paged = bnb_state_bytes(run.optimizer, tensors)
             off = offloaded_adapter_states(run, details["weights.adapters"], gradients, optimizer_states)
@@ -229,7 +239,7 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
         names = frozenset(lin.name for lin in adapted if lin.wrap == "module") | {lin.name for lin in outer_targets(arch, run.lora_targets)}
         trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes),
                               experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter,
-                              dropout=run.lora_dropout > 0)
+                              dropout=run.lora_dropout > 0, whole=frozenset(run.modules_to_save))
     amp = run.precision == "amp" and run.mode == "train"
     kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
@@ -242,7 +252,7 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
     for i, (n, g) in enumerate(stage):
         rest = layer_saved(arch, g, **kw)
         # In a LoRA run the first layer's input comes from the frozen embedding (no gradient), unless it is adapted.
-        first = layer_saved(arch, g, input_requires_grad=trainable.full or "embed_tokens" in trainable.adapted, **kw) if i == 0 else rest
+        first = layer_saved(arch, g, input_requires_grad=trainable.full or "embed_tokens" in trainable.adapted | trainable.whole, **kw) if i == 0 else rest
         biggest_layer = max(biggest_layer, sum(rest.values()))
         for block in blocks:
             blocks[block] += first[block] + rest[block] * (n - 1)
