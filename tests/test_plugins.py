@@ -107,7 +107,7 @@ def test_builtins_called_directly_equal_builtins_through_pluggy():
     direct = Catalog()
     through_pluggy = Catalog(extra_plugins=[types.SimpleNamespace()])  # a plugin with no hooks
     assert direct._pm is None and through_pluggy._pm is not None
-    for table in ("dtypes", "optimizers", "gpus", "families", "engines"):
+    for table in ("dtypes", "optimizers", "gpus", "families", "engines", "profiles"):
         mine, theirs = getattr(direct, table), getattr(through_pluggy, table)
         assert (mine.names, mine.entries, mine.owners) == (theirs.names, theirs.entries, theirs.owners), table
     assert "A100-80GB" in direct.gpus.names and set(direct.gpus.owners.values()) == {"builtin"}
@@ -169,4 +169,43 @@ def test_an_unknown_engine_names_the_registered_ones(tmp_path):
 
     (tmp_path / "pyproject.toml").write_text(TOY_ENGINE_RUN.replace('engine = "toy"', 'engine = "vlm"'))
     with pytest.raises(ConfigError, match='"vlm" is not valid. Did you mean "vllm"'):
+        load(tmp_path / "pyproject.toml")
+
+
+TOY_TRAINING_RUN = TOY_ENGINE_RUN.replace('mode = "inference"\nengine = "toy"', 'mode = "lora"\nseq-len = 4096\nframework = "acme"')
+
+
+def _estimate_with(plugin, tmp_path, monkeypatch, text):
+    """One run of ``text`` estimated with ``plugin`` registered beside the built-ins (nothing else changed)."""
+    from pytest_llmmem.catalog import registry
+    from pytest_llmmem.config.load import load
+    from pytest_llmmem.estimator import estimate
+
+    monkeypatch.setattr(registry, "_DEFAULT", Catalog(extra_plugins=[plugin]))
+    (tmp_path / "pyproject.toml").write_text(text)
+    return estimate(load(tmp_path / "pyproject.toml").runs[0])
+
+
+def test_a_plugin_profile_is_one_entry_and_sets_its_trainers_defaults(tmp_path, monkeypatch):
+    # The plugin's only code is its Profile: the HF Trainer's defaults with Liger's fused loss. So a run
+    # with framework = "acme" must price exactly as framework = "transformers" with loss = "fused" set
+    # by hand (same knobs, the loss's logits never materialised), and below the stock upcast loss.
+    from pytest_llmmem.catalog.profiles import PROFILES
+
+    acme = PROFILES["transformers"]._replace(name="acme", loss="fused", keeps_logits=False, describes="Acme (Liger fused CE)")
+    plugin = types.SimpleNamespace(llmmem_register_profiles=hookimpl(lambda register: register(acme)))
+    toy = _estimate_with(plugin, tmp_path, monkeypatch, TOY_TRAINING_RUN)
+    by_hand = _estimate_with(plugin, tmp_path, monkeypatch, TOY_TRAINING_RUN.replace('framework = "acme"', 'loss = "fused"'))
+    stock = _estimate_with(plugin, tmp_path, monkeypatch, TOY_TRAINING_RUN.replace('framework = "acme"', ""))
+    assert toy.run.knobs.framework == "acme" and toy.run.knobs.loss == "fused"
+    assert toy.breakdown == by_hand.breakdown and toy.phases == by_hand.phases
+    assert toy.total_bytes < stock.total_bytes
+    assert toy.run.job == stock.run.job  # no phase defaults given: the HF Trainer's (phase_keys._HF)
+
+
+def test_an_unknown_framework_names_the_registered_profiles(tmp_path):
+    from pytest_llmmem.config.load import load
+
+    (tmp_path / "pyproject.toml").write_text(TOY_TRAINING_RUN.replace('"acme"', '"torchtun"'))
+    with pytest.raises(ConfigError, match='"torchtun" is not valid. Did you mean "torchtune"'):
         load(tmp_path / "pyproject.toml")

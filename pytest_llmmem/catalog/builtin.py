@@ -1,4 +1,5 @@
-"""The built-in dtypes, optimizers, GPUs, model families and adapters, registered through the same hooks a plugin uses.
+"""The built-in dtypes, optimizers, GPUs, model families, adapters, engines and trainer profiles, registered
+through the same hooks a plugin uses.
 
 The functions below are the built-ins' hook implementations. They carry no ``@hookimpl`` here: that
 marker imports pluggy, which ``llmmem check`` does not load until a plugin is in play
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from ..model.adapters import BUILTIN as BUILTIN_ADAPTERS
 from .entries import GPU, AmbiguousName, DType, Engine, Optimizer
+from .profiles import PROFILES
 from ..units import MiB
 
 # NF4 as bitsandbytes stores it for QLoRA: 4 bits per weight, one 8-bit absmax per block of 64,
@@ -142,3 +144,9 @@ def llmmem_register_engines(register):
     # The serving modules sit above the catalog: each start-up is named, imported when a run uses it.
     register(Engine("vllm", "pytest_llmmem.serving.vllm_engine:startup", doc="vLLM V1 (vllm/v1/worker/gpu_worker.py)"))
     register(Engine("sglang", "pytest_llmmem.serving.sglang_engine:startup", doc="SGLang (python/sglang/srt/model_executor)"))
+
+
+def llmmem_register_profiles(register):
+    # torchtune, Unsloth, litgpt and the Hugging Face stack: each knob cited in catalog/profiles.py.
+    for profile in PROFILES.values():
+        register(profile)

@@ -26,6 +26,7 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover
     from .entries import GPU, DType, Engine, Optimizer
     from ..model.adapters import Adapter
+    from .profiles import Profile
     from ..model.architecture import Family
 
 PROJECT = "llmmem"
@@ -73,10 +74,6 @@ def llmmem_register_engines(register: "Callable[[Engine], None]") -> None:
     """
 
 
-# Next slots, as the tables move out of their closed dicts (issue 21 item 6): profiles, recipes and
-# trainer-config readers.
-
-
 @hookspec
 def llmmem_register_adapters(register: "Callable[[Adapter], None]") -> None:
     """Call ``register(Adapter(...))`` for each PEFT method the plugin knows; a run names it with
@@ -90,3 +87,25 @@ def llmmem_register_adapters(register: "Callable[[Adapter], None]") -> None:
             from pytest_llmmem.model.adapters import LORA, lora_tensors
             register(LORA._replace(name="twin-lora", doc="two LoRA pairs", tensors=lambda lin, r: 2 * lora_tensors(lin, r)))
     """
+
+
+@hookspec
+def llmmem_register_profiles(register: "Callable[[Profile], None]") -> None:
+    """Call ``register(Profile(...))`` for each trainer the plugin knows (``framework = "<name>"``).
+
+    A :class:`pytest_llmmem.catalog.profiles.Profile` is the trainer's defaults for the knobs (loss
+    implementation, activation offload, optimizer implementation, 4-bit layout, adapter dtype,
+    gradient checkpointing), each cited in ``sources``; a run's own keys win over it. ``phases``
+    (a :class:`pytest_llmmem.config.phase_keys.PhaseDefaults`: loader, evaluation, merge) defaults to
+    the Hugging Face Trainer's. Example: a trainer that runs on the HF Trainer with Liger's fused loss::
+
+        @hookimpl
+        def llmmem_register_profiles(register):
+            from pytest_llmmem.catalog.profiles import PROFILES
+            register(PROFILES["transformers"]._replace(name="acme", loss="fused", keeps_logits=False,
+                                                       describes="Acme trainer (Liger fused CE)"))
+    """
+
+
+# Next slots, as the tables move out of their closed dicts (issue 21 item 6): recipes and
+# trainer-config readers.

@@ -7,12 +7,14 @@ read from (the commit read is in the comment at the top of each profile). TRL, A
 LLaMA-Factory run on ``transformers`` and use its profile plus knobs (e.g. ``loss = "fused"`` for
 Liger's kernels).
 
-Adding a framework = one ``Profile`` entry below + a test; nothing in estimate.py changes.
+The built-ins below are registered through the ``llmmem_register_profiles`` hook (catalog/builtin.py),
+as a plugin's are; a run's ``framework`` is looked up in the catalog. Adding a framework = one
+``Profile`` entry (here, or a plugin's) + a test; nothing in estimate.py changes.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 LOSSES = ("upcast", "chunked", "fused")
 OPTIMIZER_IMPLS = ("foreach", "fused", "for-loop")
@@ -40,8 +42,13 @@ class Profile(NamedTuple):
     gradient_checkpointing: bool
     sources: Dict[str, str]
     describes: str
+    aliases: Tuple[str, ...] = ()
+    # The job's phase defaults (config.phase_keys.PhaseDefaults); None: the built-in table's entry for
+    # this name, or the Hugging Face Trainer's (what TRL, Axolotl, Unsloth and most trainers run on).
+    phases: Any = None
 
 
+# The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
 PROFILES: Dict[str, Profile] = {
     # transformers 5.24.0 (site-packages), peft 0.21.2, torch 2.13.
     "transformers": Profile(
@@ -200,8 +207,9 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
         found = [getattr(t, getter)(key, *args, default) for t in levels if key in t]
         return found[0] if found else default
 
-    framework = value("framework", "choice", "transformers", FRAMEWORKS)
-    profile = PROFILES[framework]
+    catalog = run_level.ctx.catalog  # the built-in profiles and any a plugin registers
+    framework = value("framework", "choice", "transformers", catalog.names("profiles", *(t.values["framework"] for t in levels if "framework" in t)))
+    profile = catalog.profile(framework)
     given = tuple(k for k in TRAINER_KEYS[1:] if pick(k) is not None)
 
     loss = value("loss", "choice", profile.loss, LOSSES)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DISABLE_ENV = "LLMMEM_DISABLE_PLUGINS"
 # The hooks each table is filled from (hookspecs.py), in the order the tables are built.
 _HOOKS = ("llmmem_register_dtypes", "llmmem_register_optimizers", "llmmem_register_gpus", "llmmem_register_families",
-          "llmmem_register_engines", "llmmem_register_adapters")
+          "llmmem_register_engines", "llmmem_register_adapters", "llmmem_register_profiles")
 
 
 _MAX_NAME = 200  # characters; longer names are refused before normalising
@@ -102,7 +102,8 @@ class Catalog:
         self.families = _Table("model family")
         self.engines = _Table("serving engine")
         self.adapters = _Table("adapter")
-        tables = (self.dtypes, self.optimizers, self.gpus, self.families, self.engines, self.adapters)
+        self.profiles = _Table("trainer profile")
+        tables = (self.dtypes, self.optimizers, self.gpus, self.families, self.engines, self.adapters, self.profiles)
         if self._pm is None:  # the built-ins alone: their hook implementations, called as the loop below would
             from . import builtin
 
@@ -183,6 +184,18 @@ class Catalog:
     def adapter_entries(self) -> List[Any]:
         """Every registered adapter, in registration order (the built-ins first)."""
         return [self.adapters.entries[normalize_name(name)] for name in self.adapters.names]
+
+    def profile(self, name: object) -> Any:
+        """A trainer profile (:class:`pytest_llmmem.catalog.profiles.Profile`, built-in or a plugin's) by name."""
+        return self._lookup("profiles", name)
+
+    def names(self, attr: str, *wanted: object) -> List[str]:
+        """The registered names of one kind, in registration order; plugins are loaded first only when a
+        ``wanted`` name is none of them (as a dtype or GPU name is looked up), so a typo still lists them."""
+        table = getattr(self, attr)
+        if any(isinstance(w, str) and w.lower() not in table.names for w in wanted) and self.load_entry_points():
+            table = getattr(self, attr)  # plugins were added: the tables were rebuilt
+        return list(table.names)
 
     def has_family(self, name: str) -> bool:
         """Is ``name`` a registered family (loading plugins if the built-ins lack it)?"""

@@ -91,7 +91,8 @@ def job_settings(levels: Sequence, *, mode: str, framework: str, batch_size: int
     def integer(key: str, default: int, low: int = 1) -> int:
         return value(key, lambda t: t.integer(key, None, low), default)
 
-    d = PHASE_DEFAULTS[framework]
+    # A built-in profile's defaults are cited here; a plugin's profile brings its own (or the HF Trainer's).
+    d = PHASE_DEFAULTS.get(framework) or run_level.ctx.catalog.profile(framework).phases or _HF
     given = tuple(k for k in PHASE_KEYS if pick(k) is not None)
     eval_keys = [k for k in given if k.startswith("eval-")]
     evaluates = boolean("eval", d.evaluates or bool(eval_keys))

@@ -16,10 +16,8 @@ from ..core.run import KV_CACHE_DTYPES, LOGITS, ServeSettings
 def engine_names(catalog: Any, wanted: Any) -> Tuple[str, ...]:
     """"transformers" (no serving engine) and every registered engine, in registration order; plugins are
     loaded only when ``wanted`` is none of the built-ins (as a dtype or GPU name is looked up)."""
-    names = ("transformers",) + tuple(catalog.engines.names)
-    if isinstance(wanted, str) and wanted.lower() not in names and catalog.load_entry_points():
-        names = ("transformers",) + tuple(catalog.engines.names)
-    return names
+    engine = wanted if isinstance(wanted, str) and wanted.lower() != "transformers" else None
+    return ("transformers",) + tuple(catalog.names("engines", engine))
 
 
 def serving_fields(table: Table, name: str, mode: str, model: Any, seq_len: Optional[int]) -> Tuple[Dict[str, Any], Optional[int]]:
