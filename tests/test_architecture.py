@@ -73,7 +73,7 @@ LAZY: Dict[str, Tuple[str, ...]] = {
         "config.load -> hf.hub", "config.load -> config.trainer_config", "config.load -> config.serve_keys",
         "config.load -> config.recipe_keys", "config.model_config -> hf.hub",
         "config.serve_keys -> serving.serve", "config.serve_keys -> serving.vllm_engine",
-        "config.trainer_config -> config.readers", "config.trainer_config -> config.readers.formats",
+        "config.trainer_config -> config.readers.formats",
         "frontends.repo_scan -> config.readers",
         "fit.search -> fit.serving", "fit.search -> fit.recipes", "report.text -> serving.serve", "recipes.recipes -> serving.serve",
     ),

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from pytest_llmmem.catalog import GPU, Catalog, Optimizer  # the documented import paths (README, Plugins)
+from pytest_llmmem.catalog import GPU, Catalog, Optimizer, Reader  # the documented import paths (README, Plugins)
 from pytest_llmmem.errors import ConfigError
 from pytest_llmmem.hookspecs import hookimpl
 
@@ -107,7 +107,7 @@ def test_builtins_called_directly_equal_builtins_through_pluggy():
     direct = Catalog()
     through_pluggy = Catalog(extra_plugins=[types.SimpleNamespace()])  # a plugin with no hooks
     assert direct._pm is None and through_pluggy._pm is not None
-    for table in ("dtypes", "optimizers", "gpus", "families", "engines", "profiles"):
+    for table in ("dtypes", "optimizers", "gpus", "families", "engines", "profiles", "readers"):
         mine, theirs = getattr(direct, table), getattr(through_pluggy, table)
         assert (mine.names, mine.entries, mine.owners) == (theirs.names, theirs.entries, theirs.owners), table
     assert "A100-80GB" in direct.gpus.names and set(direct.gpus.owners.values()) == {"builtin"}
@@ -208,4 +208,38 @@ def test_an_unknown_framework_names_the_registered_profiles(tmp_path):
 
     (tmp_path / "pyproject.toml").write_text(TOY_TRAINING_RUN.replace('"acme"', '"torchtun"'))
     with pytest.raises(ConfigError, match='"torchtun" is not valid. Did you mean "torchtune"'):
+        load(tmp_path / "pyproject.toml")
+
+
+def _acme_read(m, base_dir):
+    """The toy trainer's three keys as run keys (what a built-in reader does, keys/<format>.txt aside)."""
+    m.put("model", {"params": m.get("model_size")}, "model_size")
+    m.put("batch-size", m.get("per_gpu_batch", 1), "per_gpu_batch")
+    m.put("seq-len", m.get("max_tokens", 2048), "max_tokens")
+
+
+ACME_READER = types.SimpleNamespace(llmmem_register_readers=hookimpl(lambda register: register(
+    Reader("acme", _acme_read, detect=lambda data: "model_size" in data, keys=("model_size", "per_gpu_batch", "max_tokens")))))
+
+
+def test_a_plugin_reader_is_one_entry_and_reads_like_the_run_keys_it_maps_to(tmp_path, monkeypatch):
+    # The plugin's only code is its Reader; a file it detects (no format = ...) must estimate exactly
+    # as the same three settings written as run keys in pyproject.toml.
+    (tmp_path / "acme.yaml").write_text("model_size: 7B\nper_gpu_batch: 2\nmax_tokens: 1024\n")
+    head = '[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\n'
+    read = _estimate_with(ACME_READER, tmp_path, monkeypatch, head + f'from = "{tmp_path / "acme.yaml"}"\n')
+    written = _estimate_with(ACME_READER, tmp_path, monkeypatch, head + 'name = "acme"\nbatch-size = 2\nseq-len = 1024\n'
+                                                                        '[tool.llmmem.runs.model]\nparams = "7B"\n')
+    assert (read.run.batch_size, read.run.seq_len) == (2, 1024)
+    assert read.breakdown == written.breakdown and read.params == written.params
+
+
+def test_a_plugin_readers_keys_catch_a_typo(tmp_path, monkeypatch):
+    from pytest_llmmem.catalog import registry
+    from pytest_llmmem.config.load import load
+
+    monkeypatch.setattr(registry, "_DEFAULT", Catalog(extra_plugins=[ACME_READER]))
+    (tmp_path / "acme.yaml").write_text("model_size: 7B\nper_gpu_bach: 2\n")
+    (tmp_path / "pyproject.toml").write_text(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "acme.yaml"\nformat = "acme"\n')
+    with pytest.raises(ConfigError, match='unknown acme key "per_gpu_bach". Did you mean "per_gpu_batch"'):
         load(tmp_path / "pyproject.toml")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from pytest_llmmem.catalog.profiles import FRAMEWORKS, OPTIMIZER_IMPLS, PROFILES, TRAINER_KEYS
-from pytest_llmmem.catalog.registry import default_catalog
+from pytest_llmmem.catalog.registry import default_catalog, loaded
 from pytest_llmmem.config import keys
 from pytest_llmmem.config.phase_keys import PHASE_DEFAULTS
-from pytest_llmmem.config.readers import FORMATS, hf_args, litgpt, llama_factory, torchtune
+from pytest_llmmem.config.readers import hf_args, litgpt, llama_factory, torchtune
 from pytest_llmmem.config.recipe_keys import RECIPES as RECIPE_NAMES
 from pytest_llmmem.core.run import FSDP_MODES
 from pytest_llmmem.recipes.recipes import RECIPES
@@ -31,7 +31,7 @@ def test_trainer_keys_are_the_profile_knobs_and_toml_keys():
     assert set(TRAINER_KEYS) <= set(keys.RUN_KEYS) and set(TRAINER_KEYS) <= set(keys.TOP_KEYS)
 
 
-@pytest.mark.parametrize("name", ["TRAINER_KEYS", "PHASE_KEYS", "RECIPE_KEYS", "FORMATS", "FRAMEWORKS"])
+@pytest.mark.parametrize("name", ["TRAINER_KEYS", "PHASE_KEYS", "RECIPE_KEYS", "FRAMEWORKS"])
 def test_a_shared_key_table_is_assigned_in_one_module(name):
     owners = [path.relative_to(PACKAGE).as_posix() for path in sorted(PACKAGE.rglob("*.py"))
               for node in ast.parse(path.read_text(encoding="utf-8")).body
@@ -73,4 +73,7 @@ def test_recipe_and_fsdp_mappings_name_known_entries():
     assert set(RECIPE_NAMES) == {"sft"} | set(RECIPES)  # the TOML's choices are the recipes the estimate prices
     assert set(llama_factory._STAGES.values()) <= set(RECIPE_NAMES)
     assert set(hf_args._FSDP.values()) <= set(FSDP_MODES)
-    assert set(FORMATS) == {"axolotl", "llama-factory", "torchtune", "trl", "litgpt"}
+    formats = default_catalog().readers.names  # the built-in readers, registered in catalog/builtin.py
+    assert formats == ["axolotl", "llama-factory", "torchtune", "trl", "litgpt"]
+    for name in formats:  # each names a module of config/readers/ that has its read(mapper, base_dir)
+        assert callable(loaded(default_catalog().reader(name).read)), name

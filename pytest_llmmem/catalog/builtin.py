@@ -1,5 +1,5 @@
-"""The built-in dtypes, optimizers, GPUs, model families, adapters, engines and trainer profiles, registered
-through the same hooks a plugin uses.
+"""The built-in dtypes, optimizers, GPUs, model families, adapters, engines, trainer profiles and
+trainer-config readers, registered through the same hooks a plugin uses.
 
 The functions below are the built-ins' hook implementations. They carry no ``@hookimpl`` here: that
 marker imports pluggy, which ``llmmem check`` does not load until a plugin is in play
@@ -12,7 +12,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from __future__ import annotations
 
 from ..model.adapters import BUILTIN as BUILTIN_ADAPTERS
-from .entries import GPU, AmbiguousName, DType, Engine, Optimizer
+from .entries import GPU, AmbiguousName, DType, Engine, Optimizer, Reader
 from .profiles import PROFILES
 from ..units import MiB
 
@@ -150,3 +150,10 @@ def llmmem_register_profiles(register):
     # torchtune, Unsloth, litgpt and the Hugging Face stack: each knob cited in catalog/profiles.py.
     for profile in PROFILES.values():
         register(profile)
+
+
+def llmmem_register_readers(register):
+    # The readers sit in config/, above the catalog: each is named, imported when a run reads that format.
+    for name, module in (("axolotl", "axolotl"), ("llama-factory", "llama_factory"), ("torchtune", "torchtune"),
+                         ("trl", "trl"), ("litgpt", "litgpt")):
+        register(Reader(name, f"pytest_llmmem.config.readers.{module}:read", doc=f"config/readers/{module}.py"))

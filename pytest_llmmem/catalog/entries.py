@@ -62,6 +62,24 @@ class AmbiguousName(NamedTuple):
     aliases: Tuple[str, ...] = ()
 
 
+class Reader(NamedTuple):
+    """A trainer-config format (``from = "train.yaml"``): ``read(mapper, base_dir)`` maps its keys to
+    run keys with ``mapper.put`` / ``mapper.assume`` (:class:`pytest_llmmem.config.readers.Mapper`).
+
+    ``read`` is the function or "module:function" (the built-ins': the catalog sits below config/).
+    ``detect(data) -> bool`` tells the format from a parsed file when the run gives no ``format``;
+    the built-ins' detection is the ordered checks of ``config.readers.detect``, tried first. ``keys``:
+    every top-level key the format may write (a typo is then an error); None: the built-in key list
+    ``config/readers/keys/<name>.txt``."""
+
+    name: str
+    read: Any
+    detect: Any = None
+    keys: Optional[Tuple[str, ...]] = None
+    aliases: Tuple[str, ...] = ()
+    doc: str = ""
+
+
 class Engine(NamedTuple):
     """A serving engine: ``startup(run) -> serving.serve.Startup`` says what it holds once started.
 

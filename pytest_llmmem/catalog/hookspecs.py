@@ -1,4 +1,5 @@
-"""Hook specifications: how a plugin adds dtypes, optimizers, GPUs, model families and adapters.
+"""Hook specifications: how a plugin adds dtypes, optimizers, GPUs, model families, adapters,
+serving engines, trainer profiles and trainer-config readers.
 
 Plugins are found in the ``llmmem`` entry-point group (``LLMMEM_DISABLE_PLUGINS`` blocks them by
 name, or ``all``). The built-ins in :mod:`pytest_llmmem.builtin` use these same hooks. Each hook
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .entries import GPU, DType, Engine, Optimizer
+    from .entries import GPU, DType, Engine, Optimizer, Reader
     from ..model.adapters import Adapter
     from .profiles import Profile
     from ..model.architecture import Family
@@ -107,5 +108,23 @@ def llmmem_register_profiles(register: "Callable[[Profile], None]") -> None:
     """
 
 
-# Next slots, as the tables move out of their closed dicts (issue 21 item 6): recipes and
-# trainer-config readers.
+@hookspec
+def llmmem_register_readers(register: "Callable[[Reader], None]") -> None:
+    """Call ``register(Reader(name, read, detect=..., keys=...))`` for each trainer-config format the plugin reads.
+
+    A run with ``from = "train.yaml"`` (and ``format = "<name>"``, or a file ``detect(data)`` claims
+    after the built-ins' checks) is parsed without executing anything, checked against ``keys``, and
+    handed to ``read(mapper, base_dir)``, which maps the trainer's settings to run keys with
+    ``mapper.put(ours, value, theirs)`` and ``mapper.assume(ours, value, cite)``; the run's own keys
+    in pyproject.toml still win. Example::
+
+        @hookimpl
+        def llmmem_register_readers(register):
+            def read(m, base_dir):
+                m.put("model", {"id": m.get("base")}, "base")
+                m.put("batch-size", m.get("batch", 1), "batch")
+            register(Reader("acme", read, detect=lambda d: "base" in d, keys=("base", "batch")))
+    """
+
+
+# Next slot, as its table moves out of its closed dict (issue 21 item 6): post-training recipes.

@@ -11,12 +11,13 @@ per ``llmmem check``, a sixth of a bare ``tomllib + argparse`` script (benchmark
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+import importlib
 import os
 import re
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
 
 from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
-from .entries import GPU, AmbiguousName, DType, Engine, Optimizer  # noqa: F401  (pytest_llmmem.catalog.GPU etc., as plugins import them)
+from .entries import GPU, AmbiguousName, DType, Engine, Optimizer, Reader  # noqa: F401  (pytest_llmmem.catalog.GPU etc., as plugins import them)
 from ..units import format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,7 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 DISABLE_ENV = "LLMMEM_DISABLE_PLUGINS"
 # The hooks each table is filled from (hookspecs.py), in the order the tables are built.
 _HOOKS = ("llmmem_register_dtypes", "llmmem_register_optimizers", "llmmem_register_gpus", "llmmem_register_families",
-          "llmmem_register_engines", "llmmem_register_adapters", "llmmem_register_profiles")
+          "llmmem_register_engines", "llmmem_register_adapters", "llmmem_register_profiles",
+          "llmmem_register_readers")
 
 
 _MAX_NAME = 200  # characters; longer names are refused before normalising
@@ -103,7 +105,8 @@ class Catalog:
         self.engines = _Table("serving engine")
         self.adapters = _Table("adapter")
         self.profiles = _Table("trainer profile")
-        tables = (self.dtypes, self.optimizers, self.gpus, self.families, self.engines, self.adapters, self.profiles)
+        self.readers = _Table("trainer-config format")
+        tables = (self.dtypes, self.optimizers, self.gpus, self.families, self.engines, self.adapters, self.profiles, self.readers)
         if self._pm is None:  # the built-ins alone: their hook implementations, called as the loop below would
             from . import builtin
 
@@ -189,6 +192,10 @@ class Catalog:
         """A trainer profile (:class:`pytest_llmmem.catalog.profiles.Profile`, built-in or a plugin's) by name."""
         return self._lookup("profiles", name)
 
+    def reader(self, name: object) -> Reader:
+        """A trainer-config reader (built-in or a plugin's) by format name."""
+        return self._lookup("readers", name)
+
     def names(self, attr: str, *wanted: object) -> List[str]:
         """The registered names of one kind, in registration order; plugins are loaded first only when a
         ``wanted`` name is none of them (as a dtype or GPU name is looked up), so a typo still lists them."""
@@ -203,6 +210,14 @@ class Catalog:
             return False
         key = normalize_name(name)
         return key in self.families.entries or (self.load_entry_points() > 0 and key in self.families.entries)
+
+
+def loaded(ref: Any) -> Callable[..., Any]:
+    """An entry's function: itself, or "module:function" (how built-ins above the catalog name theirs) imported now."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 _DEFAULT: Optional[Catalog] = None

@@ -14,13 +14,12 @@ from ..io import files
 
 def merged_run(raw: Dict[str, Any], index: int, ctx: Context) -> Tuple[Dict[str, Any], Any, Set[str]]:
     """(the run's keys over the trainer config's, the Reading, the keys the run itself set)."""
-    from . import readers
     from .readers import formats
 
     name_hint = raw.get("name") if isinstance(raw.get("name"), str) else None
     table = Table(raw, RUN_KEYS, ctx, f"{TABLE}.runs[{index}]", lambda key: ctx.locator.run_line(index, name_hint, key))
     source = table.string("from")
-    fmt = table.choice("format", readers.FORMATS, "") if "format" in table else None
+    fmt = table.choice("format", ctx.catalog.names("readers", table.values.get("format")), "") if "format" in table else None
     path = files.resolve(source if Path(source).is_absolute() else ctx.base_dir / source)
     try:
         recipe = raw.get("recipe") if isinstance(raw.get("recipe"), str) else ""

@@ -9,24 +9,13 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from typing import Any
 
-import importlib
-from typing import Callable
-
-from ..catalog.registry import default_catalog
+from ..catalog.registry import default_catalog, loaded
 from .serve import Startup, context_limit
 
 
 def startup(run: Any) -> Startup:
     """The start-up of ``run``'s engine, as its catalog entry computes it."""
-    return _function(default_catalog().engine(run.engine).startup)(run)
-
-
-def _function(ref: Any) -> Callable[[Any], Startup]:
-    """An entry's ``startup``: the function, or "module:function" (the built-ins' way) imported now."""
-    if not isinstance(ref, str):
-        return ref
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return loaded(default_catalog().engine(run.engine).startup)(run)
 
 
 # vLLM V0 switched chunked prefill on above this max-model-len, which shrinks the profile run: the

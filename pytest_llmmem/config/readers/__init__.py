@@ -15,7 +15,6 @@ from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 from ...io import files
 from ...errors import ConfigError, did_you_mean, nearest, shown_name
 
-FORMATS = ("axolotl", "llama-factory", "torchtune", "trl", "litgpt")
 TRAINER_LIMIT = 1024 * 1024  # a trainer YAML is a few KB; 1 MiB bounds the parse (files.py's reasoning)
 
 
@@ -96,10 +95,11 @@ class Mapper:
     def fail(self, theirs: str, message: str, hint: Optional[str] = None) -> ConfigError:
         return ConfigError(message, path=self.shown, key=theirs, line=self.lines.get(theirs), hint=hint)
 
-    def check_keys(self) -> None:
-        """Every key the file writes is one of its trainer's (keys/<format>.txt): a typo such as
-        micro_batch_sise is an error, as in [tool.llmmem], not a silent default."""
-        top, sections = known_keys(self.fmt)
+    def check_keys(self, keys: Optional[Tuple[str, ...]] = None) -> None:
+        """Every key the file writes is one of its trainer's (keys/<format>.txt, or a plugin reader's
+        ``keys``): a typo such as micro_batch_sise is an error, as in [tool.llmmem], not a silent default."""
+        top, sections = known_keys(self.fmt) if keys is None else (frozenset(keys), {})
+        self.key_list = f"pytest_llmmem/config/readers/keys/{self.fmt}.txt" if keys is None else f"the {self.fmt} plugin's Reader.keys"
         for key in self.data:
             if str(key) not in top:
                 raise self.unknown(str(key), top)
@@ -114,7 +114,7 @@ class Mapper:
         near = ", ".join(f'"{k}"' for k in nearest(leaf, sorted(known)))
         under = f" under {section}:" if section else ""
         return self.fail(shown_name(key), f'unknown {self.fmt} key "{shown_name(leaf)}".{did_you_mean(leaf, known)}',
-                         hint=f"Nearest {self.fmt} keys: {near}; all {len(known)}{under} are in pytest_llmmem/config/readers/keys/{self.fmt}.txt.")
+                         hint=f"Nearest {self.fmt} keys: {near}; all {len(known)}{under} are in {self.key_list}.")
 
     def reading(self) -> Reading:
         return Reading(self.fmt, str(self.path), self.values, self.origins, tuple(self.skipped), tuple(self.follows), self.places)

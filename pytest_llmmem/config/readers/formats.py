@@ -8,10 +8,11 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from pathlib import Path
 from typing import Optional
 
+from ...catalog.registry import default_catalog, loaded
 from ...errors import ConfigError, one_of, shown_name
 from ...io import files
 from ...io.projects import repository_root
-from . import FORMATS, Mapper, Reading, axolotl, detect, litgpt, llama_factory, load_document, outside, torchtune, trl
+from . import Mapper, Reading, detect, load_document, outside
 
 
 def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "", shown: str = "", root: Optional[Path] = None) -> Reading:
@@ -24,13 +25,21 @@ def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "", shown
     data, lines = load_document(path)
     if not isinstance(data, dict):
         raise ConfigError(f'"{shown_name(str(path), 120)}" holds no mapping of settings; expected a trainer config.')
+    catalog = default_catalog()
     if fmt is None:
-        fmt = detect(data)
+        fmt = detect(data) or _detected_by_plugin(catalog, data)
         if fmt is None:
             raise ConfigError(f'cannot tell which trainer "{shown_name(str(path), 120)}" is for.',
-                              hint=f"Add format = ... beside from: {one_of(FORMATS)}.")
-    module = {"axolotl": axolotl, "llama-factory": llama_factory, "torchtune": torchtune, "trl": trl, "litgpt": litgpt}[fmt]
-    mapper = Mapper(fmt, path, data, recipe, lines, shown, root)
-    mapper.check_keys()
-    module.read(mapper, base_dir)
+                              hint=f"Add format = ... beside from: {one_of(catalog.names('readers'))}.")
+    reader = catalog.reader(fmt)
+    mapper = Mapper(reader.name, path, data, recipe, lines, shown, root)
+    mapper.check_keys(reader.keys)
+    loaded(reader.read)(mapper, base_dir)
     return mapper.reading()
+
+
+def _detected_by_plugin(catalog, data) -> Optional[str]:
+    """A plugin reader's format that claims ``data``, tried after the built-ins' checks (plugins loaded now)."""
+    catalog.load_entry_points()
+    readers = [catalog.reader(name) for name in catalog.names("readers")]
+    return next((r.name for r in readers if r.detect is not None and r.detect(data)), None)
