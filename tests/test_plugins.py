@@ -107,7 +107,7 @@ def test_builtins_called_directly_equal_builtins_through_pluggy():
     direct = Catalog()
     through_pluggy = Catalog(extra_plugins=[types.SimpleNamespace()])  # a plugin with no hooks
     assert direct._pm is None and through_pluggy._pm is not None
-    for table in ("dtypes", "optimizers", "gpus", "families", "engines", "profiles", "readers"):
+    for table in ("dtypes", "optimizers", "gpus", "families", "engines", "adapters", "profiles", "readers"):
         mine, theirs = getattr(direct, table), getattr(through_pluggy, table)
         assert (mine.names, mine.entries, mine.owners) == (theirs.names, theirs.entries, theirs.owners), table
     assert "A100-80GB" in direct.gpus.names and set(direct.gpus.owners.values()) == {"builtin"}
