@@ -205,3 +205,15 @@ def test_a_lora_run_without_a_rank_says_it_assumed_8(write_pyproject, run_cli):
     assert "  note: lora-rank not set: assumed 8 (PEFT's LoraConfig default r)" in out
     code, out, err = run_cli("check", write_pyproject(LORA_WITHOUT_RANK.format(extra="lora-rank = 8\n")))
     assert code == 0 and "lora-rank not set" not in out, err
+
+
+def test_a_long_path_keeps_the_unit_note_whole(tmp_path, run_cli):
+    # The header wraps at 80 columns; a path of 70 characters leaves no room for "(GB = 10^9 bytes)" on its line,
+    # which must then move whole to the next line instead of breaking at its spaces.
+    import shutil
+
+    deep = tmp_path / ("d" * max(1, 70 - len(str(tmp_path))))
+    shutil.copytree(EXAMPLE, deep)
+    code, out, _ = run_cli("check", str(deep), "--units", "gb", "--format", "text")
+    assert code == 1  # the example's full-sft run is over budget on purpose
+    assert "    (GB = 10^9 bytes)" in out.splitlines()[:3]

@@ -274,7 +274,10 @@ def render_text(path: str, estimates: Sequence[Estimate], units: str = "gib", as
     from .layout import fit_lines
 
     unit_note = "GB = 10^9 bytes" if units == "gb" else "GiB = 1024^3 bytes"
-    blocks = [*fit_lines([f"llmmem: {visible(path)} ({unit_note})"], width), ""]
+    header = f"llmmem: {visible(path)} ({unit_note})"
+    # the unit note is never split across lines: a long path puts it whole on the next line
+    blocks = [header] if len(header) <= width else [*fit_lines([f"llmmem: {visible(path)}"], width), f"    ({unit_note})"]
+    blocks.append("")
     for est in estimates:
         blocks += [render_run(est, units, ascii_only, width, (ways or {}).get(est.run.name)), ""]
     blocks += fit_lines([summary_line(estimates)], width)
