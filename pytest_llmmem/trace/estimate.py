@@ -22,10 +22,10 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 import time
 from typing import Dict, List, Tuple
 
+from ..core.compose import Item, Phase, Shown, compose, training_overhead
 from ..core.detailed import detailed
-from ..core.records import FRAGMENTATION, TERMS, Estimate
+from ..core.records import TERMS, Estimate
 from ..core.run import Run
-from ..core.compose import Shown
 from ..errors import ConfigError
 from ..hf.config import with_depth
 from ..model.architecture import Architecture
@@ -90,7 +90,7 @@ def traced(run: Run) -> Estimate:
     analytic = detailed(run._replace(method="detailed"))
     depth = f"{cuts[0]} and {cuts[1]} of {arch.num_layers} layers, extrapolated" if len(cuts) > 1 else f"all {arch.num_layers} layers"
     notes = [f"traced on fake tensors in {seconds:.1f} s ({depth}); attention: {traces[0].attention}"]
-    return compose(run, analytic, phases, notes)
+    return as_estimate(run, analytic, phases, notes)
 
 
 def trace_depths(arch: Architecture) -> Tuple[int, ...]:
@@ -131,11 +131,10 @@ def extrapolate(phases: List[Dict[str, Dict[str, int]]], cuts: Tuple[int, ...], 
     return out
 
 
-def compose(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]], notes: List[str]) -> Estimate:
-    """The traced phases in the Estimate shape, with the analytic parts the trace does not follow."""
-    d, approximate = analytic.details, list(analytic.approximate)
-    fixed = d.get("overhead.cuda_context", 0) + d.get("overhead.cublas_workspace", 0) if run.overhead_bytes is None \
-        else analytic.breakdown["overhead"]
+def as_estimate(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]], notes: List[str]) -> Estimate:
+    """The traced phases in the Estimate shape, with the analytic parts the trace does not follow; the
+    overhead is the phase composer's (core/compose.py), as for every other estimate."""
+    approximate = list(analytic.approximate)
     substitutes = {}
     if run.dtype.quantized:
         substitutes["weights"] = analytic.breakdown["weights"]
@@ -149,7 +148,7 @@ def compose(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]], not
     if run.trains and any(g.attention.kind == "mamba" for g in run.model.layer_groups()):
         approximate.append("Mamba layers: the trace runs transformers' sequential PyTorch scan, not the mamba-ssm CUDA kernels a GPU run uses")
     names = TRAINING_PHASES if run.trains else INFERENCE_PHASES
-    parts: List[Shown] = []
+    traced: List[Phase] = []
     for name in names:
         if name not in phases:
             continue
@@ -157,9 +156,9 @@ def compose(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]], not
         for term, value in substitutes.items():
             if term in terms or (term == "logits" and name == "backward"):
                 terms[term] = value
-        frag = 0 if run.overhead_bytes is not None else round(FRAGMENTATION * (terms.get("activations", 0) + terms.get("logits", 0)))
-        terms["overhead"] = fixed + frag
-        parts.append(Shown(name, sum(terms.values()), terms))
+        # activations and loss buffers are the short-lived tensors the allocator's pool fragments
+        traced.append(Phase(name, tuple(Item(t, v, transient=t in ("activations", "logits"), shown_if_zero=True) for t, v in terms.items())))
+    parts: List[Shown] = list(compose(traced, training_overhead(run.overhead_bytes), TERMS).phases) if traced else []
     notes.append("overhead (CUDA context, cuBLAS workspace, 30 % fragmentation of the traced activations) is the analytic term")
     for part in analytic.phase_parts:
         if part.name in ("eval", "save"):
