@@ -54,7 +54,7 @@ LAZY: Dict[str, Tuple[str, ...]] = {
     "an error message is shown rarely: its text is made safe for a CI log only then": (
         "errors -> untrusted",
     ),
-    "the terminal layout (shutil) only when text is printed, not for --format json": (
+    "the terminal layout only when text is printed, not for --format json": (
         "report.text -> report.layout", "frontends.output -> report.layout", "frontends.commands -> report.layout",
     ),
     "importing a catalog submodule loads no registry: the package's names are looked up there on first use": (
@@ -74,7 +74,7 @@ LAZY: Dict[str, Tuple[str, ...]] = {
         "config.load -> config.recipe_keys", "config.model_config -> hf.hub",
         "config.serve_keys -> serving.serve", "config.serve_keys -> serving.vllm_engine",
         "config.trainer_config -> config.readers.formats",
-        "frontends.repo_scan -> config.readers",
+        "frontends.repo_scan -> config.readers.mapper",
         "fit.search -> fit.serving", "fit.search -> fit.recipes", "report.text -> serving.serve", "recipes.recipes -> serving.serve",
     ),
     "the trace imports torch (through trace.step) only after checking the measure extra is installed": (
@@ -86,9 +86,7 @@ LAZY: Dict[str, Tuple[str, ...]] = {
 }
 
 # __init__ files that still hold code (and so import at module level), with why.
-INIT_WITH_CODE = {
-    "pytest_llmmem.config.readers": "the readers' shared Mapper; issue 23 is rewriting the readers, it moves to a module then",
-}
+INIT_WITH_CODE: Dict[str, str] = {}
 
 
 def _modules() -> Dict[str, Path]:

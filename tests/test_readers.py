@@ -363,7 +363,7 @@ def _keys_the_readers_read():
 
 def test_every_key_a_reader_reads_is_a_known_key_of_its_trainer():
     """A key the reader maps (or reports as not modelled) can never be refused as unknown."""
-    from pytest_llmmem.config.readers import known_keys
+    from pytest_llmmem.config.readers.mapper import known_keys
 
     for fmt, keys in _keys_the_readers_read().items():
         top, sections = known_keys(fmt)

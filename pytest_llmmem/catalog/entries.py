@@ -64,7 +64,7 @@ class AmbiguousName(NamedTuple):
 
 class Reader(NamedTuple):
     """A trainer-config format (``from = "train.yaml"``): ``read(mapper, base_dir)`` maps its keys to
-    run keys with ``mapper.put`` / ``mapper.assume`` (:class:`pytest_llmmem.config.readers.Mapper`).
+    run keys with ``mapper.put`` / ``mapper.assume`` (:class:`pytest_llmmem.config.readers.mapper.Mapper`).
 
     ``read`` is the function or "module:function" (the built-ins': the catalog sits below config/).
     ``detect(data) -> bool`` tells the format from a parsed file when the run gives no ``format``;

@@ -97,7 +97,7 @@ def followed_files(trainer_config: str, folder: str) -> List[str]:
     beside the pyproject (a text scan: the hook does not import PyYAML to index a repository)."""
     if not trainer_config.endswith((".yaml", ".yml", ".json")):
         return []
-    from ..config.readers import named_json_files
+    from ..config.readers.mapper import named_json_files
 
     text = read_small_text(trainer_config)
     found: List[str] = []

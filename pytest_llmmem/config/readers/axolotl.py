@@ -7,7 +7,8 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from pathlib import Path
 
-from . import Mapper, hf_args, model_table
+from . import hf_args
+from .mapper import Mapper, model_table
 
 SCHEMA = "axolotl src/axolotl/utils/schemas/config.py"  # @ 067b021c8b87: sequence_len :665, gradient_checkpointing :600
 # Memory-relevant keys this tool does not model: (key, what it changes).

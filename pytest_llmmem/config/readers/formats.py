@@ -12,7 +12,7 @@ from ...catalog.registry import default_catalog, loaded
 from ...errors import ConfigError, one_of, shown_name
 from ...io import files
 from ...io.projects import repository_root
-from . import Mapper, Reading, detect, load_document, outside
+from .mapper import Mapper, Reading, detect, load_document, outside
 
 
 def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "", shown: str = "", root: Optional[Path] = None) -> Reading:

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ...io import files
 from ...errors import shown_name
-from . import Mapper, outside
+from .mapper import Mapper, outside
 
 # OptimizerNames (transformers/training_args.py, enum OptimizerNames) -> (our optimizer, optimizer-impl).
 OPTIMIZERS: Dict[str, Tuple[str, Optional[str]]] = {

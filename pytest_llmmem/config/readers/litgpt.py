@@ -7,7 +7,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from pathlib import Path
 
-from . import Mapper, model_table
+from .mapper import Mapper, model_table
 
 LORA = "litgpt/finetune/lora.py setup()"
 # litgpt LoRA switches -> the transformers module names our architectures use.

@@ -7,7 +7,8 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from pathlib import Path
 
-from . import Mapper, hf_args, model_table
+from . import hf_args
+from .mapper import Mapper, model_table
 
 HP = "LLaMA-Factory src/llamafactory/hparams"  # line numbers below: LLaMA-Factory @ ff6d4d12e
 UNMODELLED = (

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List
 
-from . import Mapper
+from .mapper import Mapper
 
 RECIPE = "torchtune recipes/lora_finetune_single_device.py"
 # torchtune model builders -> the Hub checkpoint they load (torchtune/models/<family>/_model_builders.py).

@@ -9,7 +9,8 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from pathlib import Path
 
-from . import Mapper, hf_args, model_table
+from . import hf_args
+from .mapper import Mapper, model_table
 
 SFT = "trl/trainer/sft_config.py"
 MODEL = "trl/trainer/model_config.py"
