@@ -63,3 +63,20 @@ def test_catalog_lists_cards_not_ambiguous_names(run_cli):
     assert code == 0
     assert "RTX-A6000" in out and "GB200" in out
     assert "\n  A100 " not in out and "\n  GH200 " not in out
+
+
+@pytest.mark.parametrize("name, capability", [
+    # NVIDIA's CUDA GPUs table (developer.nvidia.com/cuda-gpus).
+    ("T4", (7, 5)), ("V100-16GB", (7, 0)), ("V100-32GB", (7, 0)), ("A100-80GB", (8, 0)), ("A10G", (8, 6)),
+    ("RTX-3090", (8, 6)), ("L4", (8, 9)), ("RTX-4090", (8, 9)), ("H100-80GB", (9, 0)), ("GH200-96GB", (9, 0)),
+    ("B200", (10, 0)), ("RTX-5090", (12, 0)), ("GB10", (12, 1)),
+])
+def test_cards_know_their_compute_capability(name, capability):
+    assert default_catalog().gpu(name).compute_capability == capability
+
+
+def test_every_nvidia_card_has_a_compute_capability_and_no_amd_card_has_one():
+    cat = default_catalog()
+    cards = [cat.gpu(name) for name in cat.gpus.names]
+    assert [c.name for c in cards if c.kind.startswith("nvidia") and c.compute_capability is None] == []
+    assert [c.name for c in cards if c.kind.startswith("amd") and c.compute_capability is not None] == []

@@ -90,6 +90,35 @@ def test_vllm_v0_start_up_matches_issue_10517_at_20k():
     assert round(s.max_concurrency, 2) == 1.57  # the log: 1.56x
 
 
+T4_LLAMA32_3B = {"config": str(ROOT / "pytest_llmmem" / "models" / "meta-llama--Llama-3.2-3B-Instruct" / "config.json"),
+                 "mode": "inference", "dtype": "fp16", "engine": "vllm", "engine-version": "0.8.2", "gpu": "T4",
+                 "gpu-memory-utilization": 0.8938626454842437, "max-model-len": 2048, "max-num-seqs": 192,
+                 "max-num-batched-tokens": 2048}
+
+
+def test_vllm_08_falls_back_to_v0_below_compute_capability_8_like_the_t4_log():
+    """vLLM 0.8.2 on a T4 (cc 7.5) runs V0 (serving-logs.jsonl vllm-cookbook-t4-llama32-3b-v0-fallback):
+    13.18 GiB usable, weights 6.02, non-torch 0.05, activation peak 0.90, KV 6.22 GiB, 3637 blocks."""
+    s = estimate(adhoc_run(T4_LLAMA32_3B)).serving
+    assert s.version == "0.8 (V0 engine)"
+    # total 14.74 GiB = 15,826,954,486 B (the log); x 0.8938626454842437 = 14,147,123,407 (ceil).
+    assert s.total_bytes == 15826954486
+    # weights 3,212,749,824 params x 2 B (tied embeddings; llama3 rope: no cos/sin cache counted) = 6,425,499,648;
+    # V0 sampler: 192 rows x 128,256 x 38 B + 2048 x 3072 x 2 B = 948,338,688 (the log: 0.90 GiB = 966 MB);
+    # V0 non-torch 0.07 GiB = 75,161,928.
+    assert s.kv_pool_bytes == 14147123407 - 6425499648 - 948338688 - 75161928 == 6698123143
+    # a block: 16 x 28 layers x 2 x 8 x 128 x 2 B = 1,835,008 B -> 3650 blocks, 58,400 tokens (the log: 3637, 58,192).
+    assert (s.blocks, s.tokens) == (3650, 58400)
+    assert s.starts and abs(s.tokens / 58192 - 1) < 0.01
+
+
+def test_v1_is_kept_at_compute_capability_8_and_from_vllm_011():
+    # An A100 (cc 8.0) stays on V1 at 0.8.2; 0.11 removed V0, so a T4 runs V1 there.
+    assert estimate(adhoc_run({**T4_LLAMA32_3B, "gpu": "A100-80GB"})).serving.version == "0.8"
+    assert estimate(adhoc_run({**T4_LLAMA32_3B, "engine-version": "0.10.1"})).serving.version == "0.10 (V0 engine)"
+    assert estimate(adhoc_run({**T4_LLAMA32_3B, "engine-version": "0.11.0"})).serving.version == "0.11"
+
+
 def test_vllm_refuses_29k_as_in_issue_10517():
     est = estimate(adhoc_run({**V0_3090, "max-model-len": 29000}))
     assert not est.serving.starts and est.fits is False
@@ -243,7 +272,7 @@ def test_every_published_start_up_log_meets_the_issue_targets():
     from serving_accuracy import score
 
     summary = score(ROOT / "benchmarks" / "data" / "serving-logs.jsonl")["summary"]
-    assert summary["scored"] == summary["rows"] == 19
+    assert summary["scored"] == summary["rows"] == 20
     assert summary["verdicts_right"] == summary["scored"]
     assert summary["tokens_median_abs"] <= 5 and summary["tokens_worst_abs"] <= 15
     assert summary["memory_median_abs"] <= 5 and summary["memory_worst_abs"] <= 15

@@ -82,54 +82,57 @@ def llmmem_register_adapters(register):
 # public issues and logs (found through the project's search tool), Modal's list of nvidia-smi totals
 # (modal-labs/modal-client PR #2797), shared/validation/serving.jsonl. A name that means more than one
 # card (A100, V100, H100, A6000, GH200) is an AmbiguousName: an error listing the cards, never a pick.
+# Compute capabilities: NVIDIA's CUDA GPUs table (developer.nvidia.com/cuda-gpus: A100 8.0; A40, A10,
+# A10G, RTX A6000, RTX 3090 8.6; L4, L40, L40S, RTX 6000 Ada, RTX 4090 8.9; H100, H200, H20, GH200 9.0;
+# B100, B200, GB200 10.0; RTX 5090 12.0; GB10 12.1; T4 7.5; V100 7.0). AMD cards are not CUDA devices: none.
 def llmmem_register_gpus(register):
-    register(GPU("A100-40GB", 40960 * MiB, aliases=("a100-40g", "a100-sxm4-40gb", "a100-pcie-40gb"), kind="nvidia datacenter"))
-    register(GPU("A100-80GB", 81920 * MiB, aliases=("a100-80g", "a100-sxm4-80gb", "a100-pcie-80gb", "a100-80gb-pcie"), kind="nvidia datacenter"))
+    register(GPU("A100-40GB", 40960 * MiB, aliases=("a100-40g", "a100-sxm4-40gb", "a100-pcie-40gb"), compute_capability=(8, 0), kind="nvidia datacenter"))
+    register(GPU("A100-80GB", 81920 * MiB, aliases=("a100-80g", "a100-sxm4-80gb", "a100-pcie-80gb", "a100-80gb-pcie"), compute_capability=(8, 0), kind="nvidia datacenter"))
     register(AmbiguousName("A100", ("A100-40GB", "A100-80GB")))
     # H100 SXM and PCIe both show 81559 MiB (Modal PR #2797: "H100: 81559MiB"); NVL 95830 MiB.
-    register(GPU("H100-80GB", 81559 * MiB, aliases=("h100-sxm", "h100-pcie", "h100-80g", "h100-80gb-hbm3", "h100-sxm5-80gb"), kind="nvidia datacenter"))
-    register(GPU("H100-NVL", 95830 * MiB, aliases=("h100-94gb", "h100-94g", "h100-nvl-94gb"), kind="nvidia datacenter"))
+    register(GPU("H100-80GB", 81559 * MiB, aliases=("h100-sxm", "h100-pcie", "h100-80g", "h100-80gb-hbm3", "h100-sxm5-80gb"), compute_capability=(9, 0), kind="nvidia datacenter"))
+    register(GPU("H100-NVL", 95830 * MiB, aliases=("h100-94gb", "h100-94g", "h100-nvl-94gb"), compute_capability=(9, 0), kind="nvidia datacenter"))
     register(AmbiguousName("H100", ("H100-80GB", "H100-NVL")))
-    register(GPU("H200-141GB", 143771 * MiB, aliases=("h200", "h200-141g"), kind="nvidia datacenter"))
+    register(GPU("H200-141GB", 143771 * MiB, aliases=("h200", "h200-141g"), compute_capability=(9, 0), kind="nvidia datacenter"))
     # "NVIDIA H20 ... 4MiB / 97871MiB" (nvidia-smi table in a public deployment guide).
-    register(GPU("H20", 97871 * MiB, aliases=("h20-96gb",), kind="nvidia datacenter"))
+    register(GPU("H20", 97871 * MiB, aliases=("h20-96gb",), compute_capability=(9, 0), kind="nvidia datacenter"))
     # GH200 96 GB HBM3: "NVIDIA GH200 480GB ... 1MiB / 97871MiB" (several public nvidia-smi tables; the
     # 480GB in the name counts the Grace LPDDR5X). GH200 144 GB HBM3e: "NVIDIA GH200 144G HBM3e, ...,
     # 146831 MiB" (nvidia-smi --query-gpu=name,memory.total output in a public setup guide).
-    register(GPU("GH200-96GB", 97871 * MiB, aliases=("gh200-480gb", "gh200-120gb", "gh200-96g"), kind="nvidia datacenter"))
-    register(GPU("GH200-144GB", 146831 * MiB, aliases=("gh200-144g-hbm3e", "gh200-144g", "gh200-624gb"), kind="nvidia datacenter"))
+    register(GPU("GH200-96GB", 97871 * MiB, aliases=("gh200-480gb", "gh200-120gb", "gh200-96g"), compute_capability=(9, 0), kind="nvidia datacenter"))
+    register(GPU("GH200-144GB", 146831 * MiB, aliases=("gh200-144g-hbm3e", "gh200-144g", "gh200-624gb"), compute_capability=(9, 0), kind="nvidia datacenter"))
     register(AmbiguousName("GH200", ("GH200-96GB", "GH200-144GB")))
     # GB10 (DGX Spark): 128 GB LPDDR5x shared by the Grace CPU and the GPU (NVIDIA DGX Spark datasheet); there is
     # no card total: CUDA reports what the OS leaves free, which the desktop and the page cache shrink.
-    register(GPU("GB10", 128 * 1024 * MiB, aliases=("dgx-spark", "gb10-spark"), kind="nvidia workstation", unified=True))
-    register(GPU("B200", 183359 * MiB, aliases=("b200-180gb", "b200-192gb"), kind="nvidia datacenter"))
+    register(GPU("GB10", 128 * 1024 * MiB, aliases=("dgx-spark", "gb10-spark"), compute_capability=(12, 1), kind="nvidia workstation", unified=True))
+    register(GPU("B200", 183359 * MiB, aliases=("b200-180gb", "b200-192gb"), compute_capability=(10, 0), kind="nvidia datacenter"))
     # B100: no driver-reported total found; 192 GB is NVIDIA's documented HBM3e capacity, taken as
     # 192 x 10^9 bytes (the lower reading of "GB"; B200's driver total is 183359 MiB, above it).
-    register(GPU("B100", 192 * 10**9, aliases=("b100-192gb",), kind="nvidia datacenter"))
+    register(GPU("B100", 192 * 10**9, aliases=("b100-192gb",), compute_capability=(10, 0), kind="nvidia datacenter"))
     # GB200 (one Blackwell GPU of the superchip): "NVIDIA GB200 ... 0MiB / 189471MiB" (public nvidia-smi tables).
-    register(GPU("GB200", 189471 * MiB, aliases=("gb200-186gb",), kind="nvidia datacenter"))
-    register(GPU("L4", 23034 * MiB, aliases=("l4-24gb",), kind="nvidia datacenter"))
-    register(GPU("L40S", 46068 * MiB, aliases=("l40s-48gb",), kind="nvidia datacenter"))
+    register(GPU("GB200", 189471 * MiB, aliases=("gb200-186gb",), compute_capability=(10, 0), kind="nvidia datacenter"))
+    register(GPU("L4", 23034 * MiB, aliases=("l4-24gb",), compute_capability=(8, 9), kind="nvidia datacenter"))
+    register(GPU("L40S", 46068 * MiB, aliases=("l40s-48gb",), compute_capability=(8, 9), kind="nvidia datacenter"))
     # L40 and A40 with ECC on (the data-centre default): "NVIDIA L40 ... 5MiB / 46068MiB",
     # "NVIDIA A40 ... 0MiB / 46068MiB" (public nvidia-smi tables; an A40 with ECC off shows 49140 MiB).
-    register(GPU("L40", 46068 * MiB, aliases=("l40-48gb",), kind="nvidia datacenter"))
-    register(GPU("A40", 46068 * MiB, aliases=("a40-48gb",), kind="nvidia datacenter"))
-    register(GPU("A10G", 23028 * MiB, aliases=("a10g-24gb",), kind="nvidia datacenter"))
+    register(GPU("L40", 46068 * MiB, aliases=("l40-48gb",), compute_capability=(8, 9), kind="nvidia datacenter"))
+    register(GPU("A40", 46068 * MiB, aliases=("a40-48gb",), compute_capability=(8, 6), kind="nvidia datacenter"))
+    register(GPU("A10G", 23028 * MiB, aliases=("a10g-24gb",), compute_capability=(8, 6), kind="nvidia datacenter"))
     # A10: 23028 MiB (Modal PR #2797; NVML total 24146608128 B in a public detect-gpu issue).
-    register(GPU("A10", 23028 * MiB, aliases=("a10-24gb",), kind="nvidia datacenter"))
-    register(GPU("T4", 15360 * MiB, aliases=("t4-16gb", "tesla-t4"), kind="nvidia datacenter"))
+    register(GPU("A10", 23028 * MiB, aliases=("a10-24gb",), compute_capability=(8, 6), kind="nvidia datacenter"))
+    register(GPU("T4", 15360 * MiB, aliases=("t4-16gb", "tesla-t4"), compute_capability=(7, 5), kind="nvidia datacenter"))
     # 16160 MiB: the Tesla V100-SXM2 16GB in Hugging Face's model-memory-anatomy measurements.
-    register(GPU("V100-16GB", 16160 * MiB, aliases=("v100-16g", "tesla-v100-sxm2-16gb"), kind="nvidia datacenter"))
-    register(GPU("V100-32GB", 32768 * MiB, aliases=("v100-32g",), kind="nvidia datacenter"))
+    register(GPU("V100-16GB", 16160 * MiB, aliases=("v100-16g", "tesla-v100-sxm2-16gb"), compute_capability=(7, 0), kind="nvidia datacenter"))
+    register(GPU("V100-32GB", 32768 * MiB, aliases=("v100-32g",), compute_capability=(7, 0), kind="nvidia datacenter"))
     register(AmbiguousName("V100", ("V100-16GB", "V100-32GB")))
     # RTX A6000 and RTX 6000 Ada both show 49140 MiB ("NVIDIA RTX A6000 ... / 49140MiB",
     # "NVIDIA RTX 6000 Ada Gene... / 49140MiB" in public nvidia-smi tables); "A6000" alone is either.
-    register(GPU("RTX-A6000", 49140 * MiB, aliases=("rtx-a6000-48gb",), kind="nvidia workstation"))
-    register(GPU("RTX-6000-Ada", 49140 * MiB, aliases=("rtx-6000-ada-generation", "a6000-ada", "rtx-a6000-ada", "6000-ada"), kind="nvidia workstation"))
+    register(GPU("RTX-A6000", 49140 * MiB, aliases=("rtx-a6000-48gb",), compute_capability=(8, 6), kind="nvidia workstation"))
+    register(GPU("RTX-6000-Ada", 49140 * MiB, aliases=("rtx-6000-ada-generation", "a6000-ada", "rtx-a6000-ada", "6000-ada"), compute_capability=(8, 9), kind="nvidia workstation"))
     register(AmbiguousName("A6000", ("RTX-A6000", "RTX-6000-Ada")))
-    register(GPU("RTX-3090", 24576 * MiB, aliases=("3090", "rtx3090", "geforce-rtx-3090"), kind="nvidia consumer"))
-    register(GPU("RTX-4090", 24564 * MiB, aliases=("4090", "rtx4090", "geforce-rtx-4090"), kind="nvidia consumer"))
-    register(GPU("RTX-5090", 32607 * MiB, aliases=("5090", "rtx5090", "geforce-rtx-5090"), kind="nvidia consumer"))
+    register(GPU("RTX-3090", 24576 * MiB, aliases=("3090", "rtx3090", "geforce-rtx-3090"), compute_capability=(8, 6), kind="nvidia consumer"))
+    register(GPU("RTX-4090", 24564 * MiB, aliases=("4090", "rtx4090", "geforce-rtx-4090"), compute_capability=(8, 9), kind="nvidia consumer"))
+    register(GPU("RTX-5090", 32607 * MiB, aliases=("5090", "rtx5090", "geforce-rtx-5090"), compute_capability=(12, 0), kind="nvidia consumer"))
     # MI300X: 192 GB HBM3; rocm-smi reports 205822885888 bytes of VRAM.
     register(GPU("MI300X", 205822885888, aliases=("mi300x-192gb", "instinct-mi300x"), kind="amd datacenter"))
     # MI250X: each of its two dies is one device to ROCm: "VRAM Total Memory (B): 68702699520"

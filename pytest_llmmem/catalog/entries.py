@@ -51,6 +51,9 @@ class GPU(NamedTuple):
     # memory shared with the CPU (GB10 / DGX Spark): a process gets what the OS and its page cache leave,
     # not a fixed total, so every estimate against it is marked approximate (estimator.UNIFIED_MEMORY)
     unified: bool = False
+    # CUDA compute capability (major, minor), None for a card that is not CUDA (AMD) or a plugin's that
+    # names none: vLLM 0.8-0.10 serve on the V0 engine below 8.0 (serving/vllm_engine.py _era)
+    compute_capability: Optional[Tuple[int, int]] = None
 
 
 class AmbiguousName(NamedTuple):

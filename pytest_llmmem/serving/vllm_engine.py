@@ -22,9 +22,10 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 import math
 import re
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 from ..catalog.builtin import NF4_BYTES
+from ..catalog.registry import default_catalog
 from ..errors import ConfigError
 from ..model.context_window import rope_scaled
 from .serve import KVKind, Startup, context_limit, cuda_total, kv_kinds, mlp_width
@@ -51,6 +52,9 @@ FLASHINFER_SAMPLER_BYTES = 8
 # 0.09 GiB in the vLLM 0.8.2 V0 Phi-4 log.
 NON_TORCH_BYTES = round(0.13 * GiB)
 NON_TORCH_TP_BYTES = round(0.55 * GiB)
+# The V0 engine of 0.7 - 0.10 (worker.py determine_num_available_blocks) finds less: 0.09 GiB (0.8.2,
+# Phi-4 on an A100) and 0.05 GiB (0.8.2, Llama-3.2-3B on a T4) in the two published one-GPU logs.
+NON_TORCH_V0_BYTES = round(0.07 * GiB)
 # vLLM <= 0.6 measured non-torch memory from zero, CUDA context included: 0.35 GiB (issue 10517, RTX 3090).
 NON_TORCH_V0_OLD_BYTES = round(0.35 * GiB)
 # CUDA context and NCCL set up before the start-up snapshot, outside the utilization share: an H100
@@ -144,6 +148,12 @@ def weights(run: Any, arch: Any, tp: int) -> Tuple[int, List[Tuple[str, int]]]:
     return sum(v for _, v in items), items
 
 
+def compute_capability(run: Any) -> Optional[Tuple[int, int]]:
+    """The declared card's CUDA compute capability (catalog GPU.compute_capability; None: not known)."""
+    gpu = run.budget.gpu if run.budget else None
+    return default_catalog().gpu(gpu).compute_capability if gpu else None
+
+
 def _era(run: Any) -> Tuple[str, Tuple[int, int]]:
     """"v0-old" (<= 0.6), "v0" (0.7, or a V0 fallback), "v1-flashinfer" (0.8 - 0.10) or "v1" (>= 0.11)."""
     version = version_tuple(run.serve.engine_version or DEFAULT_VERSION)
@@ -151,6 +161,12 @@ def _era(run: Any) -> Tuple[str, Tuple[int, int]]:
         return "v0-old", version
     # vLLM 0.8/0.9 fell back to the V0 engine for bitsandbytes (V1 oracle in vllm/engine/arg_utils.py).
     if version < (0, 8) or (run.serve.quantization == "bitsandbytes" and version < (0, 10)):
+        return "v0", version
+    # 0.8 - 0.10 also fell back below compute capability 8.0 ("Compute Capability < 8.0 is not supported by
+    # the V1 Engine. Falling back to V0.": _is_v1_supported_oracle, vllm/engine/arg_utils.py v0.8.x - v0.10.x,
+    # "current_platform.get_device_capability().major < 8"); 0.11 removed V0 and runs V1 there.
+    capability = compute_capability(run)
+    if version < (0, 11) and capability is not None and capability < (8, 0):
         return "v0", version
     return ("v1-flashinfer" if version < (0, 11) else "v1"), version
 
@@ -238,6 +254,8 @@ def startup(run: Any) -> Startup:
     peak, a_items = activation_peak(run, arch, era, batched, seqs, tp)
     if era == "v0-old":
         non_torch, outside = NON_TORCH_V0_OLD_BYTES, 0
+    elif era == "v0" and tp == 1:
+        non_torch, outside = NON_TORCH_V0_BYTES, CONTEXT_BYTES
     else:
         non_torch, outside = (NON_TORCH_TP_BYTES if tp > 1 else NON_TORCH_BYTES), CONTEXT_BYTES
     requested = math.ceil(total * util)
