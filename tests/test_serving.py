@@ -316,3 +316,45 @@ def test_generate_peak_matches_the_h100_measurements(tmp_path):
                                   "prompt-len": sc["prompt"], "new-tokens": sc["new"]}))
         tensors = est.total_bytes - est.breakdown["overhead"]
         assert abs(tensors / row["max_allocated"] - 1) < 0.01, sc
+
+
+def _block_fp8_qwen3_30b(tmp_path):
+    """Qwen3-30B-A3B's config with a block-fp8 quantization_config (as the -FP8 checkpoint ships it)."""
+    config = json.loads((ROOT / "pytest_llmmem" / "models" / "Qwen--Qwen3-30B-A3B" / "config.json").read_text())
+    config["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                     "weight_block_size": [128, 128]}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return {"config": str(path), "mode": "inference", "engine": "vllm", "gpu": "H100-80GB", "tensor-parallel": 4,
+            "gpus": 4, "max-model-len": 32768}
+
+
+def test_block_fp8_moe_counts_its_scales_whole_routers_and_the_fused_moe_buffers(tmp_path):
+    s = estimate(adhoc_run(_block_fp8_qwen3_30b(tmp_path))).serving
+    items = dict(s.items)
+    # Routers: ReplicatedLinear, unquantised: 48 layers x 2048 x 128 x 2 B on every rank.
+    assert items["weights.router_replicated"] == 48 * 2048 * 128 * 2 == 25165824
+    # One fp32 scale per 128 x 128 block on a TP-4 rank, per layer: q (4096/4 out) 8 x 16 = 128, k and v
+    # (512/4 out) 1 x 16 each, o (4096/4 in) 16 x 8 = 128, 128 experts x (gate 2 x 16 + up 2 x 16 + down 16 x 2)
+    # = 12,288 -> 12,576 scales x 4 B x 48 layers.
+    assert items["weights.fp8_block_scales"] == 12576 * 4 * 48 == 2414592
+    # fused_experts_impl at 8192 tokens (the H100 default), f = 768 / 4 = 192, top-8: cache13 + cache2 =
+    # 8192 x 8 x (max(384, 2048) + 192) x 2 B, router logits + top-k weights/ids 8192 x (128 x 2 + 8 x 8),
+    # fp8 inputs 8192 x (2048 + 4 x 16) + 8192 x 8 x (192 + 4 x 2); beside 3 hidden-size tensors 8192 x 3 x 2048 x 2.
+    workspace = 8192 * 8 * 2240 * 2 + 8192 * 320 + 8192 * 2112 + 65536 * 200
+    assert items["activations.profile_forward"] == 8192 * 3 * 2048 * 2 + workspace == 427294720
+    assert any("block-fp8 MoE at tensor-parallel >= 4" in a for a in s.approximate)
+
+
+def test_block_fp8_moe_below_tp_4_and_bf16_moe_are_not_marked(tmp_path):
+    run = _block_fp8_qwen3_30b(tmp_path)
+    assert not any("block-fp8" in a for a in estimate(adhoc_run({**run, "tensor-parallel": 2, "gpus": 2})).serving.approximate)
+    bf16 = {**run, "config": str(ROOT / "pytest_llmmem" / "models" / "Qwen--Qwen3-30B-A3B" / "config.json")}
+    s = estimate(adhoc_run(bf16)).serving
+    assert "weights.fp8_block_scales" not in dict(s.items) and not any("block-fp8" in a for a in s.approximate)
+
+
+def test_vllm_before_0_3_is_marked_approximate_with_the_reason():
+    est = estimate(adhoc_run({**V0_3090, "engine-version": "0.2.7", "max-model-len": 4096}))
+    assert any(a.startswith("vLLM < 0.3: the 0.2 engine's profile run is not modelled") for a in est.approximate)
+    assert not any("vLLM < 0.3" in a for a in estimate(adhoc_run({**V0_3090, "max-model-len": 4096})).approximate)
