@@ -114,6 +114,7 @@ class Startup(NamedTuple):
     notes: Tuple[str, ...] = ()
     items: Tuple[Tuple[str, int], ...] = ()  # finer parts of weights/activations for the report
     approximate: Tuple[str, ...] = ()  # why a figure is not the engine's own (e.g. GPU total from the catalog)
+    unmodelled: Tuple[str, ...] = ()  # the subset of ``approximate`` naming engine code not modelled (scored apart)
 
     @property
     def starts(self) -> bool:

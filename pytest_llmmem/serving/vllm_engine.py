@@ -29,6 +29,7 @@ from ..catalog.registry import default_catalog
 from ..errors import ConfigError
 from ..model.context_window import rope_scaled
 from .serve import KVKind, Startup, context_limit, cuda_total, kv_kinds, mlp_width
+from .vllm_kernels import awq_split_k_width, fp8_block_scales, fused_moe_workspace, quantization_config, router_params
 from ..units import GiB
 
 DEFAULT_VERSION = "0.11"  # the newest release with published start-up logs in benchmarks/data/serving-logs.jsonl
@@ -95,51 +96,10 @@ def _linear_params(arch: Any) -> Tuple[int, int]:
     return total, experts
 
 
-# Row-parallel linears split their input over tensor parallelism, the others their output
-# (vllm/model_executor/layers/linear.py RowParallelLinear vs ColumnParallelLinear / QKVParallelLinear).
-ROW_PARALLEL = ("o", "down", "shared_down")
-# MoE routers are whole on every rank and never quantised: vLLM builds them as ReplicatedLinear(...,
-# quant_config=None) (model_executor/models/qwen3_moe.py, mixtral.py, deepseek_v2.py Qwen3MoeSparseMoeBlock /
-# MixtralMoE / DeepseekV2MoE .gate; gpt_oss.py a plain bf16 nn.Linear); SGLang's models do the same.
-ROUTER_ROLES = ("router", "shared_router")
-
-
-def _router_params(arch: Any) -> int:
-    return sum(n * lin.params for n, group in arch.group_linears() for lin in group if lin.role in ROUTER_ROLES)
-
-
-def _quantization_config(arch: Any) -> dict:
-    config = getattr(arch, "config", None)
-    qc = config.get("quantization_config") if isinstance(config, dict) else None
-    return qc if isinstance(qc, dict) else {}
-
-
-def fp8_block_scales(arch: Any, tp: int) -> int:
-    """Bytes of block-fp8 weight scales on one rank: one fp32 weight_scale_inv per block_n x block_k block
-    of every quantised matrix, (ceil(out / bn), ceil(in / bk)) per matrix and expert (vllm
-    quantization/fp8.py Fp8LinearMethod.create_weights and Fp8MoEMethod.create_weights with
-    weight_block_size); 0 for a per-tensor fp8 checkpoint (one scale per matrix)."""
-    block = _quantization_config(arch).get("weight_block_size")
-    if not (isinstance(block, (list, tuple)) and len(block) == 2):
-        return 0
-    bn, bk = int(block[0]), int(block[1])
-    total = 0
-    for n, group in arch.group_linears():
-        for lin in group:
-            if lin.role in ROUTER_ROLES:
-                continue
-            if lin.role in ROW_PARALLEL:
-                d_in, d_out = max(1, lin.d_in // tp), lin.d_out
-            else:
-                d_in, d_out = lin.d_in, max(1, lin.d_out // tp)
-            total += n * lin.count * math.ceil(d_out / bn) * math.ceil(d_in / bk) * 4
-    return total
-
-
 def checkpoint_quantization(arch: Any) -> str:
     """The checkpoint's own format: vLLM reads quantization_config.quant_method from config.json
     when --quantization is not given (vllm/config ModelConfig._verify_quantization)."""
-    method = _quantization_config(arch).get("quant_method")
+    method = quantization_config(arch).get("quant_method")
     return method if method in QUANTIZATION else ""
 
 
@@ -147,7 +107,7 @@ def weights(run: Any, arch: Any, tp: int) -> Tuple[int, List[Tuple[str, int]]]:
     """Weights on one GPU: the checkpoint's params in their format, split over tensor parallelism, plus
     vLLM's padded vocabulary and its rotary cos/sin cache."""
     act = run.dtype.compute_bytes
-    router = _router_params(arch)
+    router = router_params(arch)
     params = arch.param_count() - router
     linear, experts = _linear_params(arch)
     linear -= router
@@ -232,35 +192,6 @@ def _scheduler_defaults(run: Any, era: str, total: int, max_len: int) -> Tuple[i
     return s.max_num_batched_tokens or tokens, s.max_num_seqs or seqs
 
 
-# fused_experts_impl works on chunks of at most this many tokens (vllm/envs.py VLLM_FUSED_MOE_CHUNK_SIZE default).
-FUSED_MOE_CHUNK = 32768
-# The fp8 kernels quantise activations per token group of 128 (fp8_utils.py per_token_group_quant_fp8).
-FP8_GROUP = 128
-
-
-def fused_moe_workspace(arch: Any, tokens: int, tp: int, act: int, fp8: bool) -> int:
-    """Per-token-chunk buffers of vLLM's Triton fused MoE on one rank, beside the residual stream
-    (model_executor/layers/fused_moe/fused_moe.py fused_experts_impl): cache13 = M x top_k x max(N, K)
-    (cache1 and cache3 share it), cache2 = M x top_k x N/2, with M = min(tokens, chunk), N = 2 x the
-    rank's expert width, K = hidden; fp8 weights also quantise both GEMM inputs to fp8 with one fp32
-    scale per group of 128 (moe_kernel_quantize_input); the router's logits and the top-k weights and
-    ids (fp32 / int32); a shared expert's output (hidden) waits beside them. 0 without routed experts."""
-    moe = [g.mlp for g in arch.layer_groups() if getattr(g.mlp, "kind", "") == "moe"]
-    if not moe:
-        return 0
-    m, h = min(tokens, FUSED_MOE_CHUNK), arch.hidden_size
-    worst = 0
-    for mlp in moe:
-        f, k = max(1, mlp.d_ff // tp), mlp.top_k
-        size = m * k * (max(2 * f, h) + f) * act + m * (mlp.experts * act + k * 8)
-        if fp8:
-            size += m * (h + 4 * math.ceil(h / FP8_GROUP)) + m * k * (f + 4 * math.ceil(f / FP8_GROUP))
-        if mlp.shared_d_ff:
-            size += m * h * act
-        worst = max(worst, size)
-    return worst
-
-
 def activation_peak(run: Any, arch: Any, era: str, tokens: int, seqs: int, tp: int) -> Tuple[int, List[Tuple[str, int]]]:
     """The profile run's torch peak above the weights: the larger of the dummy forward and the dummy sampler.
 
@@ -273,7 +204,9 @@ def activation_peak(run: Any, arch: Any, era: str, tokens: int, seqs: int, tp: i
     f_token, top_k = mlp_width(arch)
     forward = tokens * (3 * f_token // tp + (3 + (top_k if top_k > 1 else 0)) * h) * act
     quant = run.serve.quantization or checkpoint_quantization(arch)
-    if top_k > 1 and quant != "mxfp4":  # mxfp4 experts run other kernels (triton_kernels / Marlin), fitted above
+    if quant == "awq" and version_tuple(run.serve.engine_version or DEFAULT_VERSION) < (0, 3):
+        forward = tokens * (3 * h + awq_split_k_width(arch, tp)) * act
+    elif top_k > 1 and quant != "mxfp4":  # mxfp4 experts run other kernels (triton_kernels / Marlin), fitted above
         forward = tokens * 3 * h * act + fused_moe_workspace(arch, tokens, tp, act, fp8=quant == "fp8")
     per_entry = {"v0-old": 0, "v1-flashinfer": FLASHINFER_SAMPLER_BYTES}.get(era, TORCH_SAMPLER_BYTES)
     requests = min(seqs, tokens)
@@ -323,11 +256,12 @@ def _unmodelled(run: Any, arch: Any, version: Tuple[int, int], tp: int) -> List[
     quant = run.serve.quantization or checkpoint_quantization(arch)
     moe = mlp_width(arch)[1] > 1
     if version < (0, 3):
-        # vLLM 0.2.x: quantised Mixtral-style MoEs ran models/mixtral_quant.py (every local expert over every
-        # token) and AWQ dequantised each whole weight to fp16 from 256 tokens on (quantization/awq.py
-        # apply_weights, FP16_MATMUL_HEURISTIC_CONDITION); that engine's profile run is not modelled.
-        out.append("vLLM < 0.3: the 0.2 engine's profile run is not modelled (its quantised-MoE path runs every expert "
-                   "densely and AWQ dequantises whole weights); an AWQ MoE log printed a pool 3.8x smaller than estimated")
+        # vLLM 0.2.x: Mixtral's experts ran one by one over every token (models/mixtral.py, 0.2.6-0.2.7) and
+        # AWQ through split-K awq_gemm (vllm_kernels.awq_split_k_width); what else its profile run held is not
+        # found in that source (issue 2382's log leaves ~12 GiB per GPU beyond both).
+        out.append("vLLM < 0.3: the 0.2 engine's profile run is modelled only in part (AWQ's split-K buffers and the "
+                   "dense per-expert MoE loop are counted); an AWQ Mixtral log at TP 2 (vLLM issue 2382) printed a pool "
+                   "2.9x smaller than this estimate")
     if moe and quant == "fp8" and fp8_block_scales(arch, tp) and tp >= 4:
         out.append("block-fp8 MoE at tensor-parallel >= 4: the block scales, whole routers and the Triton fused-MoE "
                    "buffers are counted; the other FP8 MoE kernels' workspaces (DeepGEMM, CUTLASS grouped GEMM) and "
@@ -376,11 +310,13 @@ def startup(run: Any) -> Startup:
     notes, approximate = [], [n for n in (total_note,) if n]
     if any(k.kind == "mamba" for k in kinds) and any(k.kind != "mamba" for k in kinds):
         approximate.append("Mamba state pages are padded to the attention page size by vLLM; counted unpadded")
-    approximate += _unmodelled(run, arch, version, tp)
+    unmodelled = _unmodelled(run, arch, version, tp)
+    approximate += unmodelled
     notes.append("CUDA graphs are captured after the KV pool is sized and use memory beyond the utilization share "
                  "(-0.45 to +1.88 GiB in published logs); not counted" if not s.enforce_eager else "enforce-eager: no CUDA graphs")
     label = f"{version[0]}.{version[1]}" + (" (V0 engine)" if era.startswith("v0") else "")
     return Startup(
         "vllm", label, total, util, w, peak, non_torch, outside, max(avail, 0), page, blocks, tokens, max_len,
         concurrency, batched, seqs, refusal, tuple(notes), tuple(w_items + a_items), tuple(approximate),
+        tuple(unmodelled),
     )
