@@ -33,7 +33,7 @@ def _by_method(run: Run) -> Estimate:
         from .trace.estimate import traced
 
         return traced(run)
-    if run.recipe.name != "sft":  # DPO / GRPO / PPO / reward: the models a step holds (recipes/recipes.py)
+    if run.recipe.post_training:  # DPO / GRPO / PPO / reward / a plugin's: the models a step holds (recipes/recipes.py)
         from .recipes.recipes import estimate_recipe
 
         return estimate_recipe(run)

@@ -1,5 +1,6 @@
 """Third-party plugins: found through the `llmmem` entry point, blocked by LLMMEM_DISABLE_PLUGINS."""
 
+import json
 import os
 import subprocess
 import sys
@@ -39,14 +40,19 @@ optimizer = "Sophia"
 '''
 
 
-@pytest.fixture
-def installed_plugin(tmp_path):
+def _install(tmp_path, name, code):
     """A distribution on sys.path that declares an `llmmem` entry point, as pip would leave it."""
     site = tmp_path / "site"
-    (site / "llmmem_sophia-1.0.dist-info").mkdir(parents=True)
-    (site / "llmmem_sophia.py").write_text(PLUGIN)
-    (site / "llmmem_sophia-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: llmmem-sophia\nVersion: 1.0\n")
-    (site / "llmmem_sophia-1.0.dist-info" / "entry_points.txt").write_text("[llmmem]\nsophia = llmmem_sophia\n")
+    (site / f"llmmem_{name}-1.0.dist-info").mkdir(parents=True)
+    (site / f"llmmem_{name}.py").write_text(code)
+    (site / f"llmmem_{name}-1.0.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: llmmem-{name}\nVersion: 1.0\n")
+    (site / f"llmmem_{name}-1.0.dist-info" / "entry_points.txt").write_text(f"[llmmem]\n{name} = llmmem_{name}\n")
+    return site
+
+
+@pytest.fixture
+def installed_plugin(tmp_path):
+    site = _install(tmp_path, "sophia", PLUGIN)
     (tmp_path / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
     return tmp_path, site
 
@@ -243,3 +249,67 @@ def test_a_plugin_readers_keys_catch_a_typo(tmp_path, monkeypatch):
     (tmp_path / "pyproject.toml").write_text(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "acme.yaml"\nformat = "acme"\n')
     with pytest.raises(ConfigError, match='unknown acme key "per_gpu_bach". Did you mean "per_gpu_batch"'):
         load(tmp_path / "pyproject.toml")
+
+
+# A recipe a plugin adds with its entry alone: DPO with a frozen reward model scoring beside the reference
+# (the hookspecs.py example). Every other module reads what it declares; nothing names it.
+JUDGED_DPO_PLUGIN = '''
+from pytest_llmmem.catalog import Recipe
+from pytest_llmmem.hookspecs import hookimpl
+
+JUDGED_DPO = Recipe("judged-dpo", keys=("beta", "reference-model", "max-length", "max-prompt-length"),
+                    models=("policy", "reference", "reward"), rows_per_example=2, head="fused", beta=0.1,
+                    ways_out=("mode",), doc="DPO scored by a frozen reward model")
+
+@hookimpl
+def llmmem_register_recipes(register):
+    register(JUDGED_DPO)
+'''
+TOY_RECIPE_RUN = TOY_ENGINE_RUN.replace('name = "serve"\nmode = "inference"\nengine = "toy"',
+                                        'name = "judged"\nrecipe = "judged-dpo"\nbeta = 0.2\nmax-length = 1024')
+# By hand: the toy model is Llama-3-8B's shape, 8,030,261,248 params. Its reward model is the policy's
+# sequence-classification twin (recipes.score_model_params): less the untied 128,256 x 4,096 LM head,
+# plus a 4,096 x 1 score, 7,504,928,768 params, frozen in bf16 on the one GPU: 15,009,857,536 B.
+REWARD_MODEL_BYTES = (8_030_261_248 - 128_256 * 4_096 + 4_096) * 2
+
+
+def _judged_dpo_plugin():
+    module = types.ModuleType("llmmem_judged_dpo")
+    exec(JUDGED_DPO_PLUGIN, module.__dict__)
+    return module
+
+
+def test_a_plugin_recipe_is_one_entry_and_prices_the_models_it_declares(tmp_path, monkeypatch):
+    from pytest_llmmem.fit.recipes import recipe_changes
+
+    plugin = _judged_dpo_plugin()
+    toy = _estimate_with(plugin, tmp_path, monkeypatch, TOY_RECIPE_RUN)
+    dpo = _estimate_with(plugin, tmp_path, monkeypatch, TOY_RECIPE_RUN.replace('"judged-dpo"', '"dpo"'))
+    assert toy.run.recipe.beta == 0.2 and toy.run.recipe.reference  # its keys read as it declares them
+    assert toy.breakdown["reward_model"] == REWARD_MODEL_BYTES == 15_009_857_536 and dpo.breakdown["reward_model"] == 0
+    assert {k: v for k, v in toy.breakdown.items() if k != "reward_model"} == {k: v for k, v in dpo.breakdown.items() if k != "reward_model"}
+    assert toy.total_bytes == dpo.total_bytes + REWARD_MODEL_BYTES
+    assert toy.notes[0] == "judged-dpo: chosen and rejected run in one forward: 2 rows of 1024 tokens"
+    # fit offers only the ways out it names: a LoRA policy, which also drops the reference copy
+    assert [(key, changed.recipe.reference) for key, _, _, changed in recipe_changes(toy.run)] == [("mode", False)]
+
+
+def test_a_plugin_recipe_declared_in_a_pyproject_is_checked_and_reported(tmp_path):
+    # Found through the entry point like any plugin: the built-ins lack "judged-dpo", so the plugins load.
+    site = _install(tmp_path, "judged_dpo", JUDGED_DPO_PLUGIN)
+    (tmp_path / "pyproject.toml").write_text(TOY_RECIPE_RUN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env.pop("LLMMEM_DISABLE_PLUGINS", None)
+    check = [sys.executable, "-m", "pytest_llmmem.cli", "check", str(tmp_path / "pyproject.toml")]
+    report = subprocess.run(check + ["--format", "json"], capture_output=True, text=True, env=env)
+    assert report.returncode == 1, report.stderr  # about 181 GB for the full fine-tune, over the A100's 80 GiB
+    run = json.loads(report.stdout)["runs"][0]
+    assert run["breakdown"]["reward_model"] == REWARD_MODEL_BYTES and run["breakdown"]["reference_model"] > 0
+    text = subprocess.run(check, capture_output=True, text=True, env=env)
+    assert "train (judged-dpo)" in text.stdout and "reward model" in text.stdout
+    # A recipe key it does not declare is the same contradiction as on a built-in, its name among the valid ones.
+    (tmp_path / "pyproject.toml").write_text(TOY_RECIPE_RUN + "num-generations = 4\n")
+    wrong = subprocess.run(check, capture_output=True, text=True, env=env)
+    assert wrong.returncode == 2
+    assert 'only applies to recipe = "grpo"; run "judged" has recipe = "judged-dpo"' in wrong.stderr + wrong.stdout
+    assert '"ppo", "reward" or "judged-dpo" on the run' in wrong.stderr + wrong.stdout

@@ -14,9 +14,9 @@ from pytest_llmmem.catalog.registry import default_catalog, loaded
 from pytest_llmmem.config import keys
 from pytest_llmmem.config.phase_keys import PHASE_DEFAULTS
 from pytest_llmmem.config.readers import hf_args, litgpt, llama_factory, torchtune
-from pytest_llmmem.config.recipe_keys import RECIPES as RECIPE_NAMES
-from pytest_llmmem.core.run import FSDP_MODES
-from pytest_llmmem.recipes.recipes import RECIPES
+from pytest_llmmem.catalog.entries import RECIPE_GENERATIONS, RECIPE_HEADS, RECIPE_MODELS
+from pytest_llmmem.core.run import FSDP_MODES, SFT
+from pytest_llmmem.fit.recipes import SWITCHES
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pytest_llmmem"
 READERS = sorted((PACKAGE / "config" / "readers").glob("*.py"))
@@ -70,10 +70,26 @@ def test_every_optimizer_a_reader_maps_to_is_in_the_catalog():
 
 
 def test_recipe_and_fsdp_mappings_name_known_entries():
-    assert set(RECIPE_NAMES) == {"sft"} | set(RECIPES)  # the TOML's choices are the recipes the estimate prices
-    assert set(llama_factory._STAGES.values()) <= set(RECIPE_NAMES)
+    recipes = default_catalog().recipes.names  # the built-in recipes, registered in catalog/builtin.py
+    assert recipes == ["dpo", "grpo", "ppo", "reward"]
+    assert set(llama_factory._STAGES.values()) <= {SFT} | set(recipes)
     assert set(hf_args._FSDP.values()) <= set(FSDP_MODES)
     formats = default_catalog().readers.names  # the built-in readers, registered in catalog/builtin.py
     assert formats == ["axolotl", "llama-factory", "torchtune", "trl", "litgpt"]
     for name in formats:  # each names a module of config/readers/ that has its read(mapper, base_dir)
         assert callable(loaded(default_catalog().reader(name).read)), name
+
+
+def test_every_recipe_declares_what_the_estimate_and_fit_know():
+    # A recipe's entry is all its keys, models, head, generation and fit's switches say; each must
+    # name something config/recipe_keys.py, recipes/recipes.py and fit/recipes.py know, and every
+    # recipe key must belong to some recipe (else no run could give it).
+    catalog = default_catalog()
+    entries = [catalog.recipe(name) for name in catalog.recipes.names]
+    for recipe in entries:
+        assert set(recipe.keys) <= set(keys.RECIPE_KEYS) - {"recipe"}, recipe.name
+        assert recipe.models[0] == "policy" and set(recipe.models) <= set(RECIPE_MODELS), recipe.name
+        assert recipe.head in RECIPE_HEADS and recipe.generation in RECIPE_GENERATIONS, recipe.name
+        assert set(recipe.ways_out) <= set(SWITCHES), recipe.name
+        assert set(recipe.ways_out) - {"mode"} <= set(recipe.keys), recipe.name  # fit changes only a key the recipe reads
+    assert {key for r in entries for key in r.keys} == set(keys.RECIPE_KEYS) - {"recipe"}

@@ -1,5 +1,5 @@
-"""The built-in dtypes, optimizers, GPUs, model families, adapters, engines, trainer profiles and
-trainer-config readers, registered through the same hooks a plugin uses.
+"""The built-in dtypes, optimizers, GPUs, model families, adapters, engines, trainer profiles,
+trainer-config readers and post-training recipes, registered through the same hooks a plugin uses.
 
 The functions below are the built-ins' hook implementations. They carry no ``@hookimpl`` here: that
 marker imports pluggy, which ``llmmem check`` does not load until a plugin is in play
@@ -12,7 +12,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from __future__ import annotations
 
 from ..model.adapters import BUILTIN as BUILTIN_ADAPTERS
-from .entries import GPU, AmbiguousName, DType, Engine, Optimizer, Reader
+from .entries import GPU, AmbiguousName, DType, Engine, Optimizer, Reader, Recipe
 from .profiles import PROFILES
 from ..units import MiB
 
@@ -160,3 +160,31 @@ def llmmem_register_readers(register):
     for name, module in (("axolotl", "axolotl"), ("llama-factory", "llama_factory"), ("torchtune", "torchtune"),
                          ("trl", "trl"), ("litgpt", "litgpt")):
         register(Reader(name, f"pytest_llmmem.config.readers.{module}:read", doc=f"config/readers/{module}.py"))
+
+
+def llmmem_register_recipes(register):
+    # Defaults read from the installed trl-1.16.0 wheel (PPO from TRL's last PPO trainer, recipes/ppo_rollout.py).
+    # trl/trainer/dpo_trainer.py _compute_loss: one forward of the concatenated [chosen, rejected] batch
+    # through model(..., fused_lm_head=True); labels are the completion tokens only. beta: dpo_config.py default=0.1.
+    register(Recipe("dpo", keys=("beta", "loss-type", "reference-model", "precompute-ref-log-probs", "max-length", "max-prompt-length"),
+                    models=("policy", "reference"), rows_per_example=2, head="fused", beta=0.1,
+                    ways_out=("mode", "precompute-ref-log-probs"), doc="TRL 1.16 DPOTrainer"))
+    # trl/trainer/grpo_trainer.py: generate, then _get_per_token_logps_and_entropies with the fused head
+    # over the completion (labels[:, :-logits_to_keep] = -100); batch-size counts completions.
+    # grpo_config.py: max_completion_length default=512, num_generations default=8 (:480), beta default=0.0
+    # (:681-682, "the reference model is not loaded").
+    register(Recipe("grpo", keys=("beta", "reference-model", "max-prompt-length", "num-generations", "max-completion-length",
+                                  "generation", "vllm-gpu-memory-utilization", "generation-batch-size", "steps-per-generation"),
+                    models=("policy", "reference"), head="fused", generation="generate", completion_len=512, num_generations=8,
+                    beta=0.0, beta_gates_reference=True, ways_out=("mode", "beta", "generation", "num-generations"),
+                    doc="TRL 1.16 GRPOTrainer"))
+    # trl/experimental/ppo/ppo_trainer.py: policy (+ PolicyAndValueWrapper value model), ref_policy,
+    # reward_model; full logits of the response through selective_log_softmax. ppo_config.py: response_length default=53.
+    register(Recipe("ppo", keys=("reference-model", "max-prompt-length", "max-completion-length", "generation",
+                                 "vllm-gpu-memory-utilization", "generation-batch-size", "local-rollout-forward-batch-size",
+                                 "value-head", "reward-model", "value-model"),
+                    models=("policy", "reference", "reward", "value"), generation="rollout", completion_len=53,
+                    ways_out=("mode", "value-head", "generation"), doc="TRL PPOTrainer (trl/experimental/ppo/ppo_trainer.py)"))
+    # trl/trainer/reward_trainer.py: AutoModelForSequenceClassification(num_labels=1), chosen and
+    # rejected concatenated into one forward, -logsigmoid(chosen - rejected).
+    register(Recipe("reward", keys=("max-length",), rows_per_example=2, head="score", ways_out=("mode",), doc="TRL 1.16 RewardTrainer"))

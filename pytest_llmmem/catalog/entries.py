@@ -1,5 +1,5 @@
-"""The records a catalog holds: a number format, an optimizer, a GPU, and a name that means more than one
-GPU. Apart from the registry so that the built-ins (:mod:`.builtin`) and the registry both import them
+"""The records a catalog holds: a number format, an optimizer, a GPU, a name that means more than one
+GPU, a trainer-config reader, a serving engine and a post-training recipe. Apart from the registry so that the built-ins (:mod:`.builtin`) and the registry both import them
 from below, and neither imports the other back.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
@@ -93,3 +93,34 @@ class Engine(NamedTuple):
     startup: Any
     aliases: Tuple[str, ...] = ()
     doc: str = ""
+
+
+class Recipe(NamedTuple):
+    """A post-training recipe (``recipe = "<name>"``): what its step holds beyond an SFT step of the
+    same model. Everything the TOML's keys (config/recipe_keys.py), the estimate (recipes/recipes.py),
+    the report and ``llmmem fit`` (fit/recipes.py) need is declared here, so none of them branches on
+    the recipe's name and a plugin adds one with one entry. "sft" is no recipe: the plain step."""
+
+    name: str
+    keys: Tuple[str, ...] = ()  # the recipe keys it reads (config/keys.py RECIPE_KEYS); another is a contradiction
+    # What its step holds: "policy", "reference" (a frozen copy, unless the trainer's rules drop it:
+    # LoRA, a reference-free loss, precomputed log-probs, beta = 0 where beta gates it), "reward", "value".
+    models: Tuple[str, ...] = ("policy",)
+    rows_per_example: int = 1  # forward rows per batch element: 2 when chosen and rejected run together
+    head: str = "hf"  # "fused" (TRL's fused log-prob head), "score" (a sequence-classification head), "hf" (full logits)
+    # Its generation phase: "" none; "generate" (in-process generate() or a vLLM engine); "rollout"
+    # (PPO's chunked rollout that keeps every token's scores, recipes/ppo_rollout.py).
+    generation: str = ""
+    completion_len: int = 0  # max-completion-length's default when it generates
+    num_generations: int = 0  # num-generations' default: completions per prompt, compared within their group
+    beta: Optional[float] = None  # beta's default (the KL coefficient), when it reads beta
+    beta_gates_reference: bool = False  # beta = 0 loads no reference model (TRL GRPO)
+    ways_out: Tuple[str, ...] = ()  # the keys llmmem fit may change to make it fit (fit/recipes.py SWITCHES)
+    aliases: Tuple[str, ...] = ()
+    doc: str = ""
+
+
+# What a recipe's fields may say (tests/test_tables.py holds the built-ins to them; config/recipe_keys.py a plugin's).
+RECIPE_MODELS = ("policy", "reference", "reward", "value")
+RECIPE_HEADS = ("fused", "score", "hf")
+RECIPE_GENERATIONS = ("", "generate", "rollout")

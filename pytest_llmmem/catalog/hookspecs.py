@@ -1,5 +1,5 @@
 """Hook specifications: how a plugin adds dtypes, optimizers, GPUs, model families, adapters,
-serving engines, trainer profiles and trainer-config readers.
+serving engines, trainer profiles, trainer-config readers and post-training recipes.
 
 Plugins are found in the ``llmmem`` entry-point group (``LLMMEM_DISABLE_PLUGINS`` blocks them by
 name, or ``all``). The built-ins in :mod:`pytest_llmmem.builtin` use these same hooks. Each hook
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .entries import GPU, DType, Engine, Optimizer, Reader
+    from .entries import GPU, DType, Engine, Optimizer, Reader, Recipe
     from ..model.adapters import Adapter
     from .profiles import Profile
     from ..model.architecture import Family
@@ -127,4 +127,20 @@ def llmmem_register_readers(register: "Callable[[Reader], None]") -> None:
     """
 
 
-# Next slot, as its table moves out of its closed dict (issue 21 item 6): post-training recipes.
+@hookspec
+def llmmem_register_recipes(register: "Callable[[Recipe], None]") -> None:
+    """Call ``register(Recipe(...))`` for each post-training recipe the plugin knows (``recipe = "<name>"``).
+
+    A :class:`pytest_llmmem.catalog.Recipe` declares what its step holds beyond an SFT step: the
+    recipe keys it reads (any other is an error), the models in memory (policy, reference, reward,
+    value), the rows one example becomes, the policy's head, its generation phase, its keys' defaults
+    and the keys ``llmmem fit`` may change; nothing else is needed. Example: DPO with a frozen reward
+    model beside the reference (tests/test_plugins.py prices it)::
+
+        @hookimpl
+        def llmmem_register_recipes(register):
+            from pytest_llmmem.catalog import Recipe
+            register(Recipe("judged-dpo", keys=("beta", "reference-model", "max-length", "max-prompt-length"),
+                            models=("policy", "reference", "reward"), rows_per_example=2, head="fused", beta=0.1,
+                            ways_out=("mode",), doc="DPO scored by a frozen reward model"))
+    """

@@ -1,4 +1,5 @@
-"""What the estimator knows by name: number formats, optimizers, GPUs, model families and adapters.
+"""What the estimator knows by name: number formats, optimizers, GPUs, model families, adapters, serving
+engines, trainer profiles, trainer-config readers and post-training recipes.
 
 Everything here, the built-ins included, arrives through the hooks in :mod:`pytest_llmmem.hookspecs`.
 Third-party plugins (entry-point group ``llmmem``) are loaded only when a config names something the
@@ -17,7 +18,7 @@ import re
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
 
 from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
-from .entries import GPU, AmbiguousName, DType, Engine, Optimizer, Reader  # noqa: F401  (pytest_llmmem.catalog.GPU etc., as plugins import them)
+from .entries import GPU, AmbiguousName, DType, Engine, Optimizer, Reader, Recipe  # noqa: F401  (pytest_llmmem.catalog.GPU etc., as plugins import them)
 from ..units import format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,7 +28,7 @@ DISABLE_ENV = "LLMMEM_DISABLE_PLUGINS"
 # The hooks each table is filled from (hookspecs.py), in the order the tables are built.
 _HOOKS = ("llmmem_register_dtypes", "llmmem_register_optimizers", "llmmem_register_gpus", "llmmem_register_families",
           "llmmem_register_engines", "llmmem_register_adapters", "llmmem_register_profiles",
-          "llmmem_register_readers")
+          "llmmem_register_readers", "llmmem_register_recipes")
 
 
 _MAX_NAME = 200  # characters; longer names are refused before normalising
@@ -106,7 +107,9 @@ class Catalog:
         self.adapters = _Table("adapter")
         self.profiles = _Table("trainer profile")
         self.readers = _Table("trainer-config format")
-        tables = (self.dtypes, self.optimizers, self.gpus, self.families, self.engines, self.adapters, self.profiles, self.readers)
+        self.recipes = _Table("recipe")
+        tables = (self.dtypes, self.optimizers, self.gpus, self.families, self.engines, self.adapters, self.profiles, self.readers,
+                  self.recipes)
         if self._pm is None:  # the built-ins alone: their hook implementations, called as the loop below would
             from . import builtin
 
@@ -195,6 +198,10 @@ class Catalog:
     def reader(self, name: object) -> Reader:
         """A trainer-config reader (built-in or a plugin's) by format name."""
         return self._lookup("readers", name)
+
+    def recipe(self, name: object) -> Recipe:
+        """A post-training recipe (built-in or a plugin's) by name; "sft" is no recipe and not here."""
+        return self._lookup("recipes", name)
 
     def names(self, attr: str, *wanted: object) -> List[str]:
         """The registered names of one kind, in registration order; plugins are loaded first only when a

@@ -24,6 +24,8 @@ VISION_TOWERS = ("trained", "frozen")
 METHODS = ("detailed", "rule-of-thumb", "trace")  # trace: trace/, needs the measure extra
 LOGITS = ("last", "all")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+# recipe = "sft" is no recipe: the plain step. Every other recipe is a catalog entry (catalog.entries.Recipe).
+SFT = "sft"
 
 
 class ServeSettings(NamedTuple):
@@ -48,7 +50,7 @@ class RecipeSettings(NamedTuple):
     trainer's rules (LoRA, reference-free loss, precomputed log-probs, beta = 0).
     """
 
-    name: str = "sft"  # sft | dpo | grpo | ppo | reward
+    name: str = SFT  # sft, or a recipe the catalog registers (dpo, grpo, ppo, reward, or a plugin's)
     beta: Optional[float] = None
     loss_type: Optional[str] = None
     reference: bool = False
@@ -63,6 +65,11 @@ class RecipeSettings(NamedTuple):
     value_head: str = "separate"  # ppo: separate | shared
     reward_model: Optional[Union[Architecture, ParamsOnly]] = None  # ppo: another model than the policy's shape
     value_model: Optional[Union[Architecture, ParamsOnly]] = None
+
+    @property
+    def post_training(self) -> bool:
+        """A recipe's models and phases beside the policy's step (every recipe but the plain SFT step)."""
+        return self.name != SFT
 
 
 class JobSettings(NamedTuple):
@@ -153,7 +160,7 @@ class Run(NamedTuple):
     knobs: Knobs = Knobs()  # the trainer profile and its knobs (profiles.py)
     knobs_shown: Tuple[Tuple[str, str, str], ...] = ()  # (key, value, "profile" | "set") that differ from stock transformers
     job: JobSettings = JobSettings()  # load / eval / save phases (issue 16)
-    recipe: RecipeSettings = RecipeSettings()  # sft unless a run declares recipe = "dpo" | "grpo" | "ppo" | "reward"
+    recipe: RecipeSettings = RecipeSettings()  # sft unless a run declares recipe = "<a catalog recipe>"
     file: Optional[str] = None
     line: Optional[int] = None
     # from = "train.yaml" (readers/): (key, where it came from) for each setting read or defaulted,

@@ -107,7 +107,7 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
         # each adapted module keeps its dropout's output and mask (adapters.lora_saved); without it, none
         offer("lora-dropout", 0.0, "fits with lora-dropout = 0", run._replace(lora_dropout=0.0))
     # Recipe changes (a LoRA policy, beta = 0, a separate vLLM server, fewer generations): fit/recipes.py.
-    if run.recipe.name != "sft":
+    if run.recipe.post_training:
         tried = set()
         from .recipes import recipe_changes
 
@@ -118,8 +118,8 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
             offer(key, value, text, changed)
             if len(out) > before:
                 tried.add(key)
-    # GRPO's batch-size must stay a multiple of num-generations: fewer generations is offered above.
-    if has_shape and run.batch_size > 1 and run.recipe.name != "grpo":
+    # A grouped recipe's batch-size (GRPO's) must stay a multiple of num-generations: fewer generations is offered above.
+    if has_shape and run.batch_size > 1 and not run.recipe.num_generations:
         best = largest_fitting(run, "batch_size", run.batch_size - 1)
         if best:
             out.append(WayOut("batch-size", best, f"fits with batch-size <= {best} (raise gradient accumulation to keep the global batch)",
@@ -265,7 +265,7 @@ def _recipe_toggles(run: Run) -> List[Toggle]:
     """A recipe's own switches (fit/recipes.py recipe_changes): LoRA policy, beta = 0, precomputed reference
     log-probs, a separate vLLM server, a shared value head; and the most generations per prompt that
     fit (the fewest tried when none does), at the same prompts per step."""
-    if run.recipe.name == "sft":
+    if not run.recipe.post_training:
         return []
 
     out: List[Toggle] = []

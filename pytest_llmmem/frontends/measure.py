@@ -58,7 +58,7 @@ def _check_measurable(run: Run) -> Architecture:
         raise ConfigError(f'run "{run.name}": measure steps torch optimizers ({", ".join(TORCH_OPTIMIZERS)}); "{run.optimizer.name}" is not one.')
     if run.gpus > 1:
         raise ConfigError(f'run "{run.name}": measure runs one process on one device; this run declares {run.gpus} GPUs.')
-    if run.recipe.name != "sft":
+    if run.recipe.post_training:
         # An SFT step measured against a DPO/GRPO/PPO estimate would store a wrong calibration.
         raise ConfigError(f'run "{run.name}": measure runs an SFT step; recipe = "{run.recipe.name}" needs the trainer itself '
                           '(benchmarks/measure_rl.py runs TRL\'s DPO step).')

@@ -1,9 +1,10 @@
 """Post-training recipes as the set of models a step holds (issue 13; DESIGN.md section 5).
 
-A recipe is a table entry: how many rows one example becomes (DPO and reward models put chosen and
-rejected in one forward), how the policy scores tokens (TRL's fused log-prob head, a score head, or
-HF logits), which extra models sit in memory (reference, reward, value) and whether the step
-generates. The policy's step is priced by the same term functions as an SFT run (``step.step_terms``
+A recipe is a catalog entry (catalog.entries.Recipe, registered through llmmem_register_recipes):
+how many rows one example becomes (DPO and reward models put chosen and rejected in one forward),
+how the policy scores tokens (TRL's fused log-prob head, a score head, or HF logits), which extra
+models sit in memory (reference, reward, value) and its generation phase. Nothing here branches on
+a recipe's name. The policy's step is priced by the same term functions as an SFT run (``step.step_terms``
 at the recipe's rows), its head replaced by the recipe's; each extra model is priced from the same
 weights/states functions and is its own breakdown term, resident in every phase. Generation (GRPO,
 PPO) is a phase of its own: in-process ``generate()`` holds a KV cache while no activations or
@@ -13,8 +14,9 @@ The phases go to the same composer as an SFT job's (compose.py); the peak is the
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
+from ..catalog.entries import Recipe
 from ..catalog.registry import default_catalog
 from ..core import detailed as core
 from ..core.compose import OVERHEAD, Item, Pairs, Phase, compose, training_overhead
@@ -37,33 +39,6 @@ RECIPE_TERMS = TERMS[:TERMS.index(OVERHEAD)] + RL_TERMS + TERMS[TERMS.index(OVER
 # columns (trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE = 4096; trl/trainer/utils.py:1506 = 32768).
 FUSED_TOKEN_TILE = 4096
 FUSED_VOCAB_TILE = 32768
-
-
-class Recipe(NamedTuple):
-    """What a recipe's step holds beyond an SFT step of the same model."""
-
-    rows_per_example: int  # forward rows per batch element: 2 when chosen and rejected run together
-    head: str  # "fused" (TRL fused log-prob head), "score" (sequence-classification head), "hf" (full logits)
-    reward_model: bool
-    value_model: bool
-    generates: bool
-    source: str
-
-
-RECIPES: Dict[str, Recipe] = {
-    # trl/trainer/dpo_trainer.py _compute_loss: one forward of the concatenated [chosen, rejected] batch
-    # through model(..., fused_lm_head=True); labels are the completion tokens only.
-    "dpo": Recipe(2, "fused", False, False, False, "TRL 1.16 DPOTrainer"),
-    # trl/trainer/grpo_trainer.py: generate, then _get_per_token_logps_and_entropies with the fused head
-    # over the completion (labels[:, :-logits_to_keep] = -100); batch-size counts completions.
-    "grpo": Recipe(1, "fused", False, False, True, "TRL 1.16 GRPOTrainer"),
-    # trl/experimental/ppo/ppo_trainer.py: policy (+ PolicyAndValueWrapper value model), ref_policy,
-    # reward_model; full logits of the response through selective_log_softmax.
-    "ppo": Recipe(1, "hf", True, True, True, "TRL PPOTrainer (trl/experimental/ppo/ppo_trainer.py)"),
-    # trl/trainer/reward_trainer.py: AutoModelForSequenceClassification(num_labels=1), chosen and
-    # rejected concatenated into one forward, -logsigmoid(chosen - rejected).
-    "reward": Recipe(2, "score", False, False, False, "TRL 1.16 RewardTrainer"),
-}
 
 
 def score_model_params(arch: Architecture) -> int:
@@ -170,14 +145,14 @@ def _extra_models(run: Run, arch: Optional[Architecture], params: int, rows: int
     if rs.reference:
         # A frozen copy of the policy's base weights (TRL create_model_from_path / create_reference_model).
         terms["reference_model"] = _frozen_weight_bytes(run, arch, params, quantized_ok=True)
-    if recipe.reward_model:
+    if "reward" in recipe.models:
         model = rs.reward_model if rs.reward_model is not None else (arch or run.model)
         shaped = model if isinstance(model, Architecture) else None
         rm = score_model_params(shaped) if shaped else model.params
         terms["reward_model"] = _frozen_weight_bytes(run, shaped, rm, quantized_ok=False)
         if shaped is None:
             notes.append("reward model counted at its params: its score head needs the architecture")
-    if not recipe.value_model:
+    if "value" not in recipe.models:
         return terms, ()
     if rs.value_head == "shared":
         # AutoModelForCausalLMWithValueHead: a Linear(h, 1) with bias on the policy's backbone
@@ -199,9 +174,9 @@ def _extra_models(run: Run, arch: Optional[Architecture], params: int, rows: int
 
 
 def estimate_recipe(run: Run):
-    """The peak of one step of a DPO / GRPO / PPO / reward-model run (see the module docstring)."""
+    """The peak of one step of a post-training run (DPO, GRPO, PPO, reward model, a plugin's): see the module docstring."""
     rs: RecipeSettings = run.recipe
-    recipe = RECIPES[rs.name]
+    recipe = default_catalog().recipe(rs.name)
     rows = run.batch_size * recipe.rows_per_example
     plain = run._replace(recipe=RecipeSettings(), calibration=None, batch_size=rows)
     if run.method == "rule-of-thumb":
@@ -226,7 +201,7 @@ def estimate_recipe(run: Run):
             items, head = _score_head(run, rows, act, items)
             states, params = _score_model_states(run, arch, states)
     value_basis = None
-    if recipe.value_model and rs.value_head == "separate":
+    if "value" in recipe.models and rs.value_head == "separate":
         if rs.value_model is not None:
             # The critic as its own full-training run, on the policy's data-parallel GPUs (no TP/PP split).
             critic = plain._replace(model=rs.value_model, mode="train", dtype=_compute_dtype(run), tensor_parallel=1,
@@ -237,11 +212,11 @@ def estimate_recipe(run: Run):
         else:
             value_basis = policy if run.mode == "train" else core.estimate_model(plain._replace(mode="train", dtype=_compute_dtype(run)))
     models, value_items = _extra_models(run, arch, policy.params, rows, recipe, value_basis, notes)
-    if rs.name == "dpo" and rs.precompute_ref_log_probs:
+    if rs.precompute_ref_log_probs:
         notes.append("precompute-ref-log-probs: the reference log-probs are computed before training; no reference model during the step")
-    elif rs.name in ("dpo", "grpo", "ppo") and not rs.reference:
-        notes.append(_no_reference_reason(run))
-    gen, shares, gen_items = _generation(run, arch, act, notes, partial)
+    elif "reference" in recipe.models and not rs.reference:
+        notes.append(_no_reference_reason(run, recipe))
+    gen, shares, gen_items = _generation(run, recipe, arch, act, notes, partial)
     dynamic = items + head
     if arch is not None:
         states["activations"], states["logits"] = (sum(v for k, v in dynamic if k.startswith(term + ".")) for term in ("activations", "logits"))
@@ -268,22 +243,22 @@ def _compute_dtype(run: Run):
     return default_catalog().dtype("bf16" if run.dtype.compute_bytes == 2 else "fp32")
 
 
-def _no_reference_reason(run: Run) -> str:
+def _no_reference_reason(run: Run, recipe: Recipe) -> str:
     rs = run.recipe
-    if rs.name == "dpo" and rs.loss_type in ("simpo", "cpo", "orpo"):
+    if rs.loss_type in ("simpo", "cpo", "orpo"):  # config/recipe_keys.py REFERENCE_FREE_LOSSES
         return f'loss-type = "{rs.loss_type}" is reference-free: no reference model'
-    if rs.name == "grpo" and not rs.beta:
+    if recipe.beta_gates_reference and not rs.beta:
         return "beta = 0 (TRL GRPOConfig's default): no reference model is loaded"
     return "LoRA: the reference is the policy with its adapters disabled, no second model"
 
 
-def _generation(run: Run, arch: Optional[Architecture], act: int, notes: List[str],
+def _generation(run: Run, recipe: Recipe, arch: Optional[Architecture], act: int, notes: List[str],
                 partial: List[str]) -> Tuple[Optional[Dict[str, int]], Dict[str, int], Pairs]:
     """The generation share of a GRPO/PPO step: a colocated vLLM engine's share (resident), nothing
     (a separate server), or the in-process generation phase's figures (for ``_phases``). Returns
     (those figures or None, the resident terms it adds, its items)."""
     rs = run.recipe
-    if not RECIPES[rs.name].generates:
+    if not recipe.generation:
         return None, {}, ()
     if rs.generation == "vllm-server":
         notes.append("generation runs on a separate vLLM server (trl vllm-serve): nothing on the training GPUs")
@@ -305,12 +280,12 @@ def _generation(run: Run, arch: Optional[Architecture], act: int, notes: List[st
         partial.append("generation's KV cache needs the architecture: give config or the architecture keys")
         return None, {}, ()
     shares = {}
-    if rs.name == "ppo":
+    if recipe.generation == "rollout":
         # TRL PPOTrainer: chunked generate() with every token's fp32 scores kept through the update (ppo_rollout.py)
         gen = rollout_phase(run, arch, act)
         shares["rollout_logits"] = gen["rollout_scores"]
         chunk = min(rs.rollout_chunk or ROLLOUT_CHUNK, rs.generation_batch_size)
-        notes.append(f"ppo: rollout of {rs.generation_batch_size} completions, generate() and reference forwards "
+        notes.append(f"{rs.name}: rollout of {rs.generation_batch_size} completions, generate() and reference forwards "
                      f"{chunk} rows at a time (local-rollout-forward-batch-size)")
     else:
         gen = generation_phase(run, arch, act)

@@ -62,9 +62,13 @@ def describe_run(est: Estimate) -> str:
     run = est.run
     parts = [run.mode, run.dtype.name]
     rs = run.recipe
-    if rs.name != "sft":
-        what = {"grpo": f"grpo, {rs.num_generations} generations of {rs.completion_len}", "ppo": f"ppo, completions of {rs.completion_len}"}
-        parts[0] = f"{run.mode} ({what.get(rs.name, rs.name)})"
+    if rs.post_training:
+        what = rs.name
+        if rs.num_generations:  # completions compared within a prompt's group (GRPO)
+            what += f", {rs.num_generations} generations of {rs.completion_len}"
+        elif rs.generation_batch_size:  # it generates (PPO's rollout)
+            what += f", completions of {rs.completion_len}"
+        parts[0] = f"{run.mode} ({what})"
     if run.mode == "train":
         parts.append(f"{run.precision} precision")
         if run.vision_tower == "frozen":

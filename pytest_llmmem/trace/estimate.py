@@ -58,7 +58,7 @@ def _refusal(run: Run) -> str:
         return f"{run.model.family.name} is a classifier; the trace builds causal language models"
     if run.gpus > 1:
         return f"it runs one process; this run declares {run.gpus} GPUs (sharding and parallelism are not traced)"
-    if run.recipe.name != "sft":
+    if run.recipe.post_training:
         return f'recipe = "{run.recipe.name}" needs the trainer\'s own models and generation, which are not traced'
     if run.serve is not None:
         return f"engine = \"{run.engine}\" is a serving engine's memory pool, not a traced forward"
