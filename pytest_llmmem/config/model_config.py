@@ -4,10 +4,12 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import json
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from ..io import files
+from ..io.json_lines import line_of
 from ..errors import ConfigError, shown_name
 from ..hf.config import from_hf_config, with_overrides
 from .keys import ARCH_KEYS, MAX_PARAMS, Context, Table
@@ -186,5 +188,24 @@ def _read_hf_config_once(table: Table, raw: str, ctx: Context, fam: Optional[Fam
     try:
         return from_hf_config(with_overrides(data, overrides), source=str(path), family=fam)
     except ConfigError as err:
+        in_file = _in_config_json(err, path, raw, ctx, overrides)
+        if in_file:  # a value the config.json itself holds: that file and line, as a trainer YAML's error
+            raise ConfigError(err.message, path=in_file[0], key=err.key, line=in_file[1], hint=err.hint) from None
         detail = f" ({err.key})" if err.key else ""
         raise table.fail(key, f"{quoted}{detail} {err.message}", err.hint) from None
+
+
+def _in_config_json(err: ConfigError, path: Path, raw: str, ctx: Context, overrides: Dict[str, Any]) -> Optional[Tuple[str, int]]:
+    """(config.json as messages show it, the line of err's key) when the failing value is written in that
+    file and not set in the pyproject; read again, only for the error (ctx.read_json keeps no lines)."""
+    if not err.key or err.key.split(".")[0] in overrides:
+        return None
+    try:
+        _, lines = files.read_json_lines(path)
+    except (OSError, ValueError):
+        return None
+    line = line_of(err.key, lines)
+    if not line:
+        return None
+    shown = str(path) if Path(raw).is_absolute() else os.path.normpath(os.path.join(os.path.dirname(ctx.path), os.path.relpath(path, ctx.base_dir)))
+    return shown, line

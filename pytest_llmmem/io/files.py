@@ -14,7 +14,9 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
+
+from .json_lines import key_lines
 
 # Size caps, measured on a 2-core machine with CPython 3.11. The largest real pyproject.toml
 # files are tens of KB (a big ruff/pylint configuration); 10,000 runs of three keys each take
@@ -199,7 +201,18 @@ def _has_infinity(value: Any) -> bool:
 def read_json(path: Union[str, Path], limit: int = CONFIG_JSON_LIMIT) -> Any:
     """A JSON file through :func:`read_text`. Raises FileNotFoundError, :class:`InvalidJSON`
     (syntax, NaN/Infinity, floats past 1.8e308, nesting too deep to parse) or :class:`UnreadableFile`."""
+    return _loads(read_text(path, limit))
+
+
+def read_json_lines(path: Union[str, Path], limit: int = CONFIG_JSON_LIMIT) -> Tuple[Any, Dict[str, int]]:
+    """:func:`read_json`, and the line each key is written on ("section.key" for a nested one), for
+    errors that name the file and line of a value (json_lines.key_lines)."""
     text = read_text(path, limit)
+    return _loads(text), key_lines(text)
+
+
+def _loads(text: str) -> Any:
+    """The JSON document ``text`` with read_json's checks."""
     try:
         value = json.loads(text, parse_constant=_NotFinite, object_pairs_hook=_checked_object)
     except InvalidJSON:

@@ -62,8 +62,9 @@ def deepspeed(m: Mapper, base_dir: Path, key: str = "deepspeed") -> None:
     ref = m.get(key)
     if ref is None:
         return
-    if isinstance(ref, dict):
+    if isinstance(ref, dict):  # the DeepSpeed table inline: its keys' lines are the config's own
         ds, where = ref, m.path
+        lines = {k[len(key) + 1:]: line for k, line in m.lines.items() if k.startswith(f"{key}.")}
     else:
         where = next((p for p in (m.path.parent / str(ref), base_dir / str(ref)) if files.is_file(p)), None)
         if where is None:
@@ -71,7 +72,7 @@ def deepspeed(m: Mapper, base_dir: Path, key: str = "deepspeed") -> None:
         if not files.within(where, m.root):
             raise m.fail(key, outside(str(ref), m.root))
         try:
-            ds = files.read_json(where)
+            ds, lines = files.read_json_lines(where)
         except (files.UnreadableFile, ValueError) as err:
             raise m.fail(key, f'"{shown_name(str(where), 120)}" cannot be read: {err}.') from None
         m.follows.append(str(files.resolve(where)))
@@ -79,16 +80,16 @@ def deepspeed(m: Mapper, base_dir: Path, key: str = "deepspeed") -> None:
     if isinstance(zero, dict):
         stage = zero.get("stage", 0)  # deepspeed/runtime/zero/config.py: stage default 0
         if isinstance(stage, int) and stage:
-            m.put("zero-stage", stage, "zero_optimization.stage", where)
+            m.put("zero-stage", stage, "zero_optimization.stage", where, lines)
         param = (zero.get("offload_param") or {}).get("device", "none")
         opt = (zero.get("offload_optimizer") or {}).get("device", "none")
         if param in ("cpu", "nvme") and stage == 3:
-            m.put("offload", "optimizer+params", "zero_optimization.offload_param", where)
+            m.put("offload", "optimizer+params", "zero_optimization.offload_param", where, lines)
         elif opt in ("cpu", "nvme"):
-            m.put("offload", "optimizer", "zero_optimization.offload_optimizer", where)
+            m.put("offload", "optimizer", "zero_optimization.offload_optimizer", where, lines)
     micro = ds.get("train_micro_batch_size_per_gpu") if isinstance(ds, dict) else None
     if isinstance(micro, int) and not isinstance(micro, bool):
-        m.put("batch-size", micro, "train_micro_batch_size_per_gpu", where)
+        m.put("batch-size", micro, "train_micro_batch_size_per_gpu", where, lines)
 
 
 _FSDP = {"full_shard": "full-shard", "shard_grad_op": "shard-grad-op", "hybrid_shard": "hybrid-shard", "hybrid_shard_zero2": "hybrid-shard"}

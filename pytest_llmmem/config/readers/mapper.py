@@ -4,12 +4,14 @@ each came from, the guarded YAML loader with key lines, format detection and the
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from ...io import files
+from ...io.json_lines import line_of
 from ...errors import ConfigError, did_you_mean, nearest, shown_name
 
 TRAINER_LIMIT = 1024 * 1024  # a trainer YAML is a few KB; 1 MiB bounds the parse (files.py's reasoning)
@@ -54,15 +56,25 @@ class Mapper:
         return value is True or (isinstance(value, str) and value.lower() not in ("", "false", "none")) \
             or (isinstance(value, (list, dict)) and bool(value)) or (type(value) is int and value > 1)
 
-    def put(self, ours: str, value: Any, theirs: str, where: Optional[Path] = None) -> None:
-        """A value the file gives under ``theirs`` (its key, then an optional note)."""
+    def put(self, ours: str, value: Any, theirs: str, where: Optional[Path] = None, lines: Optional[Dict[str, int]] = None) -> None:
+        """A value the file gives under ``theirs`` (its key, then an optional note); ``where`` is another
+        file it follows (a DeepSpeed JSON), ``lines`` the line of each of that file's keys."""
         self.values[ours] = value
         self.origins[ours] = f"{(where or self.path).name}: {theirs}"
         key = _KEY.match(theirs)
         if where is None and key:
             self.places[ours] = (self.shown, self.lines.get(key.group(0)), key.group(0))
         elif where is not None:
-            self.places[ours] = (str(where), None, theirs)
+            self.places[ours] = (self.shown_as(where), line_of(key.group(0) if key else theirs, lines or {}), theirs)
+
+    def shown_as(self, where: Path) -> str:
+        """A file the config names, as messages name it: beside the config as the config is shown."""
+        if where == self.path:
+            return self.shown
+        try:
+            return os.path.normpath(os.path.join(os.path.dirname(self.shown), os.path.relpath(where, self.path.parent)))
+        except ValueError:  # another drive on Windows
+            return str(where)
 
     def given(self, key: str) -> bool:
         """The file writes ``key`` (a dotted "section.key" looks inside the section)."""
@@ -148,14 +160,14 @@ def outside(name: str, root: Path) -> str:
 
 
 def load_document(path: Path) -> Tuple[Any, Dict[str, int]]:
-    """(a trainer config, the line of each "key" and "section.key"): JSON through files.read_json
-    (no lines), YAML through PyYAML's SafeLoader (no tags, no code: ``!!python/object`` is refused),
+    """(a trainer config, the line of each "key" and "section.key"): JSON through files.read_json_lines,
+    YAML through PyYAML's SafeLoader (no tags, no code: ``!!python/object`` is refused),
     composed first so each key's node mark gives its line. PyYAML is imported only here, so start-up
     stays small."""
     shown = f'"{shown_name(str(path), 120)}"'
     try:
         if path.suffix == ".json":
-            return files.read_json(path, TRAINER_LIMIT), {}
+            return files.read_json_lines(path, TRAINER_LIMIT)
         text = files.read_text(path, TRAINER_LIMIT)
     except FileNotFoundError:
         raise ConfigError(f"{shown} does not exist.", hint="from is relative to the folder of the pyproject.toml (or absolute).") from None
