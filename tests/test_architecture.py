@@ -47,6 +47,7 @@ LAZY: Dict[str, Tuple[str, ...]] = {
         "frontends.commands -> report.text", "frontends.commands -> units", "frontends.commands -> model.architecture",
         "frontends.commands -> frontends.measure", "frontends.commands -> report.diff", "frontends.commands -> errors",
         "frontends.commands -> catalog.registry", "frontends.commands -> hf.hub", "frontends.commands -> fit.serving",
+        "frontends.commands -> hf.config", "frontends.commands -> io.files",
     ),
     "the pytest plugin imports nothing of the estimator unless --llmmem is given or the fixture is used": (
         "frontends.plugin -> frontends.pytest_checks",

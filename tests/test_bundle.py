@@ -234,17 +234,17 @@ def test_the_checker_reads_each_source_form():
 
 
 def test_catalog_shows_each_config_source_and_revision(offline, run_cli):
-    code, out, _ = run_cli("catalog", "models")
+    code, out, _ = run_cli("catalog", "models", "--urls")
     lines = out.splitlines()
     assert code == 0 and len([line for line in lines if line.startswith("    from ")]) == len(hub.bundled_index())
     # the revision pythia-14m's source states (config_source.source_commit), as 12 characters
     assert any(line.split() == ["EleutherAI/pythia-14m", "gpt_neox", "94f7c35d5e9f"] for line in lines)
     # a github: locator is printed as the link of the file at its commit, the line anchor kept
     mlc = "https://github.com/mlc-ai/mlc-llm/blob/79d603f085f50500e9509fa01785ffa7ecfaaa93/python/mlc_llm/model/model_preset.py"
-    at = lines.index("  Qwen/Qwen3-0.6B                        qwen3        -")
+    at = next(i for i, line in enumerate(lines) if line.split() == ["Qwen/Qwen3-0.6B", "qwen3", "-"])
     assert lines[at + 1] == f"    from {mlc}#L1725"
     assert f"    same values in {mlc}#L388" in lines  # Mixtral-8x7B-v0.1's second source
-    at = lines.index("  meta-llama/Meta-Llama-3.1-70B          llama        -")
+    at = next(i for i, line in enumerate(lines) if line.split() == ["meta-llama/Meta-Llama-3.1-70B", "llama", "-"])
     assert lines[at + 2] == "    the same config.json as meta-llama/Llama-3.1-70B"
 
 

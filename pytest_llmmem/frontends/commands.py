@@ -9,7 +9,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from .output import EXIT_ERROR, EXIT_OK, EXIT_OVER, common_arguments, emit, refused, say, selected_runs, with_strict
 
@@ -77,7 +77,9 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--no-{flag}", dest=flag.replace("-", "_"), action="store_false")
         common_arguments(p)
     elif command == "catalog":
-        p.add_argument("what", nargs="?", choices=("gpus", "dtypes", "optimizers", "models"), default=None)
+        p.add_argument("what", nargs="?", choices=("gpus", "dtypes", "optimizers", "models", "show"), default=None)
+        p.add_argument("model_id", nargs="?", metavar="ID", help="with show: a bundled model id (catalog models lists them)")
+        p.add_argument("--urls", action="store_true", help="with models: each source as its whole https link")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,6 +210,8 @@ def _catalog(args: argparse.Namespace) -> int:
     from ..units import format_bytes
 
     say = _fitted_say()
+    if args.what == "show" or args.model_id:
+        return _show_model(args.model_id if args.what == "show" else args.what, say)
     cat = default_catalog()
     cat.load_entry_points()
     if args.what in (None, "gpus"):
@@ -227,5 +231,35 @@ def _catalog(args: argparse.Namespace) -> int:
     if args.what in (None, "models"):
         from ..hf.hub import catalog_lines
 
-        say("\n".join(catalog_lines()))
+        say("\n".join(catalog_lines(args.urls)))
+    return EXIT_OK
+
+
+def _show_model(model_id: Optional[str], say: Any) -> int:
+    """``llmmem catalog show ID``: one bundled config, the whole link of the file it was copied from, its
+    count and context as the estimator reads them, and the notes on what was copied."""
+    from ..errors import ConfigError, did_you_mean, shown_name
+    from ..hf import hub
+    from ..hf.config import from_hf_config
+    from ..io import files
+
+    index = hub.bundled_index()
+    if not model_id or model_id not in index:
+        asked = f'"{shown_name(model_id, 120)}" is not a bundled model id.{did_you_mean(model_id, index)}' if model_id else "catalog show needs a model id."
+        raise ConfigError(f"{asked} llmmem catalog models lists the {len(index)} bundled ids.")
+    entry = index[model_id]
+    path = hub.BUNDLED / entry["folder"] / "config.json"
+    arch = from_hf_config(files.read_json(path), source=model_id)
+    context, _ = arch.context()
+    lines = [f"{model_id}: family {entry['family']}, {arch.param_count():,} parameters, "
+             + (f"context {context:,} tokens" if context else "no context limit in its config.json"),
+             f"  bundled file: {path}",
+             f"  Hub revision: {entry.get('revision') or 'not stated by its source'}",
+             "  copied from:", f"    {hub.source_url(entry.get('taken_from') or 'no source recorded')}"]
+    if entry.get("checked_against"):
+        lines += ["  the same values in:", f"    {hub.source_url(entry['checked_against'])}"]
+    if entry.get("same_as"):
+        lines.append(f"  the same config.json as {entry['same_as']}")
+    lines.append(f"  notes: {entry.get('source', '')}")
+    say("\n".join(lines))
     return EXIT_OK

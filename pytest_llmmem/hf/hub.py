@@ -60,23 +60,41 @@ def bundled_index() -> Dict[str, Dict[str, Any]]:
     return files.read_json(BUNDLED / "index.json")
 
 
-def catalog_lines() -> List[str]:
-    """``llmmem catalog models``: each bundled id, its family, the Hub revision where its source states
-    one, and the link to the file its config.json was copied from (index.json's taken_from / checked_against)."""
+def catalog_lines(urls: bool = False) -> List[str]:
+    """``llmmem catalog models``: each bundled id, its family, the Hub revision where its source states one,
+    and the file its config.json was copied from (index.json's taken_from / checked_against) as
+    REPOSITORY@COMMIT:PATH, the path left out where the line would pass 80 columns (``catalog show ID`` names
+    it; the same in any terminal, so a wider one loses nothing by wrapping). ``urls``: the https link
+    instead, whole however wide (a link cut in two opens nothing)."""
+    index = bundled_index()
+    id_width = max(len(model_id) for model_id in index)
     lines = ['bundled model configs (model = "org/name" when the Hugging Face cache lacks them), from models/index.json:',
              "  id, family, Hub revision (where the source states one)",
-             "    the public file its config.json was copied from"]
-    for model_id, entry in sorted(bundled_index().items(), key=lambda item: item[0].lower()):
+             "    the public file its config.json was copied from" + ("" if urls else ": REPOSITORY@COMMIT:PATH")]
+    for model_id, entry in sorted(index.items(), key=lambda item: item[0].lower()):
         revision = (entry.get("revision") or "")[:12] or "-"
-        lines.append(f"  {model_id:<38} {entry['family']:<12} {revision}")
-        lines.append(f"    from {source_url(entry.get('taken_from') or 'no source recorded')}")
+        lines.append(f"  {model_id:<{id_width}} {entry['family']:<12} {revision}")
+        lines.append(_source_line("    from ", entry.get("taken_from") or "no source recorded", urls))
         if entry.get("same_as"):
             lines.append(f"    the same config.json as {entry['same_as']}")
         if entry.get("checked_against"):
-            lines.append(f"    same values in {source_url(entry['checked_against'])}")
+            lines.append(_source_line("    same values in ", entry["checked_against"], urls))
     lines.append("  (#L<n>: the config opens on line n of that file; validation:FILE#ROW = the project's shared "
                  "validation data; index:ID = a public GitHub file found by its id in a code-search index, repository not recorded)")
+    if not urls:
+        lines.append("  llmmem catalog show ID: one id's config, its source's link and notes; catalog models --urls: every link")
     return lines
+
+
+def _source_line(prefix: str, locator: str, urls: bool, width: int = 80) -> str:
+    """One source as a listing line: its link, or REPOSITORY@COMMIT:PATH when that fits ``width`` (the
+    commit's first 12 characters, as the revision column), else REPOSITORY@COMMIT."""
+    found = _GITHUB.match(locator)
+    if urls or not found:
+        return prefix + source_url(locator)
+    short = f"{found['repo']}@{found['commit'][:12]}"
+    whole = f"{short}:{found['path']}{found['anchor'] or ''}"
+    return prefix + (whole if len(prefix) + len(whole) <= width else short)
 
 
 _GITHUB = re.compile(r"^github:(?P<repo>[\w.-]+/[\w.-]+)@(?P<commit>[0-9a-f]{7,40}):(?P<path>[^#]+)(?P<anchor>#L\d+)?(?:#.*)?$")
