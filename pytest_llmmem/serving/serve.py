@@ -23,7 +23,9 @@ CUDA_TOTAL_BYTES: Dict[str, int] = {
     "A100-80GB": round(79.15 * GiB),  # vLLM 0.8.2 log, "total_gpu_memory (79.15GiB)" (validation serving.jsonl)
     "H100-80GB": 85017493504,  # torch.cuda.mem_get_info() total on an H100 80GB HBM3 (benchmarks/data/gpu-peaks-h100.jsonl); vLLM prints 79.18 GiB
     "RTX-3090": round(23.58 * GiB),  # vLLM issue 10517, "total_gpu_memory=23.58GiB"
-    "T4": round(14.74 * GiB),  # vLLM 0.8.2 V0 log on a Colab T4, "total_gpu_memory (14.74GiB)" (serving-logs.jsonl vllm-cookbook-t4-...)
+    # vLLM 0.8.2 V0 log on a Colab T4, "total_gpu_memory (14.74GiB)"; a 0.7.2 Colab T4 log shows 14.56 GiB (the
+    # driver's share varies): serving-logs.jsonl vllm-cookbook-t4-llama32-3b-v0-fallback, vllm-colab-t4-qwen25-1.5b-v0-072.
+    "T4": round(14.74 * GiB),
 }
 
 
