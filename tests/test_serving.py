@@ -112,6 +112,14 @@ def test_vllm_08_falls_back_to_v0_below_compute_capability_8_like_the_t4_log():
     assert s.starts and abs(s.tokens / 58192 - 1) < 0.01
 
 
+def test_vllm_08_09_fp8_kv_cache_falls_back_to_v0_off_hopper():
+    # _is_v1_supported_oracle: an fp8 KV cache stays on V1 only where FlashAttention 3 takes fp8 (Hopper).
+    fp8 = {**T4_LLAMA32_3B, "kv-cache-dtype": "fp8"}
+    assert estimate(adhoc_run({**fp8, "gpu": "A100-80GB"})).serving.version == "0.8 (V0 engine)"
+    assert estimate(adhoc_run({**fp8, "gpu": "H100-80GB"})).serving.version == "0.8"
+    assert estimate(adhoc_run({**fp8, "gpu": "A100-80GB", "engine-version": "0.10.1"})).serving.version == "0.10"
+
+
 def test_v1_is_kept_at_compute_capability_8_and_from_vllm_011():
     # An A100 (cc 8.0) stays on V1 at 0.8.2; 0.11 removed V0, so a T4 runs V1 there.
     assert estimate(adhoc_run({**T4_LLAMA32_3B, "gpu": "A100-80GB"})).serving.version == "0.8"

@@ -171,6 +171,11 @@ def _era(run: Any) -> Tuple[str, Tuple[int, int]]:
     capability = compute_capability(run)
     if version < (0, 11) and capability is not None and capability < (8, 0):
         return "v0", version
+    # 0.8 - 0.9 also fell back for an fp8 KV cache unless FlashAttention 3 takes fp8 (Hopper): the same oracle,
+    # "--kv-cache-dtype" (flash_attn_supports_fp8); 0.10 asks the platform instead.
+    if (version < (0, 10) and run.serve.kv_cache_dtype.startswith("fp8") and capability is not None
+            and capability[0] != 9):
+        return "v0", version
     return ("v1-flashinfer" if version < (0, 11) else "v1"), version
 
 
