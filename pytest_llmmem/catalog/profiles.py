@@ -16,11 +16,15 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-LOSSES = ("upcast", "chunked", "fused")
+from ..errors import did_you_mean, shown as shown_value, shown_name
+from .kernels import KERNELS, loss_of
+
+# inplace: a cross-entropy kernel that writes its gradient into the logits it is given (Liger cross_entropy; kernels.py)
+LOSSES = ("upcast", "chunked", "fused", "inplace")
 OPTIMIZER_IMPLS = ("foreach", "fused", "for-loop")
 NF4_LAYOUTS = ("bitsandbytes", "torchao")
 # The knobs a profile sets, as config keys (kebab-case), in the order the report lists them.
-KNOBS = ("loss", "loss-chunks", "activation-offload", "optimizer-in-backward", "optimizer-impl",
+KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl",
          "double-quant", "adapter-dtype", "gradient-checkpointing")
 
 
@@ -46,6 +50,7 @@ class Profile(NamedTuple):
     # The job's phase defaults (config.phase_keys.PhaseDefaults); None: the built-in table's entry for
     # this name, or the Hugging Face Trainer's (what TRL, Axolotl, Unsloth and most trainers run on).
     phases: Any = None
+    kernels: Tuple[str, ...] = ()  # fused kernels the trainer applies by default (kernels.py)
 
 
 # The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
@@ -98,7 +103,9 @@ PROFILES: Dict[str, Profile] = {
             "double-quant": "unsloth/models/llama.py:2622 bnb_4bit_use_double_quant = True",
             "adapter-dtype": "unsloth/models/llama.py:3488 peft get_peft_model (autocast_adapter_dtype=True: fp32)",
             "optimizer-impl": 'runs on the transformers Trainer (TRL SFTTrainer): "adamw_torch_fused"',
+            "kernels": "unsloth/kernels/ (rms_layernorm.py, rope_embedding.py, fast_lora.py) patched in by FastLanguageModel",
         },
+        kernels=("unsloth",),
     ),
     # Lightning-AI/litgpt @ 2685705 (2026-06-29).
     "litgpt": Profile(
@@ -132,7 +139,8 @@ class Knobs(NamedTuple):
     optimizer_impl: str = "fused"
     double_quant: bool = False
     nf4_layout: str = "bitsandbytes"
-    given: Tuple[str, ...] = ()  # knob keys the config set itself (they win over the profile)
+    given: Tuple[str, ...] = ()
+    kernels: Tuple[str, ...] = ()  # fused kernels (kernels.py): what they replace keeps other tensors  # knob keys the config set itself (they win over the profile)
 
 
 def chunks_for(profile: Profile, seq_len: int) -> int:
@@ -153,7 +161,12 @@ def shown(knobs: Knobs, *, mode: str, four_bit: str, adapter_dtype: str, adapter
             rows.append((key, value, "set" if given else "profile"))
 
     if mode != "inference":
-        add("loss", knobs.loss, stock.loss, "loss" in knobs.given)
+        if knobs.kernels and loss_of(knobs.kernels) == knobs.loss and "loss" not in knobs.given:
+            rows.append(("loss", knobs.loss, "kernels"))
+        else:
+            add("loss", knobs.loss, stock.loss, "loss" in knobs.given)
+        if knobs.kernels:
+            add("kernels", ", ".join(knobs.kernels), None, "kernels" in knobs.given)
         if knobs.loss == "chunked":
             add("loss-chunks", str(knobs.loss_chunks), None, "loss-chunks" in knobs.given)
         for key, value, base in (("activation-offload", knobs.activation_offload, False),
@@ -178,8 +191,8 @@ def describe(knobs: Knobs, rows: Tuple[Tuple[str, str, str], ...]) -> str:
 
 # --- reading the knobs from a config ----------------------------------------------------------------
 
-TRAINER_KEYS = ("framework", "loss", "loss-chunks", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant")
-_TRAINING_KNOBS = ("loss", "loss-chunks", "activation-offload", "optimizer-in-backward", "optimizer-impl")
+TRAINER_KEYS = ("framework", "loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant")
+_TRAINING_KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl")
 
 
 class Resolved(NamedTuple):
@@ -212,7 +225,14 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     profile = catalog.profile(framework)
     given = tuple(k for k in TRAINER_KEYS[1:] if pick(k) is not None)
 
-    loss = value("loss", "choice", profile.loss, LOSSES)
+    kernels_table = pick("kernels")
+    kernels = _kernels(kernels_table) if kernels_table is not None else (profile.kernels if mode != "inference" else ())
+    implied = loss_of(kernels)
+    loss = value("loss", "choice", implied or profile.loss, LOSSES)
+    loss_table = pick("loss")
+    if implied and kernels_table is not None and loss_table is not None and loss != implied:
+        raise loss_table.fail("loss", f'contradicts kernels = {list(kernels)}, whose loss kernel is loss = "{implied}".',
+                              hint=f'Remove loss (the kernels set it), or set loss = "{implied}".')
     chunks_table = pick("loss-chunks")
     if chunks_table is not None and loss != "chunked":
         raise chunks_table.fail("loss-chunks", f'only applies to loss = "chunked"; this run\'s loss is "{loss}".',
@@ -234,10 +254,23 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     if loss == profile.loss:
         upcast, keeps = profile.chunk_upcast, profile.keeps_logits
     else:  # a loss the profile does not use: chunked as torchtune does it (fp32 chunks, logits not kept)
-        upcast, keeps = True, loss == "upcast"
-    knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given)
+        upcast, keeps = True, loss in ("upcast", "inplace")
+    knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
+
+
+def _kernels(table) -> Tuple[str, ...]:
+    """kernels = ["liger", ...]: names of kernels.KERNELS, in the order given, each once."""
+    value = table.values["kernels"]
+    value = [value] if isinstance(value, str) else value
+    bad = [v for v in value if not isinstance(v, str) or v not in KERNELS] if isinstance(value, list) else [value]
+    if bad:
+        near = did_you_mean(bad[0], KERNELS) if isinstance(bad[0], str) else ""
+        label = f'"{shown_name(bad[0])}"' if isinstance(bad[0], str) else shown_value(bad[0])
+        raise table.fail("kernels", f"{label} is not a kernel this estimate knows; expected a list of: {', '.join(KERNELS)}.{near}",
+                         hint='For example kernels = ["liger"] (Liger\'s default patch: RoPE, RMSNorm, SwiGLU, fused linear cross-entropy).')
+    return tuple(dict.fromkeys(value))
 
 
 def check_combination(knobs: Knobs, table, *, gradient_checkpointing: bool, micro_batches: int, pipeline_parallel: int) -> None:

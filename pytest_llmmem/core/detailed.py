@@ -16,6 +16,7 @@ from ..units import format_bytes
 from .compose import compose, training_overhead
 from .records import TERMS, Estimate
 from .run import Run
+from ..catalog.kernels import applied as kernels_applied
 from .terms.checkpointing import COMPILE_APPROXIMATE, selective_approximate
 from .terms.job_phases import job_note, job_phases, step_phases
 from .terms.step import Step, step_terms
@@ -77,6 +78,18 @@ def _qwen3_long_generate(run: Run, arch: Architecture) -> bool:
             and (run.prompt_len or 0) >= 8192 and arch.family.name in ("qwen3", "qwen3_moe"))
 
 
+def kernels_approximate(run: Run, arch: Architecture) -> Tuple[str, ...]:
+    """Where a declared kernel's saved tensors are not derived here (catalog/kernels.py lists what is)."""
+    parts, note = kernels_applied(run.knobs.kernels, arch.family.name)
+    out = [note] if note else []
+    groups = arch.layer_groups()
+    if "glu" in parts and arch.family.glu_saves != 3:
+        out.append(f"Liger's GLU kernel on {arch.family.name}'s own gated MLP is not modelled: counted as the family's")
+    if "fast-lora" in parts and run.adapter is not None and any(g.mlp.kind == "moe" for g in groups):
+        out.append("Unsloth's MoE LoRA kernels are not modelled: the experts are counted as PEFT's")
+    return tuple(out)
+
+
 def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
     """Why the estimate leaves terms out (partial) or is not exact (approximate)."""
     if arch is None:
@@ -95,6 +108,8 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
         approximate.append(COMPILE_APPROXIMATE)
     if _qwen3_long_generate(run, arch):
         approximate.append(QWEN3_LONG_GENERATE)
+    if run.trains and run.knobs.kernels:
+        approximate.extend(kernels_approximate(run, arch))
     if run.trains and any(g.attention.kind == "mamba" for g in arch.layer_groups()):
         approximate.append("Mamba layers' training activations depend on the mamba-ssm CUDA kernels and are estimated, not measured")
     return not_modelled, tuple(approximate)

@@ -37,6 +37,7 @@ _VALUE_FLAGS = {
     "vision-tower": str,
     # selective activation checkpointing and context parallelism (torchtitan, issue 25)
     "selective-ac": lambda text: int(text) if text.isdigit() else text, "context-parallel": int,
+    "kernels": lambda text: [name.strip() for name in text.split(",") if name.strip()],  # --kernels liger,liger-cross-entropy
     # a trainer's own config (config/readers/), as from = "train.yaml"; the run's name and a measured calibration
     "from": str, "from-format": str, "name": str, "calibration": float, "attention-dropout": float, "hidden-dropout": float,
 }

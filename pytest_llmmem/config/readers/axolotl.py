@@ -12,9 +12,11 @@ from .mapper import Mapper, model_table
 
 SCHEMA = "axolotl src/axolotl/utils/schemas/config.py"  # @ 067b021c8b87: sequence_len :665, gradient_checkpointing :600
 # Memory-relevant keys this tool does not model: (key, what it changes).
+LIGER_FLAGS = (("liger_rope", "liger-rope"), ("liger_rms_norm", "liger-rms-norm"), ("liger_glu_activation", "liger-glu"),
+               ("liger_swiglu", "liger-glu"),
+               ("liger_cross_entropy", "liger-cross-entropy"), ("liger_fused_linear_cross_entropy", "liger-fused-linear-cross-entropy"))
 UNMODELLED = (
-    ("liger_rms_norm", "Liger RMSNorm kernel saves fewer activations"), ("liger_glu_activation", "Liger SwiGLU kernel"),
-    ("liger_rope", "Liger RoPE kernel"), ("lora_mlp_kernel", "fused LoRA MLP kernel"),
+    ("lora_mlp_kernel", "fused LoRA MLP kernel"), ("liger_layer_norm", "Liger LayerNorm kernel"),
     ("sequence_parallel_degree", "context parallelism"),
     ("fp8", "fp8 compute"), ("unfrozen_parameters", "partly frozen full fine-tuning"),
     ("tensor_parallel_size", "tensor parallelism from the trainer config"), ("context_parallel_size", "context parallelism"),
@@ -84,10 +86,14 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("flash-attention", True, key)
     else:
         m.assume("flash-attention", True, "transformers' default attn_implementation sdpa (no s x s scores kept)")
-    if m.get("liger_fused_linear_cross_entropy") is True or m.get("cut_cross_entropy") is True:
-        m.put("loss", "fused", "liger_fused_linear_cross_entropy" if m.get("liger_fused_linear_cross_entropy") else "cut_cross_entropy")
-    if m.get("liger_cross_entropy") is True:
-        m.not_modelled("liger_cross_entropy", "Liger's cross entropy without the fused linear")
+    # The Liger plugin passes each flag to apply_liger_kernel_to_<model> (axolotl src/axolotl/integrations/liger/args.py
+    # LigerArgs @ 0763f1ab: liger_rope, liger_rms_norm, liger_glu_activation (liger_swiglu, deprecated), liger_cross_entropy,
+    # liger_fused_linear_cross_entropy).
+    liger = [(flag, kernel) for flag, kernel in LIGER_FLAGS if m.get(flag) is True]
+    if liger:
+        m.put("kernels", [kernel for _, kernel in liger], ", ".join(flag for flag, _ in liger))
+    elif m.get("cut_cross_entropy") is True:
+        m.put("loss", "fused", "cut_cross_entropy")
     hf_args.deepspeed(m, base_dir)
     hf_args.fsdp(m)
     if m.get("torch_compile") is True:  # transformers TrainingArguments.torch_compile (axolotl passes it on)

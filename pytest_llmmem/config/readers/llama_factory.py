@@ -12,7 +12,7 @@ from .mapper import Mapper, model_table
 
 HP = "LLaMA-Factory src/llamafactory/hparams"  # line numbers below: LLaMA-Factory @ ff6d4d12e
 UNMODELLED = (
-    ("use_unsloth", "Unsloth kernels and offloaded checkpointing"), ("use_unsloth_gc", "Unsloth offloaded checkpointing"),
+    ("use_unsloth_gc", "Unsloth offloaded checkpointing"),
     ("use_galore", "GaLore projected optimizer states"), ("use_badam", "BAdam block-wise updates"), ("use_apollo", "APOLLO optimizer"),
     ("use_dora", "DoRA's magnitude vectors and extra activations"), ("pissa_init", "PiSSA initialisation"),
     ("freeze_vision_tower", "multimodal towers"), ("additional_target", "fully trained extra modules beside the adapters"),
@@ -89,9 +89,14 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("flash-attention", False, "flash_attn")
     elif "flash_attn" in m.data:
         m.put("flash-attention", True, "flash_attn")
-    if m.get("enable_liger_kernel") is True:
-        m.put("loss", "fused", "enable_liger_kernel (fused linear cross entropy)")
-        m.not_modelled("enable_liger_kernel", "Liger RMSNorm/SwiGLU/RoPE kernels beside the fused loss")
+    if m.get("use_unsloth") is True:  # model/model_utils/unsloth.py: FastLanguageModel's kernels (kernels.py "unsloth")
+        m.put("kernels", ["unsloth"], "use_unsloth")
+    elif m.get("enable_liger_kernel") is True:
+        # model/model_utils/liger_kernel.py:97-99 apply_liger_kernel: the model's Liger defaults, or, where the stage
+        # needs the logits (loader.py:142 require_logits: every stage but pt / sft), cross_entropy for the fused linear one
+        stage = str(m.get("stage", "sft")).lower()
+        kernels = ["liger"] if stage in ("pt", "sft") else ["liger-rope", "liger-rms-norm", "liger-glu", "liger-cross-entropy"]
+        m.put("kernels", kernels, "enable_liger_kernel")
     hf_args.deepspeed(m, base_dir)
     hf_args.fsdp(m)
     for key, why in UNMODELLED:

@@ -77,8 +77,8 @@ def read(m: Mapper, base_dir: Path) -> None:
         else:
             m.assume("seq-len", 1024, f"{SFT}: max_length 1024")
         loss = m.get("loss_type")
-        if m.get("use_liger_kernel") is True:
-            m.put("loss", "fused", "use_liger_kernel")
+        if m.get("use_liger_kernel") is True:  # transformers Trainer: apply_liger_kernel_to_<model>'s defaults (kernels.py "liger")
+            m.put("kernels", ["liger"], "use_liger_kernel")
         elif loss == "chunked_nll":
             m.put("loss", "fused", "loss_type")
         elif loss is None:  # sft_config.py __post_init__: unset -> "chunked_nll" (lm_head on kept tokens, in chunks)

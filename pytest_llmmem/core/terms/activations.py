@@ -34,6 +34,11 @@ class Trainable(NamedTuple):
     dropout: bool = False  # lora-dropout > 0: each adapted module has a dropout of its own
     no_grad_inputs: FrozenSet[str] = frozenset()  # modules of this layer whose input needs no gradient
     whole: FrozenSet[str] = frozenset()  # modules trained in full beside the adapter (modules-to-save)
+    kernels: FrozenSet[str] = frozenset()  # parts replaced by fused kernels (catalog/kernels.py PARTS)
+
+    def fast_lora(self, names) -> bool:
+        """Unsloth's LoRA autograd covers these modules: all of them adapted, no dropout (catalog/kernels.py)."""
+        return "fast-lora" in self.kernels and not self.full and not self.dropout and bool(names) and all(n in self.adapted for n in names)
 
     def adapter_saved(self, name: str, width: int, act: int) -> int:
         """Bytes per token the adapter on ``name`` (input ``width`` wide) keeps of its own for backward."""
@@ -60,7 +65,8 @@ class Trainable(NamedTuple):
         return self._replace(no_grad_inputs=frozenset(no_grad))
 
 
-def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: bool, amp: bool, width: int = 0, rows: int = 0) -> int:
+def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: bool, amp: bool, width: int = 0, rows: int = 0,
+                kernels: FrozenSet[str] = frozenset()) -> int:
     """What one norm over ``width`` (default: hidden size) keeps (its output is counted by whoever consumes it).
 
     RMSNorm as HF LLaMA writes it upcasts to fp32, keeps that fp32 copy (for pow and the
@@ -71,6 +77,10 @@ def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: boo
     fam, h = arch.family, width or arch.hidden_size
     rows = rows or tokens
     stream = FP32 if amp else act
+    if fam.norm == "rms" and "rms-norm" in kernels:
+        # A fused RMSNorm (Liger, Unsloth) keeps its input as it comes and one fp32 rstd per row
+        # (liger_kernel/ops/rms_norm.py:657 save_for_backward(X, W, RSTD); unsloth rms_layernorm.py:205).
+        return tokens * h * stream + rows * FP32
     if fam.norm == "rms":
         # OLMo 2 (modeling_olmo2.py Olmo2RMSNorm) multiplies the weight in fp32 and keeps the fp32 x;
         # Gemma also keeps the fp32 (1 + weight) it multiplies by (modeling_gemma2.py Gemma2RMSNorm).
@@ -116,7 +126,11 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
     """Softmax attention: (replicated part, tensor-parallel part) kept for backward."""
     fam, tokens, act, t = arch.family, p.tokens, p.act, p.trainable
     a, kv, d = attn.heads, attn.kv_heads, attn.head_dim
-    shared = _consumer_input(arch, [lin[r].name for r in ("qkv", "q", "k", "v") if r in lin], tokens, arch.hidden_size, act, t, p.amp)
+    qkv = [lin[r].name for r in ("qkv", "q", "k", "v") if r in lin]
+    if t.fast_lora(qkv):  # Unsloth's LoRA_QKV keeps X and the adapter weights (unsloth/kernels/fast_lora.py:418)
+        shared = tokens * arch.hidden_size * act
+    else:
+        shared = _consumer_input(arch, qkv, tokens, arch.hidden_size, act, t, p.amp)
     kept = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
     rotary = not fam.learned_positions and arch.rotary_dim != 0
     if "qkv" in lin and rotary and ((p.flash and fam.sdpa) or kv == a):
@@ -128,7 +142,7 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
         # the normalised tensor when the weight trains, and one rsqrt per row.
         per_head = attn.qk_norm == "head"
         for heads in (a, kv):
-            kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=heads * d, rows=tokens * (heads if per_head else 1))
+            kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=heads * d, rows=tokens * (heads if per_head else 1), kernels=t.kernels)
     score_elems = p.batch * a * p.seq * p.seq
     if p.flash and fam.sdpa:
         # SDPA/flash keep their output and a fp32 log-sum-exp per row (Dao et al. 2022), no s*s matrix.
@@ -168,7 +182,9 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
             # Dropout on the probabilities keeps a 1-byte mask (CUDA native_dropout) and, unless autocast
             # casts it for the matmul (counted above), its output for attn @ V.
             kept += score_elems * (1 + (0 if p.amp else act))
-    kept += o_input_kept + tokens * t.adapter_saved(lin["o"].name, a * d, act)
+    # Unsloth's LoRA_W keeps o_proj's input and the adapter weights (fast_lora.py:612 save_for_backward(A, B, X))
+    o_own = 0 if t.fast_lora([lin["o"].name]) else tokens * t.adapter_saved(lin["o"].name, a * d, act)
+    kept += o_input_kept + o_own
     return shared, kept
 
 
@@ -180,9 +196,9 @@ def _latent_saved(arch: Architecture, attn: LatentAttention, lin: Dict[str, Line
     shared = _consumer_input(arch, first, tokens, h, act, t, p.amp)
     kept = 0
     if attn.q_lora_rank:
-        kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=attn.q_lora_rank)
+        kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=attn.q_lora_rank, kernels=t.kernels)
         kept += _consumer_input(arch, [lin["q"].name], tokens, attn.q_lora_rank, act, t, p.amp)
-    kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=attn.kv_lora_rank)
+    kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=attn.kv_lora_rank, kernels=t.kernels)
     kept += _consumer_input(arch, [lin["kv"].name], tokens, attn.kv_lora_rank, act, t, p.amp)
     qk, v = attn.head_dim, attn.v_head_dim
     # q and k (nope and rope concatenated into new tensors) and v, a view of kv_b_proj's whole
@@ -216,6 +232,10 @@ def _mlp_saved(arch: Architecture, mlp: Any, lin: Dict[str, Linear], p: Pass) ->
     routed = mlp.top_k if moe else 1
     mlp_tokens = tokens * routed  # each token passes through top-k experts
     in_names = [lin[r].name for r in ("gate_up", "gate", "up") if r in lin]
+    if not moe and mlp.gated and t.fast_lora(in_names + [lin["down"].name]):
+        # Unsloth's LoRA_MLP keeps X, gate's and up's outputs and recomputes act(gate) * up for down_proj
+        # (unsloth/kernels/fast_lora.py:110 save_for_backward(gateA, gateB, upA, upB, downA, downB, X, e, g)).
+        return tokens * h * act, tokens * f * act * 2
     shared = 0
     if moe:
         # HF Mixtral sparse MoE block: fp32 router softmax, the router's input (when it trains),
@@ -230,7 +250,10 @@ def _mlp_saved(arch: Architecture, mlp: Any, lin: Dict[str, Linear], p: Pass) ->
     else:
         shared += _consumer_input(arch, in_names, mlp_tokens, h, act, t, p.amp)
     extra = PYTHON_ACTIVATIONS.get(arch.act, 0)
-    if mlp.gated:
+    if mlp.gated and "glu" in t.kernels and arch.family.glu_saves == 3:
+        # Liger's SiLUMul / GELUMul keep gate's and up's outputs, not act(gate) (liger_kernel/ops/swiglu.py:262, geglu.py:138)
+        kept = mlp_tokens * f * act * 2
+    elif mlp.gated:
         # act(gate) keeps gate's output; act(gate) * up keeps both factors. gpt-oss's clamped SwiGLU
         # keeps gate_up, the clamped gate, its sigmoid, up + 1, the GLU and their product
         # (modeling_gpt_oss.py GptOssExperts._apply_gate): Family.glu_saves.
@@ -304,9 +327,9 @@ def layer_saved(
     tokens, full = p.tokens, trainable.full
     post_norms = group.norms == 4  # Gemma 2/3, GLM-4: a norm after attention and after the MLP too
     # In a LoRA run the first layer's input comes from a frozen embedding and needs no gradient, so its norm keeps nothing.
-    norm = _norm_saved(arch, tokens, act, full, amp) if (input_requires_grad or full) else 0
+    norm = _norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) if (input_requires_grad or full) else 0
     shared, kept = _ATTENTION_SAVED[type(group.attention)](arch, group.attention, lin, p)
-    shared += norm + (_norm_saved(arch, tokens, act, full, amp) if post_norms else 0)
+    shared += norm + (_norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) if post_norms else 0)
     if arch.hidden_dropout:
         shared += tokens * h  # residual dropout mask, 1 byte per element
     # the additive mask SDPA keeps in a sliding layer is (b, 1, s, s) on every tensor-parallel rank
@@ -314,7 +337,7 @@ def layer_saved(
     out = {"attention": shared // (tp if sp else 1) + kept // tp + mask}
     mlp_shared, mlp_kept = _mlp_saved(arch, group.mlp, lin, p)
     if not isinstance(group.mlp, NoMLP):
-        mlp_shared += _norm_saved(arch, tokens, act, full, amp) * (2 if post_norms else 1) if group.norms >= 2 else 0
+        mlp_shared += _norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) * (2 if post_norms else 1) if group.norms >= 2 else 0
         if arch.hidden_dropout:
             mlp_shared += tokens * h
     if group.norms == 1 and not amp and isinstance(group.mlp, Dense):
@@ -343,7 +366,7 @@ def head_saved(arch: Architecture, *, batch: int, seq: int, act: int, trainable:
     tokens = batch * seq
     n = tokens * INDEX_BYTES * 2  # input ids for the embedding, labels for the loss
     if arch.family.final_norm:
-        n += _norm_saved(arch, tokens, act, trainable.full, amp)
+        n += _norm_saved(arch, tokens, act, trainable.full, amp, kernels=trainable.kernels)
     h = arch.hidden_size
     if (trainable.full or trainable.keeps_input("lm_head", act)) and not arch.family.classifier:
         n += tokens * h * act  # lm_head input
@@ -354,7 +377,7 @@ def head_saved(arch: Architecture, *, batch: int, seq: int, act: int, trainable:
     if "embed_tokens" in trainable.adapted:
         n += tokens * trainable.rank * trainable.adapter_bytes
     if arch.family.embedding_norm:
-        n += _norm_saved(arch, tokens, act, trainable.full, amp)
+        n += _norm_saved(arch, tokens, act, trainable.full, amp, kernels=trainable.kernels)
     if arch.hidden_dropout:
         n += tokens * arch.hidden_size  # embedding dropout mask
     return n

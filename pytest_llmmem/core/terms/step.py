@@ -16,6 +16,7 @@ from .activations import FP32, Trainable, head_saved, layer_saved, rotary_tables
 from .attention_masks import model_masks
 from .checkpointing import context_parallel_kv, selective_saved
 from ...catalog.entries import DType, Optimizer
+from ...catalog.kernels import applied as kernels_applied
 from ...model.architecture import Architecture
 from ...model.layers import peft_target_problem
 from ...model.lora import outer_targets
@@ -232,14 +233,15 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
         terms = prefill_terms(run, arch, stage, act)
         return terms.details, terms.activations, terms.logits, terms.kv_cache
     details: Dict[str, int] = {}
+    kernels, _ = kernels_applied(run.knobs.kernels, arch.family.name)  # fused kernels change what modules keep (catalog/kernels.py)
     if run.mode == "train":
-        trainable = Trainable(full=True)
+        trainable = Trainable(full=True, kernels=kernels)
     else:
         adapted = run.adapter.touches(arch, run.lora_targets)
         names = frozenset(lin.name for lin in adapted if lin.wrap == "module") | {lin.name for lin in outer_targets(arch, run.lora_targets)}
         trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes),
                               experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter,
-                              dropout=run.lora_dropout > 0, whole=frozenset(run.modules_to_save))
+                              dropout=run.lora_dropout > 0, whole=frozenset(run.modules_to_save), kernels=kernels)
     amp = run.precision == "amp" and run.mode == "train"
     kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)

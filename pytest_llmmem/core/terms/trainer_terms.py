@@ -65,6 +65,11 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
     forward computes the gradients chunk by chunk and keeps grad_input (b*s*h) and, when the head
     trains, grad_weight (V*h) for backward (liger_kernel/ops/fused_linear_cross_entropy.py:68-86:
     chunk_size = next_pow2(ceil(BT / ceil(V / H))), one fp32 loss per token).
+    inplace (Liger cross_entropy, kernels.py): HF's ForCausalLMLoss still upcasts the logits
+    (logits.float()), the kernel writes the gradient into that fp32 copy and keeps it
+    (liger_kernel/ops/cross_entropy.py:564 save_for_backward(_input.detach())); backward only casts
+    it to the logits' dtype for the head (the .float()'s gradient), with no log-softmax and no fp32
+    transients: 2 + 4 + 2 B per logit element against upcast's 2 + 4 + 8.
     """
     elems = rows * vocab // tp
     # The logits as the model returns them: fp32 where the family upcasts them itself (Mamba,
@@ -72,6 +77,8 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
     returned = elems * (logits_act or act)
     if knobs.loss == "upcast":
         return {"logits": returned, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32}
+    if knobs.loss == "inplace":
+        return {"logits": returned, "inplace_fp32_grad": elems * FP32, "grad_cast": elems * (logits_act or act)}
     if knobs.loss == "chunked":
         n = max(1, knobs.loss_chunks)
         chunk = -(-elems // n)

@@ -1,0 +1,118 @@
+"""Fused kernels (catalog/kernels.py): each kernel's saved bytes against a count by hand, the readers'
+mappings of the trainers' flags, and the errors a user sees."""
+
+import pytest
+
+from pytest_llmmem.config.load import adhoc_run, parse
+from pytest_llmmem.core.terms.activations import Trainable, layer_saved
+from pytest_llmmem.errors import ConfigError
+from pytest_llmmem.estimator import estimate
+
+# A small Llama: T = b * s = 2 * 16 = 32 tokens, h = 64, f = 160, V = 512, 2 layers, bf16 (2 B).
+LLAMA = {"family": "llama", "hidden-size": 64, "num-layers": 2, "num-heads": 4, "num-kv-heads": 2, "intermediate-size": 160,
+         "vocab-size": 512, "mode": "train", "dtype": "bf16", "batch-size": 2, "seq-len": 16, "optimizer": "adamw"}
+T, H, F, V, L = 32, 64, 160, 512, 2
+
+
+def _est(**keys):
+    return estimate(adhoc_run({**LLAMA, **keys}))
+
+
+def _saved(est) -> int:
+    return est.breakdown["activations"]
+
+
+def test_liger_rms_norm_drops_the_fp32_copy_of_each_norms_input():
+    # HF LlamaRMSNorm keeps the fp32 x (4 B), the normalised bf16 x (2 B, the weight trains) and one fp32 rstd
+    # per row; Liger keeps X as it comes (2 B) and the rstd: 4 B x T x h less per norm, for 2 L + 1 = 5 norms.
+    plain, liger = _est(), _est(kernels=["liger-rms-norm"])
+    assert _saved(plain) - _saved(liger) == 5 * T * H * 4  # 40,960 B
+
+
+def test_liger_glu_keeps_gate_and_up_not_the_activation():
+    # HF keeps gate, act(gate) and up (3 x f x 2 B per token); Liger's SiLUMul keeps gate and up: 2 B x f less per layer.
+    plain, liger = _est(), _est(kernels=["liger-glu"])
+    assert _saved(plain) - _saved(liger) == L * T * F * 2  # 20,480 B
+
+
+def test_liger_rope_changes_no_saved_bytes():
+    # Liger rotates q and k in place and keeps cos and sin, which HF's rotary keeps too (rope.py:226).
+    assert _est(kernels=["liger-rope"]).total_bytes == _est().total_bytes
+
+
+def test_liger_cross_entropy_keeps_the_fp32_copy_holding_its_gradient():
+    # upcast: bf16 logits 2 + fp32 log-softmax 4 + two fp32 backward tensors 8 = 14 B per logit element;
+    # inplace: bf16 logits 2 + the fp32 copy holding the gradient 4 + its bf16 cast for the head 2 = 8 B.
+    plain, ce = _est(), _est(kernels=["liger-cross-entropy"])
+    assert ce.run.knobs.loss == "inplace"
+    assert plain.breakdown["logits"] == T * V * 14 and ce.breakdown["logits"] == T * V * 8  # 229,376 and 131,072 B
+    assert ce.details["logits.inplace_fp32_grad"] == T * V * 4
+
+
+def test_liger_default_set_is_rope_norm_glu_and_the_fused_linear_loss():
+    liger = _est(kernels=["liger"])
+    assert liger.run.knobs.loss == "fused"
+    assert _saved(_est()) - _saved(liger) == 5 * T * H * 4 + L * T * F * 2  # the two tests above together
+    assert "logits.log_softmax" not in liger.details  # no b x s x V tensor lives (fused_linear_cross_entropy.py:68-72)
+
+
+def test_unsloth_fast_lora_mlp_keeps_x_gate_and_up():
+    # Unsloth's LoRA_MLP (fast_lora.py:110) keeps X (h), gate's and up's outputs (2 f) and nothing of the
+    # adapters; its RMSNorm (the post-attention norm, frozen weight) keeps X in bf16 and one fp32 rstd per row.
+    arch = adhoc_run({**LLAMA, "mode": "lora"}).model
+    names = frozenset(lin.name for lin in arch.layer_groups()[0].linears(arch.family, H))
+    t = Trainable(full=False, adapted=names, rank=8, kernels=frozenset({"fast-lora", "rms-norm"}))
+    mlp = layer_saved(arch, batch=2, seq=16, act=2, flash=True, trainable=t)["mlp"]
+    assert mlp == T * H * 2 + 2 * T * F * 2 + (T * H * 2 + T * 4)  # 4,096 + 20,480 + 4,224 = 28,800 B
+
+
+def test_unsloth_fast_lora_needs_dropout_zero():
+    # unsloth/models/llama.py:3695 patches its LoRA autograd only with lora_dropout == 0: PEFT's count otherwise.
+    keys = dict(mode="lora", framework="unsloth", **{"lora-targets": ["all-linear"]})
+    fast, peft = _est(**keys), _est(**keys, **{"lora-dropout": 0.05})
+    assert peft.details["activations.recomputed_layer"] > fast.details["activations.recomputed_layer"]
+
+
+def test_unsloth_profile_applies_its_kernels():
+    est = _est(mode="lora", framework="unsloth")
+    assert est.run.knobs.kernels == ("unsloth",) and est.run.knobs.loss == "fused"
+
+
+def test_liger_on_a_model_type_it_does_not_patch_changes_nothing_and_says_so():
+    keys = {"family": "starcoder2", "hidden-size": 64, "num-layers": 2, "num-heads": 4, "num-kv-heads": 2,
+            "intermediate-size": 160, "vocab-size": 512, "mode": "train", "dtype": "bf16", "batch-size": 2, "seq-len": 16}
+    plain, liger = estimate(adhoc_run(keys)), estimate(adhoc_run({**keys, "kernels": ["liger-rms-norm", "liger-glu"]}))
+    assert liger.total_bytes == plain.total_bytes
+    assert any("no kernels for model_type 'starcoder2'" in a for a in liger.approximate)
+
+
+def _toml(run: str) -> str:
+    return f'[tool.llmmem]\ngpu = "H100-80GB"\n[tool.llmmem.model]\nparams = "8B"\n[[tool.llmmem.runs]]\nname = "r"\n{run}\n'
+
+
+def test_an_unknown_kernel_is_refused_with_did_you_mean():
+    with pytest.raises(ConfigError) as err:
+        parse(_toml('kernels = ["ligr"]'))
+    assert '"ligr" is not a kernel' in err.value.message and 'Did you mean "liger"?' in err.value.message
+
+
+def test_a_loss_that_contradicts_the_kernels_is_refused():
+    with pytest.raises(ConfigError) as err:
+        parse(_toml('kernels = ["liger"]\nloss = "upcast"'))
+    assert 'loss = "fused"' in err.value.message
+
+
+@pytest.mark.parametrize("name, text, kernels, loss", [
+    ("trl.yaml", "model_name_or_path: Qwen/Qwen2.5-0.5B\nuse_liger_kernel: true\n", ("liger",), "fused"),
+    ("axolotl.yaml", "base_model: meta-llama/Meta-Llama-3.1-8B\nplugins:\n  - axolotl.integrations.liger.LigerPlugin\n"
+                     "liger_rms_norm: true\nliger_cross_entropy: true\n", ("liger-rms-norm", "liger-cross-entropy"), "inplace"),
+    ("lf.yaml", "model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nstage: dpo\nfinetuning_type: lora\nenable_liger_kernel: true\n",
+     ("liger-rope", "liger-rms-norm", "liger-glu", "liger-cross-entropy"), "inplace"),
+    ("lf.yaml", "model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nstage: sft\nfinetuning_type: lora\nuse_unsloth: true\n",
+     ("unsloth",), "fused"),
+])
+def test_trainer_flags_map_to_kernels(tmp_path, name, text, kernels, loss):
+    (tmp_path / name).write_text(text)
+    run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{tmp_path / name}"\n', base_dir=tmp_path).runs[0]
+    assert run.knobs.kernels == kernels and run.knobs.loss == loss
+    assert not any("liger" in r or "unsloth" in r for r in run.not_modelled)
