@@ -106,6 +106,8 @@ def test_stock_transformers_shows_no_knobs():
     ('framework = "transformers"\nactivation-offload = true\n[tool.llmmem.runs.model]\nnum-layers = 2', "needs gradient-checkpointing = true"),
     ('optimizer-impl = "forach"', '"forach" is not valid. Did you mean "foreach"?'),
     ("double-quant = false", "always double-quantises its scalers"),
+    ('torch-version = "two"', '"two" is not a torch release; expected a string such as "2.0.1"'),
+    ("torch-version = 2.0", 'is not a torch release; expected a string such as "2.0.1"'),
 ])
 def test_bad_knobs_are_one_paragraph(extra, message):
     with pytest.raises(ConfigError) as info:
@@ -214,6 +216,28 @@ def test_foreach_step_sets_the_peak_like_the_h100_measurement():
     fused = estimate(adhoc_run({**keys, "optimizer-impl": "fused"}))
     assert fused.peak_phase == "backward" and fused.breakdown["optimizer_step"] == 0
     assert est.total_bytes - fused.total_bytes == est.breakdown["optimizer_step"]
+
+
+def test_torch_2_0_foreach_adamw_keeps_two_state_lists():
+    # ms-swift issue 411: Mistral-7B (7,241,732,096 params) full fine-tune in pure bf16 on an A100-80GB,
+    # 4,096 tokens, torch <= 2.0 (its traceback: adamw.py _multi_tensor_adamw, "denom = torch._foreach_add(
+    # exp_avg_sq_sqrt, eps)"), died in the step with 76.61 GiB allocated. Step by hand: weights + gradients
+    # 2 x 2 B, AdamW states 2 x 2 B, and two state-sized lists (exp_avg_sq_sqrt and denom) 2 x 2 B: 12 B/param
+    # = 80.94 GiB, with the 1.34 GiB context and workspace 82.28 GiB: over 80 GiB. torch >= 2.1 adds eps in
+    # place: one list, 68.79 GiB, fits.
+    keys = {"id": "mistralai/Mistral-7B-v0.1", "mode": "train", "dtype": "bf16", "precision": "pure", "optimizer-impl": "foreach",
+            "batch-size": 1, "seq-len": 4096, "gradient-checkpointing": True, "gpu": "A100-80GB"}
+    params = 7_241_732_096
+    old = estimate(adhoc_run({**keys, "torch-version": "2.0.1"}))
+    new = estimate(adhoc_run({**keys, "torch-version": "2.4.0+cu121"}))
+    default = estimate(adhoc_run(keys))
+    assert old.params == params
+    assert old.details["optimizer_step.temporaries"] == 2 * 2 * params
+    assert new.details["optimizer_step.temporaries"] == default.details["optimizer_step.temporaries"] == 2 * params
+    step = dict(old.phases)["optimizer step"] - CUDA_CONTEXT_BYTES - CUBLAS_WORKSPACE_BYTES
+    assert step == 12 * params
+    assert old.peak_phase == "optimizer step" and not old.fits and default.fits
+    assert ("torch-version", "2.0", "set") in old.run.knobs_shown
 
 
 # --- measured on the CPU: what each AdamW implementation allocates inside step() -------------------

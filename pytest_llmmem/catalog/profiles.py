@@ -141,6 +141,16 @@ class Knobs(NamedTuple):
     nf4_layout: str = "bitsandbytes"
     given: Tuple[str, ...] = ()
     kernels: Tuple[str, ...] = ()  # fused kernels (kernels.py): what they replace keeps other tensors  # knob keys the config set itself (they win over the profile)
+    # torch release the run uses, (major, minor); () = a current one (2.1 or later). Only the foreach
+    # AdamW step depends on it today (core/terms/trainer_terms.py step_temporaries).
+    torch_version: Tuple[int, ...] = ()
+
+
+# torch releases whose foreach Adam/AdamW keep two state-sized lists in the step (torch 2.0
+# torch/optim/adamw.py _multi_tensor_adamw: exp_avg_sq_sqrt = _foreach_sqrt(...), then
+# denom = _foreach_add(exp_avg_sq_sqrt, eps)); pytorch/pytorch#104898 (2023-07-10, torch 2.1) adds eps
+# in place, leaving one.
+FOREACH_TWO_LISTS_BEFORE = (2, 1)
 
 
 def chunks_for(profile: Profile, seq_len: int) -> int:
@@ -173,6 +183,8 @@ def shown(knobs: Knobs, *, mode: str, four_bit: str, adapter_dtype: str, adapter
                                  ("optimizer-in-backward", knobs.optimizer_in_backward, False)):
             add(key, str(value).lower(), str(base).lower(), key in knobs.given)
         add("optimizer-impl", knobs.optimizer_impl, stock.optimizer_impl, "optimizer-impl" in knobs.given)
+        if knobs.torch_version:
+            add("torch-version", ".".join(map(str, knobs.torch_version)), None, True)
     if four_bit:
         add("double-quant", str(knobs.double_quant).lower(), str(stock.double_quant).lower(), "double-quant" in knobs.given)
         if four_bit == "nf4" and knobs.nf4_layout != stock.nf4_layout:
@@ -191,8 +203,9 @@ def describe(knobs: Knobs, rows: Tuple[Tuple[str, str, str], ...]) -> str:
 
 # --- reading the knobs from a config ----------------------------------------------------------------
 
-TRAINER_KEYS = ("framework", "loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant")
-_TRAINING_KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl")
+TRAINER_KEYS = ("framework", "loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant",
+                "torch-version")
+_TRAINING_KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl", "torch-version")
 
 
 class Resolved(NamedTuple):
@@ -255,9 +268,25 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
         upcast, keeps = profile.chunk_upcast, profile.keeps_logits
     else:  # a loss the profile does not use: chunked as torchtune does it (fp32 chunks, logits not kept)
         upcast, keeps = True, loss in ("upcast", "inplace")
-    knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels)
+    torch_table = pick("torch-version")
+    torch_version = _torch_version(torch_table) if torch_table is not None else ()
+    knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
+                  torch_version)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
+
+
+def _torch_version(table) -> Tuple[int, int]:
+    """torch-version = "2.0.1" (or "2.4.0+cu121", as torch.__version__ prints it): (major, minor)."""
+    raw = table.values["torch-version"]
+    text = raw.strip() if isinstance(raw, str) else ""
+    parts = text.lstrip("v").split("+")[0].split(".")
+    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+        label = f'"{shown_name(raw)}"' if isinstance(raw, str) else shown_value(raw)
+        raise table.fail("torch-version", f"{label} is not a torch release; expected a string such as \"2.0.1\" or \"2.4.0+cu121\" "
+                         "(torch.__version__). Leave it out for a current release (2.1 or later).",
+                         hint='Only the foreach AdamW step depends on it: torch 2.0 keeps two state-sized lists, 2.1 and later one.')
+    return int(parts[0]), int(parts[1])
 
 
 def _kernels(table) -> Tuple[str, ...]:

@@ -11,7 +11,7 @@ import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ...catalog.entries import Optimizer
-from ...catalog.profiles import Knobs
+from ...catalog.profiles import FOREACH_TWO_LISTS_BEFORE, Knobs
 
 FP32 = 4
 # bitsandbytes pages a state buffer only from 1e5 elements (bitsandbytes/optim/optimizer.py:383
@@ -171,7 +171,10 @@ def step_temporaries(knobs: Knobs, opt: Optimizer, state_list_bytes: float, larg
 
     foreach (torch/optim/adam.py:762 _multi_tensor_adam, the CUDA default when fused is not asked):
     ``exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)`` builds one state-sized list for
-    all parameters at once, then divides, adds eps and applies it in place.
+    all parameters at once, then divides, adds eps and applies it in place. torch 2.0 (adamw.py
+    _multi_tensor_adamw) added eps out of place, ``denom = torch._foreach_add(exp_avg_sq_sqrt, eps)``,
+    so two state-sized lists lived at once until pytorch/pytorch#104898 (torch 2.1); ms-swift issue
+    411 died allocating that ``denom`` (Mistral-7B pure bf16 on an 80 GB card, 76.61 GiB allocated).
     for-loop (adam.py:544 _single_tensor_adam): ``(exp_avg_sq.sqrt() / bias_correction2_sqrt)``
     holds two temporaries of one parameter at a time, the largest one sets the peak.
     fused (torch._fused_adamw_): one kernel updates in place, nothing extra.
@@ -180,9 +183,11 @@ def step_temporaries(knobs: Knobs, opt: Optimizer, state_list_bytes: float, larg
     if opt.name not in TORCH_ADAM or knobs.optimizer_impl == "fused":
         return 0, ""
     if knobs.optimizer_impl == "foreach":
+        old = bool(knobs.torch_version) and knobs.torch_version < FOREACH_TWO_LISTS_BEFORE
+        lists, torch_note = (2, ", and torch < 2.1's out-of-place denom (two lists)") if old else (1, "")
         if knobs.optimizer_in_backward:  # one optimizer per parameter: the list is one tensor
-            return round(largest_state_bytes), "foreach AdamW per parameter (optimizer in backward): one state-sized temporary"
-        return round(state_list_bytes), "foreach AdamW: torch._foreach_sqrt of every exp_avg_sq at once"
+            return round(lists * largest_state_bytes), f"foreach AdamW per parameter (optimizer in backward): one state-sized temporary{torch_note}"
+        return round(lists * state_list_bytes), f"foreach AdamW: torch._foreach_sqrt of every exp_avg_sq at once{torch_note}"
     return round(2 * largest_state_bytes), "for-loop AdamW: sqrt and divide of the largest parameter"
 
 
