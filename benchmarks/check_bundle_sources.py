@@ -6,7 +6,9 @@ Python dict literal, that opens on line n of PATH: a config quoted in a test or 
 ``...:PATH#NAME['key']`` (the module-level dict literal ``NAME['key']``). This script reads that file from a
 local clone (``git show COMMIT:PATH``; nothing runs: JSON is parsed, Python with ``ast.literal_eval``) and
 checks that every key of the bundled config.json holds the same value there, and says how many keys the
-source has beyond them (a bundled config may be trimmed to the keys the estimator reads). The other
+source has beyond them (a bundled config may be trimmed to the keys the estimator reads); a key the entry's
+``added`` names (taken from another document, such as a context limit the model's README states) is left
+out of the comparison and printed with its document. The other
 locators (``validation:FILE#ROW``, ``index:ID``) are listed as not checkable here.
 
     python benchmarks/check_bundle_sources.py --clone mlc-ai/mlc-llm=/path/to/mlc-llm
@@ -81,9 +83,10 @@ def read_source(source: str, match: "re.Match[str]") -> Optional[Dict[str, Any]]
     return found if isinstance(found, dict) else None
 
 
-def compare(config: Dict[str, Any], found: Dict[str, Any]) -> str:
-    """"every key equal" (with the count of the source's further keys) or the keys that differ."""
-    differ = sorted(key for key in config if found.get(key, KeyError) != config[key])
+def compare(config: Dict[str, Any], found: Dict[str, Any], added: Any = ()) -> str:
+    """"every key equal" (with the count of the source's further keys) or the keys that differ; ``added``
+    names keys the index says were added from another document (index.json "added"), not compared."""
+    differ = sorted(key for key in config if key not in added and found.get(key, KeyError) != config[key])
     if differ:
         return f"DIFFERS in {', '.join(differ)}"
     extra = len(set(found) - set(config))
@@ -119,9 +122,11 @@ def main(argv: Optional[list] = None) -> int:
                 print(f"{model_id}: {field} {where}: MISSING ({shown.stderr.strip() or 'no such entry'})")
                 bad += 1
                 continue
-            verdict = compare(config, found)
+            verdict = compare(config, found, entry.get("added", {}))
             print(f"{model_id}: {field}: {verdict}")
             bad += verdict.startswith("DIFFERS")
+        for key, where in sorted(entry.get("added", {}).items()):
+            print(f"{model_id}: {key} = {config.get(key)!r} added, from {where}")
     return 1 if bad else 0
 
 

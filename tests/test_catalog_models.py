@@ -69,3 +69,16 @@ def test_show_of_an_unknown_id_is_a_config_error_with_did_you_mean(run_cli):
     assert err.startswith('llmmem: error: "meta-llama/Llama-3.1-8b" is not a bundled model id. Did you mean "meta-llama/Llama-3.1-8B"?')
     code, _, err = run_cli("catalog", "show")
     assert code == 2 and "catalog show needs a model id" in err
+
+
+def test_a_key_added_from_the_models_docs_is_listed_with_its_document(columns, run_cli):
+    """GLM-4-9B-0414's copy has no context key; its 32,768 comes from THUDM/GLM-4's README, and says so."""
+    columns(80)
+    _, out, _ = run_cli("catalog", "models")
+    assert _entry(out.splitlines(), "zai-org/GLM-4-9B-0414")[2] == \
+        "    max_position_embeddings from THUDM/GLM-4@3f79b543647b:README.md#L137"
+    _, out, _ = run_cli("catalog", "show", "zai-org/GLM-4-9B-0414")
+    lines = out.splitlines()
+    at = lines.index("  max_position_embeddings added (its source lacks it), from:")
+    assert lines[at + 1] == "    https://github.com/THUDM/GLM-4/blob/3f79b543647b792aa167c712cd327475ec423f7b/README.md#L137"
+    assert lines[1] == "    context 32,768 tokens"

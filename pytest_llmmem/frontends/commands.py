@@ -261,6 +261,8 @@ def _show_model(model_id: Optional[str], say: Any) -> int:
         lines += ["  the same values in:", f"    {hub.source_url(entry['checked_against'])}"]
     if entry.get("same_as"):
         lines.append(f"  the same config.json as {entry['same_as']}")
+    for key, where in sorted(entry.get("added", {}).items()):
+        lines += [f"  {key} added (its source lacks it), from:", f"    {hub.source_url(where)}"]
     lines.append(f"  notes: {entry.get('source', '')}")
     say("\n".join(lines))
     return EXIT_OK

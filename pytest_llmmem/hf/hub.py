@@ -55,7 +55,8 @@ def bundled_index() -> Dict[str, Dict[str, Any]]:
     object or Python dict opening on line n) or "...:PATH#NAME['key']" (a Python dict literal); source_url makes it
     a link. "validation:FILE#ROW" (the project's shared validation data) and "index:ID" (a code-search index id) are
     the older, unlinked forms. checked_against: a GitHub source holding every key with the same value
-    (benchmarks/check_bundle_sources.py). same_as: another id whose folder this one shares (a release whose
+    (benchmarks/check_bundle_sources.py). added: {key: a GitHub document} for a key the source lacks and that
+    document states (GLM-4-9B-0414's context limit, from its README). same_as: another id whose folder this one shares (a release whose
     architecture keys are the same, such as an Instruct model and its base). source: what was copied and left out."""
     return files.read_json(BUNDLED / "index.json")
 
@@ -79,6 +80,8 @@ def catalog_lines(urls: bool = False) -> List[str]:
             lines.append(f"    the same config.json as {entry['same_as']}")
         if entry.get("checked_against"):
             lines.append(_source_line("    same values in ", entry["checked_against"], urls))
+        for key, where in sorted(entry.get("added", {}).items()):  # a key its source lacks, from the model's own docs
+            lines.append(_source_line(f"    {key} from ", where, urls))
     lines.append("  (#L<n>: the config opens on line n of that file; validation:FILE#ROW = the project's shared "
                  "validation data; index:ID = a public GitHub file found by its id in a code-search index, repository not recorded)")
     if not urls:
