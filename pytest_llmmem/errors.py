@@ -98,13 +98,14 @@ def nearest(word: str, options: Sequence[str], n: int = 3) -> List[str]:
     return difflib.get_close_matches(str(word)[:100].lower(), list(options), n=n, cutoff=0.0)
 
 
-# A size in a model name: 70B, 0.5B, 8x7B's 7B, 30B-A3B's 3B, 350M, Phi-3-mini-4k's context 4k.
-_SIZE = re.compile(r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)([bmkt])(?![a-z0-9])")
+# A size in a model name: 70B, 0.5B, 8x7B's 7B, 30B-A3B's 3B, 350M, Phi-3-mini-4k's context 4k. Compiled
+# by re on first use (its cache): only a did-you-mean on a model name asks, never a run that loads.
+_SIZE = r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)([bmkt])(?![a-z0-9])"
 
 
 def size_tokens(name: str) -> Tuple[str, ...]:
     """The size tokens of a model name, lower case, in order ("Qwen3-30B-A3B" -> ("30b", "3b"))."""
-    return tuple(number + unit for number, unit in _SIZE.findall(name.lower()))
+    return tuple(number + unit for number, unit in re.findall(_SIZE, name.lower()))
 
 
 def one_of(options: Sequence[str]) -> str:

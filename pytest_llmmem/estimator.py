@@ -8,6 +8,8 @@ none imports the dispatch back.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from .core.detailed import detailed
 from .core.records import Estimate
 from .core.run import Run

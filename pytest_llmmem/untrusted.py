@@ -11,6 +11,8 @@ the tool's own ``::error`` annotations are built apart from them (github.py).
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import re
 
 # Categories a culture-aware .NET string comparison may skip or TrimStart may trim before "::":

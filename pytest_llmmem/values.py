@@ -5,6 +5,8 @@ with what was wrong, and the caller names the key. Below both, so config.json re
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Any
 

@@ -55,6 +55,9 @@ LAZY: Dict[str, Tuple[str, ...]] = {
     "an error message is shown rarely: its text is made safe for a CI log only then": (
         "errors -> untrusted",
     ),
+    "the line of each key of a JSON file only for an error that names one (a check reads config.json without)": (
+        "io.files -> io.json_lines", "config.model_config -> io.json_lines",
+    ),
     "the terminal layout only when text is printed, not for --format json": (
         "report.text -> report.layout", "frontends.output -> report.layout", "frontends.commands -> report.layout",
     ),

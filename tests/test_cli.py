@@ -145,6 +145,7 @@ NOT_NEEDED_BY_CHECK = (
     "pytest_llmmem.frontends.repo_scan",  # only --hook and model-config paths
     "pytest_llmmem.report.github", "pytest_llmmem.report.diff", "pytest_llmmem.frontends.measure", "pytest_llmmem.frontends.pytest_checks",
     "difflib",  # did-you-mean tables: only on an error
+    "pytest_llmmem.io.json_lines",  # the line of each key of a JSON file: only an error that names one
     "pluggy", "pytest_llmmem.hookspecs", "pytest_llmmem.catalog.hookspecs", "inspect",  # only once a plugin is in play (catalog/registry.py): pluggy imports inspect
 )
 

@@ -8,7 +8,7 @@ import pytest
 from pytest_llmmem.config.load import adhoc_run
 from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, FRAGMENTATION
 from pytest_llmmem.estimator import estimate
-from pytest_llmmem.model.lora import lora_matrix_params
+from pytest_llmmem.model.adapters import lora_matrix_params
 from pytest_llmmem.units import GiB
 
 LLAMA2_7B_KEYS = {

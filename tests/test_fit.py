@@ -104,3 +104,43 @@ def test_lora_dropout_zero_is_offered_when_dropping_the_masks_makes_the_run_fit(
     offered = {w.key: w.value for w in fit.ways_out(r)}
     assert offered["lora-dropout"] == 0.0
     assert "lora-dropout = 0" in [t.setting for t in fit.toggles(r) if t.estimate is not None and t.estimate.fits]
+
+
+def test_the_detailed_count_and_the_rule_of_thumb_read_no_budget():
+    # fit.search.smallest_gpu judges one estimate against each bigger card's budget. That is exact only
+    # while these two methods read nothing of the budget: the same run on an 80 GiB card and on a 141 GB
+    # one must give the same estimate, and no module that computes them may look at the budget
+    # (core/records.py only compares the total with it; the estimator marks a unified-memory card).
+    from pathlib import Path
+
+    from pytest_llmmem.config.load import load
+
+    root = Path(__file__).resolve().parent.parent
+    for declared in load(root / "examples" / "pyproject.toml").runs:
+        for method in ("detailed", "rule-of-thumb"):
+            a = declared._replace(method=method)
+            b = a._replace(budget=a.budget._replace(ceiling_bytes=150754820096, headroom_bytes=7537741004, gpu="H200-141GB"))
+            assert estimate(a)._replace(run=None) == estimate(b)._replace(run=None), (declared.name, method)
+    core = root / "pytest_llmmem" / "core"
+    readers = [p.relative_to(core).as_posix() for p in core.rglob("*.py") if ".budget" in p.read_text()]
+    assert readers == ["records.py"]
+
+
+def test_ways_out_price_each_distinct_run_once(monkeypatch):
+    # The bundled example's full-sft run (over budget on one A100-80GB): the fewest-GPUs bisection and the
+    # zero-stage = 3 offer made from it, and the bigger-card scan and its offer, priced the same runs
+    # twice or three times (14 estimates); each distinct run is now priced once, the cards on one estimate.
+    from pathlib import Path
+
+    from pytest_llmmem.config.load import load
+
+    root = Path(__file__).resolve().parent.parent
+    over = next(r for r in load(root / "examples" / "pyproject.toml").runs if r.name == "full-sft")
+    current = estimate(over)
+    priced = []
+    monkeypatch.setattr(fit, "estimate", lambda r: priced.append(r) or estimate(r))
+    ways = fit.ways_out(over, current=current)
+    assert [w.key for w in ways] == ["optimizer", "zero-stage", "gpu"]
+    assert all(a != b for i, a in enumerate(priced) for b in priced[i + 1:])
+    # seq-len 1, adamw-8bit, three trainer knobs, zero-stage = 3 on 1 and 2 GPUs, the H200 offer
+    assert len(priced) == 8

@@ -80,3 +80,17 @@ def test_every_nvidia_card_has_a_compute_capability_and_no_amd_card_has_one():
     cards = [cat.gpu(name) for name in cat.gpus.names]
     assert [c.name for c in cards if c.kind.startswith("nvidia") and c.compute_capability is None] == []
     assert [c.name for c in cards if c.kind.startswith("amd") and c.compute_capability is not None] == []
+
+
+def test_names_normalise_alike_on_the_fast_path_and_the_slow_one():
+    # registry.normalize_name skips its regular expressions when removing - _ . and spaces leaves only
+    # letters and digits; any other separator (a tab, a no-break space, an em space) still goes through
+    # them. Each expected key below is the input lower-cased, vendor prefixes and separators removed by hand.
+    from pytest_llmmem.catalog.registry import normalize_name
+
+    assert normalize_name("NVIDIA A100-SXM4-80GB") == "a100sxm480gb"
+    assert normalize_name("nvidia nvidia H100") == "h100"
+    assert normalize_name("Tesla V100-16GB") == "v10016gb"
+    assert normalize_name("amdx-1") == "amdx1"  # no separator after "amd": not a vendor prefix
+    assert normalize_name("a100\t80gb") == normalize_name("a100\u00a080gb") == normalize_name("a100\u200380gb") == "a10080gb"
+    assert normalize_name("x+y") == "x+y" and normalize_name(" - ") == ""

@@ -9,7 +9,7 @@ declaration instead of trusting the import.
 import fnmatch
 from pathlib import Path
 
-from pytest_llmmem.io.toml import toml
+from pytest_llmmem.io.files import toml
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPTOOLS = toml.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]

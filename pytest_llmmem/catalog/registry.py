@@ -12,6 +12,8 @@ per ``llmmem check``, a sixth of a bare ``tomllib + argparse`` script (benchmark
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import importlib
 import os
 import re
@@ -32,17 +34,20 @@ _HOOKS = ("llmmem_register_dtypes", "llmmem_register_optimizers", "llmmem_regist
 
 
 _MAX_NAME = 200  # characters; longer names are refused before normalising
+_VENDORS = ("nvidia", "amd", "tesla", "geforce", "instinct")
 _VENDOR = re.compile(r"^(nvidia|amd|tesla|geforce|instinct)[\s_\-]+")
 _PUNCTUATION = re.compile(r"[\s_\-.]+")
 
 
 def normalize_name(name: str) -> str:
     """Case-, punctuation- and vendor-insensitive key: "A100 80GB", "a100-80gb" and
-    "NVIDIA A100-SXM4-80GB" (as nvidia-smi prints it) agree."""
+    "NVIDIA A100-SXM4-80GB" (as nvidia-smi prints it) agree. The regular expressions run only where
+    a plain check cannot decide: the catalog normalises every spelling of every entry on each start-up."""
     name = name.lower().strip()
-    while _VENDOR.match(name):
+    while name.startswith(_VENDORS) and _VENDOR.match(name):
         name = _VENDOR.sub("", name, count=1)
-    return _PUNCTUATION.sub("", name)
+    plain = name.replace("-", "").replace("_", "").replace(".", "").replace(" ", "")
+    return plain if plain.isalnum() else _PUNCTUATION.sub("", name)
 
 
 def _is_ambiguous(entry: Any) -> bool:

@@ -4,6 +4,8 @@ selective option ("op" or a layer period). What each keeps is core/terms/checkpo
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Tuple
 
 from ..errors import did_you_mean, shown

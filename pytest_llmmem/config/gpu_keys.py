@@ -4,6 +4,8 @@ DeepSpeed, FSDP and Megatron would reject.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from ..errors import shown, shown_name

@@ -4,6 +4,8 @@ check every value and name the key and its line when one is wrong.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence

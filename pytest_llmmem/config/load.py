@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from ..io import files
-from ..io.toml import toml
+from ..io.files import toml
 from ..catalog.registry import Catalog, default_catalog
 from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
 from .keys import ADAPTER_KEYS, ENGINE_ONLY, INFERENCE_ONLY, MODEL_KEYS, RECIPE_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY, Context, Table, canonical
@@ -22,7 +22,7 @@ from ..values import type_name
 from .checkpoint_keys import checkpoint_setting
 from .gpu_keys import budget, parallelism
 from ..model.layers import peft_target_problem
-from ..model.lora import OUTER_TARGETS
+from ..model.adapters import OUTER_TARGETS
 from .locate import Locator
 from ..model.architecture import Architecture
 from .model_config import check_values as check_model_values, model_from_table

@@ -8,6 +8,8 @@ backtrack), and string bodies (basic and literal, single- and multi-line) are sk
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import re
 from typing import Dict, List, Optional, Tuple
 

@@ -3,13 +3,14 @@
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from ..io import files
-from ..io.json_lines import line_of
 from ..errors import ConfigError, shown_name
 from ..hf.config import from_hf_config, with_overrides
 from .keys import ARCH_KEYS, MAX_PARAMS, Context, Table
@@ -200,6 +201,8 @@ def _in_config_json(err: ConfigError, path: Path, raw: str, ctx: Context, overri
     file and not set in the pyproject; read again, only for the error (ctx.read_json keeps no lines)."""
     if not err.key or err.key.split(".")[0] in overrides:
         return None
+    from ..io.json_lines import line_of  # this error path only
+
     try:
         _, lines = files.read_json_lines(path)
     except (OSError, ValueError):

@@ -5,6 +5,8 @@ each), and the contradictions a trainer would reject or silently ignore.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Dict, Optional, Tuple
 
 from .keys import MODEL_KEYS, RECIPE_KEYS, Table

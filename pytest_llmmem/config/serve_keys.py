@@ -4,6 +4,8 @@ start-up flags (vLLM's names; SGLang's mem_fraction_static is gpu-memory-utiliza
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import re
 from typing import Any, Dict, Optional, Tuple
 

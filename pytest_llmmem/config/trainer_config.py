@@ -3,6 +3,8 @@
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, Set, Tuple

@@ -9,6 +9,8 @@ and composed once (compose.py); each term names its source where it is priced.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Optional, Tuple
 
 from ..model.architecture import Architecture

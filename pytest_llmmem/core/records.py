@@ -93,3 +93,14 @@ class Estimate(NamedTuple):
     @property
     def biggest_term(self) -> str:
         return max(self.breakdown, key=lambda k: self.breakdown[k])
+
+
+class WayOut(NamedTuple):
+    """One change that makes the run fit, with the estimate it gives: what fit's training search
+    (fit/search.py) and a server's (fit/serving.py) both return. Here, below both, because the search
+    loads the serving one lazily; a module of its own cost every over-budget ``llmmem check`` an import."""
+
+    key: str
+    value: object
+    text: str
+    estimate: Estimate

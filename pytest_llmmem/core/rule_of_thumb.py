@@ -4,6 +4,8 @@ in one dtype, nothing else. Loaded only for runs that ask for it; the detailed m
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from .records import Estimate
 from ..model.architecture import Architecture, ParamsOnly
 from .run import Run

@@ -7,6 +7,8 @@ entry names the keys fit may change (``Recipe.ways_out``); each switch here says
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Callable, Dict, List, Tuple
 
 from ..catalog.entries import Recipe

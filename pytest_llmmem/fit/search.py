@@ -7,7 +7,7 @@ logit and KV-cache term is linear or quadratic in them), so a binary search find
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 from ..catalog.registry import default_catalog
 from ..core.records import Estimate
@@ -15,26 +15,48 @@ from ..estimator import estimate
 from ..model.architecture import Architecture
 from ..core.run import Run
 from ..units import format_bytes
-from .records import WayOut
+from ..core.records import WayOut
 
 
-def _fits(run: Run) -> bool:
-    return bool(estimate(run).fits)
+Price = Callable[[Run], Estimate]  # the estimate of a run: ``estimate`` itself, or a search's memo of it
 
 
-def largest_fitting(run: Run, field: str, upper: int) -> Optional[int]:
+class Priced:
+    """The estimates one search has made, by run. A bisection's last probe and the offer made from it
+    price the same run twice; the estimate is a function of the run, so an equal run gets the same one
+    (start-up: ``llmmem check`` runs the search for every over-budget run, on every commit)."""
+
+    def __init__(self, run: Optional[Run] = None, current: Optional[Estimate] = None) -> None:
+        self.runs: List[Run] = [run] if current is not None else []
+        self.estimates: List[Estimate] = [current] if current is not None else []
+
+    def __call__(self, run: Run) -> Estimate:
+        for i, seen in enumerate(self.runs):
+            if seen == run:
+                return self.estimates[i]
+        est = estimate(run)
+        self.runs.append(run)
+        self.estimates.append(est)
+        return est
+
+
+def _fits(run: Run, price: Price = estimate) -> bool:
+    return bool(price(run).fits)
+
+
+def largest_fitting(run: Run, field: str, upper: int, price: Price = estimate) -> Optional[int]:
     """The largest value of ``field`` in 1..upper at which the run fits, or None if even 1 does not."""
     def at(value: int) -> Run:
         return run._replace(**{field: value})
 
-    if not _fits(at(1)):
+    if not _fits(at(1), price):
         return None
     low, high = 1, upper  # invariant: low fits; high does not
-    if _fits(at(high)):
+    if _fits(at(high), price):
         return high
     while high - low > 1:
         mid = (low + high) // 2
-        if _fits(at(mid)):
+        if _fits(at(mid), price):
             low = mid
         else:
             high = mid
@@ -44,7 +66,7 @@ def largest_fitting(run: Run, field: str, upper: int) -> Optional[int]:
 MAX_GPUS = 65536
 
 
-def fewest_gpus(run: Run) -> Optional[int]:
+def fewest_gpus(run: Run, price: Price = estimate) -> Optional[int]:
     """The fewest GPUs at which the run fits with its own sharding and parallel layout, or None.
 
     Only sharded states shrink with more GPUs (ZeRO >= 1, FSDP); the count stays a multiple of
@@ -53,7 +75,7 @@ def fewest_gpus(run: Run) -> Optional[int]:
     if run.zero_stage == 0 and run.fsdp == "none":
         return None
     step = run.tensor_parallel * run.pipeline_parallel * run.expert_parallel
-    best = smallest_fitting_count(lambda k: _fits(run._replace(gpus=k * step)), MAX_GPUS // step)
+    best = smallest_fitting_count(lambda k: _fits(run._replace(gpus=k * step), price), MAX_GPUS // step)
     return None if best is None else best * step
 
 
@@ -83,6 +105,7 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
     ``current``: the run's own estimate when the caller has it (one estimate fewer)."""
     if run.budget is None or (current if current is not None else estimate(run)).fits:
         return []
+    price = Priced(run, current)
     if run.method == "trace":
         # every way out is priced by the detailed method: tracing each alternative would take minutes
         run = run._replace(method="detailed")
@@ -94,7 +117,7 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
     has_shape = isinstance(run.model, Architecture)
 
     def offer(key: str, value: object, text: str, changed: Run) -> None:
-        est = estimate(changed)
+        est = price(changed)
         if est.fits:
             out.append(WayOut(key, value, f"{text} ({format_bytes(est.total_bytes, units)})", est))
 
@@ -120,14 +143,14 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
                 tried.add(key)
     # A grouped recipe's batch-size (GRPO's) must stay a multiple of num-generations: fewer generations is offered above.
     if has_shape and run.batch_size > 1 and not run.recipe.num_generations:
-        best = largest_fitting(run, "batch_size", run.batch_size - 1)
+        best = largest_fitting(run, "batch_size", run.batch_size - 1, price)
         if best:
             out.append(WayOut("batch-size", best, f"fits with batch-size <= {best} (raise gradient accumulation to keep the global batch)",
-                              estimate(run._replace(batch_size=best))))
+                              price(run._replace(batch_size=best))))
     if has_shape and run.seq_len > 1:
-        best = largest_fitting(run, "seq_len", run.seq_len - 1)
+        best = largest_fitting(run, "seq_len", run.seq_len - 1, price)
         if best:
-            out.append(WayOut("seq-len", best, f"fits with seq-len <= {best}", estimate(run._replace(seq_len=best))))
+            out.append(WayOut("seq-len", best, f"fits with seq-len <= {best}", price(run._replace(seq_len=best))))
     if run.optimizer is not None and run.optimizer.name in ("adamw", "adam"):
         eight_bit = default_catalog().optimizer("adamw-8bit")
         offer("optimizer", "adamw-8bit", 'fits with optimizer = "adamw-8bit"', run._replace(optimizer=eight_bit))
@@ -135,14 +158,14 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
         offer(key, value, text, changed)
     if run.trains and run.mode == "train":
         if run.zero_stage or run.fsdp != "none":
-            gpus = fewest_gpus(run)
+            gpus = fewest_gpus(run, price)
             if gpus and gpus > run.gpus:
                 offer("gpus", gpus, f"fits on {gpus} GPUs with this sharding (gpus = {gpus})", run._replace(gpus=gpus))
         else:
-            zero3 = fewest_gpus(run._replace(zero_stage=3))
+            zero3 = fewest_gpus(run._replace(zero_stage=3), price)
             if zero3:
                 offer("zero-stage", 3, f"fits on {zero3} GPUs with zero-stage = 3 (gpus = {zero3})", run._replace(zero_stage=3, gpus=zero3))
-    gpu = smallest_gpu(run, any_gpu)
+    gpu = smallest_gpu(run, any_gpu, price)
     if gpu:
         offer("gpu", gpu, f'fits on a {gpu} (gpu = "{gpu}")', _on_gpu(run, gpu))
     return out
@@ -199,7 +222,7 @@ def _on_gpu(run: Run, name: str) -> Run:
     return run._replace(budget=budget._replace(ceiling_bytes=gpu.memory_bytes, headroom_bytes=headroom, gpu=gpu.name))
 
 
-def smallest_gpu(run: Run, any_kind: bool = False) -> Optional[str]:
+def smallest_gpu(run: Run, any_kind: bool = False, price: Price = estimate) -> Optional[str]:
     """The known GPU with the least memory that holds the run (keeping its headroom share), if any:
     of the declared card's vendor and class (an A10G user is not told to buy an RTX-4090, nor an
     RTX-4090 user an MI250X), or of any kind when asked. A gpu-memory budget names no card: none."""
@@ -207,10 +230,16 @@ def smallest_gpu(run: Run, any_kind: bool = False) -> Optional[str]:
     declared = catalog.gpu(run.budget.gpu).kind if run.budget.gpu else None
     if declared is None and not any_kind:
         return None
+    # The detailed count and the rule of thumb read no budget (tests/test_fit.py holds them to it): one
+    # estimate, judged against each card's budget. A recipe's colocated vLLM engine and a server take a
+    # share of the card, so theirs are priced per card.
+    same = None if run.serve is not None or run.recipe.post_training else price(run)
     for name in sorted(catalog.gpus.names, key=lambda n: catalog.gpu(n).memory_bytes):
         card = catalog.gpu(name)
-        if (any_kind or card.kind == declared) and card.memory_bytes > run.budget.ceiling_bytes and _fits(_on_gpu(run, name)):
-            return name
+        if (any_kind or card.kind == declared) and card.memory_bytes > run.budget.ceiling_bytes:
+            on_card = _on_gpu(run, name)
+            if (same._replace(run=on_card).fits if same is not None else _fits(on_card, price)):
+                return name
     return None
 
 

@@ -7,11 +7,13 @@ quantised checkpoint would make it fit.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, List, Optional
 
 from ..core.records import Estimate
 from ..estimator import estimate
-from .records import WayOut
+from ..core.records import WayOut
 from ..serving.engines import largest_max_model_len
 from ..units import format_bytes
 

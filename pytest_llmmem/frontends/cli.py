@@ -45,19 +45,39 @@ def _parser(command: Optional[str]) -> argparse.ArgumentParser:
         if not known or name == command:
             chosen = sub.add_parser(name, help=text)
     if command == "check":
-        chosen.add_argument("paths", nargs="*", metavar="PATH",
-                            help="pyproject.toml files or folders holding one (default: .); a model config.json checks the pyprojects that use it")
-        chosen.add_argument("--run", action="append", metavar="NAME", help="check only this run (repeatable)")
-        chosen.add_argument("--method", choices=CHECK_METHODS, default=None,
-                            help="estimate every run by this method (trace: the real step on fake tensors, needs the measure extra)")
-        chosen.add_argument("--hook", action="store_true",
-                            help="pre-commit mode: short output, pyprojects without [tool.llmmem] are skipped, each pyproject checked once")
-        common_arguments(chosen)
+        _check_arguments(chosen)
     elif known:
         from .commands import add_arguments
 
         add_arguments(command, chosen)
     return parser
+
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="pyproject.toml files or folders holding one (default: .); a model config.json checks the pyprojects that use it")
+    p.add_argument("--run", action="append", metavar="NAME", help="check only this run (repeatable)")
+    p.add_argument("--method", choices=CHECK_METHODS, default=None,
+                   help="estimate every run by this method (trace: the real step on fake tensors, needs the measure extra)")
+    p.add_argument("--hook", action="store_true",
+                   help="pre-commit mode: short output, pyprojects without [tool.llmmem] are skipped, each pyproject checked once")
+    common_arguments(p)
+
+
+def _parse(argv: List[str], command: Optional[str]) -> argparse.Namespace:
+    """The parsed command line. ``llmmem check ...`` (pre-commit's call, on every commit) is parsed by
+    the check sub-parser alone, built as argparse builds it (prog "llmmem check"): the parent parser
+    and its sub-parser action cost about half a millisecond for nothing. Arguments it does not know
+    go to the full parser, which reports them as it always has."""
+    if argv[:1] != ["check"]:
+        return _parser(command).parse_args(argv)
+    check = argparse.ArgumentParser(prog="llmmem check")
+    _check_arguments(check)
+    args, unknown = check.parse_known_args(argv[1:])
+    if unknown:
+        return _parser(command).parse_args(argv)  # exits 2 with the parent's "unrecognized arguments"
+    args.command = "check"
+    return args
 
 
 def _targets(args: argparse.Namespace) -> List[Any]:
@@ -167,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = _parser(command).parse_args(argv)
+    args = _parse(argv, command)
     from ..errors import ConfigError, shown_name
 
     if hasattr(sys.stdout, "reconfigure") and getattr(sys.stdout, "errors", "") == "strict":

@@ -15,6 +15,8 @@ own configuration from (``config.inipath``, else ``<rootdir>/pyproject.toml``) e
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import pytest

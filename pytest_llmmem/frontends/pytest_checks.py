@@ -10,6 +10,8 @@ summary and writes one JSON file.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import warnings

@@ -11,6 +11,8 @@ config-class defaults in transformers 5.24 (``configuration_<name>.py``). Every 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import ConfigError

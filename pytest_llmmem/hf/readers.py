@@ -6,6 +6,8 @@ defaults for keys a config leaves out are that family's config-class defaults.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 

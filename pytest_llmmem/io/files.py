@@ -8,15 +8,23 @@ such file is refused with a short reason, in well under a second, before its con
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import errno
 import json
 import math
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from .json_lines import key_lines
+# The one place that picks a TOML parser: tomllib on 3.11+, tomli before (formerly io/toml.py: every
+# reader of a pyproject reads it through this module, and a module of its own cost llmmem check an import).
+if sys.version_info >= (3, 11):
+    import tomllib as toml
+else:  # pragma: no cover - exercised on 3.9/3.10
+    import tomli as toml
 
 # Size caps, measured on a 2-core machine with CPython 3.11. The largest real pyproject.toml
 # files are tens of KB (a big ruff/pylint configuration); 10,000 runs of three keys each take
@@ -207,6 +215,8 @@ def read_json(path: Union[str, Path], limit: int = CONFIG_JSON_LIMIT) -> Any:
 def read_json_lines(path: Union[str, Path], limit: int = CONFIG_JSON_LIMIT) -> Tuple[Any, Dict[str, int]]:
     """:func:`read_json`, and the line each key is written on ("section.key" for a nested one), for
     errors that name the file and line of a value (json_lines.key_lines)."""
+    from .json_lines import key_lines  # only a reader that reports lines asks (start-up: a check reads config.json without)
+
     text = read_text(path, limit)
     return _loads(text), key_lines(text)
 

@@ -5,6 +5,8 @@ line. The json module keeps no positions; this scans the text json.loads has alr
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import json
 import re
 from typing import Dict, List, Optional, Tuple

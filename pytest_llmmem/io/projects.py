@@ -3,12 +3,14 @@
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import os
 from pathlib import Path
 from typing import Union
 
 from . import files
-from .toml import toml
+from .files import toml
 from ..errors import ConfigError, shown_name
 from .files import read_json  # noqa: F401  (the model config reader: config.parse's default)
 

@@ -16,6 +16,8 @@ max_position_embeddings as the original length, so both reach factor x max_posit
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Any, Dict, List, Tuple
 

@@ -9,6 +9,8 @@ through the hook; nothing here runs at import beyond building the records.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import List
 
 from .architecture import Family

@@ -20,6 +20,8 @@ rows per generate(), its KV cache, the scores' shape and bytes, their lifetime, 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Dict
 
 from ..core.terms.activations import FP32, forward_transient

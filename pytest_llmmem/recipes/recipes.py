@@ -14,6 +14,8 @@ The phases go to the same composer as an SFT job's (compose.py); the peak is the
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Dict, List, Optional, Tuple
 
 from ..catalog.entries import Recipe

@@ -10,6 +10,8 @@ malformed one is a ConfigError naming the key, never a KeyError. A run read from
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 

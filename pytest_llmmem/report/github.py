@@ -6,6 +6,8 @@ Pure functions over the JSON report dicts (``report.as_dict``), so the CLI, the 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import os
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 

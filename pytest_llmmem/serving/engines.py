@@ -7,6 +7,8 @@ share from :mod:`.serve`; none imports the module that picks it.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 from ..catalog.registry import default_catalog, loaded

@@ -4,6 +4,8 @@ only an engine has (refusing to start, too few concurrent requests).
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 from ..core.compose import Item, Overhead, Phase, compose

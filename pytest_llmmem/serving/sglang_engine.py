@@ -11,6 +11,8 @@ page size 1). It refuses to start when no token fits ("Not enough memory. Please
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 from .serve import Startup, context_limit, cuda_total, kv_kinds

@@ -20,6 +20,8 @@ The profile run changed across releases (the dummy sampler's cost, the V0 engine
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 import re
 from typing import Any, List, Optional, Tuple

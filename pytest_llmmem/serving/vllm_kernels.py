@@ -4,6 +4,8 @@ routers, block-fp8 scales, the fused-MoE kernel's buffers and vLLM 0.2's AWQ spl
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Any
 

@@ -15,6 +15,8 @@ are not seen.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Optional, Tuple
 
 import torch

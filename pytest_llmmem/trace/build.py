@@ -7,6 +7,8 @@ that :func:`require_torch` imported after checking the extra is installed.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Dict, Optional
 
 from ..core.run import Run

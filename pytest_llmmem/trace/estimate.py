@@ -19,6 +19,8 @@ make the estimate approximate. Needs the ``measure`` extra (torch, transformers;
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import time
 from typing import Dict, List, Tuple
 

@@ -16,6 +16,8 @@ re-tagged later counts under its final role.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 

@@ -5,6 +5,8 @@ TrainingArguments it builds.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 
 from . import hf_args

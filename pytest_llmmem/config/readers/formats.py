@@ -5,6 +5,8 @@ that maps that format's keys. Apart from the package's ``__init__`` because ever
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 from typing import Optional
 

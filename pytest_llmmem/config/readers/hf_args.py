@@ -4,6 +4,8 @@ hand these to ``transformers.Trainer``). Defaults cite transformers 5.24 trainin
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 

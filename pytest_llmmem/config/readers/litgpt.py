@@ -5,6 +5,8 @@ Defaults cite litgpt/finetune/lora.py (setup()) and litgpt/args.py (TrainArgs).
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 
 from .mapper import Mapper, model_table

@@ -5,6 +5,8 @@ torchtune recipes (recipes/full_finetune_single_device.py, recipes/lora_finetune
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import re
 from pathlib import Path
 from typing import Any, Dict, List

@@ -7,6 +7,8 @@ trl/trainer/dpo_config.py, trl/trainer/grpo_config.py and trl/trainer/model_conf
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 
 from . import hf_args

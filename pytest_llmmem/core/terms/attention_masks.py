@@ -28,6 +28,8 @@ layer) are not modelled: the estimate assumes none.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 from ...model.layers import Attention, LatentAttention

@@ -11,6 +11,8 @@ already counts.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Callable, Dict, List, Tuple
 
 from ...model.architecture import Architecture

@@ -11,6 +11,8 @@ after the phase, for what that phase adds above the step, so the terms still add
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from typing import List, Optional, Tuple
 

@@ -19,7 +19,7 @@ from ...catalog.entries import DType, Optimizer
 from ...catalog.kernels import applied as kernels_applied
 from ...model.architecture import Architecture
 from ...model.layers import peft_target_problem
-from ...model.lora import outer_targets
+from ...model.adapters import outer_targets
 from ..compose import Pairs
 from .parallel import LocalParams, adapter_base, frozen_params, host_bytes_per_node, local_params, model_states, offloaded_adapter_states
 from .prefill import prefill_terms, stage_groups
