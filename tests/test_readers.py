@@ -115,6 +115,13 @@ def test_published_example_maps_to_its_run(relpath, model_id, fields, knobs, ski
     assert run.reads[0] == str(DATA / relpath)
 
 
+def test_llama_factory_dpo_takes_the_whole_logits():
+    # LLaMA-Factory's CustomDPOTrainer.concatenated_forward upcasts the whole logits and log_softmaxes them
+    # (train/dpo/trainer.py), so its DPO stage maps to log-prob-head = "logits", not TRL's fused head.
+    run = _run("llama-factory/llama3_lora_dpo.yaml")
+    assert (run.recipe.name, run.recipe.log_prob_head) == ("dpo", "logits")
+
+
 def test_every_format_has_four_examples():
     assert {p.name: len(list(p.glob("*.y*ml"))) for p in DATA.iterdir() if p.is_dir()} == {
         "axolotl": 4, "llama-factory": 4, "torchtune": 4, "trl": 4, "litgpt": 4}

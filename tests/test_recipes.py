@@ -124,6 +124,31 @@ def test_dpo_no_reference_model(keys, why):
     assert any(why in note for note in est.notes)
 
 
+def test_dpo_log_prob_head_logits_counts_the_whole_upcast_logits():
+    # log-prob-head = "logits" (LLaMA-Factory's DPO): chosen + rejected = 2 rows of 512 tokens through the
+    # whole head, priced as loss = "upcast": bf16 logits 2 B, fp32 log-softmax 4 B and two fp32 transients
+    # 8 B per logit element: 2 x 512 x 32,000 x 14 B = 458,752,000 B. TRL's fused head keeps no such tensor.
+    keys = {**TINY, "mode": "lora", "dtype": "bf16", "recipe": "dpo", "batch-size": 1, "max-length": 512,
+            "kernels": ["liger-cross-entropy"]}  # LLaMA-Factory's Liger patch for DPO: the loss kernel is not on this path
+    logits = estimate(adhoc_run({**keys, "log-prob-head": "logits"}))
+    fused = estimate(adhoc_run(keys))
+    elems = 2 * 512 * 32000
+    assert logits.details["logits.logits"] == elems * 2
+    assert logits.details["logits.log_softmax"] == elems * 4
+    assert logits.details["logits.fp32_transient"] == elems * 8
+    assert "logits.logits" not in fused.details and "logits.fused_head_input" in fused.details
+    assert logits.total_bytes > fused.total_bytes
+
+
+def test_log_prob_head_is_a_dpo_key():
+    with pytest.raises(ConfigError) as info:
+        adhoc_run({**TINY, "mode": "train", "recipe": "grpo", "log-prob-head": "logits", "max-prompt-length": 64})
+    assert 'only applies to recipe = "dpo"' in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        adhoc_run({**TINY, "mode": "train", "recipe": "dpo", "log-prob-head": "logit"})
+    assert '"logit" is not valid. Did you mean "logits"?' in str(info.value)
+
+
 def test_dpo_explicit_reference_under_lora_is_counted():
     """reference-model = true under LoRA: a ref_model passed to DPOTrainer stays in memory."""
     est = estimate(adhoc_run(dict(LLAMA3_8B, recipe="dpo", mode="lora", **{"reference-model": True})))

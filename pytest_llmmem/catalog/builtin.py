@@ -166,7 +166,9 @@ def llmmem_register_recipes(register):
     # Defaults read from the installed trl-1.16.0 wheel (PPO from TRL's last PPO trainer, recipes/ppo_rollout.py).
     # trl/trainer/dpo_trainer.py _compute_loss: one forward of the concatenated [chosen, rejected] batch
     # through model(..., fused_lm_head=True); labels are the completion tokens only. beta: dpo_config.py default=0.1.
-    register(Recipe("dpo", keys=("beta", "loss-type", "reference-model", "precompute-ref-log-probs", "max-length", "max-prompt-length"),
+    # log-prob-head = "logits": a DPO trainer that takes the model's whole logits (config/recipe_keys.py LOG_PROB_HEADS).
+    register(Recipe("dpo", keys=("beta", "loss-type", "reference-model", "precompute-ref-log-probs", "max-length", "max-prompt-length",
+                                 "log-prob-head"),
                     models=("policy", "reference"), rows_per_example=2, head="fused", beta=0.1,
                     ways_out=("mode", "precompute-ref-log-probs"), doc="TRL 1.16 DPOTrainer"))
     # trl/trainer/grpo_trainer.py: generate, then _get_per_token_logps_and_entropies with the fused head

@@ -47,7 +47,7 @@ RECIPE_KEYS = (
     "recipe", "beta", "loss-type", "reference-model", "precompute-ref-log-probs", "max-length",
     "max-prompt-length", "num-generations", "max-completion-length", "generation",
     "vllm-gpu-memory-utilization", "generation-batch-size", "steps-per-generation", "local-rollout-forward-batch-size",
-    "value-head", "reward-model", "value-model",
+    "value-head", "reward-model", "value-model", "log-prob-head",
 )
 RUN_KEYS = RUN_KEYS + RECIPE_KEYS
 # A trainer's own config the run reads its settings from (readers/); the run's keys override it.

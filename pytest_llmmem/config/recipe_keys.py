@@ -18,6 +18,10 @@ from .model_config import model_from_table
 
 GENERATIONS = ("transformers", "vllm-colocate", "vllm-server")
 VALUE_HEADS = ("separate", "shared")
+# dpo's log-prob head: TRL 1.16's fused LM head (the entry's), or the model's whole logits upcast then
+# log_softmax (LLaMA-Factory src/llamafactory/train/dpo/trainer.py concatenated_forward:
+# model(**batch).logits.to(torch.float32), then trainer_utils.get_batch_logps: logits.log_softmax(-1)).
+LOG_PROB_HEADS = ("fused", "logits")
 # TRL 1.16 DPOConfig.loss_type values (trl/trainer/dpo_config.py, loss_type help text): all compare
 # the policy with a reference model.
 REFERENCE_LOSSES = (
@@ -123,6 +127,7 @@ def _offline(table: Table, entry: Recipe, lora: bool, reference_key: Optional[bo
         raise table.fail("max-prompt-length", f"max-prompt-length {prompt} leaves no completion in a row of {total} tokens.",
                          hint="A row is prompt + completion; max-prompt-length must be below max-length (or seq-len).")
     loss = table.choice("loss-type", LOSS_TYPES, "sigmoid") if "loss-type" in entry.keys else None
+    head = table.choice("log-prob-head", LOG_PROB_HEADS, "fused") if "log-prob-head" in entry.keys else ""
     free = loss in REFERENCE_FREE_LOSSES
     if free and reference_key:
         raise table.fail("reference-model", f'loss-type = "{loss}" is reference-free: the trainer loads no reference model.',
@@ -133,7 +138,8 @@ def _offline(table: Table, entry: Recipe, lora: bool, reference_key: Optional[bo
     beta = _beta(table, entry)
     return RecipeSettings(name=entry.name, beta=beta, loss_type=loss, reference=_reference(entry, reference_key, lora, beta, precompute or free),
                           precompute_ref_log_probs=precompute, prompt_len=prompt,
-                          completion_len=(total - prompt) if prompt and total else 0), out
+                          completion_len=(total - prompt) if prompt and total else 0,
+                          log_prob_head="" if head == "fused" else head), out
 
 
 def _online(table: Table, entry: Recipe, lora: bool, reference_key: Optional[bool], data_parallel: int,

@@ -63,6 +63,9 @@ class RecipeSettings(NamedTuple):
     generation_batch_size: int = 0  # completions generated at once per device (ppo: per rollout)
     rollout_chunk: int = 0  # ppo: local_rollout_forward_batch_size, rows per generate() / no-grad forward
     value_head: str = "separate"  # ppo: separate | shared
+    # dpo: how the policy's log-probs are taken; "" = the recipe entry's head (TRL's fused LM head),
+    # "logits" = the model's whole logits then log_softmax (LLaMA-Factory's CustomDPOTrainer)
+    log_prob_head: str = ""
     reward_model: Optional[Union[Architecture, ParamsOnly]] = None  # ppo: another model than the policy's shape
     value_model: Optional[Union[Architecture, ParamsOnly]] = None
 

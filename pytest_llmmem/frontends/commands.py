@@ -31,7 +31,7 @@ _VALUE_FLAGS = {
     "recipe": str, "beta": float, "loss-type": str, "max-length": int, "max-prompt-length": int,
     "num-generations": int, "max-completion-length": int, "generation": str, "vllm-gpu-memory-utilization": float,
     "generation-batch-size": int, "steps-per-generation": int,
-    "local-rollout-forward-batch-size": int, "value-head": str,
+    "local-rollout-forward-batch-size": int, "value-head": str, "log-prob-head": str,
     # the whole job's phases (issue 16)
     "eval-batch-size": int, "eval-samples": int, "eval-accumulation-steps": int, "eval-generate-tokens": int, "save": str,
     "vision-tower": str,

@@ -181,6 +181,8 @@ def estimate_recipe(run: Run):
     recipe = default_catalog().recipe(rs.name)
     rows = run.batch_size * recipe.rows_per_example
     plain = run._replace(recipe=RecipeSettings(), calibration=None, batch_size=rows)
+    if rs.log_prob_head == "logits":  # the log-probs come from the whole logits, not the trainer's loss function
+        plain = plain._replace(knobs=plain.knobs._replace(loss="upcast", keeps_logits=True))
     if run.method == "rule-of-thumb":
         est = core.estimate_model(plain)
         return est._replace(run=run, notes=est.notes + (f"recipe = \"{rs.name}\": the rule of thumb counts the policy only",))
@@ -197,7 +199,11 @@ def estimate_recipe(run: Run):
     if recipe.rows_per_example == 2:
         notes.append(f"{rs.name}: chosen and rejected run in one forward: {rows} rows of {run.seq_len} tokens")
     if arch is not None:
-        if recipe.head == "fused":
+        if recipe.head == "fused" and rs.log_prob_head == "logits":
+            # the plain step's logits and loss terms at the recipe's rows: the whole b*s*V logits, upcast
+            # (LLaMA-Factory's .logits.to(torch.float32), then log_softmax), as loss = "upcast" counts them
+            notes.append(f"{rs.name}: log-prob-head = \"logits\": the whole logits and an fp32 log-softmax over {rows} rows")
+        elif recipe.head == "fused":
             items, head = _fused_head(run, arch, rows, act, items, notes)
         elif recipe.head == "score":
             items, head = _score_head(run, rows, act, items)

@@ -111,6 +111,9 @@ def read(m: Mapper, base_dir: Path) -> None:
     else:
         m.not_modelled(f"stage = {stage}", "priced as supervised fine-tuning")
     if stage == "dpo":
+        # train/dpo/trainer.py concatenated_forward: model(**batch).logits.to(torch.float32), then get_batch_logps's
+        # log_softmax over the whole vocabulary: no fused log-prob head
+        m.put("log-prob-head", "logits", "stage")
         if "pref_beta" in m.data:
             m.put("beta", m.get("pref_beta"), "pref_beta")
         loss = str(m.get("pref_loss", "sigmoid")).lower()
