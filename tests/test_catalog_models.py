@@ -60,6 +60,9 @@ def test_urls_and_show_give_the_whole_link(columns, run_cli):
     assert code == 0 and lines[0] == "meta-llama/Llama-3.1-8B: family llama, 8,030,261,248 parameters,"
     assert lines[1] == "    context 131,072 tokens"
     assert lines[lines.index("  copied from:") + 1] == f"    {LLAMA_8B}"  # whole, on a line of its own
+    # package-relative: an absolute site-packages path (CI's non-editable install) ran past 80 columns
+    assert lines[lines.index("  bundled file (in the installed package):") + 1] == (
+        "    pytest_llmmem/models/meta-llama--Llama-3.1-8B/config.json")
     assert all(len(line) <= 80 for line in lines if "https://" not in line)
 
 

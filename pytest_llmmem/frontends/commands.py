@@ -254,7 +254,9 @@ def _show_model(model_id: Optional[str], say: Any) -> int:
     context, _ = arch.context()
     lines = [f"{model_id}: family {entry['family']}, {arch.param_count():,} parameters, "
              + (f"context {context:,} tokens" if context else "no context limit in its config.json"),
-             f"  bundled file: {path}",
+             # package-relative, on its own line: a site-packages prefix would push it past 80 columns
+             "  bundled file (in the installed package):",
+             f"    {path.relative_to(hub.BUNDLED.parent.parent).as_posix()}",
              f"  Hub revision: {entry.get('revision') or 'not stated by its source'}",
              "  copied from:", f"    {hub.source_url(entry.get('taken_from') or 'no source recorded')}"]
     if entry.get("checked_against"):
