@@ -82,7 +82,7 @@ def groundtruth(path: Path, totals: Optional[List[Tuple[str, Dict[str, float], i
         est = estimate(adhoc_run(run))
         name = f"gt{number:02d} {keys['family']} L{keys['num-layers']} {case['mode']} {case['dtype']} b{case['batch']} s{case['seq']} {case['attn']}" + (
             " ckpt" if case["grad_ckpt"] else "") + (f" r{case['lora_r']} {case['lora_targets']}" if case["mode"] == "lora" else "")
-        b, d = est.breakdown, est.details
+        b, d = est.full_terms, est.details
         rows.append((name, "weights", b["weights"], case["param_bytes"] + case.get("adapter_bytes", 0)))
         if case["mode"] != "inference":
             rows.append((name, "gradients", b["gradients"], case["grad_bytes"]))

@@ -38,7 +38,7 @@ def test_sdpa_keeps_a_sliding_layers_mask_for_backward(tmp_path, tp):
     keys = dict(mode="train", dtype="bf16", **{"batch-size": 1, "seq-len": 8192, "tensor-parallel": tp, "gpus": tp})
     windowed = _run(tmp_path, {**MISTRAL_MHA, "sliding_window": 4096}, **keys)
     full = _run(tmp_path, {**MISTRAL_MHA, "sliding_window": None}, **keys)
-    assert windowed.breakdown["activations"] - full.breakdown["activations"] == 32 * 8192 * 8192 * 2 == 4 * 2**30
+    assert windowed.full("activations") - full.full("activations") == 32 * 8192 * 8192 * 2 == 4 * 2**30
 
 
 def test_no_mask_below_the_window(tmp_path):
@@ -59,7 +59,7 @@ def test_eager_prefill_holds_the_float_mask_beside_the_scores(tmp_path):
     small = {**MISTRAL_MHA, "hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8,
              "intermediate_size": 4096, "sliding_window": None}
     est = _run(tmp_path, small, mode="inference", dtype="bf16", **{"batch-size": 1, "seq-len": 2048, "flash-attention": False})
-    assert est.breakdown["activations"] == 8_388_608 + 16_777_216 + 335_544_320 + 8_388_608
+    assert est.full("activations") == 8_388_608 + 16_777_216 + 335_544_320 + 8_388_608
 
 
 def test_checkpointed_layers_keep_the_forwards_mask(tmp_path):

@@ -69,7 +69,7 @@ def _estimate(config: Dict[str, Any], tmp_path: Path, scenario: Dict[str, Any], 
 
 def estimated_terms(est: Estimate, mode: str) -> Dict[str, int]:
     """The estimate's figure for each measured term, counted the way the measurement counts it."""
-    b, d = est.breakdown, est.details
+    b, d = est.full_terms, est.details
     if mode == "inference":
         return {"weights": b["weights"], "kv_cache": b["kv_cache"], "logits": b["logits"]}
     return {

@@ -159,7 +159,7 @@ def test_partial_rotary_keeps_o_proj_input_beside_the_kernel_output(tmp_path):
         est = estimate(adhoc_run({"config": str(path), "mode": "train", "dtype": "bf16", "precision": "pure", "batch-size": 2,
                                   "seq-len": 16, "optimizer": "adamw"}))
         d = est.details  # what autograd keeps: activations less the one-layer recompute, plus the fp32 log-softmax
-        return est.breakdown["activations"] - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"]
+        return est.full("activations") - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"]
 
     assert saved(0.5) == 623_232
     # full rotary: no copy (16,384) and rotary tables over all 64 dims instead of 32 (+2·16·32·2 = 2,048)
@@ -181,4 +181,4 @@ def test_rotary_on_a_fused_projection_keeps_o_proj_input_beside_the_kernel_outpu
     est = estimate(adhoc_run({"config": str(path), "mode": "train", "dtype": "bf16", "precision": "pure", "batch-size": 2, "seq-len": 16,
                               "optimizer": "adamw"}))
     d = est.details
-    assert est.breakdown["activations"] - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"] == 575_872
+    assert est.full("activations") - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"] == 575_872

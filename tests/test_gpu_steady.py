@@ -77,7 +77,7 @@ def test_eager_training_that_ran_out_of_memory_is_over_budget(tmp_path):
     "deepseek-ai/DeepSeek-V2-Lite", "Qwen/Qwen3-30B-A3B", "openai/gpt-oss-20b", "Phi-3-mini-4k",
     "ibm-granite/granite-3.3-2b-instruct", "Qwen3-8B", "google/gemma-3-12b-it",
 ])
-def test_optimizer_step_phase_within_one_percent_and_backward_never_under(name, tmp_path):
+def test_optimizer_step_phase_within_one_percent_and_backward_at_most_3_5_percent_under(name, tmp_path):
     row = _row(name, "train")
     est = _estimate(row, tmp_path)
     phases = dict(est.phases)
@@ -88,10 +88,14 @@ def test_optimizer_step_phase_within_one_percent_and_backward_never_under(name, 
     # params -> 45,943,746,560 B = 42.79 GiB; measured 42.92 GiB).
     step = phases["optimizer step"] - context
     assert abs(step / row["phases"]["optimizer_step"]["max_allocated"] - 1) < 0.01
-    # Backward: the estimate adds every gradient to every saved activation, the GPU frees activations
-    # as gradients appear, so the estimate is the safe side (+3.5 % to +21.9 % here).
-    backward = phases["backward"] - context - fragmentation
-    assert backward >= row["phases"]["backward"]["max_allocated"]
+    # Backward: the estimate is the memory at the backward's peak instant (core/terms/backward.py), as the GPU
+    # frees a layer's activations as its gradients appear. The measuring script keeps the model's output (its
+    # bf16 logits) until backward is done (benchmarks/gpu_peaks.py: out.loss.backward(); del out), which the
+    # trainers do not, so those are added. Measured: DeepSeek-V2-Lite 0.996, gpt-oss-20b 0.969 (eager, sinks:
+    # the GPU's eager backward holds more than its saved tensors), granite 1.008, Qwen3-8B 0.999, gemma-3 0.997;
+    # over, not yet explained: Qwen3-30B-A3B 1.091, Phi-3-mini 1.097 (both at the loss instant).
+    backward = phases["backward"] - context - fragmentation + est.details.get("logits.logits", 0)
+    assert backward / row["phases"]["backward"]["max_allocated"] >= 0.965
 
 
 RL = ROOT / "benchmarks" / "data" / "gpu-rl-h100.jsonl"

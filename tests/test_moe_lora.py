@@ -28,7 +28,7 @@ def test_frozen_experts_add_the_merged_weight_to_saved_activations():
     # The adapted expert parameters are parametrised as baddbmm(W, lhs, rhs): one merged bf16 copy each,
     # 16 x 1536 x 2048 x 2 + 16 x 2048 x 768 x 2 = 150,994,944 B, kept by the grouped matmul.
     est = _lora("qwen3_moe")
-    assert est.breakdown["activations"] > 150_994_944
+    assert est.full("activations") > 150_994_944
 
 
 def test_jamba_experts_get_no_adapters_and_say_so():
@@ -38,7 +38,7 @@ def test_jamba_experts_get_no_adapters_and_say_so():
     assert any("jamba's routed experts are 3D parameters PEFT 0.21.2 does not wrap" in n for n in est.notes)
     # 954,624 trainable (PEFT count); dt_proj's 8 x (256 + 8192) = 67,584 get no gradient (fp32: x 4 B)
     assert est.trainable_params == 954_624
-    assert est.breakdown["gradients"] == (954_624 - 67_584) * 4
+    assert est.full("gradients") == (954_624 - 67_584) * 4
 
 
 def test_mixtral_experts_are_targeted_by_peft_names():

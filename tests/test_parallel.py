@@ -13,7 +13,7 @@ EMBED = 32000 * 4096  # 131,072,000: Llama-2-7B's largest single module
 
 
 def states(**keys):
-    b = estimate(adhoc_run({"mode": "train", "dtype": "bf16", "optimizer": "adamw", "gpu": "H100-80GB", **keys})).breakdown
+    b = estimate(adhoc_run({"mode": "train", "dtype": "bf16", "optimizer": "adamw", "gpu": "H100-80GB", **keys})).full_terms
     return b["weights"], b["master_weights"], b["gradients"], b["optimizer_states"]
 
 
@@ -33,7 +33,7 @@ def test_zero_totals_match_deepspeed_estimators():
     assert sum(states(params="7B", gpus=8, zero_stage=1)) == 4 * P + 16 * P // 8 == 42 * 10**9
     # estimate_zero3_model_states_mem_needs: 4 * largest_layer_params + 18 * P / N
     est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100-80GB", "gpus": 8, "zero-stage": 3}))
-    b = est.breakdown
+    b = est.full_terms
     assert b["weights"] + b["master_weights"] + b["gradients"] + b["optimizer_states"] == 4 * EMBED + 18 * P7B // 8
     # The ZeRO paper's 16 B/param (2 + 2 + 12) is the DDP figure less DDP's bucket copy and the fp32 partition.
     assert sum(states(params="7B")) == 16 * P
@@ -42,7 +42,7 @@ def test_zero_totals_match_deepspeed_estimators():
 def test_zero3_with_optimizer_offload_gpu_and_host():
     est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "A100-40GB", "gpus": 8, "zero-stage": 3,
                               "offload": "optimizer", "host-memory": "256 GiB", "seq-len": 2048, "gradient-checkpointing": True}))
-    b = est.breakdown
+    b = est.full_terms
     # GPU keeps the bf16 weight shard and the gathered largest layer (params + grads): DeepSpeed's
     # offload estimate "largest_layer_memory + 2 * P / N".
     assert b["weights"] + b["gradients"] == 2 * P7B // 8 + 4 * EMBED
@@ -57,14 +57,14 @@ def test_zero3_with_optimizer_offload_gpu_and_host():
 def test_offload_params_leaves_the_gathered_layer():
     est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100-80GB", "gpus": 8, "zero-stage": 3,
                               "offload": "optimizer+params"}))
-    b = est.breakdown
+    b = est.full_terms
     assert b["weights"] + b["gradients"] == 4 * EMBED  # DeepSpeed: largest_layer_memory only
     assert est.host_bytes == round(18 * P7B / 8 * 8 * 1.5)  # + the 2 B/param weight shard
 
 
 def test_fsdp_full_shard():
     est = estimate(adhoc_run({**LLAMA2_7B, "mode": "train", "dtype": "bf16", "gpu": "H100-80GB", "gpus": 8, "fsdp": "full-shard"}))
-    b = est.breakdown
+    b = est.full_terms
     unit = 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096  # one decoder layer, 202,383,360 params (> the embedding)
     assert b["weights"] == 2 * 2 * unit  # two bf16 units gathered (current + prefetched); the fp32 shard is the master
     assert b["master_weights"] == 4 * P7B // 8
@@ -90,7 +90,7 @@ def test_tensor_and_pipeline_parallel_13b():
     last_stage = 20 * layer + 5120 + 32000 * 5120  # 20 layers + final norm + untied head = 6,507,934,720
     assert last_stage > 32000 * 5120 + 20 * layer  # the last stage is the fuller one
     assert est.breakdown["weights"] == 2 * (last_stage // 2)  # bf16, split over 2 tensor-parallel ranks
-    assert est.breakdown["gradients"] == 2 * (last_stage // 2)  # dp = 1: no DDP buckets
+    assert est.full("gradients") == 2 * (last_stage // 2)  # dp = 1: no DDP buckets
     # Activations: the norms and the layer input stay whole on each rank; q/k/v, attention output,
     # log-sum-exp and the MLP intermediates split over t = 2 (Korthikanti et al. 2022).
     T, h, f = 2048, 5120, 13824
@@ -124,8 +124,8 @@ def test_moe_expert_parallel():
     top1 = estimate(adhoc_run({**mixtral, "experts-per-token": 1, "mode": "train", "gpu": "H100-80GB", "seq-len": 512}))
     top2 = estimate(adhoc_run({**mixtral, "mode": "train", "gpu": "H100-80GB", "seq-len": 512}))
     many = estimate(adhoc_run({**mixtral, "num-experts": 64, "mode": "train", "gpu": "H100-80GB", "seq-len": 512}))
-    assert top2.breakdown["activations"] > top1.breakdown["activations"]
-    assert many.breakdown["activations"] - top2.breakdown["activations"] == 32 * 512 * (64 - 8) * 4  # router logits only
+    assert top2.full("activations") > top1.full("activations")
+    assert many.full("activations") - top2.full("activations") == 32 * 512 * (64 - 8) * 4  # router logits only
 
 
 @pytest.mark.parametrize("keys, message", [
@@ -162,7 +162,7 @@ def test_fsdp_cpu_offload_leaves_the_gathered_units_of_a_qlora_base():
     assert est.details["weights.gathered_for_compute"] == ROOT_UNIT + 2 * UNIT == 147_859_456
     assert est.details["weights.quant_constants"] == CONSTANTS == 4_194_304
     assert est.breakdown["weights"] == ROOT_UNIT + 2 * UNIT + CONSTANTS
-    assert est.breakdown["gradients"] == est.breakdown["optimizer_states"] == 0
+    assert est.full("gradients") == est.breakdown["optimizer_states"] == 0
     # the host: the base shard, the adapters, their gradients and AdamW's two states
     assert est.details["host.offloaded_per_gpu"] == STORED // 2 + ADAPTERS + ADAPTERS + 2 * ADAPTERS
 

@@ -186,7 +186,7 @@ def test_paged_adamw_counts_against_host_not_gpu():
 def test_optimizer_in_backward_keeps_only_the_largest_gradient():
     keys = {**LLAMA31_8B, "mode": "train", "dtype": "bf16", "precision": "pure", "batch-size": 1, "seq-len": 1024}
     est = estimate(adhoc_run({**keys, "optimizer-in-backward": True}))
-    assert est.breakdown["gradients"] == 128256 * 4096 * 2  # the embedding's (and head's) bf16 gradient
+    assert est.full("gradients") == 128256 * 4096 * 2  # the embedding's (and head's) bf16 gradient
     with pytest.raises(ConfigError, match="cannot accumulate gradients"):
         adhoc_run({**keys, "optimizer-in-backward": True, "micro-batches": 4})
 
@@ -215,7 +215,9 @@ def test_foreach_step_sets_the_peak_like_the_h100_measurement():
     assert abs(allocated / 81_985_836_544 - 1) < 0.01
     fused = estimate(adhoc_run({**keys, "optimizer-impl": "fused"}))
     assert fused.peak_phase == "backward" and fused.breakdown["optimizer_step"] == 0
-    assert est.total_bytes - fused.total_bytes == est.breakdown["optimizer_step"]
+    # fused peaks at the end of backward: every gradient and the (1024, 4096) bf16 gradient flowing into the
+    # embedding, 8,388,608 B, with its 30 % fragmentation (2,516,582 B); foreach's step adds its temporary instead
+    assert est.total_bytes - fused.total_bytes == est.breakdown["optimizer_step"] - 1024 * 4096 * 2 - round(0.3 * 1024 * 4096 * 2)
 
 
 def test_torch_2_0_foreach_adamw_keeps_two_state_lists():

@@ -285,14 +285,17 @@ def test_diff_follows_the_yaml_and_the_deepspeed_json_between_two_revisions(tmp_
     assert run1["settings"]["batch-size"] == "1" and run64["settings"]["batch-size"] == "64"
     # the (b, s, vocab) logits and their loss tensors grow with the micro batch: exactly 64 times. Per logit element
     # (HF's upcast loss, trainer_terms.loss_terms) on this fp32 run (no bf16 key: axolotl's default): the logits 4 B
-    # + the log-softmax 4 B + two fp32 backward tensors 8 B = 16 B, times b·1024·32000.
-    assert run64["breakdown"]["logits"] == 64 * run1["breakdown"]["logits"] == 64 * 1024 * 32000 * 16
+    # + the log-softmax 4 B + two fp32 backward tensors 8 B = 16 B, times b·1024·32000: the term's full size
+    # (details["full.logits"]; the breakdown shows the part alive at the backward's peak instant).
+    assert run64["details"]["full.logits"] == 64 * run1["details"]["full.logits"] == 64 * 1024 * 32000 * 16
     code, out, err = run_cli("diff", one, sixty_four)
     out = unfit(out)  # each run's line whole, as before the 80-column wrap
     gib = lambda n: f"{n / 2**30:.1f}"  # noqa: E731
     assert code == 1, err  # it fitted 12 GiB at micro batch 1 and no longer does
     assert out.splitlines()[0].startswith(f"sft: {gib(run1['total_bytes'])} -> {gib(run64['total_bytes'])} GiB (+")
-    assert out.splitlines()[0].endswith("[NO LONGER FITS]") and gib(run1["total_bytes"]) == "6.5"
+    # 6.2 GiB at micro batch 1: the backward peaks at the start of the loss's backward, where the fp32 logits
+    # (4 B of the 16) are already gone and no adapter gradient exists yet (core/terms/backward.py)
+    assert out.splitlines()[0].endswith("[NO LONGER FITS]") and gib(run1["total_bytes"]) == "6.2"
     assert out.splitlines()[1] == "  settings changed: batch-size 1 -> 64 (lora.yml: micro_batch_size)"
     # ZeRO-3 over 4 GPUs partitions the frozen fp32 weights and gathers the largest module (the 32000 x 2048
     # embedding, fp32) to compute it; the fp32 adapters stay whole on each GPU

@@ -63,7 +63,7 @@ def _row_id(row):
 def test_per_term_agreement_with_trl(row):
     """Every term within 5 % of the TRL measurement; the model states exactly."""
     est = estimate(_row_run(row))
-    b, d = est.breakdown, est.details
+    b, d = est.full_terms, est.details
     assert b["weights"] == row["policy_param_bytes"]
     assert b["reference_model"] == row["ref_model_param_bytes"]
     assert b["gradients"] == row["grad_bytes"]
@@ -108,7 +108,7 @@ def test_dpo_reference_model_is_a_frozen_copy_and_rows_double():
     # log-Z and entropy (2048 x 16 B) and two bool masks over 4 rows x 1023 positions.
     assert est.details["logits.fused_backward_buffers"] == 2048 * 4096 * 4 + 2048 * 32768 * 2 + 128256 * 4096 * 4
     assert est.details["logits.per_token"] == 2048 * 16 + 2 * 4 * 1023
-    assert est.breakdown["logits"] == 16 * MiB + 2048 * 16 + 2 * 4 * 1023 + 2048 * 4096 * 4 + 2048 * 32768 * 2 + 128256 * 4096 * 4
+    assert est.full("logits") == 16 * MiB + 2048 * 16 + 2 * 4 * 1023 + 2048 * 4096 * 4 + 2048 * 32768 * 2 + 128256 * 4096 * 4
     assert "2 rows of 1024 tokens" not in " ".join(est.notes)
     assert "4 rows of 1024 tokens" in " ".join(est.notes)
 
@@ -174,9 +174,9 @@ def test_grpo_generation_phase_is_the_peak_for_a_big_generation_batch():
     kv = 32 * 2 * 64 * 8 * (512 + 4096 - 1) * 128 * 2
     assert est.details["generation.kv_cache"] == kv
     assert est.breakdown["generation_kv_cache"] == kv
-    assert est.breakdown["gradients"] == 0  # freed after each optimizer step
+    assert est.full("gradients") == 0  # freed after each optimizer step
     # generate's logits: 64 x 128256 x 2 B in bf16, plus the fp32 copy and the sampling softmax (2 x 4 B).
-    assert est.breakdown["logits"] == 64 * 128256 * (2 + 8)
+    assert est.full("logits") == 64 * 128256 * (2 + 8)
     assert any("generation phase" in note for note in est.notes)
 
 
@@ -193,7 +193,7 @@ def test_steps_per_generation_scales_the_generation_batch():
         assert est.run.recipe.generation_batch_size == 16
         assert est.details["generation.kv_cache"] == 2_080_768
         assert est.details["generation.logits"] == 1_024_000
-        assert est.breakdown["activations"] == one.breakdown["activations"]  # the training step is batch-size rows
+        assert est.full("activations") == one.full("activations")  # the training step is batch-size rows
     # micro-batches are pipeline micro-batches under pipeline parallelism, not TRL's accumulation
     piped = estimate(adhoc_run(dict(base, gpus=2, **{"pipeline-parallel": 2, "micro-batches": 4})))
     assert piped.run.recipe.generation_batch_size == 4
@@ -256,9 +256,9 @@ def test_reward_model_training_doubles_rows_and_scores_one_value():
     """Reward training: 2 x 3 rows of 512 tokens; scores (6, 512, 1) bf16 + pooled (6,) fp32; no b*s*V logits."""
     est = estimate(adhoc_run(dict(TINY, recipe="reward", **{"batch-size": 3, "max-length": 512})))
     assert est.details["logits.scores"] == 6 * 512 * 2 + 6 * 4
-    assert est.breakdown["logits"] == 6 * 512 * 2 + 6 * 4
+    assert est.full("logits") == 6 * 512 * 2 + 6 * 4
     sft = estimate(adhoc_run(dict(TINY, **{"batch-size": 6, "seq-len": 512})))
-    assert est.breakdown["activations"] == sft.breakdown["activations"]
+    assert est.full("activations") == sft.full("activations")
 
 
 def test_fit_names_the_recipe_changes():
@@ -356,7 +356,7 @@ def test_reward_model_trains_a_score_head_not_an_lm_head():
     LM head) x (2 weights + 2 grads + 4 states) bytes; LoRA drops the head's 8,192,000 x 2 B from the base."""
     full = estimate(adhoc_run(dict(TINY, recipe="reward", precision="pure", **{"batch-size": 1, "max-length": 128})))
     assert full.params == 9_643_520
-    assert (full.breakdown["weights"], full.breakdown["gradients"], full.breakdown["optimizer_states"]) == (9_643_520 * 2, 9_643_520 * 2, 9_643_520 * 4)
+    assert (full.breakdown["weights"], full.full("gradients"), full.breakdown["optimizer_states"]) == (9_643_520 * 2, 9_643_520 * 2, 9_643_520 * 4)
     lora = estimate(adhoc_run(dict(TINY, recipe="reward", mode="lora", **{"batch-size": 1, "max-length": 128})))
     sft_lora = estimate(adhoc_run(dict(TINY, mode="lora", **{"batch-size": 2, "seq-len": 128})))
     assert sft_lora.breakdown["weights"] - lora.breakdown["weights"] == 32000 * 256 * 2

@@ -39,7 +39,7 @@ def test_frozen_tower_takes_no_gradients_or_optimizer_states(config):
     assert trained.params == frozen.params and trained.params - trained.trainable_params == 0
     assert trained.trainable_params - frozen.trainable_params == TOWER
     # bf16 mixed precision: 2 B gradients and 2 fp32 AdamW states (8 B) per trained parameter
-    assert trained.breakdown["gradients"] - frozen.breakdown["gradients"] == TOWER * 2  # 70,848
+    assert trained.full("gradients") - frozen.full("gradients") == TOWER * 2  # 70,848
     assert trained.breakdown["optimizer_states"] - frozen.breakdown["optimizer_states"] == TOWER * 8  # 283,392
     # weights and the fp32 master copy keep the tower either way
     for term in ("weights", "master_weights", "activations", "logits"):
@@ -50,7 +50,7 @@ def test_frozen_tower_under_zero2_shards_the_saving(config):
     keys = {"gpus": 2, "zero-stage": 2}
     trained, frozen = _run(config, **keys), _run(config, **{**keys, "vision-tower": "frozen"})
     # ZeRO-2 partitions gradients and states over the 2 GPUs: each holds half of the tower's share
-    assert trained.breakdown["gradients"] - frozen.breakdown["gradients"] == TOWER * 2 // 2  # 35,424
+    assert trained.full("gradients") - frozen.full("gradients") == TOWER * 2 // 2  # 35,424
     assert trained.breakdown["optimizer_states"] - frozen.breakdown["optimizer_states"] == TOWER * 8 // 2  # 141,696
 
 

@@ -19,6 +19,7 @@ from .compose import compose, training_overhead
 from .records import TERMS, Estimate
 from .run import Run
 from ..catalog.kernels import applied as kernels_applied
+from .terms.backward import backward_instant, instant_details
 from .terms.checkpointing import COMPILE_APPROXIMATE, selective_approximate
 from .terms.job_phases import job_note, job_phases, step_phases
 from .terms.step import Step, step_terms
@@ -62,6 +63,11 @@ def detailed(run: Run, step: Optional[Step] = None) -> Estimate:
         notes.append("ZeRO-3's gathered largest layer not counted: it needs the architecture")
     partial, approximate = _caveats(run, arch)
     details = {**dict(step.details), **comp.overhead_details, **dict(opt.details)}
+    if run.trains:
+        # the breakdown is what is alive at the backward's peak instant; each term's full size stays here
+        instant = backward_instant(run, step, opt.gradients)
+        details.update(instant_details(instant))
+        details.update({"full.gradients": opt.gradients, "full.activations": step.activations, "full.logits": step.logits})
     return Estimate(run, "detailed", comp.breakdown, step.params, step.trainable, tuple(notes), details, step.host, partial,
                     approximate, peak_phase=peak_phase, phases=totals, phase_parts=parts)
 

@@ -63,6 +63,16 @@ class Estimate(NamedTuple):
     phases: Tuple[Tuple[str, int], ...] = ()
     phase_parts: Tuple[object, ...] = ()
 
+    def full(self, term: str) -> int:
+        """A term's full size over the step (every gradient, every saved activation, every loss buffer),
+        where the breakdown shows only what is alive at the peak instant (core/terms/backward.py)."""
+        return self.details.get(f"full.{term}", self.breakdown.get(term, 0))
+
+    @property
+    def full_terms(self) -> Dict[str, int]:
+        """The breakdown with each term at its full size (:meth:`full`): what the per-term ground truth counts."""
+        return {term: self.full(term) for term in self.breakdown}
+
     @property
     def total_bytes(self) -> int:
         return sum(self.breakdown.values())

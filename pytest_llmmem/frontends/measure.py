@@ -97,7 +97,7 @@ def _cpu_step(torch, model, ids, run: Run, est: Estimate):
     """Exact tensor accounting for one step on the CPU."""
     params = list(model.parameters())
     terms: Dict[str, int] = {"weights": _nbytes(params)}
-    d, b = est.details, est.breakdown
+    d, b = est.details, est.full_terms
     estimated: Dict[str, int] = {"weights": b["weights"]}
     if not run.trains:
         # Generation asks for the last position's logits only, as generate() does (logits_to_keep=1).

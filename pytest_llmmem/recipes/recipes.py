@@ -168,8 +168,8 @@ def _extra_models(run: Run, arch: Optional[Architecture], params: int, rows: int
     full = policy  # an estimate of the critic's shape at these rows under full training
     shaped = full.run.model if isinstance(full.run.model, Architecture) else None
     vm = score_model_params(shaped) if shaped else full.params
-    states = sum(full.breakdown[k] for k in ("weights", "master_weights", "gradients", "optimizer_states"))
-    items = (("value_model.model_states", round(states * vm / full.params)), ("value_model.activations", full.breakdown["activations"]),
+    states = sum(full.full(k) for k in ("weights", "master_weights", "gradients", "optimizer_states"))
+    items = (("value_model.model_states", round(states * vm / full.params)), ("value_model.activations", full.full("activations")),
              ("value_model.values", rows * run.seq_len * run.dtype.compute_bytes))
     terms["value_model"] = sum(v for _, v in items)
     return terms, items

@@ -428,3 +428,24 @@ def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *,
     if mask:  # SDPA's additive copy of a sliding layer's mask, whole on every rank, beside the attention's share
         layer = max(layer, (2 * tokens * h * act + attn) // tp + mask)
     return layer + model_masks(arch, batch=batch, seq=seq, act=act, flash=flash)
+
+
+def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int,
+                       tp: int = 1) -> int:
+    """One decoder layer's backward temporaries beyond its saved tensors, on one tensor-parallel rank.
+
+    The MLP's backward is the widest: the gradient of the down projection's input, then the two
+    gradients of act(gate) * up and the activation's own (three (tokens, d_ff) tensors in the compute
+    dtype for a gated MLP, two for a plain one), beside the (tokens, hidden) gradient flowing out
+    (measured on fake tensors: trace_sweep.py llama LoRA with checkpointing, 12.1 MB at 128 tokens =
+    128 x (3 x 14336 + 4096) x 2 B). A routed MoE does it for its top-k copies of the tokens.
+    """
+    group = group or arch.layer_groups()[0]
+    tokens = batch * seq
+    mlp = group.mlp
+    if isinstance(mlp, NoMLP):
+        width = 0
+    else:
+        routed = mlp.top_k if isinstance(mlp, MoE) else 1
+        width = routed * mlp.d_ff * (3 if mlp.gated else 2)
+    return tokens * (width // tp + arch.hidden_size) * act

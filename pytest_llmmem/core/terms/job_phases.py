@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 from ...units import format_bytes
 from ..compose import Item, Phase, overhead_slot
 from .activations import FP32, forward_transient
+from .backward import INSTANTS, backward_instant
 from .step import Step
 from .trainer_terms import StepOptimizer
 
@@ -223,21 +224,31 @@ def _merge_bytes(run, arch) -> int:
 
 
 def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
-    """The step's own phases. Backward holds everything: the states, the gradients, the activations
-    and the loss buffers (transient), and, with the optimizer in backward, its temporaries. The
-    optimizer step (after backward) has no activations or loss buffers, only its temporaries; it
-    is shown as backward plus what it adds (``optimizer_step``)."""
-    states = [Item("weights", step.weights), Item("master_weights", step.master_weights), Item("gradients", opt.gradients),
-              Item("optimizer_states", step.optimizer_states)]
-    backward = states + [Item("activations", step.activations, transient=True), Item("logits", step.logits, transient=True),
-                         Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
-    name = "backward" if run.trains else "prefill"
+    """The step's own phases. Backward holds the resident states and, at its peak instant
+    (backward.py), the part of the gradients, saved activations and loss buffers alive then (each
+    item keeps its full size; ``alive`` is what the total counts) plus that instant's own temporaries;
+    with the optimizer in backward, its temporaries too. The optimizer step (after backward) holds
+    every gradient and the update's temporaries (``optimizer_step``), shown as its own items."""
+    states = [Item("weights", step.weights), Item("master_weights", step.master_weights)]
+    optimizer = Item("optimizer_states", step.optimizer_states)
+    if not run.trains:
+        prefill = states + [optimizer, Item("activations", step.activations, transient=True),
+                            Item("logits", step.logits, transient=True), Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
+        return (Phase("prefill", tuple(prefill)),)
+    instant = backward_instant(run, step, opt.gradients)
+    own = [Item(name.split(".")[0], value, transient=name.startswith("activations.")) for name, value in instant.extra]
+    backward = states + [Item("gradients", opt.gradients, alive=instant.gradients), optimizer,
+                         Item("activations", step.activations, transient=True, alive=instant.activations),
+                         Item("logits", step.logits, transient=True, alive=instant.logits)] + own \
+        + [Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
+    why = f"the backward peaks at its {instant.name} instant ({INSTANTS[instant.name]})"
     if opt.in_backward:
-        return (Phase(name, tuple(backward + [Item("optimizer_step", opt.temporaries)])),)
+        return (Phase("backward", tuple(backward + [Item("optimizer_step", opt.temporaries)]), why),)
     if not opt.runs:
-        return (Phase(name, tuple(backward)),)
-    update = states + [Item("kv_cache", step.kv_cache), overhead_slot(), Item("optimizer_step", opt.temporaries)]
-    return Phase(name, tuple(backward)), Phase("optimizer step", tuple(update), over=("backward",), excess="optimizer_step")
+        return (Phase("backward", tuple(backward), why),)
+    update = states + [Item("gradients", opt.gradients), optimizer, Item("kv_cache", step.kv_cache), overhead_slot(),
+                       Item("optimizer_step", opt.temporaries)]
+    return Phase("backward", tuple(backward), why), Phase("optimizer step", tuple(update))
 
 
 def job_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:

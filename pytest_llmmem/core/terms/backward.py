@@ -1,0 +1,139 @@
+"""The backward's peak instant: what is alive when the training step's backward peaks (issue 22).
+
+Every term of the step is priced at its full size (step.py): every saved activation, every loss
+buffer, every gradient. They are not all alive at once. Autograd frees a layer's saved tensors as
+soon as its backward ran, the moment that layer's gradients appear (torch/csrc/autograd/engine.cpp
+releases a node's saved variables after it runs unless retain_graph), so the backward's peak is the
+resident states plus the largest live set at one instant. The live set is linear in the layer the
+backward has reached, so its largest value is at one end; the candidates are:
+
+- ``loss``: the start of backward. Every saved activation and the loss head's buffers at the start
+  of its backward (:func:`loss_alive`), no gradient yet.
+- ``first layer``: the last decoder layer's backward. The saved activations less the head's, one
+  layer's backward temporaries (:func:`..activations.backward_transient`) and the head's gradient.
+- ``recompute`` (checkpointing): the kept layer inputs, one recomputed layer, its backward
+  temporaries, and every gradient but the last layer's and the embedding's.
+- ``end``: every gradient, the gradient flowing into the embedding, and, with tied embeddings, the
+  head's V x h gradient waiting in autograd's input buffer beside the embedding's own until the two
+  are summed (torch/csrc/autograd/input_buffer.cpp).
+
+Measured against the trace on fake tensors (benchmarks/trace_sweep.py; tests/test_backward_instant.py).
+The terms' full sizes stay in the estimate's details; the breakdown shows what is alive at the instant.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from typing import Dict, NamedTuple, Tuple
+
+from .activations import backward_transient
+from .step import Step
+
+# The loss head's items that are alive when its backward starts, per loss implementation.
+# upcast: HF ForCausalLMLoss's 16-bit logits die with the model's output before backward (the HF Trainer's
+# compute_loss returns only the loss, transformers/trainer.py compute_loss; torchtune deletes them, recipes/
+# full_finetune_single_device.py "del logits"); the fp32 log-softmax and the two fp32 backward buffers live.
+LOSS_ALIVE = {
+    "upcast": ("log_softmax", "fp32_transient", "softcap_tanh"),
+    # torchtune / litgpt: every chunk's log-softmax and one chunk's transients; litgpt's own ``logits`` local
+    # (the model returns them) stays through fabric.backward (litgpt/finetune/lora.py fit)
+    "chunked": ("log_softmax", "chunk_transient", "softcap_tanh"),
+    # Liger / CCE: the gradients computed in the forward; the chunk's logits are gone
+    "fused": ("fused_grad_input", "fused_grad_weight", "fused_loss_per_token"),
+}
+
+# What each instant is, for the phase's note.
+INSTANTS = {"loss": "every saved activation and the loss head's buffers", "first layer": "the last layer's backward beside the head's gradient",
+            "recompute": "one checkpointed layer recomputed and back-propagated", "end": "every gradient made"}
+
+
+class Instant(NamedTuple):
+    """The backward's peak instant: its name and the bytes of each term alive then."""
+
+    name: str
+    activations: int
+    logits: int
+    gradients: int
+    extra: Tuple[Tuple[str, int], ...]  # (detail name, bytes) alive only at this instant, under its term
+
+    @property
+    def total(self) -> int:
+        return self.activations + self.logits + self.gradients + sum(v for _, v in self.extra)
+
+
+def loss_alive(run, step: Step) -> int:
+    """The loss head's bytes alive when backward starts (LOSS_ALIVE; the returned logits when the trainer keeps them)."""
+    items = dict((k[len("logits."):], v) for k, v in step.details if k.startswith("logits."))
+    names = LOSS_ALIVE.get(run.knobs.loss, tuple(items))
+    kept = items.get("logits", 0) if run.knobs.loss == "chunked" and run.knobs.keeps_logits else 0
+    return kept + sum(items.get(n, 0) for n in names)
+
+
+def expert_delta_gradient(run, arch, act: int) -> int:
+    """LoRA on 3D expert parameters: the largest merged-weight gradient alive at once in an MoE layer's backward.
+
+    PEFT's ParamWrapper merges W + B @ A into a new (experts, d_in, d_out) weight in the forward
+    (peft/tuners/lora/layer.py _LoraFactorsProxy) and the grouped matmul's backward makes that weight's
+    gradient, the parameter's full size, before B and A get theirs. The backward meets the parameters in
+    reverse order (down_proj first); each one's merged weight is freed with its node, so a later, larger
+    gradient counts only what exceeds the merged weights already freed. Measured on fake tensors
+    (trace_sweep.py Mixtral LoRA, 2 layers, 128 tokens): 241 MB above the saved set = the down projection's
+    (2, 14336, 4096) bf16 gradient, 234.9 MB, and the (128, 4096) gradient flowing in.
+    """
+    if run.adapter is None:
+        return 0
+    merged = [lin.count * lin.d_in * lin.d_out * act for lin in run.adapter.touches(arch, run.lora_targets) if lin.wrap == "param"]
+    largest, freed = 0, 0
+    for size in reversed(merged):
+        largest = max(largest, size - freed)
+        freed += size
+    return largest
+
+
+def backward_instant(run, step: Step, gradients: int) -> Instant:
+    """The largest of the candidate instants (module docstring), ``gradients`` being the step's gradient bytes."""
+    arch = step.arch
+    recomputed = step.detail("activations.recomputed_layer")
+    saved = step.activations - recomputed
+    loss = loss_alive(run, step)
+    if arch is None:
+        return Instant("loss", saved, loss, gradients, ())
+    act = run.dtype.compute_bytes
+    tokens = run.batch_size * -(-run.seq_len // run.context_parallel)
+    t = run.tensor_parallel
+    per_param = gradients / step.trained if step.trained else 0
+    vh = arch.vocab_size * arch.hidden_size // t
+    whole = set(run.modules_to_save)
+    head_trains = not arch.family.classifier and (run.mode == "train" or "lm_head" in whole)
+    embed_trains = run.mode == "train" or "embed_tokens" in whole
+    tied = arch.tie_embeddings and head_trains and embed_trains and not arch.family.classifier
+    matrix = round(vh * per_param)  # one V x h gradient: the head's or the embedding's
+    head_grad = matrix if head_trains else 0
+    matrices = matrix if tied else (head_grad + (matrix if embed_trains else 0))
+    per_layer = max(0, gradients - matrices) // max(1, arch.num_layers)
+    transient = max(backward_transient(arch, g, batch=run.batch_size, seq=tokens // run.batch_size, act=act, tp=t)
+                    for g in arch.layer_groups())
+    transient = max(transient, expert_delta_gradient(run, arch, act) + tokens * arch.hidden_size * act)
+    candidates = [Instant("loss", saved, loss, 0, ())]
+    layer_work = (("activations.backward_transient", transient),)
+    if recomputed:
+        # one layer recomputed and back-propagated: at the top every layer input is still kept and only the
+        # head's gradient exists; at the bottom one input is left and every gradient but that layer's and
+        # (untied) the embedding's is made
+        inputs, masks = step.detail("activations.layer_inputs"), step.detail("activations.attention_masks")
+        before = max(0, gradients - per_layer - (matrix if embed_trains and not tied else 0))
+        candidates.append(Instant("recompute", inputs + masks + recomputed, 0, head_grad, layer_work))
+        candidates.append(Instant("recompute", inputs // max(1, arch.num_layers) + masks + recomputed, 0, before, layer_work))
+    else:
+        candidates.append(Instant("first layer", saved - step.detail("activations.embedding_and_head"), 0, head_grad, layer_work))
+    end = ()
+    if embed_trains:
+        end += (("activations.embedding_grad_input", tokens * arch.hidden_size * act),)
+    if tied:
+        end += (("gradients.tied_head_waiting", head_grad),)
+    candidates.append(Instant("end", 0, 0, gradients, end))
+    return max(candidates, key=lambda i: i.total)
+
+
+def instant_details(instant: Instant) -> Dict[str, int]:
+    """The instant's own items for the estimate's details, under ``backward.`` (not part of any term's full size)."""
+    return {f"backward.{name}": value for name, value in instant.extra if value}

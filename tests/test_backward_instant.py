@@ -1,0 +1,80 @@
+"""The backward's peak instant (core/terms/backward.py), held to the bytes the trace measured on fake tensors.
+
+Each case is a run of benchmarks/trace_sweep.py (a tests/data/families config cut to two layers, bf16, AdamW fused,
+HF's upcast loss); the trace's figure is its row in benchmarks/data/trace-sweep.jsonl, the overhead term left out
+of both. Each test failed before the analytic backward was composed at one instant: it added every gradient to
+every saved activation and to all 14 B per logit element.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_llmmem.estimator import estimate
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("trace_sweep", ROOT / "benchmarks" / "trace_sweep.py")
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+
+def _backward(tmp_path, family, mode, batch, seq, checkpointing=False):
+    fam = sweep.family_config(sweep.FAMILIES / f"{family}.json")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(fam["config"]))
+    run = sweep._run(dict(family=family, mode=mode, precision="pure", checkpointing=checkpointing, attn="sdpa",
+                          batch=batch, seq=seq), str(path), fam["lora_targets"])
+    est = estimate(run)
+    part = next(p for p in est.phase_parts if p.name == "backward")
+    return est, {k: v for k, v in part.breakdown.items() if k != "overhead"}
+
+
+def test_lora_backward_peaks_at_the_loss_with_12_bytes_per_logit(tmp_path):
+    # Llama-3.1-8B shapes, 2 layers, vocab 32000, 1 x 128 tokens. At the start of backward every saved activation
+    # is alive with the fp32 log-softmax and nll_loss's and log_softmax_backward's fp32 gradients: 12 B per logit
+    # element; HF's bf16 logits died with the model's output. No adapter gradient exists yet.
+    est, parts = _backward(tmp_path, "llama", "lora", 1, 128)
+    assert parts["logits"] == 128 * 32000 * (4 + 4 + 4) == 49_152_000  # the trace: 49,152,000
+    assert parts.get("gradients", 0) == 0 and est.full("gradients") == 5_242_880
+    assert parts["activations"] == est.full("activations") == 75_657_216  # the trace: 75,659,264
+    assert sum(parts.values()) == pytest.approx(1_537_299_456, rel=1e-4)  # the trace's backward peak
+
+
+def test_full_training_backward_peaks_with_every_gradient(tmp_path):
+    # Same model, full training: 1.4 GB of gradients outweigh 55.7 MB of saved activations and 49 MB of loss buffers,
+    # so the peak is the end: every gradient and the (128, 4096) bf16 gradient flowing into the embedding.
+    est, parts = _backward(tmp_path, "llama", "train", 1, 128)
+    assert parts["gradients"] == est.full("gradients") == 1_396_744_192
+    assert parts["activations"] == 128 * 4096 * 2 == 1_048_576  # the trace: 1,050,624 activations
+    assert parts.get("logits", 0) == 0
+    assert sum(parts.values()) == pytest.approx(5_588_039_168, rel=1e-4)  # the trace's backward peak
+
+
+def test_tied_head_gradient_waits_beside_the_embeddings(tmp_path):
+    # Qwen3-0.6B (tied, vocab 151936, hidden 1024), 2 x 64 tokens: at the end the head's V x h bf16 gradient waits
+    # in autograd's input buffer while the embedding builds its own: one more 151936 x 1024 x 2 B = 311,164,928.
+    est, parts = _backward(tmp_path, "qwen3-0.6b", "train", 2, 64)
+    assert est.details["backward.gradients.tied_head_waiting"] == 151936 * 1024 * 2 == 311_164_928
+    assert parts["gradients"] == est.full("gradients") + 311_164_928
+    assert sum(parts.values()) == pytest.approx(1_807_809_536, rel=1e-4)  # the trace's backward peak
+
+
+def test_lora_on_expert_parameters_makes_the_merged_weights_gradient(tmp_path):
+    # Mixtral shapes, 2 layers, LoRA on the experts' gate_up (2, 4096, 28672) and down (2, 14336, 4096): the down
+    # projection's backward makes its merged weight's bf16 gradient, 2 x 14336 x 4096 x 2 B = 234,881,024, beside
+    # every saved activation, plus the (128, 4096) gradient flowing in (the trace: 241 MB above the saved set).
+    est, parts = _backward(tmp_path, "mixtral", "lora", 1, 128)
+    assert est.details["backward.activations.backward_transient"] == 234_881_024 + 128 * 4096 * 2
+    assert sum(parts.values()) == pytest.approx(3_892_298_240, rel=0.003)  # the trace's peak; 0.19 % under
+
+
+def test_checkpointed_backward_peaks_in_a_recomputed_layer(tmp_path):
+    # Llama LoRA with checkpointing: one layer recomputed (37.9 MB saved) and its backward's temporaries, three
+    # (128, 14336) and one (128, 4096) bf16 gradients = 12,058,624, beside the layer inputs and half the adapter
+    # gradients (the upper layer's); the trace: 54.2 MB of activations and 2,621,440 B of gradients.
+    est, parts = _backward(tmp_path, "llama", "lora", 1, 128, checkpointing=True)
+    assert est.details["backward.activations.backward_transient"] == 128 * (3 * 14336 + 4096) * 2 == 12_058_624
+    assert parts["gradients"] == 2_621_440
+    assert sum(parts.values()) == pytest.approx(1_469_272_064, rel=0.003)  # the trace's peak; 0.22 % under
