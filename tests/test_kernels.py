@@ -19,7 +19,7 @@ def _est(**keys):
 
 
 def _saved(est) -> int:
-    return est.breakdown["activations"]
+    return est.full("activations")  # the term's full size: every saved tensor
 
 
 def test_liger_rms_norm_drops_the_fp32_copy_of_each_norms_input():
@@ -45,7 +45,7 @@ def test_liger_cross_entropy_keeps_the_fp32_copy_holding_its_gradient():
     # inplace: bf16 logits 2 + the fp32 copy holding the gradient 4 + its bf16 cast for the head 2 = 8 B.
     plain, ce = _est(), _est(kernels=["liger-cross-entropy"])
     assert ce.run.knobs.loss == "inplace"
-    assert plain.breakdown["logits"] == T * V * 14 and ce.breakdown["logits"] == T * V * 8  # 229,376 and 131,072 B
+    assert plain.full("logits") == T * V * 14 and ce.full("logits") == T * V * 8  # 229,376 and 131,072 B
     assert ce.details["logits.inplace_fp32_grad"] == T * V * 4
 
 
