@@ -199,6 +199,19 @@ def test_activation_offload_moves_all_but_one_layer_input_to_host():
     assert base.details["activations.layer_inputs"] == 32 * one
     assert off.details["activations.layer_inputs"] == one
     assert off.details["host.offloaded_activations"] == 31 * one
+
+
+@pytest.mark.parametrize("framework, resident", [("torchtune", 5), ("unsloth", 2)])
+def test_each_trainer_keeps_its_own_offloaded_inputs_on_the_gpu(framework, resident):
+    # torchtune OffloadActivations(max_fwd_stash_size=5): the last 5 layers' inputs stay in its forward stash
+    # and backward takes them from there; Unsloth (unsloth_zoo gradient_checkpointing.py) does not offload the
+    # last checkpointed layer's input and copies the others back into one GPU buffer: 2 on the GPU.
+    keys = {**LLAMA31_8B, "mode": "qlora", "batch-size": 2, "seq-len": 2048, "gradient-checkpointing": True,
+            "activation-offload": True, "host-memory": "64 GiB", "framework": framework}
+    off = estimate(adhoc_run(keys))
+    one = 2 * 2048 * 4096 * 2  # one layer's bf16 input
+    assert off.details["activations.layer_inputs"] == resident * one
+    assert off.details["host.offloaded_activations"] == (32 - resident) * one
     assert off.host_bytes > 31 * one and off.host_fits
 
 

@@ -51,6 +51,8 @@ class Profile(NamedTuple):
     # this name, or the Hugging Face Trainer's (what TRL, Axolotl, Unsloth and most trainers run on).
     phases: Any = None
     kernels: Tuple[str, ...] = ()  # fused kernels the trainer applies by default (kernels.py)
+    # activation-offload: checkpointed layer inputs its offload keeps on the GPU at the start of backward
+    offload_resident: int = 1
 
 
 # The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
@@ -81,13 +83,16 @@ PROFILES: Dict[str, Profile] = {
             "loss": "torchtune/modules/loss/cross_entropy_loss.py:36 LinearCrossEntropyLoss(num_output_chunks=8); "
                     ":113 logits.float() per chunk (recipes/configs/llama3_1/*.yaml loss: LinearCrossEntropyLoss)",
             "optimizer-impl": "recipes/configs/llama3_1/8B_qlora_single_device.yaml:62 optimizer fused: True",
-            "activation-offload": 'recipes/lora_finetune_single_device.py:183 cfg.get("enable_activation_offloading", False)',
+            "activation-offload": 'recipes/lora_finetune_single_device.py:183 cfg.get("enable_activation_offloading", False); '
+                                  "training/_activation_offloading.py:70 max_fwd_stash_size=5: the last 5 offloaded tensors stay on the GPU "
+                                  "and backward takes them from the stash (unpack_tensor_with_streams)",
             "optimizer-in-backward": "recipes/full_finetune_single_device.py:151 cfg.optimizer_in_bwd (configs set it; off here)",
             "double-quant": "torchao/quantization/quantize_/workflows/nf4/nf4_tensor.py:1077 to_nf4(block_size=64, scaler_block_size=256): scalers are always "
                             "double-quantised (int8 per 64 weights + one bf16 factor per 256 scalers)",
             "adapter-dtype": "recipes/lora_finetune_single_device.py:410 set_default_dtype(self._dtype): LoRA in the base dtype",
             "gradient-checkpointing": 'recipes/lora_finetune_single_device.py:180 cfg.get("enable_activation_checkpointing", False)',
         },
+        offload_resident=5,  # OffloadActivations(max_fwd_stash_size=5): with checkpointing, the last 5 layers' inputs
     ),
     # unslothai/unsloth @ 015bdef (2026-08-22).
     "unsloth": Profile(
@@ -98,7 +103,10 @@ PROFILES: Dict[str, Profile] = {
         sources={
             "loss": "unsloth/models/llama.py:1497 unsloth_fused_ce_loss (logits never materialised unless UNSLOTH_RETURN_LOGITS=1)",
             "activation-offload": 'unsloth/models/llama.py:3079 get_peft_model(use_gradient_checkpointing="unsloth"): '
-                                  "checkpointed layer inputs offloaded to host memory",
+                                  "checkpointed layer inputs offloaded to host memory; unslothai/unsloth-zoo @ ce232d6 "
+                                  "unsloth_zoo/gradient_checkpointing.py UnslothCheckpointFunction.forward: the last checkpointed layer's "
+                                  "input is not offloaded (CURRENT_GC_INDEX != LAST_GC_INDEX) and backward copies each back into one "
+                                  "GPU_BUFFER (the double buffer only when over 512 MiB is free)",
             "gradient-checkpointing": 'unsloth/models/llama.py:3079 use_gradient_checkpointing="unsloth" (checkpointing on)',
             "double-quant": "unsloth/models/llama.py:2622 bnb_4bit_use_double_quant = True",
             "adapter-dtype": "unsloth/models/llama.py:3488 peft get_peft_model (autocast_adapter_dtype=True: fp32)",
@@ -106,6 +114,7 @@ PROFILES: Dict[str, Profile] = {
             "kernels": "unsloth/kernels/ (rms_layernorm.py, rope_embedding.py, fast_lora.py) patched in by FastLanguageModel",
         },
         kernels=("unsloth",),
+        offload_resident=2,  # the last layer's input, kept, and the GPU_BUFFER the others come back into
     ),
     # Lightning-AI/litgpt @ 2685705 (2026-06-29).
     "litgpt": Profile(
@@ -144,6 +153,7 @@ class Knobs(NamedTuple):
     # torch release the run uses, (major, minor); () = a current one (2.1 or later). Only the foreach
     # AdamW step depends on it today (core/terms/trainer_terms.py step_temporaries).
     torch_version: Tuple[int, ...] = ()
+    offload_resident: int = 1  # the profile's (Profile.offload_resident)
 
 
 # torch releases whose foreach Adam/AdamW keep two state-sized lists in the step (torch 2.0
@@ -271,7 +281,7 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     torch_table = pick("torch-version")
     torch_version = _torch_version(torch_table) if torch_table is not None else ()
     knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
-                  torch_version)
+                  torch_version, profile.offload_resident)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
 

@@ -274,7 +274,7 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
             details["activations.attention_masks"] = masks
         if run.knobs.activation_offload:
             details["activations.layer_inputs"], details["host.offloaded_activations"] = offloaded_layer_inputs(
-                details["activations.layer_inputs"], layers * in_flight)
+                details["activations.layer_inputs"], layers * in_flight, run.knobs.offload_resident)
     else:
         for block, total in blocks.items():
             details[f"activations.{block}"] = total * in_flight

@@ -198,17 +198,19 @@ def largest_grad_bytes(tensors: Tensors, grad_bytes_per_param: float) -> int:
     return round(tensors.largest * grad_bytes_per_param)
 
 
-def offloaded_layer_inputs(layer_inputs: int, layers: int) -> Tuple[int, int]:
+def offloaded_layer_inputs(layer_inputs: int, layers: int, resident: int = 1) -> Tuple[int, int]:
     """(bytes left on the GPU, bytes in host memory) when checkpointed layer inputs are offloaded.
 
     torchtune OffloadActivations (training/_activation_offloading.py) and Unsloth's offloaded
     checkpointing copy each saved layer input to pinned host memory in forward and bring it back
-    for the recompute; the GPU keeps about one layer's input in flight.
+    for the recompute; the GPU keeps ``resident`` layer inputs (Profile.offload_resident: torchtune's
+    forward stash of 5, Unsloth's kept last input and its GPU buffer, one in flight otherwise).
     """
     if layers <= 1:
         return layer_inputs, 0
     one = math.ceil(layer_inputs / layers)
-    return one, layer_inputs - one
+    kept = min(layers, max(1, resident)) * one
+    return kept, max(0, layer_inputs - kept)
 
 
 # --- composing the step ---------------------------------------------------------------------------
