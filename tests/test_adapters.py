@@ -91,10 +91,11 @@ def test_lora_counts_a_and_b_and_keeps_the_cast_input_and_the_rank_wide_hidden()
     gate_up = Linear("gate_up", "gate_up_proj", 64, 256, False, rank_scale=2)
     assert lora_tensors(gate_up, 8) == (16 * 64, 16 * 256)  # PEFT's fused gate_up adapter: rank 2r
     # bf16 activations, fp32 adapters: the fp32 copy of a 64-wide input (64 x 4 B) and lora_A's 8-wide fp32 output
-    assert lora_saved(64, 8, 4, 2) == (False, 64 * 4 + 8 * 4, 0)
-    assert lora_saved(64, 8, 2, 2) == (True, 8 * 2, 0)  # same dtype: the input itself is kept, no copy
-    # lora-dropout > 0: the dropout's own output (64 x 2 B) replaces the input, and a 1-byte mask per element
-    assert lora_saved(64, 8, 2, 2, dropout=True) == (False, 64 * 2 + 8 * 2, 64)
+    assert lora_saved(64, 8, 4, 2) == (False, 64 * 4 + 8 * 4, 0, 0)
+    assert lora_saved(64, 8, 2, 2) == (True, 8 * 2, 0, 0)  # same dtype: the input itself is kept, no copy
+    # lora-dropout > 0: the dropout's own output (64 x 2 B) replaces the input, and a 1-byte mask per element;
+    # the output is the part modules sharing one dropout keep once
+    assert lora_saved(64, 8, 2, 2, dropout=True) == (False, 64 * 2 + 8 * 2, 64, 64 * 2)
 
 
 def test_the_docs_table_lists_every_built_in_adapter():
@@ -129,3 +130,19 @@ def test_modules_to_save_trains_a_full_copy_in_the_model_dtype():
     assert est.details["weights.modules_to_save"] == 128_000 * 2
     with pytest.raises(ConfigError, match="modules-to-save"):
         parse(textwrap.dedent(PYPROJECT.format(mode="lora")) + 'modules-to-save = ["q_proj"]\n')
+
+
+def test_litgpt_keeps_one_dropout_output_and_mask_for_q_k_and_v():
+    """litgpt's fused qkv adapter applies one dropout to the shared input (litgpt/lora.py:405), PEFT one per module.
+    By hand (the PYPROJECT model: hidden 64, 2 layers, 2 x 32 tokens, bf16, rank 8, adapters bf16 as litgpt trains
+    them): adding k and v to q adds per layer and token only their two rank-8 lora_A outputs under litgpt,
+    2 x 8 x 2 B = 32 B, over 64 tokens and 2 layers 4096 B; under PEFT each also keeps its own dropout output
+    (64 x 2 B) and, past layer 0, a 1-byte mask (64 B): 4096 + 2 modules x 2 layers x 64 tokens x 128 B
+    + 2 modules x 64 tokens x 64 B = 4096 + 32,768 + 8192 = 45,056 B."""
+    def saved(framework, targets):
+        text = textwrap.dedent(PYPROJECT.format(mode="lora")) + (
+            f'lora-targets = {targets}\nlora-dropout = 0.05\nadapter-dtype = "bf16"\nframework = "{framework}"\n')
+        return estimate(parse(text).runs[0]).breakdown["activations"]
+
+    assert saved("litgpt", '["q_proj", "k_proj", "v_proj"]') - saved("litgpt", '["q_proj"]') == 4096
+    assert saved("transformers", '["q_proj", "k_proj", "v_proj"]') - saved("transformers", '["q_proj"]') == 45_056

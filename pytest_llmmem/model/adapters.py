@@ -96,6 +96,7 @@ class Saved(NamedTuple):
     keeps_input: bool  # the module's input stays alive for the adapter (the base alone, frozen, keeps none)
     per_token: int  # bytes per token the adapter keeps of its own
     mask_per_token: int = 0  # of its own, what only a module whose input needs a gradient keeps (dropout's mask)
+    dropout_per_token: int = 0  # of per_token, the dropout's output: kept once where modules share one dropout (litgpt's qkv)
 
 
 def rank_on_targets(rank: int, targets: Tuple[str, ...]) -> str:
@@ -153,7 +154,7 @@ def lora_saved(width: int, rank: int, adapter_bytes: int, act: int, dropout: boo
     layer's q/k/v: activations.Trainable.no_grad_inputs). Measured: tests/data/adapters/lora-dropout.json.
     """
     if dropout:
-        return Saved(False, width * adapter_bytes + rank * adapter_bytes, width * DROPOUT_MASK_BYTES)
+        return Saved(False, width * adapter_bytes + rank * adapter_bytes, width * DROPOUT_MASK_BYTES, width * adapter_bytes)
     same = adapter_bytes == act
     return Saved(same, (0 if same else width * adapter_bytes) + rank * adapter_bytes)
 

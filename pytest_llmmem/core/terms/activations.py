@@ -35,6 +35,7 @@ class Trainable(NamedTuple):
     no_grad_inputs: FrozenSet[str] = frozenset()  # modules of this layer whose input needs no gradient
     whole: FrozenSet[str] = frozenset()  # modules trained in full beside the adapter (modules-to-save)
     kernels: FrozenSet[str] = frozenset()  # parts replaced by fused kernels (catalog/kernels.py PARTS)
+    one_qkv_dropout: bool = False  # q, k and v share one dropout on their common input (litgpt's fused qkv adapter)
 
     def fast_lora(self, names) -> bool:
         """Unsloth's LoRA autograd covers these modules: all of them adapted, no dropout (catalog/kernels.py)."""
@@ -46,6 +47,18 @@ class Trainable(NamedTuple):
             return 0
         saved = self.adapter.saved(width, self.rank, self.adapter_bytes, act, self.dropout)
         return saved.per_token + (0 if name in self.no_grad_inputs else saved.mask_per_token)
+
+    def shared_dropout_saved(self, names, width: int, act: int) -> int:
+        """Bytes per token over-counted when ``names`` (q, k, v) share one dropout: litgpt's LoRAQKVLinear
+        applies one lora_dropout to the input of the fused qkv projection (litgpt/lora.py:405, ``after_A =
+        F.linear(self.lora_dropout(x), self.lora_A)`` with one lora_A of r x enabled rows, :233), where PEFT
+        and torchtune have one per module: the output and mask are kept once, not once per adapted module."""
+        adapted = [n for n in names if n in self.adapted]
+        if not (self.one_qkv_dropout and self.dropout and len(adapted) > 1):
+            return 0
+        saved = self.adapter.saved(width, self.rank, self.adapter_bytes, act, self.dropout)
+        mask = 0 if adapted[0] in self.no_grad_inputs else saved.mask_per_token
+        return (len(adapted) - 1) * (saved.dropout_per_token + mask)
 
     def keeps_input(self, name: str, act: int) -> bool:
         """Does the base input of ``name`` stay alive for backward (trainable weight, or an adapter that keeps it)?"""
@@ -130,7 +143,7 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
     if t.fast_lora(qkv):  # Unsloth's LoRA_QKV keeps X and the adapter weights (unsloth/kernels/fast_lora.py:418)
         shared = tokens * arch.hidden_size * act
     else:
-        shared = _consumer_input(arch, qkv, tokens, arch.hidden_size, act, t, p.amp)
+        shared = _consumer_input(arch, qkv, tokens, arch.hidden_size, act, t, p.amp) - tokens * t.shared_dropout_saved(qkv, arch.hidden_size, act)
     kept = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
     rotary = not fam.learned_positions and arch.rotary_dim != 0
     if "qkv" in lin and rotary and ((p.flash and fam.sdpa) or kv == a):

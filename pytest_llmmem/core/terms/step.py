@@ -241,7 +241,8 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
         names = frozenset(lin.name for lin in adapted if lin.wrap == "module") | {lin.name for lin in outer_targets(arch, run.lora_targets)}
         trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes),
                               experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter,
-                              dropout=run.lora_dropout > 0, whole=frozenset(run.modules_to_save), kernels=kernels)
+                              dropout=run.lora_dropout > 0, whole=frozenset(run.modules_to_save), kernels=kernels,
+                              one_qkv_dropout=run.knobs.framework == "litgpt")  # litgpt/lora.py:405 LoRAQKVLinear
     amp = run.precision == "amp" and run.mode == "train"
     kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
