@@ -479,3 +479,23 @@ def test_lora_dropout_is_read_or_the_trainers_default_is_credited(fmt, text, exp
     run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "train.yaml"\nformat = "{fmt}"\n',
                 base_dir=tmp_path).runs[0]
     assert run.lora_dropout == expected
+
+
+@pytest.mark.parametrize("yaml_keys,expected,skipped", [
+    ("additional_target: embed_tokens,lm_head\n", ("embed_tokens", "lm_head"), False),  # split_arg: commas
+    ("resize_vocab: true\n", ("embed_tokens", "lm_head"), False),  # adapter.py:246: both embeddings join it
+    ("additional_target: norm\n", (), True),  # a module that is not priced is reported, not dropped silently
+])
+def test_llama_factory_additional_target_is_peft_modules_to_save(run_cli, tmp_path, yaml_keys, expected, skipped):
+    (tmp_path / "sft.yaml").write_text("model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nstage: sft\n"
+                                       "finetuning_type: lora\nlora_target: q_proj,v_proj\n" + yaml_keys)
+    (tmp_path / "pyproject.toml").write_text(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{tmp_path / "sft.yaml"}"\n')
+    run = parse((tmp_path / "pyproject.toml").read_text(), base_dir=tmp_path).runs[0]
+    assert run.modules_to_save == expected
+    assert any("additional_target" in reason for reason in run.not_modelled) is skipped
+    code, out, err = run_cli("check", tmp_path / "pyproject.toml")
+    assert code in (0, 1), err
+    if expected:
+        # the run reports where it came from and prices the copies (Llama-3 8B: 4096 x 128,256 each)
+        assert "sft.yaml: " + ("additional_target" if "additional" in yaml_keys else "resize_vocab") in out, out
+        assert "partial" not in out, out

@@ -17,7 +17,7 @@ UNMODELLED = (
     ("use_unsloth_gc", "Unsloth offloaded checkpointing"),
     ("use_galore", "GaLore projected optimizer states"), ("use_badam", "BAdam block-wise updates"), ("use_apollo", "APOLLO optimizer"),
     ("use_dora", "DoRA's magnitude vectors and extra activations"), ("pissa_init", "PiSSA initialisation"),
-    ("freeze_vision_tower", "multimodal towers"), ("additional_target", "fully trained extra modules beside the adapters"),
+    ("freeze_vision_tower", "multimodal towers"),
     ("use_kt", "KTransformers CPU experts"),
     # hparams fields at ff6d4d12e that change the peak and have no run key here
     ("use_adam_mini", "Adam-mini's reduced optimizer states"), ("use_muon", "the Muon optimizer"), ("fp8", "fp8 training"),
@@ -52,6 +52,12 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.put("lora-dropout", m.get("lora_dropout"), "lora_dropout")
         else:
             m.assume("lora-dropout", 0.0, f"{HP}/finetuning_args.py:73: lora_dropout 0.0")
+        # additional_target is PEFT's modules_to_save (src/llamafactory/model/adapter.py:265); with resize_vocab and
+        # none given, LLaMA-Factory trains both embeddings in full (adapter.py:246-254).
+        if m.get("additional_target"):
+            m.modules_to_save("additional_target")
+        elif m.get("resize_vocab") is True:
+            m.put("modules-to-save", ["embed_tokens", "lm_head"], "resize_vocab (adapter.py:246: the embeddings join additional_target)")
     elif kind == "full":
         m.put("mode", "train", "finetuning_type")
     else:

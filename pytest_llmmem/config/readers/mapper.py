@@ -92,7 +92,8 @@ class Mapper:
         value = self.get(theirs)
         if not value:
             return
-        names = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else []
+        # a comma-separated string is a list (LLaMA-Factory split_arg, hparams/finetuning_args.py:590)
+        names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value) if isinstance(value, list) else []
         if names and all(n in ("lm_head", "embed_tokens") for n in names):
             self.put("modules-to-save", names, theirs)
         else:
