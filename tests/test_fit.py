@@ -144,3 +144,46 @@ def test_ways_out_price_each_distinct_run_once(monkeypatch):
     assert all(a != b for i, a in enumerate(priced) for b in priced[i + 1:])
     # seq-len 1, adamw-8bit, three trainer knobs, zero-stage = 3 on 1 and 2 GPUs, the H200 offer
     assert len(priced) == 8
+
+
+def test_fewer_targets_and_a_lower_rank_are_offered_where_they_make_the_run_fit(write_pyproject, run_cli):
+    """TinyLlama, LoRA r64 on all seven linears and the head: the budget sits between the run and the same run
+    on the layer linears alone, so dropping the head fits and the widest fitting target set is the one offered;
+    the rank search gives the largest r that fits, exact at the boundary (r + 1 does not)."""
+    keys = {"mode": "lora", "lora-targets": ["all-linear", "lm_head"], "lora-rank": 64, "batch-size": 4, "seq-len": 1024}
+    wide = estimate(run(**keys)).total_bytes
+    layers = estimate(run(**{**keys, "lora-targets": ["all-linear"]})).total_bytes
+    assert wide > layers  # the head's adapter keeps its input cast (hidden wide, fp32) and trains A and B
+    budget = {"gpu-memory": f"{(wide + layers) // 2} B", "headroom": "0 B"}
+    r = run(**keys, **budget)
+    offered = {w.key: w.value for w in fit.ways_out(r)}
+    assert offered["lora-targets"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    rank = offered["lora-rank"]
+    assert estimate(r._replace(lora_rank=rank)).fits and not estimate(r._replace(lora_rank=rank + 1)).fits
+    # through the CLI: the user sees both, spelled as the TOML takes them
+    path = write_pyproject(f"""
+        [tool.llmmem]
+        gpu-memory = "{(wide + layers) // 2} B"
+        headroom = "0 B"
+        [tool.llmmem.model]
+        family = "llama"
+        hidden-size = 2048
+        num-layers = 22
+        num-heads = 32
+        num-kv-heads = 4
+        intermediate-size = 5632
+        vocab-size = 32000
+        [[tool.llmmem.runs]]
+        name = "wide"
+        mode = "lora"
+        lora-targets = ["all-linear", "lm_head"]
+        lora-rank = 64
+        batch-size = 4
+        seq-len = 1024
+    """)
+    code, out, _ = run_cli("check", path)
+    assert code == 1
+    out = " ".join(out.split())  # the report wraps long lines
+    assert ('fits with lora-targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] '
+            "(the layer linears only, not the head or the embedding)") in out, out
+    assert f"fits with lora-rank <= {rank}" in out, out

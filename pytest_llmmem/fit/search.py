@@ -16,6 +16,7 @@ from ..model.architecture import Architecture
 from ..core.run import Run
 from ..units import format_bytes
 from ..core.records import WayOut
+from .adapters import narrower_targets, toml_list
 
 
 Price = Callable[[Run], Estimate]  # the estimate of a run: ``estimate`` itself, or a search's memo of it
@@ -129,6 +130,16 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
     if has_shape and run.adapter is not None and run.lora_dropout > 0:
         # each adapted module keeps its dropout's output and mask (adapters.lora_saved); without it, none
         offer("lora-dropout", 0.0, "fits with lora-dropout = 0", run._replace(lora_dropout=0.0))
+    if has_shape and run.adapter is not None:
+        for targets, why in narrower_targets(run):  # the widest that fits: each adapted module keeps its own input copy
+            before = len(out)
+            offer("lora-targets", list(targets), f"fits with lora-targets = {toml_list(targets)} ({why})", run._replace(lora_targets=targets))
+            if len(out) > before:
+                break
+        if run.lora_rank > 1:  # lora_A's r-wide output, A and B, their gradients and states all shrink with r
+            best = largest_fitting(run, "lora_rank", run.lora_rank - 1, price)
+            if best:
+                out.append(WayOut("lora-rank", best, f"fits with lora-rank <= {best}", price(run._replace(lora_rank=best))))
     # Recipe changes (a LoRA policy, beta = 0, a separate vLLM server, fewer generations): fit/recipes.py.
     if run.recipe.post_training:
         tried = set()
@@ -274,6 +285,11 @@ def toggles(run: Run) -> List[Toggle]:
             lambda: run._replace(optimizer=default_catalog().optimizer("adamw-8bit")))
     if shaped and run.adapter is not None and run.lora_dropout > 0:  # listed only where there is a dropout to drop
         attempt("lora-dropout = 0", True, "", lambda: run._replace(lora_dropout=0.0))
+    if shaped and run.adapter is not None:
+        for targets, _ in narrower_targets(run)[-1:]:  # the narrowest: PEFT's default, or attention only
+            attempt(f"lora-targets = {toml_list(targets)}", True, "", lambda: run._replace(lora_targets=targets))
+        if run.lora_rank > 1:
+            attempt(f"lora-rank = {run.lora_rank // 2}", True, "", lambda: run._replace(lora_rank=run.lora_rank // 2))
     for key, value, _, changed in trainer_knobs(run):
         shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
         out.append(Toggle(f"{key} = {shown}", estimate(changed)))
