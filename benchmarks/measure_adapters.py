@@ -10,7 +10,7 @@ CPU keeps differently from CUDA: aten's CPU dropout (``_dropout_impl``) multipli
 in the input's dtype and autograd keeps that noise, where CUDA's ``native_dropout`` keeps a bool mask.
 A walk of the autograd graph finds those noise tensors (a multiply's saved operand whose values are only
 0 and 1 / (1 - p)) and records their bytes and elements, so a test can count them as CUDA does.
-Needs torch, transformers and peft; nothing is downloaded.
+Needs torch, transformers and peft (and bitsandbytes for the QLoRA cases: measure_qlora.py); nothing is downloaded.
 """
 
 import argparse
@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import measure_families as families  # noqa: E402  (the same build, step and counting)
+import measure_qlora as quantized  # noqa: E402  (a case with a "bnb" table: the 4-bit base as bitsandbytes runs it)
 
 DATA = families.ROOT / "tests" / "data" / "adapters"
 
@@ -48,9 +49,12 @@ def dropout_noise(torch, loss, p: float) -> Dict[str, int]:
 
 
 def scenario(torch, transformers, peft, family: Dict[str, Any], case: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, Any]:
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[spec["dtype"]]
-    model = families._build(torch, transformers, families.cut_config(family), dtype, family.get("attn", "sdpa"))
-    model = peft.get_peft_model(model, peft.LoraConfig(**case["peft"]))
+    if "bnb" in case:
+        model = quantized.load(torch, transformers, peft, families.cut_config(family), case, family.get("attn", "sdpa"), families._build)
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[spec["dtype"]]
+        model = families._build(torch, transformers, families.cut_config(family), dtype, family.get("attn", "sdpa"))
+        model = peft.get_peft_model(model, peft.LoraConfig(**case["peft"]))
     adapters = [p for p in model.parameters() if p.requires_grad]
     vocab = model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (spec["batch"], spec["seq"]), generator=torch.Generator().manual_seed(1))
@@ -58,7 +62,12 @@ def scenario(torch, transformers, peft, family: Dict[str, Any], case: Dict[str, 
     terms = {"weights": families._nbytes(p for p in model.parameters() if not p.requires_grad),
              "adapter_weights": families._nbytes(adapters)}
     # the step as measure_families counts it, plus a second forward for the graph walk (same seed, same noise counts)
-    terms.update(families._train_step(torch, model, ids, adapters))
+    if "bnb" in case:
+        terms["weights"] += quantized.quant_state_bytes(model)
+        step, result["held_after_backward"] = quantized.step(torch, model, ids, adapters)
+        terms.update(step)
+    else:
+        terms.update(families._train_step(torch, model, ids, adapters))
     model.train()
     out = model(input_ids=ids, labels=ids, use_cache=False)
     result["cpu_dropout_noise"] = dropout_noise(torch, out.loss, case["peft"].get("lora_dropout", 0.0))
@@ -76,6 +85,10 @@ def measure_case(path: Path) -> None:
     case = json.loads(path.read_text())
     family = json.loads((families.DATA / f"{case['family_case']}.json").read_text())
     case["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    if "bnb" in case:
+        import bitsandbytes
+
+        case["versions"]["bitsandbytes"] = bitsandbytes.__version__
     rows = []
     for spec in case["scenarios"]:
         spec = {k: spec[k] for k in ("dtype", "batch", "seq")}

@@ -77,9 +77,11 @@ def test_an_adapter_key_names_the_modes_it_applies_to():
 
 
 def test_lora_and_qlora_are_two_entries_that_differ_by_the_base():
+    """QLoRA is LoRA over a 4-bit base, and reads the two keys of that base: which bitsandbytes, and kbit-prepare."""
     assert [a.name for a in BUILTIN] == ["lora", "qlora"]
     assert (LORA.quantized_base, LORA.default_dtype) == (False, "bf16") and (QLORA.quantized_base, QLORA.default_dtype) == (True, "nf4")
-    assert QLORA._replace(name="lora", doc=LORA.doc, quantized_base=False, default_dtype="bf16") == LORA
+    assert QLORA.keys == LORA.keys + ("bitsandbytes-version", "kbit-prepare")
+    assert QLORA._replace(name="lora", doc=LORA.doc, quantized_base=False, default_dtype="bf16", keys=LORA.keys) == LORA
     assert _estimate("qlora").run.dtype.name == "nf4"
 
 

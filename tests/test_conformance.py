@@ -75,9 +75,10 @@ def estimated_terms(est: Estimate, mode: str) -> Dict[str, int]:
     return {
         "weights": b["weights"], "gradients": b["gradients"], "optimizer_states": b["optimizer_states"],
         "logits": d["logits.logits"],
-        # autograd keeps the activations less the backward's one-layer recompute, plus what the head keeps:
-        # the fp32 log-softmax and, with final-logit soft-capping, the tanh output
-        "saved_activations": b["activations"] - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"]
+        # autograd keeps the activations less the backward's one-layer recompute and a 4-bit linear's dequantised
+        # weight (transients), plus what the head keeps: the fp32 log-softmax and, with final-logit soft-capping, the tanh output
+        "saved_activations": b["activations"] - d.get("activations.recomputed_layer", 0) - d.get("activations.dequantized_weight", 0)
+        + d["logits.log_softmax"]
         + d.get("logits.softcap_tanh", 0),
     }
 

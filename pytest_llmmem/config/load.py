@@ -98,6 +98,24 @@ def _top_model_line(ctx: Context) -> Callable[[Optional[str]], Optional[int]]:
     return lambda key: ctx.locator.find(f"{TABLE}.model", 0, key) or ctx.locator.find(TABLE, 0, "model")
 
 
+# bitsandbytes up to 0.43.1 kept each 4-bit linear's input in MatMul4Bit's ctx.tensors (autograd/_functions.py:523
+# at 0.43.1, "ctx.tensors = (A, B)"); #1270 (commit 9e753741, "fix QLoRA mem bug: delete useless buffered
+# activation") dropped it, first released in 0.43.2.
+BNB_INPUT_FIX = (0, 43, 2)
+
+
+def _bnb_keeps_inputs(table: Table) -> bool:
+    """bitsandbytes-version: does this bitsandbytes keep each 4-bit linear's input (before 0.43.2)?"""
+    version = table.string("bitsandbytes-version")
+    if version is None:
+        return False
+    parts = version.strip().split(".")
+    if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise table.fail("bitsandbytes-version", f'"{version}" is not a bitsandbytes release number.',
+                         hint='Write it as pip shows it, e.g. "0.42.0" or "0.45.5" (pip show bitsandbytes).')
+    return tuple(int(p) for p in parts) + (0,) * (3 - len(parts)) < BNB_INPUT_FIX
+
+
 def _modules_to_save(table: Table) -> Tuple[str, ...]:
     """modules-to-save: the modules outside the layers PEFT trains in full (lm_head, embed_tokens)."""
     value = table.values.get("modules-to-save", [])
@@ -276,6 +294,8 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         lora_rank_given="lora-rank" in table,
         lora_targets=targets,
         lora_dropout=table.probability("lora-dropout") or 0.0,
+        bnb_keeps_inputs=_bnb_keeps_inputs(table),
+        kbit_prepare=table.boolean("kbit-prepare", False),
         modules_to_save=_modules_to_save(table),
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,

@@ -26,6 +26,7 @@ class PhaseDefaults(NamedTuple):
     eval_loss: str
     merge_on_gpu: bool
     sources: Dict[str, str]
+    holds_last_outputs: bool = False  # the loop keeps the last step's outputs until the next forward returns
 
 
 _HF = PhaseDefaults(
@@ -63,7 +64,10 @@ PHASE_DEFAULTS: Dict[str, PhaseDefaults] = {
                                     "set_kv_cache(batch_size=1) sized for the model's max_seq_length",
             "merge-adapters": "litgpt/finetune/lora.py:277 merge_lora runs at the end, on the CPU "
                               "(litgpt/scripts/merge_lora.py:56 Fabric(accelerator=\"cpu\"))",
+            "next-forward": "litgpt/finetune/lora.py:355 logits = model(input_ids, lm_head_chunk_size=128): the "
+                            "last step's logits, and their graph, live until the new forward returns",
         },
+        holds_last_outputs=True,
     ),
 }
 
@@ -123,7 +127,8 @@ def job_settings(levels: Sequence, *, mode: str, framework: str, batch_size: int
                        eval_accumulation_steps=accumulation, eval_generate_tokens=generate,
                        eval_generate_batch=d.eval_generate_batch if "eval-batch-size" not in given else 0,
                        eval_loss=d.eval_loss, save=save, offload_to_cpu=offload, gather_16bit_on_save=gather,
-                       merge_adapters=merge, merge_on_gpu=d.merge_on_gpu, given=given)
+                       merge_adapters=merge, merge_on_gpu=d.merge_on_gpu,
+                       holds_last_outputs=d.holds_last_outputs, given=given)
 
 
 def _modes(names: Sequence[str]) -> str:

@@ -20,6 +20,7 @@ TERMS = (
     "logits",
     "kv_cache",
     "overhead",
+    "forward",
     "load",
     "eval",
     "save",

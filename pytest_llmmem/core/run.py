@@ -92,6 +92,7 @@ class JobSettings(NamedTuple):
     gather_16bit_on_save: bool = False  # DeepSpeed stage3_gather_16bit_weights_on_model_save
     merge_adapters: bool = False
     merge_on_gpu: bool = True  # litgpt merges on the CPU
+    holds_last_outputs: bool = False  # the loop keeps the last step's outputs (their graph) into the next forward: litgpt
     given: Tuple[str, ...] = ()
 
 
@@ -132,6 +133,10 @@ class Run(NamedTuple):
     lora_rank_given: bool = True
     lora_targets: Tuple[str, ...] = ("q_proj", "v_proj")  # or ("all-linear",)
     lora_dropout: float = 0.0  # peft/tuners/lora/config.py LoraConfig: lora_dropout = 0.0
+    # bitsandbytes <= 0.43.1: each 4-bit linear keeps its input in MatMul4Bit's ctx (bitsandbytes-version)
+    bnb_keeps_inputs: bool = False
+    # peft.prepare_model_for_kbit_training: every non-4-bit parameter in fp32, so the activations too (kbit-prepare)
+    kbit_prepare: bool = False
     modules_to_save: Tuple[str, ...] = ()  # LoraConfig.modules_to_save: lm_head / embed_tokens trained in full
     adapter_dtype: Optional[DType] = None
     gpus: int = 1  # total GPUs: data-parallel x tensor-parallel x pipeline-parallel

@@ -169,7 +169,8 @@ def lora_merge(numel: int, quantized: bool, compute_bytes: int, adapter_bytes: i
 LORA = Adapter("lora", "LoRA (PEFT LoraConfig): low-rank A and B beside each targeted linear, the base frozen in its dtype",
                adapted_linears, lora_tensors, lora_saved, lora_merge)
 # QLoRA (Dettmers et al. 2023): LoRA on a base that stays 4-bit (bitsandbytes Linear4bit), NF4 unless a dtype is named.
-QLORA = LORA._replace(name="qlora", doc="QLoRA: LoRA over a 4-bit (NF4) frozen base", quantized_base=True, default_dtype="nf4")
+QLORA = LORA._replace(name="qlora", doc="QLoRA: LoRA over a 4-bit (NF4) frozen base", quantized_base=True, default_dtype="nf4",
+                      keys=LORA.keys + ("bitsandbytes-version", "kbit-prepare"))
 BUILTIN = (LORA, QLORA)
 
 

@@ -36,6 +36,8 @@ LABELS = {
     "rollout_logits": "PPO rollout logits",
     "vllm_engine_share": "vLLM engine share",
     "overhead": "CUDA context + allocator",
+    "forward": "next forward (above the step)",
+    "last_step_graph": "last step's graph (held by the loop)",
     "load": "loading (above the step)",  # the whole job's phases (job_phases.py, issue 16)
     "eval": "evaluation (above the step)",
     "save": "checkpoint save (above the step)",

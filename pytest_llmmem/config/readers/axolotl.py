@@ -58,6 +58,9 @@ def read(m: Mapper, base_dir: Path) -> None:
         # axolotl's BitsAndBytesConfig: nf4 with double quant (src/axolotl/loaders/model.py:718-719 @ 067b021c8b87)
         m.put("dtype", "nf4", "load_in_4bit")
         m.put("double-quant", True, "load_in_4bit (axolotl sets bnb_4bit_use_double_quant=True)")
+        # prepare_model_for_kbit_training runs (loaders/model.py:1016-1023), then an adapter run casts the norms and
+        # embeddings back to torch_dtype for flash-attn (:447-476 _configure_embedding_dtypes): no fp32 stream is left
+        m.assume("kbit-prepare", False, "axolotl src/axolotl/loaders/model.py:457-476: norms and embeddings cast back to torch_dtype after it")
     elif eight and m.values.get("mode") == "lora":
         m.put("dtype", "int8", "load_in_8bit")
     else:

@@ -23,6 +23,7 @@ UNMODELLED = (
     ("use_adam_mini", "Adam-mini's reduced optimizer states"), ("use_muon", "the Muon optimizer"), ("fp8", "fp8 training"),
     ("use_llama_pro", "LLaMA Pro's expanded, partly trained blocks"), ("mixture_of_depths", "mixture-of-depths layers"),
     ("pure_bf16", "bf16 training without fp32 master weights"), ("upcast_lmhead_output", "fp32 logits"),
+    ("upcast_layernorm", "fp32 norms (model_args.py:153; their outputs make the residual stream fp32)"),
 )
 _STAGES = {"sft": "sft", "pt": "sft", "dpo": "dpo", "ppo": "ppo", "rm": "reward"}
 
@@ -70,6 +71,8 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.put("double-quant", True, "double_quantization")
         elif not m.given("double_quantization"):
             m.assume("double-quant", True, f"{HP}/model_args.py:291: double_quantization True")
+        if kind == "lora":  # its own prepare_model_for_training casts only what upcast_* asks (model_utils/checkpointing.py:171)
+            m.assume("kbit-prepare", False, "LLaMA-Factory src/llamafactory/model/model_utils/checkpointing.py: no prepare_model_for_kbit_training")
     elif bits == 8 and kind == "lora":
         m.put("dtype", "int8", "quantization_bit")
     elif bits is not None:

@@ -54,6 +54,9 @@ def read(m: Mapper, base_dir: Path) -> None:
     if peft and four:
         quant = str(m.get("bnb_4bit_quant_type", "nf4")).lower()  # model_config.py: bnb_4bit_quant_type "nf4"
         m.put("dtype", "nf4" if quant == "nf4" else "int4", "load_in_4bit")
+        # SFTTrainer wraps the model with get_peft_model only (trl/trainer/sft_trainer.py:1097); of TRL's trainers only
+        # the experimental BCO, CPO and ORPO call prepare_model_for_kbit_training (experimental/bco/bco_trainer.py:526)
+        m.assume("kbit-prepare", False, "trl/trainer/sft_trainer.py:1097: get_peft_model, no prepare_model_for_kbit_training")
         if m.given("use_bnb_nested_quant"):
             m.put("double-quant", m.get("use_bnb_nested_quant") is True, "use_bnb_nested_quant")
         else:

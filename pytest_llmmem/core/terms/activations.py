@@ -36,6 +36,19 @@ class Trainable(NamedTuple):
     whole: FrozenSet[str] = frozenset()  # modules trained in full beside the adapter (modules-to-save)
     kernels: FrozenSet[str] = frozenset()  # parts replaced by fused kernels (catalog/kernels.py PARTS)
     one_qkv_dropout: bool = False  # q, k and v share one dropout on their common input (litgpt's fused qkv adapter)
+    base_keeps_input: bool = False  # each 4-bit base linear keeps its input (bitsandbytes <= 0.43.1, MatMul4Bit ctx.tensors)
+    base_cast: int = 0  # bytes per element of the 4-bit base's own cast of its input, where its dtype is not the compute dtype
+
+    def base_keeps(self, name: str) -> bool:
+        """bitsandbytes <= 0.43.1: MatMul4Bit keeps the input of the 4-bit linear ``name`` where it needs a gradient
+        (``if any(ctx.needs_input_grad[:2]): ctx.tensors = (A, B)``, autograd/_functions.py:523 at 0.43.1); transformers
+        leaves the head unquantised (integrations/bitsandbytes.py get_keys_to_not_convert)."""
+        return self.base_keeps_input and name not in self.no_grad_inputs and name != "lm_head"
+
+    def cast_copy(self, name: str, width: int) -> int:
+        """Bytes per token of the 4-bit base's own cast of its input (Linear4bit.forward ``x.to(self.compute_dtype)``,
+        nn/modules.py:465 at 0.43.1), kept per linear by MatMul4Bit where it keeps inputs (kbit-prepare: an fp32 stream)."""
+        return width * self.base_cast if self.base_cast and self.base_keeps(name) else 0
 
     def fast_lora(self, names) -> bool:
         """Unsloth's LoRA autograd covers these modules: all of them adapted, no dropout (catalog/kernels.py)."""
@@ -62,7 +75,8 @@ class Trainable(NamedTuple):
 
     def keeps_input(self, name: str, act: int) -> bool:
         """Does the base input of ``name`` stay alive for backward (trainable weight, or an adapter that keeps it)?"""
-        return self.full or name in self.whole or (name in self.adapted and self.adapter.saved(0, self.rank, self.adapter_bytes, act, self.dropout).keeps_input)
+        return self.full or name in self.whole or (name in self.adapted and self.adapter.saved(0, self.rank, self.adapter_bytes, act, self.dropout).keeps_input) \
+            or (self.base_keeps(name) and not self.base_cast)
 
     def first_layer(self, linears: Dict[str, Linear]) -> "Trainable":
         """In the first layer of an adapter run the input comes from the frozen embedding: a module's input
@@ -117,7 +131,7 @@ def _consumer_input(arch: Architecture, names, tokens: int, width: int, act: int
     """
     keepers = sum(1 for n in names if t.keeps_input(n, act))
     kept = tokens * width * act * (keepers if amp else min(keepers, 1))
-    return kept + sum(tokens * t.adapter_saved(n, width, act) for n in names)
+    return kept + sum(tokens * (t.adapter_saved(n, width, act) + t.cast_copy(n, width)) for n in names)
 
 
 class Pass(NamedTuple):
@@ -197,6 +211,7 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
             kept += score_elems * (1 + (0 if p.amp else act))
     # Unsloth's LoRA_W keeps o_proj's input and the adapter weights (fast_lora.py:612 save_for_backward(A, B, X))
     o_own = 0 if t.fast_lora([lin["o"].name]) else tokens * t.adapter_saved(lin["o"].name, a * d, act)
+    o_own += tokens * t.cast_copy(lin["o"].name, a * d)
     kept += o_input_kept + o_own
     return shared, kept
 
@@ -305,6 +320,26 @@ def _wrapped_experts_saved(mlp: MoE, p: Pass, h: int) -> int:
         n += lin.count * r * (lin.d_in + lin.d_out) * act if t.adapter_bytes != act else 0  # lhs / rhs casts
         n += tokens * lin.d_in * act  # the input (gathered tokens, or the GLU output for down_proj)
     return n
+
+
+def held_inputs(arch: Architecture, group: LayerGroup, *, tokens: int, act: int, trainable: Trainable, first: bool) -> int:
+    """What one layer's 4-bit linears keep in MatMul4Bit's ctx (bitsandbytes <= 0.43.1), distinct tensors only.
+
+    A ctx attribute is not a saved variable, so backward does not free it (torch/csrc/autograd/python_function.cpp
+    releases only saved_variables): it lives as long as the graph, i.e. until the trainer drops its last reference
+    to the step's outputs. Linears that share an input share the tensor, unless each casts its own (base_cast).
+    """
+    t = trainable
+    lin = {l.role: l for l in group.linears(arch.family, arch.hidden_size)}
+    if first:
+        t = t.first_layer(lin)
+    total = 0
+    for roles in (("qkv", "q", "k", "v", "in", "q_a", "kv_a"), ("o",), ("gate_up", "gate", "up"), ("down",)):
+        keeping = [lin[r] for r in roles if r in lin and lin[r].wrap == "module" and t.base_keeps(lin[r].name)]
+        if keeping:
+            width = keeping[0].d_in
+            total += tokens * width * (t.base_cast * len(keeping) if t.base_cast else act)
+    return total
 
 
 _ATTENTION_SAVED = {Attention: _attention_saved, LatentAttention: _latent_saved, StateSpace: _mamba_saved}

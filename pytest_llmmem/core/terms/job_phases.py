@@ -25,7 +25,7 @@ from .trainer_terms import StepOptimizer
 
 INT64 = 8
 # How each phase is named in a sentence ("peak at checkpoint save: ...").
-LABELS = {"load": "loading", "backward": "the training step (backward)", "optimizer step": "the optimizer step",
+LABELS = {"forward": "the next step's forward", "load": "loading", "backward": "the training step (backward)", "optimizer step": "the optimizer step",
           "eval": "evaluation", "save": "checkpoint save"}
 STEP = ("backward", "optimizer step")  # a job phase is shown above the larger of these
 
@@ -251,12 +251,36 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
     return Phase("backward", tuple(backward), why), Phase("optimizer step", tuple(update))
 
 
+def next_forward_phase(run, step: Step) -> Optional[Phase]:
+    """The next step's forward where the loop still holds the last step's outputs (litgpt).
+
+    litgpt's fit loop rebinds ``logits = model(input_ids, lm_head_chunk_size=128)`` (litgpt/finetune/lora.py:355;
+    :276 at 5895df10, the config hub's benchmark commit): until the new forward returns, the last step's logits live, and through their grad_fn the last
+    step's graph, with what its nodes hold as attributes after backward (MatMul4Bit's ctx inputs with bitsandbytes
+    <= 0.43.1: activations.held_inputs). The gradients are gone (optimizer.zero_grad(), set_to_none).
+    """
+    if not (run.job.holds_last_outputs and run.trains and step.arch is not None):
+        return None
+    held = step.detail("held.bnb_ctx_inputs")
+    returned = step.detail("logits.logits")
+    items = _resident(run, step, forward=True) + [
+        Item("activations", step.activations, transient=True, shown_if_zero=True),
+        Item("logits", 2 * returned, transient=True, shown_if_zero=True),  # the new forward's and the last step's
+        Item("last_step_graph", held, shown_if_zero=True)]
+    why = (f"litgpt holds the last step's logits into the next forward; their graph keeps {format_bytes(held)} of "
+           "4-bit linear inputs (bitsandbytes <= 0.43.1)") if held else "litgpt holds the last step's logits into the next forward"
+    return _job_phase("forward", items, why)
+
+
 def job_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
-    """Every phase of a training job, in order: load, the step's, eval (when the job evaluates), save."""
+    """Every phase of a training job, in order: load, the step's, the next forward (where the loop holds the last
+    step's outputs), eval (when the job evaluates), save."""
     evaluation = eval_phase(run, step)
-    return (load_phase(run, step),) + step_phases(run, step, opt) + ((evaluation,) if evaluation else ()) + (save_phase(run, step),)
+    forward = next_forward_phase(run, step)
+    return ((load_phase(run, step),) + step_phases(run, step, opt) + ((forward,) if forward else ())
+            + ((evaluation,) if evaluation else ()) + (save_phase(run, step),))
 
 
 def job_note(peak: Phase) -> str:
     """Why a load, eval or save phase sets the peak, for the notes ("" when the step sets it)."""
-    return f"peak at {LABELS[peak.name]}: {peak.why}" if peak.name in ("load", "eval", "save") and peak.why else ""
+    return f"peak at {LABELS[peak.name]}: {peak.why}" if peak.name in ("forward", "load", "eval", "save") and peak.why else ""

@@ -12,7 +12,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 import math
 from typing import Dict, NamedTuple, Optional, Tuple
 
-from .activations import FP32, Trainable, head_saved, layer_saved, rotary_tables
+from .activations import FP32, Trainable, head_saved, held_inputs, layer_saved, rotary_tables
 from .attention_masks import model_masks
 from .checkpointing import context_parallel_kv, selective_saved
 from ...catalog.entries import DType, Optimizer
@@ -63,7 +63,10 @@ def stored_weight_bytes(run: Run, params: int) -> Tuple[int, str]:
         if dtype.name in ("nf4", "int4") else dtype.bytes
     if isinstance(run.model, Architecture):
         linear = run.model.linear_params()
-        return round(linear * stored + (params - linear) * dtype.compute_bytes), ""
+        # kbit-prepare: peft.prepare_model_for_kbit_training casts every fp16/bf16 parameter that is not Params4bit to
+        # fp32 (peft/utils/other.py:203-209): embeddings, head and norms
+        rest = FP32 if run.kbit_prepare else dtype.compute_bytes
+        return round(linear * stored + (params - linear) * rest), ""
     return round(params * stored), f"{dtype.name} applied to all {params:,} params: without the architecture the 16-bit embeddings and norms cannot be separated"
 
 
@@ -144,7 +147,7 @@ def step_terms(run: Run) -> Step:
             host = host_bytes_per_node(run, states["host"])
             details["host.offloaded_per_gpu"] = round(states["host"])
     elif run.trains:  # an adapter run: run.adapter says what it adds (adapters.py)
-        base = adapter_base(run, arch, weights, share, _packed_bytes(run), act)  # FSDP / ZeRO-3 shards, gathers, offload
+        base = adapter_base(run, arch, weights, share, _packed_bytes(run), FP32 if run.kbit_prepare else act)  # FSDP / ZeRO-3 shards, gathers, offload
         weights = round(base.gpu)
         for item, value in (("weights.gathered_for_compute", base.gathered), ("weights.quant_constants", base.constants)):
             if value:
@@ -204,7 +207,10 @@ def step_terms(run: Run) -> Step:
             "and vocab-size under [tool.llmmem.model] to include them"
         )
     else:
-        dynamic, activations, logits, kv_cache = _dynamic_terms(run, arch, act)
+        # kbit-prepare: the fp32 embedding makes the residual stream fp32, and every Linear4bit returns its input's
+        # dtype (bitsandbytes nn/modules.py Linear4bit.forward: out.to(inp_dtype)), so every activation is fp32
+        # (measured: tests/data/adapters/qlora-kbit-prepare.json)
+        dynamic, activations, logits, kv_cache = _dynamic_terms(run, arch, FP32 if run.kbit_prepare else act)
         details.update(dynamic)
     if arch is not None and run.flash_attention and not arch.family.sdpa:
         notes.append(f"{arch.family.name} has no SDPA path in transformers: counted as eager attention (flash-attn would keep less)")
@@ -242,7 +248,11 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
         trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes),
                               experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter,
                               dropout=run.lora_dropout > 0, whole=frozenset(run.modules_to_save), kernels=kernels,
-                              one_qkv_dropout=run.knobs.framework == "litgpt")  # litgpt/lora.py:405 LoRAQKVLinear
+                              one_qkv_dropout=run.knobs.framework == "litgpt",  # litgpt/lora.py:405 LoRAQKVLinear
+                              # bitsandbytes <= 0.43.1 (Trainable.base_keeps); under checkpointing the forward runs
+                              # without grad (reentrant, transformers < 5's default), so MatMul4Bit keeps nothing
+                              base_keeps_input=run.bnb_keeps_inputs and run.adapter.quantized_base and not run.gradient_checkpointing,
+                              base_cast=run.dtype.compute_bytes if run.kbit_prepare else 0)
     amp = run.precision == "amp" and run.mode == "train"
     kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
@@ -281,6 +291,22 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
             details[f"activations.{block}"] = total * in_flight
         details["activations.rotary_tables"] = rotary
     details["activations.embedding_and_head"] = head
+    if run.adapter is not None and run.adapter.quantized_base:
+        # One 4-bit linear at a time is dequantised to the compute dtype: in forward (bitsandbytes
+        # backends/default/ops.py:341 _gemm_4bit_default_impl, dequantize_4bit then F.linear; CUDA takes that path
+        # for training batches, backends/cuda/ops.py:954-967; <= 0.49 autograd/_functions.py F.linear(A,
+        # dequantize_4bit(B).to(A.dtype).t())) and in backward (MatMul4Bit.backward :384, for grad_A); freed
+        # after its matmul, so the largest one is a transient of the step.
+        details["activations.dequantized_weight"] = max(lin.d_in * lin.d_out for lin in arch.linears() if lin.wrap == "module") \
+            * run.dtype.compute_bytes // t
+    if trainable.base_keeps_input:
+        # what MatMul4Bit's ctx still holds once backward has run (activations.held_inputs), for the next step's forward
+        details["held.bnb_ctx_inputs"] = sum(n * held_inputs(arch, g, tokens=tokens, act=act, trainable=trainable, first=False)
+                                             for n, g in stage) * in_flight
+        if stage and not ({"embed_tokens"} & (trainable.adapted | trainable.whole)):
+            n0, g0 = stage[0]
+            details["held.bnb_ctx_inputs"] -= (held_inputs(arch, g0, tokens=tokens, act=act, trainable=trainable, first=False)
+                                               - held_inputs(arch, g0, tokens=tokens, act=act, trainable=trainable, first=True)) * in_flight
     if run.context_parallel > 1:
         details["activations.context_parallel_kv"] = context_parallel_kv(arch, batch=b, seq=run.seq_len, act=act, tp=t)
     activations = sum(v for k, v in details.items() if k.startswith("activations."))
