@@ -36,7 +36,9 @@ def _keys(row: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], str]:
         # config_hub/finetune/*/(q)lora.yaml: micro batch 2, seq cap 512, r 32 on q and v, bf16-true
         # (adapters bf16), bnb.nf4 for qlora; litgpt's profile prices load (bf16 first), validate and generate_example.
         return {**arch, "mode": row["mode"], "framework": "litgpt", "batch-size": row["batch_size"], "seq-len": row["seq_len"],
-                "lora-rank": row["lora_r"], "lora-targets": ["q_proj", "v_proj"]}, "seq-len 512 is a cap (Alpaca2k mostly shorter)"
+                "lora-rank": row["lora_r"], "lora-targets": ["q_proj", "v_proj"],
+                # litgpt's pin at the table's commit (5895df10): pyproject.toml "bitsandbytes==0.42.0"
+                **({"bitsandbytes-version": "0.42.0"} if row["mode"] == "qlora" else {})}, "seq-len 512 is a cap (Alpaca2k mostly shorter)"
     if row["framework"] == "peft":
         # PEFT method_comparison evaluates by generation only (batch 50, up to 300 new tokens) on prompts of
         # unpublished length; the eval phase here also prices a loss forward over the whole eval batch, so

@@ -91,6 +91,8 @@ def litgpt_rows(path: Path) -> List[Row]:
         keys.update({"mode": row["mode"], "dtype": "nf4" if qlora else "bf16", "batch-size": row["batch_size"],
                      "seq-len": row["seq_len"], "lora-rank": row["lora_r"], "lora-targets": ["q_proj", "v_proj"],
                      "framework": "litgpt", "optimizer": "paged-adamw" if qlora else "adamw", "gpu": GPUS[row["gpu_type"]]})
+        if qlora:  # the table's runs (yaml_commit 5895df10, 2024-04) ran litgpt's pin then: pyproject.toml "bitsandbytes==0.42.0"
+            keys["bitsandbytes-version"] = "0.42.0"
         est = estimate(adhoc_run(keys))
         rows.append(Row("litgpt", row["id"], "max_memory_allocated", [_allocated(est)], row["measured_value"] * UNITS[row["measured_unit"]],
                         est.fits is True, "512-token cap (padded to the longest sample)"))
