@@ -2,6 +2,7 @@
 weight, and litgpt's loop holding the last step's graph. The bytes are held to the CPU by
 tests/test_adapter_conformance.py (tests/data/adapters/qlora*.json); here the hand-derived figures and what a user sees."""
 
+import json
 import textwrap
 
 import pytest
@@ -116,3 +117,14 @@ def test_litgpt_holds_the_last_steps_graph_into_the_next_forward(write_pyproject
     # with a bitsandbytes that keeps no inputs the backward is the peak again, and the next forward holds only logits
     path = write_pyproject(LITGPT)
     assert estimate(parse(path.read_text()).runs[0]).peak_phase == "backward"
+
+
+def test_the_qlora_keys_are_estimate_flags(run_cli):
+    """llmmem estimate takes both: the same run as the pyproject's, so the same held bytes (hand figure above)."""
+    code, out, _ = run_cli("estimate", "--family", "llama", "--hidden-size", "64", "--num-layers", "2", "--num-heads", "4",
+                           "--intermediate-size", "128", "--vocab-size", "1000", "--mode", "qlora", "--batch-size", "2",
+                           "--seq-len", "32", "--gpu-memory", "80GiB", "--bitsandbytes-version", "0.42.0", "--kbit-prepare",
+                           "--format", "json")
+    assert code == 0
+    (run,) = json.loads(out)["runs"]
+    assert run["details"]["held.bnb_ctx_inputs"] > 0 and run["details"]["logits.logits"] == 64 * 1000 * 4
