@@ -13,7 +13,7 @@ from typing import List, Tuple
 
 from ..core.run import Run
 from ..model.architecture import Architecture
-from ..model.lora import OUTER_TARGETS
+from ..model.adapters import OUTER_TARGETS
 
 # layers.Linear roles of the MLP (dense, routed and shared experts); the rest project attention or state-space inputs
 MLP_ROLES = ("gate", "up", "down", "gate_up", "router", "shared_gate", "shared_up", "shared_down", "shared_router")
