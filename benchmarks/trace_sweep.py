@@ -1,6 +1,6 @@
 """The detailed estimate against the trace (method = "trace"), phase by phase and term by term (issue 22).
 
-    python benchmarks/trace_sweep.py [--jobs 2] [--only FAMILY ...] [--plot-only]
+    python benchmarks/trace_sweep.py [--jobs 2] [--only FAMILY ...] [--plot-only | --reestimate]
 
 Every family of ``tests/data/families`` (the published config.json with the overrides that cut it to
 two layers that keep every layer kind) x full training / LoRA / inference x checkpointing on/off x
@@ -104,22 +104,48 @@ def measure_one(s: Dict[str, Any]) -> Dict[str, Any]:
             return {**s, "error": f"{type(err).__name__}: {str(err)[:300]}"}
     phases: Dict[str, Any] = {}
     traced_parts = {p.name: _no_overhead(p.breakdown) for p in trace.phase_parts}
-    if run.trains:
-        analytic_parts = {p.name: _no_overhead(p.breakdown) for p in analytic.phase_parts}
-    else:
-        analytic_parts = {"prefill": _no_overhead(analytic.breakdown)}
+    analytic_parts = _analytic_parts(run, analytic)
     for name in PHASES:
         if name in traced_parts and name in analytic_parts:
             phases[name] = {"analytic": analytic_parts[name], "trace": traced_parts[name]}
     saved = {k.split(".")[-1]: v for k, v in trace.details.items() if k.startswith("trace.forward end.")}
-    d = analytic.details
     row = {**s, "seconds": round(seconds, 2), "phases": phases}
     if saved:
-        # the saved set at the end of the forward against the analytic's saved activations and loss tensors
-        row["forward_end"] = {"trace": saved, "analytic": {
-            "activations": analytic.breakdown["activations"] - d.get("activations.recomputed_layer", 0),
-            "logits": d.get("logits.logits", 0) + d.get("logits.log_softmax", 0) + d.get("logits.softcap_tanh", 0)}}
+        row["forward_end"] = {"trace": saved, "analytic": _saved_at_forward_end(analytic)}
     return row
+
+
+def _analytic_parts(run, analytic) -> Dict[str, Dict[str, int]]:
+    if run.trains:
+        return {p.name: _no_overhead(p.breakdown) for p in analytic.phase_parts}
+    return {"prefill": _no_overhead(analytic.breakdown)}
+
+
+def _saved_at_forward_end(analytic) -> Dict[str, int]:
+    """The analytic's saved activations and loss tensors, against the trace's saved set at the end of the forward."""
+    d = analytic.details
+    return {"activations": analytic.full("activations") - d.get("activations.recomputed_layer", 0),
+            "logits": d.get("logits.logits", 0) + d.get("logits.log_softmax", 0) + d.get("logits.softcap_tanh", 0)}
+
+
+def reestimate(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A stored row with its analytic side estimated again by the current code; the trace side is kept (it
+    depends only on pytest_llmmem/trace and the torch / transformers versions, which did not change)."""
+    from pytest_llmmem.estimator import estimate
+
+    if "error" in row:
+        return row
+    fam = family_config(FAMILIES / f"{row['family']}.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path = str(Path(tmp) / "config.json")
+        Path(cfg_path).write_text(json.dumps(fam["config"]))
+        run = _run(row, cfg_path, fam["lora_targets"])
+        analytic = estimate(run)
+    parts = _analytic_parts(run, analytic)
+    out = {**row, "phases": {name: {**v, "analytic": parts[name]} for name, v in row["phases"].items()}}
+    if "forward_end" in row:
+        out["forward_end"] = {**row["forward_end"], "analytic": _saved_at_forward_end(analytic)}
+    return out
 
 
 def ratio(phase: Dict[str, Dict[str, int]]) -> float:
@@ -131,10 +157,15 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=[])
     parser.add_argument("--plot-only", action="store_true", help="re-draw the table and picture from the JSONL")
+    parser.add_argument("--reestimate", action="store_true",
+                        help="estimate the analytic side of the JSONL's rows again, keep their trace side (the trace code unchanged)")
     args = parser.parse_args()
     jsonl = OUT.with_suffix(".jsonl")
-    if args.plot_only:
+    if args.plot_only or args.reestimate:
         rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        if args.reestimate:
+            rows = [reestimate(row) for row in rows]
+            jsonl.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     else:
         todo = list(scenarios(args.only))
         started = time.time()
