@@ -78,3 +78,30 @@ def test_checkpointed_backward_peaks_in_a_recomputed_layer(tmp_path):
     assert est.details["backward.activations.backward_transient"] == 128 * (3 * 14336 + 4096) * 2 == 12_058_624
     assert parts["gradients"] == 2_621_440
     assert sum(parts.values()) == pytest.approx(1_469_272_064, rel=0.003)  # the trace's peak; 0.22 % under
+
+
+def _step_gradients(tmp_path, family):
+    fam = sweep.family_config(sweep.FAMILIES / f"{family}.json")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(fam["config"]))
+    run = sweep._run(dict(family=family, mode="train", precision="mixed", checkpointing=False, attn="sdpa", batch=2, seq=64),
+                     str(path), fam["lora_targets"])
+    est = estimate(run)
+    return est, next(p for p in est.phase_parts if p.name == "optimizer step").breakdown["gradients"]
+
+
+def test_mixed_precision_steps_on_fp32_gradients(tmp_path):
+    # precision = "mixed": each bf16 gradient is cast onto its fp32 master before the step and freed, so the step
+    # holds 4 B per parameter; the cast ends on the untied head, whose bf16 gradient is still alive:
+    # Llama shapes, 698,372,096 params: 4 x 698,372,096 + 32000 x 4096 x 2 = 3,055,632,384 B (the trace: 3,055,632,384).
+    est, grads = _step_gradients(tmp_path, "llama")
+    assert est.full("gradients") == 698_372_096 * 2
+    assert grads == 698_372_096 * 4 + 32000 * 4096 * 2 == 3_055_632_384
+
+
+def test_mixed_precision_cast_peaks_at_a_tied_embedding(tmp_path):
+    # Qwen3-0.6B (tied, 187,045,376 params): the cast starts with the 151936 x 1024 embedding, whose fp32 copy
+    # sits beside every bf16 gradient: 2 x 187,045,376 + 4 x 151936 x 1024 = 996,420,608 B, more than the
+    # 4 x 187,045,376 at the end (the trace: 996,421,632).
+    est, grads = _step_gradients(tmp_path, "qwen3-0.6b")
+    assert grads == 187_045_376 * 2 + 151936 * 1024 * 4 == 996_420_608

@@ -177,11 +177,12 @@ def test_fit_command(run_cli):
     assert "largest batch-size that fits: none (batch-size 1 is over)" in out
     # 7B at 18 B/param / N: N = 2 is the first count under 76 GiB (see tests/test_fit.py)
     assert "with zero-stage = 3: 2" in out
-    # bitsandbytes 8-bit states: 1 + 4/256 B each (absmax per 256, optimizer.py:524), not 1 + 4/2048. The backward
-    # peaks at its end (core/terms/backward.py): bf16 weights + fp32 master + bf16 gradients, 8 B/param = 53.91 GB,
-    # + 2 x (1 + 4/256) B/param of states = 13.69 GB, + the (2048, 4096) bf16 gradient into the embedding x 1.3
-    # (allocator slack) + context and workspace = 1.45 GB: 69.06 GB = 64.32 GiB
-    assert 'optimizer = "adamw-8bit": 64.32 GiB, fits' in out
+    # bitsandbytes 8-bit states: 1 + 4/256 B each (absmax per 256, optimizer.py:524), not 1 + 4/2048. The peak is
+    # the optimizer step (mixed precision steps on fp32 gradients, job_phases.step_gradients): bf16 weights 2 +
+    # fp32 master 4 + fp32 gradients 4 B/param = 67.38 GB, + 2 x (1 + 4/256) B/param of states = 13.69 GB, + the
+    # head's 32000 x 4096 bf16 gradient still being cast (0.26 GB) + context and workspace (1.44 GB) = 82.78 GB
+    # = 77.09 GiB: still over the 76 GiB budget
+    assert 'optimizer = "adamw-8bit": 77.09 GiB, still over' in out
     code, out, _ = run_cli("fit", EXAMPLE, "--run", "lora-sft")
     assert code == 0
     # boundary property checked in tests/test_fit.py; 37 since the backward's peak is its start (core/terms/backward.py):

@@ -140,7 +140,9 @@ def test_ways_out_price_each_distinct_run_once(monkeypatch):
     priced = []
     monkeypatch.setattr(fit, "estimate", lambda r: priced.append(r) or estimate(r))
     ways = fit.ways_out(over, current=current)
-    assert [w.key for w in ways] == ["optimizer", "zero-stage", "gpu"]
+    # adamw-8bit is no way out since the step holds fp32 gradients on the masters under mixed precision:
+    # 6,738,415,616 x (2 + 4 + 4 + 2.03) B + the head's bf16 gradient + context = 77.09 GiB of 76 (test_cli)
+    assert [w.key for w in ways] == ["zero-stage", "gpu"]
     assert all(a != b for i, a in enumerate(priced) for b in priced[i + 1:])
     # seq-len 1, adamw-8bit, three trainer knobs, zero-stage = 3 on 1 and 2 GPUs, the H200 offer
     assert len(priced) == 8

@@ -246,9 +246,32 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
         return (Phase("backward", tuple(backward + [Item("optimizer_step", opt.temporaries)]), why),)
     if not opt.runs:
         return (Phase("backward", tuple(backward), why),)
-    update = states + [Item("gradients", opt.gradients), optimizer, Item("kv_cache", step.kv_cache), overhead_slot(),
+    update = states + [Item("gradients", step_gradients(run, step, opt)), optimizer, Item("kv_cache", step.kv_cache), overhead_slot(),
                        Item("optimizer_step", opt.temporaries)]
     return Phase("backward", tuple(backward), why), Phase("optimizer step", tuple(update))
+
+
+def step_gradients(run, step: Step, opt: StepOptimizer) -> int:
+    """The gradients alive at the optimizer step. ``precision = "mixed"`` (16-bit weights and gradients beside an
+    fp32 master copy, stepped by the optimizer) casts each 16-bit gradient onto its master as an fp32 gradient
+    before the step and frees the 16-bit one (apex amp O2's master gradients; DeepSpeed's non-ZeRO FP16_Optimizer
+    and BF16_Optimizer, deepspeed/runtime/fp16/fused_optimizer.py, bf16_optimizer.py, step on fp32 gradient
+    copies): 4 B per trained parameter at the step (measured on fake tensors:
+    trace_sweep.py's mixed runs, 0.825 - 0.892 of the trace with 2 B). ZeRO and FSDP price their own fp32 partitions (parallel.model_states); the HF
+    Trainer's bf16 = true on fp32 weights is ``precision = "amp"``: fp32 gradients throughout."""
+    grads = opt.gradients
+    if run.precision != "mixed" or run.mode != "train" or run.dtype.bytes >= FP32 or run.zero_stage or run.fsdp != "none":
+        return grads
+    # The cast runs parameter by parameter in module order, each 16-bit gradient freed once its fp32 copy exists, so
+    # the peak is at one end: the first (the embedding's fp32 copy beside every 16-bit gradient) or the last (every
+    # fp32 gradient beside an untied head's 16-bit one; a tied model ends on the final norm).
+    arch, bytes_ = step.arch, run.dtype.bytes
+    buckets = step.detail("gradients.buckets")
+    half = grads - buckets
+    matrix = arch.vocab_size * arch.hidden_size // run.tensor_parallel if arch is not None and not arch.family.classifier else 0
+    first = half + matrix * FP32
+    last = half * FP32 / bytes_ + (0 if arch is None or arch.tie_embeddings else matrix * bytes_)
+    return round(max(first, last)) + buckets
 
 
 def next_forward_phase(run, step: Step) -> Optional[Phase]:
