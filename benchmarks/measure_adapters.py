@@ -3,9 +3,12 @@
     python benchmarks/measure_adapters.py [--only NAME ...]
 
 Reads every ``tests/data/adapters/*.json`` (the family case under tests/data/families it builds on, the
-``peft`` LoraConfig arguments, the scenarios) and writes back, per scenario, the trainable parameter count
-``peft.get_peft_model`` builds, and one CPU step's terms counted as benchmarks/measure_families.py counts
-them (saved tensors: ``saved_tensors_hooks``, unique storages, parameters excluded). Beside them, what the
+method's ``peft_type`` (LoRA when absent; CONFIGS) and its config arguments, the scenarios) and writes back,
+per scenario, the trainable parameter count ``peft.get_peft_model`` builds, and one CPU step's terms counted as
+benchmarks/measure_families.py counts them (saved tensors: ``saved_tensors_hooks``, unique storages, parameters
+excluded, and so are the buffers the method adds: VeRA's shared projections, recorded as ``adapter_buffers``).
+``freed_in_forward``: saved storages whose graph the forward itself dropped (DoRA's weight norm pushes an
+identity through lora_A and lora_B and uses only the detached result), transient, not kept. Beside them, what the
 CPU keeps differently from CUDA: aten's CPU dropout (``_dropout_impl``) multiplies by a scaled noise tensor
 in the input's dtype and autograd keeps that noise, where CUDA's ``native_dropout`` keeps a bool mask.
 A walk of the autograd graph finds those noise tensors (a multiply's saved operand whose values are only
@@ -48,26 +51,46 @@ def dropout_noise(torch, loss, p: float) -> Dict[str, int]:
     return {"bytes": sum(b for b, _ in found.values()), "elements": sum(n for _, n in found.values())}
 
 
+# peft's config class for each method a case names (``"peft_type"``; LoRA when absent)
+CONFIGS = {"lora": "LoraConfig", "ia3": "IA3Config", "loha": "LoHaConfig", "lokr": "LoKrConfig", "vera": "VeraConfig",
+           "prompt": "PromptTuningConfig", "prefix": "PrefixTuningConfig"}
+
+
+def peft_config(peft, case: Dict[str, Any]):
+    """The case's PEFT config: its class by ``peft_type``, its arguments as recorded (task CAUSAL_LM for the prompt methods)."""
+    kind = case.get("peft_type", "lora")
+    args = dict(case["peft"], task_type="CAUSAL_LM") if kind in ("prompt", "prefix") else case["peft"]
+    return getattr(peft, CONFIGS[kind])(**args)
+
+
 def scenario(torch, transformers, peft, family: Dict[str, Any], case: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, Any]:
     if "bnb" in case:
         model = quantized.load(torch, transformers, peft, families.cut_config(family), case, family.get("attn", "sdpa"), families._build)
     else:
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[spec["dtype"]]
         model = families._build(torch, transformers, families.cut_config(family), dtype, family.get("attn", "sdpa"))
-        model = peft.get_peft_model(model, peft.LoraConfig(**case["peft"]))
+        base_buffers = {b.untyped_storage().data_ptr() for b in model.buffers()}
+        model = peft.get_peft_model(model, peft_config(peft, case))
     adapters = [p for p in model.parameters() if p.requires_grad]
+    # buffers the method adds (VeRA's shared frozen projections): weights, counted apart from the parameters
+    added = [] if "bnb" in case else list({b.untyped_storage().data_ptr(): b for b in model.buffers()
+                                           if b.untyped_storage().data_ptr() not in base_buffers}.values())
     vocab = model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (spec["batch"], spec["seq"]), generator=torch.Generator().manual_seed(1))
     result = dict(spec, trainable=sum(p.numel() for p in adapters))
     terms = {"weights": families._nbytes(p for p in model.parameters() if not p.requires_grad),
              "adapter_weights": families._nbytes(adapters)}
+    if added:
+        terms["adapter_buffers"] = families._nbytes(added)
     # the step as measure_families counts it, plus a second forward for the graph walk (same seed, same noise counts)
     if "bnb" in case:
         terms["weights"] += quantized.quant_state_bytes(model)
         step, result["held_after_backward"] = quantized.step(torch, model, ids, adapters)
         terms.update(step)
     else:
-        terms.update(families._train_step(torch, model, ids, adapters))
+        freed: Dict[str, int] = {}
+        terms.update(families._train_step(torch, model, ids, adapters, freed, added))
+        result["freed_in_forward"] = freed
     model.train()
     out = model(input_ids=ids, labels=ids, use_cache=False)
     result["cpu_dropout_noise"] = dropout_noise(torch, out.loss, case["peft"].get("lora_dropout", 0.0))
@@ -95,7 +118,7 @@ def measure_case(path: Path) -> None:
         row = scenario(torch, transformers, peft, family, case, spec)
         rows.append(row)
         print(f"{path.stem} {spec['dtype']}: trainable {row['trainable']:,} " + " ".join(f"{k}={v:,}" for k, v in row["terms"].items())
-              + f" noise={row['cpu_dropout_noise']}", flush=True)
+              + f" noise={row['cpu_dropout_noise']} freed={row['freed_in_forward']}", flush=True)
     case["scenarios"] = rows
     path.write_text(json.dumps(case, indent=1) + "\n")
 

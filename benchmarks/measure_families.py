@@ -22,6 +22,7 @@ import argparse
 import gc
 import json
 import sys
+import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -119,23 +120,40 @@ def _attn_used(model) -> str:
 EXPLAIN: Dict[str, int] = {}  # --explain: saved bytes by (dtype, shape of the first tensor seen on each storage)
 
 
-def _train_step(torch, model, ids, trainable) -> Dict[str, int]:
+def _train_step(torch, model, ids, trainable, freed: Optional[Dict[str, int]] = None, weights=()) -> Dict[str, int]:
+    """One step's terms. ``freed``, when given, receives the bytes of saved storages whose graph the forward
+    itself dropped before it ended (a module that builds a graph and uses only its detached result, such as
+    PEFT DoRA's weight norm): transient, not kept for backward, though the pack hook saw them. ``weights``:
+    buffers that are weights (VeRA's shared projections), not counted as saved like the parameters."""
     params = list(model.parameters())
-    storages = {p.untyped_storage().data_ptr() for p in params}
+    storages = {p.untyped_storage().data_ptr() for p in list(params) + list(weights)}
     saved: Dict[int, int] = {}
+    alive: Dict[int, List[Any]] = {}  # storage -> weak references to the saved tensors on it (``freed`` only)
+    dropped = 0
 
     def pack(tensor):
+        nonlocal dropped
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in storages and storage.data_ptr() not in saved:
-            saved[storage.data_ptr()] = storage.nbytes()
+        ptr = storage.data_ptr()
+        if freed is not None and ptr in alive and ptr not in storages and not any(ref() is not None for ref in alive[ptr]):
+            dropped += saved.pop(ptr)  # the storage counted at this address was freed and the address reused
+            del alive[ptr]
+        if ptr not in storages and ptr not in saved:
+            saved[ptr] = storage.nbytes()
             key = f"{str(tensor.dtype).replace('torch.', '')} {tuple(tensor.shape)} storage {storage.nbytes()}"
             EXPLAIN[key] = EXPLAIN.get(key, 0) + 1
+        if freed is not None and ptr in saved:
+            alive.setdefault(ptr, []).append(weakref.ref(tensor))
         return tensor
 
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out = model(input_ids=ids, labels=ids, use_cache=False)
-    terms = {"saved_activations": sum(saved.values()), "logits": _nbytes([out.logits])}
+    if freed is not None:
+        gc.collect()
+        dead = [ptr for ptr, refs in alive.items() if not any(ref() is not None for ref in refs)]
+        freed["bytes"] = dropped + sum(saved[ptr] for ptr in dead)
+    terms = {"saved_activations": sum(saved.values()) + dropped, "logits": _nbytes([out.logits])}
     out.loss.backward()
     del out
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)

@@ -11,7 +11,9 @@ from pytest_llmmem.config.load import parse
 from pytest_llmmem.errors import ConfigError
 from pytest_llmmem.estimator import estimate
 from pytest_llmmem.hookspecs import hookimpl
-from pytest_llmmem.model.adapters import BUILTIN, LORA, QLORA, lora_saved, lora_tensors
+from pytest_llmmem.core.records import FRAGMENTATION
+from pytest_llmmem.model.adapters import (BUILTIN, LORA, QLORA, Saved, dora_forward_transient, dora_saved, dora_tensors, ia3_saved_on,
+                                          lora_saved, lora_tensors, vera_saved)
 from pytest_llmmem.model.layers import Linear
 
 # A toy method: LoRA whose A stays at its initialisation and is not trained (only B, d_out x r, gets a gradient).
@@ -72,16 +74,18 @@ def test_an_unknown_mode_lists_the_registered_adapters():
 
 def test_an_adapter_key_names_the_modes_it_applies_to():
     text = textwrap.dedent(PYPROJECT.format(mode="train")) + "lora-rank = 16\n"
-    with pytest.raises(ConfigError, match='lora-rank: only applies to mode = "lora" or "qlora"; run "adapted" has mode = "train"'):
+    with pytest.raises(ConfigError, match='lora-rank: only applies to mode = "lora" or "qlora" or "vera"; run "adapted" has mode = "train"'):
         parse(text)
 
 
 def test_lora_and_qlora_are_two_entries_that_differ_by_the_base():
     """QLoRA is LoRA over a 4-bit base, and reads the two keys of that base: which bitsandbytes, and kbit-prepare."""
-    assert [a.name for a in BUILTIN] == ["lora", "qlora"]
+    assert [a.name for a in BUILTIN][:2] == ["lora", "qlora"]
     assert (LORA.quantized_base, LORA.default_dtype) == (False, "bf16") and (QLORA.quantized_base, QLORA.default_dtype) == (True, "nf4")
-    assert QLORA.keys == LORA.keys + ("bitsandbytes-version", "kbit-prepare")
-    assert QLORA._replace(name="lora", doc=LORA.doc, quantized_base=False, default_dtype="bf16", keys=LORA.keys) == LORA
+    # and QLoRA offers no DoRA (QDoRA dequantises the 4-bit weight in every forward: not modelled)
+    assert "use-dora" in LORA.keys and "use-dora" not in QLORA.keys and QLORA.dora is None
+    assert QLORA.keys == tuple(k for k in LORA.keys if k != "use-dora") + ("bitsandbytes-version", "kbit-prepare")
+    assert QLORA._replace(name="lora", doc=LORA.doc, quantized_base=False, default_dtype="bf16", keys=LORA.keys, dora=LORA.dora) == LORA
     assert _estimate("qlora").run.dtype.name == "nf4"
 
 
@@ -93,11 +97,12 @@ def test_lora_counts_a_and_b_and_keeps_the_cast_input_and_the_rank_wide_hidden()
     gate_up = Linear("gate_up", "gate_up_proj", 64, 256, False, rank_scale=2)
     assert lora_tensors(gate_up, 8) == (16 * 64, 16 * 256)  # PEFT's fused gate_up adapter: rank 2r
     # bf16 activations, fp32 adapters: the fp32 copy of a 64-wide input (64 x 4 B) and lora_A's 8-wide fp32 output
-    assert lora_saved(64, 8, 4, 2) == (False, 64 * 4 + 8 * 4, 0, 0)
-    assert lora_saved(64, 8, 2, 2) == (True, 8 * 2, 0, 0)  # same dtype: the input itself is kept, no copy
+    assert lora_saved(64, 8, 4, 2)[:4] == (False, 64 * 4 + 8 * 4, 0, 0)
+    assert lora_saved(64, 8, 2, 2)[:4] == (True, 8 * 2, 0, 0)  # same dtype: the input itself is kept, no copy
     # lora-dropout > 0: the dropout's own output (64 x 2 B) replaces the input, and a 1-byte mask per element;
     # the output is the part modules sharing one dropout keep once
-    assert lora_saved(64, 8, 2, 2, dropout=True) == (False, 64 * 2 + 8 * 2, 64, 64 * 2)
+    assert lora_saved(64, 8, 2, 2, dropout=True)[:4] == (False, 64 * 2 + 8 * 2, 64, 64 * 2)
+    assert not any(lora_saved(64, 8, 4, 2, dropout=True)[4:])  # nothing that scales with the output or the weight
 
 
 def test_the_docs_table_lists_every_built_in_adapter():
@@ -148,3 +153,98 @@ def test_litgpt_keeps_one_dropout_output_and_mask_for_q_k_and_v():
 
     assert saved("litgpt", '["q_proj", "k_proj", "v_proj"]') - saved("litgpt", '["q_proj"]') == 4096
     assert saved("transformers", '["q_proj", "k_proj", "v_proj"]') - saved("transformers", '["q_proj"]') == 45_056
+
+
+def _lora_run(extra: str, mode: str = "lora"):
+    return parse(textwrap.dedent(PYPROJECT.format(mode=mode)) + extra).runs[0]
+
+
+def test_dora_adds_a_magnitude_per_output_and_keeps_both_outputs():
+    """By hand (the PYPROJECT model: hidden 64, q/v 64 -> 64, 2 layers, rank 8, bf16, fp32 adapters): DoRA adds one
+    magnitude per output feature, 2 x 2 x 64 = 256 beside LoRA's 4096. Each adapted module keeps, per token, the base
+    output (64 x 2 B) and lora_B's output (64 x 4 B); per module the detached norm and m / norm (64 x 4 B each) and
+    m / norm - 1 where the input needs a gradient (layer 1 only): 2 x 2 x 64 x 6 x 64 tokens + (2 x 2 x 2 + 2) x 64 x 4."""
+    lora, dora = estimate(_lora_run("")), estimate(_lora_run("use-dora = true\n"))
+    assert dora.trainable_params == lora.trainable_params + 256 == 4352
+    assert dora_tensors(Linear("q", "q_proj", 64, 96, False), 8) == (8 * 64, 96 * 8, 96)
+    assert dora_saved(64, 8, 4, 2)[:3] == lora_saved(64, 8, 4, 2)[:3]  # LoRA's own input cast and r-wide output
+    saved = lambda est: sum(v for k, v in est.details.items() if k.startswith("activations."))  # noqa: E731
+    assert saved(dora) - saved(lora) == 2 * 2 * 64 * 6 * 64 + (2 * 2 * 2 + 2) * 64 * 4
+    assert dora.details["weights.adapters"] == 4352 * 4 and "DoRA r=8" in dora.run.adapter.summary(8, ("q_proj",))
+
+
+def test_dora_with_dropout_keeps_the_weight_cast_to_the_adapter_dtype():
+    """With dropout PEFT recomputes the base output from the dropped input (F.linear(x, W.to(fp32))), which keeps the
+    fp32 copy of W where the input needs a gradient: layer 1's q and v, 2 x 64 x 64 x 4 B; the base output is fp32 then
+    (2 B more per output feature per token); lora-dropout's own output and mask as LoRA's."""
+    lora = estimate(_lora_run("lora-dropout = 0.1\n"))
+    dora = estimate(_lora_run("lora-dropout = 0.1\nuse-dora = true\n"))
+    saved = lambda est: sum(v for k, v in est.details.items() if k.startswith("activations."))  # noqa: E731
+    assert saved(dora) - saved(lora) == 2 * 64 * 64 * 4 + 2 * 2 * 64 * 8 * 64 + (2 * 2 * 2 + 2) * 64 * 4
+
+
+def test_dora_builds_its_weight_norm_in_the_forward():
+    """dora.py get_weight_norm per module, fp32 adapters over bf16 (by hand, q 64 -> 64, r 8): the identity 64 x 64,
+    lora_A's output 64 x 8, B A, W cast, s B A and W + s B A (64 x 64 each): 4 x (4096 + 512 + 4 x 4096) = 83,968 B.
+    The forward phase holds it over the weights, the optimizer states and the saved activations, without gradients
+    or loss buffers; the composer adds its 30 % fragmentation to what is transient and the fixed overhead."""
+    est = estimate(_lora_run("use-dora = true\n"))
+    d, phases = est.details, dict(est.phases)
+    transient = d["forward.adapter_transient"]
+    assert transient == dora_forward_transient(Linear("q", "q_proj", 64, 64, False), 8, 4, 2) == 83_968
+    saved = sum(v for k, v in d.items() if k.startswith("activations."))
+    fixed = d["overhead.cuda_context"] + d["overhead.cublas_workspace"]
+    states = d["weights.adapters"] + est.run.model.param_count() * 2 + 4352 * 4 * 2  # bf16 base, fp32 adapters, two AdamW states
+    assert abs(phases["adapter forward"] - (states + saved + transient + round(FRAGMENTATION * (saved + transient)) + fixed)) <= 2
+    assert "adapter forward" not in dict(estimate(_lora_run("")).phases)
+
+
+def test_dora_is_refused_where_peft_or_the_model_cannot_say():
+    with pytest.raises(ConfigError, match="use-dora: DoRA on embed_tokens"):
+        _lora_run('use-dora = true\nlora-targets = ["q_proj", "embed_tokens"]\n')
+    with pytest.raises(ConfigError, match='use-dora: only applies to mode = "lora"; run "adapted" has mode = "qlora"'):
+        _lora_run("use-dora = true\n", mode="qlora")
+
+
+def test_rslora_changes_no_figure_and_says_so():
+    lora, rslora = estimate(_lora_run("")), estimate(_lora_run("use-rslora = true\n"))
+    assert rslora.breakdown == lora.breakdown and rslora.trainable_params == lora.trainable_params
+    assert any("use-rslora" in note and "the memory is LoRA's" in note for note in rslora.notes)
+
+
+def test_peft_methods_not_modelled_are_refused_by_name_not_priced_as_lora():
+    with pytest.raises(ConfigError, match=r'mode: "loha" \(PEFT LoHaConfig: .*\) is not modelled yet'):
+        _estimate("loha")
+    with pytest.raises(ConfigError, match=r'mode: "dora" is an option of LoRA .* Use mode = "lora" with use-dora = true'):
+        _estimate("dora")
+
+
+def test_vera_trains_two_vectors_per_module_over_shared_frozen_projections():
+    """By hand (hidden 64, q/v 64 -> 64, 2 layers, VeRA's default r 256): lambda_d (256) and lambda_b (64) per module,
+    4 x 320 = 1280 trained; vera_A 256 x 64 and vera_B 64 x 256 frozen, fp32: 2 x 16,384 x 4 B. Each module keeps
+    F.linear(x, A) (256 x 4 B) and F.linear(.., B) (64 x 4 B) per token, 64 tokens, and not its input."""
+    est = estimate(_lora_run("", mode="vera"))
+    assert est.trainable_params == 4 * (256 + 64) == 1280
+    assert est.details["weights.adapter_projections"] == 2 * 256 * 64 * 4
+    assert vera_saved(64, 256, 4, 2) == Saved(False, 256 * 4, per_output=4)
+    assert any("assumed 256 (PEFT's VeraConfig default r)" in n for n in est.notes)
+    with pytest.raises(ConfigError, match="lora-targets: VeRA does not adapt"):
+        _lora_run('lora-targets = ["q_proj", "lm_head"]\n', mode="vera")
+    with pytest.raises(ConfigError, match='lora-dropout: only applies to mode = "lora" or "qlora"'):
+        _lora_run("lora-dropout = 0.1\n", mode="vera")
+
+
+def test_ia3_scales_the_outputs_and_the_down_projection_input():
+    """By hand (hidden 64, ffn 128, llama: PEFT's IA3 defaults k_proj, v_proj, down_proj; down_proj feedforward):
+    2 layers x (64 + 64 + 128) = 512 trained; k and v keep their bf16 base output (64 x 2 B per token), down_proj
+    its fp32 input cast (128 x 4 B), plus each vector's copy where the input needs a gradient."""
+    est = estimate(_lora_run("", mode="ia3"))
+    assert est.trainable_params == 2 * (64 + 64 + 128) == 512
+    down, k = Linear("down", "down_proj", 128, 64, False), Linear("k", "k_proj", 64, 64, False)
+    assert ia3_saved_on(down, 0, 4, 2) == Saved(False, 128 * 4, fixed_grad=128 * 4)
+    assert ia3_saved_on(down, 0, 2, 2).keeps_input  # same dtype: the input itself
+    assert ia3_saved_on(k, 0, 4, 2) == Saved(False, 0, per_output=2, per_output_fixed_grad=4)
+    assert "IA3 on k_proj, v_proj, down_proj" in est.run.adapter.summary(0, est.run.lora_targets)
+    assert not any("lora-rank" in n for n in est.notes)
+    with pytest.raises(ConfigError, match='lora-rank: only applies to mode = "lora" or "qlora" or "vera"'):
+        _lora_run("lora-rank = 4\n", mode="ia3")

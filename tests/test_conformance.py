@@ -77,7 +77,9 @@ def estimated_terms(est: Estimate, mode: str) -> Dict[str, int]:
         "logits": d["logits.logits"],
         # autograd keeps the activations less the backward's one-layer recompute and a 4-bit linear's dequantised
         # weight (transients), plus what the head keeps: the fp32 log-softmax and, with final-logit soft-capping, the tanh output
-        "saved_activations": b["activations"] - d.get("activations.recomputed_layer", 0) - d.get("activations.dequantized_weight", 0)
+        # (the activation items, not the breakdown's term: a forward peak adds its transient to that term)
+        "saved_activations": sum(v for k, v in d.items() if k.startswith("activations.")) - d.get("activations.recomputed_layer", 0)
+        - d.get("activations.dequantized_weight", 0)
         + d["logits.log_softmax"]
         + d.get("logits.softcap_tanh", 0),
     }

@@ -499,3 +499,30 @@ def test_llama_factory_additional_target_is_peft_modules_to_save(run_cli, tmp_pa
         # the run reports where it came from and prices the copies (Llama-3 8B: 4096 x 128,256 each)
         assert "sft.yaml: " + ("additional_target" if "additional" in yaml_keys else "resize_vocab") in out, out
         assert "partial" not in out, out
+
+
+@pytest.mark.parametrize("fmt, text, dora, rslora", [
+    # each trainer's own key for PEFT's use_dora / use_rslora (all False by default)
+    ("axolotl", "base_model: NousResearch/Meta-Llama-3-8B\nadapter: lora\npeft_use_dora: true\npeft_use_rslora: true\n", True, True),
+    ("llama-factory", "model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nfinetuning_type: lora\nuse_dora: true\n", True, False),
+    ("trl", "model_name_or_path: Qwen/Qwen2.5-0.5B\nuse_peft: true\nuse_rslora: true\n", False, True),
+    ("torchtune", "model:\n  _component_: torchtune.models.llama3_1.lora_llama3_1_8b\n  use_dora: true\nbatch_size: 2\n", True, False),
+    ("axolotl", "base_model: NousResearch/Meta-Llama-3-8B\nadapter: lora\n", False, False),
+])
+def test_use_dora_and_use_rslora_are_read_from_each_trainer(fmt, text, dora, rslora, tmp_path):
+    (tmp_path / "train.yaml").write_text(text, encoding="utf-8")
+    run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "train.yaml"\nformat = "{fmt}"\n',
+                base_dir=tmp_path).runs[0]
+    assert (run.use_dora, run.use_rslora) == (dora, rslora)
+    assert not any("dora" in reason or "rslora" in reason for reason in run.not_modelled)
+    if dora:  # DoRA's magnitude vectors are counted: one per output feature of each adapted linear
+        assert run.adapter.tensors(run.model.linears()[0], 8)[-1] == run.model.linears()[0].d_out
+
+
+def test_qdora_from_a_trainer_config_is_reported_not_priced(tmp_path):
+    """DoRA over a 4-bit base is not modelled: the reader reports it and the run is QLoRA's (partial), not an error."""
+    (tmp_path / "train.yaml").write_text("base_model: NousResearch/Meta-Llama-3-8B\nadapter: qlora\nload_in_4bit: true\n"
+                                         "peft_use_dora: true\n", encoding="utf-8")
+    run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "train.yaml"\n', base_dir=tmp_path).runs[0]
+    assert run.mode == "qlora" and not run.use_dora
+    assert any("peft_use_dora" in reason and "QDoRA" in reason for reason in run.not_modelled)

@@ -134,3 +134,37 @@ def test_tied_embeddings_hold_two_head_sized_gradients_at_the_end_of_backward():
     # gradients themselves, the most this run holds (its saved activations are ~100 KiB)
     extra = 1024 * 256 * 2
     assert resident + extra <= sum(v for k, v in backward.items() if k != "overhead") <= resident + extra + 256 * 1024
+
+
+@pytest.mark.parametrize("extra", [{"mode": "lora", "use-dora": True}, {"mode": "vera", "lora-rank": 16}, {"mode": "ia3"}],
+                         ids=["dora", "vera", "ia3"])
+def test_dora_vera_and_ia3_trace_as_the_detailed_count_says(extra):
+    """The trace builds each through peft (trace/step.py _peft_config): at the backward peak its saved activations
+    are the detailed count's, within the allocator's 512-byte blocks (a few tensors per layer)."""
+    from pytest_llmmem.estimator import estimate
+    from pytest_llmmem.trace.estimate import traced
+
+    run = adhoc_run({**TINY, "dtype": "bf16", "batch-size": 2, "seq-len": 64, **extra})
+    trace, detailed = traced(run), estimate(run)
+    saved = sum(v for k, v in detailed.details.items() if k.startswith("activations."))
+    assert abs(_phase(trace, "backward").breakdown["activations"] - saved) <= 4 * 512
+    assert trace.trainable_params == detailed.trainable_params
+
+
+def test_dora_traces_its_weight_norm_in_the_forward():
+    """DoRA on down_proj (512 -> 256, r 8, fp32 over bf16): the weight norm's 3.2 MB in one module's forward sets the
+    step's peak, in the trace as in the detailed forward phase (within 0.05 % of the total)."""
+    from pytest_llmmem.estimator import estimate
+    from pytest_llmmem.trace.estimate import traced
+
+    run = adhoc_run({**TINY, "mode": "lora", "use-dora": True, "lora-targets": ["q_proj", "v_proj", "down_proj"],
+                     "dtype": "bf16", "batch-size": 2, "seq-len": 64})
+    trace, detailed = traced(run), estimate(run)
+    assert detailed.peak_phase == "adapter forward" and detailed.details["forward.adapter_transient"] == 4 * (512 ** 2 + 512 * 8 + 4 * 512 * 256)
+    assert abs(trace.total_bytes - detailed.total_bytes) <= 0.0005 * detailed.total_bytes
+    from pytest_llmmem.errors import ConfigError
+    from pytest_llmmem.model.adapters import LORA
+    from pytest_llmmem.trace.step import _peft_config
+
+    with pytest.raises(ConfigError, match='mode "toy-lora" is not traced'):  # a plugin's method: refused, not guessed
+        _peft_config(None, run._replace(mode="toy-lora", adapter_entry=LORA._replace(name="toy-lora")))

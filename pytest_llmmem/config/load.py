@@ -22,7 +22,7 @@ from ..values import type_name
 from .checkpoint_keys import checkpoint_setting
 from .gpu_keys import budget, parallelism
 from ..model.layers import peft_target_problem
-from ..model.adapters import OUTER_TARGETS
+from ..model.adapters import OUTER_TARGETS, adapted_linears
 from .locate import Locator
 from ..model.architecture import Architecture
 from .model_config import check_values as check_model_values, model_from_table
@@ -125,6 +125,35 @@ def _modules_to_save(table: Table) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+def _adapter_targets(table: Table, adapter: Any, model: Any, targets: Tuple[str, ...]) -> Tuple[str, ...]:
+    """The targets, checked against what the run's adapter can adapt: PEFT's VeRA and IA3 wrap the layers' linears
+    only (no Embedding, which is LoRA's), and only LoRA has the routed-expert ParamWrapper."""
+    if adapter is None:
+        return targets
+    outer = [t for t in targets if t in OUTER_TARGETS]
+    if outer and not adapter.outer:
+        raise table.fail("lora-targets", f'{adapter.label} does not adapt {one_of(outer)} here (only the decoder layers\' linears are modelled for it).',
+                         hint="Leave them out of lora-targets, or train them in full: modules-to-save.")
+    if not adapter.expert_params and isinstance(model, Architecture) and any(lin.wrap == "param" for lin in adapted_linears(model, targets)):
+        raise table.fail("lora-targets", f"PEFT's {adapter.label} does not adapt routed-expert parameters (only LoRA's ParamWrapper does).",
+                         hint="Target the attention linears only.")
+    return targets
+
+
+def _use_dora(table: Table, model: Any, targets: Tuple[str, ...]) -> bool:
+    """use-dora: DoRA on the adapted linears (and the head). PEFT refuses it on routed-expert parameters
+    (peft/tuners/lora/layer.py ParamWrapper: "does not work with use_dora=True"); its embedding variant
+    (DoraEmbeddingLayer) is not modelled, so a DoRA run that adapts embed_tokens is refused rather than guessed."""
+    dora = table.boolean("use-dora", False)
+    if dora and "embed_tokens" in targets:
+        raise table.fail("use-dora", "DoRA on embed_tokens (PEFT's DoraEmbeddingLayer) is not modelled.",
+                         hint="Leave embed_tokens out of lora-targets (or train it in full: modules-to-save), or set use-dora = false.")
+    if dora and isinstance(model, Architecture) and any(lin.wrap == "param" for lin in adapted_linears(model, targets)):
+        raise table.fail("use-dora", "PEFT does not apply DoRA to routed-expert parameters (ParamWrapper raises a ValueError).",
+                         hint="Target the attention linears only, or set use-dora = false.")
+    return dora
+
+
 def _mode(table: Table, ctx: Context) -> Tuple[str, Any]:
     """The run's mode and the adapter it names (None for "train" and "inference"): an adapter a plugin
     registers is a mode like the built-in "lora" and "qlora" (adapters.py)."""
@@ -132,8 +161,27 @@ def _mode(table: Table, ctx: Context) -> Tuple[str, Any]:
     if "mode" in table and isinstance(table.values["mode"], str) and table.values["mode"].lower() not in MODES + names \
             and ctx.catalog.load_entry_points():
         names = tuple(ctx.catalog.adapters.names)  # plugins were loaded: one of them may register it
+    value = table.values.get("mode")
+    if isinstance(value, str) and value.lower() in ("dora", "rslora") and value.lower() not in names:
+        key = "use-" + value.lower()
+        raise table.fail("mode", f'"{shown_name(value)}" is an option of LoRA (PEFT LoraConfig.use_{value.lower()}), not a mode.',
+                         hint=f"Use mode = \"lora\" with {key} = true (valid modes: {one_of(MODES + names)}).")
+    if isinstance(value, str) and value.lower() in NOT_MODELLED_METHODS and value.lower() not in names:
+        raise table.fail("mode", f'"{shown_name(value)}" ({NOT_MODELLED_METHODS[value.lower()]}) is not modelled yet: its memory is not '
+                         "LoRA's, and a LoRA figure would be a wrong one (docs/adapters.md).",
+                         hint=f"Valid: {one_of(MODES + names)}; a plugin may register it (llmmem_register_adapters).")
     mode = table.choice("mode", MODES + names, "train")
     return mode, (None if mode in MODES else ctx.catalog.adapter(mode))
+
+
+# PEFT methods a run may name that no adapter models yet, and what each does that LoRA's count would miss
+NOT_MODELLED_METHODS = {
+    "loha": "PEFT LoHaConfig: rebuilds the full weight delta in every forward and keeps its Hadamard factors",
+    "lokr": "PEFT LoKrConfig: rebuilds the full weight delta from a Kronecker product in every forward",
+    "prompt-tuning": "PEFT PromptTuningConfig: virtual tokens lengthen every sequence",
+    "prefix-tuning": "PEFT PrefixTuningConfig: per-layer K/V of the virtual tokens",
+    "p-tuning": "PEFT PromptEncoderConfig: virtual tokens from a prompt encoder lengthen every sequence",
+}
 
 
 def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require_budget: bool = True) -> Run:
@@ -237,10 +285,10 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
     if isinstance(model, Architecture) and adapter is not None and "lora-targets" not in table:
         # PEFT's default target_modules for the model_type (peft/utils/constants.py
         # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING); PEFT refuses a model_type it lacks.
-        targets = model.family.lora_targets
+        targets = adapter.default_targets(model.family) if adapter.default_targets else model.family.lora_targets
         if not targets:
             names = model.module_names()
-            raise table.fail("mode", f'PEFT has no default LoRA targets for {model.family.name} models; say which linears to adapt.',
+            raise table.fail("mode", f'PEFT has no default {adapter.label} targets for {model.family.name} models; say which linears to adapt.',
                              hint=f'Add lora-targets = [...] from {one_of(names)}, or "all-linear".')
     dtype, quant_origin = _checkpoint_dtype(table, ctx, mode, model, model_raw, dtype)
     # serve_keys and recipe_keys load only for a run that has one of their keys (start-up: llmmem check
@@ -290,13 +338,15 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         selective_ac=selective,
         compiled=table.boolean("compile", False),
         flash_attention=table.boolean("flash-attention", True),
-        lora_rank=table.integer("lora-rank", 8),
+        lora_rank=table.integer("lora-rank", adapter.default_rank if adapter else 8),
         lora_rank_given="lora-rank" in table,
         lora_targets=targets,
         lora_dropout=table.probability("lora-dropout") or 0.0,
         bnb_keeps_inputs=_bnb_keeps_inputs(table),
         kbit_prepare=table.boolean("kbit-prepare", False),
         modules_to_save=_modules_to_save(table),
+        use_dora=_use_dora(table, model, _adapter_targets(table, adapter, model, targets)),
+        use_rslora=table.boolean("use-rslora", False),
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,
         knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name if dtype.name in ("nf4", "int4") else "", adapter_dtype=adapter_dtype.name,

@@ -138,6 +138,8 @@ class Run(NamedTuple):
     # peft.prepare_model_for_kbit_training: every non-4-bit parameter in fp32, so the activations too (kbit-prepare)
     kbit_prepare: bool = False
     modules_to_save: Tuple[str, ...] = ()  # LoraConfig.modules_to_save: lm_head / embed_tokens trained in full
+    use_dora: bool = False  # LoraConfig.use_dora = False: DoRA's magnitude vectors (adapters.with_dora)
+    use_rslora: bool = False  # LoraConfig.use_rslora = False: scaling alpha / sqrt(r), the same memory
     adapter_dtype: Optional[DType] = None
     gpus: int = 1  # total GPUs: data-parallel x tensor-parallel x pipeline-parallel
     zero_stage: int = 0  # DeepSpeed ZeRO 0-3
@@ -183,9 +185,10 @@ class Run(NamedTuple):
     def adapter(self) -> Optional[Adapter]:
         """The PEFT method this run trains; None for full training and inference. A run built without
         a config (or given another mode by _replace) gets the built-in adapter of that name."""
-        if self.adapter_entry is not None and self.adapter_entry.name == self.mode:
-            return self.adapter_entry
-        return builtin_adapter(self.mode)
+        entry = self.adapter_entry if self.adapter_entry is not None and self.adapter_entry.name == self.mode else builtin_adapter(self.mode)
+        if self.use_dora and entry is not None and entry.dora is not None:
+            return entry.dora(entry)  # use-dora: the same method with DoRA's magnitude vectors
+        return entry
 
     @property
     def trains(self) -> bool:

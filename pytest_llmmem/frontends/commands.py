@@ -46,7 +46,7 @@ _FLAG_KEYS = {"from-format": "format"}
 _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel",
              "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager",
              "reference-model", "precompute-ref-log-probs", "allow-network", "eval", "offload-to-cpu", "merge-adapters",
-             "gather-16bit-weights-on-save", "compile", "kbit-prepare")
+             "gather-16bit-weights-on-save", "compile", "kbit-prepare", "use-dora", "use-rslora")
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:

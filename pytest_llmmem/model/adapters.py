@@ -23,7 +23,7 @@ tuning (virtual tokens that lengthen every sequence) need a field of their own w
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from ..errors import ConfigError
 from .architecture import Architecture
@@ -97,6 +97,18 @@ class Saved(NamedTuple):
     per_token: int  # bytes per token the adapter keeps of its own
     mask_per_token: int = 0  # of its own, what only a module whose input needs a gradient keeps (dropout's mask)
     dropout_per_token: int = 0  # of per_token, the dropout's output: kept once where modules share one dropout (litgpt's qkv)
+    per_output: int = 0  # bytes per token per output feature (DoRA: the base's and the adapter's outputs)
+    per_output_fixed: int = 0  # bytes per output feature, once per module (DoRA: the weight norm, the magnitude's scale)
+    per_output_fixed_grad: int = 0  # the same, only where the module's input needs a gradient
+    per_weight_grad: int = 0  # bytes per element of the base weight, only where the input needs a gradient
+    fixed_grad: int = 0  # bytes once per module, only where the input needs a gradient (IA3's scaling vector copy)
+
+
+def module_kept(saved: Saved, d_in: int, d_out: int, tokens: int, input_grad: bool) -> int:
+    """Bytes one adapted module (``d_in`` -> ``d_out``) keeps of its own for ``tokens`` tokens (the fields of Saved)."""
+    per_token = saved.per_token + (saved.mask_per_token if input_grad else 0) + saved.per_output * d_out
+    fixed = d_out * (saved.per_output_fixed + (saved.per_output_fixed_grad if input_grad else 0)) + (saved.fixed_grad if input_grad else 0)
+    return tokens * per_token + fixed + (d_in * d_out * saved.per_weight_grad if input_grad else 0)
 
 
 def rank_on_targets(rank: int, targets: Tuple[str, ...]) -> str:
@@ -123,6 +135,22 @@ class Adapter(NamedTuple):
     keys: Tuple[str, ...] = ("lora-rank", "lora-targets", "adapter-dtype", "lora-dropout", "modules-to-save")  # the run keys that apply to it
     summary: Callable[[int, Tuple[str, ...]], str] = rank_on_targets  # (rank, targets) -> its settings in a report
     aliases: Tuple[str, ...] = ()
+    # (one adapted linear, rank, adapter bytes, activation bytes) -> bytes one adapted module holds in flight in
+    # its forward beyond what it keeps (DoRA's weight norm); the largest is a forward phase's own item
+    forward_transient: Optional[Callable[[Linear, int, int, int], int]] = None
+    dora: Optional[Callable[["Adapter"], "Adapter"]] = None  # what use-dora = true makes of it (None: not offered)
+    # (the adapted linears, rank) -> elements of frozen tensors it adds once for all of them (VeRA's shared projections)
+    shared: Optional[Callable[[Tuple[Linear, ...], int], int]] = None
+    default_rank: int = 8  # its config's default r, when lora-rank is not set
+    rank_source: str = "PEFT's LoraConfig default r"  # where default_rank comes from, for the report's note
+    outer: bool = True  # it may adapt lm_head and embed_tokens (PEFT's LoRA Linear and Embedding)
+    expert_params: bool = True  # it adapts routed-expert parameters (PEFT's LoRA ParamWrapper)
+    # (the model's Family) -> PEFT's default target_modules for it; None: LoRA's (Family.lora_targets)
+    default_targets: Optional[Callable[[Any], Tuple[str, ...]]] = None
+    # (one adapted linear, rank, adapter bytes, activation bytes, dropout on?) -> what it keeps, where that differs
+    # by module (IA3 scales a feedforward module's input and the others' output); None: ``saved`` by input width
+    saved_on: Optional[Callable[[Linear, int, int, int, bool], Saved]] = None
+    label: str = "LoRA"  # the method's name in a sentence
 
     def params(self, arch, rank: int, targets: Tuple[str, ...], trained_only: bool = False) -> int:
         """Trainable parameters it adds to ``arch``, group by group; ``trained_only``: those that get a
@@ -166,12 +194,140 @@ def lora_merge(numel: int, quantized: bool, compute_bytes: int, adapter_bytes: i
     return round(numel * (compute_bytes + 3 * adapter_bytes if quantized else 2 * adapter_bytes))
 
 
+def dora_tensors(lin: Linear, rank: int) -> Tuple[int, ...]:
+    """DoRA (Liu et al. 2024, eq. 5) trains LoRA's A and B and a magnitude vector, one per output feature
+    (peft/tuners/lora/dora.py DoraLinearLayer.update_layer: nn.Parameter of the weight norm, d_out)."""
+    return lora_tensors(lin, rank) + (lin.d_out,)
+
+
+def dora_saved(width: int, rank: int, adapter_bytes: int, act: int, dropout: bool = False) -> Saved:
+    """What DoRA keeps beyond LoRA (peft/tuners/lora/dora.py DoraLinearLayer.forward, variants.py DoraLinearVariant):
+    ``(m / ||W + sBA||_c - 1) * base_result + m / ||..||_c * lora_B(lora_A(x)) * s`` keeps, for the magnitude's
+    gradient, the base output (the frozen linear's own, in the model dtype; with dropout F.linear of the dropped input
+    and W cast to the adapter dtype, in that dtype) and lora_B's output (adapter dtype), d_out per token each; per
+    module the detached norm and m / norm (d_out each, adapter dtype), and m / norm - 1 where the base output needs a
+    gradient. With dropout F.linear keeps W cast to the adapter dtype for the input's gradient (none when the
+    dtypes agree: then W is the frozen parameter itself). Measured: tests/data/adapters/dora*.json."""
+    lora = lora_saved(width, rank, adapter_bytes, act, dropout)
+    base_output = adapter_bytes if dropout else act
+    return lora._replace(per_output=base_output + adapter_bytes, per_output_fixed=2 * adapter_bytes,
+                         per_output_fixed_grad=adapter_bytes, per_weight_grad=adapter_bytes if dropout and adapter_bytes != act else 0)
+
+
+def dora_forward_transient(lin: Linear, rank: int, adapter_bytes: int, act: int) -> int:
+    """DoRA's weight norm, built in every forward (peft/tuners/lora/dora.py get_lora_weight, get_weight_norm):
+    an identity d_in x d_in pushed through lora_A (d_in x r) and lora_B (B A, d_in x d_out), W cast to the
+    adapter dtype (W itself when the dtypes agree), s * B A and W + s * B A, all in the adapter dtype, alive
+    together while the norm is taken; the identity and lora_A's output are saved by a graph the forward drops
+    (measured: tests/data/adapters/dora.json freed_in_forward)."""
+    d_in, d_out = lin.d_in, lin.d_out
+    return adapter_bytes * (d_in * d_in + d_in * rank + d_in * d_out * (3 + (adapter_bytes != act)))
+
+
+def with_dora(adapter: Adapter) -> Adapter:
+    """use-dora = true (PEFT LoraConfig.use_dora): the magnitude vectors, DoRA's saved tensors and its weight norm."""
+    return adapter._replace(tensors=dora_tensors, saved=dora_saved, forward_transient=dora_forward_transient,
+                            summary=dora_summary, dora=None)
+
+
+def dora_summary(rank: int, targets: Tuple[str, ...]) -> str:
+    """'DoRA r=16 on q_proj, v_proj'."""
+    return "DoRA " + rank_on_targets(rank, targets)
+
+
+LORA_KEYS = ("lora-rank", "lora-targets", "adapter-dtype", "lora-dropout", "modules-to-save", "use-dora", "use-rslora")
 LORA = Adapter("lora", "LoRA (PEFT LoraConfig): low-rank A and B beside each targeted linear, the base frozen in its dtype",
-               adapted_linears, lora_tensors, lora_saved, lora_merge)
+               adapted_linears, lora_tensors, lora_saved, lora_merge, keys=LORA_KEYS, dora=with_dora)
 # QLoRA (Dettmers et al. 2023): LoRA on a base that stays 4-bit (bitsandbytes Linear4bit), NF4 unless a dtype is named.
+# DoRA over a 4-bit base (QDoRA) dequantises the weight in every forward and is not modelled: no use-dora.
 QLORA = LORA._replace(name="qlora", doc="QLoRA: LoRA over a 4-bit (NF4) frozen base", quantized_base=True, default_dtype="nf4",
-                      keys=LORA.keys + ("bitsandbytes-version", "kbit-prepare"))
-BUILTIN = (LORA, QLORA)
+                      keys=tuple(k for k in LORA_KEYS if k != "use-dora") + ("bitsandbytes-version", "kbit-prepare"), dora=None)
+def vera_tensors(lin: Linear, rank: int) -> Tuple[int, ...]:
+    """VeRA (Kopiczko et al. 2024, eq. 1) trains two scaling vectors per adapted module, lambda_d (r) and lambda_b
+    (d_out) (peft/tuners/vera/layer.py VeraLayer.update_layer); A and B are frozen and shared (vera_shared)."""
+    return (rank, lin.d_out)
+
+
+def vera_shared(linears: Tuple[Linear, ...], rank: int) -> int:
+    """VeRA's shared frozen projections: vera_A (r x the largest d_in) and vera_B (the largest d_out x r), one pair
+    for every adapted module, each slicing what it needs (peft/tuners/vera/model.py _find_dim, _init_vera_A_vera_B:
+    buffers, fp32 from _kaiming_init)."""
+    if not linears:
+        return 0
+    return rank * max(lin.d_in for lin in linears) + max(lin.d_out for lin in linears) * rank
+
+
+def vera_saved(width: int, rank: int, adapter_bytes: int, act: int, dropout: bool = False) -> Saved:
+    """``result + lambda_b * F.linear(lambda_d * F.linear(x, A), B)`` (peft/tuners/vera/layer.py Linear.forward, x cast
+    to the adapter dtype): with A and B frozen, the linears keep A and B (the shared buffers, weights) and not x;
+    lambda_d's multiply keeps F.linear(x, A), r wide, and lambda_b's keeps F.linear(.., B), d_out wide, both in the
+    adapter dtype. Measured: tests/data/adapters/vera.json."""
+    return Saved(False, rank * adapter_bytes, per_output=adapter_bytes)
+
+
+def vera_default_targets(family: Any) -> Tuple[str, ...]:
+    """peft/utils/constants.py TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING: LoRA's, but q and v only for phi."""
+    return ("q_proj", "v_proj") if family.name == "phi" else family.lora_targets
+
+
+def vera_summary(rank: int, targets: Tuple[str, ...]) -> str:
+    """'VeRA r=256 on q_proj, v_proj'."""
+    return "VeRA " + rank_on_targets(rank, targets)
+
+
+VERA = Adapter("vera", "VeRA (PEFT VeraConfig): trained vectors lambda_d (r) and lambda_b (d_out) per targeted linear over shared frozen "
+               "random projections A and B", adapted_linears, vera_tensors, vera_saved, lora_merge,
+               keys=("lora-rank", "lora-targets", "adapter-dtype", "modules-to-save"), summary=vera_summary,
+               shared=vera_shared, default_rank=256, rank_source="PEFT's VeraConfig default r", outer=False, expert_params=False,
+               default_targets=vera_default_targets, label="VeRA")
+# peft/utils/constants.py TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING for the families modelled here; the
+# feedforward modules (TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING) are each family's MLP down projection
+IA3_TARGETS = {"llama": ("k_proj", "v_proj", "down_proj"), "mistral": ("k_proj", "v_proj", "down_proj"),
+               "qwen2": ("q_proj", "v_proj", "down_proj"), "qwen3": ("q_proj", "v_proj", "down_proj"),
+               "gemma": ("q_proj", "v_proj", "down_proj"), "gemma2": ("q_proj", "v_proj", "down_proj"),
+               "gemma3_text": ("q_proj", "v_proj", "down_proj"), "phi": ("q_proj", "v_proj", "fc2"),
+               "falcon": ("query_key_value", "dense_4h_to_h")}
+IA3_FEEDFORWARD = "down"  # the role of the modules IA3 scales at the input (PEFT's feedforward_modules)
+
+
+def ia3_default_targets(family: Any) -> Tuple[str, ...]:
+    """PEFT's IA3 defaults for the family (IA3_TARGETS); none for a family not listed there."""
+    return IA3_TARGETS.get(family.name, ())
+
+
+def ia3_tensors(lin: Linear, rank: int) -> Tuple[int, ...]:
+    """IA3 (Liu et al. 2022, eq. 1) trains one vector per adapted module: d_in on a feedforward module (the input is
+    scaled), d_out on the others (peft/tuners/ia3/layer.py IA3Layer.update_layer: (1, in) or (out, 1))."""
+    return (lin.d_in if lin.role == IA3_FEEDFORWARD else lin.d_out,)
+
+
+def ia3_saved_on(lin: Linear, rank: int, adapter_bytes: int, act: int, dropout: bool = False) -> Saved:
+    """peft/tuners/ia3/layer.py Linear.forward. A feedforward module computes base(x.to(l.dtype) * l): the multiply
+    keeps the cast input (the input itself when the dtypes agree) and, where the input needs a gradient, l's flattened
+    copy (d_in, adapter dtype). The others compute base(x) * l: the multiply keeps the base output (d_out, model dtype)
+    and, where it needs a gradient, l's copy (d_out). The frozen linear keeps nothing. Measured: tests/data/adapters/ia3.json."""
+    if lin.role == IA3_FEEDFORWARD:
+        same = adapter_bytes == act
+        return Saved(same, 0 if same else lin.d_in * adapter_bytes, fixed_grad=lin.d_in * adapter_bytes)
+    return Saved(False, 0, per_output=act, per_output_fixed_grad=adapter_bytes)
+
+
+def ia3_merge(numel: int, quantized: bool, compute_bytes: int, adapter_bytes: int) -> int:
+    """IA3's merge multiplies the weight by its vector (peft/tuners/ia3/layer.py Linear.merge: torch.mul), one
+    product the size of the weight in the promoted (adapter) dtype; a 4-bit base is not merged here."""
+    return round(numel * max(compute_bytes, adapter_bytes))
+
+
+def ia3_summary(rank: int, targets: Tuple[str, ...]) -> str:
+    """'IA3 on k_proj, v_proj, down_proj' (no rank)."""
+    return f"IA3 on {', '.join(targets)}"
+
+
+IA3 = Adapter("ia3", "IA3 (PEFT IA3Config): one trained vector per targeted linear, scaling its output (its input on the MLP's "
+              "down projection)", adapted_linears, ia3_tensors, lambda width, rank, ab, act, dropout=False: Saved(False, 0),
+              ia3_merge, keys=("lora-targets", "adapter-dtype", "modules-to-save"), summary=ia3_summary, rank_source="",
+              outer=False, expert_params=False, default_targets=ia3_default_targets, saved_on=ia3_saved_on, label="IA3")
+BUILTIN = (LORA, QLORA, VERA, IA3)
 
 
 def builtin_adapter(name: str) -> Optional[Adapter]:

@@ -146,7 +146,7 @@ def verdict(est: Estimate, units: str = "gib") -> str:
 
 def _at_phase(est: Estimate) -> str:
     """' at evaluation' when a phase other than the training step sets the peak (issue 16)."""
-    return f" at {PHASES[est.peak_phase]}" if est.peak_phase in ("load", "eval", "save") else ""
+    return f" at {PHASES[est.peak_phase]}" if est.peak_phase in ("load", "forward", "adapter forward", "eval", "save") else ""
 
 
 def breakdown_table(est: Estimate, units: str = "gib", ascii_only: bool = False, indent: str = "  ", width: int = 80) -> List[str]:

@@ -22,6 +22,7 @@ import warnings
 from typing import Dict, NamedTuple, Optional
 
 from ..core.run import Run
+from ..errors import ConfigError
 from ..hf.config import with_depth
 from ..model.architecture import Architecture
 from . import attention
@@ -53,16 +54,31 @@ def _compute_dtype(torch, run: Run):
     return getattr(torch, TORCH_DTYPES[run.dtype.name])
 
 
+def _peft_config(peft, run: Run):
+    """The run's PEFT config: LoRA (QLoRA's adapters too) with its rank, targets, DoRA and rsLoRA (lora_dropout 0,
+    PEFT's default), VeRA with its rank and targets, IA3 with its targets (the MLP's down projection feedforward)."""
+    targets = "all-linear" if "all-linear" in run.lora_targets else list(run.lora_targets)
+    name = run.adapter.name
+    if name in ("lora", "qlora"):
+        return peft.LoraConfig(r=run.lora_rank, lora_alpha=2 * run.lora_rank, target_modules=targets, lora_dropout=0.0,
+                               use_dora=run.use_dora, use_rslora=run.use_rslora)
+    if name == "vera":
+        return peft.VeraConfig(r=run.lora_rank, target_modules=targets)
+    if name == "ia3":
+        down = [lin.name.split(".")[-1] for lin in run.adapter.touches(run.model, run.lora_targets) if lin.role == "down"]
+        return peft.IA3Config(target_modules=targets, feedforward_modules=down)
+    raise ConfigError(f'run "{run.name}": method = "trace" builds LoRA, QLoRA, VeRA and IA3 through peft; mode "{name}" is not traced.',
+                      hint='Use method = "detailed" for it.')
+
+
 def _with_adapters(torch, run: Run, model):
-    """PEFT LoRA with the run's rank and targets (lora_dropout 0, PEFT's default), adapters in the adapter dtype."""
+    """The run's PEFT method (_peft_config), its trainable tensors in the adapter dtype."""
     import peft
 
-    targets = "all-linear" if "all-linear" in run.lora_targets else list(run.lora_targets)
-    config = peft.LoraConfig(r=run.lora_rank, lora_alpha=2 * run.lora_rank, target_modules=targets, lora_dropout=0.0)
-    model = peft.get_peft_model(model, config, autocast_adapter_dtype=False)
+    model = peft.get_peft_model(model, _peft_config(peft, run), autocast_adapter_dtype=False)
     adapter = getattr(torch, TORCH_DTYPES.get(run.adapter_dtype.name, "float32"))
-    for name, param in model.named_parameters():
-        if "lora_" in name:
+    for param in model.parameters():
+        if param.requires_grad:
             param.data = param.data.to(adapter)
     return model
 

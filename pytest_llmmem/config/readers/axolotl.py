@@ -25,7 +25,7 @@ UNMODELLED = (
     # schema fields at 067b021c8b87 that change the peak and have no run key here
     ("activation_offloading", "activations offloaded to host or disk"), ("tiled_mlp", "the MLP computed in sequence tiles"),
     ("chunked_cross_entropy", "axolotl's chunked cross entropy"), ("lora_qkv_kernel", "fused LoRA QKV kernel"),
-    ("lora_o_kernel", "fused LoRA output-projection kernel"), ("peft_use_dora", "DoRA's magnitude vectors and extra activations"),
+    ("lora_o_kernel", "fused LoRA output-projection kernel"),
     ("gptq", "a GPTQ-quantised base"), ("relora", "ReLoRA's periodic merges"), ("lisa_n_layers", "LISA's few unfrozen layers"),
 )
 
@@ -50,6 +50,7 @@ def read(m: Mapper, base_dir: Path) -> None:
         else:
             m.assume("lora-dropout", 0.0, "axolotl src/axolotl/utils/schemas/peft.py:80 lora_dropout 0.0 (:236 validate_lora_dropout)")
         m.modules_to_save("lora_modules_to_save")
+        m.dora_and_rslora("peft_use_dora", "peft_use_rslora")  # src/axolotl/utils/schemas/peft.py:89, :92 (None: PEFT's False)
     elif adapter:
         m.not_modelled(f"adapter = {adapter}", "priced as full fine-tuning")
     else:

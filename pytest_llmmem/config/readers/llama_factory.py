@@ -16,7 +16,7 @@ HP = "LLaMA-Factory src/llamafactory/hparams"  # line numbers below: LLaMA-Facto
 UNMODELLED = (
     ("use_unsloth_gc", "Unsloth offloaded checkpointing"),
     ("use_galore", "GaLore projected optimizer states"), ("use_badam", "BAdam block-wise updates"), ("use_apollo", "APOLLO optimizer"),
-    ("use_dora", "DoRA's magnitude vectors and extra activations"), ("pissa_init", "PiSSA initialisation"),
+    ("pissa_init", "PiSSA initialisation"),
     ("freeze_vision_tower", "multimodal towers"),
     ("use_kt", "KTransformers CPU experts"),
     # hparams fields at ff6d4d12e that change the peak and have no run key here
@@ -59,6 +59,7 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.modules_to_save("additional_target")
         elif m.get("resize_vocab") is True:
             m.put("modules-to-save", ["embed_tokens", "lm_head"], "resize_vocab (adapter.py:246: the embeddings join additional_target)")
+        m.dora_and_rslora("use_dora", "use_rslora")  # {HP}/finetuning_args.py:103, :99 (False)
     elif kind == "full":
         m.put("mode", "train", "finetuning_type")
     else:

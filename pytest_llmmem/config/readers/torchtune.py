@@ -92,6 +92,9 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.put("lora-dropout", model["lora_dropout"], "model.lora_dropout")
         else:
             m.assume("lora-dropout", 0.0, "torchtune/models/llama3/_component_builders.py:173 lora_llama3(): lora_dropout 0.0")
+        # torchtune's own DoRALinear (torchtune/modules/peft/dora.py forward; lora_llama3 use_dora=False, :174) keeps what
+        # PEFT's does with the adapters in the model dtype: the base output, lora_b's output, the detached norm
+        m.dora_and_rslora("use_dora", values=model)  # torchtune has no rsLoRA switch
     # dtype and batch_size are required by the recipes (cfg.dtype, cfg.batch_size): without them the run's own
     # keys (or their defaults) apply, and nothing is credited to the file
     dtype = str(m.get("dtype", "bf16")).lower()

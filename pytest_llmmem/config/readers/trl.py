@@ -20,7 +20,6 @@ MODEL = "trl/trainer/model_config.py"
 ACCELERATE_PROFILES = {"zero1": ("zero-stage", 1), "zero2": ("zero-stage", 2), "zero3": ("zero-stage", 3),
                        "fsdp1": ("fsdp", "full-shard"), "fsdp2": ("fsdp", "full-shard")}
 UNMODELLED = (
-    ("use_dora", "DoRA's magnitude vectors"),
     ("padding_free", "unpadded batches (fewer tokens than batch x length)"),
 )
 
@@ -49,6 +48,7 @@ def read(m: Mapper, base_dir: Path) -> None:
         else:
             m.assume("lora-dropout", 0.05, f"{MODEL}:115: lora_dropout 0.05")
         m.modules_to_save("lora_modules_to_save")
+        m.dora_and_rslora("use_dora", "use_rslora")  # trl/trainer/model_config.py:142, :135 (False)
     else:
         m.assume("mode", "train", f"{MODEL}: use_peft False")
     if peft and four:

@@ -15,6 +15,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from typing import Any, Dict, FrozenSet, NamedTuple, Optional, Tuple
 
 from .attention_masks import model_masks, sdpa_layer_mask
+from ...model.adapters import module_kept
 from ...model.layers import Attention, Dense, LatentAttention, LayerGroup, Linear, MoE, NoMLP, StateSpace
 from ...model.architecture import PYTHON_ACTIVATIONS, Architecture
 
@@ -35,6 +36,7 @@ class Trainable(NamedTuple):
     no_grad_inputs: FrozenSet[str] = frozenset()  # modules of this layer whose input needs no gradient
     whole: FrozenSet[str] = frozenset()  # modules trained in full beside the adapter (modules-to-save)
     kernels: FrozenSet[str] = frozenset()  # parts replaced by fused kernels (catalog/kernels.py PARTS)
+    modules: Tuple[Tuple[str, Linear], ...] = ()  # (adapted module, its linear), for what scales with its shape (DoRA, IA3)
     one_qkv_dropout: bool = False  # q, k and v share one dropout on their common input (litgpt's fused qkv adapter)
     base_keeps_input: bool = False  # each 4-bit base linear keeps its input (bitsandbytes <= 0.43.1, MatMul4Bit ctx.tensors)
     base_cast: int = 0  # bytes per element of the 4-bit base's own cast of its input, where its dtype is not the compute dtype
@@ -54,12 +56,19 @@ class Trainable(NamedTuple):
         """Unsloth's LoRA autograd covers these modules: all of them adapted, no dropout (catalog/kernels.py)."""
         return "fast-lora" in self.kernels and not self.full and not self.dropout and bool(names) and all(n in self.adapted for n in names)
 
-    def adapter_saved(self, name: str, width: int, act: int) -> int:
-        """Bytes per token the adapter on ``name`` (input ``width`` wide) keeps of its own for backward."""
+    def _saved(self, name: str, width: int, act: int) -> Any:
+        """What the adapter on ``name`` keeps (adapters.Saved), by module where the adapter says it differs."""
+        lin = dict(self.modules).get(name)
+        if self.adapter.saved_on is not None and lin is not None:
+            return self.adapter.saved_on(lin, self.rank, self.adapter_bytes, act, self.dropout)
+        return self.adapter.saved(width, self.rank, self.adapter_bytes, act, self.dropout)
+
+    def adapter_kept(self, name: str, width: int, act: int, tokens: int) -> int:
+        """Bytes the adapter on ``name`` (input ``width`` wide) keeps of its own for backward over ``tokens`` tokens."""
         if name not in self.adapted:
             return 0
-        saved = self.adapter.saved(width, self.rank, self.adapter_bytes, act, self.dropout)
-        return saved.per_token + (0 if name in self.no_grad_inputs else saved.mask_per_token)
+        lin = dict(self.modules).get(name)
+        return module_kept(self._saved(name, width, act), width, lin.d_out if lin else 0, tokens, name not in self.no_grad_inputs)
 
     def shared_dropout_saved(self, names, width: int, act: int) -> int:
         """Bytes per token over-counted when ``names`` (q, k, v) share one dropout: litgpt's LoRAQKVLinear
@@ -75,8 +84,12 @@ class Trainable(NamedTuple):
 
     def keeps_input(self, name: str, act: int) -> bool:
         """Does the base input of ``name`` stay alive for backward (trainable weight, or an adapter that keeps it)?"""
-        return self.full or name in self.whole or (name in self.adapted and self.adapter.saved(0, self.rank, self.adapter_bytes, act, self.dropout).keeps_input) \
+        return self.full or name in self.whole or (name in self.adapted and self._saved(name, 0, act).keeps_input) \
             or (self.base_keeps(name) and not self.base_cast)
+
+    def untouched(self, names) -> bool:
+        """No gradient reaches these modules: their inputs need none (the first layer's) and none of them trains."""
+        return not self.full and all(n in self.no_grad_inputs and n not in self.adapted and n not in self.whole for n in names)
 
     def first_layer(self, linears: Dict[str, Linear]) -> "Trainable":
         """In the first layer of an adapter run the input comes from the frozen embedding: a module's input
@@ -131,7 +144,7 @@ def _consumer_input(arch: Architecture, names, tokens: int, width: int, act: int
     """
     keepers = sum(1 for n in names if t.keeps_input(n, act))
     kept = tokens * width * act * (keepers if amp else min(keepers, 1))
-    return kept + sum(tokens * (t.adapter_saved(n, width, act) + t.cast_copy(n, width)) for n in names)
+    return kept + sum(t.adapter_kept(n, width, act, tokens) + tokens * t.cast_copy(n, width) for n in names)
 
 
 class Pass(NamedTuple):
@@ -158,6 +171,12 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
         shared = tokens * arch.hidden_size * act
     else:
         shared = _consumer_input(arch, qkv, tokens, arch.hidden_size, act, t, p.amp) - tokens * t.shared_dropout_saved(qkv, arch.hidden_size, act)
+    if t.untouched(qkv):
+        # The first layer of an adapter run whose q, k and v are frozen: nothing before o_proj needs a gradient, so
+        # the kernel, rotary and softmax keep nothing; an adapted o_proj keeps what its adapter keeps of the kernel's
+        # output (measured: tests/data/adapters/vera-mlp.json, MLP-only targets).
+        o = lin["o"].name
+        return shared, (tokens * a * d * act if t.keeps_input(o, act) else 0) + t.adapter_kept(o, a * d, act, tokens)
     kept = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
     rotary = not fam.learned_positions and arch.rotary_dim != 0
     if "qkv" in lin and rotary and ((p.flash and fam.sdpa) or kv == a):
@@ -210,7 +229,7 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
             # casts it for the matmul (counted above), its output for attn @ V.
             kept += score_elems * (1 + (0 if p.amp else act))
     # Unsloth's LoRA_W keeps o_proj's input and the adapter weights (fast_lora.py:612 save_for_backward(A, B, X))
-    o_own = 0 if t.fast_lora([lin["o"].name]) else tokens * t.adapter_saved(lin["o"].name, a * d, act)
+    o_own = 0 if t.fast_lora([lin["o"].name]) else t.adapter_kept(lin["o"].name, a * d, act, tokens)
     o_own += tokens * t.cast_copy(lin["o"].name, a * d)
     kept += o_input_kept + o_own
     return shared, kept
@@ -236,7 +255,7 @@ def _latent_saved(arch: Architecture, attn: LatentAttention, lin: Dict[str, Line
         kept += tokens * a * v * act + p.batch * a * p.seq * FP32
     else:  # fp32 softmax and its cast back (none in fp32), then attn @ V keeps the o_proj input
         kept += p.batch * a * p.seq * p.seq * (FP32 + (act if act != FP32 else 0)) + tokens * a * v * act
-    kept += tokens * t.adapter_saved(lin["o"].name, a * v, act)
+    kept += t.adapter_kept(lin["o"].name, a * v, act, tokens)
     return shared, kept
 
 
@@ -278,6 +297,8 @@ def _mlp_saved(arch: Architecture, mlp: Any, lin: Dict[str, Linear], p: Pass) ->
     else:
         shared += _consumer_input(arch, in_names, mlp_tokens, h, act, t, p.amp)
     extra = PYTHON_ACTIVATIONS.get(arch.act, 0)
+    if not moe and t.untouched(in_names):  # the first layer, gate and up frozen: the activation keeps nothing
+        return shared, _consumer_input(arch, [lin["down"].name], mlp_tokens, f, act, t)
     if mlp.gated and "glu" in t.kernels and arch.family.glu_saves == 3:
         # Liger's SiLUMul / GELUMul keep gate's and up's outputs, not act(gate) (liger_kernel/ops/swiglu.py:262, geglu.py:138)
         kept = mlp_tokens * f * act * 2
@@ -382,10 +403,18 @@ def layer_saved(
         shared += tokens * h  # residual dropout mask, 1 byte per element
     # the additive mask SDPA keeps in a sliding layer is (b, 1, s, s) on every tensor-parallel rank
     mask = sdpa_layer_mask(arch, group.attention, batch=batch, seq=seq, act=act, flash=flash)
+    # In the first layer of an adapter run with frozen attention the residual after it needs no gradient either:
+    # the norms on it keep nothing (measured: tests/data/adapters/vera-mlp.json)
+    frozen_attention = isinstance(group.attention, Attention) and trainable.untouched(
+        [lin[r].name for r in ("qkv", "q", "k", "v", "o") if r in lin])
+    if frozen_attention and post_norms:
+        shared -= _norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels)
     out = {"attention": shared // (tp if sp else 1) + kept // tp + mask}
     mlp_shared, mlp_kept = _mlp_saved(arch, group.mlp, lin, p)
     if not isinstance(group.mlp, NoMLP):
-        mlp_shared += _norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) * (2 if post_norms else 1) if group.norms >= 2 else 0
+        # the pre-MLP norm (on the residual) and, with post-norms, the one on the MLP's output
+        mlp_norms = (2 if post_norms else 1) - (1 if frozen_attention else 0)
+        mlp_shared += _norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) * mlp_norms if group.norms >= 2 else 0
         if arch.hidden_dropout:
             mlp_shared += tokens * h
     if group.norms == 1 and not amp and isinstance(group.mlp, Dense):
@@ -421,7 +450,7 @@ def head_saved(arch: Architecture, *, batch: int, seq: int, act: int, trainable:
     # An adapted head keeps what an adapted linear keeps (adapters.lora_saved); an adapted embedding keeps
     # lora_embedding_A's r-wide output for B's gradient (peft/tuners/lora/layer.py Embedding.forward: after_A @ B;
     # it applies no dropout). Measured: tests/data/adapters/lora-head.json, lora-embed.json.
-    n += tokens * trainable.adapter_saved("lm_head", h, act)
+    n += trainable.adapter_kept("lm_head", h, act, tokens)
     if "embed_tokens" in trainable.adapted:
         n += tokens * trainable.rank * trainable.adapter_bytes
     if arch.family.embedding_norm:

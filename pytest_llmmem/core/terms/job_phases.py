@@ -25,8 +25,8 @@ from .trainer_terms import StepOptimizer
 
 INT64 = 8
 # How each phase is named in a sentence ("peak at checkpoint save: ...").
-LABELS = {"forward": "the next step's forward", "load": "loading", "backward": "the training step (backward)", "optimizer step": "the optimizer step",
-          "eval": "evaluation", "save": "checkpoint save"}
+LABELS = {"forward": "the next step's forward", "load": "loading", "adapter forward": "the training step (forward)",
+          "backward": "the training step (backward)", "optimizer step": "the optimizer step", "eval": "evaluation", "save": "checkpoint save"}
 STEP = ("backward", "optimizer step")  # a job phase is shown above the larger of these
 
 
@@ -235,6 +235,7 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
         prefill = states + [optimizer, Item("activations", step.activations, transient=True),
                             Item("logits", step.logits, transient=True), Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
         return (Phase("prefill", tuple(prefill)),)
+    forward = _adapter_forward(run, step, states + [optimizer], opt.gradients)
     instant = backward_instant(run, step, opt.gradients)
     own = [Item(name.split(".")[0], value, transient=name.startswith("activations.")) for name, value in instant.extra]
     backward = states + [Item("gradients", opt.gradients, alive=instant.gradients), optimizer,
@@ -243,12 +244,27 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
         + [Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
     why = f"the backward peaks at its {instant.name} instant ({INSTANTS[instant.name]})"
     if opt.in_backward:
-        return (Phase("backward", tuple(backward + [Item("optimizer_step", opt.temporaries)]), why),)
+        return forward + (Phase("backward", tuple(backward + [Item("optimizer_step", opt.temporaries)]), why),)
     if not opt.runs:
-        return (Phase("backward", tuple(backward), why),)
+        return forward + (Phase("backward", tuple(backward), why),)
     update = states + [Item("gradients", step_gradients(run, step, opt)), optimizer, Item("kv_cache", step.kv_cache), overhead_slot(),
                        Item("optimizer_step", opt.temporaries)]
-    return Phase("backward", tuple(backward), why), Phase("optimizer step", tuple(update))
+    return forward + (Phase("backward", tuple(backward), why), Phase("optimizer step", tuple(update)))
+
+
+def _adapter_forward(run, step: Step, states: List[Item], gradients: int) -> Tuple[Phase, ...]:
+    """The forward of an adapter that builds something large in its own forward (DoRA's weight norm,
+    adapters.dora_forward_transient): the states, the saved activations (all of them, an upper bound: the
+    last adapted module runs before the last layer's are saved), no loss buffers yet, and that module's
+    transient. Gradients exist in a forward only while they accumulate over micro-batches (zero_grad frees
+    them after each step). Shown as the backward plus the excess, under activations."""
+    transient = step.detail("forward.adapter_transient")
+    if not transient:
+        return ()
+    kept = states + ([Item("gradients", gradients)] if run.micro_batches > 1 else [])
+    items = kept + [Item("activations", step.activations + transient, transient=True), overhead_slot(shown_if_zero=False)]
+    return (Phase("adapter forward", tuple(items), f"{run.adapter.summary(run.lora_rank, run.lora_targets)} holds {format_bytes(transient)} in one module's forward",
+                  over=("backward",), excess="activations"),)
 
 
 def step_gradients(run, step: Step, opt: StepOptimizer) -> int:
@@ -306,4 +322,4 @@ def job_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
 
 def job_note(peak: Phase) -> str:
     """Why a load, eval or save phase sets the peak, for the notes ("" when the step sets it)."""
-    return f"peak at {LABELS[peak.name]}: {peak.why}" if peak.name in ("forward", "load", "eval", "save") and peak.why else ""
+    return f"peak at {LABELS[peak.name]}: {peak.why}" if peak.name in ("forward", "adapter forward", "load", "eval", "save") and peak.why else ""

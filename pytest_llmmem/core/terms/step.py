@@ -163,6 +163,10 @@ def step_terms(run: Run) -> Step:
             adapter_bytes = run.adapter_dtype.bytes
             details["weights.adapters"] = round(trainable * adapter_bytes)
             weights += details["weights.adapters"]
+            if run.adapter.shared is not None:  # frozen tensors the method adds once (VeRA's projections), in the adapter dtype
+                layers = run.adapter.touches(arch, run.lora_targets)
+                details["weights.adapter_projections"] = round(run.adapter.shared(layers, run.lora_rank) * adapter_bytes)
+                weights += details["weights.adapter_projections"]
             # Adapters train in their own dtype: PEFT keeps them fp32, so grads and states are fp32 too.
             # A bypassed adapter (Linear.wrap) gets no .grad, and torch AdamW keeps no state for it.
             trained = run.adapter.params(arch, run.lora_rank, run.lora_targets, trained_only=True)
@@ -216,8 +220,11 @@ def step_terms(run: Run) -> Step:
         notes.append(f"{arch.family.name} has no SDPA path in transformers: counted as eager attention (flash-attn would keep less)")
     if not run.seq_len_given and arch is not None:
         notes.append(f"seq-len not set: assumed {run.seq_len}")
-    if not run.lora_rank_given and run.adapter is not None:
-        notes.append(f"lora-rank not set: assumed {run.lora_rank} (PEFT's LoraConfig default r)")
+    if run.use_rslora and run.adapter is not None:
+        notes.append("use-rslora: rsLoRA scales B A by alpha / sqrt(r) instead of alpha / r (peft/tuners/lora/layer.py "
+                     "update_layer) and adds no tensor: the memory is LoRA's")
+    if not run.lora_rank_given and run.adapter is not None and run.adapter.rank_source:
+        notes.append(f"lora-rank not set: assumed {run.lora_rank} ({run.adapter.rank_source})")
     host += host_bytes_per_node(run, details.get("host.offloaded_activations", 0))
     return Step(arch, params, trainable, trained, tensors, local, weights, master, gradients, optimizer_states,
                 activations, logits, kv_cache, tuple(details.items()), tuple(notes), host)
@@ -244,15 +251,21 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
         trainable = Trainable(full=True, kernels=kernels)
     else:
         adapted = run.adapter.touches(arch, run.lora_targets)
-        names = frozenset(lin.name for lin in adapted if lin.wrap == "module") | {lin.name for lin in outer_targets(arch, run.lora_targets)}
-        trainable = Trainable(full=False, adapted=names, adapter_bytes=int(run.adapter_dtype.bytes),
+        modules = tuple(lin for lin in adapted if lin.wrap == "module") + outer_targets(arch, run.lora_targets)
+        trainable = Trainable(full=False, adapted=frozenset(lin.name for lin in modules), adapter_bytes=int(run.adapter_dtype.bytes),
                               experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter,
                               dropout=run.lora_dropout > 0, whole=frozenset(run.modules_to_save), kernels=kernels,
                               one_qkv_dropout=run.knobs.framework == "litgpt",  # litgpt/lora.py:405 LoRAQKVLinear
                               # bitsandbytes <= 0.43.1 (Trainable.base_keeps); under checkpointing the forward runs
                               # without grad (reentrant, transformers < 5's default), so MatMul4Bit keeps nothing
                               base_keeps_input=run.bnb_keeps_inputs and run.adapter.quantized_base and not run.gradient_checkpointing,
-                              base_cast=run.dtype.compute_bytes if run.kbit_prepare else 0)
+                              base_cast=run.dtype.compute_bytes if run.kbit_prepare else 0,
+                              modules=tuple((lin.name, lin) for lin in modules))
+        if run.adapter.forward_transient is not None:
+            # what one adapted module holds in flight in its own forward (DoRA's weight norm), the largest of them:
+            # the forward phase's own item (job_phases.step_phases)
+            details["forward.adapter_transient"] = max(
+                (run.adapter.forward_transient(lin, run.lora_rank * lin.rank_scale, trainable.adapter_bytes, act) for lin in modules), default=0)
     amp = run.precision == "amp" and run.mode == "train"
     kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
