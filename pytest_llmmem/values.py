@@ -14,7 +14,7 @@ from .errors import shown
 
 # Largest values taken as meant; anything past these is a typo or a unit slip.
 _LIMITS = {
-    "batch-size": 1_000_000, "seq-len": 100_000_000, "gpus": 1_000_000, "lora-rank": 65_536,
+    "batch-size": 1_000_000, "seq-len": 100_000_000, "gpus": 1_000_000, "lora-rank": 65_536, "num-virtual-tokens": 1_000_000,
     "tensor-parallel": 4096, "pipeline-parallel": 4096, "expert-parallel": 100_000, "micro-batches": 1_000_000,
     "gpus-per-node": 1024, "zero-stage": 3, "context-parallel": 4096,
     "hidden-size": 1_000_000, "num-layers": 10_000, "num-heads": 100_000, "num-kv-heads": 100_000,

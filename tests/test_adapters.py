@@ -248,3 +248,22 @@ def test_ia3_scales_the_outputs_and_the_down_projection_input():
     assert not any("lora-rank" in n for n in est.notes)
     with pytest.raises(ConfigError, match='lora-rank: only applies to mode = "lora" or "qlora" or "vera"'):
         _lora_run("lora-rank = 4\n", mode="ia3")
+
+
+def test_prompt_tuning_lengthens_every_sequence_by_its_virtual_tokens():
+    """By hand (hidden 64, vocab 1000, batch 2 x seq 32, 8 virtual tokens): 8 x 64 = 512 trained embeddings; the frozen
+    model runs on 40 positions, so the logits are 2 x 40 x 1000 bf16; its first layer's input (the prompt) needs a
+    gradient, so layer 0 keeps what layer 1 keeps: the two layers alike."""
+    est = estimate(_lora_run("num-virtual-tokens = 8\n", mode="prompt-tuning"))
+    assert est.trainable_params == 8 * 64 == 512
+    assert est.details["logits.logits"] == 2 * 40 * 1000 * 2
+    assert est.details["weights.adapters"] == 512 * 4 and "prompt tuning, 8 virtual tokens" in est.run.adapter.summary(8, ())
+    from pytest_llmmem.core.terms.activations import Trainable, layer_saved
+
+    arch = est.run.model
+    per_layer = sum(layer_saved(arch, batch=2, seq=40, act=2, flash=True, trainable=Trainable(full=False)).values())
+    assert est.details["activations.attention"] + est.details["activations.mlp"] == 2 * per_layer
+    with pytest.raises(ConfigError, match="prompt tuning needs num-virtual-tokens"):
+        _lora_run("", mode="prompt-tuning")
+    with pytest.raises(ConfigError, match='num-virtual-tokens: only applies to mode = "prompt-tuning"'):
+        _lora_run("num-virtual-tokens = 8\n")

@@ -136,9 +136,9 @@ def test_tied_embeddings_hold_two_head_sized_gradients_at_the_end_of_backward():
     assert resident + extra <= sum(v for k, v in backward.items() if k != "overhead") <= resident + extra + 256 * 1024
 
 
-@pytest.mark.parametrize("extra", [{"mode": "lora", "use-dora": True}, {"mode": "vera", "lora-rank": 16}, {"mode": "ia3"}],
-                         ids=["dora", "vera", "ia3"])
-def test_dora_vera_and_ia3_trace_as_the_detailed_count_says(extra):
+@pytest.mark.parametrize("extra", [{"mode": "lora", "use-dora": True}, {"mode": "vera", "lora-rank": 16}, {"mode": "ia3"},
+                                   {"mode": "prompt-tuning", "num-virtual-tokens": 16}], ids=["dora", "vera", "ia3", "prompt-tuning"])
+def test_dora_vera_ia3_and_prompt_tuning_trace_as_the_detailed_count_says(extra):
     """The trace builds each through peft (trace/step.py _peft_config): at the backward peak its saved activations
     are the detailed count's, within the allocator's 512-byte blocks (a few tensors per layer)."""
     from pytest_llmmem.estimator import estimate

@@ -28,10 +28,9 @@ MODEL_KEYS = ("params", "config", "id", "revision", "allow-network") + ARCH_KEYS
 TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "selective-ac", "compile", "zero-stage", "fsdp", "offload", "micro-batches",
               "context-parallel")
 PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
-# The keys an adapter reads (adapters.Adapter.keys says which apply to each: LoRA all but bitsandbytes-version and
-# kbit-prepare, QLoRA all but use-dora).
+# The keys an adapter reads (adapters.Adapter.keys says which apply to each).
 ADAPTER_KEYS = ("lora-rank", "lora-targets", "adapter-dtype", "lora-dropout", "bitsandbytes-version", "kbit-prepare", "modules-to-save",
-                "use-dora", "use-rslora")
+                "use-dora", "use-rslora", "num-virtual-tokens")
 INFERENCE_ONLY = ("prompt-len", "new-tokens", "logits", "engine")
 # A serving engine's start-up flags, under their vLLM names (SGLang's mem_fraction_static is gpu-memory-utilization).
 ENGINE_ONLY = (

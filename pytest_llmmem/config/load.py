@@ -140,6 +140,16 @@ def _adapter_targets(table: Table, adapter: Any, model: Any, targets: Tuple[str,
     return targets
 
 
+def _virtual_tokens(table: Table, adapter: Any) -> int:
+    """num-virtual-tokens: required by a method that prepends a prompt (PEFT's PromptTuningConfig has no default)."""
+    if adapter is None or adapter.prompt is None:
+        return 0
+    if "num-virtual-tokens" not in table:
+        raise table.fail("mode", f"{adapter.label} needs num-virtual-tokens (PEFT's num_virtual_tokens has no default).",
+                         hint="Add num-virtual-tokens = 20 (the PEFT docs' example), the count your PromptTuningConfig sets.")
+    return table.integer("num-virtual-tokens")
+
+
 def _use_dora(table: Table, model: Any, targets: Tuple[str, ...]) -> bool:
     """use-dora: DoRA on the adapted linears (and the head). PEFT refuses it on routed-expert parameters
     (peft/tuners/lora/layer.py ParamWrapper: "does not work with use_dora=True"); its embedding variant
@@ -178,7 +188,6 @@ def _mode(table: Table, ctx: Context) -> Tuple[str, Any]:
 NOT_MODELLED_METHODS = {
     "loha": "PEFT LoHaConfig: rebuilds the full weight delta in every forward and keeps its Hadamard factors",
     "lokr": "PEFT LoKrConfig: rebuilds the full weight delta from a Kronecker product in every forward",
-    "prompt-tuning": "PEFT PromptTuningConfig: virtual tokens lengthen every sequence",
     "prefix-tuning": "PEFT PrefixTuningConfig: per-layer K/V of the virtual tokens",
     "p-tuning": "PEFT PromptEncoderConfig: virtual tokens from a prompt encoder lengthen every sequence",
 }
@@ -347,6 +356,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         modules_to_save=_modules_to_save(table),
         use_dora=_use_dora(table, model, _adapter_targets(table, adapter, model, targets)),
         use_rslora=table.boolean("use-rslora", False),
+        virtual_tokens=_virtual_tokens(table, adapter),
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,
         knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name if dtype.name in ("nf4", "int4") else "", adapter_dtype=adapter_dtype.name,

@@ -140,6 +140,7 @@ class Run(NamedTuple):
     modules_to_save: Tuple[str, ...] = ()  # LoraConfig.modules_to_save: lm_head / embed_tokens trained in full
     use_dora: bool = False  # LoraConfig.use_dora = False: DoRA's magnitude vectors (adapters.with_dora)
     use_rslora: bool = False  # LoraConfig.use_rslora = False: scaling alpha / sqrt(r), the same memory
+    virtual_tokens: int = 0  # PromptTuningConfig.num_virtual_tokens (no default): prepended to every sequence
     adapter_dtype: Optional[DType] = None
     gpus: int = 1  # total GPUs: data-parallel x tensor-parallel x pipeline-parallel
     zero_stage: int = 0  # DeepSpeed ZeRO 0-3

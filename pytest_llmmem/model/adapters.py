@@ -151,10 +151,15 @@ class Adapter(NamedTuple):
     # by module (IA3 scales a feedforward module's input and the others' output); None: ``saved`` by input width
     saved_on: Optional[Callable[[Linear, int, int, int, bool], Saved]] = None
     label: str = "LoRA"  # the method's name in a sentence
+    # (architecture, virtual tokens) -> trainable parameters of a prompt the method prepends to every sequence
+    # (prompt tuning: num-virtual-tokens embeddings); None: it prepends none
+    prompt: Optional[Callable[[Any, int], int]] = None
 
-    def params(self, arch, rank: int, targets: Tuple[str, ...], trained_only: bool = False) -> int:
+    def params(self, arch, rank: int, targets: Tuple[str, ...], trained_only: bool = False, virtual_tokens: int = 0) -> int:
         """Trainable parameters it adds to ``arch``, group by group; ``trained_only``: those that get a
-        gradient (not a bypassed module's, layers.Linear.wrap)."""
+        gradient (not a bypassed module's, layers.Linear.wrap); a prompt of ``virtual_tokens`` where it has one."""
+        if self.prompt is not None:
+            return self.prompt(arch, virtual_tokens)
         layers = sum(count * sum(lin.count * sum(self.tensors(lin, rank)) for lin in self.touches(arch, targets, lins)
                                  if not (trained_only and lin.wrap == "bypassed"))
                      for count, lins in arch.group_linears())
@@ -327,7 +332,39 @@ IA3 = Adapter("ia3", "IA3 (PEFT IA3Config): one trained vector per targeted line
               "down projection)", adapted_linears, ia3_tensors, lambda width, rank, ab, act, dropout=False: Saved(False, 0),
               ia3_merge, keys=("lora-targets", "adapter-dtype", "modules-to-save"), summary=ia3_summary, rank_source="",
               outer=False, expert_params=False, default_targets=ia3_default_targets, saved_on=ia3_saved_on, label="IA3")
-BUILTIN = (LORA, QLORA, VERA, IA3)
+def prompt_embedding(arch: Any, virtual_tokens: int) -> int:
+    """Prompt tuning (Lester et al. 2021) trains one embedding per virtual token, hidden wide (peft/tuners/prompt_tuning/
+    model.py PromptEmbedding: nn.Embedding(num_virtual_tokens * num_transformer_submodules, token_dim), one
+    submodule for a causal LM)."""
+    return virtual_tokens * arch.hidden_size
+
+
+def no_linears(arch: Any, targets: Tuple[str, ...], linears: Any = None) -> Tuple[Linear, ...]:
+    """A method that adapts no linear (prompt tuning: the frozen model runs on a longer sequence)."""
+    return ()
+
+
+def nothing_saved(width: int, rank: int, adapter_bytes: int, act: int, dropout: bool = False) -> Saved:
+    """No adapted module, so nothing of its own kept (prompt tuning's prompt is the first layer's input)."""
+    return Saved(False, 0)
+
+
+def nothing_merged(numel: int, quantized: bool, compute_bytes: int, adapter_bytes: int) -> int:
+    """Prompt tuning has no weight to merge into (PEFT's merge_and_unload is LoRA-like tuners' only): nothing in flight."""
+    return 0
+
+
+def prompt_summary(virtual_tokens: int, targets: Tuple[str, ...]) -> str:
+    """'prompt tuning, 20 virtual tokens'."""
+    return f"prompt tuning, {virtual_tokens} virtual tokens"
+
+
+PROMPT_TUNING = Adapter(
+    "prompt-tuning", "prompt tuning (PEFT PromptTuningConfig): num-virtual-tokens trained embeddings prepended to every "
+    "sequence, the whole model frozen", no_linears, lambda lin, rank: (), nothing_saved, nothing_merged,
+    keys=("num-virtual-tokens", "adapter-dtype"), summary=prompt_summary, rank_source="", outer=False, expert_params=False,
+    label="prompt tuning", prompt=prompt_embedding)
+BUILTIN = (LORA, QLORA, VERA, IA3, PROMPT_TUNING)
 
 
 def builtin_adapter(name: str) -> Optional[Adapter]:

@@ -78,7 +78,7 @@ def describe_run(est: Estimate) -> str:
     if run.optimizer is not None:
         parts.append(run.optimizer.name)
     if run.adapter is not None:
-        parts.append(run.adapter.summary(run.lora_rank, run.lora_targets))
+        parts.append(run.adapter.summary(run.virtual_tokens if run.adapter.prompt else run.lora_rank, run.lora_targets))
     if run.serve is not None:
         parts.append(run.engine)  # its TP=N is said once, with the GPUs below
     elif isinstance(run.model, Architecture):

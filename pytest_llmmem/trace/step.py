@@ -56,7 +56,8 @@ def _compute_dtype(torch, run: Run):
 
 def _peft_config(peft, run: Run):
     """The run's PEFT config: LoRA (QLoRA's adapters too) with its rank, targets, DoRA and rsLoRA (lora_dropout 0,
-    PEFT's default), VeRA with its rank and targets, IA3 with its targets (the MLP's down projection feedforward)."""
+    PEFT's default), VeRA with its rank and targets, IA3 with its targets (the MLP's down projection feedforward),
+    prompt tuning with its virtual tokens."""
     targets = "all-linear" if "all-linear" in run.lora_targets else list(run.lora_targets)
     name = run.adapter.name
     if name in ("lora", "qlora"):
@@ -64,10 +65,12 @@ def _peft_config(peft, run: Run):
                                use_dora=run.use_dora, use_rslora=run.use_rslora)
     if name == "vera":
         return peft.VeraConfig(r=run.lora_rank, target_modules=targets)
+    if name == "prompt-tuning":
+        return peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=run.virtual_tokens)
     if name == "ia3":
         down = [lin.name.split(".")[-1] for lin in run.adapter.touches(run.model, run.lora_targets) if lin.role == "down"]
         return peft.IA3Config(target_modules=targets, feedforward_modules=down)
-    raise ConfigError(f'run "{run.name}": method = "trace" builds LoRA, QLoRA, VeRA and IA3 through peft; mode "{name}" is not traced.',
+    raise ConfigError(f'run "{run.name}": method = "trace" builds LoRA, QLoRA, VeRA, IA3 and prompt tuning through peft; mode "{name}" is not traced.',
                       hint='Use method = "detailed" for it.')
 
 

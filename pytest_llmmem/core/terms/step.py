@@ -156,7 +156,7 @@ def step_terms(run: Run) -> Step:
         if arch is None:
             notes.append("LoRA adapters need the architecture to count: give config or the architecture keys")
         else:
-            trainable = run.adapter.params(arch, run.lora_rank, run.lora_targets)
+            trainable = run.adapter.params(arch, run.lora_rank, run.lora_targets, virtual_tokens=run.virtual_tokens)
             experts_note = peft_target_problem(arch.family.name, arch.linears(), run.lora_targets)[1]
             if experts_note:
                 notes.append(experts_note)
@@ -169,7 +169,7 @@ def step_terms(run: Run) -> Step:
                 weights += details["weights.adapter_projections"]
             # Adapters train in their own dtype: PEFT keeps them fp32, so grads and states are fp32 too.
             # A bypassed adapter (Linear.wrap) gets no .grad, and torch AdamW keeps no state for it.
-            trained = run.adapter.params(arch, run.lora_rank, run.lora_targets, trained_only=True)
+            trained = run.adapter.params(arch, run.lora_rank, run.lora_targets, trained_only=True, virtual_tokens=run.virtual_tokens)
             gradients = round(trained * adapter_bytes)
             optimizer_states, opt_note = _optimizer_bytes(run.optimizer, run, trained, adapter_bytes, False)
             # modules-to-save: PEFT's ModulesToSaveWrapper trains a full copy of each named module in the model's
@@ -234,7 +234,10 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
     """Activations, logits and KV cache, which scale with batch and sequence; each a sum over layer
     groups. Returns (their items, activations, logits, KV cache)."""
     # Context parallelism shards every activation's sequence over its ranks (checkpointing.py).
-    b, s = run.batch_size, -(-run.seq_len // run.context_parallel)
+    # A prompt the adapter prepends (prompt tuning) lengthens every sequence by its virtual tokens: PEFT concatenates
+    # them before the input embeddings and -100 labels before the labels (peft/peft_model.py PeftModelForCausalLM.forward)
+    prompt = run.virtual_tokens if run.adapter is not None and run.adapter.prompt is not None else 0
+    b, s = run.batch_size, -(-(run.seq_len + prompt) // run.context_parallel)
     tokens = b * s
     vocab_out = arch.num_labels if arch.family.classifier else arch.vocab_size
     logit_rows = b if arch.family.classifier else tokens
@@ -278,7 +281,9 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
     for i, (n, g) in enumerate(stage):
         rest = layer_saved(arch, g, **kw)
         # In a LoRA run the first layer's input comes from the frozen embedding (no gradient), unless it is adapted.
-        first = layer_saved(arch, g, input_requires_grad=trainable.full or "embed_tokens" in trainable.adapted | trainable.whole, **kw) if i == 0 else rest
+        # (or a trained prompt is part of its input)
+        first_grad = trainable.full or bool(prompt) or "embed_tokens" in trainable.adapted | trainable.whole
+        first = layer_saved(arch, g, input_requires_grad=first_grad, **kw) if i == 0 else rest
         biggest_layer = max(biggest_layer, sum(rest.values()))
         for block in blocks:
             blocks[block] += first[block] + rest[block] * (n - 1)
