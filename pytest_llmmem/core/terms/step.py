@@ -19,7 +19,7 @@ from ...catalog.entries import DType, Optimizer
 from ...catalog.kernels import applied as kernels_applied
 from ...model.architecture import Architecture
 from ...model.layers import peft_target_problem
-from ...model.adapters import outer_targets
+from ...model.adapters import lora_saved, outer_targets
 from ..compose import Pairs
 from .parallel import LocalParams, adapter_base, frozen_params, host_bytes_per_node, local_params, model_states, offloaded_adapter_states
 from .prefill import prefill_terms, stage_groups
@@ -250,6 +250,8 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
         return terms.details, terms.activations, terms.logits, terms.kv_cache
     details: Dict[str, int] = {}
     kernels, _ = kernels_applied(run.knobs.kernels, arch.family.name)  # fused kernels change what modules keep (catalog/kernels.py)
+    if run.adapter is not None and run.adapter.saved is not lora_saved:
+        kernels = kernels - {"fast-lora"}  # Unsloth's LoRA autograd replaces plain LoRA modules only (not DoRA, VeRA, IA3)
     if run.mode == "train":
         trainable = Trainable(full=True, kernels=kernels)
     else:
