@@ -140,14 +140,15 @@ def test_tied_embeddings_hold_two_head_sized_gradients_at_the_end_of_backward():
                                    {"mode": "prompt-tuning", "num-virtual-tokens": 16}], ids=["dora", "vera", "ia3", "prompt-tuning"])
 def test_dora_vera_ia3_and_prompt_tuning_trace_as_the_detailed_count_says(extra):
     """The trace builds each through peft (trace/step.py _peft_config): at the backward peak its saved activations
-    are the detailed count's, within the allocator's 512-byte blocks (a few tensors per layer)."""
+    are the detailed count's, within the allocator's 512-byte blocks (a few small tensors; prompt tuning adds the
+    prompt's indices, its -100 labels and the concatenated labels, each rounded up to a block)."""
     from pytest_llmmem.estimator import estimate
     from pytest_llmmem.trace.estimate import traced
 
     run = adhoc_run({**TINY, "dtype": "bf16", "batch-size": 2, "seq-len": 64, **extra})
     trace, detailed = traced(run), estimate(run)
     saved = sum(v for k, v in detailed.details.items() if k.startswith("activations."))
-    assert abs(_phase(trace, "backward").breakdown["activations"] - saved) <= 4 * 512
+    assert abs(_phase(trace, "backward").breakdown["activations"] - saved) <= 8 * 512
     assert trace.trainable_params == detailed.trainable_params
 
 
