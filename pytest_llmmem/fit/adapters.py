@@ -35,8 +35,8 @@ def narrower_targets(run: Run) -> List[Tuple[Tuple[str, ...], str]]:
     """Narrower lora-targets than the run's, widest first, each with what it leaves out: the head and the
     embedding dropped, then the MLP (attention projections only), then PEFT's default for the model."""
     arch = run.model
-    if run.adapter is None or not isinstance(arch, Architecture):
-        return []
+    if run.adapter is None or not isinstance(arch, Architecture) or "lora-targets" not in run.adapter.keys:
+        return []  # (prompt tuning adapts no linear)
     layers = _layer_targets(run)
     out: List[Tuple[Tuple[str, ...], str]] = []
 

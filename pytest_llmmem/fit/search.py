@@ -136,7 +136,7 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
             offer("lora-targets", list(targets), f"fits with lora-targets = {toml_list(targets)} ({why})", run._replace(lora_targets=targets))
             if len(out) > before:
                 break
-        if run.lora_rank > 1:  # lora_A's r-wide output, A and B, their gradients and states all shrink with r
+        if run.lora_rank > 1 and "lora-rank" in run.adapter.keys:  # lora_A's r-wide output, A and B, their gradients and states shrink with r
             best = largest_fitting(run, "lora_rank", run.lora_rank - 1, price)
             if best:
                 out.append(WayOut("lora-rank", best, f"fits with lora-rank <= {best}", price(run._replace(lora_rank=best))))
@@ -288,7 +288,7 @@ def toggles(run: Run) -> List[Toggle]:
     if shaped and run.adapter is not None:
         for targets, _ in narrower_targets(run)[-1:]:  # the narrowest: PEFT's default, or attention only
             attempt(f"lora-targets = {toml_list(targets)}", True, "", lambda: run._replace(lora_targets=targets))
-        if run.lora_rank > 1:
+        if run.lora_rank > 1 and "lora-rank" in run.adapter.keys:  # (IA3 and prompt tuning have no rank)
             attempt(f"lora-rank = {run.lora_rank // 2}", True, "", lambda: run._replace(lora_rank=run.lora_rank // 2))
     for key, value, _, changed in trainer_knobs(run):
         shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
