@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from pytest_llmmem.config.load import adhoc_run  # noqa: E402
 from validation_data import missing  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 from pytest_llmmem.errors import ConfigError  # noqa: E402
-from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Estimate
+from pytest_llmmem.core.records import Estimate
 from pytest_llmmem.estimator import estimate  # noqa: E402
 
 UNITS = {"MiB": 2**20, "MB": 2**20, "GB": 10**9, "GiB": 2**30}  # HF anatomy "MB" rows are pynvml used // 1024**2
@@ -107,6 +107,9 @@ BERT_LARGE = {"family": "bert", "hidden-size": 1024, "num-layers": 24, "num-head
 LLAMA2_7B = {"family": "llama", "hidden-size": 4096, "num-layers": 32, "num-heads": 32, "intermediate-size": 11008, "vocab-size": 32000}
 OCTOCODER = {"family": "gpt_bigcode", "hidden-size": 6144, "num-layers": 40, "num-heads": 48, "num-kv-heads": 1,
              "intermediate-size": 24576, "vocab-size": 49152, "max-position-embeddings": 8192}
+# The HF rows are of 2022 (transformers 4.2x): a torch 1.x, its release unpublished; their 1343 MiB context after
+# torch.ones is eager module loading (core/records.py TORCH1_CONTEXT_BYTES).
+TORCH1 = "1.12"
 OPTIMIZERS = {"AdamW (Trainer default)": "adamw", "Adafactor": "adafactor", "bnb Adam8bit": "adamw-8bit", "AdamW": "adamw"}
 
 
@@ -117,10 +120,10 @@ def _measured_run(row: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], str]:
         return None, "defines the CUDA-context constant (1343 MiB), not a check of it"
     if model == "bert-large-uncased":
         if row["batch_size"] == 0:
-            return {"params": "335143938", "mode": "inference", "dtype": "fp32"}, "weights only after load"
+            return {"params": "335143938", "mode": "inference", "dtype": "fp32", "torch-version": TORCH1}, "weights only after load"
         amp = row["precision"] == "amp-fp16"
         # BERT's published config: dropout 0.1 on attention probabilities and hidden states; eager attention.
-        return {**BERT_LARGE, "mode": "train", "dtype": "fp16" if amp else "fp32", "precision": "amp" if amp else "pure",
+        return {**BERT_LARGE, "torch-version": TORCH1, "mode": "train", "dtype": "fp16" if amp else "fp32", "precision": "amp" if amp else "pure",
                 "optimizer": OPTIMIZERS[row["optimizer"]], "batch-size": row["batch_size"], "seq-len": row["seq_len"],
                 "gradient-checkpointing": bool(row["grad_checkpointing"]), "flash-attention": False,
                 "attention-dropout": 0.1, "hidden-dropout": 0.1}, ""
@@ -221,9 +224,9 @@ def _comparable(est: Estimate, kind: str) -> int:
     """The estimate as the measurement sees it."""
     total = est.total_bytes
     if kind.startswith("max_memory_allocated") or kind == "peak memory":
-        return total - est.breakdown["overhead"]
+        return est.allocated_bytes
     if kind == "reserved":
-        return total - CUDA_CONTEXT_BYTES - CUBLAS_WORKSPACE_BYTES
+        return est.reserved_bytes
     return total  # nvidia-smi: context, kernels and the allocator's pool included
 
 

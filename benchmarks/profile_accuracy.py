@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from pytest_llmmem.config.load import adhoc_run  # noqa: E402
 from validation_data import missing  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
-from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES
+from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES
 from pytest_llmmem.estimator import estimate  # noqa: E402
 
 UNITS = {"MiB": 2**20, "GB": 10**9, "GiB": 2**30}
@@ -73,7 +73,7 @@ def torchtune_rows(path: Path) -> List[Row]:
         for seq in (512, 1024):
             est = estimate(adhoc_run({**keys, "seq-len": seq}))
             values.append(_allocated(est) if row["measured_kind"] == "peak memory" else
-                          est.total_bytes - CUDA_CONTEXT_BYTES - CUBLAS_WORKSPACE_BYTES)
+                          est.reserved_bytes - CUBLAS_WORKSPACE_BYTES)
         rows.append(Row("torchtune", row["id"], row["measured_kind"], values, row["measured_value"] * UNITS[row["measured_unit"]],
                         None, "seq-len unpublished: 512 / 1024"))
     return rows
@@ -116,7 +116,7 @@ def h100_rows(path: Path) -> List[Row]:
             measured = {name: p["max_allocated"] for name, p in row["phases"].items()}
             peak_phase = max(measured, key=measured.get)
             phase_ok = {"optimizer_step": "optimizer step"}.get(peak_phase, peak_phase) == est.peak_phase
-            step = dict(est.phases)["optimizer step"] - CUDA_CONTEXT_BYTES - CUBLAS_WORKSPACE_BYTES
+            step = dict(est.phases)["optimizer step"] - est.details["overhead.cuda_context"] - CUBLAS_WORKSPACE_BYTES
             name = f"{scenario['name']} b{scenario['batch']} s{scenario['seq']}" + (" ckpt" if scenario.get("checkpointing") else "")
             rows.append(Row("transformers", name, "optimizer-step max_allocated", [step], measured["optimizer_step"],
                             (est.fits is (not row["oom"])) and phase_ok,

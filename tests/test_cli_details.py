@@ -51,9 +51,10 @@ def test_fit_inference_gives_a_real_answer(run_cli):
     assert code == 0
     assert "needs the architecture" not in out  # the architecture is given (llama2-7b/config.json)
     # the exact boundaries are property-checked in tests/test_fit.py; here: the inference answer is given
-    # generation counts the last position's logits only (issue 12): 25 and 13,200 (22 and 11,664 with every position's)
-    assert "largest batch-size that fits: 25 (at seq-len 4096)" in out
-    assert "longest seq-len that fits:    13200 (at batch-size 8)" in out
+    # generation counts the last position's logits only (issue 12): 26 and 13,320 with the 768 MiB context
+    # (25 and 13,200 with 1343 MiB)
+    assert "largest batch-size that fits: 26 (at seq-len 4096)" in out
+    assert "longest seq-len that fits:    13320 (at batch-size 8)" in out
     assert "gradient-checkpointing = true: n/a (only for training: inference keeps no activations for a backward pass)" in out
 
 
@@ -139,8 +140,8 @@ def test_a_pipe_in_a_run_name_keeps_the_summary_table(write_pyproject, run_cli, 
     _actions(monkeypatch, tmp_path)
     run_cli("check", path)
     summary = (tmp_path / "summary.md").read_text()
-    # 1e9 x 2 B = 1.86 GiB + 1375 MiB overhead = 3.21 GiB; H100-80GB reports 81559 MiB = 79.65 GiB, less 2
-    assert "| serve\\|fast | 3.21 GiB | 77.65 GiB | 4.1 % | :warning: fits (partial) |" in summary
+    # 1e9 x 2 B = 1.86 GiB + 800 MiB overhead = 2.64 GiB; H100-80GB reports 81559 MiB = 79.65 GiB, less 2
+    assert "| serve\\|fast | 2.64 GiB | 77.65 GiB | 3.4 % | :warning: fits (partial) |" in summary
 
 
 def test_the_hook_writes_no_file_under_github_actions(write_pyproject, run_cli, monkeypatch, tmp_path):
@@ -159,7 +160,7 @@ def test_without_runner_temp_no_json_is_written(write_pyproject, run_cli, monkey
     assert code == 0
     assert not (tmp_path / "llmmem-report.json").exists()  # before: written into the repository
     assert (tmp_path / "output.txt").read_text() == "fits=true\n"
-    assert "| serve | 3.21 GiB |" in (tmp_path / "summary.md").read_text()
+    assert "| serve | 2.64 GiB |" in (tmp_path / "summary.md").read_text()
 
 
 def test_with_runner_temp_the_json_goes_there(write_pyproject, run_cli, monkeypatch, tmp_path):

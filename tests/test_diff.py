@@ -5,8 +5,8 @@ import json
 import pytest
 
 # 7B params known by count only (see tests/test_github.py for the hand computation):
-#   serving in bf16 = 7e9 x 2 B + 1375 MiB overhead = 15,441,792,000 B = 14.38 GiB.
-#   On gpu-memory = "16 GB" (14.90 GiB) that is 96.5 %: fits. On "14.3 GB" it is 108.0 %: over.
+#   serving in bf16 = 7e9 x 2 B + 800 MiB overhead = 14,838,860,800 B = 13.82 GiB.
+#   On gpu-memory = "16 GB" (14.90 GiB) that is 92.7 %: fits. On "14.3 GB" it is 103.8 %: over.
 SERVE = """\
 [tool.llmmem]
 gpu-memory = "{budget}"
@@ -44,17 +44,17 @@ def two_projects(tmp_path, monkeypatch):
 def test_multi_project_reports_are_diffed_by_project_and_name(two_projects, run_cli):
     base = _check_json(run_cli, two_projects / "base.json", "proj-a", "proj-b")
     assert [p["file"] for p in json.loads(base.read_text())["projects"]] == ["proj-a/pyproject.toml", "proj-b/pyproject.toml"]
-    _project(two_projects, "proj-b", budget="14.3 GB")  # 15.44e9 / 14.3e9 = 108.0 %
+    _project(two_projects, "proj-b", budget="14.3 GB")  # 14.84e9 / 14.3e9 = 103.8 %
     head = _check_json(run_cli, two_projects / "head.json", "proj-a", "proj-b")
     code, out, err = run_cli("diff", base, head)
     assert code == 1, err  # before the fix: an empty table and exit 0
     assert out.splitlines() == [
-        "serve (proj-a/pyproject.toml): 14.4 -> 14.4 GiB (+0.0) [fits]",
-        "serve (proj-b/pyproject.toml): 14.4 -> 14.4 GiB (+0.0) [NO LONGER FITS]",
+        "serve (proj-a/pyproject.toml): 13.8 -> 13.8 GiB (+0.0) [fits]",
+        "serve (proj-b/pyproject.toml): 13.8 -> 13.8 GiB (+0.0) [NO LONGER FITS]",
     ]
     code, out, _ = run_cli("diff", base, head, "--format", "markdown")
     assert code == 1
-    assert "| serve (`proj-b/pyproject.toml`) | 14.4 | 14.4 | +0.0 |  | NO LONGER FITS |" in out
+    assert "| serve (`proj-b/pyproject.toml`) | 13.8 | 13.8 | +0.0 |  | NO LONGER FITS |" in out
 
 
 def test_added_and_removed_runs_and_projects(two_projects, run_cli):
@@ -64,10 +64,10 @@ def test_added_and_removed_runs_and_projects(two_projects, run_cli):
     head = _check_json(run_cli, two_projects / "head.json", "proj-a", "proj-b", "proj-c")
     code, out, _ = run_cli("diff", base, head)
     lines = out.splitlines()
-    assert "serve-long (proj-b/pyproject.toml): - -> 14.4 GiB [new]" in lines
-    assert "serve (proj-b/pyproject.toml): 14.4 -> - GiB [removed]" in lines
+    assert "serve-long (proj-b/pyproject.toml): - -> 13.8 GiB [new]" in lines
+    assert "serve (proj-b/pyproject.toml): 13.8 -> - GiB [removed]" in lines
     # a run that arrives over budget is a regression as much as one that stops fitting
-    assert "serve (proj-c/pyproject.toml): - -> 14.4 GiB [new, OVER]" in lines
+    assert "serve (proj-c/pyproject.toml): - -> 13.8 GiB [new, OVER]" in lines
     assert code == 1
 
 
@@ -77,8 +77,8 @@ def test_single_and_multi_project_reports_match_by_file(two_projects, run_cli):
     head = _check_json(run_cli, two_projects / "head.json", "proj-a", "proj-b")
     code, out, _ = run_cli("diff", base, head)
     assert code == 1
-    assert "serve (proj-b/pyproject.toml): 14.4 -> 14.4 GiB (+0.0) [NO LONGER FITS]" in out.splitlines()
-    assert "serve (proj-a/pyproject.toml): - -> 14.4 GiB [new]" in out.splitlines()
+    assert "serve (proj-b/pyproject.toml): 13.8 -> 13.8 GiB (+0.0) [NO LONGER FITS]" in out.splitlines()
+    assert "serve (proj-a/pyproject.toml): - -> 13.8 GiB [new]" in out.splitlines()
 
 
 def test_one_project_each_side_matches_by_run_name(two_projects, run_cli):
@@ -87,7 +87,7 @@ def test_one_project_each_side_matches_by_run_name(two_projects, run_cli):
     _project(two_projects, "proj-a", budget="14.3 GB")
     head = _check_json(run_cli, two_projects / "head.json", str(two_projects / "proj-a" / "pyproject.toml"))
     code, out, _ = run_cli("diff", base, head)
-    assert (code, out) == (1, "serve: 14.4 -> 14.4 GiB (+0.0) [NO LONGER FITS]\n")
+    assert (code, out) == (1, "serve: 13.8 -> 13.8 GiB (+0.0) [NO LONGER FITS]\n")
 
 
 def test_a_run_name_with_a_pipe_keeps_the_markdown_table(two_projects, run_cli):
@@ -95,7 +95,7 @@ def test_a_run_name_with_a_pipe_keeps_the_markdown_table(two_projects, run_cli):
     base = _check_json(run_cli, two_projects / "base.json", "proj-a")
     code, out, _ = run_cli("diff", base, base, "--format", "markdown")
     assert code == 0
-    assert out.splitlines()[2] == "| a\\|b | 14.4 | 14.4 | +0.0 |  | fits |"
+    assert out.splitlines()[2] == "| a\\|b | 13.8 | 13.8 | +0.0 |  | fits |"
 
 
 GOOD_RUN = {"name": "serve", "fits": True, "total_bytes": 10, "budget_bytes": 20, "breakdown": {"weights": 10}}

@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # 7B params known by count only, so every figure is hand-computable:
 #   train bf16 mixed AdamW: at the optimizer step the bf16 gradients are cast onto the fp32 masters, so
-#   7e9 x (2 + 4 + 4 + 8) = 126e9 B (backward: 2 B gradients, 112e9 B), + 1375 MiB overhead (1343 MiB CUDA
-#   context + 32 MiB cuBLAS) = 127,441,792,000 B = 118.69 GiB; A100-80GB budget 80 GiB -> 148.4 %.
-#   serve: 7e9 x 2 + 1375 MiB = 15,441,792,000 B = 14.38 GiB of 16 GB (14.90 GiB) -> 96.5 %: warning.
+#   7e9 x (2 + 4 + 4 + 8) = 126e9 B (backward: 2 B gradients, 112e9 B), + 800 MiB overhead (768 MiB CUDA
+#   context + 32 MiB cuBLAS) = 126,838,860,800 B = 118.13 GiB; A100-80GB budget 80 GiB -> 147.7 %.
+#   serve: 7e9 x 2 + 800 MiB = 14,838,860,800 B = 13.82 GiB of 16 GB (14.90 GiB) -> 92.7 %: warning.
 PROJECT = """\
 [tool.llmmem]
 gpu = "A100-80GB"
@@ -62,13 +62,13 @@ def test_annotations_are_exact(actions_env, run_cli):
     assert code == 1
     annotations = [line for line in out.splitlines() if line.startswith("::")]
     # Every run is known by params only, so each annotation also says the estimate is partial; "small"
-    # fits with room to spare and is annotated only for that (1e9 x 2 B + 1375 MiB = 3.21 GiB, 4.0 %).
+    # fits with room to spare and is annotated only for that (1e9 x 2 B + 800 MiB = 2.64 GiB, 3.3 %).
     partial = "estimate is partial: the model is given by params only: activations, logits and KV cache are not counted."
     assert annotations == [
-        "::error file=train/pyproject.toml,line=7,title=llmmem%3A train::train needs 118.69 GiB per GPU, over its 80.00 GiB budget "
-        f"(148.4 %25); biggest term: optimizer states 52.15 GiB. The {partial}",
-        f"::warning file=train/pyproject.toml,line=11,title=llmmem%3A serve::serve uses 96.5 %25 of its 14.90 GiB budget (14.38 GiB), and the {partial}",
-        f"::warning file=train/pyproject.toml,line=16,title=llmmem%3A small::small fits (3.21 GiB of 80.00 GiB, 4.0 %25), but the {partial}",
+        "::error file=train/pyproject.toml,line=7,title=llmmem%3A train::train needs 118.13 GiB per GPU, over its 80.00 GiB budget "
+        f"(147.7 %25); biggest term: optimizer states 52.15 GiB. The {partial}",
+        f"::warning file=train/pyproject.toml,line=11,title=llmmem%3A serve::serve uses 92.7 %25 of its 14.90 GiB budget (13.82 GiB), and the {partial}",
+        f"::warning file=train/pyproject.toml,line=16,title=llmmem%3A small::small fits (2.64 GiB of 80.00 GiB, 3.3 %25), but the {partial}",
     ]
 
 
@@ -76,9 +76,9 @@ def test_job_summary_and_outputs(actions_env, run_cli):
     run_cli("check", actions_env / "train")
     summary = (actions_env / "summary.md").read_text()
     assert "| run | total | budget | used | verdict |" in summary
-    assert "| train | 118.69 GiB | 80.00 GiB | 148.4 % | :x: over (partial) |" in summary
-    assert "| serve | 14.38 GiB | 14.90 GiB | 96.5 % | :warning: fits (partial) |" in summary
-    assert "| optimizer states | 52.15 GiB | 43.9 % |" in summary  # 56e9 of 127.44e9
+    assert "| train | 118.13 GiB | 80.00 GiB | 147.7 % | :x: over (partial) |" in summary
+    assert "| serve | 13.82 GiB | 14.90 GiB | 92.7 % | :warning: fits (partial) |" in summary
+    assert "| optimizer states | 52.15 GiB | 44.2 % |" in summary  # 56e9 of 126.84e9
     assert summary.count("```mermaid") == 3 and '    "optimizer states" : 52.15' in summary
     report = actions_env / "llmmem-report.json"
     assert (actions_env / "output.txt").read_text() == f"fits=false\njson={report}\n"
@@ -107,8 +107,8 @@ def test_pytest_plugin_annotates_and_summarises(pytester, monkeypatch):
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     pytester.makepyprojecttoml(PROJECT)
     result = pytester.runpytest("--llmmem")
-    result.stdout.fnmatch_lines(["::error file=pyproject.toml,line=7,title=llmmem%3A train::train needs 118.69 GiB per GPU*"])
-    assert "| train | 118.69 GiB | 80.00 GiB | 148.4 % | :x: over (partial) |" in summary.read_text()
+    result.stdout.fnmatch_lines(["::error file=pyproject.toml,line=7,title=llmmem%3A train::train needs 118.13 GiB per GPU*"])
+    assert "| train | 118.13 GiB | 80.00 GiB | 147.7 % | :x: over (partial) |" in summary.read_text()
 
 
 # --- llmmem diff ---------------------------------------------------------------------------------
@@ -126,10 +126,10 @@ def test_diff_names_the_terms_that_moved(tmp_path, run_cli):
     base = _report(tmp_path, "base", PROJECT.replace('dtype = "bf16"', 'dtype = "bf16"\noptimizer = "sgd"'), run_cli)
     head = _report(tmp_path, "head", PROJECT, run_cli)
     code, out, _ = run_cli("diff", base, head)
-    # sgd -> adamw adds 2 fp32 states: 7e9 x 8 B = 56e9 B = +52.2 GiB; base total 7e9 x (2 + 4 + 4) + 1375 MiB
-    # = 71.44e9 B = 66.5 GiB at the optimizer step (fp32 gradients on the masters)
-    assert out.splitlines()[0] == "train: 66.5 -> 118.7 GiB (+52.2, optimizer states +52.2) [NO LONGER FITS]"
-    assert out.splitlines()[1] == "serve: 14.4 -> 14.4 GiB (+0.0) [fits]"
+    # sgd -> adamw adds 2 fp32 states: 7e9 x 8 B = 56e9 B = +52.2 GiB; base total 7e9 x (2 + 4 + 4) + 800 MiB
+    # = 70.84e9 B = 66.0 GiB at the optimizer step (fp32 gradients on the masters)
+    assert out.splitlines()[0] == "train: 66.0 -> 118.1 GiB (+52.2, optimizer states +52.2) [NO LONGER FITS]"
+    assert out.splitlines()[1] == "serve: 13.8 -> 13.8 GiB (+0.0) [fits]"
     assert code == 1  # a run that fitted no longer does
 
 
@@ -140,9 +140,9 @@ def test_diff_markdown_and_no_regression(tmp_path, run_cli):
     assert code == 0
     assert out.splitlines()[0] == "| run | before (GiB) | after (GiB) | change | largest changes | verdict |"
     # 8-bit AdamW keeps 2 x (1 + 4/256) = 2.0313 B/param instead of 8 (bitsandbytes absmax per 256,
-    # optim/optimizer.py:524): saves 7e9 x 5.96875 = 41.78e9 B = 38.9 GiB; 127.44e9 - 41.78e9 = 85.66e9 B
-    # = 79.8 GiB, under the 80 GiB budget.
-    assert "| train | 118.7 | 79.8 | -38.9 | optimizer states -38.9 | fits |" in out
+    # optim/optimizer.py:524): saves 7e9 x 5.96875 = 41.78e9 B = 38.9 GiB; 126.84e9 - 41.78e9 = 85.06e9 B
+    # = 79.2 GiB, under the 80 GiB budget.
+    assert "| train | 118.1 | 79.2 | -38.9 | optimizer states -38.9 | fits |" in out
 
 
 def test_diff_bad_input(tmp_path, run_cli):
@@ -175,8 +175,8 @@ def test_action_passes_inputs_through_env_only():
 
 
 def test_negative_calibration_is_a_line_of_its_own_not_a_pie_slice(actions_env, run_cli):
-    # calibration = 0.9 on "train": (0.9 - 1) x 127,441,792,000 B = -12,744,179,200 B = -11.87 GiB
-    # (see PROJECT's comment for the 118.69 GiB before it); total 114,697,612,800 B = 106.82 GiB.
+    # calibration = 0.9 on "train": (0.9 - 1) x 126,838,860,800 B = -12,683,886,080 B = -11.81 GiB
+    # (see PROJECT's comment for the 118.13 GiB before it); total 114,154,974,720 B = 106.32 GiB.
     # Mermaid rejects a negative slice, so the correction must not be one.
     text = PROJECT.replace('name = "train"\ndtype = "bf16"', 'name = "train"\ndtype = "bf16"\ncalibration = 0.9')
     (actions_env / "train" / "pyproject.toml").write_text(text)
@@ -186,6 +186,6 @@ def test_negative_calibration_is_a_line_of_its_own_not_a_pie_slice(actions_env, 
     slices = [float(line.rsplit(":", 1)[1]) for line in pie.splitlines() if line.strip().startswith('"')]
     assert slices and all(value >= 0 for value in slices)
     assert "calibration" not in pie
-    assert "| measured calibration | -11.87 GiB | -11.1 % |" in summary  # the table keeps the signed term
+    assert "| measured calibration | -11.81 GiB | -11.1 % |" in summary  # the table keeps the signed term
     after_pie = summary.split("```mermaid")[1].split("```", 1)[1]
-    assert "> measured calibration: -11.87 GiB, a correction not drawn in the pie (its slices add up to 118.69 GiB; total 106.82 GiB)" in after_pie
+    assert "> measured calibration: -11.81 GiB, a correction not drawn in the pie (its slices add up to 118.13 GiB; total 106.32 GiB)" in after_pie

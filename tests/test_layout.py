@@ -87,7 +87,7 @@ def test_diff_fits(tmp_path):
     (bigger / "pyproject.toml").write_text((EXAMPLE / "pyproject.toml").read_text().replace("batch-size = 4", "batch-size = 16"))
     after.write_text(llmmem("check", str(bigger), "--format", "json")[1], encoding="utf-8")
     code, out = llmmem("diff", str(before), str(after))
-    assert "lora-sft: 20.9 -> 40.6 GiB" in out and too_wide(out) == []  # batch 4 -> 16 at the backward's loss instant
+    assert "lora-sft: 20.4 -> 40.1 GiB" in out and too_wide(out) == []  # batch 4 -> 16 at the backward's loss instant
 
 
 def test_a_wider_terminal_gets_wider_lines():

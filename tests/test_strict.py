@@ -11,8 +11,8 @@ from pytest_llmmem.report.text import as_dict, render_run, strict_refusal
 from pytest_llmmem.report.layout import unfit
 
 # 7B known only by its count: weights, gradients, optimizer states and overhead are counted, the
-# terms that need the shape are not. serve: 7e9 x 2 B + 1375 MiB (1343 MiB context + 32 MiB
-# cuBLAS) = 15,441,792,000 B = 14.38 GiB of an A100-80GB's 80 GiB (18.0 %).
+# terms that need the shape are not. serve: 7e9 x 2 B + 800 MiB (768 MiB context + 32 MiB
+# cuBLAS) = 14,838,860,800 B = 13.82 GiB of an A100-80GB's 80 GiB (17.3 %).
 PARAMS_ONLY = """\
 [tool.llmmem]
 gpu = "A100-80GB"
@@ -35,7 +35,7 @@ def _estimate(text, **kw):
 def test_params_only_is_partial_and_a_shaped_model_is_not():
     est = _estimate(PARAMS_ONLY)
     assert est.partial == (REASON,) and est.approximate == ()
-    assert est.total_bytes == 15_441_792_000
+    assert est.total_bytes == 14_838_860_800
     assert _estimate(SHAPED).partial == ()
 
 
@@ -43,14 +43,14 @@ def test_text_output_says_partial(write_pyproject, run_cli):
     code, out, _ = run_cli("check", write_pyproject(PARAMS_ONLY))
     out = unfit(out)
     assert code == 0
-    assert "serve (line 7): FITS (partial): 14.38 GiB of 80.00 GiB budget (18.0 %)" in out
+    assert "serve (line 7): FITS (partial): 13.82 GiB of 80.00 GiB budget (17.3 %)" in out
     assert f"  partial: {REASON}" in out
 
 
 def test_hook_output_says_partial(write_pyproject, run_cli):
     _, out, _ = run_cli("check", "--hook", write_pyproject(PARAMS_ONLY))
     out = unfit(out)
-    assert "18.0 %  ok (partial)" in out
+    assert "17.3 %  ok (partial)" in out
     assert f"  serve: partial: {REASON}" in out
 
 
@@ -123,17 +123,17 @@ def test_github_annotation_and_summary_say_partial(tmp_path, monkeypatch, run_cl
     monkeypatch.setenv("RUNNER_TEMP", str(tmp_path))
     (tmp_path / "pyproject.toml").write_text(PARAMS_ONLY)
     _, out, _ = run_cli("check", tmp_path)
-    assert ("::warning file=pyproject.toml,line=7,title=llmmem%3A serve::serve fits (14.38 GiB of 80.00 GiB, 18.0 %25), "
+    assert ("::warning file=pyproject.toml,line=7,title=llmmem%3A serve::serve fits (13.82 GiB of 80.00 GiB, 17.3 %25), "
             f"but the estimate is partial: {REASON}.") in out.splitlines()
     summary = (tmp_path / "summary.md").read_text()
-    assert "| serve | 14.38 GiB | 80.00 GiB | 18.0 % | :warning: fits (partial) |" in summary
+    assert "| serve | 13.82 GiB | 80.00 GiB | 17.3 % | :warning: fits (partial) |" in summary
     escaped = REASON.replace(":", "\\:")  # Markdown-escaped: a ':' could start an emoji code or an autolink
     assert f"> **partial:** {escaped}" in summary
     (tmp_path / "pyproject.toml").write_text(PARAMS_ONLY + "strict = true\n")
     code, out, _ = run_cli("check", tmp_path)
     assert code == 2
     assert (f"::error file=pyproject.toml,line=7,title=llmmem%3A serve::serve: strict refuses a partial estimate: {REASON}.") in out.splitlines()
-    assert "| serve | 14.38 GiB | 80.00 GiB | 18.0 % | :x: refused (strict, partial) |" in (tmp_path / "summary.md").read_text()
+    assert "| serve | 13.82 GiB | 80.00 GiB | 17.3 % | :x: refused (strict, partial) |" in (tmp_path / "summary.md").read_text()
 
 
 # --- pytest --------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_pytest_item_warns_when_partial(pytester):
     result = pytester.runpytest("--llmmem-only", "-W", "default")
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines([f"*LlmmemEstimateCaveat: run \"serve\": the estimate is partial: {REASON}*",
-                                 "serve * 18.0%  PASS (partial)"])
+                                 "serve * 17.3%  PASS (partial)"])
     # the warning points at the run in pyproject.toml (its [[tool.llmmem.runs]] line 7), not at the plugin's source
     result.stdout.fnmatch_lines(["  *pyproject.toml:7: LlmmemEstimateCaveat: run \"serve\"*", "    [[tool.llmmem.runs]]"])
     assert "pytest_checks.py" not in result.stdout.str()
@@ -159,5 +159,5 @@ def test_pytest_strict_fails_the_item(pytester, how):
     result = pytester.runpytest("--llmmem-only", *(["--llmmem-strict"] if how == "option" else []))
     result.assert_outcomes(failed=1)
     pytest.LineMatcher(unfit(result.stdout.str()).splitlines()).fnmatch_lines([f'*pyproject.toml:7: run "serve": strict refuses a partial estimate ({REASON}).*',
-                                 "serve * 18.0%  FAIL (strict, partial)"])
+                                 "serve * 17.3%  FAIL (strict, partial)"])
     assert "Traceback" not in result.stdout.str()

@@ -2,7 +2,7 @@
 
 A run name, a path, a reason or a setting is shown as itself: no image is fetched when a maintainer
 opens the summary, no link or tag is made, no table cell or mermaid block is ended. Figures as in
-tests/test_github.py: 7B params by count, bf16 mixed AdamW = 118.69 GiB of 80 GiB (148.4 %).
+tests/test_github.py: 7B params by count, bf16 mixed AdamW = 118.13 GiB of 80 GiB (147.7 %).
 """
 
 import html
@@ -73,9 +73,9 @@ def test_job_summary_of_a_hostile_project(tmp_path, run_cli, monkeypatch):
     lines = summary.splitlines()
     name = "\\!\\[x\\]\\(https\\://evil.example/t.png\\) &lt;img src=x&gt; \\| \\$\\$x\\$\\$"
     assert lines[0] == "## llmmem: &lt;b&gt;x/pyproject.toml"
-    assert f"| {name} | 118.69 GiB | 80.00 GiB | 148.4 % | :x: over (partial) |" in lines
+    assert f"| {name} | 118.13 GiB | 80.00 GiB | 147.7 % | :x: over (partial) |" in lines
     assert f"### {name}" in lines
-    assert "pie showData title GiB per GPU (total 118.69)" in lines  # a fixed title: the name is the heading
+    assert "pie showData title GiB per GPU (total 118.13)" in lines  # a fixed title: the name is the heading
     assert not any(raw in summary for raw in ("![", "<", "](", "$$"))
 
 

@@ -215,7 +215,8 @@ def describe(knobs: Knobs, rows: Tuple[Tuple[str, str, str], ...]) -> str:
 
 TRAINER_KEYS = ("framework", "loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant",
                 "torch-version")
-_TRAINING_KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl", "torch-version")
+# torch-version is not training-only: it also sets the CUDA context of a serving forward (core/records.py)
+_TRAINING_KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl")
 
 
 class Resolved(NamedTuple):
@@ -295,7 +296,8 @@ def _torch_version(table) -> Tuple[int, int]:
         label = f'"{shown_name(raw)}"' if isinstance(raw, str) else shown_value(raw)
         raise table.fail("torch-version", f"{label} is not a torch release; expected a string such as \"2.0.1\" or \"2.4.0+cu121\" "
                          "(torch.__version__). Leave it out for a current release (2.1 or later).",
-                         hint='Only the foreach AdamW step depends on it: torch 2.0 keeps two state-sized lists, 2.1 and later one.')
+                         hint='The foreach AdamW step depends on it (torch 2.0 keeps two state-sized lists, 2.1 and later one), '
+                              'and the CUDA context and allocator slack (torch 1.x: eager module loading, core/records.py).')
     return int(parts[0]), int(parts[1])
 
 

@@ -17,7 +17,8 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from .records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, FRAGMENTATION
+from .records import CUBLAS_WORKSPACE_BYTES, FRAGMENTATION, cuda_context_bytes
+from .run import Run
 
 OVERHEAD = "overhead"  # the term the composer fills in
 
@@ -85,18 +86,26 @@ class Overhead(NamedTuple):
         return self.fixed + self.fragmented(phase)
 
     def fragmented(self, phase: Phase) -> int:
+        """Reserved beyond allocated: a share of the transient bytes (records.FRAGMENTATION)."""
         if self.fragmentation is None:
             return 0
         return round(self.fragmentation * sum(i.at_peak for i in phase.transient))
 
 
-def training_overhead(overhead_bytes: Optional[int]) -> Overhead:
-    """A run's overhead: the CUDA context, the cuBLAS workspace and the pool's fragmentation of
-    short-lived tensors, unless the run gives its own ``overhead`` (which replaces all three)."""
+def training_overhead(overhead_bytes: Optional[int], torch_version: Tuple[int, ...] = ()) -> Overhead:
+    """A run's overhead: the CUDA context (by torch release: records.cuda_context_bytes), the cuBLAS workspace and the
+    pool's fragmentation of short-lived tensors, unless the run gives its own ``overhead`` (which replaces all three).
+    None of it reads the budget: fit.search.smallest_gpu judges one estimate against every card."""
     if overhead_bytes is not None:
         return Overhead(overhead_bytes, None)
-    return Overhead(CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES, FRAGMENTATION,
-                    (("overhead.cuda_context", CUDA_CONTEXT_BYTES), ("overhead.cublas_workspace", CUBLAS_WORKSPACE_BYTES)))
+    context = cuda_context_bytes(torch_version)
+    return Overhead(context + CUBLAS_WORKSPACE_BYTES, FRAGMENTATION,
+                    (("overhead.cuda_context", context), ("overhead.cublas_workspace", CUBLAS_WORKSPACE_BYTES)))
+
+
+def run_overhead(run: Run) -> Overhead:
+    """The overhead of ``run``: its own figure, or the default for its torch release."""
+    return training_overhead(run.overhead_bytes, run.knobs.torch_version)
 
 
 class Shown(NamedTuple):

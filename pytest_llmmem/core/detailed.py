@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 from ..model.architecture import Architecture
 from ..units import format_bytes
-from .compose import compose, training_overhead
+from .compose import compose, run_overhead
 from .records import TERMS, Estimate
 from .run import Run
 from ..catalog.kernels import applied as kernels_applied
@@ -47,7 +47,7 @@ def detailed(run: Run, step: Optional[Step] = None) -> Estimate:
     notes = list(step.notes)
     opt = optimizer_step(run, step.tensors, step.trained, step.gradients, step.optimizer_states)
     phases = job_phases(run, step, opt) if run.trains else step_phases(run, step, opt)
-    overhead = training_overhead(run.overhead_bytes)
+    overhead = run_overhead(run)
     comp = compose(phases, overhead, TERMS, run.calibration)
     if comp.breakdown["optimizer_step"]:
         notes.append(f"peak in the optimizer step: {opt.why} ({format_bytes(opt.temporaries)})")

@@ -179,12 +179,10 @@ def _cuda_step(torch, model, ids, run: Run, est: Estimate, device: str):
             model(ids, use_cache=True)
     torch.cuda.synchronize(device)
     free, total = torch.cuda.mem_get_info(device)
-    overhead = est.breakdown["overhead"]
     terms = {"max_memory_allocated": torch.cuda.max_memory_allocated(device),
              "max_memory_reserved": torch.cuda.max_memory_reserved(device),
              "driver used (nvidia-smi)": total - free}
-    estimated = {"max_memory_allocated": est.total_bytes - overhead,
-                 "max_memory_reserved": est.total_bytes - est.details.get("overhead.cuda_context", 0),
+    estimated = {"max_memory_allocated": est.allocated_bytes, "max_memory_reserved": est.reserved_bytes,
                  "driver used (nvidia-smi)": est.total_bytes}
     return terms, estimated
 

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 from ..catalog.entries import Recipe
 from ..catalog.registry import default_catalog
 from ..core import detailed as core
-from ..core.compose import OVERHEAD, Item, Pairs, Phase, compose, training_overhead
+from ..core.compose import OVERHEAD, Item, Pairs, Phase, compose, run_overhead
 from ..core.records import TERMS, Estimate
 from ..core.run import RecipeSettings, Run
 from ..core.terms.activations import FP32, INDEX_BYTES, forward_transient
@@ -232,7 +232,7 @@ def estimate_recipe(run: Run):
         states["activations"], states["logits"] = step.activations, step.logits
     phases = _phases(run, states, step.kv_cache, {**models, **shares}, dict(value_items).get("value_model.activations", 0),
                      opt, gen, _carried(policy))
-    comp = compose(phases, training_overhead(run.overhead_bytes), RECIPE_TERMS, run.calibration)
+    comp = compose(phases, run_overhead(run), RECIPE_TERMS, run.calibration)
     if comp.peak == "generation":
         notes.append(f"peak is the generation phase ({rs.generation_batch_size} completions): above the training forward/backward")
     elif gen is not None:

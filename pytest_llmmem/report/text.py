@@ -336,7 +336,9 @@ def as_dict(est: Estimate) -> Dict[str, Any]:
     return {
         "name": run.name,
         "fits": est.fits,
-        "total_bytes": est.total_bytes,
+        "total_bytes": est.total_bytes,  # what nvidia-smi would show; the verdict compares it with the budget
+        "reserved_bytes": est.reserved_bytes,  # torch.cuda.max_memory_reserved: the total less the CUDA context
+        "allocated_bytes": est.allocated_bytes,  # torch.cuda.max_memory_allocated: less the pool's slack too
         "budget_bytes": est.budget_bytes,
         "params": est.params,
         "trainable_params": est.trainable_params,

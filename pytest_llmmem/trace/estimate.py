@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from typing import Dict, List, Tuple
 
-from ..core.compose import Item, Phase, Shown, compose, training_overhead
+from ..core.compose import Item, Phase, Shown, compose, run_overhead
 from ..core.detailed import detailed
 from ..core.records import TERMS, Estimate
 from ..core.run import Run
@@ -160,8 +160,8 @@ def as_estimate(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]],
                 terms[term] = value
         # activations and loss buffers are the short-lived tensors the allocator's pool fragments
         traced.append(Phase(name, tuple(Item(t, v, transient=t in ("activations", "logits"), shown_if_zero=True) for t, v in terms.items())))
-    parts: List[Shown] = list(compose(traced, training_overhead(run.overhead_bytes), TERMS).phases) if traced else []
-    notes.append("overhead (CUDA context, cuBLAS workspace, 30 % fragmentation of the traced activations) is the analytic term")
+    parts: List[Shown] = list(compose(traced, run_overhead(run), TERMS).phases) if traced else []
+    notes.append("overhead (CUDA context, cuBLAS workspace, the pool's slack over the traced activations) is the analytic term")
     for part in analytic.phase_parts:
         if part.name in ("eval", "save"):
             parts.append(part)
