@@ -51,10 +51,33 @@ def log_line(line: str) -> str:
     line = visible(line)
     if "##[" in line:
         line = line.replace("##[", "##\\[")
+    if not line.isascii() and "#" in line and "[" in line:
+        line = _defuse_marked_legacy(line)
     if _leads_with_colon(line):
         indent = len(line) - len(line.lstrip(" "))
         line = line[:indent] + "\\" + line[indent:]
     return line
+
+
+def _defuse_marked_legacy(line: str) -> str:
+    """``##[`` with combining marks between its characters (``#\\u0300#[``): a culture-aware ``IndexOf``
+    may skip the marks, so each ``[`` whose two preceding non-mark characters are ``#`` gets a backslash."""
+    import unicodedata  # only for a non-ASCII line that holds both '#' and '['
+
+    out = []
+    for index, char in enumerate(line):
+        if char == "[":
+            hashes, back = 0, index - 1
+            while back >= 0 and hashes < 2:
+                if line[back] == "#":
+                    hashes += 1
+                elif unicodedata.category(line[back]) not in ("Mn", "Me"):
+                    break
+                back -= 1
+            if hashes == 2:
+                out.append("\\")
+        out.append(char)
+    return "".join(out)
 
 
 def log_text(text: str) -> str:

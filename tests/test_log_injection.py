@@ -48,6 +48,8 @@ PARTIAL = "the model is given by params only: activations, logits and KV cache a
     ("\u0301::warning::x", "\\\u0301::warning::x"),  # a mark a culture-aware comparison may skip
     ("sft ##[error]legacy", "sft ##\\[error]legacy"),  # the legacy form is found anywhere in a line
     ("a\r::error::b", "a\\r::error::b"),  # the runner cuts lines at \r as well
+    ("##\u0300[]", "##\u0300\\[]"),  # marks a culture-aware IndexOf may skip (hypothesis found it)
+    ("#\u20dd#[x]", "#\u20dd#\\[x]"),  # an enclosing mark between the two '#'
 ])
 def test_a_line_that_would_be_a_command_is_neutralised(raw, safe):
     assert commands(raw), "the model must see the raw line as a command, or this row proves nothing"
