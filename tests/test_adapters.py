@@ -258,7 +258,8 @@ def test_prompt_tuning_lengthens_every_sequence_by_its_virtual_tokens():
     assert est.trainable_params == 8 * 64 == 512
     assert est.details["logits.logits"] == 2 * 40 * 1000 * 2
     assert est.details["weights.adapters"] == 512 * 4 and "prompt tuning, 8 virtual tokens" in est.run.adapter.summary(8, ())
-    from pytest_llmmem.core.terms.activations import Trainable, layer_saved
+    from pytest_llmmem.core.terms.activations import layer_saved
+    from pytest_llmmem.core.terms.trainable import Trainable
 
     arch = est.run.model
     per_layer = sum(layer_saved(arch, batch=2, seq=40, act=2, flash=True, trainable=Trainable(full=False)).values())

@@ -4,7 +4,8 @@ mappings of the trainers' flags, and the errors a user sees."""
 import pytest
 
 from pytest_llmmem.config.load import adhoc_run, parse
-from pytest_llmmem.core.terms.activations import Trainable, layer_saved
+from pytest_llmmem.core.terms.activations import layer_saved
+from pytest_llmmem.core.terms.trainable import Trainable
 from pytest_llmmem.errors import ConfigError
 from pytest_llmmem.estimator import estimate
 

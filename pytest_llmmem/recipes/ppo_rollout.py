@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Dict
 
-from ..core.terms.activations import FP32, forward_transient
+from ..core.terms.activations import FP32
+from ..core.terms.transients import forward_transient
 from ..model.architecture import Architecture
 from ..core.terms.prefill import stage_kv
 from ..core.run import Run

@@ -24,7 +24,8 @@ from ..core import detailed as core
 from ..core.compose import OVERHEAD, Item, Pairs, Phase, compose, run_overhead
 from ..core.records import TERMS, Estimate
 from ..core.run import RecipeSettings, Run
-from ..core.terms.activations import FP32, INDEX_BYTES, forward_transient
+from ..core.terms.activations import FP32, INDEX_BYTES
+from ..core.terms.transients import forward_transient
 from ..core.terms.parallel import local_params
 from ..core.terms.prefill import stage_kv
 from ..core.terms.step import step_terms, stored_weight_bytes

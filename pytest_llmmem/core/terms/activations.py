@@ -14,95 +14,12 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from typing import Any, Dict, FrozenSet, NamedTuple, Optional, Tuple
 
-from .attention_masks import model_masks, sdpa_layer_mask
-from ...model.adapters import module_kept
+from .attention_masks import sdpa_layer_mask
+from .trainable import FP32, Trainable
 from ...model.layers import Attention, Dense, LatentAttention, LayerGroup, Linear, MoE, NoMLP, StateSpace
 from ...model.architecture import PYTHON_ACTIVATIONS, Architecture
 
-FP32 = 4
 INDEX_BYTES = 8  # int64 token ids / labels
-
-
-class Trainable(NamedTuple):
-    """Which weights get gradients: everything (full training) or an adapter on some modules."""
-
-    full: bool
-    adapted: FrozenSet[str] = frozenset()  # module names with an adapter
-    adapter_bytes: int = FP32  # PEFT keeps adapters in fp32 by default
-    experts: Tuple[Linear, ...] = ()  # adapted 3D routed-expert parameters (Linear.wrap == "param")
-    rank: int = 0  # the adapter's rank, for what an adapted expert parameter keeps
-    adapter: Any = None  # the adapters.Adapter that says what an adapted module keeps (adapters.lora_saved)
-    dropout: bool = False  # lora-dropout > 0: each adapted module has a dropout of its own
-    no_grad_inputs: FrozenSet[str] = frozenset()  # modules of this layer whose input needs no gradient
-    whole: FrozenSet[str] = frozenset()  # modules trained in full beside the adapter (modules-to-save)
-    kernels: FrozenSet[str] = frozenset()  # parts replaced by fused kernels (catalog/kernels.py PARTS)
-    modules: Tuple[Tuple[str, Linear], ...] = ()  # (adapted module, its linear), for what scales with its shape (DoRA, IA3)
-    one_qkv_dropout: bool = False  # q, k and v share one dropout on their common input (litgpt's fused qkv adapter)
-    base_keeps_input: bool = False  # each 4-bit base linear keeps its input (bitsandbytes <= 0.43.1, MatMul4Bit ctx.tensors)
-    base_cast: int = 0  # bytes per element of the 4-bit base's own cast of its input, where its dtype is not the compute dtype
-
-    def base_keeps(self, name: str) -> bool:
-        """bitsandbytes <= 0.43.1: MatMul4Bit keeps the input of the 4-bit linear ``name`` where it needs a gradient
-        (``if any(ctx.needs_input_grad[:2]): ctx.tensors = (A, B)``, autograd/_functions.py:523 at 0.43.1); transformers
-        leaves the head unquantised (integrations/bitsandbytes.py get_keys_to_not_convert)."""
-        return self.base_keeps_input and name not in self.no_grad_inputs and name != "lm_head"
-
-    def cast_copy(self, name: str, width: int) -> int:
-        """Bytes per token of the 4-bit base's own cast of its input (Linear4bit.forward ``x.to(self.compute_dtype)``,
-        nn/modules.py:465 at 0.43.1), kept per linear by MatMul4Bit where it keeps inputs (kbit-prepare: an fp32 stream)."""
-        return width * self.base_cast if self.base_cast and self.base_keeps(name) else 0
-
-    def fast_lora(self, names) -> bool:
-        """Unsloth's LoRA autograd covers these modules: all of them adapted, no dropout (catalog/kernels.py)."""
-        return "fast-lora" in self.kernels and not self.full and not self.dropout and bool(names) and all(n in self.adapted for n in names)
-
-    def _saved(self, name: str, width: int, act: int) -> Any:
-        """What the adapter on ``name`` keeps (adapters.Saved), by module where the adapter says it differs."""
-        lin = dict(self.modules).get(name)
-        if self.adapter.saved_on is not None and lin is not None:
-            return self.adapter.saved_on(lin, self.rank, self.adapter_bytes, act, self.dropout)
-        return self.adapter.saved(width, self.rank, self.adapter_bytes, act, self.dropout)
-
-    def adapter_kept(self, name: str, width: int, act: int, tokens: int) -> int:
-        """Bytes the adapter on ``name`` (input ``width`` wide) keeps of its own for backward over ``tokens`` tokens."""
-        if name not in self.adapted:
-            return 0
-        lin = dict(self.modules).get(name)
-        return module_kept(self._saved(name, width, act), width, lin.d_out if lin else 0, tokens, name not in self.no_grad_inputs)
-
-    def shared_dropout_saved(self, names, width: int, act: int) -> int:
-        """Bytes per token over-counted when ``names`` (q, k, v) share one dropout: litgpt's LoRAQKVLinear
-        applies one lora_dropout to the input of the fused qkv projection (litgpt/lora.py:405, ``after_A =
-        F.linear(self.lora_dropout(x), self.lora_A)`` with one lora_A of r x enabled rows, :233), where PEFT
-        and torchtune have one per module: the output and mask are kept once, not once per adapted module."""
-        adapted = [n for n in names if n in self.adapted]
-        if not (self.one_qkv_dropout and self.dropout and len(adapted) > 1):
-            return 0
-        saved = self.adapter.saved(width, self.rank, self.adapter_bytes, act, self.dropout)
-        mask = 0 if adapted[0] in self.no_grad_inputs else saved.mask_per_token
-        return (len(adapted) - 1) * (saved.dropout_per_token + mask)
-
-    def keeps_input(self, name: str, act: int) -> bool:
-        """Does the base input of ``name`` stay alive for backward (trainable weight, or an adapter that keeps it)?"""
-        return self.full or name in self.whole or (name in self.adapted and self._saved(name, 0, act).keeps_input) \
-            or (self.base_keeps(name) and not self.base_cast)
-
-    def untouched(self, names) -> bool:
-        """No gradient reaches these modules: their inputs need none (the first layer's) and none of them trains."""
-        return not self.full and all(n in self.no_grad_inputs and n not in self.adapted and n not in self.whole for n in names)
-
-    def first_layer(self, linears: Dict[str, Linear]) -> "Trainable":
-        """In the first layer of an adapter run the input comes from the frozen embedding: a module's input
-        needs a gradient only once an adapted module before it in the layer made one (attention inputs,
-        o_proj, MLP inputs, down_proj, in that order)."""
-        stages = (("qkv", "q", "k", "v", "in", "q_a", "kv_a"), ("o",), ("gate_up", "gate", "up"), ("down",))
-        no_grad, grad = set(), False
-        for roles in stages:
-            names = {linears[r].name for r in roles if r in linears}
-            if not grad:
-                no_grad |= names
-            grad = grad or bool(names & self.adapted)
-        return self._replace(no_grad_inputs=frozenset(no_grad))
 
 
 def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: bool, amp: bool, width: int = 0, rows: int = 0,
@@ -458,71 +375,3 @@ def head_saved(arch: Architecture, *, batch: int, seq: int, act: int, trainable:
     if arch.hidden_dropout:
         n += tokens * arch.hidden_size  # embedding dropout mask
     return n
-
-
-def _eager_softmax_bytes(arch: Architecture, act: int) -> int:
-    """Bytes per attention score alive at once in an eager softmax, its input included.
-
-    ``softmax(x, dim=-1, dtype=torch.float32)`` on a bf16 input converts the input to fp32 first
-    (aten/src/ATen/native/SoftMax.cpp softmax(): only a CUDA Half input gets the fused
-    half_to_float kernel), so the 16-bit input, its fp32 copy and the fp32 output live together:
-    10 bytes per score (measured on an H100: Llama-3.1-8B eager prefill at 8192 tokens,
-    benchmarks/data/gpu-peaks-h100-steady.jsonl). fp16 needs 8 (the cast back), counted as bf16.
-    """
-    if not arch.family.softmax_upcast:
-        return 2 * act  # softmax in the compute dtype: its input and output
-    return 2 * FP32 if act == FP32 else act + 2 * FP32
-
-
-def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int, flash: bool,
-                      tp: int = 1) -> int:
-    """Peak of one layer's temporaries in a no-grad forward (inference prefill), on one tensor-parallel rank.
-
-    MLP: the activation output, the up projection and their product live together (gated) or
-    fc1's output and the activation (plain). Attention: q, k, v and the output, plus the s*s
-    scores and their fp32 softmax in eager mode, or SDPA's additive copy of a sliding layer's mask.
-    Mamba: in_proj's output and the scan's inputs. The residual stream and the norm output sit
-    beside, and so do the forward's attention masks (attention_masks.py), whole on every rank.
-    """
-    group = group or arch.layer_groups()[0]
-    h, tokens = arch.hidden_size, batch * seq
-    mlp = 0
-    if not isinstance(group.mlp, NoMLP):
-        routed = group.mlp.top_k if isinstance(group.mlp, MoE) else 1
-        mlp = tokens * routed * group.mlp.d_ff * act * (3 if group.mlp.gated else 2)
-    at = group.attention
-    if isinstance(at, StateSpace):
-        attn = tokens * (2 * at.d_inner + at.d_inner + at.dt_rank + 2 * at.d_state + at.d_inner) * act
-    else:
-        a = at.heads
-        kv = at.heads if isinstance(at, LatentAttention) else at.kv_heads
-        attn = tokens * (2 * a + 2 * kv) * at.head_dim * act
-        if not (flash and arch.family.sdpa):
-            sinks = getattr(at, "sinks", False)
-            attn += batch * a * seq * (seq + (1 if sinks else 0)) * (FP32 + act if sinks else _eager_softmax_bytes(arch, act))
-    layer = (2 * tokens * h * act + max(mlp, attn)) // tp
-    mask = sdpa_layer_mask(arch, at, batch=batch, seq=seq, act=act, flash=flash)
-    if mask:  # SDPA's additive copy of a sliding layer's mask, whole on every rank, beside the attention's share
-        layer = max(layer, (2 * tokens * h * act + attn) // tp + mask)
-    return layer + model_masks(arch, batch=batch, seq=seq, act=act, flash=flash)
-
-
-def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int,
-                       tp: int = 1) -> int:
-    """One decoder layer's backward temporaries beyond its saved tensors, on one tensor-parallel rank.
-
-    The MLP's backward is the widest: the gradient of the down projection's input, then the two
-    gradients of act(gate) * up and the activation's own (three (tokens, d_ff) tensors in the compute
-    dtype for a gated MLP, two for a plain one), beside the (tokens, hidden) gradient flowing out
-    (measured on fake tensors: trace_sweep.py llama LoRA with checkpointing, 12.1 MB at 128 tokens =
-    128 x (3 x 14336 + 4096) x 2 B). A routed MoE does it for its top-k copies of the tokens.
-    """
-    group = group or arch.layer_groups()[0]
-    tokens = batch * seq
-    mlp = group.mlp
-    if isinstance(mlp, NoMLP):
-        width = 0
-    else:
-        routed = mlp.top_k if isinstance(mlp, MoE) else 1
-        width = routed * mlp.d_ff * (3 if mlp.gated else 2)
-    return tokens * (width // tp + arch.hidden_size) * act

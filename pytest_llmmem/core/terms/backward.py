@@ -10,7 +10,7 @@ backward has reached, so its largest value is at one end; the candidates are:
 - ``loss``: the start of backward. Every saved activation and the loss head's buffers at the start
   of its backward (:func:`loss_alive`), no gradient yet.
 - ``first layer``: the last decoder layer's backward. The saved activations less the head's, one
-  layer's backward temporaries (:func:`..activations.backward_transient`) and the head's gradient.
+  layer's backward temporaries (:func:`.transients.backward_transient`) and the head's gradient.
 - ``recompute`` (checkpointing): the kept layer inputs, one recomputed layer, its backward
   temporaries, and every gradient but the last layer's and the embedding's.
 - ``end``: every gradient, the gradient flowing into the embedding, and, with tied embeddings, the
@@ -25,7 +25,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from typing import Dict, NamedTuple, Tuple
 
-from .activations import backward_transient
+from .transients import backward_transient
 from .step import Step
 
 # The loss head's items that are alive when its backward starts, per loss implementation.

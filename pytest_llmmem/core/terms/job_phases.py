@@ -18,7 +18,8 @@ from typing import List, Optional, Tuple
 
 from ...units import format_bytes
 from ..compose import Item, Phase, overhead_slot
-from .activations import FP32, forward_transient
+from .activations import FP32
+from .transients import forward_transient
 from .backward import INSTANTS, backward_instant
 from .step import Step
 from .trainer_terms import StepOptimizer

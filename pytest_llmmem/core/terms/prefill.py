@@ -1,7 +1,7 @@
 """The inference prefill's terms: the KV cache, the peak of one layer's temporaries, and the logits.
 
 A forward without grad keeps no activations for backward: its peak is the weights, the cache it fills
-and the largest layer's transient (activations.forward_transient) with the logits the model returns.
+and the largest layer's transient (transients.forward_transient) with the logits the model returns.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -9,7 +9,8 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 import math
 from typing import Dict, List, NamedTuple, Tuple
 
-from .activations import FP32, forward_transient
+from .activations import FP32
+from .transients import forward_transient
 from ...model.layers import LayerGroup
 from ...model.architecture import Architecture
 from ..run import Run

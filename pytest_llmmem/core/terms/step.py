@@ -12,7 +12,8 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 import math
 from typing import Dict, NamedTuple, Optional, Tuple
 
-from .activations import FP32, Trainable, head_saved, held_inputs, layer_saved, rotary_tables
+from .activations import FP32, head_saved, held_inputs, layer_saved, rotary_tables
+from .trainable import Trainable
 from .attention_masks import model_masks
 from .checkpointing import context_parallel_kv, selective_saved
 from ...catalog.entries import DType, Optimizer

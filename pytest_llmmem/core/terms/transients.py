@@ -1,0 +1,81 @@
+"""One layer's temporaries: what lives beside the saved tensors while a layer runs forward without
+grad (prefill, generation, eval) or while its backward runs. Split from :mod:`.activations`, which
+counts the tensors autograd keeps; these are the bytes that come and go within a layer.
+
+PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
+"""
+
+from typing import Optional
+
+from .activations import FP32
+from .attention_masks import model_masks, sdpa_layer_mask
+from ...model.layers import LatentAttention, LayerGroup, MoE, NoMLP, StateSpace
+from ...model.architecture import Architecture
+
+
+def _eager_softmax_bytes(arch: Architecture, act: int) -> int:
+    """Bytes per attention score alive at once in an eager softmax, its input included.
+
+    ``softmax(x, dim=-1, dtype=torch.float32)`` on a bf16 input converts the input to fp32 first
+    (aten/src/ATen/native/SoftMax.cpp softmax(): only a CUDA Half input gets the fused
+    half_to_float kernel), so the 16-bit input, its fp32 copy and the fp32 output live together:
+    10 bytes per score (measured on an H100: Llama-3.1-8B eager prefill at 8192 tokens,
+    benchmarks/data/gpu-peaks-h100-steady.jsonl). fp16 needs 8 (the cast back), counted as bf16.
+    """
+    if not arch.family.softmax_upcast:
+        return 2 * act  # softmax in the compute dtype: its input and output
+    return 2 * FP32 if act == FP32 else act + 2 * FP32
+
+
+def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int, flash: bool,
+                      tp: int = 1) -> int:
+    """Peak of one layer's temporaries in a no-grad forward (inference prefill), on one tensor-parallel rank.
+
+    MLP: the activation output, the up projection and their product live together (gated) or
+    fc1's output and the activation (plain). Attention: q, k, v and the output, plus the s*s
+    scores and their fp32 softmax in eager mode, or SDPA's additive copy of a sliding layer's mask.
+    Mamba: in_proj's output and the scan's inputs. The residual stream and the norm output sit
+    beside, and so do the forward's attention masks (attention_masks.py), whole on every rank.
+    """
+    group = group or arch.layer_groups()[0]
+    h, tokens = arch.hidden_size, batch * seq
+    mlp = 0
+    if not isinstance(group.mlp, NoMLP):
+        routed = group.mlp.top_k if isinstance(group.mlp, MoE) else 1
+        mlp = tokens * routed * group.mlp.d_ff * act * (3 if group.mlp.gated else 2)
+    at = group.attention
+    if isinstance(at, StateSpace):
+        attn = tokens * (2 * at.d_inner + at.d_inner + at.dt_rank + 2 * at.d_state + at.d_inner) * act
+    else:
+        a = at.heads
+        kv = at.heads if isinstance(at, LatentAttention) else at.kv_heads
+        attn = tokens * (2 * a + 2 * kv) * at.head_dim * act
+        if not (flash and arch.family.sdpa):
+            sinks = getattr(at, "sinks", False)
+            attn += batch * a * seq * (seq + (1 if sinks else 0)) * (FP32 + act if sinks else _eager_softmax_bytes(arch, act))
+    layer = (2 * tokens * h * act + max(mlp, attn)) // tp
+    mask = sdpa_layer_mask(arch, at, batch=batch, seq=seq, act=act, flash=flash)
+    if mask:  # SDPA's additive copy of a sliding layer's mask, whole on every rank, beside the attention's share
+        layer = max(layer, (2 * tokens * h * act + attn) // tp + mask)
+    return layer + model_masks(arch, batch=batch, seq=seq, act=act, flash=flash)
+
+
+def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int,
+                       tp: int = 1) -> int:
+    """One decoder layer's backward temporaries beyond its saved tensors, on one tensor-parallel rank.
+
+    The MLP's backward is the widest: the gradient of the down projection's input, then the two
+    gradients of act(gate) * up and the activation's own (three (tokens, d_ff) tensors in the compute
+    dtype for a gated MLP, two for a plain one), beside the (tokens, hidden) gradient flowing out
+    (measured on fake tensors: trace_sweep.py llama LoRA with checkpointing, 12.1 MB at 128 tokens =
+    128 x (3 x 14336 + 4096) x 2 B). A routed MoE does it for its top-k copies of the tokens.
+    """
+    group = group or arch.layer_groups()[0]
+    tokens = batch * seq
+    mlp = group.mlp
+    if isinstance(mlp, NoMLP):
+        width = 0
+    else:
+        routed = mlp.top_k if isinstance(mlp, MoE) else 1
+        width = routed * mlp.d_ff * (3 if mlp.gated else 2)
+    return tokens * (width // tp + arch.hidden_size) * act
