@@ -3,8 +3,8 @@
 Every key is checked: unknown keys get a "did you mean", wrong types and absurd values name the
 key and its line, and nothing a user mistyped is silently replaced by a default. Keys are
 kebab-case; the snake_case spelling of any key is accepted too. The key contract lives in
-:mod:`keys`, the model table in :mod:`model_config`, line numbers in :mod:`locate`, and finding
-projects in :mod:`projects`.
+:mod:`keys`, the model table in :mod:`model_config`, the adapter keys in :mod:`adapter_keys`, line
+numbers in :mod:`locate`, and finding projects in :mod:`projects`.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -19,17 +19,16 @@ from ..catalog.registry import Catalog, default_catalog
 from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
 from .keys import ADAPTER_KEYS, ENGINE_ONLY, INFERENCE_ONLY, MODEL_KEYS, RECIPE_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY, Context, Table, canonical
 from ..values import type_name
+from .adapter_keys import adapter_fields, checked_targets, read_targets, run_mode
 from .checkpoint_keys import checkpoint_setting
 from .gpu_keys import budget, parallelism
-from ..model.layers import peft_target_problem
-from ..model.adapters import OUTER_TARGETS, adapted_linears
 from .locate import Locator
 from ..model.architecture import Architecture
 from .model_config import check_values as check_model_values, model_from_table
 from ..catalog.profiles import check_combination as check_trainer, resolve as resolve_trainer, shown as trainer_rows
 from ..io.projects import find_pyproject, read_json, read_pyproject
 from .phase_keys import job_settings
-from ..core.run import METHODS, MODES, PRECISIONS, RecipeSettings, VISION_TOWERS, Run
+from ..core.run import METHODS, PRECISIONS, RecipeSettings, VISION_TOWERS, Run
 
 MAX_NAME = 200  # characters in a run name
 
@@ -98,101 +97,6 @@ def _top_model_line(ctx: Context) -> Callable[[Optional[str]], Optional[int]]:
     return lambda key: ctx.locator.find(f"{TABLE}.model", 0, key) or ctx.locator.find(TABLE, 0, "model")
 
 
-# bitsandbytes up to 0.43.1 kept each 4-bit linear's input in MatMul4Bit's ctx.tensors (autograd/_functions.py:523
-# at 0.43.1, "ctx.tensors = (A, B)"); #1270 (commit 9e753741, "fix QLoRA mem bug: delete useless buffered
-# activation") dropped it, first released in 0.43.2.
-BNB_INPUT_FIX = (0, 43, 2)
-
-
-def _bnb_keeps_inputs(table: Table) -> bool:
-    """bitsandbytes-version: does this bitsandbytes keep each 4-bit linear's input (before 0.43.2)?"""
-    version = table.string("bitsandbytes-version")
-    if version is None:
-        return False
-    parts = version.strip().split(".")
-    if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
-        raise table.fail("bitsandbytes-version", f'"{version}" is not a bitsandbytes release number.',
-                         hint='Write it as pip shows it, e.g. "0.42.0" or "0.45.5" (pip show bitsandbytes).')
-    return tuple(int(p) for p in parts) + (0,) * (3 - len(parts)) < BNB_INPUT_FIX
-
-
-def _modules_to_save(table: Table) -> Tuple[str, ...]:
-    """modules-to-save: the modules outside the layers PEFT trains in full (lm_head, embed_tokens)."""
-    value = table.values.get("modules-to-save", [])
-    if not isinstance(value, list) or any(v not in OUTER_TARGETS for v in value):
-        raise table.fail("modules-to-save", f"expected a list of {one_of(OUTER_TARGETS)}, got {type_name(value)} {shown(value)}.",
-                         hint='For example modules-to-save = ["lm_head", "embed_tokens"] (new tokens: axolotl\'s lora_modules_to_save).')
-    return tuple(dict.fromkeys(value))
-
-
-def _adapter_targets(table: Table, adapter: Any, model: Any, targets: Tuple[str, ...]) -> Tuple[str, ...]:
-    """The targets, checked against what the run's adapter can adapt: PEFT's VeRA and IA3 wrap the layers' linears
-    only (no Embedding, which is LoRA's), and only LoRA has the routed-expert ParamWrapper."""
-    if adapter is None:
-        return targets
-    outer = [t for t in targets if t in OUTER_TARGETS]
-    if outer and not adapter.outer:
-        raise table.fail("lora-targets", f'{adapter.label} does not adapt {one_of(outer)} here (only the decoder layers\' linears are modelled for it).',
-                         hint="Leave them out of lora-targets, or train them in full: modules-to-save.")
-    if not adapter.expert_params and isinstance(model, Architecture) and any(lin.wrap == "param" for lin in adapted_linears(model, targets)):
-        raise table.fail("lora-targets", f"PEFT's {adapter.label} does not adapt routed-expert parameters (only LoRA's ParamWrapper does).",
-                         hint="Target the attention linears only.")
-    return targets
-
-
-def _virtual_tokens(table: Table, adapter: Any) -> int:
-    """num-virtual-tokens: required by a method that prepends a prompt (PEFT's PromptTuningConfig has no default)."""
-    if adapter is None or adapter.prompt is None:
-        return 0
-    if "num-virtual-tokens" not in table:
-        raise table.fail("mode", f"{adapter.label} needs num-virtual-tokens (PEFT's num_virtual_tokens has no default).",
-                         hint="Add num-virtual-tokens = 20 (the PEFT docs' example), the count your PromptTuningConfig sets.")
-    return table.integer("num-virtual-tokens")
-
-
-def _use_dora(table: Table, model: Any, targets: Tuple[str, ...]) -> bool:
-    """use-dora: DoRA on the adapted linears (and the head). PEFT refuses it on routed-expert parameters
-    (peft/tuners/lora/layer.py ParamWrapper: "does not work with use_dora=True"); its embedding variant
-    (DoraEmbeddingLayer) is not modelled, so a DoRA run that adapts embed_tokens is refused rather than guessed."""
-    dora = table.boolean("use-dora", False)
-    if dora and "embed_tokens" in targets:
-        raise table.fail("use-dora", "DoRA on embed_tokens (PEFT's DoraEmbeddingLayer) is not modelled.",
-                         hint="Leave embed_tokens out of lora-targets (or train it in full: modules-to-save), or set use-dora = false.")
-    if dora and isinstance(model, Architecture) and any(lin.wrap == "param" for lin in adapted_linears(model, targets)):
-        raise table.fail("use-dora", "PEFT does not apply DoRA to routed-expert parameters (ParamWrapper raises a ValueError).",
-                         hint="Target the attention linears only, or set use-dora = false.")
-    return dora
-
-
-def _mode(table: Table, ctx: Context) -> Tuple[str, Any]:
-    """The run's mode and the adapter it names (None for "train" and "inference"): an adapter a plugin
-    registers is a mode like the built-in "lora" and "qlora" (adapters.py)."""
-    names = tuple(ctx.catalog.adapters.names)
-    if "mode" in table and isinstance(table.values["mode"], str) and table.values["mode"].lower() not in MODES + names \
-            and ctx.catalog.load_entry_points():
-        names = tuple(ctx.catalog.adapters.names)  # plugins were loaded: one of them may register it
-    value = table.values.get("mode")
-    if isinstance(value, str) and value.lower() in ("dora", "rslora") and value.lower() not in names:
-        key = "use-" + value.lower()
-        raise table.fail("mode", f'"{shown_name(value)}" is an option of LoRA (PEFT LoraConfig.use_{value.lower()}), not a mode.',
-                         hint=f"Use mode = \"lora\" with {key} = true (valid modes: {one_of(MODES + names)}).")
-    if isinstance(value, str) and value.lower() in NOT_MODELLED_METHODS and value.lower() not in names:
-        raise table.fail("mode", f'"{shown_name(value)}" ({NOT_MODELLED_METHODS[value.lower()]}) is not modelled yet: its memory is not '
-                         "LoRA's, and a LoRA figure would be a wrong one (docs/adapters.md).",
-                         hint=f"Valid: {one_of(MODES + names)}; a plugin may register it (llmmem_register_adapters).")
-    mode = table.choice("mode", MODES + names, "train")
-    return mode, (None if mode in MODES else ctx.catalog.adapter(mode))
-
-
-# PEFT methods a run may name that no adapter models yet, and what each does that LoRA's count would miss
-NOT_MODELLED_METHODS = {
-    "loha": "PEFT LoHaConfig: rebuilds the full weight delta in every forward and keeps its Hadamard factors",
-    "lokr": "PEFT LoKrConfig: rebuilds the full weight delta from a Kronecker product in every forward",
-    "prefix-tuning": "PEFT PrefixTuningConfig: per-layer K/V of the virtual tokens",
-    "p-tuning": "PEFT PromptEncoderConfig: virtual tokens from a prompt encoder lengthen every sequence",
-}
-
-
 def _run(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, require_budget: bool = True) -> Run:
     """One run; with from = "train.yaml" its settings are read from the trainer's config first and the
     run's own keys override them (readers/)."""
@@ -223,7 +127,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
     if len(name) > MAX_NAME or not name.isprintable():  # names are printed in reports and annotations
         raise table.fail("name", f"{shown(name)} is not a usable run name: at most {MAX_NAME} characters, no control characters "
                          "(tabs, newlines, escapes).", hint='For example name = "sft-7b".')
-    mode, adapter = _mode(table, ctx)
+    mode, adapter = run_mode(table, ctx)
     line = table.line_of(None)
 
     for key in TRAIN_ONLY:
@@ -245,15 +149,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         raise table.fail("precision", f'"{precision}" computes in 16 bit but dtype is "{dtype.name}".',
                          hint='Use dtype = "bf16" or "fp16" with it, or precision = "pure" for fp32 training.')
     optimizer = table.resolve("optimizer", ctx.catalog.optimizer, "adamw") if mode != "inference" else None
-    targets: Tuple[str, ...] = ("q_proj", "v_proj")
-    if "lora-targets" in table:
-        value = table.values["lora-targets"]
-        if value == "all-linear":
-            targets = ("all-linear",)
-        elif isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-            targets = tuple(value)
-        else:
-            raise table.fail("lora-targets", f"expected a list of module names or \"all-linear\", got {type_name(value)} {shown(value)}.")
+    targets = read_targets(table)
 
     model_raw = _model_shorthand(top_raw.get("model", {}))
     model_raw = dict(model_raw) if isinstance(model_raw, dict) else model_raw
@@ -278,27 +174,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         )
     model = model_from_table(Table(model_raw, MODEL_KEYS, ctx, model_dotted, model_line), ctx)
 
-    if isinstance(model, Architecture) and "lora-targets" in table and targets != ("all-linear",):
-        names = model.module_names() + list(OUTER_TARGETS)
-        leaves = {n.split(".")[-1] for n in names}
-        for target in targets:
-            if target != "all-linear" and target not in names and target not in leaves:
-                own = model.family.own_spelling(target)
-                hint = f' {model.family.name} spells it "{own}".' if own in leaves else did_you_mean(target, names)
-                raise table.fail("lora-targets", f'"{shown_name(target)}" is not a linear layer of this {model.family.name} model.{hint}',
-                                 hint=f'Valid: {one_of(names)} or "all-linear".')
-        problem = peft_target_problem(model.family.name, model.linears(), targets)[0]
-        if problem:
-            raise table.fail("lora-targets", problem)
-
-    if isinstance(model, Architecture) and adapter is not None and "lora-targets" not in table:
-        # PEFT's default target_modules for the model_type (peft/utils/constants.py
-        # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING); PEFT refuses a model_type it lacks.
-        targets = adapter.default_targets(model.family) if adapter.default_targets else model.family.lora_targets
-        if not targets:
-            names = model.module_names()
-            raise table.fail("mode", f'PEFT has no default {adapter.label} targets for {model.family.name} models; say which linears to adapt.',
-                             hint=f'Add lora-targets = [...] from {one_of(names)}, or "all-linear".')
+    targets = checked_targets(table, model, adapter, targets)
     dtype, quant_origin = _checkpoint_dtype(table, ctx, mode, model, model_raw, dtype)
     # serve_keys and recipe_keys load only for a run that has one of their keys (start-up: llmmem check
     # runs on every commit); without any, the run keeps Run's defaults (transformers, sft) and its seq-len.
@@ -347,16 +223,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         selective_ac=selective,
         compiled=table.boolean("compile", False),
         flash_attention=table.boolean("flash-attention", True),
-        lora_rank=table.integer("lora-rank", adapter.default_rank if adapter else 8),
-        lora_rank_given="lora-rank" in table,
-        lora_targets=targets,
-        lora_dropout=table.probability("lora-dropout") or 0.0,
-        bnb_keeps_inputs=_bnb_keeps_inputs(table),
-        kbit_prepare=table.boolean("kbit-prepare", False),
-        modules_to_save=_modules_to_save(table),
-        use_dora=_use_dora(table, model, _adapter_targets(table, adapter, model, targets)),
-        use_rslora=table.boolean("use-rslora", False),
-        virtual_tokens=_virtual_tokens(table, adapter),
+        **adapter_fields(table, adapter, model, targets),
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,
         knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name if dtype.name in ("nf4", "int4") else "", adapter_dtype=adapter_dtype.name,
