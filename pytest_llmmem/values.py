@@ -8,7 +8,8 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Any, Optional, Tuple
 
 from .errors import shown
 
@@ -60,6 +61,20 @@ def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {_got(value)}.")
     return value
+
+
+# A release as its package prints it (PEP 440's public form, https://peps.python.org/pep-0440/): "2.4.0+cu121",
+# "0.11.0rc1", "0.6.3.post1", "0.9.2.dev12+g1a2b3c", an optional leading "v"; at least major.minor.
+_RELEASE = re.compile(r"v?(\d{1,6}(?:\.\d{1,6}){1,5})(?:(?:a|b|rc)\d{1,6})?(?:\.post\d{1,6})?(?:\.dev\d{1,6})?(?:\+[A-Za-z0-9.]{1,64})?")
+
+
+def release(value: Any) -> Optional[Tuple[int, ...]]:
+    """The numeric release of a version string (torch, bitsandbytes, vLLM), or None when it is not one.
+    Pre-release, post-release and local parts are read past: each caller compares major.minor(.micro) only."""
+    if not isinstance(value, str):
+        return None
+    match = _RELEASE.fullmatch(value.strip())
+    return tuple(int(part) for part in match.group(1).split(".")) if match else None
 
 
 def _got(value: Any) -> str:

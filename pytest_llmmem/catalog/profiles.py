@@ -18,6 +18,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from ..errors import did_you_mean, shown as shown_value, shown_name
 from .kernels import KERNELS, loss_of
+from ..values import release
 
 # inplace: a cross-entropy kernel that writes its gradient into the logits it is given (Liger cross_entropy; kernels.py)
 LOSSES = ("upcast", "chunked", "fused", "inplace")
@@ -290,15 +291,14 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
 def _torch_version(table) -> Tuple[int, int]:
     """torch-version = "2.0.1" (or "2.4.0+cu121", as torch.__version__ prints it): (major, minor)."""
     raw = table.values["torch-version"]
-    text = raw.strip() if isinstance(raw, str) else ""
-    parts = text.lstrip("v").split("+")[0].split(".")
-    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+    parts = release(raw)
+    if parts is None:
         label = f'"{shown_name(raw)}"' if isinstance(raw, str) else shown_value(raw)
         raise table.fail("torch-version", f"{label} is not a torch release; expected a string such as \"2.0.1\" or \"2.4.0+cu121\" "
                          "(torch.__version__). Leave it out for a current release (2.1 or later).",
                          hint='The foreach AdamW step depends on it (torch 2.0 keeps two state-sized lists, 2.1 and later one), '
                               'and the CUDA context and allocator slack (torch 1.x: eager module loading, core/records.py).')
-    return int(parts[0]), int(parts[1])
+    return parts[0], parts[1]
 
 
 def _kernels(table) -> Tuple[str, ...]:

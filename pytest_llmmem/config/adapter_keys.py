@@ -12,7 +12,7 @@ from ..errors import did_you_mean, one_of, shown, shown_name
 from ..model.adapters import OUTER_TARGETS, adapted_linears
 from ..model.architecture import Architecture
 from ..model.layers import peft_target_problem
-from ..values import type_name
+from ..values import release, type_name
 from .keys import Context, Table
 
 
@@ -27,11 +27,11 @@ def _bnb_keeps_inputs(table: Table) -> bool:
     version = table.string("bitsandbytes-version")
     if version is None:
         return False
-    parts = version.strip().split(".")
-    if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+    parts = release(version)
+    if parts is None:
         raise table.fail("bitsandbytes-version", f'"{version}" is not a bitsandbytes release number.',
                          hint='Write it as pip shows it, e.g. "0.42.0" or "0.45.5" (pip show bitsandbytes).')
-    return tuple(int(p) for p in parts) + (0,) * (3 - len(parts)) < BNB_INPUT_FIX
+    return (parts + (0, 0))[:3] < BNB_INPUT_FIX
 
 
 def _modules_to_save(table: Table) -> Tuple[str, ...]:

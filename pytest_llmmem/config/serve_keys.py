@@ -6,13 +6,13 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from __future__ import annotations
 
-import re
 from typing import Any, Dict, Optional, Tuple
 
 from .keys import ENGINE_ONLY, INFERENCE_ONLY, Table
 from ..model.architecture import Architecture
 from ..model.context_window import VLLM_FALLBACK
 from ..core.run import KV_CACHE_DTYPES, LOGITS, ServeSettings
+from ..values import release
 
 
 def engine_names(catalog: Any, wanted: Any) -> Tuple[str, ...]:
@@ -63,7 +63,7 @@ def _settings(table: Table, name: str, engine: str, model: Any, seq_len: Optiona
                          hint='Give config = "path/config.json" or the architecture keys under [tool.llmmem.model].')
     utilization = table.fraction("gpu-memory-utilization")
     version = table.string("engine-version")
-    if version is not None and not re.match(r"^v?\d+\.\d+(\.\d+)*([.+-]\w+)*$", version.strip()):
+    if version is not None and release(version) is None:
         raise table.fail("engine-version", f'"{version}" is not a release number.', hint='For example "0.11.0".')
     quant = table.choice("quantization", QUANTIZATIONS, "") if "quantization" in table else None
     max_len = table.integer("max-model-len")

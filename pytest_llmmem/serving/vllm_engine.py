@@ -23,7 +23,6 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, List, Optional, Tuple
 
 from ..catalog.builtin import NF4_BYTES
@@ -33,6 +32,7 @@ from ..model.context_window import rope_scaled
 from .serve import KVKind, Startup, context_limit, cuda_total, kv_kinds, mlp_width
 from .vllm_kernels import awq_split_k_width, fp8_block_scales, fused_moe_workspace, quantization_config, router_params
 from ..units import GiB
+from ..values import release
 
 DEFAULT_VERSION = "0.11"  # the newest release with published start-up logs in benchmarks/data/serving-logs.jsonl
 # vllm CacheConfig.block_size default on CUDA.
@@ -79,10 +79,11 @@ QUANTIZATIONS = tuple(QUANTIZATION)
 
 
 def version_tuple(text: str) -> Tuple[int, int]:
-    match = re.match(r"^v?(\d+)\.(\d+)", text.strip())
-    if not match:
+    """(major, minor) of an engine-version, checked as a release where the run was read (config/serve_keys.py)."""
+    parts = release(text)
+    if parts is None:
         raise ConfigError(f'engine-version "{text}" is not a release number.', key="engine-version", hint='For example "0.11.0".')
-    return int(match.group(1)), int(match.group(2))
+    return parts[0], parts[1]
 
 
 def _hopper_or_newer(run: Any) -> bool:
