@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, List, Optional, Sequence
 
-from .output import EXIT_ERROR, EXIT_OK, common_arguments, emit, refused, say, selected_runs, with_strict
+from .output import EXIT_ERROR, EXIT_OK, closed_reader, common_arguments, emit, refused, say, selected_runs, with_strict
 
 # The sub-commands and their one-line help, in the order --help lists them.
 _COMMANDS = (
@@ -178,7 +178,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _main(argv)
+        code = _main(argv)
+        try:  # what is still buffered for a pipe: a reader gone by now is no reason to change the verdict
+            sys.stdout.flush()
+        except BrokenPipeError:
+            closed_reader(sys.stdout)
+        return code
     finally:
         if paused:
             gc.enable()
@@ -208,10 +213,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except ConfigError as err:
         say(f"llmmem: error: {err}", error=True)
         return EXIT_ERROR
-    except BrokenPipeError:
-        # The reader went away (`llmmem check | head`): stop quietly, as cat and grep do; point stdout at
-        # devnull so the interpreter's final flush does not fail again (Python docs, "Note on SIGPIPE").
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # a write that is not say()'s (the annotations): stop quietly, the verdict unknown
+        closed_reader(sys.stdout)
         return EXIT_ERROR
     except Exception as err:  # never a traceback for a user; LLMMEM_DEBUG=1 shows it
         if os.environ.get("LLMMEM_DEBUG"):

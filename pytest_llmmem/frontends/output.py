@@ -20,7 +20,22 @@ def say(text: str, error: bool = False) -> None:
     runner: a run name, path or value from a pull request can start a line (untrusted.log_text)."""
     from ..untrusted import log_text
 
-    print(log_text(text), file=sys.stderr if error else sys.stdout)
+    _print(log_text(text), sys.stderr if error else sys.stdout)
+
+
+def _print(text: str, stream: Any) -> None:
+    """Print, unless the reader has gone (`llmmem check | head`): then the rest is dropped, as cat and grep
+    drop it, and the run goes on, so the exit code is still the verdict and --json-out is still written."""
+    try:
+        print(text, file=stream)
+    except BrokenPipeError:
+        closed_reader(stream)
+
+
+def closed_reader(stream: Any) -> None:
+    """Point a stream whose reader went away at devnull, so no later write or the interpreter's final flush
+    fails on it again (Python docs, signal module, "Note on SIGPIPE")."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def common_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,7 +78,7 @@ def emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> in
     documents = [report.as_json_document(path, estimates) for path, estimates in results]
     combined = documents[0] if len(documents) == 1 else {"version": report.JSON_VERSION, "projects": documents}
     if fmt == "json":
-        print(json_text(json.dumps(combined, indent=2)))  # a log may show it: no "##[" command
+        _print(json_text(json.dumps(combined, indent=2)), sys.stdout)  # a log may show it: no "##[" command
     else:
         encoding = (getattr(sys.stdout, "encoding", None) or "").lower()
         ascii_only = "utf" not in encoding
