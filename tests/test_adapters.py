@@ -12,7 +12,8 @@ from pytest_llmmem.errors import ConfigError
 from pytest_llmmem.estimator import estimate
 from pytest_llmmem.hookspecs import hookimpl
 from pytest_llmmem.core.records import FRAGMENTATION
-from pytest_llmmem.model.adapters import (BUILTIN, LORA, QLORA, Saved, dora_forward_transient, dora_saved, dora_tensors, ia3_saved_on,
+from pytest_llmmem.model.methods import BUILTIN
+from pytest_llmmem.model.adapters import (LORA, QLORA, Saved, dora_forward_transient, dora_saved, dora_tensors, ia3_saved_on,
                                           lora_saved, lora_tensors, vera_saved)
 from pytest_llmmem.model.layers import Linear
 

@@ -11,7 +11,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from __future__ import annotations
 
-from ..model.adapters import BUILTIN as BUILTIN_ADAPTERS
+from ..model.methods import BUILTIN as BUILTIN_ADAPTERS
 from .entries import GPU, AmbiguousName, DType, Engine, Optimizer, Reader, Recipe
 from .profiles import PROFILES
 from ..units import MiB
@@ -73,7 +73,7 @@ def llmmem_register_families(register):
 
 
 def llmmem_register_adapters(register):
-    for adapter in BUILTIN_ADAPTERS:  # LoRA and QLoRA (model/adapters.py)
+    for adapter in BUILTIN_ADAPTERS:  # model/methods.py: the LoRA-like (adapters.py) and prompt methods (prompts.py)
         register(adapter)
 
 

@@ -6,7 +6,8 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from typing import NamedTuple, Optional, Tuple, Union
 
 from ..catalog.entries import DType, Optimizer
-from ..model.adapters import Adapter, builtin_adapter
+from ..model.adapters import Adapter
+from ..model.methods import builtin_adapter
 from ..model.architecture import Architecture, ParamsOnly
 from ..catalog.profiles import Knobs
 from ..units import format_bytes
