@@ -8,12 +8,17 @@ local clone (``git show COMMIT:PATH``; nothing runs: JSON is parsed, Python with
 checks that every key of the bundled config.json holds the same value there, and says how many keys the
 source has beyond them (a bundled config may be trimmed to the keys the estimator reads); a key the entry's
 ``added`` names (taken from another document, such as a context limit the model's README states) is left
-out of the comparison and printed with its document. The other
-locators (``validation:FILE#ROW``, ``index:ID``) are listed as not checkable here.
+out of the comparison and printed with its document. A locator in a clone
+that lacks its commit (a snapshot older than the source) is listed as not checkable, never as agreeing.
+
+Every bundled config must name a public file a user can open (issue 23): an entry whose ``taken_from`` is
+not a GitHub file at a commit (``validation:FILE#ROW``, a row of the shared validation data; ``index:ID``, a
+code-search id) is listed under "no public URL", and the run fails until none is left.
 
     python benchmarks/check_bundle_sources.py --clone mlc-ai/mlc-llm=/path/to/mlc-llm
 
-Exit 0 when every checkable locator agrees, 1 when one does not, 2 for a usage error.
+Exit 0 when every checkable locator agrees and every entry names a public file, 1 when a locator differs
+or an entry names none, 2 for a usage error.
 """
 
 import argparse
@@ -93,6 +98,11 @@ def compare(config: Dict[str, Any], found: Dict[str, Any], added: Any = ()) -> s
     return "every key equal" + (f" (the source has {extra} more keys)" if extra else "")
 
 
+def without_public_url(index: Dict[str, Dict[str, Any]]) -> Dict[str, str]:
+    """The bundled ids whose ``taken_from`` is no GitHub file at a commit, with what they name instead."""
+    return {model_id: entry["taken_from"] for model_id, entry in sorted(index.items()) if not GITHUB.match(entry["taken_from"])}
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="check_bundle_sources.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clone", action="append", default=[], metavar="OWNER/REPO=PATH", help="a local git clone of a source repository")
@@ -110,10 +120,15 @@ def main(argv: Optional[list] = None) -> int:
         for field in ("taken_from", "checked_against"):
             where = entry.get(field)
             match = GITHUB.match(where or "")
-            if not where:
+            if not match:  # no GitHub file: listed below, under "no public URL"
                 continue
-            if not match or match["repo"] not in clones:
+            if match["repo"] not in clones:
                 print(f"{model_id}: {field} {where}: not checkable here")
+                continue
+            has_commit = subprocess.run(["git", "-C", clones[match["repo"]], "cat-file", "-e", f"{match['commit']}^{{commit}}"],
+                                        capture_output=True)
+            if has_commit.returncode:
+                print(f"{model_id}: {field} {where}: not checkable here (the clone lacks commit {match['commit'][:12]})")
                 continue
             shown = subprocess.run(["git", "-C", clones[match["repo"]], "show", f"{match['commit']}:{match['path']}"],
                                    capture_output=True, text=True)
@@ -127,7 +142,12 @@ def main(argv: Optional[list] = None) -> int:
             bad += verdict.startswith("DIFFERS")
         for key, where in sorted(entry.get("added", {}).items()):
             print(f"{model_id}: {key} = {config.get(key)!r} added, from {where}")
-    return 1 if bad else 0
+    unlinked = without_public_url(index)
+    for model_id, where in unlinked.items():
+        print(f"{model_id}: no public URL (taken_from {where})")
+    if unlinked:
+        print(f"{len(unlinked)} bundled configs name no public file: find a GitHub copy of each at a commit")
+    return 1 if bad or unlinked else 0
 
 
 if __name__ == "__main__":

@@ -91,11 +91,16 @@ BUNDLED_COUNTS = {
     "Qwen/Qwen3-4B": 4_022_468_096,  # 4.0B (3.6B non-embedding, tied)
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": 7_615_616_512,  # 7.62B (Qwen2.5-Math-7B's shape, as Qwen2.5-7B's)
     "deepseek-ai/DeepSeek-R1-Distill-Llama-70B": 70_553_706_496,  # 70.6B (Llama-3.3-70B-Instruct's shape)
+    # Issue 23 part 4, third pass: Qwen2.5-7B's shape (the card's 7.61B, 6.53B non-embedding: 7,615,616,512 -
+    # 2·152064·3584) and the base Mixtral's file (the card's 46.7B)
+    "Qwen/Qwen2.5-7B-Instruct": 7_615_616_512,
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": 46_702_792_704,
 }
 
 # The ids issue 23's second pass bundled: each is estimated offline through the CLI below.
 NEWLY_BUNDLED = ("Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-3B", "Qwen/Qwen3-14B", "Qwen/Qwen3-4B",
-                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "deepseek-ai/DeepSeek-R1-Distill-Llama-70B")
+                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
+                 "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1")
 
 
 def _bundled_config(model_id: str) -> dict:
@@ -276,18 +281,30 @@ def test_every_github_locator_becomes_a_link():
 # Bundled configs whose taken_from is not yet a public link (issue 23 part 4: each should name a GitHub file at a
 # commit or the Hub file at a revision); an id leaves this set when a public copy of its config.json is found.
 NOT_YET_LINKED = {
-    "Qwen/QwQ-32B", "THUDM/glm-4-9b-chat-hf", "ai21labs/Jamba-v0.1", "deepseek-ai/DeepSeek-V2-Lite",
-    "google/gemma-2-9b", "google/gemma-3-12b-it", "ibm-granite/granite-3.3-2b-instruct",
-    "microsoft/Phi-3.5-MoE-instruct", "tiiuae/falcon-40b", "tiiuae/falcon-7b", "unsloth/Phi-4",
+    "Qwen/QwQ-32B", "THUDM/glm-4-9b-chat-hf", "ai21labs/Jamba-v0.1", "google/gemma-3-12b-it",
+    "ibm-granite/granite-3.3-2b-instruct", "microsoft/Phi-3.5-MoE-instruct", "tiiuae/falcon-7b", "unsloth/Phi-4",
 }
 
 
 def test_every_bundled_config_names_a_public_file():
     """A config bundled without a link fails here until it names one (or is added to NOT_YET_LINKED, which
-    only shrinks: 12 before issue 23's second pass, 11 since pythia-14m's file was found)."""
+    only shrinks: 12 before issue 23's second pass, 11 after it, 8 since gemma-2-9b's, falcon-40b's and
+    DeepSeek-V2-Lite's files were found)."""
     unlinked = {model_id for model_id, entry in hub.bundled_index().items() if not hub.source_url(entry["taken_from"]).startswith("https://")}
     assert unlinked == NOT_YET_LINKED
-    assert len(NOT_YET_LINKED) <= 11
+    assert len(NOT_YET_LINKED) <= 8
+
+
+def test_the_checker_fails_while_a_bundled_config_names_no_public_file(capsys):
+    """benchmarks/check_bundle_sources.py exits 1 and names each id without a GitHub file at a commit (with what
+    it names instead), so the check cannot pass while NOT_YET_LINKED is not empty; a github: locator passes."""
+    checker = _check_bundle_sources()
+    assert set(checker.without_public_url(hub.bundled_index())) == NOT_YET_LINKED
+    assert checker.without_public_url({"a/b": {"taken_from": "github:o/r@" + "a" * 40 + ":config.json"}, "c/d": {"taken_from": "index:1"}}) == {"c/d": "index:1"}
+    assert checker.main([]) == 1
+    out = capsys.readouterr().out
+    assert "ai21labs/Jamba-v0.1: no public URL (taken_from index:66565154603)" in out
+    assert f"{len(NOT_YET_LINKED)} bundled configs name no public file" in out
 
 
 # Families whose modeling has no position limit: vLLM takes any declared max-model-len and defaults to 2048
