@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pytest_llmmem"
 
 # Bottom up: a module may import its own layer and the layers below it, never one above.
 LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
-    ("base", ("pytest_llmmem", "pytest_llmmem.errors", "pytest_llmmem.units", "pytest_llmmem.values", "pytest_llmmem.untrusted")),
+    ("base", ("pytest_llmmem", "pytest_llmmem.errors", "pytest_llmmem.units", "pytest_llmmem.values", "pytest_llmmem.untrusted",
+              "pytest_llmmem.record")),
     ("io", ("pytest_llmmem.io",)),
     ("model", ("pytest_llmmem.model",)),
     ("catalog", ("pytest_llmmem.catalog",)),

@@ -5,10 +5,12 @@ from below, and neither imports the other back.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Optional, Tuple
+
+from ..record import Record
 
 
-class DType(NamedTuple):
+class DType(Record):
     """A number format for weights (and the format activations are computed in)."""
 
     name: str
@@ -24,7 +26,7 @@ class DType(NamedTuple):
         return self.bytes if self.seed_bytes is None else self.seed_bytes
 
 
-class Optimizer(NamedTuple):
+class Optimizer(Record):
     """An optimizer's state, per trainable parameter."""
 
     name: str
@@ -37,7 +39,7 @@ class Optimizer(NamedTuple):
     small_tensor_numel: int = 0  # tensors below this many elements keep fp32 states (bitsandbytes 8-bit)
 
 
-class GPU(NamedTuple):
+class GPU(Record):
     """An accelerator and the memory a process can see on it (what nvidia-smi reports as total)."""
 
     name: str
@@ -56,7 +58,7 @@ class GPU(NamedTuple):
     compute_capability: Optional[Tuple[int, int]] = None
 
 
-class AmbiguousName(NamedTuple):
+class AmbiguousName(Record):
     """A name people use for more than one card ("A100": 40 or 80 GB): looking it up is an error
     that lists the cards it could mean, never a silent pick of one."""
 
@@ -65,7 +67,7 @@ class AmbiguousName(NamedTuple):
     aliases: Tuple[str, ...] = ()
 
 
-class Reader(NamedTuple):
+class Reader(Record):
     """A trainer-config format (``from = "train.yaml"``): ``read(mapper, base_dir)`` maps its keys to
     run keys with ``mapper.put`` / ``mapper.assume`` (:class:`pytest_llmmem.config.readers.mapper.Mapper`).
 
@@ -83,7 +85,7 @@ class Reader(NamedTuple):
     doc: str = ""
 
 
-class Engine(NamedTuple):
+class Engine(Record):
     """A serving engine: ``startup(run) -> serving.serve.Startup`` says what it holds once started.
 
     ``startup`` is the function, or "module:function" imported on first use (how the built-ins name
@@ -95,7 +97,7 @@ class Engine(NamedTuple):
     doc: str = ""
 
 
-class Recipe(NamedTuple):
+class Recipe(Record):
     """A post-training recipe (``recipe = "<name>"``): what its step holds beyond an SFT step of the
     same model. Everything the TOML's keys (config/recipe_keys.py), the estimate (recipes/recipes.py),
     the report and ``llmmem fit`` (fit/recipes.py) need is declared here, so none of them branches on

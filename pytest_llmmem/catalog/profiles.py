@@ -14,9 +14,10 @@ as a plugin's are; a run's ``framework`` is looked up in the catalog. Adding a f
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from ..errors import did_you_mean, shown as shown_value, shown_name
+from ..record import Record
 from .kernels import KERNELS, loss_of
 from ..values import release
 
@@ -29,7 +30,7 @@ KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-b
          "double-quant", "adapter-dtype", "gradient-checkpointing")
 
 
-class Profile(NamedTuple):
+class Profile(Record):
     """Defaults of one trainer, each knob cited to the trainer's source in ``sources``."""
 
     name: str
@@ -136,7 +137,7 @@ PROFILES: Dict[str, Profile] = {
 FRAMEWORKS: Tuple[str, ...] = tuple(PROFILES)
 
 
-class Knobs(NamedTuple):
+class Knobs(Record):
     """The trainer knobs of one run, resolved: profile defaults with the run's own keys on top."""
 
     framework: str = "transformers"
@@ -220,7 +221,7 @@ TRAINER_KEYS = ("framework", "loss", "loss-chunks", "kernels", "activation-offlo
 _TRAINING_KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl")
 
 
-class Resolved(NamedTuple):
+class Resolved(Record):
     knobs: Knobs
     adapter_dtype: str  # the adapter-dtype default of the profile (the run's key wins)
     gradient_checkpointing: bool  # the gradient-checkpointing default of the profile

@@ -11,12 +11,13 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..io import files
 from ..io.files import toml
 from ..catalog.registry import Catalog, default_catalog
 from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
+from ..record import Record
 from .keys import ADAPTER_KEYS, ENGINE_ONLY, INFERENCE_ONLY, MODEL_KEYS, RECIPE_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY, Context, Table, canonical
 from ..values import type_name
 from .adapter_keys import adapter_fields, checked_targets, read_targets, run_mode
@@ -33,7 +34,7 @@ from ..core.run import METHODS, PRECISIONS, RecipeSettings, VISION_TOWERS, Run
 MAX_NAME = 200  # characters in a run name
 
 
-class Project(NamedTuple):
+class Project(Record):
     """A pyproject's ``[tool.llmmem]``: its resolved runs, and what is needed to re-resolve one."""
 
     path: str

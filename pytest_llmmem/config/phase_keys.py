@@ -7,15 +7,16 @@ profile. job_phases.py prices what these keys describe.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Dict, NamedTuple, Sequence
+from typing import Dict, Sequence
 
+from ..record import Record
 from .keys import PHASE_KEYS
 from ..core.run import JobSettings
 
 SAVES = ("full-state-dict", "sharded")
 
 
-class PhaseDefaults(NamedTuple):
+class PhaseDefaults(Record):
     """What a trainer does outside its step unless told otherwise, each cited in ``sources``."""
 
     loader: str

@@ -15,9 +15,10 @@ a job's save or load sets the peak; a phase without ``over`` is shown as its own
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .records import CUBLAS_WORKSPACE_BYTES, FRAGMENTATION, cuda_context_bytes
+from ..record import Record
 from .run import Run
 
 OVERHEAD = "overhead"  # the term the composer fills in
@@ -25,7 +26,7 @@ OVERHEAD = "overhead"  # the term the composer fills in
 Pairs = Tuple[Tuple[str, int], ...]
 
 
-class Item(NamedTuple):
+class Item(Record):
     """Bytes alive during a phase, under one breakdown term.
 
     ``transient``: allocated and freed inside the phase (activations, loss buffers, one layer's
@@ -53,7 +54,7 @@ def overhead_slot(shown_if_zero: bool = True) -> Item:
     return Item(OVERHEAD, 0, shown_if_zero=shown_if_zero)
 
 
-class Phase(NamedTuple):
+class Phase(Record):
     """One phase of a job, as what is alive while it runs (an ``overhead`` item marks where its
     overhead is shown; without one the overhead comes last)."""
 
@@ -75,7 +76,7 @@ class Phase(NamedTuple):
         return tuple(i for i in self.items if i.transient)
 
 
-class Overhead(NamedTuple):
+class Overhead(Record):
     """What every phase holds beyond its items: a fixed part and a share of its transient bytes."""
 
     fixed: int
@@ -108,7 +109,7 @@ def run_overhead(run: Run) -> Overhead:
     return training_overhead(run.overhead_bytes, run.knobs.torch_version)
 
 
-class Shown(NamedTuple):
+class Shown(Record):
     """A composed phase: its total and its own breakdown, in the order the phase lists its items."""
 
     name: str
@@ -117,7 +118,7 @@ class Shown(NamedTuple):
     why: str = ""
 
 
-class Composition(NamedTuple):
+class Composition(Record):
     """The peak of a list of phases, its breakdown (adding up to the peak, calibration included)."""
 
     peak: str

@@ -5,8 +5,9 @@ serving) so that each imports the record from below instead of from the core fun
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
+from ..record import Record
 from ..units import MiB
 from .run import Run
 
@@ -60,7 +61,7 @@ def cuda_context_bytes(torch_version: Tuple[int, ...] = ()) -> int:
     return TORCH1_CONTEXT_BYTES if torch1(torch_version) else CUDA_CONTEXT_BYTES
 
 
-class Estimate(NamedTuple):
+class Estimate(Record):
     """Peak per-GPU bytes of one run, as a breakdown whose terms add up to the total."""
 
     run: Run
@@ -137,7 +138,7 @@ class Estimate(NamedTuple):
         return max(self.breakdown, key=lambda k: self.breakdown[k])
 
 
-class WayOut(NamedTuple):
+class WayOut(Record):
     """One change that makes the run fit, with the estimate it gives: what fit's training search
     (fit/search.py) and a server's (fit/serving.py) both return. Here, below both, because the search
     loads the serving one lazily; a module of its own cost every over-budget ``llmmem check`` an import."""

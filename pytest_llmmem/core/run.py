@@ -3,13 +3,14 @@
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 from ..catalog.entries import DType, Optimizer
 from ..model.adapters import Adapter
 from ..model.methods import builtin_adapter
 from ..model.architecture import Architecture, ParamsOnly
 from ..catalog.profiles import Knobs
+from ..record import Record
 from ..units import format_bytes
 
 # A run's mode: full training, inference, or the name of an adapter (adapters.py; a plugin may add one).
@@ -29,7 +30,7 @@ KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 SFT = "sft"
 
 
-class ServeSettings(NamedTuple):
+class ServeSettings(Record):
     """What a serving engine is started with (its own flag names, kebab-case); None = the engine's default."""
 
     gpu_memory_utilization: Optional[float] = None  # vLLM --gpu-memory-utilization, SGLang --mem-fraction-static
@@ -44,7 +45,7 @@ class ServeSettings(NamedTuple):
     engine_version: Optional[str] = None
 
 
-class RecipeSettings(NamedTuple):
+class RecipeSettings(Record):
     """What a post-training recipe adds to a step (issue 13); recipes.py prices it, recipe_keys.py reads it.
 
     ``reference`` says whether a frozen reference model sits in memory, already resolved from the
@@ -76,7 +77,7 @@ class RecipeSettings(NamedTuple):
         return self.name != SFT
 
 
-class JobSettings(NamedTuple):
+class JobSettings(Record):
     """The phases of a whole training job besides its step (issue 16); phase_keys.py reads them,
     job_phases.py prices them. Defaults come from the trainer profile (phase_keys.PHASE_DEFAULTS)."""
 
@@ -97,7 +98,7 @@ class JobSettings(NamedTuple):
     given: Tuple[str, ...] = ()
 
 
-class Budget(NamedTuple):
+class Budget(Record):
     """Per-GPU memory a run may use: the ceiling less the headroom kept free."""
 
     ceiling_bytes: int
@@ -114,7 +115,7 @@ class Budget(NamedTuple):
         return f"{base} less {format_bytes(self.headroom_bytes, units)} headroom" if self.headroom_bytes else base
 
 
-class Run(NamedTuple):
+class Run(Record):
     """One declared training or serving job, every default applied and every name resolved."""
 
     name: str

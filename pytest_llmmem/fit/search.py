@@ -7,13 +7,14 @@ logit and KV-cache term is linear or quadratic in them), so a binary search find
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, List, Optional
 
 from ..catalog.registry import default_catalog
 from ..core.records import Estimate
 from ..estimator import estimate
 from ..model.architecture import Architecture
 from ..core.run import Run
+from ..record import Record
 from ..units import format_bytes
 from ..core.records import WayOut
 from .adapters import narrower_targets, toml_list
@@ -254,7 +255,7 @@ def smallest_gpu(run: Run, any_kind: bool = False, price: Price = estimate) -> O
     return None
 
 
-class Toggle(NamedTuple):
+class Toggle(Record):
     """One switch the solver tried, with the estimate it gives."""
 
     setting: str

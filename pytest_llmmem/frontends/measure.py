@@ -17,7 +17,7 @@ is downloaded and no checkpoint is read.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, Optional
 
 from ..errors import ConfigError
 from ..core.records import Estimate
@@ -26,13 +26,14 @@ from ..hf.config import with_depth
 from ..model.architecture import Architecture
 from ..core.run import Run
 from ..io import files
+from ..record import Record
 from ..trace.build import TORCH_DTYPES, causal_lm, checkpointing, optimizer_for, require_torch
 
 DEFAULT_CPU_LAYERS = 2
 TORCH_OPTIMIZERS = ("adamw", "adam", "sgd", "sgd-momentum")
 
 
-class Measurement(NamedTuple):
+class Measurement(Record):
     """Measured bytes per term beside the estimate of the same (possibly shrunk) run."""
 
     run: Run  # the run as measured (shrunk in depth when ``shrunk_from`` is set)

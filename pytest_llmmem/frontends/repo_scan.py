@@ -14,11 +14,12 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 import os
 import stat
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..io import files
 from ..io.projects import repository_root  # noqa: F401  (lives in projects: check imports it without the scanner)
 from ..io.files import toml
+from ..record import Record
 
 SKIP_FOLDERS = frozenset({"node_modules", "venv", "__pycache__", "site-packages", "build", "dist", "htmlcov"})
 MAX_ENTRIES = 200_000  # files and folders looked at; 10,052 files in 1,003 folders take 14 ms of CPU
@@ -54,7 +55,7 @@ def scan_pyprojects(root: str) -> "Scan":
     return Scan(sorted(found), True)
 
 
-class Scan(NamedTuple):
+class Scan(Record):
     pyprojects: List[str]
     complete: bool
 
@@ -126,7 +127,7 @@ def exists(path: str) -> bool:
         return os.path.lexists(path)  # a symlink loop exists; reading it says what is wrong
 
 
-class Index(NamedTuple):
+class Index(Record):
     """The [tool.llmmem] pyprojects of a repository by the model configs they name."""
 
     owners: Dict[str, List[str]]  # resolved model config path -> pyprojects naming it

@@ -9,10 +9,11 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..io import files
 from ..errors import ConfigError, did_you_mean, shown_name
+from ..record import Record
 
 BUNDLED = Path(__file__).parents[1] / "models"  # pytest_llmmem/models: package data beside the subpackages
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -24,7 +25,7 @@ _HEADER_LIMIT = 8 * 1024 * 1024
 _STORED = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8", "I8": "int8", "U8": "uint8"}
 
 
-class Resolved(NamedTuple):
+class Resolved(Record):
     """Where a Hub id's config.json was found, and what the checkpoint beside it says."""
 
     model_id: str

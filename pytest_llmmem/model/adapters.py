@@ -23,9 +23,10 @@ tuning (virtual tokens that lengthen every sequence) need a field of their own w
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from ..errors import ConfigError
+from ..record import Record
 from .architecture import Architecture
 from .layers import Linear, peft_target_problem
 
@@ -90,7 +91,7 @@ def lora_matrix_params(d_in: int, d_out: int, rank: int) -> int:
     return rank * (d_in + d_out)
 
 
-class Saved(NamedTuple):
+class Saved(Record):
     """What one adapted module keeps for backward beyond what its frozen base keeps."""
 
     keeps_input: bool  # the module's input stays alive for the adapter (the base alone, frozen, keeps none)
@@ -116,7 +117,7 @@ def rank_on_targets(rank: int, targets: Tuple[str, ...]) -> str:
     return f"r={rank} on {', '.join(targets)}"
 
 
-class Adapter(NamedTuple):
+class Adapter(Record):
     """A PEFT method as the estimate counts it (see the module docstring)."""
 
     name: str  # the run's mode that names it

@@ -9,19 +9,21 @@ Llama-2-7B 6,738,415,616; Mixtral-8x7B 46,702,792,704; ...).
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from ..errors import ConfigError
+from ..record import Record
 from .layers import Attention, Dense, LayerGroup, Linear, MoE
 
 __all__ = ["Architecture", "Family", "Linear", "ParamsOnly", "validate"]
 
 
-class Family(NamedTuple):
+class Family(Record):
     """Traits of one modelling-code family, as in ``transformers/models/<name>/modeling_<name>.py``.
 
-    The package's records are NamedTuples, not dataclasses: a dataclass costs up to 1 ms of
-    start-up to generate, and ``llmmem check`` runs on every commit (benchmarks/cli_startup.py).
+    The package's records are ``record.Record`` tuples, not dataclasses or ``typing.NamedTuple``: a
+    dataclass costs up to 1 ms of start-up to generate and a NamedTuple ~0.1 ms, and ``llmmem check``
+    runs on every commit (benchmarks/cli_startup.py).
     """
 
     name: str
@@ -93,7 +95,7 @@ class Family(NamedTuple):
 PYTHON_ACTIVATIONS = {"gelu_new": 3, "gelu_fast": 3, "quick_gelu": 1}
 
 
-class Architecture(NamedTuple):
+class Architecture(Record):
     """A transformer's shape; every count and activation size is derived from it.
 
     The scalar fields describe a uniform LLaMA-style stack (what the TOML shape keys give).
@@ -251,7 +253,7 @@ def validate(arch: Architecture, source: str) -> None:
         )
 
 
-class ParamsOnly(NamedTuple):
+class ParamsOnly(Record):
     """A model known only by its parameter count: no activations, KV cache or exact splits."""
 
     params: int

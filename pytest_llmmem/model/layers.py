@@ -11,10 +11,12 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 import math
 from functools import lru_cache
-from typing import Any, List, NamedTuple, Tuple
+from typing import Any, List, Tuple
+
+from ..record import Record
 
 
-class Linear(NamedTuple):
+class Linear(Record):
     """One weight matrix of a layer (``count`` of them: MoE experts), as LoRA and quantisers see it."""
 
     role: str
@@ -40,7 +42,7 @@ def _name(fam: Any, role: str, default: str) -> str:
     return fam.module(role) or default
 
 
-class Attention(NamedTuple):
+class Attention(Record):
     """Softmax attention over q/k/v projections: full, or sliding over ``window`` tokens."""
 
     heads: int
@@ -92,7 +94,7 @@ class Attention(NamedTuple):
         return math.ceil(self._replace(cache_heads=0).cache_bytes(1, 1, kv_bytes, tp))  # type: ignore[arg-type]
 
 
-class LatentAttention(NamedTuple):
+class LatentAttention(Record):
     """DeepSeek multi-head latent attention (MLA; DeepSeek-V2 paper, section 2.1)."""
 
     heads: int
@@ -137,7 +139,7 @@ class LatentAttention(NamedTuple):
         return math.ceil(self.cache_bytes(1, 1, kv_bytes, tp))  # type: ignore[arg-type]
 
 
-class StateSpace(NamedTuple):
+class StateSpace(Record):
     """A Mamba (selective state-space) mixer in place of attention (Gu & Dao 2023; modeling_mamba.py)."""
 
     d_inner: int
@@ -181,7 +183,7 @@ class StateSpace(NamedTuple):
         return self.cache_bytes(1, 1, size, tp, state_bytes=size)
 
 
-class Dense(NamedTuple):
+class Dense(Record):
     """A feed-forward block: gate/up/down with an activation on the gate (``gated``) or fc1/fc2."""
 
     d_ff: int
@@ -203,7 +205,7 @@ class Dense(NamedTuple):
         return 0
 
 
-class MoE(NamedTuple):
+class MoE(Record):
     """Routed experts (top-k of ``experts``) plus optional shared experts every token uses."""
 
     experts: int
@@ -246,7 +248,7 @@ class MoE(NamedTuple):
         return 0  # DeepSeek-V3's e_score_correction_bias is a buffer, not a parameter
 
 
-class NoMLP(NamedTuple):
+class NoMLP(Record):
     """A layer without a feed-forward block (Mamba: the mixer is the whole layer)."""
 
     kind = "none"
@@ -292,7 +294,7 @@ def peft_target_problem(family: str, linears: List[Linear], targets: Tuple[str, 
     return "", ""
 
 
-class LayerGroup(NamedTuple):
+class LayerGroup(Record):
     """``count`` decoder layers that share one attention kind and one MLP kind."""
 
     count: int

@@ -12,9 +12,10 @@ MLA latent, Mamba state), the GPU memory the CUDA runtime reports, and the start
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, Dict, List, NamedTuple, Tuple
+from typing import Any, Dict, List, Tuple
 
 from ..errors import ConfigError
+from ..record import Record
 from ..units import GiB
 
 # What cudaMemGetInfo reports as total, which both engines multiply by their fraction; the driver
@@ -29,7 +30,7 @@ CUDA_TOTAL_BYTES: Dict[str, int] = {
 }
 
 
-class KVKind(NamedTuple):
+class KVKind(Record):
     """Layers of one cache kind and what each keeps per token (attention) or per sequence (Mamba)."""
 
     kind: str  # "full" | "sliding" | "mla" | "mamba"
@@ -93,7 +94,7 @@ def cuda_total(run: Any) -> Tuple[int, str]:
                                   f"sees 0.5 to 2 % less (79.15 of 80 GiB on an A100)")
 
 
-class Startup(NamedTuple):
+class Startup(Record):
     """What the engine prints at start-up, per GPU, and whether it starts."""
 
     engine: str

@@ -19,18 +19,19 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 import contextlib
 import warnings
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, Optional
 
 from ..core.run import Run
 from ..errors import ConfigError
 from ..hf.config import with_depth
 from ..model.architecture import Architecture
 from . import attention
+from ..record import Record
 from .build import TORCH_DTYPES, causal_lm, checkpointing, optimizer_for, require_torch
 from .live import LiveBytes
 
 
-class DepthTrace(NamedTuple):
+class DepthTrace(Record):
     """Each phase's peak and its composition (term -> bytes), traced at one depth."""
 
     layers: int

@@ -8,16 +8,17 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from ...io import files
 from ...io.json_lines import line_of
 from ...errors import ConfigError, did_you_mean, nearest, shown_name
+from ...record import Record
 
 TRAINER_LIMIT = 1024 * 1024  # a trainer YAML is a few KB; 1 MiB bounds the parse (files.py's reasoning)
 
 
-class Reading(NamedTuple):
+class Reading(Record):
     """What a trainer config says, as our run keys, and where each came from."""
 
     format: str

@@ -12,8 +12,9 @@ groundtruth.jsonl): GPT-2 keeps 28 * s*b*h fp32 per layer, LLaMA in bf16 8 + (4 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, Dict, FrozenSet, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
+from ...record import Record
 from .attention_masks import sdpa_layer_mask
 from .trainable import FP32, Trainable
 from ...model.layers import Attention, Dense, LatentAttention, LayerGroup, Linear, MoE, NoMLP, StateSpace
@@ -64,7 +65,7 @@ def _consumer_input(arch: Architecture, names, tokens: int, width: int, act: int
     return kept + sum(t.adapter_kept(n, width, act, tokens) + tokens * t.cast_copy(n, width) for n in names)
 
 
-class Pass(NamedTuple):
+class Pass(Record):
     """One forward's shape and what trains in it, as every kind's saved-bytes function needs it."""
 
     batch: int

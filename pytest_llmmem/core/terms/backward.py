@@ -23,8 +23,9 @@ The terms' full sizes stay in the estimate's details; the breakdown shows what i
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, Tuple
 
+from ...record import Record
 from .transients import backward_transient
 from .step import Step
 
@@ -48,7 +49,7 @@ INSTANTS = {"loss": "every saved activation and the loss head's buffers", "first
             "recompute": "one checkpointed layer recomputed and back-propagated", "end": "every gradient made"}
 
 
-class Instant(NamedTuple):
+class Instant(Record):
     """The backward's peak instant: its name and the bytes of each term alive then."""
 
     name: str

@@ -24,9 +24,10 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import math
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, Optional
 
 from ...model.architecture import Architecture
+from ...record import Record
 from ..run import Run
 
 FP32 = 4
@@ -36,7 +37,7 @@ REDUCE_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed zero_optimization.reduce_bucke
 HOST_BUFFER_FACTOR = 1.5
 
 
-class LocalParams(NamedTuple):
+class LocalParams(Record):
     """Parameters one GPU owns, and the largest block it must gather at once under full sharding."""
 
     params: int
@@ -142,7 +143,7 @@ def model_states(run: Run, local: LocalParams, weight_bytes: float, grad_bytes: 
     return out
 
 
-class AdapterBase(NamedTuple):
+class AdapterBase(Record):
     """Where a LoRA / QLoRA run's frozen base weights sit on one GPU, and what goes to the host."""
 
     gpu: float  # all of it on the GPU: the resident shard, the quantisation constants and the gathered units
@@ -189,7 +190,7 @@ def adapter_base(run: Run, arch: Optional[Architecture], weights: float, share: 
     return AdapterBase(shard + constants + gathered, shard, constants, gathered, stored / N if offloaded else 0.0)
 
 
-class OffloadedAdapters(NamedTuple):
+class OffloadedAdapters(Record):
     """A LoRA run's trained adapters under offload: what leaves the GPU, and what stays of their states."""
 
     weights: float  # adapter weight bytes moved to the host

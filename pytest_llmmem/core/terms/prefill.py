@@ -7,8 +7,9 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import math
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, Tuple
 
+from ...record import Record
 from .activations import FP32
 from .transients import forward_transient
 from ...model.layers import LayerGroup
@@ -22,7 +23,7 @@ def stage_groups(arch: Architecture, layers: int) -> List[Tuple[int, LayerGroup]
     return [(math.ceil(g.count * layers / arch.num_layers), g) for g in arch.layer_groups()]
 
 
-class Prefill(NamedTuple):
+class Prefill(Record):
     """An inference prefill's dynamic terms: the KV cache, the transient peak and the logits, with their items."""
 
     kv_cache: int

@@ -10,8 +10,9 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import math
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
+from ...record import Record
 from .activations import FP32, head_saved, held_inputs, layer_saved, rotary_tables
 from .trainable import Trainable
 from .attention_masks import model_masks
@@ -29,7 +30,7 @@ from .trainer_terms import Tensors, bnb_state_bytes, four_bit_bytes, loss_terms,
 from ...units import format_bytes
 
 
-class Step(NamedTuple):
+class Step(Record):
     """What one step holds, term by term (bytes per GPU), and what the estimate says about it."""
 
     arch: Optional[Architecture]

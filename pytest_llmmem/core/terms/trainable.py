@@ -5,15 +5,16 @@ it, fused kernels, a 4-bit base that keeps its input). Split from :mod:`.activat
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
-from typing import Any, Dict, FrozenSet, NamedTuple, Tuple
+from typing import Any, Dict, FrozenSet, Tuple
 
 from ...model.adapters import module_kept
 from ...model.layers import Linear
+from ...record import Record
 
 FP32 = 4
 
 
-class Trainable(NamedTuple):
+class Trainable(Record):
     """Which weights get gradients: everything (full training) or an adapter on some modules."""
 
     full: bool

@@ -8,10 +8,11 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 """
 
 import math
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ...catalog.entries import Optimizer
 from ...catalog.profiles import FOREACH_TWO_LISTS_BEFORE, Knobs
+from ...record import Record
 
 FP32 = 4
 # bitsandbytes pages a state buffer only from 1e5 elements (bitsandbytes/optim/optimizer.py:383
@@ -101,7 +102,7 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
 # --- trainable tensors --------------------------------------------------------------------------
 
 
-class Tensors(NamedTuple):
+class Tensors(Record):
     """The trainable tensors by size, as the optimizer sees them: (numel, how many)."""
 
     sizes: Tuple[Tuple[int, int], ...]
@@ -227,7 +228,7 @@ def trainable_tensors(run, arch, params: int):
     return adapter_tensors(adapter, groups, run.lora_rank)
 
 
-class StepOptimizer(NamedTuple):
+class StepOptimizer(Record):
     """The optimizer's part of a step: whether it runs, the gradients it leaves alive, its temporaries."""
 
     runs: bool  # an optimizer and trainable parameters: the step has an optimizer phase
