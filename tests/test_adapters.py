@@ -75,7 +75,7 @@ def test_an_unknown_mode_lists_the_registered_adapters():
 
 def test_an_adapter_key_names_the_modes_it_applies_to():
     text = textwrap.dedent(PYPROJECT.format(mode="train")) + "lora-rank = 16\n"
-    with pytest.raises(ConfigError, match='lora-rank: only applies to mode = "lora" or "qlora" or "vera"; run "adapted" has mode = "train"'):
+    with pytest.raises(ConfigError, match='lora-rank: only applies to mode = "lora" or "qlora" or "vera" or "loha" or "lokr"; run "adapted" has mode = "train"'):
         parse(text)
 
 
@@ -214,8 +214,8 @@ def test_rslora_changes_no_figure_and_says_so():
 
 
 def test_peft_methods_not_modelled_are_refused_by_name_not_priced_as_lora():
-    with pytest.raises(ConfigError, match=r'mode: "loha" \(PEFT LoHaConfig: .*\) is not modelled yet'):
-        _estimate("loha")
+    with pytest.raises(ConfigError, match=r'mode: "prefix-tuning" \(PEFT PrefixTuningConfig: .*\) is not modelled yet'):
+        _estimate("prefix-tuning")
     with pytest.raises(ConfigError, match=r'mode: "dora" is an option of LoRA .* Use mode = "lora" with use-dora = true'):
         _estimate("dora")
 

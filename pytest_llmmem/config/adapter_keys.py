@@ -104,11 +104,27 @@ def run_mode(table: Table, ctx: Context) -> Tuple[str, Any]:
 
 # PEFT methods a run may name that no adapter models yet, and what each does that LoRA's count would miss
 NOT_MODELLED_METHODS = {
-    "loha": "PEFT LoHaConfig: rebuilds the full weight delta in every forward and keeps its Hadamard factors",
-    "lokr": "PEFT LoKrConfig: rebuilds the full weight delta from a Kronecker product in every forward",
     "prefix-tuning": "PEFT PrefixTuningConfig: per-layer K/V of the virtual tokens",
     "p-tuning": "PEFT PromptEncoderConfig: virtual tokens from a prompt encoder lengthen every sequence",
 }
+
+
+def configured_adapter(table: Table, adapter: Any) -> Any:
+    """The adapter as the run's method options make it (LoHa's and LoKr's rank-dropout, module-dropout, decompose-both,
+    decompose-factor: peft/tuners/loha/config.py, lokr/config.py; model/lycoris.py configured), the entry itself when
+    it reads none or the run sets none (PEFT's defaults: 0.0, 0.0, False, -1)."""
+    if adapter is None or adapter.configure is None:
+        return adapter
+    options: Dict[str, Any] = {key: table.probability(key) for key in ("rank-dropout", "module-dropout") if table.probability(key)}
+    if table.boolean("decompose-both", False):
+        options["decompose-both"] = True
+    value = table.values.get("decompose-factor", -1)
+    if isinstance(value, bool) or not isinstance(value, int) or (value != -1 and not 1 <= value <= 2**31):
+        raise table.fail("decompose-factor", f"expected -1 or a positive whole number, got {type_name(value)} {shown(value)}.",
+                         hint="-1 (PEFT's default) splits each dimension into the factors nearest its square root; n > 0 splits off n where it divides.")
+    if value != -1:
+        options["decompose-factor"] = value
+    return adapter.configure(adapter, options) if options else adapter
 
 
 def read_targets(table: Table) -> Tuple[str, ...]:

@@ -20,7 +20,7 @@ from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
 from ..record import Record
 from .keys import ADAPTER_KEYS, ENGINE_ONLY, INFERENCE_ONLY, MODEL_KEYS, RECIPE_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY, Context, Table, canonical
 from ..values import type_name
-from .adapter_keys import adapter_fields, checked_targets, read_targets, run_mode
+from .adapter_keys import adapter_fields, checked_targets, configured_adapter, read_targets, run_mode
 from .checkpoint_keys import checkpoint_setting
 from .gpu_keys import budget, parallelism
 from .locate import Locator
@@ -242,7 +242,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         file=ctx.path,
         line=line,
         settings_from=quant_origin,
-        adapter_entry=adapter,
+        adapter_entry=configured_adapter(table, adapter),
         **serving,
     )
 

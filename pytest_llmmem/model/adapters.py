@@ -103,12 +103,13 @@ class Saved(Record):
     per_output_fixed_grad: int = 0  # the same, only where the module's input needs a gradient
     per_weight_grad: int = 0  # bytes per element of the base weight, only where the input needs a gradient
     fixed_grad: int = 0  # bytes once per module, only where the input needs a gradient (IA3's scaling vector copy)
+    fixed: int = 0  # bytes once per module, always (LoHa's scale tensor, LoKr's rebuilt factors: model/lycoris.py)
 
 
 def module_kept(saved: Saved, d_in: int, d_out: int, tokens: int, input_grad: bool) -> int:
     """Bytes one adapted module (``d_in`` -> ``d_out``) keeps of its own for ``tokens`` tokens (the fields of Saved)."""
     per_token = saved.per_token + (saved.mask_per_token if input_grad else 0) + saved.per_output * d_out
-    fixed = d_out * (saved.per_output_fixed + (saved.per_output_fixed_grad if input_grad else 0)) + (saved.fixed_grad if input_grad else 0)
+    fixed = d_out * (saved.per_output_fixed + (saved.per_output_fixed_grad if input_grad else 0)) + (saved.fixed_grad if input_grad else 0) + saved.fixed
     return tokens * per_token + fixed + (d_in * d_out * saved.per_weight_grad if input_grad else 0)
 
 
@@ -155,6 +156,9 @@ class Adapter(Record):
     # (architecture, virtual tokens) -> trainable parameters of a prompt the method prepends to every sequence
     # (prompt tuning: num-virtual-tokens embeddings); None: it prepends none
     prompt: Optional[Callable[[Any, int], int]] = None
+    # (itself, the run's method options as {key: value}) -> the entry they make (LoKr's factor shapes; model/lycoris.py)
+    configure: Optional[Callable[["Adapter", Any], "Adapter"]] = None
+    options: Tuple[Tuple[str, Any], ...] = ()  # the method options that configured it, (run key, value)
 
     def params(self, arch, rank: int, targets: Tuple[str, ...], trained_only: bool = False, virtual_tokens: int = 0) -> int:
         """Trainable parameters it adds to ``arch``, group by group; ``trained_only``: those that get a

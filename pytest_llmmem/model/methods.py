@@ -1,5 +1,5 @@
-"""Every built-in PEFT method, in the order the docs table lists them: the LoRA-like ones (:mod:`adapters`)
-and the prompt-learning ones (:mod:`prompts`), each module an entry point of its own.
+"""Every built-in PEFT method, in the order the docs table lists them: the LoRA-like ones (:mod:`adapters`),
+the LyCORIS ones (:mod:`lycoris`) and the prompt-learning ones (:mod:`prompts`), each module an entry point of its own.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -8,9 +8,10 @@ from typing import Optional
 
 from ..errors import ConfigError
 from .adapters import IA3, LORA, QLORA, VERA, Adapter
+from .lycoris import LOHA, LOKR
 from .prompts import PROMPT_TUNING
 
-BUILTIN = (LORA, QLORA, VERA, IA3, PROMPT_TUNING)
+BUILTIN = (LORA, QLORA, VERA, IA3, LOHA, LOKR, PROMPT_TUNING)
 
 
 def builtin_adapter(name: str) -> Optional[Adapter]:

@@ -71,7 +71,10 @@ def _peft_config(peft, run: Run):
     if name == "ia3":
         down = [lin.name.split(".")[-1] for lin in run.adapter.touches(run.model, run.lora_targets) if lin.role == "down"]
         return peft.IA3Config(target_modules=targets, feedforward_modules=down)
-    raise ConfigError(f'run "{run.name}": method = "trace" builds LoRA, QLoRA, VeRA, IA3 and prompt tuning through peft; mode "{name}" is not traced.',
+    # LoHa's and LoKr's training forward branches on torch.rand(1) > module_dropout (peft/tuners/loha/layer.py forward),
+    # a value fake tensors do not have (aten._local_scalar_dense)
+    why = " (its forward branches on a random draw, which fake tensors cannot)" if name in ("loha", "lokr") else ""
+    raise ConfigError(f'run "{run.name}": method = "trace" builds LoRA, QLoRA, VeRA, IA3 and prompt tuning through peft; mode "{name}" is not traced{why}.',
                       hint='Use method = "detailed" for it.')
 
 
