@@ -95,12 +95,16 @@ BUNDLED_COUNTS = {
     # 2·152064·3584) and the base Mixtral's file (the card's 46.7B)
     "Qwen/Qwen2.5-7B-Instruct": 7_615_616_512,
     "mistralai/Mixtral-8x7B-Instruct-v0.1": 46_702_792_704,
+    # phi-4 by hand (the card's 14B): embed + untied head 2·100352·5120 = 1,027,604,480; per layer qkv
+    # 5120·(5120 + 2·1280), o 5120², gate_up 5120·35840, down 17920·5120, 2 RMSNorms 2·5120 = 340,797,440 (×40);
+    # final norm 5120
+    "microsoft/phi-4": 14_659_507_200,
 }
 
-# The ids issue 23's second pass bundled: each is estimated offline through the CLI below.
+# The ids issue 23 part 4 bundled (second pass on): each is estimated offline through the CLI below.
 NEWLY_BUNDLED = ("Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-3B", "Qwen/Qwen3-14B", "Qwen/Qwen3-4B",
                  "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
-                 "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1")
+                 "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1", "microsoft/phi-4")
 
 
 def _bundled_config(model_id: str) -> dict:
