@@ -99,12 +99,18 @@ BUNDLED_COUNTS = {
     # 5120·(5120 + 2·1280), o 5120², gate_up 5120·35840, down 17920·5120, 2 RMSNorms 2·5120 = 340,797,440 (×40);
     # final norm 5120
     "microsoft/phi-4": 14_659_507_200,
+    # falcon-40b by hand (the card's 40B): tied embedding 65024·8192 = 532,676,608; per layer fused qkv
+    # 8192·(128 + 2·8)·64, dense 8192², h_to_4h and 4h_to_h 2·8192·32768, ln_attn and ln_mlp 4·8192 = 679,510,016
+    # (×60); ln_f 2·8192. The instruct release's file is the one bundled, so both ids count the same
+    "tiiuae/falcon-40b": 41_303_293_952,
+    "tiiuae/falcon-40b-instruct": 41_303_293_952,
 }
 
 # The ids issue 23 part 4 bundled (second pass on): each is estimated offline through the CLI below.
 NEWLY_BUNDLED = ("Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-3B", "Qwen/Qwen3-14B", "Qwen/Qwen3-4B",
                  "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
-                 "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1", "microsoft/phi-4")
+                 "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1", "microsoft/phi-4",
+                 "tiiuae/falcon-40b-instruct")
 
 
 def _bundled_config(model_id: str) -> dict:
