@@ -151,3 +151,22 @@ def test_the_trace_says_why_it_cannot_run_loha():
 
     with pytest.raises(ConfigError, match=r'mode "loha" is not traced \(its forward branches on a random draw.*method = "detailed"'):
         traced(_run("loha"))
+
+
+def test_the_factors_backward_is_the_layer_transient_where_it_is_the_largest():
+    """Hidden 512 (q/v 512 -> 512), vocab 128 so the last layer's backward sets the peak, 64 tokens, bf16, fp32 adapters.
+    LoHa's HadaWeight.backward holds five 512 x 512 fp32 tensors (5 x 1 MiB) beside the input's gradient and the base
+    branch's bf16 copy of the output's gradient, 64 x (512 + 512) x 2 B; LoKr's Kronecker backward three, four with
+    rank-dropout (measured on the CPU: benchmarks/measure_lycoris_backward.py)."""
+    def transient(mode: str, extra: str = "") -> int:
+        text = textwrap.dedent(PYPROJECT.format(mode=mode)).replace("hidden-size = 64", "hidden-size = 512").replace(
+            "intermediate-size = 128", "intermediate-size = 1024").replace("vocab-size = 1000", "vocab-size = 128")
+        est = estimate(parse(text + extra).runs[0])
+        assert est.peak_phase == "backward"
+        return est.details["backward.activations.backward_transient"]
+
+    flowing = 64 * (512 + 512) * 2
+    assert transient("loha") == 5 * 512 * 512 * 4 + flowing
+    assert transient("lokr") == 3 * 512 * 512 * 4 + flowing
+    assert transient("lokr", "rank-dropout = 0.1\n") == 4 * 512 * 512 * 4 + flowing
+    assert transient("lora") < 512 * 512 * 4  # LoRA's backward holds no weight-sized tensor of its own

@@ -140,6 +140,10 @@ class Adapter(Record):
     # (one adapted linear, rank, adapter bytes, activation bytes) -> bytes one adapted module holds in flight in
     # its forward beyond what it keeps (DoRA's weight norm); the largest is a forward phase's own item
     forward_transient: Optional[Callable[[Linear, int, int, int], int]] = None
+    # (one adapted linear, rank, adapter bytes, activation bytes, tokens) -> bytes one adapted module's own backward
+    # holds at its peak, the gradient flowing into it included (LoHa's HadaWeight.backward); the largest is a
+    # candidate for the backward's layer transient (core/terms/backward.py)
+    backward_transient: Optional[Callable[[Linear, int, int, int, int], int]] = None
     dora: Optional[Callable[["Adapter"], "Adapter"]] = None  # what use-dora = true makes of it (None: not offered)
     # (the adapted linears, rank) -> elements of frozen tensors it adds once for all of them (VeRA's shared projections)
     shared: Optional[Callable[[Tuple[Linear, ...], int], int]] = None

@@ -65,6 +65,22 @@ def loha_forward_transient(lin: Linear, rank: int, adapter_bytes: int, act: int)
     return 3 * lin.d_in * lin.d_out * adapter_bytes
 
 
+def _flowing_grads(lin: Linear, adapter_bytes: int, act: int, tokens: int) -> int:
+    """The gradients alive beside an adapted module's factor gradients: the one out of its input (tokens x d_in, model
+    dtype) waiting for the layer's earlier nodes, and where the adapter dtype differs the base branch's copy of the
+    output's gradient in the model dtype (tokens x d_out; the sum of a 16-bit base and an fp32 adapter output is fp32).
+    Measured: benchmarks/measure_lycoris_backward.py."""
+    return tokens * (lin.d_in + (lin.d_out if adapter_bytes != act else 0)) * act
+
+
+def loha_backward_transient(lin: Linear, rank: int, adapter_bytes: int, act: int, tokens: int, rank_dropout: bool = False) -> int:
+    """HadaWeight.backward (peft/tuners/loha/layer.py) beside the delta's gradient it receives: ``grad_out * scale``,
+    (w2_a @ w2_b), ``temp`` and, while the first ``temp`` is still bound, (w1_a @ w1_b) and the second: five
+    d_out x d_in tensors in the adapter dtype at its peak (rank-dropout's multiply is done and freed before it).
+    Measured on the CPU: benchmarks/measure_lycoris_backward.py."""
+    return 5 * lin.d_in * lin.d_out * adapter_bytes + _flowing_grads(lin, adapter_bytes, act, tokens)
+
+
 def loha_merge(numel: int, quantized: bool, compute_bytes: int, adapter_bytes: int) -> int:
     """merge_and_unload adds get_delta_weight to the base weight in place (peft/tuners/lycoris_utils.py merge): the
     rebuild's three products of the largest adapted matrix in flight (loha_forward_transient)."""
@@ -122,6 +138,14 @@ def lokr_forward_transient(lin: Linear, rank: int, adapter_bytes: int, act: int)
     return lin.d_in * lin.d_out * adapter_bytes
 
 
+def lokr_backward_transient(lin: Linear, rank: int, adapter_bytes: int, act: int, tokens: int, rank_dropout: bool = False) -> int:
+    """The Kronecker product's backward: the delta's gradient, its scaled copy and the full-size product with the other
+    factor that each factor's gradient is summed from, three d_out x d_in tensors in the adapter dtype; with
+    rank-dropout, autograd's copy for the in-place multiply on the reshaped view (CopySlices) one more.
+    Measured on the CPU: benchmarks/measure_lycoris_backward.py."""
+    return (4 if rank_dropout else 3) * lin.d_in * lin.d_out * adapter_bytes + _flowing_grads(lin, adapter_bytes, act, tokens)
+
+
 def lokr_merge(numel: int, quantized: bool, compute_bytes: int, adapter_bytes: int) -> int:
     """merge_and_unload: get_delta_weight's product and its scaled copy of the largest adapted matrix in flight."""
     return 2 * numel * adapter_bytes
@@ -134,7 +158,8 @@ def configured(adapter: Adapter, options: Dict[str, Any]) -> Adapter:
     shown = tuple(sorted(options.items()))
     if adapter.name == "lokr":
         shape = dict(decompose_both=bool(options.get("decompose-both", False)), factor=int(options.get("decompose-factor", -1)))
-        adapter = adapter._replace(tensors=partial(lokr_tensors, **shape), saved_on=partial(lokr_saved_on, rank_dropout=rank_dropout, **shape))
+        adapter = adapter._replace(tensors=partial(lokr_tensors, **shape), saved_on=partial(lokr_saved_on, rank_dropout=rank_dropout, **shape),
+                                   backward_transient=partial(lokr_backward_transient, rank_dropout=rank_dropout))
     else:
         adapter = adapter._replace(saved_on=partial(loha_saved_on, rank_dropout=rank_dropout))
     return adapter._replace(options=shown, summary=partial(_summary, adapter.label, shown))
@@ -149,10 +174,11 @@ def _no_width_saved(width: int, rank: int, adapter_bytes: int, act: int, dropout
 LOHA = Adapter("loha", "LoHa (PEFT LoHaConfig): the weight delta as the Hadamard product of two rank-r products, rebuilt in full "
                "in every forward", adapted_linears, loha_tensors, _no_width_saved, loha_merge, keys=LYCORIS_KEYS,
                summary=partial(_summary, "LoHa", ()), forward_transient=loha_forward_transient, rank_source="PEFT's LoHaConfig default r",
-               outer=False, expert_params=False, saved_on=loha_saved_on, label="LoHa", configure=configured)
+               outer=False, expert_params=False, saved_on=loha_saved_on, label="LoHa", configure=configured,
+               backward_transient=loha_backward_transient)
 LOKR = Adapter("lokr", "LoKr (PEFT LoKrConfig): the weight delta as the Kronecker product of two small factors, rebuilt in full "
                "in every forward", adapted_linears, lokr_tensors, _no_width_saved, lokr_merge,
                keys=LYCORIS_KEYS + ("decompose-both", "decompose-factor"), summary=partial(_summary, "LoKr", ()),
                forward_transient=lokr_forward_transient, rank_source="PEFT's LoKrConfig default r", outer=False, expert_params=False,
-               saved_on=lokr_saved_on, label="LoKr", configure=configured)
+               saved_on=lokr_saved_on, label="LoKr", configure=configured, backward_transient=lokr_backward_transient)
 LYCORIS = (LOHA, LOKR)

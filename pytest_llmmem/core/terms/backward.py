@@ -92,6 +92,16 @@ def expert_delta_gradient(run, arch, act: int) -> int:
     return largest
 
 
+def adapter_backward(run, arch, act: int, tokens: int) -> int:
+    """The largest adapted module's own backward, where its method says (LoHa's and LoKr's delta rebuilt for its
+    factors' gradients: model/lycoris.py backward_transient); 0 for the others."""
+    adapter = run.adapter
+    if adapter is None or adapter.backward_transient is None:
+        return 0
+    return max((adapter.backward_transient(lin, run.lora_rank * lin.rank_scale, run.adapter_dtype.bytes, act, tokens)
+                for lin in adapter.touches(arch, run.lora_targets)), default=0)
+
+
 def backward_instant(run, step: Step, gradients: int) -> Instant:
     """The largest of the candidate instants (module docstring), ``gradients`` being the step's gradient bytes."""
     arch = step.arch
@@ -116,6 +126,7 @@ def backward_instant(run, step: Step, gradients: int) -> Instant:
     transient = max(backward_transient(arch, g, batch=run.batch_size, seq=tokens // run.batch_size, act=act, tp=t)
                     for g in arch.layer_groups())
     transient = max(transient, expert_delta_gradient(run, arch, act) + tokens * arch.hidden_size * act)
+    transient = max(transient, adapter_backward(run, arch, act, tokens))
     candidates = [Instant("loss", saved, loss, 0, ())]
     layer_work = (("activations.backward_transient", transient),)
     if recomputed:
