@@ -55,16 +55,21 @@ CASES = [
      dict(mode="qlora", dtype="nf4", lora_rank=32, lora_dropout=0.05, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
           optimizer="paged-adamw", gradient_checkpointing=True), {"double_quant": True}, []),
     ("axolotl/fft-8b.yaml", "meta-llama/Meta-Llama-3-8B",
-     dict(mode="train", dtype="bf16", batch_size=1, seq_len=8192, optimizer="paged-adamw-8bit", gradient_checkpointing=True), {}, []),
+     # bf16: auto loads the model in bf16 and nothing casts it up: pure bf16 (readers/axolotl.py _precision)
+     dict(mode="train", dtype="bf16", precision="pure", batch_size=1, seq_len=8192, optimizer="paged-adamw-8bit",
+          gradient_checkpointing=True), {}, []),
     ("axolotl/fft-8b-liger-fsdp.yaml", "NousResearch/Meta-Llama-3.1-8B",
-     dict(mode="train", dtype="bf16", batch_size=2, seq_len=4096, optimizer="adamw", fsdp="full-shard", offload="optimizer+params",
-          gradient_checkpointing=True), {"loss": "fused", "optimizer_impl": "fused",
+     # FSDP: accelerate upcasts the trainable bf16 parameters to fp32 shards (hf_args.weights_and_compute): mixed
+     dict(mode="train", dtype="bf16", precision="mixed", batch_size=2, seq_len=4096, optimizer="adamw", fsdp="full-shard",
+          offload="optimizer+params", gradient_checkpointing=True), {"loss": "fused", "optimizer_impl": "fused",
                                          "kernels": ("liger-rope", "liger-rms-norm", "liger-glu", "liger-fused-linear-cross-entropy")}, []),
     ("llama-factory/llama3_lora_sft_ds3.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
+     # ZeRO-3: no cast_trainable_params_to_fp32, but get_peft_model's autocast_adapter_dtype keeps the adapters fp32
+     # (LLaMA-Factory model/adapter.py:308, readers/llama_factory.py _precision)
      dict(mode="lora", dtype="bf16", lora_rank=8, lora_dropout=0.0, lora_targets=("all-linear",), batch_size=1, seq_len=2048, zero_stage=3,
-          gradient_checkpointing=True, optimizer="adamw"), {}, []),
+          gradient_checkpointing=True, optimizer="adamw", adapter_dtype="fp32"), {}, []),
     ("llama-factory/llama3_lora_dpo.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
-     dict(mode="lora", dtype="bf16", lora_rank=8, batch_size=1, seq_len=2048), {}, []),
+     dict(mode="lora", dtype="bf16", lora_rank=8, batch_size=1, seq_len=2048, adapter_dtype="fp32"), {}, []),
     ("llama-factory/qwen3_lora_sft.yaml", "Qwen/Qwen3-4B-Instruct-2507",
      dict(mode="lora", dtype="bf16", lora_rank=8, lora_targets=("all-linear",), batch_size=1, seq_len=2048), {}, []),
     ("llama-factory/llama3_lora_sft_otfq.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
@@ -82,9 +87,11 @@ CASES = [
      dict(mode="train", dtype="bf16", batch_size=2, optimizer="paged-adamw-8bit", gradient_checkpointing=True),
      {"framework": "torchtune", "loss": "fused", "optimizer_in_backward": True}, ["tokenizer.max_seq_len"]),
     ("trl/example_config.yaml", "Qwen/Qwen2.5-0.5B",
-     dict(mode="train", dtype="bf16", batch_size=8, seq_len=1024, gradient_checkpointing=True, optimizer="adamw"), {"loss": "fused"}, []),
-    ("trl/sft_config_num_processes.yaml", "Qwen/Qwen2.5-0.5B", dict(mode="train", batch_size=8, seq_len=1024, gpus=4), {}, []),
-    ("trl/sft_config_zero2.yaml", "Qwen/Qwen2.5-0.5B", dict(mode="train", batch_size=8, zero_stage=2), {}, []),
+     # no dtype: TRL loads fp32 and autocasts to bf16 (readers/trl.py _loaded_dtype): amp
+     dict(mode="train", dtype="bf16", precision="amp", batch_size=8, seq_len=1024, gradient_checkpointing=True, optimizer="adamw"),
+     {"loss": "fused"}, []),
+    ("trl/sft_config_num_processes.yaml", "Qwen/Qwen2.5-0.5B", dict(mode="train", precision="amp", batch_size=8, seq_len=1024, gpus=4), {}, []),
+    ("trl/sft_config_zero2.yaml", "Qwen/Qwen2.5-0.5B", dict(mode="train", precision="mixed", batch_size=8, zero_stage=2), {}, []),
     ("litgpt/llama-3-8b-lora.yaml", "meta-llama/Meta-Llama-3-8B",
      dict(mode="lora", dtype="bf16", lora_rank=32, lora_dropout=0.05, lora_targets=("q_proj", "v_proj"), batch_size=1, seq_len=512, optimizer="adamw"),
      {"framework": "litgpt"}, []),
@@ -435,7 +442,7 @@ def test_an_error_from_a_yaml_value_names_the_yaml_file_and_line(tmp_path, monke
 @pytest.mark.parametrize("fmt, text, key", [
     ("axolotl", "base_model: meta-llama/Llama-3.1-8B\nactivation_offloading: true\n", "activation_offloading"),
     ("axolotl", "base_model: meta-llama/Llama-3.1-8B\ntiled_mlp: true\n", "tiled_mlp"),
-    ("llama-factory", "model_name_or_path: meta-llama/Llama-3.1-8B\nstage: sft\nfinetuning_type: full\npure_bf16: true\n", "pure_bf16"),
+    ("llama-factory", "model_name_or_path: meta-llama/Llama-3.1-8B\nstage: sft\nfinetuning_type: full\nupcast_layernorm: true\n", "upcast_layernorm"),
 ])
 def test_a_real_key_that_changes_memory_is_accepted_and_reported_as_not_modelled(fmt, text, key, tmp_path):
     """Never refuse a real trainer key: one the estimate does not model makes the verdict partial instead."""

@@ -64,8 +64,6 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.assume("kbit-prepare", False, "axolotl src/axolotl/loaders/model.py:457-476: norms and embeddings cast back to torch_dtype after it")
     elif eight and m.values.get("mode") == "lora":
         m.put("dtype", "int8", "load_in_8bit")
-    else:
-        hf_args.precision(m)
     if m.given("micro_batch_size"):
         m.put("batch-size", m.get("micro_batch_size"), "micro_batch_size")
     else:
@@ -102,6 +100,8 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("loss", "fused", "cut_cross_entropy")
     hf_args.deepspeed(m, base_dir)
     hf_args.fsdp(m)
+    if "dtype" not in m.values:  # after deepspeed and fsdp: they decide whether an fp32 copy exists
+        _precision(m)
     if m.get("torch_compile") is True:  # transformers TrainingArguments.torch_compile (axolotl passes it on)
         m.put("compile", True, "torch_compile")
     for key, why in UNMODELLED:
@@ -119,3 +119,44 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.put("num-generations", trl["num_generations"], "trl.num_generations")
     elif rl:
         m.not_modelled(f"rl = {rl}", "priced as supervised fine-tuning")
+
+
+CONFIG = "axolotl src/axolotl/utils/config/__init__.py"  # @ 067b021c8b87, resolve_dtype
+BUILDER = "axolotl src/axolotl/core/builders/base.py"  # _configure_precision_settings
+
+
+def _precision(m: Mapper) -> None:
+    """The model loads in cfg.torch_dtype (loaders/model.py:611-612), bf16 with bf16 / bfloat16, fp16 with fp16 /
+    float16 / load_in_8bit, else fp32 (utils/config/__init__.py:191-196; bf16 "auto" is bf16 on a GPU that has it
+    unless fp16 is set, :157-170),
+    and axolotl casts no trainable parameter up: a full fine-tune is pure 16-bit under the Trainer's autocast
+    (hf_args.weights_and_compute), as the model loaded.
+    TrainingArguments (src/axolotl/core/builders/base.py:270-278): bf16 = cfg.bf16 or cfg.bfloat16, except
+    bf16 "full" (bf16_full_eval only: no autocast); fp16 = cfg.fp16 and not cfg.bf16."""
+    bf16, fp16 = m.get("bf16"), m.get("fp16")
+    on = bf16 in (True, "full", "true") or (bf16 == "auto" and fp16 is not True)
+    if on or m.get("bfloat16") is True:
+        key = "bf16" if on else "bfloat16"
+        stored = hf_args.Stored("bf16", key, f"{CONFIG}:191-192: torch_dtype bfloat16")
+        autocast = None if bf16 == "full" else hf_args.Stored("bf16", key, f"{BUILDER}:276-278: TrainingArguments bf16")
+    elif fp16 is True or m.get("float16") is True or m.get("load_in_8bit") is True:
+        key = "fp16" if fp16 is True else "float16" if m.get("float16") is True else "load_in_8bit"
+        stored = hf_args.Stored("fp16", key, f"{CONFIG}:193-194: torch_dtype float16")
+        autocast = hf_args.Stored("fp16", "fp16", f"{BUILDER}:271: TrainingArguments fp16") if fp16 is True else None
+    else:
+        stored, autocast = hf_args.Stored("fp32", "", f"{CONFIG}:195-196: torch_dtype float32 without bf16 or fp16"), None
+    hf_args.weights_and_compute(m, stored, autocast)
+    if m.values.get("mode") == "lora" and m.get("peft_autocast_adapter_dtype") is False:
+        # passed to get_peft_model only when set (src/axolotl/loaders/adapter.py:368-369): the adapters keep the base dtype
+        m.put("adapter-dtype", stored.dtype, "peft_autocast_adapter_dtype")
+    attention = str(m.get("attn_implementation", "") or "").lower()
+    # legacy flags (utils/schemas/enums.py:118 LEGACY_ATTN_FLAG_TO_IMPL): only sdp_attention / eager_attention keep sdpa / eager
+    fa_like = any(m.get(k) is True for k in ("flash_attention", "flex_attention", "xformers_attention", "sage_attention"))
+    if m.values.get("mode") == "train" and stored.dtype != "fp32" and not m.values.get("fsdp") and not fa_like \
+            and attention in ("", "sdpa", "eager") and m.get("cut_cross_entropy") is not True:
+        # loaders/model.py:427-437 casts embed_tokens, lm_head and every norm to fp32 before training and casts them
+        # back (:456-477) only for an adapter, FSDP, cut_cross_entropy or an attention outside ATTN_IMPLS_WITHOUT_DTYPE_CAST
+        # (utils/schemas/enums.py:159: eager, sdpa; schemas/config.py:1500 attn_needs_dtype_cast)
+        m.not_modelled(f"attn_implementation = {attention or 'unset'}",
+                       "axolotl keeps embed_tokens, lm_head and the norms in fp32 with sdpa / eager attention: their weights, "
+                       "gradients and AdamW states are priced in 16 bit")

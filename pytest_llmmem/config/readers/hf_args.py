@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ...io import files
 from ...errors import shown_name
+from ...record import Record
 from .mapper import Mapper, outside
 
 # OptimizerNames (transformers/training_args.py, enum OptimizerNames) -> (our optimizer, optimizer-impl).
@@ -40,15 +41,59 @@ def optimizer(m: Mapper, key: str = "optim") -> None:
         m.put("optimizer-impl", found[1], key)
 
 
-def precision(m: Mapper) -> None:
-    """bf16 / fp16 (TrainingArguments: both default False, so fp32 weights and compute)."""
-    if m.get("bf16") in (True, "auto", "true"):  # axolotl's "auto" picks bf16 where the GPU has it
-        m.put("dtype", "bf16", "bf16")
-    elif m.get("fp16") in (True, "auto", "true"):
-        m.put("dtype", "fp16", "fp16")
+# What the HF Trainer keeps at the optimizer step. TrainingArguments bf16 / fp16 become accelerate's mixed_precision
+# (transformers/trainer.py:744 _build_accelerator_args), which only wraps the forward in torch.autocast
+# (accelerate/accelerator.py:1791-1799, accelerate 1.16): there is no fp32 master copy, the optimizer steps each
+# parameter in the dtype it was loaded (or cast) in, and torch's AdamW keeps its states in that dtype
+# (torch/optim/adam.py:178-182 _init_group, which AdamW inherits: torch.zeros_like(p)). A 16-bit model is "pure"
+# 16-bit training; an fp32 model under bf16 / fp16 is "amp". Only DeepSpeed (its ZeRO and BF16 optimizers' fp32
+# partitions beside the 16-bit module) and FSDP (accelerate upcasts every trainable 16-bit parameter to fp32 shards
+# when mixed_precision is set: accelerator.py:1970-2009 FSDP1, utils/fsdp_utils.py:803-806 FSDP2; MixedPrecision
+# computes in 16 bit) keep the fp32 copy the estimate calls "mixed".
+
+
+class Stored(Record):
+    """The dtype the trained parameters (a LoRA run: the frozen base) are kept in, and what says so."""
+
+    dtype: str  # bf16 | fp16 | fp32
+    key: str  # the file's key that sets it, "" for the trainer's default
+    why: str  # the source line of that default, or what the key does
+
+
+def engine_of(m: Mapper) -> str:
+    """DeepSpeed or FSDP, where the run hands its weights to one (read after deepspeed() and fsdp())."""
+    if m.get("deepspeed") is not None or m.values.get("zero-stage"):
+        return "DeepSpeed"
+    return "FSDP" if m.values.get("fsdp") else ""
+
+
+def weights_and_compute(m: Mapper, stored: Stored, autocast: Optional[Stored]) -> None:
+    """dtype and precision of the run from what the trainer stores and what it autocasts to (None: no autocast).
+    An adapter run takes the base's storage dtype; its adapters' dtype is the reader's to say."""
+    if m.values.get("mode") != "train":
+        _say(m, "dtype", stored.dtype, stored, "")
+        if stored.dtype == "fp32" and autocast:
+            m.not_modelled(f"{stored.key or 'the default dtype'} = fp32 under {autocast.dtype} autocast",
+                           f"an fp32 base whose {autocast.dtype} autocast activations are priced in fp32, an upper bound")
+        return
+    engine = engine_of(m)
+    if autocast and engine:
+        _say(m, "dtype", autocast.dtype, autocast, "")
+        _say(m, "precision", "mixed", autocast, f": under {engine}, fp32 partitions or shards beside {autocast.dtype} compute")
+    elif autocast and stored.dtype == "fp32":
+        _say(m, "dtype", autocast.dtype, autocast, "")
+        _say(m, "precision", "amp", stored, f": fp32 weights, gradients and states under {autocast.dtype} autocast")
     else:
-        m.assume("dtype", "fp32", "transformers/training_args.py: bf16=False, fp16=False")
-        m.values["precision"] = "pure"
+        _say(m, "dtype", stored.dtype, stored, "")
+        _say(m, "precision", "pure", stored, ": no fp32 master copy under the Trainer")
+
+
+def _say(m: Mapper, ours: str, value: str, said: Stored, more: str) -> None:
+    """Put what the file's key says, or assume the trainer's default, with its source and ``more``."""
+    if said.key:
+        m.put(ours, value, f"{said.key} ({said.why}{more})")
+    else:
+        m.assume(ours, value, f"{said.why}{more}")
 
 
 def checkpointing(m: Mapper, key: str = "gradient_checkpointing") -> None:

@@ -22,7 +22,7 @@ UNMODELLED = (
     # hparams fields at ff6d4d12e that change the peak and have no run key here
     ("use_adam_mini", "Adam-mini's reduced optimizer states"), ("use_muon", "the Muon optimizer"), ("fp8", "fp8 training"),
     ("use_llama_pro", "LLaMA Pro's expanded, partly trained blocks"), ("mixture_of_depths", "mixture-of-depths layers"),
-    ("pure_bf16", "bf16 training without fp32 master weights"), ("upcast_lmhead_output", "fp32 logits"),
+    ("upcast_lmhead_output", "fp32 logits"),
     ("upcast_layernorm", "fp32 norms (model_args.py:153; their outputs make the residual stream fp32)"),
 )
 _STAGES = {"sft": "sft", "pt": "sft", "dpo": "dpo", "ppo": "ppo", "rm": "reward"}
@@ -78,9 +78,6 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("dtype", "int8", "quantization_bit")
     elif bits is not None:
         m.not_modelled(f"quantization_bit = {bits}", "priced as 16-bit weights")
-        hf_args.precision(m)
-    else:
-        hf_args.precision(m)
     if "per_device_train_batch_size" in m.data:
         m.put("batch-size", m.get("per_device_train_batch_size"), "per_device_train_batch_size")
     else:
@@ -111,6 +108,7 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("kernels", kernels, "enable_liger_kernel")
     hf_args.deepspeed(m, base_dir)
     hf_args.fsdp(m)
+    _precision(m)  # after deepspeed and fsdp: they decide whether an fp32 copy exists
     for key, why in UNMODELLED:
         if m.is_set(key):
             m.not_modelled(key, why)
@@ -129,3 +127,30 @@ def read(m: Mapper, base_dir: Path) -> None:
         loss = str(m.get("pref_loss", "sigmoid")).lower()
         if loss in ("orpo", "simpo"):
             m.put("loss-type", loss, "pref_loss")
+
+
+MODEL = "LLaMA-Factory src/llamafactory/model"  # @ ff6d4d12e
+
+
+def _precision(m: Mapper) -> None:
+    """LLaMA-Factory loads the checkpoint in its own dtype (model/loader.py:154 torch_dtype "auto") and then, unless
+    pure_bf16 or use_badam is set or DeepSpeed ZeRO-3 holds an unquantised base, casts every trainable parameter to
+    fp32 (model/adapter.py:340-349 init_adapter; :51-52 _setup_full_tuning): a full fine-tune under bf16 / fp16 is amp
+    (fp32 weights, gradients and AdamW states under 16-bit autocast: its README's "AMP" rows), with pure_bf16 pure
+    bf16 (its "16-bit" rows). LoRA adapters are fp32 either way: get_peft_model keeps PEFT's autocast_adapter_dtype
+    True (adapter.py:308), which upcasts 16-bit adapters, so the run's fp32 adapter default stands."""
+    if "dtype" in m.values:  # a quantised base: its format is read; the adapters stay PEFT's fp32
+        return
+    pure = m.get("pure_bf16") is True
+    half = "bf16" if m.get("bf16") is True else "fp16" if m.get("fp16") is True else None
+    autocast = hf_args.Stored(half, half, "TrainingArguments: torch.autocast") if half else None
+    zero3 = m.values.get("zero-stage") == 3  # is_deepspeed_zero3_enabled (adapter.py:345)
+    upcast = not (pure or m.get("use_badam") is True or zero3)  # quantised bases returned above
+    mode = m.values.get("mode")
+    if mode == "train" and upcast:
+        stored = hf_args.Stored("fp32", "", f"{MODEL}/adapter.py:51-52 _setup_full_tuning: every trainable parameter cast to fp32")
+    elif mode == "train" and pure:
+        stored = hf_args.Stored("bf16", "pure_bf16", f"{MODEL}/adapter.py:343-344: trainable parameters stay in half precision")
+    else:  # a LoRA base, or a ZeRO-3 full fine-tune: the checkpoint's dtype, 16 bit for the published checkpoints
+        stored = hf_args.Stored(half or "bf16", half or "", f'{MODEL}/loader.py:154 torch_dtype "auto": the checkpoint\'s 16-bit dtype')
+    hf_args.weights_and_compute(m, stored, autocast)

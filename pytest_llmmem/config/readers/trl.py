@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import hf_args
+from ...errors import shown_name
 from .mapper import Mapper, model_table
 
 SFT = "trl/trainer/sft_config.py"
@@ -63,15 +64,6 @@ def read(m: Mapper, base_dir: Path) -> None:
             m.assume("double-quant", False, f"{MODEL}: use_bnb_nested_quant False")
     elif peft and eight:
         m.put("dtype", "int8", "load_in_8bit")
-    elif m.get("fp16") is True:
-        m.put("dtype", "fp16", "fp16")
-    elif m.get("bf16") is False:
-        m.put("dtype", "fp32", "bf16")
-        m.values["precision"] = "pure"
-    elif "bf16" in m.data:
-        m.put("dtype", "bf16", "bf16")
-    else:
-        m.assume("dtype", "bf16", f"{SFT}: bf16 defaults to True when fp16 is not set")
     if "per_device_train_batch_size" in m.data:
         m.put("batch-size", m.get("per_device_train_batch_size"), "per_device_train_batch_size")
     else:
@@ -125,6 +117,7 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.not_modelled(f"accelerate_config = {profile}", "a custom accelerate config is not followed; give zero-stage or fsdp on the run")
     if isinstance(m.get("num_processes"), int):  # an accelerate config merged into the same file
         m.put("gpus", m.get("num_processes"), "num_processes")
+    _precision(m, quantized=peft and (four or eight))  # after deepspeed, fsdp and accelerate_config: an fp32 copy or not
     if m.get("torch_compile") is True:  # transformers TrainingArguments.torch_compile (axolotl passes it on)
         m.put("compile", True, "torch_compile")
     for key, why in UNMODELLED:
@@ -143,3 +136,60 @@ def _generation_batch(m: Mapper) -> None:
     elif m.get("gradient_accumulation_steps") is not None:
         m.put("steps-per-generation", m.get("gradient_accumulation_steps"),
               "gradient_accumulation_steps (GRPOConfig's steps_per_generation defaults to it)")
+
+
+TRL_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}  # trl/trainer/utils.py:1144-1153 takes these and "auto"
+LOADER = "trl/trainer/utils.py:1144 create_model_from_path"  # TRL @ f2cd57710ae3; dtype "float32" since v0.27.0 (#4778)
+
+
+def _loaded_dtype(m: Mapper) -> hf_args.Stored:
+    """The dtype the model loads in. The TRL CLI passes ModelConfig's dtype (the file's top-level ``dtype``,
+    default "float32", model_config.py:89-95) as model_init_kwargs, replacing the file's (trl/scripts/sft.py:74-79,
+    and dpo.py, grpo.py alike); a script of one's own passes SFTConfig.model_init_kwargs, whose unset dtype
+    create_model_from_path makes float32. An older ``torch_dtype`` there loses to that float32: from_pretrained
+    takes dtype before torch_dtype (transformers 5 modeling_utils.py:4233-4235)."""
+    init = m.get("model_init_kwargs")
+    init = init if isinstance(init, dict) else {}
+    if m.given("dtype"):
+        key, value = "dtype", m.data["dtype"]
+    elif "dtype" in init:
+        key, value = "model_init_kwargs.dtype", init["dtype"]
+    else:
+        if "torch_dtype" in init:
+            m.not_modelled("model_init_kwargs.torch_dtype", f"{LOADER} sets dtype float32, which from_pretrained takes "
+                                                            "before torch_dtype (modeling_utils.py:4233-4235): priced as float32")
+        return hf_args.Stored("fp32", "", f"{LOADER}: dtype float32 unless set")
+    if value is None or value == "auto":  # None passes through to from_pretrained, whose default is "auto" (transformers 5)
+        # from_pretrained reads config.json's dtype (transformers modeling_utils.py:4236-4237, _get_dtype)
+        return hf_args.Stored("bf16", key, "auto: the checkpoint's dtype, bf16 assumed")
+    if value not in TRL_DTYPES:
+        raise m.fail(key, f'"{shown_name(str(value), 40)}" is not a dtype TRL loads a model in; expected "auto", "bfloat16", '
+                          '"float16" or "float32" (trl/trainer/utils.py:1144-1153 create_model_from_path).')
+    return hf_args.Stored(TRL_DTYPES[value], key, "the model's dtype")
+
+
+def _precision(m: Mapper, quantized: bool) -> None:
+    """TRL loads the model in _loaded_dtype and casts nothing but a quantised model's adapters; bf16 is on unless
+    fp16 is set (trl/trainer/base_config.py:105 __post_init__). So a full fine-tune with no dtype is amp (fp32
+    weights under bf16 autocast), with dtype bfloat16 pure bf16. LoRA adapters are PEFT's fp32, except under ZeRO-3
+    over an unquantised 16-bit base, where TRL passes autocast_adapter_dtype=False (sft_trainer.py:1089-1097), and
+    over a 4- or 8-bit base, whose trainable parameters TRL casts to bf16 (sft_trainer.py:1127-1130; dpo_trainer.py:700-703,
+    grpo_trainer.py:500-503, reward_trainer.py:527-530 alike)."""
+    stored = _loaded_dtype(m)
+    if m.get("fp16") is True:
+        autocast = hf_args.Stored("fp16", "fp16", "TrainingArguments: torch.autocast")
+    elif m.get("bf16") is False:
+        autocast = None
+    else:
+        autocast = hf_args.Stored("bf16", "bf16" if m.given("bf16") else "", "trl/trainer/base_config.py:105: bf16 unless fp16")
+    if quantized:
+        four = m.get("load_in_4bit") is True
+        m.put("adapter-dtype", "bf16", f"load_in_{'4' if four else '8'}bit (trl/trainer/sft_trainer.py:1127-1130: trainable parameters cast to bf16)")
+        if stored.dtype == "fp32":  # bnb_4bit_compute_dtype is the same dtype (trl/trainer/utils.py:239)
+            m.not_modelled(f"{stored.key or 'dtype'} = float32 with load_in_{'4' if four else '8'}bit",
+                           "fp32 compute and fp32 embeddings, head and norms of the quantised model: priced in 16 bit")
+        return
+    hf_args.weights_and_compute(m, stored, autocast)
+    if m.values.get("mode") == "lora" and m.values.get("zero-stage") == 3 and stored.dtype != "fp32":
+        key = "deepspeed" if m.given("deepspeed") else "accelerate_config"  # whichever put zero-stage 3
+        m.put("adapter-dtype", stored.dtype, f"{key} (trl/trainer/sft_trainer.py:1089-1097: ZeRO-3 keeps the adapters in the base dtype)")
