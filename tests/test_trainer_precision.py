@@ -167,3 +167,28 @@ def test_trl_dtype_it_does_not_load_is_one_error(tmp_path):
         _run(tmp_path, "trl", TRL + "dtype: bf16\n")
     assert '"bf16" is not a dtype TRL loads a model in; expected "auto", "bfloat16"' in str(err.value)
     assert "t.yaml" in str(err.value) and "dtype" in str(err.value)
+
+
+@pytest.mark.parametrize("fmt, text, on_run, precision", [
+    # the launcher's ZeRO / FSDP is not in these files: given on the run, it brings the fp32 copy with it
+    ("trl", TRL, 'zero-stage = 2\ngpus = 2\n', "mixed"),  # DeepSpeed casts the fp32 model to bf16 beside fp32 partitions
+    ("llama-factory", LF + "finetuning_type: full\nbf16: true\n", 'fsdp = "full-shard"\ngpus = 2\n', "mixed"),
+    ("axolotl", AX + "bf16: true\nflash_attention: true\n", 'zero-stage = 3\ngpus = 2\n', "mixed"),
+    # the run turns the file's DeepSpeed off: the Trainer's own precision again
+    ("axolotl", AX + "bf16: true\nflash_attention: true\ndeepspeed: ds.json\n", "zero-stage = 0\n", "pure"),
+    ("trl", TRL + "bf16: false\n", 'zero-stage = 2\ngpus = 2\n', "pure"),  # no autocast: fp32 throughout
+])
+def test_zero_or_fsdp_on_the_run_decides_the_precision_too(tmp_path, fmt, text, on_run, precision):
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 2}}')
+    run = _run(tmp_path, fmt, text, on_run)
+    assert run.precision == precision
+    if precision == "mixed":  # the fp32 master and both fp32 AdamW states, sharded over the 2 GPUs
+        step = step_terms(run)
+        assert step.master_weights + step.optimizer_states == MIXED_MASTER_AND_STATES
+        assert "on the run" in dict(run.settings_from)["precision"]
+
+
+def test_trl_zero3_on_the_run_keeps_the_adapters_in_the_base_dtype(tmp_path):
+    run = _run(tmp_path, "trl", TRL + "use_peft: true\ndtype: bfloat16\n", 'zero-stage = 3\ngpus = 2\n')
+    assert run.adapter_dtype.name == "bf16"
+    assert step_terms(run).detail("weights.adapters") == QV16 * 2  # r = 16 on q_proj, v_proj, 2 bytes each

@@ -25,7 +25,9 @@ def merged_run(raw: Dict[str, Any], index: int, ctx: Context) -> Tuple[Dict[str,
     path = files.resolve(source if Path(source).is_absolute() else ctx.base_dir / source)
     try:
         recipe = raw.get("recipe") if isinstance(raw.get("recipe"), str) else ""
-        reading = formats.read(path, fmt or None, ctx.base_dir, recipe.lower(), shown_path(source, ctx.path))
+        # the run's own ZeRO / FSDP keys: they decide, as the file's do, whether the trainer keeps an fp32 copy
+        engine = {canonical(str(k)): v for k, v in raw.items() if canonical(str(k)) in ("zero-stage", "fsdp")}
+        reading = formats.read(path, fmt or None, ctx.base_dir, recipe.lower(), shown_path(source, ctx.path), engine=engine)
     except ConfigError as err:
         if err.path:  # a value in the trainer config (or the JSON it follows): its file, key and line
             raise

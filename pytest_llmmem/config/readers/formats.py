@@ -8,7 +8,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from ...catalog.registry import default_catalog, loaded
 from ...errors import ConfigError, one_of, shown_name
@@ -17,10 +17,11 @@ from ...io.projects import repository_root
 from .mapper import Mapper, Reading, detect, load_document, outside
 
 
-def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "", shown: str = "", root: Optional[Path] = None) -> Reading:
+def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "", shown: str = "", root: Optional[Path] = None,
+         engine: Optional[Dict[str, Any]] = None) -> Reading:
     """``path`` mapped to our run keys; ``fmt`` None means detect it. ``shown`` is how messages name
     the file (its errors carry their YAML line). ``path`` and every file it names must lie in ``root``,
-    the repository (default: the one holding ``base_dir``)."""
+    the repository (default: the one holding ``base_dir``). ``engine``: the run's own zero-stage / fsdp."""
     root = root or Path(repository_root(str(base_dir)))
     if not files.within(path, root):
         raise ConfigError(outside(str(path), root), hint="Copy the trainer config into the repository and name it from there.")
@@ -34,7 +35,7 @@ def read(path: Path, fmt: Optional[str], base_dir: Path, recipe: str = "", shown
             raise ConfigError(f'cannot tell which trainer "{shown_name(str(path), 120)}" is for.',
                               hint=f"Add format = ... beside from: {one_of(catalog.names('readers'))}.")
     reader = catalog.reader(fmt)
-    mapper = Mapper(reader.name, path, data, recipe, lines, shown, root)
+    mapper = Mapper(reader.name, path, data, recipe, lines, shown, root, engine)
     mapper.check_keys(reader.keys)
     loaded(reader.read)(mapper, base_dir)
     return mapper.reading()

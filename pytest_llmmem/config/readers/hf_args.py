@@ -61,10 +61,13 @@ class Stored(Record):
 
 
 def engine_of(m: Mapper) -> str:
-    """DeepSpeed or FSDP, where the run hands its weights to one (read after deepspeed() and fsdp())."""
-    if m.get("deepspeed") is not None or m.values.get("zero-stage"):
-        return "DeepSpeed"
-    return "FSDP" if m.values.get("fsdp") else ""
+    """DeepSpeed or FSDP, where the run hands its weights to one (read after deepspeed() and fsdp()); the run's own
+    zero-stage / fsdp keys override the file's, as they override every key read."""
+    zero, fsdp = m.declared("zero-stage"), m.declared("fsdp")
+    on_run = " (zero-stage on the run)" if m.engine.get("zero-stage") else " (fsdp on the run)" if m.engine.get("fsdp") not in (None, "none") else ""
+    if (isinstance(zero, int) and zero > 0) or ("zero-stage" not in m.engine and m.get("deepspeed") is not None):
+        return "DeepSpeed" + on_run
+    return "FSDP" + on_run if fsdp not in (None, "", "none", False) else ""
 
 
 def weights_and_compute(m: Mapper, stored: Stored, autocast: Optional[Stored]) -> None:

@@ -144,7 +144,7 @@ def _precision(m: Mapper) -> None:
     pure = m.get("pure_bf16") is True
     half = "bf16" if m.get("bf16") is True else "fp16" if m.get("fp16") is True else None
     autocast = hf_args.Stored(half, half, "TrainingArguments: torch.autocast") if half else None
-    zero3 = m.values.get("zero-stage") == 3  # is_deepspeed_zero3_enabled (adapter.py:345)
+    zero3 = m.declared("zero-stage") == 3  # is_deepspeed_zero3_enabled (adapter.py:345)
     upcast = not (pure or m.get("use_badam") is True or zero3)  # quantised bases returned above
     mode = m.values.get("mode")
     if mode == "train" and upcast:

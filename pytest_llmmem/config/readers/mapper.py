@@ -34,10 +34,11 @@ class Mapper:
     """Collects one reading: ``put`` a value read from the file, ``assume`` a trainer default."""
 
     def __init__(self, fmt: str, path: Path, data: Dict[str, Any], recipe: str = "", lines: Optional[Dict[str, int]] = None,
-                 shown: str = "", root: Optional[Path] = None) -> None:
+                 shown: str = "", root: Optional[Path] = None, engine: Optional[Dict[str, Any]] = None) -> None:
         self.fmt, self.path, self.data = fmt, path, data
         self.root = root or path.parent  # the repository: every file the config names must lie in it
         self.recipe = recipe  # the run's own recipe key, for configs that do not say which trainer
+        self.engine = dict(engine or {})  # the run's own zero-stage / fsdp, which override the file's
         self.lines = lines or {}  # "key" and "section.key" -> line in the file (YAML node marks)
         self.shown = shown or str(path)  # the file as messages name it: relative to where the pyproject is shown
         self.values: Dict[str, Any] = {}
@@ -82,6 +83,10 @@ class Mapper:
         section, _, leaf = key.rpartition(".")
         table = self.data.get(section) if section else self.data
         return isinstance(table, dict) and leaf in table
+
+    def declared(self, ours: str) -> Any:
+        """Our key as the run will have it: the run's own zero-stage / fsdp over what the file gave."""
+        return self.engine[ours] if ours in self.engine else self.values.get(ours)
 
     def assume(self, ours: str, value: Any, cite: str) -> None:
         self.values[ours] = value

@@ -190,6 +190,10 @@ def _precision(m: Mapper, quantized: bool) -> None:
                            "fp32 compute and fp32 embeddings, head and norms of the quantised model: priced in 16 bit")
         return
     hf_args.weights_and_compute(m, stored, autocast)
-    if m.values.get("mode") == "lora" and m.values.get("zero-stage") == 3 and stored.dtype != "fp32":
-        key = "deepspeed" if m.given("deepspeed") else "accelerate_config"  # whichever put zero-stage 3
-        m.put("adapter-dtype", stored.dtype, f"{key} (trl/trainer/sft_trainer.py:1089-1097: ZeRO-3 keeps the adapters in the base dtype)")
+    if m.values.get("mode") == "lora" and m.declared("zero-stage") == 3 and stored.dtype != "fp32":
+        why = "trl/trainer/sft_trainer.py:1089-1097: ZeRO-3 keeps the adapters in the base dtype"
+        if "zero-stage" in m.engine:
+            m.assume("adapter-dtype", stored.dtype, f"zero-stage 3 on the run; {why}")
+        else:
+            key = "deepspeed" if m.given("deepspeed") else "accelerate_config"  # whichever put zero-stage 3
+            m.put("adapter-dtype", stored.dtype, f"{key} ({why})")
