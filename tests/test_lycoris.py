@@ -136,6 +136,8 @@ def test_the_rebuild_is_the_adapter_forward_phase():
     ("loha", "lora-dropout = 0.05\n", r'lora-dropout: only applies to mode = "lora" or "qlora"; run "adapted" has mode = "loha"'),
     ("lora", "rank-dropout = 0.1\n", r'rank-dropout: only applies to mode = "loha" or "lokr"; run "adapted" has mode = "lora"'),
     ("lokr", 'lora-targets = ["q_proj", "lm_head"]\n', r"lora-targets: LoKr does not adapt \"lm_head\" here"),
+    # peft 0.21.2 over a bitsandbytes 0.50.2 Linear4bit (CPU): "shape '[1024, 1]' is invalid for input of size 2048"
+    ("lokr", 'dtype = "nf4"\n', r"dtype: PEFT's LoKr does not run over nf4 base weights: it shapes its delta by the base weight's"),
 ])
 def test_bad_values_are_one_paragraph_naming_the_key(mode, extra, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -142,6 +142,9 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
     dtype = table.resolve("dtype", ctx.catalog.dtype, adapter.default_dtype if adapter else "bf16")
     if adapter is not None and adapter.quantized_base and not (dtype.quantized and dtype.bytes < 1):
         raise table.fail("dtype", f'{mode} needs 4-bit base weights; "{dtype.name}" is not.', hint='Use dtype = "nf4" (or "int4"), or mode = "lora".')
+    if adapter is not None and adapter.refuses_4bit and dtype.quantized and dtype.bytes < 1:
+        raise table.fail("dtype", f'PEFT\'s {adapter.label} does not run over {dtype.name} base weights: {adapter.refuses_4bit}.',
+                         hint='Use dtype = "bf16" (or "fp16") for its base, or mode = "qlora" for a 4-bit one.')
     if mode == "train" and dtype.quantized:
         raise table.fail("dtype", f'full training of {dtype.name} weights is not a supported setup.', hint='Use mode = "qlora" or "lora" for quantised bases.')
 

@@ -133,6 +133,7 @@ class Adapter(Record):
     # flight while merging it into the base (merge-adapters = true)
     merge: Callable[[int, bool, int, int], int]
     quantized_base: bool = False  # the frozen base stays quantized (4-bit) under the adapters
+    refuses_4bit: str = ""  # why PEFT's method fails over a bitsandbytes 4-bit base, where it does ("": it runs there)
     default_dtype: str = "bf16"  # the base's dtype when the run names none
     keys: Tuple[str, ...] = ("lora-rank", "lora-targets", "adapter-dtype", "lora-dropout", "modules-to-save")  # the run keys that apply to it
     summary: Callable[[int, Tuple[str, ...]], str] = rank_on_targets  # (rank, targets) -> its settings in a report

@@ -24,6 +24,9 @@ from .adapters import Adapter, Saved, adapted_linears, rank_on_targets
 from .layers import Linear
 
 FP32 = 4
+# Measured with bitsandbytes 0.50.2's CPU backend and peft 0.21.2: both take the packed Params4bit's shape, (n / 2, 1),
+# for the base weight's (peft/tuners/lokr/layer.py get_delta_weight ``weight.reshape(base_layer.weight.shape)``)
+PACKED_4BIT = "it shapes its delta by the base weight's, and a packed 4-bit weight's shape is (elements / 2, 1) (F.linear or the reshape raises)"
 SCALE_TENSOR_BYTES = 4  # LoHa's torch.tensor(self.scaling): an fp32 scalar HadaWeight saves (peft/tuners/loha/layer.py get_delta_weight)
 LYCORIS_KEYS = ("lora-rank", "lora-targets", "adapter-dtype", "modules-to-save", "rank-dropout", "module-dropout")
 
@@ -175,10 +178,11 @@ LOHA = Adapter("loha", "LoHa (PEFT LoHaConfig): the weight delta as the Hadamard
                "in every forward", adapted_linears, loha_tensors, _no_width_saved, loha_merge, keys=LYCORIS_KEYS,
                summary=partial(_summary, "LoHa", ()), forward_transient=loha_forward_transient, rank_source="PEFT's LoHaConfig default r",
                outer=False, expert_params=False, saved_on=loha_saved_on, label="LoHa", configure=configured,
-               backward_transient=loha_backward_transient)
+               backward_transient=loha_backward_transient, refuses_4bit=PACKED_4BIT)
 LOKR = Adapter("lokr", "LoKr (PEFT LoKrConfig): the weight delta as the Kronecker product of two small factors, rebuilt in full "
                "in every forward", adapted_linears, lokr_tensors, _no_width_saved, lokr_merge,
                keys=LYCORIS_KEYS + ("decompose-both", "decompose-factor"), summary=partial(_summary, "LoKr", ()),
                forward_transient=lokr_forward_transient, rank_source="PEFT's LoKrConfig default r", outer=False, expert_params=False,
-               saved_on=lokr_saved_on, label="LoKr", configure=configured, backward_transient=lokr_backward_transient)
+               saved_on=lokr_saved_on, label="LoKr", configure=configured, backward_transient=lokr_backward_transient,
+               refuses_4bit=PACKED_4BIT)
 LYCORIS = (LOHA, LOKR)
