@@ -53,13 +53,13 @@ def dropout_noise(torch, loss, p: float) -> Dict[str, int]:
 
 # peft's config class for each method a case names (``"peft_type"``; LoRA when absent)
 CONFIGS = {"lora": "LoraConfig", "ia3": "IA3Config", "loha": "LoHaConfig", "lokr": "LoKrConfig", "vera": "VeraConfig",
-           "prompt": "PromptTuningConfig", "prefix": "PrefixTuningConfig"}
+           "prompt": "PromptTuningConfig", "prefix": "PrefixTuningConfig", "p-tuning": "PromptEncoderConfig"}
 
 
 def peft_config(peft, case: Dict[str, Any]):
     """The case's PEFT config: its class by ``peft_type``, its arguments as recorded (task CAUSAL_LM for the prompt methods)."""
     kind = case.get("peft_type", "lora")
-    args = dict(case["peft"], task_type="CAUSAL_LM") if kind in ("prompt", "prefix") else case["peft"]
+    args = dict(case["peft"], task_type="CAUSAL_LM") if kind in ("prompt", "prefix", "p-tuning") else case["peft"]
     return getattr(peft, CONFIGS[kind])(**args)
 
 

@@ -214,8 +214,8 @@ def test_rslora_changes_no_figure_and_says_so():
 
 
 def test_peft_methods_not_modelled_are_refused_by_name_not_priced_as_lora():
-    with pytest.raises(ConfigError, match=r'mode: "prefix-tuning" \(PEFT PrefixTuningConfig: .*\) is not modelled yet'):
-        _estimate("prefix-tuning")
+    with pytest.raises(ConfigError, match=r'mode: "adalora" \(PEFT AdaLoraConfig: .*\) is not modelled yet'):
+        _estimate("adalora")
     with pytest.raises(ConfigError, match=r'mode: "dora" is an option of LoRA .* Use mode = "lora" with use-dora = true'):
         _estimate("dora")
 

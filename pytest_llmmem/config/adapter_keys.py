@@ -12,6 +12,7 @@ from ..errors import did_you_mean, one_of, shown, shown_name
 from ..model.adapters import OUTER_TARGETS, adapted_linears
 from ..model.architecture import Architecture
 from ..model.layers import peft_target_problem
+from ..model.prompts import ENCODER_KINDS, PromptEncoder
 from ..values import release, type_name
 from .keys import Context, Table
 
@@ -64,8 +65,32 @@ def _virtual_tokens(table: Table, adapter: Any) -> int:
         return 0
     if "num-virtual-tokens" not in table:
         raise table.fail("mode", f"{adapter.label} needs num-virtual-tokens (PEFT's num_virtual_tokens has no default).",
-                         hint="Add num-virtual-tokens = 20 (the PEFT docs' example), the count your PromptTuningConfig sets.")
+                         hint="Add num-virtual-tokens = 20 (the PEFT docs' example), the count your PEFT config sets.")
     return table.integer("num-virtual-tokens")
+
+
+def _prompt_encoder(table: Table, adapter: Any, model: Any, checkpointing: bool) -> PromptEncoder:
+    """What makes a prompt method's virtual tokens (model/prompts.py PromptEncoder, PEFT's defaults where unset), and
+    whether PEFT can apply the method to this model at all (Adapter.fits; prefix tuning under checkpointing)."""
+    if adapter is None or adapter.prompt is None:
+        return PromptEncoder()
+    problem = adapter.fits(model) if adapter.fits is not None and isinstance(model, Architecture) else ""
+    if problem:
+        raise table.fail("mode", problem, hint=f"Use mode = \"prompt-tuning\" or \"lora\" for this model (docs/adapters.md).")
+    if adapter.kv_prefix and checkpointing:
+        # peft/peft_model.py PeftModel.add_adapter raises "does not work with gradient checkpointing" when the model has it
+        # on; turned on later (the HF Trainer's gradient_checkpointing), transformers' GradientCheckpointingLayer drops the
+        # cache, prefix included (modeling_layers.py: cache = None), so nothing would train
+        raise table.fail("gradient-checkpointing" if "gradient-checkpointing" in table else "mode",
+                         f"PEFT's {adapter.label} does not work with gradient checkpointing (the checkpointed layers drop the cache that holds the prefix).",
+                         hint="Set gradient-checkpointing = false, or use prompt tuning or LoRA.")
+    kind = table.choice("encoder-reparameterization-type", ENCODER_KINDS, "mlp")
+    if kind == "lstm":
+        raise table.fail("encoder-reparameterization-type", "p-tuning's LSTM encoder is not modelled: what nn.LSTM keeps for backward is "
+                         "a kernel workspace of its own (oneDNN on the CPU, cuDNN's reserve space on CUDA).",
+                         hint='Use encoder-reparameterization-type = "MLP" (PEFT\'s default and its recommendation).')
+    return PromptEncoder(projection=table.boolean("prefix-projection", False), hidden=table.integer("encoder-hidden-size", 0) or 0,
+                         kind=kind, layers=table.integer("encoder-num-layers", 2))
 
 
 def _use_dora(table: Table, model: Any, targets: Tuple[str, ...]) -> bool:
@@ -104,8 +129,10 @@ def run_mode(table: Table, ctx: Context) -> Tuple[str, Any]:
 
 # PEFT methods a run may name that no adapter models yet, and what each does that LoRA's count would miss
 NOT_MODELLED_METHODS = {
-    "prefix-tuning": "PEFT PrefixTuningConfig: per-layer K/V of the virtual tokens",
-    "p-tuning": "PEFT PromptEncoderConfig: virtual tokens from a prompt encoder lengthen every sequence",
+    "adalora": "PEFT AdaLoraConfig: SVD-form adapters (lora_A, lora_E, lora_B) whose ranks a budget schedule prunes, with an "
+               "orthogonality penalty on A and B in every step",
+    "oft": "PEFT OFTConfig: an orthogonal block-diagonal matrix, the Cayley transform of trained skew-symmetric blocks, built "
+           "in every forward",
 }
 
 
@@ -156,9 +183,9 @@ def checked_targets(table: Table, model: Any, adapter: Any, targets: Tuple[str, 
         if problem:
             raise table.fail("lora-targets", problem)
 
-    if isinstance(model, Architecture) and adapter is not None and "lora-targets" not in table:
+    if isinstance(model, Architecture) and adapter is not None and adapter.prompt is None and "lora-targets" not in table:
         # PEFT's default target_modules for the model_type (peft/utils/constants.py
-        # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING); PEFT refuses a model_type it lacks.
+        # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING); PEFT refuses a model_type it lacks. A prompt method has none.
         targets = adapter.default_targets(model.family) if adapter.default_targets else model.family.lora_targets
         if not targets:
             names = model.module_names()
@@ -167,7 +194,7 @@ def checked_targets(table: Table, model: Any, adapter: Any, targets: Tuple[str, 
     return targets
 
 
-def adapter_fields(table: Table, adapter: Any, model: Any, targets: Tuple[str, ...]) -> Dict[str, Any]:
+def adapter_fields(table: Table, adapter: Any, model: Any, targets: Tuple[str, ...], checkpointing: bool = False) -> Dict[str, Any]:
     """The Run fields the adapter keys set (read in this order, so the first error reported stays the same)."""
     return dict(
         lora_rank=table.integer("lora-rank", adapter.default_rank if adapter else 8),
@@ -180,4 +207,5 @@ def adapter_fields(table: Table, adapter: Any, model: Any, targets: Tuple[str, .
         use_dora=_use_dora(table, model, _adapter_targets(table, adapter, model, targets)),
         use_rslora=table.boolean("use-rslora", False),
         virtual_tokens=_virtual_tokens(table, adapter),
+        prompt_encoder=_prompt_encoder(table, adapter, model, checkpointing),
     )

@@ -227,7 +227,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         selective_ac=selective,
         compiled=table.boolean("compile", False),
         flash_attention=table.boolean("flash-attention", True),
-        **adapter_fields(table, adapter, model, targets),
+        **adapter_fields(table, adapter, model, targets, checkpointing),
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,
         knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name if dtype.name in ("nf4", "int4") else "", adapter_dtype=adapter_dtype.name,

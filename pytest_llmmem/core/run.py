@@ -8,6 +8,7 @@ from typing import Optional, Tuple, Union
 from ..catalog.entries import DType, Optimizer
 from ..model.adapters import Adapter
 from ..model.methods import builtin_adapter
+from ..model.prompts import PromptEncoder
 from ..model.architecture import Architecture, ParamsOnly
 from ..catalog.profiles import Knobs
 from ..record import Record
@@ -143,6 +144,7 @@ class Run(Record):
     use_dora: bool = False  # LoraConfig.use_dora = False: DoRA's magnitude vectors (adapters.with_dora)
     use_rslora: bool = False  # LoraConfig.use_rslora = False: scaling alpha / sqrt(r), the same memory
     virtual_tokens: int = 0  # PromptTuningConfig.num_virtual_tokens (no default): prepended to every sequence
+    prompt_encoder: PromptEncoder = PromptEncoder()  # what makes a prefix or p-tuning prompt (prompts.PromptEncoder)
     adapter_dtype: Optional[DType] = None
     gpus: int = 1  # total GPUs: data-parallel x tensor-parallel x pipeline-parallel
     zero_stage: int = 0  # DeepSpeed ZeRO 0-3

@@ -20,7 +20,9 @@ _VALUE_FLAGS = {
     "max-position-embeddings": int, "num-experts": int, "experts-per-token": int, "moe-intermediate-size": int,
     "hidden-act": str, "mode": str, "dtype": str, "precision": str, "optimizer": str, "batch-size": int,
     "seq-len": int, "lora-rank": int, "adapter-dtype": str, "lora-dropout": float, "bitsandbytes-version": str,
-    "num-virtual-tokens": int, "rank-dropout": float, "module-dropout": float, "decompose-factor": int, "gpus": int, "gpu": str, "gpu-memory": str,
+    "num-virtual-tokens": int, "rank-dropout": float, "module-dropout": float, "decompose-factor": int,
+    "encoder-hidden-size": int, "encoder-reparameterization-type": str, "encoder-num-layers": int, "gpus": int, "gpu": str,
+    "gpu-memory": str,
     "headroom": str, "method": str, "overhead": str, "zero-stage": int, "fsdp": str, "tensor-parallel": int,
     "pipeline-parallel": int, "expert-parallel": int, "offload": str, "micro-batches": int, "gpus-per-node": int,
     "host-memory": str, "framework": str, "loss": str, "loss-chunks": int, "optimizer-impl": str, "torch-version": str,
@@ -47,7 +49,8 @@ _FLAG_KEYS = {"from-format": "format"}
 _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "sequence-parallel",
              "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager",
              "reference-model", "precompute-ref-log-probs", "allow-network", "eval", "offload-to-cpu", "merge-adapters",
-             "gather-16bit-weights-on-save", "compile", "kbit-prepare", "use-dora", "use-rslora", "decompose-both")
+             "gather-16bit-weights-on-save", "compile", "kbit-prepare", "use-dora", "use-rslora", "decompose-both",
+             "prefix-projection")
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:

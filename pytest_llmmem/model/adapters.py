@@ -17,8 +17,8 @@ LoRA and QLoRA are two entries (:data:`LORA`, :data:`QLORA`), registered through
 Issue 26's methods fit these fields: dropout adds its output and mask to ``saved``; head and
 embedding targets widen ``touches``; DoRA adds the magnitude vector to ``tensors`` and its norm to
 ``saved``; IA3 is a vector in ``tensors``; LoHa and LoKr are other factorisations in ``tensors``.
-VeRA's shared frozen projections, ``modules_to_save`` (full copies with states) and prompt or prefix
-tuning (virtual tokens that lengthen every sequence) need a field of their own when they come.
+VeRA's shared frozen projections have ``shared``; the prompt-learning methods (model/prompts.py: virtual tokens
+that lengthen every sequence, or enter every layer's keys and values) ``prompt``, ``kv_prefix`` and ``prompt_saved``.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -158,18 +158,23 @@ class Adapter(Record):
     # by module (IA3 scales a feedforward module's input and the others' output); None: ``saved`` by input width
     saved_on: Optional[Callable[[Linear, int, int, int, bool], Saved]] = None
     label: str = "LoRA"  # the method's name in a sentence
-    # (architecture, virtual tokens) -> trainable parameters of a prompt the method prepends to every sequence
-    # (prompt tuning: num-virtual-tokens embeddings); None: it prepends none
-    prompt: Optional[Callable[[Any, int], int]] = None
+    # (architecture, virtual tokens, prompts.PromptEncoder or None) -> trainable parameters of the virtual tokens and
+    # what makes them (prompt tuning: num-virtual-tokens embeddings; model/prompts.py); None: it has none
+    prompt: Optional[Callable[[Any, int, Any], int]] = None
+    kv_prefix: bool = False  # its virtual tokens enter every layer's keys and values (prefix tuning), not the sequence
+    # (architecture, virtual tokens, PromptEncoder or None, batch, adapter bytes) -> what its prompt encoder keeps for backward
+    prompt_saved: Optional[Callable[[Any, int, Any, int, int], int]] = None
+    fits: Optional[Callable[[Any], str]] = None  # (architecture) -> why PEFT cannot apply it to that model ("": it can)
     # (itself, the run's method options as {key: value}) -> the entry they make (LoKr's factor shapes; model/lycoris.py)
     configure: Optional[Callable[["Adapter", Any], "Adapter"]] = None
     options: Tuple[Tuple[str, Any], ...] = ()  # the method options that configured it, (run key, value)
 
-    def params(self, arch, rank: int, targets: Tuple[str, ...], trained_only: bool = False, virtual_tokens: int = 0) -> int:
+    def params(self, arch, rank: int, targets: Tuple[str, ...], trained_only: bool = False, virtual_tokens: int = 0,
+               encoder: Any = None) -> int:
         """Trainable parameters it adds to ``arch``, group by group; ``trained_only``: those that get a
-        gradient (not a bypassed module's, layers.Linear.wrap); a prompt of ``virtual_tokens`` where it has one."""
+        gradient (not a bypassed module's, layers.Linear.wrap); a prompt of ``virtual_tokens`` (made by ``encoder``) where it has one."""
         if self.prompt is not None:
-            return self.prompt(arch, virtual_tokens)
+            return self.prompt(arch, virtual_tokens, encoder)
         layers = sum(count * sum(lin.count * sum(self.tensors(lin, rank)) for lin in self.touches(arch, targets, lins)
                                  if not (trained_only and lin.wrap == "bypassed"))
                      for count, lins in arch.group_linears())

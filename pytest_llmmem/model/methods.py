@@ -9,9 +9,9 @@ from typing import Optional
 from ..errors import ConfigError
 from .adapters import IA3, LORA, QLORA, VERA, Adapter
 from .lycoris import LOHA, LOKR
-from .prompts import PROMPT_TUNING
+from .prompts import P_TUNING, PREFIX_TUNING, PROMPT_TUNING
 
-BUILTIN = (LORA, QLORA, VERA, IA3, LOHA, LOKR, PROMPT_TUNING)
+BUILTIN = (LORA, QLORA, VERA, IA3, LOHA, LOKR, PROMPT_TUNING, PREFIX_TUNING, P_TUNING)
 
 
 def builtin_adapter(name: str) -> Optional[Adapter]:

@@ -74,6 +74,7 @@ class Pass(Record):
     flash: bool
     trainable: Trainable
     amp: bool = False
+    prefix: int = 0  # virtual positions before every layer's own keys and values (prefix tuning, model/prompts.py)
 
     @property
     def tokens(self) -> int:
@@ -89,29 +90,38 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
         shared = tokens * arch.hidden_size * act
     else:
         shared = _consumer_input(arch, qkv, tokens, arch.hidden_size, act, t, p.amp) - tokens * t.shared_dropout_saved(qkv, arch.hidden_size, act)
-    if t.untouched(qkv):
+    frozen_in = t.untouched(qkv)
+    if frozen_in and not p.prefix:
         # The first layer of an adapter run whose q, k and v are frozen: nothing before o_proj needs a gradient, so
         # the kernel, rotary and softmax keep nothing; an adapted o_proj keeps what its adapter keeps of the kernel's
         # output (measured: tests/data/adapters/vera-mlp.json, MLP-only targets).
         o = lin["o"].name
         return shared, (tokens * a * d * act if t.keeps_input(o, act) else 0) + t.adapter_kept(o, a * d, act, tokens)
-    kept = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
+    kv_len = p.seq + p.prefix
+    if p.prefix:
+        # Prefix tuning: each layer's keys and values follow the prefix's (DynamicCache.update, torch.cat), so queries and keys
+        # differ in length and transformers builds a mask (masking_utils.py: is_causal only when they agree); with a mask it
+        # repeats K and V to every query head (integrations/sdpa_attention.py use_gqa_in_sdpa; eager: repeat_kv). The kernel
+        # keeps q and the repeated K and V of seq + prefix positions (measured: tests/data/adapters/prefix-tuning.json).
+        kept = tokens * a * d * act + 2 * p.batch * kv_len * a * d * act
+    else:
+        kept = tokens * (a + 2 * kv) * d * act  # q, k, v as the attention kernel receives them
     rotary = not fam.learned_positions and arch.rotary_dim != 0
-    if "qkv" in lin and rotary and ((p.flash and fam.sdpa) or kv == a):
+    if "qkv" in lin and rotary and ((p.flash and fam.sdpa) or kv == a) and not p.prefix:
         # A fused projection (phi3 qkv_proj, Falcon, GPT-NeoX): rotary makes new q and k, but v stays a
         # view of the whole q+k+v output, which the kernel (or, without GQA, attn @ V) keeps alive.
         kept += tokens * (a + kv) * d * act
-    if attn.qk_norm:
+    if attn.qk_norm and not frozen_in:  # (a prefix layer's frozen q and k: their norms' inputs need no gradient)
         # q/k RMSNorms (Qwen3, Gemma 3: per head; OLMo 2: over the projection) keep their fp32 input,
         # the normalised tensor when the weight trains, and one rsqrt per row.
         per_head = attn.qk_norm == "head"
         for heads in (a, kv):
             kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=heads * d, rows=tokens * (heads if per_head else 1), kernels=t.kernels)
-    score_elems = p.batch * a * p.seq * p.seq
+    score_elems = p.batch * a * p.seq * kv_len
     if p.flash and fam.sdpa:
         # SDPA/flash keep their output and a fp32 log-sum-exp per row (Dao et al. 2022), no s*s matrix.
         kept += tokens * a * d * act + p.batch * a * p.seq * FP32
-        if attn.window and p.seq >= attn.window and kv < a:
+        if attn.window and p.seq >= attn.window and kv < a and not p.prefix:
             # A sliding window as long as the sequence needs a mask (masking_utils._ignore_causal_mask_sdpa skips it
             # only below the window), and with a mask transformers repeats K and V to every query head before SDPA
             # (integrations/sdpa_attention.py use_gqa_in_sdpa: enable_gqa only without one): the kernel keeps the
@@ -139,8 +149,8 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
         if attn.softcap:
             kept += score_elems * act  # tanh keeps its output (modeling_gemma2.py: scores / cap, tanh, * cap)
         # Grouped-query attention: eager code repeats K and V to every query head before the
-        # matmuls that keep them (HF repeat_kv); SDPA takes the groups as they are (enable_gqa).
-        kept += 2 * tokens * (a - kv) * d * act
+        # matmuls that keep them (HF repeat_kv); SDPA takes the groups as they are (enable_gqa). A prefix's are counted above.
+        kept += 0 if p.prefix else 2 * tokens * (a - kv) * d * act
         o_input_kept = tokens * a * d * act if t.keeps_input(lin["o"].name, act) else 0
         if arch.attention_dropout:
             # Dropout on the probabilities keeps a 1-byte mask (CUDA native_dropout) and, unless autocast
@@ -297,6 +307,7 @@ def layer_saved(
     amp: bool = False,
     tp: int = 1,
     sp: bool = False,
+    prefix: int = 0,
 ) -> Dict[str, int]:
     """Bytes one decoder layer of ``group`` keeps for backward, by sub-block, on one tensor-parallel rank.
 
@@ -310,7 +321,7 @@ def layer_saved(
     lin = {l.role: l for l in group.linears(fam, h)}
     if not (input_requires_grad or trainable.full):
         trainable = trainable.first_layer(lin)
-    p = Pass(batch, seq, act, flash, trainable, amp)
+    p = Pass(batch, seq, act, flash, trainable, amp, prefix)
     tokens, full = p.tokens, trainable.full
     post_norms = group.norms == 4  # Gemma 2/3, GLM-4: a norm after attention and after the MLP too
     # In a LoRA run the first layer's input comes from a frozen embedding and needs no gradient, so its norm keeps nothing.
@@ -320,7 +331,7 @@ def layer_saved(
     if arch.hidden_dropout:
         shared += tokens * h  # residual dropout mask, 1 byte per element
     # the additive mask SDPA keeps in a sliding layer is (b, 1, s, s) on every tensor-parallel rank
-    mask = sdpa_layer_mask(arch, group.attention, batch=batch, seq=seq, act=act, flash=flash)
+    mask = sdpa_layer_mask(arch, group.attention, batch=batch, seq=seq, act=act, flash=flash, prefix=prefix)
     # In the first layer of an adapter run with frozen attention the residual after it needs no gradient either:
     # the norms on it keep nothing (measured: tests/data/adapters/vera-mlp.json)
     frozen_attention = isinstance(group.attention, Attention) and trainable.untouched(

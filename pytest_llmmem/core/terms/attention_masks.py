@@ -36,9 +36,12 @@ from ...model.layers import Attention, LatentAttention
 from ...model.architecture import Architecture
 
 
-def sdpa_layer_mask(arch: Architecture, attn: Any, *, batch: int, seq: int, act: int, flash: bool) -> int:
+def sdpa_layer_mask(arch: Architecture, attn: Any, *, batch: int, seq: int, act: int, flash: bool, prefix: int = 0) -> int:
     """The additive mask torch's SDPA makes from the bool one in a sliding layer at seq >= window: kept
-    for backward in training, a transient of that layer's call in a forward without grad."""
+    for backward in training, a transient of that layer's call in a forward without grad. A prefix (prefix tuning)
+    gives every layer one, (b, 1, s, prefix + s): queries and keys differ in length, so no is_causal."""
+    if prefix and flash and arch.family.sdpa and isinstance(attn, Attention):
+        return batch * seq * (seq + prefix) * act
     if flash and arch.family.sdpa and isinstance(attn, Attention) and attn.window and seq >= attn.window:
         return batch * seq * seq * act
     return 0

@@ -158,7 +158,7 @@ def step_terms(run: Run) -> Step:
         if arch is None:
             notes.append("LoRA adapters need the architecture to count: give config or the architecture keys")
         else:
-            trainable = run.adapter.params(arch, run.lora_rank, run.lora_targets, virtual_tokens=run.virtual_tokens)
+            trainable = run.adapter.params(arch, run.lora_rank, run.lora_targets, virtual_tokens=run.virtual_tokens, encoder=run.prompt_encoder)
             experts_note = peft_target_problem(arch.family.name, arch.linears(), run.lora_targets)[1]
             if experts_note:
                 notes.append(experts_note)
@@ -171,7 +171,7 @@ def step_terms(run: Run) -> Step:
                 weights += details["weights.adapter_projections"]
             # Adapters train in their own dtype: PEFT keeps them fp32, so grads and states are fp32 too.
             # A bypassed adapter (Linear.wrap) gets no .grad, and torch AdamW keeps no state for it.
-            trained = run.adapter.params(arch, run.lora_rank, run.lora_targets, trained_only=True, virtual_tokens=run.virtual_tokens)
+            trained = run.adapter.params(arch, run.lora_rank, run.lora_targets, trained_only=True, virtual_tokens=run.virtual_tokens, encoder=run.prompt_encoder)
             gradients = round(trained * adapter_bytes)
             optimizer_states, opt_note = _optimizer_bytes(run.optimizer, run, trained, adapter_bytes, False)
             # modules-to-save: PEFT's ModulesToSaveWrapper trains a full copy of each named module in the model's
@@ -238,7 +238,10 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
     # Context parallelism shards every activation's sequence over its ranks (checkpointing.py).
     # A prompt the adapter prepends (prompt tuning) lengthens every sequence by its virtual tokens: PEFT concatenates
     # them before the input embeddings and -100 labels before the labels (peft/peft_model.py PeftModelForCausalLM.forward)
-    prompt = run.virtual_tokens if run.adapter is not None and run.adapter.prompt is not None else 0
+    # (p-tuning too); prefix tuning's enter every layer's keys and values instead (prompts.py), a prefix each attention reads
+    virtual = run.virtual_tokens if run.adapter is not None and run.adapter.prompt is not None else 0
+    prefix = virtual if virtual and run.adapter.kv_prefix else 0
+    prompt = virtual - prefix
     b, s = run.batch_size, -(-(run.seq_len + prompt) // run.context_parallel)
     tokens = b * s
     vocab_out = arch.num_labels if arch.family.classifier else arch.vocab_size
@@ -267,14 +270,15 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
                               # without grad (reentrant, transformers < 5's default), so MatMul4Bit keeps nothing
                               base_keeps_input=run.bnb_keeps_inputs and run.adapter.quantized_base and not run.gradient_checkpointing,
                               base_cast=run.dtype.compute_bytes if run.kbit_prepare else 0,
-                              modules=tuple((lin.name, lin) for lin in modules))
+                              modules=tuple((lin.name, lin) for lin in modules),
+                              kv_grad=bool(prefix))  # a trained prefix: every attention's keys and values need a gradient
         if run.adapter.forward_transient is not None:
             # what one adapted module holds in flight in its own forward (DoRA's weight norm), the largest of them:
             # the forward phase's own item (job_phases.step_phases)
             details["forward.adapter_transient"] = max(
                 (run.adapter.forward_transient(lin, run.lora_rank * lin.rank_scale, trainable.adapter_bytes, act) for lin in modules), default=0)
     amp = run.precision == "amp" and run.mode == "train"
-    kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel)
+    kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel, prefix=prefix)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
     rotary = rotary_tables(arch, seq=s, act=act)
     # 1F1B pipelining: the first stage holds activations of up to p micro-batches in flight
@@ -313,6 +317,9 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
             details[f"activations.{block}"] = total * in_flight
         details["activations.rotary_tables"] = rotary
     details["activations.embedding_and_head"] = head
+    if run.adapter is not None and run.adapter.prompt_saved is not None:  # what makes the virtual tokens (prompts.py)
+        details["activations.prompt_encoder"] = run.adapter.prompt_saved(arch, run.virtual_tokens, run.prompt_encoder, run.batch_size,
+                                                                        int(run.adapter_dtype.bytes))
     if run.adapter is not None and run.adapter.quantized_base:
         # One 4-bit linear at a time is dequantised to the compute dtype: in forward (bitsandbytes
         # backends/default/ops.py:341 _gemm_4bit_default_impl, dequantize_4bit then F.linear; CUDA takes that path

@@ -31,6 +31,7 @@ class Trainable(Record):
     one_qkv_dropout: bool = False  # q, k and v share one dropout on their common input (litgpt's fused qkv adapter)
     base_keeps_input: bool = False  # each 4-bit base linear keeps its input (bitsandbytes <= 0.43.1, MatMul4Bit ctx.tensors)
     base_cast: int = 0  # bytes per element of the 4-bit base's own cast of its input, where its dtype is not the compute dtype
+    kv_grad: bool = False  # every attention's keys and values need a gradient, whatever its inputs (a trained prefix)
 
     def base_keeps(self, name: str) -> bool:
         """bitsandbytes <= 0.43.1: MatMul4Bit keeps the input of the 4-bit linear ``name`` where it needs a gradient
@@ -85,12 +86,12 @@ class Trainable(Record):
     def first_layer(self, linears: Dict[str, Linear]) -> "Trainable":
         """In the first layer of an adapter run the input comes from the frozen embedding: a module's input
         needs a gradient only once an adapted module before it in the layer made one (attention inputs,
-        o_proj, MLP inputs, down_proj, in that order)."""
+        o_proj, MLP inputs, down_proj, in that order); a trained prefix (kv_grad) makes one in the attention itself."""
         stages = (("qkv", "q", "k", "v", "in", "q_a", "kv_a"), ("o",), ("gate_up", "gate", "up"), ("down",))
         no_grad, grad = set(), False
         for roles in stages:
             names = {linears[r].name for r in roles if r in linears}
             if not grad:
                 no_grad |= names
-            grad = grad or bool(names & self.adapted)
+            grad = grad or bool(names & self.adapted) or (self.kv_grad and "qkv" in roles)
         return self._replace(no_grad_inputs=frozenset(no_grad))
