@@ -179,7 +179,9 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
                 offer("zero-stage", 3, f"fits on {zero3} GPUs with zero-stage = 3 (gpus = {zero3})", run._replace(zero_stage=3, gpus=zero3))
     gpu = smallest_gpu(run, any_gpu, price)
     if gpu:
-        offer("gpu", gpu, f'fits on a {gpu} (gpu = "{gpu}")', _on_gpu(run, gpu))
+        on_card = _on_gpu(run, gpu)
+        est = price(run)._replace(run=on_card) if _budget_blind(run) else price(on_card)  # as smallest_gpu judged it
+        out.append(WayOut("gpu", gpu, f'fits on a {gpu} (gpu = "{gpu}") ({format_bytes(est.total_bytes, units)})', est))
     return out
 
 
@@ -234,6 +236,13 @@ def _on_gpu(run: Run, name: str) -> Run:
     return run._replace(budget=budget._replace(ceiling_bytes=gpu.memory_bytes, headroom_bytes=headroom, gpu=gpu.name))
 
 
+def _budget_blind(run: Run) -> bool:
+    """Whether the run's estimate reads no budget, so that one estimate holds on every card: the detailed
+    count and the rule of thumb (tests/test_fit.py holds them to it). A recipe's colocated vLLM engine and
+    a server take a share of the card, so theirs are priced per card."""
+    return run.serve is None and not run.recipe.post_training
+
+
 def smallest_gpu(run: Run, any_kind: bool = False, price: Price = estimate) -> Optional[str]:
     """The known GPU with the least memory that holds the run (keeping its headroom share), if any:
     of the declared card's vendor and class (an A10G user is not told to buy an RTX-4090, nor an
@@ -242,10 +251,8 @@ def smallest_gpu(run: Run, any_kind: bool = False, price: Price = estimate) -> O
     declared = catalog.gpu(run.budget.gpu).kind if run.budget.gpu else None
     if declared is None and not any_kind:
         return None
-    # The detailed count and the rule of thumb read no budget (tests/test_fit.py holds them to it): one
-    # estimate, judged against each card's budget. A recipe's colocated vLLM engine and a server take a
-    # share of the card, so theirs are priced per card.
-    same = None if run.serve is not None or run.recipe.post_training else price(run)
+    # One estimate judged against each card's budget where the estimate reads none (_budget_blind).
+    same = price(run) if _budget_blind(run) else None
     for name in sorted(catalog.gpus.names, key=lambda n: catalog.gpu(n).memory_bytes):
         card = catalog.gpu(name)
         if (any_kind or card.kind == declared) and card.memory_bytes > run.budget.ceiling_bytes:
