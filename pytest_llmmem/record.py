@@ -50,6 +50,7 @@ class _RecordType(type):
         namespace["_defaults_by_field"] = tuple(defaults.get(field, _MISSING) for field in fields)
         namespace["_field_index"] = {field: index for index, field in enumerate(fields)}
         namespace["_required"] = len(fields) - len(defaults)  # the fields without a default come first
+        namespace["_size"] = len(fields)
         return super().__new__(mcls, name, bases, namespace)
 
 
@@ -61,10 +62,10 @@ else:
 
         def __new__(cls, *args: Any, **kwargs: Any) -> "Record":
             given = len(args)
-            if not kwargs and given == len(cls._fields):
-                return tuple.__new__(cls, args)
-            if given > len(cls._fields):
-                raise TypeError(f"{cls.__name__}() takes {len(cls._fields)} arguments, {given} given")
+            if not kwargs and cls._required <= given <= cls._size:  # the common call: no names, the rest defaulted
+                return tuple.__new__(cls, args + cls._defaults_by_field[given:] if given < cls._size else args)
+            if given > cls._size:
+                raise TypeError(f"{cls.__name__}() takes {cls._size} arguments, {given} given")
             values = [*args, *cls._defaults_by_field[given:]]
             index = cls._field_index
             for name, value in kwargs.items():
@@ -73,7 +74,7 @@ else:
                     raise TypeError(f"{cls.__name__}() got an unexpected argument {name!r}" if at < 0
                                     else f"{cls.__name__}() got multiple values for {name!r}")
                 values[at] = value
-            if given < cls._required and any(value is _MISSING for value in values):
+            if given < cls._required and any(value is _MISSING for value in values[given:cls._required]):
                 missing = [name for name, value in zip(cls._fields, values) if value is _MISSING]
                 raise TypeError(f"{cls.__name__}() missing required arguments: {missing}")
             return tuple.__new__(cls, values)
