@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pytest_llmmem.io import files
 from pytest_llmmem.report.layout import unfit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
@@ -120,6 +121,18 @@ def test_console_script_runs_in_a_subprocess():
     proc = subprocess.run([sys.executable, "-m", "pytest_llmmem.cli", "check", str(EXAMPLE), "--format", "json"], capture_output=True, text=True)
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["runs"][0]["name"] == "lora-sft"
+
+
+def test_the_console_script_is_main_in_a_process_that_exits_next(run_cli):
+    # pyproject's llmmem script is frontends.cli:script: main's output and exit code, the collector left off
+    # and the run's objects frozen (gc.freeze) so that the interpreter's exit traverses none of them (start-up)
+    scripts = files.toml.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["llmmem"] == "pytest_llmmem.frontends.cli:script"
+    code = ("import gc, sys; from pytest_llmmem.frontends.cli import script; sys.argv = ['llmmem', 'check', sys.argv[1]];"
+            "code = script(); print(gc.isenabled(), gc.get_freeze_count() > 1000, file=sys.stderr); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, str(EXAMPLE)], capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == run_cli("check", EXAMPLE)[:2]
+    assert proc.returncode == 1 and proc.stderr.split() == ["False", "True"]
 
 
 def test_core_never_imports_pytest():
