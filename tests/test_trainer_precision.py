@@ -46,41 +46,42 @@ AX = f"base_model: {LLAMA2}\n"
 AXLORA = AX + "adapter: lora\nlora_r: 8\nlora_target_modules: [q_proj, v_proj]\n"
 LF = f"model_name_or_path: {LLAMA2}\nstage: sft\n"
 TRL = f"model_name_or_path: {LLAMA2}\n"
+LG = f"checkpoint_dir: checkpoints/{LLAMA2}\ntrain:\n  max_seq_length: 512\n"
 
-# (format, YAML, dtype, precision (None: a LoRA run), adapter dtype, model states by hand, a not-modelled reason).
+# (format, YAML, dtype, precision (None: a LoRA run), the LoRA adapters' dtype, model states by hand, a not-modelled reason).
 # "mixed" rows give the fp32 master plus the optimizer states instead (what the engine shards). Each row's source
 # line is cited in its reader.
 MAPPINGS = [
     # axolotl: torch_dtype bf16 from bf16 (utils/config/__init__.py:191-192), loaded so (loaders/model.py:611), no upcast
-    ("axolotl", AX + "bf16: true\nflash_attention: true\n", "bf16", "pure", "fp32", PURE_BF16, ""),
-    ("axolotl", AX + "bf16: auto\nfp16: true\nflash_attention: true\n", "fp16", "pure", "fp32", PURE_BF16, ""),  # fp16 wins over auto (:169-170)
-    ("axolotl", AX + "bf16: full\nattn_implementation: flash_attention_2\n", "bf16", "pure", "fp32", PURE_BF16, ""),  # bf16_full_eval, no autocast
-    ("axolotl", AX, "fp32", "pure", "fp32", PURE_FP32, ""),  # neither: torch_dtype float32 (:195-196)
+    ("axolotl", AX + "bf16: true\nflash_attention: true\n", "bf16", "pure", None, PURE_BF16, ""),
+    ("axolotl", AX + "bf16: auto\nfp16: true\nflash_attention: true\n", "fp16", "pure", None, PURE_BF16, ""),  # fp16 wins over auto (:169-170)
+    ("axolotl", AX + "bf16: full\nattn_implementation: flash_attention_2\n", "bf16", "pure", None, PURE_BF16, ""),  # bf16_full_eval, no autocast
+    ("axolotl", AX, "fp32", "pure", None, PURE_FP32, ""),  # neither: torch_dtype float32 (:195-196)
     # sdpa (transformers' default): embed_tokens, lm_head and norms stay fp32 (loaders/model.py:427-437)
-    ("axolotl", AX + "bf16: true\n", "bf16", "pure", "fp32", PURE_BF16, "attn_implementation = unset"),
-    ("axolotl", AX + "bf16: true\nflash_attention: true\ndeepspeed: ds.json\n", "bf16", "mixed", "fp32", MIXED_MASTER_AND_STATES, ""),
+    ("axolotl", AX + "bf16: true\n", "bf16", "pure", None, PURE_BF16, "attn_implementation = unset"),
+    ("axolotl", AX + "bf16: true\nflash_attention: true\ndeepspeed: ds.json\n", "bf16", "mixed", None, MIXED_MASTER_AND_STATES, ""),
     ("axolotl", AXLORA + "bf16: true\nflash_attention: true\n", "bf16", None, "fp32", lora(2, QV8, 4), ""),  # PEFT's autocast_adapter_dtype
     ("axolotl", AXLORA + "bf16: true\nflash_attention: true\npeft_autocast_adapter_dtype: false\n", "bf16", None, "bf16", lora(2, QV8, 2), ""),
     # LLaMA-Factory: cast_trainable_params_to_fp32 (model/adapter.py:340-349) -> amp; pure_bf16 -> pure bf16
-    ("llama-factory", LF + "finetuning_type: full\nbf16: true\n", "bf16", "amp", "fp32", AMP, ""),
-    ("llama-factory", LF + "finetuning_type: full\nbf16: true\npure_bf16: true\n", "bf16", "pure", "fp32", PURE_BF16, ""),
-    ("llama-factory", LF + "finetuning_type: full\n", "fp32", "pure", "fp32", PURE_FP32, ""),  # no autocast: fp32 throughout
-    ("llama-factory", LF + "finetuning_type: full\nbf16: true\ndeepspeed: ds.json\n", "bf16", "mixed", "fp32", MIXED_MASTER_AND_STATES, ""),
+    ("llama-factory", LF + "finetuning_type: full\nbf16: true\n", "bf16", "amp", None, AMP, ""),
+    ("llama-factory", LF + "finetuning_type: full\nbf16: true\npure_bf16: true\n", "bf16", "pure", None, PURE_BF16, ""),
+    ("llama-factory", LF + "finetuning_type: full\n", "fp32", "pure", None, PURE_FP32, ""),  # no autocast: fp32 throughout
+    ("llama-factory", LF + "finetuning_type: full\nbf16: true\ndeepspeed: ds.json\n", "bf16", "mixed", None, MIXED_MASTER_AND_STATES, ""),
     # LoRA: the adapters are fp32 with or without the cast (get_peft_model's autocast_adapter_dtype, adapter.py:308)
     ("llama-factory", LF + "finetuning_type: lora\nbf16: true\n", "bf16", None, "fp32", lora(2, ALL8, 4), ""),
     ("llama-factory", LF + "finetuning_type: lora\nbf16: true\npure_bf16: true\n", "bf16", None, "fp32", lora(2, ALL8, 4), ""),
     ("llama-factory", LF + "finetuning_type: lora\n", "bf16", None, "fp32", lora(2, ALL8, 4), ""),  # the checkpoint's dtype (loader.py:154)
     # TRL: dtype float32 unless set (trl/trainer/utils.py:1144), bf16 on unless fp16 (base_config.py:105)
-    ("trl", TRL, "bf16", "amp", "fp32", AMP, ""),
-    ("trl", TRL + "dtype: bfloat16\n", "bf16", "pure", "fp32", PURE_BF16, ""),
-    ("trl", TRL + "model_init_kwargs:\n  dtype: auto\n", "bf16", "pure", "fp32", PURE_BF16, ""),  # the checkpoint's dtype, bf16 assumed
+    ("trl", TRL, "bf16", "amp", None, AMP, ""),
+    ("trl", TRL + "dtype: bfloat16\n", "bf16", "pure", None, PURE_BF16, ""),
+    ("trl", TRL + "model_init_kwargs:\n  dtype: auto\n", "bf16", "pure", None, PURE_BF16, ""),  # the checkpoint's dtype, bf16 assumed
     # the CLI passes ModelConfig's dtype in place of the file's model_init_kwargs (trl/scripts/sft.py:74-79)
-    ("trl", TRL + "dtype: bfloat16\nmodel_init_kwargs:\n  dtype: float32\n", "bf16", "pure", "fp32", PURE_BF16, ""),
+    ("trl", TRL + "dtype: bfloat16\nmodel_init_kwargs:\n  dtype: float32\n", "bf16", "pure", None, PURE_BF16, ""),
     # torch_dtype loses to create_model_from_path's dtype float32 (transformers modeling_utils.py:4233-4235)
-    ("trl", TRL + "model_init_kwargs:\n  torch_dtype: bfloat16\n", "bf16", "amp", "fp32", AMP, "model_init_kwargs.torch_dtype"),
-    ("trl", TRL + "model_init_kwargs:\n  dtype: float32\nfp16: true\n", "fp16", "amp", "fp32", AMP, ""),
-    ("trl", TRL + "bf16: false\n", "fp32", "pure", "fp32", PURE_FP32, ""),
-    ("trl", TRL + "accelerate_config: fsdp2\n", "bf16", "mixed", "fp32", MIXED_MASTER_AND_STATES, ""),  # accelerate's FSDP fp32 shards
+    ("trl", TRL + "model_init_kwargs:\n  torch_dtype: bfloat16\n", "bf16", "amp", None, AMP, "model_init_kwargs.torch_dtype"),
+    ("trl", TRL + "model_init_kwargs:\n  dtype: float32\nfp16: true\n", "fp16", "amp", None, AMP, ""),
+    ("trl", TRL + "bf16: false\n", "fp32", "pure", None, PURE_FP32, ""),
+    ("trl", TRL + "accelerate_config: fsdp2\n", "bf16", "mixed", None, MIXED_MASTER_AND_STATES, ""),  # accelerate's FSDP fp32 shards
     ("trl", TRL + "use_peft: true\n", "fp32", None, "fp32", lora(4, QV16, 4), "the default dtype = fp32 under bf16 autocast"),
     ("trl", TRL + "use_peft: true\ndtype: bfloat16\n", "bf16", None, "fp32", lora(2, QV16, 4), ""),
     # ZeRO-3 over a 16-bit base: autocast_adapter_dtype=False (sft_trainer.py:1089-1097); the base is sharded in two
@@ -88,6 +89,19 @@ MAPPINGS = [
     # a 4-bit base: TRL casts the adapters to bf16 (sft_trainer.py:1127-1130)
     ("trl", TRL + "use_peft: true\nload_in_4bit: true\n", "nf4", None, "bf16", None, "dtype = float32 with load_in_4bit"),
     ("trl", TRL + "use_peft: true\nload_in_4bit: true\ndtype: bfloat16\n", "nf4", None, "bf16", None, ""),
+    # litgpt (Lightning Fabric): "-true" converts the model (fabric/plugins/precision/half.py:42-43), "-mixed" autocasts
+    # fp32 parameters (amp.py:63-64); unset is bf16-mixed for training (litgpt/utils.py:377)
+    ("litgpt", LG + "precision: bf16-true\n", "bf16", "pure", None, PURE_BF16, ""),
+    ("litgpt", LG + "precision: 16-true\n", "fp16", "pure", None, PURE_BF16, ""),
+    ("litgpt", LG + "precision: 32-true\n", "fp32", "pure", None, PURE_FP32, ""),
+    ("litgpt", LG + "precision: bf16-mixed\n", "bf16", "amp", None, AMP, ""),
+    ("litgpt", LG + "precision: bf16\n", "bf16", "amp", None, AMP, ""),  # Fabric's alias of bf16-mixed (connector.py:569-575)
+    ("litgpt", LG, "bf16", "amp", None, AMP, ""),
+    ("litgpt", LG + "precision: bf16-mixed\ndevices: 2\n", "bf16", "mixed", None, MIXED_MASTER_AND_STATES, ""),  # FSDP's fp32 shards
+    ("litgpt", LG + "precision: transformer-engine\n", "bf16", "pure", None, PURE_BF16, "precision = transformer-engine"),
+    # LoRA: the adapters are made with the model, in its dtype (finetune/lora.py:210)
+    ("litgpt", LG + "lora_r: 8\nprecision: bf16-true\n", "bf16", None, "bf16", lora(2, QV8, 2), ""),
+    ("litgpt", LG + "lora_r: 8\n", "fp32", None, "fp32", lora(4, QV8, 4), "the default dtype = fp32 under bf16 autocast"),
 ]
 
 
@@ -103,16 +117,15 @@ def test_each_trainer_config_maps_to_what_its_trainer_keeps(tmp_path, fmt, text,
     assert run.dtype.name == dtype
     if precision:
         assert (run.mode, run.precision) == ("train", precision)
-    else:
-        assert run.mode in ("lora", "qlora")
-    assert run.adapter_dtype.name == adapter
+    else:  # an adapter run: the dtype the trainer keeps the adapters in
+        assert run.mode in ("lora", "qlora") and run.adapter_dtype.name == adapter
     step = step_terms(run)
     if precision == "mixed":
         assert step.master_weights + step.optimizer_states == states
     elif states is not None:
         assert step.weights + step.master_weights + step.gradients + step.optimizer_states == states
     if precision is None:  # every row's adapters: their count by hand times the dtype the trainer keeps them in
-        count = {"axolotl": QV8, "llama-factory": ALL8, "trl": QV16}[fmt]
+        count = {"axolotl": QV8, "llama-factory": ALL8, "trl": QV16, "litgpt": QV8}[fmt]
         assert step.trainable == count and step.detail("weights.adapters") == count * run.adapter_dtype.bytes
     reasons = " | ".join(run.not_modelled)
     assert (skipped in reasons) if skipped else not reasons, reasons

@@ -88,7 +88,7 @@ def weights_and_compute(m: Mapper, stored: Stored, autocast: Optional[Stored]) -
         _say(m, "precision", "amp", stored, f": fp32 weights, gradients and states under {autocast.dtype} autocast")
     else:
         _say(m, "dtype", stored.dtype, stored, "")
-        _say(m, "precision", "pure", stored, ": no fp32 master copy under the Trainer")
+        _say(m, "precision", "pure", stored, ": one dtype throughout, no fp32 master copy")
 
 
 def _say(m: Mapper, ours: str, value: str, said: Stored, more: str) -> None:

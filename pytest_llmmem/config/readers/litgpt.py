@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import hf_args
 from .mapper import Mapper, model_table
 
 LORA = "litgpt/finetune/lora.py setup()"
@@ -59,20 +60,6 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("dtype", "int4", "quantize")
     elif quantize == "bnb.int8":
         m.put("dtype", "int8", "quantize")
-    precision = str(m.get("precision", "") or "")
-    if "dtype" not in m.values:
-        if precision.startswith("bf16"):
-            m.put("dtype", "bf16", "precision")
-        elif precision.startswith("16"):
-            m.put("dtype", "fp16", "precision")
-        elif precision.startswith("32"):
-            m.put("dtype", "fp32", "precision")
-        else:
-            m.assume("dtype", "bf16", f"{LORA}: precision None -> bf16-true where supported (litgpt/utils.py get_default_supported_precision)")
-    if precision.endswith("-true") or not precision:  # Fabric "bf16-true": weights and compute in bf16
-        m.values["precision"] = "pure"
-    elif precision.endswith("-mixed"):
-        m.values["precision"] = "mixed"
     train = m.get("train") or {}
     if isinstance(train, dict):
         if train.get("micro_batch_size") is not None:
@@ -85,6 +72,7 @@ def read(m: Mapper, base_dir: Path) -> None:
     if isinstance(devices, int) and devices > 1:
         m.put("gpus", devices, "devices")
         m.put("fsdp", "full-shard", "devices > 1 (litgpt shards with FSDPStrategy, litgpt/finetune/lora.py)")
+    _precision(m)  # after devices: FSDP keeps bf16-mixed's fp32 parameters as shards
     optimizer = m.get("optimizer")
     name = optimizer.get("class_path", "") if isinstance(optimizer, dict) else str(optimizer or "")
     short = name.rsplit(".", 1)[-1].lower()
@@ -94,3 +82,38 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.not_modelled(f"optimizer = {name}", "its states are priced as AdamW's")
     else:
         m.assume("optimizer", "adamw", f'{LORA}: optimizer "AdamW"')
+
+
+FABRIC = "lightning/fabric/plugins/precision"  # pytorch-lightning @ 7f0c3436cd
+_HALF = {"bf16": "bf16", "16": "fp16", "32": "fp32"}
+_LEGACY = {"bf16": "bf16-mixed", "16": "16-mixed", "32": "32-true"}  # Fabric's short spellings (fabric/connector.py:569-575)
+
+
+def _precision(m: Mapper) -> None:
+    """Fabric's precision: "X-true" converts the model to X (half.py:42-43 HalfPrecision.convert_module): pure X;
+    "X-mixed" keeps fp32 parameters under torch.autocast (amp.py:63-64 MixedPrecision.forward_context): amp on one
+    device, fp32 shards with X compute under FSDP (fsdp.py:74-79, 94-97). Unset, litgpt picks "bf16-mixed" for
+    training (litgpt/utils.py:363-380 get_default_supported_precision(training=True); finetune/lora.py:131, full.py:97)."""
+    if "dtype" in m.values:  # bnb quantisation: litgpt requires a "-true" precision with it (finetune/lora.py:142-143)
+        return
+    given = str(m.get("precision", "") or "")
+    precision = _LEGACY.get(given, given)
+    if not precision:
+        precision, key, why = "bf16-mixed", "", "litgpt/utils.py:377 get_default_supported_precision(training=True): bf16-mixed"
+    else:
+        key, why = "precision", f"Fabric {precision}"
+    half, _, kind = precision.partition("-")
+    if half not in _HALF or kind not in ("true", "mixed"):
+        m.not_modelled(f"precision = {given}", "priced as bf16-true")
+        half, kind, why = "bf16", "true", "priced as bf16-true"
+    if kind == "true":
+        stored, autocast = hf_args.Stored(_HALF[half], key, f"{why}: {FABRIC}/half.py:42-43 the model converted"), None
+    else:
+        stored = hf_args.Stored("fp32", key, f"{why}: {FABRIC}/amp.py:30-64 fp32 parameters")
+        autocast = hf_args.Stored(_HALF[half], key, f"{why}: {FABRIC}/amp.py:63-64 torch.autocast")
+    hf_args.weights_and_compute(m, stored, autocast)
+    if m.values.get("mode") == "lora":  # the LoRA parameters are made with the model, under fabric.init_module (finetune/lora.py:210)
+        if key:
+            m.put("adapter-dtype", stored.dtype, f"{key} ({why}: the adapters are made in the model's dtype)")
+        else:
+            m.assume("adapter-dtype", stored.dtype, f"{why}: the adapters are made in the model's dtype (finetune/lora.py:210)")
