@@ -39,6 +39,10 @@ def test_prefix_tuning_adds_its_keys_and_values_to_every_attention():
     assert with_prefix - without == 4096 + 5120
     assert layer_saved(arch, prefix=8, input_requires_grad=False, **kw)["attention"] == 8192 + 20480 + 8192 + 1024 + 5120
     assert est.details["activations.attention"] == 8192 + 20480 + 8192 + 1024 + 5120 + with_prefix
+    # Eager, layer 0: q @ K^T keeps q only (q needs no gradient, so no K: the trace, tests/test_trace.py), attn @ V keeps
+    # V of 40 positions 2 x 40 x 64 x 2 = 10240, and llama's fp32 softmax its output and the bf16 copy, 2 x 4 x 32 x 40 x 6
+    eager = dict(kw, flash=False)
+    assert layer_saved(arch, prefix=8, input_requires_grad=False, **eager)["attention"] == 8192 + 10240 + 2 * 4 * 32 * 40 * 6
     assert "prefix tuning, 8 virtual tokens" in est.run.adapter.summary(8, ())
 
 

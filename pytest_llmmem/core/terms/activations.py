@@ -151,6 +151,9 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
         # Grouped-query attention: eager code repeats K and V to every query head before the
         # matmuls that keep them (HF repeat_kv); SDPA takes the groups as they are (enable_gqa). A prefix's are counted above.
         kept += 0 if p.prefix else 2 * tokens * (a - kv) * d * act
+        if p.prefix and frozen_in:
+            # the first layer's q needs no gradient, so q @ K^T keeps no K, only q for the prefix's gradient (trace: test_prompts)
+            kept -= p.batch * kv_len * a * d * act
         o_input_kept = tokens * a * d * act if t.keeps_input(lin["o"].name, act) else 0
         if arch.attention_dropout:
             # Dropout on the probabilities keeps a 1-byte mask (CUDA native_dropout) and, unless autocast
