@@ -136,12 +136,20 @@ def test_tied_embeddings_hold_two_head_sized_gradients_at_the_end_of_backward():
     assert resident + extra <= sum(v for k, v in backward.items() if k != "overhead") <= resident + extra + 256 * 1024
 
 
-@pytest.mark.parametrize("extra", [{"mode": "lora", "use-dora": True}, {"mode": "vera", "lora-rank": 16}, {"mode": "ia3"},
-                                   {"mode": "prompt-tuning", "num-virtual-tokens": 16}], ids=["dora", "vera", "ia3", "prompt-tuning"])
-def test_dora_vera_ia3_and_prompt_tuning_trace_as_the_detailed_count_says(extra):
+@pytest.mark.parametrize("extra", [
+    {"mode": "lora", "use-dora": True}, {"mode": "vera", "lora-rank": 16}, {"mode": "ia3"},
+    {"mode": "prompt-tuning", "num-virtual-tokens": 16},
+    {"mode": "lora", "lora-dropout": 0.05, "lora-targets": "all-linear"},
+    {"mode": "prefix-tuning", "num-virtual-tokens": 16}, {"mode": "prefix-tuning", "num-virtual-tokens": 16, "flash-attention": False},
+    {"mode": "prefix-tuning", "num-virtual-tokens": 16, "prefix-projection": True, "encoder-hidden-size": 128, "num-kv-heads": 2},
+    {"mode": "p-tuning", "num-virtual-tokens": 16, "encoder-hidden-size": 128},
+], ids=["dora", "vera", "ia3", "prompt-tuning", "lora-dropout", "prefix-tuning", "prefix-tuning-eager", "prefix-projection-gqa", "p-tuning"])
+def test_adapter_methods_trace_as_the_detailed_count_says(extra):
     """The trace builds each through peft (trace/step.py _peft_config): at the backward peak its saved activations
     are the detailed count's, within the allocator's 512-byte blocks (a few small tensors; prompt tuning adds the
-    prompt's indices, its -100 labels and the concatenated labels, each rounded up to a block)."""
+    prompt's indices, its -100 labels and the concatenated labels, each rounded up to a block). LoRA's dropout runs
+    as CUDA's native_dropout (a bool mask kept, attention.CudaDropout), so the oracle holds the dropout term; eager
+    prefix tuning's first layer keeps no K (its q needs no gradient)."""
     from pytest_llmmem.estimator import estimate
     from pytest_llmmem.trace.estimate import traced
 

@@ -1,4 +1,4 @@
-"""Attention as the CUDA kernels run it, for a trace on the CPU build of torch.
+"""Attention (and dropout) as the CUDA kernels run it, for a trace on the CPU build of torch.
 
 A CPU-build trace runs CPU kernels, so ``F.scaled_dot_product_attention`` would choose among the
 CPU backends. On a GPU, SDPA picks flash attention when there is no mask and the head fits
@@ -56,6 +56,20 @@ def cuda_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
         out = torch.ops.aten._scaled_dot_product_efficient_attention(
             query, key, value, mask, True, dropout, causal, scale=scaling)[0]
     return out.transpose(1, 2).contiguous(), None
+
+
+class CudaDropout(torch.nn.Module):
+    """nn.Dropout as CUDA runs it. On a CPU tensor, fake ones included, ``F.dropout`` takes aten's
+    ``_dropout_impl`` (aten/src/ATen/native/Dropout.cpp: the fused kernel only for CUDA/XPU inputs), which
+    multiplies by a scaled noise tensor in the input's dtype that autograd keeps; CUDA's ``native_dropout``
+    keeps a bool mask, one byte per element (derivatives.yaml native_dropout saves result1)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.native_dropout(x, self.p, self.training)[0] if self.p else x
 
 
 def register() -> None:

@@ -56,33 +56,47 @@ def _compute_dtype(torch, run: Run):
 
 
 def _peft_config(peft, run: Run):
-    """The run's PEFT config: LoRA (QLoRA's adapters too) with its rank, targets, DoRA and rsLoRA (lora_dropout 0,
-    PEFT's default), VeRA with its rank and targets, IA3 with its targets (the MLP's down projection feedforward),
-    prompt tuning with its virtual tokens."""
+    """The run's PEFT config: LoRA (QLoRA's adapters too) with its rank, targets, dropout, DoRA and rsLoRA, VeRA with its
+    rank and targets, IA3 with its targets (the MLP's down projection feedforward), prompt tuning, prefix tuning and
+    p-tuning (its MLP encoder) with their virtual tokens."""
     targets = "all-linear" if "all-linear" in run.lora_targets else list(run.lora_targets)
     name = run.adapter.name
     if name in ("lora", "qlora"):
-        return peft.LoraConfig(r=run.lora_rank, lora_alpha=2 * run.lora_rank, target_modules=targets, lora_dropout=0.0,
+        return peft.LoraConfig(r=run.lora_rank, lora_alpha=2 * run.lora_rank, target_modules=targets, lora_dropout=run.lora_dropout,
                                use_dora=run.use_dora, use_rslora=run.use_rslora)
     if name == "vera":
         return peft.VeraConfig(r=run.lora_rank, target_modules=targets)
+    encoder = run.prompt_encoder
     if name == "prompt-tuning":
         return peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=run.virtual_tokens)
+    if name == "prefix-tuning":
+        return peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=run.virtual_tokens,
+                                       prefix_projection=encoder.projection, encoder_hidden_size=encoder.hidden or None)
+    if name == "p-tuning":
+        return peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=run.virtual_tokens,
+                                        encoder_hidden_size=encoder.hidden or None)
     if name == "ia3":
         down = [lin.name.split(".")[-1] for lin in run.adapter.touches(run.model, run.lora_targets) if lin.role == "down"]
         return peft.IA3Config(target_modules=targets, feedforward_modules=down)
     # LoHa's and LoKr's training forward branches on torch.rand(1) > module_dropout (peft/tuners/loha/layer.py forward),
     # a value fake tensors do not have (aten._local_scalar_dense)
     why = " (its forward branches on a random draw, which fake tensors cannot)" if name in ("loha", "lokr") else ""
-    raise ConfigError(f'run "{run.name}": method = "trace" builds LoRA, QLoRA, VeRA, IA3 and prompt tuning through peft; mode "{name}" is not traced{why}.',
-                      hint='Use method = "detailed" for it.')
+    raise ConfigError(f'run "{run.name}": method = "trace" builds LoRA, QLoRA, VeRA, IA3, prompt tuning, prefix tuning and p-tuning '
+                      f'through peft; mode "{name}" is not traced{why}.', hint='Use method = "detailed" for it.')
 
 
 def _with_adapters(torch, run: Run, model):
-    """The run's PEFT method (_peft_config), its trainable tensors in the adapter dtype."""
+    """The run's PEFT method (_peft_config), its trainable tensors in the adapter dtype, its LoRA dropout CUDA's
+    (attention.CudaDropout: a bool mask, as the detailed count has it, not the CPU's noise in the input dtype)."""
     import peft
 
     model = peft.get_peft_model(model, _peft_config(peft, run), autocast_adapter_dtype=False)
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)  # peft/tuners/lora/layer.py: one nn.Dropout per adapter
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for key, dropout in dropouts.items():
+                if isinstance(dropout, torch.nn.Dropout):
+                    dropouts[key] = attention.CudaDropout(dropout.p)
     adapter = getattr(torch, TORCH_DTYPES.get(run.adapter_dtype.name, "float32"))
     for param in model.parameters():
         if param.requires_grad:
