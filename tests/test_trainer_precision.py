@@ -205,3 +205,18 @@ def test_trl_zero3_on_the_run_keeps_the_adapters_in_the_base_dtype(tmp_path):
     run = _run(tmp_path, "trl", TRL + "use_peft: true\ndtype: bfloat16\n", 'zero-stage = 3\ngpus = 2\n')
     assert run.adapter_dtype.name == "bf16"
     assert step_terms(run).detail("weights.adapters") == QV16 * 2  # r = 16 on q_proj, v_proj, 2 bytes each
+
+
+TT = "model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\nbatch_size: 1\ntokenizer:\n  max_seq_len: 512\n" \
+     "optimizer:\n  _component_: torch.optim.AdamW\n"
+
+
+@pytest.mark.parametrize("dtype, states", [("bf16", PURE_BF16), ("fp32", PURE_FP32)])
+def test_torchtune_trains_in_its_dtype_without_an_fp32_master(tmp_path, dtype, states):
+    """torchtune's recipes build the model in cfg.dtype and step it so (recipes/full_finetune_single_device.py:400;
+    shard_model passes no MixedPrecisionPolicy): dtype bf16 was priced "mixed", 4 bytes a parameter of master too much."""
+    run = _run(tmp_path, "torchtune", TT + f"dtype: {dtype}\n", 'model = "meta-llama/Llama-2-7b-hf"\n')  # P by hand above
+    assert (run.dtype.name, run.precision) == (dtype, "pure")
+    step = step_terms(run)
+    assert step.weights + step.master_weights + step.gradients + step.optimizer_states == states
+    assert dict(run.settings_from)["precision"].startswith("t.yaml: dtype (torchtune")

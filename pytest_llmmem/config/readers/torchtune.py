@@ -100,8 +100,11 @@ def read(m: Mapper, base_dir: Path) -> None:
     dtype = str(m.get("dtype", "bf16")).lower()
     if "dtype" not in m.values and m.given("dtype"):
         m.put("dtype", "fp32" if dtype in ("fp32", "float32") else "bf16", "dtype")
-        if dtype in ("fp32", "float32"):
-            m.values["precision"] = "pure"
+        if m.values.get("mode") == "train":
+            # the recipes build the model in cfg.dtype (recipes/full_finetune_single_device.py:400, full_finetune_distributed.py:611
+            # set_default_dtype), with no autocast, and shard it without a MixedPrecisionPolicy
+            # (torchtune/training/_distributed.py:661-714 shard_model): the optimizer steps bf16 weights, no fp32 master
+            m.put("precision", "pure", "dtype (torchtune @ bd2a0fc7c: the model is built in it and trained so, no fp32 master)")
     if m.given("batch_size"):
         m.put("batch-size", m.get("batch_size"), "batch_size")
     tokenizer = m.get("tokenizer") or {}
