@@ -105,3 +105,17 @@ def test_mixed_precision_cast_peaks_at_a_tied_embedding(tmp_path):
     # 4 x 187,045,376 at the end (the trace: 996,421,632).
     est, grads = _step_gradients(tmp_path, "qwen3-0.6b")
     assert grads == 187_045_376 * 2 + 151936 * 1024 * 4 == 996_420_608
+
+
+def test_accumulated_gradients_are_alive_at_every_instant(tmp_path):
+    # The LoRA case above with gradient accumulation over 4 micro-batches: from the second micro-batch on the
+    # adapters' 5,242,880 B of fp32 gradients (q/v, r 8, 2 layers of Llama-3.1-8B's shapes) exist before backward
+    # starts, so the loss instant holds them beside the saved activations and loss buffers: 1,537,299,456 +
+    # 5,242,880 B. Pipeline micro-batches (pipeline-parallel > 1) accumulate too but are priced by their stages.
+    est, parts = _backward(tmp_path, "llama", "lora", 1, 128)
+    accumulating = estimate(est.run._replace(micro_batches=4))
+    part = next(p for p in accumulating.phase_parts if p.name == "backward")
+    after = {k: v for k, v in part.breakdown.items() if k != "overhead"}
+    assert after["gradients"] == est.full("gradients") == 5_242_880
+    assert after["logits"] == parts["logits"] and after["activations"] == parts["activations"]
+    assert sum(after.values()) == sum(parts.values()) + 5_242_880

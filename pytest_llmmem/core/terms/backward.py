@@ -17,6 +17,9 @@ backward has reached, so its largest value is at one end; the candidates are:
   head's V x h gradient waiting in autograd's input buffer beside the embedding's own until the two
   are summed (torch/csrc/autograd/input_buffer.cpp).
 
+With gradient accumulation (micro-batches without pipeline stages) every instant also holds every
+gradient: the earlier micro-batches made them all (:func:`accumulates`).
+
 Measured against the trace on fake tensors (benchmarks/trace_sweep.py; tests/test_backward_instant.py).
 The terms' full sizes stay in the estimate's details; the breakdown shows what is alive at the instant.
 
@@ -145,7 +148,19 @@ def backward_instant(run, step: Step, gradients: int) -> Instant:
     if tied:
         end += (("gradients.tied_head_waiting", head_grad),)
     candidates.append(Instant("end", 0, 0, gradients, end))
+    if accumulates(run):
+        # From the second micro-batch on every gradient exists before backward starts: .grad is kept across
+        # micro-batches and AccumulateGrad adds each new gradient into it in place (torch/csrc/autograd/functions/
+        # accumulate_grad.h accumulateGrad: variable_grad += new_grad), zero_grad runs only after the optimizer
+        # step (transformers/trainer.py _inner_training_loop: optimizer.step() then model.zero_grad()). So every
+        # instant holds all of them; the new gradient being added is one parameter's, freed at once (not counted).
+        candidates = [c._replace(gradients=gradients) for c in candidates]
     return max(candidates, key=lambda i: i.total)
+
+
+def accumulates(run) -> bool:
+    """Whether the step accumulates gradients over micro-batches (micro-batches without pipeline stages)."""
+    return run.micro_batches > 1 and run.pipeline_parallel == 1
 
 
 def instant_details(instant: Instant) -> Dict[str, int]:
