@@ -85,7 +85,7 @@ def test_lora_and_qlora_are_two_entries_that_differ_by_the_base():
     assert (LORA.quantized_base, LORA.default_dtype) == (False, "bf16") and (QLORA.quantized_base, QLORA.default_dtype) == (True, "nf4")
     # and QLoRA offers no DoRA (QDoRA dequantises the 4-bit weight in every forward: not modelled)
     assert "use-dora" in LORA.keys and "use-dora" not in QLORA.keys and QLORA.dora is None
-    assert QLORA.keys == tuple(k for k in LORA.keys if k != "use-dora") + ("bitsandbytes-version", "kbit-prepare")
+    assert QLORA.keys == tuple(k for k in LORA.keys if k != "use-dora") + ("bitsandbytes-version", "kbit-prepare", "compute-dtype")
     assert QLORA._replace(name="lora", doc=LORA.doc, quantized_base=False, default_dtype="bf16", keys=LORA.keys, dora=LORA.dora) == LORA
     assert _estimate("qlora").run.dtype.name == "nf4"
 

@@ -70,6 +70,29 @@ def test_the_largest_dequantised_weight_is_a_transient_of_the_step():
     assert "activations.dequantized_weight" not in lora.details
 
 
+def test_compute_dtype_fp32_dequantises_and_computes_in_fp32():
+    """qlora.py without --bf16 (bnb_4bit_compute_dtype and torch_dtype float32, qlora.py:262, :278): the dequantised
+    gate/up/down weight is 64 x 128 x 4 B = 32,768 B; embeddings, head and norms (128,320 params, as above) go from 2 to
+    4 B, and the stream with them: logits 64 x 1000 x 4 B. At LLaMA-65B's 8192 x 22016 this is 721,420,288 B, the
+    688 MiB allocation of artidoro/qlora issue 17's OOM."""
+    plain, fp32 = _estimate(), _estimate('compute-dtype = "fp32"\n')
+    assert fp32.details["activations.dequantized_weight"] == 64 * 128 * 4 == 2 * plain.details["activations.dequantized_weight"]
+    assert fp32.breakdown["weights"] - plain.breakdown["weights"] == 128_320 * 2
+    assert fp32.details["logits.logits"] == 64 * 1000 * 4
+    assert 8192 * 22016 * 4 == 688 * 2**20 == 721_420_288
+    # bf16 is the default: naming it changes nothing
+    assert _estimate('compute-dtype = "bf16"\n').total_bytes == plain.total_bytes
+
+
+def test_a_compute_dtype_that_is_not_one_is_a_config_error():
+    with pytest.raises(ConfigError, match='compute-dtype: "fp23" is not valid. Did you mean "fp32"?'):
+        _estimate('compute-dtype = "fp23"\n')
+    # torch's spelling, as a script passes it, is the same dtype
+    assert _estimate('compute-dtype = "torch.float32"\n').total_bytes == _estimate('compute-dtype = "fp32"\n').total_bytes
+    with pytest.raises(ConfigError, match="compute-dtype.*only applies to mode"):  # a 16-bit base computes in its dtype
+        parse(textwrap.dedent(PYPROJECT).replace('mode = "qlora"', 'mode = "lora"') + 'compute-dtype = "fp32"\n')
+
+
 def test_a_bitsandbytes_version_that_is_not_one_is_a_config_error():
     with pytest.raises(ConfigError, match='bitsandbytes-version.*"latest" is not a bitsandbytes release number'):
         _estimate('bitsandbytes-version = "latest"\n')

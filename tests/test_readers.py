@@ -488,6 +488,20 @@ def test_lora_dropout_is_read_or_the_trainers_default_is_credited(fmt, text, exp
     assert run.lora_dropout == expected
 
 
+@pytest.mark.parametrize("dtype_line, compute_bytes", [
+    ("dtype: float32\n", 4),  # get_quantization_config: bnb_4bit_compute_dtype=model_args.dtype, so fp32 dequantisation
+    ("dtype: bfloat16\n", 2),
+    ("dtype: auto\n", 2),  # the checkpoint's dtype: the default, bf16
+    ("", 2),
+])
+def test_trl_dtype_is_the_4bit_compute_dtype(dtype_line, compute_bytes, tmp_path):
+    (tmp_path / "train.yaml").write_text("model_name_or_path: Qwen/Qwen2.5-0.5B\nuse_peft: true\nload_in_4bit: true\n" + dtype_line,
+                                         encoding="utf-8")
+    run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "train.yaml"\nformat = "trl"\n',
+                base_dir=tmp_path).runs[0]
+    assert run.mode == "qlora" and run.dtype.compute_bytes == compute_bytes
+
+
 @pytest.mark.parametrize("yaml_keys,expected,skipped", [
     ("additional_target: embed_tokens,lm_head\n", ("embed_tokens", "lm_head"), False),  # split_arg: commas
     ("resize_vocab: true\n", ("embed_tokens", "lm_head"), False),  # adapter.py:246: both embeddings join it

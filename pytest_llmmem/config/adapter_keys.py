@@ -1,5 +1,6 @@
 """The adapter keys of a run: which PEFT method its mode names and what that method reads (lora-targets,
-lora-rank, lora-dropout, use-dora, modules-to-save, num-virtual-tokens, the bitsandbytes keys), each
+lora-rank, lora-dropout, use-dora, modules-to-save, num-virtual-tokens, the bitsandbytes keys and the
+4-bit compute dtype), each
 checked against the model and the adapter entry (model/adapters.py). Split from :mod:`load`.
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
@@ -33,6 +34,29 @@ def _bnb_keeps_inputs(table: Table) -> bool:
         raise table.fail("bitsandbytes-version", f'"{version}" is not a bitsandbytes release number.',
                          hint='Write it as pip shows it, e.g. "0.42.0" or "0.45.5" (pip show bitsandbytes).')
     return (parts + (0, 0))[:3] < BNB_INPUT_FIX
+
+
+# compute-dtype: the 16-bit or fp32 format a 4-bit base computes in, bytes per element. qlora.py sets bitsandbytes'
+# bnb_4bit_compute_dtype and transformers' torch_dtype from the same flags (qlora.py:262 and :278 at 073a485:
+# fp16 / bf16 / else float32), so the embeddings, head and norms are stored in it too and every activation has it.
+COMPUTE_DTYPES = {"bf16": 2, "fp16": 2, "fp32": 4}
+# torch's spellings, as a script passes them (torch.bfloat16, bnb_4bit_compute_dtype="float32")
+COMPUTE_SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+
+
+def compute_dtype(table: Table, dtype: Any) -> Any:
+    """The run's 4-bit dtype computing in ``compute-dtype`` (bnb_4bit_compute_dtype with torch_dtype the same):
+    Linear4bit dequantises each weight to it (the OOM of a 65B qlora.py run without --bf16 asks for one fp32
+    8192 x 22016 weight, 688 MiB), and every activation, the embeddings, head and norms take its size."""
+    if "compute-dtype" not in table:
+        return dtype
+    value = table.string("compute-dtype")
+    written = value.strip().lower().replace("torch.", "")
+    name = COMPUTE_SPELLINGS.get(written, written)
+    if name not in COMPUTE_DTYPES:
+        raise table.fail("compute-dtype", f'"{shown_name(value)}" is not valid.{did_you_mean(written, tuple(COMPUTE_DTYPES))}',
+                         hint=f"Valid: {one_of(tuple(COMPUTE_DTYPES))} (bnb_4bit_compute_dtype; torch's bfloat16, float16 and float32 too).")
+    return dtype._replace(compute_bytes=COMPUTE_DTYPES[name])
 
 
 def _modules_to_save(table: Table) -> Tuple[str, ...]:

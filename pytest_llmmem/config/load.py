@@ -20,7 +20,7 @@ from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
 from ..record import Record
 from .keys import ADAPTER_KEYS, ENGINE_ONLY, INFERENCE_ONLY, MODEL_KEYS, RECIPE_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY, Context, Table, canonical
 from ..values import type_name
-from .adapter_keys import adapter_fields, checked_targets, configured_adapter, read_targets, run_mode
+from .adapter_keys import adapter_fields, checked_targets, compute_dtype, configured_adapter, read_targets, run_mode
 from .checkpoint_keys import checkpoint_setting
 from .gpu_keys import budget, parallelism
 from .locate import Locator
@@ -180,6 +180,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
 
     targets = checked_targets(table, model, adapter, targets)
     dtype, quant_origin = _checkpoint_dtype(table, ctx, mode, model, model_raw, dtype)
+    dtype = compute_dtype(table, dtype)
     # serve_keys and recipe_keys load only for a run that has one of their keys (start-up: llmmem check
     # runs on every commit); without any, the run keeps Run's defaults (transformers, sft) and its seq-len.
     serving: Dict[str, Any] = {}

@@ -261,7 +261,7 @@ LORA = Adapter("lora", "LoRA (PEFT LoraConfig): low-rank A and B beside each tar
 # QLoRA (Dettmers et al. 2023): LoRA on a base that stays 4-bit (bitsandbytes Linear4bit), NF4 unless a dtype is named.
 # DoRA over a 4-bit base (QDoRA) dequantises the weight in every forward and is not modelled: no use-dora.
 QLORA = LORA._replace(name="qlora", doc="QLoRA: LoRA over a 4-bit (NF4) frozen base", quantized_base=True, default_dtype="nf4",
-                      keys=tuple(k for k in LORA_KEYS if k != "use-dora") + ("bitsandbytes-version", "kbit-prepare"), dora=None)
+                      keys=tuple(k for k in LORA_KEYS if k != "use-dora") + ("bitsandbytes-version", "kbit-prepare", "compute-dtype"), dora=None)
 def vera_tensors(lin: Linear, rank: int) -> Tuple[int, ...]:
     """VeRA (Kopiczko et al. 2024, eq. 1) trains two scaling vectors per adapted module, lambda_d (r) and lambda_b
     (d_out) (peft/tuners/vera/layer.py VeraLayer.update_layer); A and B are frozen and shared (vera_shared)."""

@@ -58,6 +58,11 @@ def read(m: Mapper, base_dir: Path) -> None:
         # SFTTrainer wraps the model with get_peft_model only (trl/trainer/sft_trainer.py:1097); of TRL's trainers only
         # the experimental BCO, CPO and ORPO call prepare_model_for_kbit_training (experimental/bco/bco_trainer.py:526)
         m.assume("kbit-prepare", False, "trl/trainer/sft_trainer.py:1097: get_peft_model, no prepare_model_for_kbit_training")
+        # get_quantization_config (trl/trainer/utils.py) passes bnb_4bit_compute_dtype=model_args.dtype, the dtype the
+        # model loads in: a `dtype` given (not "auto") is both, as the compute-dtype key says
+        written = m.get("dtype")
+        if isinstance(written, str) and written.strip().lower() != "auto":
+            m.put("compute-dtype", written, "dtype (bnb_4bit_compute_dtype, trl/trainer/utils.py get_quantization_config)")
         if m.given("use_bnb_nested_quant"):
             m.put("double-quant", m.get("use_bnb_nested_quant") is True, "use_bnb_nested_quant")
         else:

@@ -269,7 +269,8 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
                               # bitsandbytes <= 0.43.1 (Trainable.base_keeps); under checkpointing the forward runs
                               # without grad (reentrant, transformers < 5's default), so MatMul4Bit keeps nothing
                               base_keeps_input=run.bnb_keeps_inputs and run.adapter.quantized_base and not run.gradient_checkpointing,
-                              base_cast=run.dtype.compute_bytes if run.kbit_prepare else 0,
+                              # Linear4bit.forward's x.to(compute_dtype) is no copy where the compute dtype is fp32 already
+                              base_cast=run.dtype.compute_bytes if run.kbit_prepare and run.dtype.compute_bytes < FP32 else 0,
                               modules=tuple((lin.name, lin) for lin in modules),
                               kv_grad=bool(prefix))  # a trained prefix: every attention's keys and values need a gradient
         if run.adapter.forward_transient is not None:
