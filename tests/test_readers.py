@@ -491,8 +491,8 @@ def test_lora_dropout_is_read_or_the_trainers_default_is_credited(fmt, text, exp
 @pytest.mark.parametrize("dtype_line, compute_bytes", [
     ("dtype: float32\n", 4),  # get_quantization_config: bnb_4bit_compute_dtype=model_args.dtype, so fp32 dequantisation
     ("dtype: bfloat16\n", 2),
-    ("dtype: auto\n", 2),  # the checkpoint's dtype: the default, bf16
-    ("", 2),
+    ("dtype: auto\n", 2),  # the checkpoint's dtype (bf16 assumed)
+    ("", 4),  # ModelConfig's dtype defaults to float32 since TRL v0.27.0 (#4778), and the compute dtype with it
 ])
 def test_trl_dtype_is_the_4bit_compute_dtype(dtype_line, compute_bytes, tmp_path):
     (tmp_path / "train.yaml").write_text("model_name_or_path: Qwen/Qwen2.5-0.5B\nuse_peft: true\nload_in_4bit: true\n" + dtype_line,

@@ -86,8 +86,9 @@ MAPPINGS = [
     ("trl", TRL + "use_peft: true\ndtype: bfloat16\n", "bf16", None, "fp32", lora(2, QV16, 4), ""),
     # ZeRO-3 over a 16-bit base: autocast_adapter_dtype=False (sft_trainer.py:1089-1097); the base is sharded in two
     ("trl", TRL + "use_peft: true\ndtype: bfloat16\naccelerate_config: zero3\n", "bf16", None, "bf16", None, ""),
-    # a 4-bit base: TRL casts the adapters to bf16 (sft_trainer.py:1127-1130)
-    ("trl", TRL + "use_peft: true\nload_in_4bit: true\n", "nf4", None, "bf16", None, "dtype = float32 with load_in_4bit"),
+    # a 4-bit base: TRL casts the adapters to bf16 (sft_trainer.py:1127-1130); its float32 default dtype is the
+    # compute-dtype, priced (tests/test_readers.py test_trl_dtype_is_the_4bit_compute_dtype), so nothing is reported
+    ("trl", TRL + "use_peft: true\nload_in_4bit: true\n", "nf4", None, "bf16", None, ""),
     ("trl", TRL + "use_peft: true\nload_in_4bit: true\ndtype: bfloat16\n", "nf4", None, "bf16", None, ""),
     # litgpt (Lightning Fabric): "-true" converts the model (fabric/plugins/precision/half.py:42-43), "-mixed" autocasts
     # fp32 parameters (amp.py:63-64); unset is bf16-mixed for training (litgpt/utils.py:377)

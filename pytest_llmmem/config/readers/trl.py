@@ -58,11 +58,6 @@ def read(m: Mapper, base_dir: Path) -> None:
         # SFTTrainer wraps the model with get_peft_model only (trl/trainer/sft_trainer.py:1097); of TRL's trainers only
         # the experimental BCO, CPO and ORPO call prepare_model_for_kbit_training (experimental/bco/bco_trainer.py:526)
         m.assume("kbit-prepare", False, "trl/trainer/sft_trainer.py:1097: get_peft_model, no prepare_model_for_kbit_training")
-        # get_quantization_config (trl/trainer/utils.py) passes bnb_4bit_compute_dtype=model_args.dtype, the dtype the
-        # model loads in: a `dtype` given (not "auto") is both, as the compute-dtype key says
-        written = m.get("dtype")
-        if isinstance(written, str) and written.strip().lower() != "auto":
-            m.put("compute-dtype", written, "dtype (bnb_4bit_compute_dtype, trl/trainer/utils.py get_quantization_config)")
         if m.given("use_bnb_nested_quant"):
             m.put("double-quant", m.get("use_bnb_nested_quant") is True, "use_bnb_nested_quant")
         else:
@@ -190,9 +185,15 @@ def _precision(m: Mapper, quantized: bool) -> None:
     if quantized:
         four = m.get("load_in_4bit") is True
         m.put("adapter-dtype", "bf16", f"load_in_{'4' if four else '8'}bit (trl/trainer/sft_trainer.py:1127-1130: trainable parameters cast to bf16)")
-        if stored.dtype == "fp32":  # bnb_4bit_compute_dtype is the same dtype (trl/trainer/utils.py:239)
-            m.not_modelled(f"{stored.key or 'dtype'} = float32 with load_in_{'4' if four else '8'}bit",
-                           "fp32 compute and fp32 embeddings, head and norms of the quantised model: priced in 16 bit")
+        if four:  # bnb_4bit_compute_dtype is the dtype the model loads in (trl/trainer/utils.py:239): the compute-dtype key
+            why = f"{stored.key or 'dtype'} (bnb_4bit_compute_dtype = the model's dtype, trl/trainer/utils.py:239)"
+            if stored.key:
+                m.put("compute-dtype", stored.dtype, why)
+            else:
+                m.assume("compute-dtype", stored.dtype, f"{stored.why}; {why}")
+        elif stored.dtype == "fp32":
+            m.not_modelled(f"{stored.key or 'dtype'} = float32 with load_in_8bit",
+                           "fp32 embeddings, head and norms of the 8-bit model: priced in 16 bit")
         return
     hf_args.weights_and_compute(m, stored, autocast)
     if m.values.get("mode") == "lora" and m.declared("zero-stage") == 3 and stored.dtype != "fp32":
