@@ -85,8 +85,10 @@ def scenario(torch, transformers, peft, family: Dict[str, Any], case: Dict[str, 
     # the step as measure_families counts it, plus a second forward for the graph walk (same seed, same noise counts)
     if "bnb" in case:
         terms["weights"] += quantized.quant_state_bytes(model)
-        step, result["held_after_backward"] = quantized.step(torch, model, ids, adapters)
+        freed = {}
+        step, result["held_after_backward"] = quantized.step(torch, model, ids, adapters, freed)
         terms.update(step)
+        result["freed_in_forward"] = freed
     else:
         freed: Dict[str, int] = {}
         terms.update(families._train_step(torch, model, ids, adapters, freed, added))

@@ -18,6 +18,7 @@ the second-level absmax, code and offset (bitsandbytes/functional.py QuantState)
 
 import gc
 import tempfile
+import weakref
 from typing import Any, Dict, Tuple
 
 
@@ -94,23 +95,35 @@ def ctx_tensors(torch, loss, skip) -> Dict[int, int]:
     return found
 
 
-def step(torch, model, ids, adapters) -> Tuple[Dict[str, int], int]:
-    """One step's terms as measure_families counts them, plus ctx.tensors, and what the graph holds after backward."""
+def step(torch, model, ids, adapters, freed: Dict[str, int]) -> Tuple[Dict[str, int], int]:
+    """One step's terms as measure_families counts them, plus ctx.tensors, and what the graph holds after backward.
+    ``freed`` receives the saved bytes whose graph the forward itself dropped (QDoRA's weight norm, as
+    measure_families._train_step records DoRA's): transient, not kept for backward."""
     params = list(model.parameters())
     storages = {p.untyped_storage().data_ptr() for p in params}
     saved: Dict[int, int] = {}
+    alive: Dict[int, list] = {}  # storage -> weak references to the saved tensors on it
+    dropped = 0
 
     def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in storages:
-            saved[storage.data_ptr()] = storage.nbytes()
+        nonlocal dropped
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in alive and not any(ref() is not None for ref in alive[ptr]):
+            dropped += saved.pop(ptr)  # the storage counted at this address was freed and the address reused
+            del alive[ptr]
+        if ptr not in storages:
+            saved.setdefault(ptr, tensor.untyped_storage().nbytes())
+            alive.setdefault(ptr, []).append(weakref.ref(tensor))
         return tensor
 
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out = model(input_ids=ids, labels=ids, use_cache=False)
+    gc.collect()
+    freed["bytes"] = dropped + sum(saved[ptr] for ptr, refs in alive.items() if not any(ref() is not None for ref in refs))
+    saved_total = sum(saved.values()) + dropped
     held = ctx_tensors(torch, out.loss, storages | set(saved))
-    terms = {"saved_activations": sum(saved.values()) + sum(held.values()), "logits": out.logits.nbytes}
+    terms = {"saved_activations": saved_total + sum(held.values()), "logits": out.logits.nbytes}
     out.loss.backward()
     after = sum(ctx_tensors(torch, out.loss, storages).values())
     del out

@@ -14,7 +14,8 @@ from pytest_llmmem.hookspecs import hookimpl
 from pytest_llmmem.core.records import FRAGMENTATION
 from pytest_llmmem.model.methods import BUILTIN
 from pytest_llmmem.model.adapters import (LORA, QLORA, Saved, dora_forward_transient, dora_saved, dora_tensors, ia3_saved_on,
-                                          lora_saved, lora_tensors, vera_saved)
+                                          lora_saved, lora_tensors, qdora_forward_transient, qdora_saved, vera_saved,
+                                          with_qdora)
 from pytest_llmmem.model.layers import Linear
 
 # A toy method: LoRA whose A stays at its initialisation and is not trained (only B, d_out x r, gets a gradient).
@@ -83,9 +84,9 @@ def test_lora_and_qlora_are_two_entries_that_differ_by_the_base():
     """QLoRA is LoRA over a 4-bit base, and reads the two keys of that base: which bitsandbytes, and kbit-prepare."""
     assert [a.name for a in BUILTIN][:2] == ["lora", "qlora"]
     assert (LORA.quantized_base, LORA.default_dtype) == (False, "bf16") and (QLORA.quantized_base, QLORA.default_dtype) == (True, "nf4")
-    # and QLoRA offers no DoRA (QDoRA dequantises the 4-bit weight in every forward: not modelled)
-    assert "use-dora" in LORA.keys and "use-dora" not in QLORA.keys and QLORA.dora is None
-    assert QLORA.keys == tuple(k for k in LORA.keys if k != "use-dora") + ("bitsandbytes-version", "kbit-prepare", "compute-dtype")
+    # and QLoRA's DoRA is QDoRA: DoRA's entry with the 4-bit weight dequantised for its norm (tests/data/adapters/qdora*.json)
+    assert "use-dora" in LORA.keys and "use-dora" in QLORA.keys and QLORA.dora is with_qdora
+    assert QLORA.keys == LORA.keys + ("bitsandbytes-version", "kbit-prepare", "compute-dtype")
     assert QLORA._replace(name="lora", doc=LORA.doc, quantized_base=False, default_dtype="bf16", keys=LORA.keys, dora=LORA.dora) == LORA
     assert _estimate("qlora").run.dtype.name == "nf4"
 
@@ -203,8 +204,22 @@ def test_dora_builds_its_weight_norm_in_the_forward():
 def test_dora_is_refused_where_peft_or_the_model_cannot_say():
     with pytest.raises(ConfigError, match="use-dora: DoRA on embed_tokens"):
         _lora_run('use-dora = true\nlora-targets = ["q_proj", "embed_tokens"]\n')
-    with pytest.raises(ConfigError, match='use-dora: only applies to mode = "lora"; run "adapted" has mode = "qlora"'):
-        _lora_run("use-dora = true\n", mode="qlora")
+    with pytest.raises(ConfigError, match='use-dora: only applies to mode = "lora" or "qlora"; run "adapted" has mode = "vera"'):
+        _lora_run("use-dora = true\n", mode="vera")
+
+
+def test_qdora_is_dora_over_the_dequantised_weight():
+    """QDoRA (use-dora on qlora) dequantises W for its norm in every forward: a new 64 x 64 tensor where the adapter dtype
+    is the compute dtype (bf16: 2 x (64^2 identity + 64 x 8 + 4 x 64^2) against DoRA's 3 x 64^2, whose W is the parameter);
+    in fp32 both cast W (4 x (64^2 + 64 x 8 + 4 x 64^2)). With dropout F.linear keeps that W, fp32 or not; QDoRA's
+    saved bytes otherwise are DoRA's (measured with fp32 adapters: tests/data/adapters/qdora.json, qdora-dropout.json)."""
+    lin = Linear("q", "q_proj", 64, 64, False)
+    assert qdora_forward_transient(lin, 8, 2, 2) == 2 * (64 * 64 + 64 * 8 + 4 * 64 * 64) == dora_forward_transient(lin, 8, 2, 2) + 2 * 64 * 64
+    assert qdora_forward_transient(lin, 8, 4, 2) == 4 * (64 * 64 + 64 * 8 + 4 * 64 * 64) == dora_forward_transient(lin, 8, 4, 2)
+    assert qdora_saved(64, 8, 2, 2, dropout=True).per_weight_grad == 2 and dora_saved(64, 8, 2, 2, dropout=True).per_weight_grad == 0
+    assert qdora_saved(64, 8, 4, 2) == dora_saved(64, 8, 4, 2)
+    run = _lora_run("use-dora = true\n", mode="qlora")
+    assert run.adapter.forward_transient is qdora_forward_transient and "DoRA r=8" in run.adapter.summary(8, ("q_proj",))
 
 
 def test_rslora_changes_no_figure_and_says_so():

@@ -540,10 +540,11 @@ def test_use_dora_and_use_rslora_are_read_from_each_trainer(fmt, text, dora, rsl
         assert run.adapter.tensors(run.model.linears()[0], 8)[-1] == run.model.linears()[0].d_out
 
 
-def test_qdora_from_a_trainer_config_is_reported_not_priced(tmp_path):
-    """DoRA over a 4-bit base is not modelled: the reader reports it and the run is QLoRA's (partial), not an error."""
+def test_qdora_from_a_trainer_config_is_priced_as_qdora(tmp_path):
+    """DoRA over a 4-bit base (QDoRA, tests/data/adapters/qdora*.json): axolotl's peft_use_dora on a qlora adapter maps
+    to use-dora, and the run counts the magnitude vectors (one per output feature of each adapted linear)."""
     (tmp_path / "train.yaml").write_text("base_model: NousResearch/Meta-Llama-3-8B\nadapter: qlora\nload_in_4bit: true\n"
                                          "peft_use_dora: true\n", encoding="utf-8")
     run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "train.yaml"\n', base_dir=tmp_path).runs[0]
-    assert run.mode == "qlora" and not run.use_dora
-    assert any("peft_use_dora" in reason and "QDoRA" in reason for reason in run.not_modelled)
+    assert run.mode == "qlora" and run.use_dora and not any("QDoRA" in reason for reason in run.not_modelled)
+    assert run.adapter.tensors(run.model.linears()[0], 8)[-1] == run.model.linears()[0].d_out

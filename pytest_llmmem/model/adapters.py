@@ -255,13 +255,35 @@ def dora_summary(rank: int, targets: Tuple[str, ...]) -> str:
     return "DoRA " + rank_on_targets(rank, targets)
 
 
+def qdora_saved(width: int, rank: int, adapter_bytes: int, act: int, dropout: bool = False) -> Saved:
+    """DoRA over a 4-bit base keeps what DoRA keeps (peft/tuners/lora/bnb.py Linear4bit.forward hands the base output to
+    DoraLinearVariant.forward); with dropout F.linear of the dropped input keeps the dequantised W (dequantize_module_weight,
+    cast to the adapter dtype) whatever the dtypes: it is never the frozen parameter (read from the source; the fp32-adapter
+    cases are measured: tests/data/adapters/qdora.json, qdora-dropout.json)."""
+    dora = dora_saved(width, rank, adapter_bytes, act, dropout)
+    return dora._replace(per_weight_grad=adapter_bytes) if dropout else dora
+
+
+def qdora_forward_transient(lin: Linear, rank: int, adapter_bytes: int, act: int) -> int:
+    """DoRA's weight norm over a 4-bit base: W is dequantised in every forward (peft/tuners/lora/dora.py
+    DoraLinearLayer.forward: dequantize_module_weight, then .to(x.dtype)), a new d_out x d_in tensor even where the
+    dtypes agree; otherwise as dora_forward_transient (the compute-dtype copy dies at the cast, before the norm's peak)."""
+    return adapter_bytes * (lin.d_in * lin.d_in + lin.d_in * rank + 4 * lin.d_in * lin.d_out)
+
+
+def with_qdora(adapter: Adapter) -> Adapter:
+    """use-dora = true on QLoRA (QDoRA): DoRA's magnitude vectors and saved tensors over the 4-bit base."""
+    return with_dora(adapter)._replace(saved=qdora_saved, forward_transient=qdora_forward_transient)
+
+
 LORA_KEYS = ("lora-rank", "lora-targets", "adapter-dtype", "lora-dropout", "modules-to-save", "use-dora", "use-rslora")
 LORA = Adapter("lora", "LoRA (PEFT LoraConfig): low-rank A and B beside each targeted linear, the base frozen in its dtype",
                adapted_linears, lora_tensors, lora_saved, lora_merge, keys=LORA_KEYS, dora=with_dora)
 # QLoRA (Dettmers et al. 2023): LoRA on a base that stays 4-bit (bitsandbytes Linear4bit), NF4 unless a dtype is named.
-# DoRA over a 4-bit base (QDoRA) dequantises the weight in every forward and is not modelled: no use-dora.
+# use-dora on it is QDoRA (with_qdora: the 4-bit weight dequantised for DoRA's norm in every forward).
 QLORA = LORA._replace(name="qlora", doc="QLoRA: LoRA over a 4-bit (NF4) frozen base", quantized_base=True, default_dtype="nf4",
-                      keys=tuple(k for k in LORA_KEYS if k != "use-dora") + ("bitsandbytes-version", "kbit-prepare", "compute-dtype"), dora=None)
+                      keys=LORA_KEYS + ("bitsandbytes-version", "kbit-prepare", "compute-dtype"), dora=with_qdora)
+
 def vera_tensors(lin: Linear, rank: int) -> Tuple[int, ...]:
     """VeRA (Kopiczko et al. 2024, eq. 1) trains two scaling vectors per adapted module, lambda_d (r) and lambda_b
     (d_out) (peft/tuners/vera/layer.py VeraLayer.update_layer); A and B are frozen and shared (vera_shared)."""

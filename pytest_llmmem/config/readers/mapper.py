@@ -107,15 +107,12 @@ class Mapper:
 
     def dora_and_rslora(self, dora: str, rslora: str = "", values: Optional[Dict[str, Any]] = None) -> None:
         """PEFT's use_dora and use_rslora (LoraConfig, both False by default) under the trainer's keys, read from
-        ``values`` (a section; the file's top level by default). DoRA over a 4-bit base (QDoRA) is not modelled:
-        reported, priced as QLoRA. rsLoRA changes only the scaling: the run says so, the memory is LoRA's."""
+        ``values`` (a section; the file's top level by default); over a 4-bit base it is QDoRA (adapters.with_qdora).
+        rsLoRA changes only the scaling: the run says so, the memory is LoRA's."""
         table = self.data if values is None else values
         where = dora if values is None else f"model.{dora}"
         if isinstance(table.get(dora), bool):
-            if table[dora] and self.values.get("mode") == "qlora":
-                self.not_modelled(where, "DoRA over a 4-bit base (QDoRA): priced as QLoRA")
-            else:
-                self.put("use-dora", table[dora], where)
+            self.put("use-dora", table[dora], where)
         if rslora and isinstance(table.get(rslora), bool):
             self.put("use-rslora", table[rslora], rslora if values is None else f"model.{rslora}")
 
