@@ -230,7 +230,7 @@ def test_a_compiled_run_is_the_eager_figure_marked_approximate_with_its_bound():
     eager = estimate(adhoc_run(TRAIN_SMALL))
     compiled = estimate(adhoc_run({**TRAIN_SMALL, "compile": True}))
     assert compiled.total_bytes == eager.total_bytes and not eager.approximate
-    assert any(a.startswith("torch.compile: counted as eager") and "6.6 %" in a for a in compiled.approximate)
+    assert any(a.startswith("torch.compile: the layers are counted as eager") and "6.6 %" in a for a in compiled.approximate)
     with pytest.raises(ConfigError, match="expected true or false"):
         adhoc_run({**TRAIN_SMALL, "compile": "max-autotune"})
 

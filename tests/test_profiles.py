@@ -154,6 +154,26 @@ def test_chunked_torchtune_and_litgpt():
     assert lit["logits"] == E * 2 and lit["chunk_transient"] == E * 2 // 16
 
 
+def test_compiled_torchtune_loss_keeps_the_bf16_chunks_not_an_fp32_log_softmax():
+    # benchmarks/data/compile-cpu.jsonl (Inductor's partitioner on torch 2.13): a compiled chunk step keeps its
+    # 2-byte logits and 16 B per row (int64 label, fp32 max, fp32 log-sum-exp) and writes one 2-byte gradient
+    tt = loss_terms(Knobs(loss="chunked", loss_chunks=8, keeps_logits=False, compiled_loss=True), rows=2048, vocab=128256,
+                    hidden=256, act=2, tp=1, head_trains=False)
+    assert tt == {"logits": E * 2 // 8, "compiled_saved": E * 2 + 2048 * 16, "chunk_transient": E * 2 // 8}
+    # nn.CrossEntropyLoss compiled whole on torchtune's fp32 logits: keeps them (4 B), one fp32 gradient (4 B)
+    up = loss_terms(Knobs(loss="upcast", compiled_loss=True), rows=2048, vocab=128256, hidden=256, act=2, tp=1, head_trains=False)
+    assert up == {"logits": E * 2, "compiled_saved": E * 4 + 2048 * 16, "fp32_transient": E * 4}
+
+
+def test_compile_compiles_the_loss_only_where_the_framework_does():
+    # torchtune's recipes call training.compile_loss when compile: True; the HF Trainer's loss stays eager here
+    def knobs(framework, compiled):
+        return adhoc_run({"name": "r", "family": "llama", "hidden-size": 256, "num-layers": 2, "num-heads": 4,
+                          "intermediate-size": 512, "vocab-size": 1000, "mode": "train", "framework": framework,
+                          "compile": compiled}).knobs.compiled_loss
+    assert knobs("torchtune", True) and not knobs("torchtune", False) and not knobs("transformers", True)
+
+
 def test_fused_keeps_no_vocab_sized_tensor():
     # Liger: chunk = next_pow2(ceil(2048 / ceil(128256 / 256))) = next_pow2(5) = 8 rows of logits
     t = loss_terms(Knobs(loss="fused"), rows=2048, vocab=128256, hidden=256, act=2, tp=1, head_trains=True)

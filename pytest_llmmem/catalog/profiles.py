@@ -55,6 +55,8 @@ class Profile(Record):
     kernels: Tuple[str, ...] = ()  # fused kernels the trainer applies by default (kernels.py)
     # activation-offload: checkpointed layer inputs its offload keeps on the GPU at the start of backward
     offload_resident: int = 1
+    # compile = true also compiles the loss (its source is cited under "loss"): Inductor's saved set (trainer_terms.loss_terms)
+    compiles_loss: bool = False
 
 
 # The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
@@ -83,7 +85,9 @@ PROFILES: Dict[str, Profile] = {
         describes="torchtune recipes (LinearCrossEntropyLoss, torchao NF4, fused AdamW)",
         sources={
             "loss": "torchtune/modules/loss/cross_entropy_loss.py:36 LinearCrossEntropyLoss(num_output_chunks=8); "
-                    ":113 logits.float() per chunk (recipes/configs/llama3_1/*.yaml loss: LinearCrossEntropyLoss)",
+                    ":113 logits.float() per chunk (recipes/configs/llama3_1/*.yaml loss: LinearCrossEntropyLoss); with compile: True the "
+                    "recipes compile the loss too (recipes/full_finetune_single_device.py:281, lora_finetune_single_device.py:319 "
+                    "training.compile_loss; training/_compile.py:70 apply_compile_strategy compiles compute_cross_entropy, one chunk's step)",
             "optimizer-impl": "recipes/configs/llama3_1/8B_qlora_single_device.yaml:62 optimizer fused: True",
             "activation-offload": 'recipes/lora_finetune_single_device.py:183 cfg.get("enable_activation_offloading", False); '
                                   "training/_activation_offloading.py:70 max_fwd_stash_size=5: the last 5 offloaded tensors stay on the GPU "
@@ -94,6 +98,7 @@ PROFILES: Dict[str, Profile] = {
             "adapter-dtype": "recipes/lora_finetune_single_device.py:410 set_default_dtype(self._dtype): LoRA in the base dtype",
             "gradient-checkpointing": 'recipes/lora_finetune_single_device.py:180 cfg.get("enable_activation_checkpointing", False)',
         },
+        compiles_loss=True,
         offload_resident=5,  # OffloadActivations(max_fwd_stash_size=5): with checkpointing, the last 5 layers' inputs
     ),
     # unslothai/unsloth @ 015bdef (2026-08-22).
@@ -156,6 +161,7 @@ class Knobs(Record):
     # AdamW step depends on it today (core/terms/trainer_terms.py step_temporaries).
     torch_version: Tuple[int, ...] = ()
     offload_resident: int = 1  # the profile's (Profile.offload_resident)
+    compiled_loss: bool = False  # the loss runs under torch.compile (compile = true and Profile.compiles_loss)
 
 
 # torch releases whose foreach Adam/AdamW keep two state-sized lists in the step (torch 2.0
@@ -283,8 +289,9 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
         upcast, keeps = True, loss in ("upcast", "inplace")
     torch_table = pick("torch-version")
     torch_version = _torch_version(torch_table) if torch_table is not None else ()
+    compiled_loss = training and profile.compiles_loss and value("compile", "boolean", False)
     knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
-                  torch_version, profile.offload_resident)
+                  torch_version, profile.offload_resident, compiled_loss)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
 

@@ -156,7 +156,8 @@ def _cpu_step(torch, model, ids, run: Run, est: Estimate):
         gradients=b["gradients"], optimizer_states=b["optimizer_states"], logits=d["logits.logits"],
         # what autograd keeps during the forward: activations less the backward recompute, plus the log-softmax
         # (and Gemma 2's soft-capped logits, whose tanh output is saved too)
-        **{"saved activations": b["activations"] - d.get("activations.recomputed_layer", 0) + d["logits.log_softmax"]
+        **{"saved activations": b["activations"] - d.get("activations.recomputed_layer", 0) + d.get("logits.log_softmax", 0)
+           + d.get("logits.compiled_saved", 0)
            + d.get("logits.softcap_tanh", 0)},
     )
     return terms, estimated

@@ -37,12 +37,13 @@ from .step import Step
 # compute_loss returns only the loss, transformers/trainer.py compute_loss; torchtune deletes them, recipes/
 # full_finetune_single_device.py "del logits"); the fp32 log-softmax and the two fp32 backward buffers live.
 LOSS_ALIVE = {
-    "upcast": ("log_softmax", "fp32_transient", "softcap_tanh"),
+    # under torch.compile (trainer_terms.compiled_loss_terms) the loss keeps its input, not a log-softmax
+    "upcast": ("log_softmax", "compiled_saved", "fp32_transient", "softcap_tanh"),
     # Liger's cross_entropy writes the gradient into HF's fp32 copy of the logits and keeps it (kernels.py)
     "inplace": ("inplace_fp32_grad", "grad_cast", "softcap_tanh"),
     # torchtune / litgpt: every chunk's log-softmax and one chunk's transients; litgpt's own ``logits`` local
     # (the model returns them) stays through fabric.backward (litgpt/finetune/lora.py fit)
-    "chunked": ("log_softmax", "chunk_transient", "softcap_tanh"),
+    "chunked": ("log_softmax", "compiled_saved", "chunk_transient", "softcap_tanh"),
     # Liger / CCE: the gradients computed in the forward; the chunk's logits are gone
     "fused": ("fused_grad_input", "fused_grad_weight", "fused_loss_per_token"),
 }

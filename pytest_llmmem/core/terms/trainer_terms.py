@@ -76,6 +76,8 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
     # The logits as the model returns them: fp32 where the family upcasts them itself (Mamba,
     # modeling_mamba.py:794 ``lm_head(...).float()``; the loss's own .float() is then a no-op).
     returned = elems * (logits_act or act)
+    if knobs.compiled_loss and knobs.loss in ("upcast", "chunked"):
+        return compiled_loss_terms(knobs, rows=rows, elems=elems, act=act, returned=returned)
     if knobs.loss == "upcast":
         return {"logits": returned, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32}
     if knobs.loss == "inplace":
@@ -97,6 +99,34 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
         "fused_grad_weight": vocab * hidden * act // tp if head_trains else 0,
         "fused_loss_per_token": rows * FP32,
     }
+
+
+# Inductor's compiled cross-entropy keeps, per row, the int64 label and the fp32 row max and log-sum-exp
+# (benchmarks/data/compile-cpu.jsonl: 16 B per row in every case).
+COMPILED_CE_ROW = 8 + 2 * FP32
+
+
+def compiled_loss_terms(knobs: Knobs, *, rows: int, elems: int, act: int, returned: int) -> Dict[str, int]:
+    """``logits.*`` items of a loss torch.compile compiles (torchtune: Profile.compiles_loss).
+
+    Inductor fuses cross_entropy's log-softmax and nll into one pass: its min-cut partitioner keeps the
+    logits the compiled step is given (or, with the head inside it, the matmul's 16-bit output), not a
+    log-softmax, and the backward is one kernel writing one gradient buffer in the input's dtype. Read
+    from the partitioner's backward inputs and Inductor's generated code on the CPU
+    (benchmarks/measure_compile.py, benchmarks/data/compile-cpu.jsonl): a chunk's step keeps 2 B per
+    bf16 logit and allocates 2 B per logit in backward; nn.CrossEntropyLoss compiled whole on fp32 logits
+    keeps 4 B and allocates 4 B (eager: 4 B kept, 8 B in two fp32 backward buffers).
+    upcast: the model's fp32 logits (torchtune's TransformerDecoder returns ``output(h).float()``) stay
+    saved; chunked: every chunk's 16-bit logits stay saved (they are the model's output when it keeps
+    them, counted there) and one chunk's 16-bit gradient is the transient.
+    """
+    if knobs.loss == "upcast":
+        saved = elems * FP32 + rows * COMPILED_CE_ROW
+        return {"logits": returned, "compiled_saved": saved, "fp32_transient": elems * FP32}
+    chunk = -(-elems // max(1, knobs.loss_chunks))
+    kept_chunks = 0 if knobs.keeps_logits else elems * act
+    return {"logits": returned if knobs.keeps_logits else chunk * act, "compiled_saved": kept_chunks + rows * COMPILED_CE_ROW,
+            "chunk_transient": chunk * act}
 
 
 # --- trainable tensors --------------------------------------------------------------------------
