@@ -74,6 +74,20 @@ def test_unsloth_fast_lora_needs_dropout_zero():
     assert peft.details["activations.recomputed_layer"] > fast.details["activations.recomputed_layer"]
 
 
+def test_unsloth_fast_lora_mlp_backward_makes_one_d_ff_wide_gradient():
+    # Unsloth's LoRA_MLP backward allocates DW = dY @ down^T (f wide) and writes h, df, de over DW, e, g and dX
+    # over X (fast_lora.py:156-157, :194 out = X; swiglu.py:107-109): beside the incoming dY (h wide) that is
+    # T x (f + h) x 2 B = 32 x 224 x 2 = 14,336 B at the recompute instant. PEFT's MLP (dropout on, so no
+    # fast LoRA) makes the down input's gradient and act(gate) * up's three: T x (3 f + h) x 2 = 34,816 B.
+    keys = dict(mode="lora", framework="unsloth", **{"lora-targets": ["all-linear"]})
+    fast, peft = _est(**keys), _est(**keys, **{"lora-dropout": 0.05})
+    assert fast.details["backward.activations.backward_transient"] == T * (F + H) * 2 == 14_336
+    assert peft.details["backward.activations.backward_transient"] == T * (3 * F + H) * 2 == 34_816
+    # LoRA on q and v only: the MLP is PEFT's frozen one, whose backward makes the three f-wide gradients
+    qv = _est(mode="lora", framework="unsloth", **{"lora-targets": ["q_proj", "v_proj"]})
+    assert qv.details["backward.activations.backward_transient"] == 34_816
+
+
 def test_unsloth_profile_applies_its_kernels():
     est = _est(mode="lora", framework="unsloth")
     assert est.run.knobs.kernels == ("unsloth",) and est.run.knobs.loss == "fused"

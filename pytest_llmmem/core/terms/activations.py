@@ -200,6 +200,14 @@ def _mamba_saved(arch: Architecture, mixer: StateSpace, lin: Dict[str, Linear], 
     return shared, tokens * per_token * act
 
 
+def fast_lora_mlp(mlp: Any, lin: Dict[str, Linear], trainable: Trainable) -> bool:
+    """Whether Unsloth's LoRA_MLP runs this MLP: a dense gated one with gate, up and down all adapted
+    (unsloth/kernels/fast_lora.py LoRA_MLP; Trainable.fast_lora says when the kernel applies at all)."""
+    if isinstance(mlp, (NoMLP, MoE)) or not mlp.gated or "down" not in lin:
+        return False
+    return trainable.fast_lora([lin[r].name for r in ("gate_up", "gate", "up", "down") if r in lin])
+
+
 def _mlp_saved(arch: Architecture, mlp: Any, lin: Dict[str, Linear], p: Pass) -> Tuple[int, int]:
     """Dense or MoE MLP (no norm): (replicated part, tensor-parallel part)."""
     if isinstance(mlp, NoMLP):
@@ -210,7 +218,7 @@ def _mlp_saved(arch: Architecture, mlp: Any, lin: Dict[str, Linear], p: Pass) ->
     routed = mlp.top_k if moe else 1
     mlp_tokens = tokens * routed  # each token passes through top-k experts
     in_names = [lin[r].name for r in ("gate_up", "gate", "up") if r in lin]
-    if not moe and mlp.gated and t.fast_lora(in_names + [lin["down"].name]):
+    if fast_lora_mlp(mlp, lin, t):
         # Unsloth's LoRA_MLP keeps X, gate's and up's outputs and recomputes act(gate) * up for down_proj
         # (unsloth/kernels/fast_lora.py:110 save_for_backward(gateA, gateB, upA, upB, downA, downB, X, e, g)).
         return tokens * h * act, tokens * f * act * 2

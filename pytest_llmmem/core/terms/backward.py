@@ -30,7 +30,7 @@ from typing import Dict, Tuple
 
 from ...record import Record
 from .transients import backward_transient
-from .step import Step
+from .step import Step, trainable_for
 
 # The loss head's items that are alive when its backward starts, per loss implementation.
 # upcast: HF ForCausalLMLoss's 16-bit logits die with the model's output before backward (the HF Trainer's
@@ -127,7 +127,8 @@ def backward_instant(run, step: Step, gradients: int) -> Instant:
     head_grad = matrix if head_trains else 0
     matrices = matrix if tied else (head_grad + (matrix if embed_trains else 0))
     per_layer = max(0, gradients - matrices) // max(1, arch.num_layers)
-    transient = max(backward_transient(arch, g, batch=run.batch_size, seq=tokens // run.batch_size, act=act, tp=t)
+    trainable = trainable_for(run, arch)
+    transient = max(backward_transient(arch, g, batch=run.batch_size, seq=tokens // run.batch_size, act=act, tp=t, trainable=trainable)
                     for g in arch.layer_groups())
     transient = max(transient, expert_delta_gradient(run, arch, act) + tokens * arch.hidden_size * act)
     transient = max(transient, adapter_backward(run, arch, act, tokens))

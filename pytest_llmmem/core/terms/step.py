@@ -232,6 +232,31 @@ def step_terms(run: Run) -> Step:
                 activations, logits, kv_cache, tuple(details.items()), tuple(notes), host)
 
 
+def trainable_for(run: Run, arch: Architecture) -> Trainable:
+    """What trains in a step and the fused kernels that replace its modules' autograd (shared with the backward instant)."""
+    kernels, _ = kernels_applied(run.knobs.kernels, arch.family.name)  # fused kernels change what modules keep (catalog/kernels.py)
+    if run.adapter is not None and run.adapter.saved is not lora_saved:
+        kernels = kernels - {"fast-lora"}  # Unsloth's LoRA autograd replaces plain LoRA modules only (not DoRA, VeRA, IA3)
+    if run.mode == "train":
+        trainable = Trainable(full=True, kernels=kernels)
+    else:
+        adapted = run.adapter.touches(arch, run.lora_targets)
+        modules = tuple(lin for lin in adapted if lin.wrap == "module") + outer_targets(arch, run.lora_targets)
+        trainable = Trainable(full=False, adapted=frozenset(lin.name for lin in modules), adapter_bytes=int(run.adapter_dtype.bytes),
+                              experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter,
+                              dropout=run.lora_dropout > 0, whole=frozenset(run.modules_to_save), kernels=kernels,
+                              one_qkv_dropout=run.knobs.framework == "litgpt",  # litgpt/lora.py:405 LoRAQKVLinear
+                              # bitsandbytes <= 0.43.1 (Trainable.base_keeps); under checkpointing the forward runs
+                              # without grad (reentrant, transformers < 5's default), so MatMul4Bit keeps nothing
+                              base_keeps_input=run.bnb_keeps_inputs and run.adapter.quantized_base and not run.gradient_checkpointing,
+                              # Linear4bit.forward's x.to(compute_dtype) is no copy where the compute dtype is fp32 already
+                              base_cast=run.dtype.compute_bytes if run.kbit_prepare and run.dtype.compute_bytes < FP32 else 0,
+                              modules=tuple((lin.name, lin) for lin in modules),
+                              # a trained prefix (prefix tuning, prompts.py): every attention's keys and values need a gradient
+                              kv_grad=bool(run.adapter.prompt is not None and run.virtual_tokens and run.adapter.kv_prefix))
+    return trainable
+
+
 def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, int, int]:
     """Activations, logits and KV cache, which scale with batch and sequence; each a sum over layer
     groups. Returns (their items, activations, logits, KV cache)."""
@@ -254,25 +279,9 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
         terms = prefill_terms(run, arch, stage, act)
         return terms.details, terms.activations, terms.logits, terms.kv_cache
     details: Dict[str, int] = {}
-    kernels, _ = kernels_applied(run.knobs.kernels, arch.family.name)  # fused kernels change what modules keep (catalog/kernels.py)
-    if run.adapter is not None and run.adapter.saved is not lora_saved:
-        kernels = kernels - {"fast-lora"}  # Unsloth's LoRA autograd replaces plain LoRA modules only (not DoRA, VeRA, IA3)
-    if run.mode == "train":
-        trainable = Trainable(full=True, kernels=kernels)
-    else:
-        adapted = run.adapter.touches(arch, run.lora_targets)
-        modules = tuple(lin for lin in adapted if lin.wrap == "module") + outer_targets(arch, run.lora_targets)
-        trainable = Trainable(full=False, adapted=frozenset(lin.name for lin in modules), adapter_bytes=int(run.adapter_dtype.bytes),
-                              experts=tuple(lin for lin in adapted if lin.wrap == "param"), rank=run.lora_rank, adapter=run.adapter,
-                              dropout=run.lora_dropout > 0, whole=frozenset(run.modules_to_save), kernels=kernels,
-                              one_qkv_dropout=run.knobs.framework == "litgpt",  # litgpt/lora.py:405 LoRAQKVLinear
-                              # bitsandbytes <= 0.43.1 (Trainable.base_keeps); under checkpointing the forward runs
-                              # without grad (reentrant, transformers < 5's default), so MatMul4Bit keeps nothing
-                              base_keeps_input=run.bnb_keeps_inputs and run.adapter.quantized_base and not run.gradient_checkpointing,
-                              # Linear4bit.forward's x.to(compute_dtype) is no copy where the compute dtype is fp32 already
-                              base_cast=run.dtype.compute_bytes if run.kbit_prepare and run.dtype.compute_bytes < FP32 else 0,
-                              modules=tuple((lin.name, lin) for lin in modules),
-                              kv_grad=bool(prefix))  # a trained prefix: every attention's keys and values need a gradient
+    trainable = trainable_for(run, arch)
+    if run.mode != "train":
+        modules = tuple(lin for _, lin in trainable.modules)
         if run.adapter.forward_transient is not None:
             # what one adapted module holds in flight in its own forward (DoRA's weight norm), the largest of them:
             # the forward phase's own item (job_phases.step_phases)

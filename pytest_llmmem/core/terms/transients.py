@@ -7,8 +7,9 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from typing import Optional
 
-from .activations import FP32
+from .activations import FP32, fast_lora_mlp
 from .attention_masks import model_masks, sdpa_layer_mask
+from .trainable import Trainable
 from ...model.layers import LatentAttention, LayerGroup, MoE, NoMLP, StateSpace
 from ...model.architecture import Architecture
 
@@ -61,7 +62,7 @@ def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *,
 
 
 def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int,
-                       tp: int = 1) -> int:
+                       tp: int = 1, trainable: Optional[Trainable] = None) -> int:
     """One decoder layer's backward temporaries beyond its saved tensors, on one tensor-parallel rank.
 
     The MLP's backward is the widest: the gradient of the down projection's input, then the two
@@ -69,12 +70,18 @@ def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *
     dtype for a gated MLP, two for a plain one), beside the (tokens, hidden) gradient flowing out
     (measured on fake tensors: trace_sweep.py llama LoRA with checkpointing, 12.1 MB at 128 tokens =
     128 x (3 x 14336 + 4096) x 2 B). A routed MoE does it for its top-k copies of the tokens.
+    Unsloth's LoRA_MLP (``trainable`` says where it runs) makes one: the down projection's input gradient
+    DW, into which its SwiGLU backward kernel writes h, df and de over DW, e and g, and dX goes into X
+    (unsloth/kernels/fast_lora.py:156 DW = matmul_lora(dY, ...), :157 _backward_function(DW, e, g),
+    :194 torch.matmul(df, upW.t(), out = X); unsloth/kernels/swiglu.py:107-109 tl.store into DW, e, g).
     """
     group = group or arch.layer_groups()[0]
     tokens = batch * seq
     mlp = group.mlp
     if isinstance(mlp, NoMLP):
         width = 0
+    elif trainable is not None and fast_lora_mlp(mlp, {l.role: l for l in group.linears(arch.family, arch.hidden_size)}, trainable):
+        width = mlp.d_ff
     else:
         routed = mlp.top_k if isinstance(mlp, MoE) else 1
         width = routed * mlp.d_ff * (3 if mlp.gated else 2)
