@@ -129,7 +129,7 @@ class Run(Record):
     seq_len: int = 2048
     seq_len_given: bool = True
     gradient_checkpointing: bool = False
-    compiled: bool = False  # torch.compile: the estimate is the eager figure, marked approximate (core/terms/checkpointing.py)
+    compiled: bool = False  # torch.compile: fused norms and (torchtune) a compiled loss, marked approximate (core/terms/checkpointing.py)
     selective_ac: str = ""  # with checkpointing: "" every layer, "op" torchtitan's op-level SAC, or a layer period (checkpointing.py)
     flash_attention: bool = True
     lora_rank: int = 8  # peft/tuners/lora/config.py LoraConfig: r = 8

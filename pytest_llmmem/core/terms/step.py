@@ -237,6 +237,11 @@ def trainable_for(run: Run, arch: Architecture) -> Trainable:
     kernels, _ = kernels_applied(run.knobs.kernels, arch.family.name)  # fused kernels change what modules keep (catalog/kernels.py)
     if run.adapter is not None and run.adapter.saved is not lora_saved:
         kernels = kernels - {"fast-lora"}  # Unsloth's LoRA autograd replaces plain LoRA modules only (not DoRA, VeRA, IA3)
+    if run.compiled:
+        # torch.compile fuses each RMSNorm: Inductor's min-cut partitioner keeps its 16-bit input and one fp32 rstd per
+        # row, not the fp32 copy (benchmarks/data/compile-cpu.jsonl torchtune-layer compiled_saved), as the fused
+        # rms-norm kernel part does (catalog/kernels.py)
+        kernels = kernels | {"rms-norm"}
     if run.mode == "train":
         trainable = Trainable(full=True, kernels=kernels)
     else:
