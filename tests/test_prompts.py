@@ -87,7 +87,7 @@ def test_what_peft_refuses_or_the_estimate_does_not_model_is_an_error():
 @pytest.mark.parametrize("model,why", [
     ("state-spaces/mamba-130m-hf", "MambaMixer|StateSpace layers that do not"),
     ("deepseek-ai/DeepSeek-V2-Lite", "LatentAttention layers that do not"),
-    ("google/gemma-2-27b", "sliding-window layers is not modelled"),
+    ("google/gemma-2-27b", "sliding-window, sink or soft-capped layers is not modelled"),
 ])
 def test_prefix_tuning_is_refused_where_a_layer_has_no_plain_cache(model, why):
     with pytest.raises(ConfigError, match=f"mode: .*({why})"):

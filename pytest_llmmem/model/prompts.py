@@ -102,8 +102,11 @@ def prefix_problem(arch: Any) -> str:
     """Why PEFT's prefix tuning does not fit this model ("" where it does). get_prompt builds a DynamicCache of N
     positions per layer, (batch, kv heads, N, head dim) each, and every layer's attention concatenates its own keys and
     values after them: layers without that cache (Mamba: no keys; MLA: keys and values of different head dims, which
-    PEFT's one head dim cannot view) cannot take it, and a sliding-window layer's cache drops the prefix once the sequence
-    passes its window (DynamicSlidingWindowLayer), which the estimate does not model."""
+    PEFT's one head dim cannot view) cannot take it; neither can attention sinks or soft-capped scores (not measured).
+    A sliding window is no matter where PEFT builds ``DynamicCache(past_key_values)``: its layers are plain, so every
+    layer reads all N + s keys under a sliding mask (measured: prefix-tuning-starcoder2.json, window 16 < 64). For
+    Gemma PEFT builds ``DynamicCache(config=...)`` (get_prompt), whose sliding layers (DynamicSlidingWindowLayer)
+    keep only the last window: not measured, refused."""
     if arch.family.classifier:
         return f"prefix tuning is modelled for causal LMs (PEFT's CAUSAL_LM task); {arch.family.name} here is a classifier."
     for group in arch.layer_groups():
@@ -112,9 +115,10 @@ def prefix_problem(arch: Any) -> str:
             kind = type(attn).__name__
             return (f"PEFT's prefix tuning needs every layer to keep keys and values of one head dim in a DynamicCache; "
                     f"this {arch.family.name} model has {kind} layers that do not.")
-        if attn.window or attn.sinks or attn.softcap:
-            return (f"prefix tuning on {arch.family.name}'s sliding-window layers is not modelled: their cache keeps only the "
-                    "last window of keys (DynamicSlidingWindowLayer), so the prefix leaves it once the sequence is longer.")
+        if attn.sinks or attn.softcap or (attn.window and arch.family.name.startswith("gemma")):
+            return (f"prefix tuning on {arch.family.name}'s sliding-window, sink or soft-capped layers is not modelled: PEFT gives "
+                    "Gemma a cache whose sliding layers keep only the last window of keys (DynamicSlidingWindowLayer), and sinks "
+                    "and soft-capping were not measured with a prefix.")
     return ""
 
 
