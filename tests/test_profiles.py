@@ -165,6 +165,25 @@ def test_compiled_torchtune_loss_keeps_the_bf16_chunks_not_an_fp32_log_softmax()
     assert up == {"logits": E * 2, "compiled_saved": E * 4 + 2048 * 16, "fp32_transient": E * 4}
 
 
+def test_a_compiled_chunked_head_peaks_with_its_gradient_summed_over_the_chunks():
+    # T = 2 x 64 = 128 rows, V = 32000, h = 64, 8 chunks of 512,000 logits (1,024,000 B in bf16). Compiled, the loss keeps
+    # every chunk's bf16 logits and 16 B per row (8,194,048 B) plus one chunk's gradient (1,024,000 B); at the second
+    # chunk's head backward one chunk's logits and its gradient are gone: 9,218,048 - 2 x 1,024,000 = 7,170,048 B, beside
+    # the head's gradient summed so far and the new one, 2 x 32000 x 64 x 2 B = 8,192,000 B
+    # (torch/csrc/autograd/input_buffer.cpp; benchmarks/measure_chunked_head.py)
+    keys = {"family": "llama", "hidden-size": 64, "num-layers": 2, "num-heads": 4, "num-kv-heads": 2, "intermediate-size": 160,
+            "vocab-size": 32000, "mode": "train", "dtype": "bf16", "precision": "pure", "batch-size": 2, "seq-len": 64,
+            "optimizer": "adamw", "framework": "torchtune", "loss-chunks": 8}
+    compiled = estimate(adhoc_run({**keys, "compile": True}))
+    backward = next(p for p in compiled.phase_parts if p.name == "backward")
+    assert "head instant" in backward.why
+    assert backward.breakdown["logits"] == 7_170_048 and backward.breakdown["gradients"] == 8_192_000
+    assert compiled.details["backward.gradients.head_accumulation"] == 32000 * 64 * 2
+    # eager, the fp32 log-softmax of every chunk (16,384,000 B) keeps the loss instant the larger one
+    eager = estimate(adhoc_run({**keys, "compile": False}))
+    assert "loss instant" in next(p for p in eager.phase_parts if p.name == "backward").why
+
+
 def test_compile_compiles_the_loss_only_where_the_framework_does():
     # torchtune's recipes call training.compile_loss when compile: True; the HF Trainer's loss stays eager here
     def knobs(framework, compiled):

@@ -13,6 +13,8 @@ backward has reached, so its largest value is at one end; the candidates are:
   layer's backward temporaries (:func:`.transients.backward_transient`) and the head's gradient.
 - ``recompute`` (checkpointing): the kept layer inputs, one recomputed layer, its backward
   temporaries, and every gradient but the last layer's and the embedding's.
+- ``head`` (a chunked head, torchtune's): every saved activation, the loss buffers less one chunk's
+  logits and gradient, and two V x h gradients of the head: the sum so far and the next chunk's.
 - ``end``: every gradient, the gradient flowing into the embedding, and, with tied embeddings, the
   head's V x h gradient waiting in autograd's input buffer beside the embedding's own until the two
   are summed (torch/csrc/autograd/input_buffer.cpp).
@@ -49,7 +51,8 @@ LOSS_ALIVE = {
 }
 
 # What each instant is, for the phase's note.
-INSTANTS = {"loss": "every saved activation and the loss head's buffers", "first layer": "the last layer's backward beside the head's gradient",
+INSTANTS = {"loss": "every saved activation and the loss head's buffers",
+            "head": "the head's gradient summed over the loss chunks beside every saved activation", "first layer": "the last layer's backward beside the head's gradient",
             "recompute": "one checkpointed layer recomputed and back-propagated", "end": "every gradient made"}
 
 
@@ -150,6 +153,18 @@ def backward_instant(run, step: Step, gradients: int) -> Instant:
     if tied:
         end += (("gradients.tied_head_waiting", head_grad),)
     candidates.append(Instant("end", 0, 0, gradients, end))
+    if head_trains and run.knobs.compiled_loss and run.knobs.loss == "chunked" and not run.knobs.keeps_logits \
+            and run.knobs.loss_chunks > 1 and step.trained:
+        # torchtune's chunked head uses the V x h weight once per chunk, and autograd sums those gradients in the
+        # weight's InputBuffer (torch/csrc/autograd/input_buffer.cpp InputBuffer::add: the sum so far and the new
+        # one live together; measured on the CPU: benchmarks/measure_chunked_head.py). Compiled, each chunk's
+        # step keeps only its bf16 logits (trainer_terms.compiled_loss_terms), so by the second chunk's head
+        # backward one chunk's logits and its gradient are gone from the loss's buffers, whether the head runs
+        # in the model (CEWithChunkedOutputLoss) or in the loss (LinearCrossEntropyLoss). Eager, the fp32
+        # log-softmaxes make the loss instant the larger one.
+        one = round(vh * step.gradients / step.trained)
+        chunk = step.detail("logits.logits")  # one chunk's logits in the compute dtype (trainer_terms.loss_terms)
+        candidates.append(Instant("head", saved, max(0, loss - 2 * chunk), one, (("gradients.head_accumulation", one),)))
     if accumulates(run):
         # From the second micro-batch on every gradient exists before backward starts: .grad is kept across
         # micro-batches and AccumulateGrad adds each new gradient into it in place (torch/csrc/autograd/functions/
