@@ -49,13 +49,16 @@ def load(torch, transformers, peft, cfg: Dict[str, Any], case: Dict[str, Any], a
     installed = _functions.MatMul4Bit._installed_forward
     keeps = version_keeps_input(bnb.get("bitsandbytes_version", "0.50.2"))
     _functions.MatMul4Bit.forward = _old_forward(installed) if keeps else staticmethod(installed)
+    # "compute_dtype": bnb_4bit_compute_dtype and the dtype the rest loads in, the same as qlora.py sets them
+    # (fp32 without --bf16/--fp16); bf16 unless the case names it
+    compute = {"bf16": torch.bfloat16, "fp32": torch.float32}[bnb.get("compute_dtype", "bf16")]
     with tempfile.TemporaryDirectory() as folder:
         build(torch, transformers, cfg, torch.bfloat16, attn).save_pretrained(folder)
         gc.collect()
         quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=bnb.get("quant_type", "nf4"),
                                                 bnb_4bit_use_double_quant=bnb.get("double_quant", False),
-                                                bnb_4bit_compute_dtype=torch.bfloat16)
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.bfloat16,
+                                                bnb_4bit_compute_dtype=compute)
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=compute,
                                                                   device_map="cpu", attn_implementation=attn)
     if bnb.get("kbit_prepare"):
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
