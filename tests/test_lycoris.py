@@ -16,25 +16,8 @@ from pytest_llmmem.model.layers import Linear
 from pytest_llmmem.model.lycoris import kron_factors, lokr_tensors
 from pytest_llmmem.report.text import describe_run
 
+from .test_adapters import PYPROJECT  # the toy model: hidden 64, 2 layers, 4 heads, f 128, V 1000, 2 x 32 tokens
 from .test_conformance import estimated_terms
-
-PYPROJECT = """
-[tool.llmmem]
-gpu-memory = "80GiB"
-
-[tool.llmmem.model]
-hidden-size = 64
-num-layers = 2
-num-heads = 4
-intermediate-size = 128
-vocab-size = 1000
-
-[[tool.llmmem.runs]]
-name = "adapted"
-mode = "{mode}"
-batch-size = 2
-seq-len = 32
-"""
 
 
 def _run(mode: str, extra: str = ""):
