@@ -4,6 +4,8 @@
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import sys
 
 from .frontends.cli import main, script

@@ -4,6 +4,8 @@ the specifications are :mod:`pytest_llmmem.catalog.hookspecs`.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from .catalog.hookspecs import (
     PROJECT,
     hookimpl,

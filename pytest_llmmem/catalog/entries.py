@@ -5,6 +5,8 @@ from below, and neither imports the other back.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Optional, Tuple
 
 from ..record import Record

@@ -27,6 +27,8 @@ Parts:
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Dict, FrozenSet, Iterable, Tuple
 
 PARTS = ("rms-norm", "glu", "rope", "cross-entropy", "fused-linear-cross-entropy", "fast-lora")

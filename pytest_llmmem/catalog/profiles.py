@@ -14,6 +14,8 @@ as a plugin's are; a run's ``framework`` is looked up in the catalog. Adding a f
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import did_you_mean, shown as shown_value, shown_name

@@ -6,6 +6,8 @@ checked against the model and the adapter entry (model/adapters.py). Split from 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Dict, Tuple
 
 from ..core.run import MODES

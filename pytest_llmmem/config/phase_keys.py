@@ -7,6 +7,8 @@ profile. job_phases.py prices what these keys describe.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Dict, Sequence
 
 from ..record import Record

@@ -15,6 +15,8 @@ a job's save or load sets the peak; a phase without ``over`` is shown as its own
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .records import CUBLAS_WORKSPACE_BYTES, FRAGMENTATION, cuda_context_bytes

@@ -5,6 +5,8 @@ serving) so that each imports the record from below instead of from the core fun
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Dict, Optional, Tuple
 
 from ..record import Record

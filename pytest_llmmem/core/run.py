@@ -3,6 +3,8 @@
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Optional, Tuple, Union
 
 from ..catalog.entries import DType, Optimizer

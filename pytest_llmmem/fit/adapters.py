@@ -9,6 +9,8 @@ where the adapters' own states are a large part of the step (a wide rank, a smal
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import List, Tuple
 
 from ..core.run import Run

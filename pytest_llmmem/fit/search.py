@@ -7,6 +7,8 @@ logit and KV-cache term is linear or quadratic in them), so a binary search find
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Callable, List, Optional
 
 from ..catalog.registry import default_catalog

@@ -17,6 +17,8 @@ is downloaded and no checkpoint is read.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Dict, Optional
 
 from ..errors import ConfigError

@@ -12,6 +12,8 @@ repository (scanning stops after MAX_ENTRIES entries, and says so).
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import os
 import stat
 from typing import Any, Dict, List, Optional, Sequence

@@ -4,6 +4,8 @@ a download. Offline unless the project says ``allow-network = true`` (or ``--all
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import re

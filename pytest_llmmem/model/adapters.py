@@ -23,6 +23,8 @@ that lengthen every sequence, or enter every layer's keys and values) ``prompt``
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Callable, List, Optional, Tuple
 
 from ..errors import ConfigError

@@ -9,6 +9,8 @@ Llama-2-7B 6,738,415,616; Mixtral-8x7B 46,702,792,704; ...).
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, List, Optional, Tuple
 
 from ..errors import ConfigError

@@ -9,6 +9,8 @@ cache per sequence. What each kind keeps for backward lives in :mod:`activations
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from functools import lru_cache
 from typing import Any, List, Tuple

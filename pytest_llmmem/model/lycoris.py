@@ -16,6 +16,8 @@ is the largest). LoKr's ``decompose-both`` and ``decompose-factor`` choose its f
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from functools import partial
 from typing import Any, Dict, Tuple

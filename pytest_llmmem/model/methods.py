@@ -4,6 +4,8 @@ the LyCORIS ones (:mod:`lycoris`) and the prompt-learning ones (:mod:`prompts`),
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Optional
 
 from ..errors import ConfigError

@@ -10,6 +10,8 @@ attention reads seq-len + N keys. Split from :mod:`adapters`, which holds the ad
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, NamedTuple, Optional, Tuple
 
 from .adapters import Adapter, Saved

@@ -12,6 +12,8 @@ MLA latent, Mamba state), the GPU memory the CUDA runtime reports, and the start
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Dict, List, Tuple
 
 from ..errors import ConfigError

@@ -17,6 +17,8 @@ after (the fp16/bf16 optimizers of apex O2 and DeepSpeed's non-ZeRO path do this
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import contextlib
 import warnings
 from typing import Dict, Optional

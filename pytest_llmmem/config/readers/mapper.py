@@ -4,6 +4,8 @@ each came from, the guarded YAML loader with key lines, format detection and the
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import os
 import re
 from functools import lru_cache

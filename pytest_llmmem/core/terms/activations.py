@@ -12,6 +12,8 @@ groundtruth.jsonl): GPT-2 keeps 28 * s*b*h fp32 per layer, LLaMA in bf16 8 + (4 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 from ...record import Record
@@ -316,9 +318,7 @@ def layer_saved(
     trainable: Trainable,
     input_requires_grad: bool = True,
     amp: bool = False,
-    tp: int = 1,
-    sp: bool = False,
-    prefix: int = 0,
+    tp: int = 1, sp: bool = False, prefix: int = 0,
 ) -> Dict[str, int]:
     """Bytes one decoder layer of ``group`` keeps for backward, by sub-block, on one tensor-parallel rank.
 

@@ -28,6 +28,8 @@ The terms' full sizes stay in the estimate's details; the breakdown shows what i
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Dict, Tuple
 
 from ...record import Record

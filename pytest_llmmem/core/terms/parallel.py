@@ -23,6 +23,8 @@ docs, forward/backward prefetch), so 16 B/param / N plus two gathered units.
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Dict, Optional
 

@@ -6,6 +6,8 @@ and the largest layer's transient (transients.forward_transient) with the logits
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Dict, List, Tuple
 

@@ -9,6 +9,8 @@ immutable :class:`Step`; the phases (job_phases.py, recipes.py) list its terms a
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Dict, Optional, Tuple
 

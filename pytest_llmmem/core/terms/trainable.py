@@ -5,6 +5,8 @@ it, fused kernels, a 4-bit base that keeps its input). Split from :mod:`.activat
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Any, Dict, FrozenSet, Tuple
 
 from ...model.adapters import module_kept

@@ -7,6 +7,8 @@ the optimizer implementation (foreach / fused / for-loop, paged, 8-bit) of the o
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Dict, List, Optional, Tuple
 

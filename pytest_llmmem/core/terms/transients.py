@@ -5,6 +5,8 @@ counts the tensors autograd keeps; these are the bytes that come and go within a
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
+from __future__ import annotations
+
 from typing import Optional
 
 from .activations import FP32, fast_lora_mlp
