@@ -12,7 +12,7 @@ at the optimizer step (fp32 gradients on the masters) + 800 MiB = 118.13 GiB of 
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_llmmem.report.layout import unfit
@@ -62,6 +62,7 @@ def test_one_leading_colon_is_escaped_too():
     assert log_line(":x") == "\\:x" and log_line("  \u034f:x") == "  \\\u034f:x"
 
 
+@settings(deadline=None)  # string code: an example past 200 ms on a loaded runner is noise, not a finding
 @given(st.one_of(st.text(), st.lists(st.sampled_from(INJECTIONS + [" ", "\n", ":", "#", "[", "\u034f", "\u3000"])).map("".join)))
 def test_no_text_survives_as_a_command(text):
     assert commands(log_text(text)) == []
