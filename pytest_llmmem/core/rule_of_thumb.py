@@ -22,7 +22,7 @@ def rule_of_thumb(run: Run) -> Estimate:
         trainable = params
     elif run.trains:  # an adapter run (adapters.py)
         if isinstance(run.model, Architecture):
-            trainable = run.adapter.params(run.model, run.lora_rank, run.lora_targets, virtual_tokens=run.virtual_tokens, encoder=run.prompt_encoder)
+            trainable = run.adapter_params(run.model)
         else:
             notes.append("LoRA adapter count needs the architecture: the adapters are left out")
     if trainable:

@@ -197,6 +197,11 @@ class Run(Record):
             return entry.dora(entry)  # use-dora: the same method with DoRA's magnitude vectors
         return entry
 
+    def adapter_params(self, arch: Architecture, trained_only: bool = False) -> int:
+        """The adapter's parameters on ``arch`` at this run's rank, targets and prompt (adapters.Adapter.params)."""
+        return self.adapter.params(arch, self.lora_rank, self.lora_targets, trained_only=trained_only,
+                                   virtual_tokens=self.virtual_tokens, encoder=self.prompt_encoder)
+
     @property
     def trains(self) -> bool:
         return self.mode != "inference"

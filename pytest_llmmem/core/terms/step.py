@@ -160,7 +160,7 @@ def step_terms(run: Run) -> Step:
         if arch is None:
             notes.append("LoRA adapters need the architecture to count: give config or the architecture keys")
         else:
-            trainable = run.adapter.params(arch, run.lora_rank, run.lora_targets, virtual_tokens=run.virtual_tokens, encoder=run.prompt_encoder)
+            trainable = run.adapter_params(arch)
             experts_note = peft_target_problem(arch.family.name, arch.linears(), run.lora_targets)[1]
             if experts_note:
                 notes.append(experts_note)
@@ -173,7 +173,7 @@ def step_terms(run: Run) -> Step:
                 weights += details["weights.adapter_projections"]
             # Adapters train in their own dtype: PEFT keeps them fp32, so grads and states are fp32 too.
             # A bypassed adapter (Linear.wrap) gets no .grad, and torch AdamW keeps no state for it.
-            trained = run.adapter.params(arch, run.lora_rank, run.lora_targets, trained_only=True, virtual_tokens=run.virtual_tokens, encoder=run.prompt_encoder)
+            trained = run.adapter_params(arch, trained_only=True)
             gradients = round(trained * adapter_bytes)
             optimizer_states, opt_note = _optimizer_bytes(run.optimizer, run, trained, adapter_bytes, False)
             # modules-to-save: PEFT's ModulesToSaveWrapper trains a full copy of each named module in the model's
