@@ -83,12 +83,13 @@ def main() -> int:
     import torch
 
     from pytest_llmmem.model.layers import Linear
-    from pytest_llmmem.model.lycoris import LOHA, LOKR, configured
+    from pytest_llmmem.model.lycoris import LOHA, LOKR
 
     for method, d_in, d_out, rank, options, dtype in CASES:
         peak, grads = backward_peak(torch, peft, method, d_in, d_out, rank, options, dtype)
         keys = {"rank_dropout": "rank-dropout", "decompose_both": "decompose-both", "decompose_factor": "decompose-factor"}
-        entry = configured(LOHA if method == "loha" else LOKR, {keys[k]: v for k, v in options.items()})
+        base = LOHA if method == "loha" else LOKR
+        entry = base.configure(base, {keys[k]: v for k, v in options.items()})
         estimated = entry.backward_transient(Linear("x", "lin", d_in, d_out, False), rank, 4, {"bf16": 2, "fp32": 4}[dtype], TOKENS)
         weight = d_in * d_out * 4
         print(f"{method} {dtype} {d_in}->{d_out} r{rank} {options}: measured {peak:,} B ({peak / weight:.3f} weights; of it {grads:,} adapter "

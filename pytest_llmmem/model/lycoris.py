@@ -39,11 +39,11 @@ def _summary(label: str, options: Tuple[Tuple[str, Any], ...], rank: int, target
     return f"{label} {rank_on_targets(rank, targets)}" + (f" ({shown})" if shown else "")
 
 
-def _cast_input(lin: Linear, adapter_bytes: int, act: int) -> Tuple[bool, int]:
+def _cast_input(width: int, adapter_bytes: int, act: int) -> Tuple[bool, int]:
     """``_cast_input_dtype(input, delta.dtype)`` (peft/tuners/tuners_utils.py): a new tensor in the adapter dtype, kept
     by F.linear for the delta's gradient; the input itself (kept, no new bytes) when the dtypes agree."""
     same = adapter_bytes == act
-    return same, 0 if same else lin.d_in * adapter_bytes
+    return same, 0 if same else width * adapter_bytes
 
 
 # --- LoHa: delta = (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / r (Hyeon-Woo et al. 2022, FedPara; PEFT LoHaConfig) ---------
@@ -59,7 +59,7 @@ def loha_saved_on(lin: Linear, rank: int, adapter_bytes: int, act: int, dropout:
     """HadaWeight.forward saves its four factors (parameters: nothing new) and the fp32 scale tensor; F.linear keeps
     the cast input and, where the input needs a gradient, the rebuilt delta (d_in x d_out, adapter dtype; each of
     ``count`` experts its own); rank-dropout's in-place ``weight *= drop`` keeps drop (d_out, the delta's dtype)."""
-    same, cast = _cast_input(lin, adapter_bytes, act)
+    same, cast = _cast_input(lin.d_in, adapter_bytes, act)
     return Saved(same, cast, per_output_fixed=adapter_bytes * lin.count if rank_dropout else 0,
                  per_weight_grad=adapter_bytes * lin.count, fixed=SCALE_TENSOR_BYTES * lin.count)
 
@@ -131,7 +131,7 @@ def lokr_saved_on(lin: Linear, rank: int, adapter_bytes: int, act: int, dropout:
     (w1_a @ w1_b, w2_a @ w2_b) is a new tensor kept per module, a full one is the parameter; F.linear keeps the cast
     input and, where the input needs a gradient, the delta; rank-dropout keeps drop (d_out, ``.float()``: fp32)."""
     (a, c), (b, d), full1, full2 = lokr_shapes(lin, rank, decompose_both, factor)
-    same, cast = _cast_input(lin, adapter_bytes, act)
+    same, cast = _cast_input(lin.d_in, adapter_bytes, act)
     factors = (0 if full1 else a * c) + (0 if full2 else b * d)
     return Saved(same, cast, per_output_fixed=FP32 * lin.count if rank_dropout else 0,
                  per_weight_grad=adapter_bytes * lin.count, fixed=factors * adapter_bytes * lin.count)
@@ -156,35 +156,41 @@ def lokr_merge(numel: int, quantized: bool, compute_bytes: int, adapter_bytes: i
     return 2 * numel * adapter_bytes
 
 
-def configured(adapter: Adapter, options: Dict[str, Any]) -> Adapter:
-    """The entry a run's rank-dropout, module-dropout, decompose-both and decompose-factor make of LoHa or LoKr
-    (``options``: the keys as written, with their values; defaults left out)."""
-    rank_dropout = options.get("rank-dropout", 0.0) > 0
+def _with_options(adapter: Adapter, options: Dict[str, Any], **fields: Any) -> Adapter:
+    """The entry with ``fields`` replaced and the options (``options``: the keys as written, defaults left out) in its summary."""
     shown = tuple(sorted(options.items()))
-    if adapter.name == "lokr":
-        shape = dict(decompose_both=bool(options.get("decompose-both", False)), factor=int(options.get("decompose-factor", -1)))
-        adapter = adapter._replace(tensors=partial(lokr_tensors, **shape), saved_on=partial(lokr_saved_on, rank_dropout=rank_dropout, **shape),
-                                   backward_transient=partial(lokr_backward_transient, rank_dropout=rank_dropout))
-    else:
-        adapter = adapter._replace(saved_on=partial(loha_saved_on, rank_dropout=rank_dropout))
-    return adapter._replace(options=shown, summary=partial(_summary, adapter.label, shown))
+    return adapter._replace(options=shown, summary=partial(_summary, adapter.label, shown), **fields)
+
+
+def configured_loha(adapter: Adapter, options: Dict[str, Any]) -> Adapter:
+    """The entry a run's rank-dropout and module-dropout make of LoHa."""
+    rank_dropout = options.get("rank-dropout", 0.0) > 0
+    return _with_options(adapter, options, saved_on=partial(loha_saved_on, rank_dropout=rank_dropout))
+
+
+def configured_lokr(adapter: Adapter, options: Dict[str, Any]) -> Adapter:
+    """The entry a run's rank-dropout, module-dropout, decompose-both and decompose-factor make of LoKr."""
+    rank_dropout = options.get("rank-dropout", 0.0) > 0
+    shape = dict(decompose_both=bool(options.get("decompose-both", False)), factor=int(options.get("decompose-factor", -1)))
+    return _with_options(adapter, options, tensors=partial(lokr_tensors, **shape),
+                         saved_on=partial(lokr_saved_on, rank_dropout=rank_dropout, **shape),
+                         backward_transient=partial(lokr_backward_transient, rank_dropout=rank_dropout))
 
 
 def _no_width_saved(width: int, rank: int, adapter_bytes: int, act: int, dropout: bool = False) -> Saved:
     """The cast input by width alone; what a module keeps is ``saved_on`` (it needs the module's shape)."""
-    same = adapter_bytes == act
-    return Saved(same, 0 if same else width * adapter_bytes)
+    return Saved(*_cast_input(width, adapter_bytes, act))
 
 
 LOHA = Adapter("loha", "LoHa (PEFT LoHaConfig): the weight delta as the Hadamard product of two rank-r products, rebuilt in full "
                "in every forward", adapted_linears, loha_tensors, _no_width_saved, loha_merge, keys=LYCORIS_KEYS,
                summary=partial(_summary, "LoHa", ()), forward_transient=loha_forward_transient, rank_source="PEFT's LoHaConfig default r",
-               outer=False, expert_params=False, saved_on=loha_saved_on, label="LoHa", configure=configured,
+               outer=False, expert_params=False, saved_on=loha_saved_on, label="LoHa", configure=configured_loha,
                backward_transient=loha_backward_transient, refuses_4bit=PACKED_4BIT)
 LOKR = Adapter("lokr", "LoKr (PEFT LoKrConfig): the weight delta as the Kronecker product of two small factors, rebuilt in full "
                "in every forward", adapted_linears, lokr_tensors, _no_width_saved, lokr_merge,
                keys=LYCORIS_KEYS + ("decompose-both", "decompose-factor"), summary=partial(_summary, "LoKr", ()),
                forward_transient=lokr_forward_transient, rank_source="PEFT's LoKrConfig default r", outer=False, expert_params=False,
-               saved_on=lokr_saved_on, label="LoKr", configure=configured, backward_transient=lokr_backward_transient,
+               saved_on=lokr_saved_on, label="LoKr", configure=configured_lokr, backward_transient=lokr_backward_transient,
                refuses_4bit=PACKED_4BIT)
 LYCORIS = (LOHA, LOKR)
