@@ -12,15 +12,16 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
+from ..record import Record
 from .adapters import Adapter, Saved
 from .layers import Attention, Linear
 
 INDEX_BYTES = 8  # the int64 indices of the virtual tokens an Embedding keeps for backward (EmbeddingBackward0)
 
 
-class PromptEncoder(NamedTuple):
+class PromptEncoder(Record):
     """What turns the virtual tokens into their values, as PEFT's prompt-learning configs set it (run keys in brackets)."""
 
     projection: bool = False  # PrefixTuningConfig.prefix_projection (prefix-projection): an MLP between embedding and K/V
@@ -54,15 +55,18 @@ def nothing_merged(numel: int, quantized: bool, compute_bytes: int, adapter_byte
     return 0
 
 
-def prompt_summary(virtual_tokens: int, targets: Tuple[str, ...]) -> str:
-    """'prompt tuning, 20 virtual tokens'."""
-    return f"prompt tuning, {virtual_tokens} virtual tokens"
+def _tokens_summary(label: str) -> Callable[[int, Tuple[str, ...]], str]:
+    """A method's summary in a report: '<label>, 20 virtual tokens'."""
+    def summary(virtual_tokens: int, targets: Tuple[str, ...]) -> str:
+        return f"{label}, {virtual_tokens} virtual tokens"
+    summary.__doc__ = f"'{label}, 20 virtual tokens'."
+    return summary
 
 
 PROMPT_TUNING = Adapter(
     "prompt-tuning", "prompt tuning (PEFT PromptTuningConfig): num-virtual-tokens trained embeddings prepended to every "
     "sequence, the whole model frozen", no_linears, lambda lin, rank: (), nothing_saved, nothing_merged,
-    keys=("num-virtual-tokens", "adapter-dtype"), summary=prompt_summary, rank_source="", outer=False, expert_params=False,
+    keys=("num-virtual-tokens", "adapter-dtype"), summary=_tokens_summary("prompt tuning"), rank_source="", outer=False, expert_params=False,
     label="prompt tuning", prompt=prompt_embedding)
 
 
@@ -122,13 +126,6 @@ def prefix_problem(arch: Any) -> str:
                     "Gemma a cache whose sliding layers keep only the last window of keys (DynamicSlidingWindowLayer), and sinks "
                     "and soft-capping were not measured with a prefix.")
     return ""
-
-
-def _tokens_summary(label: str):
-    def summary(virtual_tokens: int, targets: Tuple[str, ...]) -> str:
-        return f"{label}, {virtual_tokens} virtual tokens"
-    summary.__doc__ = f"'{label}, 20 virtual tokens'."
-    return summary
 
 
 PREFIX_TUNING = PROMPT_TUNING._replace(
