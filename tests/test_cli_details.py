@@ -3,6 +3,7 @@
 import re
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,42 @@ def test_output_closed_early_is_quiet(tmp_path):
     assert "internal error" not in err and "Traceback" not in err
     assert code == 1  # over budget: 7B params in bf16 are 14 GB of weights against 1 GiB
     assert len(json.loads(report.read_text())["runs"]) == 400  # the report is still written in full
+
+
+def test_reader_gone_before_the_annotations_keeps_the_verdict_and_the_step_files(
+        write_pyproject, monkeypatch, tmp_path):
+    """Under Actions the text is printed, then the annotations: a reader that goes away between the two
+    used to end the run with exit 2 and no summary or step outputs (`| head` in a pipefail step)."""
+    from pytest_llmmem.frontends.cli import main
+
+    class ReaderGoneAtAnnotations:
+        """A stdout whose reader leaves when the first workflow command ("::error ...") is written."""
+        encoding = "utf-8"
+        errors = "backslashreplace"
+
+        def __init__(self, sink):
+            self.sink, self.text = sink, []
+
+        def write(self, text):
+            if text.startswith("::"):
+                raise BrokenPipeError(32, "Broken pipe")
+            self.text.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+        def fileno(self):  # closed_reader points this descriptor at devnull
+            return self.sink.fileno()
+
+    write_pyproject(FITTING.replace('params = "1B"', 'params = "70B"'))  # 70e9 x 2 B = 130 GiB of weights: over
+    _actions(monkeypatch, tmp_path)
+    with open(tmp_path / "sink", "w") as sink:
+        monkeypatch.setattr(sys, "stdout", ReaderGoneAtAnnotations(sink))
+        code = main(["check", "pyproject.toml", "--format", "github"])
+    assert code == 1  # the verdict, not a configuration error
+    assert (tmp_path / "output.txt").read_text().startswith("fits=false\n")
+    assert "| serve |" in (tmp_path / "summary.md").read_text()
 
 
 # --- every config key is a flag of `llmmem estimate` (issue 23 part 5) ----------------------------

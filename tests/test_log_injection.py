@@ -198,11 +198,11 @@ def test_every_print_goes_through_the_log_filter():
                    and not line.lstrip().startswith(("#", "def ")))
     assert found == [  # output._print is the one print() of the CLI; each of its callers filters what it passes
         "frontends/output.py: _print(json_text(json.dumps(combined, indent=2)), sys.stdout)  # a log may show it: no \"##[\" command",
+        "frontends/output.py: _print(line, sys.stdout)  # the runner's commands: not log_text, which would defuse them",
         "frontends/output.py: _print(log_text(text), sys.stderr if error else sys.stdout)",
         "frontends/output.py: print(text, file=stream)",
         "frontends/pytest_checks.py: terminalreporter.write_line(annotation)",
         "frontends/pytest_checks.py: terminalreporter.write_line(f\"{'run':<{width}}  {'total':>12}  {'budget':>12}  {'used':>7}  verdict   (GiB = 1024^3 bytes)\")",
         "frontends/pytest_checks.py: terminalreporter.write_line(log_text(line), red=verdict.startswith(\"FAIL\"), green=verdict == \"PASS\")",
         "frontends/pytest_checks.py: terminalreporter.write_line(log_text(message), red=True)",
-        "report/github.py: print(line)",
     ]

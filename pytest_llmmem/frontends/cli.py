@@ -231,7 +231,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except ConfigError as err:
         say(f"llmmem: error: {err}", error=True)
         return EXIT_ERROR
-    except BrokenPipeError:  # a write that is not say()'s (the annotations): stop quietly, the verdict unknown
+    except BrokenPipeError:  # a write that bypassed say and the guarded printer: stop quietly, the verdict unknown
         closed_reader(sys.stdout)
         return EXIT_ERROR
     except Exception as err:  # never a traceback for a user; LLMMEM_DEBUG=1 shows it

@@ -98,7 +98,10 @@ def emit(results: List[Any], args: argparse.Namespace, hook: bool = False) -> in
     if fmt == "github":
         from ..report import github
 
-        github.report(documents, fits, json_path, hook)
+        for line in github.annotation_lines(documents, os.environ.get("GITHUB_WORKSPACE")):
+            _print(line, sys.stdout)  # the runner's commands: not log_text, which would defuse them
+        if not hook:  # the pre-commit hook prints the annotations only: it writes no file, the runner's included
+            github.write_step_files(documents, fits, json_path)
     return EXIT_OK if fits else EXIT_OVER
 
 

@@ -194,10 +194,7 @@ class LlmmemChecks:
             if os.environ.get("GITHUB_ACTIONS") == "true":
                 from ..report import github
 
-                lines: List[str] = []
-                for doc in documents:
-                    lines += github.annotations(doc["file"], doc["runs"], os.environ.get("GITHUB_WORKSPACE"))
-                for annotation in github.capped(lines):  # one cap across every file checked
+                for annotation in github.annotation_lines(documents, os.environ.get("GITHUB_WORKSPACE")):
                     terminalreporter.write_line(annotation)
         for message in self.messages:
             terminalreporter.write_line(log_text(message), red=True)

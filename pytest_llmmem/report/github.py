@@ -210,18 +210,18 @@ def append_summary(documents: Sequence[Mapping[str, Any]], workspace: Optional[s
             handle.write(step_summary(workspace_path(doc["file"], workspace), doc["runs"]))
 
 
-def report(documents: List[Any], fits: bool, json_path: Optional[str], hook: bool) -> None:
-    """Annotations on stdout, the job summary and the step outputs, as GitHub Actions reads them.
-    The pre-commit hook prints the annotations only: it writes no file, the runner's included."""
-    workspace = os.environ.get("GITHUB_WORKSPACE")
+def annotation_lines(documents: Sequence[Mapping[str, Any]], workspace: Optional[str]) -> List[str]:
+    """Every report's annotations, under one cap across every file checked; the front-end prints them
+    (a reader that goes away must not cost the summary or the step outputs)."""
     lines: List[str] = []
     for doc in documents:
         lines += annotations(doc["file"], doc["runs"], workspace)
-    for line in capped(lines):  # one cap across every file checked
-        print(line)
-    if hook:
-        return
-    append_summary(documents, workspace)
+    return capped(lines)
+
+
+def write_step_files(documents: Sequence[Mapping[str, Any]], fits: bool, json_path: Optional[str]) -> None:
+    """The job summary and the step outputs, where the runner provides their files."""
+    append_summary(documents, os.environ.get("GITHUB_WORKSPACE"))
     outputs = os.environ.get("GITHUB_OUTPUT")
     if outputs:
         with open(outputs, "a", encoding="utf-8") as handle:
