@@ -94,3 +94,22 @@ def test_measure_write_stores_the_calibration(torch_available, tmp_path, run_cli
     run_cli("measure", path, "--run", "sft", "--device", "cpu", "--write")  # a second write replaces the line
     assert path.read_text().count("calibration = ") == 1
     assert load(path).run("serve").calibration is None
+
+
+def test_measured_steps_run_with_the_collector_on(tmp_path, run_cli, monkeypatch):
+    """The CLI pauses the cyclic collector for a check; a measured step's autograd graphs and hooks are
+    cycles, so `llmmem measure` turns it back on (and leaves it as it found it afterwards)."""
+    import gc
+
+    from pytest_llmmem.frontends import measure as measure_module
+
+    seen = []
+    monkeypatch.setattr(measure_module, "measure", lambda run, **_: seen.append(gc.isenabled()) or run.name)
+    monkeypatch.setattr(measure_module, "render", lambda name: f"measured {name}")
+    path = tmp_path / "pyproject.toml"
+    path.write_text('[tool.llmmem]\ngpu = "L4"\n[tool.llmmem.model]\nparams = "1B"\n'
+                    '[[tool.llmmem.runs]]\nname = "a"\n[[tool.llmmem.runs]]\nname = "b"\n', encoding="utf-8")
+    code, out, _ = run_cli("measure", path)
+    assert code == 0 and out.splitlines() == ["measured a", "measured b"]
+    assert seen == [True, True]
+    assert gc.isenabled()

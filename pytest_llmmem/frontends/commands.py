@@ -141,6 +141,11 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
+    import gc
+
+    # main() pauses the collector for a check's ~65 ms; a measured step builds autograd graphs and module
+    # hooks in reference cycles that only the collector frees, so each run's leftovers would stay resident.
+    gc.enable()
     from ..config.load import load
     from .measure import calibration_of, measure, render, write_calibration
 
