@@ -102,8 +102,8 @@ RL = ROOT / "benchmarks" / "data" / "gpu-rl-h100.jsonl"
 
 
 @pytest.mark.skipif(not RL.exists(), reason="H100 RL measurements not in this checkout")
-@pytest.mark.parametrize("recipe, within", [("dpo", 0.05), ("grpo", 0.15)])
-def test_trl_steps_on_an_h100_are_never_under_estimated(recipe, within):
+@pytest.mark.parametrize("recipe", ["dpo", "grpo"])
+def test_trl_steps_on_an_h100_within_two_percent(recipe):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gpu_rl", ROOT / "benchmarks" / "gpu_rl.py")
@@ -116,6 +116,10 @@ def test_trl_steps_on_an_h100_are_never_under_estimated(recipe, within):
     phases = dict(est.phases) or {"peak": est.total_bytes}
     allocated = max(t - context - (fragmentation if n != "optimizer step" else 0) for n, t in phases.items())
     measured = row["peak_by_step"]["2"]  # TRL 1.16 on an H100, second step, generation included
-    # DPO (4 pairs of 512 + 512 tokens, reference copy): +3.6 %. GRPO (8 x 128 completions, beta 0,
-    # checkpointing): +11.5 %, backward's gradients counted beside every saved activation.
-    assert measured <= allocated <= measured * (1 + within)
+    # The policy's backward is priced at its peak instant, as an SFT step's (core/terms/backward.py). DPO (4 pairs
+    # of 512 + 512 tokens, reference copy) peaks at the loss: every saved activation beside the fused head's
+    # fp32 sums, tile and the bf16 copies it returns: -0.3 %. GRPO (8 x 128 completions, beta 0, checkpointing)
+    # peaks at the end: every gradient and the tied head's waiting beside the embedding's: -1.3 %. Both were
+    # over (+3.6 %, +11.5 %) while every gradient was added to every saved activation. Both rows are under by
+    # about the same 64 MiB, which the recipe's terms do not explain.
+    assert abs(allocated / measured - 1) <= 0.02, allocated / measured

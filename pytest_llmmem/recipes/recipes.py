@@ -25,10 +25,11 @@ from ..core.compose import OVERHEAD, Item, Pairs, Phase, compose, run_overhead
 from ..core.records import TERMS, Estimate
 from ..core.run import RecipeSettings, Run
 from ..core.terms.activations import FP32, INDEX_BYTES
+from ..core.terms.backward import INSTANTS, Instant, backward_instant, instant_details, instant_items
 from ..core.terms.transients import forward_transient
 from ..core.terms.parallel import local_params
 from ..core.terms.prefill import stage_kv
-from ..core.terms.step import step_terms, stored_weight_bytes
+from ..core.terms.step import Step, step_terms, stored_weight_bytes
 from ..core.terms.trainer_terms import optimizer_step
 from ..model.architecture import Architecture
 from .ppo_rollout import ROLLOUT_CHUNK, rollout_phase
@@ -72,7 +73,9 @@ def _fused_head(run: Run, arch: Architecture, rows: int, act: int, details: Pair
     _ChunkedLogProbFunction): no b*s*V logits. It saves a copy of the scored positions' hidden states
     (``hidden_states[mask]``), their int64 targets, and fp32 log-Z and entropy per position; the
     per-token outputs are scattered back through a bool mask each. Backward accumulates grad_hidden
-    in fp32 (and grad_weight in fp32, V x h, when the head trains) and recomputes one tile at a time.
+    in fp32 (and grad_weight in fp32, V x h, when the head trains) and recomputes one tile at a time;
+    it returns ``grad_hidden.to(hidden.dtype)`` and ``grad_weight.to(weight.dtype)``, copies made while
+    the fp32 sums and the tile are still its locals (``fused_backward_casts``).
     Returns (the step's items without its logits, the head's logits items)."""
     rs, s, t = run.recipe, run.seq_len, run.tensor_parallel
     positions_per_row = rs.completion_len or (s - 1)
@@ -88,7 +91,9 @@ def _fused_head(run: Run, arch: Architecture, rows: int, act: int, details: Pair
     head = (("logits.fused_head_input", n * h * act),
             ("logits.per_token", n * (INDEX_BYTES + 2 * FP32) + 2 * rows * (s - 1)),
             ("logits.fused_backward_buffers", n * h * FP32 + min(n, FUSED_TOKEN_TILE) * min(vocab, FUSED_VOCAB_TILE) * act
-             + ((vocab * h * FP32) // t if head_trains else 0)))
+             + ((vocab * h * FP32) // t if head_trains else 0)),
+            # ChunkedLogProbFunction.backward's return: the compute-dtype copies of both sums
+            ("logits.fused_backward_casts", n * h * act + ((vocab * h * act) // t if head_trains else 0)))
     return tuple(kept.items()), head
 
 
@@ -226,13 +231,10 @@ def estimate_recipe(run: Run):
     elif "reference" in recipe.models and not rs.reference:
         notes.append(_no_reference_reason(run, recipe))
     gen, shares, gen_items = _generation(run, recipe, arch, act, notes, partial)
-    dynamic = items + head
-    if arch is not None:
-        states["activations"], states["logits"] = (sum(v for k, v in dynamic if k.startswith(term + ".")) for term in ("activations", "logits"))
-    else:
-        states["activations"], states["logits"] = step.activations, step.logits
-    phases = _phases(run, states, step.kv_cache, {**models, **shares}, dict(value_items).get("value_model.activations", 0),
-                     opt, gen, _carried(policy))
+    policy_step = _policy_step(run, step, items + head, params) if arch is not None else step
+    instant = _policy_instant(plain, recipe, policy_step, states["gradients"], head)
+    phases = _phases(run, policy_step, states, {**models, **shares}, dict(value_items).get("value_model.activations", 0),
+                     opt, gen, _carried(policy), instant)
     comp = compose(phases, run_overhead(run), RECIPE_TERMS, run.calibration)
     if comp.peak == "generation":
         notes.append(f"peak is the generation phase ({rs.generation_batch_size} completions): above the training forward/backward")
@@ -240,7 +242,9 @@ def estimate_recipe(run: Run):
         notes.append("peak is the training step: the generation phase (KV cache, last-token logits) is lower; see details generation.*")
     if run.calibration is not None:
         notes.append(f"calibrated: x {run.calibration} from llmmem measure")
-    details = {**dict(items), **comp.overhead_details, **dict(opt.details), **dict(head), **dict(value_items), **dict(gen_items)}
+    details = {**dict(items), **comp.overhead_details, **dict(opt.details), **dict(head), **dict(value_items), **dict(gen_items),
+               **instant_details(instant), "full.gradients": states["gradients"], "full.activations": policy_step.activations,
+               "full.logits": policy_step.logits}
     return Estimate(run, "detailed", comp.breakdown, params, policy.trainable_params, tuple(notes), details,
                          policy.host_bytes, tuple(partial), policy.approximate, peak_phase=comp.peak,
                          phases=comp.totals if len(comp.phases) > 1 else ())
@@ -308,25 +312,47 @@ def _carried(policy) -> Tuple[Item, ...]:
     return tuple(Item(term, policy.breakdown[term]) for term in ("load", "eval", "save") if policy.breakdown[term])
 
 
-def _phases(run: Run, states: Dict[str, int], kv_cache: int, models: Dict[str, int], value_activations: int,
-            opt, gen: Optional[Dict[str, int]], carried: Tuple[Item, ...]) -> Tuple[Phase, ...]:
+def _policy_step(run: Run, step: Step, dynamic: Pairs, trained_params: int) -> Step:
+    """The policy's step with the recipe's head in place of the plain one: its items, and the activations and
+    loss-head totals they add up to. A reward model's states were scaled to its score model's parameters
+    (_score_model_states); its trained count is scaled alike, so the backward's per-parameter gradient holds."""
+    activations, logits = (sum(v for k, v in dynamic if k.startswith(term + ".")) for term in ("activations", "logits"))
+    params = step.arch.param_count()
+    trained = round(step.trained * trained_params / params) if run.mode == "train" and trained_params != params else step.trained
+    return step._replace(details=tuple(dynamic), activations=activations, logits=logits, trained=trained)
+
+
+def _policy_instant(plain: Run, recipe: Recipe, step: Step, gradients: int, head: Pairs) -> Instant:
+    """The policy's backward peak instant, by the same candidates as an SFT step (terms/backward.py). A recipe's
+    own head is alive whole when backward starts: TRL's fused head saved its input copy, targets, log-Z and
+    entropy (ctx.save_for_backward) and its backward makes the fp32 grad_hidden, grad_weight and one tile before
+    any layer's backward runs (trl/kernels/chunked_logprob.py ChunkedLogProbFunction.backward); a score head's
+    (b, s, 1) output is all it keeps. A score model has no V x h head, so no head gradient is made."""
+    loss = sum(v for _, v in head) if head else None
+    return backward_instant(plain, step, gradients, loss=loss, lm_head=recipe.head != "score")
+
+
+def _phases(run: Run, step: Step, states: Dict[str, int], models: Dict[str, int], value_activations: int,
+            opt, gen: Optional[Dict[str, int]], carried: Tuple[Item, ...], instant: Instant) -> Tuple[Phase, ...]:
     """The step's phases. Every phase holds the policy's weights, master copy and optimizer states,
-    the extra models and the engine share. backward: plus gradients, activations and the loss
-    buffers (transient) and the value model's activations. optimizer step: plus gradients and the
-    step's temporaries (trainer_terms.optimizer_step). generation (in-process): plus the KV cache,
-    generate's logits and one forward's transient; gradients are freed after each optimizer step
-    (Trainer zero_grad(set_to_none=True)) and nothing is kept for backward under no_grad.
+    the extra models and the engine share. backward: plus the policy's gradients, saved activations and
+    loss buffers at its peak instant (terms/backward.py, as an SFT step's) and the value model's
+    activations. optimizer step: plus gradients and the step's temporaries (trainer_terms.optimizer_step).
+    generation (in-process): plus the KV cache, generate's logits and one forward's transient; gradients
+    are freed after each optimizer step (Trainer zero_grad(set_to_none=True)) and nothing is kept for
+    backward under no_grad.
     """
     resident = [Item("weights", states["weights"]), Item("master_weights", states["master_weights"]),
-                Item("optimizer_states", states["optimizer_states"]), Item("kv_cache", kv_cache)]
+                Item("optimizer_states", states["optimizer_states"]), Item("kv_cache", step.kv_cache)]
     resident += [Item(term, models.get(term, 0) - (value_activations if term == "value_model" else 0)) for term in RL_TERMS]
     gradients = Item("gradients", states["gradients"])
     temps = opt.temporaries
-    backward = resident + [gradients, Item("value_model", value_activations), Item("activations", states["activations"], transient=True),
-                           Item("logits", states["logits"], transient=True)]
+    alive, *policy = instant_items(step, states["gradients"], instant)
+    backward = resident + [alive, Item("value_model", value_activations)] + policy
     if opt.in_backward:
         backward.append(Item("optimizer_step", temps))
-    phases = [Phase("backward", tuple(backward), carried=carried)]
+    phases = [Phase("backward", tuple(backward), why=f"the backward peaks at its {instant.name} instant ({INSTANTS[instant.name]})",
+                    carried=carried)]
     if temps and not opt.in_backward:
         phases.append(Phase("optimizer step", tuple(resident + [gradients, Item("optimizer_step", temps)]), over=("backward",),
                             excess="optimizer_step", carried=carried))

@@ -30,9 +30,10 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ...record import Record
+from ..compose import Item
 from .transients import backward_transient
 from .step import Step, trainable_for
 
@@ -111,12 +112,16 @@ def adapter_backward(run, arch, act: int, tokens: int) -> int:
                 for lin in adapter.touches(arch, run.lora_targets)), default=0)
 
 
-def backward_instant(run, step: Step, gradients: int) -> Instant:
-    """The largest of the candidate instants (module docstring), ``gradients`` being the step's gradient bytes."""
+def backward_instant(run, step: Step, gradients: int, loss: Optional[int] = None, lm_head: bool = True) -> Instant:
+    """The largest of the candidate instants (module docstring), ``gradients`` being the step's gradient bytes.
+
+    A recipe's policy (recipes/recipes.py) replaces the step's head: ``loss`` is then its head's bytes alive when
+    backward starts (default :func:`loss_alive`), and ``lm_head`` False says the model has no V x h output head
+    (a reward model's h x 1 score), so no head gradient is made."""
     arch = step.arch
     recomputed = step.detail("activations.recomputed_layer")
     saved = step.activations - recomputed
-    loss = loss_alive(run, step)
+    loss = loss_alive(run, step) if loss is None else loss
     if arch is None:
         return Instant("loss", saved, loss, gradients, ())
     act = run.dtype.compute_bytes
@@ -125,7 +130,7 @@ def backward_instant(run, step: Step, gradients: int) -> Instant:
     per_param = gradients / step.trained if step.trained else 0
     vh = arch.vocab_size * arch.hidden_size // t
     whole = set(run.modules_to_save)
-    head_trains = not arch.family.classifier and (run.mode == "train" or "lm_head" in whole)
+    head_trains = lm_head and not arch.family.classifier and (run.mode == "train" or "lm_head" in whole)
     embed_trains = run.mode == "train" or "embed_tokens" in whole
     tied = arch.tie_embeddings and head_trains and embed_trains and not arch.family.classifier
     matrix = round(vh * per_param)  # one V x h gradient: the head's or the embedding's
@@ -185,3 +190,13 @@ def accumulates(run) -> bool:
 def instant_details(instant: Instant) -> Dict[str, int]:
     """The instant's own items for the estimate's details, under ``backward.`` (not part of any term's full size)."""
     return {f"backward.{name}": value for name, value in instant.extra if value}
+
+
+def instant_items(step: Step, gradients: int, instant: Instant) -> List[Item]:
+    """The backward phase's items for the step's own terms: gradients, saved activations and loss buffers at their
+    full size, ``alive`` at the instant, then the instant's own temporaries (each under its term). Shared by the
+    SFT step (job_phases.step_phases) and a recipe's policy (recipes/recipes.py), so both compose one backward."""
+    own = [Item(name.split(".")[0], value, transient=name.startswith("activations.")) for name, value in instant.extra]
+    return [Item("gradients", gradients, alive=instant.gradients),
+            Item("activations", step.activations, transient=True, alive=instant.activations),
+            Item("logits", step.logits, transient=True, alive=instant.logits)] + own

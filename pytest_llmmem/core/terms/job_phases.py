@@ -20,7 +20,7 @@ from ...units import format_bytes
 from ..compose import Item, Phase, overhead_slot
 from .activations import FP32
 from .transients import forward_transient
-from .backward import INSTANTS, backward_instant
+from .backward import INSTANTS, backward_instant, instant_items
 from .step import Step
 from .trainer_terms import StepOptimizer
 
@@ -247,11 +247,8 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
         return (Phase("prefill", tuple(prefill)),)
     forward = _adapter_forward(run, step, states + [optimizer], opt.gradients)
     instant = backward_instant(run, step, opt.gradients)
-    own = [Item(name.split(".")[0], value, transient=name.startswith("activations.")) for name, value in instant.extra]
-    backward = states + [Item("gradients", opt.gradients, alive=instant.gradients), optimizer,
-                         Item("activations", step.activations, transient=True, alive=instant.activations),
-                         Item("logits", step.logits, transient=True, alive=instant.logits)] + own \
-        + [Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
+    gradients, *alive = instant_items(step, opt.gradients, instant)
+    backward = states + [gradients, optimizer] + alive + [Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
     why = f"the backward peaks at its {instant.name} instant ({INSTANTS[instant.name]})"
     if opt.in_backward:
         return forward + (Phase("backward", tuple(backward + [Item("optimizer_step", opt.temporaries)]), why),)
