@@ -363,7 +363,7 @@ def test_reward_model_trains_a_score_head_not_an_lm_head():
     assert full.params == 9_643_520
     assert (full.breakdown["weights"], full.full("gradients"), full.breakdown["optimizer_states"]) == (9_643_520 * 2, 9_643_520 * 2, 9_643_520 * 4)
     lora = estimate(adhoc_run(dict(TINY, recipe="reward", mode="lora", **{"batch-size": 1, "max-length": 128})))
-    sft_lora = estimate(adhoc_run(dict(TINY, mode="lora", **{"batch-size": 2, "seq-len": 128})))
+    sft_lora = estimate(adhoc_run(dict(TINY, mode="lora", **{"batch-size": 2, "seq-len": 16})))
     assert sft_lora.breakdown["weights"] - lora.breakdown["weights"] == 32000 * 256 * 2
 
 
@@ -430,3 +430,17 @@ def test_llmmem_fit_lists_the_recipe_switches(write_pyproject, run_cli):
     assert code == 1  # the run as declared is over budget
     for switch in ('mode = "lora"', "beta = 0.0", 'generation = "vllm-server"', "num-generations = "):
         assert switch in out, switch
+
+
+def test_a_reward_models_backward_makes_no_lm_head_gradient():
+    """The policy's backward is priced at its peak instant (core/terms/backward.py). Full training of the tiny LLaMA
+    with tied embeddings ends with every gradient: the SFT step of the same rows also holds the tied head's V x h
+    bf16 gradient waiting beside the embedding's (32000 x 256 x 2 B); a reward model's h x 1 score head makes none."""
+    keys = dict(TINY, mode="train", dtype="bf16", precision="pure", **{"tie-embeddings": True})
+    sft = estimate(adhoc_run(dict(keys, **{"batch-size": 2, "seq-len": 16})))
+    reward = estimate(adhoc_run(dict(keys, recipe="reward", **{"batch-size": 1, "max-length": 16})))
+    assert sft.details["backward.gradients.tied_head_waiting"] == 32000 * 256 * 2
+    assert "backward.gradients.tied_head_waiting" not in reward.details
+    # it ends with every gradient made and the (2 rows x 16, 256) bf16 gradient flowing into the embedding
+    assert reward.breakdown["gradients"] == reward.full("gradients")
+    assert reward.details["backward.activations.embedding_grad_input"] == 2 * 16 * 256 * 2
