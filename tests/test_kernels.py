@@ -3,6 +3,7 @@ mappings of the trainers' flags, and the errors a user sees."""
 
 import pytest
 
+from pytest_llmmem.catalog.kernels import applied
 from pytest_llmmem.config.load import adhoc_run, parse
 from pytest_llmmem.core.terms.activations import layer_saved
 from pytest_llmmem.core.terms.trainable import Trainable
@@ -131,3 +132,35 @@ def test_trainer_flags_map_to_kernels(tmp_path, name, text, kernels, loss):
     run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "{tmp_path / name}"\n', base_dir=tmp_path).runs[0]
     assert run.knobs.kernels == kernels and run.knobs.loss == loss
     assert not any("liger" in r or "unsloth" in r for r in run.not_modelled)
+
+
+# A small Gemma 3: 4 query heads over 2 KV heads (grouped), head dim 16, h = 64, f = 160, V = 512, 2 layers.
+GEMMA3 = {"family": "gemma3_text", "hidden-size": 64, "num-layers": 2, "num-heads": 4, "num-kv-heads": 2, "head-dim": 16,
+          "intermediate-size": 160, "vocab-size": 512, "mode": "lora", "dtype": "bf16", "batch-size": 2, "seq-len": 16,
+          "optimizer": "adamw", "lora-targets": ["all-linear"]}
+
+
+def test_unsloth_gemma3_attention_runs_on_the_math_sdpa_backend():
+    # unsloth_zoo patch_Gemma3Attention calls SDPA with the mask and enable_gqa: the math backend keeps the scaled fp32 q,
+    # the scaled fp32 K^T and the fp32 V repeated to 4 heads (3 x T x a x d x 4 B = 3 x 32 x 4 x 16 x 4 = 24,576 B), the
+    # fp32 probabilities (b x a x s x s x 4 = 2 x 4 x 16 x 16 x 4 = 8,192 B) and the reshaped copy o_proj takes
+    # (T x a x d x 2 = 4,096 B): 36,864 B. The fused SDPA count keeps bf16 q, k, v (T x (a + 2 kv) x d x 2 = 8,192), the
+    # output (4,096) and the fp32 log-sum-exp (b x a x s x 4 = 512): 12,800 B. 24,064 B more per layer.
+    arch = adhoc_run(GEMMA3).model
+    math = layer_saved(arch, batch=2, seq=16, act=2, flash=True, trainable=Trainable(full=True, kernels=frozenset({"sdpa-math"})))
+    fused = layer_saved(arch, batch=2, seq=16, act=2, flash=True, trainable=Trainable(full=True))
+    assert sum(math.values()) - sum(fused.values()) == 24_064
+    # the part comes with the unsloth kernels on Gemma 3 only; a Llama under Unsloth keeps SDPA's count
+    assert "sdpa-math" in applied(("unsloth",), "gemma3")[0] and "sdpa-math" not in applied(("unsloth",), "llama")[0]
+    assert "sdpa-math" not in applied(("liger",), "gemma3")[0]
+
+
+def test_unsloth_gemma3_backward_makes_two_fp32_score_matrices():
+    # At s = 64, b = 1 the math backend's backward makes attn @ V's gradient for the probabilities and _safe_softmax's
+    # gradient, both fp32: 2 x a x s x s x 4 = 2 x 4 x 64 x 64 x 4 = 131,072 B, wider than the MLP's (PEFT's gated MLP,
+    # dropout on: 3 x T x f x 2 = 61,440 B), beside the (T, h) gradient flowing out (64 x 64 x 2 = 8,192 B): 139,264 B.
+    # Without Unsloth the fused SDPA makes no score matrix and the MLP's 61,440 + 8,192 = 69,632 B count.
+    keys = {**GEMMA3, "batch-size": 1, "seq-len": 64, "lora-dropout": 0.05, "gradient-checkpointing": True}
+    unsloth, hf = estimate(adhoc_run({**keys, "framework": "unsloth"})), estimate(adhoc_run(keys))
+    assert unsloth.details["backward.activations.backward_transient"] == 139_264
+    assert hf.details["backward.activations.backward_transient"] == 69_632

@@ -23,6 +23,12 @@ Parts:
   gate, up and down all adapted keeps X, gate and up (unsloth/kernels/fast_lora.py:110
   save_for_backward(..., X, e, g)) and recomputes act(gate) * up; q/k/v and o keep their input and
   the adapter weights only (fast_lora.py:418, :612), no r-wide adapter output.
+- ``sdpa-math``: attention that reaches PyTorch's math SDPA backend, which keeps the fp32 probabilities
+  (activations.py prices it). Unsloth's Gemma 3 attention calls ``scaled_dot_product_attention`` with the
+  mask and ``enable_gqa`` (unslothai/unsloth-zoo @ d8644f7, 2025-04-07, unsloth_zoo/temporary_patches.py
+  patch_Gemma3Attention; still so in temporary_patches/gemma.py patch_Gemma3Attention_generic @ HEAD), a call
+  no fused kernel takes: flash rejects a mask and the efficient kernel has no grouped-query heads
+  (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp: check_batch_size_and_num_heads_dense<false> in its list).
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 from typing import Dict, FrozenSet, Iterable, Tuple
 
-PARTS = ("rms-norm", "glu", "rope", "cross-entropy", "fused-linear-cross-entropy", "fast-lora")
+PARTS = ("rms-norm", "glu", "rope", "cross-entropy", "fused-linear-cross-entropy", "fast-lora", "sdpa-math")
 
 # A kernel name -> the parts it replaces. "liger" is what apply_liger_kernel_to_llama (and
 # AutoLigerKernelForCausalLM, HF's use_liger_kernel) patches by default: rope, rms_norm, swiglu and
@@ -58,14 +64,21 @@ LIGER_MODEL_TYPES = frozenset((
     "hunyuan_v1_dense hunyuan_v1_moe exaone4").split())
 
 
+# The model types whose attention Unsloth replaces with a math-backend SDPA call (``sdpa-math`` above):
+# unsloth_zoo/temporary_patches.py patch_Gemma3Attention patches transformers' gemma3 module, which serves
+# Gemma3ForCausalLM (gemma3_text) and Gemma3ForConditionalGeneration (gemma3) alike.
+UNSLOTH_MATH_SDPA_TYPES = frozenset(("gemma3", "gemma3_text"))
+
+
 def applied(names: Tuple[str, ...], model_type: str) -> Tuple[FrozenSet[str], str]:
     """The parts that apply to a model of ``model_type``, and a note when Liger has no patch for it."""
+    own = frozenset({"sdpa-math"}) if "unsloth" in names and model_type in UNSLOTH_MATH_SDPA_TYPES else frozenset()
     liger = tuple(n for n in names if n.startswith("liger"))
     if not liger or model_type in LIGER_MODEL_TYPES:
-        return parts(names), ""
+        return parts(names) | own, ""
     note = (f"Liger has no kernels for model_type {model_type!r} (liger_kernel/transformers/monkey_patch.py:3534): "
             f"{', '.join(liger)} change nothing here")
-    return parts(n for n in names if n not in liger), note
+    return parts(n for n in names if n not in liger) | own, note
 
 
 def parts(names: Iterable[str]) -> FrozenSet[str]:

@@ -120,7 +120,16 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
         for heads in (a, kv):
             kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=heads * d, rows=tokens * (heads if per_head else 1), kernels=t.kernels)
     score_elems = p.batch * a * p.seq * kv_len
-    if p.flash and fam.sdpa:
+    if math_sdpa(attn, t, p.prefix):
+        # PyTorch's math SDPA backend (aten/src/ATen/native/transformers/attention.cpp _scaled_dot_product_attention_math):
+        # q, k and v upcast to fp32 (allowFP16BF16ReductionMathSDP is off by default), K and V repeated to every query
+        # head (pre_process_group_query_attention_input), and the matmuls keep the scaled q, the scaled K^T, the repeated
+        # V and the fp32 probabilities (_safe_softmax's result, also attn @ V's input); the 16-bit q, k, v are only
+        # cast, so nothing keeps them.
+        kept += 3 * tokens * a * d * FP32 + score_elems * FP32 - tokens * (a + 2 * kv) * d * act
+        # the (b, H, s, d) output transposed and reshaped (Unsloth's patch) is a copy, o_proj's input
+        o_input_kept = tokens * a * d * act if t.keeps_input(lin["o"].name, act) else 0
+    elif p.flash and fam.sdpa:
         # SDPA/flash keep their output and a fp32 log-sum-exp per row (Dao et al. 2022), no s*s matrix.
         kept += tokens * a * d * act + p.batch * a * p.seq * FP32
         if attn.window and p.seq >= attn.window and kv < a and not p.prefix:
@@ -166,6 +175,12 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
     o_own += tokens * t.cast_copy(lin["o"].name, a * d)
     kept += o_input_kept + o_own
     return shared, kept
+
+
+def math_sdpa(attn: Any, trainable: Trainable, prefix: int = 0) -> bool:
+    """Whether this attention runs on PyTorch's math SDPA backend: a patch that calls SDPA with a mask and grouped-query
+    heads (catalog/kernels.py ``sdpa-math``); without grouped heads the efficient kernel takes the mask."""
+    return "sdpa-math" in trainable.kernels and isinstance(attn, Attention) and attn.kv_heads < attn.heads and not prefix
 
 
 def _latent_saved(arch: Architecture, attn: LatentAttention, lin: Dict[str, Linear], p: Pass) -> Tuple[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .activations import FP32, fast_lora_mlp
+from .activations import FP32, fast_lora_mlp, math_sdpa
 from .attention_masks import model_masks, sdpa_layer_mask
 from .trainable import Trainable
 from ...model.layers import LatentAttention, LayerGroup, MoE, NoMLP, StateSpace
@@ -76,6 +76,9 @@ def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *
     DW, into which its SwiGLU backward kernel writes h, df and de over DW, e and g, and dX goes into X
     (unsloth/kernels/fast_lora.py:156 DW = matmul_lora(dY, ...), :157 _backward_function(DW, e, g),
     :194 torch.matmul(df, upW.t(), out = X); unsloth/kernels/swiglu.py:107-109 tl.store into DW, e, g).
+    Attention on the math SDPA backend (activations.math_sdpa) makes two fp32 score matrices beside its kept
+    probabilities: attn @ V's gradient for the probabilities, then _safe_softmax's (tools/autograd/derivatives.yaml
+    _safe_softmax: _softmax_backward_data(grad, result, ...)); the wider of the two sub-blocks counts.
     """
     group = group or arch.layer_groups()[0]
     tokens = batch * seq
@@ -87,4 +90,7 @@ def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *
     else:
         routed = mlp.top_k if isinstance(mlp, MoE) else 1
         width = routed * mlp.d_ff * (3 if mlp.gated else 2)
-    return tokens * (width // tp + arch.hidden_size) * act
+    scores = 0
+    if trainable is not None and math_sdpa(group.attention, trainable):
+        scores = 2 * batch * group.attention.heads * seq * seq * FP32
+    return max(tokens * width * act, scores) // tp + tokens * arch.hidden_size * act
