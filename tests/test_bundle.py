@@ -104,13 +104,17 @@ BUNDLED_COUNTS = {
     # (×60); ln_f 2·8192. The instruct release's file is the one bundled, so both ids count the same
     "tiiuae/falcon-40b": 41_303_293_952,
     "tiiuae/falcon-40b-instruct": 41_303_293_952,
+    # Issue 23 part 4, fourth pass: Hub files at a stated revision (a research capsule's downloads). Llama-3.1-8B's
+    # shape (the card's 8.03B) and Qwen2.5-1.5B's (the card's 1.54B, 1.31B non-embedding: 1,543,714,304 - 151936·1536)
+    "deepseek-ai/DeepSeek-R1-Distill-Llama-8B": 8_030_261_248,
+    "Qwen/Qwen2.5-1.5B-Instruct": 1_543_714_304,
 }
 
 # The ids issue 23 part 4 bundled (second pass on): each is estimated offline through the CLI below.
 NEWLY_BUNDLED = ("Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-3B", "Qwen/Qwen3-14B", "Qwen/Qwen3-4B",
                  "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
                  "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1", "microsoft/phi-4",
-                 "tiiuae/falcon-40b-instruct")
+                 "tiiuae/falcon-40b-instruct", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "Qwen/Qwen2.5-1.5B-Instruct")
 
 
 def _bundled_config(model_id: str) -> dict:
