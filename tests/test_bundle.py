@@ -111,6 +111,10 @@ BUNDLED_COUNTS = {
     # gemma-3-4b-it (the card's 4B; the same count as test_families.py's gemma-3-4b-pt: text 3,880,263,168 with the
     # tied 262,208-token embedding, the SigLIP tower and projector 419,816,304) from its sparse published file
     "google/gemma-3-4b-it": 4_300_079_472,
+    # Mistral-Small-24B-Instruct-2501 by hand (the card's 24B): untied embedding and head 2·131072·5120 = 1,342,177,280;
+    # per layer q and o 2·5120·4096, k and v 2·5120·1024, gate/up/down 3·5120·32768, 2 RMSNorms 2·5120 = 555,755,520
+    # (×40); final norm 5120
+    "mistralai/Mistral-Small-24B-Instruct-2501": 23_572_403_200,
 }
 
 # The ids issue 23 part 4 bundled (second pass on): each is estimated offline through the CLI below.
@@ -118,7 +122,7 @@ NEWLY_BUNDLED = ("Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-3B", "Qwen/Qwen3-14B", "Qwen/
                  "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
                  "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1", "microsoft/phi-4",
                  "tiiuae/falcon-40b-instruct", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "Qwen/Qwen2.5-1.5B-Instruct",
-                 "google/gemma-3-4b-it")
+                 "google/gemma-3-4b-it", "mistralai/Mistral-Small-24B-Instruct-2501")
 
 
 def _bundled_config(model_id: str) -> dict:
