@@ -68,6 +68,10 @@ class Phase(Record):
     # Terms shown when this phase sets the peak but not counted in its total. Kept only where a
     # recipe's figures carry them today (recipes.py says which); nothing new should use it.
     carried: Tuple[Item, ...] = ()
+    # The phase's items at its other candidate instants (the backward's: terms/backward.py backward_instants).
+    # ``items`` is the instant with the most allocated; another may hold more short-lived bytes, and so more
+    # reserved: the composer takes each high-water mark over all of them (Overhead.fragmented).
+    instants: Tuple[Tuple[Item, ...], ...] = ()
 
     @property
     def resident(self) -> Tuple[Item, ...]:
@@ -89,10 +93,22 @@ class Overhead(Record):
         return self.fixed + self.fragmented(phase)
 
     def fragmented(self, phase: Phase) -> int:
-        """Reserved beyond allocated: a share of the transient bytes (records.FRAGMENTATION)."""
+        """Reserved beyond allocated: the phase's reserved peak less its allocated peak, at each instant a share of
+        the transient bytes (records.FRAGMENTATION). The two peaks are separate high-water marks (torch/cuda/memory.py
+        max_memory_allocated: "allocated_bytes.all.peak", max_memory_reserved: "reserved_bytes.all.peak"), so the
+        reserved one is the largest allocated + slack over the phase's instants, wherever its allocated peak is."""
         if self.fragmentation is None:
             return 0
-        return round(self.fragmentation * sum(i.at_peak for i in phase.transient))
+        reserved = max(allocated(items) + self._slack(items) for items in (phase.items,) + phase.instants)
+        return reserved - allocated(phase.items)
+
+    def _slack(self, items: Sequence[Item]) -> int:
+        return round(self.fragmentation * sum(i.at_peak for i in items if i.transient))
+
+
+def allocated(items: Sequence[Item]) -> int:
+    """The bytes the items hold at the phase's instant, without the overhead the composer adds."""
+    return sum(i.at_peak for i in items if i.term != OVERHEAD)
 
 
 def training_overhead(overhead_bytes: Optional[int], torch_version: Tuple[int, ...] = ()) -> Overhead:
@@ -160,7 +176,7 @@ def _shown(phase: Phase, overhead: Overhead) -> Shown:
         value = own if item.term == OVERHEAD else item.at_peak
         if value or item.shown_if_zero:
             out[item.term] = out.get(item.term, 0) + value
-    total = sum(i.at_peak for i in phase.items if i.term != OVERHEAD) + own
+    total = allocated(phase.items) + own
     return Shown(phase.name, total, out, phase.why)
 
 

@@ -113,7 +113,14 @@ def adapter_backward(run, arch, act: int, tokens: int) -> int:
 
 
 def backward_instant(run, step: Step, gradients: int, loss: Optional[int] = None, lm_head: bool = True) -> Instant:
-    """The largest of the candidate instants (module docstring), ``gradients`` being the step's gradient bytes.
+    """The candidate instant with the most bytes allocated (what max_memory_allocated and the trace see)."""
+    return max(backward_instants(run, step, gradients, loss, lm_head), key=lambda i: i.total)
+
+
+def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = None, lm_head: bool = True) -> List[Instant]:
+    """Every candidate instant (module docstring), ``gradients`` being the step's gradient bytes. The composer takes
+    the reserved peak over all of them (compose.Phase.instants): the one with the most allocated need not hold the
+    most short-lived bytes.
 
     A recipe's policy (recipes/recipes.py) replaces the step's head: ``loss`` is then its head's bytes alive when
     backward starts (default :func:`loss_alive`), and ``lm_head`` False says the model has no V x h output head
@@ -123,7 +130,7 @@ def backward_instant(run, step: Step, gradients: int, loss: Optional[int] = None
     saved = step.activations - recomputed
     loss = loss_alive(run, step) if loss is None else loss
     if arch is None:
-        return Instant("loss", saved, loss, gradients, ())
+        return [Instant("loss", saved, loss, gradients, ())]
     act = run.dtype.compute_bytes
     tokens = run.batch_size * -(-run.seq_len // run.context_parallel)
     t = run.tensor_parallel
@@ -179,7 +186,7 @@ def backward_instant(run, step: Step, gradients: int, loss: Optional[int] = None
         # step (transformers/trainer.py _inner_training_loop: optimizer.step() then model.zero_grad()). So every
         # instant holds all of them; the new gradient being added is one parameter's, freed at once (not counted).
         candidates = [c._replace(gradients=gradients) for c in candidates]
-    return max(candidates, key=lambda i: i.total)
+    return candidates
 
 
 def accumulates(run) -> bool:

@@ -20,7 +20,7 @@ from ...units import format_bytes
 from ..compose import Item, Phase, overhead_slot
 from .activations import FP32
 from .transients import forward_transient
-from .backward import INSTANTS, backward_instant, instant_items
+from .backward import INSTANTS, backward_instant, backward_instants, instant_items
 from .step import Step
 from .trainer_terms import StepOptimizer
 
@@ -247,16 +247,21 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
         return (Phase("prefill", tuple(prefill)),)
     forward = _adapter_forward(run, step, states + [optimizer], opt.gradients)
     instant = backward_instant(run, step, opt.gradients)
-    gradients, *alive = instant_items(step, opt.gradients, instant)
-    backward = states + [gradients, optimizer] + alive + [Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
+    in_backward = [Item("optimizer_step", opt.temporaries)] if opt.in_backward else []
+
+    def backward_at(at) -> Tuple[Item, ...]:
+        gradients, *alive = instant_items(step, opt.gradients, at)
+        return tuple(states + [gradients, optimizer] + alive + [Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
+                     + in_backward)
+
+    others = tuple(backward_at(c) for c in backward_instants(run, step, opt.gradients) if c != instant)
     why = f"the backward peaks at its {instant.name} instant ({INSTANTS[instant.name]})"
-    if opt.in_backward:
-        return forward + (Phase("backward", tuple(backward + [Item("optimizer_step", opt.temporaries)]), why),)
-    if not opt.runs:
-        return forward + (Phase("backward", tuple(backward), why),)
+    backward = Phase("backward", backward_at(instant), why, instants=others)
+    if opt.in_backward or not opt.runs:
+        return forward + (backward,)
     update = states + [Item("gradients", step_gradients(run, step, opt)), optimizer, Item("kv_cache", step.kv_cache), overhead_slot(),
                        Item("optimizer_step", opt.temporaries)]
-    return forward + (Phase("backward", tuple(backward), why), Phase("optimizer step", tuple(update)))
+    return forward + (backward, Phase("optimizer step", tuple(update)))
 
 
 def _adapter_forward(run, step: Step, states: List[Item], gradients: int) -> Tuple[Phase, ...]:
