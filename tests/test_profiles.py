@@ -108,6 +108,7 @@ def test_stock_transformers_shows_no_knobs():
     ("double-quant = false", "always double-quantises its scalers"),
     ('torch-version = "two"', '"two" is not a torch release; expected a string such as "2.0.1"'),
     ("torch-version = 2.0", 'is not a torch release; expected a string such as "2.0.1"'),
+    ('framework-version = "new"', '"new" is not a release number; expected a string such as "2025.3.19" (the torchtune release'),
 ])
 def test_bad_knobs_are_one_paragraph(extra, message):
     with pytest.raises(ConfigError) as info:
@@ -501,3 +502,24 @@ def test_h100_measurements_agree_with_the_terms():
         # the term is at most 5 % under the GPU's peak: upcast 0.4 %, torchtune 2.6 %, litgpt 4.3 % (the hidden
         # states' gradient and the per-chunk backward buffers are not in the loss term)
         assert 0 <= loss[name] / predicted - 1 < 0.05, name
+
+
+def test_unsloth_between_2025_3_10_and_2025_9_9_loads_int8_in_16_bit():
+    # unsloth/models/vision.py FastBaseModel.from_pretrained passed the 8-bit BitsAndBytesConfig only `if load_in_4bit:`
+    # from 2025.3.10 to 2025.9.9 (Profile.ignores_8bit): such a release's int8 run is the bf16 run, byte for byte, and
+    # says where its dtype came from; 2025.9.10 (the fix) and other trainers keep int8 weights.
+    keys = {"family": "llama", "hidden-size": 64, "num-layers": 2, "num-heads": 4, "num-kv-heads": 2, "intermediate-size": 160,
+            "vocab-size": 512, "mode": "lora", "batch-size": 1, "seq-len": 16, "lora-targets": ["all-linear"], "framework": "unsloth"}
+    old = estimate(adhoc_run({**keys, "dtype": "int8", "framework-version": "2025.3.19"}))
+    bf16 = estimate(adhoc_run({**keys, "dtype": "bf16"}))
+    fixed = estimate(adhoc_run({**keys, "dtype": "int8", "framework-version": "2025.9.10"}))
+    current = estimate(adhoc_run({**keys, "dtype": "int8"}))
+    hf = estimate(adhoc_run({**keys, "dtype": "int8", "framework": "transformers", "framework-version": "2025.3.19"}))
+    assert old.run.dtype.name == "bf16" and old.total_bytes == bf16.total_bytes
+    assert dict(old.run.settings_from)["dtype"].startswith("unsloth 2025.3.19 loads load_in_8bit in 16 bit")
+    assert fixed.run.dtype.name == current.run.dtype.name == hf.run.dtype.name == "int8"
+    assert fixed.breakdown["weights"] == current.breakdown["weights"] < old.breakdown["weights"]
+    # without a release the estimate is a current one's, marked approximate with the reason
+    assert any("load dtype = \"int8\" (load_in_8bit) in 16 bit" in a for a in current.approximate)
+    assert not any("load_in_8bit" in a for a in fixed.approximate + hf.approximate)
+    assert ("framework-version", "2025.3.19", "set") in old.run.knobs_shown

@@ -59,6 +59,8 @@ class Profile(Record):
     offload_resident: int = 1
     # compile = true also compiles the loss (its source is cited under "loss"): Inductor's saved set (trainer_terms.loss_terms)
     compiles_loss: bool = False
+    # releases [first, fixed) of the trainer that load a dtype = "int8" (load_in_8bit) model in 16 bit; () = none
+    ignores_8bit: Tuple[Tuple[int, ...], ...] = ()
 
 
 # The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
@@ -124,6 +126,10 @@ PROFILES: Dict[str, Profile] = {
         },
         kernels=("unsloth",),
         offload_resident=2,  # the last layer's input, kept, and the GPU_BUFFER the others come back into
+        # unsloth/models/vision.py FastBaseModel.from_pretrained built the 8-bit BitsAndBytesConfig but passed it only
+        # `if load_in_4bit:` from load_in_8bit's arrival (f35d597, 2025-03-12, 2025.3.10; FastLanguageModel sends
+        # load_in_8bit there too, loader.py) to `if load_in_4bit or load_in_8bit:` (4e2b121, 2025-09-28, 2025.9.10)
+        ignores_8bit=((2025, 3, 10), (2025, 9, 10)),
     ),
     # Lightning-AI/litgpt @ 2685705 (2026-06-29).
     "litgpt": Profile(
@@ -164,6 +170,7 @@ class Knobs(Record):
     torch_version: Tuple[int, ...] = ()
     offload_resident: int = 1  # the profile's (Profile.offload_resident)
     compiled_loss: bool = False  # the loss runs under torch.compile (compile = true and Profile.compiles_loss)
+    framework_version: Tuple[int, ...] = ()  # the trainer's own release (framework-version); () = the profile's (a current one)
 
 
 # torch releases whose foreach Adam/AdamW keep two state-sized lists in the step (torch 2.0
@@ -205,6 +212,8 @@ def shown(knobs: Knobs, *, mode: str, four_bit: str, adapter_dtype: str, adapter
         add("optimizer-impl", knobs.optimizer_impl, stock.optimizer_impl, "optimizer-impl" in knobs.given)
         if knobs.torch_version:
             add("torch-version", ".".join(map(str, knobs.torch_version)), None, True)
+    if knobs.framework_version:
+        add("framework-version", ".".join(map(str, knobs.framework_version)), None, True)
     if four_bit:
         add("double-quant", str(knobs.double_quant).lower(), str(stock.double_quant).lower(), "double-quant" in knobs.given)
         if four_bit == "nf4" and knobs.nf4_layout != stock.nf4_layout:
@@ -224,7 +233,7 @@ def describe(knobs: Knobs, rows: Tuple[Tuple[str, str, str], ...]) -> str:
 # --- reading the knobs from a config ----------------------------------------------------------------
 
 TRAINER_KEYS = ("framework", "loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant",
-                "torch-version")
+                "torch-version", "framework-version")
 # torch-version is not training-only: it also sets the CUDA context of a serving forward (core/records.py)
 _TRAINING_KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl")
 
@@ -292,8 +301,10 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     torch_table = pick("torch-version")
     torch_version = _torch_version(torch_table) if torch_table is not None else ()
     compiled_loss = training and profile.compiles_loss and value("compile", "boolean", False)
+    version_table = pick("framework-version")
+    framework_version = _framework_version(version_table, framework) if version_table is not None else ()
     knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
-                  torch_version, profile.offload_resident, compiled_loss)
+                  torch_version, profile.offload_resident, compiled_loss, framework_version)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
 
@@ -309,6 +320,23 @@ def _torch_version(table) -> Tuple[int, int]:
                          hint='The foreach AdamW step depends on it (torch 2.0 keeps two state-sized lists, 2.1 and later one), '
                               'and the CUDA context and allocator slack (torch 1.x: eager module loading, core/records.py).')
     return parts[0], parts[1]
+
+
+def _framework_version(table, framework: str) -> Tuple[int, ...]:
+    """framework-version = "2025.3.19" (the trainer's own release, as its __version__ prints it)."""
+    raw = table.values["framework-version"]
+    parts = release(raw)
+    if parts is None:
+        label = f'"{shown_name(raw)}"' if isinstance(raw, str) else shown_value(raw)
+        raise table.fail("framework-version", f"{label} is not a release number; expected a string such as \"2025.3.19\" "
+                         f"(the {framework} release, as its __version__ prints it). Leave it out for a current release.",
+                         hint="Unsloth releases 2025.3.10 to 2025.9.9 load dtype = \"int8\" (load_in_8bit) in 16 bit (docs/profiles.md).")
+    return parts
+
+
+def loads_8bit_in_16bit(profile: Profile, version: Tuple[int, ...]) -> bool:
+    """Whether this release of the trainer loads a load_in_8bit model in 16 bit (Profile.ignores_8bit)."""
+    return bool(profile.ignores_8bit and version) and profile.ignores_8bit[0] <= version < profile.ignores_8bit[1]
 
 
 def _kernels(table) -> Tuple[str, ...]:

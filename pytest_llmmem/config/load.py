@@ -28,7 +28,7 @@ from .gpu_keys import budget, parallelism
 from .locate import Locator
 from ..model.architecture import Architecture
 from .model_config import check_values as check_model_values, model_from_table
-from ..catalog.profiles import check_combination as check_trainer, resolve as resolve_trainer, shown as trainer_rows
+from ..catalog.profiles import check_combination as check_trainer, loads_8bit_in_16bit, resolve as resolve_trainer, shown as trainer_rows
 from ..io.projects import find_pyproject, read_json, read_pyproject
 from .phase_keys import job_settings
 from ..core.run import METHODS, PRECISIONS, RecipeSettings, VISION_TOWERS, Run
@@ -207,6 +207,11 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
                                           accumulation, adapts=adapter is not None)
     seq_len = implied.get("seq_len", seq_len)
     trainer = resolve_trainer([table, top], mode=mode, dtype=dtype, seq_len=seq_len or 2048, run_name=name)
+    if dtype.name == "int8" and loads_8bit_in_16bit(ctx.catalog.profile(trainer.knobs.framework), trainer.knobs.framework_version):
+        # the trainer's load ignores load_in_8bit (Profile.ignores_8bit): the base is loaded in 16 bit
+        version = ".".join(map(str, trainer.knobs.framework_version))
+        dtype = ctx.catalog.dtype("bf16")
+        quant_origin += (("dtype", f"{trainer.knobs.framework} {version} loads load_in_8bit in 16 bit (docs/profiles.md): bf16"),)
     checkpointing, selective = checkpoint_setting(table, trainer.gradient_checkpointing and mode != "inference", mode)
     check_trainer(trainer.knobs, table, gradient_checkpointing=checkpointing, micro_batches=parallel["micro_batches"],
                   pipeline_parallel=parallel["pipeline_parallel"])

@@ -19,6 +19,7 @@ from .compose import compose, run_overhead
 from .records import TERMS, Estimate
 from .run import Run
 from ..catalog.kernels import applied as kernels_applied
+from ..catalog.profiles import PROFILES
 from .terms.backward import backward_instant, instant_details
 from .terms.checkpointing import COMPILE_APPROXIMATE, selective_approximate
 from .terms.job_phases import job_note, job_phases, step_phases
@@ -118,6 +119,11 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
         approximate.append(QWEN3_LONG_GENERATE)
     if run.trains and run.knobs.kernels:
         approximate.extend(kernels_approximate(run, arch))
+    eight_bit = PROFILES.get(run.knobs.framework)
+    if run.dtype.name == "int8" and eight_bit is not None and eight_bit.ignores_8bit and not run.knobs.framework_version:
+        first, fixed = (".".join(map(str, v)) for v in eight_bit.ignores_8bit)
+        approximate.append(f"{run.knobs.framework} releases {first} up to {fixed} (not included) load dtype = \"int8\" (load_in_8bit) in 16 bit, "
+                           f"twice these weights (docs/profiles.md): counted as a current release; set framework-version to count an older one")
     if run.trains and any(g.attention.kind == "mamba" for g in arch.layer_groups()):
         approximate.append("Mamba layers' training activations depend on the mamba-ssm CUDA kernels and are estimated, not measured")
     return not_modelled, tuple(approximate)

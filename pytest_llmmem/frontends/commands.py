@@ -25,7 +25,7 @@ _VALUE_FLAGS = {
     "gpu-memory": str,
     "headroom": str, "method": str, "overhead": str, "zero-stage": int, "fsdp": str, "tensor-parallel": int,
     "pipeline-parallel": int, "expert-parallel": int, "offload": str, "micro-batches": int, "gpus-per-node": int,
-    "host-memory": str, "framework": str, "loss": str, "loss-chunks": int, "optimizer-impl": str, "torch-version": str,
+    "host-memory": str, "framework": str, "loss": str, "loss-chunks": int, "optimizer-impl": str, "torch-version": str, "framework-version": str,
     # inference and serving (issue 12)
     "prompt-len": int, "new-tokens": int, "logits": str, "engine": str, "gpu-memory-utilization": float,
     "max-model-len": int, "max-num-seqs": int, "max-num-batched-tokens": int, "kv-cache-dtype": str,
