@@ -69,7 +69,10 @@ def builtin_families() -> List[Family]:
         Family("starcoder2", lora_targets=(), gated_mlp=False, norm="layer", attention_bias="all", tie_default=True,
                names=(("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"), ("up", "c_fc"), ("down", "c_proj")),
                default_act="gelu_pytorch_tanh", doc="bigcode/starcoder2-3b"),
+        # "RefinedWebModel": the model_type falcon-7b's config.json had before the Hub moved it to transformers' Falcon
+        # classes (tiiuae's remote-code configuration_RW.py; n_head, n_layer, the same architecture)
         Family("falcon", lora_targets=("query_key_value",), gated_mlp=False, norm="layer", reader="falcon", tie_default=True, default_act="gelu",
+               aliases=("RefinedWebModel",),
                names=(("qkv", "query_key_value"), ("o", "dense"), ("up", "dense_h_to_4h"), ("down", "dense_4h_to_h")),
                doc="tiiuae/falcon-7b", default_context=(2048, "max_position_embeddings 2,048, FalconConfig's default (configuration_falcon.py; "
                                                         "the published falcon-7b/40b config.json have no length key)")),
