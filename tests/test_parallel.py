@@ -153,23 +153,31 @@ ROOT_UNIT = (2 * 32000 * 1024 + 1024) * 2  # the root unit (embedding, final nor
 CONSTANTS = 4 * 16_777_216 * 4 // 64  # one fp32 absmax per 64 weights (no double quantisation), on both GPUs whole
 STORED = 4 * 16_777_216 // 2 + (2 * 32000 * 1024 + 1024 + 4 * 2 * 1024) * 2  # the base FSDP shards, constants apart
 ADAPTERS = 4 * 2 * 8 * (1024 + 1024) * 4  # r=8 A and B on q_proj and v_proj of 4 layers, fp32
+# FSDP shards the adapters like every other parameter: half of them per GPU, with two units' (layers') adapters
+# gathered for compute (ADAPTERS / 4 each) and one unit's unsharded gradient before its reduce-scatter
+LAYER_ADAPTERS = ADAPTERS // 4
 
 
 def test_fsdp_cpu_offload_leaves_the_gathered_units_of_a_qlora_base():
     # CPUOffload(offload_params=True): the shard lives on the CPU; the GPU holds the root unit (not freed after
     # forward), the layer being computed and the prefetched one, and bitsandbytes' quant_state (not a parameter).
     est = estimate(adhoc_run({**QLORA_FSDP, "offload": "optimizer+params"}))
-    assert est.details["weights.gathered_for_compute"] == ROOT_UNIT + 2 * UNIT == 147_859_456
+    assert est.details["weights.gathered_for_compute"] == ROOT_UNIT + 2 * UNIT + 2 * LAYER_ADAPTERS == 148_121_600
     assert est.details["weights.quant_constants"] == CONSTANTS == 4_194_304
-    assert est.breakdown["weights"] == ROOT_UNIT + 2 * UNIT + CONSTANTS
-    assert est.full("gradients") == est.breakdown["optimizer_states"] == 0
-    # the host: the base shard, the adapters, their gradients and AdamW's two states
-    assert est.details["host.offloaded_per_gpu"] == STORED // 2 + ADAPTERS + ADAPTERS + 2 * ADAPTERS
+    assert est.breakdown["weights"] == ROOT_UNIT + 2 * UNIT + 2 * LAYER_ADAPTERS + CONSTANTS
+    assert est.full("gradients") == LAYER_ADAPTERS and est.breakdown["optimizer_states"] == 0
+    # the host: the base shard, the adapters' shard, their gradients' and AdamW's two states' (half each)
+    assert est.details["host.offloaded_per_gpu"] == STORED // 2 + ADAPTERS // 2 + ADAPTERS // 2 + 2 * ADAPTERS // 2
 
 
 def test_fsdp_without_offload_keeps_the_shard_and_gathers_the_units():
     est = estimate(adhoc_run(QLORA_FSDP))
-    assert est.breakdown["weights"] == STORED // 2 + CONSTANTS + ROOT_UNIT + 2 * UNIT + ADAPTERS == 234_900_480
+    # the adapters' shard (ADAPTERS / 2) and two layers' adapters gathered (2 x ADAPTERS / 4)
+    assert est.details["weights.adapters"] == ADAPTERS // 2
+    assert est.breakdown["weights"] == STORED // 2 + CONSTANTS + ROOT_UNIT + 2 * UNIT + ADAPTERS // 2 + 2 * LAYER_ADAPTERS == 234_900_480
+    # AdamW's two fp32 states of half the adapters; the gradient shard plus one unit's unsharded gradient
+    assert est.full("optimizer_states") == 2 * ADAPTERS // 2
+    assert est.full("gradients") == ADAPTERS // 2 + LAYER_ADAPTERS
     assert "host.offloaded_per_gpu" not in est.details
 
 

@@ -305,9 +305,10 @@ def test_diff_follows_the_yaml_and_the_deepspeed_json_between_two_revisions(tmp_
     assert out.splitlines()[0].endswith("[NO LONGER FITS]") and gib(run1["total_bytes"]) == "5.6"
     assert out.splitlines()[1] == "  settings changed: batch-size 1 -> 64 (lora.yml: micro_batch_size)"
     # ZeRO-3 over 4 GPUs partitions the frozen fp32 weights and gathers the largest module (the 32000 x 2048
-    # embedding, fp32) to compute it; the fp32 adapters stay whole on each GPU
+    # embedding, fp32) to compute it; it partitions the fp32 adapters too (a quarter each) and gathers one of the
+    # 22 layers' adapters at a time (parallel.sharded_adapters)
     assert run64["breakdown"]["weights"] == 1_100_048_384 * 4 + 1_126_400 * 4
-    assert run3["breakdown"]["weights"] == 1_100_048_384 * 4 // 4 + 32000 * 2048 * 4 + 1_126_400 * 4
+    assert run3["breakdown"]["weights"] == 1_100_048_384 * 4 // 4 + 32000 * 2048 * 4 + 1_126_400 * 4 // 4 + 1_126_400 * 4 // 22
     code, out, err = run_cli("diff", sixty_four, zero3, "--format", "markdown")
     assert code == 0, err  # over before, over after: not a regression
     row = out.splitlines()[2]

@@ -127,7 +127,9 @@ def test_each_trainer_config_maps_to_what_its_trainer_keeps(tmp_path, fmt, text,
         assert step.weights + step.master_weights + step.gradients + step.optimizer_states == states
     if precision is None:  # every row's adapters: their count by hand times the dtype the trainer keeps them in
         count = {"axolotl": QV8, "llama-factory": ALL8, "trl": QV16, "litgpt": QV8}[fmt]
-        assert step.trainable == count and step.detail("weights.adapters") == count * run.adapter_dtype.bytes
+        # ZeRO-3 and FSDP full / hybrid shard keep 1/N of them on each GPU, like every other parameter (parallel.sharded_adapters)
+        shards = run.shard_group if run.zero_stage == 3 or run.fsdp in ("full-shard", "hybrid-shard") else 1
+        assert step.trainable == count and step.detail("weights.adapters") == count * run.adapter_dtype.bytes // shards
     reasons = " | ".join(run.not_modelled)
     assert (skipped in reasons) if skipped else not reasons, reasons
 
@@ -205,7 +207,8 @@ def test_zero_or_fsdp_on_the_run_decides_the_precision_too(tmp_path, fmt, text, 
 def test_trl_zero3_on_the_run_keeps_the_adapters_in_the_base_dtype(tmp_path):
     run = _run(tmp_path, "trl", TRL + "use_peft: true\ndtype: bfloat16\n", 'zero-stage = 3\ngpus = 2\n')
     assert run.adapter_dtype.name == "bf16"
-    assert step_terms(run).detail("weights.adapters") == QV16 * 2  # r = 16 on q_proj, v_proj, 2 bytes each
+    # r = 16 on q_proj, v_proj, 2 bytes each, partitioned by ZeRO-3 over the 2 GPUs like every other parameter
+    assert step_terms(run).detail("weights.adapters") == QV16 * 2 // 2
 
 
 TT = "model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\nbatch_size: 1\ntokenizer:\n  max_seq_len: 512\n" \

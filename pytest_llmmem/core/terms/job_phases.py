@@ -75,7 +75,7 @@ def load_phase(run, step: Step) -> Phase:
             # (fsdp_qlora train.py replace_linear skips lm_head; bitsandbytes quantises only nn.Linear in the layers),
             # so it is flattened in 16 bit (fp32 after kbit-prepare) and outweighs a 4-bit decoder layer:
             # Llama-2-7B's 262.4 M root params x 2 B against 202 M x 0.5 B. fsdp_qlora's 7B QLoRA on two GPUs
-            # reports 3.72 GiB reserved after the wrap (benchmarks_03_2024.md), which this phase now puts at 3.09 GiB.
+            # reports 3.72 GiB reserved after the wrap (benchmarks_03_2024.md), which this phase now puts at 2.96 GiB.
             rest = FP32 if run.kbit_prepare else dtype.compute_bytes
             unit = max(unit, (arch.embedding_params() + arch.head_params()) * (local.params / params if params else 1) * rest)
         copies = round(2 * unit)

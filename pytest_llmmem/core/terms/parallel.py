@@ -192,6 +192,41 @@ def adapter_base(run: Run, arch: Optional[Architecture], weights: float, share: 
     return AdapterBase(shard + constants + gathered, shard, constants, gathered, stored / N if offloaded else 0.0)
 
 
+class ShardedAdapters(Record):
+    """A LoRA run's trained adapters on one GPU under FSDP or ZeRO-3 (the input figures unchanged without)."""
+
+    weights: float  # the adapters' own storage kept on this GPU (their shard)
+    gathered: float  # adapters all-gathered for compute beside it
+    gradients: float  # the gradient shard (what offload moves)
+    gradient_unit: float  # one unit's unsharded gradient before its reduce-scatter, on the GPU
+    optimizer_states: float
+    paged: float  # bitsandbytes paged states (host side), sharded alike
+
+
+def sharded_adapters(run: Run, arch: Optional[Architecture], weights: float, gradients: float, optimizer_states: float,
+                     paged: float) -> ShardedAdapters:
+    """The adapters are parameters of the wrapped units like every other, so they are sharded like the full model's.
+
+    FSDP1 shards every FlatParameter of a sharded strategy (torch/distributed/fsdp/_flat_param.py FlatParamHandle.shard);
+    PEFT's and fsdp_qlora's wrap policy makes each trainable leaf (lora_A, lora_B) a unit of its own (peft/utils/other.py
+    fsdp_auto_wrap_policy lambda_policy_fn; fsdp_qlora train.py:442-477 get_wrapping_policy, FSDP(...) at :724); FSDP2's
+    fully_shard chunks every parameter of the module on dim 0 (torch/distributed/fsdp/_fully_shard/_fsdp_param.py
+    FSDPParam._init_sharded_param); ZeRO-3 partitions every parameter. Gradients are reduce-scattered to the shard and
+    the optimizer, built on the sharded parameters, keeps states for the shard only. As for the full model
+    (model_states): under full/hybrid shard two units are gathered (the current and the prefetched; at most one decoder
+    layer's adapters each, ZeRO-3 one) with one unit's unsharded gradient; shard-grad-op keeps the parameters unsharded
+    from forward to the end of backward.
+    """
+    if arch is None or (run.fsdp == "none" and run.zero_stage != 3):
+        return ShardedAdapters(weights, 0.0, gradients, 0.0, optimizer_states, paged)
+    N, layers = run.shard_group, max(1, arch.num_layers)
+    if run.fsdp == "shard-grad-op":
+        kept, gathered = weights, 0.0
+    else:
+        kept, gathered = weights / N, (1 if run.zero_stage == 3 else 2) * weights / layers
+    return ShardedAdapters(kept, gathered, gradients / N, gradients / layers, optimizer_states / N, paged / N)
+
+
 class OffloadedAdapters(Record):
     """A LoRA run's trained adapters under offload: what leaves the GPU, and what stays of their states."""
 

@@ -25,7 +25,8 @@ from ...model.architecture import Architecture
 from ...model.layers import peft_target_problem
 from ...model.adapters import lora_saved, outer_targets
 from ..compose import Pairs
-from .parallel import LocalParams, adapter_base, frozen_params, host_bytes_per_node, local_params, model_states, offloaded_adapter_states
+from .parallel import (LocalParams, adapter_base, frozen_params, host_bytes_per_node, local_params, model_states,
+                       offloaded_adapter_states, sharded_adapters)
 from .prefill import prefill_terms, stage_groups
 from ..run import Run
 from .trainer_terms import Tensors, bnb_state_bytes, four_bit_bytes, loss_terms, offloaded_layer_inputs, trainable_tensors
@@ -165,8 +166,6 @@ def step_terms(run: Run) -> Step:
             if experts_note:
                 notes.append(experts_note)
             adapter_bytes = run.adapter_dtype.bytes
-            details["weights.adapters"] = round(trainable * adapter_bytes)
-            weights += details["weights.adapters"]
             if run.adapter.shared is not None:  # frozen tensors the method adds once (VeRA's projections), in the adapter dtype
                 layers = run.adapter.touches(arch, run.lora_targets)
                 details["weights.adapter_projections"] = round(run.adapter.shared(layers, run.lora_rank) * adapter_bytes)
@@ -174,8 +173,15 @@ def step_terms(run: Run) -> Step:
             # Adapters train in their own dtype: PEFT keeps them fp32, so grads and states are fp32 too.
             # A bypassed adapter (Linear.wrap) gets no .grad, and torch AdamW keeps no state for it.
             trained = run.adapter_params(arch, trained_only=True)
-            gradients = round(trained * adapter_bytes)
             optimizer_states, opt_note = _optimizer_bytes(run.optimizer, run, trained, adapter_bytes, False)
+            if bnb:
+                optimizer_states, paged = bnb_state_bytes(run.optimizer, tensors)
+            shards = sharded_adapters(run, arch, trainable * adapter_bytes, trained * adapter_bytes, optimizer_states, paged)
+            details["weights.adapters"] = round(shards.weights)
+            weights += details["weights.adapters"] + round(shards.gathered)
+            if shards.gathered:
+                details["weights.gathered_for_compute"] = details.get("weights.gathered_for_compute", 0) + round(shards.gathered)
+            gradients, optimizer_states, paged = round(shards.gradients), round(shards.optimizer_states), shards.paged
             # modules-to-save: PEFT's ModulesToSaveWrapper trains a full copy of each named module in the model's
             # dtype beside the frozen original (peft/utils/other.py ModulesToSaveWrapper: deepcopy of the module),
             # so weights, gradients and optimizer states of a hidden x vocab matrix each, in that dtype.
@@ -186,11 +192,12 @@ def step_terms(run: Run) -> Step:
                 trainable += whole
                 gradients += round(whole * act)
                 optimizer_states += _optimizer_bytes(run.optimizer, run, whole, act, False)[0]
-            if bnb:
-                optimizer_states, paged = bnb_state_bytes(run.optimizer, tensors)
             off = offloaded_adapter_states(run, details["weights.adapters"], gradients, optimizer_states)
             weights -= off.weights
             gradients, optimizer_states = off.gradients, off.optimizer_states
+            if shards.gradient_unit:  # on the GPU until reduce-scattered, whatever offload moves
+                details["gradients.buckets"] = round(shards.gradient_unit)
+                gradients += details["gradients.buckets"]
             host_base += off.host
         if host_base:
             details["host.offloaded_per_gpu"] = round(host_base)
