@@ -191,7 +191,8 @@ def test_output_closed_early_is_quiet(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.readline()
     proc.stdout.close()  # as head does after its first line
-    err = proc.stderr.read().decode()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
     code = proc.wait(timeout=60)
     assert "internal error" not in err and "Traceback" not in err
     assert code == 1  # over budget: 7B params in bf16 are 14 GB of weights against 1 GiB
