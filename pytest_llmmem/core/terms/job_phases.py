@@ -20,7 +20,7 @@ from ...units import format_bytes
 from ..compose import Item, Phase, overhead_slot
 from .activations import FP32
 from .transients import forward_transient
-from .backward import INSTANTS, backward_instant, backward_instants, instant_items
+from .backward import INSTANTS, backward_instants, instant_items
 from .step import Step
 from .trainer_terms import StepOptimizer
 
@@ -246,7 +246,8 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
                             Item("logits", step.logits, transient=True), Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
         return (Phase("prefill", tuple(prefill)),)
     forward = _adapter_forward(run, step, states + [optimizer], opt.gradients)
-    instant = backward_instant(run, step, opt.gradients)
+    candidates = backward_instants(run, step, opt.gradients)
+    instant = max(candidates, key=lambda i: i.total)  # backward_instant's choice, without building them twice
     in_backward = [Item("optimizer_step", opt.temporaries)] if opt.in_backward else []
 
     def backward_at(at) -> Tuple[Item, ...]:
@@ -254,7 +255,7 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
         return tuple(states + [gradients, optimizer] + alive + [Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
                      + in_backward)
 
-    others = tuple(backward_at(c) for c in backward_instants(run, step, opt.gradients) if c != instant)
+    others = tuple(backward_at(c) for c in candidates if c != instant)
     why = f"the backward peaks at its {instant.name} instant ({INSTANTS[instant.name]})"
     backward = Phase("backward", backward_at(instant), why, instants=others)
     if opt.in_backward or not opt.runs:
