@@ -296,24 +296,34 @@ def test_json_out_to_a_missing_folder_or_a_directory(tmp_path, capsys, monkeypat
 # --- 7. smaller ones ----------------------------------------------------------------------------
 
 
-def test_ten_thousand_runs_parse_fast(tmp_path, capsys):
-    # The duplicate-name check compared each run with every earlier one (10,000 runs: 10.7 s); the
-    # model config is now read and resolved once for all runs. Measured here: 0.5 s of CPU (tomllib
-    # 0.14 s, the locator 0.1 s, about 25 us of checks per run); the bound leaves room for slow CI.
-    (tmp_path / "config.json").write_text(SMALL_LLAMA, encoding="utf-8")
-    runs = "".join(f'[[tool.llmmem.runs]]\nname = "r{i}"\nseq-len = 128\n' for i in range(10_000))
-    path = tmp_path / "pyproject.toml"
+def _many_runs(folder: Path, count: int) -> Path:
+    """A pyproject of ``count`` runs over one small config.json (run i on line 7 + 3 i)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(SMALL_LLAMA, encoding="utf-8")
+    runs = "".join(f'[[tool.llmmem.runs]]\nname = "r{i}"\nseq-len = 128\n' for i in range(count))
+    path = folder / "pyproject.toml"
     path.write_text('[tool.llmmem]\ngpu = "A100-80GB"\n\n[tool.llmmem.model]\nconfig = "config.json"\n\n' + runs, encoding="utf-8")
+    return path
+
+
+def test_ten_thousand_runs_parse_in_linear_time(tmp_path, capsys):
+    # The duplicate-name check compared each run with every earlier one (10,000 runs: 10.7 s). The
+    # bound is on the shape, not the speed (that target is benchmarks/parse_scale.py): ten times the
+    # runs must cost about ten times the CPU (measured 9-13x here, with other jobs on the machine); the quadratic check cost 100x.
     from pytest_llmmem.config.load import load
 
+    small, large = _many_runs(tmp_path / "small", 1_000), _many_runs(tmp_path / "large", 10_000)
     start = time.process_time()
-    project = load(path)
-    seconds = time.process_time() - start
+    load(small)
+    small_seconds = time.process_time() - start
+    start = time.process_time()
+    project = load(large)
+    large_seconds = time.process_time() - start
     assert len(project.runs) == 10_000 and project.runs[-1].line == 6 + 3 * 9_999 + 1
-    assert seconds < 2.0, seconds
-    path.write_text(path.read_text(encoding="utf-8") + '[[tool.llmmem.runs]]\nname = "r5"\n', encoding="utf-8")
-    code, out, err, _ = run(capsys, "check", path)
-    assert code == 2 and err.startswith(f'llmmem: error: {path}:30007: tool.llmmem.runs[10000].name: run name "r5" is used twice.')
+    assert large_seconds < 25 * small_seconds, (small_seconds, large_seconds)
+    large.write_text(large.read_text(encoding="utf-8") + '[[tool.llmmem.runs]]\nname = "r5"\n', encoding="utf-8")
+    code, out, err, _ = run(capsys, "check", large)
+    assert code == 2 and err.startswith(f'llmmem: error: {large}:30007: tool.llmmem.runs[10000].name: run name "r5" is used twice.')
 
 
 def test_long_family_name_is_cut(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 Each category of tests/hostile_cases.py runs through ``llmmem`` in-process in a fresh folder and
 must pass hostile_cases.judge: exit 0/1/2, exit 2 as one error paragraph, no traceback, no
-internal error, within the CPU bound (a second, plus 0.35 ms a run for thousands of runs; here
+internal error, within the CPU bound (a second, plus 1 ms a run for thousands of runs; here
 stretched for loaded CI machines), no file written, no network.
 """
 
