@@ -211,3 +211,18 @@ def test_kept_logits_match_a_real_trainer_evaluate_on_the_cpu(accumulation, tmp_
     run = adhoc_run(keys)
     (held, _), _ = _kept_logits(run, run.model, 128)
     assert held * 4 * 16 * 128 * 4 == peak[0]  # steps held x (4 samples x 16 positions x 128 logits x fp32)
+
+
+def test_text_report_gives_both_torch_peaks():
+    # PyTorch keeps max_memory_allocated and max_memory_reserved apart (torch/cuda/memory.py); a trainer's
+    # log prints one or the other. Reserved is the total less the CUDA context (0.75 GiB on an H100, outside
+    # the caching allocator); allocated also leaves out the pool's slack and workspaces (the whole overhead term).
+    from pytest_llmmem.report.text import render_run
+
+    est = estimate(adhoc_run({**LLAMA3_8B, "mode": "lora", "gpu": "H100-80GB", "batch-size": 2, "seq-len": 2048}))
+    gib = 1024 ** 3
+    assert est.details["overhead.cuda_context"] == 0.75 * gib
+    reserved, allocated = est.total_bytes - 0.75 * gib, est.total_bytes - est.breakdown["overhead"]
+    assert allocated < reserved < est.total_bytes
+    line = f"  torch peaks: max_memory_allocated {allocated / gib:.2f} GiB, max_memory_reserved {reserved / gib:.2f} GiB"
+    assert line in render_run(est).splitlines()

@@ -229,6 +229,9 @@ def _trainer_lines(est: Estimate, units: str) -> List[str]:
         if part.name in ("load", "eval", "save") and part.breakdown:
             terms = ", ".join(f"{LABELS.get(k, k)} {format_bytes(v, units)}" for k, v in part.breakdown.items() if v)
             lines.append(f"    {part.name}: {format_bytes(part.total, units)} = {terms}")
+    # The two high-water marks PyTorch keeps apart (torch/cuda/memory.py), for a trainer's own log to compare with.
+    lines.append(f"  torch peaks: max_memory_allocated {format_bytes(est.allocated_bytes, units)}, "
+                 f"max_memory_reserved {format_bytes(est.reserved_bytes, units)}")
     return lines
 
 
