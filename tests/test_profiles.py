@@ -523,3 +523,24 @@ def test_unsloth_between_2025_3_10_and_2025_9_9_loads_int8_in_16_bit():
     assert any("load dtype = \"int8\" (load_in_8bit) in 16 bit" in a for a in current.approximate)
     assert not any("load_in_8bit" in a for a in fixed.approximate + hf.approximate)
     assert ("framework-version", "2025.3.19", "set") in old.run.knobs_shown
+
+
+def test_unsloth_2024_keeps_whole_logits_and_a_rope_cache_per_layer():
+    # Unsloth 2024.4 (llama.py @ 0a433c3): the whole logits, kept by Fast_CrossEntropyLoss and overwritten by their gradient
+    # (kernels/cross_entropy_loss.py:236, :258): T x V x 2 B = 32 x 512 x 2 = 32,768 B; and each layer's own cos and sin for
+    # max(seq-len, max_position_embeddings) = 4,096 positions x head dim 16 in bf16: 2 layers x 2 x 4,096 x 16 x 2 = 524,288 B.
+    # 2024.8 has the 32k dynamic cache (no per-layer table counted) and 2024.11.7 Cut Cross-Entropy (the profile's fused loss).
+    keys = {"family": "llama", "hidden-size": 64, "num-layers": 2, "num-heads": 4, "num-kv-heads": 2, "intermediate-size": 160,
+            "vocab-size": 512, "max-position-embeddings": 4096, "mode": "qlora", "dtype": "nf4", "batch-size": 2, "seq-len": 16,
+            "lora-targets": ["q_proj", "v_proj"], "framework": "unsloth"}
+    old = estimate(adhoc_run({**keys, "framework-version": "2024.4"}))
+    mid = estimate(adhoc_run({**keys, "framework-version": "2024.8"}))
+    new = estimate(adhoc_run({**keys, "framework-version": "2024.11.7"}))
+    assert old.run.knobs.loss == "inplace" and old.details["logits.inplace_grad"] == 32 * 512 * 2 == 32_768
+    assert old.details["weights.rope_caches"] == 2 * 2 * 4096 * 16 * 2 == 524_288
+    assert mid.run.knobs.loss == "inplace" and "weights.rope_caches" not in mid.details
+    assert new.run.knobs.loss == "fused" and "logits.inplace_grad" not in new.details
+    assert old.breakdown["weights"] - mid.breakdown["weights"] == 524_288
+    assert any("config.torch_dtype" in a for a in old.approximate) and not any("config.torch_dtype" in a for a in new.approximate)
+    # a loss the run declares wins over the release's
+    assert estimate(adhoc_run({**keys, "framework-version": "2024.4", "loss": "fused"})).run.knobs.loss == "fused"

@@ -61,6 +61,10 @@ class Profile(Record):
     compiles_loss: bool = False
     # releases [first, fixed) of the trainer that load a dtype = "int8" (load_in_8bit) model in 16 bit; () = none
     ignores_8bit: Tuple[Tuple[int, ...], ...] = ()
+    # releases before this one compute the whole b*s*V logits and their CE kernel writes the gradient into them (loss "inplace", no upcast)
+    inplace_loss_before: Tuple[int, ...] = ()
+    # releases before this one give every attention layer its own cos/sin cache for max(seq-len, max_position_embeddings) positions
+    rope_caches_before: Tuple[int, ...] = ()
 
 
 # The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
@@ -130,6 +134,14 @@ PROFILES: Dict[str, Profile] = {
         # `if load_in_4bit:` from load_in_8bit's arrival (f35d597, 2025-03-12, 2025.3.10; FastLanguageModel sends
         # load_in_8bit there too, loader.py) to `if load_in_4bit or load_in_8bit:` (4e2b121, 2025-09-28, 2025.9.10)
         ignores_8bit=((2025, 3, 10), (2025, 9, 10)),
+        # unsloth @ 0a433c3 (2024-05-08, 2024.4) llama.py CausalLM_fast_forward: logits = self.lm_head(hidden_states) whole, and
+        # kernels/cross_entropy_loss.py:236 Fast_CrossEntropyLoss save_for_backward(logits, ...), :258 backward returns them as
+        # the gradient, written in place; Cut Cross-Entropy arrives in fa8e59e (2024-11-17, 2024.11.7)
+        inplace_loss_before=(2024, 11, 7),
+        # llama.py LlamaRotaryEmbedding.__init__ @ 0a433c3: _set_cos_sin_cache(seq_len=max_position_embeddings) in each layer's
+        # attention (pre_patch replaces transformers' class; transformers 4.40 builds one per LlamaAttention, _init_rope), from
+        # max(max_seq_length, config's) positions, cast to the model's dtype after loading; 54dd81d (2024-07-18, 2024.7) caches 32k
+        rope_caches_before=(2024, 8),
     ),
     # Lightning-AI/litgpt @ 2685705 (2026-06-29).
     "litgpt": Profile(
@@ -156,7 +168,7 @@ class Knobs(Record):
     framework: str = "transformers"
     loss: str = "upcast"
     loss_chunks: int = 8  # used only with loss = "chunked"; torchtune's default count
-    chunk_upcast: bool = True
+    chunk_upcast: bool = True  # chunked: each chunk cast to fp32; inplace: False = the kernel takes the logits as they come
     keeps_logits: bool = True
     activation_offload: bool = False
     optimizer_in_backward: bool = False
@@ -171,6 +183,7 @@ class Knobs(Record):
     offload_resident: int = 1  # the profile's (Profile.offload_resident)
     compiled_loss: bool = False  # the loss runs under torch.compile (compile = true and Profile.compiles_loss)
     framework_version: Tuple[int, ...] = ()  # the trainer's own release (framework-version); () = the profile's (a current one)
+    rope_caches: bool = False  # each attention layer keeps cos/sin for every position (Profile.rope_caches_before)
 
 
 # torch releases whose foreach Adam/AdamW keep two state-sized lists in the step (torch 2.0
@@ -294,17 +307,22 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     if profile.nf4_layout == "torchao" and dq_table is not None and not double_quant:
         raise dq_table.fail("double-quant", "torchtune's NF4 (torchao NF4Tensor) always double-quantises its scalers; false is not an option there.",
                             hint='Remove double-quant, or use framework = "transformers" (bitsandbytes) for plain NF4.')
-    if loss == profile.loss:
+    version_table = pick("framework-version")
+    framework_version = _framework_version(version_table, framework) if version_table is not None else ()
+    dated_loss = bool(framework_version and profile.inplace_loss_before) and framework_version < profile.inplace_loss_before
+    if dated_loss and loss_table is None and kernels_table is None:
+        loss = "inplace"  # the release's own CE kernel over the whole logits, as they come (Profile.inplace_loss_before)
+        upcast, keeps = False, False
+    elif loss == profile.loss:
         upcast, keeps = profile.chunk_upcast, profile.keeps_logits
     else:  # a loss the profile does not use: chunked as torchtune does it (fp32 chunks, logits not kept)
         upcast, keeps = True, loss in ("upcast", "inplace")
     torch_table = pick("torch-version")
     torch_version = _torch_version(torch_table) if torch_table is not None else ()
     compiled_loss = training and profile.compiles_loss and value("compile", "boolean", False)
-    version_table = pick("framework-version")
-    framework_version = _framework_version(version_table, framework) if version_table is not None else ()
+    rope_caches = bool(framework_version and profile.rope_caches_before) and framework_version < profile.rope_caches_before
     knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
-                  torch_version, profile.offload_resident, compiled_loss, framework_version)
+                  torch_version, profile.offload_resident, compiled_loss, framework_version, rope_caches)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
 

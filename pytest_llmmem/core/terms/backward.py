@@ -45,7 +45,7 @@ LOSS_ALIVE = {
     # under torch.compile (trainer_terms.compiled_loss_terms) the loss keeps its input, not a log-softmax
     "upcast": ("log_softmax", "compiled_saved", "fp32_transient", "softcap_tanh"),
     # Liger's cross_entropy writes the gradient into HF's fp32 copy of the logits and keeps it (kernels.py)
-    "inplace": ("inplace_fp32_grad", "grad_cast", "softcap_tanh"),
+    "inplace": ("inplace_fp32_grad", "grad_cast", "inplace_grad", "softcap_tanh"),
     # torchtune / litgpt: every chunk's log-softmax and one chunk's transients; litgpt's own ``logits`` local
     # (the model returns them) stays through fabric.backward (litgpt/finetune/lora.py fit)
     "chunked": ("log_softmax", "compiled_saved", "chunk_transient", "softcap_tanh"),

@@ -204,6 +204,10 @@ def step_terms(run: Run) -> Step:
             host += host_bytes_per_node(run, host_base)
     else:
         weights = round(weights * share)
+    rope = rope_caches(run, arch)
+    if rope:
+        details["weights.rope_caches"] = rope
+        weights += rope
     if opt_note:
         notes.append(opt_note)
     if paged:
@@ -239,6 +243,19 @@ def step_terms(run: Run) -> Step:
     host += host_bytes_per_node(run, details.get("host.offloaded_activations", 0))
     return Step(arch, params, trainable, trained, tensors, local, weights, master, gradients, optimizer_states,
                 activations, logits, kv_cache, tuple(details.items()), tuple(notes), host)
+
+
+def rope_caches(run: Run, arch: Optional[Architecture]) -> int:
+    """Per-layer cos/sin caches for every position a release keeps resident (Knobs.rope_caches: Unsloth before 2024.8 on
+    Llama, catalog/profiles.py): 2 x positions x rotary dims per layer in the model's dtype, positions the larger of the
+    run's sequence and the model's max_position_embeddings (unsloth/models/llama.py from_pretrained: max_position_embeddings
+    = max(max_seq_length, model_max_seq_length))."""
+    if not run.knobs.rope_caches or arch is None or arch.family.name != "llama":
+        return 0
+    positions = max(run.seq_len, arch.context()[0])
+    dims = arch.d_head if arch.rotary_dim is None else arch.rotary_dim
+    layers = math.ceil(arch.num_layers / run.pipeline_parallel)
+    return layers * 2 * positions * dims * run.dtype.compute_bytes
 
 
 def trainable_for(run: Run, arch: Architecture) -> Trainable:

@@ -82,6 +82,10 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
         return compiled_loss_terms(knobs, rows=rows, elems=elems, act=act, returned=returned)
     if knobs.loss == "upcast":
         return {"logits": returned, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32}
+    if knobs.loss == "inplace" and not knobs.chunk_upcast:
+        # a kernel over the logits as they come (Unsloth before 2024.11.7, Profile.inplace_loss_before) keeps them and
+        # writes their gradient into them: one b*s*V tensor in the logits' dtype from the head to its backward
+        return {"inplace_grad": returned}
     if knobs.loss == "inplace":
         return {"logits": returned, "inplace_fp32_grad": elems * FP32, "grad_cast": elems * (logits_act or act)}
     if knobs.loss == "chunked":
