@@ -144,6 +144,81 @@ def measure_layer(torch) -> List[Dict[str, Any]]:
              "compiled_saved": [list(s[1:]) for s in activations]}]
 
 
+def _sac_block(torch, h: int, inter: int, heads: int, kv: int):
+    """torchtitan's Llama 3 block in a few lines (see the module docstring), under its op-level SAC policy."""
+    from collections import defaultdict
+
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+    hd, nn = h // heads, torch.nn
+    save = {torch.ops.aten.mm.default, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default}
+
+    def context_fn():
+        meta: Dict[str, int] = defaultdict(int)
+
+        def policy(ctx, func, *args, **kwargs):
+            key = "recompute" if ctx.is_recompute else "forward"
+            meta[key] += func == torch.ops.aten.mm.default
+            keep = func in save and not (func == torch.ops.aten.mm.default and meta[key] % 2 == 0)
+            return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+        return create_selective_checkpoint_contexts(policy)
+
+    def norm(x, weight):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).type_as(x) * weight
+
+    def rope(x, cos, sin):
+        return x * cos + torch.cat((-x[..., hd // 2:], x[..., : hd // 2]), -1) * sin
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention_norm, self.ffn_norm = nn.Parameter(torch.ones(h)), nn.Parameter(torch.ones(h))
+            self.wq, self.wk, self.wv, self.wo = (nn.Linear(h, h, bias=False), nn.Linear(h, kv * hd, bias=False),
+                                                  nn.Linear(h, kv * hd, bias=False), nn.Linear(h, h, bias=False))
+            self.w1, self.w2, self.w3 = nn.Linear(h, inter, bias=False), nn.Linear(inter, h, bias=False), nn.Linear(h, inter, bias=False)
+
+        def layer(self, x, cos, sin):
+            b, t, _ = x.shape
+            xn = norm(x, self.attention_norm)
+            q, k, v = (rope(self.wq(xn).view(b, t, heads, hd), cos, sin), rope(self.wk(xn).view(b, t, kv, hd), cos, sin),
+                       self.wv(xn).view(b, t, kv, hd))
+            k, v = (z.repeat_interleave(heads // kv, dim=2).transpose(1, 2) for z in (k, v))
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True)
+            x = x + self.wo(o.transpose(1, 2).reshape(b, t, h))
+            return x + self.w2(F.silu(self.w1(norm(x, self.ffn_norm))) * self.w3(norm(x, self.ffn_norm)))
+
+        def forward(self, x, cos, sin):
+            return checkpoint(self.layer, x, cos, sin, use_reentrant=False, context_fn=context_fn, preserve_rng_state=False)
+
+    return Block()
+
+
+def measure_sac_layer(torch) -> List[Dict[str, Any]]:
+    """Bytes per token a torchtitan block keeps under op-level SAC, eager and compiled."""
+    from torch.profiler import ProfilerActivity, profile
+
+    calls = _saved_recorder(torch)
+    h, inter, heads, kv, seq = 512, 1792, 8, 2, 128  # Llama 3.1 8B / 8: intermediate 3.5 h, 4 query heads per KV head
+    block = _sac_block(torch, h, inter, heads, kv).to(torch.bfloat16)
+    angles = torch.arange(seq).float()[:, None] * 500000.0 ** (-torch.arange(0, h // heads // 2).float() / (h // heads // 2))
+    cos, sin = (torch.cat((f(angles), f(angles)), -1)[None, :, None, :].to(torch.bfloat16) for f in (torch.cos, torch.sin))
+    x = torch.randn(1, seq, h, dtype=torch.bfloat16, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        y = block(x, cos, sin)
+    # the net of the forward's allocations less its output: the policy's cache; the checkpoint keeps x (the caller's) too
+    eager = sum(e.cpu_memory_usage for e in prof.events() if e.cpu_parent is None) - y.numel() * y.element_size() + x.numel() * 2
+    y.sum().backward()
+    torch.compile(block, dynamic=False)(x.detach().requires_grad_(), cos, sin).sum().backward()
+    constant = {tuple(t.shape) for t in block.parameters()} | {tuple(cos.shape)}
+    activations = [s for s in calls[-1] if not (s[0].startswith("primals") and s[1] in constant)]
+    return [{"case": "torchtitan-sac-layer", "hidden": h, "intermediate": inter, "heads": heads, "kv_heads": kv, "tokens": seq,
+             "eager_bytes_per_token": eager / seq, "compiled_bytes_per_token": sum(s[3] for s in activations) / seq,
+             "compiled_saved": [list(s[1:]) for s in activations]}]
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "data" / "compile-cpu.jsonl")
@@ -156,7 +231,7 @@ def main(argv: List[str]) -> int:
     inductor_config.fx_graph_cache = False
     functorch_config.enable_autograd_cache = False
     torch.manual_seed(0)
-    rows = measure_losses(torch) + measure_layer(torch)
+    rows = measure_losses(torch) + measure_layer(torch) + measure_sac_layer(torch)
     for row in rows:
         print(json.dumps({k: v for k, v in row.items() if k not in ("saved", "compiled_saved")}))
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))

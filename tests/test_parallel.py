@@ -199,6 +199,14 @@ def test_selective_op_checkpointing_keeps_every_second_matmul_and_sdpa():
     assert "activations.attention" not in d and "activations.layer_inputs" not in d
 
 
+def test_compiled_op_checkpointing_does_not_save_the_down_projection():
+    # Inductor's partitioner saves only what backward reads: the kept w2 (down) output feeds the residual add alone,
+    # so compiled the layer keeps 1024 * 2 B less per token than eager (18,464 - 2,048 = 16,416; measured on the CPU:
+    # benchmarks/data/compile-cpu.jsonl torchtitan-sac-layer, 7,968 eager and 6,944 compiled at hidden 512).
+    d = _details(**{"gradient-checkpointing": "selective", "selective-ac": "op", "compile": True})
+    assert d["activations.selective_saved"] == 4 * 1024 * 16_416
+
+
 def test_selective_layer_period_checkpoints_every_nth_layer():
     # Period 2 over 4 layers: layers 2 and 4 keep their input (1024 tokens x 1024 x 2 B), 1 and 3 keep everything.
     full = _details()
@@ -241,7 +249,7 @@ def test_a_compiled_run_fuses_its_norms_and_is_marked_approximate_with_its_bound
     compiled = estimate(adhoc_run({**TRAIN_SMALL, "compile": True}))
     assert eager.full("activations") - compiled.full("activations") == 9 * 1024 * 1024 * 4 == 37_748_736
     assert not eager.approximate
-    assert any(a.startswith("torch.compile: each RMSNorm is counted fused") and "6.6 %" in a for a in compiled.approximate)
+    assert any(a.startswith("torch.compile: each RMSNorm is counted fused") and "up to 8 % less" in a for a in compiled.approximate)
     with pytest.raises(ConfigError, match="expected true or false"):
         adhoc_run({**TRAIN_SMALL, "compile": "max-autotune"})
 

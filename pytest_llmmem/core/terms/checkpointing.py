@@ -29,8 +29,17 @@ def describe(selective: str) -> str:
         if selective != "1" else "checkpointing"
 
 
-def op_saved_per_token(arch: Architecture, group: LayerGroup, act: int, tp: int) -> int:
-    """Bytes per token one layer keeps under torchtitan's op-level SAC.
+# Under torch.compile the policy's tags go to the min-cut partitioner (torch/_functorch/partitioners.py
+# min_cut_rematerialization_partition: a MUST_SAVE node is banned from recompute, an edge source -> node), which
+# saves only what the backward graph reads; eager SAC stores every MUST_SAVE output in its cache whether or not a
+# backward formula reads it (torch/utils/checkpoint.py _CachingTorchDispatchMode). The projections back into the
+# residual stream (o_proj, down_proj) feed only the residual add, whose backward reads nothing: compiled, a kept
+# one of them is not saved (measured: benchmarks/data/compile-cpu.jsonl torchtitan-sac-layer).
+RESIDUAL_PROJECTIONS = ("o", "down")
+
+
+def op_saved_per_token(arch: Architecture, group: LayerGroup, act: int, tp: int, compiled: bool = False) -> int:
+    """Bytes per token one layer keeps under torchtitan's op-level SAC (compiled: RESIDUAL_PROJECTIONS).
 
     torchtitan/models/llama3/infra/parallelize.py _op_sac_save_list with its policy in
     torchtitan/distributed/activation_checkpoint.py _apply_op_sac (v0.1-0.2): MUST_SAVE the output of every
@@ -39,15 +48,16 @@ def op_saved_per_token(arch: Architecture, group: LayerGroup, act: int, tp: int)
     module order (wq, wk, wv, wo, w1, w3, w2), so wq, wv, w1 and w2 are kept, wk, wo and w3 recomputed.
     """
     h = arch.hidden_size
-    mm_outputs = [lin.d_out for lin in group.linears(arch.family, h) if lin.count == 1]
-    kept = sum(mm_outputs[0::2])  # the 1st, 3rd, 5th ... mm of the layer
+    mms = [lin for lin in group.linears(arch.family, h) if lin.count == 1]
+    kept = sum(lin.d_out for lin in mms[0::2]  # the 1st, 3rd, 5th ... mm of the layer
+               if not (compiled and lin.role in RESIDUAL_PROJECTIONS))
     attn = group.attention
     sdpa = attn.heads * attn.head_dim * act + attn.heads * LSE if isinstance(attn, Attention) else 0
     return h * act + (kept * act + sdpa) // tp
 
 
 def selective_saved(arch: Architecture, stage: List[Tuple[int, LayerGroup]], selective: str, *, tokens: int, act: int,
-                    tp: int, full_layer: Callable[[int, LayerGroup], int]) -> Dict[str, int]:
+                    tp: int, full_layer: Callable[[int, LayerGroup], int], compiled: bool = False) -> Dict[str, int]:
     """Activations kept through backward under a selective policy, as details items.
 
     ``full_layer(i, group)`` is what layer ``i`` keeps without checkpointing (activations.layer_saved).
@@ -61,7 +71,7 @@ def selective_saved(arch: Architecture, stage: List[Tuple[int, LayerGroup]], sel
         for _ in range(n):
             index += 1
             if selective == "op":
-                out["activations.selective_saved"] += tokens * op_saved_per_token(arch, group, act, tp)
+                out["activations.selective_saved"] += tokens * op_saved_per_token(arch, group, act, tp, compiled)
             elif index % int(selective) == 0:
                 out["activations.layer_inputs"] += tokens * h * act
             else:
@@ -83,15 +93,16 @@ def selective_approximate(arch: Architecture, selective: str) -> Tuple[str, ...]
 
 
 # What torch.compile changes in a layer is Inductor's choice (fusions, what its min-cut partitioner saves or
-# recomputes). Each RMSNorm is counted fused, as the partitioner keeps it (step.trainable_for); the rest of the
-# layer is counted as eager, with the measured and published bounds beside it. A compiled loss is modelled
-# (trainer_terms.compiled_loss_terms, torchtune's compile_loss).
+# recomputes). Each RMSNorm is counted fused, as the partitioner keeps it (step.trainable_for), and under op-level
+# SAC the residual projections' outputs are not saved (RESIDUAL_PROJECTIONS); the rest of the layer is counted as
+# eager, with the measured bound beside it. A compiled loss is modelled (trainer_terms.compiled_loss_terms,
+# torchtune's compile_loss).
 COMPILE_APPROXIMATE = (
-    "torch.compile: each RMSNorm is counted fused (Inductor keeps its input and rstd) and the rest of each layer as eager; "
-    "Inductor fuses more and its partitioner recomputes some, so compiled runs peak lower: a torchtune Llama 3.2 3B layer "
-    "keeps 98.4 KB per token compiled on the CPU against 106.6 KB counted (benchmarks/data/compile-cpu.jsonl), and "
-    "torchtitan's compiled Llama 3.1 8B rows are 6.6 % and 7.5 % below eager (benchmarks/llama3_h100_202412_torchtitan.md "
-    "Tables 1 and 3)"
+    "torch.compile: each RMSNorm is counted fused (Inductor keeps its input and rstd), under op-level selective "
+    "checkpointing the o/down projections' outputs unsaved (its partitioner saves only what backward reads), and the "
+    "rest of each layer as eager; Inductor fuses more and its partitioner recomputes some, so a compiled layer keeps up "
+    "to 8 % less than counted: a torchtune Llama 3.2 3B layer keeps 98.4 KB per token compiled on the CPU against "
+    "106.6 KB counted (benchmarks/data/compile-cpu.jsonl)"
 )
 
 

@@ -338,7 +338,7 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
             blocks[block] += first[block] + rest[block] * (n - 1)
     if run.selective_ac:
         # Selective checkpointing (torchtitan / torchtune): some layers or some ops kept, the rest recomputed.
-        details.update(selective_saved(arch, stage, run.selective_ac, tokens=tokens, act=act, tp=t,
+        details.update(selective_saved(arch, stage, run.selective_ac, tokens=tokens, act=act, tp=t, compiled=run.compiled,
                                        full_layer=lambda i, g: sum(layer_saved(arch, g, input_requires_grad=trainable.full or i > 1, **kw).values())))
         details["activations.recomputed_layer"] = biggest_layer + rotary
     elif run.gradient_checkpointing:
