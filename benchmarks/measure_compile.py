@@ -20,6 +20,9 @@ torchtune is installed):
   returns without chunking (torchtune/modules/transformer.py ``self.output(h).float()``).
 - ``torchtune-layer``: one torchtune Llama 3.2 decoder layer, eager (saved-tensor hooks) and compiled the
   way torchtune compiles it (torchtune/training/_compile.py compile_model: ``m.compile()`` per layer).
+- ``torchao-adamw8bit-step``: one step of torchao's AdamW8bit (torchao/optim/adam.py: torch.compile of
+  single_param_adam per parameter) on a bf16 parameter, after its states exist; the buffers the generated code
+  allocates, per element of the parameter (torchao installed; skipped otherwise).
 Bytes are per logit element (losses) or per token (the layer), so the small shapes here carry over.
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -34,7 +38,7 @@ from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 BUFFER = re.compile(r"empty_strided_cpu\(\(([\d, ]+)\),[^)]*\), torch\.(\w+)\)")
-SIZES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8}
+SIZES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "uint8": 1}
 
 
 def _saved_recorder(torch):
@@ -219,6 +223,27 @@ def measure_sac_layer(torch) -> List[Dict[str, Any]]:
              "compiled_saved": [list(s[1:]) for s in activations]}]
 
 
+def measure_low_bit_step(torch) -> List[Dict[str, Any]]:
+    """Bytes per parameter element torchao's compiled AdamW8bit step allocates, read from Inductor's output code."""
+    try:
+        from torchao.optim import AdamW8bit
+    except ImportError:
+        print("torchao is not installed: the AdamW8bit step case is skipped", file=sys.stderr)
+        return []
+    import torchao
+    from torch._inductor.utils import run_and_get_code
+
+    rows, cols = 1024, 3072  # a Llama 3.2 3B-wide matrix; the buffers scale with the element count
+    param = torch.nn.Parameter(torch.randn(rows, cols, dtype=torch.bfloat16))
+    optimizer = AdamW8bit([param], lr=1e-4)
+    param.grad = torch.randn_like(param)
+    _, codes = run_and_get_code(optimizer.step)
+    buffers = [(shape, dtype) for shape, dtype in BUFFER.findall(codes[-1])]
+    allocated = sum(math.prod(int(x) for x in shape.split(",") if x.strip()) * SIZES[dtype] for shape, dtype in buffers)
+    return [{"case": "torchao-adamw8bit-step", "numel": rows * cols, "torchao": torchao.__version__,
+             "step_bytes_per_element": round(allocated / (rows * cols), 4), "buffers": [[s, d] for s, d in buffers]}]
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "data" / "compile-cpu.jsonl")
@@ -231,9 +256,9 @@ def main(argv: List[str]) -> int:
     inductor_config.fx_graph_cache = False
     functorch_config.enable_autograd_cache = False
     torch.manual_seed(0)
-    rows = measure_losses(torch) + measure_layer(torch) + measure_sac_layer(torch)
+    rows = measure_losses(torch) + measure_layer(torch) + measure_sac_layer(torch) + measure_low_bit_step(torch)
     for row in rows:
-        print(json.dumps({k: v for k, v in row.items() if k not in ("saved", "compiled_saved")}))
+        print(json.dumps({k: v for k, v in row.items() if k not in ("saved", "compiled_saved", "buffers")}))
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return 0
 

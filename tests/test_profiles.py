@@ -212,6 +212,24 @@ def test_bitsandbytes_small_tensors_keep_fp32_states_and_paging_starts_at_1e5():
     assert bnb_state_bytes(paged8, tensors) == (round(2048 * 10 * 8 + 8 * 4096 * 4 * 2 * eight), round(4096 * 128 * 2 * 2 * eight))
 
 
+def test_torchao_adamw8bit_keeps_small_states_in_the_param_dtype_and_counts_its_compiled_step():
+    ao8 = default_catalog().optimizer("torchao-adamw-8bit")
+    tensors = Tensors(((2048, 10), (8 * 4096, 4), (4096 * 128, 2)))
+    eight = 1 + 4 / 256
+    # torchao keeps zeros_like(p) under 4096 elements: 2 bf16 states (2 B each) for the norms, not fp32
+    assert bnb_state_bytes(ao8, tensors, 2) == (round(2048 * 10 * 2 * 2 + (8 * 4096 * 4 + 4096 * 128 * 2) * 2 * eight), 0)
+    keys = {"family": "llama", "hidden-size": 1024, "num-layers": 2, "num-heads": 8, "intermediate-size": 4096,
+            "vocab-size": 32000, "mode": "train", "dtype": "bf16", "precision": "pure", "gpu": "A100-80GB", "batch-size": 1,
+            "seq-len": 512, "optimizer": "torchao-adamw-8bit", "optimizer-in-backward": True}
+    est = estimate(adhoc_run(keys))
+    # the compiled step's exp_avg_f32 and exp_avg_sq_f32 (4 B each) and their block scales (4 B per 256) of the
+    # largest parameter, the 32,000 x 1024 embedding (measured: compile-cpu.jsonl torchao-adamw8bit-step, 8.03 B)
+    assert est.details["optimizer_step.temporaries"] == round(32000 * 1024 * 2 * (4 + 4 / 256)) == 263_168_000
+    assert any(a.startswith("torchao AdamW8bit: its compiled step") for a in est.approximate)
+    bnb = estimate(adhoc_run({**keys, "optimizer": "adamw-8bit"}))
+    assert "optimizer_step.temporaries" not in bnb.details and not bnb.approximate
+
+
 def test_paged_adamw_counts_against_host_not_gpu():
     keys = {**LLAMA31_8B, "mode": "lora", "dtype": "bf16", "lora-rank": 32, "batch-size": 1, "seq-len": 512}
     plain = estimate(adhoc_run({**keys, "optimizer": "adamw"}))

@@ -56,6 +56,15 @@ def llmmem_register_optimizers(register):
     # 4096 elements keep fp32 states (:502, min_8bit_size=4096; Dettmers 2022, 8-bit Optimizers).
     eight_bit = dict(states=2, state_bytes=1 + 4 / 256, small_tensor_numel=4096)
     register(Optimizer("adamw-8bit", aliases=("adam8bit", "adamw8bit", "bnb-adamw-8bit"), doc="bitsandbytes AdamW8bit", **eight_bit))
+    # torchao AdamW8bit (torchao/optim/adam.py, prototype/low_bit_optim/adam.py in torchao 0.7): OptimState8bit keeps
+    # uint8 codes and one fp32 scale per block of 256 (subclass_8bit.py OptimState8bit.zeros, block_size=256); a tensor
+    # under 4096 elements (or not a multiple of 256) keeps zeros_like(p), the parameter's dtype (_AdamBase._new_buffer).
+    # Its step is torch.compile(single_param_adam) per parameter, which keeps exp_avg_f32 and exp_avg_sq_f32 "for the
+    # param update": Inductor materialises both, 2 x fp32 of the parameter stepped (measured on the CPU:
+    # benchmarks/data/compile-cpu.jsonl torchao-adamw8bit-step, 8.03 B per element).
+    register(Optimizer("torchao-adamw-8bit", aliases=("ao-adamw-8bit", "torchao-adamw8bit"), doc="torchao AdamW8bit",
+                       states=2, state_bytes=1 + 4 / 256, small_tensor_numel=4096, small_in_param_dtype=True,
+                       step_bytes_per_element=2 * (4 + 4 / 256)))
     # Paged variants: states of 1e5+ elements in CUDA unified memory, evicted to host under pressure
     # (bitsandbytes/optim/optimizer.py:383 get_state_buffer -> F.get_paged).
     register(Optimizer("paged-adamw-8bit", aliases=("pagedadamw8bit",), doc="bitsandbytes PagedAdamW8bit", paged=True, **eight_bit))

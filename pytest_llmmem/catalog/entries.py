@@ -39,6 +39,8 @@ class Optimizer(Record):
     doc: str = ""
     paged: bool = False  # bitsandbytes paged: large states live in CUDA unified memory
     small_tensor_numel: int = 0  # tensors below this many elements keep fp32 states (bitsandbytes 8-bit)
+    small_in_param_dtype: bool = False  # ... in the parameter's dtype instead (torchao: zeros_like(p))
+    step_bytes_per_element: float = 0  # what one parameter's update allocates per element of it (torchao's compiled step)
 
 
 class GPU(Record):

@@ -99,6 +99,17 @@ def kernels_approximate(run: Run, arch: Architecture) -> Tuple[str, ...]:
     return tuple(out)
 
 
+# torchao's compiled step (catalog/builtin.py torchao-adamw-8bit): its buffers are read from Inductor's CPU code; under
+# optimizer-in-backward they are counted at the backward's peak instant, though the largest parameter (a tied embedding)
+# may step after the activations are freed.
+LOW_BIT_STEP_APPROXIMATE = (
+    "{doc}: its compiled step's fp32 buffers ({per:.2f} B per element of the parameter stepped) are read from Inductor's CPU "
+    "code (benchmarks/data/compile-cpu.jsonl), CUDA's kernels may fuse otherwise; with the optimizer in backward they are "
+    "counted at the backward's peak instant, an upper bound by up to their size where the largest parameter steps after "
+    "the activations are freed"
+)
+
+
 def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
     """Why the estimate leaves terms out (partial) or is not exact (approximate)."""
     if arch is None:
@@ -115,6 +126,8 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
         approximate.extend(selective_approximate(arch, run.selective_ac))
     if run.compiled and run.trains:
         approximate.append(COMPILE_APPROXIMATE)
+    if run.trains and run.optimizer is not None and run.optimizer.step_bytes_per_element:
+        approximate.append(LOW_BIT_STEP_APPROXIMATE.format(doc=run.optimizer.doc, per=run.optimizer.step_bytes_per_element))
     if _qwen3_long_generate(run, arch):
         approximate.append(QWEN3_LONG_GENERATE)
     if run.trains and run.knobs.kernels:

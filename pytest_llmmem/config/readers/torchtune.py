@@ -26,7 +26,8 @@ _ATTN = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_pro
 _OPTIMIZERS = {
     "torch.optim.AdamW": "adamw", "torch.optim.Adam": "adam", "torch.optim.SGD": "sgd",
     "bitsandbytes.optim.PagedAdamW8bit": "paged-adamw-8bit", "bitsandbytes.optim.PagedAdamW": "paged-adamw",
-    "bitsandbytes.optim.AdamW8bit": "adamw-8bit", "torchao.optim.AdamW8bit": "adamw-8bit",
+    "bitsandbytes.optim.AdamW8bit": "adamw-8bit", "torchao.optim.AdamW8bit": "torchao-adamw-8bit",
+    "torchao.prototype.low_bit_optim.AdamW8bit": "torchao-adamw-8bit",
 }
 UNMODELLED = (("tensor_parallel_dim", "tensor parallelism"),)
 DISTRIBUTED = "torchtune recipes/full_finetune_distributed.py _setup_model"

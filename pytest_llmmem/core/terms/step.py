@@ -128,7 +128,7 @@ def step_terms(run: Run) -> Step:
         weight_size = FP32 if amp else dtype.bytes
         opt_total, opt_note = _optimizer_bytes(run.optimizer, run, trained, weight_size, mixed or amp)
         if bnb:
-            opt_total, paged = bnb_state_bytes(run.optimizer, tensors)
+            opt_total, paged = bnb_state_bytes(run.optimizer, tensors, weight_size)
             paged = paged / run.shard_group * share
         states = model_states(run, local, weight_size, weight_size, opt_total / trained, mixed)
         weights = round(states["weights"] + states["weights.gathered"])

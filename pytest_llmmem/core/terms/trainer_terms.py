@@ -185,16 +185,18 @@ def adapter_tensors(adapter, groups, rank: int) -> Tensors:
 # --- optimizer ----------------------------------------------------------------------------------
 
 
-def bnb_state_bytes(opt: Optimizer, tensors: Tensors) -> Tuple[int, int]:
-    """(device bytes, paged bytes) of a bitsandbytes optimizer's states.
+def bnb_state_bytes(opt: Optimizer, tensors: Tensors, weight_bytes: float = FP32) -> Tuple[int, int]:
+    """(device bytes, paged bytes) of a bitsandbytes (or torchao) 8-bit optimizer's states.
 
     Tensors under ``min_8bit_size`` (4096) keep 32-bit states even in an 8-bit optimizer
-    (bitsandbytes/optim/optimizer.py:502 "if p.numel() < config['min_8bit_size']: dtype = torch.float32");
+    (bitsandbytes/optim/optimizer.py:502 "if p.numel() < config['min_8bit_size']: dtype = torch.float32"),
+    torchao's keep zeros_like(p) (Optimizer.small_in_param_dtype);
     a paged optimizer puts each state of 1e5 elements or more in CUDA unified memory (:383).
     """
     device = paged = 0.0
+    small = weight_bytes if opt.small_in_param_dtype else FP32
     for numel, count in tensors.sizes:
-        per_state = FP32 if numel < opt.small_tensor_numel else (opt.state_bytes if opt.state_bytes is not None else FP32)
+        per_state = small if numel < opt.small_tensor_numel else (opt.state_bytes if opt.state_bytes is not None else FP32)
         size = numel * count * opt.states * per_state
         if opt.paged and numel >= PAGED_MIN_NUMEL:
             paged += size
@@ -295,6 +297,11 @@ def optimizer_step(run, tensors, trainable: int, gradients: int, optimizer_state
         state_list = optimizer_states / opt.states
         largest = state_list * (tensors.largest / tensors.total) if tensors is not None and tensors.total else state_list
         temps, why = step_temporaries(knobs, opt, state_list, largest)
+        if opt.step_bytes_per_element and tensors is not None:
+            # one parameter at a time: the largest one's local part (catalog/builtin.py torchao-adamw-8bit), split by
+            # the states' shard group and tensor parallelism as its states are
+            temps = round(opt.step_bytes_per_element * tensors.largest / (run.shard_group * run.tensor_parallel))
+            why = f"{opt.doc}'s compiled step: {opt.step_bytes_per_element:g} B per element of the largest parameter"
     if temps:
         details["optimizer_step.temporaries"] = temps
     return StepOptimizer(True, gradients, temps, knobs.optimizer_in_backward, why, tuple(details.items()))
