@@ -562,3 +562,24 @@ def test_unsloth_2024_keeps_whole_logits_and_a_rope_cache_per_layer():
     assert any("config.torch_dtype" in a for a in old.approximate) and not any("config.torch_dtype" in a for a in new.approximate)
     # a loss the run declares wins over the release's
     assert estimate(adhoc_run({**keys, "framework-version": "2024.4", "loss": "fused"})).run.knobs.loss == "fused"
+
+
+def test_unsloth_2024_logits_meet_accelerates_fp32_copy_at_the_end_of_the_forward():
+    # Unsloth 2024.4 returns the whole 16-bit logits; the HF Trainer's fp16 / bf16 wraps the forward in accelerate's
+    # convert_outputs_to_fp32 (accelerator.py:1356-1365 at 0.30), so while Fast_CrossEntropyLoss still keeps them
+    # an fp32 copy exists: T x V = 32 x 32,768 logits, 2 B kept (2,097,152) + 4 B copied (4,194,304) = 6,291,456 B.
+    # The copy is one allocation of its own segment: the pool's 30 % slack covers only the instant's short-lived
+    # tensors, the kept logits and the saved activations (layer inputs 8,192 + head 4,736 + one dequantised
+    # 4-bit weight 160 x 64 x 2 = 20,480): 0.30 x (2,097,152 + 33,408) = 639,168 B.
+    keys = {"family": "llama", "hidden-size": 64, "num-layers": 2, "num-heads": 4, "num-kv-heads": 2, "intermediate-size": 160,
+            "vocab-size": 32768, "max-position-embeddings": 4096, "mode": "qlora", "dtype": "nf4", "batch-size": 2, "seq-len": 16,
+            "lora-targets": ["q_proj", "v_proj"], "lora-rank": 8, "framework": "unsloth"}
+    old = estimate(adhoc_run({**keys, "framework-version": "2024.4"}))
+    assert old.details["logits.inplace_grad"] == 32 * 32768 * 2 == 2_097_152
+    assert old.details["backward.logits.outputs_fp32"] == 32 * 32768 * 4 == 4_194_304
+    assert old.breakdown["logits"] == 6_291_456
+    assert old.breakdown["activations"] == 8_192 + 4_736 + 20_480 == 33_408
+    assert old.details["overhead.fragmentation"] == round(0.30 * (2_097_152 + 33_408)) == 639_168
+    # Cut Cross-Entropy (2024.11.7) returns no logits in training: nothing to copy
+    new = estimate(adhoc_run({**keys, "framework-version": "2024.11.7"}))
+    assert "backward.logits.outputs_fp32" not in new.details and "logits.outputs_fp32" not in new.details

@@ -138,9 +138,10 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
         approximate.append(f"{run.knobs.framework} releases {first} up to {fixed} (not included) load dtype = \"int8\" (load_in_8bit) in 16 bit, "
                            f"twice these weights (docs/profiles.md): counted as a current release; set framework-version to count an older one")
     if run.trains and run.knobs.loss == "inplace" and not run.knobs.chunk_upcast:
-        approximate.append("a release's own CE kernel over the whole logits (framework-version): its LlamaForCausalLM forward "
-                           "also casts them to config.torch_dtype (unsloth/models/llama.py CausalLM_fast_forward), a second b x s x "
-                           "vocab copy where the checkpoint's torch_dtype is not the run's compute dtype; not counted")
+        approximate.append("a release's own CE kernel over the whole logits (framework-version): counted with the HF Trainer's "
+                           "fp16 / bf16 on (accelerate's fp32 copy of the returned logits); the forward casts them to "
+                           "config.torch_dtype (unsloth/models/llama.py CausalLM_fast_forward), counted as the compute dtype: a "
+                           "float32 checkpoint would keep 4 B logits, not 2")
     if run.trains and any(g.attention.kind == "mamba" for g in arch.layer_groups()):
         approximate.append("Mamba layers' training activations depend on the mamba-ssm CUDA kernels and are estimated, not measured")
     return not_modelled, tuple(approximate)

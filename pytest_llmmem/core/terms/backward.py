@@ -56,7 +56,8 @@ LOSS_ALIVE = {
 # What each instant is, for the phase's note.
 INSTANTS = {"loss": "every saved activation and the loss head's buffers",
             "head": "the head's gradient summed over the loss chunks beside every saved activation", "first layer": "the last layer's backward beside the head's gradient",
-            "recompute": "one checkpointed layer recomputed and back-propagated", "end": "every gradient made"}
+            "recompute": "one checkpointed layer recomputed and back-propagated", "end": "every gradient made",
+            "forward end": "the returned logits' fp32 copy beside the loss head's buffers and every saved activation"}
 
 
 class Instant(Record):
@@ -150,6 +151,15 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
     transient = max(transient, expert_delta_gradient(run, arch, act) + tokens * arch.hidden_size * act)
     transient = max(transient, adapter_backward(run, arch, act, tokens))
     candidates = [Instant("loss", saved, loss, 0, ())]
+    outputs_fp32 = step.detail("logits.outputs_fp32")
+    if outputs_fp32:
+        # the forward's last instant: the loss computed, the model's 16-bit logits returned and upcast by accelerate's
+        # convert_outputs_to_fp32 (trainer_terms.loss_terms); the HF Trainer's compute_loss returns only the loss,
+        # so the copy dies before backward starts (transformers 4.40 trainer.py:3161-3186). It is one allocation with a
+        # segment of its own (c10/cuda/CUDACachingAllocator.cpp get_allocation_size: from 10 MiB a request is rounded up
+        # to 2 MiB and, no cached block being that large, cudaMalloc'd whole), so the pool's slack on short-lived
+        # tensors (compose.Overhead.fragmented) does not apply to it: an instant-only item, not a transient one
+        candidates.append(Instant("forward end", saved, loss, 0, (("logits.outputs_fp32", outputs_fp32),)))
     layer_work = (("activations.backward_transient", transient),)
     if recomputed:
         # one layer recomputed and back-propagated: at the top every layer input is still kept and only the

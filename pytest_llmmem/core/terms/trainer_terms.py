@@ -84,8 +84,12 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
         return {"logits": returned, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32}
     if knobs.loss == "inplace" and not knobs.chunk_upcast:
         # a kernel over the logits as they come (Unsloth before 2024.11.7, Profile.inplace_loss_before) keeps them and
-        # writes their gradient into them: one b*s*V tensor in the logits' dtype from the head to its backward
-        return {"inplace_grad": returned}
+        # writes their gradient into them: one b*s*V tensor in the logits' dtype from the head to its backward.
+        # The model returns them too, and the HF Trainer's fp16 / bf16 wraps its forward in accelerate's
+        # convert_outputs_to_fp32 (accelerate 0.30 accelerator.py:1356-1365, utils/operations.py:780-789 tensor.float()):
+        # an fp32 copy at the end of the forward, gone with the outputs before backward (backward.py "forward end")
+        upcast_copy = 0 if (logits_act or act) >= FP32 else elems * FP32
+        return {"inplace_grad": returned, "outputs_fp32": upcast_copy}
     if knobs.loss == "inplace":
         return {"logits": returned, "inplace_fp32_grad": elems * FP32, "grad_cast": elems * (logits_act or act)}
     if knobs.loss == "chunked":
