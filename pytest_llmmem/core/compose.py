@@ -72,6 +72,13 @@ class Phase(Record):
     # ``items`` is the instant with the most allocated; another may hold more short-lived bytes, and so more
     # reserved: the composer takes each high-water mark over all of them (Overhead.fragmented).
     instants: Tuple[Tuple[Item, ...], ...] = ()
+    # Bytes of ``items`` allocated on another CUDA stream (FSDP's all-gather stream): the caching allocator serves a
+    # stream only from blocks allocated on it (c10/cuda/CUDACachingAllocator.cpp get_free_block skips a cached block
+    # whose stream differs), so they sit in their own segments beside the default stream's pool.
+    apart: int = 0
+    # The reserve an earlier phase left cached in the default stream's pool (no empty_cache in between): its
+    # allocations reuse those blocks, so that pool reserves at least this much through the phase.
+    held_pool: int = 0
 
     @property
     def resident(self) -> Tuple[Item, ...]:
@@ -99,8 +106,22 @@ class Overhead(Record):
         reserved one is the largest allocated + slack over the phase's instants, wherever its allocated peak is."""
         if self.fragmentation is None:
             return 0
-        reserved = max(allocated(items) + self._slack(items) for items in (phase.items,) + phase.instants)
+        reserved = max(self._reserved(items, phase) for items in (phase.items,) + phase.instants)
         return reserved - allocated(phase.items)
+
+    def held_pool_binds(self, phase: Phase) -> bool:
+        """Whether the pool an earlier phase left (``Phase.held_pool``) sets this phase's reserved peak."""
+        if self.fragmentation is None or not phase.held_pool:
+            return False
+        return all(self._own_stream(items, phase) < phase.held_pool for items in (phase.items,) + phase.instants)
+
+    def _reserved(self, items: Sequence[Item], phase: Phase) -> int:
+        """One instant's reserved bytes: the default stream's pool (its own need, or what an earlier phase left
+        cached, whichever is larger) plus the blocks another stream holds (``Phase.apart``)."""
+        return max(self._own_stream(items, phase), phase.held_pool) + phase.apart
+
+    def _own_stream(self, items: Sequence[Item], phase: Phase) -> int:
+        return allocated(items) - phase.apart + self._slack(items)
 
     def _slack(self, items: Sequence[Item]) -> int:
         return round(self.fragmentation * sum(i.at_peak for i in items if i.transient))

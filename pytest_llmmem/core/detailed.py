@@ -22,7 +22,7 @@ from ..catalog.kernels import applied as kernels_applied
 from ..catalog.profiles import PROFILES
 from .terms.backward import backward_instant, instant_details
 from .terms.checkpointing import COMPILE_APPROXIMATE, selective_approximate
-from .terms.job_phases import job_note, job_phases, step_phases
+from .terms.job_phases import FSDP_WRAP_POOL, job_note, job_phases, step_phases
 from .terms.step import Step, step_terms
 from .terms.trainer_terms import optimizer_step
 
@@ -63,6 +63,8 @@ def detailed(run: Run, step: Optional[Step] = None) -> Estimate:
     if run.zero_stage == 3 and arch is None:
         notes.append("ZeRO-3's gathered largest layer not counted: it needs the architecture")
     partial, approximate = _caveats(run, arch)
+    if run.trains and overhead.held_pool_binds(next(p for p in phases if p.name == comp.peak)):
+        approximate += (FSDP_WRAP_POOL,)
     details = {**dict(step.details), **comp.overhead_details, **dict(opt.details)}
     if run.trains:
         # the breakdown is what is alive at the backward's peak instant; each term's full size stays here

@@ -17,7 +17,7 @@ import math
 from typing import List, Optional, Tuple
 
 from ...units import format_bytes
-from ..compose import Item, Phase, overhead_slot
+from ..compose import Item, Phase, allocated, overhead_slot
 from .activations import FP32
 from .transients import forward_transient
 from .backward import INSTANTS, backward_instants, instant_items
@@ -329,8 +329,31 @@ def job_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
     step's outputs), eval (when the job evaluates), save."""
     evaluation = eval_phase(run, step)
     forward = next_forward_phase(run, step)
-    return ((load_phase(run, step),) + step_phases(run, step, opt) + ((forward,) if forward else ())
-            + ((evaluation,) if evaluation else ()) + (save_phase(run, step),))
+    load = load_phase(run, step)
+    steps = tuple(_after_fsdp_wrap(run, step, load, p) for p in step_phases(run, step, opt))
+    return ((load,) + steps + ((forward,) if forward else ()) + ((evaluation,) if evaluation else ()) + (save_phase(run, step),))
+
+
+# Why an FSDP step's reserved peak can be the wrap's pool with the gathered units on top (docs/phases.md).
+FSDP_WRAP_POOL = ("FSDP: the wrap's cached pool sets the step's reserved peak (no torch.cuda.empty_cache between the wrap and "
+                  "the loop), counted as the wrap's largest instant (the shards and one unit flattened twice); the allocator's "
+                  "block splitting as unit after unit is flattened can leave more, not modelled: fsdp_qlora's Llama-2 7B QLoRA "
+                  "on 2 GPUs reports 3.72 GiB reserved after the wrap (benchmarks_03_2024.md), counted 2.96 GiB")
+
+
+def _after_fsdp_wrap(run, step: Step, load: Phase, phase: Phase) -> Phase:
+    """An FSDP step's phase with the two pools the caching allocator keeps apart. The wrap runs on the default stream
+    and its freed blocks stay cached into the step: fsdp_qlora train.py calls empty_cache only before the wrap
+    (train.py:634; FSDP(...) :724, the loop :809) and transformers' Trainer only every torch_empty_cache_steps
+    (training_args.py, default None). The step's default-stream tensors reuse them; the all-gathered units do not:
+    FSDP1 allocates each padded unsharded flat parameter inside ``with stream(unshard_stream)``
+    (torch/distributed/fsdp/_runtime_utils.py _unshard -> _flat_param.py unshard, _alloc_storage), FSDP2 on its
+    all-gather stream (_fully_shard/_fsdp_param_group.py), and a cached block serves only its own stream."""
+    gathered = step.detail("weights.gathered_for_compute")
+    if run.fsdp == "none" or not gathered or phase.name not in STEP:
+        return phase
+    # the load phase's items under FSDP are resident (weights, load_copies): its reserve is what it allocates
+    return phase._replace(apart=gathered, held_pool=allocated(load.items))
 
 
 def job_note(peak: Phase) -> str:
