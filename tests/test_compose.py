@@ -3,6 +3,8 @@
 from pytest_llmmem.config.load import adhoc_run
 from pytest_llmmem.core.compose import Item, Overhead, Phase, compose, overhead_slot, training_overhead
 from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, TERMS
+from pytest_llmmem.core.terms.job_phases import offloaded_shard_copies
+from pytest_llmmem.core.terms.step import step_terms
 from pytest_llmmem.estimator import estimate
 
 OVERHEAD = Overhead(7, 0.3, (("overhead.cuda_context", 7),))
@@ -119,6 +121,9 @@ def test_a_pool_left_by_an_earlier_phase_is_a_floor_of_the_default_stream_and_an
     # a smaller pool (100 < 119) leaves the phase as it was: 130 + round(0.3 x 30) = 139 reserved
     smaller = phase._replace(held_pool=100)
     assert OVERHEAD.fragmented(smaller) == 9 and not OVERHEAD.held_pool_binds(smaller)
+    # another stream's cached blocks (no item holds them) add to the reserved peak whichever pool binds: 150 + 5
+    assert OVERHEAD.fragmented(phase._replace(stream_cached=5)) == 25
+    assert OVERHEAD.fragmented(smaller._replace(stream_cached=5)) == 14  # 139 + 5 - 130
     # a given overhead has no pool to model
     assert Overhead(7, None).fragmented(phase) == 0 and not Overhead(7, None).held_pool_binds(phase)
 
@@ -140,3 +145,12 @@ def test_an_fsdp_step_keeps_the_wraps_pool_beside_its_gathered_units():
     # one GPU, no FSDP: no wrap pool, no all-gather stream, nothing marked
     single = estimate(adhoc_run({**keys, "gpus": 1, "fsdp": "none"}))
     assert not any(a.startswith("FSDP:") for a in single.approximate)
+
+
+def test_fsdp_cpu_offload_keeps_the_largest_shard_copy_in_the_pre_unshard_streams_pool():
+    # fq-7b-qlora-offload-b12's keys: the largest unit is the 16-bit root, embed 32000 x 4096 + head 32000 x 4096 +
+    # final norm 4096 = 262,148,096 params x 2 B = 524,296,192 B whole; its GPU copy of one GPU's half: 262,148,096 B
+    offload = adhoc_run({**FQ_7B_QLORA_512, "offload": "optimizer+params", "batch-size": 12, "seq-len": 2048})
+    assert offloaded_shard_copies(offload, step_terms(offload)) == 262_148_096
+    resident = adhoc_run(FQ_7B_QLORA_512)
+    assert offloaded_shard_copies(resident, step_terms(resident)) == 0  # the shards stay on the GPU: nothing copied

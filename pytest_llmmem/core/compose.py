@@ -79,6 +79,9 @@ class Phase(Record):
     # The reserve an earlier phase left cached in the default stream's pool (no empty_cache in between): its
     # allocations reuse those blocks, so that pool reserves at least this much through the phase.
     held_pool: int = 0
+    # Blocks cached in another stream's pool that no item holds at the phase's instants (reserved, not allocated):
+    # FSDP1 offload's GPU copies of shards, freed after each all-gather (terms/job_phases.py offloaded_shard_copies).
+    stream_cached: int = 0
 
     @property
     def resident(self) -> Tuple[Item, ...]:
@@ -117,8 +120,8 @@ class Overhead(Record):
 
     def _reserved(self, items: Sequence[Item], phase: Phase) -> int:
         """One instant's reserved bytes: the default stream's pool (its own need, or what an earlier phase left
-        cached, whichever is larger) plus the blocks another stream holds (``Phase.apart``)."""
-        return max(self._own_stream(items, phase), phase.held_pool) + phase.apart
+        cached, whichever is larger) plus the blocks other streams hold (``Phase.apart``, ``Phase.stream_cached``)."""
+        return max(self._own_stream(items, phase), phase.held_pool) + phase.apart + phase.stream_cached
 
     def _own_stream(self, items: Sequence[Item], phase: Phase) -> int:
         return allocated(items) - phase.apart + self._slack(items)

@@ -67,18 +67,8 @@ def load_phase(run, step: Step) -> Phase:
     if run.fsdp != "none":
         # FSDP init (sync_module_states): each wrapped unit arrives whole, is flattened (a copy) and
         # sharded: the shards so far plus one unit twice (torch/distributed/fsdp/_init_utils.py).
-        per_param = FP32 if run.precision == "mixed" and run.mode == "train" else dtype.bytes
         shards = resident["weights"] + resident["master_weights"]
-        unit = local.largest_unit * per_param
-        if dtype.quantized and arch is not None:
-            # The root unit (the embedding, final norm and head: what no nested unit wraps) is never quantised
-            # (fsdp_qlora train.py replace_linear skips lm_head; bitsandbytes quantises only nn.Linear in the layers),
-            # so it is flattened in 16 bit (fp32 after kbit-prepare) and outweighs a 4-bit decoder layer:
-            # Llama-2-7B's 262.4 M root params x 2 B against 202 M x 0.5 B. fsdp_qlora's 7B QLoRA on two GPUs
-            # reports 3.72 GiB reserved after the wrap (benchmarks_03_2024.md), which this phase now puts at 2.96 GiB.
-            rest = FP32 if run.kbit_prepare else dtype.compute_bytes
-            unit = max(unit, (arch.embedding_params() + arch.head_params()) * (local.params / params if params else 1) * rest)
-        copies = round(2 * unit)
+        copies = round(2 * largest_fsdp_unit(run, step))
         return _job_phase("load", [Item("weights", shards, shown_if_zero=True), Item("load_copies", copies, shown_if_zero=True)],
                           f"FSDP init flattens one {format_bytes(copies // 2)} unit at a time")
     if run.zero_stage == 3:
@@ -98,6 +88,22 @@ def load_phase(run, step: Step) -> Phase:
     if copies:
         items.append(Item("load_copies", copies))
     return _job_phase("load", items)
+
+
+def largest_fsdp_unit(run, step: Step) -> float:
+    """The bytes of the largest FSDP unit's flat parameter, whole (unsharded), in the dtype FSDP stores it."""
+    dtype, arch, params, local = run.dtype, step.arch, step.params, step.local
+    per_param = FP32 if run.precision == "mixed" and run.mode == "train" else dtype.bytes
+    unit = local.largest_unit * per_param
+    if dtype.quantized and arch is not None:
+        # The root unit (the embedding, final norm and head: what no nested unit wraps) is never quantised
+        # (fsdp_qlora train.py replace_linear skips lm_head; bitsandbytes quantises only nn.Linear in the layers),
+        # so it is flattened in 16 bit (fp32 after kbit-prepare) and outweighs a 4-bit decoder layer:
+        # Llama-2-7B's 262.4 M root params x 2 B against 202 M x 0.5 B. fsdp_qlora's 7B QLoRA on two GPUs
+        # reports 3.72 GiB reserved after the wrap (benchmarks_03_2024.md), which the load phase puts at 2.96 GiB.
+        rest = FP32 if run.kbit_prepare else dtype.compute_bytes
+        unit = max(unit, (arch.embedding_params() + arch.head_params()) * (local.params / params if params else 1) * rest)
+    return unit
 
 
 def _compute_name(dtype) -> str:
@@ -353,7 +359,18 @@ def _after_fsdp_wrap(run, step: Step, load: Phase, phase: Phase) -> Phase:
     if run.fsdp == "none" or not gathered or phase.name not in STEP:
         return phase
     # the load phase's items under FSDP are resident (weights, load_copies): its reserve is what it allocates
-    return phase._replace(apart=gathered, held_pool=allocated(load.items))
+    return phase._replace(apart=gathered, held_pool=allocated(load.items), stream_cached=offloaded_shard_copies(run, step))
+
+
+def offloaded_shard_copies(run, step: Step) -> int:
+    """Under FSDP1 CPU offload, the GPU copy of a unit's shard that each all-gather reads: pre_unshard copies the
+    CPU shard to the GPU inside ``with stream(pre_unshard_stream)`` (_runtime_utils.py _unshard; _flat_param.py
+    pre_unshard: flat_param_to(device), "creates a new tensor") and it is freed once the unsharded view replaces it,
+    so its blocks stay in that stream's pool, apart from the default and all-gather streams'. Counted as the
+    largest unit's shard, the least that pool holds (smaller units' copies can reuse its block)."""
+    if run.offload != "optimizer+params" or run.shard_group <= 1:
+        return 0
+    return round(largest_fsdp_unit(run, step) / run.shard_group)
 
 
 def job_note(peak: Phase) -> str:
