@@ -3,7 +3,7 @@
 from pytest_llmmem.config.load import adhoc_run
 from pytest_llmmem.core.compose import Item, Overhead, Phase, compose, overhead_slot, training_overhead
 from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, TERMS
-from pytest_llmmem.core.terms.job_phases import offloaded_shard_copies
+from pytest_llmmem.core.terms.job_phases import offloaded_shard_copies, wrap_leftovers
 from pytest_llmmem.core.terms.step import step_terms
 from pytest_llmmem.estimator import estimate
 
@@ -122,29 +122,35 @@ def test_a_pool_left_by_an_earlier_phase_is_a_floor_of_the_default_stream_and_an
     smaller = phase._replace(held_pool=100)
     assert OVERHEAD.fragmented(smaller) == 9 and not OVERHEAD.held_pool_binds(smaller)
     # another stream's cached blocks (no item holds them) add to the reserved peak whichever pool binds: 150 + 5
-    assert OVERHEAD.fragmented(phase._replace(stream_cached=5)) == 25
-    assert OVERHEAD.fragmented(smaller._replace(stream_cached=5)) == 14  # 139 + 5 - 130
+    assert OVERHEAD.fragmented(phase._replace(cached=5)) == 25
+    assert OVERHEAD.fragmented(smaller._replace(cached=5)) == 14  # 139 + 5 - 130
     # a given overhead has no pool to model
     assert Overhead(7, None).fragmented(phase) == 0 and not Overhead(7, None).held_pool_binds(phase)
 
 
 def test_an_fsdp_step_keeps_the_wraps_pool_beside_its_gathered_units():
     # fsdp_qlora's Llama-2-7B QLoRA at 512 tokens on two GPUs (published-fsdp-qlora.jsonl fq-7b-qlora-b1-512, 4.98 GiB
-    # reserved). The load phase (FSDP init) holds the shards and the root unit flattened twice, all resident; the step's
-    # default-stream need (its reserved less the gathered units) is below it, so the reserved peak is the load phase's
-    # bytes plus the gathered units, with the cause marked approximate. At 2b231cc+: 1.98 GiB shards + 0.98 GiB (the
-    # 0.49 GiB root twice) + 0.69 GiB gathered + 0.78 GiB context and cuBLAS workspace = 4.43 GiB (3.68 GiB reserved);
-    # the step's own default-stream need, 3.49 - 0.69 = 2.80 GiB, is below the 2.96 GiB pool.
+    # reserved). The load phase (FSDP init) holds the shards and the root unit flattened twice, all resident, and leaves
+    # the last decoder unit's two blocks cached: 4 x 4096^2 + 3 x 4096 x 11008 + 2 x 4096 = 202,383,360 params x 0.5 B,
+    # twice = 202,383,360 B, none of which fits a 32000 x 4096 x 2 B table of the root. The step's default-stream need
+    # (its reserved less the gathered units) is below that pool, so the reserved peak is the pool plus the gathered
+    # units, marked approximate. At 330d244+: 1.98 + 0.98 + 0.19 = 3.15 GiB pool + 0.69 GiB gathered = 3.84 GiB reserved
+    # (+ 0.78 GiB context and cuBLAS workspace); the step's own default-stream need, 3.49 - 0.69 = 2.80 GiB.
     keys = FQ_7B_QLORA_512
-    est = estimate(adhoc_run(keys))
+    run = adhoc_run(keys)
+    assert wrap_leftovers(run, step_terms(run)) == 202_383_360
+    est = estimate(run)
     load = next(p for p in est.phase_parts if p.name == "load")
-    pool = load.breakdown["weights"] + load.breakdown["load_copies"]
+    pool = load.breakdown["weights"] + load.breakdown["load_copies"] + 202_383_360
     fixed = est.details["overhead.cuda_context"] + est.details["overhead.cublas_workspace"]
     assert est.total_bytes == pool + est.details["weights.gathered_for_compute"] + fixed
     assert any(a.startswith("FSDP: the wrap's cached pool") for a in est.approximate)
     # one GPU, no FSDP: no wrap pool, no all-gather stream, nothing marked
     single = estimate(adhoc_run({**keys, "gpus": 1, "fsdp": "none"}))
     assert not any(a.startswith("FSDP:") for a in single.approximate)
+    # 16-bit LoRA: not counted (a 262 MB table can fit the decoder unit's 405 MB flat block)
+    lora = adhoc_run({k: v for k, v in {**keys, "dtype": "bf16", "mode": "lora"}.items() if k != "double-quant"})
+    assert wrap_leftovers(lora, step_terms(lora)) == 0
 
 
 def test_fsdp_cpu_offload_keeps_the_largest_shard_copy_in_the_pre_unshard_streams_pool():

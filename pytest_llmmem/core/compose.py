@@ -79,9 +79,10 @@ class Phase(Record):
     # The reserve an earlier phase left cached in the default stream's pool (no empty_cache in between): its
     # allocations reuse those blocks, so that pool reserves at least this much through the phase.
     held_pool: int = 0
-    # Blocks cached in another stream's pool that no item holds at the phase's instants (reserved, not allocated):
-    # FSDP1 offload's GPU copies of shards, freed after each all-gather (terms/job_phases.py offloaded_shard_copies).
-    stream_cached: int = 0
+    # Blocks cached that no item holds at the phase's instants (reserved, not allocated): another stream's pool (FSDP1
+    # offload's GPU copies of shards, terms/job_phases.py offloaded_shard_copies) or blocks this phase freed and
+    # could not reuse (FSDP init's last decoder unit under the root's larger tensors, job_phases.wrap_leftovers).
+    cached: int = 0
 
     @property
     def resident(self) -> Tuple[Item, ...]:
@@ -120,8 +121,8 @@ class Overhead(Record):
 
     def _reserved(self, items: Sequence[Item], phase: Phase) -> int:
         """One instant's reserved bytes: the default stream's pool (its own need, or what an earlier phase left
-        cached, whichever is larger) plus the blocks other streams hold (``Phase.apart``, ``Phase.stream_cached``)."""
-        return max(self._own_stream(items, phase), phase.held_pool) + phase.apart + phase.stream_cached
+        cached, whichever is larger) plus the blocks other streams hold (``Phase.apart``) and those no item holds (``Phase.cached``)."""
+        return max(self._own_stream(items, phase), phase.held_pool) + phase.apart + phase.cached
 
     def _own_stream(self, items: Sequence[Item], phase: Phase) -> int:
         return allocated(items) - phase.apart + self._slack(items)
