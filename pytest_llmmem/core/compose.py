@@ -80,8 +80,8 @@ class Phase(Record):
     # allocations reuse those blocks, so that pool reserves at least this much through the phase.
     held_pool: int = 0
     # Blocks cached that no item holds at the phase's instants (reserved, not allocated): another stream's pool (FSDP1
-    # offload's GPU copies of shards, terms/job_phases.py offloaded_shard_copies) or blocks this phase freed and
-    # could not reuse (FSDP init's last decoder unit under the root's larger tensors, job_phases.wrap_leftovers).
+    # offload's GPU copies of shards, terms/fsdp_pools.py offloaded_shard_copies) or blocks this phase freed and
+    # could not reuse (FSDP init's last decoder unit under the root's larger tensors, fsdp_pools.wrap_leftovers).
     cached: int = 0
 
     @property

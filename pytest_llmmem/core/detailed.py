@@ -22,7 +22,8 @@ from ..catalog.kernels import applied as kernels_applied
 from ..catalog.profiles import PROFILES
 from .terms.backward import backward_instant, instant_details
 from .terms.checkpointing import COMPILE_APPROXIMATE, selective_approximate
-from .terms.job_phases import FSDP_WRAP_POOL, job_note, job_phases, step_phases
+from .terms.fsdp_pools import FSDP_WRAP_POOL
+from .terms.job_phases import job_note, job_phases, step_phases
 from .terms.step import Step, step_terms
 from .terms.trainer_terms import optimizer_step
 

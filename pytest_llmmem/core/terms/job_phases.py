@@ -21,12 +21,11 @@ from ..compose import Item, Phase, allocated, overhead_slot
 from .activations import FP32
 from .transients import forward_transient
 from .backward import INSTANTS, backward_instants, instant_items
+from .fsdp_pools import largest_fsdp_unit, offloaded_shard_copies, wrap_leftovers
 from .step import Step
 from .trainer_terms import StepOptimizer
 
 INT64 = 8
-# bitsandbytes packs two 4-bit codes a byte (Params4bit data, what FSDP flattens; the absmax constants sit in quant_state)
-PACKED_4BIT = 0.5
 # How each phase is named in a sentence ("peak at checkpoint save: ...").
 LABELS = {"forward": "the next step's forward", "load": "loading", "adapter forward": "the training step (forward)",
           "backward": "the training step (backward)", "optimizer step": "the optimizer step", "eval": "evaluation", "save": "checkpoint save"}
@@ -90,37 +89,6 @@ def load_phase(run, step: Step) -> Phase:
     if copies:
         items.append(Item("load_copies", copies))
     return _job_phase("load", items)
-
-
-def largest_fsdp_unit(run, step: Step) -> float:
-    """The bytes of the largest FSDP unit's flat parameter, whole (unsharded), in the dtype FSDP stores it."""
-    dtype, arch, params, local = run.dtype, step.arch, step.params, step.local
-    per_param = FP32 if run.precision == "mixed" and run.mode == "train" else dtype.bytes
-    unit = local.largest_unit * per_param
-    if dtype.quantized and arch is not None:
-        # The root unit (the embedding, final norm and head: what no nested unit wraps) is never quantised
-        # (fsdp_qlora train.py replace_linear skips lm_head; bitsandbytes quantises only nn.Linear in the layers),
-        # so it is flattened in 16 bit (fp32 after kbit-prepare) and outweighs a 4-bit decoder layer:
-        # Llama-2-7B's 262.4 M root params x 2 B against 202 M x 0.5 B. fsdp_qlora's 7B QLoRA on two GPUs
-        # reports 3.72 GiB reserved after the wrap (benchmarks_03_2024.md), which the load phase puts at 3.15 GiB.
-        rest = FP32 if run.kbit_prepare else dtype.compute_bytes
-        unit = max(unit, (arch.embedding_params() + arch.head_params()) * (local.params / params if params else 1) * rest)
-    return unit
-
-
-def wrap_leftovers(run, step: Step) -> int:
-    """FSDP init's cached blocks the root unit cannot reuse: the last decoder unit's parameters and its flat copy
-    (the broadcast bucket and FlatParamHandle's cat reuse one block), freed before the root is moved and flattened.
-    The caching allocator hands a request a cached block at least as large (CUDACachingAllocator.cpp get_free_block,
-    best fit); under 4-bit weights each of the root's 16-bit vocab x hidden tables outweighs the whole decoder unit,
-    so nothing of the root fits there and both blocks stay reserved beside the root's. Llama-2-7B: 202 M params x
-    0.5 B = 101 MB twice against a 262 MB table. In 16 bit a table can fit the decoder's flat block: not counted."""
-    arch, local = step.arch, step.local
-    if run.fsdp == "none" or run.dtype.name not in ("nf4", "int4") or arch is None or local.largest_unit <= arch.embedding_params():
-        return 0  # (largest_unit is the larger of a decoder layer and the embedding: here it is the layer)
-    layer = local.largest_unit * PACKED_4BIT
-    table = arch.vocab_size * arch.hidden_size * (FP32 if run.kbit_prepare else run.dtype.compute_bytes)
-    return round(2 * layer) if table > layer else 0
 
 
 def _compute_name(dtype) -> str:
@@ -357,14 +325,6 @@ def job_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
     return ((load,) + steps + ((forward,) if forward else ()) + ((evaluation,) if evaluation else ()) + (save_phase(run, step),))
 
 
-# Why an FSDP step's reserved peak can be the wrap's pool with the gathered units on top (docs/phases.md).
-FSDP_WRAP_POOL = ("FSDP: the wrap's cached pool sets the step's reserved peak (no torch.cuda.empty_cache between the wrap and "
-                  "the loop), counted as the wrap's largest instant (the shards and one unit flattened twice) and, under 4-bit weights, "
-                  "the last decoder unit's two blocks the root cannot reuse; the allocator's "
-                  "block splitting as unit after unit is flattened can leave more, not modelled: fsdp_qlora's Llama-2 7B QLoRA "
-                  "on 2 GPUs reports 3.72 GiB reserved after the wrap (benchmarks_03_2024.md), counted 3.15 GiB")
-
-
 def _after_fsdp_wrap(run, step: Step, load: Phase, phase: Phase) -> Phase:
     """An FSDP step's phase with the two pools the caching allocator keeps apart. The wrap runs on the default stream
     and its freed blocks stay cached into the step: fsdp_qlora train.py calls empty_cache only before the wrap
@@ -378,17 +338,6 @@ def _after_fsdp_wrap(run, step: Step, load: Phase, phase: Phase) -> Phase:
         return phase
     # the load phase's items under FSDP are resident (weights, load_copies): its reserve is those and its leftovers
     return phase._replace(apart=gathered, held_pool=allocated(load.items) + load.cached, cached=offloaded_shard_copies(run, step))
-
-
-def offloaded_shard_copies(run, step: Step) -> int:
-    """Under FSDP1 CPU offload, the GPU copy of a unit's shard that each all-gather reads: pre_unshard copies the
-    CPU shard to the GPU inside ``with stream(pre_unshard_stream)`` (_runtime_utils.py _unshard; _flat_param.py
-    pre_unshard: flat_param_to(device), "creates a new tensor") and it is freed once the unsharded view replaces it,
-    so its blocks stay in that stream's pool, apart from the default and all-gather streams'. Counted as the
-    largest unit's shard, the least that pool holds (smaller units' copies can reuse its block)."""
-    if run.offload != "optimizer+params" or run.shard_group <= 1:
-        return 0
-    return round(largest_fsdp_unit(run, step) / run.shard_group)
 
 
 def job_note(peak: Phase) -> str:
