@@ -24,7 +24,8 @@ from ..core import detailed as core
 from ..core.compose import OVERHEAD, Item, Pairs, Phase, compose, run_overhead
 from ..core.records import TERMS, Estimate
 from ..core.run import RecipeSettings, Run
-from ..core.terms.activations import FP32, INDEX_BYTES
+from ..core.terms.activations import FP32
+from ..core.terms.model_ends import INDEX_BYTES
 from ..core.terms.backward import INSTANTS, Instant, backward_instant, instant_details, instant_items
 from ..core.terms.transients import forward_transient
 from ..core.terms.parallel import local_params

@@ -22,10 +22,7 @@ from .trainable import FP32, Trainable
 from ...model.layers import Attention, Dense, LatentAttention, LayerGroup, Linear, MoE, NoMLP, StateSpace
 from ...model.architecture import PYTHON_ACTIVATIONS, Architecture
 
-INDEX_BYTES = 8  # int64 token ids / labels
-
-
-def _norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: bool, amp: bool, width: int = 0, rows: int = 0,
+def norm_saved(arch: Architecture, tokens: int, act: int, weight_trainable: bool, amp: bool, width: int = 0, rows: int = 0,
                 kernels: FrozenSet[str] = frozenset()) -> int:
     """What one norm over ``width`` (default: hidden size) keeps (its output is counted by whoever consumes it).
 
@@ -118,7 +115,7 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
         # the normalised tensor when the weight trains, and one rsqrt per row.
         per_head = attn.qk_norm == "head"
         for heads in (a, kv):
-            kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=heads * d, rows=tokens * (heads if per_head else 1), kernels=t.kernels)
+            kept += norm_saved(arch, tokens, act, t.full, p.amp, width=heads * d, rows=tokens * (heads if per_head else 1), kernels=t.kernels)
     score_elems = p.batch * a * p.seq * kv_len
     if math_sdpa(attn, t, p.prefix):
         # PyTorch's math SDPA backend (aten/src/ATen/native/transformers/attention.cpp _scaled_dot_product_attention_math):
@@ -191,9 +188,9 @@ def _latent_saved(arch: Architecture, attn: LatentAttention, lin: Dict[str, Line
     shared = _consumer_input(arch, first, tokens, h, act, t, p.amp)
     kept = 0
     if attn.q_lora_rank:
-        kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=attn.q_lora_rank, kernels=t.kernels)
+        kept += norm_saved(arch, tokens, act, t.full, p.amp, width=attn.q_lora_rank, kernels=t.kernels)
         kept += _consumer_input(arch, [lin["q"].name], tokens, attn.q_lora_rank, act, t, p.amp)
-    kept += _norm_saved(arch, tokens, act, t.full, p.amp, width=attn.kv_lora_rank, kernels=t.kernels)
+    kept += norm_saved(arch, tokens, act, t.full, p.amp, width=attn.kv_lora_rank, kernels=t.kernels)
     kept += _consumer_input(arch, [lin["kv"].name], tokens, attn.kv_lora_rank, act, t, p.amp)
     qk, v = attn.head_dim, attn.v_head_dim
     # q and k (nope and rope concatenated into new tensors) and v, a view of kv_b_proj's whole
@@ -351,9 +348,9 @@ def layer_saved(
     tokens, full = p.tokens, trainable.full
     post_norms = group.norms == 4  # Gemma 2/3, GLM-4: a norm after attention and after the MLP too
     # In a LoRA run the first layer's input comes from a frozen embedding and needs no gradient, so its norm keeps nothing.
-    norm = _norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) if (input_requires_grad or full) else 0
+    norm = norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) if (input_requires_grad or full) else 0
     shared, kept = _ATTENTION_SAVED[type(group.attention)](arch, group.attention, lin, p)
-    shared += norm + (_norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) if post_norms else 0)
+    shared += norm + (norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) if post_norms else 0)
     if arch.hidden_dropout:
         shared += tokens * h  # residual dropout mask, 1 byte per element
     # the additive mask SDPA keeps in a sliding layer is (b, 1, s, s) on every tensor-parallel rank
@@ -363,13 +360,13 @@ def layer_saved(
     frozen_attention = isinstance(group.attention, Attention) and trainable.untouched(
         [lin[r].name for r in ("qkv", "q", "k", "v", "o") if r in lin])
     if frozen_attention and post_norms:
-        shared -= _norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels)
+        shared -= norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels)
     out = {"attention": shared // (tp if sp else 1) + kept // tp + mask}
     mlp_shared, mlp_kept = _mlp_saved(arch, group.mlp, lin, p)
     if not isinstance(group.mlp, NoMLP):
         # the pre-MLP norm (on the residual) and, with post-norms, the one on the MLP's output
         mlp_norms = (2 if post_norms else 1) - (1 if frozen_attention else 0)
-        mlp_shared += _norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) * mlp_norms if group.norms >= 2 else 0
+        mlp_shared += norm_saved(arch, tokens, act, full, amp, kernels=trainable.kernels) * mlp_norms if group.norms >= 2 else 0
         if arch.hidden_dropout:
             mlp_shared += tokens * h
     if group.norms == 1 and not amp and isinstance(group.mlp, Dense):
@@ -381,35 +378,3 @@ def layer_saved(
             mlp_shared -= tokens * h * act
     out["mlp"] = mlp_shared // (tp if sp else 1) + mlp_kept // tp
     return out
-
-
-def rotary_tables(arch: Architecture, *, seq: int, act: int) -> int:
-    """cos and sin for every position, computed once and kept by each layer's q * cos and
-    rotate_half(q) * sin (one storage for the whole model, shaped (1, seq, rotary dims) from HF's
-    default position_ids; HF RotaryEmbedding)."""
-    if arch.family.learned_positions:
-        return 0
-    dims = arch.d_head if arch.rotary_dim is None else arch.rotary_dim
-    return 2 * seq * dims * act
-
-
-def head_saved(arch: Architecture, *, batch: int, seq: int, act: int, trainable: Trainable, amp: bool = False) -> int:
-    """Embedding ids, the final norm and the LM head's input (the loss buffers are counted in ``logits``)."""
-    tokens = batch * seq
-    n = tokens * INDEX_BYTES * 2  # input ids for the embedding, labels for the loss
-    if arch.family.final_norm:
-        n += _norm_saved(arch, tokens, act, trainable.full, amp, kernels=trainable.kernels)
-    h = arch.hidden_size
-    if (trainable.full or trainable.keeps_input("lm_head", act)) and not arch.family.classifier:
-        n += tokens * h * act  # lm_head input
-    # An adapted head keeps what an adapted linear keeps (adapters.lora_saved); an adapted embedding keeps
-    # lora_embedding_A's r-wide output for B's gradient (peft/tuners/lora/layer.py Embedding.forward: after_A @ B;
-    # it applies no dropout). Measured: tests/data/adapters/lora-head.json, lora-embed.json.
-    n += trainable.adapter_kept("lm_head", h, act, tokens)
-    if "embed_tokens" in trainable.adapted:
-        n += tokens * trainable.rank * trainable.adapter_bytes
-    if arch.family.embedding_norm:
-        n += _norm_saved(arch, tokens, act, trainable.full, amp, kernels=trainable.kernels)
-    if arch.hidden_dropout:
-        n += tokens * arch.hidden_size  # embedding dropout mask
-    return n

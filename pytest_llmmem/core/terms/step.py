@@ -15,7 +15,8 @@ import math
 from typing import Dict, Optional, Tuple
 
 from ...record import Record
-from .activations import FP32, head_saved, held_inputs, layer_saved, rotary_tables
+from .activations import FP32, held_inputs, layer_saved
+from .model_ends import head_saved, rotary_tables
 from .trainable import Trainable
 from .attention_masks import model_masks
 from .checkpointing import context_parallel_kv, selective_saved
