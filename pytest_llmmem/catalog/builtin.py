@@ -63,8 +63,7 @@ def llmmem_register_optimizers(register):
     # param update": Inductor materialises both, 2 x fp32 of the parameter stepped (measured on the CPU:
     # benchmarks/data/compile-cpu.jsonl torchao-adamw8bit-step, 8.03 B per element).
     register(Optimizer("torchao-adamw-8bit", aliases=("ao-adamw-8bit", "torchao-adamw8bit"), doc="torchao AdamW8bit",
-                       states=2, state_bytes=1 + 4 / 256, small_tensor_numel=4096, small_in_param_dtype=True,
-                       step_bytes_per_element=2 * (4 + 4 / 256)))
+                       small_in_param_dtype=True, step_bytes_per_element=2 * (4 + 4 / 256), **eight_bit))
     # Paged variants: states of 1e5+ elements in CUDA unified memory, evicted to host under pressure
     # (bitsandbytes/optim/optimizer.py:383 get_state_buffer -> F.get_paged).
     register(Optimizer("paged-adamw-8bit", aliases=("pagedadamw8bit",), doc="bitsandbytes PagedAdamW8bit", paged=True, **eight_bit))

@@ -254,9 +254,8 @@ def rope_caches(run: Run, arch: Optional[Architecture]) -> int:
     if not run.knobs.rope_caches or arch is None or arch.family.name != "llama":
         return 0
     positions = max(run.seq_len, arch.context()[0])
-    dims = arch.d_head if arch.rotary_dim is None else arch.rotary_dim
     layers = math.ceil(arch.num_layers / run.pipeline_parallel)
-    return layers * 2 * positions * dims * run.dtype.compute_bytes
+    return layers * rotary_tables(arch, seq=positions, act=run.dtype.compute_bytes)  # one model-wide table per layer
 
 
 def trainable_for(run: Run, arch: Architecture) -> Trainable:

@@ -300,12 +300,13 @@ def optimizer_step(run, tensors, trainable: int, gradients: int, optimizer_state
     if opt.states and not opt.factored and run.offload == "none":
         state_list = optimizer_states / opt.states
         largest = state_list * (tensors.largest / tensors.total) if tensors is not None and tensors.total else state_list
-        temps, why = step_temporaries(knobs, opt, state_list, largest)
         if opt.step_bytes_per_element and tensors is not None:
             # one parameter at a time: the largest one's local part (catalog/builtin.py torchao-adamw-8bit), split by
             # the states' shard group and tensor parallelism as its states are
             temps = round(opt.step_bytes_per_element * tensors.largest / (run.shard_group * run.tensor_parallel))
             why = f"{opt.doc}'s compiled step: {opt.step_bytes_per_element:g} B per element of the largest parameter"
+        else:
+            temps, why = step_temporaries(knobs, opt, state_list, largest)
     if temps:
         details["optimizer_step.temporaries"] = temps
     return StepOptimizer(True, gradients, temps, knobs.optimizer_in_backward, why, tuple(details.items()))
