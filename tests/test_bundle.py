@@ -120,6 +120,10 @@ BUNDLED_COUNTS = {
     "ibm-granite/granite-3.3-2b-instruct": 2_533_539_840,
     "ai21labs/Jamba-v0.1": 51_570_323_328,
     "microsoft/Phi-3.5-MoE-instruct": 41_873_153_344,  # 41.9B (attention and lm_head biases)
+    # Issue 23 part 4, sixth pass: gemma-3-12b-it (the card's 12B) now from DiffSynth-Studio's whole literal (layer_types
+    # and dtype keys kept; the count of the trimmed copy before); unsloth/Phi-4 shares microsoft/phi-4's file (by hand above)
+    "google/gemma-3-12b-it": 12_187_325_040,
+    "unsloth/Phi-4": 14_659_507_200,
 }
 
 # The ids issue 23 part 4 bundled (second pass on): each is estimated offline through the CLI below.
@@ -305,33 +309,32 @@ def test_every_github_locator_becomes_a_link():
     assert hub.source_url("index:123") == "index:123"
 
 
-# Bundled configs whose taken_from is not yet a public link (issue 23 part 4: each should name a GitHub file at a
-# commit or the Hub file at a revision); an id leaves this set when a public copy of its config.json is found.
-NOT_YET_LINKED = {
-    "google/gemma-3-12b-it", "unsloth/Phi-4",
-}
-
-
 def test_every_bundled_config_names_a_public_file():
-    """A config bundled without a link fails here until it names one (or is added to NOT_YET_LINKED, which
-    only shrinks: 12 before issue 23's second pass, 11 after it, 8 since gemma-2-9b's, falcon-40b's and
-    DeepSeek-V2-Lite's files were found, 7 since QwQ-32B's, 6 since glm-4-9b-chat-hf's, 5 since falcon-7b's, 4 since granite-3.3-2b-instruct's,
-    3 since Jamba-v0.1's, 2 since Phi-3.5-MoE-instruct's)."""
-    unlinked = {model_id for model_id, entry in hub.bundled_index().items() if not hub.source_url(entry["taken_from"]).startswith("https://")}
-    assert unlinked == NOT_YET_LINKED
-    assert len(NOT_YET_LINKED) <= 2
+    """Issue 23 part 4: every bundled config names a file a user can open, a GitHub file at a commit (the last
+    two unlinked ones, gemma-3-12b-it's code-search id and unsloth/Phi-4's validation row, were linked: 12 before
+    the issue's second pass, then 11, 8, 7, 6, 5, 4, 3, 2, 0)."""
+    unlinked = {model_id: entry["taken_from"] for model_id, entry in hub.bundled_index().items()
+                if not hub.source_url(entry["taken_from"]).startswith("https://github.com/")}
+    assert unlinked == {}
 
 
-def test_the_checker_fails_while_a_bundled_config_names_no_public_file(capsys):
-    """benchmarks/check_bundle_sources.py exits 1 and names each id without a GitHub file at a commit (with what
-    it names instead), so the check cannot pass while NOT_YET_LINKED is not empty; a github: locator passes."""
+def test_the_checker_passes_the_bundle_and_fails_a_config_naming_no_public_file(capsys, tmp_path, monkeypatch):
+    """benchmarks/check_bundle_sources.py exits 0 on the bundle (no clone given: each locator "not checkable
+    here", none without a public file), and 1 naming an id whose taken_from is a code-search id or a validation
+    row, with what it names instead."""
     checker = _check_bundle_sources()
-    assert set(checker.without_public_url(hub.bundled_index())) == NOT_YET_LINKED
+    assert checker.without_public_url(hub.bundled_index()) == {}
     assert checker.without_public_url({"a/b": {"taken_from": "github:o/r@" + "a" * 40 + ":config.json"}, "c/d": {"taken_from": "index:1"}}) == {"c/d": "index:1"}
+    assert checker.main([]) == 0
+    assert "name no public file" not in capsys.readouterr().out
+    (tmp_path / "o--m").mkdir()
+    (tmp_path / "o--m" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "index.json").write_text(json.dumps({"o/m": {"folder": "o--m", "taken_from": "validation:serving.jsonl#row-1"}}))
+    monkeypatch.setattr(checker, "MODELS", tmp_path)
     assert checker.main([]) == 1
     out = capsys.readouterr().out
-    assert "google/gemma-3-12b-it: no public URL (taken_from index:52314463652)" in out
-    assert f"{len(NOT_YET_LINKED)} bundled configs name no public file" in out
+    assert "o/m: no public URL (taken_from validation:serving.jsonl#row-1)" in out
+    assert "1 bundled configs name no public file" in out
 
 
 # Families whose modeling has no position limit: vLLM takes any declared max-model-len and defaults to 2048
