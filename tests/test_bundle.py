@@ -124,6 +124,12 @@ BUNDLED_COUNTS = {
     # and dtype keys kept; the count of the trimmed copy before); unsloth/Phi-4 shares microsoft/phi-4's file (by hand above)
     "google/gemma-3-12b-it": 12_187_325_040,
     "unsloth/Phi-4": 14_659_507_200,
+    # Qwen2.5-72B-Instruct: Qwen2.5-72B's shape (the card's 72.7B; the inspection report it is quoted from sums its 37
+    # safetensors files to 72,706,203,648). DeepSeek-R1-Distill-Qwen-1.5B by hand (the Hub's 1.78B): untied embedding
+    # and head 2·151936·1536 = 466,747,392; per layer q 1536²+1536, k and v 1536·256+256 each, o 1536², gate/up/down
+    # 3·1536·8960, 2 RMSNorms 2·1536 = 46,797,824 (×28); final norm 1536
+    "Qwen/Qwen2.5-72B-Instruct": 72_706_203_648,
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": 1_777_088_000,
 }
 
 # The ids issue 23 part 4 bundled (second pass on): each is estimated offline through the CLI below.
@@ -131,7 +137,8 @@ NEWLY_BUNDLED = ("Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-3B", "Qwen/Qwen3-14B", "Qwen/
                  "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
                  "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1", "microsoft/phi-4",
                  "tiiuae/falcon-40b-instruct", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "Qwen/Qwen2.5-1.5B-Instruct",
-                 "google/gemma-3-4b-it", "mistralai/Mistral-Small-24B-Instruct-2501")
+                 "google/gemma-3-4b-it", "mistralai/Mistral-Small-24B-Instruct-2501", "Qwen/Qwen2.5-72B-Instruct",
+                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
 
 
 def _bundled_config(model_id: str) -> dict:
