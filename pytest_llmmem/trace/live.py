@@ -6,6 +6,8 @@ are counted when first seen and dropped by a weak-reference callback when the st
 Sizes are rounded up to the CUDA caching allocator's 512-byte blocks
 (c10/cuda/CUDACachingAllocator.cpp kMinBlockSize, as torch/distributed/_tools/mem_tracker.py does),
 so the totals are what ``torch.cuda.max_memory_allocated`` would report for the same tensors.
+Every allocation and free is also replayed through the caching allocator (allocator.py), so each
+phase has the reserved peak ``torch.cuda.max_memory_reserved`` would report (``reserved``).
 
 Each storage carries a term ("activations", "gradients", ...): the phase's default when it is
 created, re-tagged when its role is known (a gradient at accumulation, an optimizer state after
@@ -24,6 +26,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from .allocator import CachingAllocator
 
 BLOCK = 512  # bytes: the caching allocator's smallest block, every allocation is a multiple of it
 
@@ -46,6 +50,8 @@ class LiveBytes(TorchDispatchMode):
         self.at_peak: Dict[str, List[Tuple[int, List[Any]]]] = {}  # phase -> (bytes, entry) alive at its peak
         self._pending = False  # a new peak whose composition is not yet copied
         self._held: Optional[tuple] = None  # (storage key, entry, bytes) of an addend that may be summed in place
+        self.pool = CachingAllocator()
+        self.reserved: Dict[str, int] = {}  # phase -> the pool's reserved peak while it ran
 
     # --- counting -----------------------------------------------------------------------------
 
@@ -65,6 +71,9 @@ class LiveBytes(TorchDispatchMode):
                 and tensor.dim() >= 2 and tensor.shape[-2] != self.vocab_size else self.default_term
         self.live[key] = [nbytes, term, weakref.ref(storage, lambda _ref, key=key: self._freed(key))]
         self.current += nbytes
+        self.pool.allocate(key, storage.nbytes())
+        if self.phase:
+            self.reserved[self.phase] = max(self.reserved.get(self.phase, 0), self.pool.reserved)
         if self.phase and self.current > self.peaks.get(self.phase, -1):
             self.peaks[self.phase] = self.current
             self._pending = True
@@ -106,6 +115,7 @@ class LiveBytes(TorchDispatchMode):
         if self._held is not None and self._held[0] == key:
             self._held = None  # the in-place case: the addend went as the sum arrived
             self.live.pop(key, None)
+            self.pool.free(key)
             return
         self._settle()
         if self._pending:
@@ -113,6 +123,7 @@ class LiveBytes(TorchDispatchMode):
         entry = self.live.pop(key, None)
         if entry is not None:
             self.current -= entry[0]
+        self.pool.free(key)
 
     def _snapshot(self) -> None:
         self.at_peak[self.phase] = self._alive()
@@ -141,6 +152,7 @@ class LiveBytes(TorchDispatchMode):
             self._snapshot()
         self.phase, self.default_term = phase, default_term
         self.peaks[phase] = self.current
+        self.reserved[phase] = self.pool.reserved
         self.at_peak[phase] = self._alive()
 
     def mark(self, name: str) -> None:

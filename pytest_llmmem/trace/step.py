@@ -39,6 +39,7 @@ class DepthTrace(Record):
     layers: int
     phases: Dict[str, Dict[str, int]]  # phase -> term -> bytes alive at its peak
     attention: str  # how attention ran
+    reserved: Dict[str, int]  # phase -> the caching allocator's reserved peak, replayed (allocator.py)
 
 
 def _attention_name(run: Run, arch: Architecture) -> str:
@@ -106,7 +107,7 @@ def _with_adapters(torch, run: Run, model):
     return model
 
 
-def _fake_parameters(torch, model, tracker: LiveBytes) -> None:
+def fake_parameters(torch, model, tracker: LiveBytes) -> None:
     """Every meta parameter and buffer replaced by a fake CPU tensor of the same shape and dtype;
     a parameter shared by two modules (tied embeddings) stays one tensor."""
     swapped: Dict[int, object] = {}
@@ -151,14 +152,15 @@ def _trace(torch, transformers, FakeTensorMode, run: Run, arch: Architecture, cu
     tracker = LiveBytes(cut.vocab_size)
     with FakeTensorMode(allow_non_fake_inputs=True), tracker:
         tracker.start("load", "weights")
-        _fake_parameters(torch, model, tracker)
+        fake_parameters(torch, model, tracker)
         tracker.stop()
         if run.trains:
             _train(torch, run, model, tracker)
         else:
             _infer(torch, run, model, tracker)
     phases = {name: tracker.composition(name) for name in tracker.peaks}
-    return DepthTrace(layers, phases, attention.DESCRIPTION if attn == attention.NAME else "eager (the probabilities are saved)")
+    return DepthTrace(layers, phases, attention.DESCRIPTION if attn == attention.NAME else "eager (the probabilities are saved)",
+                      dict(tracker.reserved))
 
 
 def _train(torch, run: Run, model, tracker: LiveBytes) -> None:

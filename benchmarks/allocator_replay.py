@@ -1,0 +1,159 @@
+"""Hold the caching-allocator replay (pytest_llmmem/trace/allocator.py) to the reserved peaks measured on an H100.
+
+    python benchmarks/allocator_replay.py [benchmarks/data/gpu-peaks-h100*.jsonl ...] [--only NAME ...]
+    python benchmarks/allocator_replay.py --run '{"model": "meta-llama/Llama-2-7b-hf", "mode": "lora", ...}'
+
+Each measured row of benchmarks/gpu_peaks.py is run again here the way gpu_peaks.measure ran it (the same
+config, depth cut, dtype, attention, AdamW foreach, checkpointing, warm-up step for a steady-state row, one
+reset of the peaks per phase), on fake tensors on the CPU: every allocation and free goes through the
+replayed allocator. Printed per phase: replayed and measured max_memory_allocated and max_memory_reserved;
+per row, the run's reserved peak (the largest phase) and its error. Needs torch and transformers (the CPU
+wheel); a row takes 2-15 s.
+
+``--run`` traces one declared run (llmmem keys as JSON, at full depth: ``method = "trace"``'s step,
+trace/step.py) and prints each phase's allocated and reserved peaks and the slack (reserved less
+allocated) as a share of the short-lived bytes at the allocated peak (activations and logits), the
+quantity the analytic estimate prices at core/records.py FRAGMENTATION.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT = [ROOT / "benchmarks" / "data" / name for name in
+           ("gpu-peaks-h100-steady.jsonl", "gpu-peaks-h100-families.jsonl", "gpu-peaks-h100.jsonl")]
+GIB = 2**30
+
+
+def cut_config(row: Dict[str, Any]) -> Dict[str, Any]:
+    """The row's config at the depth it was measured (gpu_peaks.child)."""
+    cfg = {k: v for k, v in row["config"].items() if k != "quantization_config"}
+    layers = row["scenario"].get("layers")
+    if layers:
+        for table in (cfg, cfg.get("text_config")):
+            if isinstance(table, dict) and "num_hidden_layers" in table:
+                table["num_hidden_layers"] = layers
+                if "layer_types" in table:
+                    table["layer_types"] = table["layer_types"][:layers]
+    return cfg
+
+
+def replay(row: Dict[str, Any]) -> Dict[str, Tuple[int, int]]:
+    """phase -> (allocated peak, reserved peak), replayed on fake tensors."""
+    import torch
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from pytest_llmmem.trace import attention
+    from pytest_llmmem.trace.live import LiveBytes
+    from pytest_llmmem.trace.step import fake_parameters
+
+    scenario, cfg = row["scenario"], cut_config(row)
+    config = transformers.AutoConfig.for_model(**cfg)
+    attn = row.get("attn", "sdpa")
+    if attn == "sdpa":
+        attention.register()
+        attn = attention.NAME
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
+    vocab = cfg.get("vocab_size") or cfg["text_config"]["vocab_size"]
+    tracker = LiveBytes(vocab)
+    with FakeTensorMode(allow_non_fake_inputs=True), tracker:
+        fake_parameters(torch, model, tracker)
+        ids = torch.zeros((scenario["batch"], scenario["seq"]), dtype=torch.long)
+        extra = {"token_type_ids": torch.zeros_like(ids)} if cfg.get("model_type") == "gemma3" else {}
+        if scenario["mode"] == "inference":
+            model.eval()
+            keep = 1 if scenario.get("logits") == "last" else 0
+            tracker.start("prefill")
+            with torch.no_grad():
+                out = model(input_ids=ids, use_cache=True, logits_to_keep=keep, **extra)
+            tracker.stop()
+            del out
+        else:
+            model.train()
+            if scenario.get("checkpointing"):
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
+            if row.get("steady_state"):
+                model(input_ids=ids, labels=ids, **extra).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            tracker.start("forward")
+            out = model(input_ids=ids, labels=ids, **extra)
+            tracker.start("backward")
+            out.loss.backward()
+            del out
+            tracker.start("optimizer_step")
+            optimizer.step()
+            tracker.stop()
+    return {name: (tracker.peaks[name], tracker.reserved[name]) for name in tracker.reserved}
+
+
+def declared(values: Dict[str, Any]) -> None:
+    """Trace one declared run at full depth and print each phase's peaks and slack share."""
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.trace.step import trace_at
+
+    run = adhoc_run({"name": "replayed", **values})
+    trace = trace_at(run, run.model, run.model.num_layers)
+    for phase, terms in trace.phases.items():
+        if phase not in trace.reserved:
+            continue
+        allocated, reserved = sum(terms.values()), trace.reserved[phase]
+        transient = terms.get("activations", 0) + terms.get("logits", 0)
+        share = f"{100 * (reserved - allocated) / transient:.0f} % of {transient / GIB:.2f} GiB short-lived" if transient > 2**26 else ""
+        print(f"{phase:<15} allocated {allocated / GIB:6.2f} GiB  reserved {reserved / GIB:6.2f} GiB  "
+              f"slack {(reserved - allocated) / GIB:5.2f} GiB  {share}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", default=[str(p) for p in DEFAULT])
+    parser.add_argument("--only", nargs="*", default=[], help="scenario names to replay")
+    parser.add_argument("--run", help="one declared run's llmmem keys, as JSON")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if args.run:
+        declared(json.loads(args.run))
+        return 0
+    errors: List[float] = []
+    for path in args.files:
+        for line in open(path):
+            row = json.loads(line)
+            name = row["scenario"]["name"]
+            if not row.get("phases") or row.get("superseded_by") or (args.only and name not in args.only):
+                continue
+            phases = replay(row)
+            print(f"{name} ({Path(path).name}, {row['scenario']['mode']} b{row['scenario']['batch']} s{row['scenario']['seq']})")
+            for phase, (alloc, reserved) in phases.items():
+                measured = row["phases"].get(phase, {})
+                print(f"  {phase:<15} allocated {alloc / GIB:6.2f} measured {measured.get('max_allocated', 0) / GIB:6.2f}   "
+                      f"reserved {reserved / GIB:6.2f} measured {measured.get('max_reserved', 0) / GIB:6.2f}")
+            replayed = max(r for _, r in phases.values())
+            measured_peak = max(p["max_reserved"] for p in row["phases"].values())
+            error = 100 * (replayed / measured_peak - 1)
+            errors.append(error)
+            print(f"  run's reserved peak: replayed {replayed / GIB:.2f} GiB, measured {measured_peak / GIB:.2f} GiB, {error:+.1f} %")
+            sys.stdout.flush()
+    if errors:
+        print(f"{len(errors)} rows: reserved peak median |error| {statistics.median(abs(e) for e in errors):.1f} %, "
+              f"worst under {min(errors):+.1f} %, worst over {max(errors):+.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
