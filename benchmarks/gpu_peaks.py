@@ -159,7 +159,8 @@ def score(path: str) -> int:
     from pytest_llmmem.config.load import adhoc_run
     from pytest_llmmem.estimator import estimate
 
-    errors = []
+    errors: List[float] = []
+    reserved_errors: List[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for number, line in enumerate(open(path)):
             row = json.loads(line)
@@ -196,6 +197,8 @@ def score(path: str) -> int:
             estimated_phase = max(allocated_by_phase, key=allocated_by_phase.get) if allocated_by_phase else "prefill"
             error = 100 * (allocated / measured - 1)
             errors.append(error)
+            # the run's reserved peak: the estimate less its CUDA context against max_memory_reserved
+            reserved_errors.append(100 * ((est.total_bytes - context) / max(p["max_reserved"] for p in row["phases"].values()) - 1))
             print(f"{scenario['name']:<38} {scenario['mode']:<9} b{scenario['batch']} s{scenario['seq']:<6} "
                   f"estimate {_gib(allocated):7.2f} GiB  measured {_gib(measured):7.2f} GiB  {error:+6.1f} %  "
                   f"peak: estimated {estimated_phase}, measured {phase}"
@@ -209,6 +212,9 @@ def score(path: str) -> int:
     if errors:
         ordered = sorted(abs(e) for e in errors)
         print(f"{len(errors)} rows: median |error| {ordered[len(ordered) // 2]:.1f} %, worst under-estimate {min(errors):+.1f} %")
+        reserved = sorted(abs(e) for e in reserved_errors)
+        print(f"reserved (the estimate less its CUDA context against the run's max_memory_reserved): median |error| "
+              f"{reserved[len(reserved) // 2]:.1f} %, worst {min(reserved_errors):+.1f} % / {max(reserved_errors):+.1f} %")
     return 0
 
 
