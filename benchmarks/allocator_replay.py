@@ -1,7 +1,7 @@
 """Hold the caching-allocator replay (pytest_llmmem/trace/allocator.py) to the reserved peaks measured on an H100.
 
     python benchmarks/allocator_replay.py [benchmarks/data/gpu-peaks-h100*.jsonl ...] [--only NAME ...]
-    python benchmarks/allocator_replay.py --run '{"model": "meta-llama/Llama-2-7b-hf", "mode": "lora", ...}'
+    python benchmarks/allocator_replay.py --run '{"model": "meta-llama/Llama-2-7b-hf", "mode": "lora", ...}' [--capacity GIB ...]
 
 Each measured row of benchmarks/gpu_peaks.py is run again here the way gpu_peaks.measure ran it (the same
 config, depth cut, dtype, attention, AdamW foreach, checkpointing, warm-up step for a steady-state row, one
@@ -13,7 +13,10 @@ wheel); a row takes 2-15 s.
 ``--run`` traces one declared run (llmmem keys as JSON, at full depth: ``method = "trace"``'s step,
 trace/step.py) and prints each phase's allocated and reserved peaks and the slack (reserved less
 allocated) as a share of the short-lived bytes at the allocated peak (activations and logits), the
-quantity the analytic estimate prices at core/records.py FRAGMENTATION.
+quantity the analytic estimate prices at core/records.py FRAGMENTATION. With ``--capacity``, the run is
+traced again on a card of each size: when a cudaMalloc would pass it the allocator releases every fully free
+segment and retries, and the run fails only if that is not enough. The smallest capacity that passes is what
+the run needs, which lies between its allocated peak and its uncapped reserved peak.
 """
 
 from __future__ import annotations
@@ -100,9 +103,11 @@ def replay(row: Dict[str, Any]) -> Dict[str, Tuple[int, int]]:
     return {name: (tracker.peaks[name], tracker.reserved[name]) for name in tracker.reserved}
 
 
-def declared(values: Dict[str, Any]) -> None:
-    """Trace one declared run at full depth and print each phase's peaks and slack share."""
+def declared(values: Dict[str, Any], capacities: List[float]) -> None:
+    """Trace one declared run at full depth and print each phase's peaks and slack share; then on each capacity."""
     from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.trace import live
+    from pytest_llmmem.trace.allocator import CachingAllocator
     from pytest_llmmem.trace.step import trace_at
 
     run = adhoc_run({"name": "replayed", **values})
@@ -115,6 +120,19 @@ def declared(values: Dict[str, Any]) -> None:
         share = f"{100 * (reserved - allocated) / transient:.0f} % of {transient / GIB:.2f} GiB short-lived" if transient > 2**26 else ""
         print(f"{phase:<15} allocated {allocated / GIB:6.2f} GiB  reserved {reserved / GIB:6.2f} GiB  "
               f"slack {(reserved - allocated) / GIB:5.2f} GiB  {share}")
+    for capacity in capacities:
+        pools: List[CachingAllocator] = []
+
+        def on_card(pools=pools, capacity=capacity) -> CachingAllocator:
+            pools.append(CachingAllocator(round(capacity * GIB)))
+            return pools[-1]
+
+        live.CachingAllocator, plain = on_card, live.CachingAllocator  # the tracker builds its pool through this name
+        try:
+            trace_at(run, run.model, run.model.num_layers)
+        finally:
+            live.CachingAllocator = plain
+        print(f"on {capacity:.2f} GiB: {'out of memory' if pools[-1].out_of_memory else 'fits'}")
 
 
 def main() -> int:
@@ -122,13 +140,14 @@ def main() -> int:
     parser.add_argument("files", nargs="*", default=[str(p) for p in DEFAULT])
     parser.add_argument("--only", nargs="*", default=[], help="scenario names to replay")
     parser.add_argument("--run", help="one declared run's llmmem keys, as JSON")
+    parser.add_argument("--capacity", nargs="*", type=float, default=[], help="with --run: card sizes in GiB to trace it on")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     import transformers
 
     transformers.logging.set_verbosity_error()
     if args.run:
-        declared(json.loads(args.run))
+        declared(json.loads(args.run), args.capacity)
         return 0
     errors: List[float] = []
     for path in args.files:
