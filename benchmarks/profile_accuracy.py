@@ -8,8 +8,9 @@
   ``optimizer-impl = "foreach"``; the sequence length was not published (512 and 1024 are shown).
 - litgpt: the litgpt-hub-* rows of measured2.jsonl (config_hub/finetune table, A10G,
   max_memory_allocated, 512-token cap; QLoRA with bitsandbytes PagedAdamW and plain bnb.nf4).
-- transformers: the training rows of benchmarks/data/gpu-peaks-h100.jsonl (a plain PyTorch loop:
-  foreach AdamW, pure bf16), each phase's max_memory_allocated; the peak phase must come out right.
+- pytorch: the training rows of benchmarks/data/gpu-peaks-h100.jsonl (gpu_peaks.measure's hand-written loop,
+  which holds the model's output through backward: foreach AdamW, pure bf16), each phase's max_memory_allocated;
+  the peak phase must come out right.
 Liger's Qwen2-7B pair in measured2.jsonl is listed, not scored: its sequence length is a 512-token
 cap with padding to the longest sample, and the padded length is not published.
 """
@@ -111,14 +112,14 @@ def h100_rows(path: Path) -> List[Row]:
             config.write_text(json.dumps(row["config"]))
             est = estimate(adhoc_run({"config": str(config), "mode": "train", "dtype": "bf16", "precision": "pure",
                                       "batch-size": scenario["batch"], "seq-len": scenario["seq"],
-                                      "gradient-checkpointing": bool(scenario.get("checkpointing")), "optimizer-impl": "foreach",
+                                      "gradient-checkpointing": bool(scenario.get("checkpointing")), "framework": "pytorch",
                                       "gpu": GPUS[row["gpu"]]}))
             measured = {name: p["max_allocated"] for name, p in row["phases"].items()}
             peak_phase = max(measured, key=measured.get)
             phase_ok = {"optimizer_step": "optimizer step"}.get(peak_phase, peak_phase) == est.peak_phase
             step = dict(est.phases)["optimizer step"] - est.details["overhead.cuda_context"] - CUBLAS_WORKSPACE_BYTES
             name = f"{scenario['name']} b{scenario['batch']} s{scenario['seq']}" + (" ckpt" if scenario.get("checkpointing") else "")
-            rows.append(Row("transformers", name, "optimizer-step max_allocated", [step], measured["optimizer_step"],
+            rows.append(Row("pytorch", name, "optimizer-step max_allocated", [step], measured["optimizer_step"],
                             (est.fits is (not row["oom"])) and phase_ok,
                             f"peak phase: estimated {est.peak_phase}, measured {peak_phase.replace('_', ' ')}"))
     return rows

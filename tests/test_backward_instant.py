@@ -119,3 +119,28 @@ def test_accumulated_gradients_are_alive_at_every_instant(tmp_path):
     assert after["gradients"] == est.full("gradients") == 5_242_880
     assert after["logits"] == parts["logits"] and after["activations"] == parts["activations"]
     assert sum(after.values()) == sum(parts.values()) + 5_242_880
+
+
+def test_a_loop_holding_the_output_keeps_its_logits_through_backward(tmp_path):
+    # benchmarks/data/gpu-peaks-h100-families.jsonl's Qwen3-0.6B row: 8 x 2048 = 16,384 tokens, vocab 151,936, checkpointing,
+    # pure bf16, measured by gpu_peaks.measure's loop (out = model(...); out.loss.backward(); del out). At the loss instant the
+    # fp32 log-softmax and nll_loss's and log_softmax_backward's fp32 gradients are alive, 12 B per logit element, and that
+    # loop's `out` keeps the model's bf16 logits, 2 B more (framework = "pytorch"): 16,384 x 151,936 x 14 = 34,850,471,936 B,
+    # the trace's 32.457 GiB (benchmarks/allocator_replay.py --only Qwen/Qwen3-0.6B); the HF Trainer drops them (12 B).
+    from pytest_llmmem.config.load import adhoc_run
+
+    path = tmp_path / "config.json"
+    rows = (json.loads(line) for line in open(ROOT / "benchmarks" / "data" / "gpu-peaks-h100-families.jsonl"))
+    path.write_text(json.dumps(next(r for r in rows if r["scenario"]["name"] == "Qwen/Qwen3-0.6B")["config"]))  # all 28 layers
+    logits = 16384 * 151936
+    for framework, per_element in (("transformers", 12), ("pytorch", 14)):
+        est = estimate(adhoc_run({"config": str(path), "mode": "train", "dtype": "bf16", "batch-size": 8, "seq-len": 2048,
+                                  "precision": "pure", "optimizer-impl": "foreach", "gradient-checkpointing": True,
+                                  "framework": framework, "gpu-memory": "10000 GiB"}))
+        part = next(p for p in est.phase_parts if p.name == "backward")
+        assert part.breakdown["logits"] == logits * per_element
+    assert est.details["backward.logits.held_output"] == logits * 2 == 4_978_638_848
+    # the H100 measured this first step (no AdamW states yet) at 37,151,146,496 B allocated: weights, the saved layer
+    # inputs and these logits, within 0.1 %
+    allocated = part.total - part.breakdown["overhead"] - part.breakdown["optimizer_states"]
+    assert allocated == pytest.approx(37_151_146_496, rel=1e-3)

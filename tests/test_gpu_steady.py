@@ -36,7 +36,8 @@ def _estimate(row, tmp_path, **extra):
     keys = {"config": str(config), "mode": sc["mode"], "dtype": "bf16", "batch-size": sc["batch"],
             "seq-len": sc["seq"], "gpu": "H100-80GB"}
     if sc["mode"] == "train":
-        keys.update({"precision": "pure", "optimizer-impl": "foreach",
+        # gpu_peaks.measure's own loop: out = model(...); out.loss.backward(); del out; torch.optim.AdamW (foreach)
+        keys.update({"precision": "pure", "framework": "pytorch",
                      "gradient-checkpointing": bool(sc.get("checkpointing"))})
     if sc.get("attn") == "eager":
         keys["flash-attention"] = False
@@ -77,25 +78,25 @@ def test_eager_training_that_ran_out_of_memory_is_over_budget(tmp_path):
     "deepseek-ai/DeepSeek-V2-Lite", "Qwen/Qwen3-30B-A3B", "openai/gpt-oss-20b", "Phi-3-mini-4k",
     "ibm-granite/granite-3.3-2b-instruct", "Qwen3-8B", "google/gemma-3-12b-it",
 ])
-def test_optimizer_step_phase_within_one_percent_and_backward_at_most_3_5_percent_under(name, tmp_path):
+def test_optimizer_step_phase_within_one_percent_and_backward_within_3_5_percent(name, tmp_path):
     row = _row(name, "train")
     est = _estimate(row, tmp_path)
-    phases = dict(est.phases)
-    fragmentation = est.details.get("overhead.fragmentation", 0)
-    context = est.breakdown["overhead"] - fragmentation  # max_memory_allocated sees neither
+    # max_memory_allocated sees no CUDA context, workspace or pool slack: each phase less its own overhead
+    phases = {part.name: part.total - part.breakdown.get("overhead", 0) for part in est.phase_parts}
     # At the step: weights + gradients + AdamW's two states + foreach's _foreach_sqrt list, each
     # params x 2 B in pure bf16: 5 x params x 2 B (DeepSeek-V2-Lite cut to 8 layers: 4,594,374,656
     # params -> 45,943,746,560 B = 42.79 GiB; measured 42.92 GiB).
-    step = phases["optimizer step"] - context
+    step = phases["optimizer step"]
     assert abs(step / row["phases"]["optimizer_step"]["max_allocated"] - 1) < 0.01
     # Backward: the estimate is the memory at the backward's peak instant (core/terms/backward.py), as the GPU
-    # frees a layer's activations as its gradients appear. The measuring script keeps the model's output (its
-    # bf16 logits) until backward is done (benchmarks/gpu_peaks.py: out.loss.backward(); del out), which the
-    # trainers do not, so those are added. Measured: DeepSeek-V2-Lite 0.996, gpt-oss-20b 0.969 (eager, sinks:
-    # the GPU's eager backward holds more than its saved tensors), granite 1.008, Qwen3-8B 0.999, gemma-3 0.997;
-    # over, not yet explained: Qwen3-30B-A3B 1.091, Phi-3-mini 1.097 (both at the loss instant).
-    backward = phases["backward"] - context - fragmentation + est.details.get("logits.logits", 0)
-    assert backward / row["phases"]["backward"]["max_allocated"] >= 0.965
+    # frees a layer's activations as its gradients appear. The measuring loop keeps the model's output (its
+    # bf16 logits) until backward is done (benchmarks/gpu_peaks.py: out.loss.backward(); del out): framework =
+    # "pytorch" holds them at every instant (backward.py held_logits). Measured: DeepSeek-V2-Lite 0.996, Qwen3-30B-A3B
+    # 0.998, gpt-oss-20b 0.969 (eager, sinks: the GPU's eager backward holds more than its saved tensors), Phi-3-mini
+    # 0.998, granite 0.998, Qwen3-8B 0.999, gemma-3 0.997. (Qwen3-30B-A3B 1.091 and Phi-3-mini 1.097 were the backward
+    # less the optimizer step's overhead, which holds no pool slack, not the backward's own.)
+    backward = phases["backward"]
+    assert 0.965 <= backward / row["phases"]["backward"]["max_allocated"] <= 1.005
 
 
 RL = ROOT / "benchmarks" / "data" / "gpu-rl-h100.jsonl"

@@ -65,6 +65,8 @@ class Profile(Record):
     inplace_loss_before: Tuple[int, ...] = ()
     # releases before this one give every attention layer its own cos/sin cache for max(seq-len, max_position_embeddings) positions
     rope_caches_before: Tuple[int, ...] = ()
+    # the loop keeps the model's output (its whole logits) referenced through backward (core/terms/backward.py held_logits)
+    holds_output: bool = False
 
 
 # The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
@@ -143,6 +145,23 @@ PROFILES: Dict[str, Profile] = {
         # max(max_seq_length, config's) positions, cast to the model's dtype after loading; 54dd81d (2024-07-18, 2024.7) caches 32k
         rope_caches_before=(2024, 8),
     ),
+    # A hand-written loop over a transformers model, as benchmarks/gpu_peaks.py measure runs it: out = model(**batch);
+    # out.loss.backward(); del out; optimizer.step(), with torch.optim.AdamW's defaults. torch 2.13, transformers 5.24.
+    "pytorch": Profile(
+        "pytorch", loss="upcast", loss_chunks=1, loss_chunk_tokens=0, chunk_upcast=True, keeps_logits=True,
+        activation_offload=False, optimizer_in_backward=False, optimizer_impl="foreach", double_quant=False,
+        nf4_layout="bitsandbytes", adapter_dtype="fp32", gradient_checkpointing=False,
+        describes="a hand-written loop: out = model(**batch); out.loss.backward() (the output held through backward)",
+        sources={
+            "loss": "the model's own loss, transformers/loss/loss_utils.py ForCausalLMLoss: logits = logits.float(); the loop's "
+                    "`out` (CausalLMOutputWithPast, e.g. models/qwen3/modeling_qwen3.py Qwen3ForCausalLM.forward) keeps the 16-bit "
+                    "logits through backward",
+            "optimizer-impl": "torch/optim/optimizer.py _default_to_fused_or_foreach: foreach when every parameter is on CUDA "
+                              "(torch.optim.AdamW(fused=None, foreach=None))",
+            "adapter-dtype": "peft/mapping_func.py get_peft_model(autocast_adapter_dtype=True): adapters upcast to fp32",
+        },
+        holds_output=True,
+    ),
     # Lightning-AI/litgpt @ 2685705 (2026-06-29).
     "litgpt": Profile(
         "litgpt", loss="chunked", loss_chunks=0, loss_chunk_tokens=128, chunk_upcast=False, keeps_logits=True,
@@ -184,6 +203,7 @@ class Knobs(Record):
     compiled_loss: bool = False  # the loss runs under torch.compile (compile = true and Profile.compiles_loss)
     framework_version: Tuple[int, ...] = ()  # the trainer's own release (framework-version); () = the profile's (a current one)
     rope_caches: bool = False  # each attention layer keeps cos/sin for every position (Profile.rope_caches_before)
+    holds_output: bool = False  # the loop holds the model's output through backward (Profile.holds_output)
 
 
 # torch releases whose foreach Adam/AdamW keep two state-sized lists in the step (torch 2.0
@@ -322,7 +342,7 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     compiled_loss = training and profile.compiles_loss and value("compile", "boolean", False)
     rope_caches = bool(framework_version and profile.rope_caches_before) and framework_version < profile.rope_caches_before
     knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
-                  torch_version, profile.offload_resident, compiled_loss, framework_version, rope_caches)
+                  torch_version, profile.offload_resident, compiled_loss, framework_version, rope_caches, profile.holds_output)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
 

@@ -51,6 +51,8 @@ _HF = PhaseDefaults(
 PHASE_DEFAULTS: Dict[str, PhaseDefaults] = {
     "transformers": _HF,
     "unsloth": _HF._replace(sources={**_HF.sources, "eval": "runs on the transformers Trainer (TRL SFTTrainer)"}),
+    # a hand-written loop loads with from_pretrained too; it evaluates, saves and merges only where its keys say so
+    "pytorch": _HF._replace(sources={**_HF.sources, "eval": "a hand-written loop has no evaluation unless its eval keys declare one"}),
     "torchtune": _HF._replace(
         evaluates=False,
         sources={**_HF.sources, "eval": "recipes/lora_finetune_single_device.py @ bd2a0fc has no validation loop",

@@ -21,6 +21,8 @@ backward has reached, so its largest value is at one end; the candidates are:
 
 With gradient accumulation (micro-batches without pipeline stages) every instant also holds every
 gradient: the earlier micro-batches made them all (:func:`accumulates`).
+Where the training loop itself holds the model's returned logits through backward (litgpt; a hand-written
+``out = model(**batch); out.loss.backward()``), every instant holds them too (:func:`held_logits`).
 
 Measured against the trace on fake tensors (benchmarks/trace_sweep.py; tests/test_backward_instant.py).
 The terms' full sizes stay in the estimate's details; the breakdown shows what is alive at the instant.
@@ -74,12 +76,28 @@ class Instant(Record):
         return self.activations + self.logits + self.gradients + sum(v for _, v in self.extra)
 
 
+def held_logits(run, step: Step) -> int:
+    """The returned logits the training loop itself still references while backward runs, alive at every instant.
+
+    Autograd keeps none of them: the head's matmul saves its input, not its output, and the loss's .float() saves
+    nothing (HF ForCausalLMLoss, transformers/loss/loss_utils.py). They die when the loop lets go of the model's output:
+    the HF Trainer's compute_loss returns only the loss (transformers/trainer.py training_step, compute_loss), so not
+    there; litgpt's ``logits`` local stays through fabric.backward (litgpt/finetune/lora.py fit); a hand-written loop's
+    ``out = model(**batch); out.loss.backward()`` keeps ``out.logits`` (CausalLMOutputWithPast) until ``del out``
+    (Profile.holds_output). On fake tensors (benchmarks/gpu_peaks.py's loop on Qwen3-0.6B, b8 x 2048, 151,936 vocab)
+    the backward peak is 4.64 GiB higher holding ``out`` than holding only the loss: 16,384 x 151,936 bf16 logits.
+    Held through the phase, they are a resident item of every instant (compose.Item: kept logits), not the loss's."""
+    knobs = run.knobs
+    if not (knobs.holds_output or (knobs.loss == "chunked" and knobs.keeps_logits)):
+        return 0
+    return step.detail("logits.logits")
+
+
 def loss_alive(run, step: Step) -> int:
-    """The loss head's bytes alive when backward starts (LOSS_ALIVE; the returned logits when the trainer keeps them)."""
+    """The loss head's bytes alive when backward starts (LOSS_ALIVE; the logits the loop holds are :func:`held_logits`)."""
     items = dict((k[len("logits."):], v) for k, v in step.details if k.startswith("logits."))
     names = LOSS_ALIVE.get(run.knobs.loss, tuple(items))
-    kept = items.get("logits", 0) if run.knobs.loss == "chunked" and run.knobs.keeps_logits else 0
-    return kept + sum(items.get(n, 0) for n in names)
+    return sum(items.get(n, 0) for n in names)
 
 
 def expert_delta_gradient(run, arch, act: int) -> int:
@@ -129,9 +147,11 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
     arch = step.arch
     recomputed = step.detail("activations.recomputed_layer")
     saved = step.activations - recomputed
+    # the logits the loop holds, beside every instant's own items; a recipe's policy head says what it keeps itself
+    held = (("logits.held_output", held_logits(run, step)),) if loss is None and held_logits(run, step) else ()
     loss = loss_alive(run, step) if loss is None else loss
     if arch is None:
-        return [Instant("loss", saved, loss, gradients, ())]
+        return [Instant("loss", saved, loss, gradients, held)]
     act = run.dtype.compute_bytes
     tokens = run.batch_size * -(-run.seq_len // run.context_parallel)
     t = run.tensor_parallel
@@ -150,7 +170,7 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
                     for g in arch.layer_groups())
     transient = max(transient, expert_delta_gradient(run, arch, act) + tokens * arch.hidden_size * act)
     transient = max(transient, adapter_backward(run, arch, act, tokens))
-    candidates = [Instant("loss", saved, loss, 0, ())]
+    candidates = [Instant("loss", saved, loss, 0, held)]
     outputs_fp32 = step.detail("logits.outputs_fp32")
     if outputs_fp32:
         # the forward's last instant: the loss computed, the model's 16-bit logits returned and upcast by accelerate's
@@ -159,8 +179,8 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
         # segment of its own (c10/cuda/CUDACachingAllocator.cpp get_allocation_size: from 10 MiB a request is rounded up
         # to 2 MiB and, no cached block being that large, cudaMalloc'd whole), so the pool's slack on short-lived
         # tensors (compose.Overhead.fragmented) does not apply to it: an instant-only item, not a transient one
-        candidates.append(Instant("forward end", saved, loss, 0, (("logits.outputs_fp32", outputs_fp32),)))
-    layer_work = (("activations.backward_transient", transient),)
+        candidates.append(Instant("forward end", saved, loss, 0, (("logits.outputs_fp32", outputs_fp32),) + held))
+    layer_work = (("activations.backward_transient", transient),) + held
     if recomputed:
         # one layer recomputed and back-propagated: at the top every layer input is still kept and only the
         # head's gradient exists; at the bottom one input is left and every gradient but that layer's and
@@ -171,7 +191,7 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
         candidates.append(Instant("recompute", inputs // max(1, arch.num_layers) + masks + recomputed, 0, before, layer_work))
     else:
         candidates.append(Instant("first layer", saved - step.detail("activations.embedding_and_head"), 0, head_grad, layer_work))
-    end = ()
+    end = held
     if embed_trains:
         end += (("activations.embedding_grad_input", tokens * arch.hidden_size * act),)
     if tied:
@@ -188,7 +208,7 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
         # log-softmaxes make the loss instant the larger one.
         one = round(vh * step.gradients / step.trained)
         chunk = step.detail("logits.logits")  # one chunk's logits in the compute dtype (trainer_terms.loss_terms)
-        candidates.append(Instant("head", saved, max(0, loss - 2 * chunk), one, (("gradients.head_accumulation", one),)))
+        candidates.append(Instant("head", saved, max(0, loss - 2 * chunk), one, (("gradients.head_accumulation", one),) + held))
     if accumulates(run):
         # From the second micro-batch on every gradient exists before backward starts: .grad is kept across
         # micro-batches and AccumulateGrad adds each new gradient into it in place (torch/csrc/autograd/functions/
