@@ -190,6 +190,7 @@ def score(path: str) -> int:
             est = estimate(adhoc_run(keys))
             # max_memory_allocated sees no CUDA context and no fragmentation: each phase less its own overhead
             # (compose.Shown; the peak phase's fragmentation is not the other phases')
+            context = est.breakdown["overhead"] - est.details.get("overhead.fragmentation", 0)  # CUDA context and workspace
             first_step = scenario["mode"] == "train" and not row.get("steady_state")
             states = est.breakdown.get("optimizer_states", 0) if first_step else 0
             allocated_by_phase = {part.name: part.total - part.breakdown.get("overhead", 0) - (states if part.name == "backward" else 0)
