@@ -11,10 +11,14 @@ Depth cuts: a deep model is traced at two depths that hold every layer kind (eac
 layers at the same ratio where the pattern repeats) and each term extrapolated linearly to the
 declared depth, so an 8B model traces in seconds and a 671B MoE at all.
 
-What the trace adds from the analytic (detailed) estimate, named in the output: the CUDA context,
-cuBLAS workspace and fragmentation (``overhead``), the evaluation and save phases, and the parts
-a trace cannot follow (4-bit / 8-bit bitsandbytes weights, chunked or fused loss kernels); the last
-make the estimate approximate. Needs the ``measure`` extra (torch, transformers; peft for LoRA).
+The pool's slack (reserved beyond allocated, ``overhead.fragmentation``) is the trace's own: every allocation
+and free is replayed through PyTorch's caching allocator (trace/allocator.py), and each phase's reserved
+peak less its allocated peak, at the deepest cut (:func:`pool_slack`), is what the composer adds (``Phase.cached``).
+
+What the trace adds from the analytic (detailed) estimate, named in the output: the CUDA context and
+cuBLAS workspace (``overhead``), the evaluation and save phases, and the parts a trace cannot follow
+(4-bit / 8-bit bitsandbytes weights, chunked or fused loss kernels); the last make the estimate
+approximate. Needs the ``measure`` extra (torch, transformers; peft for LoRA).
 
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
@@ -22,7 +26,7 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 from ..core.compose import Item, Phase, Shown, compose, run_overhead
 from ..core.detailed import detailed
@@ -31,6 +35,9 @@ from ..core.run import Run
 from ..errors import ConfigError
 from ..hf.config import with_depth
 from ..model.architecture import Architecture
+
+if TYPE_CHECKING:  # step.py imports torch; only its record's name is needed here
+    from .step import DepthTrace
 
 TRAINING_PHASES = ("load", "backward", "optimizer step")
 INFERENCE_PHASES = ("prefill", "decode")
@@ -88,11 +95,12 @@ def traced(run: Run) -> Estimate:
     cuts = trace_depths(arch)
     traces = [trace_at(run, arch, layers) for layers in cuts]
     phases = extrapolate([t.phases for t in traces], cuts, arch.num_layers)
+    slack = pool_slack(traces)
     seconds = time.perf_counter() - started
     analytic = detailed(run._replace(method="detailed"))
     depth = f"{cuts[0]} and {cuts[1]} of {arch.num_layers} layers, extrapolated" if len(cuts) > 1 else f"all {arch.num_layers} layers"
     notes = [f"traced on fake tensors in {seconds:.1f} s ({depth}); attention: {traces[0].attention}"]
-    return as_estimate(run, analytic, phases, notes)
+    return as_estimate(run, analytic, phases, notes, slack)
 
 
 def trace_depths(arch: Architecture) -> Tuple[int, ...]:
@@ -133,9 +141,21 @@ def extrapolate(phases: List[Dict[str, Dict[str, int]]], cuts: Tuple[int, ...], 
     return out
 
 
-def as_estimate(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]], notes: List[str]) -> Estimate:
+def pool_slack(traces: Sequence[DepthTrace]) -> Dict[str, int]:
+    """Each phase's reserved beyond allocated (replayed, trace/allocator.py) at the deepest cut traced, held at the
+    declared depth. Not extrapolated: the cached blocks at a phase's peak are what the last layers' short-lived
+    tensors left, which the next layer reuses, so the slack does not grow layer by layer, while two shallow cuts'
+    reserved peaks differ by segment effects a line through them multiplies (the H100 rows, benchmarks/trace_reserved.py:
+    a line puts Granite-3.3-2B's 40 layers +41 % over from 2 and 4, the held slack -0.2 %)."""
+    deepest = traces[-1]
+    return {name: max(0, reserved - sum(deepest.phases.get(name, {}).values())) for name, reserved in deepest.reserved.items()}
+
+
+def as_estimate(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]], notes: List[str],
+                slack: Dict[str, int]) -> Estimate:
     """The traced phases in the Estimate shape, with the analytic parts the trace does not follow; the
-    overhead is the phase composer's (core/compose.py), as for every other estimate."""
+    overhead is the phase composer's (core/compose.py), as for every other estimate, with each traced
+    phase's pool slack the replayed one (``slack``, :func:`pool_slack`) in place of the analytic share."""
     approximate = list(analytic.approximate)
     substitutes = {}
     if run.dtype.quantized:
@@ -158,10 +178,19 @@ def as_estimate(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]],
         for term, value in substitutes.items():
             if term in terms or (term == "logits" and name == "backward"):
                 terms[term] = value
-        # activations and loss buffers are the short-lived tensors the allocator's pool fragments
-        traced.append(Phase(name, tuple(Item(t, v, transient=t in ("activations", "logits"), shown_if_zero=True) for t, v in terms.items())))
-    parts: List[Shown] = list(compose(traced, run_overhead(run), TERMS).phases) if traced else []
-    notes.append("overhead (CUDA context, cuBLAS workspace, the pool's slack over the traced activations) is the analytic term")
+        # activations and loss buffers are the short-lived tensors the allocator's pool fragments; the blocks it keeps
+        # cached beyond them are the replayed slack (substituted terms keep it: their kernels' own allocations are not seen)
+        items = tuple(Item(t, v, transient=t in ("activations", "logits"), shown_if_zero=True) for t, v in terms.items())
+        traced.append(Phase(name, items, cached=slack.get(name, 0)))
+    overhead = run_overhead(run)
+    if overhead.fragmentation is None:
+        notes.append("overhead is the run's own figure (it replaces the CUDA context, cuBLAS workspace and the pool's slack)")
+    else:
+        overhead = overhead._replace(fragmentation=0.0)  # the slack is each phase's ``cached`` bytes, not a share
+        notes.append("overhead: the CUDA context and cuBLAS workspace are the analytic terms; the pool's slack (reserved "
+                     "beyond allocated) is replayed through the caching allocator (trace/allocator.py)")
+    composition = compose(traced, overhead, TERMS) if traced else None
+    parts: List[Shown] = list(composition.phases) if composition else []
     for part in analytic.phase_parts:
         if part.name in ("eval", "save"):
             parts.append(part)
@@ -170,7 +199,10 @@ def as_estimate(run: Run, analytic: Estimate, phases: Dict[str, Dict[str, int]],
     breakdown = dict.fromkeys(TERMS, 0)
     for term, value in peak.breakdown.items():
         breakdown[term] = breakdown.get(term, 0) + value
-    details = {f"trace.{p.name}.{k}": v for p in parts for k, v in p.breakdown.items()}
+    details = dict(composition.overhead_details) if composition and peak.name == composition.peak else {}
+    if not details:  # an analytic phase (eval, save) or none traced: the analytic overhead's items
+        details = {k: v for k, v in analytic.details.items() if k.startswith("overhead.")}
+    details.update((f"trace.{p.name}.{k}", v) for p in parts for k, v in p.breakdown.items())
     # the saved set at the end of the measured forward: the analytic activations and loss terms count these
     details.update((f"trace.forward end.{k}", v) for k, v in phases.get("forward end", {}).items() if v)
     return Estimate(run, "trace", breakdown, analytic.params, analytic.trainable_params, tuple(notes), details,
