@@ -2,6 +2,7 @@
 
     python benchmarks/allocator_replay.py [benchmarks/data/gpu-peaks-h100*.jsonl ...] [--only NAME ...]
     python benchmarks/allocator_replay.py --run '{"model": "meta-llama/Llama-2-7b-hf", "mode": "lora", ...}' [--capacity GIB ...]
+    python benchmarks/allocator_replay.py --sweep [--write]
 
 Each measured row of benchmarks/gpu_peaks.py is run again here the way gpu_peaks.measure ran it (the same
 config, depth cut, dtype, attention, AdamW foreach, checkpointing, warm-up step for a steady-state row, one
@@ -17,6 +18,13 @@ quantity the analytic estimate prices at core/records.py FRAGMENTATION. With ``-
 traced again on a card of each size: when a cudaMalloc would pass it the allocator releases every fully free
 segment and retries, and the run fails only if that is not enough. The smallest capacity that passes is what
 the run needs, which lies between its allocated peak and its uncapped reserved peak.
+
+``--sweep`` holds the analytic estimate to the replay where no GPU measured: gpu_peaks.measure's steady-state
+training step (full fine-tune, pure bf16, AdamW foreach) with the output dropped before backward as the HF
+Trainer does, on bundled configs at full depth (SWEEP_MODELS x
+checkpointing off/on x SWEEP_SHAPES), each run's allocated and reserved peaks replayed against the detailed
+estimate's (less its CUDA context; allocated also less its slack). ``--write`` keeps the rows in
+benchmarks/data/allocator-sweep.jsonl. About 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ sys.path.insert(0, str(ROOT))
 DEFAULT = [ROOT / "benchmarks" / "data" / name for name in
            ("gpu-peaks-h100-steady.jsonl", "gpu-peaks-h100-families.jsonl", "gpu-peaks-h100.jsonl")]
 GIB = 2**30
+SWEEP = ROOT / "benchmarks" / "data" / "allocator-sweep.jsonl"
+SWEEP_MODELS = ("Qwen/Qwen3-0.6B", "meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen2.5-1.5B", "Qwen/Qwen3-1.7B",
+                "google/gemma-2-2b-it", "ibm-granite/granite-3.3-2b-instruct", "HuggingFaceTB/SmolLM3-3B",
+                "microsoft/Phi-3-mini-4k-instruct")
+SWEEP_SHAPES = ((1, 2048), (4, 1024), (2, 4096))  # (batch, tokens)
 
 
 def cut_config(row: Dict[str, Any]) -> Dict[str, Any]:
@@ -50,8 +63,9 @@ def cut_config(row: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
-def replay(row: Dict[str, Any]) -> Dict[str, Tuple[int, int]]:
-    """phase -> (allocated peak, reserved peak), replayed on fake tensors."""
+def replay(row: Dict[str, Any], keeps_output: bool = True) -> Dict[str, Tuple[int, int]]:
+    """phase -> (allocated peak, reserved peak), replayed on fake tensors; ``keeps_output``: the model's output
+    lives until backward is done, as in gpu_peaks.measure (``out.loss.backward(); del out``)."""
     import torch
     import transformers
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -94,8 +108,10 @@ def replay(row: Dict[str, Any]) -> Dict[str, Tuple[int, int]]:
                 optimizer.zero_grad(set_to_none=True)
             tracker.start("forward")
             out = model(input_ids=ids, labels=ids, **extra)
+            if not keeps_output:  # the HF Trainer's compute_loss returns only the loss (transformers/trainer.py)
+                out = out.loss
             tracker.start("backward")
-            out.loss.backward()
+            (out if not keeps_output else out.loss).backward()
             del out
             tracker.start("optimizer_step")
             optimizer.step()
@@ -135,12 +151,64 @@ def declared(values: Dict[str, Any], capacities: List[float]) -> None:
         print(f"on {capacity:.2f} GiB: {'out of memory' if pools[-1].out_of_memory else 'fits'}")
 
 
+def analytic(row: Dict[str, Any], config: str) -> Tuple[int, int]:
+    """The detailed estimate's (allocated, reserved) for a gpu_peaks row: benchmarks/gpu_peaks.py score's keys."""
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
+
+    scenario = row["scenario"]
+    keys = {"config": config, "mode": "train", "dtype": "bf16", "batch-size": scenario["batch"], "seq-len": scenario["seq"],
+            "gpu": "H100-80GB", "precision": "pure", "optimizer-impl": "foreach",
+            "gradient-checkpointing": bool(scenario.get("checkpointing"))}
+    if row.get("attn") == "eager":
+        keys["flash-attention"] = False
+    est = estimate(adhoc_run(keys))
+    return est.allocated_bytes, est.reserved_bytes
+
+
+def sweep(write: bool) -> None:
+    """The analytic estimate against the replay over generated runs (see the module docstring)."""
+    import tempfile
+
+    from pytest_llmmem.hf.hub import BUNDLED, bundled_index
+
+    index = bundled_index()
+    rows, allocated_errors, reserved_errors = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in SWEEP_MODELS:
+            config_path = BUNDLED / index[name]["folder"] / "config.json"
+            config = json.loads(config_path.read_text())
+            for checkpointing in (False, True):
+                for batch, seq in SWEEP_SHAPES:
+                    row = {"config": config, "steady_state": True, "attn": "eager" if config.get("model_type") == "gemma2" else "sdpa",
+                           "scenario": {"name": name, "mode": "train", "batch": batch, "seq": seq, "checkpointing": checkpointing}}
+                    phases = replay(row, keeps_output=False)  # the estimate follows the HF Trainer's step
+                    replayed = (max(a for a, _ in phases.values()), max(r for _, r in phases.values()))
+                    mine = analytic(row, str(config_path))
+                    allocated_errors.append(100 * (mine[0] / replayed[0] - 1))
+                    reserved_errors.append(100 * (mine[1] / replayed[1] - 1))
+                    print(f"{name:<36} b{batch} s{seq:<5} {'checkpointed' if checkpointing else 'no checkpoint'}  allocated: "
+                          f"estimate {mine[0] / GIB:6.2f} replay {replayed[0] / GIB:6.2f} ({allocated_errors[-1]:+5.1f} %)  reserved: "
+                          f"estimate {mine[1] / GIB:6.2f} replay {replayed[1] / GIB:6.2f} ({reserved_errors[-1]:+5.1f} %)")
+                    sys.stdout.flush()
+                    rows.append({"model": name, "batch": batch, "seq": seq, "checkpointing": checkpointing,
+                                 "replayed_allocated": replayed[0], "replayed_reserved": replayed[1],
+                                 "estimated_allocated": mine[0], "estimated_reserved": mine[1]})
+    for label, errors in (("allocated", allocated_errors), ("reserved", reserved_errors)):
+        print(f"{len(errors)} runs, {label}: median |error| {statistics.median(abs(e) for e in errors):.1f} %, "
+              f"worst {min(errors):+.1f} % / {max(errors):+.1f} %")
+    if write:
+        SWEEP.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", default=[str(p) for p in DEFAULT])
     parser.add_argument("--only", nargs="*", default=[], help="scenario names to replay")
     parser.add_argument("--run", help="one declared run's llmmem keys, as JSON")
     parser.add_argument("--capacity", nargs="*", type=float, default=[], help="with --run: card sizes in GiB to trace it on")
+    parser.add_argument("--sweep", action="store_true", help="the analytic estimate against the replay over generated runs")
+    parser.add_argument("--write", action="store_true", help="with --sweep: keep the rows in benchmarks/data")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     import transformers
@@ -148,6 +216,9 @@ def main() -> int:
     transformers.logging.set_verbosity_error()
     if args.run:
         declared(json.loads(args.run), args.capacity)
+        return 0
+    if args.sweep:
+        sweep(args.write)
         return 0
     errors: List[float] = []
     for path in args.files:
