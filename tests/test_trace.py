@@ -218,3 +218,17 @@ def test_a_depth_cut_run_holds_the_deepest_cuts_slack():
     assert slack == 27_262_976 - 26_022_400  # 13 small segments against the 4-layer backward's allocated peak
     est = traced(run)
     assert est.peak_phase == "backward" and est.details["overhead.fragmentation"] == slack
+
+
+def test_a_loop_holding_the_output_keeps_the_logits_through_backward():
+    from pytest_llmmem.estimator import estimate
+    from pytest_llmmem.trace.estimate import traced
+
+    # LoRA, 2 x 64 tokens, vocab 1024: the backward peaks at the loss, where the HF Trainer holds only the loss and a
+    # hand-written loop (framework = "pytorch": out = model(...); out.loss.backward()) still holds out.logits, the
+    # model's bf16 logits: 2 x 64 x 1024 x 2 B = 262,144 B more, in the trace and in the detailed count alike.
+    logits = {}
+    for framework in ("transformers", "pytorch"):
+        run = adhoc_run({**TINY, "mode": "lora", "dtype": "bf16", "batch-size": 2, "seq-len": 64, "framework": framework})
+        logits[framework] = (_phase(traced(run), "backward").breakdown["logits"], _phase(estimate(run), "backward").breakdown["logits"])
+    assert [p - t for p, t in zip(logits["pytorch"], logits["transformers"])] == [2 * 64 * 1024 * 2] * 2

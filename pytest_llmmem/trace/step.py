@@ -201,13 +201,16 @@ def _train(torch, run: Run, model, tracker: LiveBytes) -> None:
 
 
 def _forward_backward(torch, run: Run, model, ids, amp: bool, tracker: LiveBytes, marks: bool) -> None:
-    """One forward and backward, the loss only kept (Trainer.compute_loss); ``marks``: record the saved set."""
+    """One forward and backward, the loss only kept (Trainer.compute_loss), or the whole output where the profile's
+    loop holds it (Profile.holds_output: out = model(...); out.loss.backward(); del out); ``marks``: record the saved set."""
     with torch.autocast("cpu", dtype=getattr(torch, TORCH_DTYPES[run.dtype.name])) if amp else contextlib.nullcontext():
-        loss = model(input_ids=ids, labels=ids).loss
+        out = model(input_ids=ids, labels=ids)
+    loss, held = out.loss, (out if run.knobs.holds_output else None)
+    del out
     if marks:
         tracker.mark("forward end")  # what autograd saved, with the loss, before backward frees any of it
     loss.backward()
-    del loss
+    del loss, held  # the held output goes once backward is done
     if marks:
         tracker.mark("backward end")  # every gradient alive: the backward peak of a deep model (trace/estimate.py extrapolate)
 
