@@ -38,7 +38,8 @@ def rows() -> List[Dict[str, Any]]:
     return out
 
 
-def run_of(row: Dict[str, Any], config: Path, method: str):
+def run_of(row: Dict[str, Any], config: Path, method: str, **extra: Any):
+    """The row's run as tests/test_gpu_steady.py declares it; ``extra``: more llmmem keys (benchmarks/trace_reserved.py)."""
     from pytest_llmmem.config.load import adhoc_run
 
     config.write_text(json.dumps(row["config"]))
@@ -52,6 +53,7 @@ def run_of(row: Dict[str, Any], config: Path, method: str):
     if row.get("attn") == "eager" or sc.get("attn") == "eager":
         keys["flash-attention"] = False
     keys.update(sc.get("run_keys", {}))
+    keys.update(extra)
     return adhoc_run(keys)
 
 

@@ -5,7 +5,8 @@
 Rows: those of benchmarks/trace_gpu.py (the steady-state training rows of gpu-peaks-h100-steady.jsonl, whose
 second step the trace models, and every prefill row), less the superseded ones. Each is estimated with
 ``method = "trace"`` as trace_gpu.run_of declares it (bf16, pure precision, foreach AdamW, the row's
-checkpointing and attention, depth cut by the config the row ran). The estimate's reserved figure is its total
+checkpointing and attention, depth cut by the config the row ran), a training row as gpu_peaks.measure's own
+loop, framework = "pytorch" (the model's output held through backward), as gpu_peaks.py --score declares it. The estimate's reserved figure is its total
 less the CUDA context (Estimate.reserved_bytes: the traced allocated peak, the cuBLAS workspace and the pool's
 slack); the measured one is the row's largest max_memory_reserved over its phases (no phase empties the cache).
 
@@ -55,13 +56,18 @@ def summary(label: str, errors: List[float]) -> str:
             f"worst under {min(errors):+.1f} %, worst over {max(errors):+.1f} % ({len(errors)} rows)")
 
 
-def full_depth(row, config: Path) -> float:
-    """The row's replayed reserved peak traced at its whole depth, as an error against the measured one (%)."""
+def declared(row, config: Path, method: str):
+    """The row's run (trace_gpu.run_of), a training row in gpu_peaks.measure's loop (framework = "pytorch")."""
     from trace_gpu import run_of
 
+    return run_of(row, config, method, **({"framework": "pytorch"} if row["scenario"]["mode"] == "train" else {}))
+
+
+def full_depth(row, config: Path) -> float:
+    """The row's replayed reserved peak traced at its whole depth, as an error against the measured one (%)."""
     from pytest_llmmem.trace.step import trace_at
 
-    run = run_of(row, config, "trace")
+    run = declared(row, config, "trace")
     trace = trace_at(run, run.model, run.model.num_layers)
     measured = max(p["max_reserved"] for p in row["phases"].values())
     return 100 * (max(trace.reserved.values()) / measured - 1)
@@ -70,7 +76,7 @@ def full_depth(row, config: Path) -> float:
 def main() -> int:
     import warnings
 
-    from trace_gpu import rows, run_of
+    from trace_gpu import rows
 
     from pytest_llmmem.estimator import estimate
 
@@ -99,9 +105,9 @@ def main() -> int:
                 continue
             config = Path(tmp) / "config.json"
             started = time.perf_counter()
-            traced = estimate(run_of(row, config, "trace"))
+            traced = estimate(declared(row, config, "trace"))
             seconds.append(time.perf_counter() - started)
-            detailed = estimate(run_of(row, config, "detailed"))
+            detailed = estimate(declared(row, config, "detailed"))
             measured = max(p["max_reserved"] for p in row["phases"].values())
             figures = (traced.reserved_bytes, analytic_share_reserved(traced), detailed.reserved_bytes)
             for label, figure in zip(errors, figures):

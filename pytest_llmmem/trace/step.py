@@ -5,8 +5,8 @@ Training follows the HF Trainer's order (transformers/trainer.py training_step, 
 a whole warm-up step, so the optimizer states exist (torch.optim creates them at the first step,
 adam.py _init_group) and the caching allocator holds the segments a step reserves (the replayed
 reserved peak is the steady state's: an optimizer step over zero gradients leaves the same
-allocated bytes but a different pool, Phi-3-mini's 32 layers -12.0 % against the H100 where the
-whole step is -3.0 %, benchmarks/trace_reserved.py), then the measured step: forward and backward
+allocated bytes but a different pool, Phi-3-mini's 32 layers -10.7 % against the H100 where the
+whole step is -2.8 %, benchmarks/trace_reserved.py --full-depth), then the measured step: forward and backward
 ("backward") and the optimizer step ("optimizer step"). The model's output object is dropped
 before backward, as Trainer.compute_loss returns only the loss. Inference is a prefill of the
 prompt with a KV cache ("prefill"), then one forward per new token ("decode").
