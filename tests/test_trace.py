@@ -232,3 +232,22 @@ def test_a_loop_holding_the_output_keeps_the_logits_through_backward():
         run = adhoc_run({**TINY, "mode": "lora", "dtype": "bf16", "batch-size": 2, "seq-len": 64, "framework": framework})
         logits[framework] = (_phase(traced(run), "backward").breakdown["logits"], _phase(estimate(run), "backward").breakdown["logits"])
     assert [p - t for p, t in zip(logits["pytorch"], logits["transformers"])] == [2 * 64 * 1024 * 2] * 2
+
+
+def test_an_inference_pool_slack_that_grows_from_cut_to_cut_grows_per_layer():
+    """pool_slack on two hand-made cuts of a 32-layer model (2 and 4 layers): a prefill whose slack goes 1 -> 2 MiB
+    adds 0.5 MiB a layer, 2 + 28 x 0.5 = 16 MiB at 32 (each layer's weights and cache stay); a shrinking one, and any
+    training step (which phase's layout binds its pool changes with depth), hold the deepest cut's."""
+    from pytest_llmmem.trace.estimate import pool_slack
+    from pytest_llmmem.trace.step import DepthTrace
+
+    mib = 2**20
+    def cut(layers, allocated, reserved, phase="prefill"):
+        return DepthTrace(layers, {phase: {"weights": allocated}}, "eager", {phase: reserved})
+
+    growing = [cut(2, 10 * mib, 11 * mib), cut(4, 20 * mib, 22 * mib)]
+    assert pool_slack(growing, (2, 4), 32, trains=False) == {"prefill": 16 * mib}
+    step = [cut(2, 10 * mib, 11 * mib, "backward"), cut(4, 20 * mib, 22 * mib, "backward")]
+    assert pool_slack(step, (2, 4), 32, trains=True) == {"backward": 2 * mib}
+    shrinking = [cut(2, 10 * mib, 13 * mib), cut(4, 20 * mib, 22 * mib)]
+    assert pool_slack(shrinking, (2, 4), 32, trains=False) == {"prefill": 2 * mib}
