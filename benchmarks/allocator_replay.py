@@ -84,7 +84,7 @@ def replay(row: Dict[str, Any], keeps_output: bool = True) -> Dict[str, Tuple[in
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
     vocab = cfg.get("vocab_size") or cfg["text_config"]["vocab_size"]
     tracker = LiveBytes(vocab)
-    with FakeTensorMode(allow_non_fake_inputs=True), tracker:
+    with FakeTensorMode(allow_non_fake_inputs=True), tracker, attention.gpu_mask_decisions():
         fake_parameters(torch, model, tracker)
         ids = torch.zeros((scenario["batch"], scenario["seq"]), dtype=torch.long)
         extra = {"token_type_ids": torch.zeros_like(ids)} if cfg.get("model_type") == "gemma3" else {}

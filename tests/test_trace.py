@@ -72,6 +72,42 @@ def test_eager_keeps_the_probabilities_flash_does_not():
     assert eager - flash >= 2 * 4 * 256 * 256 * 2
 
 
+def test_checkpointed_trace_runs_flash_without_a_mask_as_a_gpu_does(monkeypatch):
+    """Training without a KV cache (checkpointing turns it off, as allocator_replay.py and gpu_peaks.measure do) asks
+    transformers whether the positions are packed; on fake tensors it cannot read them and builds a causal mask a GPU
+    skips (attention.gpu_mask_decisions). The trace answers as the GPU does: flash with is_causal, no mask."""
+    import contextlib
+
+    from pytest_llmmem.trace import attention
+    from pytest_llmmem.trace.step import trace_at
+
+    run = adhoc_run({**TINY, "num-kv-heads": 2, "mode": "train", "dtype": "bf16", "precision": "pure", "batch-size": 1,
+                     "seq-len": 256, "gradient-checkpointing": True})
+    seen = []
+    plain_sdpa = attention.cuda_sdpa
+
+    def sdpa_seeing_the_mask(module, query, key, value, mask, *args, **kwargs):
+        seen.append(mask)
+        return plain_sdpa(module, query, key, value, mask, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "cuda_sdpa", sdpa_seeing_the_mask)
+    as_gpu = trace_at(run, run.model, 2).phases["backward"]["activations"]
+    assert seen and all(mask is None for mask in seen)
+    seen.clear()
+    with monkeypatch.context() as undone:
+        undone.setattr(attention, "gpu_mask_decisions", contextlib.nullcontext)  # transformers' own choice on fake tensors
+        as_fake = trace_at(run, run.model, 2).phases["backward"]["activations"]
+    assert seen and all(mask is not None and tuple(mask.shape) == (1, 1, 256, 256) for mask in seen)
+    # At the backward peak one layer is recomputed. Given the mask, cuda_sdpa takes the memory-efficient kernel, which saves
+    # the additive bf16 mask (1 x 1 x 256 x 256 x 2 B = 131,072) and key and value repeated to the 4 query heads
+    # (2 x 1 x 4 x 256 x 64 x 2 B = 262,144) instead of flash's 2 key/value heads (2 x 65,536); checkpointing keeps the
+    # bool mask as the layer's input (65,536): 131,072 + 262,144 - 131,072 + 65,536 = 327,680 B the GPU does not hold.
+    assert as_fake - as_gpu == 327_680
+    from transformers import masking_utils
+
+    assert masking_utils.find_packed_sequence_indices.__name__ == "find_packed_sequence_indices"  # put back after the trace
+
+
 def test_depth_cut_extrapolates_exactly_for_a_uniform_stack():
     from pytest_llmmem.trace.estimate import extrapolate, trace_depths
     from pytest_llmmem.trace.step import trace_at

@@ -12,12 +12,16 @@ and an fp32 log-sum-exp of (batch, heads, queries), plus the mask for the effici
 The kernels' workspaces inside backward (flash's fp32 dq accumulator) have no meta allocation and
 are not seen.
 
+Which kernel runs depends on whether transformers builds a mask, and on fake tensors it would build
+one a GPU does not: :func:`gpu_mask_decisions`.
+
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -79,3 +83,39 @@ def register() -> None:
 
     AttentionInterface.register(NAME, cuda_sdpa)
     AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+@contextlib.contextmanager
+def gpu_mask_decisions() -> Iterator[None]:
+    """Let transformers skip the causal mask on fake tensors where it skips it on a GPU.
+
+    Training without a KV cache (checkpointing turns use_cache off; allocator_replay.py and gpu_peaks.measure set
+    it off), the mask builder first asks whether the positions pack several sequences into one row
+    (transformers/masking_utils.py _preprocess_mask_arguments -> find_packed_sequence_indices). On a GPU it
+    reads them, finds the model's own arange positions unpacked and returns None, so sdpa_mask may skip the mask
+    (_ignore_causal_mask_sdpa) and SDPA runs flash with is_causal and the grouped key/value heads as they are.
+    A fake tensor's values cannot be read (utils/import_utils.py is_tracing counts a FakeTensor as tracing), so
+    it returns the packed-sequence tensor, the skip is refused and every layer gets a (batch, 1, seq, seq) mask:
+    :func:`cuda_sdpa` then takes the memory-efficient kernel, which saves the additive mask and key and value
+    repeated to every query head. Qwen3-0.6B cut to 4 layers, b1 x 4096: 48 MiB a layer more saved (the 32 MiB
+    bf16 mask and 32 MiB of repeated key/value, less the 16 MiB of key and value flash saves), 12 KB a token
+    a layer. The H100 did not allocate them: its steady Qwen3-30B-A3B row (6 layers, b2 x 2048, no
+    checkpointing; benchmarks/allocator_replay.py) measured a 37.07 GiB backward peak, replayed 37.42 with the
+    mask and 37.00 without. The trace feeds one sequence per row (input ids, no position ids), so on fake
+    positions this answers what the GPU would: not packed. Real tensors still go to transformers' own check."""
+    from transformers import masking_utils
+
+    original = getattr(masking_utils, "find_packed_sequence_indices", None)
+    if original is None:  # an older transformers without packed-sequence detection: nothing to undo
+        yield
+        return
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    def unpacked_on_fake(position_ids: torch.Tensor):
+        return None if isinstance(position_ids, FakeTensor) else original(position_ids)
+
+    masking_utils.find_packed_sequence_indices = unpacked_on_fake
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original

@@ -152,7 +152,7 @@ def _trace(torch, transformers, FakeTensorMode, run: Run, arch: Architecture, cu
     if run.adapter is not None:  # the trace builds LoRA and QLoRA adapters through peft
         model = _with_adapters(torch, run, model)
     tracker = LiveBytes(cut.vocab_size)
-    with FakeTensorMode(allow_non_fake_inputs=True), tracker:
+    with FakeTensorMode(allow_non_fake_inputs=True), tracker, attention.gpu_mask_decisions():
         tracker.start("load", "weights")
         fake_parameters(torch, model, tracker)
         tracker.stop()
