@@ -3,6 +3,7 @@
     python benchmarks/allocator_replay.py [benchmarks/data/gpu-peaks-h100*.jsonl ...] [--only NAME ...]
     python benchmarks/allocator_replay.py --run '{"model": "meta-llama/Llama-2-7b-hf", "mode": "lora", ...}' [--capacity GIB ...]
     python benchmarks/allocator_replay.py --sweep [--write]
+    python benchmarks/allocator_replay.py --sweep-lora [--write]
 
 Each measured row of benchmarks/gpu_peaks.py is run again here the way gpu_peaks.measure ran it (the same
 config, depth cut, dtype, attention, AdamW foreach, checkpointing, warm-up step for a steady-state row, one
@@ -25,6 +26,11 @@ Trainer does, on bundled configs at full depth (SWEEP_MODELS x
 checkpointing off/on x SWEEP_SHAPES), each run's allocated and reserved peaks replayed against the detailed
 estimate's (less its CUDA context; allocated also less its slack). ``--write`` keeps the rows in
 benchmarks/data/allocator-sweep.jsonl. About 5 minutes on 2 cores.
+
+``--sweep-lora`` does the same for LoRA as the configs users copy declare it (issue 26): r 16 on every linear,
+dropout 0 and 0.05, checkpointing off and on, 2 x 2,048 tokens, the HF Trainer's step as ``method = "trace"``
+runs it (trace/step.py, full depth, PEFT's own modules), on SWEEP_LORA_MODELS; rows in
+benchmarks/data/allocator-sweep-lora.jsonl.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ SWEEP_MODELS = ("Qwen/Qwen3-0.6B", "meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwe
                 "google/gemma-2-2b-it", "ibm-granite/granite-3.3-2b-instruct", "HuggingFaceTB/SmolLM3-3B",
                 "microsoft/Phi-3-mini-4k-instruct")
 SWEEP_SHAPES = ((1, 2048), (4, 1024), (2, 4096))  # (batch, tokens)
+SWEEP_LORA = ROOT / "benchmarks" / "data" / "allocator-sweep-lora.jsonl"
+SWEEP_LORA_MODELS = ("Qwen/Qwen3-0.6B", "meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen2.5-1.5B",
+                     "ibm-granite/granite-3.3-2b-instruct", "HuggingFaceTB/SmolLM3-3B")
 
 
 def cut_config(row: Dict[str, Any]) -> Dict[str, Any]:
@@ -201,6 +210,41 @@ def sweep(write: bool) -> None:
         SWEEP.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+def sweep_lora(write: bool) -> None:
+    """The detailed estimate against the full-depth trace (its replayed pool included) over LoRA runs."""
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.estimator import estimate
+    from pytest_llmmem.trace.step import trace_at
+
+    rows, allocated_errors, reserved_errors = [], [], []
+    for name in SWEEP_LORA_MODELS:
+        for checkpointing in (False, True):
+            for dropout in (0.0, 0.05):
+                keys = {"name": "sweep", "model": name, "mode": "lora", "dtype": "bf16", "lora-rank": 16,
+                        "lora-targets": "all-linear", "lora-dropout": dropout, "batch-size": 2, "seq-len": 2048,
+                        "gradient-checkpointing": checkpointing, "gpu": "H100-80GB"}
+                run = adhoc_run(keys)
+                trace = trace_at(run, run.model, run.model.num_layers)
+                phases = ("load", "backward", "optimizer step")
+                traced = (max(sum(trace.phases[p].values()) for p in phases if p in trace.phases),
+                          max(trace.reserved[p] for p in phases if p in trace.reserved))
+                est = estimate(run)
+                mine = (est.allocated_bytes, est.reserved_bytes)
+                allocated_errors.append(100 * (mine[0] / traced[0] - 1))
+                reserved_errors.append(100 * (mine[1] / traced[1] - 1))
+                print(f"{name:<36} dropout {dropout:<4} {'checkpointed' if checkpointing else 'no checkpoint'}  allocated: "
+                      f"estimate {mine[0] / GIB:6.2f} trace {traced[0] / GIB:6.2f} ({allocated_errors[-1]:+5.1f} %)  reserved: "
+                      f"estimate {mine[1] / GIB:6.2f} trace {traced[1] / GIB:6.2f} ({reserved_errors[-1]:+5.1f} %)")
+                sys.stdout.flush()
+                rows.append({"model": name, "dropout": dropout, "checkpointing": checkpointing, "traced_allocated": traced[0],
+                             "traced_reserved": traced[1], "estimated_allocated": mine[0], "estimated_reserved": mine[1]})
+    for label, errors in (("allocated", allocated_errors), ("reserved", reserved_errors)):
+        print(f"{len(errors)} runs, {label}: median |error| {statistics.median(abs(e) for e in errors):.1f} %, "
+              f"worst {min(errors):+.1f} % / {max(errors):+.1f} %")
+    if write:
+        SWEEP_LORA.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", default=[str(p) for p in DEFAULT])
@@ -208,7 +252,8 @@ def main() -> int:
     parser.add_argument("--run", help="one declared run's llmmem keys, as JSON")
     parser.add_argument("--capacity", nargs="*", type=float, default=[], help="with --run: card sizes in GiB to trace it on")
     parser.add_argument("--sweep", action="store_true", help="the analytic estimate against the replay over generated runs")
-    parser.add_argument("--write", action="store_true", help="with --sweep: keep the rows in benchmarks/data")
+    parser.add_argument("--sweep-lora", action="store_true", help="the same over LoRA runs (dropout, checkpointing)")
+    parser.add_argument("--write", action="store_true", help="with --sweep / --sweep-lora: keep the rows in benchmarks/data")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     import transformers
@@ -219,6 +264,9 @@ def main() -> int:
         return 0
     if args.sweep:
         sweep(args.write)
+        return 0
+    if args.sweep_lora:
+        sweep_lora(args.write)
         return 0
     errors: List[float] = []
     for path in args.files:
