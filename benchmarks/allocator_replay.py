@@ -175,37 +175,44 @@ def analytic(row: Dict[str, Any], config: str) -> Tuple[int, int]:
     return est.allocated_bytes, est.reserved_bytes
 
 
+def compared(run: str, mine: Tuple[int, int], other: Tuple[int, int], what: str,
+             allocated_errors: List[float], reserved_errors: List[float]) -> None:
+    """Print one run's (allocated, reserved) estimate beside the replayed or traced one and keep both errors."""
+    allocated_errors.append(100 * (mine[0] / other[0] - 1))
+    reserved_errors.append(100 * (mine[1] / other[1] - 1))
+    print(f"{run}  allocated: estimate {mine[0] / GIB:6.2f} {what} {other[0] / GIB:6.2f} ({allocated_errors[-1]:+5.1f} %)  "
+          f"reserved: estimate {mine[1] / GIB:6.2f} {what} {other[1] / GIB:6.2f} ({reserved_errors[-1]:+5.1f} %)")
+    sys.stdout.flush()
+
+
+def summarise(allocated_errors: List[float], reserved_errors: List[float]) -> None:
+    for label, errors in (("allocated", allocated_errors), ("reserved", reserved_errors)):
+        print(f"{len(errors)} runs, {label}: median |error| {statistics.median(abs(e) for e in errors):.1f} %, "
+              f"worst {min(errors):+.1f} % / {max(errors):+.1f} %")
+
+
 def sweep(write: bool) -> None:
     """The analytic estimate against the replay over generated runs (see the module docstring)."""
-    import tempfile
-
     from pytest_llmmem.hf.hub import BUNDLED, bundled_index
 
     index = bundled_index()
     rows, allocated_errors, reserved_errors = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in SWEEP_MODELS:
-            config_path = BUNDLED / index[name]["folder"] / "config.json"
-            config = json.loads(config_path.read_text())
-            for checkpointing in (False, True):
-                for batch, seq in SWEEP_SHAPES:
-                    row = {"config": config, "steady_state": True, "attn": "eager" if config.get("model_type") == "gemma2" else "sdpa",
-                           "scenario": {"name": name, "mode": "train", "batch": batch, "seq": seq, "checkpointing": checkpointing}}
-                    phases = replay(row, keeps_output=False)  # the estimate follows the HF Trainer's step
-                    replayed = (max(a for a, _ in phases.values()), max(r for _, r in phases.values()))
-                    mine = analytic(row, str(config_path))
-                    allocated_errors.append(100 * (mine[0] / replayed[0] - 1))
-                    reserved_errors.append(100 * (mine[1] / replayed[1] - 1))
-                    print(f"{name:<36} b{batch} s{seq:<5} {'checkpointed' if checkpointing else 'no checkpoint'}  allocated: "
-                          f"estimate {mine[0] / GIB:6.2f} replay {replayed[0] / GIB:6.2f} ({allocated_errors[-1]:+5.1f} %)  reserved: "
-                          f"estimate {mine[1] / GIB:6.2f} replay {replayed[1] / GIB:6.2f} ({reserved_errors[-1]:+5.1f} %)")
-                    sys.stdout.flush()
-                    rows.append({"model": name, "batch": batch, "seq": seq, "checkpointing": checkpointing,
-                                 "replayed_allocated": replayed[0], "replayed_reserved": replayed[1],
-                                 "estimated_allocated": mine[0], "estimated_reserved": mine[1]})
-    for label, errors in (("allocated", allocated_errors), ("reserved", reserved_errors)):
-        print(f"{len(errors)} runs, {label}: median |error| {statistics.median(abs(e) for e in errors):.1f} %, "
-              f"worst {min(errors):+.1f} % / {max(errors):+.1f} %")
+    for name in SWEEP_MODELS:
+        config_path = BUNDLED / index[name]["folder"] / "config.json"
+        config = json.loads(config_path.read_text())
+        for checkpointing in (False, True):
+            for batch, seq in SWEEP_SHAPES:
+                row = {"config": config, "steady_state": True, "attn": "eager" if config.get("model_type") == "gemma2" else "sdpa",
+                       "scenario": {"name": name, "mode": "train", "batch": batch, "seq": seq, "checkpointing": checkpointing}}
+                phases = replay(row, keeps_output=False)  # the estimate follows the HF Trainer's step
+                replayed = (max(a for a, _ in phases.values()), max(r for _, r in phases.values()))
+                mine = analytic(row, str(config_path))
+                compared(f"{name:<36} b{batch} s{seq:<5} {'checkpointed' if checkpointing else 'no checkpoint'}",
+                         mine, replayed, "replay", allocated_errors, reserved_errors)
+                rows.append({"model": name, "batch": batch, "seq": seq, "checkpointing": checkpointing,
+                             "replayed_allocated": replayed[0], "replayed_reserved": replayed[1],
+                             "estimated_allocated": mine[0], "estimated_reserved": mine[1]})
+    summarise(allocated_errors, reserved_errors)
     if write:
         SWEEP.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
@@ -230,17 +237,11 @@ def sweep_lora(write: bool) -> None:
                           max(trace.reserved[p] for p in phases if p in trace.reserved))
                 est = estimate(run)
                 mine = (est.allocated_bytes, est.reserved_bytes)
-                allocated_errors.append(100 * (mine[0] / traced[0] - 1))
-                reserved_errors.append(100 * (mine[1] / traced[1] - 1))
-                print(f"{name:<36} dropout {dropout:<4} {'checkpointed' if checkpointing else 'no checkpoint'}  allocated: "
-                      f"estimate {mine[0] / GIB:6.2f} trace {traced[0] / GIB:6.2f} ({allocated_errors[-1]:+5.1f} %)  reserved: "
-                      f"estimate {mine[1] / GIB:6.2f} trace {traced[1] / GIB:6.2f} ({reserved_errors[-1]:+5.1f} %)")
-                sys.stdout.flush()
+                compared(f"{name:<36} dropout {dropout:<4} {'checkpointed' if checkpointing else 'no checkpoint'}",
+                         mine, traced, "trace", allocated_errors, reserved_errors)
                 rows.append({"model": name, "dropout": dropout, "checkpointing": checkpointing, "traced_allocated": traced[0],
                              "traced_reserved": traced[1], "estimated_allocated": mine[0], "estimated_reserved": mine[1]})
-    for label, errors in (("allocated", allocated_errors), ("reserved", reserved_errors)):
-        print(f"{len(errors)} runs, {label}: median |error| {statistics.median(abs(e) for e in errors):.1f} %, "
-              f"worst {min(errors):+.1f} % / {max(errors):+.1f} %")
+    summarise(allocated_errors, reserved_errors)
     if write:
         SWEEP_LORA.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
