@@ -69,6 +69,42 @@ def test_what_each_metric_compares():
     assert scorer.compared_bytes(details, 10, "the card's size: the longest context that fits it") == 10
 
 
+def test_an_allocated_figure_is_the_largest_phase_allocated():
+    # max_memory_allocated is a high-water mark over the step, so it is the largest phase's allocated bytes,
+    # which need not be the phase with the largest total. Backward: total 10 with 4 of overhead (context 1,
+    # slack 3) = 6 allocated; the optimizer step: total 9 with 1 of overhead (its context) = 8 allocated.
+    # The total peaks at backward (whose context and slack the details carry): 10 - 1 - 3 = 6 by the peak
+    # phase alone, 8 by the step; with a 0.5 cuBLAS workspace (held in the allocator, counted allocated) 8.5.
+    # A reserved figure still follows the peak phase: 10 - 1 = 9.
+    scorer = _scorer()
+
+    class Phase:
+        def __init__(self, total, overhead):
+            self.total, self.breakdown = total, {"overhead": overhead, "activations": total - overhead}
+
+    phases = (Phase(10, 4), Phase(9, 1))
+    details = {"overhead.cuda_context": 1, "overhead.fragmentation": 3}
+    assert scorer.compared_bytes(details, 10, "torch.cuda.max_memory_allocated", phases) == 8
+    assert scorer.compared_bytes({**details, "overhead.cublas_workspace": 0.5}, 10, "max_memory_allocated", phases) == 8.5
+    assert scorer.compared_bytes(details, 10, "torch.cuda.max_memory_reserved", phases) == 9
+
+
+def test_a_second_figure_is_scored_by_its_own_metric():
+    # fms-acceleration publishes max_memory_allocated and nvidia-smi for the same run: the row's "also"
+    # figure is compared by its own metric (nvidia-smi: the whole estimate), the main one without the
+    # context and slack, and the second does not replace the first.
+    scorer = _scorer()
+    row = {"id": "two-figures", "model": {"id": "Qwen/Qwen3-0.6B"},
+           "keys": {"mode": "train", "batch-size": 1, "seq-len": 512}, "gpu": "H100-80GB", "ran": True,
+           "published_gib": 5.0, "metric": "max_memory_allocated",
+           "also": {"published_gib": 10.0, "metric": "nvidia-smi memory.used"}}
+    result = scorer.score(row)
+    assert result["also"]["published_gib"] == 10.0
+    assert result["also"]["compared_gib"] == result["estimate_gib"]
+    assert result["compared_gib"] < result["estimate_gib"]
+    assert "also" not in scorer.score({k: v for k, v in row.items() if k != "also"})
+
+
 @pytest.mark.parametrize("extra, counted, peak", [
     ({}, True, True),
     ({"evidence": "estimate"}, False, True),
