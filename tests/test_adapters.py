@@ -81,12 +81,12 @@ def test_an_adapter_key_names_the_modes_it_applies_to():
 
 
 def test_lora_and_qlora_are_two_entries_that_differ_by_the_base():
-    """QLoRA is LoRA over a 4-bit base, and reads the two keys of that base: which bitsandbytes, and kbit-prepare."""
+    """QLoRA is LoRA over a 4-bit base, and reads the keys of that base: which bitsandbytes, kbit-prepare, its compute dtype and a GPTQ group size."""
     assert [a.name for a in BUILTIN][:2] == ["lora", "qlora"]
     assert (LORA.quantized_base, LORA.default_dtype) == (False, "bf16") and (QLORA.quantized_base, QLORA.default_dtype) == (True, "nf4")
     # and QLoRA's DoRA is QDoRA: DoRA's entry with the 4-bit weight dequantised for its norm (tests/data/adapters/qdora*.json)
     assert "use-dora" in LORA.keys and "use-dora" in QLORA.keys and QLORA.dora is with_qdora
-    assert QLORA.keys == LORA.keys + ("bitsandbytes-version", "kbit-prepare", "compute-dtype")
+    assert QLORA.keys == LORA.keys + ("bitsandbytes-version", "kbit-prepare", "compute-dtype", "gptq-group-size")
     assert QLORA._replace(name="lora", doc=LORA.doc, quantized_base=False, default_dtype="bf16", keys=LORA.keys, dora=LORA.dora) == LORA
     assert _estimate("qlora").run.dtype.name == "nf4"
 

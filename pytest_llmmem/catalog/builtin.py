@@ -23,6 +23,11 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 # bitsandbytes 4-bit without double quantisation (load_in_4bit defaults): 0.5 B plus one fp32
 # absmax per block of 64 weights (bitsandbytes functional.quantize_4bit, blocksize=64).
 INT4_BYTES = 0.5 + 4 / 64
+# GPTQ 4-bit as AutoGPTQ / GPTQModel's QuantLinear stores it (fms-acceleration's copy:
+# plugins/accelerated-peft/src/fms_acceleration_peft/gptqmodel/nn_modules/qlinear/qlinear_tritonv2.py:67-93):
+# qweight int32 (in/32*4, out) = 0.5 B a weight, and per group of 128 input rows an fp16 scale and a
+# 4-bit zero per output column (scales (in/g, out) fp16, qzeros (in/g, out/8) int32): 0.5 + (2 + 0.5)/128.
+GPTQ_BYTES = 0.5 + (2 + 0.5) / 128
 # MXFP4 (OCP Microscaling Formats v1.0, section 5: FP4 E2M1 elements in blocks of 32 sharing one
 # 8-bit E8M0 scale): 4 + 8/32 = 4.25 bits per weight, as gpt-oss ships its expert weights.
 MXFP4_BYTES = 4.25 / 8
@@ -39,6 +44,8 @@ def llmmem_register_dtypes(register):
     # LLM.int8 adds one fp32 scale per output row: under 0.1 % for hidden sizes >= 4096 (Dettmers 2022).
     register(DType("int8", 1, 2, quantized=True, aliases=("llm.int8", "8bit"), doc="bitsandbytes LLM.int8 weights"))
     register(DType("int4", INT4_BYTES, 2, seed_bytes=0.5, quantized=True, aliases=("fp4", "4bit"), doc="bitsandbytes 4-bit, blocksize 64"))
+    register(DType("gptq", GPTQ_BYTES, 2, seed_bytes=0.5, quantized=True, aliases=("autogptq", "gptq-4bit"),
+                   doc="GPTQ 4-bit (AutoGPTQ / GPTQModel QuantLinear), group 128 unless gptq-group-size says"))
     register(DType("mxfp4", MXFP4_BYTES, 2, quantized=True, aliases=("mx-fp4",), doc="OCP MX FP4 (gpt-oss experts): 4 bits + one 8-bit scale per 32"))
     register(DType("nf4", NF4_BYTES, 2, seed_bytes=0.5, quantized=True, aliases=("normalfloat4",), doc="QLoRA NF4, double quantisation"))
 

@@ -61,6 +61,21 @@ def compute_dtype(table: Table, dtype: Any) -> Any:
     return dtype._replace(compute_bytes=COMPUTE_DTYPES[name])
 
 
+def gptq_group_size(table: Table, dtype: Any) -> int:
+    """gptq-group-size: the input rows that share one scale and zero in a GPTQ checkpoint (its quantize_config.json
+    group_size: 128 is AutoGPTQ's default, -1 one group per column); only a dtype = "gptq" base has them."""
+    if "gptq-group-size" not in table:
+        return 128
+    if dtype.name != "gptq":
+        raise table.fail("gptq-group-size", f'only applies to a GPTQ base (dtype = "gptq"); this run\'s dtype is "{dtype.name}".',
+                         hint='Use dtype = "gptq" for a GPTQ checkpoint, or remove gptq-group-size.')
+    value = table.values["gptq-group-size"]
+    if isinstance(value, bool) or not isinstance(value, int) or (value != -1 and value < 1):
+        raise table.fail("gptq-group-size", f"expected a positive integer or -1, got {type_name(value)} {shown(value)}.",
+                         hint="The checkpoint's quantize_config.json group_size: 128 (AutoGPTQ's default), 32, 64, or -1 (one group per column).")
+    return value
+
+
 def _modules_to_save(table: Table) -> Tuple[str, ...]:
     """modules-to-save: the modules outside the layers PEFT trains in full (lm_head, embed_tokens)."""
     value = table.values.get("modules-to-save", [])

@@ -29,7 +29,7 @@ TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "selective-ac"
               "context-parallel")
 PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
 # The keys an adapter reads (adapters.Adapter.keys says which apply to each).
-ADAPTER_KEYS = ("lora-rank", "lora-targets", "adapter-dtype", "lora-dropout", "bitsandbytes-version", "kbit-prepare", "compute-dtype", "modules-to-save",
+ADAPTER_KEYS = ("lora-rank", "lora-targets", "adapter-dtype", "lora-dropout", "bitsandbytes-version", "kbit-prepare", "compute-dtype", "gptq-group-size", "modules-to-save",
                 "use-dora", "use-rslora", "num-virtual-tokens", "rank-dropout", "module-dropout", "decompose-both", "decompose-factor",
                 "prefix-projection", "encoder-hidden-size", "encoder-reparameterization-type", "encoder-num-layers")
 INFERENCE_ONLY = ("prompt-len", "new-tokens", "logits", "engine")

@@ -22,7 +22,7 @@ from ..errors import ConfigError, did_you_mean, one_of, shown, shown_name
 from ..record import Record
 from .keys import ADAPTER_KEYS, ENGINE_ONLY, INFERENCE_ONLY, MODEL_KEYS, RECIPE_KEYS, RUN_KEYS, TABLE, TOP_KEYS, TRAIN_ONLY, Context, Table, canonical
 from ..values import type_name
-from .adapter_keys import adapter_fields, checked_targets, compute_dtype, configured_adapter, read_targets, run_mode
+from .adapter_keys import adapter_fields, checked_targets, compute_dtype, configured_adapter, gptq_group_size, read_targets, run_mode
 from .checkpoint_keys import checkpoint_setting
 from .gpu_keys import budget, parallelism
 from .locate import Locator
@@ -236,6 +236,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         compiled=table.boolean("compile", False),
         flash_attention=table.boolean("flash-attention", True),
         **adapter_fields(table, adapter, model, targets, checkpointing),
+        gptq_group_size=gptq_group_size(table, dtype),
         adapter_dtype=adapter_dtype,
         knobs=trainer.knobs,
         knobs_shown=trainer_rows(trainer.knobs, mode=mode, four_bit=dtype.name if dtype.name in ("nf4", "int4") else "", adapter_dtype=adapter_dtype.name,

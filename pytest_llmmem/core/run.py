@@ -142,6 +142,7 @@ class Run(Record):
     bnb_keeps_inputs: bool = False
     # peft.prepare_model_for_kbit_training: every non-4-bit parameter in fp32, so the activations too (kbit-prepare)
     kbit_prepare: bool = False
+    gptq_group_size: int = 128  # dtype gptq: input rows per scale and zero (quantize_config.json group_size; -1: one per column)
     modules_to_save: Tuple[str, ...] = ()  # LoraConfig.modules_to_save: lm_head / embed_tokens trained in full
     use_dora: bool = False  # LoraConfig.use_dora = False: DoRA's magnitude vectors (adapters.with_dora)
     use_rslora: bool = False  # LoraConfig.use_rslora = False: scaling alpha / sqrt(r), the same memory

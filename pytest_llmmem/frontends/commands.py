@@ -19,7 +19,7 @@ _VALUE_FLAGS = {
     "num-kv-heads": int, "head-dim": int, "intermediate-size": int, "vocab-size": int,
     "max-position-embeddings": int, "num-experts": int, "experts-per-token": int, "moe-intermediate-size": int,
     "hidden-act": str, "mode": str, "dtype": str, "precision": str, "optimizer": str, "batch-size": int,
-    "seq-len": int, "lora-rank": int, "adapter-dtype": str, "lora-dropout": float, "bitsandbytes-version": str, "compute-dtype": str,
+    "seq-len": int, "lora-rank": int, "adapter-dtype": str, "lora-dropout": float, "bitsandbytes-version": str, "compute-dtype": str, "gptq-group-size": int,
     "num-virtual-tokens": int, "rank-dropout": float, "module-dropout": float, "decompose-factor": int,
     "encoder-hidden-size": int, "encoder-reparameterization-type": str, "encoder-num-layers": int, "gpus": int, "gpu": str,
     "gpu-memory": str,

@@ -284,7 +284,7 @@ LORA = Adapter("lora", "LoRA (PEFT LoraConfig): low-rank A and B beside each tar
 # QLoRA (Dettmers et al. 2023): LoRA on a base that stays 4-bit (bitsandbytes Linear4bit), NF4 unless a dtype is named.
 # use-dora on it is QDoRA (with_qdora: the 4-bit weight dequantised for DoRA's norm in every forward).
 QLORA = LORA._replace(name="qlora", doc="QLoRA: LoRA over a 4-bit (NF4) frozen base", quantized_base=True, default_dtype="nf4",
-                      keys=LORA_KEYS + ("bitsandbytes-version", "kbit-prepare", "compute-dtype"), dora=with_qdora)
+                      keys=LORA_KEYS + ("bitsandbytes-version", "kbit-prepare", "compute-dtype", "gptq-group-size"), dora=with_qdora)
 
 def vera_tensors(lin: Linear, rank: int) -> Tuple[int, ...]:
     """VeRA (Kopiczko et al. 2024, eq. 1) trains two scaling vectors per adapted module, lambda_d (r) and lambda_b

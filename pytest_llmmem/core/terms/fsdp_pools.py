@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .activations import FP32
 from .step import Step
+from .trainer_terms import gptq_bytes
 
 PACKED_4BIT = 0.5  # bytes per 4-bit parameter in a flat parameter (_unit_bytes)
 
@@ -32,6 +33,8 @@ def _unit_bytes(run) -> float:
     # the absmax constants sit in quant_state, outside the flat parameter), fp32 under FSDP mixed precision
     if run.dtype.name in ("nf4", "int4"):
         return PACKED_4BIT
+    if run.dtype.name == "gptq":  # qweight, scales and qzeros all made parameters (fms-acceleration autogptq_utils.py:68-99)
+        return gptq_bytes(run.gptq_group_size)
     return FP32 if run.precision == "mixed" and run.mode == "train" else run.dtype.bytes
 
 

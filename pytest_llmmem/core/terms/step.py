@@ -30,7 +30,7 @@ from .parallel import (LocalParams, adapter_base, frozen_params, host_bytes_per_
                        offloaded_adapter_states, sharded_adapters)
 from .prefill import prefill_terms, stage_groups
 from ..run import Run
-from .trainer_terms import Tensors, bnb_state_bytes, four_bit_bytes, loss_terms, offloaded_layer_inputs, trainable_tensors
+from .trainer_terms import Tensors, bnb_state_bytes, four_bit_bytes, gptq_bytes, loss_terms, offloaded_layer_inputs, trainable_tensors
 from ...units import format_bytes
 
 
@@ -66,7 +66,7 @@ def stored_weight_bytes(run: Run, params: int) -> Tuple[int, str]:
         return round((params - fp32) * dtype.bytes + fp32 * max(dtype.bytes, FP32)), ""
     # 4-bit layouts differ by library and double quantisation (trainer_terms.four_bit_bytes).
     stored = four_bit_bytes(run.knobs.nf4_layout if dtype.name == "nf4" else "bitsandbytes", run.knobs.double_quant) \
-        if dtype.name in ("nf4", "int4") else dtype.bytes
+        if dtype.name in ("nf4", "int4") else gptq_bytes(run.gptq_group_size) if dtype.name == "gptq" else dtype.bytes
     if isinstance(run.model, Architecture):
         linear = run.model.linear_params()
         # kbit-prepare: peft.prepare_model_for_kbit_training casts every fp16/bf16 parameter that is not Params4bit to
@@ -77,7 +77,10 @@ def stored_weight_bytes(run: Run, params: int) -> Tuple[int, str]:
 
 
 def _packed_bytes(run: Run) -> float:
-    """Bytes of one stored base weight without its block constants (4 bit: half a byte)."""
+    """Bytes of one stored base weight without its block constants (4 bit: half a byte). GPTQ's scales and zeros
+    are buffers fms-acceleration turns into parameters under FSDP (autogptq_utils.py:68-99), so they shard with it."""
+    if run.dtype.name == "gptq":
+        return gptq_bytes(run.gptq_group_size)
     return 0.5 if run.dtype.name in ("nf4", "int4") else run.dtype.bytes
 
 
