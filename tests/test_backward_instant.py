@@ -144,3 +144,29 @@ def test_a_loop_holding_the_output_keeps_its_logits_through_backward(tmp_path):
     # inputs and these logits, within 0.1 %
     allocated = part.total - part.breakdown["overhead"] - part.breakdown["optimizer_states"]
     assert allocated == pytest.approx(37_151_146_496, rel=1e-3)
+
+
+def test_fsdp_qlora_loop_holds_fp32_logits_and_the_head_blocks_take_no_pool_share():
+    # framework = "fsdp-qlora" (Answer.AI train.py @ 23fafdfb on transformers 4.40): the model returns fp32 logits and the loop
+    # holds them to the optimizer step. Llama-2-7B's bundled config, 1 x 512 tokens, vocab 32,000: E = 16,384,000 logit
+    # elements. At the loss instant: the held fp32 logits 4 B, log_softmax 4 B, nll_loss's and log_softmax_backward's fp32
+    # gradients 8 B = 16 B per element (benchmarks/measure_fsdp_qlora_head.py: 15.98-15.99 measured), and the lm_head's 16-bit
+    # output's cached segment 2 B: 18 x 16,384,000 = 294,912,000 B under logits; the transformers profile's 12 B.
+    from pytest_llmmem.config.load import adhoc_run
+
+    keys = {"model": "meta-llama/Llama-2-7b-hf", "mode": "qlora", "dtype": "nf4", "lora-rank": 64, "batch-size": 1,
+            "seq-len": 512, "gradient-checkpointing": True, "gpu-memory": "10000 GiB"}
+    elems = 512 * 32000
+    parts, slack = {}, {}
+    for framework in ("transformers", "fsdp-qlora"):
+        est = estimate(adhoc_run({**keys, "framework": framework}))
+        parts[framework] = next(p for p in est.phase_parts if p.name == "backward").breakdown
+        slack[framework] = est.details["overhead.fragmentation"]
+    # the same instant's other short-lived bytes: the pool's share (records.FRAGMENTATION, 30 %) of the 12 B goes
+    assert slack["transformers"] - slack["fsdp-qlora"] == pytest.approx(0.3 * 12 * elems, abs=2)
+    assert parts["transformers"]["logits"] == 12 * elems
+    assert parts["fsdp-qlora"]["logits"] == 18 * elems == 294_912_000
+    assert est.details["backward.logits.held_output"] == 4 * elems
+    assert est.details["backward.logits.lm_head_output_cached"] == 2 * elems
+    # the full term: the fp32 logits 4, the 16-bit output 2, the shifted copy 4, log_softmax 4, two fp32 gradients 8
+    assert est.full("logits") == 22 * elems

@@ -67,6 +67,8 @@ class Profile(Record):
     rope_caches_before: Tuple[int, ...] = ()
     # the loop keeps the model's output (its whole logits) referenced through backward (core/terms/backward.py held_logits)
     holds_output: bool = False
+    # the model returns fp32 logits and takes its loss from a shifted copy (transformers before 4.46; trainer_terms.loss_terms)
+    returns_fp32_logits: bool = False
 
 
 # The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
@@ -162,6 +164,27 @@ PROFILES: Dict[str, Profile] = {
         },
         holds_output=True,
     ),
+    # AnswerDotAI/fsdp_qlora train.py @ 23fafdfb (2024-05-06) on the transformers its README pins
+    # ("transformers!=4.38.*,!=4.39.*", README.md:18: 4.37 or 4.40 then), torch >= 2.2 (README.md:24).
+    "fsdp-qlora": Profile(
+        "fsdp-qlora", loss="upcast", loss_chunks=1, loss_chunk_tokens=0, chunk_upcast=True, keeps_logits=True,
+        activation_offload=False, optimizer_in_backward=False, optimizer_impl="foreach", double_quant=True,
+        nf4_layout="bitsandbytes", adapter_dtype=None, gradient_checkpointing=True,
+        describes="Answer.AI fsdp_qlora train.py (its own loop: fp32 logits of transformers 4.40 held to the optimizer step)",
+        sources={
+            "loss": "fsdp_qlora/train.py:841-846 output = model(input_ids, labels=labels); loss = output.loss, kept to :894 output = None "
+                    "(after backward :863 and optimizer.step() :878); transformers 4.40.0 models/llama/modeling_llama.py:1227-1241 "
+                    "(4.37.2 :1201-1215): logits = logits.float() returned, the loss on logits[..., :-1, :].contiguous()",
+            "optimizer-impl": "fsdp_qlora/train.py:433-435 torch.optim.AdamW(...) without foreach/fused: foreach on CUDA "
+                              "(torch/optim/optimizer.py _default_to_fused_or_foreach)",
+            "double-quant": "fsdp_qlora/train.py:586 replace_linear(model.model, Linear4bit, quant_type='nf4', ...): bitsandbytes "
+                            "nn/modules.py Linear4bit(compress_statistics=True) by default",
+            "adapter-dtype": 'fsdp_qlora/train.py:1013 precision "bf16": torch_dtype = compute_dtype = bfloat16 (:509-510), no autocast',
+            "gradient-checkpointing": "fsdp_qlora/train.py:1007 use_gradient_checkpointing = True (checkpoint_wrapper on each decoder layer, :749-763)",
+            "activation-offload": "fsdp_qlora/train.py:1010 use_activation_cpu_offload = False",
+        },
+        holds_output=True, returns_fp32_logits=True,
+    ),
     # Lightning-AI/litgpt @ 2685705 (2026-06-29).
     "litgpt": Profile(
         "litgpt", loss="chunked", loss_chunks=0, loss_chunk_tokens=128, chunk_upcast=False, keeps_logits=True,
@@ -204,6 +227,7 @@ class Knobs(Record):
     framework_version: Tuple[int, ...] = ()  # the trainer's own release (framework-version); () = the profile's (a current one)
     rope_caches: bool = False  # each attention layer keeps cos/sin for every position (Profile.rope_caches_before)
     holds_output: bool = False  # the loop holds the model's output through backward (Profile.holds_output)
+    returns_fp32_logits: bool = False  # the model returns fp32 logits, its loss on a shifted copy (Profile.returns_fp32_logits)
 
 
 # torch releases whose foreach Adam/AdamW keep two state-sized lists in the step (torch 2.0
@@ -342,7 +366,8 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     compiled_loss = training and profile.compiles_loss and value("compile", "boolean", False)
     rope_caches = bool(framework_version and profile.rope_caches_before) and framework_version < profile.rope_caches_before
     knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
-                  torch_version, profile.offload_resident, compiled_loss, framework_version, rope_caches, profile.holds_output)
+                  torch_version, profile.offload_resident, compiled_loss, framework_version, rope_caches, profile.holds_output,
+                  profile.returns_fp32_logits and training)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
 

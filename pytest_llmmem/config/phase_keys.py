@@ -53,6 +53,10 @@ PHASE_DEFAULTS: Dict[str, PhaseDefaults] = {
     "unsloth": _HF._replace(sources={**_HF.sources, "eval": "runs on the transformers Trainer (TRL SFTTrainer)"}),
     # a hand-written loop loads with from_pretrained too; it evaluates, saves and merges only where its keys say so
     "pytorch": _HF._replace(sources={**_HF.sources, "eval": "a hand-written loop has no evaluation unless its eval keys declare one"}),
+    # fsdp_qlora's train.py builds the model itself (train.py:540-631: from_pretrained, or its own load_and_quantize of each
+    # safetensors tensor), has no evaluation and saves only with --save_model (train.py:1015 save_model = False)
+    "fsdp-qlora": _HF._replace(sources={**_HF.sources, "eval": "AnswerDotAI/fsdp_qlora train.py @ 23fafdfb has no evaluation loop",
+                                        "load": "train.py:624-628 load_and_quantize (:178) of each safetensors tensor, in parallel threads"}),
     "torchtune": _HF._replace(
         evaluates=False,
         sources={**_HF.sources, "eval": "recipes/lora_finetune_single_device.py @ bd2a0fc has no validation loop",

@@ -75,6 +75,9 @@ def _refusal(run: Run) -> str:
         return f'it steps torch optimizers ({", ".join(TRACED_OPTIMIZERS)}); "{run.optimizer.name}" is not one'
     if run.selective_ac:
         return "selective activation checkpointing (torchtitan's op or layer policies) is not run by the trace"
+    if run.knobs.returns_fp32_logits:
+        return ("the profile's head is transformers 4.40's (fp32 logits returned, the loss on a shifted copy), which the "
+                "installed transformers does not run")
     if run.knobs.optimizer_in_backward or run.knobs.activation_offload:
         return "optimizer-in-backward and activation-offload are trainer hooks the trace does not run"
     return ""

@@ -100,6 +100,24 @@ def loss_alive(run, step: Step) -> int:
     return sum(items.get(n, 0) for n in names)
 
 
+def fp32_head_blocks(run, step: Step, loss: int) -> Tuple[Tuple[str, int], ...]:
+    """The loss instant's b*s*V blocks where the model returns fp32 logits and the loop holds them (Knobs.returns_fp32_logits:
+    fsdp_qlora's train.py on transformers 4.40), as items without the pool's share of short-lived bytes.
+
+    At the start of the head's backward (LogSoftmaxBackward) four fp32 b*s*V tensors are alive: the returned logits the
+    loop holds (:func:`held_logits`), log_softmax's saved output, nll_loss's gradient and its own; the lm_head's 16-bit
+    output died at ``logits.float()``. Each is over 10 MiB, so the caching allocator gives each a segment of its own, the
+    request rounded up to 2 MiB (c10/cuda/CUDACachingAllocator.cpp get_allocation_size), and the b*(s-1)*V shifted
+    tensors round to the b*s*V ones' size whenever b*V*4 B is under 2 MiB: every later one reuses a freed one of the
+    same size. The pool's slack at that instant is then the one cached block none of them fits in, the 16-bit output's.
+    Replayed through the allocator on fake tensors (benchmarks/measure_fsdp_qlora_head.py, V 32,000, two steps): the head
+    holds 16.0 B per logit element at the step's allocated peak and the pool reserves 2.2-2.9 B more (2 B: that block),
+    where the 30 % share (records.FRAGMENTATION) of the three short-lived buffers would add 3.6."""
+    if not (run.knobs.returns_fp32_logits and held_logits(run, step)):
+        return ()
+    return (("logits.loss_buffers", loss), ("logits.lm_head_output_cached", step.detail("logits.lm_head_output")))
+
+
 def expert_delta_gradient(run, arch, act: int) -> int:
     """LoRA on 3D expert parameters: the largest merged-weight gradient alive at once in an MoE layer's backward.
 
@@ -149,6 +167,7 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
     saved = step.activations - recomputed
     # the logits the loop holds, beside every instant's own items; a recipe's policy head says what it keeps itself
     held = (("logits.held_output", held_logits(run, step)),) if loss is None and held_logits(run, step) else ()
+    own_head = fp32_head_blocks(run, step, loss_alive(run, step)) if loss is None else ()
     loss = loss_alive(run, step) if loss is None else loss
     if arch is None:
         return [Instant("loss", saved, loss, gradients, held)]
@@ -170,7 +189,7 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
                     for g in arch.layer_groups())
     transient = max(transient, expert_delta_gradient(run, arch, act) + tokens * arch.hidden_size * act)
     transient = max(transient, adapter_backward(run, arch, act, tokens))
-    candidates = [Instant("loss", saved, loss, 0, held)]
+    candidates = [Instant("loss", saved, 0 if own_head else loss, 0, held + own_head)]
     outputs_fp32 = step.detail("logits.outputs_fp32")
     if outputs_fp32:
         # the forward's last instant: the loss computed, the model's 16-bit logits returned and upcast by accelerate's

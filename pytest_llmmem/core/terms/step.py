@@ -388,7 +388,7 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
     # Counting the last stage's logits beside the first stage's activations over-states pipeline runs slightly.
     knobs = run.knobs if not arch.family.classifier else run.knobs._replace(loss="upcast")
     loss = loss_terms(knobs, rows=logit_rows, vocab=vocab_out, hidden=arch.hidden_size, act=act, tp=t, head_trains=trainable.full,
-                      logits_act=FP32 if arch.family.logits_fp32 else act)
+                      logits_act=FP32 if arch.family.logits_fp32 or knobs.returns_fp32_logits else act)
     details.update((f"logits.{k}", v) for k, v in loss.items() if v)
     if arch.final_softcap and knobs.loss != "fused":
         # Gemma 2 final-logit soft-capping: tanh keeps its output, another b*s*V tensor

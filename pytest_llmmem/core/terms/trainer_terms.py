@@ -91,6 +91,12 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
     returned = elems * (logits_act or act)
     if knobs.compiled_loss and knobs.loss in ("upcast", "chunked"):
         return compiled_loss_terms(knobs, rows=rows, elems=elems, act=act, returned=returned)
+    if knobs.loss == "upcast" and knobs.returns_fp32_logits:
+        # transformers before 4.46 (4.40.0 models/llama/modeling_llama.py:1227-1241): the head's 16-bit output dies at
+        # ``logits = logits.float()`` (the model returns the fp32 copy: ``returned``) and CrossEntropyLoss runs on
+        # ``logits[..., :-1, :].contiguous()``, a copy that dies when forward returns (log_softmax keeps its output)
+        return {"logits": returned, "lm_head_output": elems * act, "shift_copy": elems * FP32, "log_softmax": elems * FP32,
+                "fp32_transient": 2 * elems * FP32}
     if knobs.loss == "upcast":
         return {"logits": returned, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32}
     if knobs.loss == "inplace" and not knobs.chunk_upcast:
