@@ -69,6 +69,8 @@ class Profile(Record):
     holds_output: bool = False
     # the model returns fp32 logits and takes its loss from a shifted copy (transformers before 4.46; trainer_terms.loss_terms)
     returns_fp32_logits: bool = False
+    # releases [first, fixed) whose loss runs on a shifted fp32 copy of the logits (trainer_terms.loss_terms); () = none
+    shifted_loss_copy: Tuple[Tuple[int, ...], ...] = ()
 
 
 # The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
@@ -88,6 +90,9 @@ PROFILES: Dict[str, Profile] = {
             "optimizer-in-backward": "Trainer steps after backward (trainer.py optimizer.step())",
             "gradient-checkpointing": "transformers/training_args.py:926 TrainingArguments.gradient_checkpointing (off unless set)",
         },
+        # transformers 4.46.0-4.48.x loss/loss_utils.py:36-39 ForCausalLMLoss: shift_logits = logits.float()[..., :-1, :].contiguous();
+        # 4.49.0 pads the labels instead (loss_utils.py:39 nn.functional.pad(labels, (0, 1), value=ignore_index))
+        shifted_loss_copy=((4, 46), (4, 49)),
     ),
     # pytorch/torchtune @ bd2a0fc (2026-04-23); NF4 from pytorch/ao @ 36027d8.
     "torchtune": Profile(
@@ -228,6 +233,7 @@ class Knobs(Record):
     rope_caches: bool = False  # each attention layer keeps cos/sin for every position (Profile.rope_caches_before)
     holds_output: bool = False  # the loop holds the model's output through backward (Profile.holds_output)
     returns_fp32_logits: bool = False  # the model returns fp32 logits, its loss on a shifted copy (Profile.returns_fp32_logits)
+    shifted_loss_copy: bool = False  # the loss shifts an fp32 copy of the logits (Profile.shifted_loss_copy, framework-version)
 
 
 # torch releases whose foreach Adam/AdamW keep two state-sized lists in the step (torch 2.0
@@ -367,7 +373,8 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     rope_caches = bool(framework_version and profile.rope_caches_before) and framework_version < profile.rope_caches_before
     knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
                   torch_version, profile.offload_resident, compiled_loss, framework_version, rope_caches, profile.holds_output,
-                  profile.returns_fp32_logits and training)
+                  profile.returns_fp32_logits and training,
+                  shifted_loss_copy=training and _in_releases(framework_version, profile.shifted_loss_copy))
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
 
@@ -395,6 +402,11 @@ def _framework_version(table, framework: str) -> Tuple[int, ...]:
                          f"(the {framework} release, as its __version__ prints it). Leave it out for a current release.",
                          hint="Unsloth releases 2025.3.10 to 2025.9.9 load dtype = \"int8\" (load_in_8bit) in 16 bit (docs/profiles.md).")
     return parts
+
+
+def _in_releases(version: Tuple[int, ...], releases: Tuple[Tuple[int, ...], ...]) -> bool:
+    """Whether a declared release falls in [first, fixed) (no declared release: a current one, outside)."""
+    return bool(version and releases) and releases[0] <= version < releases[1]
 
 
 def loads_8bit_in_16bit(profile: Profile, version: Tuple[int, ...]) -> bool:

@@ -59,7 +59,7 @@ LOSS_ALIVE = {
 INSTANTS = {"loss": "every saved activation and the loss head's buffers",
             "head": "the head's gradient summed over the loss chunks beside every saved activation", "first layer": "the last layer's backward beside the head's gradient",
             "recompute": "one checkpointed layer recomputed and back-propagated", "end": "every gradient made",
-            "forward end": "the returned logits' fp32 copy beside the loss head's buffers and every saved activation"}
+            "forward end": "the forward's last instant: the loss's fp32 copies of the logits beside its buffers and every saved activation"}
 
 
 class Instant(Record):
@@ -199,6 +199,17 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
         # to 2 MiB and, no cached block being that large, cudaMalloc'd whole), so the pool's slack on short-lived
         # tensors (compose.Overhead.fragmented) does not apply to it: an instant-only item, not a transient one
         candidates.append(Instant("forward end", saved, loss, 0, (("logits.outputs_fp32", outputs_fp32),) + held))
+    copies = step.detail("logits.loss_forward_copies")
+    if copies:
+        # transformers 4.46-4.48's ForCausalLMLoss (loss/loss_utils.py:36-39 at 4.48.1): at its cross_entropy the model's
+        # 16-bit logits (alive until compute_loss returns), the fp32 upcast, the fp32 shifted copy and what the loss keeps
+        # (the log-softmax; an in-place kernel keeps the shifted copy itself) are alive beside every saved activation. The
+        # copies die when the forward returns; each over 10 MiB is a segment of its own (as outputs_fp32 above), no share of
+        # the pool's slack. Published: fms-acceleration's Mistral-7B LoRA / QLoRA rows grow 0.25 GiB a 4,096-token row
+        # (2 B a logit element) faster than the backward's start alone gives
+        kept = step.detail("logits.log_softmax") if run.knobs.loss == "upcast" else step.detail("logits.inplace_fp32_grad")
+        candidates.append(Instant("forward end", saved, step.detail("logits.logits") + kept, 0,
+                                  (("logits.loss_forward_copies", copies),) + held))
     layer_work = (("activations.backward_transient", transient),) + held
     if recomputed:
         # one layer recomputed and back-propagated: at the top every layer input is still kept and only the

@@ -97,8 +97,13 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
         # ``logits[..., :-1, :].contiguous()``, a copy that dies when forward returns (log_softmax keeps its output)
         return {"logits": returned, "lm_head_output": elems * act, "shift_copy": elems * FP32, "log_softmax": elems * FP32,
                 "fp32_transient": 2 * elems * FP32}
+    # transformers 4.46-4.48 (Profile.shifted_loss_copy): ForCausalLMLoss computes on logits.float()[..., :-1, :].contiguous(),
+    # so at its cross_entropy the fp32 upcast and the fp32 shifted copy are both alive beside the 16-bit logits; they die
+    # when the forward returns (backward.py "forward end"). An in-place kernel keeps the shifted copy as its own buffer.
+    shifted = knobs.shifted_loss_copy and knobs.chunk_upcast and knobs.loss in ("upcast", "inplace")
     if knobs.loss == "upcast":
-        return {"logits": returned, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32}
+        return {"logits": returned, "log_softmax": elems * FP32, "fp32_transient": 2 * elems * FP32,
+                "loss_forward_copies": 2 * elems * FP32 if shifted else 0}
     if knobs.loss == "inplace" and not knobs.chunk_upcast:
         # a kernel over the logits as they come (Unsloth before 2024.11.7, Profile.inplace_loss_before) keeps them and
         # writes their gradient into them: one b*s*V tensor in the logits' dtype from the head to its backward.
@@ -108,7 +113,8 @@ def loss_terms(knobs: Knobs, *, rows: int, vocab: int, hidden: int, act: int, tp
         upcast_copy = 0 if (logits_act or act) >= FP32 else elems * FP32
         return {"inplace_grad": returned, "outputs_fp32": upcast_copy}
     if knobs.loss == "inplace":
-        return {"logits": returned, "inplace_fp32_grad": elems * FP32, "grad_cast": elems * (logits_act or act)}
+        return {"logits": returned, "inplace_fp32_grad": elems * FP32, "grad_cast": elems * (logits_act or act),
+                "loss_forward_copies": elems * FP32 if shifted else 0}
     if knobs.loss == "chunked":
         n = max(1, knobs.loss_chunks)
         chunk = -(-elems // n)
