@@ -583,3 +583,17 @@ def test_unsloth_2024_logits_meet_accelerates_fp32_copy_at_the_end_of_the_forwar
     # Cut Cross-Entropy (2024.11.7) returns no logits in training: nothing to copy
     new = estimate(adhoc_run({**keys, "framework-version": "2024.11.7"}))
     assert "backward.logits.outputs_fp32" not in new.details and "logits.outputs_fp32" not in new.details
+
+
+def test_fsdp_qlora_says_what_it_leaves_out_and_the_trace_refuses_it():
+    # Llama-2-7B: 32 layers x 2 tables x 4,096 positions x 128 head dims x 4 B (fp32 under QLoRA) = 134,217,728 B = 0.12 GiB
+    from pytest_llmmem.trace.estimate import traced
+
+    keys = {"model": "meta-llama/Llama-2-7b-hf", "mode": "qlora", "dtype": "nf4", "batch-size": 1, "seq-len": 512,
+            "framework": "fsdp-qlora"}
+    est = estimate(adhoc_run(keys))
+    rope = [a for a in est.approximate if "cos/sin caches" in a]
+    assert len(rope) == 1 and "0.12 GiB for this model" in rope[0]
+    assert not any("cos/sin caches" in a for a in estimate(adhoc_run({**keys, "framework": "pytorch"})).approximate)
+    with pytest.raises(ConfigError, match="transformers 4.40's"):
+        traced(adhoc_run({**keys, "method": "trace"}))

@@ -23,6 +23,7 @@ from ..catalog.profiles import PROFILES
 from .terms.backward import backward_instant, instant_details
 from .terms.checkpointing import COMPILE_APPROXIMATE, selective_approximate
 from .terms.fsdp_pools import FSDP_WRAP_POOL
+from .terms.model_ends import rotary_tables
 from .terms.job_phases import job_note, job_phases, step_phases
 from .terms.step import Step, step_terms
 from .terms.trainer_terms import optimizer_step
@@ -113,6 +114,16 @@ LOW_BIT_STEP_APPROXIMATE = (
 )
 
 
+def _era_rope_caches(run: Run, arch: Architecture) -> str:
+    """The caveat of a profile on transformers 4.37-4.42 (Knobs.returns_fp32_logits): each attention layer's own rotary cache."""
+    layers_bytes = arch.num_layers * rotary_tables(arch, seq=arch.context()[0], act=4 if run.dtype.quantized else run.dtype.compute_bytes)
+    return ("transformers 4.40's per-layer cos/sin caches are not counted: each attention's rotary_emb registers "
+            "_cos_cached and _sin_cached for max_position_embeddings positions (4.40.0 models/llama/modeling_llama.py:112-113, "
+            "mistral's :115-116), fp32 where fsdp_qlora builds the QLoRA model from its config (fsdp_qlora train.py:576-577) and FSDP moves "
+            f"buffers to the GPU: {format_bytes(layers_bytes)} for this model (counting them puts the Mistral-7B-v0.2 rows "
+            "over their 24 GB cards while they ran: docs/profiles.md)")
+
+
 def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
     """Why the estimate leaves terms out (partial) or is not exact (approximate)."""
     if arch is None:
@@ -135,6 +146,8 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
         approximate.append(QWEN3_LONG_GENERATE)
     if run.trains and run.knobs.kernels:
         approximate.extend(kernels_approximate(run, arch))
+    if run.trains and run.knobs.returns_fp32_logits:
+        approximate.append(_era_rope_caches(run, arch))
     eight_bit = PROFILES.get(run.knobs.framework)
     if run.dtype.name == "int8" and eight_bit is not None and eight_bit.ignores_8bit and not run.knobs.framework_version:
         first, fixed = (".".join(map(str, v)) for v in eight_bit.ignores_8bit)
