@@ -170,3 +170,16 @@ def test_fsdp_qlora_loop_holds_fp32_logits_and_the_head_blocks_take_no_pool_shar
     assert est.details["backward.logits.lm_head_output_cached"] == 2 * elems
     # the full term: the fp32 logits 4, the 16-bit output 2, the shifted copy 4, log_softmax 4, two fp32 gradients 8
     assert est.full("logits") == 22 * elems
+
+
+def test_fsdp_qlora_holds_its_output_through_the_optimizer_step():
+    # fsdp_qlora's train.py sets output = None (:894) after optimizer.step() (:878): the fp32 logits, 4 B x 1 x 512 x 32,000 =
+    # 65,536,000 B, are in the optimizer step's items; the pytorch loop's `del out` comes before its step
+    from pytest_llmmem.config.load import adhoc_run
+
+    keys = {"model": "meta-llama/Llama-2-7b-hf", "mode": "lora", "dtype": "bf16", "batch-size": 1, "seq-len": 512,
+            "gpu-memory": "10000 GiB"}
+    for framework, held in (("fsdp-qlora", 4 * 512 * 32000), ("pytorch", 0)):
+        est = estimate(adhoc_run({**keys, "framework": framework}))
+        step = next(p for p in est.phase_parts if p.name == "optimizer step")
+        assert step.breakdown.get("logits", 0) == held

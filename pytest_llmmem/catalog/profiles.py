@@ -67,6 +67,8 @@ class Profile(Record):
     rope_caches_before: Tuple[int, ...] = ()
     # the loop keeps the model's output (its whole logits) referenced through backward (core/terms/backward.py held_logits)
     holds_output: bool = False
+    # ... and through the optimizer step too (fsdp_qlora's ``output = None`` comes after optimizer.step(); job_phases.step_phases)
+    holds_output_to_step: bool = False
     # the model returns fp32 logits and takes its loss from a shifted copy (transformers before 4.46; trainer_terms.loss_terms)
     returns_fp32_logits: bool = False
     # releases [first, fixed) whose loss runs on a shifted fp32 copy of the logits (trainer_terms.loss_terms); () = none
@@ -188,7 +190,7 @@ PROFILES: Dict[str, Profile] = {
             "gradient-checkpointing": "fsdp_qlora/train.py:1007 use_gradient_checkpointing = True (checkpoint_wrapper on each decoder layer, :749-763)",
             "activation-offload": "fsdp_qlora/train.py:1010 use_activation_cpu_offload = False",
         },
-        holds_output=True, returns_fp32_logits=True,
+        holds_output=True, holds_output_to_step=True, returns_fp32_logits=True,
     ),
     # Lightning-AI/litgpt @ 2685705 (2026-06-29).
     "litgpt": Profile(
@@ -234,6 +236,7 @@ class Knobs(Record):
     holds_output: bool = False  # the loop holds the model's output through backward (Profile.holds_output)
     returns_fp32_logits: bool = False  # the model returns fp32 logits, its loss on a shifted copy (Profile.returns_fp32_logits)
     shifted_loss_copy: bool = False  # the loss shifts an fp32 copy of the logits (Profile.shifted_loss_copy, framework-version)
+    holds_output_to_step: bool = False  # ... and through the optimizer step (Profile.holds_output_to_step)
 
 
 # torch releases whose foreach Adam/AdamW keep two state-sized lists in the step (torch 2.0
@@ -374,7 +377,8 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
                   torch_version, profile.offload_resident, compiled_loss, framework_version, rope_caches, profile.holds_output,
                   profile.returns_fp32_logits and training,
-                  shifted_loss_copy=training and _in_releases(framework_version, profile.shifted_loss_copy))
+                  shifted_loss_copy=training and _in_releases(framework_version, profile.shifted_loss_copy),
+                  holds_output_to_step=profile.holds_output_to_step)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
 

@@ -20,7 +20,7 @@ from ...units import format_bytes
 from ..compose import Item, Phase, allocated, overhead_slot
 from .activations import FP32
 from .transients import forward_transient
-from .backward import INSTANTS, backward_instants, instant_items
+from .backward import INSTANTS, backward_instants, held_logits, instant_items
 from .fsdp_pools import largest_fsdp_unit, offloaded_shard_copies, wrap_leftovers
 from .step import Step
 from .trainer_terms import StepOptimizer
@@ -253,6 +253,8 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
         return forward + (backward,)
     update = states + [Item("gradients", step_gradients(run, step, opt)), optimizer, Item("kv_cache", step.kv_cache), overhead_slot(),
                        Item("optimizer_step", opt.temporaries)]
+    if run.knobs.holds_output_to_step:  # the loop lets go of the output only after optimizer.step() (fsdp_qlora train.py:878, :894)
+        update.append(Item("logits", held_logits(run, step)))
     return forward + (backward, Phase("optimizer step", tuple(update)))
 
 
