@@ -44,3 +44,19 @@ def test_later_releases_make_no_copy():
     for version in ("4.49.0", "5.24.0"):
         est, peak = _allocated_peak({"framework-version": version})
         assert "logits.loss_forward_copies" not in est.details and peak == current, version
+
+
+@pytest.mark.parametrize("kernels, over", [
+    # before 4.46 the model returns fp32 logits (4.45.2 modeling_llama.py:1214 lm_head(...).float()) and the loss
+    # shifts a copy: at the loss 4 + 4 + 4 = 12 B upcast, the backward start's 12 too: no change;
+    ([], 0),
+    # in place the fp32 logits (4) and the kernel's shifted copy (4) are alive, 8 B against a current release's 6:
+    # 2 B a logit element more
+    (["liger-cross-entropy"], 2 * ELEMS),
+])
+def test_before_4_46_the_model_returns_fp32_logits(kernels, over):
+    extra = {"kernels": kernels} if kernels else {}
+    est, old = _allocated_peak({**extra, "framework-version": "4.45.2"})
+    _, current = _allocated_peak(extra)
+    assert est.run.knobs.returns_fp32_logits
+    assert old - current == over

@@ -73,6 +73,8 @@ class Profile(Record):
     returns_fp32_logits: bool = False
     # releases [first, fixed) whose loss runs on a shifted fp32 copy of the logits (trainer_terms.loss_terms); () = none
     shifted_loss_copy: Tuple[Tuple[int, ...], ...] = ()
+    # releases before this one return fp32 logits, as returns_fp32_logits says (framework-version); () = none
+    fp32_logits_before: Tuple[int, ...] = ()
 
 
 # The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
@@ -95,6 +97,9 @@ PROFILES: Dict[str, Profile] = {
         # transformers 4.46.0-4.48.x loss/loss_utils.py:36-39 ForCausalLMLoss: shift_logits = logits.float()[..., :-1, :].contiguous();
         # 4.49.0 pads the labels instead (loss_utils.py:39 nn.functional.pad(labels, (0, 1), value=ignore_index))
         shifted_loss_copy=((4, 46), (4, 49)),
+        # before 4.46 the models upcast in forward and return fp32 logits, and the loss shifts a copy of them (4.45.2
+        # models/llama/modeling_llama.py:1214 self.lm_head(...).float(), :1219-1228; models/mistral/modeling_mistral.py:1059-1074)
+        fp32_logits_before=(4, 46),
     ),
     # pytorch/torchtune @ bd2a0fc (2026-04-23); NF4 from pytorch/ao @ 36027d8.
     "torchtune": Profile(
@@ -376,7 +381,7 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     rope_caches = bool(framework_version and profile.rope_caches_before) and framework_version < profile.rope_caches_before
     knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
                   torch_version, profile.offload_resident, compiled_loss, framework_version, rope_caches, profile.holds_output,
-                  profile.returns_fp32_logits and training,
+                  training and (profile.returns_fp32_logits or bool(framework_version and framework_version < profile.fp32_logits_before)),
                   shifted_loss_copy=training and _in_releases(framework_version, profile.shifted_loss_copy),
                   holds_output_to_step=profile.holds_output_to_step)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
