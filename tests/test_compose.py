@@ -3,7 +3,7 @@
 from pytest_llmmem.config.load import adhoc_run
 from pytest_llmmem.core.compose import Item, Overhead, Phase, compose, overhead_slot, training_overhead
 from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, TERMS
-from pytest_llmmem.core.terms.fsdp_pools import offloaded_shard_copies, wrap_leftovers
+from pytest_llmmem.core.terms.fsdp_pools import offloaded_shard_copies, small_pool_states, wrap_leftovers
 from pytest_llmmem.core.terms.step import step_terms
 from pytest_llmmem.estimator import estimate
 
@@ -132,18 +132,30 @@ def test_an_fsdp_step_keeps_the_wraps_pool_beside_its_gathered_units():
     # fsdp_qlora's Llama-2-7B QLoRA at 512 tokens on two GPUs (published-fsdp-qlora.jsonl fq-7b-qlora-b1-512, 4.98 GiB
     # reserved). The load phase (FSDP init) holds the shards and the root unit flattened twice, all resident, and leaves
     # the last decoder unit's two blocks cached: 4 x 4096^2 + 3 x 4096 x 11008 + 2 x 4096 = 202,383,360 params x 0.5 B,
-    # twice = 202,383,360 B, none of which fits a 32000 x 4096 x 2 B table of the root (so the embedding's stays too). The step's default-stream need
-    # (its reserved less the gathered units) is below that pool, so the reserved peak is the pool plus the gathered
-    # units, marked approximate. At 330d244+: 1.98 + 0.98 + 0.19 = 3.15 GiB pool + 0.69 GiB gathered = 3.84 GiB reserved
-    # (+ 0.78 GiB context and cuBLAS workspace); the step's own default-stream need, 3.49 - 0.69 = 2.80 GiB.
+    # twice = 202,383,360 B, none of which fits a 32000 x 4096 x 2 B table of the root (so the embedding's stays too). Across
+    # the two GPUs each broadcast bucket's block waits for the NCCL stream's event (fsdp_pools.wrap_leftovers), so the
+    # decoder unit's flat copy takes a block beside its bucket's, 101,191,680 B more, and the root's shard one beside the
+    # head's bucket: (2 x 32000 x 4096 + 4096) / 2 = 262,148,096 B: 565,723,136 B in all. The step's default-stream need
+    # (its reserved less the gathered units and the AdamW states of the LoRA matrices, all under 1 MiB a rank, so in
+    # the small pool: 143,130,624 / 2 x 2 states x 2 B = 286,261,248 B) is below that pool, so the reserved peak is the
+    # pool plus the gathered units plus those states, marked approximate.
     keys = FQ_7B_QLORA_512
     run = adhoc_run(keys)
-    assert wrap_leftovers(run, step_terms(run)) == 202_383_360
+    step = step_terms(run)
+    assert wrap_leftovers(run, step) == 565_723_136
+    assert small_pool_states(run, step) == step.optimizer_states == 286_261_248
     est = estimate(run)
     load = next(p for p in est.phase_parts if p.name == "load")
-    pool = load.breakdown["weights"] + load.breakdown["load_copies"] + 202_383_360
+    pool = load.breakdown["weights"] + load.breakdown["load_copies"] + 565_723_136
     fixed = est.details["overhead.cuda_context"] + est.details["overhead.cublas_workspace"]
-    assert est.total_bytes == pool + est.details["weights.gathered_for_compute"] + fixed
+    assert est.total_bytes == pool + est.details["weights.gathered_for_compute"] + 286_261_248 + fixed
+    # one GPU: no collective, so no bucket waits: the last decoder unit's two blocks only
+    one = adhoc_run({**keys, "gpus": 1})
+    assert wrap_leftovers(one, step_terms(one)) == 202_383_360
+    # rank 512: the smallest matrix, q_proj's A, is 512 x 4096 = 2,097,152 elements: 2,097,152 / 2 x 2 B = 2 MiB a rank
+    # per bf16 state, over the small pool's 1 MiB, and every other matrix is larger: none in the small pool
+    wide = adhoc_run({**keys, "lora-rank": 512})
+    assert small_pool_states(wide, step_terms(wide)) == 0
     assert any(a.startswith("FSDP: the wrap's cached pool") for a in est.approximate)
     # one GPU, no FSDP: no wrap pool, no all-gather stream, nothing marked
     single = estimate(adhoc_run({**keys, "gpus": 1, "fsdp": "none"}))
@@ -151,7 +163,7 @@ def test_an_fsdp_step_keeps_the_wraps_pool_beside_its_gathered_units():
     # 16-bit LoRA (fq-7b-lora-b1-512): the decoder unit is 202,383,360 x 2 B = 404,766,720 B, and the embedding's
     # 32000 x 4096 x 2 B = 262,144,000 B table goes into its freed flat block: 2 x 404,766,720 - 262,144,000 left
     lora = adhoc_run({k: v for k, v in {**keys, "dtype": "bf16", "mode": "lora"}.items() if k != "double-quant"})
-    assert wrap_leftovers(lora, step_terms(lora)) == 547_389_440
+    assert wrap_leftovers(lora, step_terms(lora)) == 547_389_440  # its unit spans two buckets: no deferral counted
     # a tied head (one table, no head bucket: another allocation order) is not modelled
     tied = adhoc_run({**keys, "tie-embeddings": True})
     assert wrap_leftovers(tied, step_terms(tied)) == 0

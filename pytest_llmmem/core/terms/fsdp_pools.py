@@ -11,14 +11,16 @@ from .step import Step
 from .trainer_terms import gptq_bytes
 
 PACKED_4BIT = 0.5  # bytes per 4-bit parameter in a flat parameter (_unit_bytes)
+BROADCAST_BUCKET = 250 * 1024 * 1024  # torch/distributed/fsdp/_init_utils.py PARAM_BROADCAST_BUCKET_SIZE (sync_module_states)
 
 
 # Why an FSDP step's reserved peak can be the wrap's pool with the gathered units on top (docs/phases.md).
 FSDP_WRAP_POOL = ("FSDP: the wrap's cached pool sets the step's reserved peak (no torch.cuda.empty_cache between the wrap and "
                   "the loop), counted as the wrap's largest instant (the shards and one unit flattened twice) and the blocks the "
-                  "root's wrap leaves cached (docs/phases.md); the allocator's "
-                  "block splitting as unit after unit is flattened can leave more, not modelled: fsdp_qlora's Llama-2 7B QLoRA "
-                  "on 2 GPUs reports 3.72 GiB reserved after the wrap (benchmarks_03_2024.md), counted 3.15 GiB")
+                  "root's wrap leaves cached, the broadcast buckets' blocks the NCCL stream holds back included (docs/phases.md); "
+                  "the allocator's block splitting as unit after unit is flattened can leave more, not modelled: fsdp_qlora's "
+                  "Llama-2 7B QLoRA on 2 GPUs reports 3.72 GiB reserved after the wrap (benchmarks_03_2024.md), counted 3.49 "
+                  "GiB (3.73 replayed with transformers 4.40's rotary caches)")
 
 
 def largest_fsdp_unit(run, step: Step) -> float:
@@ -63,7 +65,18 @@ def wrap_leftovers(run, step: Step) -> int:
     block at least as large (CUDACachingAllocator.cpp get_free_block). Left cached: the decoder's two blocks, the head's
     and the flat copy's, and the embedding's unless it went into the decoder's flat block (T <= the decoder unit).
     The load phase counts the root twice (4T); this is the rest. Only for an untied head and decoder linears
-    smaller than a table (each has its own block then); otherwise 0."""
+    smaller than a table (each has its own block then); otherwise 0.
+
+    Across GPUs a broadcast bucket's block is not free again when the unit's next request comes: ProcessGroupNCCL
+    records every collective's input on its NCCL stream (torch 2.2 ProcessGroupNCCL.cpp collective():
+    recordStream unless TORCH_NCCL_AVOID_RECORD_STREAMS), and the caching allocator keeps such a freed block out of
+    the pool until that stream's event completes (CUDACachingAllocator.cpp free -> insert_events, process_events at
+    the next malloc), while the flatten and the shard are asked for microseconds after the broadcast was queued. So
+    each decoder unit's flat copy takes a block beside its bucket's (three blocks cached, not two) and the root's
+    shard one beside the head's bucket (T more). Replayed through trace/allocator.py for fsdp_qlora's Llama-2-7B QLoRA
+    on 2 GPUs (each unit's moves, buckets, flatten and shard in post-order, LoRA units first): 3.23 GiB reserved after
+    the wrap without the deferral, 3.57 with it, 3.73 with transformers 4.40's per-layer rotary caches beside; the
+    blog reports 3.72 (benchmarks_03_2024.md reserved_after_model_wrap)."""
     arch, local = step.arch, step.local
     if run.fsdp == "none" or arch is None or arch.tie_embeddings or local.largest_unit <= arch.embedding_params():
         return 0  # (largest_unit is the larger of a decoder layer and the embedding: past this it is the layer)
@@ -72,7 +85,32 @@ def wrap_leftovers(run, step: Step) -> int:
     biggest_linear = max(lin.d_in * lin.d_out for lin in arch.linears()) * _unit_bytes(run)
     if _root_unit(run, step) <= layer or biggest_linear >= table:
         return 0
-    return round(2 * layer - (table if table <= layer else 0))
+    root_shard = _root_unit(run, step) / run.shard_group
+    # the buckets' blocks held back by the NCCL stream's events: the decoder unit's (one bucket where it fits one) and the
+    # root's head bucket, which its shard would have reused. Counted where the replay above checks it: a decoder unit in
+    # one bucket, smaller than the root's shard (else a freed decoder block serves the shard: 16-bit Llama-2-7B, where the
+    # replay adds 0.19 GiB in other blocks, not counted)
+    deferred = layer + root_shard if run.shard_group > 1 and layer < BROADCAST_BUCKET and layer < root_shard else 0
+    return round(2 * layer - (table if table <= layer else 0) + deferred)
+
+
+SMALL_REQUEST = 1 << 20  # c10/cuda/CUDACachingAllocator.cpp kSmallSize: requests up to 1 MiB come from the small pool
+
+
+def small_pool_states(run, step: Step) -> int:
+    """The optimizer states the wrap's cached blocks cannot hold: every state tensor whose per-rank piece is at most 1 MiB
+    is served from the small pool's 2 MiB segments (CUDACachingAllocator.cpp get_pool: size <= kSmallSize), and the
+    blocks FSDP init leaves cached are all large-pool ones (a unit's moved weights, buckets, flat copies), so those
+    states sit in segments beside the wrap's pool. fsdp_qlora wraps every LoRA linear as a unit of its own
+    (train.py get_wrapping_policy, lambda_policy_fn), so each of Llama-2-7B's r-64 LoRA matrices is one flat parameter
+    of 0.26-0.7 MiB a rank on 2 GPUs, and its AdamW states are as small: all 0.27 GiB of them."""
+    tensors, opt = step.tensors, run.optimizer
+    if run.fsdp == "none" or tensors is None or not tensors.total or not step.optimizer_states or opt is None or not opt.states:
+        return 0
+    shard = max(1, run.shard_group)
+    per_state = step.optimizer_states * shard / (tensors.total * opt.states)  # bytes per element of one state tensor
+    small = tensors.below(int(SMALL_REQUEST * shard / per_state) + 1)  # elements of tensors whose rank's state is <= 1 MiB
+    return round(step.optimizer_states * small / tensors.total)
 
 
 def offloaded_shard_copies(run, step: Step) -> int:

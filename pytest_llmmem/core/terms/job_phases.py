@@ -21,7 +21,7 @@ from ..compose import Item, Phase, allocated, overhead_slot
 from .activations import FP32
 from .transients import forward_transient
 from .backward import INSTANTS, backward_instants, held_logits, instant_items
-from .fsdp_pools import largest_fsdp_unit, offloaded_shard_copies, wrap_leftovers
+from .fsdp_pools import largest_fsdp_unit, offloaded_shard_copies, small_pool_states, wrap_leftovers
 from .step import Step
 from .trainer_terms import StepOptimizer
 
@@ -338,8 +338,10 @@ def _after_fsdp_wrap(run, step: Step, load: Phase, phase: Phase) -> Phase:
     gathered = step.detail("weights.gathered_for_compute")
     if run.fsdp == "none" or not gathered or phase.name not in STEP:
         return phase
-    # the load phase's items under FSDP are resident (weights, load_copies): its reserve is those and its leftovers
-    return phase._replace(apart=gathered, held_pool=allocated(load.items) + load.cached, cached=offloaded_shard_copies(run, step))
+    # the load phase's items under FSDP are resident (weights, load_copies): its reserve is those and its leftovers.
+    # The small pool's optimizer states cannot reuse it either: they are apart from it like the gathered units
+    apart = gathered + small_pool_states(run, step)
+    return phase._replace(apart=apart, held_pool=allocated(load.items) + load.cached, cached=offloaded_shard_copies(run, step))
 
 
 def job_note(peak: Phase) -> str:
