@@ -60,3 +60,11 @@ def test_before_4_46_the_model_returns_fp32_logits(kernels, over):
     _, current = _allocated_peak(extra)
     assert est.run.knobs.returns_fp32_logits
     assert old - current == over
+
+
+def test_4_45_has_no_per_layer_rotary_caveat():
+    # fsdp-qlora's transformers 4.40 keeps cos/sin caches in every attention layer (an approximate caveat); 4.45.2's
+    # rotary embeddings register only inv_freq (models/llama/modeling_llama.py:178), so a 4.45 run carries no such caveat
+    est, _ = _allocated_peak({"framework-version": "4.45.2"})
+    assert est.run.knobs.returns_fp32_logits
+    assert not any("cos/sin caches" in reason for reason in est.approximate)
