@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmmem.catalog.profiles import FRAMEWORKS, OPTIMIZER_IMPLS, PROFILES, TRAINER_KEYS
+from pytest_llmmem.catalog.profiles import FRAMEWORKS, OPTIMIZER_IMPLS, PROFILES
+from pytest_llmmem.catalog.trainer_knobs import TRAINER_KEYS
 from pytest_llmmem.catalog.registry import default_catalog, loaded
 from pytest_llmmem.config import keys
 from pytest_llmmem.config.phase_keys import PHASE_DEFAULTS

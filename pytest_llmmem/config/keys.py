@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from ..catalog.profiles import TRAINER_KEYS  # the trainer keys are the profile's knobs: one table
+from ..catalog.trainer_knobs import TRAINER_KEYS  # the trainer keys are the profile's knobs: one table
 from ..catalog.registry import Catalog
 from ..errors import ConfigError, did_you_mean, nearest, one_of, shown, shown_name
 from .locate import TABLE, Locator, canonical  # noqa: F401  (TABLE and canonical are part of the contract)

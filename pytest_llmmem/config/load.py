@@ -28,7 +28,8 @@ from .gpu_keys import budget, parallelism
 from .locate import Locator
 from ..model.architecture import Architecture
 from .model_config import check_values as check_model_values, model_from_table
-from ..catalog.profiles import check_combination as check_trainer, loads_8bit_in_16bit, resolve as resolve_trainer, shown as trainer_rows
+from ..catalog.profiles import shown as trainer_rows
+from ..catalog.trainer_knobs import check_combination as check_trainer, loads_8bit_in_16bit, resolve as resolve_trainer
 from ..io.projects import find_pyproject, read_json, read_pyproject
 from .phase_keys import job_settings
 from ..core.run import METHODS, PRECISIONS, RecipeSettings, VISION_TOWERS, Run
