@@ -15,8 +15,8 @@ wheel); a row takes 2-15 s.
 ``--run`` traces one declared run (llmmem keys as JSON, at full depth: ``method = "trace"``'s step,
 trace/step.py) and prints each phase's allocated and reserved peaks and the slack (reserved less
 allocated) as a share of the short-lived bytes at the allocated peak (activations and logits), the
-quantity the analytic estimate prices at core/records.py FRAGMENTATION. With ``--capacity``, the run is
-traced again on a card of each size: when a cudaMalloc would pass it the allocator releases every fully free
+quantity the analytic estimate prices at core/records.py SLACK_CHECKPOINTED / SLACK_UNCHECKPOINTED. With
+``--capacity``, the run is traced again on a card of each size: when a cudaMalloc would pass it the allocator releases every fully free
 segment and retries, and the run fails only if that is not enough. The smallest capacity that passes is what
 the run needs, which lies between its allocated peak and its uncapped reserved peak.
 

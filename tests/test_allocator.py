@@ -5,7 +5,10 @@ import json
 
 from pytest_llmmem.config.load import adhoc_run
 from pytest_llmmem.core.compose import training_overhead
-from pytest_llmmem.core.records import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, FRAGMENTATION, TORCH1_CONTEXT_BYTES
+from pytest_llmmem.core.records import (CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, FRAGMENTATION, SLACK_CHECKPOINTED,
+                                        SLACK_UNCHECKPOINTED, TORCH1_CONTEXT_BYTES)
+from pytest_llmmem.core.terms.backward import pool_share
+from pytest_llmmem.core.terms.step import step_terms
 from pytest_llmmem.estimator import estimate
 from pytest_llmmem.report.text import as_dict
 from pytest_llmmem.units import MiB
@@ -42,3 +45,16 @@ def test_reserved_and_allocated_are_reported_apart():
     report = json.loads(json.dumps(as_dict(est)))
     assert (report["total_bytes"], report["reserved_bytes"], report["allocated_bytes"]) == (
         est.total_bytes, est.reserved_bytes, est.allocated_bytes)
+
+
+def test_the_step_prices_its_pool_by_what_the_next_step_does_with_its_blocks():
+    # SMALL, 4 x 1024 tokens without checkpointing: the backward peaks at its loss instant, every saved activation
+    # beside the loss's fp32 log-softmax and two fp32 backward buffers, 4,096 x 32,000 x 12 B = 1,572,864,000 B;
+    # asked for at the same sizes every step, they keep 5 % beside them (SLACK_UNCHECKPOINTED), not 30 %
+    est = estimate(adhoc_run(SMALL))
+    b = est.breakdown
+    assert est.peak_phase == "backward" and b["logits"] == 4096 * 32_000 * 12
+    assert est.details["overhead.fragmentation"] == round(SLACK_UNCHECKPOINTED * (b["activations"] + b["logits"]))
+    # checkpointed, the freed loss blocks are carved by the recomputed layers and the gradients: 30 %
+    assert pool_share(step_terms(adhoc_run({**SMALL, "gradient-checkpointing": True}))) == SLACK_CHECKPOINTED == 0.30
+    assert pool_share(step_terms(adhoc_run(SMALL))) == SLACK_UNCHECKPOINTED == 0.05

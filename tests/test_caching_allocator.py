@@ -38,6 +38,35 @@ def test_a_freed_block_too_small_for_the_next_request_stays_reserved():
     assert (pool.allocated, pool.reserved) == (210 * MiB, 220 * MiB)
 
 
+def test_blocks_asked_for_again_at_their_size_come_back_without_slack():
+    # core/records.py SLACK_UNCHECKPOINTED: a step's saved tensors (4 x 30 MiB) and its loss buffer (200 MiB), freed
+    # and asked for again at the same sizes by the next step, are each served by the block its predecessor left
+    # (best fit): 4 x 30 + 200 = 320 MiB reserved after both steps, nothing beside it
+    pool = CachingAllocator()
+    for step in range(2):
+        for layer in range(4):
+            pool.allocate(("saved", layer), 30 * MiB)
+        pool.allocate("loss", 200 * MiB)
+        pool.free("loss")
+        for layer in range(4):
+            pool.free(("saved", layer))
+    assert (pool.peak_allocated, pool.peak_reserved) == (320 * MiB, 320 * MiB)
+
+
+def test_a_long_lived_tensor_carved_from_a_freed_loss_block_strands_the_rest():
+    # core/records.py SLACK_CHECKPOINTED: checkpointed, the freed 200 MiB loss buffer is the only large free block
+    # when 30 MiB of long-lived tensors (an optimizer state made in the first step) are asked for: best fit splits
+    # them off it, and the next step's 200 MiB loss buffer finds 170 MiB free, too small: a second segment.
+    # Reserved 12 + 200 + 200 = 412 MiB against 12 + 30 + 200 = 242 MiB allocated: the 170 MiB rest is the slack.
+    pool = CachingAllocator()
+    pool.allocate("layer input", 12 * MiB)
+    pool.allocate("loss", 200 * MiB)
+    pool.free("loss")
+    pool.allocate("state", 30 * MiB)
+    pool.allocate("loss", 200 * MiB)
+    assert (pool.peak_allocated, pool.peak_reserved) == (242 * MiB, 412 * MiB)
+
+
 def test_a_full_card_releases_the_cache_and_retries_before_failing():
     pool = CachingAllocator(capacity=150 * MiB)
     pool.allocate("x", 100 * MiB)

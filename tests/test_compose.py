@@ -176,3 +176,26 @@ def test_fsdp_cpu_offload_keeps_the_largest_shard_copy_in_the_pre_unshard_stream
     assert offloaded_shard_copies(offload, step_terms(offload)) == 262_148_096
     resident = adhoc_run(FQ_7B_QLORA_512)
     assert offloaded_shard_copies(resident, step_terms(resident)) == 0  # the shards stay on the GPU: nothing copied
+
+
+def test_each_item_carries_its_own_share_of_the_pool():
+    # activations 60 at 5 % (3) and logits 10 at 30 % (3); the optimizer step's 80 temporaries, not transient, at
+    # 15 % (12); weights none: backward 170 + 7 + 6 = 183, the step 180 + 7 + 12 = 199
+    backward = Phase("backward", (Item("weights", 100), Item("activations", 60, transient=True, slack=0.05),
+                                  Item("logits", 10, transient=True, slack=0.3)))
+    update = Phase("optimizer step", (Item("weights", 100), Item("optimizer_step", 80, slack=0.15)))
+    assert compose((backward, update), OVERHEAD, TERMS).totals == (("backward", 183), ("optimizer step", 199))
+
+
+def test_the_optimizer_step_keeps_the_pool_its_backward_left():
+    # backward: 160 allocated + 50 % of 60 activations = 190 reserved, + 7 = 197. The step allocates 180 with no
+    # slack of its own, but the pool the backward reserved stays cached (no empty_cache): 190 reserved, + 7 = 197
+    backward = Phase("backward", (Item("weights", 100), Item("activations", 60, transient=True, slack=0.5)))
+    items = (Item("weights", 100), Item("gradients", 70), Item("optimizer_step", 10, slack=0.0))
+    comp = compose((backward, Phase("optimizer step", items, follows="backward")), OVERHEAD, TERMS)
+    assert comp.totals == (("backward", 197), ("optimizer step", 197))
+    # of equal totals the phase with more allocated is shown (180 > 160): max_memory_allocated stays the step's
+    assert comp.peak == "optimizer step" and comp.breakdown["overhead"] == 7 + 10
+    assert sum(comp.breakdown.values()) - comp.breakdown["overhead"] == 180
+    # without the backward before it, the step reserves only its own 180: 187
+    assert compose((backward, Phase("optimizer step", items)), OVERHEAD, TERMS).totals[1] == ("optimizer step", 187)

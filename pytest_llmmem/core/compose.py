@@ -5,8 +5,8 @@ save, a recipe's generation, a serving engine's start-up, an inference prefill) 
 :class:`Item` records: the bytes alive while the phase runs, each under the breakdown term it counts
 as, marked resident (held through the phase) or transient (allocated and freed inside it). This
 module applies the overhead (CUDA context and cuBLAS workspace, or the run's ``overhead`` key), the
-caching allocator's fragmentation of the transient bytes and the ``calibration`` factor, once, to
-every phase alike; the peak is the largest phase.
+caching allocator's slack beside the short-lived bytes (each item's share) and the ``calibration`` factor, once,
+to every phase alike; the peak is the largest phase.
 
 How a peak is shown: a phase with ``over`` is shown as the phase it stands on (the largest of those
 it names) plus one term, ``excess``, for what it adds above it, so the step's terms stay visible when
@@ -45,6 +45,7 @@ class Item(Record):
     transient: bool = False
     alive: Optional[int] = None
     shown_if_zero: bool = False
+    slack: Optional[float] = None  # the share of its bytes the pool keeps cached beside it (None: the overhead's share)
 
     @property
     def at_peak(self) -> int:
@@ -83,6 +84,12 @@ class Phase(Record):
     # offload's GPU copies of shards, terms/fsdp_pools.py offloaded_shard_copies) or blocks this phase freed and
     # could not reuse (FSDP init's last decoder unit under the root's larger tensors, fsdp_pools.wrap_leftovers).
     cached: int = 0
+    # The earlier phase of the same step whose reserve stays cached into this one (the optimizer step after the
+    # backward): the caching allocator gives memory back only on a failed cudaMalloc or empty_cache
+    # (c10/cuda/CUDACachingAllocator.cpp free_block caches the block; release_cached_blocks runs from alloc_block's
+    # retry and emptyCache), so this phase's pool is at least that one's. The composer fills in ``kept_pool``.
+    follows: str = ""
+    kept_pool: int = 0
 
     @property
     def resident(self) -> Tuple[Item, ...]:
@@ -94,7 +101,8 @@ class Phase(Record):
 
 
 class Overhead(Record):
-    """What every phase holds beyond its items: a fixed part and a share of its transient bytes."""
+    """What every phase holds beyond its items: a fixed part and the pool's slack, a share of each short-lived item's
+    bytes (the item's own ``slack``, else ``fragmentation``)."""
 
     fixed: int
     fragmentation: Optional[float]  # None: the fixed part is all (a given overhead, an engine's own figures)
@@ -105,9 +113,10 @@ class Overhead(Record):
 
     def fragmented(self, phase: Phase) -> int:
         """Reserved beyond allocated: the phase's reserved peak less its allocated peak, at each instant a share of
-        the transient bytes (records.FRAGMENTATION). The two peaks are separate high-water marks (torch/cuda/memory.py
-        max_memory_allocated: "allocated_bytes.all.peak", max_memory_reserved: "reserved_bytes.all.peak"), so the
-        reserved one is the largest allocated + slack over the phase's instants, wherever its allocated peak is."""
+        each short-lived item (Item.slack: records.SLACK_*; records.FRAGMENTATION for the rest). The two peaks are
+        separate high-water marks (torch/cuda/memory.py max_memory_allocated: "allocated_bytes.all.peak",
+        max_memory_reserved: "reserved_bytes.all.peak"), so the reserved one is the largest allocated + slack over the
+        phase's instants, wherever its allocated peak is."""
         if self.fragmentation is None:
             return 0
         reserved = max(self._reserved(items, phase) for items in (phase.items,) + phase.instants)
@@ -122,13 +131,23 @@ class Overhead(Record):
     def _reserved(self, items: Sequence[Item], phase: Phase) -> int:
         """One instant's reserved bytes: the default stream's pool (its own need, or what an earlier phase left
         cached, whichever is larger) plus the blocks other streams hold (``Phase.apart``) and those no item holds (``Phase.cached``)."""
-        return max(self._own_stream(items, phase), phase.held_pool) + phase.apart + phase.cached
+        return self._default_pool(items, phase) + phase.apart + phase.cached
+
+    def pool(self, phase: Phase) -> int:
+        """The default stream's pool the phase leaves cached: its largest reserve over its instants."""
+        if self.fragmentation is None:
+            return 0
+        return max(self._default_pool(items, phase) for items in (phase.items,) + phase.instants)
+
+    def _default_pool(self, items: Sequence[Item], phase: Phase) -> int:
+        return max(self._own_stream(items, phase), phase.held_pool, phase.kept_pool)
 
     def _own_stream(self, items: Sequence[Item], phase: Phase) -> int:
         return allocated(items) - phase.apart + self._slack(items)
 
     def _slack(self, items: Sequence[Item]) -> int:
-        return round(self.fragmentation * sum(i.at_peak for i in items if i.transient))
+        return round(sum((self.fragmentation if i.slack is None else i.slack) * i.at_peak
+                         for i in items if i.transient or i.slack is not None))
 
 
 def allocated(items: Sequence[Item]) -> int:
@@ -175,10 +194,13 @@ class Composition(Record):
 
 
 def compose(phases: Sequence[Phase], overhead: Overhead, terms: Sequence[str], calibration: Optional[float] = None) -> Composition:
-    """The largest phase (the first of equals), shown under ``terms``; calibration scales the sum."""
+    """The largest phase (of equals, the one with more allocated, then the first), shown under ``terms``; calibration
+    scales the sum."""
+    phases = _kept_pools(phases, overhead)
     shown = tuple(_shown(p, overhead) for p in phases)
     by_name = {p.name: (p, s) for p, s in zip(phases, shown)}
-    peak, peak_shown = max(zip(phases, shown), key=lambda ps: ps[1].total)
+    # of equal totals, the phase with more allocated: a phase holding an earlier one's pool reserves no more than it
+    peak, peak_shown = max(zip(phases, shown), key=lambda ps: (ps[1].total, allocated(ps[0].items)))
     breakdown, base = _present(peak, by_name, overhead, terms)
     for item in peak.carried:
         breakdown[item.term] = breakdown.get(item.term, 0) + item.at_peak
@@ -189,6 +211,15 @@ def compose(phases: Sequence[Phase], overhead: Overhead, terms: Sequence[str], c
     if overhead.fragmentation is not None:
         details["overhead.fragmentation"] = overhead.fragmented(base)
     return Composition(peak.name, breakdown, details, shown)
+
+
+def _kept_pools(phases: Sequence[Phase], overhead: Overhead) -> List[Phase]:
+    """Each phase that ``follows`` another with that phase's pool (Phase.follows), in order."""
+    out: List[Phase] = []
+    for phase in phases:
+        before = next((p for p in out if p.name == phase.follows), None) if phase.follows else None
+        out.append(phase._replace(kept_pool=overhead.pool(before)) if before is not None else phase)
+    return out
 
 
 def _shown(phase: Phase, overhead: Overhead) -> Shown:

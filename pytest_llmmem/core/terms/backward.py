@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ...record import Record
 from ..compose import Item
+from ..records import SLACK_CHECKPOINTED, SLACK_UNCHECKPOINTED
 from .transients import backward_transient
 from .step import Step, trainable_for
 
@@ -263,7 +264,15 @@ def instant_items(step: Step, gradients: int, instant: Instant) -> List[Item]:
     """The backward phase's items for the step's own terms: gradients, saved activations and loss buffers at their
     full size, ``alive`` at the instant, then the instant's own temporaries (each under its term). Shared by the
     SFT step (job_phases.step_phases) and a recipe's policy (recipes/recipes.py), so both compose one backward."""
-    own = [Item(name.split(".")[0], value, transient=name.startswith("activations.")) for name, value in instant.extra]
+    share = pool_share(step)
+    own = [Item(name.split(".")[0], value, transient=name.startswith("activations."),
+                slack=share if name.startswith("activations.") else None) for name, value in instant.extra]
     return [Item("gradients", gradients, alive=instant.gradients),
-            Item("activations", step.activations, transient=True, alive=instant.activations),
-            Item("logits", step.logits, transient=True, alive=instant.logits)] + own
+            Item("activations", step.activations, transient=True, alive=instant.activations, slack=share),
+            Item("logits", step.logits, transient=True, alive=instant.logits, slack=share)] + own
+
+
+def pool_share(step: Step) -> float:
+    """The pool's slack beside the backward's short-lived blocks, as a share of them: whether the step recomputes
+    its layers decides whether the loss head's blocks come back whole (core/records.py SLACK_CHECKPOINTED)."""
+    return SLACK_CHECKPOINTED if step.detail("activations.recomputed_layer") else SLACK_UNCHECKPOINTED

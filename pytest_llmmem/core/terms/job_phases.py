@@ -18,9 +18,10 @@ from typing import List, Optional, Tuple
 
 from ...units import format_bytes
 from ..compose import Item, Phase, allocated, overhead_slot
+from ..records import SLACK_OPTIMIZER_STEP
 from .activations import FP32
 from .transients import forward_transient
-from .backward import INSTANTS, backward_instants, held_logits, instant_items
+from .backward import INSTANTS, backward_instants, held_logits, instant_items, pool_share
 from .fsdp_pools import largest_fsdp_unit, offloaded_shard_copies, small_pool_states, wrap_leftovers
 from .step import Step
 from .trainer_terms import StepOptimizer
@@ -252,10 +253,10 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
     if opt.in_backward or not opt.runs:
         return forward + (backward,)
     update = states + [Item("gradients", step_gradients(run, step, opt)), optimizer, Item("kv_cache", step.kv_cache), overhead_slot(),
-                       Item("optimizer_step", opt.temporaries)]
+                       Item("optimizer_step", opt.temporaries, slack=SLACK_OPTIMIZER_STEP)]
     if run.knobs.holds_output_to_step:  # the loop lets go of the output only after optimizer.step() (fsdp_qlora train.py:878, :894)
         update.append(Item("logits", held_logits(run, step)))
-    return forward + (backward, Phase("optimizer step", tuple(update)))
+    return forward + (backward, Phase("optimizer step", tuple(update), follows="backward"))
 
 
 def _adapter_forward(run, step: Step, states: List[Item], gradients: int) -> Tuple[Phase, ...]:
@@ -268,7 +269,8 @@ def _adapter_forward(run, step: Step, states: List[Item], gradients: int) -> Tup
     if not transient:
         return ()
     kept = states + ([Item("gradients", gradients)] if run.micro_batches > 1 else [])
-    items = kept + [Item("activations", step.activations + transient, transient=True), overhead_slot(shown_if_zero=False)]
+    # the step's own saved blocks: the backward's share of the pool beside them (backward.pool_share)
+    items = kept + [Item("activations", step.activations + transient, transient=True, slack=pool_share(step)), overhead_slot(shown_if_zero=False)]
     return (Phase("adapter forward", tuple(items), f"{run.adapter.summary(run.lora_rank, run.lora_targets)} holds {format_bytes(transient)} in one module's forward",
                   over=("backward",), excess="activations"),)
 
@@ -309,8 +311,8 @@ def next_forward_phase(run, step: Step) -> Optional[Phase]:
     held = step.detail("held.bnb_ctx_inputs")
     returned = step.detail("logits.logits")
     items = _resident(run, step, forward=True) + [
-        Item("activations", step.activations, transient=True, shown_if_zero=True),
-        Item("logits", 2 * returned, transient=True, shown_if_zero=True),  # the new forward's and the last step's
+        Item("activations", step.activations, transient=True, shown_if_zero=True, slack=pool_share(step)),
+        Item("logits", 2 * returned, transient=True, shown_if_zero=True, slack=pool_share(step)),  # the new forward's and the last step's
         Item("last_step_graph", held, shown_if_zero=True)]
     why = (f"litgpt holds the last step's logits into the next forward; their graph keeps {format_bytes(held)} of "
            "4-bit linear inputs (bitsandbytes <= 0.43.1)") if held else "litgpt holds the last step's logits into the next forward"
