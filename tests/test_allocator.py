@@ -6,7 +6,7 @@ import json
 from pytest_llmmem.config.load import adhoc_run
 from pytest_llmmem.core.compose import training_overhead
 from pytest_llmmem.core.records import (CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, FRAGMENTATION, SLACK_CHECKPOINTED,
-                                        SLACK_UNCHECKPOINTED, TORCH1_CONTEXT_BYTES)
+                                        SLACK_OPTIMIZER_STEP, SLACK_UNCHECKPOINTED, TORCH1_CONTEXT_BYTES)
 from pytest_llmmem.core.terms.backward import pool_share
 from pytest_llmmem.core.terms.step import step_terms
 from pytest_llmmem.estimator import estimate
@@ -58,3 +58,15 @@ def test_the_step_prices_its_pool_by_what_the_next_step_does_with_its_blocks():
     # checkpointed, the freed loss blocks are carved by the recomputed layers and the gradients: 30 %
     assert pool_share(step_terms(adhoc_run({**SMALL, "gradient-checkpointing": True}))) == SLACK_CHECKPOINTED == 0.30
     assert pool_share(step_terms(adhoc_run(SMALL))) == SLACK_UNCHECKPOINTED == 0.05
+
+
+def test_the_optimizer_steps_temporaries_keep_15_percent_on_one_gpu_and_none_sharded():
+    # SMALL checkpointed in pure bf16 with foreach AdamW: the step's one temporary list is the 1,204,881,408 B of
+    # bf16 parameters (2 B each); its peak is the optimizer step, with 15 % of them beside it. Sharded over two GPUs
+    # with FSDP the temporaries halve and no share is counted (nothing measured a sharded step's pool).
+    keys = {**SMALL, "gradient-checkpointing": True, "optimizer-impl": "foreach", "precision": "pure", "dtype": "bf16"}
+    one, sharded = estimate(adhoc_run(keys)), estimate(adhoc_run({**keys, "fsdp": "full-shard", "gpus": 2}))
+    assert one.peak_phase == sharded.peak_phase == "optimizer step"
+    assert 2 * sharded.details["optimizer_step.temporaries"] == one.details["optimizer_step.temporaries"] == 2 * one.params
+    assert one.details["overhead.fragmentation"] == round(SLACK_OPTIMIZER_STEP * 2 * one.params) == round(0.15 * 2_409_762_816)
+    assert sharded.details["overhead.fragmentation"] == 0

@@ -65,7 +65,8 @@ SLACK_UNCHECKPOINTED = 0.05
 #   fsdp_qlora's 4090 rows, torchtitan's 8B rows);
 SLACK_CHECKPOINTED = FRAGMENTATION
 # - the optimizer step's foreach temporaries (one tensor per parameter) are served from the blocks the backward freed,
-#   of other sizes: 15 % of them (the H100 steady rows whose optimizer step sets the peak: Phi-3-mini -15.6 -> -13.0 %).
+#   of other sizes: 15 % of them (the H100 steady rows whose optimizer step sets the peak: Phi-3-mini -15.6 -> -13.0 %);
+#   one-GPU steps only: a sharded step's (FSDP, ZeRO) is measured by nothing (terms/job_phases.py _step_slack).
 # The pool the backward leaves stays cached through the optimizer step (compose.Phase.follows).
 SLACK_OPTIMIZER_STEP = 0.15
 

@@ -253,10 +253,17 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
     if opt.in_backward or not opt.runs:
         return forward + (backward,)
     update = states + [Item("gradients", step_gradients(run, step, opt)), optimizer, Item("kv_cache", step.kv_cache), overhead_slot(),
-                       Item("optimizer_step", opt.temporaries, slack=SLACK_OPTIMIZER_STEP)]
+                       Item("optimizer_step", opt.temporaries, slack=_step_slack(run))]
     if run.knobs.holds_output_to_step:  # the loop lets go of the output only after optimizer.step() (fsdp_qlora train.py:878, :894)
         update.append(Item("logits", held_logits(run, step)))
     return forward + (backward, Phase("optimizer step", tuple(update), follows="backward"))
+
+
+def _step_slack(run) -> float:
+    """The pool's slack beside the optimizer step's temporaries (core/records.py SLACK_OPTIMIZER_STEP), fitted on
+    one-GPU steps; a sharded step's temporaries are its flat shards' (FSDP, ZeRO), measured by nothing: none counted,
+    so a run that ran is not put over its card on a guess (fms-acceleration's 2-GPU 8B full-FT rows, 78.5 GiB)."""
+    return 0.0 if run.fsdp != "none" or run.zero_stage else SLACK_OPTIMIZER_STEP
 
 
 def _adapter_forward(run, step: Step, states: List[Item], gradients: int) -> Tuple[Phase, ...]:
