@@ -63,6 +63,7 @@ SLACK_UNCHECKPOINTED = 0.05
 #   with no gradients to carve them, about 20 %); 30 % keeps the published checkpointed reserved rows (torchtitan
 #   within +3 %) and every verdict (50 % puts nine published runs that ran "over budget":
 #   fsdp_qlora's 4090 rows, torchtitan's 8B rows);
+#   A fused linear cross-entropy on one GPU makes no b x s x V block: 5 % (terms/backward.py pool_share).
 SLACK_CHECKPOINTED = FRAGMENTATION
 # - the optimizer step's foreach temporaries (one tensor per parameter) are served from the blocks the backward freed,
 #   of other sizes: 15 % of them (the H100 steady rows whose optimizer step sets the peak: Phi-3-mini -15.6 -> -13.0 %);

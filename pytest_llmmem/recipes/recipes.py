@@ -348,7 +348,7 @@ def _phases(run: Run, step: Step, states: Dict[str, int], models: Dict[str, int]
     resident += [Item(term, models.get(term, 0) - (value_activations if term == "value_model" else 0)) for term in RL_TERMS]
     gradients = Item("gradients", states["gradients"])
     temps = opt.temporaries
-    alive, *policy = instant_items(step, states["gradients"], instant)
+    alive, *policy = instant_items(run, step, states["gradients"], instant)
     backward = resident + [alive, Item("value_model", value_activations)] + policy
     if opt.in_backward:
         backward.append(Item("optimizer_step", temps))

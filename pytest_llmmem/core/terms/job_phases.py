@@ -243,7 +243,7 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
     in_backward = [Item("optimizer_step", opt.temporaries)] if opt.in_backward else []
 
     def backward_at(at) -> Tuple[Item, ...]:
-        gradients, *alive = instant_items(step, opt.gradients, at)
+        gradients, *alive = instant_items(run, step, opt.gradients, at)
         return tuple(states + [gradients, optimizer] + alive + [Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
                      + in_backward)
 
@@ -277,7 +277,7 @@ def _adapter_forward(run, step: Step, states: List[Item], gradients: int) -> Tup
         return ()
     kept = states + ([Item("gradients", gradients)] if run.micro_batches > 1 else [])
     # the step's own saved blocks: the backward's share of the pool beside them (backward.pool_share)
-    items = kept + [Item("activations", step.activations + transient, transient=True, slack=pool_share(step)), overhead_slot(shown_if_zero=False)]
+    items = kept + [Item("activations", step.activations + transient, transient=True, slack=pool_share(run, step)), overhead_slot(shown_if_zero=False)]
     return (Phase("adapter forward", tuple(items), f"{run.adapter.summary(run.lora_rank, run.lora_targets)} holds {format_bytes(transient)} in one module's forward",
                   over=("backward",), excess="activations"),)
 
@@ -318,8 +318,8 @@ def next_forward_phase(run, step: Step) -> Optional[Phase]:
     held = step.detail("held.bnb_ctx_inputs")
     returned = step.detail("logits.logits")
     items = _resident(run, step, forward=True) + [
-        Item("activations", step.activations, transient=True, shown_if_zero=True, slack=pool_share(step)),
-        Item("logits", 2 * returned, transient=True, shown_if_zero=True, slack=pool_share(step)),  # the new forward's and the last step's
+        Item("activations", step.activations, transient=True, shown_if_zero=True, slack=pool_share(run, step)),
+        Item("logits", 2 * returned, transient=True, shown_if_zero=True, slack=pool_share(run, step)),  # the new forward's and the last step's
         Item("last_step_graph", held, shown_if_zero=True)]
     why = (f"litgpt holds the last step's logits into the next forward; their graph keeps {format_bytes(held)} of "
            "4-bit linear inputs (bitsandbytes <= 0.43.1)") if held else "litgpt holds the last step's logits into the next forward"
