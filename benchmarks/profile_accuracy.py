@@ -117,7 +117,9 @@ def h100_rows(path: Path) -> List[Row]:
             measured = {name: p["max_allocated"] for name, p in row["phases"].items()}
             peak_phase = max(measured, key=measured.get)
             phase_ok = {"optimizer_step": "optimizer step"}.get(peak_phase, peak_phase) == est.peak_phase
-            step = dict(est.phases)["optimizer step"] - est.details["overhead.cuda_context"] - CUBLAS_WORKSPACE_BYTES
+            # the step's allocated bytes: its total less its own overhead (context, workspace and the pool's slack)
+            part = next(p for p in est.phase_parts if p.name == "optimizer step")
+            step = part.total - part.breakdown.get("overhead", 0)
             name = f"{scenario['name']} b{scenario['batch']} s{scenario['seq']}" + (" ckpt" if scenario.get("checkpointing") else "")
             rows.append(Row("pytorch", name, "optimizer-step max_allocated", [step], measured["optimizer_step"],
                             (est.fits is (not row["oom"])) and phase_ok,

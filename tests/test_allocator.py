@@ -59,6 +59,9 @@ def test_the_step_prices_its_pool_by_what_the_next_step_does_with_its_blocks():
     checkpointed, plain = adhoc_run({**SMALL, "gradient-checkpointing": True}), adhoc_run(SMALL)
     assert pool_share(checkpointed, step_terms(checkpointed)) == SLACK_CHECKPOINTED == 0.30
     assert pool_share(plain, step_terms(plain)) == SLACK_UNCHECKPOINTED == 0.05
+    # declared on torch 1.x, the V100 rows' 30 % (they are 18-23 % under nvidia-smi with 5 %)
+    old = adhoc_run({**SMALL, "torch-version": "1.13.1"})
+    assert pool_share(old, step_terms(old)) == FRAGMENTATION == 0.30
 
 
 def test_the_optimizer_steps_temporaries_keep_15_percent_on_one_gpu_and_none_sharded():

@@ -55,6 +55,8 @@ FRAGMENTATION = 0.30
 # - without checkpointing, the saved activations and the loss head's b x s x V buffers are asked for at the same sizes
 #   every step, and get_free_block (best fit: the cached block of the least size that serves it) hands each one the
 #   block its predecessor freed: the replayed slack is 0.6-57 % of them (median 9 %, 0.2-11.5 GiB) -> 5 %;
+#   (a run declared on torch 1.x keeps 30 %: the V100 bert-large rows it was fitted on, nvidia-smi, are 18-23 % under
+#   with 5 %; the replays and the H100 rows are torch 2);
 SLACK_UNCHECKPOINTED = 0.05
 # - with checkpointing, the loss head's freed blocks are the only large free blocks while the backward recomputes a
 #   layer and makes the gradients, so best fit carves those out of them (should_split: a large-pool rest over 1 MiB

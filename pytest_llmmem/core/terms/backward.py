@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ...record import Record
 from ..compose import Item
-from ..records import SLACK_CHECKPOINTED, SLACK_UNCHECKPOINTED
+from ..records import FRAGMENTATION, SLACK_CHECKPOINTED, SLACK_UNCHECKPOINTED, torch1
 from .transients import backward_transient
 from .step import Step, trainable_for
 
@@ -280,6 +280,8 @@ def pool_share(run, step: Step) -> float:
     unless the layer inputs come back from the host each layer (activation offload, Unsloth's: its Gemma 3 run at
     15k tokens died on an 80 GB card, which 5 % would call fitting) or the step is sharded (the 2-GPU FSDP Liger
     rows are 14-25 % under nvidia-smi already with 30 %)."""
+    if torch1(run.knobs.torch_version):
+        return FRAGMENTATION  # the V100 rows it was fitted on (torch 1.x): 5 % puts them 18-23 % under nvidia-smi
     if not step.detail("activations.recomputed_layer"):
         return SLACK_UNCHECKPOINTED
     fused_loss = bool(step.detail("logits.fused_grad_input"))
