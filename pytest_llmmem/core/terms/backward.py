@@ -167,9 +167,12 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
     recomputed = step.detail("activations.recomputed_layer")
     saved = step.activations - recomputed
     # the logits the loop holds, beside every instant's own items; a recipe's policy head says what it keeps itself
-    held = (("logits.held_output", held_logits(run, step)),) if loss is None and held_logits(run, step) else ()
-    own_head = fp32_head_blocks(run, step, loss_alive(run, step)) if loss is None else ()
-    loss = loss_alive(run, step) if loss is None else loss
+    held, own_head = (), ()
+    if loss is None:
+        kept_logits = held_logits(run, step)
+        held = (("logits.held_output", kept_logits),) if kept_logits else ()
+        loss = loss_alive(run, step)
+        own_head = fp32_head_blocks(run, step, loss)
     if arch is None:
         return [Instant("loss", saved, loss, gradients, held)]
     act = run.dtype.compute_bytes

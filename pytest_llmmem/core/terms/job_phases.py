@@ -317,9 +317,10 @@ def next_forward_phase(run, step: Step) -> Optional[Phase]:
         return None
     held = step.detail("held.bnb_ctx_inputs")
     returned = step.detail("logits.logits")
+    share = pool_share(run, step)
     items = _resident(run, step, forward=True) + [
-        Item("activations", step.activations, transient=True, shown_if_zero=True, slack=pool_share(run, step)),
-        Item("logits", 2 * returned, transient=True, shown_if_zero=True, slack=pool_share(run, step)),  # the new forward's and the last step's
+        Item("activations", step.activations, transient=True, shown_if_zero=True, slack=share),
+        Item("logits", 2 * returned, transient=True, shown_if_zero=True, slack=share),  # the new forward's and the last step's
         Item("last_step_graph", held, shown_if_zero=True)]
     why = (f"litgpt holds the last step's logits into the next forward; their graph keeps {format_bytes(held)} of "
            "4-bit linear inputs (bitsandbytes <= 0.43.1)") if held else "litgpt holds the last step's logits into the next forward"
