@@ -7,10 +7,8 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from __future__ import annotations
 
 from .activations import FP32
-from .step import Step
-from .trainer_terms import gptq_bytes
+from .step import Step, packed_weight_bytes
 
-PACKED_4BIT = 0.5  # bytes per 4-bit parameter in a flat parameter (_unit_bytes)
 BROADCAST_BUCKET = 250 * 1024 * 1024  # torch/distributed/fsdp/_init_utils.py PARAM_BROADCAST_BUCKET_SIZE (sync_module_states)
 
 
@@ -45,12 +43,11 @@ def largest_fsdp_unit(run, step: Step) -> float:
 
 
 def _unit_bytes(run) -> float:
-    # per parameter of a decoder unit's flat parameter: bitsandbytes packs two 4-bit codes a byte (Params4bit data;
-    # the absmax constants sit in quant_state, outside the flat parameter), fp32 under FSDP mixed precision
-    if run.dtype.name in ("nf4", "int4"):
-        return PACKED_4BIT
-    if run.dtype.name == "gptq":  # qweight, scales and qzeros all made parameters (fms-acceleration autogptq_utils.py:68-99)
-        return gptq_bytes(run.gptq_group_size)
+    # per parameter of a decoder unit's flat parameter: a quantized base as it is stored (step.packed_weight_bytes:
+    # bitsandbytes packs two 4-bit codes a byte, the absmax constants in quant_state outside the flat parameter; GPTQ's
+    # qweight, scales and qzeros all made parameters, fms-acceleration autogptq_utils.py:68-99), fp32 under FSDP mixed precision
+    if run.dtype.name in ("nf4", "int4", "gptq"):
+        return packed_weight_bytes(run)
     return FP32 if run.precision == "mixed" and run.mode == "train" else run.dtype.bytes
 
 

@@ -76,7 +76,7 @@ def stored_weight_bytes(run: Run, params: int) -> Tuple[int, str]:
     return round(params * stored), f"{dtype.name} applied to all {params:,} params: without the architecture the 16-bit embeddings and norms cannot be separated"
 
 
-def _packed_bytes(run: Run) -> float:
+def packed_weight_bytes(run: Run) -> float:
     """Bytes of one stored base weight without its block constants (4 bit: half a byte). GPTQ's scales and zeros
     are buffers fms-acceleration turns into parameters under FSDP (autogptq_utils.py:68-99), so they shard with it."""
     if run.dtype.name == "gptq":
@@ -156,7 +156,7 @@ def step_terms(run: Run) -> Step:
             host = host_bytes_per_node(run, states["host"])
             details["host.offloaded_per_gpu"] = round(states["host"])
     elif run.trains:  # an adapter run: run.adapter says what it adds (adapters.py)
-        base = adapter_base(run, arch, weights, share, _packed_bytes(run), FP32 if run.kbit_prepare else act)  # FSDP / ZeRO-3 shards, gathers, offload
+        base = adapter_base(run, arch, weights, share, packed_weight_bytes(run), FP32 if run.kbit_prepare else act)  # FSDP / ZeRO-3 shards, gathers, offload
         weights = round(base.gpu)
         for item, value in (("weights.gathered_for_compute", base.gathered), ("weights.quant_constants", base.constants)):
             if value:
