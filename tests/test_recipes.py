@@ -221,7 +221,7 @@ def test_steps_per_generation_contradictions(keys, message):
 
 def test_vllm_colocate_share_and_server():
     """Colocated vLLM takes 0.3 (TRL's default) of the H100's 85,017,493,504 bytes as CUDA reports them
-    (torch.cuda.mem_get_info on an H100 80GB HBM3; serve.CUDA_TOTAL_BYTES); a server takes nothing here."""
+    (torch.cuda.mem_get_info on an H100 80GB HBM3; the catalog's GPU.cuda_total_bytes); a server takes nothing here."""
     keys = dict(TINY, recipe="grpo", gpu="H100-80GB", **{"batch-size": 8, "max-prompt-length": 64, "max-completion-length": 64})
     colocate = estimate(adhoc_run(dict(keys, generation="vllm-colocate")))
     assert colocate.breakdown["vllm_engine_share"] == round(0.3 * 85_017_493_504)

@@ -260,6 +260,14 @@ def test_a_gpu_without_a_measured_cuda_total_is_flagged_approximate():
     assert not exact.approximate
 
 
+def test_serving_takes_the_cuda_total_from_the_gpu_catalog():
+    """One table: the catalog's GPU.cuda_total_bytes. The RTX A6000's is what a CUDA OOM on it prints, "47.54 GiB total
+    capacity" (artidoro/qlora issue 17), not nvidia-smi's 49,140 MiB = 47.99 GiB, and the estimate is no longer flagged."""
+    est = estimate(adhoc_run({**LLAMA31_8B, "mode": "inference", "engine": "vllm", "gpu": "RTX-A6000", "max-model-len": 8192}))
+    assert est.serving.total_bytes == round(47.54 * 2**30) and not est.approximate
+    assert est.run.budget.bytes == 49140 * 2**20  # the budget stays the card's nvidia-smi total
+
+
 def test_cli_estimate_takes_the_engine_flags(run_cli):
     shape = ["--family", "llama", "--hidden-size", "4096", "--num-layers", "32", "--num-heads", "32", "--num-kv-heads", "8",
              "--intermediate-size", "14336", "--vocab-size", "128256", "--max-position-embeddings", "131072"]

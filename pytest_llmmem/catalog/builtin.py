@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..model.methods import BUILTIN as BUILTIN_ADAPTERS
 from .entries import GPU, AmbiguousName, DType, Engine, Optimizer, Reader, Recipe
 from .profiles import PROFILES
-from ..units import MiB
+from ..units import GiB, MiB
 
 # NF4 as bitsandbytes stores it for QLoRA: 4 bits per weight, one 8-bit absmax per block of 64,
 # and (double quantisation) one fp32 scale per 256 blocks: 0.5 + 1/64 + 4/(64*256) B/param
@@ -100,12 +100,19 @@ def llmmem_register_adapters(register):
 # Compute capabilities: NVIDIA's CUDA GPUs table (developer.nvidia.com/cuda-gpus: A100 8.0; A40, A10,
 # A10G, RTX A6000, RTX 3090 8.6; L4, L40, L40S, RTX 6000 Ada, RTX 4090 8.9; H100, H200, H20, GH200 9.0;
 # B100, B200, GB200 10.0; RTX 5090 12.0; GB10 12.1; T4 7.5; V100 7.0). AMD cards are not CUDA devices: none.
+# cuda_total_bytes: what the CUDA runtime reports as total (cudaMemGetInfo), read from a log or message that prints it;
+# set only where one was found (vLLM start-up logs, CUDA OOM messages, torch.cuda.mem_get_info on the H100).
 def llmmem_register_gpus(register):
     register(GPU("A100-40GB", 40960 * MiB, aliases=("a100-40g", "a100-sxm4-40gb", "a100-pcie-40gb"), compute_capability=(8, 0), kind="nvidia datacenter"))
-    register(GPU("A100-80GB", 81920 * MiB, aliases=("a100-80g", "a100-sxm4-80gb", "a100-pcie-80gb", "a100-80gb-pcie"), compute_capability=(8, 0), kind="nvidia datacenter"))
+    # CUDA total 79.15 GiB: vLLM 0.8.2's log, "total_gpu_memory (79.15GiB)" (validation serving.jsonl)
+    register(GPU("A100-80GB", 81920 * MiB, aliases=("a100-80g", "a100-sxm4-80gb", "a100-pcie-80gb", "a100-80gb-pcie"), compute_capability=(8, 0), kind="nvidia datacenter",
+                 cuda_total_bytes=round(79.15 * GiB)))
     register(AmbiguousName("A100", ("A100-40GB", "A100-80GB")))
     # H100 SXM and PCIe both show 81559 MiB (Modal PR #2797: "H100: 81559MiB"); NVL 95830 MiB.
-    register(GPU("H100-80GB", 81559 * MiB, aliases=("h100-sxm", "h100-pcie", "h100-80g", "h100-80gb-hbm3", "h100-sxm5-80gb"), compute_capability=(9, 0), kind="nvidia datacenter"))
+    # CUDA total 85,017,493,504 B: torch.cuda.mem_get_info() on an H100 80GB HBM3 (benchmarks/data/gpu-peaks-h100.jsonl); vLLM
+    # prints 79.18 GiB, and so does a CUDA OOM on it, "total capacity of 79.18 GiB" (benchmarks/data/gpu-peaks-h100-steady.jsonl).
+    register(GPU("H100-80GB", 81559 * MiB, aliases=("h100-sxm", "h100-pcie", "h100-80g", "h100-80gb-hbm3", "h100-sxm5-80gb"), compute_capability=(9, 0), kind="nvidia datacenter",
+                 cuda_total_bytes=85017493504))
     register(GPU("H100-NVL", 95830 * MiB, aliases=("h100-94gb", "h100-94g", "h100-nvl-94gb"), compute_capability=(9, 0), kind="nvidia datacenter"))
     register(AmbiguousName("H100", ("H100-80GB", "H100-NVL")))
     register(GPU("H200-141GB", 143771 * MiB, aliases=("h200", "h200-141g"), compute_capability=(9, 0), kind="nvidia datacenter"))
@@ -135,17 +142,24 @@ def llmmem_register_gpus(register):
     register(GPU("A10G", 23028 * MiB, aliases=("a10g-24gb",), compute_capability=(8, 6), kind="nvidia datacenter"))
     # A10: 23028 MiB (Modal PR #2797; NVML total 24146608128 B in a public detect-gpu issue).
     register(GPU("A10", 23028 * MiB, aliases=("a10-24gb",), compute_capability=(8, 6), kind="nvidia datacenter"))
-    register(GPU("T4", 15360 * MiB, aliases=("t4-16gb", "tesla-t4"), compute_capability=(7, 5), kind="nvidia datacenter"))
+    # CUDA total 14.74 GiB: vLLM 0.8.2 V0 log on a Colab T4, "total_gpu_memory (14.74GiB)"; a 0.7.2 Colab T4 log shows 14.56 GiB
+    # (the driver's share varies): serving-logs.jsonl vllm-cookbook-t4-llama32-3b-v0-fallback, vllm-colab-t4-qwen25-1.5b-v0-072.
+    register(GPU("T4", 15360 * MiB, aliases=("t4-16gb", "tesla-t4"), compute_capability=(7, 5), kind="nvidia datacenter",
+                 cuda_total_bytes=round(14.74 * GiB)))
     # 16160 MiB: the Tesla V100-SXM2 16GB in Hugging Face's model-memory-anatomy measurements.
     register(GPU("V100-16GB", 16160 * MiB, aliases=("v100-16g", "tesla-v100-sxm2-16gb"), compute_capability=(7, 0), kind="nvidia datacenter"))
     register(GPU("V100-32GB", 32768 * MiB, aliases=("v100-32g",), compute_capability=(7, 0), kind="nvidia datacenter"))
     register(AmbiguousName("V100", ("V100-16GB", "V100-32GB")))
     # RTX A6000 and RTX 6000 Ada both show 49140 MiB ("NVIDIA RTX A6000 ... / 49140MiB",
     # "NVIDIA RTX 6000 Ada Gene... / 49140MiB" in public nvidia-smi tables); "A6000" alone is either.
-    register(GPU("RTX-A6000", 49140 * MiB, aliases=("rtx-a6000-48gb",), compute_capability=(8, 6), kind="nvidia workstation"))
+    # CUDA total 47.54 GiB: artidoro/qlora issue 17's OOM, "(GPU 0; 47.54 GiB total capacity; 45.09 GiB already allocated; ...)"
+    register(GPU("RTX-A6000", 49140 * MiB, aliases=("rtx-a6000-48gb",), compute_capability=(8, 6), kind="nvidia workstation",
+                 cuda_total_bytes=round(47.54 * GiB)))
     register(GPU("RTX-6000-Ada", 49140 * MiB, aliases=("rtx-6000-ada-generation", "a6000-ada", "rtx-a6000-ada", "6000-ada"), compute_capability=(8, 9), kind="nvidia workstation"))
     register(AmbiguousName("A6000", ("RTX-A6000", "RTX-6000-Ada")))
-    register(GPU("RTX-3090", 24576 * MiB, aliases=("3090", "rtx3090", "geforce-rtx-3090"), compute_capability=(8, 6), kind="nvidia consumer"))
+    # CUDA total 23.58 GiB: vLLM issue 10517, "total_gpu_memory=23.58GiB"
+    register(GPU("RTX-3090", 24576 * MiB, aliases=("3090", "rtx3090", "geforce-rtx-3090"), compute_capability=(8, 6), kind="nvidia consumer",
+                 cuda_total_bytes=round(23.58 * GiB)))
     register(GPU("RTX-4090", 24564 * MiB, aliases=("4090", "rtx4090", "geforce-rtx-4090"), compute_capability=(8, 9), kind="nvidia consumer"))
     register(GPU("RTX-5090", 32607 * MiB, aliases=("5090", "rtx5090", "geforce-rtx-5090"), compute_capability=(12, 0), kind="nvidia consumer"))
     # MI300X: 192 GB HBM3; rocm-smi reports 205822885888 bytes of VRAM.

@@ -60,6 +60,11 @@ class GPU(Record):
     # CUDA compute capability (major, minor), None for a card that is not CUDA (AMD) or a plugin's that
     # names none: vLLM 0.8-0.10 serve on the V0 engine below 8.0 (serving/vllm_engine.py _era)
     compute_capability: Optional[Tuple[int, int]] = None
+    # What the CUDA runtime reports as the device's total (cudaMemGetInfo, torch.cuda.mem_get_info, "total capacity"
+    # in an OOM message, vLLM's total_gpu_memory): below nvidia-smi's total, the driver keeps the rest. None: not
+    # measured for this card (serving then takes memory_bytes and says so). What a serving engine takes its fraction
+    # of, and what a training process can fill.
+    cuda_total_bytes: Optional[int] = None
 
 
 class AmbiguousName(Record):

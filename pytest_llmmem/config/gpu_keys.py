@@ -60,14 +60,14 @@ def budget(levels: Sequence[Table], ctx: Context, require: bool) -> Optional[Bud
     gpu, gpu-memory and headroom is checked, used or not: a typo that loses to another key must
     not pass silently (gpu = "A100-80BG" beside gpu-memory, gpu-memory = "eighty" under runs with
     their own gpu)."""
-    ceiling, gpu_name, unified = None, None, False
+    ceiling, gpu_name, unified, cuda_total = None, None, False, None
     for table in levels:
         memory = table.size("gpu-memory")
         gpu = table.resolve("gpu", ctx.catalog.gpu) if "gpu" in table else None
         if ceiling is None and memory is not None:
             ceiling = memory
         elif ceiling is None and gpu is not None:
-            ceiling, gpu_name, unified = gpu.memory_bytes, gpu.name, getattr(gpu, "unified", False)
+            ceiling, gpu_name, unified, cuda_total = gpu.memory_bytes, gpu.name, getattr(gpu, "unified", False), gpu.cuda_total_bytes
     headrooms = [(table, headroom_of(table)) for table in levels if "headroom" in table]
     if ceiling is None:
         if require:
@@ -84,7 +84,7 @@ def budget(levels: Sequence[Table], ctx: Context, require: bool) -> Optional[Bud
         if headroom >= ceiling:
             raw = table.values["headroom"]
             raise table.fail("headroom", f"{shown(raw)} leaves nothing of the {ceiling / 2**30:.2f} GiB ceiling.")
-    return Budget(ceiling, headroom, gpu_name, unified)
+    return Budget(ceiling, headroom, gpu_name, unified, cuda_total)
 
 
 def headroom_of(table: Table) -> Tuple[int, Optional[float]]:

@@ -108,6 +108,7 @@ class Budget(Record):
     headroom_bytes: int = 0
     gpu: Optional[str] = None  # catalog name when the ceiling came from ``gpu``
     unified: bool = False  # the ceiling is a unified-memory device's (catalog GPU.unified)
+    cuda_total_bytes: Optional[int] = None  # what the CUDA runtime reports for the card (catalog GPU.cuda_total_bytes)
 
     @property
     def bytes(self) -> int:

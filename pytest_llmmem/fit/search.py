@@ -235,7 +235,8 @@ def _on_gpu(run: Run, name: str) -> Run:
     gpu = default_catalog().gpu(name)
     fraction = budget.headroom_bytes / budget.ceiling_bytes if budget.ceiling_bytes else 0.0
     headroom = int(gpu.memory_bytes * fraction)
-    return run._replace(budget=budget._replace(ceiling_bytes=gpu.memory_bytes, headroom_bytes=headroom, gpu=gpu.name))
+    return run._replace(budget=budget._replace(ceiling_bytes=gpu.memory_bytes, headroom_bytes=headroom, gpu=gpu.name,
+                                                  cuda_total_bytes=gpu.cuda_total_bytes))
 
 
 def _budget_blind(run: Run) -> bool:

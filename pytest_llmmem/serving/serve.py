@@ -20,17 +20,6 @@ from ..errors import ConfigError
 from ..record import Record
 from ..units import GiB
 
-# What cudaMemGetInfo reports as total, which both engines multiply by their fraction; the driver
-# keeps part of the board's memory, so this is below nvidia-smi's total. Read from start-up logs.
-CUDA_TOTAL_BYTES: Dict[str, int] = {
-    "A100-80GB": round(79.15 * GiB),  # vLLM 0.8.2 log, "total_gpu_memory (79.15GiB)" (validation serving.jsonl)
-    "H100-80GB": 85017493504,  # torch.cuda.mem_get_info() total on an H100 80GB HBM3 (benchmarks/data/gpu-peaks-h100.jsonl); vLLM prints 79.18 GiB
-    "RTX-3090": round(23.58 * GiB),  # vLLM issue 10517, "total_gpu_memory=23.58GiB"
-    # vLLM 0.8.2 V0 log on a Colab T4, "total_gpu_memory (14.74GiB)"; a 0.7.2 Colab T4 log shows 14.56 GiB (the
-    # driver's share varies): serving-logs.jsonl vllm-cookbook-t4-llama32-3b-v0-fallback, vllm-colab-t4-qwen25-1.5b-v0-072.
-    "T4": round(14.74 * GiB),
-}
-
 
 class KVKind(Record):
     """Layers of one cache kind and what each keeps per token (attention) or per sequence (Mamba)."""
@@ -89,8 +78,10 @@ def cuda_total(run: Any) -> Tuple[int, str]:
     if budget is None:
         raise ConfigError(f'run "{run.name}" has engine = "{run.engine}" but no GPU: the KV pool is a share of the GPU\'s memory.',
                           path=run.file, line=run.line, hint='Add gpu = "H100-80GB" (or gpu-memory = "80 GiB").')
-    if budget.gpu in CUDA_TOTAL_BYTES:
-        return CUDA_TOTAL_BYTES[budget.gpu], ""
+    # cudaMemGetInfo's total, which both engines multiply by their fraction: the catalog's (GPU.cuda_total_bytes), below
+    # nvidia-smi's total since the driver keeps part of the board's memory
+    if budget.cuda_total_bytes:
+        return budget.cuda_total_bytes, ""
     return budget.ceiling_bytes, (f"GPU memory as the CUDA runtime reports it is not known for "
                                   f"{budget.gpu or 'a gpu-memory budget'}: the catalog size was used; the engine "
                                   f"sees 0.5 to 2 % less (79.15 of 80 GiB on an A100)")
@@ -138,5 +129,5 @@ def describe(s: Startup) -> List[str]:
     return lines  # a refusal is one of the run's failures, which the report says once
 
 
-__all__ = ["CUDA_TOTAL_BYTES", "KVKind", "Startup", "context_limit", "cuda_total", "describe", "kv_kinds",
+__all__ = ["KVKind", "Startup", "context_limit", "cuda_total", "describe", "kv_kinds",
            "mlp_width"]
