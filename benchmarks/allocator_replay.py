@@ -1,7 +1,8 @@
 """Hold the caching-allocator replay (pytest_llmmem/trace/allocator.py) to the reserved peaks measured on an H100.
 
     python benchmarks/allocator_replay.py [benchmarks/data/gpu-peaks-h100*.jsonl ...] [--only NAME ...]
-    python benchmarks/allocator_replay.py --run '{"model": "meta-llama/Llama-2-7b-hf", "mode": "lora", ...}' [--capacity GIB ...]
+    python benchmarks/allocator_replay.py --run '{"model": "meta-llama/Llama-2-7b-hf", "mode": "lora", ...}' [--capacity GIB ...] [--need]
+        [--unsloth-offload]
     python benchmarks/allocator_replay.py --sweep [--write]
     python benchmarks/allocator_replay.py --sweep-lora [--write]
 
@@ -17,8 +18,13 @@ trace/step.py) and prints each phase's allocated and reserved peaks and the slac
 allocated) as a share of the short-lived bytes at the allocated peak (activations and logits), the
 quantity the analytic estimate prices at core/records.py SLACK_CHECKPOINTED / SLACK_UNCHECKPOINTED. With
 ``--capacity``, the run is traced again on a card of each size: when a cudaMalloc would pass it the allocator releases every fully free
-segment and retries, and the run fails only if that is not enough. The smallest capacity that passes is what
-the run needs, which lies between its allocated peak and its uncapped reserved peak.
+segment and retries, and the run fails only if that is not enough; a failing one prints the request that failed
+and the allocated, reserved and largest free block at that moment. The smallest capacity that passes is what
+the run needs, which lies between its allocated peak and its uncapped reserved peak: ``--need`` finds it by
+bisection (to 0.05 GiB, about ten more traces) and prints it less the allocated peak, the slack a flush
+cannot release (docs/trace.md "Under a cap"). ``--unsloth-offload`` runs a LoRA step with Unsloth's offloaded
+checkpointing emulated (the trace refuses activation offload): each layer's input freed after its forward and
+allocated again at its backward, the head on the last position only.
 
 ``--sweep`` holds the analytic estimate to the replay where no GPU measured: gpu_peaks.measure's steady-state
 training step (full fine-tune, pure bf16, AdamW foreach) with the output dropped before backward as the HF
@@ -41,7 +47,7 @@ import statistics
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -128,16 +134,104 @@ def replay(row: Dict[str, Any], keeps_output: bool = True) -> Dict[str, Tuple[in
     return {name: (tracker.peaks[name], tracker.reserved[name]) for name in tracker.reserved}
 
 
-def declared(values: Dict[str, Any], capacities: List[float]) -> None:
-    """Trace one declared run at full depth and print each phase's peaks and slack share; then on each capacity."""
-    from pytest_llmmem.config.load import adhoc_run
+def on_card(run, capacity: Optional[float], offload: bool = False):
+    """The run traced at full depth with every cudaMalloc capped at ``capacity`` GiB (None: uncapped): the pool (its peaks,
+    out_of_memory and, when it failed, ``failure``: the request, allocated, reserved and largest free block then, in
+    bytes). ``offload``: Unsloth's offloaded checkpointing, which the trace refuses, emulated (``offloaded_step``)."""
     from pytest_llmmem.trace import live
     from pytest_llmmem.trace.allocator import CachingAllocator
     from pytest_llmmem.trace.step import trace_at
 
+    class Capped(CachingAllocator):
+        failure = None
+
+        def allocate(self, key: int, nbytes: int) -> None:
+            failed = self.out_of_memory
+            super().allocate(key, nbytes)
+            if self.out_of_memory and not failed:
+                largest = max((order[0] for pool in self._free.values() for order in pool), default=0)
+                self.failure = (nbytes, self.allocated, self.reserved, largest)
+
+    pools: List[CachingAllocator] = []
+
+    def build() -> CachingAllocator:
+        pools.append(Capped(None if capacity is None else round(capacity * GIB)))
+        return pools[-1]
+
+    live.CachingAllocator, plain = build, live.CachingAllocator  # the tracker builds its pool through this name
+    try:
+        offloaded_step(run) if offload else trace_at(run, run.model, run.model.num_layers)
+    finally:
+        live.CachingAllocator = plain
+    return pools[-1]
+
+
+def offloaded_step(run) -> None:
+    """Two LoRA steps (a warm-up, then the measured one) with Unsloth's offloaded checkpointing: each layer's input leaves
+    the GPU once the layer's no-grad forward is done and comes back as a new allocation when its backward starts
+    (unsloth_zoo gradient_checkpointing.py Unsloth_Offloaded_Gradient_Checkpointer: hidden_states.to("cpu") in forward,
+    .to("cuda") in backward, then the layer run again under enable_grad), and the head on the last position only (Unsloth's
+    fused loss keeps no b x s x V block whole). What it does not follow: the fused loss's own chunks."""
+    import torch
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from pytest_llmmem.trace import attention
+    from pytest_llmmem.trace.build import causal_lm
+    from pytest_llmmem.trace.live import LiveBytes
+    from pytest_llmmem.trace.step import _attention_name, _compute_dtype, _with_adapters, fake_parameters
+
+    class Offloaded(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, layer, hidden, *args):
+            ctx.layer, ctx.args, ctx.shape, ctx.dtype = layer, args, hidden.shape, hidden.dtype
+            with torch.no_grad():
+                return layer(hidden, *args)
+
+        @staticmethod
+        def backward(ctx, *grads):
+            hidden = torch.empty(ctx.shape, dtype=ctx.dtype).requires_grad_()  # the host copy brought back
+            with torch.enable_grad():
+                outputs = ctx.layer(hidden, *ctx.args)
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad and g is not None]
+            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+            return (None, hidden.grad) + (None,) * len(ctx.args)
+
+    arch = run.model
+    with torch.device("meta"):
+        model = causal_lm(transformers, arch, run.seq_len, _attention_name(run, arch), _compute_dtype(torch, run))
+    model = _with_adapters(torch, run, model)
+    tracker = LiveBytes(arch.vocab_size)
+    with FakeTensorMode(allow_non_fake_inputs=True), tracker, attention.gpu_mask_decisions():
+        tracker.start("load", "weights")
+        fake_parameters(torch, model, tracker)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, foreach=True)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for module in model.modules():  # transformers' GradientCheckpointingLayer calls this with (layer, hidden, ...)
+            if hasattr(module, "_gradient_checkpointing_func"):
+                module._gradient_checkpointing_func = Offloaded.apply
+        model.train()
+        ids = torch.zeros((run.batch_size, run.seq_len), dtype=torch.long)
+        for phase in ("warm-up step", "backward"):
+            tracker.start(phase)
+            loss = model(input_ids=ids, logits_to_keep=1).logits.float().sum()
+            loss.backward()
+            del loss
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        tracker.stop()
+
+
+def declared(values: Dict[str, Any], capacities: List[float], need: bool = False, offload: bool = False) -> None:
+    """Trace one declared run at full depth and print each phase's peaks and slack share; then on each capacity; with
+    ``need``, the smallest capacity that passes; ``offload``: Unsloth's offloaded checkpointing emulated (offloaded_step)."""
+    from pytest_llmmem.config.load import adhoc_run
+    from pytest_llmmem.trace.step import trace_at
+
     run = adhoc_run({"name": "replayed", **values})
-    trace = trace_at(run, run.model, run.model.num_layers)
-    for phase, terms in trace.phases.items():
+    trace = trace_at(run, run.model, run.model.num_layers) if not offload else None
+    for phase, terms in (trace.phases.items() if trace else ()):
         if phase not in trace.reserved:
             continue
         allocated, reserved = sum(terms.values()), trace.reserved[phase]
@@ -145,19 +239,30 @@ def declared(values: Dict[str, Any], capacities: List[float]) -> None:
         share = f"{100 * (reserved - allocated) / transient:.0f} % of {transient / GIB:.2f} GiB short-lived" if transient > 2**26 else ""
         print(f"{phase:<15} allocated {allocated / GIB:6.2f} GiB  reserved {reserved / GIB:6.2f} GiB  "
               f"slack {(reserved - allocated) / GIB:5.2f} GiB  {share}")
+
+    def shown(pool) -> str:
+        if not pool.out_of_memory:
+            return "fits"
+        request, allocated, reserved, largest = pool.failure
+        return (f"out of memory: a {request / GIB:.3f} GiB request with {allocated / GIB:.2f} GiB allocated, {reserved / GIB:.2f} "
+                f"reserved, its largest free block {largest / GIB:.3f} GiB")
+
+    uncapped = on_card(run, None, offload)
+    allocated, reserved = uncapped.peak_allocated / GIB, uncapped.peak_reserved / GIB
+    print(f"whole run: allocated peak {allocated:.2f} GiB, reserved peak {reserved:.2f} GiB")
     for capacity in capacities:
-        pools: List[CachingAllocator] = []
-
-        def on_card(pools=pools, capacity=capacity) -> CachingAllocator:
-            pools.append(CachingAllocator(round(capacity * GIB)))
-            return pools[-1]
-
-        live.CachingAllocator, plain = on_card, live.CachingAllocator  # the tracker builds its pool through this name
-        try:
-            trace_at(run, run.model, run.model.num_layers)
-        finally:
-            live.CachingAllocator = plain
-        print(f"on {capacity:.2f} GiB: {'out of memory' if pools[-1].out_of_memory else 'fits'}")
+        print(f"on {capacity:.2f} GiB: {shown(on_card(run, capacity, offload))}")
+        sys.stdout.flush()
+    if need:
+        low, high = allocated, reserved  # fails below the allocated peak; passes uncapped
+        while high - low > 0.05:
+            middle = (low + high) / 2
+            pool = on_card(run, middle, offload)
+            print(f"  on {middle:.2f} GiB: {shown(pool)}")
+            sys.stdout.flush()
+            low, high = (middle, high) if pool.out_of_memory else (low, middle)
+        print(f"needs {high:.2f} GiB: {high - allocated:.2f} GiB over its allocated peak, of {reserved - allocated:.2f} GiB "
+              f"uncapped slack")
 
 
 def analytic(row: Dict[str, Any], config: str) -> Tuple[int, int]:
@@ -252,6 +357,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=[], help="scenario names to replay")
     parser.add_argument("--run", help="one declared run's llmmem keys, as JSON")
     parser.add_argument("--capacity", nargs="*", type=float, default=[], help="with --run: card sizes in GiB to trace it on")
+    parser.add_argument("--need", action="store_true", help="with --run: bisect for the smallest capacity the run passes")
+    parser.add_argument("--unsloth-offload", action="store_true", help="with --run: Unsloth's offloaded checkpointing, emulated")
     parser.add_argument("--sweep", action="store_true", help="the analytic estimate against the replay over generated runs")
     parser.add_argument("--sweep-lora", action="store_true", help="the same over LoRA runs (dropout, checkpointing)")
     parser.add_argument("--write", action="store_true", help="with --sweep / --sweep-lora: keep the rows in benchmarks/data")
@@ -261,7 +368,7 @@ def main() -> int:
 
     transformers.logging.set_verbosity_error()
     if args.run:
-        declared(json.loads(args.run), args.capacity)
+        declared(json.loads(args.run), args.capacity, args.need, args.unsloth_offload)
         return 0
     if args.sweep:
         sweep(args.write)

@@ -84,3 +84,36 @@ def test_a_fused_linear_cross_entropy_leaves_no_loss_block_to_carve_on_one_gpu()
                         ({**SMALL, "gradient-checkpointing": True, "framework": "unsloth", "mode": "lora"}, SLACK_CHECKPOINTED)):
         run = adhoc_run(keys)
         assert pool_share(run, step_terms(run)) == share, keys
+
+
+# fms-acceleration's one-GPU Mistral-7B QLoRA (a100_80gb_liger.csv, benchmarks/data/published-fms-acceleration.jsonl):
+# the foak row at batch 32 ran on its A100-80GB with 69.26 GiB allocated, 76.38 GiB in nvidia-smi
+QLORA_B32 = {"model": "mistralai/Mistral-7B-v0.1", "framework": "transformers", "framework-version": "4.45.2", "batch-size": 32,
+             "seq-len": 4096, "gradient-checkpointing": True, "flash-attention": True, "optimizer-impl": "foreach",
+             "mode": "qlora", "dtype": "nf4", "double-quant": True, "compute-dtype": "bf16", "kbit-prepare": False,
+             "lora-rank": 16, "lora-targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "lora-dropout": 0.1,
+             "adapter-dtype": "fp32", "gpu": "A100-80GB"}
+
+
+def _card_line(keys):
+    from pytest_llmmem.report.text import render_run
+
+    est = estimate(adhoc_run(keys))
+    return est, [line for line in render_run(est, width=400).splitlines() if "near the card" in line]
+
+
+def test_a_pool_over_the_cuda_total_says_the_run_needs_the_allocator_to_flush():
+    """The A100-80GB's CUDA total is 79.15 GiB (vLLM's log), under its 80 GiB budget. Between the two (Liger's fused
+    loss: 79.90 GiB) the run fits only by flushing; over the budget with the slack-free figure under 79.15 GiB (the foak
+    row's b x s x V loss: 97.79 GiB) it is over, and the line says it may still start; far over or well under, no line."""
+    cuda = round(79.15 * 2**30)
+    for keys, verdict, words in (({**QLORA_B32, "kernels": ["liger-rms-norm", "liger-rope", "liger-fused-linear-cross-entropy"]},
+                                  True, "fits only if the caching allocator flushes its cache"),
+                                 ({**QLORA_B32, "kernels": ["liger-rms-norm", "liger-rope", "liger-cross-entropy"]},
+                                  False, "may still start")):
+        est, lines = _card_line(keys)
+        assert est.fits is verdict and est.total_bytes > cuda >= est.flushed_bytes
+        assert est.flushed_bytes == est.total_bytes - est.details["overhead.fragmentation"]
+        assert len(lines) == 1 and words in lines[0] and "79.15 GiB" in lines[0]
+    assert not _card_line({**QLORA_B32, "batch-size": 4})[1]  # 16.40 GiB: nowhere near
+    assert not _card_line({**QLORA_B32, "batch-size": 64})[1]  # the allocated peak alone is over the card

@@ -139,6 +139,21 @@ class Estimate(Record):
         return max([peak] + [p.total - p.breakdown.get("overhead", 0) for p in self.phase_parts])
 
     @property
+    def flushed_bytes(self) -> int:
+        """The total less the caching allocator's slack (``overhead.fragmentation``): what the run holds once a failed
+        cudaMalloc has made the allocator release every cached segment with nothing allocated in it and retry
+        (c10/cuda/CUDACachingAllocator.cpp DeviceCachingAllocator::malloc: alloc_block, then
+        release_available_cached_blocks, then release_cached_blocks and alloc_block again, before the OOM). A lower
+        bound: free blocks split from a segment that still holds a live one are not released ("The only remaining
+        'cached' memory is split from a larger block that is partially in-use", the OOM branch's comment there)."""
+        return self.total_bytes - self.details.get("overhead.fragmentation", 0)
+
+    @property
+    def cuda_total_bytes(self) -> Optional[int]:
+        """What the CUDA runtime gives a process on the budget's card (catalog GPU.cuda_total_bytes), None if unknown."""
+        return self.run.budget.cuda_total_bytes if self.run.budget else None
+
+    @property
     def host_fits(self) -> Optional[bool]:
         limit = self.run.host_memory_bytes
         return None if limit is None else self.host_bytes <= limit

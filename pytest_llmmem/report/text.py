@@ -186,7 +186,7 @@ def _laid_out(head: List[str], est: Estimate, units: str, ascii_only: bool, widt
     lines += _origin_lines(est)
     table = breakdown_table(est, units, ascii_only, width=width)
     lines = fit_lines(lines, width) + table
-    rest = _host_line(est, units) + _serving_lines(est) + _failure_tail(est, units, ways)
+    rest = _host_line(est, units) + _card_lines(est, units) + _serving_lines(est) + _failure_tail(est, units, ways)
     rest += [f"  note: {visible(note)}" for note in est.notes] + list(tail)
     return "\n".join(lines + fit_lines(rest, width))
 
@@ -237,6 +237,29 @@ def _trainer_lines(est: Estimate, units: str) -> List[str]:
 
 def trainer_text(est: Estimate) -> str:
     return describe_knobs(est.run.knobs, est.run.knobs_shown)
+
+
+def _card_lines(est: Estimate, units: str) -> List[str]:
+    """A training run whose reserved pool passes what the CUDA runtime gives the card while its total less the
+    allocator's slack (Estimate.flushed_bytes) does not: PyTorch's allocator releases its cached segments and retries
+    before it raises an OOM, so the verdict rests on the slack a flush cannot release, which the estimate does not
+    model (replayed under a cap: docs/trace.md "Under a cap"). Said whichever way the verdict went."""
+    cuda, budget = est.cuda_total_bytes, est.budget_bytes
+    if not cuda or budget is None or not est.run.trains or est.serving is not None:
+        return []
+    capacity = min(budget, cuda)
+    flushed = est.flushed_bytes
+    if est.total_bytes <= capacity or flushed > capacity:
+        return []
+    gib = lambda n: format_bytes(n, units)  # noqa: E731
+    card = f"the {gib(cuda)} the CUDA runtime gives {est.run.budget.gpu}" if capacity == cuda else f"the {gib(capacity)} budget"
+    if est.fits:
+        return [f"  near the card: the pool ({gib(est.total_bytes)}) is over {card}; the run fits only if the caching "
+                f"allocator flushes its cache when a cudaMalloc fails (without its slack it holds {gib(flushed)}): expect "
+                f"cudaFree stalls, and an OOM if what stays cached in half-used segments passes {gib(capacity - flushed)}"]
+    return [f"  near the card: over by the caching allocator's slack; without it the run holds {gib(flushed)} of {card}. "
+            f"The allocator releases its cached segments and retries before raising an OOM, so the run may still start, "
+            f"with cudaFree stalls, if less than {gib(capacity - flushed)} stays cached in half-used segments (not modelled)"]
 
 
 def _host_line(est: Estimate, units: str) -> List[str]:
