@@ -167,11 +167,11 @@ def on_card(run, capacity: Optional[float], offload: bool = False):
 
 
 def offloaded_step(run) -> None:
-    """Two LoRA steps (a warm-up, then the measured one) with Unsloth's offloaded checkpointing: each layer's input leaves
-    the GPU once the layer's no-grad forward is done and comes back as a new allocation when its backward starts
-    (unsloth_zoo gradient_checkpointing.py Unsloth_Offloaded_Gradient_Checkpointer: hidden_states.to("cpu") in forward,
-    .to("cuda") in backward, then the layer run again under enable_grad), and the head on the last position only (Unsloth's
-    fused loss keeps no b x s x V block whole). What it does not follow: the fused loss's own chunks."""
+    """Two LoRA steps (a warm-up, then the measured one) with Unsloth's offloaded checkpointing as unsloth_zoo 936b85a
+    (2025-03-04) runs it (gradient_checkpointing.py UnslothCheckpointFunction): from the second forward on, every
+    checkpointed layer's input but the last one's goes to host memory once the layer's no-grad forward is done, and comes back, at the layer's backward, into
+    one GPU_BUFFER kept for the run (resized to a layer input at the first forward); the head runs on the last position
+    only (Unsloth's fused loss keeps no b x s x V block whole; its chunks are not followed)."""
     import torch
     import transformers
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -181,16 +181,27 @@ def offloaded_step(run) -> None:
     from pytest_llmmem.trace.live import LiveBytes
     from pytest_llmmem.trace.step import _attention_name, _compute_dtype, _with_adapters, fake_parameters
 
+    buffers: List[Any] = []  # the GPU_BUFFER
+    layers = [0, 0]  # layers seen this forward, layers of the first forward (LAST_GC_INDEX)
+
     class Offloaded(torch.autograd.Function):
         @staticmethod
         def forward(ctx, layer, hidden, *args):
+            layers[0] += 1
             ctx.layer, ctx.args, ctx.shape, ctx.dtype = layer, args, hidden.shape, hidden.dtype
+            # CURRENT_GC_INDEX != LAST_GC_INDEX: the last layer keeps its input, and the first pass, which counts the layers
+            # (FIRST_PASS), keeps every one
+            ctx.offloaded = layers[1] != 0 and layers[0] != layers[1]
+            if ctx.offloaded and not buffers:
+                buffers.append(torch.empty(hidden.numel(), dtype=hidden.dtype))
+            ctx.save_for_backward(*(() if ctx.offloaded else (hidden,)))
             with torch.no_grad():
                 return layer(hidden, *args)
 
         @staticmethod
         def backward(ctx, *grads):
-            hidden = torch.empty(ctx.shape, dtype=ctx.dtype).requires_grad_()  # the host copy brought back
+            source = buffers[0][:int(torch.Size(ctx.shape).numel())].view(ctx.shape) if ctx.offloaded else ctx.saved_tensors[0]
+            hidden = source.detach().requires_grad_()
             with torch.enable_grad():
                 outputs = ctx.layer(hidden, *ctx.args)
             outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -215,6 +226,7 @@ def offloaded_step(run) -> None:
         ids = torch.zeros((run.batch_size, run.seq_len), dtype=torch.long)
         for phase in ("warm-up step", "backward"):
             tracker.start(phase)
+            layers[:] = [0, layers[0] or layers[1]]  # the first forward counts the layers; the next ones know the last
             loss = model(input_ids=ids, logits_to_keep=1).logits.float().sum()
             loss.backward()
             del loss
