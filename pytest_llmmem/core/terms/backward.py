@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Tuple
 from ...record import Record
 from ..compose import Item
 from ..records import FRAGMENTATION, SLACK_CHECKPOINTED, SLACK_UNCHECKPOINTED, torch1
+from .fsdp_pools import reshard_hook_holds_inputs
 from .transients import backward_transient
 from .step import Step, trainable_for
 
@@ -222,7 +223,14 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
         inputs, masks = step.detail("activations.layer_inputs"), step.detail("activations.attention_masks")
         before = max(0, gradients - per_layer - (matrix if embed_trains and not tied else 0))
         candidates.append(Instant("recompute", inputs + masks + recomputed, 0, head_grad, layer_work))
-        candidates.append(Instant("recompute", inputs // max(1, arch.num_layers) + masks + recomputed, 0, before, layer_work))
+        bottom, hold = inputs // max(1, arch.num_layers), ()
+        if reshard_hook_holds_inputs(run):
+            # FSDP1's reshard-only hook keeps every finished layer's detached input and its gradient (fsdp_pools.py):
+            # at the bottom layer every input is still alive, and the gradients of layers 2..L-1 (layer 1's is the one
+            # flowing in, the transient's)
+            bottom = inputs
+            hold = (("activations.fsdp_held_input_grads", max(0, arch.num_layers - 2) * (inputs // max(1, arch.num_layers))),)
+        candidates.append(Instant("recompute", bottom + masks + recomputed, 0, before, layer_work + hold))
     else:
         candidates.append(Instant("first layer", saved - step.detail("activations.embedding_and_head"), 0, head_grad, layer_work))
     end = held

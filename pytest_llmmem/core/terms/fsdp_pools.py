@@ -21,18 +21,37 @@ FSDP_WRAP_POOL = ("FSDP: the wrap's cached pool sets the step's reserved peak (n
                   "GiB (3.73 replayed with transformers 4.40's rotary caches)")
 
 
-# Issue 25: on fms-acceleration's A100 tables (benchmarks/data/published-fms-acceleration.jsonl) rank 0 of a 2-GPU
-# FSDP LoRA / QLoRA / GPTQ-LoRA run with checkpointing holds, beyond the 1-GPU run's activations at the same per-device
-# batch, 0.8-1.4 x the checkpointed layer inputs more (Mistral-7B QLoRA at 4 x 4,096: 4.36 GiB against 4.0 of inputs;
-# Llama-2-70B at 2 x 4,096: 9.1 against 10); no source line found that keeps them, so it is a caveat, not a term.
-FSDP_FROZEN_CHECKPOINTED = ("FSDP over a frozen base with checkpointing: published 2-GPU runs (fms-acceleration's A100 tables) hold "
-                            "0.8-1.4 x the checkpointed layer inputs more on rank 0 than modelled (not found in source): where the "
-                            "loss is not the peak (a fused or in-place loss, a large model) the estimate is up to 22 % under")
+# The checkpointing era in which HF's decoder loop wraps each layer's __call__ (the FSDP unit) in torch.utils.checkpoint
+# (transformers <= 4.51 models/*/modeling_*.py ``self._gradient_checkpointing_func(decoder_layer.__call__, ...)``);
+# 4.52 moved the call inside the layer (GradientCheckpointingLayer, modeling_layers.py, PR #37223), under the FSDP unit.
+CHECKPOINT_OUTSIDE_UNIT_BEFORE = (4, 52)
 
 
-def frozen_checkpointed(run) -> bool:
-    """Whether a run is one that caveat covers: FSDP sharding over GPUs, adapters on a frozen base, checkpointing."""
-    return run.fsdp != "none" and run.gpus > 1 and run.adapter is not None and run.gradient_checkpointing
+def reshard_hook_holds_inputs(run) -> bool:
+    """Whether an FSDP1 run over a frozen base keeps every recomputed layer's detached input, and its gradient, to the end
+    of the backward (issue 25).
+
+    With reentrant checkpointing around the FSDP unit, each layer's recompute runs the unit's forward on
+    ``detach_variable(inputs)`` (torch 2.4.1 utils/checkpoint.py:290 CheckpointFunction.backward), a leaf. A unit whose flat
+    parameter is frozen (the decoder layer's base weights; PEFT's fsdp_auto_wrap_policy wraps the LoRA linears as units
+    of their own, which the HF Trainer installs for a PEFT model: transformers/trainer.py _fsdp_qlora_plugin_updates;
+    fms-acceleration's fused QLoRA puts them in ignored_modules) gets a multi-grad hook on that leaf instead of a post-
+    backward hook (torch 2.4.1 distributed/fsdp/_runtime_utils.py:1461-1503 _register_post_backward_reshard_only_hook).
+    The hook's closure keeps the leaf's AccumulateGrad node (autograd/graph.py register_multi_grad_hook: grad_fns =
+    map(_get_grad_fn_or_grad_acc, tensors); graph.py:159-164 gives a leaf's AccumulateGrad), which keeps the leaf, whose hook dict keeps the closure: a cycle through C++
+    that Python's gc does not break, cut only when _finalize_params removes the hook at the end of the backward
+    (_runtime_utils.py:1171-1179 removes ``_post_backward_hook_state``). So every finished layer's input (its storage,
+    the saved forward output) and its ``.grad`` (checkpoint.py:314 reads inp.grad and leaves it) stay alive.
+
+    Measured on the CPU (FSDP1 over gloo, transformers 4.48.1 + peft 0.13.2 + torch 2.13, a 4- and an 8-layer Mistral
+    with LoRA r16 on q/k/v/o, 2 x 1,024 tokens: benchmarks/measure_fsdp_reshard_hold.py): at layer 0's recompute the
+    leaves of layers 1..L-1 and their gradients are alive, and the step's peak is 2.2-2.3 and 5.8-7.3 layer inputs
+    above the same run with the hook disabled at L = 4 and 8 (L - 2 = 2 and 6); as many at 1 and 4 ranks; none with non-reentrant
+    checkpointing, a trained flat parameter (a full fine-tune) or transformers 5 (checkpoint inside the unit)."""
+    knobs = run.knobs
+    return (run.fsdp != "none" and run.adapter is not None and run.mode != "train" and run.gradient_checkpointing
+            and not run.selective_ac and knobs.framework == "transformers" and bool(knobs.framework_version)
+            and tuple(knobs.framework_version) < CHECKPOINT_OUTSIDE_UNIT_BEFORE)
 
 
 def largest_fsdp_unit(run, step: Step) -> float:
