@@ -47,7 +47,9 @@ def reshard_hook_holds_inputs(run) -> bool:
     with LoRA r16 on q/k/v/o, 2 x 1,024 tokens: benchmarks/measure_fsdp_reshard_hold.py): at layer 0's recompute the
     leaves of layers 1..L-1 and their gradients are alive, and the step's peak is 2.2-2.3 and 5.8-7.3 layer inputs
     above the same run with the hook disabled at L = 4 and 8 (L - 2 = 2 and 6); as many at 1 and 4 ranks; none with non-reentrant
-    checkpointing, a trained flat parameter (a full fine-tune) or transformers 5 (checkpoint inside the unit)."""
+    checkpointing, a trained flat parameter (a full fine-tune) or transformers 5 (checkpoint inside the unit). On a bare
+    torch stack of that shape (tests/test_fsdp_reshard_hold.py) the bottom layer's recompute starts exactly 2L - 3 inputs
+    above the hook-less run: the L - 1 later inputs and the L - 2 gradients the bottom instant adds (backward.py)."""
     knobs = run.knobs
     return (run.fsdp != "none" and run.adapter is not None and run.mode != "train" and run.gradient_checkpointing
             and not run.selective_ac and knobs.framework == "transformers" and bool(knobs.framework_version)
