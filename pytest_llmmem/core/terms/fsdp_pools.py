@@ -27,6 +27,14 @@ FSDP_WRAP_POOL = ("FSDP: the wrap's cached pool sets the step's reserved peak (n
 CHECKPOINT_OUTSIDE_UNIT_BEFORE = (4, 52)
 
 
+# The methods PEFT configures with LoraConfig (LoRA, QLoRA, GPTQ-LoRA, DoRA), for which the HF Trainer installs
+# fsdp_auto_wrap_policy (transformers 4.48.1 trainer.py _fsdp_qlora_plugin_updates: isinstance(active_peft_config,
+# LoraConfig)), so each decoder unit keeps only frozen base weights. IA3, VeRA, LoHa and LoKr get accelerate's
+# TRANSFORMER_BASED_WRAP: their vectors share the decoder unit's flat parameter, which then requires grad and gets a
+# post-backward hook (no hold). Prompt methods leave the decoder units frozen too but are not measured: not counted.
+LORA_CONFIG = ("lora", "qlora")
+
+
 def reshard_hook_holds_inputs(run) -> bool:
     """Whether an FSDP1 run over a frozen base keeps every recomputed layer's detached input, and its gradient, to the end
     of the backward (issue 25).
@@ -51,7 +59,7 @@ def reshard_hook_holds_inputs(run) -> bool:
     torch stack of that shape (tests/test_fsdp_reshard_hold.py) the bottom layer's recompute starts exactly 2L - 3 inputs
     above the hook-less run: the L - 1 later inputs and the L - 2 gradients the bottom instant adds (backward.py)."""
     knobs = run.knobs
-    return (run.fsdp != "none" and run.adapter is not None and run.mode != "train" and run.gradient_checkpointing
+    return (run.fsdp != "none" and run.adapter is not None and run.adapter.name in LORA_CONFIG and run.gradient_checkpointing
             and not run.selective_ac and knobs.framework == "transformers" and bool(knobs.framework_version)
             and tuple(knobs.framework_version) < CHECKPOINT_OUTSIDE_UNIT_BEFORE)
 
