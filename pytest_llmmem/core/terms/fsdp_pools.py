@@ -33,6 +33,9 @@ CHECKPOINT_OUTSIDE_UNIT_BEFORE = (4, 52)
 # TRANSFORMER_BASED_WRAP: their vectors share the decoder unit's flat parameter, which then requires grad and gets a
 # post-backward hook (no hold). Prompt methods leave the decoder units frozen too but are not measured: not counted.
 LORA_CONFIG = ("lora", "qlora")
+# torch 2.1.0 added the reshard-only hook (distributed/fsdp/_runtime_utils.py:1448 _register_post_backward_reshard_only_hook,
+# over autograd/graph.py:388's grad_fns); torch 2.0.1's FSDP has none: its frozen units reshard in the final callback
+RESHARD_ONLY_HOOK_FROM = (2, 1)
 
 
 def reshard_hook_holds_inputs(run) -> bool:
@@ -61,7 +64,8 @@ def reshard_hook_holds_inputs(run) -> bool:
     knobs = run.knobs
     return (run.fsdp != "none" and run.adapter is not None and run.adapter.name in LORA_CONFIG and run.gradient_checkpointing
             and not run.selective_ac and knobs.framework == "transformers" and bool(knobs.framework_version)
-            and tuple(knobs.framework_version) < CHECKPOINT_OUTSIDE_UNIT_BEFORE)
+            and tuple(knobs.framework_version) < CHECKPOINT_OUTSIDE_UNIT_BEFORE
+            and (not knobs.torch_version or tuple(knobs.torch_version) >= RESHARD_ONLY_HOOK_FROM))
 
 
 def largest_fsdp_unit(run, step: Step) -> float:
