@@ -11,7 +11,8 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 from __future__ import annotations
 
 from .core.detailed import detailed
-from .core.records import Estimate
+from .core.records import FITS_BY_FLUSHING, OVER_CUDA_TOTAL, SLACK_KEPT_AFTER_FLUSH, Estimate
+from .units import format_bytes
 from .core.run import Run
 
 __all__ = ["Estimate", "estimate"]
@@ -23,10 +24,16 @@ UNIFIED_MEMORY = ("unified memory (GB10 / DGX Spark): the GPU shares the system'
 
 
 def estimate(run: Run) -> Estimate:
-    """Estimate the peak per-GPU memory of ``run`` by its method (a unified-memory budget marks it approximate)."""
+    """Estimate the peak per-GPU memory of ``run`` by its method (a unified-memory budget, or a verdict that rests on
+    the caching allocator's flush, marks it approximate)."""
     est = _by_method(run)
     if run.budget is not None and run.budget.unified:
         est = est._replace(approximate=tuple(est.approximate) + (UNIFIED_MEMORY,))
+    if est.fits_by_flushing:
+        est = est._replace(approximate=tuple(est.approximate) + (FITS_BY_FLUSHING.format(share=f"{SLACK_KEPT_AFTER_FLUSH:.1%}"),))
+    elif est.over_cuda_total:
+        cuda = format_bytes(est.cuda_total_bytes, "gib")
+        est = est._replace(approximate=tuple(est.approximate) + (OVER_CUDA_TOTAL.format(cuda=cuda, gpu=run.budget.gpu),))
     return est
 
 

@@ -74,6 +74,33 @@ SLACK_CHECKPOINTED = FRAGMENTATION
 SLACK_OPTIMIZER_STEP = 0.15
 
 
+# What a flush leaves: after a failed cudaMalloc the caching allocator releases every cached segment with nothing
+# allocated in it and retries before it raises the OOM (c10/cuda/CUDACachingAllocator.cpp DeviceCachingAllocator::malloc:
+# release_available_cached_blocks, then release_cached_blocks), so only the free space split off segments that still
+# hold a live block stays. Replayed under a cap at full depth (benchmarks/allocator_replay.py --run ... --need,
+# docs/trace.md "Under a cap"): a one-GPU LoRA step with checkpointing and a fused attention kernel keeps 4.9-6.3 % of
+# its slack (Mistral-7B, q/k/v/o, 8 / 16 / 32 x 4,096: 0.39 of 6.21, 0.67 of 12.16, 1.18 of 24.06 GiB) -> the largest,
+# 6.3 %. Every other kind keeps its whole slack here: eager attention's s x s blocks strand 22 % and more (Gemma-3-12B
+# at 15k; qlora issue 17's OOM message, 1.36 GiB cached after its flush), Unsloth's offloaded checkpointing 95-98 %,
+# a full fine-tune's gradients 3-98 % by batch; a multi-GPU step was not replayed.
+SLACK_KEPT_AFTER_FLUSH = 0.063
+# The caveats a verdict that rests on the flush carries (strict refuses them): counted, or not counted.
+FITS_BY_FLUSHING = ("fits only because the caching allocator flushes its cache when a cudaMalloc fails: the pool "
+                    "the run would reserve is over the card; what stays cached after the flush is counted as {share} of "
+                    "the allocator's slack, the figure replayed for one-GPU LoRA steps with a fused attention kernel "
+                    "(docs/trace.md \"Under a cap\"); expect cudaFree stalls")
+OVER_CUDA_TOTAL = ("within the budget but over the {cuda} the CUDA runtime gives {gpu} (nvidia-smi's total includes what "
+                   "the driver keeps): it fits only if the caching allocator's flush gives back the difference, which the "
+                   "estimate counts only for one-GPU adapter steps with a fused attention kernel")
+
+
+def flush_counted(run: Run) -> bool:
+    """Whether a run is of the kind whose flushed pool was replayed small (SLACK_KEPT_AFTER_FLUSH): one GPU, an adapter
+    on a frozen base, checkpointing, a fused attention kernel, no activation offload."""
+    return (run.trains and run.adapter is not None and run.gpus == 1 and run.gradient_checkpointing
+            and run.flash_attention and not run.knobs.activation_offload and run.serve is None)
+
+
 def torch1(version: Tuple[int, ...]) -> bool:
     """A declared torch-version before 2.0 (eager module loading and the allocator of the V100 rows); () is current."""
     return bool(version) and tuple(version) < (2, 0)
@@ -154,6 +181,28 @@ class Estimate(Record):
         return self.run.budget.cuda_total_bytes if self.run.budget else None
 
     @property
+    def capacity_bytes(self) -> Optional[int]:
+        """What the run may fill: the budget, or what the CUDA runtime gives the card where that is less (79.15 GiB of an
+        A100-80GB's 80: a process cannot reserve nvidia-smi's whole total)."""
+        budget, cuda = self.budget_bytes, self.cuda_total_bytes
+        return None if budget is None else min(budget, cuda) if cuda else budget
+
+    @property
+    def after_flush_bytes(self) -> int:
+        """What the run holds at the peak once the allocator has flushed: the total less the slack a flush releases
+        (SLACK_KEPT_AFTER_FLUSH stays)."""
+        return self.flushed_bytes + round(SLACK_KEPT_AFTER_FLUSH * self.details.get("overhead.fragmentation", 0))
+
+    @property
+    def fits_by_flushing(self) -> bool:
+        """A detailed one-GPU adapter step (flush_counted) whose pool is over the card, the card being the limit (no
+        headroom or smaller budget below it), and which fits once the allocator flushes (after_flush_bytes)."""
+        capacity, cuda = self.capacity_bytes, self.cuda_total_bytes
+        if capacity is None or not cuda or capacity != cuda or self.method != "detailed" or self.failures:
+            return False
+        return self.total_bytes > capacity >= self.after_flush_bytes and flush_counted(self.run)
+
+    @property
     def host_fits(self) -> Optional[bool]:
         limit = self.run.host_memory_bytes
         return None if limit is None else self.host_bytes <= limit
@@ -169,7 +218,15 @@ class Estimate(Record):
             return False
         if budget is None:
             return None
-        return self.total_bytes <= budget and self.host_fits is not False
+        return (self.total_bytes <= budget or self.fits_by_flushing) and self.host_fits is not False
+
+    @property
+    def over_cuda_total(self) -> bool:
+        """Within the budget (nvidia-smi's total for a ``gpu``) but over what the CUDA runtime gives the card, and not
+        counted to fit by the flush: the verdict "fits" then rests on a flush the estimate does not count."""
+        capacity = self.capacity_bytes
+        return (capacity is not None and not self.failures and capacity < self.total_bytes <= (self.budget_bytes or 0)
+                and not self.fits_by_flushing)
 
     @property
     def used_fraction(self) -> Optional[float]:

@@ -240,26 +240,30 @@ def trainer_text(est: Estimate) -> str:
 
 
 def _card_lines(est: Estimate, units: str) -> List[str]:
-    """A training run whose reserved pool passes what the CUDA runtime gives the card while its total less the
-    allocator's slack (Estimate.flushed_bytes) does not: PyTorch's allocator releases its cached segments and retries
-    before it raises an OOM, so the verdict rests on the slack a flush cannot release, which the estimate does not
-    model (replayed under a cap: docs/trace.md "Under a cap"). Said whichever way the verdict went."""
-    cuda, budget = est.cuda_total_bytes, est.budget_bytes
-    if not cuda or budget is None or not est.run.trains or est.serving is not None:
-        return []
-    capacity = min(budget, cuda)
-    flushed = est.flushed_bytes
-    if est.total_bytes <= capacity or flushed > capacity:
+    """A training run near the card: its pool passes what the CUDA runtime gives the card (below nvidia-smi's total).
+    PyTorch's allocator releases its cached segments and retries before it raises an OOM, so the verdict then rests
+    on the slack a flush cannot release (Estimate.fits_by_flushing; replayed under a cap: docs/trace.md "Under a cap").
+    Said whichever way the verdict went."""
+    cuda, budget, capacity = est.cuda_total_bytes, est.budget_bytes, est.capacity_bytes
+    if not cuda or budget is None or not est.run.trains or est.serving is not None or est.total_bytes <= capacity:
         return []
     gib = lambda n: format_bytes(n, units)  # noqa: E731
     card = f"the {gib(cuda)} the CUDA runtime gives {est.run.budget.gpu}" if capacity == cuda else f"the {gib(capacity)} budget"
-    if est.fits:
-        return [f"  near the card: the pool ({gib(est.total_bytes)}) is over {card}; the run fits only if the caching "
-                f"allocator flushes its cache when a cudaMalloc fails (without its slack it holds {gib(flushed)}): expect "
-                f"cudaFree stalls, and an OOM if what stays cached in half-used segments passes {gib(capacity - flushed)}"]
-    return [f"  near the card: over by the caching allocator's slack; without it the run holds {gib(flushed)} of {card}. "
-            f"The allocator releases its cached segments and retries before raising an OOM, so the run may still start, "
-            f"with cudaFree stalls, if less than {gib(capacity - flushed)} stays cached in half-used segments (not modelled)"]
+    flushed = est.flushed_bytes
+    if est.fits_by_flushing:
+        return [f"  near the card: the pool ({gib(est.total_bytes)}) is over {card}; the run fits because the caching "
+                f"allocator flushes its cache when a cudaMalloc fails: {gib(est.after_flush_bytes)} after the flush "
+                f"(without its slack {gib(flushed)}): expect cudaFree stalls"]
+    if est.total_bytes <= budget:  # under nvidia-smi's total, over what a process gets (Estimate.over_cuda_total)
+        return [f"  near the card: {gib(est.total_bytes)} is within {gib(budget)} but over {card}, the driver keeping the "
+                f"rest: the run fits only if a flush of the allocator's cache gives back {gib(est.total_bytes - capacity)} "
+                f"(without its slack it holds {gib(flushed)})"]
+    if flushed <= capacity:
+        return [f"  near the card: over by the caching allocator's slack; without it the run holds {gib(flushed)} of {card}. "
+                f"The allocator releases its cached segments and retries before raising an OOM, so the run may still start, "
+                f"with cudaFree stalls, if less than {gib(capacity - flushed)} stays cached in half-used segments (counted "
+                f"only for one-GPU adapter steps with a fused attention kernel)"]
+    return []
 
 
 def _host_line(est: Estimate, units: str) -> List[str]:
