@@ -240,6 +240,7 @@ class Knobs(Record):
     returns_fp32_logits: bool = False  # the model returns fp32 logits, its loss on a shifted copy (Profile.returns_fp32_logits)
     shifted_loss_copy: bool = False  # the loss shifts an fp32 copy of the logits (Profile.shifted_loss_copy, framework-version)
     holds_output_to_step: bool = False  # ... and through the optimizer step (Profile.holds_output_to_step)
+    checkpoint_reentrant: Optional[bool] = None  # checkpoint-reentrant: use_reentrant; None = the trainer's default
 
 
 # torch releases whose foreach Adam/AdamW keep two state-sized lists in the step (torch 2.0

@@ -15,9 +15,9 @@ from .kernels import KERNELS, loss_of
 from .profiles import LOSSES, OPTIMIZER_IMPLS, PROFILES, Knobs, Profile, chunks_for
 
 TRAINER_KEYS = ("framework", "loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl", "double-quant",
-                "torch-version", "framework-version")
+                "torch-version", "framework-version", "checkpoint-reentrant")
 # torch-version is not training-only: it also sets the CUDA context of a serving forward (core/records.py)
-_TRAINING_KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl")
+_TRAINING_KNOBS = ("loss", "loss-chunks", "kernels", "activation-offload", "optimizer-in-backward", "optimizer-impl", "checkpoint-reentrant")
 
 
 class Resolved(Record):
@@ -90,11 +90,14 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
     torch_version = _torch_version(torch_table) if torch_table is not None else ()
     compiled_loss = training and profile.compiles_loss and value("compile", "boolean", False)
     rope_caches = bool(framework_version and profile.rope_caches_before) and framework_version < profile.rope_caches_before
+    # use_reentrant of torch.utils.checkpoint; None: the trainer's default (transformers < 5: True, 4.48.1
+    # modeling_utils.py:2539 gradient_checkpointing_enable; the readers put axolotl's, LLaMA-Factory's and TRL's own)
+    reentrant = value("checkpoint-reentrant", "boolean", None)
     knobs = Knobs(framework, loss, chunks, upcast, keeps, offload, in_backward, impl, double_quant, profile.nf4_layout, given, kernels,
                   torch_version, profile.offload_resident, compiled_loss, framework_version, rope_caches, profile.holds_output,
                   training and (profile.returns_fp32_logits or bool(framework_version and framework_version < profile.fp32_logits_before)),
                   shifted_loss_copy=training and _in_releases(framework_version, profile.shifted_loss_copy),
-                  holds_output_to_step=profile.holds_output_to_step)
+                  holds_output_to_step=profile.holds_output_to_step, checkpoint_reentrant=reentrant)
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
 

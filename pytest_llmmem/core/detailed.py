@@ -22,7 +22,7 @@ from ..catalog.kernels import applied as kernels_applied
 from ..catalog.profiles import PROFILES
 from .terms.backward import backward_instant, instant_details
 from .terms.checkpointing import COMPILE_APPROXIMATE, selective_approximate
-from .terms.fsdp_pools import FSDP_WRAP_POOL
+from .terms.fsdp_pools import FSDP_WRAP_POOL, reshard_hold_unknown
 from .terms.model_ends import rotary_tables
 from .terms.job_phases import job_note, job_phases, step_phases
 from .terms.step import Step, step_terms
@@ -146,6 +146,9 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
         approximate.append(QWEN3_LONG_GENERATE)
     if run.trains and run.knobs.kernels:
         approximate.extend(kernels_approximate(run, arch))
+    held = reshard_hold_unknown(run, arch) if run.trains else ""
+    if held:
+        approximate.append(held)
     if run.trains and run.knobs.returns_fp32_logits and not (run.knobs.framework == "transformers" and run.knobs.framework_version >= (4, 45)):
         # transformers 4.45 returns fp32 logits too (Profile.fp32_logits_before), but its rotary embeddings keep no cos/sin
         # caches (4.45.2 models/llama/modeling_llama.py:178 registers only inv_freq)

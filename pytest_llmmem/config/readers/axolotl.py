@@ -81,6 +81,11 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("activation-offload", True, f"gradient_checkpointing = {grad_ckpt}")
     else:
         hf_args.checkpointing(m)
+    if m.values.get("gradient-checkpointing") and not hf_args.reentrant(m) and m.get("unfrozen_parameters") is None \
+            and m.get("rl") is None:
+        # axolotl src/axolotl/utils/config/__init__.py:377-383 @ 067b021c8b87 (v0.7.0 :228-234, v0.9.0 :226-232): with
+        # checkpointing, no gradient_checkpointing_kwargs, no unfrozen_parameters and no rl, {"use_reentrant": True}
+        m.assume("checkpoint-reentrant", True, "utils/config/__init__.py:383 @ 067b021c8b87: use_reentrant True")
     # attn_implementation (schemas/config.py) replaced the boolean flags, which stay accepted as deprecated
     attention = str(m.get("attn_implementation", "")).lower()
     if m.get("eager_attention") is True or attention == "eager":

@@ -6,11 +6,12 @@ PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ...io import files
-from ...errors import shown_name
+from ...errors import shown, shown_name
 from ...record import Record
 from .mapper import Mapper, outside
 
@@ -105,6 +106,28 @@ def checkpointing(m: Mapper, key: str = "gradient_checkpointing") -> None:
         m.assume("gradient-checkpointing", False, "transformers/training_args.py: gradient_checkpointing=False")
     else:
         m.put("gradient-checkpointing", value is True or str(value).lower() == "true", key)
+
+
+def reentrant(m: Mapper, key: str = "gradient_checkpointing_kwargs") -> bool:
+    """gradient_checkpointing_kwargs.use_reentrant (TrainingArguments, passed to model.gradient_checkpointing_enable:
+    transformers 4.48.1 trainer.py _inner_training_loop) as checkpoint-reentrant; False where the file does not say it
+    (transformers' own default is reentrant before 5: 4.48.1 modeling_utils.py:2539)."""
+    kwargs = m.get(key)
+    if isinstance(kwargs, str):  # the command line's JSON string (TrainingArguments parses it, training_args.py)
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            raise m.fail(key, f"expected a table such as {{use_reentrant: false}}, got {shown(kwargs)}.") from None
+    if kwargs is None or (isinstance(kwargs, dict) and "use_reentrant" not in kwargs):
+        return False
+    if not isinstance(kwargs, dict):
+        raise m.fail(key, f"expected a table such as {{use_reentrant: false}}, got {shown(kwargs)}.")
+    value = kwargs["use_reentrant"]
+    if not isinstance(value, bool):
+        raise m.fail(f"{key}.use_reentrant", f"expected true or false, got {shown(value)}.",
+                     hint="torch.utils.checkpoint's use_reentrant; the reshard hook's hold under FSDP needs true (docs/multi-gpu.md).")
+    m.put("checkpoint-reentrant", value, f"{key}.use_reentrant")
+    return True
 
 
 def deepspeed(m: Mapper, base_dir: Path, key: str = "deepspeed") -> None:

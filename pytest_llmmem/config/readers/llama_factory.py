@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import hf_args
+from ...errors import shown
 from .mapper import Mapper, model_table
 
 HP = "LLaMA-Factory src/llamafactory/hparams"  # line numbers below: LLaMA-Factory @ ff6d4d12e
@@ -93,6 +94,8 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("gradient-checkpointing", False, "disable_gradient_checkpointing")
     else:  # LLaMA-Factory turns it on unless disabled (src/llamafactory/model/model_utils/checkpointing.py)
         m.assume("gradient-checkpointing", True, f"{HP}/model_args.py:145: disable_gradient_checkpointing False")
+    if m.values.get("gradient-checkpointing"):
+        _reentrant(m)
     attn = str(m.get("flash_attn", "auto")).lower()
     if attn == "disabled":
         m.put("flash-attention", False, "flash_attn")
@@ -154,3 +157,18 @@ def _precision(m: Mapper) -> None:
     else:  # a LoRA base, or a ZeRO-3 full fine-tune: the checkpoint's dtype, 16 bit for the published checkpoints
         stored = hf_args.Stored(half or "bf16", half or "", f'{MODEL}/loader.py:154 torch_dtype "auto": the checkpoint\'s 16-bit dtype')
     hf_args.weights_and_compute(m, stored, autocast)
+
+
+def _reentrant(m: Mapper) -> None:
+    """use_reentrant_gc (LLaMA-Factory's own, handed to gradient_checkpointing_enable: model/model_utils/checkpointing.py:46
+    {"use_reentrant": model_args.use_reentrant_gc}, v0.9.2 :166), default true; FSDP2 forces it off (:177-182)."""
+    value = m.get("use_reentrant_gc")
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if value is not None and not isinstance(value, bool):
+        raise m.fail("use_reentrant_gc", f"expected true or false, got {shown(value)}.",
+                     hint="LLaMA-Factory's reentrant gradient checkpointing (model_args.py:149, default true).")
+    if value is not None:
+        m.put("checkpoint-reentrant", value, "use_reentrant_gc")
+    else:
+        m.assume("checkpoint-reentrant", True, f"{HP}/model_args.py:149-150: use_reentrant_gc default True (v0.9.2 :118-119)")

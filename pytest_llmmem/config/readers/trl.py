@@ -100,6 +100,10 @@ def read(m: Mapper, base_dir: Path) -> None:
         hf_args.checkpointing(m)
     else:
         m.assume("gradient-checkpointing", True, f"{SFT}: gradient_checkpointing defaults to True")
+    # unset: transformers' default, reentrant before 5 (4.48.1 modeling_utils.py:2539); TRL 0.28 on sets use_reentrant
+    # False under transformers < 5 (trl @ f2cd577 trl/trainer/sft_trainer.py:1332-1334, dpo_trainer.py:858-860) but needs
+    # transformers >= 4.53.2 (TRL 0.20 on, setup.cfg), past the hold's < 4.52: left to the trainer's default
+    hf_args.reentrant(m)
     if m.get("activation_offloading") is True:
         m.put("activation-offload", True, "activation_offloading")
     attn = str(m.get("attn_implementation", "")).lower()

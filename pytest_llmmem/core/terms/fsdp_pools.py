@@ -62,10 +62,37 @@ def reshard_hook_holds_inputs(run) -> bool:
     torch stack of that shape (tests/test_fsdp_reshard_hold.py) the bottom layer's recompute starts exactly 2L - 3 inputs
     above the hook-less run: the L - 1 later inputs and the L - 2 gradients the bottom instant adds (backward.py)."""
     knobs = run.knobs
+    return (_hold_shape(run) and bool(knobs.framework_version) and tuple(knobs.framework_version) < CHECKPOINT_OUTSIDE_UNIT_BEFORE)
+
+
+def _hold_shape(run) -> bool:
+    """Everything the hold needs but the transformers release: FSDP1 over a LoraConfig-frozen base, full reentrant
+    checkpointing, the HF Trainer (framework = "transformers": TRL, axolotl and LLaMA-Factory subclass its Trainer, whose
+    _inner_training_loop installs peft's fsdp_auto_wrap_policy for any LoraConfig model, transformers 4.48.1
+    trainer.py:2318, :5131-5138), a torch with the reshard-only hook. checkpoint-reentrant unset is the trainer's default:
+    reentrant before transformers 5 (4.48.1 modeling_utils.py:2539 gradient_checkpointing_kwargs = {"use_reentrant": True});
+    the readers put axolotl's, LLaMA-Factory's and TRL's own (docs/trainer-configs.md)."""
+    knobs = run.knobs
     return (run.fsdp != "none" and run.adapter is not None and run.adapter.name in LORA_CONFIG and run.gradient_checkpointing
-            and not run.selective_ac and knobs.framework == "transformers" and bool(knobs.framework_version)
-            and tuple(knobs.framework_version) < CHECKPOINT_OUTSIDE_UNIT_BEFORE
+            and not run.selective_ac and knobs.framework == "transformers" and knobs.checkpoint_reentrant is not False
             and (not knobs.torch_version or tuple(knobs.torch_version) >= RESHARD_ONLY_HOOK_FROM))
+
+
+def reshard_hold_unknown(run, arch) -> str:
+    """The caveat of a run the hold would apply to on transformers < 4.52 that declares no framework-version: counted as
+    a current transformers (framework-version's convention, docs/profiles.md), with what an older one adds; "" if none."""
+    if run.knobs.framework_version or not _hold_shape(run) or arch is None:
+        return ""
+    layers = arch.num_layers
+    # one layer input is b x s x hidden in the compute dtype (backward.py: tokens per context-parallel rank, act =
+    # run.dtype.compute_bytes); the hold adds the L - 1 inputs the bottom instant does not count and the L - 2 gradients
+    one = run.batch_size * -(-run.seq_len // run.context_parallel) * arch.hidden_size * run.dtype.compute_bytes
+    extra = max(0, 2 * layers - 3) * one
+    return ("FSDP over a frozen LoRA base with reentrant checkpointing: on transformers before 4.52 (its decoder loop checkpoints "
+            "around each FSDP unit) torch's reshard-only hook keeps every layer's recomputed input and its gradient to the end of "
+            f"the backward, about {extra / 2**30:.2f} GiB more at the bottom layer here (2L - 3 = {max(0, 2 * layers - 3)} layer "
+            "inputs of batch x seq x hidden, docs/multi-gpu.md); counted as a current transformers: set framework-version to the "
+            "transformers release the stack runs (docs/trainer-configs.md lists what axolotl, LLaMA-Factory and TRL pin)")
 
 
 def largest_fsdp_unit(run, step: Step) -> float:
