@@ -38,7 +38,7 @@ from ...record import Record
 from ..compose import Item
 from ..records import FRAGMENTATION, SLACK_CHECKPOINTED, SLACK_UNCHECKPOINTED, torch1
 from .fsdp_pools import reshard_hook_holds_inputs
-from .transients import backward_transient
+from .transients import backward_transient, loops_over_experts
 from .step import Step, trainable_for
 
 # The loss head's items that are alive when its backward starts, per loss implementation.
@@ -190,7 +190,8 @@ def backward_instants(run, step: Step, gradients: int, loss: Optional[int] = Non
     matrices = matrix if tied else (head_grad + (matrix if embed_trains else 0))
     per_layer = max(0, gradients - matrices) // max(1, arch.num_layers)
     trainable = trainable_for(run, arch)
-    transient = max(backward_transient(arch, g, batch=run.batch_size, seq=tokens // run.batch_size, act=act, tp=t, trainable=trainable)
+    transient = max(backward_transient(arch, g, batch=run.batch_size, seq=tokens // run.batch_size, act=act, tp=t, trainable=trainable,
+                                       expert_loop=loops_over_experts(run.knobs))
                     for g in arch.layer_groups())
     transient = max(transient, expert_delta_gradient(run, arch, act) + tokens * arch.hidden_size * act)
     transient = max(transient, adapter_backward(run, arch, act, tokens))

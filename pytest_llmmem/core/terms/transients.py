@@ -64,14 +64,17 @@ def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *,
 
 
 def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int,
-                       tp: int = 1, trainable: Optional[Trainable] = None) -> int:
+                       tp: int = 1, trainable: Optional[Trainable] = None, expert_loop: bool = False) -> int:
     """One decoder layer's backward temporaries beyond its saved tensors, on one tensor-parallel rank.
 
     The MLP's backward is the widest: the gradient of the down projection's input, then the two
     gradients of act(gate) * up and the activation's own (three (tokens, d_ff) tensors in the compute
     dtype for a gated MLP, two for a plain one), beside the (tokens, hidden) gradient flowing out
     (measured on fake tensors: trace_sweep.py llama LoRA with checkpointing, 12.1 MB at 128 tokens =
-    128 x (3 x 14336 + 4096) x 2 B). A routed MoE does it for its top-k copies of the tokens.
+    128 x (3 x 14336 + 4096) x 2 B). A routed MoE does it for its top-k copies of the tokens at once where its
+    experts run as one grouped matmul (transformers 5's default experts_implementation "grouped_mm":
+    modeling_utils.py get_correct_experts_implementation, integrations/moe.py grouped_mm_experts_forward), and for one
+    expert's tokens at a time where they run in a Python loop (``expert_loop``: :func:`loops_over_experts`).
     Unsloth's LoRA_MLP (``trainable`` says where it runs) makes one: the down projection's input gradient
     DW, into which its SwiGLU backward kernel writes h, df and de over DW, e and g, and dX goes into X
     (unsloth/kernels/fast_lora.py:156 DW = matmul_lora(dY, ...), :157 _backward_function(DW, e, g),
@@ -83,14 +86,38 @@ def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *
     group = group or arch.layer_groups()[0]
     tokens = batch * seq
     mlp = group.mlp
+    exact = 0
     if isinstance(mlp, NoMLP):
         width = 0
     elif trainable is not None and fast_lora_mlp(mlp, {l.role: l for l in group.linears(arch.family, arch.hidden_size)}, trainable):
         width = mlp.d_ff
+    elif isinstance(mlp, MoE) and expert_loop:
+        # One expert's backward at a time: each expert's gather, gate/up, act * up, down and routing-weight multiply is
+        # its own chain of autograd nodes, created after the previous expert's index_add_ and before its own, so the
+        # engine (ready queue ordered by sequence number, torch/csrc/autograd/engine.cpp) runs one expert's chain to the
+        # end, freeing its saved tensors, before the next; only the tokens routed to that expert are in flight, counted
+        # as a balanced share, ceil(tokens x top-k / experts) (Mixtral-8x7B: a quarter of the top-2 copies). Measured on
+        # the CPU (real tensors, LiveBytes; transformers 5.25 MixtralExperts with experts_implementation "eager", the
+        # loop of 4.x's MixtralSparseMoeBlock.forward; 4,096 tokens, h 256, f 1,024, 8 experts, top-2, balanced
+        # routing, experts frozen): 7.35 MB above the saved set with the gradient flowing in, this term 8.39 MB;
+        # grouped_mm on the same block, 48.2 MB, the other branch 52.4 MB (tests/test_moe_expert_loop.py).
+        width, exact = 0, -(-tokens * mlp.top_k // mlp.experts) * mlp.d_ff * (3 if mlp.gated else 2)
     else:
         routed = mlp.top_k if isinstance(mlp, MoE) else 1
         width = routed * mlp.d_ff * (3 if mlp.gated else 2)
     scores = 0
     if trainable is not None and math_sdpa(group.attention, trainable):
         scores = 2 * batch * group.attention.heads * seq * seq * FP32
-    return max(tokens * width * act, scores) // tp + tokens * arch.hidden_size * act
+    return max(tokens * width * act + exact * act, scores) // tp + tokens * arch.hidden_size * act
+
+
+# transformers 5 made the experts 3D parameters run by integrations/moe.py, grouped_mm by default
+# (modeling_utils.py get_correct_experts_implementation at 5.25); every 4.x MoE block (Mixtral's since 4.36,
+# MixtralSparseMoeBlock.forward: ``for expert_idx in expert_hit``) loops over nn.Linear experts.
+EXPERT_LOOP_BEFORE = (5, 0)
+
+
+def loops_over_experts(knobs) -> bool:
+    """Whether the run's MoE blocks run their experts one at a time: the HF stack at a declared 4.x release."""
+    version = tuple(getattr(knobs, "framework_version", ()) or ())
+    return getattr(knobs, "framework", "") == "transformers" and bool(version) and version < EXPERT_LOOP_BEFORE
