@@ -80,6 +80,42 @@ runs = [
     assert info.value.key == "tool.llmmem.runs[1].batch-size"
 
 
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """An empty Hub cache (downloading is off by default), so an unknown id is an error."""
+    (tmp_path / "hub").mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+@pytest.mark.parametrize("model_lines, line", [
+    ('model.id = "acme/unknown-7B"', 8),  # a dotted key: its own line
+    ('[tool.llmmem.runs.model]\nid = "acme/unknown-7B"', 9),  # the second run's model sub-table: the id line
+    ('model = { id = "acme/unknown-7B" }', 8),  # an inline table: the line of "model"
+])
+def test_a_run_model_error_points_at_the_line_of_the_key(write_pyproject, offline, model_lines, line):
+    # Lines 1-5 hold the project and a first run; the second run's header is line 6, its name line 7.
+    path = write_pyproject(f"""\
+[tool.llmmem]
+gpu = "A100-80GB"
+[[tool.llmmem.runs]]
+name = "a"
+model = {{ params = "7B" }}
+[[tool.llmmem.runs]]
+name = "b"
+{model_lines}
+""")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert (info.value.key, info.value.line) == ("tool.llmmem.runs[1].model.id", line)
+
+
+def test_a_dotted_project_model_key_gets_its_line(write_pyproject, offline):
+    path = write_pyproject('[tool.llmmem]\ngpu = "A100-80GB"\nmodel.id = "acme/unknown-7B"\n[[tool.llmmem.runs]]\nname = "a"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert (info.value.key, info.value.line) == ("tool.llmmem.model.id", 3)
+
+
 @pytest.mark.parametrize("spelling", ["A100-80GB", "a100 80gb", "A100_80GB", "NVIDIA A100-SXM4-80GB", "a100-pcie-80gb"])
 def test_gpu_spellings(spelling):
     assert default_catalog().gpu(spelling).memory_bytes == 80 * GiB

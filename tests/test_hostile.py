@@ -95,6 +95,9 @@ def test_locator_worst_lines_are_fast():
         "x = [" * n,
         'x = "' + '"' * n,
         "name = " + "'a' " * n,
+        "a." * n + "a = 1",  # a dotted key of 60,001 parts
+        "a . " * n + "=",
+        "'a'." * n + "\"",
     ]
     for shape in shapes:
         start = time.process_time()

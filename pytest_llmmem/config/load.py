@@ -172,7 +172,8 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         else:
             model_raw = {canonical(k): v for k, v in (model_raw or {}).items()}
             model_raw.update(override)
-        model_line = lambda key: table.line_of("model")  # noqa: E731
+        # The key's own line ([tool.llmmem.runs.model] or model.id = ...), else the run's model key.
+        model_line = lambda key: ctx.locator.find(f"{TABLE}.runs.model", index, key) or table.line_of("model")  # noqa: E731
         model_dotted = f"{dotted}.model"
     if model_raw is None or model_raw == {}:
         raise ctx.error(

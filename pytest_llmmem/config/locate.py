@@ -40,6 +40,7 @@ class Locator:
         self._names: Optional[Dict[str, int]] = None
         counts: Dict[str, int] = {}
         table, index = "", 0
+        array = ""  # the last [[array]] header: a [array.sub] table after it belongs to its last element
         state: _Scan = ("", 0)
         for number, line in enumerate(self.lines, start=1):
             start = 0
@@ -52,15 +53,24 @@ class Locator:
                 if line.startswith("[", pos):
                     header = _header(line, pos)
                     if header is not None:
-                        name, array = header
-                        if array:
+                        name, is_array = header
+                        if is_array:
                             counts[name] = counts.get(name, -1) + 1
-                        table, index = name, counts.get(name, 0) if array else 0
+                            array, index = name, counts[name]
+                        elif array and name.startswith(array + "."):
+                            index = counts[array]  # [tool.llmmem.runs.model] under the last [[tool.llmmem.runs]]
+                        else:
+                            array, index = "", 0
+                        table = name
                         self.tables.setdefault((table, index), number)
                         continue
-                key, start = _key(line, pos)
-                if key is not None:
-                    self.keys.setdefault((table, index, canonical(key)), number)
+                parts, start = _key(line, pos)
+                if parts:
+                    # model.id = "x" in a run: the run's "model" key and the key "id" of its model table.
+                    self.keys.setdefault((table, index, canonical(parts[0])), number)
+                    if len(parts) > 1:
+                        inner = ".".join(([table] if table else []) + parts[:-1])
+                        self.keys.setdefault((inner, index, canonical(parts[-1])), number)
             state = _scan_value(line, start, state)
 
     def find(self, table: str, index: int = 0, key: Optional[str] = None) -> Optional[int]:
@@ -109,23 +119,30 @@ def _header(line: str, pos: int) -> Optional[Tuple[str, bool]]:
     return "".join(name.split()), array
 
 
-def _key(line: str, pos: int) -> Tuple[Optional[str], int]:
-    """A single (not dotted) key at ``pos`` followed by ``=``: (the key, where its value starts),
-    else (None, ``pos``)."""
-    if line.startswith(('"', "'"), pos):
-        end = line.find(line[pos], pos + 1)
-        if end < 0:
-            return None, pos
-        key, after = line[pos + 1:end], end + 1
-    else:
-        match = _BARE_KEY.match(line, pos)
-        if match is None:
-            return None, pos
-        key, after = match.group(), match.end()
-    after = _BLANK.match(line, after).end()
-    if not line.startswith("=", after):
-        return None, pos
-    return key, after + 1
+def _key(line: str, pos: int) -> Tuple[List[str], int]:
+    """A key at ``pos`` followed by ``=``, bare, quoted or dotted (``model.id``): (its parts, where
+    its value starts), else ([], ``pos``)."""
+    parts: List[str] = []
+    i = pos
+    while True:
+        if line.startswith(('"', "'"), i):
+            end = line.find(line[i], i + 1)
+            if end < 0:
+                return [], pos
+            parts.append(line[i + 1:end])
+            i = end + 1
+        else:
+            match = _BARE_KEY.match(line, i)
+            if match is None:
+                return [], pos
+            parts.append(match.group())
+            i = match.end()
+        i = _BLANK.match(line, i).end()
+        if line.startswith("=", i):
+            return parts, i + 1
+        if not line.startswith(".", i):
+            return [], pos
+        i = _BLANK.match(line, i + 1).end()
 
 
 def _skip_multiline(line: str, i: int, state: _Scan) -> Tuple[int, _Scan]:
