@@ -74,8 +74,10 @@ def shown_name(name: object, limit: int = SHOWN) -> str:
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     """' Did you mean "x"?' for a near miss, else ''. difflib is imported only on this error path.
-    A near miss of another size is another model: "Llama-3.1-70B-Instruct" is not a typo of
-    "Llama-3.1-8B-Instruct", so a candidate whose size tokens (70B, 0.5B, 4k) differ is never offered."""
+    A near miss of another size or release is another model: "Llama-3.1-70B-Instruct" is not a typo of
+    "Llama-3.1-8B-Instruct" nor "gemma-3-27b-it" of "gemma-2-27b", so for a name with a size token (70B,
+    0.5B, 4k) a candidate whose size tokens or digits differ is never offered ("Llama-31-8B" keeps its
+    "Llama-3.1-8B")."""
     if len(str(word)) > 100:  # no near miss is this long; difflib would index every character
         return ""
     import difflib
@@ -83,7 +85,8 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     options = list(options)
     sizes = size_tokens(str(word))
     matches = difflib.get_close_matches(str(word).lower(), [o.lower() for o in options], n=10, cutoff=0.6)
-    match = next((m for m in matches if not sizes or size_tokens(m) == sizes), None)
+    digits = _digits(str(word))
+    match = next((m for m in matches if not sizes or (size_tokens(m) == sizes and _digits(m) == digits)), None)
     if match is None:
         return ""
     original = {o.lower(): o for o in options}[match]
@@ -106,6 +109,11 @@ _SIZE = r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)([bmkt])(?![a-z0-9])"
 def size_tokens(name: str) -> Tuple[str, ...]:
     """The size tokens of a model name, lower case, in order ("Qwen3-30B-A3B" -> ("30b", "3b"))."""
     return tuple(number + unit for number, unit in re.findall(_SIZE, name.lower()))
+
+
+def _digits(name: str) -> str:
+    """The digits of a name in order: a release (gemma-3, v0.2, Qwen2.5) is one of them."""
+    return "".join(ch for ch in name if ch.isdigit())
 
 
 def one_of(options: Sequence[str]) -> str:

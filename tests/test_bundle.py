@@ -207,11 +207,15 @@ def test_a_typo_of_a_new_id_gets_did_you_mean(offline):
     ("Qwen/Qwen2.5-15B", ""), ("Qwen/Qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B"),  # 15B is not 1.5B
     ("microsoft/Phi-3-mini-128k-instruct", ""),  # the 4k context model is another checkpoint
     ("meta-llama/Llama-3.1", "meta-llama/Llama-3.1-8B"),  # no size written: any size may be meant
+    ("google/gemma-3-27b-it", ""),  # Gemma 3 is not Gemma 2 at the same size: the digits differ (3 27 / 2 27)
+    ("mistralai/Mistral-7B-Instruct-v0.2", ""),  # v0.2 is not v0.3 (another vocabulary)
+    ("meta-llama/Llama-31-8B", "meta-llama/Llama-3.1-8B"),  # a dropped dot keeps the digits 3 1 8
 ])
 def test_did_you_mean_never_changes_the_model_size(word, suggested):
     from pytest_llmmem.errors import did_you_mean
 
-    options = ["meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-1.5B", "microsoft/Phi-3-mini-4k-instruct"]
+    options = ["meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-1.5B", "microsoft/Phi-3-mini-4k-instruct",
+               "google/gemma-2-27b", "mistralai/Mistral-7B-Instruct-v0.3"]
     assert did_you_mean(word, options) == (f' Did you mean "{suggested}"?' if suggested else "")
 
 
