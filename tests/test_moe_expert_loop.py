@@ -1,6 +1,6 @@
 """The MoE layer's backward temporaries where transformers 4.x loops over the experts (core/terms/transients.py).
 
-transformers 4.x's MixtralSparseMoeBlock.forward runs ``for expert_idx in expert_hit`` over nn.Linear experts, so the
+transformers 4.x's MixtralSparseMoeBlock.forward loops over nn.Linear experts (4.48.1 modeling_mixtral.py:136), so the
 backward runs one expert's chain at a time; transformers 5 runs the 3D experts as one grouped matmul by default.
 fms-acceleration's Mixtral-8x7B rows (transformers 4.48.1, attention-only LoRA / QLoRA, checkpointing, packing 4,096)
 were +7 to +13 % over with every routed copy's gradients counted at once.

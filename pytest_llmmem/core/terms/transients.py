@@ -113,7 +113,8 @@ def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *
 
 # transformers 5 made the experts 3D parameters run by integrations/moe.py, grouped_mm by default
 # (modeling_utils.py get_correct_experts_implementation at 5.25); every 4.x MoE block (Mixtral's since 4.36,
-# MixtralSparseMoeBlock.forward: ``for expert_idx in expert_hit``) loops over nn.Linear experts.
+# MixtralSparseMoeBlock.forward: ``for expert_idx in range(self.num_experts)``, modeling_mixtral.py:136 at 4.48.1,
+# ``for expert_idx in expert_hit`` in later 4.x) loops over nn.Linear experts.
 EXPERT_LOOP_BEFORE = (5, 0)
 
 
