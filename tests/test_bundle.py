@@ -130,6 +130,9 @@ BUNDLED_COUNTS = {
     # 3·1536·8960, 2 RMSNorms 2·1536 = 46,797,824 (×28); final norm 1536
     "Qwen/Qwen2.5-72B-Instruct": 72_706_203_648,
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": 1_777_088_000,
+    # Issue 23 part 4, seventh pass (transformers 5.25.0 on the meta device). Qwen2.5-32B-Instruct: Qwen2.5-32B's shape
+    # (the card's 32.5B); its checkpoint folder's model.safetensors.index.json has total_size 65,527,752,704 bf16 bytes, 2·this
+    "Qwen/Qwen2.5-32B-Instruct": 32_763_876_352,
 }
 
 # The ids issue 23 part 4 bundled (second pass on): each is estimated offline through the CLI below.
@@ -138,7 +141,7 @@ NEWLY_BUNDLED = ("Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-3B", "Qwen/Qwen3-14B", "Qwen/
                  "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1", "microsoft/phi-4",
                  "tiiuae/falcon-40b-instruct", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "Qwen/Qwen2.5-1.5B-Instruct",
                  "google/gemma-3-4b-it", "mistralai/Mistral-Small-24B-Instruct-2501", "Qwen/Qwen2.5-72B-Instruct",
-                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen2.5-32B-Instruct")
 
 
 def _bundled_config(model_id: str) -> dict:
