@@ -133,6 +133,8 @@ BUNDLED_COUNTS = {
     # Issue 23 part 4, seventh pass (transformers 5.25.0 on the meta device). Qwen2.5-32B-Instruct: Qwen2.5-32B's shape
     # (the card's 32.5B); its checkpoint folder's model.safetensors.index.json has total_size 65,527,752,704 bf16 bytes, 2·this
     "Qwen/Qwen2.5-32B-Instruct": 32_763_876_352,
+    # Qwen2.5-0.5B-Instruct: Qwen2.5-0.5B's shape (the card's 0.49B, 0.36B non-embedding: tied, 494,032,768 - 151936·896)
+    "Qwen/Qwen2.5-0.5B-Instruct": 494_032_768,
 }
 
 # The ids issue 23 part 4 bundled (second pass on): each is estimated offline through the CLI below.
@@ -141,7 +143,8 @@ NEWLY_BUNDLED = ("Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-3B", "Qwen/Qwen3-14B", "Qwen/
                  "Qwen/Qwen2.5-7B-Instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1", "microsoft/phi-4",
                  "tiiuae/falcon-40b-instruct", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "Qwen/Qwen2.5-1.5B-Instruct",
                  "google/gemma-3-4b-it", "mistralai/Mistral-Small-24B-Instruct-2501", "Qwen/Qwen2.5-72B-Instruct",
-                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen2.5-32B-Instruct")
+                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen2.5-32B-Instruct",
+                 "Qwen/Qwen2.5-0.5B-Instruct")
 
 
 def _bundled_config(model_id: str) -> dict:
