@@ -596,3 +596,61 @@ def test_fsdp_qlora_says_what_it_leaves_out_and_the_trace_refuses_it():
     assert not any("cos/sin caches" in a for a in estimate(adhoc_run({**keys, "framework": "pytorch"})).approximate)
     with pytest.raises(ConfigError, match="transformers 4.40's"):
         traced(adhoc_run({**keys, "method": "trace"}))
+
+
+UNSLOTH_TINY = {"family": "llama", "hidden-size": 64, "num-layers": 4, "num-heads": 4, "num-kv-heads": 2, "intermediate-size": 160,
+                "vocab-size": 512, "mode": "lora", "dtype": "bf16", "batch-size": 1, "seq-len": 2048, "lora-targets": ["all-linear"],
+                "lora-rank": 8, "flash-attention": True, "framework": "unsloth"}
+
+
+def test_unsloth_2025_3_to_2025_11_3_keeps_the_first_steps_layer_inputs():
+    # unsloth_zoo 2025.1.1 - 2025.11.4 (Profile.first_pass_kept): the first forward offloads nothing (FIRST_PASS counts
+    # LAST_GC_INDEX up with CURRENT_GC_INDEX), offloading starts with the second step. By hand, for this 4-layer model:
+    # one layer input is 1 x 2048 x 64 x 2 B = 262,144; the later steps keep 2 on the GPU (the last input and the GPU buffer,
+    # offload_resident) and 2 in host memory, 524,288 B; the first step keeps all 4. Both backwards peak at the top of the
+    # recompute (every kept input, one recomputed layer, its backward temporaries, no gradient yet), so the first step's
+    # activations are the later steps' + 524,288. It has no optimizer states yet: AdamW's two fp32 states of the LoRA
+    # parameters, r 8 on q, k, v, o (8 x (64+64), 8 x (64+32) twice, 8 x (64+64)) and gate, up, down (8 x (64+160) each)
+    # = 8,960 a layer x 4 = 35,840 params x 8 B = 286,720 B. The pool's slack is 30 % of the short-lived bytes
+    # (records.FRAGMENTATION, the offloaded step's share): 0.30 x 524,288 = 157,286.4. The first step's total is then the
+    # later steps' backward + 524,288 + 157,286.4 - 286,720 = + 394,854.4 B, the run's peak.
+    old = estimate(adhoc_run({**UNSLOTH_TINY, "framework-version": "2025.3.19"}))
+    parts = {p.name: p for p in old.phase_parts}
+    first, later = parts["first step"], parts["backward"]
+    assert old.details["host.offloaded_activations"] == 2 * 262_144 == 524_288
+    assert first.breakdown["activations"] - later.breakdown["activations"] == 524_288
+    assert "optimizer_states" not in first.breakdown and later.breakdown["optimizer_states"] == 35_840 * 8 == 286_720
+    assert abs(first.total - later.total - (524_288 + 0.30 * 524_288 - 286_720)) <= 1
+    assert old.peak_phase == "first step" and old.total_bytes == first.total
+    assert old.notes[0].startswith("peak at the first training step (Unsloth offloads from the second): unsloth 2025.3.19 offloads no "
+                                   "checkpointed layer input in the first forward")
+    # 2025.11.4 pins unsloth_zoo 2025.11.5, whose first pass offloads every layer; before 2025.3.1 Unsloth's text models
+    # offloaded each layer from the first step (Unsloth_Offloaded_Gradient_Checkpointer); neither has the phase, and the
+    # later steps are priced the same in all three
+    for version in ("2025.11.4", "2025.2.15"):
+        est = estimate(adhoc_run({**UNSLOTH_TINY, "framework-version": version}))
+        assert "first step" not in dict(est.phases) and est.total_bytes == later.total and not est.approximate
+    # without a release: a current one's, marked approximate with what an older one keeps
+    current = estimate(adhoc_run(UNSLOTH_TINY))
+    assert current.total_bytes == later.total
+    assert [a for a in current.approximate if "FIRST_PASS" in a] == [
+        "unsloth releases 2025.3.1 up to 2025.11.4 (not included) offload no checkpointed layer input in the first step's forward "
+        "(unsloth_zoo FIRST_PASS, docs/profiles.md): that step keeps 0.00 GiB more on the GPU than the later ones; counted as a "
+        "current release: set framework-version to count an older one"]
+    # the gate is Unsloth's offload: off, or another trainer's, no first-step phase
+    for keys in ({"activation-offload": False}, {"framework": "torchtune"}):
+        assert "first step" not in dict(estimate(adhoc_run({**UNSLOTH_TINY, "framework-version": "2025.3.19", **keys})).phases)
+
+
+def test_unsloth_first_step_sets_the_verdict_on_the_cli(run_cli):
+    # the budget between the later steps' peak and the first step's (the test above: + 394,854 B): 846,100,000 B
+    args = ["estimate", "--family", "llama", "--hidden-size", "64", "--num-layers", "4", "--num-heads", "4", "--num-kv-heads", "2",
+            "--intermediate-size", "160", "--vocab-size", "512", "--mode", "lora", "--dtype", "bf16", "--batch-size", "1",
+            "--seq-len", "2048", "--lora-rank", "8", "--lora-targets", "all-linear", "--flash-attention", "--framework", "unsloth",
+            "--gpu-memory", "846100000 B"]
+    code, out, _ = run_cli(*args, "--framework-version", "2025.3.19")
+    out = unfit(out)
+    assert code == 1 and "over at the first training step (Unsloth offloads from the second)" in out
+    assert "peak phase: first step (" in out
+    code, out, _ = run_cli(*args, "--framework-version", "2025.11.4")
+    assert code == 0 and "FITS" in unfit(out)

@@ -73,6 +73,9 @@ class Profile(Record):
     shifted_loss_copy: Tuple[Tuple[int, ...], ...] = ()
     # releases before this one return fp32 logits, as returns_fp32_logits says (framework-version); () = none
     fp32_logits_before: Tuple[int, ...] = ()
+    # releases [first, fixed) whose activation offload keeps every checkpointed layer input on the GPU in the first
+    # forward and offloads from the second step (job_phases.first_step_phase); () = none
+    first_pass_kept: Tuple[Tuple[int, ...], ...] = ()
 
 
 # The built-in profiles (registered by catalog/builtin.py; a run looks its framework up in the catalog).
@@ -156,6 +159,17 @@ PROFILES: Dict[str, Profile] = {
         # attention (pre_patch replaces transformers' class; transformers 4.40 builds one per LlamaAttention, _init_rope), from
         # max(max_seq_length, config's) positions, cast to the model's dtype after loading; 54dd81d (2024-07-18, 2024.7) caches 32k
         rope_caches_before=(2024, 8),
+        # The first forward offloads nothing: unslothai/unsloth-zoo @ 936b85a (2025-03-04, unsloth_zoo 2025.3.1)
+        # unsloth_zoo/gradient_checkpointing.py:389-403 UnslothCheckpointFunction.forward counts LAST_GC_INDEX up with
+        # CURRENT_GC_INDEX while FIRST_PASS (:393, :396) and offloads only where they differ (:403); the first backward
+        # sets FIRST_PASS = False (:512), so the second forward offloads all but the last layer. Since 5572cc4 (2025-01-07,
+        # unsloth_zoo 2025.1.1); df5fe40 (2025-11-24, unsloth_zoo 2025.11.5) offloads every layer in the first pass
+        # (`(CURRENT_GC_INDEX != LAST_GC_INDEX) or FIRST_PASS`, :424; ce232d6 :769). Unsloth's text models reach it from
+        # 3e5f061 (2025-03-04, 2025.3.1, pins unsloth_zoo>=2025.3.1): llama.py:855 torch.utils.checkpoint.checkpoint,
+        # patched at :2024 (before, llama.py called Unsloth_Offloaded_Gradient_Checkpointer, which offloads every layer
+        # from the first step: unsloth @ 9e9d6fe models/_utils.py:798-826, unsloth_zoo @ 83f5318 gradient_checkpointing.py:136-148);
+        # 86f7080 (2025-11-25, 2025.11.4) is the first to pin unsloth_zoo>=2025.11.5
+        first_pass_kept=((2025, 3, 1), (2025, 11, 4)),
     ),
     # A hand-written loop over a transformers model, as benchmarks/gpu_peaks.py measure runs it: out = model(**batch);
     # out.loss.backward(); del out; optimizer.step(), with torch.optim.AdamW's defaults. torch 2.13, transformers 5.24.
@@ -240,6 +254,8 @@ class Knobs(Record):
     returns_fp32_logits: bool = False  # the model returns fp32 logits, its loss on a shifted copy (Profile.returns_fp32_logits)
     shifted_loss_copy: bool = False  # the loss shifts an fp32 copy of the logits (Profile.shifted_loss_copy, framework-version)
     holds_output_to_step: bool = False  # ... and through the optimizer step (Profile.holds_output_to_step)
+    # the first step's forward keeps every checkpointed layer input on the GPU (Profile.first_pass_kept, framework-version)
+    first_pass_kept: bool = False
     checkpoint_reentrant: Optional[bool] = None  # checkpoint-reentrant: use_reentrant; None = the trainer's default
 
 

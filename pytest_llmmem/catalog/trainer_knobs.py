@@ -97,7 +97,8 @@ def resolve(levels, *, mode: str, dtype, seq_len: int, run_name: str) -> Resolve
                   torch_version, profile.offload_resident, compiled_loss, framework_version, rope_caches, profile.holds_output,
                   training and (profile.returns_fp32_logits or bool(framework_version and framework_version < profile.fp32_logits_before)),
                   shifted_loss_copy=training and _in_releases(framework_version, profile.shifted_loss_copy),
-                  holds_output_to_step=profile.holds_output_to_step, checkpoint_reentrant=reentrant)
+                  holds_output_to_step=profile.holds_output_to_step, checkpoint_reentrant=reentrant,
+                  first_pass_kept=training and offload and _in_releases(framework_version, profile.first_pass_kept))
     compute = "bf16" if getattr(dtype, "quantized", False) or getattr(dtype, "name", "") == "bf16" else getattr(dtype, "name", "bf16")
     return Resolved(knobs, profile.adapter_dtype or compute, profile.gradient_checkpointing)
 

@@ -24,7 +24,7 @@ from .terms.backward import backward_instant, instant_details
 from .terms.checkpointing import COMPILE_APPROXIMATE, selective_approximate
 from .terms.fsdp_pools import FSDP_WRAP_POOL, reshard_hold_unknown
 from .terms.model_ends import rotary_tables
-from .terms.job_phases import job_note, job_phases, step_phases
+from .terms.job_phases import first_step_unknown, job_note, job_phases, step_phases
 from .terms.step import Step, step_terms
 from .terms.trainer_terms import optimizer_step
 
@@ -65,6 +65,9 @@ def detailed(run: Run, step: Optional[Step] = None) -> Estimate:
     if run.zero_stage == 3 and arch is None:
         notes.append("ZeRO-3's gathered largest layer not counted: it needs the architecture")
     partial, approximate = _caveats(run, arch)
+    first_step = first_step_unknown(run, step)
+    if first_step:
+        approximate += (first_step,)
     if run.trains and overhead.held_pool_binds(next(p for p in phases if p.name == comp.peak)):
         approximate += (FSDP_WRAP_POOL,)
     details = {**dict(step.details), **comp.overhead_details, **dict(opt.details)}

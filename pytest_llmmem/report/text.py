@@ -14,7 +14,7 @@ from ..core.terms.checkpointing import describe as describe_selective
 from ..model.architecture import Architecture
 from ..units import format_bytes, format_count
 from ..untrusted import visible
-from ..core.terms.job_phases import LABELS as PHASES
+from ..core.terms.job_phases import JOB_NOTED, LABELS as PHASES
 from ..catalog.profiles import describe as describe_knobs
 
 JSON_VERSION = 1
@@ -146,7 +146,7 @@ def verdict(est: Estimate, units: str = "gib") -> str:
 
 def _at_phase(est: Estimate) -> str:
     """' at evaluation' when a phase other than the training step sets the peak (issue 16)."""
-    return f" at {PHASES[est.peak_phase]}" if est.peak_phase in ("load", "forward", "adapter forward", "eval", "save") else ""
+    return f" at {PHASES[est.peak_phase]}" if est.peak_phase in JOB_NOTED else ""
 
 
 def breakdown_table(est: Estimate, units: str = "gib", ascii_only: bool = False, indent: str = "  ", width: int = 80) -> List[str]:

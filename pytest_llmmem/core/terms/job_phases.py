@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Tuple
 
+from ...catalog.profiles import PROFILES
 from ...units import format_bytes
 from ..compose import Item, Phase, allocated, overhead_slot
 from ..records import SLACK_OPTIMIZER_STEP
 from .activations import FP32
 from .transients import forward_transient
-from .backward import INSTANTS, backward_instants, held_logits, instant_items, pool_share
+from .backward import INSTANTS, accumulates, backward_instants, held_logits, instant_items, pool_share
 from .fsdp_pools import largest_fsdp_unit, offloaded_shard_copies, small_pool_states, wrap_leftovers
 from .step import Step
 from .trainer_terms import StepOptimizer
@@ -29,8 +30,11 @@ from .trainer_terms import StepOptimizer
 INT64 = 8
 # How each phase is named in a sentence ("peak at checkpoint save: ...").
 LABELS = {"forward": "the next step's forward", "load": "loading", "adapter forward": "the training step (forward)",
+          "first step": "the first training step (Unsloth offloads from the second)",
           "backward": "the training step (backward)", "optimizer step": "the optimizer step", "eval": "evaluation", "save": "checkpoint save"}
 STEP = ("backward", "optimizer step")  # a job phase is shown above the larger of these
+# the phases whose peak the notes and the verdict name ("OVER ... at loading"): any but the steady step's own
+JOB_NOTED = ("forward", "adapter forward", "first step", "load", "eval", "save")
 
 
 def _job_phase(name: str, items: List[Item], why: str = "") -> Phase:
@@ -230,14 +234,17 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
     (backward.py), the part of the gradients, saved activations and loss buffers alive then (each
     item keeps its full size; ``alive`` is what the total counts) plus that instant's own temporaries;
     with the optimizer in backward, its temporaries too. The optimizer step (after backward) holds
-    every gradient and the update's temporaries (``optimizer_step``), shown as its own items."""
+    every gradient and the update's temporaries (``optimizer_step``), shown as its own items. Where the trainer's
+    activation offload starts with the second step, the first step's backward is a phase of its own before them
+    (:func:`first_step_phase`)."""
     states = [Item("weights", step.weights), Item("master_weights", step.master_weights)]
     optimizer = Item("optimizer_states", step.optimizer_states)
     if not run.trains:
         prefill = states + [optimizer, Item("activations", step.activations, transient=True),
                             Item("logits", step.logits, transient=True), Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)]
         return (Phase("prefill", tuple(prefill)),)
-    forward = _adapter_forward(run, step, states + [optimizer], opt.gradients)
+    # the first step's own backward where the offload starts with the second, and an adapter's large forward
+    before = first_step_phase(run, step, states, opt.gradients) + _adapter_forward(run, step, states + [optimizer], opt.gradients)
     candidates = backward_instants(run, step, opt.gradients)
     instant = max(candidates, key=lambda i: i.total)  # backward_instant's choice, without building them twice
     in_backward = [Item("optimizer_step", opt.temporaries)] if opt.in_backward else []
@@ -251,12 +258,60 @@ def step_phases(run, step: Step, opt: StepOptimizer) -> Tuple[Phase, ...]:
     why = f"the backward peaks at its {instant.name} instant ({INSTANTS[instant.name]})"
     backward = Phase("backward", backward_at(instant), why, instants=others)
     if opt.in_backward or not opt.runs:
-        return forward + (backward,)
+        return before + (backward,)
     update = states + [Item("gradients", step_gradients(run, step, opt)), optimizer, Item("kv_cache", step.kv_cache), overhead_slot(),
                        Item("optimizer_step", opt.temporaries, slack=_step_slack(run))]
     if run.knobs.holds_output_to_step:  # the loop lets go of the output only after optimizer.step() (fsdp_qlora train.py:878, :894)
         update.append(Item("logits", held_logits(run, step)))
-    return forward + (backward, Phase("optimizer step", tuple(update), follows="backward"))
+    return before + (backward, Phase("optimizer step", tuple(update), follows="backward"))
+
+
+def first_pass_step(step: Step) -> Step:
+    """The step with its offloaded layer inputs back on the GPU: plain checkpointing's (step.py keeps every input, and
+    offloaded_layer_inputs splits them into the resident and the host's part)."""
+    host = step.detail("host.offloaded_activations")
+    details = tuple((k, v + host if k == "activations.layer_inputs" else 0 if k == "host.offloaded_activations" else v) for k, v in step.details)
+    return step._replace(activations=step.activations + host, details=details, host=step.host - host)
+
+
+def first_step_phase(run, step: Step, states: List[Item], gradients: int) -> Tuple[Phase, ...]:
+    """The first step's backward where the trainer's offload starts with the second step (Knobs.first_pass_kept:
+    Unsloth 2025.3.1 up to 2025.11.4, catalog/profiles.py cites unsloth_zoo's FIRST_PASS). Its forward keeps every
+    checkpointed layer input on the GPU, so its backward is plain checkpointing's; the optimizer states do not exist
+    yet (torch.optim creates them in the first optimizer.step()), nor, in the first micro-batch, any earlier gradient.
+    The pool's slack is the offloaded step's (backward.pool_share: the Gemma 3 run whose first pass stranded its
+    blocks, docs/trace.md). () where it does not apply."""
+    host = step.detail("host.offloaded_activations")
+    if not (run.knobs.first_pass_kept and host and step.arch is not None):
+        return ()
+    first = first_pass_step(step)
+    one_batch = run._replace(micro_batches=1) if accumulates(run) else run  # the first micro-batch: no gradient made yet
+    candidates = backward_instants(one_batch, first, gradients)
+    instant = max(candidates, key=lambda i: i.total)
+
+    def at(candidate) -> Tuple[Item, ...]:
+        grads, *alive = instant_items(one_batch, first, gradients, candidate)
+        return tuple(states + [grads] + alive + [Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)])
+
+    version = ".".join(map(str, run.knobs.framework_version))
+    why = (f"{run.knobs.framework} {version} offloads no checkpointed layer input in the first forward (unsloth_zoo FIRST_PASS), "
+           f"so the first step keeps all of them on the GPU, {format_bytes(host)} more than the later steps; its backward peaks "
+           f"at its {instant.name} instant ({INSTANTS[instant.name]})")
+    return (Phase("first step", at(instant), why, instants=tuple(at(c) for c in candidates if c != instant)),)
+
+
+def first_step_unknown(run, step: Step) -> str:
+    """The caveat of a run whose trainer has releases that keep the first step's layer inputs (Profile.first_pass_kept)
+    and that declares no framework-version: counted as a current release (framework-version's convention), with what
+    an older one keeps; "" if none."""
+    profile = PROFILES.get(run.knobs.framework)
+    host = step.detail("host.offloaded_activations")
+    if run.knobs.framework_version or not (run.trains and run.knobs.activation_offload and host and profile and profile.first_pass_kept):
+        return ""
+    first, fixed = (".".join(map(str, v)) for v in profile.first_pass_kept)
+    return (f"{run.knobs.framework} releases {first} up to {fixed} (not included) offload no checkpointed layer input in the first "
+            f"step's forward (unsloth_zoo FIRST_PASS, docs/profiles.md): that step keeps {format_bytes(host)} more on the GPU than "
+            "the later ones; counted as a current release: set framework-version to count an older one")
 
 
 def _step_slack(run) -> float:
@@ -356,4 +411,4 @@ def _after_fsdp_wrap(run, step: Step, load: Phase, phase: Phase) -> Phase:
 
 def job_note(peak: Phase) -> str:
     """Why a load, eval or save phase sets the peak, for the notes ("" when the step sets it)."""
-    return f"peak at {LABELS[peak.name]}: {peak.why}" if peak.name in ("forward", "adapter forward", "load", "eval", "save") and peak.why else ""
+    return f"peak at {LABELS[peak.name]}: {peak.why}" if peak.name in JOB_NOTED and peak.why else ""
