@@ -77,16 +77,29 @@ def rank_main(rank, args):
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": bool(args.reentrant)})
     model.config.use_cache = False
     model.train()
-    model = FSDP(model, sharding_strategy=ShardingStrategy.FULL_SHARD, auto_wrap_policy=fsdp_auto_wrap_policy(model),
-                 backward_prefetch=BackwardPrefetch.BACKWARD_PRE, use_orig_params=True, limit_all_gathers=True,
-                 device_id=torch.device("cpu"))
+    if args.fsdp == 2:
+        # FSDP2 as accelerate >= 1.6's fsdp2_prepare_model applies it (utils/fsdp_utils.py: fully_shard on each module the
+        # wrap policy names, bottom up, then on the root), with peft's policy: the decoder layers and the LoRA linears.
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (args.world,))
+        policy = fsdp_auto_wrap_policy(model)
+        for module in list(model.modules())[::-1][:-1]:
+            if module is not model and policy(module=module, recurse=False, nonwrapped_numel=0):
+                fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    else:
+        model = FSDP(model, sharding_strategy=ShardingStrategy.FULL_SHARD, auto_wrap_policy=fsdp_auto_wrap_policy(model),
+                     backward_prefetch=BackwardPrefetch.BACKWARD_PRE, use_orig_params=True, limit_all_gathers=True,
+                     device_id=torch.device("cpu"))
     ids = torch.randint(0, 256, (args.batch, args.seq), generator=torch.Generator().manual_seed(1 + rank))
     counter = LiveBytes()
     with counter:
         model(input_ids=ids, labels=ids).loss.backward()
     if rank == 0:
         unit = args.batch * args.seq * args.hidden * 2
-        print(f"world {args.world} layers {args.layers} hold {not args.no_hold}: peak {counter.peak} B = "
+        print(f"FSDP{args.fsdp} world {args.world} layers {args.layers} hold {not args.no_hold}: peak {counter.peak} B = "
               f"{counter.peak / unit:.2f} layer inputs of {unit} B")
     dist.destroy_process_group()
 
@@ -100,6 +113,7 @@ def main():
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--reentrant", type=int, default=1)
     p.add_argument("--no-hold", action="store_true")
+    p.add_argument("--fsdp", type=int, choices=(1, 2), default=1, help="1: FullyShardedDataParallel; 2: fully_shard")
     p.add_argument("--port", type=int, default=29533)
     args = p.parse_args()
     torch.set_num_threads(1)

@@ -107,3 +107,48 @@ def test_the_run_key_turns_the_hold_off_and_a_misspelling_is_caught():
         adhoc_run({**run, "checkpoint-reentrnt": False})
     with pytest.raises(ConfigError, match="checkpoint-reentrant: expected true or false"):
         adhoc_run({**run, "checkpoint-reentrant": "maybe"})
+
+
+# FSDP2 (fully_shard) has no reshard-only hook (fsdp_pools.py _hold_shape; measured on the CPU by
+# benchmarks/measure_fsdp_reshard_hold.py --fsdp 2: its reentrant peak is its non-reentrant one).
+FSDP2 = {
+    # axolotl's top-level fsdp_version (src/axolotl/utils/schemas/fsdp.py FSDPConfig) with an FSDP2 fsdp_config
+    "axolotl": ("fsdp_version: 2\nfsdp_config: {reshard_after_forward: true}\n", "fsdp_version"),
+    # an accelerate-style fsdp_config in the YAML (accelerate >= 1.6 config files: fsdp_config.fsdp_version)
+    "trl": ("fsdp_config: {fsdp_version: 2}\n", "fsdp_config.fsdp_version"),
+}
+
+
+@pytest.mark.parametrize("stack", list(FSDP2))
+def test_fsdp2_holds_nothing_and_says_where_it_read_the_version(tmp_path, stack):
+    yaml_text, version, _ = STACKS[stack]
+    fsdp1 = _run(tmp_path, yaml_text, f'framework-version = "{version}"\n')
+    extra, key = FSDP2[stack]
+    run = _run(tmp_path, yaml_text.replace("fsdp: [full_shard, auto_wrap]\n", "").replace("fsdp: full_shard auto_wrap\n", "") + extra,
+               f'framework-version = "{version}"\n')
+    assert (run.fsdp, run.fsdp_version, fsdp1.fsdp_version) == ("full-shard", 2, 1)
+    assert dict(run.settings_from)["fsdp-version"] == f"train.yaml: {key}"
+    est, held = estimate(run), estimate(fsdp1)
+    assert HELD not in est.details and held.details[HELD] == 30 * ONE
+    assert not any("reshard-only hook" in r for r in est.approximate)
+
+
+def test_trl_s_fsdp2_accelerate_profile_is_fsdp2(tmp_path):
+    # trl/accelerate_configs/fsdp2.yaml @ 9ce14f8: fsdp_version 2 (fsdp1.yaml @ 5b2c1fa: 1)
+    yaml_text = STACKS["trl"][0].replace("fsdp: full_shard auto_wrap\n", "")
+    assert _run(tmp_path, yaml_text + "accelerate_config: fsdp2\n").fsdp_version == 2
+    assert _run(tmp_path, yaml_text + "accelerate_config: fsdp1\n").fsdp_version == 1
+
+
+def test_fsdp_version_on_the_run_and_its_errors():
+    run = {"name": "fsdp", "id": "mistralai/Mistral-7B-v0.1", "mode": "qlora", "dtype": "nf4", "batch-size": 4, "seq-len": 4096,
+           "gradient-checkpointing": True, "gpus": 2, "fsdp": "full-shard", "framework-version": "4.48.1", "lora-rank": 16}
+    one, two = estimate(adhoc_run(run)), estimate(adhoc_run({**run, "fsdp-version": 2}))
+    assert HELD in one.details and HELD not in two.details
+    # no other term depends on the version: FSDP2 is FSDP1 without the hold, as a non-reentrant FSDP1 run is; the
+    # hold's 2L - 3 inputs make the bottom recompute the peak, so the total drops by less than them (2.58 GB of their 8.19)
+    assert two.total_bytes == estimate(adhoc_run({**run, "checkpoint-reentrant": False})).total_bytes < one.total_bytes
+    with pytest.raises(ConfigError, match=r"fsdp-version: 3 is not an FSDP version; expected 1 \(FullyShardedDataParallel\) or 2"):
+        adhoc_run({**run, "fsdp-version": 3})
+    with pytest.raises(ConfigError, match='fsdp-version: only applies with fsdp; this run has fsdp = "none"'):
+        adhoc_run({**{k: v for k, v in run.items() if k != "fsdp"}, "fsdp-version": 2})

@@ -20,6 +20,14 @@ def parallelism(table: Table, model: Union[Architecture, ParamsOnly]) -> Dict[st
     tp, pp = table.integer("tensor-parallel", 1), table.integer("pipeline-parallel", 1)
     zero = table.integer("zero-stage", 0, low=0)
     fsdp = table.choice("fsdp", FSDP_MODES, "none")
+    # FSDP1 (FullyShardedDataParallel) unless told: accelerate's FullyShardedDataParallelPlugin takes FSDP_VERSION,
+    # default "1" (accelerate 1.6.0 utils/dataclasses.py:1675), and fully_shard only where a config says 2.
+    fsdp_version = table.integer("fsdp-version", 1)
+    if fsdp_version not in (1, 2):
+        raise table.fail("fsdp-version", f"{fsdp_version} is not an FSDP version; expected 1 (FullyShardedDataParallel) or 2 (fully_shard).")
+    if "fsdp-version" in table and fsdp == "none":
+        raise table.fail("fsdp-version", f"only applies with fsdp; this run has fsdp = \"none\".",
+                         hint='Set fsdp = "full-shard" (or another strategy) with it, or remove fsdp-version.')
     offload = table.choice("offload", OFFLOADS, "none")
     ep = table.integer("expert-parallel", 1)
     cp = table.integer("context-parallel", 1)
@@ -49,7 +57,7 @@ def parallelism(table: Table, model: Union[Architecture, ParamsOnly]) -> Dict[st
     if ep > 1 and (gpus // (tp * pp)) % ep:
         raise table.fail("expert-parallel", f"expert-parallel {ep} must divide the data-parallel size {gpus // (tp * pp)}.")
     return dict(
-        gpus=gpus, zero_stage=zero, fsdp=fsdp, tensor_parallel=tp, pipeline_parallel=pp,
+        gpus=gpus, zero_stage=zero, fsdp=fsdp, fsdp_version=fsdp_version, tensor_parallel=tp, pipeline_parallel=pp,
         sequence_parallel=table.boolean("sequence-parallel", False), expert_parallel=ep, context_parallel=cp, offload=offload,
         micro_batches=table.integer("micro-batches", 1), gpus_per_node=table.integer("gpus-per-node", 8),
     )

@@ -153,6 +153,7 @@ class Run(Record):
     gpus: int = 1  # total GPUs: data-parallel x tensor-parallel x pipeline-parallel
     zero_stage: int = 0  # DeepSpeed ZeRO 0-3
     fsdp: str = "none"  # PyTorch FSDP sharding strategy
+    fsdp_version: int = 1  # 1: FullyShardedDataParallel (flat parameters), 2: fully_shard (the reshard hook's hold is FSDP1's)
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     sequence_parallel: bool = False  # Megatron sequence parallelism (with tensor parallelism)

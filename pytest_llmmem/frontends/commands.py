@@ -23,7 +23,7 @@ _VALUE_FLAGS = {
     "num-virtual-tokens": int, "rank-dropout": float, "module-dropout": float, "decompose-factor": int,
     "encoder-hidden-size": int, "encoder-reparameterization-type": str, "encoder-num-layers": int, "gpus": int, "gpu": str,
     "gpu-memory": str,
-    "headroom": str, "method": str, "overhead": str, "zero-stage": int, "fsdp": str, "tensor-parallel": int,
+    "headroom": str, "method": str, "overhead": str, "zero-stage": int, "fsdp": str, "fsdp-version": int, "tensor-parallel": int,
     "pipeline-parallel": int, "expert-parallel": int, "offload": str, "micro-batches": int, "gpus-per-node": int,
     "host-memory": str, "framework": str, "loss": str, "loss-chunks": int, "optimizer-impl": str, "torch-version": str, "framework-version": str,
     # inference and serving (issue 12)

@@ -180,6 +180,16 @@ def fsdp(m: Mapper, key: str = "fsdp", config_key: str = "fsdp_config") -> None:
     if mode is None:
         return
     m.put("fsdp", mode, key if m.given(key) else config_key)
+    # FSDP2 (fully_shard): accelerate's fsdp_config.fsdp_version (accelerate >= 1.6 config files; TRL's fsdp2.yaml),
+    # axolotl's top-level fsdp_version (src/axolotl/utils/schemas/fsdp.py FSDPConfig.fsdp_version)
+    if m.given("fsdp_version"):
+        version, where = m.get("fsdp_version"), "fsdp_version"
+    elif isinstance(config, dict) and config.get("fsdp_version") is not None:
+        version, where = config["fsdp_version"], f"{config_key}.fsdp_version"
+    else:
+        version = None
+    if version is not None:  # a value other than 1 or 2 is the run key's error, at this line
+        m.put("fsdp-version", int(version) if version in ("1", "2") else version, where)
     offload = next((k for k in ("fsdp_offload_params", "offload_params", "cpu_offload")
                     if isinstance(config, dict) and config.get(k) in (True, "true")), None)
     if offload:

@@ -117,6 +117,8 @@ def read(m: Mapper, base_dir: Path) -> None:
     if profile in ACCELERATE_PROFILES:
         key, value = ACCELERATE_PROFILES[profile]
         m.put(key, value, f"accelerate_config = {profile} (trl/accelerate_configs/{profile}.yaml)")
+        if profile.startswith("fsdp"):  # fsdp_config.fsdp_version 1 / 2 (trl/accelerate_configs/fsdp1.yaml @ 5b2c1fa, fsdp2.yaml @ 9ce14f8)
+            m.put("fsdp-version", int(profile[-1]), f"accelerate_config = {profile} (trl/accelerate_configs/{profile}.yaml)")
     elif profile:
         m.not_modelled(f"accelerate_config = {profile}", "a custom accelerate config is not followed; give zero-stage or fsdp on the run")
     if isinstance(m.get("num_processes"), int):  # an accelerate config merged into the same file

@@ -71,9 +71,14 @@ def _hold_shape(run) -> bool:
     _inner_training_loop installs peft's fsdp_auto_wrap_policy for any LoraConfig model, transformers 4.48.1
     trainer.py:2318, :5131-5138), a torch with the reshard-only hook. checkpoint-reentrant unset is the trainer's default:
     reentrant before transformers 5 (4.48.1 modeling_utils.py:2539 gradient_checkpointing_kwargs = {"use_reentrant": True});
-    the readers put axolotl's, LLaMA-Factory's and TRL's own (docs/trainer-configs.md)."""
+    the readers put axolotl's, LLaMA-Factory's and TRL's own (docs/trainer-configs.md). FSDP2 (fully_shard) has no
+    reshard-only hook: its post-backward is an autograd Function over the unit's inputs whose context keeps only the
+    parameter group (torch 2.13 distributed/fsdp/_fully_shard/_fsdp_param_group.py:891-907, :1110-1127), and on the CPU (FSDP2 over gloo,
+    benchmarks/measure_fsdp_reshard_hold.py --fsdp 2) its reentrant peak is its non-reentrant one at 4, 8 and 12 layers
+    (50.2 / 49.8, 61.5 / 62.8, 73.6 / 74.9 layer inputs) and grows 2.7 inputs a layer, FSDP1's hook-less run's 2.5, where
+    FSDP1 with the hook grows 3.4."""
     knobs = run.knobs
-    return (run.fsdp != "none" and run.adapter is not None and run.adapter.name in LORA_CONFIG and run.gradient_checkpointing
+    return (run.fsdp != "none" and run.fsdp_version == 1 and run.adapter is not None and run.adapter.name in LORA_CONFIG and run.gradient_checkpointing
             and not run.selective_ac and knobs.framework == "transformers" and knobs.checkpoint_reentrant is not False
             and (not knobs.torch_version or tuple(knobs.torch_version) >= RESHARD_ONLY_HOOK_FROM))
 
