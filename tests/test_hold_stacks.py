@@ -152,3 +152,9 @@ def test_fsdp_version_on_the_run_and_its_errors():
         adhoc_run({**run, "fsdp-version": 3})
     with pytest.raises(ConfigError, match='fsdp-version: only applies with fsdp; this run has fsdp = "none"'):
         adhoc_run({**{k: v for k, v in run.items() if k != "fsdp"}, "fsdp-version": 2})
+
+
+def test_the_report_says_fsdp2(run_cli):
+    args = ("estimate", "--model", "mistralai/Mistral-7B-v0.1", "--mode", "lora", "--gpus", "2", "--fsdp", "full-shard", "--gpu", "A100-80GB")
+    assert "2 GPUs FSDP2 full-shard" in run_cli(*args, "--fsdp-version", "2")[1]
+    assert "2 GPUs FSDP full-shard" in run_cli(*args)[1]

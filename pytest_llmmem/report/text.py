@@ -89,7 +89,7 @@ def describe_run(est: Estimate) -> str:
     if run.gpus > 1:
         layout = [f"{run.gpus} GPUs"]
         layout += [f"ZeRO-{run.zero_stage}"] if run.zero_stage else []
-        layout += [f"FSDP {run.fsdp}"] if run.fsdp != "none" else []
+        layout += [f"{'FSDP2' if run.fsdp_version == 2 else 'FSDP'} {run.fsdp}"] if run.fsdp != "none" else []
         layout += [f"TP={run.tensor_parallel}"] if run.tensor_parallel > 1 else []
         layout += [f"PP={run.pipeline_parallel}"] if run.pipeline_parallel > 1 else []
         layout += [f"EP={run.expert_parallel}"] if run.expert_parallel > 1 else []
