@@ -135,6 +135,8 @@ BUNDLED_COUNTS = {
     "Qwen/Qwen2.5-32B-Instruct": 32_763_876_352,
     # Qwen2.5-0.5B-Instruct: Qwen2.5-0.5B's shape (the card's 0.49B, 0.36B non-embedding: tied, 494,032,768 - 151936·896)
     "Qwen/Qwen2.5-0.5B-Instruct": 494_032_768,
+    # gemma-3-27b-it (the card's 27B): its config.json as transformers 4.56.2 re-serialises it, the text and SigLIP towers
+    "google/gemma-3-27b-it": 27_432_406_640,
 }
 
 # The ids issue 23 part 4 bundled (second pass on): each is estimated offline through the CLI below.
@@ -144,7 +146,7 @@ NEWLY_BUNDLED = ("Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-3B", "Qwen/Qwen3-14B", "Qwen/
                  "tiiuae/falcon-40b-instruct", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "Qwen/Qwen2.5-1.5B-Instruct",
                  "google/gemma-3-4b-it", "mistralai/Mistral-Small-24B-Instruct-2501", "Qwen/Qwen2.5-72B-Instruct",
                  "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen2.5-32B-Instruct",
-                 "Qwen/Qwen2.5-0.5B-Instruct")
+                 "Qwen/Qwen2.5-0.5B-Instruct", "google/gemma-3-27b-it")
 
 
 def _bundled_config(model_id: str) -> dict:
