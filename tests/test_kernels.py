@@ -7,6 +7,7 @@ from pytest_llmmem.catalog.kernels import applied
 from pytest_llmmem.config.load import adhoc_run, parse
 from pytest_llmmem.core.terms.activations import layer_saved
 from pytest_llmmem.core.terms.trainable import Trainable
+from pytest_llmmem.core.terms.transients import backward_transient
 from pytest_llmmem.errors import ConfigError
 from pytest_llmmem.estimator import estimate
 
@@ -164,3 +165,57 @@ def test_unsloth_gemma3_backward_makes_two_fp32_score_matrices():
     unsloth, hf = estimate(adhoc_run({**keys, "framework": "unsloth"})), estimate(adhoc_run(keys))
     assert unsloth.details["backward.activations.backward_transient"] == 139_264
     assert hf.details["backward.activations.backward_transient"] == 69_632
+
+
+# fms-acceleration's fused_lora (catalog/kernels.py foak-lora): a LoRA layer of the small Llama above, r 8 on q/k/v/o
+# (every adapted module's input needs a gradient: a layer past the first), dropout on, fp32 adapters, bf16 activations.
+def _foak_attention(kernels, **keys) -> int:
+    arch = adhoc_run({**LLAMA, "mode": "lora"}).model
+    names = frozenset(f"{p}_proj" for p in "qkvo")
+    t = Trainable(full=False, adapted=names, rank=8, dropout=True, kernels=frozenset(kernels),
+                  adapter=adhoc_run({**LLAMA, "mode": "lora"}).adapter, **keys)
+    return layer_saved(arch, batch=2, seq=16, act=2, flash=True, trainable=t)["attention"]
+
+
+def test_foak_fused_lora_keeps_x_and_each_dropped_x_not_peft_fp32_copies_and_masks():
+    # PEFT with dropout keeps, per adapted module and token, the fp32 dropout output (h x 4 = 256 B), lora_A's fp32 output
+    # (r x 4 = 32 B) and the bool mask (h = 64 B): 352 B, x 4 modules = 1,408 B. fms-acceleration's LoRA_QKV keeps X
+    # (h x 2 = 128 B) and the three dropped X (3 x 128 B), LoRA_W its dropped X (128 B; its X is the attention kernel's
+    # output, kept already): 640 B. T = 32 tokens: (1,408 - 640) x 32 = 24,576 B less per layer.
+    assert _foak_attention(()) - _foak_attention({"foak-lora"}) == (1408 - 640) * T == 24_576
+    # the whole attention block with the kernel: X and the dropped X 4 x 128 x 32 = 16,384; HF's RMSNorm (frozen weight)
+    # the fp32 input 32 x 64 x 4 + one fp32 rstd a row 32 x 4 = 8,320; q, k, v as the kernel gets them 32 x (4 + 2 x 2) x
+    # 16 x 2 = 8,192; its output 32 x 64 x 2 = 4,096 and log-sum-exp 2 x 4 x 16 x 4 = 512; o's dropped X 4,096
+    assert _foak_attention({"foak-lora"}) == 16_384 + 8_320 + 8_192 + 4_096 + 512 + 4_096 == 41_600
+
+
+QLORA_FOAK = {"mode": "qlora", "dtype": "nf4", "compute-dtype": "bf16", "lora-rank": 8, "lora-dropout": 0.1, "adapter-dtype": "fp32",
+              "lora-targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "gradient-checkpointing": True, "flash-attention": True}
+
+
+def test_foak_fused_lora_lowers_the_recomputed_layer_of_a_qlora_run():
+    # the recompute instant's layer is one past the first: the 24,576 B of the test above
+    plain = _est(**QLORA_FOAK)
+    foak = _est(**QLORA_FOAK, kernels=["foak-fused-lora"])
+    assert plain.details["activations.recomputed_layer"] - foak.details["activations.recomputed_layer"] == 24_576
+
+
+def test_foak_fused_lora_changes_nothing_over_a_16_bit_base():
+    # the plugin omits fused_lora where the model has no quantization_method (framework_plugin_fast_kernels.py:156-159)
+    keys = {**QLORA_FOAK, "mode": "lora", "dtype": "bf16"}
+    del keys["compute-dtype"]
+    assert _est(**keys, kernels=["foak-fused-lora"]).total_bytes == _est(**keys).total_bytes
+
+
+def test_foak_fused_lora_mlp_keeps_its_dropped_inputs_and_a_mask_in_backward():
+    # all-linear: LoRA_MLP keeps X (h), gate's and up's outputs (2 f) and the dropped X of gate and up (2 h) and of down
+    # (f), 2 B each: 32 x (3 x 64 + 3 x 160) x 2 = 43,008 B, plus HF's post-attention RMSNorm 8,320 B. Its backward makes DW
+    # (f x 2 B) beside the bool mask (downX != 0) (f x 1 B) and the incoming gradient (h x 2 B): 32 x (160 x 3 + 128) = 19,456 B.
+    arch = adhoc_run({**LLAMA, "mode": "lora"}).model
+    names = frozenset(lin.name for lin in arch.layer_groups()[0].linears(arch.family, H))
+    t = Trainable(full=False, adapted=names, rank=8, dropout=True, kernels=frozenset({"foak-lora"}))
+    assert layer_saved(arch, batch=2, seq=16, act=2, flash=True, trainable=t)["mlp"] == 43_008 + 8_320
+    assert backward_transient(arch, batch=2, seq=16, act=2, trainable=t) == T * (F * 3 + H * 2) == 19_456
+    # Unsloth's own kernel (dropout 0 only) makes no mask: DW and the incoming gradient, T x (f + h) x 2 B
+    unsloth = t._replace(dropout=False, kernels=frozenset({"fast-lora"}))
+    assert backward_transient(arch, batch=2, seq=16, act=2, trainable=unsloth) == T * (F + H) * 2 == 14_336

@@ -23,6 +23,14 @@ Parts:
   gate, up and down all adapted keeps X, gate and up (unsloth/kernels/fast_lora.py:110
   save_for_backward(..., X, e, g)) and recomputes act(gate) * up; q/k/v and o keep their input and
   the adapter weights only (fast_lora.py:418, :612), no r-wide adapter output.
+- ``foak-lora``: fms-acceleration's fused_lora (foundation-model-stack/fms-acceleration @ 733992a,
+  plugins/fused-ops-and-kernels/src/fms_acceleration_foak/fused_ops/unsloth_lora/{bnb,gptq}/fast_lora.py), Unsloth's
+  LoRA autograd with dropout: matmul_lora (unsloth_lora/utils.py:262-269) runs each module's nn.Dropout on X inside the
+  Function's forward (no grad, so no mask is kept) and saves the dropped X, in X's dtype, beside what Unsloth's keeps:
+  LoRA_QKV save_for_backward(X, QA, QB, KA, KB, VA, VB, *_dropped_X) (bnb/fast_lora.py:289-292), LoRA_W (A, B, X,
+  _dropped_X) (:421), LoRA_MLP (..., X, e, g, *_dropped_X) (:97-100); without dropout _dropped_X is X itself. The plugin
+  installs it only over a quantized base (framework_plugin_fast_kernels.py:156-159: fused_lora is omitted when the
+  model has no quantization_method), so it changes nothing for 16-bit LoRA.
 - ``sdpa-math``: attention that reaches PyTorch's math SDPA backend, which keeps the fp32 probabilities
   (activations.py prices it). Unsloth's Gemma 3 attention calls ``scaled_dot_product_attention`` with the
   mask and ``enable_gqa`` (unslothai/unsloth-zoo @ d8644f7, 2025-04-07, unsloth_zoo/temporary_patches.py
@@ -37,7 +45,7 @@ from __future__ import annotations
 
 from typing import Dict, FrozenSet, Iterable, Tuple
 
-PARTS = ("rms-norm", "glu", "rope", "cross-entropy", "fused-linear-cross-entropy", "fast-lora", "sdpa-math")
+PARTS = ("rms-norm", "glu", "rope", "cross-entropy", "fused-linear-cross-entropy", "fast-lora", "foak-lora", "sdpa-math")
 
 # A kernel name -> the parts it replaces. "liger" is what apply_liger_kernel_to_llama (and
 # AutoLigerKernelForCausalLM, HF's use_liger_kernel) patches by default: rope, rms_norm, swiglu and
@@ -51,6 +59,9 @@ KERNELS: Dict[str, FrozenSet[str]] = {
     "liger-fused-linear-cross-entropy": frozenset({"fused-linear-cross-entropy"}),
     # FastLanguageModel: its RMSNorm, RoPE, LoRA autograd and fused CE loss (unsloth/models/llama.py:1497).
     "unsloth": frozenset({"rms-norm", "rope", "fast-lora", "fused-linear-cross-entropy"}),
+    # fms-acceleration's fused-ops-and-kernels plugin with ``fused_lora: true`` (its accelerated-peft-*-foak configs,
+    # sample-configurations/accelerated-peft-bnb-nf4-foak-liger-sample-configuration.yaml @ 733992a)
+    "foak-fused-lora": frozenset({"foak-lora"}),
 }
 
 
@@ -70,9 +81,19 @@ LIGER_MODEL_TYPES = frozenset((
 UNSLOTH_MATH_SDPA_TYPES = frozenset(("gemma3", "gemma3_text"))
 
 
+# The architectures fms-acceleration's plugin patches (framework_plugin_fast_kernels.py restricted_model_archs @ 733992a:
+# Granite, GraniteMoe, GPTBigCode, Mixtral, Llama, Mistral; one rules module each under fms_acceleration_foak/models/).
+FOAK_MODEL_TYPES = frozenset(("granite", "granitemoe", "gpt_bigcode", "mixtral", "llama", "mistral"))
+
+
 def applied(names: Tuple[str, ...], model_type: str) -> Tuple[FrozenSet[str], str]:
-    """The parts that apply to a model of ``model_type``, and a note when Liger has no patch for it."""
+    """The parts that apply to a model of ``model_type``, and a note when Liger (or fms-acceleration) has no patch for it."""
     own = frozenset({"sdpa-math"}) if "unsloth" in names and model_type in UNSLOTH_MATH_SDPA_TYPES else frozenset()
+    if "foak-fused-lora" in names and model_type not in FOAK_MODEL_TYPES:
+        rest, note = applied(tuple(n for n in names if n != "foak-fused-lora"), model_type)
+        foak = (f"fms-acceleration patches no {model_type!r} model (framework_plugin_fast_kernels.py restricted_model_archs): "
+                "foak-fused-lora changes nothing here")
+        return rest | own, "; ".join(n for n in (note, foak) if n)
     liger = tuple(n for n in names if n.startswith("liger"))
     if not liger or model_type in LIGER_MODEL_TYPES:
         return parts(names) | own, ""

@@ -86,7 +86,8 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
     a, kv, d = attn.heads, attn.kv_heads, attn.head_dim
     qkv = [lin[r].name for r in ("qkv", "q", "k", "v") if r in lin]
     if t.fast_lora(qkv):  # Unsloth's LoRA_QKV keeps X and the adapter weights (unsloth/kernels/fast_lora.py:418)
-        shared = tokens * arch.hidden_size * act
+        # fms-acceleration's also keeps each module's dropped X (Trainable.fused_dropped)
+        shared = tokens * arch.hidden_size * act + tokens * t.fused_dropped(qkv, arch.hidden_size, act)
     else:
         shared = _consumer_input(arch, qkv, tokens, arch.hidden_size, act, t, p.amp) - tokens * t.shared_dropout_saved(qkv, arch.hidden_size, act)
     frozen_in = t.untouched(qkv)
@@ -168,7 +169,9 @@ def _attention_saved(arch: Architecture, attn: Attention, lin: Dict[str, Linear]
             # casts it for the matmul (counted above), its output for attn @ V.
             kept += score_elems * (1 + (0 if p.amp else act))
     # Unsloth's LoRA_W keeps o_proj's input and the adapter weights (fast_lora.py:612 save_for_backward(A, B, X))
-    o_own = 0 if t.fast_lora([lin["o"].name]) else t.adapter_kept(lin["o"].name, a * d, act, tokens)
+    # (fms-acceleration's LoRA_W keeps its dropped X too: bnb/fast_lora.py:421 save_for_backward(A, B, X, _dropped_X))
+    o_own = tokens * t.fused_dropped([lin["o"].name], a * d, act) if t.fast_lora([lin["o"].name]) \
+        else t.adapter_kept(lin["o"].name, a * d, act, tokens)
     o_own += tokens * t.cast_copy(lin["o"].name, a * d)
     kept += o_input_kept + o_own
     return shared, kept
@@ -235,7 +238,11 @@ def _mlp_saved(arch: Architecture, mlp: Any, lin: Dict[str, Linear], p: Pass) ->
     if fast_lora_mlp(mlp, lin, t):
         # Unsloth's LoRA_MLP keeps X, gate's and up's outputs and recomputes act(gate) * up for down_proj
         # (unsloth/kernels/fast_lora.py:110 save_for_backward(gateA, gateB, upA, upB, downA, downB, X, e, g)).
-        return tokens * h * act, tokens * f * act * 2
+        # fms-acceleration's keeps the dropped X of gate and up (h wide) and of down (f wide) beside them
+        # (bnb/fast_lora.py:97-100 save_for_backward(..., X, e, g, *_dropped_X) @ 733992a)
+        gate_up = [lin[r].name for r in ("gate_up", "gate", "up") if r in lin]
+        return (tokens * h * act + tokens * t.fused_dropped(gate_up, h, act),
+                tokens * f * act * 2 + tokens * t.fused_dropped([lin["down"].name], f, act))
     shared = 0
     if moe:
         # HF Mixtral sparse MoE block: fp32 router softmax, the router's input (when it trains),

@@ -265,7 +265,11 @@ def trainable_for(run: Run, arch: Architecture) -> Trainable:
     """What trains in a step and the fused kernels that replace its modules' autograd (shared with the backward instant)."""
     kernels, _ = kernels_applied(run.knobs.kernels, arch.family.name)  # fused kernels change what modules keep (catalog/kernels.py)
     if run.adapter is not None and run.adapter.saved is not lora_saved:
-        kernels = kernels - {"fast-lora"}  # Unsloth's LoRA autograd replaces plain LoRA modules only (not DoRA, VeRA, IA3)
+        kernels = kernels - {"fast-lora", "foak-lora"}  # Unsloth's LoRA autograd replaces plain LoRA modules only (not DoRA, VeRA, IA3)
+    if run.adapter is None or not run.adapter.quantized_base:
+        # fms-acceleration installs its fused LoRA only where the model has a quantization_method
+        # (framework_plugin_fast_kernels.py:156-159 @ 733992a: otherwise "fused_lora" is omitted from its rules)
+        kernels = kernels - {"foak-lora"}
     if run.compiled:
         # torch.compile fuses each RMSNorm: Inductor's min-cut partitioner keeps its 16-bit input and one fp32 rstd per
         # row, not the fp32 copy (benchmarks/data/compile-cpu.jsonl torchtune-layer compiled_saved), as the fused

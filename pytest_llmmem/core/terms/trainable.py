@@ -47,8 +47,19 @@ class Trainable(Record):
         return width * self.base_cast if self.base_cast and self.base_keeps(name) else 0
 
     def fast_lora(self, names) -> bool:
-        """Unsloth's LoRA autograd covers these modules: all of them adapted, no dropout (catalog/kernels.py)."""
-        return "fast-lora" in self.kernels and not self.full and not self.dropout and bool(names) and all(n in self.adapted for n in names)
+        """Unsloth's LoRA autograd covers these modules: all of them adapted, no dropout; or fms-acceleration's, which
+        takes dropout too (catalog/kernels.py ``foak-lora``)."""
+        fused = ("fast-lora" in self.kernels and not self.dropout) or "foak-lora" in self.kernels
+        return fused and not self.full and bool(names) and all(n in self.adapted for n in names)
+
+    def fused_dropped(self, names, width: int, act: int) -> int:
+        """Bytes per token the fused LoRA autograd keeps of its own for each module's dropped input (``width`` wide, in
+        the input's dtype): fms-acceleration's matmul_lora hands ``dropout.X`` to save_for_backward (unsloth_lora/
+        utils.py:262-269; bnb/fast_lora.py:289-292, :421, :97-100 @ 733992a); none without dropout (``_dropped_X`` is X)
+        or under Unsloth's own kernel (dropout 0 only)."""
+        if not (self.dropout and "foak-lora" in self.kernels and self.fast_lora(names)):
+            return 0
+        return len(names) * width * act
 
     def _saved(self, name: str, width: int, act: int) -> Any:
         """What the adapter on ``name`` keeps (adapters.Saved), by module where the adapter says it differs."""

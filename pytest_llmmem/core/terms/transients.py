@@ -86,11 +86,15 @@ def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *
     group = group or arch.layer_groups()[0]
     tokens = batch * seq
     mlp = group.mlp
-    exact = 0
+    exact, mask = 0, 0
+    linears = {l.role: l for l in group.linears(arch.family, arch.hidden_size)}
     if isinstance(mlp, NoMLP):
         width = 0
-    elif trainable is not None and fast_lora_mlp(mlp, {l.role: l for l in group.linears(arch.family, arch.hidden_size)}, trainable):
+    elif trainable is not None and fast_lora_mlp(mlp, linears, trainable):
         width = mlp.d_ff
+        # fms-acceleration's LoRA_MLP backward passes ``dropout=(downX != 0)`` to DW's matmul_lora: a bool (tokens, d_ff)
+        # mask beside DW (bnb/fast_lora.py:124-127 @ 733992a), 1 B an element where its dropout is on
+        mask = tokens * trainable.fused_dropped([linears["down"].name], mlp.d_ff, 1)
     elif isinstance(mlp, MoE) and expert_loop:
         # One expert's backward at a time: each expert's gather, gate/up, act * up, down and routing-weight multiply is
         # its own chain of autograd nodes, created after the previous expert's index_add_ and before its own, so the
@@ -108,7 +112,7 @@ def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *
     scores = 0
     if trainable is not None and math_sdpa(group.attention, trainable):
         scores = 2 * batch * group.attention.heads * seq * seq * FP32
-    return max(tokens * width * act + exact * act, scores) // tp + tokens * arch.hidden_size * act
+    return max(tokens * width * act + exact * act + mask, scores) // tp + tokens * arch.hidden_size * act
 
 
 # transformers 5 made the experts 3D parameters run by integrations/moe.py, grouped_mm by default
