@@ -654,3 +654,18 @@ def test_unsloth_first_step_sets_the_verdict_on_the_cli(run_cli):
     assert "peak phase: first step (" in out
     code, out, _ = run_cli(*args, "--framework-version", "2025.11.4")
     assert code == 0 and "FITS" in unfit(out)
+
+
+def test_an_unsloth_grpo_run_gets_the_first_step_too():
+    # GRPO's policy step is an SFT step at the recipe's rows (recipes/recipes.py), so the first step differs from the later
+    # ones as in the SFT test above: + 524,288 B of layer inputs (2 x 1 x 2048 x 64 x 2 B here: 2 rows of 1,024 tokens),
+    # + 30 % of them as pool slack, - AdamW's 286,720 B of LoRA states = + 394,854.4 B. Before, the recipe's own phases left
+    # the first step out while the SFT reading's note said it was the peak.
+    grpo = {**UNSLOTH_TINY, "batch-size": 2, "seq-len": 1024, "recipe": "grpo", "num-generations": 2, "gradient-checkpointing": True}
+    old = estimate(adhoc_run({**grpo, "framework-version": "2025.3.19"}))
+    phases = dict(old.phases)
+    assert old.peak_phase == "first step" and abs(phases["first step"] - phases["backward"] - 394_854.4) <= 1
+    assert old.notes[0].startswith("peak at the first training step (Unsloth offloads from the second)")
+    new = estimate(adhoc_run({**grpo, "framework-version": "2025.11.4"}))
+    assert "first step" not in dict(new.phases) and new.total_bytes == phases["backward"]
+    assert not any(n.startswith("peak at the first training step") for n in new.notes)

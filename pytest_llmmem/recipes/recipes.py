@@ -26,13 +26,15 @@ from ..core.records import TERMS, Estimate
 from ..core.run import RecipeSettings, Run
 from ..core.terms.activations import FP32
 from ..core.terms.model_ends import INDEX_BYTES
-from ..core.terms.backward import INSTANTS, Instant, backward_instant, instant_details, instant_items
+from ..core.terms.backward import INSTANTS, Instant, accumulates, backward_instant, instant_details, instant_items
+from ..core.terms.job_phases import first_pass_step, job_note
 from ..core.terms.transients import forward_transient
 from ..core.terms.parallel import local_params
 from ..core.terms.prefill import stage_kv
 from ..core.terms.step import Step, step_terms, stored_weight_bytes
 from ..core.terms.trainer_terms import optimizer_step
 from ..model.architecture import Architecture
+from ..units import format_bytes
 from .ppo_rollout import ROLLOUT_CHUNK, rollout_phase
 
 # Breakdown terms a recipe adds (labels in report.LABELS), placed before the overhead term.
@@ -201,7 +203,8 @@ def estimate_recipe(run: Run):
     states = {"weights": step.weights, "master_weights": step.master_weights, "gradients": opt.gradients,
               "optimizer_states": step.optimizer_states}
     items, head = step.details, ()
-    notes, partial = list(policy.notes), list(policy.partial)
+    # the SFT reading's "peak at ..." note is about its own phases; the recipe's peak is named below from its own
+    notes, partial = [n for n in policy.notes if not n.startswith("peak at ")], list(policy.partial)
     act = run.dtype.compute_bytes
     if recipe.rows_per_example == 2:
         notes.append(f"{rs.name}: chosen and rejected run in one forward: {rows} rows of {run.seq_len} tokens")
@@ -234,9 +237,13 @@ def estimate_recipe(run: Run):
     gen, shares, gen_items = _generation(run, recipe, arch, act, notes, partial)
     policy_step = _policy_step(run, step, items + head, params) if arch is not None else step
     instant = _policy_instant(plain, recipe, policy_step, states["gradients"], head)
-    phases = _phases(run, policy_step, states, {**models, **shares}, dict(value_items).get("value_model.activations", 0),
-                     opt, gen, _carried(policy), instant)
+    value_activations = dict(value_items).get("value_model.activations", 0)
+    phases = _phases(run, policy_step, states, {**models, **shares}, value_activations, opt, gen, _carried(policy), instant)
+    phases = _first_step(run, plain, recipe, policy_step, states, {**models, **shares}, value_activations, opt, _carried(policy),
+                         head) + phases
     comp = compose(phases, run_overhead(run), RECIPE_TERMS, run.calibration)
+    if comp.peak == "first step":
+        notes.insert(0, job_note(next(p for p in phases if p.name == "first step")))
     if comp.peak == "generation":
         notes.append(f"peak is the generation phase ({rs.generation_batch_size} completions): above the training forward/backward")
     elif gen is not None:
@@ -331,6 +338,27 @@ def _policy_instant(plain: Run, recipe: Recipe, step: Step, gradients: int, head
     (b, s, 1) output is all it keeps. A score model has no V x h head, so no head gradient is made."""
     loss = sum(v for _, v in head) if head else None
     return backward_instant(plain, step, gradients, loss=loss, lm_head=recipe.head != "score")
+
+
+def _first_step(run: Run, plain: Run, recipe: Recipe, step: Step, states: Dict[str, int], models: Dict[str, int],
+                value_activations: int, opt, carried: Tuple[Item, ...], head: Pairs) -> Tuple[Phase, ...]:
+    """The policy's first training step where the trainer's activation offload starts with the second (Unsloth
+    2025.3.1 up to 2025.11.4: Knobs.first_pass_kept, core/terms/job_phases.first_step_phase for an SFT step): every
+    checkpointed layer input on the GPU, no optimizer states yet (created by the first optimizer.step()), and in the
+    first micro-batch no earlier gradient. The rollout before it is the generation phase's, the same in every step."""
+    host = step.detail("host.offloaded_activations")
+    if not (run.knobs.first_pass_kept and host and step.arch is not None):
+        return ()
+    first = first_pass_step(step)
+    one_batch = plain._replace(micro_batches=1) if accumulates(plain) else plain
+    instant = _policy_instant(one_batch, recipe, first, states["gradients"], head)
+    backward = _phases(one_batch, first, {**states, "optimizer_states": 0}, models, value_activations,
+                       opt._replace(in_backward=False, temporaries=0), None, carried, instant)[0]
+    version = ".".join(map(str, run.knobs.framework_version))
+    why = (f"{run.knobs.framework} {version} offloads no checkpointed layer input in the first forward (unsloth_zoo FIRST_PASS), "
+           f"so the first step keeps all of them on the GPU, {format_bytes(host)} more than the later steps; its backward "
+           f"peaks at its {instant.name} instant ({INSTANTS[instant.name]})")
+    return (backward._replace(name="first step", why=why),)
 
 
 def _phases(run: Run, step: Step, states: Dict[str, int], models: Dict[str, int], value_activations: int,
