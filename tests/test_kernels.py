@@ -219,3 +219,11 @@ def test_foak_fused_lora_mlp_keeps_its_dropped_inputs_and_a_mask_in_backward():
     # Unsloth's own kernel (dropout 0 only) makes no mask: DW and the incoming gradient, T x (f + h) x 2 B
     unsloth = t._replace(dropout=False, kernels=frozenset({"fast-lora"}))
     assert backward_transient(arch, batch=2, seq=16, act=2, trainable=unsloth) == T * (F + H) * 2 == 14_336
+
+
+def test_foak_fused_lora_on_a_model_type_without_its_rule_changes_nothing_and_says_so():
+    # fms-acceleration's gpt_bigcode rules patch only the loss (models/gpt_bigcode.py @ 733992a): PEFT's LoRA is counted
+    assert "foak-lora" not in applied(("foak-fused-lora",), "gpt_bigcode")[0]
+    parts, note = applied(("foak-fused-lora", "liger-rms-norm"), "gpt_bigcode")
+    assert "no fused LoRA rule" in note and "Liger has no kernels" in note and not parts
+    assert applied(("foak-fused-lora",), "mistral") == (frozenset({"foak-lora"}), "")
