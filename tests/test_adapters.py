@@ -14,7 +14,7 @@ from pytest_llmmem.hookspecs import hookimpl
 from pytest_llmmem.core.records import SLACK_UNCHECKPOINTED
 from pytest_llmmem.model.methods import BUILTIN
 from pytest_llmmem.model.adapters import (LORA, QLORA, Saved, dora_forward_transient, dora_saved, dora_tensors, ia3_saved_on,
-                                          lora_saved, lora_tensors, qdora_forward_transient, qdora_saved, vera_saved,
+                                          lora_autocast_saved, lora_saved, module_kept, lora_tensors, qdora_forward_transient, qdora_saved, vera_saved,
                                           with_qdora)
 from pytest_llmmem.model.layers import Linear
 
@@ -159,6 +159,53 @@ def test_litgpt_keeps_one_dropout_output_and_mask_for_q_k_and_v():
 
 def _lora_run(extra: str, mode: str = "lora"):
     return parse(textwrap.dedent(PYPROJECT.format(mode=mode)) + extra).runs[0]
+
+
+@pytest.mark.parametrize("dropout", ["lora-dropout = 0.1\n", ""], ids=["dropout", "no-dropout"])
+def test_fp32_adapters_under_autocast_keep_16_bit_casts(dropout):
+    """autocast = true (the HF Trainer's bf16 over a bf16 model): lora_A keeps its bf16 cast of PEFT's fp32 input or
+    dropout output and lora_B lora_A's bf16 output, each module the bf16 casts of its two weights. By hand (the PYPROJECT
+    model: q and v 64 -> 64, 2 layers, 2 x 32 tokens, rank 8, fp32 adapters): per module and token (64 + 8) x (4 - 2) B
+    less, 2 modules x 2 layers x 64 tokens x 144 B = 36,864 B; lora_B's weight cast (64 x 8 x 2 B) in each of the 4
+    modules, lora_A's (8 x 64 x 2 B) where the input needs a gradient (layer 1's 2 modules): 6 x 1024 B more. The
+    dropout's mask is the same either way; without dropout lora_A's cast replaces PEFT's fp32 copy of the input."""
+    plain, amp = estimate(_lora_run(dropout)), estimate(_lora_run(dropout + "autocast = true\n"))
+    saved = lambda est: sum(v for k, v in est.details.items() if k.startswith("activations."))  # noqa: E731
+    assert amp.run.autocast and not plain.run.autocast
+    assert saved(plain) - saved(amp) == 36_864 - 6 * 1024 == 30_720
+    # adapters in the model's dtype: autocast casts nothing, so nothing changes
+    assert saved(estimate(_lora_run(dropout + 'adapter-dtype = "bf16"\nautocast = true\n'))) == \
+        saved(estimate(_lora_run(dropout + 'adapter-dtype = "bf16"\n')))
+
+
+def test_autocast_figure_is_the_measured_layer_difference():
+    """benchmarks/measure_lora_autocast.py (h 256, q/o 256 -> 256, k/v 256 -> 128, r 16, dropout 0.1, 256 tokens, the
+    layer's input needing a gradient) measured 66.594 B x h a token a layer without autocast and 58.969 with it: 7.625 B x h
+    less. By the fields (the CPU keeps its dropout noise either way, so the masks cancel): 4 x (256 + 16) x 2 B x 256
+    tokens less, 4 x 16 x 256 x 2 B (lora_A's weight casts) + 16 x 2 B x (256 + 128 + 128 + 256) (lora_B's) more."""
+    outs, tokens, h = (256, 128, 128, 256), 256, 256
+    kept = lambda fn: sum(module_kept(fn(h, 16, 4, 2, True), h, d_out, tokens, True) for d_out in outs)  # noqa: E731
+    assert kept(lora_saved) - kept(lora_autocast_saved) == 4 * 272 * 2 * 256 - 4 * 16 * 256 * 2 - 16 * 2 * 768 == 499_712
+    assert 499_712 / tokens / h == 7.625 == round(66.594 - 58.969, 3)
+
+
+def test_autocast_with_a_method_it_does_not_price_is_approximate():
+    """Only plain LoRA over a 16-bit base keeps its 16-bit casts by lora_autocast_saved; DoRA and QLoRA (PEFT's bnb layers
+    skip the fp32 cast under autocast) are priced as without autocast, and the estimate says so."""
+    lora = estimate(_lora_run("autocast = true\n"))
+    dora, plain_dora = estimate(_lora_run("use-dora = true\nautocast = true\n")), estimate(_lora_run("use-dora = true\n"))
+    assert not any("autocast" in a for a in lora.approximate)
+    assert any("autocast = true with LoRA" in a for a in dora.approximate) and dora.total_bytes == plain_dora.total_bytes
+    qlora = estimate(_lora_run("autocast = true\n", mode="qlora"))
+    assert any("over a 4-bit base" in a for a in qlora.approximate)
+
+
+def test_autocast_is_refused_over_fp32_weights():
+    """fp32 weights under autocast is precision = "amp"; autocast = true names 16-bit weights."""
+    with pytest.raises(ConfigError, match='autocast.*dtype is "fp32"'):
+        _lora_run('dtype = "fp32"\nautocast = true\n')
+    with pytest.raises(ConfigError, match="autocast: only applies to training"):
+        parse(textwrap.dedent(PYPROJECT.format(mode="inference")) + "autocast = true\n")
 
 
 def test_dora_adds_a_magnitude_per_output_and_keeps_both_outputs():

@@ -67,11 +67,12 @@ CASES = [
      # ZeRO-3: no cast_trainable_params_to_fp32, but get_peft_model's autocast_adapter_dtype keeps the adapters fp32
      # (LLaMA-Factory model/adapter.py:308, readers/llama_factory.py _precision)
      dict(mode="lora", dtype="bf16", lora_rank=8, lora_dropout=0.0, lora_targets=("all-linear",), batch_size=1, seq_len=2048, zero_stage=3,
-          gradient_checkpointing=True, optimizer="adamw", adapter_dtype="fp32"), {}, []),
+          gradient_checkpointing=True, optimizer="adamw", adapter_dtype="fp32", autocast=False), {}, []),
     ("llama-factory/llama3_lora_dpo.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
      dict(mode="lora", dtype="bf16", lora_rank=8, batch_size=1, seq_len=2048, adapter_dtype="fp32"), {}, []),
     ("llama-factory/qwen3_lora_sft.yaml", "Qwen/Qwen3-4B-Instruct-2507",
-     dict(mode="lora", dtype="bf16", lora_rank=8, lora_targets=("all-linear",), batch_size=1, seq_len=2048), {}, []),
+     # bf16: true over the bf16 checkpoint, no DeepSpeed: accelerate's torch.autocast over a 16-bit model (hf_args.weights_and_compute)
+     dict(mode="lora", dtype="bf16", lora_rank=8, lora_targets=("all-linear",), batch_size=1, seq_len=2048, autocast=True), {}, []),
     ("llama-factory/llama3_lora_sft_otfq.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
      dict(mode="qlora", dtype="nf4", lora_rank=8, batch_size=1, seq_len=2048), {"double_quant": True}, []),
     ("torchtune/8B_qlora_single_device.yaml", "meta-llama/Llama-3.1-8B",

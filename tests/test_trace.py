@@ -176,16 +176,18 @@ def test_tied_embeddings_hold_two_head_sized_gradients_at_the_end_of_backward():
     {"mode": "lora", "use-dora": True}, {"mode": "vera", "lora-rank": 16}, {"mode": "ia3"},
     {"mode": "prompt-tuning", "num-virtual-tokens": 16},
     {"mode": "lora", "lora-dropout": 0.05, "lora-targets": "all-linear"},
+    {"mode": "lora", "lora-dropout": 0.05, "lora-targets": "all-linear", "autocast": True}, {"mode": "lora", "autocast": True},
     {"mode": "prefix-tuning", "num-virtual-tokens": 16}, {"mode": "prefix-tuning", "num-virtual-tokens": 16, "flash-attention": False},
     {"mode": "prefix-tuning", "num-virtual-tokens": 16, "prefix-projection": True, "encoder-hidden-size": 128, "num-kv-heads": 2},
     {"mode": "p-tuning", "num-virtual-tokens": 16, "encoder-hidden-size": 128},
-], ids=["dora", "vera", "ia3", "prompt-tuning", "lora-dropout", "prefix-tuning", "prefix-tuning-eager", "prefix-projection-gqa", "p-tuning"])
+], ids=["dora", "vera", "ia3", "prompt-tuning", "lora-dropout", "lora-dropout-autocast", "lora-autocast", "prefix-tuning", "prefix-tuning-eager", "prefix-projection-gqa", "p-tuning"])
 def test_adapter_methods_trace_as_the_detailed_count_says(extra):
     """The trace builds each through peft (trace/step.py _peft_config): at the backward peak its saved activations
     are the detailed count's, within the allocator's 512-byte blocks (a few small tensors; prompt tuning adds the
     prompt's indices, its -100 labels and the concatenated labels, each rounded up to a block). LoRA's dropout runs
     as CUDA's native_dropout (a bool mask kept, attention.CudaDropout), so the oracle holds the dropout term; eager
-    prefix tuning's first layer keeps no K (its q needs no gradient)."""
+    prefix tuning's first layer keeps no K (its q needs no gradient). autocast = true runs the step under torch.autocast
+    (trace/step.py), so the 16-bit casts of the fp32 adapters' inputs and weights are traced, not counted by the same rule."""
     from pytest_llmmem.estimator import estimate
     from pytest_llmmem.trace.estimate import traced
 
@@ -194,6 +196,17 @@ def test_adapter_methods_trace_as_the_detailed_count_says(extra):
     saved = sum(v for k, v in detailed.details.items() if k.startswith("activations."))
     assert abs(_phase(trace, "backward").breakdown["activations"] - saved) <= 8 * 512
     assert trace.trainable_params == detailed.trainable_params
+
+
+def test_autocast_over_a_4_bit_base_is_refused_by_the_trace():
+    """PEFT's bitsandbytes LoRA skips its fp32 input cast under autocast (peft tuners/lora/bnb.py requires_conversion); the
+    trace builds a QLoRA base in 16 bit with PEFT's plain layer, which casts, so it refuses rather than trace another step."""
+    from pytest_llmmem.errors import ConfigError
+    from pytest_llmmem.trace.estimate import traced
+
+    run = adhoc_run({**TINY, "mode": "qlora", "batch-size": 2, "seq-len": 64, "autocast": True})
+    with pytest.raises(ConfigError, match="autocast = true over a 4-bit base"):
+        traced(run)
 
 
 def test_dora_traces_its_weight_norm_in_the_forward():

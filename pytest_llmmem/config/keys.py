@@ -25,7 +25,7 @@ ARCH_KEYS = (
     "moe-intermediate-size", "hidden-act", "attention-dropout", "hidden-dropout",
 )
 MODEL_KEYS = ("params", "config", "id", "revision", "allow-network") + ARCH_KEYS  # id: a Hub id (hub.py)
-TRAIN_ONLY = ("precision", "optimizer", "gradient-checkpointing", "selective-ac", "compile", "zero-stage", "fsdp", "fsdp-version", "offload",
+TRAIN_ONLY = ("precision", "autocast", "optimizer", "gradient-checkpointing", "selective-ac", "compile", "zero-stage", "fsdp", "fsdp-version", "offload",
               "micro-batches", "context-parallel")
 PARALLEL_KEYS = ("tensor-parallel", "pipeline-parallel", "sequence-parallel", "expert-parallel", "gpus-per-node", "host-memory")
 # The keys an adapter reads (adapters.Adapter.keys says which apply to each).

@@ -155,6 +155,10 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
     if precision in ("mixed", "amp") and dtype.bytes >= 4 and mode == "train":
         raise table.fail("precision", f'"{precision}" computes in 16 bit but dtype is "{dtype.name}".',
                          hint='Use dtype = "bf16" or "fp16" with it, or precision = "pure" for fp32 training.')
+    autocast = table.boolean("autocast", False)
+    if autocast and mode != "inference" and not dtype.quantized and dtype.bytes >= 4:
+        raise table.fail("autocast", f'autocast = true runs 16-bit weights under torch.autocast but dtype is "{dtype.name}".',
+                         hint='Use precision = "amp" for fp32 weights under autocast, or dtype = "bf16" / "fp16" with autocast = true.')
     optimizer = table.resolve("optimizer", ctx.catalog.optimizer, "adamw") if mode != "inference" else None
     targets = read_targets(table)
 
@@ -229,6 +233,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         mode=mode,
         dtype=dtype,
         precision=precision,
+        autocast=autocast,
         optimizer=optimizer,
         batch_size=implied.get("batch_size") or table.integer("batch-size", 1),
         seq_len=seq_len or 2048,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+from ..model.adapters import lora_saved
 from ..model.architecture import Architecture
 from ..units import format_bytes
 from .compose import compose, run_overhead
@@ -127,6 +128,18 @@ def _era_rope_caches(run: Run, arch: Architecture) -> str:
             "over their 24 GB cards while they ran: docs/profiles.md)")
 
 
+def _autocast_unpriced(run: Run) -> bool:
+    """autocast = true over adapters wider than the compute dtype that lora_autocast_saved does not price: DoRA, VeRA, IA3,
+    LoHa, LoKr, and QLoRA (PEFT's bitsandbytes layers skip their fp32 input cast under autocast: peft tuners/lora/bnb.py
+    ``requires_conversion = not torch.is_autocast_enabled()``), whose saved set under autocast is not measured here."""
+    adapter = run.adapter
+    if not (run.autocast and run.precision != "amp" and adapter is not None and adapter.prompt is None and run.adapter_dtype is not None):
+        return False
+    if run.adapter_dtype.bytes <= run.dtype.compute_bytes:
+        return False
+    return adapter.saved is not lora_saved or adapter.saved_on is not None or adapter.quantized_base
+
+
 def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
     """Why the estimate leaves terms out (partial) or is not exact (approximate)."""
     if arch is None:
@@ -145,6 +158,10 @@ def _caveats(run: Run, arch: Optional[Architecture]) -> Tuple[Tuple[str, ...], T
         approximate.append(COMPILE_APPROXIMATE)
     if run.trains and run.optimizer is not None and run.optimizer.step_bytes_per_element:
         approximate.append(LOW_BIT_STEP_APPROXIMATE.format(doc=run.optimizer.doc, per=run.optimizer.step_bytes_per_element))
+    if _autocast_unpriced(run):
+        approximate.append(f"autocast = true with {run.adapter.label}{' over a 4-bit base' if run.adapter.quantized_base else ''}: "
+                           f"its {run.adapter_dtype.name} adapters' 16-bit casts under torch.autocast are not modelled (only plain "
+                           "LoRA over a 16-bit base's are, adapters.lora_autocast_saved); its saved tensors are priced as without autocast")
     if _qwen3_long_generate(run, arch):
         approximate.append(QWEN3_LONG_GENERATE)
     if run.trains and run.knobs.kernels:

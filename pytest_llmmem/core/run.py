@@ -127,6 +127,11 @@ class Run(Record):
     mode: str = "train"
     dtype: Optional[DType] = None
     precision: str = "mixed"
+    # 16-bit weights and a forward under torch.autocast in the run's dtype: the HF Trainer's bf16 / fp16 = true over a
+    # 16-bit model (transformers 4.45.2 training_args.py:1798-1805 sets ACCELERATE_MIXED_PRECISION; accelerate 1.0.1
+    # accelerator.py:1413-1424 wraps forward in torch.autocast, a 16-bit model included). Only fp32 LoRA adapters over
+    # a 16-bit base keep less for it (adapters.lora_autocast_saved); "amp" runs under autocast whatever this says.
+    autocast: bool = False
     optimizer: Optional[Optimizer] = None
     batch_size: int = 1
     seq_len: int = 2048

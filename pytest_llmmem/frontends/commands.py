@@ -50,7 +50,7 @@ _SWITCHES = ("gradient-checkpointing", "flash-attention", "tie-embeddings", "seq
              "activation-offload", "optimizer-in-backward", "double-quant", "enforce-eager",
              "reference-model", "precompute-ref-log-probs", "allow-network", "eval", "offload-to-cpu", "merge-adapters",
              "gather-16bit-weights-on-save", "compile", "kbit-prepare", "use-dora", "use-rslora", "decompose-both",
-             "prefix-projection", "checkpoint-reentrant")
+             "prefix-projection", "checkpoint-reentrant", "autocast")
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:

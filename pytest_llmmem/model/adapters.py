@@ -209,6 +209,24 @@ def lora_saved(width: int, rank: int, adapter_bytes: int, act: int, dropout: boo
     return Saved(same, (0 if same else width * adapter_bytes) + rank * adapter_bytes)
 
 
+def lora_autocast_saved(width: int, rank: int, adapter_bytes: int, act: int, dropout: bool = False) -> Saved:
+    """What LoRA keeps over a 16-bit base whose forward runs under torch.autocast (Run.autocast) with adapters in a wider
+    dtype (PEFT's fp32). PEFT still casts x to the adapter's dtype and drops it out there (peft 0.13.2
+    tuners/lora/layer.py:581-584), but autocast runs lora_A's linear in 16 bit: it keeps its own 16-bit cast of that
+    fp32 tensor (``act`` bytes a feature, not ``adapter_bytes``; the fp32 input or dropout output dies once cast) and
+    the 16-bit cast of lora_A's weight where its input needs a gradient (r x width); lora_B keeps lora_A's 16-bit
+    output (r a token) and its own weight's 16-bit cast (d_out x r), each autocast's cached copy of the fp32
+    parameter (aten/src/ATen/autocast_mode.cpp cached_cast). The dropout's mask stays. Without dropout the same:
+    lora_A casts the fp32 copy back, a new 16-bit tensor, not the module's input. Measured on the CPU:
+    benchmarks/measure_lora_autocast.py (q/k/v/o r16 at h 256, dropout 0.1: 66.594 B x h a token a layer without
+    autocast, 58.969 with it; 7.625 = 4 x 2 B x h + the r-wide outputs, less the weight casts, by hand in
+    tests/test_adapters.py)."""
+    if adapter_bytes <= act:
+        return lora_saved(width, rank, adapter_bytes, act, dropout)  # same dtype: autocast casts nothing
+    return Saved(False, width * act + rank * act, width * DROPOUT_MASK_BYTES if dropout else 0, width * act if dropout else 0,
+                 per_output_fixed=rank * act, fixed_grad=rank * width * act)
+
+
 def lora_merge(numel: int, quantized: bool, compute_bytes: int, adapter_bytes: int) -> int:
     """PEFT merge_and_unload, one adapted linear at a time: B @ A and its scaled copy in the adapter
     dtype (peft/tuners/lora/layer.py:1044 get_delta_weight); a quantized base is dequantised, cast to

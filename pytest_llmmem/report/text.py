@@ -75,6 +75,8 @@ def describe_run(est: Estimate) -> str:
         parts.append(f"{run.precision} precision")
         if run.vision_tower == "frozen":
             parts.append("vision tower frozen")
+    if run.autocast and run.precision != "amp" and run.trains:
+        parts.append("autocast")  # the forward under torch.autocast (Run.autocast); amp says it already
     if run.optimizer is not None:
         parts.append(run.optimizer.name)
     if run.adapter is not None:

@@ -73,6 +73,9 @@ def _refusal(run: Run) -> str:
         return f"engine = \"{run.engine}\" is a serving engine's memory pool, not a traced forward"
     if run.trains and run.optimizer is not None and run.optimizer.name not in TRACED_OPTIMIZERS + BNB_OPTIMIZERS:
         return f'it steps torch optimizers ({", ".join(TRACED_OPTIMIZERS)}); "{run.optimizer.name}" is not one'
+    if run.autocast and run.adapter is not None and run.adapter.quantized_base:
+        return ("autocast = true over a 4-bit base: PEFT's bitsandbytes layers skip their fp32 input cast under autocast "
+                "(peft tuners/lora/bnb.py requires_conversion), and the trace builds the base in 16 bit with PEFT's plain layer")
     if run.selective_ac:
         return "selective activation checkpointing (torchtitan's op or layer policies) is not run by the trace"
     if run.knobs.returns_fp32_logits:

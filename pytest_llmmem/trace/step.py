@@ -11,8 +11,8 @@ whole step is -2.8 %, benchmarks/trace_reserved.py --full-depth), then the measu
 before backward, as Trainer.compute_loss returns only the loss. Inference is a prefill of the
 prompt with a KV cache ("prefill"), then one forward per new token ("decode").
 
-Precision: "pure" keeps weights, gradients and states in the run's dtype; "amp" keeps fp32 weights
-under ``torch.autocast``; "mixed" keeps 16-bit weights and gradients beside an fp32 master copy
+Precision: "pure" keeps weights, gradients and states in the run's dtype (under ``torch.autocast`` in that dtype
+where the run says autocast = true); "amp" keeps fp32 weights under ``torch.autocast``; "mixed" keeps 16-bit weights and gradients beside an fp32 master copy
 the optimizer steps, each gradient cast to fp32 onto its master before the step and copied back
 after (the fp16/bf16 optimizers of apex O2 and DeepSpeed's non-ZeRO path do this).
 
@@ -185,7 +185,8 @@ def _train(torch, run: Run, model, tracker: LiveBytes) -> None:
         checkpointing(model)
     model.train()
     ids = torch.zeros((run.batch_size, run.seq_len), dtype=torch.long)
-    amp = run.precision == "amp" and run.mode == "train"
+    # amp's fp32 weights, or a 16-bit model the trainer runs under autocast (Run.autocast: PEFT's fp32 adapters compute in 16 bit)
+    amp = (run.precision == "amp" and run.mode == "train") or (run.autocast and run.mode != "inference")
     # A whole warm-up step: its forward and backward leave nothing allocated but the optimizer states, yet the
     # caching allocator keeps every segment they reserved, so the measured step reuses that pool (the steady state).
     tracker.start("warm-up step", "optimizer_states")
@@ -203,7 +204,8 @@ def _train(torch, run: Run, model, tracker: LiveBytes) -> None:
 def _forward_backward(torch, run: Run, model, ids, amp: bool, tracker: LiveBytes, marks: bool) -> None:
     """One forward and backward, the loss only kept (Trainer.compute_loss), or the whole output where the profile's
     loop holds it (Profile.holds_output: out = model(...); out.loss.backward(); del out); ``marks``: record the saved set."""
-    with torch.autocast("cpu", dtype=getattr(torch, TORCH_DTYPES[run.dtype.name])) if amp else contextlib.nullcontext():
+    half = getattr(torch, TORCH_DTYPES[run.dtype.name]) if run.precision == "amp" else _compute_dtype(torch, run)
+    with torch.autocast("cpu", dtype=half) if amp else contextlib.nullcontext():
         out = model(input_ids=ids, labels=ids)
     loss, held = out.loss, (out if run.knobs.holds_output else None)
     del out

@@ -73,7 +73,12 @@ def engine_of(m: Mapper) -> str:
 
 def weights_and_compute(m: Mapper, stored: Stored, autocast: Optional[Stored]) -> None:
     """dtype and precision of the run from what the trainer stores and what it autocasts to (None: no autocast).
-    An adapter run takes the base's storage dtype; its adapters' dtype is the reader's to say."""
+    An adapter run takes the base's storage dtype; its adapters' dtype is the reader's to say. A 16-bit model under
+    the trainer's autocast without DeepSpeed or FSDP (which cast the adapters to 16 bit themselves) is autocast = true:
+    accelerate wraps its forward in torch.autocast, a 16-bit model included (accelerate 1.0.1 accelerator.py:1413-1424;
+    accelerate 1.16 accelerator.py:1791-1799), so PEFT's fp32 adapters compute in 16 bit (adapters.lora_autocast_saved)."""
+    if autocast and stored.dtype in ("bf16", "fp16") and not engine_of(m) and m.values.get("mode") != "inference":
+        _say(m, "autocast", True, autocast, f": the {stored.dtype} model's forward under {autocast.dtype} torch.autocast")
     if m.values.get("mode") != "train":
         _say(m, "dtype", stored.dtype, stored, "")
         if stored.dtype == "fp32" and autocast:

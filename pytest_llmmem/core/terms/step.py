@@ -291,7 +291,8 @@ def trainable_for(run: Run, arch: Architecture) -> Trainable:
                               base_cast=run.dtype.compute_bytes if run.kbit_prepare and run.dtype.compute_bytes < FP32 else 0,
                               modules=tuple((lin.name, lin) for lin in modules),
                               # a trained prefix (prefix tuning, prompts.py): every attention's keys and values need a gradient
-                              kv_grad=bool(run.adapter.prompt is not None and run.virtual_tokens and run.adapter.kv_prefix))
+                              kv_grad=bool(run.adapter.prompt is not None and run.virtual_tokens and run.adapter.kv_prefix),
+                              autocast=run.autocast and run.precision != "amp")
     return trainable
 
 

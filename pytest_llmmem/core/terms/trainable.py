@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, FrozenSet, Tuple
 
-from ...model.adapters import module_kept
+from ...model.adapters import lora_autocast_saved, lora_saved, module_kept
 from ...model.layers import Linear
 from ...record import Record
 
@@ -34,6 +34,14 @@ class Trainable(Record):
     base_keeps_input: bool = False  # each 4-bit base linear keeps its input (bitsandbytes <= 0.43.1, MatMul4Bit ctx.tensors)
     base_cast: int = 0  # bytes per element of the 4-bit base's own cast of its input, where its dtype is not the compute dtype
     kv_grad: bool = False  # every attention's keys and values need a gradient, whatever its inputs (a trained prefix)
+    autocast: bool = False  # a 16-bit base's forward under torch.autocast (Run.autocast): LoRA's fp32 adapters compute in 16 bit
+
+    def _lora_saved(self):
+        """The adapter's ``saved``, or plain LoRA's under autocast over a 16-bit base (adapters.lora_autocast_saved); DoRA,
+        the other methods and a 4-bit base (PEFT's bnb layers skip the fp32 cast under autocast) keep theirs."""
+        if self.autocast and self.adapter.saved is lora_saved and not self.adapter.quantized_base:
+            return lora_autocast_saved
+        return self.adapter.saved
 
     def base_keeps(self, name: str) -> bool:
         """bitsandbytes <= 0.43.1: MatMul4Bit keeps the input of the 4-bit linear ``name`` where it needs a gradient
@@ -66,7 +74,7 @@ class Trainable(Record):
         lin = dict(self.modules).get(name)
         if self.adapter.saved_on is not None and lin is not None:
             return self.adapter.saved_on(lin, self.rank, self.adapter_bytes, act, self.dropout)
-        return self.adapter.saved(width, self.rank, self.adapter_bytes, act, self.dropout)
+        return self._lora_saved()(width, self.rank, self.adapter_bytes, act, self.dropout)
 
     def adapter_kept(self, name: str, width: int, act: int, tokens: int) -> int:
         """Bytes the adapter on ``name`` (input ``width`` wide) keeps of its own for backward over ``tokens`` tokens."""
@@ -83,7 +91,7 @@ class Trainable(Record):
         adapted = [n for n in names if n in self.adapted]
         if not (self.one_qkv_dropout and self.dropout and len(adapted) > 1):
             return 0
-        saved = self.adapter.saved(width, self.rank, self.adapter_bytes, act, self.dropout)
+        saved = self._lora_saved()(width, self.rank, self.adapter_bytes, act, self.dropout)
         mask = 0 if adapted[0] in self.no_grad_inputs else saved.mask_per_token
         return (len(adapted) - 1) * (saved.dropout_per_token + mask)
 
