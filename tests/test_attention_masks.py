@@ -88,3 +88,50 @@ def test_eager_masks_per_attention_kind(tmp_path):
     assert model_masks(llama.model, batch=4, seq=1024, act=2, flash=False) == 4 * 1024 * 1024 * 2
     group = llama.model.layer_groups()[0]
     assert sdpa_layer_mask(llama.model, group.attention, batch=4, seq=1024, act=2, flash=True) == 0
+
+
+def test_flash_attention_2_builds_no_mask(tmp_path):
+    # attn-implementation = "flash_attention_2": the window goes to the kernel (masking_utils.py:621-660 returns None),
+    # so the SDPA run's 32 x 1 x 8192 x 8192 x 2 B = 4 GiB of kept additive masks vanish, and the windowed model under
+    # FA2 keeps what the windowless one keeps under SDPA.
+    keys = dict(mode="train", dtype="bf16", **{"batch-size": 1, "seq-len": 8192})
+    windowed = {**MISTRAL_MHA, "sliding_window": 4096}
+    sdpa = _run(tmp_path, windowed, **keys)
+    fa2 = _run(tmp_path, windowed, **keys, **{"attn-implementation": "flash_attention_2"})
+    assert sdpa.full("activations") - fa2.full("activations") == 32 * 8192 * 8192 * 2 == 4 * 2**30
+    assert fa2.full("activations") == _run(tmp_path, {**MISTRAL_MHA, "sliding_window": None}, **keys).full("activations")
+    # flash_attention_3 is the same mask function (masking_utils.py:725)
+    assert _run(tmp_path, windowed, **keys, **{"attn-implementation": "flash_attention_3"}).full("activations") == fa2.full("activations")
+    # checkpointed, window 1024, b 2, s 4096: SDPA's bool mask 2 x 4096 x 4096 x 1 B = 33,554,432 is kept; FA2 has none
+    ckpt = dict(mode="train", dtype="bf16", **{"batch-size": 2, "seq-len": 4096, "gradient-checkpointing": True})
+    narrow = {**MISTRAL_MHA, "sliding_window": 1024}
+    assert _run(tmp_path, narrow, **ckpt).details["activations.attention_masks"] == 33_554_432
+    assert "activations.attention_masks" not in _run(tmp_path, narrow, **ckpt, **{"attn-implementation": "flash_attention_2"}).details
+
+
+def test_flash_attention_2_prefill_drops_the_masks(tmp_path):
+    # Inference prefill, b 1, s 2048, window 1024, bf16, h 1024, 8 heads x 128, MLP 4096, 4 layers: under SDPA the
+    # layer's peak is residual + norm 8,388,608 + q/k/v/out 16,777,216 + the additive copy 2048 x 2048 x 2 = 8,388,608
+    # (the MLP's 50,331,648 is wider without it: 8,388,608 + 50,331,648 = 58,720,256 vs 33,554,432) plus the forward's bool
+    # mask 2048 x 2048 x 1 = 4,194,304; under FA2 only the layer's 58,720,256.
+    small = {**MISTRAL_MHA, "hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8,
+             "intermediate_size": 4096, "sliding_window": 1024}
+    keys = dict(mode="inference", dtype="bf16", **{"batch-size": 1, "seq-len": 2048})
+    assert _run(tmp_path, small, **keys).full("activations") == 58_720_256 + 4_194_304
+    assert _run(tmp_path, small, **keys, **{"attn-implementation": "flash_attention_2"}).full("activations") == 58_720_256
+
+
+def test_attn_implementation_eager_is_flash_attention_false_and_a_contradiction_is_named(tmp_path):
+    from pytest_llmmem.errors import ConfigError
+
+    config = str(_write(tmp_path, {**MISTRAL_MHA, "sliding_window": 1024}))
+    base = {"config": config, "gpu": "H100-80GB", "mode": "train", "dtype": "bf16", "seq-len": 2048}
+    eager = adhoc_run({**base, "attn-implementation": "eager"})
+    assert (eager.flash_attention, eager.attn_implementation) == (False, "eager")
+    assert estimate(eager).breakdown == estimate(adhoc_run({**base, "flash-attention": False})).breakdown
+    default = adhoc_run(base)  # flash-attention = true alone: transformers' default, sdpa
+    assert (default.flash_attention, default.attn_implementation, default.mask_free) == (True, "sdpa", False)
+    with pytest.raises(ConfigError, match=r'attn-implementation: "flash_attention_2" contradicts flash-attention = false'):
+        adhoc_run({**base, "flash-attention": False, "attn-implementation": "flash_attention_2"})
+    with pytest.raises(ConfigError, match=r"attn-implementation.*Valid: "):
+        adhoc_run({**base, "attn-implementation": "fa2"})

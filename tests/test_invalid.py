@@ -50,4 +50,4 @@ def test_unknown_key_names_the_three_nearest_keys_not_all(monkeypatch, run_cli):
     assert code == 2
     named = err.split("The nearest valid keys here: ")[1].split(" (all ")[0].split(", ")
     assert named == ["batch-size", "eval-batch-size", "block-size"]  # difflib's ratio to "batch-szie", best first
-    assert "(all 108: docs/configuration.md)" in err and (ROOT / "docs" / "configuration.md").is_file()
+    assert "(all 109: docs/configuration.md)" in err and (ROOT / "docs" / "configuration.md").is_file()

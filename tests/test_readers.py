@@ -53,15 +53,15 @@ CASES = [
           modules_to_save=("embed_tokens", "lm_head")), {}, []),
     ("axolotl/qlora.yml", "NousResearch/Meta-Llama-3-8B",
      dict(mode="qlora", dtype="nf4", lora_rank=32, lora_dropout=0.05, lora_targets=("all-linear",), batch_size=2, seq_len=4096,
-          optimizer="paged-adamw", gradient_checkpointing=True), {"double_quant": True}, []),
+          optimizer="paged-adamw", gradient_checkpointing=True, attn_implementation="flash_attention_2"), {"double_quant": True}, []),
     ("axolotl/fft-8b.yaml", "meta-llama/Meta-Llama-3-8B",
      # bf16: auto loads the model in bf16 and nothing casts it up: pure bf16 (readers/axolotl.py _precision)
      dict(mode="train", dtype="bf16", precision="pure", batch_size=1, seq_len=8192, optimizer="paged-adamw-8bit",
-          gradient_checkpointing=True), {}, []),
+          gradient_checkpointing=True, attn_implementation="flash_attention_2"), {}, []),
     ("axolotl/fft-8b-liger-fsdp.yaml", "NousResearch/Meta-Llama-3.1-8B",
      # FSDP: accelerate upcasts the trainable bf16 parameters to fp32 shards (hf_args.weights_and_compute): mixed
      dict(mode="train", dtype="bf16", precision="mixed", batch_size=2, seq_len=4096, optimizer="adamw", fsdp="full-shard",
-          offload="optimizer+params", gradient_checkpointing=True), {"loss": "fused", "optimizer_impl": "fused",
+          offload="optimizer+params", gradient_checkpointing=True, attn_implementation="flash_attention_2"), {"loss": "fused", "optimizer_impl": "fused",
                                          "kernels": ("liger-rope", "liger-rms-norm", "liger-glu", "liger-fused-linear-cross-entropy")}, []),
     ("llama-factory/llama3_lora_sft_ds3.yaml", "meta-llama/Meta-Llama-3-8B-Instruct",
      # ZeRO-3: no cast_trainable_params_to_fp32, but get_peft_model's autocast_adapter_dtype keeps the adapters fp32
@@ -550,3 +550,28 @@ def test_qdora_from_a_trainer_config_is_priced_as_qdora(tmp_path):
     run = parse(f'[tool.llmmem]\ngpu = "H100-80GB"\n[[tool.llmmem.runs]]\nfrom = "train.yaml"\n', base_dir=tmp_path).runs[0]
     assert run.mode == "qlora" and run.use_dora and not any("QDoRA" in reason for reason in run.not_modelled)
     assert run.adapter.tensors(run.model.linears()[0], 8)[-1] == run.model.linears()[0].d_out
+
+
+# Each trainer's attention switch, to transformers' attn_implementation (the masks differ: core/terms/attention_masks.py):
+# axolotl schemas/enums.py:118-125 LEGACY_ATTN_FLAG_TO_IMPL; LLaMA-Factory model_utils/attention.py:65-92; TRL as given.
+ATTENTION_CASES = [
+    ("axolotl/qlora.yml", "flash_attention: true", "flash_attention_2"),
+    ("axolotl/qlora.yml", "flash_attention: false\nsdp_attention: true", "sdpa"),
+    ("axolotl/qlora.yml", "flash_attention: false\nattn_implementation: eager", "eager"),
+    ("llama-factory/qwen3_lora_sft.yaml", "flash_attn: fa2", "flash_attention_2"),
+    ("llama-factory/qwen3_lora_sft.yaml", "flash_attn: sdpa", "sdpa"),
+    ("llama-factory/qwen3_lora_sft.yaml", "flash_attn: auto", "sdpa"),  # auto: transformers' default
+    ("llama-factory/qwen3_lora_sft.yaml", "flash_attn: disabled", "eager"),
+    ("trl/example_config.yaml", "attn_implementation: flash_attention_2", "flash_attention_2"),
+    ("trl/example_config.yaml", "attn_implementation: sdpa", "sdpa"),
+]
+
+
+@pytest.mark.parametrize("fixture, line, kernel", ATTENTION_CASES)
+def test_each_trainers_attention_switch_names_the_kernel(tmp_path, fixture, line, kernel):
+    text = (DATA / fixture).read_text(encoding="utf-8")
+    text = "\n".join(l for l in text.splitlines() if not l.startswith(("flash_attention:", "flash_attn:", "attn_implementation:")))
+    path = tmp_path / Path(fixture).name
+    path.write_text(text + "\n" + line + "\n", encoding="utf-8")
+    run = _run(str(path), tmp=tmp_path)
+    assert (run.attn_implementation, run.flash_attention, run.mask_free) == (kernel, kernel != "eager", kernel.startswith("flash"))

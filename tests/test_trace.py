@@ -300,3 +300,13 @@ def test_an_inference_pool_slack_that_grows_from_cut_to_cut_grows_per_layer():
     assert pool_slack(step, (2, 4), 32, trains=True) == {"backward": 2 * mib}
     shrinking = [cut(2, 10 * mib, 13 * mib), cut(4, 20 * mib, 22 * mib)]
     assert pool_slack(shrinking, (2, 4), 32, trains=False) == {"prefill": 2 * mib}
+
+
+def test_flash_attention_2_is_refused_by_the_trace():
+    """The fake-tensor trace cannot call flash-attn's CUDA kernels, and SDPA in their place keeps other masks: refused."""
+    from pytest_llmmem.errors import ConfigError
+    from pytest_llmmem.trace.estimate import traced
+
+    run = adhoc_run({**TINY, "mode": "train", "seq-len": 64, "attn-implementation": "flash_attention_2"})
+    with pytest.raises(ConfigError, match='attn-implementation = "flash_attention_2" needs the flash-attn CUDA kernels'):
+        traced(run)

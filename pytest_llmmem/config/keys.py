@@ -39,7 +39,7 @@ ENGINE_ONLY = (
     "block-size", "enforce-eager", "quantization", "min-concurrency", "engine-version",
 )
 RUN_KEYS = (
-    "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "gpus", "model", "calibration", "strict",
+    "name", "mode", "dtype", "batch-size", "seq-len", "flash-attention", "attn-implementation", "gpus", "model", "calibration", "strict",
 ) + TRAIN_ONLY + PARALLEL_KEYS + ADAPTER_KEYS + INFERENCE_ONLY + ENGINE_ONLY + BUDGET_KEYS
 # Trainer profile and knobs (profiles.py): on the project or on a run; the run's value wins.
 TOP_KEYS = TOP_KEYS + TRAINER_KEYS

@@ -32,7 +32,7 @@ from ..catalog.profiles import shown as trainer_rows
 from ..catalog.trainer_knobs import check_combination as check_trainer, loads_8bit_in_16bit, resolve as resolve_trainer
 from ..io.projects import find_pyproject, read_json, read_pyproject
 from .phase_keys import job_settings
-from ..core.run import METHODS, PRECISIONS, RecipeSettings, VISION_TOWERS, Run
+from ..core.run import ATTN_IMPLEMENTATIONS, METHODS, PRECISIONS, RecipeSettings, VISION_TOWERS, Run
 
 MAX_NAME = 200  # characters in a run name
 
@@ -241,7 +241,7 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         gradient_checkpointing=checkpointing,
         selective_ac=selective,
         compiled=table.boolean("compile", False),
-        flash_attention=table.boolean("flash-attention", True),
+        **_attention(table),
         **adapter_fields(table, adapter, model, targets, checkpointing),
         gptq_group_size=gptq_group_size(table, dtype),
         adapter_dtype=adapter_dtype,
@@ -265,6 +265,20 @@ def _run_keys(raw: Any, index: int, top_raw: Mapping[str, Any], ctx: Context, re
         **serving,
     )
 
+
+
+def _attention(table: Any) -> Dict[str, Any]:
+    """flash-attention and attn-implementation: "eager" is flash-attention = false; flash-attention = true alone is
+    transformers' default, "sdpa" (transformers 5.25 modeling_utils.py:1856 get_correct_attn_implementation); both must agree."""
+    flash = table.boolean("flash-attention", True)
+    if "attn-implementation" not in table:
+        return {"flash_attention": flash, "attn_implementation": "sdpa" if flash else "eager"}
+    kernel = table.choice("attn-implementation", ATTN_IMPLEMENTATIONS, "sdpa")
+    if "flash-attention" in table and flash != (kernel != "eager"):
+        raise table.fail("attn-implementation", f'"{kernel}" contradicts flash-attention = {str(flash).lower()} in the same run '
+                         f'("eager" is flash-attention = false; "sdpa", "flash_attention_2" and "flash_attention_3" are true).',
+                         hint="Drop flash-attention, or set the two to agree.")
+    return {"flash_attention": kernel != "eager", "attn_implementation": kernel}
 
 
 # --- entry points --------------------------------------------------------------------------------

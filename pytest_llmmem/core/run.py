@@ -28,6 +28,10 @@ PRECISIONS = ("mixed", "pure", "amp")
 VISION_TOWERS = ("trained", "frozen")
 METHODS = ("detailed", "rule-of-thumb", "trace")  # trace: trace/, needs the measure extra
 LOGITS = ("last", "all")
+# transformers' attn_implementation values (transformers 5.25 masking_utils.py:720-727 AttentionMaskInterface)
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flash_attention_3", "eager")
+# the ones whose mask function is flash_attention_mask (masking_utils.py:724-725): a 2D padding mask or None, never 4D
+FLASH_KERNELS = ("flash_attention_2", "flash_attention_3")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 # recipe = "sft" is no recipe: the plain step. Every other recipe is a catalog entry (catalog.entries.Recipe).
 SFT = "sft"
@@ -140,6 +144,9 @@ class Run(Record):
     compiled: bool = False  # torch.compile: fused norms and (torchtune) a compiled loss, marked approximate (core/terms/checkpointing.py)
     selective_ac: str = ""  # with checkpointing: "" every layer, "op" torchtitan's op-level SAC, or a layer period (checkpointing.py)
     flash_attention: bool = True
+    # transformers' attn_implementation: "sdpa" (its default), "flash_attention_2" / "_3" (no 4D masks, the window
+    # passed as window_size: attention_masks.py), or "eager" (= flash_attention False)
+    attn_implementation: str = "sdpa"
     lora_rank: int = 8  # peft/tuners/lora/config.py LoraConfig: r = 8
     lora_rank_given: bool = True
     lora_targets: Tuple[str, ...] = ("q_proj", "v_proj")  # or ("all-linear",)
@@ -195,6 +202,11 @@ class Run(Record):
     reads: Tuple[str, ...] = ()
     settings: Tuple[Tuple[str, str], ...] = ()  # (key, value as text) of those settings, for llmmem diff
     adapter_entry: Optional[Adapter] = None  # the adapter ``mode`` names, as the config's catalog registered it
+
+    @property
+    def mask_free(self) -> bool:
+        """FlashAttention-2/3 through transformers: no (b, 1, s, s) attention masks (attention_masks.py)."""
+        return self.flash_attention and self.attn_implementation in FLASH_KERNELS
 
     @property
     def adapter(self) -> Optional[Adapter]:

@@ -129,7 +129,7 @@ def ways_out(run: Run, units: str = "gib", current: Optional[Estimate] = None, a
         offer("gradient-checkpointing", True, "fits with gradient-checkpointing = true",
               run._replace(gradient_checkpointing=True, selective_ac=""))
     if has_shape and not run.flash_attention:
-        offer("flash-attention", True, "fits with flash-attention = true", run._replace(flash_attention=True))
+        offer("flash-attention", True, "fits with flash-attention = true", run._replace(flash_attention=True, attn_implementation="sdpa"))
     if has_shape and run.adapter is not None and run.lora_dropout > 0:
         # each adapted module keeps its dropout's output and mask (adapters.lora_saved); without it, none
         offer("lora-dropout", 0.0, "fits with lora-dropout = 0", run._replace(lora_dropout=0.0))
@@ -290,7 +290,7 @@ def toggles(run: Run) -> List[Toggle]:
     attempt("gradient-checkpointing = true", shaped and run.trains and not run.gradient_checkpointing, why,
             lambda: run._replace(gradient_checkpointing=True))
     attempt("flash-attention = true", shaped and not run.flash_attention,
-            "already on" if run.flash_attention else "needs the architecture", lambda: run._replace(flash_attention=True))
+            "already on" if run.flash_attention else "needs the architecture", lambda: run._replace(flash_attention=True, attn_implementation="sdpa"))
     is_adam = run.optimizer is not None and run.optimizer.name in ("adamw", "adam")
     attempt('optimizer = "adamw-8bit"', is_adam, "only replaces adam/adamw",
             lambda: run._replace(optimizer=default_catalog().optimizer("adamw-8bit")))

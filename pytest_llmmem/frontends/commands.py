@@ -42,7 +42,7 @@ _VALUE_FLAGS = {
     "selective-ac": lambda text: int(text) if text.isdigit() else text, "context-parallel": int,
     "kernels": lambda text: [name.strip() for name in text.split(",") if name.strip()],  # --kernels liger,liger-cross-entropy
     # a trainer's own config (config/readers/), as from = "train.yaml"; the run's name and a measured calibration
-    "from": str, "from-format": str, "name": str, "calibration": float, "attention-dropout": float, "hidden-dropout": float,
+    "attn-implementation": str, "from": str, "from-format": str, "name": str, "calibration": float, "attention-dropout": float, "hidden-dropout": float,
 }
 # Flags spelled apart from their key: --format is the output's (text, json, github).
 _FLAG_KEYS = {"from-format": "format"}

@@ -51,7 +51,7 @@ def rollout_phase(run: Run, arch: Architecture, act: int) -> Dict[str, int]:
     chunk_scores = chunk * completion * vocab * FP32 // t
     kv = stage_kv(run, arch, chunk, prompt + completion - 1, act)
     seq = prompt + completion
-    transient = max(forward_transient(arch, g, batch=chunk, seq=seq, act=act, flash=run.flash_attention, tp=t) for g in arch.layer_groups())
+    transient = max(forward_transient(arch, g, batch=chunk, seq=seq, act=act, flash=run.flash_attention, tp=t, fa=run.mask_free) for g in arch.layer_groups())
     hidden = chunk * seq * (arch.num_layers + 1) * h * act  # output_hidden_states=True: embeddings + every layer
     ref_logits = chunk * seq * vocab * act // t
     generate = kv + scores + chunk_scores  # beside the previous update's scores (the resident term)

@@ -134,8 +134,8 @@ def generation_phase(run: Run, arch: Architecture, act: int) -> Dict[str, int]:
     prompt = rs.prompt_len or run.seq_len - completion
     t = run.tensor_parallel
     groups = arch.layer_groups()
-    prefill = max(forward_transient(arch, g, batch=rows, seq=prompt, act=act, flash=run.flash_attention, tp=t) for g in groups)
-    decode = max(forward_transient(arch, g, batch=rows, seq=1, act=act, flash=run.flash_attention, tp=t) for g in groups)
+    prefill = max(forward_transient(arch, g, batch=rows, seq=prompt, act=act, flash=run.flash_attention, tp=t, fa=run.mask_free) for g in groups)
+    decode = max(forward_transient(arch, g, batch=rows, seq=1, act=act, flash=run.flash_attention, tp=t, fa=run.mask_free) for g in groups)
     kv_prompt = stage_kv(run, arch, rows, prompt, act)
     kv_final = stage_kv(run, arch, rows, prompt + completion - 1, act)
     kv_at_peak, transient = (kv_prompt, prefill) if kv_prompt + prefill > kv_final + decode else (kv_final, decode)

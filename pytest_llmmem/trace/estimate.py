@@ -81,6 +81,10 @@ def _refusal(run: Run) -> str:
     if run.knobs.returns_fp32_logits:
         return ("the profile's head is transformers 4.40's (fp32 logits returned, the loss on a shifted copy), which the "
                 "installed transformers does not run")
+    if run.mask_free:
+        return (f'attn-implementation = "{run.attn_implementation}" needs the flash-attn CUDA kernels, which the fake-tensor '
+                "trace on the CPU cannot call; SDPA in their place would differ in the masks and in the kernel's saved "
+                "tensors, so the detailed estimate prices it (no 4D masks, core/terms/attention_masks.py)")
     if run.knobs.optimizer_in_backward or run.knobs.activation_offload:
         return "optimizer-in-backward and activation-offload are trainer hooks the trace does not run"
     return ""

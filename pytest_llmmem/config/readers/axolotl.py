@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import hf_args
+from ...core.run import ATTN_IMPLEMENTATIONS
 from .mapper import Mapper, model_table
 
 SCHEMA = "axolotl src/axolotl/utils/schemas/config.py"  # @ 067b021c8b87: sequence_len :665, gradient_checkpointing :600
@@ -93,6 +94,13 @@ def read(m: Mapper, base_dir: Path) -> None:
     elif m.get("flash_attention") or m.get("sdp_attention") or m.get("flex_attention") or attention:
         key = next(k for k in ("flash_attention", "sdp_attention", "flex_attention", "attn_implementation") if m.get(k))
         m.put("flash-attention", True, key)
+        # the kernel, for the masks (attention_masks.py): axolotl @ 067b021c8b87 src/axolotl/utils/schemas/enums.py:118-125
+        # LEGACY_ATTN_FLAG_TO_IMPL maps flash_attention to "flash_attention_2" and sdp_attention to "sdpa"
+        # (schemas/config.py:1533-1575 sets attn_implementation from it); attn_implementation as given
+        kernel = attention if attention in ATTN_IMPLEMENTATIONS else "" if attention else \
+            "flash_attention_2" if m.get("flash_attention") else "sdpa" if m.get("sdp_attention") else ""
+        if kernel:
+            m.put("attn-implementation", kernel, "attn_implementation" if attention else key)
     else:
         m.assume("flash-attention", True, "transformers' default attn_implementation sdpa (no s x s scores kept)")
     # The Liger plugin passes each flag to apply_liger_kernel_to_<model> (axolotl src/axolotl/integrations/liger/args.py

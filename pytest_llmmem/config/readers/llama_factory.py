@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import hf_args
 from ...errors import shown
+from ...core.run import ATTN_IMPLEMENTATIONS
 from .mapper import Mapper, model_table
 
 HP = "LLaMA-Factory src/llamafactory/hparams"  # line numbers below: LLaMA-Factory @ ff6d4d12e
@@ -101,6 +102,12 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("flash-attention", False, "flash_attn")
     elif "flash_attn" in m.data:
         m.put("flash-attention", True, "flash_attn")
+        # LLaMA-Factory @ ff6d4d12eeb0 src/llamafactory/model/model_utils/attention.py:65-92: auto leaves transformers'
+        # default (sdpa), sdpa -> "sdpa", fa2 -> "flash_attention_2", fa3 -> "flash_attention_3" (hparams/model_args.py:117
+        # flash_attn, default auto); auto on Gemma 2 picks fa2 where flash-attn is installed (:47-51), not followed here
+        kernel = {"sdpa": "sdpa", "fa2": "flash_attention_2", "fa3": "flash_attention_3"}.get(attn)
+        if kernel:
+            m.put("attn-implementation", kernel, "flash_attn")
     if m.get("use_unsloth") is True:  # model/model_utils/unsloth.py: FastLanguageModel's kernels (kernels.py "unsloth")
         m.put("kernels", ["unsloth"], "use_unsloth")
     elif m.get("enable_liger_kernel") is True:

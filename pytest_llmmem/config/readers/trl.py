@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import hf_args
 from ...errors import shown_name
+from ...core.run import ATTN_IMPLEMENTATIONS
 from .mapper import Mapper, model_table
 
 SFT = "trl/trainer/sft_config.py"
@@ -111,6 +112,8 @@ def read(m: Mapper, base_dir: Path) -> None:
         m.put("flash-attention", False, "attn_implementation")
     elif attn:
         m.put("flash-attention", True, "attn_implementation")
+        if attn in ATTN_IMPLEMENTATIONS:  # TRL ModelConfig.attn_implementation, passed to from_pretrained as given
+            m.put("attn-implementation", attn, "attn_implementation")
     hf_args.deepspeed(m, base_dir)
     hf_args.fsdp(m)
     profile = str(m.get("accelerate_config", ""))

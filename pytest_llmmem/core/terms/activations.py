@@ -337,7 +337,7 @@ def layer_saved(
     trainable: Trainable,
     input_requires_grad: bool = True,
     amp: bool = False,
-    tp: int = 1, sp: bool = False, prefix: int = 0,
+    tp: int = 1, sp: bool = False, prefix: int = 0, fa: bool = False,
 ) -> Dict[str, int]:
     """Bytes one decoder layer of ``group`` keeps for backward, by sub-block, on one tensor-parallel rank.
 
@@ -361,7 +361,7 @@ def layer_saved(
     if arch.hidden_dropout:
         shared += tokens * h  # residual dropout mask, 1 byte per element
     # the additive mask SDPA keeps in a sliding layer is (b, 1, s, s) on every tensor-parallel rank
-    mask = sdpa_layer_mask(arch, group.attention, batch=batch, seq=seq, act=act, flash=flash, prefix=prefix)
+    mask = sdpa_layer_mask(arch, group.attention, batch=batch, seq=seq, act=act, flash=flash, prefix=prefix, fa=fa)
     # In the first layer of an adapter run with frozen attention the residual after it needs no gradient either:
     # the norms on it keep nothing (measured: tests/data/adapters/vera-mlp.json)
     frozen_attention = isinstance(group.attention, Attention) and trainable.untouched(

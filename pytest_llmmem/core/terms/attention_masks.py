@@ -25,6 +25,13 @@ checkpointed eager GPT-2 run (gt04, b 4, s 512, fp32) saved 4 x 512 x 512 x 4 B 
 counted before this rule (-0.83 %), and now matches to 4 KiB. Padded batches under SDPA (a mask on every
 layer) are not modelled: the estimate assumes none.
 
+FlashAttention-2/3 (attn-implementation = "flash_attention_2" / "_3", ``fa``) get no 4D mask at all: their mask function
+returns the 2D padding mask or None (transformers 5.25 masking_utils.py:621-660 flash_attention_mask, mapped at :724-725;
+4.45.2 models/mistral/modeling_mistral.py:862-873 _update_causal_mask returns None for flash_attention_2 without
+padding), and the window goes to the kernel as window_size (integrations/flash_attention.py:34, :86 sliding_window).
+A prefix (prefix tuning) changes nothing there: PEFT's prefix mask is all ones, so flash_attention_mask returns None
+and flash-attn's causal alignment (bottom-right when q is shorter than k) does the rest.
+
 PYTEST_DONT_REWRITE: no asserts here; pytest need not rewrite this plugin module.
 """
 
@@ -36,10 +43,14 @@ from ...model.layers import Attention, LatentAttention
 from ...model.architecture import Architecture
 
 
-def sdpa_layer_mask(arch: Architecture, attn: Any, *, batch: int, seq: int, act: int, flash: bool, prefix: int = 0) -> int:
+def sdpa_layer_mask(arch: Architecture, attn: Any, *, batch: int, seq: int, act: int, flash: bool, prefix: int = 0,
+                    fa: bool = False) -> int:
     """The additive mask torch's SDPA makes from the bool one in a sliding layer at seq >= window: kept
     for backward in training, a transient of that layer's call in a forward without grad. A prefix (prefix tuning)
-    gives every layer one, (b, 1, s, prefix + s): queries and keys differ in length, so no is_causal."""
+    gives every layer one, (b, 1, s, prefix + s): queries and keys differ in length, so no is_causal. None under
+    FlashAttention-2/3 (``fa``)."""
+    if fa:
+        return 0
     if prefix and flash and arch.family.sdpa and isinstance(attn, Attention):
         return batch * seq * (seq + prefix) * act
     if flash and arch.family.sdpa and isinstance(attn, Attention) and attn.window and seq >= attn.window:
@@ -47,9 +58,11 @@ def sdpa_layer_mask(arch: Architecture, attn: Any, *, batch: int, seq: int, act:
     return 0
 
 
-def model_masks(arch: Architecture, *, batch: int, seq: int, act: int, flash: bool) -> int:
+def model_masks(arch: Architecture, *, batch: int, seq: int, act: int, flash: bool, fa: bool = False) -> int:
     """The masks one forward builds for all its layers (one per attention kind), alive until it returns:
-    float in the compute dtype for eager attention, bool (1 byte) for SDPA's sliding layers."""
+    float in the compute dtype for eager attention, bool (1 byte) for SDPA's sliding layers, none for FlashAttention-2/3."""
+    if fa and flash and arch.family.sdpa:
+        return 0
     eager = not (flash and arch.family.sdpa)
     kinds = {}  # window (0: full) -> needs a mask
     for group in arch.layer_groups():

@@ -114,7 +114,7 @@ def eval_phase(run, step: Step) -> Optional[Phase]:
     resident = _resident(run, step, forward=True)
     vocab = arch.num_labels if arch.family.classifier else arch.vocab_size
     groups = arch.layer_groups()
-    activations = max(forward_transient(arch, g, batch=b, seq=s, act=act, flash=run.flash_attention, tp=t) for g in groups)
+    activations = max(forward_transient(arch, g, batch=b, seq=s, act=act, flash=run.flash_attention, tp=t, fa=run.mask_free) for g in groups)
     elems = (b if arch.family.classifier else b * s) * vocab // t
     # HF: the model's loss upcasts the logits and log-softmaxes in fp32 (loss_utils.py ForCausalLMLoss);
     # litgpt validate() calls chunked_cross_entropy(chunk_size=0) on the compute-dtype logits (lora.py:444).
@@ -173,7 +173,7 @@ def _generation(run, arch, act: int, vocab: int) -> List[Item]:
     # litgpt sizes its cache for max_seq_length (lora.py:478 set_kv_cache); HF grows it to prompt + new.
     tokens = s if run.knobs.framework == "litgpt" else s + job.eval_generate_tokens
     kv = sum(g.count * g.attention.cache_bytes(b, tokens, act, t) for g in arch.layer_groups())
-    prefill = max(forward_transient(arch, g, batch=b, seq=s, act=act, flash=run.flash_attention, tp=t) for g in arch.layer_groups())
+    prefill = max(forward_transient(arch, g, batch=b, seq=s, act=act, flash=run.flash_attention, tp=t, fa=run.mask_free) for g in arch.layer_groups())
     return [Item("kv_cache", kv, shown_if_zero=True), Item("activations", prefill, transient=True, shown_if_zero=True),
             Item("logits", b * vocab * (act + FP32) // t, transient=True, shown_if_zero=True)]
 

@@ -49,7 +49,7 @@ def prefill_terms(run: Run, arch: Architecture, stage: List[Tuple[int, LayerGrou
     kv_cache = sum(cache.values())
     if list(cache) == ["kv_cache.full"]:
         cache = {}  # one kind: the term says it all
-    activations = max(forward_transient(arch, g, batch=b, seq=prompt, act=act, flash=flash, tp=t) for _, g in stage)
+    activations = max(forward_transient(arch, g, batch=b, seq=prompt, act=act, flash=flash, tp=t, fa=run.mask_free) for _, g in stage)
     logits_act = FP32 if arch.family.logits_fp32 else act
     logits = _inference_logits(run, b, prompt, vocab_out, logits_act, arch.family.classifier, t)
     return Prefill(kv_cache, activations, sum(logits.values()), tuple(cache.items()) + tuple(logits.items()))

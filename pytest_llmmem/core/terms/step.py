@@ -327,7 +327,7 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
             details["forward.adapter_transient"] = max(
                 (run.adapter.forward_transient(lin, run.lora_rank * lin.rank_scale, trainable.adapter_bytes, act) for lin in modules), default=0)
     amp = run.precision == "amp" and run.mode == "train"
-    kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel, prefix=prefix)
+    kw = dict(batch=b, seq=s, act=act, flash=flash, trainable=trainable, amp=amp, tp=t, sp=run.sequence_parallel, prefix=prefix, fa=run.mask_free)
     head = head_saved(arch, batch=b, seq=s, act=act, trainable=trainable, amp=amp)
     rotary = rotary_tables(arch, seq=s, act=act)
     # 1F1B pipelining: the first stage holds activations of up to p micro-batches in flight
@@ -355,7 +355,7 @@ def _dynamic_terms(run: Run, arch: Architecture, act: int) -> Tuple[Pairs, int, 
         details["activations.layer_inputs"] = layers * in_flight * tokens * arch.hidden_size * act // (t if run.sequence_parallel else 1)
         details["activations.recomputed_layer"] = biggest_layer + rotary  # the recompute keeps the rotary tables too
         # the forward's attention masks are inputs of every checkpointed layer: they stay through backward
-        masks = model_masks(arch, batch=b, seq=s, act=act, flash=flash) * in_flight
+        masks = model_masks(arch, batch=b, seq=s, act=act, flash=flash, fa=run.mask_free) * in_flight
         if masks:
             details["activations.attention_masks"] = masks
         if run.knobs.activation_offload:

@@ -31,7 +31,7 @@ def _eager_softmax_bytes(arch: Architecture, act: int) -> int:
 
 
 def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int, flash: bool,
-                      tp: int = 1) -> int:
+                      tp: int = 1, fa: bool = False) -> int:
     """Peak of one layer's temporaries in a no-grad forward (inference prefill), on one tensor-parallel rank.
 
     MLP: the activation output, the up projection and their product live together (gated) or
@@ -57,10 +57,10 @@ def forward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *,
             sinks = getattr(at, "sinks", False)
             attn += batch * a * seq * (seq + (1 if sinks else 0)) * (FP32 + act if sinks else _eager_softmax_bytes(arch, act))
     layer = (2 * tokens * h * act + max(mlp, attn)) // tp
-    mask = sdpa_layer_mask(arch, at, batch=batch, seq=seq, act=act, flash=flash)
+    mask = sdpa_layer_mask(arch, at, batch=batch, seq=seq, act=act, flash=flash, fa=fa)
     if mask:  # SDPA's additive copy of a sliding layer's mask, whole on every rank, beside the attention's share
         layer = max(layer, (2 * tokens * h * act + attn) // tp + mask)
-    return layer + model_masks(arch, batch=batch, seq=seq, act=act, flash=flash)
+    return layer + model_masks(arch, batch=batch, seq=seq, act=act, flash=flash, fa=fa)
 
 
 def backward_transient(arch: Architecture, group: Optional[LayerGroup] = None, *, batch: int, seq: int, act: int,
