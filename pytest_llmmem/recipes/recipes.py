@@ -26,15 +26,14 @@ from ..core.records import TERMS, Estimate
 from ..core.run import RecipeSettings, Run
 from ..core.terms.activations import FP32
 from ..core.terms.model_ends import INDEX_BYTES
-from ..core.terms.backward import INSTANTS, Instant, accumulates, backward_instant, instant_details, instant_items
-from ..core.terms.job_phases import first_pass_step, job_note
+from ..core.terms.backward import INSTANTS, Instant, backward_instant, instant_details, instant_items
+from ..core.terms.job_phases import first_step_basis, first_step_why, job_note
 from ..core.terms.transients import forward_transient
 from ..core.terms.parallel import local_params
 from ..core.terms.prefill import stage_kv
 from ..core.terms.step import Step, step_terms, stored_weight_bytes
 from ..core.terms.trainer_terms import optimizer_step
 from ..model.architecture import Architecture
-from ..units import format_bytes
 from .ppo_rollout import ROLLOUT_CHUNK, rollout_phase
 
 # Breakdown terms a recipe adds (labels in report.LABELS), placed before the overhead term.
@@ -346,19 +345,14 @@ def _first_step(run: Run, plain: Run, recipe: Recipe, step: Step, states: Dict[s
     2025.3.1 up to 2025.11.4: Knobs.first_pass_kept, core/terms/job_phases.first_step_phase for an SFT step): every
     checkpointed layer input on the GPU, no optimizer states yet (created by the first optimizer.step()), and in the
     first micro-batch no earlier gradient. The rollout before it is the generation phase's, the same in every step."""
-    host = step.detail("host.offloaded_activations")
-    if not (run.knobs.first_pass_kept and host and step.arch is not None):
+    basis = first_step_basis(plain, step)
+    if basis is None:
         return ()
-    first = first_pass_step(step)
-    one_batch = plain._replace(micro_batches=1) if accumulates(plain) else plain
+    one_batch, first, host = basis
     instant = _policy_instant(one_batch, recipe, first, states["gradients"], head)
     backward = _phases(one_batch, first, {**states, "optimizer_states": 0}, models, value_activations,
                        opt._replace(in_backward=False, temporaries=0), None, carried, instant)[0]
-    version = ".".join(map(str, run.knobs.framework_version))
-    why = (f"{run.knobs.framework} {version} offloads no checkpointed layer input in the first forward (unsloth_zoo FIRST_PASS), "
-           f"so the first step keeps all of them on the GPU, {format_bytes(host)} more than the later steps; its backward "
-           f"peaks at its {instant.name} instant ({INSTANTS[instant.name]})")
-    return (backward._replace(name="first step", why=why),)
+    return (backward._replace(name="first step", why=first_step_why(run, host, instant.name)),)
 
 
 def _phases(run: Run, step: Step, states: Dict[str, int], models: Dict[str, int], value_activations: int,

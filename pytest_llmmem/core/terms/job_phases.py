@@ -281,11 +281,10 @@ def first_step_phase(run, step: Step, states: List[Item], gradients: int) -> Tup
     yet (torch.optim creates them in the first optimizer.step()), nor, in the first micro-batch, any earlier gradient.
     The pool's slack is the offloaded step's (backward.pool_share: the Gemma 3 run whose first pass stranded its
     blocks, docs/trace.md). () where it does not apply."""
-    host = step.detail("host.offloaded_activations")
-    if not (run.knobs.first_pass_kept and host and step.arch is not None):
+    basis = first_step_basis(run, step)
+    if basis is None:
         return ()
-    first = first_pass_step(step)
-    one_batch = run._replace(micro_batches=1) if accumulates(run) else run  # the first micro-batch: no gradient made yet
+    one_batch, first, host = basis
     candidates = backward_instants(one_batch, first, gradients)
     instant = max(candidates, key=lambda i: i.total)
 
@@ -293,11 +292,27 @@ def first_step_phase(run, step: Step, states: List[Item], gradients: int) -> Tup
         grads, *alive = instant_items(one_batch, first, gradients, candidate)
         return tuple(states + [grads] + alive + [Item("kv_cache", step.kv_cache), overhead_slot(shown_if_zero=False)])
 
+    return (Phase("first step", at(instant), first_step_why(run, host, instant.name),
+                  instants=tuple(at(c) for c in candidates if c != instant)),)
+
+
+def first_step_basis(run, step: Step):
+    """(the first micro-batch's run, the step with its offloaded layer inputs back on the GPU, those inputs' bytes)
+    where the first step keeps what the later ones offload (Knobs.first_pass_kept); None otherwise. An SFT step's
+    phase (:func:`first_step_phase`) and a recipe's policy step (recipes.py) are priced from it."""
+    host = step.detail("host.offloaded_activations")
+    if not (run.knobs.first_pass_kept and host and step.arch is not None):
+        return None
+    one_batch = run._replace(micro_batches=1) if accumulates(run) else run  # the first micro-batch: no gradient made yet
+    return one_batch, first_pass_step(step), host
+
+
+def first_step_why(run, host: int, instant: str) -> str:
+    """Why the first step is a phase of its own, for the notes."""
     version = ".".join(map(str, run.knobs.framework_version))
-    why = (f"{run.knobs.framework} {version} offloads no checkpointed layer input in the first forward (unsloth_zoo FIRST_PASS), "
-           f"so the first step keeps all of them on the GPU, {format_bytes(host)} more than the later steps; its backward peaks "
-           f"at its {instant.name} instant ({INSTANTS[instant.name]})")
-    return (Phase("first step", at(instant), why, instants=tuple(at(c) for c in candidates if c != instant)),)
+    return (f"{run.knobs.framework} {version} offloads no checkpointed layer input in the first forward (unsloth_zoo FIRST_PASS), "
+            f"so the first step keeps all of them on the GPU, {format_bytes(host)} more than the later steps; its backward peaks "
+            f"at its {instant} instant ({INSTANTS[instant]})")
 
 
 def first_step_unknown(run, step: Step) -> str:
